@@ -1,0 +1,56 @@
+# tiermesh: `make up` runs the local mesh, `make test` runs every check and test.
+# Both install what they need (OS packages with apt-get, Python packages into .venv from
+# the hash-pinned lock) and skip work already done.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tiermesh-installed
+export UV_LINK_MODE := copy
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: up test check lint typecheck imports pytest bench os-deps deps clean
+
+up: deps
+	$(BIN)/tiermesh up
+
+test: deps check
+
+check: lint typecheck imports pytest
+
+lint: deps
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+
+typecheck: deps
+	$(BIN)/mypy
+
+imports: deps
+	$(BIN)/lint-imports
+
+pytest: deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: deps
+	$(BIN)/python bench/xds_fanout.py
+
+deps: os-deps $(STAMP)
+
+# OS packages: etcd (tests start their own on loopback). apt-get runs only when one is missing.
+os-deps:
+	@if ! command -v etcd >/dev/null 2>&1; then \
+		echo "installing OS packages: etcd-server"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps --ignore-requires-python -r requirements/opa.txt
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
