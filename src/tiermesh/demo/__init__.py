@@ -1,0 +1,1 @@
+"""Things that stand in for parts of a real deployment in demos and tests."""

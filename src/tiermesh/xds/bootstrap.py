@@ -1,0 +1,154 @@
+"""Envoy bootstrap documents that point Envoy at an ADS server.
+
+The result is a plain dict in the shape of ``envoy.config.bootstrap.v3.Bootstrap``'s JSON
+mapping; :func:`validate_bootstrap` parses it with the real proto so a typo fails here and
+not inside Envoy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+
+__all__ = ["AdsTls", "BootstrapSpec", "render_bootstrap", "validate_bootstrap"]
+
+XDS_CLUSTER = "tiermesh_xds"
+_TYPE = "type.googleapis.com/"
+
+# Typed configs inside the bootstrap resolve through the descriptor pool: keep these loaded.
+_TYPED_CONFIGS = (http_protocol_options_pb2.HttpProtocolOptions, tls_pb2.UpstreamTlsContext)
+
+
+@dataclass(frozen=True, slots=True)
+class AdsTls:
+    """Files Envoy uses for mTLS to the ADS server (its own SVID, key, and the trust bundle)."""
+
+    cert_chain: str
+    private_key: str
+    trusted_ca: str
+    server_san: str = ""
+    """If set, the exact SAN (e.g. the control plane's SPIFFE ID) the server must present."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapSpec:
+    node_id: str
+    xds_host: str
+    xds_port: int
+    cluster: str = "tiermesh"
+    admin_port: int = 0
+    admin_address: str = "127.0.0.1"
+    mode: Literal["sotw", "delta"] = "sotw"
+    metadata: dict[str, str] = field(default_factory=dict)
+    tls: AdsTls | None = None
+    initial_fetch_timeout_s: float = 15.0
+
+
+def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
+    """A bootstrap that fetches everything over ADS (gRPC over HTTP/2), SotW or delta.
+
+    The node id arrives on each stream's first message only. Clusters and listeners are
+    wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name.
+    """
+    ads_source = {
+        "ads": {},
+        "resource_api_version": "V3",
+        "initial_fetch_timeout": f"{spec.initial_fetch_timeout_s}s",
+    }
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": spec.xds_host,
+                                        "port_value": spec.xds_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if spec.tls is not None:
+        xds_cluster["transport_socket"] = _upstream_tls(spec.tls)
+    return {
+        "node": {
+            "id": spec.node_id,
+            "cluster": spec.cluster,
+            "metadata": dict(spec.metadata),
+        },
+        "admin": {
+            "address": {
+                "socket_address": {
+                    "address": spec.admin_address,
+                    "port_value": spec.admin_port,
+                }
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if spec.mode == "delta" else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+    }
+
+
+def _upstream_tls(tls: AdsTls) -> dict[str, Any]:
+    validation: dict[str, Any] = {"trusted_ca": {"filename": tls.trusted_ca}}
+    if tls.server_san:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": {"exact": tls.server_san}}
+        ]
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_chain},
+                        "private_key": {"filename": tls.private_key},
+                    }
+                ],
+                "validation_context": validation,
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
+def validate_bootstrap(document: dict[str, Any]) -> None:
+    """Parse ``document`` as an Envoy Bootstrap; raises ``json_format.ParseError`` if invalid."""
+    json_format.Parse(json.dumps(document), bootstrap_pb2.Bootstrap())

@@ -1,0 +1,138 @@
+"""Incremental ADS streams (``DeltaAggregatedResources``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from tiermesh.xds import typeurls, wire
+from tiermesh.xds.ackstate import Verdict, classify
+from tiermesh.xds.snapshot import Snapshot
+from tiermesh.xds.stream import ServicerContext, StreamBase, StreamEnv
+
+__all__ = ["DeltaStream"]
+
+
+@dataclass(slots=True)
+class _TypeState:
+    wildcard: bool
+    names: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)
+    """What the client holds: name → version (from ``initial_resource_versions``, then
+    updated as responses are sent)."""
+    sent_nonce: str = ""
+    sent_version: str = ""
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+
+class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
+    """One incremental stream: responses carry only resources the client lacks or holds in
+    another version, and the names of subscribed resources that are gone.
+
+    Subscription changes apply whatever the nonce says (they are deltas and would otherwise
+    be lost). A subscribed name the snapshot lacks is reported once in
+    ``removed_resources``, so the client stops waiting for it.
+    """
+
+    mode = "delta"
+
+    def __init__(self, env: StreamEnv, context: ServicerContext) -> None:
+        super().__init__(env, context)
+        self._types: dict[str, _TypeState] = {}
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
+        type_url = request.type_url
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        state = self._types.get(type_url)
+        if state is None:
+            implicit = not subscribe and type_url in typeurls.WILDCARD_TYPES
+            state = self._types[type_url] = _TypeState(wildcard=implicit or "*" in subscribe)
+            state.known.update(request.initial_resource_versions)
+        decision = classify(
+            sent_nonce=state.sent_nonce,
+            response_nonce=request.response_nonce,
+            has_error=request.HasField("error_detail"),
+            names_changed=bool(subscribe or unsubscribe),
+            incremental=True,
+        )
+        self.record(
+            type_url,
+            decision.verdict,
+            sent_version=state.sent_version,
+            nonce=request.response_nonce,
+            error=request.error_detail if request.HasField("error_detail") else None,
+        )
+        if "*" in subscribe:
+            state.wildcard = True
+        if "*" in unsubscribe:
+            state.wildcard = False
+        state.names |= subscribe - {"*"}
+        state.names -= unsubscribe
+        for name in unsubscribe:
+            state.known.pop(name, None)
+        snapshot = self.snapshot()
+        if not decision.respond or snapshot is None:
+            return []
+        absent = {n for n in subscribe - {"*"} if n not in snapshot.encoded(type_url)}
+        response = self._diff(snapshot, type_url, state, report_absent=absent)
+        if response is None and decision.verdict is Verdict.INITIAL:
+            response = self._encode(snapshot, type_url, state, [], [])
+        return [response] if response is not None else []
+
+    def on_change(self, snapshot: Snapshot) -> list[bytes]:
+        out = []
+        for type_url in typeurls.PUSH_ORDER:
+            state = self._types.get(type_url)
+            if state is not None:
+                response = self._diff(snapshot, type_url, state, report_absent=set())
+                if response is not None:
+                    out.append(response)
+        return out
+
+    def _diff(
+        self, snapshot: Snapshot, type_url: str, state: _TypeState, *, report_absent: set[str]
+    ) -> bytes | None:
+        current = snapshot.encoded(type_url)
+        updated = [
+            name
+            for name, resource in current.items()
+            if state.wants(name) and state.known.get(name) != resource.version
+        ]
+        removed = sorted(
+            {n for n in state.known if n not in current and state.wants(n)} | report_absent
+        )
+        if report_absent:
+            self.note_missing(type_url, frozenset(report_absent))
+        if not updated and not removed:
+            return None
+        return self._encode(snapshot, type_url, state, updated, removed)
+
+    def _encode(
+        self,
+        snapshot: Snapshot,
+        type_url: str,
+        state: _TypeState,
+        updated: list[str],
+        removed: list[str],
+    ) -> bytes:
+        current = snapshot.encoded(type_url)
+        nonce = self.next_nonce()
+        version = snapshot.type_version(type_url)
+        for name in updated:
+            state.known[name] = current[name].version
+        for name in removed:
+            state.known.pop(name, None)
+        state.sent_nonce = nonce
+        state.sent_version = version
+        self.sent(type_url, version, nonce)
+        return (
+            wire.string_field(1, version)
+            + b"".join(wire.bytes_field(2, current[name].delta_bytes) for name in updated)
+            + wire.string_field(4, type_url)
+            + wire.string_field(5, nonce)
+            + b"".join(wire.string_field(6, name) for name in removed)
+        )

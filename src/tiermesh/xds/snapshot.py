@@ -1,0 +1,189 @@
+"""Immutable, versioned, self-consistent sets of xDS resources for one node (or node group).
+
+A snapshot stores every resource in its encoded form only, so nothing can mutate it after
+construction. Versions are content hashes: rebuilding identical resources yields identical
+versions, and the server pushes nothing for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from tiermesh.xds import typeurls, wire
+from tiermesh.xds.errors import InconsistentSnapshotError, UnknownTypeUrlError
+from tiermesh.xds.resources import MESSAGE_CLASSES, references, resource_name
+
+__all__ = ["EncodedResource", "Snapshot"]
+
+_VERSION_CHARS = 16
+
+
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(8, "big"))
+        h.update(chunk)
+    return h.hexdigest()[:_VERSION_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResource:
+    """One resource, encoded once.
+
+    ``any_bytes`` is a serialized ``google.protobuf.Any``; ``delta_bytes`` a serialized
+    ``envoy.service.discovery.v3.Resource`` (name, version, resource) for incremental xDS.
+    """
+
+    type_url: str
+    name: str
+    version: str
+    any_bytes: bytes
+    delta_bytes: bytes
+
+    @classmethod
+    def encode(cls, type_url: str, message: Message) -> EncodedResource:
+        payload = message.SerializeToString(deterministic=True)
+        name = resource_name(type_url, message)
+        version = _digest(payload)
+        any_bytes = wire.string_field(1, type_url) + wire.bytes_field(2, payload)
+        delta_bytes = (
+            wire.string_field(1, version)
+            + wire.bytes_field(2, any_bytes)
+            + wire.string_field(3, name)
+        )
+        return cls(type_url, name, version, any_bytes, delta_bytes)
+
+    def decode(self) -> Message:
+        """A fresh message equal to the stored resource (the caller owns it)."""
+        message = MESSAGE_CLASSES[self.type_url]()
+        message.ParseFromString(any_pb2.Any.FromString(self.any_bytes).value)
+        return message
+
+
+@dataclass(frozen=True, slots=True)
+class _TypeSet:
+    version: str
+    items: Mapping[str, EncodedResource]
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """A complete, consistent configuration: every resource of every served type.
+
+    Build one with :meth:`build`, which raises :class:`InconsistentSnapshotError` when a
+    resource references an EDS/RDS/SDS name the snapshot lacks. Instances are immutable and
+    safe to share between any number of streams and tasks; the only mutable part is a
+    memo of encoded SotW response bodies, filled on first use within one event loop.
+    """
+
+    _types: Mapping[str, _TypeSet]
+    version: str
+    _bodies: dict[tuple[str, frozenset[str] | None], bytes] = field(
+        default_factory=dict, repr=False
+    )
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        clusters: Iterable[Message] = (),
+        endpoints: Iterable[Message] = (),
+        listeners: Iterable[Message] = (),
+        routes: Iterable[Message] = (),
+        secrets: Iterable[Message] = (),
+    ) -> Snapshot:
+        return cls.from_resources(
+            {
+                typeurls.CLUSTER: clusters,
+                typeurls.ENDPOINT: endpoints,
+                typeurls.LISTENER: listeners,
+                typeurls.ROUTE: routes,
+                typeurls.SECRET: secrets,
+            }
+        )
+
+    @classmethod
+    def from_resources(cls, resources: Mapping[str, Iterable[Message]]) -> Snapshot:
+        """Encode, version and check ``resources`` (type URL → messages).
+
+        Raises ``ValueError`` for two resources of one type with the same name or a message
+        of the wrong class, :class:`UnknownTypeUrlError` for a type URL not served, and
+        :class:`InconsistentSnapshotError` for dangling references.
+        """
+        types: dict[str, _TypeSet] = {}
+        dangling: list[tuple[str, str, str, str]] = []
+        wanted: list[tuple[str, str, str, str]] = []
+        for type_url in typeurls.PUSH_ORDER:
+            items: dict[str, EncodedResource] = {}
+            for message in resources.get(type_url, ()):
+                expected = MESSAGE_CLASSES[type_url]
+                if not isinstance(message, expected):
+                    raise ValueError(
+                        f"{type(message).__name__} given where {expected.__name__} belongs"
+                    )
+                encoded = EncodedResource.encode(type_url, message)
+                if encoded.name in items:
+                    kind = typeurls.SHORT_NAMES[type_url]
+                    raise ValueError(f"two {kind} resources are named {encoded.name!r}")
+                items[encoded.name] = encoded
+                wanted.extend(
+                    (type_url, encoded.name, ref_type, ref_name)
+                    for ref_type, ref_name in references(type_url, message)
+                )
+            ordered = dict(sorted(items.items()))
+            version = _digest(*(f"{n}={r.version}".encode() for n, r in ordered.items()))
+            types[type_url] = _TypeSet(version, MappingProxyType(ordered))
+        for unknown in set(resources) - set(typeurls.PUSH_ORDER):
+            raise UnknownTypeUrlError(unknown, typeurls.PUSH_ORDER)
+        for type_url, name, ref_type, ref_name in wanted:
+            if ref_name not in types[ref_type].items:
+                short = typeurls.SHORT_NAMES
+                dangling.append((short[type_url], name, short[ref_type], ref_name))
+        if dangling:
+            raise InconsistentSnapshotError(dangling)
+        overall = _digest(*(types[t].version.encode() for t in typeurls.PUSH_ORDER))
+        return cls(MappingProxyType(types), overall)
+
+    def type_version(self, type_url: str) -> str:
+        """Content hash of every resource of ``type_url`` (an empty set has a version too)."""
+        return self._types[type_url].version
+
+    def names(self, type_url: str) -> frozenset[str]:
+        return frozenset(self._types[type_url].items)
+
+    def encoded(self, type_url: str) -> Mapping[str, EncodedResource]:
+        """Read-only view of the encoded resources of ``type_url`` by name."""
+        return self._types[type_url].items
+
+    def resource(self, type_url: str, name: str) -> Message:
+        """A decoded copy of one resource; ``KeyError`` if absent."""
+        return self._types[type_url].items[name].decode()
+
+    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> bytes:
+        """Encoded ``DiscoveryResponse`` fields shared by every stream: version, resources, type.
+
+        ``names`` None means every resource (a wildcard subscription); names the snapshot
+        lacks are skipped. The caller appends the per-stream fields (nonce).
+        """
+        key = (type_url, names)
+        body = self._bodies.get(key)
+        if body is None:
+            type_set = self._types[type_url]
+            selected = (
+                type_set.items.values()
+                if names is None
+                else (type_set.items[n] for n in sorted(names) if n in type_set.items)
+            )
+            body = (
+                wire.string_field(1, type_set.version)
+                + b"".join(wire.bytes_field(2, r.any_bytes) for r in selected)
+                + wire.string_field(4, type_url)
+            )
+            self._bodies[key] = body
+        return body

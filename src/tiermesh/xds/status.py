@@ -1,0 +1,121 @@
+"""Per-node xDS state (connected, versions sent and ACKed per type, NACKs) and callbacks.
+
+The server writes; anyone on the server's event loop reads. Readers get frozen copies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from envoy.config.core.v3 import base_pb2
+from prometheus_client import Counter, Gauge
+
+__all__ = [
+    "Callbacks",
+    "NackRecord",
+    "NodeStatus",
+    "StatusRegistry",
+    "TypeStatus",
+]
+
+Mode = Literal["sotw", "delta"]
+
+PUSHES = Counter("tiermesh_xds_pushes", "Discovery responses sent", ["type", "mode"])
+ACKS = Counter("tiermesh_xds_acks", "Discovery responses ACKed", ["type", "mode"])
+NACKS = Counter("tiermesh_xds_nacks", "Discovery responses NACKed", ["type", "mode"])
+REJECTED = Counter("tiermesh_xds_rejected_requests", "Requests that closed a stream", ["reason"])
+STREAMS = Gauge("tiermesh_xds_connected_streams", "Open ADS streams", ["mode"])
+
+
+@dataclass(frozen=True, slots=True)
+class NackRecord:
+    version: str
+    nonce: str
+    message: str
+    code: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    sent_version: str = ""
+    acked_version: str = ""
+    nack_count: int = 0
+    last_nack: NackRecord | None = None
+    missing: frozenset[str] = frozenset()
+    """Names the client asked for that its snapshot lacks."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: str
+    cluster: str
+    mode: Mode
+    streams: int
+    last_change: float
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return self.streams > 0
+
+
+class Callbacks:
+    """Stream lifecycle hooks; subclass and override what you need.
+
+    Called on the server's event loop; they must not block. An exception raised by a
+    callback is logged and does not affect the stream.
+    """
+
+    def on_stream_open(self, node: base_pb2.Node, mode: Mode) -> None:
+        """A stream's first request arrived with ``node``."""
+
+    def on_stream_closed(self, node: base_pb2.Node, mode: Mode) -> None:
+        """A stream ended, for whatever reason."""
+
+    def on_push(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
+        """A response was queued to the client."""
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        """The client accepted ``version``."""
+
+    def on_nack(self, node_id: str, type_url: str, nack: NackRecord) -> None:
+        """The client rejected a response; it keeps serving its last good config."""
+
+
+class StatusRegistry:
+    """Latest known xDS state of every node that ever connected to this server.
+
+    Not thread-safe; used from the server's event loop. Status outlives streams so an
+    operator can see a node that disconnected and what it last ACKed.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeStatus] = {}
+
+    def get(self, node_id: str) -> NodeStatus | None:
+        return self._nodes.get(node_id)
+
+    def all(self) -> list[NodeStatus]:
+        return [self._nodes[k] for k in sorted(self._nodes)]
+
+    def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
+        old = self._nodes.get(node.id)
+        streams = (old.streams if old else 0) + 1
+        types = dict(old.types) if old else {}
+        self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, time.time(), types)
+
+    def stream_closed(self, node_id: str) -> None:
+        old = self._nodes[node_id]
+        self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=time.time())
+
+    def update_type(self, node_id: str, type_url: str, **changes: object) -> TypeStatus:
+        old = self._nodes[node_id]
+        current = old.types.get(type_url, TypeStatus())
+        new = replace(current, **changes)  # type: ignore[arg-type]
+        types = dict(old.types)
+        types[type_url] = new
+        self._nodes[node_id] = replace(old, types=types, last_change=time.time())
+        return new

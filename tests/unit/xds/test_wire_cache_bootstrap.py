@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+
+from tests.support.resources import mesh
+from tiermesh.xds import AdsTls, BootstrapSpec, SnapshotCache, render_bootstrap, validate_bootstrap
+from tiermesh.xds.wire import bytes_field, varint
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"), [(0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (300, b"\xac\x02")]
+)
+def test_varint(value: int, encoded: bytes) -> None:
+    assert varint(value) == encoded
+
+
+def test_bytes_field_matches_protobuf() -> None:
+    assert base_pb2.Node.FromString(bytes_field(1, b"edge-1")).id == "edge-1"
+
+
+def test_cache_notifies_on_change_only() -> None:
+    cache = SnapshotCache(node_key=lambda node: node.cluster)
+    seen: list[str] = []
+    unsubscribe = cache.subscribe("edge", lambda: seen.append("edge"))
+    assert cache.node_key(base_pb2.Node(id="n1", cluster="edge")) == "edge"
+    assert cache.set_snapshot("edge", mesh({"a": 1}))
+    assert not cache.set_snapshot("edge", mesh({"a": 1}))
+    assert cache.set_snapshot("edge", mesh({"a": 2}))
+    cache.set_snapshot("other", mesh({"a": 3}))
+    assert seen == ["edge", "edge"]
+    unsubscribe()
+    assert cache.watcher_count("edge") == 0
+    cache.set_snapshot("edge", mesh({"a": 4}))
+    assert seen == ["edge", "edge"]
+
+
+@pytest.mark.parametrize("mode", ["sotw", "delta"])
+def test_bootstrap_parses_as_envoy_bootstrap(mode: str) -> None:
+    doc = render_bootstrap(
+        BootstrapSpec(
+            node_id="edge-1",
+            xds_host="127.0.0.1",
+            xds_port=18000,
+            admin_port=19000,
+            mode=mode,  # type: ignore[arg-type]
+            metadata={"tier": "local"},
+            tls=AdsTls("cert.pem", "key.pem", "bundle.pem", "spiffe://mesh/controlplane"),
+        )
+    )
+    validate_bootstrap(doc)
+    ads = doc["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == ("DELTA_GRPC" if mode == "delta" else "GRPC")
+    assert ads["set_node_on_first_message_only"] is True
+    assert doc["node"] == {"id": "edge-1", "cluster": "tiermesh", "metadata": {"tier": "local"}}
+
+
+def test_invalid_bootstrap_is_rejected() -> None:
+    doc = render_bootstrap(BootstrapSpec(node_id="n", xds_host="127.0.0.1", xds_port=1))
+    doc["dynamic_resources"]["ads_config"]["api_type"] = "CARRIER_PIGEON"
+    with pytest.raises(json_format.ParseError):
+        validate_bootstrap(doc)
