@@ -1,0 +1,76 @@
+"""Everything the control plane keeps in etcd, behind the `Store` protocol.
+
+`EtcdStore` talks to a real etcd; `MemoryStore` is a faithful in-memory fake for tests.
+Key layout: `tiermesh.controlplane.store.keys`. Errors: `tiermesh.controlplane.store.errors`.
+"""
+
+from __future__ import annotations
+
+from tiermesh.controlplane.store.bundle import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS,
+    bundle_digest,
+)
+from tiermesh.controlplane.store.errors import (
+    BundleConflict,
+    BundleCorrupt,
+    BundleTooLarge,
+    BundleTooManyFiles,
+    ContentionExhausted,
+    InvalidKey,
+    KeyExists,
+    LeaseExpired,
+    StoreError,
+    StoreRequestFailed,
+    StoreUnavailable,
+    WatchCompacted,
+)
+from tiermesh.controlplane.store.etcd import EtcdStore
+from tiermesh.controlplane.store.keys import ROOT, KeyLayout
+from tiermesh.controlplane.store.memory import ManualClock, MemoryStore
+from tiermesh.controlplane.store.models import (
+    Bundle,
+    Entry,
+    EventKind,
+    JsonScalar,
+    NodeLease,
+    NodeRecord,
+    Snapshot,
+    Usage,
+    WatchEvent,
+)
+from tiermesh.controlplane.store.protocol import Store, WatchStream
+
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_TXN_OPS",
+    "ROOT",
+    "Bundle",
+    "BundleConflict",
+    "BundleCorrupt",
+    "BundleTooLarge",
+    "BundleTooManyFiles",
+    "ContentionExhausted",
+    "Entry",
+    "EtcdStore",
+    "EventKind",
+    "InvalidKey",
+    "JsonScalar",
+    "KeyExists",
+    "KeyLayout",
+    "LeaseExpired",
+    "ManualClock",
+    "MemoryStore",
+    "NodeLease",
+    "NodeRecord",
+    "Snapshot",
+    "Store",
+    "StoreError",
+    "StoreRequestFailed",
+    "StoreUnavailable",
+    "Usage",
+    "WatchCompacted",
+    "WatchEvent",
+    "WatchStream",
+    "bundle_digest",
+]
