@@ -103,7 +103,8 @@ class PushPlan:
 
 
 def _request_bytes(layout: KeyLayout, plan: PushPlan) -> int:
-    size = len(layout.bundle_meta) * 2 + len(plan.meta_value) + 2 * _OP_OVERHEAD
+    # The metadata key appears three times: compare, put, and the read on failure.
+    size = len(layout.bundle_meta) * 3 + len(plan.meta_value) + 3 * _OP_OVERHEAD
     size += sum(len(key) + len(value) + _OP_OVERHEAD for key, value in plan.puts)
     size += sum(len(key) + _OP_OVERHEAD for key in plan.deletes)
     return size

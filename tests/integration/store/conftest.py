@@ -1,0 +1,85 @@
+"""Fixtures for the Store contract suite: one harness per implementation.
+
+The etcd harness shares one session-scoped server (loopback, free ports, no fsync) and gives
+every test its own key root, so tests cannot see each other's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tiermesh.controlplane.store import EtcdStore, ManualClock, MemoryStore, Store
+from tiermesh.controlplane.store.memory import MEMORY_ENDPOINT
+from tiermesh.procs.etcd import EtcdServer
+
+
+class Harness:
+    """A store under test plus the knobs the contract needs that differ per implementation."""
+
+    def __init__(self, kind: str, server: EtcdServer | None) -> None:
+        self.kind = kind
+        self.server = server
+        self.root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
+        self.clock = ManualClock()
+        self._stores: list[Any] = []
+        self.store: Store
+
+    @property
+    def endpoint(self) -> str:
+        return MEMORY_ENDPOINT if self.server is None else self.server.endpoint
+
+    async def new_store(self, **limits: int) -> Store:
+        """Another store with its own limits (etcd: same data; memory: a fresh fake)."""
+        store: Any
+        if self.server is None:
+            store = MemoryStore(root=self.root, clock=self.clock, **limits)
+        else:
+            store = EtcdStore(self.server.endpoint, root=self.root, **limits)
+            await store.connect()
+        self._stores.append(store)
+        return store  # type: ignore[no-any-return]
+
+    async def let_time_pass(self, seconds: float) -> None:
+        """Advance the fake's clock, or really wait for etcd's lease clock."""
+        if self.server is None:
+            self.clock.advance(seconds)
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
+
+    async def eventually(
+        self, check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0
+    ) -> None:
+        """Poll ``check`` until true; etcd applies lease expiry on its own schedule."""
+        async with asyncio.timeout(timeout_s):
+            while not await check():  # noqa: ASYNC110 - polling another process's state
+                await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        for store in self._stores:
+            await store.aclose()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    with EtcdServer.for_tests() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    server = request.getfixturevalue("etcd_server") if request.param == "etcd" else None
+    harness = Harness(request.param, server)
+    harness.store = await harness.new_store()
+    yield harness
+    await harness.aclose()
+
+
+@pytest.fixture
+def store(harness: Harness) -> Store:
+    return harness.store
