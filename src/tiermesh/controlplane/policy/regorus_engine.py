@@ -104,8 +104,11 @@ class RegorusEngine:
     Errors: :class:`RegoParseError` (syntax) and :class:`RegoCompileError`
     (e.g. unsafe variables) from ``load`` with ``file:line:col``;
     :class:`PolicyEvalError` from ``evaluate``; :class:`EngineUnavailable` from
-    the constructor when regorus cannot be imported. Builtins regorus lacks
-    (crypto, jwt, x509, cidr_merge) are compile errors here although OPA has them.
+    the constructor when regorus cannot be imported.
+
+    Known divergences from OPA, all reported as load errors here: builtins
+    regorus lacks (crypto, jwt, x509, cidr_merge); lines longer than 1024
+    columns and modules over 20000 lines (regorus's default length limits).
     """
 
     def __init__(self) -> None:
