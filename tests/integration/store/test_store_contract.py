@@ -16,6 +16,7 @@ from tiermesh.controlplane.store import (
     EtcdStore,
     EventKind,
     InvalidKey,
+    JsonScalar,
     KeyExists,
     LeaseExpired,
     MemoryStore,
@@ -64,7 +65,11 @@ async def test_empty_store_has_bundle_revision_zero(store: Store) -> None:
 
 
 async def test_push_then_read_round_trips_files_digest_and_provenance(store: Store) -> None:
-    provenance = {"git_commit": "0123abc", "author": "ops@example.com", "dirty": False}
+    provenance: dict[str, JsonScalar] = {
+        "git_commit": "0123abc",
+        "author": "ops@example.com",
+        "dirty": False,
+    }
     pushed = await store.push_bundle(FILES, expected_revision=0, provenance=provenance)
     read = await store.get_bundle()
 
@@ -441,23 +446,27 @@ async def test_cancelling_the_consumer_ends_the_watch_cleanly(store: Store) -> N
 async def test_unreachable_store_raises_store_unavailable_naming_the_endpoint(
     harness: Harness,
 ) -> None:
+    store: Store
+    watch: WatchStream
     if harness.kind == "memory":
-        store = harness.store
-        assert isinstance(store, MemoryStore)
-        await store.put("ca/a", b"1")
-        watch = store.watch("ca/", after_revision=0)
+        fake = harness.store
+        assert isinstance(fake, MemoryStore)
+        await fake.put("ca/a", b"1")
+        watch = fake.watch("ca/", after_revision=0)
         await watch.__aenter__()
-        store.set_unavailable()
+        fake.set_unavailable()
+        store = fake
         endpoint = harness.endpoint
     else:
         # Its own server: stopping the shared one would break the other tests.
         server = EtcdServer.for_tests()
         server.start()
         endpoint = server.endpoint
-        store = EtcdStore(endpoint, root=harness.root, timeout_s=2.0)
-        await store.connect()
-        await store.put("ca/a", b"1")
-        watch = store.watch("ca/", after_revision=0)
+        real = EtcdStore(endpoint, root=harness.root, timeout_s=2.0)
+        await real.connect()
+        await real.put("ca/a", b"1")
+        store = real
+        watch = real.watch("ca/", after_revision=0)
         await watch.__aenter__()
         server.stop()
 
