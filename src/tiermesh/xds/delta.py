@@ -128,7 +128,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             state.known.pop(name, None)
         state.sent_nonce = nonce
         state.sent_version = version
-        self.sent(type_url, version, nonce)
+        self.sent(type_url, version, nonce, updated)
         return (
             wire.string_field(1, version)
             + b"".join(wire.bytes_field(2, current[name].delta_bytes) for name in updated)

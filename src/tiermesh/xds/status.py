@@ -6,6 +6,7 @@ The server writes; anyone on the server's event loop reads. Readers get frozen c
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -75,8 +76,10 @@ class Callbacks:
     def on_stream_closed(self, node: base_pb2.Node, mode: Mode) -> None:
         """A stream ended, for whatever reason."""
 
-    def on_push(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
-        """A response was queued to the client."""
+    def on_push(
+        self, node_id: str, type_url: str, version: str, nonce: str, names: Sequence[str]
+    ) -> None:
+        """A response carrying the resources ``names`` was queued to the client."""
 
     def on_ack(self, node_id: str, type_url: str, version: str) -> None:
         """The client accepted ``version``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -258,11 +258,11 @@ class StreamBase(Generic[R]):
         elif verdict is Verdict.STALE:
             log.debug("xds stale nonce node=%s type=%s nonce=%s", node_id, short, nonce)
 
-    def sent(self, type_url: str, version: str, nonce: str) -> None:
+    def sent(self, type_url: str, version: str, nonce: str, names: Sequence[str]) -> None:
         self.env.status.update_type(self.node_id, type_url, sent_version=version)
         PUSHES.labels(typeurls.SHORT_NAMES[type_url], self.mode).inc()
         node_id = self.node_id
-        self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce))
+        self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce, names))
 
     def note_missing(self, type_url: str, missing: frozenset[str]) -> None:
         """Log and record requested names the snapshot lacks (once per change of the set)."""
