@@ -48,7 +48,15 @@ class Harness:
         """Advance the fake's clock, or really wait for etcd's lease clock."""
         if self.server is None:
             self.clock.advance(seconds)
-            await asyncio.sleep(0)
+            for _ in range(10):  # let woken tasks finish their store calls
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        """What a background task of the code under test sleeps with."""
+        if self.server is None:
+            await self.clock.sleep(seconds)
         else:
             await asyncio.sleep(seconds)
 

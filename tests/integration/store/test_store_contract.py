@@ -25,6 +25,7 @@ from tiermesh.controlplane.store import (
     WatchEvent,
     WatchStream,
     bundle_digest,
+    keep_alive,
 )
 from tiermesh.procs.etcd import EtcdServer
 
@@ -291,6 +292,32 @@ async def test_lease_expiry_removes_registration_and_refresh_keeps_it(harness: H
         return await store.list_nodes() == ()
 
     await harness.eventually(kept_is_gone)
+
+
+async def test_keep_alive_holds_a_lease_until_cancelled_or_lost(harness: Harness) -> None:
+    store = harness.store
+    held = await store.register_node("held", b"{}", 1)
+    lost = await store.register_node("lost", b"{}", 1)
+    holder = asyncio.create_task(keep_alive(store, held, interval_s=0.25, sleep=harness.sleep))
+    loser = asyncio.create_task(keep_alive(store, lost, interval_s=0.25, sleep=harness.sleep))
+    await store.revoke_lease(lost)
+
+    for _ in range(8):  # 2 s: twice the TTL
+        await harness.let_time_pass(0.25)
+    assert [n.node_id for n in await store.list_nodes()] == ["held"]
+    assert loser.done()
+    with pytest.raises(LeaseExpired):
+        await loser
+
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    await harness.let_time_pass(1.5)
+
+    async def held_is_gone() -> bool:
+        return await store.list_nodes() == ()
+
+    await harness.eventually(held_is_gone)
 
 
 # -- usage counters --------------------------------------------------------------------------

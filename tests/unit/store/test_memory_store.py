@@ -11,8 +11,10 @@ from tiermesh.controlplane.store import (
     LeaseExpired,
     ManualClock,
     MemoryStore,
+    NodeLease,
     StoreUnavailable,
     WatchCompacted,
+    keep_alive,
 )
 
 
@@ -94,3 +96,39 @@ async def test_iterating_an_unentered_watch_is_a_programming_error() -> None:
     stream = MemoryStore().watch("", after_revision=1)
     with pytest.raises(RuntimeError, match="async with"):
         await anext(stream)
+
+
+async def test_manual_clock_sleep_wakes_only_when_advanced_far_enough() -> None:
+    clock = ManualClock()
+    sleeper = asyncio.create_task(clock.sleep(1.0))
+    await asyncio.sleep(0)
+    clock.advance(0.5)
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    clock.advance(0.5)
+    async with asyncio.timeout(1):
+        await sleeper
+
+
+async def test_keep_alive_gives_up_after_a_whole_ttl_of_outage() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    lease = await store.register_node("edge-1", b"{}", 3)
+    task = asyncio.create_task(keep_alive(store, lease, sleep=clock.sleep))
+    await asyncio.sleep(0)
+    store.set_unavailable()
+    for _ in range(2):
+        clock.advance(1)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert not task.done()  # a short outage is ridden out
+    clock.advance(1)
+    async with asyncio.timeout(1):
+        with pytest.raises(StoreUnavailable):
+            await task
+
+
+def test_keep_alive_interval_must_be_shorter_than_the_ttl() -> None:
+    lease = NodeLease("edge-1", 1, 3)
+    with pytest.raises(ValueError, match="interval_s"):
+        asyncio.run(keep_alive(MemoryStore(), lease, interval_s=3))

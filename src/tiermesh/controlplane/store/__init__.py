@@ -27,6 +27,7 @@ from tiermesh.controlplane.store.errors import (
 )
 from tiermesh.controlplane.store.etcd import EtcdStore
 from tiermesh.controlplane.store.keys import ROOT, KeyLayout
+from tiermesh.controlplane.store.leases import keep_alive
 from tiermesh.controlplane.store.memory import ManualClock, MemoryStore
 from tiermesh.controlplane.store.models import (
     Bundle,
@@ -73,4 +74,5 @@ __all__ = [
     "WatchEvent",
     "WatchStream",
     "bundle_digest",
+    "keep_alive",
 ]

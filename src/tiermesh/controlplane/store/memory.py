@@ -78,6 +78,24 @@ class ManualClock:
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been advanced by ``seconds``; a drop-in `asyncio.sleep`."""
+        deadline = self._now + seconds
+        if deadline <= self._now:
+            await asyncio.sleep(0)
+            return
+        woken = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if self._now >= deadline and not woken.done():
+                woken.set_result(None)
+
+        self._listeners.append(wake)
+        try:
+            await woken
+        finally:
+            self._listeners.remove(wake)
+
 
 @dataclass(slots=True)
 class _Value:
