@@ -22,6 +22,7 @@ from tiermesh.controlplane.store import (
     MemoryStore,
     Store,
     StoreUnavailable,
+    WatchCompacted,
     WatchEvent,
     WatchStream,
     bundle_digest,
@@ -465,6 +466,37 @@ async def test_cancelling_the_consumer_ends_the_watch_cleanly(store: Store) -> N
     async with store.watch("ca/", after_revision=revision - 1) as stream:
         (event,) = await collect(stream, 1)
     assert event.key == "ca/after"
+
+
+async def test_watch_from_compacted_history_raises_watch_compacted(harness: Harness) -> None:
+    store: MemoryStore | EtcdStore
+    server: EtcdServer | None = None
+    if harness.kind == "memory":
+        assert isinstance(harness.store, MemoryStore)
+        store = harness.store
+    else:
+        # Its own server: compaction is server-wide and would reach the other tests' watches.
+        server = EtcdServer.for_tests()
+        server.start()
+        store = EtcdStore(server.endpoint, root=harness.root)
+        await store.connect()
+    try:
+        first = await store.put("ca/a", b"0")
+        for i in range(1, 4):
+            last = await store.put("ca/a", str(i).encode())
+        await store.compact(last)
+
+        with pytest.raises(WatchCompacted) as caught:
+            async with store.watch("ca/", after_revision=first) as stream:
+                await drain(stream, timeout_s=5)
+        assert (caught.value.after_revision, caught.value.compacted_revision) == (first, last)
+        async with store.watch("ca/", after_revision=last - 1) as stream:
+            (event,) = await collect(stream, 1)
+        assert (event.revision, event.value) == (last, b"3")
+    finally:
+        await store.aclose()
+        if server is not None:
+            server.stop()
 
 
 # -- unavailability --------------------------------------------------------------------------

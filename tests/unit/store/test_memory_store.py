@@ -60,7 +60,7 @@ async def test_watch_from_compacted_history_raises_watch_compacted() -> None:
     store = MemoryStore()
     for i in range(5):
         await store.put("ca/a", str(i).encode())
-    store.compact(4)
+    await store.compact(4)
 
     with pytest.raises(WatchCompacted) as caught:
         async with store.watch("ca/", after_revision=1):

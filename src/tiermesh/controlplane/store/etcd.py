@@ -137,6 +137,15 @@ class EtcdStore:
         with contextlib.suppress(aetcd.ClientError, grpc.RpcError, TimeoutError):
             await self._client.close()
 
+    async def compact(self, revision: int) -> None:
+        """Discard history before ``revision`` on the whole server (all roots).
+
+        An operations tool, not part of `Store`: watches that start or lag before it get
+        `WatchCompacted`.
+        """
+        with self._translate("compact"):
+            await self._client.compact(revision, physical=True)
+
     # -- internals -------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -167,8 +167,9 @@ class MemoryStore:
             for watch in list(self._watches):
                 watch.fail(StoreUnavailable(MEMORY_ENDPOINT, "simulated outage"))
 
-    def compact(self, revision: int) -> None:
+    async def compact(self, revision: int) -> None:
         """Forget history before ``revision``; watches starting earlier get `WatchCompacted`."""
+        await self._enter()
         self._compacted = max(self._compacted, min(revision, self._revision))
         self._history = [c for c in self._history if c.revision >= self._compacted]
 
