@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
+
+from tiermesh.cli import envoy_cmd
+from tiermesh.cli.up_cmd import up
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    no_args_is_help=True, help="tiermesh: routing policy as code for hybrid LLM meshes."
+    no_args_is_help=True,
+    help="tiermesh: routing policy as code for hybrid local/cloud LLM meshes.",
+    pretty_exceptions_enable=False,
 )
+app.add_typer(envoy_cmd.app, name="envoy")
+app.command("up")(up)
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

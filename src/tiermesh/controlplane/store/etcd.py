@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, NoReturn, Self
 
-import aetcd  # type: ignore[import-untyped]
-import aetcd.rpc  # type: ignore[import-untyped]
+import aetcd
+import aetcd.rpc
 import grpc
 from pydantic import BaseModel
 
