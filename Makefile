@@ -33,7 +33,7 @@ pytest: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: deps
-	$(BIN)/python bench/xds_fanout.py
+	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
 
 deps: os-deps $(STAMP)
 
