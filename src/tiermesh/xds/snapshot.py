@@ -70,6 +70,7 @@ class EncodedResource:
 class _TypeSet:
     version: str
     items: Mapping[str, EncodedResource]
+    names: frozenset[str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +139,7 @@ class Snapshot:
                 )
             ordered = dict(sorted(items.items()))
             version = _digest(*(f"{n}={r.version}".encode() for n, r in ordered.items()))
-            types[type_url] = _TypeSet(version, MappingProxyType(ordered))
+            types[type_url] = _TypeSet(version, MappingProxyType(ordered), frozenset(ordered))
         for unknown in set(resources) - set(typeurls.PUSH_ORDER):
             raise UnknownTypeUrlError(unknown, typeurls.PUSH_ORDER)
         for type_url, name, ref_type, ref_name in wanted:
@@ -155,7 +156,7 @@ class Snapshot:
         return self._types[type_url].version
 
     def names(self, type_url: str) -> frozenset[str]:
-        return frozenset(self._types[type_url].items)
+        return self._types[type_url].names
 
     def encoded(self, type_url: str) -> Mapping[str, EncodedResource]:
         """Read-only view of the encoded resources of ``type_url`` by name."""

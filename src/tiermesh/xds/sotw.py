@@ -89,7 +89,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             body += b"".join(wire.bytes_field(7, _not_found(name)) for name in sorted(missing))
         state.sent_nonce = nonce
         state.sent_version = snapshot.type_version(type_url)
-        present = snapshot.encoded(type_url).keys()
+        present = snapshot.names(type_url)
         sent = present if state.names is None else state.names & present
         self.sent(type_url, state.sent_version, nonce, sorted(sent))
         return body + wire.string_field(5, nonce)
