@@ -1,0 +1,295 @@
+"""The catalog: backends, tenants, model aliases and task types (``data/catalog.yaml``).
+
+The catalog is the data document the routing policy reads as ``data.catalog``
+(``Catalog.model_dump(mode="json")``). Lists keep their order; where the policy
+needs a tie-break it uses names, never list positions.
+
+Cross-references (unique names, aliases naming served models, tenants' tiers)
+are checked when a ``Catalog`` is built; :func:`reference_problems` reports
+them with field paths for :func:`~tiermesh.controlplane.api.load_catalog`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from tiermesh.controlplane.api._base import Contract, Name, Sensitivity, Tier
+from tiermesh.controlplane.api.errors import CatalogProblem
+from tiermesh.controlplane.api.resilience import (
+    CircuitBreaker,
+    HealthCheckTiming,
+    OutlierDetection,
+    RateLimit,
+    RetryPolicy,
+)
+
+__all__ = [
+    "CATALOG_VERSION",
+    "Backend",
+    "BackendResilience",
+    "Catalog",
+    "Defaults",
+    "Endpoint",
+    "ModelAlias",
+    "RouteResilience",
+    "TaskType",
+    "Tenant",
+    "TierDefaults",
+    "TokenCost",
+    "reference_problems",
+]
+
+CATALOG_VERSION = "v1"
+"""Version of the catalog document; bumped on incompatible changes."""
+
+DEFER_REFERENCES = "defer_references"
+"""Validation-context key: when true, ``Catalog`` skips its cross-reference check
+(the loader runs :func:`reference_problems` itself to report field paths)."""
+
+
+class Endpoint(Contract):
+    """Where a backend's OpenAI-compatible server listens."""
+
+    host: str = Field(min_length=1)
+    """DNS name or IP address."""
+    port: int = Field(ge=1, le=65535)
+    """TCP port."""
+    tls: bool = False
+    """Connect with TLS (mTLS with the node's SVID when ``spiffe_id`` is set)."""
+
+
+class TokenCost(Contract):
+    """Price of a backend in USD per 1000 tokens (0 for hardware already paid for)."""
+
+    input: float = Field(ge=0)
+    """USD per 1000 prompt tokens."""
+    output: float = Field(ge=0)
+    """USD per 1000 completion tokens."""
+
+
+class RouteResilience(Contract):
+    """Per-request settings a backend or tenant may override (unset = inherited)."""
+
+    timeout_ms: int | None = Field(default=None, gt=0)
+    """Whole-step timeout, retries included."""
+    retries: RetryPolicy | None = None
+    """Retry policy of the step."""
+    first_byte_timeout_ms: int | None = Field(default=None, gt=0)
+    """First-byte deadline before moving on to the next step (the hedge)."""
+
+
+class BackendResilience(RouteResilience):
+    """Everything a backend may override: route settings plus its cluster's settings."""
+
+    circuit_breaker: CircuitBreaker | None = None
+    """Circuit-breaker thresholds of the backend's cluster."""
+    outlier_detection: OutlierDetection | None = None
+    """Outlier detection of the backend's cluster."""
+    health_check: HealthCheckTiming | None = None
+    """Active health-check timing of the backend's cluster."""
+
+
+class TierDefaults(Contract):
+    """Resilience defaults for every backend of one tier."""
+
+    timeout_ms: int = Field(gt=0)
+    """Whole-step timeout, retries included."""
+    first_byte_timeout_ms: int = Field(gt=0)
+    """First-byte deadline before moving on to the next step."""
+    retries: RetryPolicy
+    """Retry policy of a step."""
+    circuit_breaker: CircuitBreaker
+    """Circuit-breaker thresholds; ``max_requests`` is capped by the backend's capacity."""
+    outlier_detection: OutlierDetection
+    """Outlier detection."""
+    health_check: HealthCheckTiming
+    """Active health-check timing."""
+
+
+class Defaults(Contract):
+    """Catalog-wide defaults."""
+
+    tiers: dict[Tier, TierDefaults]
+    """Resilience defaults per tier; all three tiers must be present."""
+    rate_limit: RateLimit | None = None
+    """Rate limit of tenants that set none; null means unlimited."""
+    default_task: Name = "chat"
+    """Task assumed for requests without a (known) task header."""
+    max_chain_length: int = Field(default=4, ge=1, le=16)
+    """Longest fallback chain a route gets."""
+
+    @model_validator(mode="after")
+    def _all_tiers(self) -> Defaults:
+        missing = sorted({"local", "private", "cloud"} - set(self.tiers))
+        if missing:
+            raise ValueError(f"defaults for tiers {missing} are missing")
+        return self
+
+
+class Backend(Contract):
+    """One model server (one Envoy cluster)."""
+
+    name: Name
+    """Unique backend name; the Envoy cluster name is derived from it."""
+    tier: Tier
+    """Where it runs."""
+    region: str = Field(min_length=1)
+    """Region, e.g. ``eu-west``; nodes prefer backends in their own region."""
+    residency: str = Field(min_length=1)
+    """Jurisdiction the data is processed in, e.g. ``eu``, ``us``, ``onprem``."""
+    node: Name | None = None
+    """For local backends: the node that hosts it. A local backend is a candidate
+    only on its own node (or on every node when unset)."""
+    cost_per_1k_tokens: TokenCost
+    """Price per 1000 tokens."""
+    capacity: int = Field(ge=1)
+    """Concurrent requests it serves; caps the circuit breaker's ``max_requests``."""
+    models: tuple[str, ...] = Field(min_length=1)
+    """Model names it serves."""
+    max_complexity: int = Field(ge=1, le=10)
+    """Hardest task complexity it handles well; harder tasks prefer other backends
+    and use this one only as a degraded fallback."""
+    max_sensitivity: Sensitivity | None = None
+    """Most sensitive data it is cleared for. Unset: ``restricted`` for local,
+    ``internal`` for private, ``public`` for cloud. Cloud backends may never be
+    cleared for restricted data."""
+    endpoint: Endpoint
+    """Address of the server."""
+    spiffe_id: str | None = Field(default=None, pattern=r"^spiffe://")
+    """SPIFFE ID the upstream must present (SAN match); null for external APIs."""
+    health_check: str = Field(default="/v1/models", pattern=r"^/")
+    """HTTP path of the active health check."""
+    resilience: BackendResilience | None = None
+    """Overrides of the tier defaults for this backend."""
+
+
+class Tenant(Contract):
+    """One tenant (the ``x-tiermesh-tenant`` header)."""
+
+    name: Name
+    """Unique tenant name."""
+    residency: tuple[str, ...] = Field(min_length=1)
+    """Residencies its data may be processed in; backends elsewhere are never used."""
+    monthly_budget_usd: float = Field(ge=0)
+    """Monthly spend limit. Once ``data.usage[name].spent_usd`` reaches it, routes
+    prefer the cheap tiers (local, private); requests are not refused."""
+    allowed_tiers: tuple[Tier, ...] = Field(min_length=1)
+    """Tiers it may use at all."""
+    restricted_tiers: tuple[Literal["local", "private"], ...] = ("local",)
+    """Tiers its restricted data may use; ``private`` also needs a backend cleared
+    for restricted data. Never ``cloud``."""
+    default_sensitivity: Sensitivity = "internal"
+    """Sensitivity the request-time policy assumes when it cannot classify a request."""
+    rate_limit: RateLimit | None = None
+    """Its token bucket; unset falls back to ``defaults.rate_limit``."""
+    resilience: RouteResilience | None = None
+    """Overrides of per-request settings on every route of this tenant (applied
+    after the backend's overrides)."""
+
+
+class ModelAlias(Contract):
+    """A model name apps ask for (``x-tiermesh-model``) and the models that may serve it."""
+
+    name: Name
+    """The alias."""
+    models: tuple[str, ...] = Field(min_length=1)
+    """Candidate models, preferred first; each must be served by some backend."""
+
+
+class TaskType(Contract):
+    """A task type (``x-tiermesh-task``) and how hard it is."""
+
+    name: Name
+    """The task name, e.g. ``classify``, ``reasoning``."""
+    complexity: int = Field(ge=1, le=10)
+    """Rank compared with backends' ``max_complexity``."""
+    strategy: Literal["capability", "cascade"] = "capability"
+    """``capability``: capable backends first (cheapest tier first among them),
+    the others as degraded fallback. ``cascade``: always cheapest tier first,
+    escalating to bigger tiers on failure or a late first byte."""
+
+
+class Catalog(Contract):
+    """The whole catalog document."""
+
+    version: Literal["v1"] = "v1"
+    """Catalog format version."""
+    defaults: Defaults
+    """Defaults for every tier, tenant and route."""
+    backends: tuple[Backend, ...]
+    """Model servers."""
+    tenants: tuple[Tenant, ...]
+    """Tenants."""
+    aliases: tuple[ModelAlias, ...] = ()
+    """Model aliases."""
+    tasks: tuple[TaskType, ...] = Field(min_length=1)
+    """Task types."""
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> Catalog:
+        context = info.context
+        if isinstance(context, dict) and context.get(DEFER_REFERENCES):
+            return self
+        problems = reference_problems(self)
+        if problems:
+            raise ValueError("; ".join(str(problem) for problem in problems))
+        return self
+
+
+def _duplicates(kind: str, names: Sequence[str]) -> Iterable[CatalogProblem]:
+    counts = Counter(names)
+    for index, name in enumerate(names):
+        if counts[name] > 1 and names.index(name) != index:
+            yield CatalogProblem(f"{kind}[{index}].name", f"duplicate {kind[:-1]} name {name!r}")
+
+
+def reference_problems(catalog: Catalog) -> list[CatalogProblem]:
+    """Cross-reference problems of a catalog, each with its field path; empty when sound.
+
+    Checked: names unique per kind; the default task exists; every alias model is
+    served by some backend; no cloud backend cleared for restricted data; tenants'
+    ``restricted_tiers`` within their ``allowed_tiers``.
+    """
+    problems: list[CatalogProblem] = []
+    problems += _duplicates("backends", [b.name for b in catalog.backends])
+    problems += _duplicates("tenants", [t.name for t in catalog.tenants])
+    problems += _duplicates("aliases", [a.name for a in catalog.aliases])
+    problems += _duplicates("tasks", [t.name for t in catalog.tasks])
+    if catalog.defaults.default_task not in {t.name for t in catalog.tasks}:
+        problems.append(
+            CatalogProblem(
+                "defaults.default_task",
+                f"unknown task {catalog.defaults.default_task!r}",
+            )
+        )
+    served = {model for backend in catalog.backends for model in backend.models}
+    for a, alias in enumerate(catalog.aliases):
+        for m, model in enumerate(alias.models):
+            if model not in served:
+                problems.append(
+                    CatalogProblem(
+                        f"aliases[{a}].models[{m}]", f"no backend serves model {model!r}"
+                    )
+                )
+    for b, backend in enumerate(catalog.backends):
+        if backend.tier == "cloud" and backend.max_sensitivity == "restricted":
+            problems.append(
+                CatalogProblem(
+                    f"backends[{b}].max_sensitivity",
+                    "a cloud backend may never be cleared for restricted data",
+                )
+            )
+    for t, tenant in enumerate(catalog.tenants):
+        for r, tier in enumerate(tenant.restricted_tiers):
+            if tier not in tenant.allowed_tiers:
+                problems.append(
+                    CatalogProblem(
+                        f"tenants[{t}].restricted_tiers[{r}]",
+                        f"tier {tier!r} is not in allowed_tiers",
+                    )
+                )
+    return problems
