@@ -1,0 +1,61 @@
+# METADATA
+# title: Resilience
+# description: |
+#   Per-step timeouts, retries and hedging, and per-backend circuit breakers,
+#   outlier detection and health checks. Each setting comes from the tenant's
+#   override, else the backend's override, else data.catalog.defaults.tiers for
+#   the backend's tier. Tenants override only per-request settings; cluster
+#   settings belong to the backend, so one backend has one cluster everywhere.
+package tiermesh.resilience
+
+# METADATA
+# description: |
+#   One chain step for the backend, position counted from 0 in a chain of length
+#   steps. The last step has no hedge, there is nothing to move on to.
+step(backend, tenant, model, degraded, position, length) := {
+	"backend": backend.name,
+	"tier": backend.tier,
+	"model": model,
+	"degraded": degraded,
+	"timeout_ms": _route_setting("timeout_ms", backend, tenant),
+	"retries": _route_setting("retries", backend, tenant),
+	"hedge": _hedge(backend, tenant, position, length),
+}
+
+# METADATA
+# description: The cluster settings of a backend, as the plan lists it.
+cluster(backend) := {
+	"name": backend.name,
+	"tier": backend.tier,
+	"region": backend.region,
+	"residency": backend.residency,
+	"endpoint": backend.endpoint,
+	"spiffe_id": object.get(backend, "spiffe_id", null),
+	"circuit_breaker": _circuit_breaker(backend),
+	"outlier_detection": _backend_setting("outlier_detection", backend),
+	"health_check": object.union(
+		_backend_setting("health_check", backend),
+		{"path": object.get(backend, "health_check", "/v1/models")},
+	),
+}
+
+_hedge(backend, tenant, position, length) := null if {
+	position == length - 1
+} else := {"per_try_timeout_ms": _route_setting("first_byte_timeout_ms", backend, tenant)}
+
+# Tenant override, else backend override, else tier default.
+_route_setting(key, backend, tenant) := value if {
+	value := tenant.resilience[key]
+	value != null
+} else := _backend_setting(key, backend)
+
+# Backend override, else tier default.
+_backend_setting(key, backend) := value if {
+	value := backend.resilience[key]
+	value != null
+} else := data.catalog.defaults.tiers[backend.tier][key]
+
+# The backend's capacity caps concurrent requests whatever the defaults say.
+_circuit_breaker(backend) := object.union(breaker, {"max_requests": min([breaker.max_requests, backend.capacity])}) if {
+	breaker := _backend_setting("circuit_breaker", backend)
+}
