@@ -1,0 +1,212 @@
+"""Turning bundle files into what the engine loads: modules, the data document, the catalog.
+
+Bundle path → meaning:
+
+- ``*.rego`` → a Rego module named by its path;
+- ``data/<stem>.(yaml|yml|json)`` → the document ``data.<stem>`` (two files with one stem
+  are an error); ``data/catalog.*`` is required and validated as a
+  :class:`~tiermesh.controlplane.api.Catalog`;
+- ``data/nodes.*`` (optional) → the nodes a check plans for, a list of
+  :class:`~tiermesh.controlplane.api.NodeInfo` objects;
+- anything else (``schemas/*.json``) is not loaded into the engine.
+
+Every function here is pure and returns problems as findings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from tiermesh.controlplane.api import Catalog, CatalogError, NodeInfo, parse_catalog
+from tiermesh.controlplane.bundle._yaml_lines import field_line
+from tiermesh.controlplane.bundle.findings import Finding, Stage
+from tiermesh.controlplane.bundle.reader import DATA_SUFFIXES
+from tiermesh.controlplane.policy import JSONValue
+
+__all__ = [
+    "CATALOG_DOCUMENT",
+    "NODES_DOCUMENT",
+    "Documents",
+    "catalog_line",
+    "check_nodes",
+    "read_documents",
+]
+
+CATALOG_DOCUMENT = "catalog"
+"""Stem of the required catalog document (``data/catalog.yaml``)."""
+NODES_DOCUMENT = "nodes"
+"""Stem of the optional list of nodes to check (``data/nodes.yaml``)."""
+
+_NODES = TypeAdapter(tuple[NodeInfo, ...])
+_NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+_SUBJECT = re.compile(r"^(tenant|backend) ([a-z0-9][a-z0-9_-]*):")
+
+
+@dataclass(frozen=True, slots=True)
+class Documents:
+    """The parsed bundle. ``data`` excludes nothing: the catalog is there as parsed JSON."""
+
+    modules: Mapping[str, str]
+    data: Mapping[str, JSONValue]
+    sources: Mapping[str, str]
+    """Document stem → bundle path, for locating problems."""
+    texts: Mapping[str, str]
+    """Bundle path → decoded text of each data document."""
+    catalog: Catalog | None
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def catalog_file(self) -> str | None:
+        return self.sources.get(CATALOG_DOCUMENT)
+
+
+def _parse_document(path: str, text: str) -> tuple[Any, Finding | None]:
+    try:
+        if path.endswith(".json"):
+            return json.loads(text), None
+        return yaml.safe_load(text), None
+    except json.JSONDecodeError as exc:
+        return None, Finding(Stage.DATA, f"invalid JSON: {exc.msg}", path, exc.lineno)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line = mark.line + 1 if mark is not None else None
+        return None, Finding(Stage.DATA, f"invalid YAML: {problem}", path, line)
+
+
+def read_documents(files: Mapping[str, bytes]) -> Documents:
+    """Split and parse bundle files. Problems (undecodable text, bad YAML/JSON, a catalog
+    that is missing or invalid, duplicate stems) are findings; ``catalog`` is then None."""
+    findings: list[Finding] = []
+    modules: dict[str, str] = {}
+    data: dict[str, JSONValue] = {}
+    sources: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    for path in sorted(files):
+        pure = PurePosixPath(path)
+        is_module = path.endswith(".rego")
+        is_data = pure.parts[:1] == ("data",) and len(pure.parts) == 2
+        if not is_module and not (is_data and pure.suffix in DATA_SUFFIXES):
+            continue
+        try:
+            text = files[path].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            findings.append(Finding(Stage.READ, f"not UTF-8 text: {exc.reason}", path))
+            continue
+        if is_module:
+            modules[path] = text
+            continue
+        stem = pure.stem
+        if stem in sources:
+            findings.append(
+                Finding(
+                    Stage.DATA, f"document data.{stem} is also defined by {sources[stem]}", path
+                )
+            )
+            continue
+        value, problem = _parse_document(path, text)
+        if problem is not None:
+            findings.append(problem)
+            continue
+        sources[stem] = path
+        texts[path] = text
+        data[stem] = value
+    catalog = _catalog(sources, texts, findings)
+    if catalog is not None:
+        data[CATALOG_DOCUMENT] = catalog.model_dump(mode="json")
+    return Documents(modules, data, sources, texts, catalog, tuple(findings))
+
+
+def _catalog(
+    sources: Mapping[str, str], texts: Mapping[str, str], findings: list[Finding]
+) -> Catalog | None:
+    path = sources.get(CATALOG_DOCUMENT)
+    if path is None:
+        if not any(f.file is not None and f.file.startswith("data/catalog.") for f in findings):
+            findings.append(
+                Finding(Stage.CATALOG, "missing: the bundle needs data/catalog.yaml", "data/")
+            )
+        return None
+    text = texts[path]
+    try:
+        return parse_catalog(text, file=path)
+    except CatalogError as exc:
+        for problem in exc.problems:
+            line = field_line(text, problem.field)
+            findings.append(Finding(Stage.CATALOG, str(problem), path, line))
+        return None
+
+
+def catalog_line(documents: Documents, message: str) -> int | None:
+    """The catalog line of the tenant or backend a policy message starts with, if any."""
+    match = _SUBJECT.match(message)
+    path = documents.catalog_file
+    if match is None or path is None or documents.catalog is None:
+        return None
+    kind, name = match.groups()
+    entries: Sequence[Any] = (
+        documents.catalog.tenants if kind == "tenant" else documents.catalog.backends
+    )
+    index = next((i for i, entry in enumerate(entries) if entry.name == name), None)
+    if index is None:
+        return None
+    return field_line(documents.texts[path], f"{kind}s[{index}]")
+
+
+def _synthetic_id(tier: str, region: str) -> str:
+    return _NAME_UNSAFE.sub("-", f"check-{tier}-{region}".lower())[:63]
+
+
+def check_nodes(documents: Documents) -> tuple[tuple[NodeInfo, ...], tuple[Finding, ...]]:
+    """The nodes a check plans for, and problems with ``data/nodes.*``.
+
+    1. ``data/nodes.*`` when present: exactly those nodes (a list of NodeInfo objects).
+    2. Otherwise every node that hosts a backend (a backend's ``node`` field), with that
+       backend's tier, region and residency; a node hosting several takes its first.
+    3. If no backend names a node: one synthetic node ``check-<tier>-<region>`` per
+       distinct tier and region of the backends.
+    """
+    path = documents.sources.get(NODES_DOCUMENT)
+    if path is not None:
+        try:
+            return _NODES.validate_python(documents.data[NODES_DOCUMENT]), ()
+        except ValidationError as exc:
+            text = documents.texts[path]
+            problems = []
+            for error in exc.errors(include_url=False):
+                where = "".join(
+                    f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+                ).lstrip(".")
+                problems.append(
+                    Finding(Stage.DATA, f"{where}: {error['msg']}", path, field_line(text, where))
+                )
+            return (), tuple(problems)
+    catalog = documents.catalog
+    if catalog is None:
+        return (), ()
+    hosted: dict[str, NodeInfo] = {}
+    for backend in catalog.backends:
+        if backend.node is not None and backend.node not in hosted:
+            hosted[backend.node] = NodeInfo(
+                id=backend.node,
+                tier=backend.tier,
+                region=backend.region,
+                residency=(backend.residency,),
+            )
+    if hosted:
+        return tuple(hosted[name] for name in sorted(hosted)), ()
+    synthetic = {
+        _synthetic_id(b.tier, b.region): NodeInfo(
+            id=_synthetic_id(b.tier, b.region), tier=b.tier, region=b.region
+        )
+        for b in catalog.backends
+    }
+    return tuple(synthetic[name] for name in sorted(synthetic)), ()
