@@ -30,6 +30,7 @@ from tiermesh.controlplane.policy.engine import (
 from tiermesh.controlplane.policy.errors import (
     EngineClosed,
     EngineUnavailable,
+    PolicyError,
     PolicyEvalError,
     RegoCompileError,
     RegoParseError,
@@ -142,7 +143,17 @@ class RegorusEngine:
 
     def evaluate(self, path: str, input: JSONValue = None) -> JSONValue | Undefined:
         check_path(path, engine=_NAME)
-        engines = self._engines()
+        outcome = self._evaluate(self._engines(), path, input)
+        if isinstance(outcome, PolicyError):
+            # Raised here, where no regorus engine is a local: the traceback keeps the
+            # frame alive and the garbage collector may free it on another thread.
+            raise outcome
+        return outcome
+
+    def _evaluate(
+        self, engines: _ThreadEngines, path: str, input: JSONValue
+    ) -> JSONValue | Undefined | PolicyError:
+        """Evaluate on this thread's engines; errors are returned, never raised."""
         if input is None:
             engine = engines.pristine
         else:
@@ -152,12 +163,12 @@ class RegorusEngine:
             try:
                 engine.set_input(input)
             except (TypeError, ValueError, RuntimeError) as exc:
-                raise PolicyEvalError(path, f"input rejected: {exc}", engine=_NAME) from exc
+                return PolicyEvalError(path, f"input rejected: {exc}", engine=_NAME)
         try:
             raw = engine.eval_rule_as_json(path)
         except RuntimeError as exc:
             if _NOT_A_RULE not in str(exc):
-                raise self._eval_error(path, exc) from exc
+                return self._eval_error(path, exc)
             raw = _UNDEFINED_JSON  # a package, a data document or nothing: ask as a query
         if raw == _UNDEFINED_JSON:  # also a legitimate string value: disambiguate
             return self._query(engine, path)
@@ -196,25 +207,38 @@ class RegorusEngine:
         return engines
 
     def _build(self, policy_set: _PolicySet, *, check: bool) -> Any:
+        # A failed engine must be dropped here, on its own thread: the raised error's
+        # traceback keeps this frame alive, and the garbage collector may free it on any
+        # thread, where dropping a regorus Engine is an error. So no engine stays in a
+        # local once an error is on its way.
         engine = self._regorus.Engine()
-        for file, source in policy_set.modules:
-            try:
-                engine.add_policy(file, source)
-            except RuntimeError as exc:
-                raise RegoParseError(regorus_problems(str(exc)), engine=_NAME) from exc
-        engine.add_data_json(policy_set.data_json)
-        if check:
-            try:
-                engine.eval_query("true")  # forces compilation of every module
-            except RuntimeError as exc:
-                raise RegoCompileError(regorus_problems(str(exc)), engine=_NAME) from exc
+        failure: PolicyError | None = None
+        try:
+            for file, source in policy_set.modules:
+                try:
+                    engine.add_policy(file, source)
+                except RuntimeError as exc:
+                    failure = RegoParseError(regorus_problems(str(exc)), engine=_NAME)
+                    break
+            else:
+                engine.add_data_json(policy_set.data_json)
+                if check:
+                    try:
+                        engine.eval_query("true")  # forces compilation of every module
+                    except RuntimeError as exc:
+                        failure = RegoCompileError(regorus_problems(str(exc)), engine=_NAME)
+        finally:
+            if failure is not None:
+                del engine
+        if failure is not None:
+            raise failure
         return engine
 
-    def _query(self, engine: Any, path: str) -> JSONValue | Undefined:
+    def _query(self, engine: Any, path: str) -> JSONValue | Undefined | PolicyError:
         try:
             answer = json.loads(engine.eval_query_as_json(path))
         except RuntimeError as exc:
-            raise self._eval_error(path, exc) from exc
+            return self._eval_error(path, exc)
         results = answer.get("result") or []
         if not results or not results[0].get("expressions"):
             return UNDEFINED
