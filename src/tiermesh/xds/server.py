@@ -32,11 +32,12 @@ from tiermesh.xds.stream import (
     request_decoder,
 )
 
-__all__ = ["SERVICE", "AdsServer", "start_server"]
+__all__ = ["SDS_SERVICE", "SERVICE", "AdsServer", "start_server"]
 
 log = logging.getLogger("tiermesh.xds")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
 _CODES: dict[type[XdsError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -71,19 +72,31 @@ class AdsServer:
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register both ADS methods on ``server``."""
+        self._register(server, SERVICE, "StreamAggregatedResources", "DeltaAggregatedResources")
+
+    def add_sds_to(self, server: grpc.aio.Server) -> None:
+        """Also serve the same snapshots as a standalone SDS service.
+
+        Envoy's ``api_config_source`` of type GRPC for secrets calls
+        ``SecretDiscoveryService.StreamSecrets`` (or ``DeltaSecrets``) rather than ADS; the
+        streams behave exactly as ADS streams that only ask for secrets.
+        """
+        self._register(server, SDS_SERVICE, "StreamSecrets", "DeltaSecrets")
+
+    def _register(self, server: grpc.aio.Server, service: str, sotw: str, delta: str) -> None:
         handlers = {
-            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            sotw: grpc.stream_stream_rpc_method_handler(
                 self._sotw,
                 request_deserializer=request_decoder(discovery_pb2.DiscoveryRequest),
                 response_serializer=_encoded,
             ),
-            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            delta: grpc.stream_stream_rpc_method_handler(
                 self._delta,
                 request_deserializer=request_decoder(discovery_pb2.DeltaDiscoveryRequest),
                 response_serializer=_encoded,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
     async def _sotw(
         self,
@@ -130,11 +143,13 @@ async def start_server(
     *,
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, int | str]] = (),
+    sds: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a gRPC server with ``ads`` on ``address`` ("host:port", port 0 picks one).
 
-    Returns the started server and its bound port. Port reuse is off, so a second server
-    cannot silently share a port with the first.
+    Returns the started server and its bound port (0 for a ``unix:`` address). Port reuse
+    is off, so a second server cannot silently share a port with the first. ``sds`` also
+    serves the snapshots as the standalone SecretDiscoveryService.
     """
     server = grpc.aio.server(
         options=[
@@ -145,6 +160,8 @@ async def start_server(
         ]
     )
     ads.add_to(server)
+    if sds:
+        ads.add_sds_to(server)
     if credentials is None:
         port = server.add_insecure_port(address)
     else:

@@ -4,8 +4,7 @@ The agent runs a *local* xDS server (``tiermesh.xds``: a snapshot cache and the 
 SotW/delta streams) that only its Envoy talks to, and sets a new snapshot on every change
 of the :class:`SvidStore`. Envoy reaches it through a static cluster and SDS configs whose
 ``api_config_source`` is gRPC (see ``sds_bootstrap``), so Envoy calls
-``SecretDiscoveryService``; that service speaks the same discovery protocol as ADS, and this
-module serves it with the ADS server's stream handlers under the SDS service name.
+``SecretDiscoveryService``, which the xDS server also serves (``start_server(sds=True)``).
 
 The private key crosses only this local hop (prefer a unix socket with mode 0600: anyone who
 can connect receives the key). Nothing here talks to the control plane.
@@ -19,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -36,7 +34,6 @@ from tiermesh.xds import AdsServer, Snapshot, SnapshotCache, start_server
 
 __all__ = [
     "BUNDLE_SDS_NAME",
-    "SDS_SERVICE",
     "SVID_SDS_NAME",
     "LocalSdsServer",
     "SdsNames",
@@ -53,8 +50,6 @@ SVID_SDS_NAME = "tiermesh_svid"
 BUNDLE_SDS_NAME = "tiermesh_trust_bundle"
 """Default name of the ``validation_context`` secret (the trust domain's roots)."""
 
-SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
-_ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _LOCAL_KEY = "local"
 
 
@@ -122,44 +117,6 @@ def sds_secrets(material: SvidMaterial, names: SdsNames | None = None) -> list[s
     ]
 
 
-class _HandlerCapture:
-    """Stands in for a ``grpc.aio.Server`` to collect what ``AdsServer.add_to`` registers."""
-
-    def __init__(self) -> None:
-        self.handlers: list[grpc.GenericRpcHandler[Any, Any]] = []
-
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self.handlers.extend(handlers)
-
-
-@dataclass(frozen=True)
-class _CallDetails(grpc.HandlerCallDetails):
-    method: str
-    invocation_metadata: tuple[tuple[str, str], ...] = ()
-
-
-def _sds_handler(ads: AdsServer) -> grpc.GenericRpcHandler[Any, Any]:
-    capture = _HandlerCapture()
-    ads.add_to(capture)  # type: ignore[arg-type]
-
-    def lookup(method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        for handler in capture.handlers:
-            found = handler.service(_CallDetails(f"/{_ADS_SERVICE}/{method}"))
-            if found is not None:
-                return found
-        raise RuntimeError(f"the ADS server registers no {method}")  # pragma: no cover
-
-    return grpc.method_handlers_generic_handler(
-        SDS_SERVICE,
-        {
-            "StreamSecrets": lookup("StreamAggregatedResources"),
-            "DeltaSecrets": lookup("DeltaAggregatedResources"),
-        },
-    )
-
-
 class LocalSdsServer:
     """Serves :func:`sds_secrets` of the store's identity to the node's Envoy.
 
@@ -212,8 +169,7 @@ class LocalSdsServer:
         if path is not None:
             bind_unix_socket_path(path)
         self.ads = AdsServer(self.cache)
-        server, port = await start_server(self.ads, self._requested)
-        server.add_generic_rpc_handlers((_sds_handler(self.ads),))
+        server, port = await start_server(self.ads, self._requested, sds=True)
         self._server = server
         if path is not None:
             os.chmod(path, self._mode)
