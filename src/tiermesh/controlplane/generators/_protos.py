@@ -1,0 +1,40 @@
+"""Small proto helpers shared by the generators (private)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from envoy.config.core.v3 import config_source_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+
+__all__ = ["ads", "is_ip", "ms", "pack"]
+
+
+def pack(message: Message) -> any_pb2.Any:
+    """``message`` packed into an ``Any`` with the standard type URL prefix."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def ms(millis: int) -> duration_pb2.Duration:
+    """A ``Duration`` of ``millis`` milliseconds."""
+    return duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+
+
+def ads() -> config_source_pb2.ConfigSource:
+    """A v3 config source served over the ADS stream."""
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def is_ip(host: str) -> bool:
+    """True for an IPv4/IPv6 literal (EDS endpoints must be IPs; names need DNS clusters)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,57 @@
+"""EDS: one ClusterLoadAssignment per backend reachable by IP address."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import struct_pb2
+
+from tiermesh.controlplane.api import BackendPlan
+from tiermesh.controlplane.generators._protos import is_ip
+from tiermesh.controlplane.model import MeshModel
+
+__all__ = ["generate", "load_assignment"]
+
+
+def load_assignment(name: str, backend: BackendPlan) -> endpoint_pb2.ClusterLoadAssignment:
+    """The one-endpoint assignment ``name`` for ``backend``, at priority 0.
+
+    The endpoint's metadata ``tiermesh`` = ``{backend, tier}`` names the answering
+    backend in the ``x-tiermesh-tier`` response header (``%UPSTREAM_METADATA%``).
+    """
+    endpoint = backend.endpoint
+    metadata = struct_pb2.Struct()
+    metadata.update({"backend": backend.name, "tier": backend.tier})
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=address_pb2.Address(
+                                socket_address=address_pb2.SocketAddress(
+                                    address=endpoint.host, port_value=endpoint.port
+                                )
+                            )
+                        ),
+                        metadata=base_pb2.Metadata(filter_metadata={"tiermesh": metadata}),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def generate(model: MeshModel, node_id: str) -> list[endpoint_pb2.ClusterLoadAssignment]:
+    """One assignment per planned backend with an IP endpoint, named after the backend.
+
+    Backends addressed by DNS name get no
+    assignment: their clusters are STRICT_DNS with the endpoint inline.
+    """
+    node = model.node(node_id)
+    return [
+        load_assignment(backend.name, backend)
+        for backend in node.backends.values()
+        if is_ip(backend.endpoint.host)
+    ]

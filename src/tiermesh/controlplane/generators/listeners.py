@@ -1,0 +1,60 @@
+"""LDS: the loopback listener apps send their OpenAI-compatible requests to."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from tiermesh.controlplane.generators._protos import ads, pack
+from tiermesh.controlplane.model import MeshModel, names
+
+__all__ = ["RATE_LIMIT_FILTER", "generate"]
+
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+"""Name of the local rate-limit filter; routes configure it in ``typed_per_filter_config``."""
+
+
+def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
+    """The app listener: HTTP connection manager, routes over RDS (ADS), and filters
+    local rate limit (pass-through unless a route configures a bucket) → router."""
+    node = model.node(node_id)
+    settings = node.settings
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="tiermesh_app",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads(), route_config_name=names.APP_ROUTES),
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name=RATE_LIMIT_FILTER,
+                typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix="tiermesh")),
+            ),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+            ),
+        ],
+    )
+    return [
+        listener_pb2.Listener(
+            name=names.APP_LISTENER,
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=settings.app_address, port_value=settings.app_port
+                )
+            ),
+            filter_chains=[
+                listener_components_pb2.FilterChain(
+                    filters=[
+                        listener_components_pb2.Filter(
+                            name="envoy.filters.network.http_connection_manager",
+                            typed_config=pack(manager),
+                        )
+                    ]
+                )
+            ],
+        )
+    ]

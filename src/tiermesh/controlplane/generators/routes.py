@@ -1,0 +1,202 @@
+"""RDS: the app route table, one Envoy route per plan route, in plan order.
+
+Mapping (each decision is tested against a real Envoy in tests/integration/compiler):
+
+- Match: an exact header matcher on ``x-tiermesh-<field>`` for each field of the plan
+  route's match that is not ``*``.
+- **Missing sensitivity fails closed**: every restricted route is followed by a twin
+  (``<name>/unclassified``) that matches the same tenant/task/model with the
+  ``x-tiermesh-sensitivity`` header *absent* and routes exactly like the restricted
+  route. A request with an unknown sensitivity value matches no route: Envoy answers 404.
+- **Budget**: when ``budget_fallback`` differs from ``chain``, a route
+  ``<name>/budget`` matching additionally ``x-tiermesh-budget: exhausted`` comes first.
+- **Empty chain** (a violation): ``direct_response`` 503 with a body naming the route.
+- **Chain**: one step → that backend's cluster; several → the chain's aggregate cluster,
+  with a retry policy whose ``previous_priorities`` retry priority (update frequency 1)
+  moves every retry one step down the chain. Envoy has one retry policy per route, so:
+  ``num_retries`` = every step's retries plus one per extra step (after the last step
+  the chain starts over); ``retry_on`` = the union of the steps' conditions plus
+  ``connect-failure,refused-stream,reset`` (a late first byte or a dead backend always
+  moves on); backoff = the first step's base and the largest max; route ``timeout`` =
+  the sum of the steps' timeouts; ``per_try_timeout`` = the first step's hedge (Envoy
+  ignores a per-try timeout once response headers went downstream, so it is a
+  first-byte deadline; it applies to every try of the route).
+- **Answering tier**: the virtual host adds response header ``x-tiermesh-tier`` from the
+  answering endpoint's metadata (``%UPSTREAM_METADATA(tiermesh:tier)%``): through an
+  aggregate cluster it names the member that answered. Local replies (503, 429) get none.
+- **Model rewrite**: not compiled. A step's ``model`` differs per route, and Envoy offers
+  no per-(route, member) request header through an aggregate; the plan's per-step model
+  stays for the request-time layer.
+- **Rate limit**: the tenant's token bucket in the route's ``typed_per_filter_config``
+  for ``envoy.filters.http.local_ratelimit``. Envoy keeps one bucket per route config,
+  so the limit holds per route, not across all of a tenant's routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
+from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import wrappers_pb2
+
+from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RateLimit, RoutePlan
+from tiermesh.controlplane.generators._protos import ms, pack
+from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
+from tiermesh.controlplane.model import MeshModel, NodeModel, names
+
+__all__ = ["ALWAYS_RETRY_ON", "TIER_FROM_ENDPOINT", "generate", "refusal_body"]
+
+ALWAYS_RETRY_ON = ("connect-failure", "refused-stream", "reset")
+"""Retry conditions every chain route has, so a dead or late step always moves on."""
+
+TIER_FROM_ENDPOINT = "%UPSTREAM_METADATA(tiermesh:tier)%"
+"""Value of the ``x-tiermesh-tier`` response header: the answering endpoint's tier."""
+
+_SENSITIVITY = MATCH_HEADERS["sensitivity"]
+
+
+def refusal_body(route: str) -> str:
+    """Body of the 503 a route without any permitted backend answers with."""
+    return f"tiermesh: no backend may serve route {route} (fail closed)\n"
+
+
+def _exact(header: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=header, string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _absent(header: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=header, present_match=False)
+
+
+def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
+    first = steps[0]
+    conditions = {condition for step in steps for condition in step.retries.retry_on}
+    conditions.update(ALWAYS_RETRY_ON)
+    policy = rc.RetryPolicy(
+        retry_on=",".join(sorted(conditions)),
+        num_retries=wrappers_pb2.UInt32Value(
+            value=sum(step.retries.count for step in steps) + len(steps) - 1
+        ),
+        retry_back_off=rc.RetryPolicy.RetryBackOff(
+            base_interval=ms(first.retries.backoff_base_ms),
+            max_interval=ms(max(step.retries.backoff_max_ms for step in steps)),
+        ),
+    )
+    if first.hedge is not None:
+        policy.per_try_timeout.CopyFrom(ms(first.hedge.per_try_timeout_ms))
+    if len(steps) > 1:
+        policy.retry_priority.CopyFrom(
+            rc.RetryPolicy.RetryPriority(
+                name="envoy.retry_priorities.previous_priorities",
+                typed_config=pack(
+                    previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
+                ),
+            )
+        )
+    return policy
+
+
+def _rate_limit(tenant: str, limit: RateLimit) -> local_rate_limit_pb2.LocalRateLimit:
+    always = base_pb2.RuntimeFractionalPercent(
+        default_value=percent_pb2.FractionalPercent(
+            numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED
+        )
+    )
+    return local_rate_limit_pb2.LocalRateLimit(
+        stat_prefix=f"tenant_{tenant}",
+        token_bucket=token_bucket_pb2.TokenBucket(
+            max_tokens=limit.max_tokens,
+            tokens_per_fill=wrappers_pb2.UInt32Value(value=limit.tokens_per_fill),
+            fill_interval=ms(limit.fill_interval_ms),
+        ),
+        filter_enabled=always,
+        filter_enforced=always,
+    )
+
+
+def _route(
+    node: NodeModel,
+    plan_route: RoutePlan,
+    name: str,
+    steps: Sequence[ChainStep],
+    headers: list[rc.HeaderMatcher],
+) -> rc.Route:
+    route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
+    if not steps:
+        route.direct_response.CopyFrom(
+            rc.DirectResponseAction(
+                status=503,
+                body=base_pb2.DataSource(inline_string=refusal_body(plan_route.name)),
+            )
+        )
+        return route
+    route.route.CopyFrom(
+        rc.RouteAction(
+            cluster=node.target(steps),
+            timeout=ms(sum(step.timeout_ms for step in steps)),
+            retry_policy=_retry_policy(steps),
+        )
+    )
+    if plan_route.rate_limit is not None:
+        route.typed_per_filter_config[RATE_LIMIT_FILTER].Pack(
+            _rate_limit(plan_route.match.tenant, plan_route.rate_limit)
+        )
+    return route
+
+
+def _routes_for(node: NodeModel, plan_route: RoutePlan) -> Iterator[rc.Route]:
+    match = plan_route.match
+    headers = [
+        _exact(MATCH_HEADERS[field], value)
+        for field, value in (
+            ("tenant", match.tenant),
+            ("sensitivity", match.sensitivity),
+            ("task", match.task),
+            ("model", match.model),
+        )
+        if value != "*"
+    ]
+    variants: list[tuple[str, list[rc.HeaderMatcher]]] = [(plan_route.name, headers)]
+    if match.sensitivity == "restricted":
+        unclassified = [_absent(_SENSITIVITY) if h.name == _SENSITIVITY else h for h in headers]
+        variants.append((f"{plan_route.name}/unclassified", unclassified))
+    chain = plan_route.chain
+    fallback = plan_route.budget_fallback
+    if fallback and fallback != chain:
+        budget = _exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
+        for name, matchers in variants:
+            yield _route(node, plan_route, f"{name}/budget", fallback, [*matchers, budget])
+    for name, matchers in variants:
+        yield _route(node, plan_route, name, chain, matchers)
+
+
+def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguration]:
+    """The app listener's route table: one virtual host (any domain), routes in plan order."""
+    node = model.node(node_id)
+    routes = [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
+    return [
+        route_pb2.RouteConfiguration(
+            name=names.APP_ROUTES,
+            virtual_hosts=[
+                rc.VirtualHost(
+                    name="app",
+                    domains=["*"],
+                    routes=routes,
+                    response_headers_to_add=[
+                        base_pb2.HeaderValueOption(
+                            header=base_pb2.HeaderValue(
+                                key=names.TIER_HEADER, value=TIER_FROM_ENDPOINT
+                            ),
+                            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                        )
+                    ],
+                )
+            ],
+        )
+    ]

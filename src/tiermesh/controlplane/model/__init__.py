@@ -1,0 +1,25 @@
+"""The immutable mesh model the generators compile Envoy resources from.
+
+- :class:`MeshModel` — every node's evaluated :class:`~tiermesh.controlplane.api.Plan`
+  and :class:`NodeSettings`, with the clusters they imply (:class:`NodeModel`).
+- :mod:`~tiermesh.controlplane.model.names` — the Envoy resource names derived from it.
+"""
+
+from __future__ import annotations
+
+from tiermesh.controlplane.model import names
+from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
+from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstream
+from tiermesh.controlplane.model.settings import NodeSettings
+
+__all__ = [
+    "Chain",
+    "MeshModel",
+    "ModelError",
+    "NodeModel",
+    "NodeSettings",
+    "PlanMismatch",
+    "UnknownNode",
+    "Upstream",
+    "names",
+]

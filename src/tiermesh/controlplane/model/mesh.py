@@ -1,0 +1,141 @@
+"""The immutable mesh model: every node's plan, settings and the clusters they imply.
+
+Built once per change (bundle, catalog, usage or topology) and then only read: the
+generators are pure functions of it, and any number of threads or tasks may share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from tiermesh.controlplane.api import BackendPlan, ChainStep, Plan
+from tiermesh.controlplane.model import names
+from tiermesh.controlplane.model.errors import PlanMismatch, UnknownNode
+from tiermesh.controlplane.model.settings import NodeSettings
+
+__all__ = ["Chain", "MeshModel", "NodeModel", "Upstream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One backend cluster, shared by every chain that calls the backend (so its circuit
+    breaker counts all of the node's requests to the backend)."""
+
+    name: str
+    backend: BackendPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """An aggregate cluster failing over through ``members`` (upstream cluster names)."""
+
+    name: str
+    members: tuple[str, ...]
+
+
+def _member(step: ChainStep) -> str:
+    return names.upstream_cluster(step.backend)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeModel:
+    """What one node's snapshot is compiled from. Immutable; sorted by name throughout."""
+
+    node_id: str
+    plan: Plan
+    settings: NodeSettings
+    backends: Mapping[str, BackendPlan]
+    upstreams: tuple[Upstream, ...]
+    chains: tuple[Chain, ...]
+
+    def target(self, steps: Sequence[ChainStep]) -> str:
+        """Cluster a route sends ``steps`` to: the only backend's, or the chain's aggregate.
+
+        ``steps`` must be non-empty and come from this node's plan.
+        """
+        members = tuple(_member(step) for step in steps)
+        if len(members) == 1:
+            return members[0]
+        return names.chain_cluster(members)
+
+    @classmethod
+    def build(cls, plan: Plan, settings: NodeSettings) -> NodeModel:
+        """Derive the clusters of ``plan``; raise :class:`PlanMismatch` when it cannot compile.
+
+        Refused: a chain step naming a backend missing from ``plan.backends``, a step whose
+        tier differs from its backend's, and a SPIFFE-checked TLS backend without
+        ``settings.trust_bundle_pem``.
+        """
+        node_id = plan.node.id
+        backends = {backend.name: backend for backend in plan.backends}
+        upstreams: dict[str, Upstream] = {}
+        chains: dict[str, Chain] = {}
+        for route in plan.routes:
+            for steps in (route.chain, route.budget_fallback):
+                for step in steps:
+                    backend = backends.get(step.backend)
+                    if backend is None:
+                        raise PlanMismatch(
+                            node_id, f"route {route.name!r} names unknown backend {step.backend!r}"
+                        )
+                    if backend.tier != step.tier:
+                        raise PlanMismatch(
+                            node_id,
+                            f"route {route.name!r} calls {step.backend!r} tier {step.tier!r}, "
+                            f"but the backend is {backend.tier!r}",
+                        )
+                    name = _member(step)
+                    upstreams.setdefault(name, Upstream(name, backend))
+                if len(steps) > 1:
+                    members = tuple(_member(step) for step in steps)
+                    chain = Chain(names.chain_cluster(members), members)
+                    chains.setdefault(chain.name, chain)
+        for upstream in upstreams.values():
+            backend = upstream.backend
+            if backend.endpoint.tls and backend.spiffe_id and settings.trust_bundle_pem is None:
+                raise PlanMismatch(
+                    node_id,
+                    f"backend {backend.name!r} must present {backend.spiffe_id}, "
+                    "but the node settings hold no trust bundle",
+                )
+        return cls(
+            node_id=node_id,
+            plan=plan,
+            settings=settings,
+            backends=MappingProxyType(dict(sorted(backends.items()))),
+            upstreams=tuple(upstreams[name] for name in sorted(upstreams)),
+            chains=tuple(chains[name] for name in sorted(chains)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MeshModel:
+    """Every node's :class:`NodeModel`, by node id. Immutable and safe to share."""
+
+    nodes: Mapping[str, NodeModel]
+
+    @classmethod
+    def build(cls, plans: Iterable[Plan], settings: Mapping[str, NodeSettings]) -> MeshModel:
+        """One model from the evaluated plans (one per node) and each node's settings.
+
+        Raises :class:`PlanMismatch` for two plans of one node, a plan without settings,
+        or a plan that cannot compile (see :meth:`NodeModel.build`).
+        """
+        nodes: dict[str, NodeModel] = {}
+        for plan in plans:
+            node_id = plan.node.id
+            if node_id in nodes:
+                raise PlanMismatch(node_id, "two plans for one node")
+            if node_id not in settings:
+                raise PlanMismatch(node_id, "no node settings (app listener port)")
+            nodes[node_id] = NodeModel.build(plan, settings[node_id])
+        return cls(MappingProxyType(dict(sorted(nodes.items()))))
+
+    def node(self, node_id: str) -> NodeModel:
+        """The model of ``node_id``; raises :class:`UnknownNode` when there is none."""
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise UnknownNode(node_id, tuple(self.nodes)) from None

@@ -1,0 +1,43 @@
+"""Envoy resource names derived from plan content: deterministic, readable, collision-free.
+
+Catalog names match ``[a-z0-9][a-z0-9_-]*``; the separators used here (``|``, ``/``)
+never occur in them, so a derived name cannot collide with a backend's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "APP_LISTENER",
+    "APP_ROUTES",
+    "BUDGET_EXHAUSTED",
+    "BUDGET_HEADER",
+    "TIER_HEADER",
+    "TRUST_BUNDLE_SECRET",
+    "chain_cluster",
+    "upstream_cluster",
+]
+
+APP_LISTENER = "tiermesh-app"
+"""The loopback listener apps send their requests to."""
+APP_ROUTES = "tiermesh-app"
+"""The RouteConfiguration of the app listener (served over RDS)."""
+TRUST_BUNDLE_SECRET = "tiermesh-spiffe-bundle"  # noqa: S105 - a resource name, not a secret
+"""SDS secret holding the SPIFFE trust bundle upstream SAN checks validate against."""
+BUDGET_HEADER = "x-tiermesh-budget"
+"""Request header the request-time policy sets once the tenant's budget is spent."""
+BUDGET_EXHAUSTED = "exhausted"
+"""Value of :data:`BUDGET_HEADER` that selects a route's budget fallback chain."""
+TIER_HEADER = "x-tiermesh-tier"
+"""Response header naming the tier of the backend that answered."""
+
+
+def upstream_cluster(backend: str) -> str:
+    """Cluster of one backend: the backend's name."""
+    return backend
+
+
+def chain_cluster(members: Sequence[str]) -> str:
+    """Aggregate cluster that fails over through ``members`` (upstream cluster names) in order."""
+    return "chain|" + "|".join(members)
