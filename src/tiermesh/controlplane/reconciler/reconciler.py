@@ -1,0 +1,366 @@
+"""The reconciler: store events → debounce → one evaluation → every node's snapshot.
+
+Watches the bundle and the node registrations, coalesces bursts of events, evaluates the
+current bundle for every node on a worker thread, and publishes the snapshots all at once,
+or none: a bundle that fails anywhere is refused and the last good snapshots keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any, Final, Protocol, Self
+
+from tiermesh.controlplane.api import NodeInfo, TenantUsage
+from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
+from tiermesh.controlplane.policy import PolicyEngine, PolicyError
+from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
+from tiermesh.controlplane.reconciler.registration import (
+    InvalidRegistration,
+    node_from_registration,
+)
+from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
+from tiermesh.controlplane.store import (
+    Bundle,
+    JsonScalar,
+    Store,
+    StoreError,
+    WatchCompacted,
+)
+from tiermesh.xds import Snapshot
+
+__all__ = ["BUNDLE_PREFIX", "NODES_PREFIX", "USAGE_PREFIX", "Reconciler", "SnapshotSink"]
+
+BUNDLE_PREFIX: Final = "bundle/"
+NODES_PREFIX: Final = "nodes/"
+USAGE_PREFIX: Final = "usage/"
+_MICRO: Final = 1_000_000
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotSink(Protocol):
+    """Where snapshots go: `tiermesh.xds.SnapshotCache` fits. Called on the event loop."""
+
+    def set_snapshot(self, key: str, snapshot: Snapshot) -> bool: ...
+
+    def clear_snapshot(self, key: str) -> None: ...
+
+
+def _usage(entries: Sequence[tuple[str, bytes]]) -> dict[str, TenantUsage]:
+    usage: dict[str, TenantUsage] = {}
+    for key, value in entries:
+        tenant = key.removeprefix(USAGE_PREFIX)
+        try:
+            cost_micro = int(json.loads(value)["cost_micro"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("usage counter of tenant %r is unreadable; counted as 0", tenant)
+            continue
+        usage[tenant] = TenantUsage(spent_usd=max(cost_micro, 0) / _MICRO)
+    return usage
+
+
+class Reconciler:
+    """Keeps ``cache`` equal to what the store's bundle compiles to, for every node.
+
+    Nodes: every registration in the store (decoded by
+    :func:`~tiermesh.controlplane.reconciler.registration.node_from_registration`; an
+    unreadable one is skipped and logged) plus ``static_nodes`` (a registration with the
+    same id wins). Data: the bundle's documents, with ``data.usage`` read from the store's
+    usage counters at each reconcile (usage changes alone do not trigger one).
+
+    Each reconcile loads the bundle into a fresh engine from ``engine_factory`` and runs
+    ``compiler`` for each node on the reconciler's own worker thread (so engines that
+    must stay on one thread, like regorus, are fine). Snapshots are set only when every
+    node planned, compiled and verified without an error (plan violations count as errors
+    unless ``refuse_violations`` is False); otherwise nothing is set, the findings are
+    logged and kept in :attr:`last_error`, and the previous snapshots keep serving.
+    Snapshots of nodes that disappeared are cleared after a successful reconcile.
+
+    Debounce: the first event starts a quiet period of ``debounce_s``; every further
+    event restarts it, but a reconcile starts at most ``max_delay_s`` after the first.
+    Events during a reconcile cause one more reconcile after it. Store outages and
+    compacted watches are retried every ``retry_s``.
+
+    Task safety: use from the event loop that owns ``store`` and ``cache``; one
+    :meth:`start` per instance. :meth:`aclose` stops the watches and the loop.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        engine_factory: Callable[[], PolicyEngine],
+        compiler: Compiler,
+        cache: SnapshotSink,
+        *,
+        debounce_s: float = 0.1,
+        max_delay_s: float | None = None,
+        clock: Clock | None = None,
+        static_nodes: Sequence[NodeInfo] = (),
+        refuse_violations: bool = True,
+        retry_s: float = 1.0,
+    ) -> None:
+        if debounce_s < 0:
+            raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
+        self._store = store
+        self._engine_factory = engine_factory
+        self._compiler = compiler
+        self._cache = cache
+        self._debounce_s = debounce_s
+        self._max_delay_s = max_delay_s if max_delay_s is not None else max(1.0, 10 * debounce_s)
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._static_nodes = tuple(static_nodes)
+        self._refuse_violations = refuse_violations
+        self._retry_s = retry_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")
+        self._events = 0
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._published: dict[str, str] = {}
+        self._count = 0
+        self._serving_revision = 0
+        self._serving_sha256 = ""
+        self._serving_provenance: Mapping[str, JsonScalar] = MappingProxyType({})
+        self.last_error: ReconcileError | None = None
+        """Why the latest reconcile was refused; None once one succeeds."""
+        self.last_result: ReconcileResult | None = None
+        """The latest reconcile, successful or not."""
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def bundle_revision(self) -> int:
+        """Revision of the bundle whose snapshots are served (0: none yet)."""
+        return self._serving_revision
+
+    @property
+    def bundle_sha256(self) -> str:
+        return self._serving_sha256
+
+    @property
+    def provenance(self) -> Mapping[str, JsonScalar]:
+        """Provenance of the served bundle (git commit, author, dirty flag, pusher)."""
+        return self._serving_provenance
+
+    @property
+    def reconcile_count(self) -> int:
+        return self._count
+
+    @property
+    def published(self) -> Mapping[str, str]:
+        """Node id → version of the snapshot this reconciler set for it."""
+        return MappingProxyType(dict(self._published))
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start watching from the current store revision and schedule a first reconcile.
+
+        Returns at once: the first reconcile runs in the background (see
+        :meth:`wait_for`). Raises ``StoreUnavailable`` if the store cannot be read.
+        """
+        if self._tasks:
+            raise RuntimeError("reconciler already started")
+        bundle_rev = (await self._store.read_prefix(BUNDLE_PREFIX)).revision
+        nodes_rev = (await self._store.read_prefix(NODES_PREFIX)).revision
+        self._wake.set()
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="reconcile-loop"),
+            asyncio.create_task(self._watch(BUNDLE_PREFIX, bundle_rev), name="watch-bundle"),
+            asyncio.create_task(self._watch(NODES_PREFIX, nodes_rev), name="watch-nodes"),
+        ]
+
+    async def aclose(self) -> None:
+        """Stop watching and reconciling. Idempotent; snapshots already set stay set."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    async def wait_for(
+        self, predicate: Callable[[ReconcileResult], bool], *, timeout_s: float = 10.0
+    ) -> ReconcileResult:
+        """Wait until a reconcile's result satisfies ``predicate`` (the latest one counts).
+
+        Raises ``TimeoutError`` after ``timeout_s`` (real seconds).
+        """
+        async with asyncio.timeout(timeout_s), self._done:
+            while self.last_result is None or not predicate(self.last_result):
+                await self._done.wait()
+            return self.last_result
+
+    # -- event handling ---------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        self._events += 1
+        self._wake.set()
+
+    async def _watch(self, prefix: str, after_revision: int) -> None:
+        revision = after_revision
+        while True:
+            try:
+                async with self._store.watch(prefix, after_revision=revision) as events:
+                    async for event in events:
+                        revision = event.revision
+                        self._poke()
+            except WatchCompacted:
+                log.warning("watch on %s compacted; resyncing", prefix)
+                with contextlib.suppress(StoreError):
+                    revision = (await self._store.read_prefix(prefix)).revision
+                self._poke()
+            except StoreError as exc:
+                log.warning(
+                    "watch on %s failed (%s); retrying in %.1f s", prefix, exc, self._retry_s
+                )
+                await self._clock.sleep(self._retry_s)
+                self._poke()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            seen = self._events
+            first = self._clock.now()
+            while self._debounce_s > 0:
+                await self._clock.sleep(self._debounce_s)
+                if self._events == seen or self._clock.now() - first >= self._max_delay_s:
+                    break
+                seen = self._events
+            self._wake.clear()
+            coalesced = self._events
+            self._events = 0
+            result = await self.reconcile_now(events=coalesced)
+            if result.store_failed:
+                await self._clock.sleep(self._retry_s)
+                self._wake.set()
+
+    # -- one reconcile ----------------------------------------------------------------------
+
+    async def reconcile_now(self, *, events: int = 0) -> ReconcileResult:
+        """Reconcile once, now (serialised with the background loop); returns the result.
+
+        Never raises for a bad bundle or an unreachable store: see the result and
+        :attr:`last_error`.
+        """
+        async with self._lock:
+            self._count += 1
+            started_at = self._clock.now()
+            began = time.perf_counter()
+            result = await self._reconcile(self._count, started_at, began, events)
+            self.last_result = result
+            if result.ok:
+                self.last_error = None
+            else:
+                self.last_error = ReconcileError(result.bundle_revision, result.errors)
+                log.error("%s", self.last_error)
+        async with self._done:
+            self._done.notify_all()
+        return result
+
+    async def _read_state(
+        self,
+    ) -> tuple[Bundle, list[NodeInfo], list[str], dict[str, TenantUsage]]:
+        bundle = await self._store.get_bundle()
+        records = await self._store.list_nodes()
+        usage_snapshot = await self._store.read_prefix(USAGE_PREFIX)
+        nodes = {node.id: node for node in self._static_nodes}
+        skipped: list[str] = []
+        for record in records:
+            try:
+                nodes[record.node_id] = node_from_registration(record)
+            except InvalidRegistration as exc:
+                log.warning("%s; the node gets no snapshot", exc)
+                skipped.append(record.node_id)
+        usage = _usage([(entry.key, entry.value) for entry in usage_snapshot.entries])
+        return bundle, [nodes[n] for n in sorted(nodes)], skipped, usage
+
+    def _evaluate(
+        self,
+        files: Mapping[str, bytes],
+        nodes: Sequence[NodeInfo],
+        usage: Mapping[str, TenantUsage],
+    ) -> BundleOutcome:
+        engine = self._engine_factory()
+        try:
+            return evaluate_bundle(
+                files,
+                engine,
+                nodes=nodes,
+                compiler=self._compiler,
+                usage=usage,
+                refuse_violations=self._refuse_violations,
+            )
+        finally:
+            engine.close()
+
+    async def _reconcile(
+        self, number: int, started_at: float, began: float, events: int
+    ) -> ReconcileResult:
+        try:
+            bundle, nodes, skipped, usage = await self._read_state()
+        except StoreError as exc:
+            return ReconcileResult(
+                number, False, 0, "", 0, (), errors=(Finding(Stage.READ, f"store: {exc}"),),
+                started_at=started_at, duration_s=time.perf_counter() - began, events=events,
+                store_failed=True,
+            )  # fmt: skip
+        node_ids = tuple(node.id for node in nodes)
+        base = ReconcileResult(
+            number, True, bundle.revision, bundle.sha256, bundle.etcd_revision, node_ids,
+            skipped=tuple(skipped), started_at=started_at, events=events,
+        )  # fmt: skip
+
+        def result(ok: bool, **changes: Any) -> ReconcileResult:
+            return replace(base, ok=ok, duration_s=time.perf_counter() - began, **changes)
+
+        if bundle.revision == 0:
+            return result(True)
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(
+                self._executor, self._evaluate, bundle.files, nodes, usage
+            )
+        except PolicyError as exc:
+            return result(False, errors=(Finding(Stage.REGO, f"policy engine: {exc}"),))
+        if not outcome.ok:
+            return result(False, errors=outcome.errors, warnings=outcome.warnings)
+        missing = [node for node in node_ids if node not in outcome.snapshots]
+        if missing:
+            finding = Finding(Stage.COMPILE, f"no snapshot compiled for nodes {missing}")
+            return result(False, errors=(finding,), warnings=outcome.warnings)
+        published = [
+            node for node in node_ids if self._cache.set_snapshot(node, outcome.snapshots[node])
+        ]
+        for node in node_ids:
+            self._published[node] = outcome.snapshots[node].version
+        removed = sorted(set(self._published) - set(node_ids))
+        for node in removed:
+            self._cache.clear_snapshot(node)
+            del self._published[node]
+        self._serving_revision = bundle.revision
+        self._serving_sha256 = bundle.sha256
+        self._serving_provenance = bundle.provenance
+        return result(
+            True, published=tuple(published), removed=tuple(removed), warnings=outcome.warnings
+        )

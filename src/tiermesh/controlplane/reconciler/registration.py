@@ -1,0 +1,56 @@
+"""Reading node registrations from the store as plan inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from tiermesh.controlplane.api import NodeInfo
+from tiermesh.controlplane.store import NodeRecord
+
+__all__ = ["InvalidRegistration", "node_from_registration"]
+
+_FIELDS = ("id", "tier", "region", "residency")
+
+
+class InvalidRegistration(ValueError):
+    """A registration cannot be read as a node; the node is left out of reconciles."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        self.node_id = node_id
+        self.reason = reason
+        super().__init__(f"registration of node {node_id!r} is unusable: {reason}")
+
+
+def node_from_registration(record: NodeRecord) -> NodeInfo:
+    """The :class:`NodeInfo` a registration describes.
+
+    The registration is a JSON object holding ``id``, ``tier``, ``region`` and optional
+    ``residency`` — either at the top or under ``node`` (a ``PlanInput``) — other fields
+    (endpoints, load) are ignored. ``id`` defaults to the registration's key and must equal
+    it when given. Raises :class:`InvalidRegistration`.
+    """
+    try:
+        document: Any = json.loads(record.registration)
+    except ValueError as exc:
+        raise InvalidRegistration(record.node_id, f"not JSON: {exc}") from exc
+    if isinstance(document, dict) and isinstance(document.get("node"), dict):
+        document = document["node"]
+    if not isinstance(document, dict):
+        raise InvalidRegistration(record.node_id, "not a JSON object")
+    fields = {key: document[key] for key in _FIELDS if key in document}
+    fields.setdefault("id", record.node_id)
+    if fields["id"] != record.node_id:
+        raise InvalidRegistration(
+            record.node_id, f"claims id {fields['id']!r} under the key of {record.node_id!r}"
+        )
+    try:
+        return NodeInfo.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise InvalidRegistration(record.node_id, problems) from exc
