@@ -1,0 +1,40 @@
+"""What the verifier reports: one :class:`Finding` per broken invariant and place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+__all__ = ["Finding", "FindingKind"]
+
+FindingKind: TypeAlias = Literal[
+    "restricted-egress",
+    "residency",
+    "mirror",
+    "unverifiable",
+    "unknown-endpoint",
+    "mislabelled",
+    "missing",
+]
+"""- ``restricted-egress``: restricted traffic can reach a backend not cleared for it.
+- ``residency``: a tenant's route can reach a backend outside the tenant's residency.
+- ``mirror``: restricted traffic is mirrored (a copy leaves, whatever the target).
+- ``unverifiable``: the target cannot be known before a request (``cluster_header``,
+  a cluster specifier plugin, an unknown cluster type) on a route it matters for.
+- ``unknown-endpoint``: an endpoint address is no catalog backend's.
+- ``mislabelled``: cluster metadata names another backend/tier than its endpoints are.
+- ``missing``: a referenced listener route config, cluster or assignment does not exist.
+"""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Finding:
+    """One broken invariant. ``route`` and ``cluster`` name where (empty when not apt)."""
+
+    kind: FindingKind
+    route: str
+    cluster: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
