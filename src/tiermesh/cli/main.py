@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from tiermesh.cli import envoy_cmd
+from tiermesh.cli import envoy_cmd, policy_cmd
 from tiermesh.cli.up_cmd import up
 
 __all__ = ["app", "main"]
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(envoy_cmd.app, name="envoy")
+app.add_typer(policy_cmd.app, name="policy")
 app.command("up")(up)
 
 
