@@ -17,6 +17,14 @@ from tiermesh.controlplane.identity.ca import (
     LocalCertificateAuthority,
     utc_now,
 )
+from tiermesh.controlplane.identity.ca_store import (
+    CA_BUNDLE_KEY,
+    CA_STATE_PREFIX,
+    CaNotFoundError,
+    CaStateConflict,
+    EtcdCaStore,
+    read_shared_bundle,
+)
 from tiermesh.controlplane.identity.csr import (
     ACCEPTED_KEYS,
     MAX_CSR_BYTES,
@@ -76,11 +84,15 @@ from tiermesh.controlplane.identity.verify import VerifiedSvid, load_chain, veri
 
 __all__ = [
     "ACCEPTED_KEYS",
+    "CA_BUNDLE_KEY",
+    "CA_STATE_PREFIX",
     "MAX_CSR_BYTES",
     "CaConfig",
     "CaExpiredError",
     "CaGeneration",
+    "CaNotFoundError",
     "CaState",
+    "CaStateConflict",
     "CertificateAuthority",
     "Clock",
     "CsrIdentityMismatchError",
@@ -88,6 +100,7 @@ __all__ = [
     "CsrRequestsCaError",
     "CsrSignatureError",
     "CsrTooLargeError",
+    "EtcdCaStore",
     "FileKeyStore",
     "GenerationRecord",
     "IdentityError",
@@ -126,6 +139,7 @@ __all__ = [
     "load_encrypted",
     "needs_rotation",
     "parse_node_spiffe_id",
+    "read_shared_bundle",
     "rotation_due_at",
     "utc_now",
     "validate_node_id",
