@@ -7,6 +7,7 @@ import logging
 import typer
 
 from tiermesh.cli import envoy_cmd, policy_cmd
+from tiermesh.cli.token_cmd import app as token_app
 from tiermesh.cli.up_cmd import up
 
 __all__ = ["app", "main"]
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(envoy_cmd.app, name="envoy")
+app.add_typer(token_app, name="token")
 app.add_typer(policy_cmd.app, name="policy")
 app.command("up")(up)
 
