@@ -1,9 +1,12 @@
-"""Fixtures for the shared-CA and rollover tests: a store per implementation."""
+"""Fixtures for the shared-CA and rollover tests: a store per implementation, a socket dir."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +35,13 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield chosen
     finally:
         await chosen.aclose()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A private directory with a short path (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tm-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
