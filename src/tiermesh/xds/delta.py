@@ -87,7 +87,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         out = []
         for type_url in typeurls.PUSH_ORDER:
             state = self._types.get(type_url)
-            if state is not None:
+            if state is not None and snapshot.type_version(type_url) != state.sent_version:
                 response = self._diff(snapshot, type_url, state, report_absent=set())
                 if response is not None:
                     out.append(response)

@@ -38,6 +38,8 @@ log = logging.getLogger("tiermesh.xds")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
+PENDING_CALLS = 20_000
+"""New streams gRPC core may queue before the server picks them up (a reconnect storm)."""
 
 _CODES: dict[type[XdsError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -155,6 +157,11 @@ async def start_server(
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", 30_000),
+            # A control-plane restart makes every node reconnect at once. gRPC core refuses
+            # calls the application has not picked up yet beyond these limits (defaults
+            # 1 000 / 3 000), silently and at random; 5 000 nodes overflowed them.
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             *options,
         ]

@@ -71,6 +71,7 @@ class _TypeSet:
     version: str
     items: Mapping[str, EncodedResource]
     names: frozenset[str]
+    ordered: tuple[str, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +140,9 @@ class Snapshot:
                 )
             ordered = dict(sorted(items.items()))
             version = _digest(*(f"{n}={r.version}".encode() for n, r in ordered.items()))
-            types[type_url] = _TypeSet(version, MappingProxyType(ordered), frozenset(ordered))
+            types[type_url] = _TypeSet(
+                version, MappingProxyType(ordered), frozenset(ordered), tuple(ordered)
+            )
         for unknown in set(resources) - set(typeurls.PUSH_ORDER):
             raise UnknownTypeUrlError(unknown, typeurls.PUSH_ORDER)
         for type_url, name, ref_type, ref_name in wanted:
@@ -157,6 +160,10 @@ class Snapshot:
 
     def names(self, type_url: str) -> frozenset[str]:
         return self._types[type_url].names
+
+    def ordered_names(self, type_url: str) -> tuple[str, ...]:
+        """The names of ``type_url``'s resources, sorted."""
+        return self._types[type_url].ordered
 
     def encoded(self, type_url: str) -> Mapping[str, EncodedResource]:
         """Read-only view of the encoded resources of ``type_url`` by name."""

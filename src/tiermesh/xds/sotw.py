@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -89,9 +90,11 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             body += b"".join(wire.bytes_field(7, _not_found(name)) for name in sorted(missing))
         state.sent_nonce = nonce
         state.sent_version = snapshot.type_version(type_url)
-        present = snapshot.names(type_url)
-        sent = present if state.names is None else state.names & present
-        self.sent(type_url, state.sent_version, nonce, sorted(sent))
+        if state.names is None:
+            sent: Sequence[str] = snapshot.ordered_names(type_url)
+        else:
+            sent = sorted(state.names & snapshot.names(type_url))
+        self.sent(type_url, state.sent_version, nonce, sent)
         return body + wire.string_field(5, nonce)
 
 
