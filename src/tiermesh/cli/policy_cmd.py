@@ -5,7 +5,7 @@ what is taken) and prints problems as ``file:line: message`` on stderr. Exit sta
 success, 1 the policy or the store refused, 2 bad arguments.
 
 Compiling to Envoy config goes through
-:func:`tiermesh.controlplane.reconciler.wiring.default_compiler`. Tests (and embedders)
+:func:`tiermesh.controlplane.reconciler.wiring.offline_compiler`. Tests (and embedders)
 inject another compiler or engine by passing a :class:`PolicyCli` as the click context
 object: ``CliRunner().invoke(app, args, obj=PolicyCli(compiler_factory=...))``.
 """
@@ -52,8 +52,8 @@ from tiermesh.controlplane.policy import (
 )
 from tiermesh.controlplane.reconciler import (
     InvalidRegistration,
-    default_compiler,
     node_from_registration,
+    offline_compiler,
 )
 from tiermesh.controlplane.store import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -79,11 +79,11 @@ ENGINES: dict[str, Callable[[], PolicyEngine]] = {"regorus": RegorusEngine, "opa
 class PolicyCli:
     """What the commands compile and evaluate with; the click context object.
 
-    ``compiler_factory`` is called once per command that compiles (default: the wiring
-    function, which raises ``NotImplementedError`` until the compiler is wired).
+    ``compiler_factory`` is called once per command that compiles (default: the control
+    plane's compiler with a throwaway trust bundle, see ``offline_compiler``).
     """
 
-    compiler_factory: Callable[[], Compiler] = default_compiler
+    compiler_factory: Callable[[], Compiler] = offline_compiler
     engine_factory: Callable[[], PolicyEngine] = RegorusEngine
 
 

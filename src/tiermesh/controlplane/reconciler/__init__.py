@@ -21,7 +21,7 @@ from tiermesh.controlplane.reconciler.registration import (
     node_from_registration,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
-from tiermesh.controlplane.reconciler.wiring import default_compiler
+from tiermesh.controlplane.reconciler.wiring import default_compiler, offline_compiler
 
 __all__ = [
     "BUNDLE_PREFIX",
@@ -36,4 +36,5 @@ __all__ = [
     "SnapshotSink",
     "default_compiler",
     "node_from_registration",
+    "offline_compiler",
 ]
