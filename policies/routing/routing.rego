@@ -39,10 +39,14 @@ routes := [_route(_tenant(key[0]), key[6], key[3], key[5]) | some key in _route_
 backends := [resilience.cluster(_backend(name)) | some name in sort([used | some used in _used_backends])]
 
 # METADATA
-# description: Routes whose chain is empty (they answer 503), and catalog entries the policy refuses to use.
+# description: |
+#   Public or internal routes whose chain is empty (nothing in the catalog can serve
+#   them: a broken catalog), and catalog entries the policy refuses to use. An empty
+#   restricted chain is not one: it fails closed by design and is a warning.
 violations contains msg if {
 	some tenant in data.catalog.tenants
 	some sensitivity in sensitivities
+	sensitivity != "restricted"
 	some alias in _alias_names
 	count(_eligible(tenant, sensitivity, alias)) == 0
 	msg := sprintf("tenant %s: no backend for %s data with model %s on node %s (residency %s; tiers %s)", [tenant.name, sensitivity, alias, input.node.id, concat(", ", tenant.residency), concat(", ", _tiers_for(tenant, sensitivity))])
@@ -58,7 +62,17 @@ violations contains msg if {
 violations contains msg if some msg in residency.violations
 
 # METADATA
-# description: Degraded chains (no backend capable of the task) and budget notices.
+# description: |
+#   Restricted routes with no cleared backend on this node (they answer 503, the
+#   intended fail-closed outcome), degraded chains (no backend capable of the task)
+#   and budget notices.
+warnings contains msg if {
+	some tenant in data.catalog.tenants
+	some alias in _alias_names
+	count(_eligible(tenant, "restricted", alias)) == 0
+	msg := sprintf("tenant %s: restricted data with model %s on node %s has no cleared backend; it fails closed (503)", [tenant.name, alias, input.node.id])
+}
+
 warnings contains msg if {
 	some tenant in data.catalog.tenants
 	some sensitivity in sensitivities

@@ -141,9 +141,8 @@ test_whole_plan_for_a_local_only_tenant if {
 		"violations": [
 			"tenant solo: no backend for internal data with model smart on node n1 (residency eu; tiers local)",
 			"tenant solo: no backend for public data with model smart on node n1 (residency eu; tiers local)",
-			"tenant solo: no backend for restricted data with model smart on node n1 (residency eu; tiers local)",
 		],
-		"warnings": [],
+		"warnings": ["tenant solo: restricted data with model smart on node n1 has no cleared backend; it fails closed (503)"],
 	}
 }
 
@@ -208,12 +207,37 @@ test_cloud_never_serves_restricted_data if {
 	"backend api-eu: a cloud backend is never cleared for restricted data; it is left out of restricted routes" in plan.violations
 }
 
-test_restricted_without_a_local_backend_is_empty_and_reported if {
+# Restricted data on a node without a cleared backend answers 503: the intended
+# fail-closed outcome, so a warning that lets the rest of the mesh be published.
+test_restricted_without_a_local_backend_fails_closed_with_a_warning if {
 	catalog := _catalog([_box, _api_eu], [_tenant("acme", ["eu"], ["local", "cloud"])], [_classify])
 	plan := routing.plan with data.catalog as catalog with data.usage as {} with input as _node("n2")
 	_route_named(plan, "acme.restricted.*.*") == _route("acme", "restricted", "*", "*", [])
-	"tenant acme: no backend for restricted data with model * on node n2 (residency eu; tiers local)" in plan.violations
+	"tenant acme: restricted data with model * on node n2 has no cleared backend; it fails closed (503)" in plan.warnings
 	_route_named(plan, "acme.public.*.*").chain == [_step("api-eu", "cloud", null, false, 0)]
+	every msg in plan.violations {
+		not contains(msg, "restricted")
+	}
+}
+
+# An empty public or internal chain means nothing in the catalog can serve the
+# route: a broken catalog, reported as a violation.
+test_an_empty_public_or_internal_chain_is_a_violation if {
+	catalog := _catalog([_box, _api_eu], [_tenant("acme", ["eu"], ["local"])], [_classify])
+	plan := routing.plan with data.catalog as catalog with data.usage as {} with input as _node("n2")
+	every route in plan.routes {
+		route.chain == []
+	}
+	plan.violations == [
+		"tenant acme: no backend for internal data with model * on node n2 (residency eu; tiers local)",
+		"tenant acme: no backend for internal data with model smart on node n2 (residency eu; tiers local)",
+		"tenant acme: no backend for public data with model * on node n2 (residency eu; tiers local)",
+		"tenant acme: no backend for public data with model smart on node n2 (residency eu; tiers local)",
+	]
+	plan.warnings == [
+		"tenant acme: restricted data with model * on node n2 has no cleared backend; it fails closed (503)",
+		"tenant acme: restricted data with model smart on node n2 has no cleared backend; it fails closed (503)",
+	]
 }
 
 test_residency_excludes_backends_outside if {

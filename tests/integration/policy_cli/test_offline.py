@@ -16,12 +16,12 @@ from tiermesh.cli.main import app
 def test_policy_test_passes_and_fails(policy_dir: Path) -> None:
     result = invoke("policy", "test", str(policy_dir))
     assert result.exit_code == 0, result.output
-    assert "regorus: 28 passed, 0 failed" in result.output
+    assert "regorus: 29 passed, 0 failed" in result.output
     (policy_dir / "extra_test.rego").write_text("package extra_test\n\ntest_no if {\n\t1 == 2\n}\n")
     result = invoke("policy", "test", str(policy_dir), "--engine", "all")
     assert result.exit_code == 1
-    assert "regorus: 28 passed, 1 failed" in result.output
-    assert "opa: 28 passed, 1 failed" in result.output or "opa: skipped" in result.output
+    assert "regorus: 29 passed, 1 failed" in result.output
+    assert "opa: 29 passed, 1 failed" in result.output or "opa: skipped" in result.output
 
 
 def test_policy_test_reports_syntax_errors(policy_dir: Path) -> None:
@@ -63,10 +63,23 @@ def test_check_catalog_problems(policy_dir: Path) -> None:
 
 def test_check_empty_chain_violation(policy_dir: Path) -> None:
     catalog = policy_dir / "data" / "catalog.yaml"
-    catalog.write_text(SMALL_CATALOG.replace("max_sensitivity: restricted", ""))
+    local_only = SMALL_CATALOG.replace(
+        "allowed_tiers: [private, cloud]\n    restricted_tiers: [private]",
+        "allowed_tiers: [local]\n    restricted_tiers: [local]",
+    )
+    assert local_only != SMALL_CATALOG
+    catalog.write_text(local_only)
     result = invoke("policy", "check", str(policy_dir))
     assert result.exit_code == 1
-    assert "node edge-1: tenant acme: no backend for restricted data" in result.output
+    assert "node edge-1: tenant acme: no backend for public data" in result.output
+
+
+def test_check_passes_an_empty_restricted_chain(policy_dir: Path) -> None:
+    # Restricted data with no cleared backend fails closed (503): intended, not a violation.
+    catalog = policy_dir / "data" / "catalog.yaml"
+    catalog.write_text(SMALL_CATALOG.replace("max_sensitivity: restricted", ""))
+    result = invoke("policy", "check", str(policy_dir))
+    assert result.exit_code == 0, result.output
 
 
 def test_check_verifier_findings(policy_dir: Path) -> None:

@@ -4,7 +4,8 @@
   or private backends cleared for restricted data that the tenant allows; never cloud;
 - every chain step stays inside the tenant's allowed tiers and residencies, and
   serves the alias's model;
-- every empty chain is reported as a violation;
+- every empty restricted chain fails closed and is reported as a warning, every other
+  empty chain as a violation;
 - route names are unique and ``backends`` lists exactly the backends chains use.
 """
 
@@ -136,6 +137,12 @@ def check_plan(catalog: Catalog, node: dict[str, Any], plan: Plan) -> None:
         if route.chain:
             assert route.chain[-1].hedge is None
             assert all(step.hedge is not None for step in route.chain[:-1])
+        elif route.fail_closed:
+            m = route.match
+            assert (
+                f"tenant {m.tenant}: restricted data with model {m.model} on node {node['id']} "
+                "has no cleared backend; it fails closed (503)"
+            ) in plan.warnings, route.name
         else:
             m = route.match
             assert any(
@@ -144,6 +151,11 @@ def check_plan(catalog: Catalog, node: dict[str, Any], plan: Plan) -> None:
                 )
                 for v in plan.violations
             ), route.name
+    assert not any(
+        v.startswith(f"tenant {t.name}: no backend for restricted")
+        for t in catalog.tenants
+        for v in plan.violations
+    )
     assert [b.name for b in plan.backends] == sorted(used)
 
 

@@ -100,18 +100,43 @@ def test_missing_catalog_and_bad_yaml(engine: PolicyEngine) -> None:
     assert report.errors[0].line == 3
 
 
-def test_an_empty_chain_is_a_violation_on_its_tenant_line(engine: PolicyEngine) -> None:
-    catalog = SMALL_CATALOG.replace("max_sensitivity: restricted", "max_sensitivity: internal")
-    report = check(policy_files(catalog), engine)
+# The tenant may use only the local tier and no node has a local backend: nothing can
+# serve its public or internal data, a broken catalog.
+LOCAL_ONLY_CATALOG = SMALL_CATALOG.replace(
+    "allowed_tiers: [private, cloud]\n    restricted_tiers: [private]",
+    "allowed_tiers: [local]\n    restricted_tiers: [local]",
+)
+
+
+def test_an_empty_public_chain_is_a_violation_on_its_tenant_line(engine: PolicyEngine) -> None:
+    assert LOCAL_ONLY_CATALOG != SMALL_CATALOG
+    report = check(policy_files(LOCAL_ONLY_CATALOG), engine)
     assert stages(report) == {Stage.VIOLATION}
     finding = report.errors[0]
     assert finding.node == "edge-1"
-    assert "tenant acme: no backend for restricted data" in finding.message
-    assert finding.line == catalog.splitlines().index("  - name: acme") + 1
+    assert "tenant acme: no backend for internal data" in finding.message
+    assert finding.line == LOCAL_ONLY_CATALOG.splitlines().index("  - name: acme") + 1
+    assert any("no backend for public data" in f.message for f in report.errors)
+    assert not any("restricted" in f.message for f in report.errors)
+
+
+def test_an_empty_restricted_chain_fails_closed_with_a_warning(engine: PolicyEngine) -> None:
+    # The only backend cleared for restricted data leaves: restricted routes answer 503.
+    catalog = SMALL_CATALOG.replace("max_sensitivity: restricted", "max_sensitivity: internal")
+    outcome = evaluate_bundle(policy_files(catalog), engine, compiler=FakeCompiler())
+    assert outcome.ok, outcome.errors
+    assert set(outcome.snapshots) == {"edge-1", "gpu-1"}
+    assert (
+        "tenant acme: restricted data with model * on node edge-1 has no cleared backend; "
+        "it fails closed (503)"
+    ) in [f.message for f in outcome.warnings if f.node == "edge-1"]
+    restricted = [r for r in outcome.plans["edge-1"].routes if r.fail_closed]
+    assert restricted
+    assert all(r.chain == () for r in restricted)
 
 
 def test_violations_can_be_warnings(engine: PolicyEngine) -> None:
-    catalog = SMALL_CATALOG.replace("max_sensitivity: restricted", "max_sensitivity: internal")
+    catalog = LOCAL_ONLY_CATALOG
     outcome = evaluate_bundle(
         policy_files(catalog), engine, compiler=FakeCompiler(), refuse_violations=False
     )

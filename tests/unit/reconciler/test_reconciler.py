@@ -73,10 +73,13 @@ async def test_a_violation_is_refused(rig: Rig) -> None:
     await rig.settle()
     before = rig.versions()
     files = policy_files()
-    # The only backend cleared for restricted data leaves: restricted routes have no chain.
+    # The tenant may use only the local tier and there is no local backend: its public
+    # and internal routes have no chain, nothing in the catalog can serve them.
     files["data/catalog.yaml"] = files["data/catalog.yaml"].replace(
-        b"max_sensitivity: restricted", b"max_sensitivity: internal"
+        b"allowed_tiers: [private, cloud]\n    restricted_tiers: [private]",
+        b"allowed_tiers: [local]\n    restricted_tiers: [local]",
     )
+    assert files != policy_files()
     await rig.push(files)
     result = await rig.settle()
     assert not result.ok
@@ -84,8 +87,27 @@ async def test_a_violation_is_refused(rig: Rig) -> None:
     assert rig.reconciler.last_error is not None
     violations = [f for f in rig.reconciler.last_error.findings if f.stage is Stage.VIOLATION]
     assert violations
-    assert "no backend for restricted data" in violations[0].message
+    assert "no backend for internal data" in violations[0].message
     assert violations[0].file == "data/catalog.yaml"
+
+
+async def test_a_restricted_route_without_a_cleared_backend_is_published(rig: Rig) -> None:
+    await rig.push()
+    await rig.reconciler.start()
+    await rig.settle()
+    before = rig.versions()
+    files = policy_files()
+    # The only backend cleared for restricted data leaves: restricted routes fail closed
+    # (503) by design, which must not hold back the rest of the mesh.
+    files["data/catalog.yaml"] = files["data/catalog.yaml"].replace(
+        b"max_sensitivity: restricted", b"max_sensitivity: internal"
+    )
+    await rig.push(files)
+    result = await rig.settle()
+    assert result.ok, result.errors
+    assert rig.versions() != before
+    assert rig.reconciler.last_error is None
+    assert any("it fails closed (503)" in f.message for f in result.warnings)
 
 
 async def test_a_verifier_finding_names_route_and_cluster(rig: Rig) -> None:
