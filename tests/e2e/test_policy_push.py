@@ -1,0 +1,212 @@
+"""Policy as code end to end: ``tiermesh policy push`` to a real etcd, the reconciler
+compiles and verifies, the ADS server pushes, a real Envoy routes to stand-in tiers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.compiler.conftest import Mesh, Reply, small_catalog
+from tests.integration.compiler.tierbackend import TierBackend
+from tiermesh.controlplane.api import NodeInfo
+from tiermesh.controlplane.bundle import read_policy_dir
+from tiermesh.controlplane.model import NodeSettings
+from tiermesh.controlplane.policy import RegorusEngine
+from tiermesh.controlplane.reconciler import BUNDLE_PREFIX, Reconciler, default_compiler
+from tiermesh.controlplane.store import EtcdStore
+from tiermesh.procs.envoy import EnvoyProcess
+from tiermesh.procs.etcd import EtcdServer
+from tiermesh.procs.ports import free_port
+from tiermesh.xds import AdsServer, BootstrapSpec, SnapshotCache, render_bootstrap, start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy]
+log = logging.getLogger(__name__)
+SHIPPED = Path(__file__).parents[2] / "policies"
+TIERMESH = str(Path(sys.executable).with_name("tiermesh"))
+NODE = "edge-1"
+ACME = {"x-tiermesh-tenant": "acme"}
+
+
+# Wraps the honest plan and appends the cloud backend to every restricted chain.
+LEAK = """package tiermesh.routing
+
+plan := object.union(_honest_plan, {"routes": [_leak(r) | some r in _honest_plan.routes]})
+
+_cloud_step := [s | some r in _honest_plan.routes; some s in r.chain; s.backend == "cloud"][0]
+
+_leak(r) := object.union(r, {"chain": array.concat(r.chain, [_cloud_step])}) if {
+	r.match.sensitivity == "restricted"
+}
+
+_leak(r) := r if r.match.sensitivity != "restricted"
+"""
+
+
+def write_policies(target: Path, ports: dict[str, int]) -> Path:
+    """The shipped Rego with a catalog of stand-in tiers on loopback."""
+    shutil.copytree(SHIPPED, target, ignore=shutil.ignore_patterns("catalog.yaml"))
+    catalog = small_catalog(ports).model_dump(mode="json", exclude_none=True)
+    (target / "data" / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    return target
+
+
+def push(directory: Path, etcd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TIERMESH, "policy", "push", str(directory), "--etcd", etcd],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except OSError:  # the listener is not there yet
+        return False
+
+
+async def until(check: Callable[[], bool], limit_s: float, what: str) -> float:
+    """Poll ``check`` (blocking, run in a thread) until true; seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if await asyncio.to_thread(_holds, check):
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not {what} within {limit_s}s")
+
+
+@dataclass
+class Plane:
+    etcd: EtcdServer
+    reconciler: Reconciler
+    mesh: Mesh
+    policies: Path
+
+    def answer(self, sensitivity: str | None, task: str = "classify") -> Reply:
+        headers = {**ACME, "x-tiermesh-task": task}
+        if sensitivity is not None:
+            headers["x-tiermesh-sensitivity"] = sensitivity
+        return self.mesh.request(headers)
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
+    policies = write_policies(tmp_path / "policies", {n: b.port for n, b in backends.items()})
+    listener = free_port()
+    with EtcdServer.for_tests() as etcd:
+        async with EtcdStore(etcd.endpoint) as store:
+            cache = SnapshotCache()
+            server, port = await start_server(AdsServer(cache), "127.0.0.1:0")
+            compiler = default_compiler(lambda _node: NodeSettings(app_port=listener))
+            node = NodeInfo(id=NODE, tier="local", region="eu-west", residency=("eu",))
+            reconciler = Reconciler(
+                store, RegorusEngine, compiler, cache, static_nodes=[node], debounce_s=0.05
+            )
+            spec = BootstrapSpec(
+                node_id=NODE, xds_host="127.0.0.1", xds_port=port, admin_port=free_port()
+            )
+            envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
+            try:
+                await reconciler.start()
+                envoy.start()
+                await asyncio.to_thread(envoy.wait_admin)
+                mesh = Mesh(backends, _no_plan(), listener, envoy)
+                yield Plane(etcd, reconciler, mesh, policies)
+            finally:
+                await asyncio.to_thread(envoy.stop)
+                await reconciler.aclose()
+                await server.stop(grace=None)
+                for backend in backends.values():
+                    backend.stop()
+
+
+async def _first_event(store: EtcdStore, after_revision: int) -> float:
+    """When the watch delivers the first bundle write after ``after_revision``."""
+    async with store.watch(BUNDLE_PREFIX, after_revision=after_revision) as events:
+        async for _event in events:
+            return time.monotonic()
+    raise AssertionError("the bundle watch ended without an event")
+
+
+def _no_plan() -> object:
+    return None
+
+
+async def test_push_routes_fails_over_and_refuses_a_leaking_bundle(plane: Plane) -> None:
+    async def routed() -> float:
+        await until(lambda: plane.answer("public").status == 200, 30, "Envoy routing")
+        return time.monotonic()
+
+    async with EtcdStore(plane.etcd.endpoint) as watcher:
+        before = (await watcher.read_prefix(BUNDLE_PREFIX)).revision
+        commit_seen = asyncio.create_task(_first_event(watcher, before))
+        envoy_seen = asyncio.create_task(routed())
+        started = time.monotonic()
+        pushed = await asyncio.to_thread(push, plane.policies, plane.etcd.endpoint)
+        assert pushed.returncode == 0, pushed.stderr
+        commit_at, routed_at = await commit_seen, await envoy_seen
+
+    assert "revision 1" in pushed.stdout + pushed.stderr
+    log.info(
+        "policy push: check + CAS commit %.2f s after start; commit → Envoy routing %.0f ms",
+        commit_at - started,
+        1e3 * (routed_at - commit_at),
+    )
+    assert routed_at - commit_at < 5
+
+    # Each sensitivity lands where the plan puts it: the edge box first.
+    for sensitivity in ("public", "internal", "restricted", None):
+        reply = plane.answer(sensitivity)
+        assert (reply.status, reply.backend, reply.tier) == (200, "edge", "local"), sensitivity
+
+    # The first tier dies: traffic moves down the chain; restricted only to the cleared GPU.
+    plane.mesh.backends["edge"].stop()
+    assert plane.answer("public").backend in {"gpu", "cloud"}
+    assert plane.answer("restricted").backend == "gpu"
+    assert plane.answer(None).backend == "gpu"
+
+    # Every tier cleared for restricted data is down: 503, never the cloud.
+    plane.mesh.backends["gpu"].stop()
+    cloud_requests = len(plane.mesh.backends["cloud"].models)
+    for sensitivity in ("restricted", None):
+        assert plane.answer(sensitivity).status == 503
+    assert len(plane.mesh.backends["cloud"].models) == cloud_requests
+    assert plane.answer("public").backend == "cloud"
+
+    # A bundle that would send restricted data to the cloud, written straight to etcd
+    # (bypassing `policy push`'s own check): the reconciler's verifier refuses it.
+    routing = plane.policies / "routing" / "routing.rego"
+    honest = routing.read_text()
+    assert "\nplan := {" in honest
+    routing.write_text(honest.replace("\nplan := {", "\n_honest_plan := {", 1))
+    (plane.policies / "routing" / "leak.rego").write_text(LEAK)
+    leaking = read_policy_dir(plane.policies)
+    async with EtcdStore(plane.etcd.endpoint) as store:
+        await store.push_bundle(leaking.files, expected_revision=1)
+    try:
+        refused = await plane.reconciler.wait_for(
+            lambda r: not r.ok and r.bundle_revision == 2, timeout_s=10
+        )
+    except TimeoutError:
+        raise AssertionError(f"last result: {plane.reconciler.last_result}") from None
+    error = " ".join(str(finding) for finding in refused.errors)
+    log.info("leaking bundle refused: %s", error)
+    assert "restricted" in error
+    assert "'cloud'" in error
+    assert plane.reconciler.bundle_revision == 1
+    for sensitivity in ("restricted", None):
+        assert plane.answer(sensitivity).status == 503
+    assert len(plane.mesh.backends["cloud"].models) == cloud_requests + 1
