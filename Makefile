@@ -45,10 +45,12 @@ os-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server >/dev/null; \
 	fi
 
+# llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on
+# 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
 $(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
-	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/uv sync --frozen --inexact --python $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps --ignore-requires-python -r requirements/opa.txt
 	@touch $@
 
