@@ -8,6 +8,8 @@ plane and tools can share these models without pulling in each other.
 - :class:`PlanInput` / :class:`Plan` — input and decision of the compile-time
   routing policy at :data:`PLAN_PATH`.
 - :class:`TenantUsage` — spend counters (``data.usage``).
+- :class:`DecisionRecord` — one audited decision, hash-chained and signed;
+  :class:`ShipRequest` / :class:`ShipResponse` — how nodes ship them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ from tiermesh.controlplane.api.catalog import (
     TierDefaults,
     TokenCost,
     reference_problems,
+)
+from tiermesh.controlplane.api.decision import (
+    AUDIT_SERVICE,
+    DECISION_LOG_VERSION,
+    GENESIS_HASH,
+    MAX_SHIP_BYTES,
+    MAX_SHIP_RECORDS,
+    SHIP_METHOD,
+    DecisionKind,
+    DecisionRecord,
+    ShipRequest,
+    ShipResponse,
+    audit_method_path,
+    canonical_bytes,
+    record_hash,
 )
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
@@ -56,11 +73,17 @@ from tiermesh.controlplane.api.schemas import SCHEMA_MODELS, render_schemas
 from tiermesh.controlplane.api.usage import TenantUsage, Usage
 
 __all__ = [
+    "AUDIT_SERVICE",
     "CATALOG_VERSION",
+    "DECISION_LOG_VERSION",
+    "GENESIS_HASH",
     "MATCH_HEADERS",
+    "MAX_SHIP_BYTES",
+    "MAX_SHIP_RECORDS",
     "PLAN_PATH",
     "PLAN_VERSION",
     "SCHEMA_MODELS",
+    "SHIP_METHOD",
     "Backend",
     "BackendPlan",
     "BackendResilience",
@@ -70,6 +93,8 @@ __all__ = [
     "ChainStep",
     "CircuitBreaker",
     "ContractError",
+    "DecisionKind",
+    "DecisionRecord",
     "Defaults",
     "Endpoint",
     "HealthCheck",
@@ -87,6 +112,8 @@ __all__ = [
     "RoutePlan",
     "RouteResilience",
     "Sensitivity",
+    "ShipRequest",
+    "ShipResponse",
     "TaskType",
     "Tenant",
     "TenantUsage",
@@ -94,9 +121,12 @@ __all__ = [
     "TierDefaults",
     "TokenCost",
     "Usage",
+    "audit_method_path",
+    "canonical_bytes",
     "load_catalog",
     "parse_catalog",
     "policy_data",
+    "record_hash",
     "reference_problems",
     "render_schemas",
 ]
