@@ -12,14 +12,33 @@ package tiermesh.resilience
 # description: |
 #   One chain step for the backend, position counted from 0 in a chain of length
 #   steps. The last step has no hedge, there is nothing to move on to.
-step(backend, tenant, model, degraded, position, length) := {
+step(backend, tenant, model, degraded, position, length) := chain_step(request_settings(backend, tenant), model, degraded, position == length - 1)
+
+# METADATA
+# description: |
+#   What every step of the backend for the tenant shares: name, tier, timeout,
+#   retries and the hedge of a step that is not the last. Compute it once per
+#   backend and tenant and make each step with chain_step.
+request_settings(backend, tenant) := {
 	"backend": backend.name,
 	"tier": backend.tier,
-	"model": model,
-	"degraded": degraded,
 	"timeout_ms": _route_setting("timeout_ms", backend, tenant),
 	"retries": _route_setting("retries", backend, tenant),
-	"hedge": _hedge(backend, tenant, position, length),
+	"hedge": {"per_try_timeout_ms": _route_setting("first_byte_timeout_ms", backend, tenant)},
+}
+
+# METADATA
+# description: |
+#   The chain step made of request_settings, the model asked for and whether the
+#   backend is below the task; last: the chain's last step, which has no hedge.
+chain_step(settings, model, degraded, last) := {
+	"backend": settings.backend,
+	"tier": settings.tier,
+	"model": model,
+	"degraded": degraded,
+	"timeout_ms": settings.timeout_ms,
+	"retries": settings.retries,
+	"hedge": _last_hedge(last, settings.hedge),
 }
 
 # METADATA
@@ -39,21 +58,28 @@ cluster(backend) := {
 	),
 }
 
-_hedge(backend, tenant, position, length) := null if {
-	position == length - 1
-} else := {"per_try_timeout_ms": _route_setting("first_byte_timeout_ms", backend, tenant)}
+_last_hedge(true, _) := null
+
+_last_hedge(false, hedge) := hedge
 
 # Tenant override, else backend override, else tier default.
+# (Refs index one variable key at a time: regorus is much slower on a chained ref
+# with variable keys, such as tenant.resilience[key].)
 _route_setting(key, backend, tenant) := value if {
-	value := tenant.resilience[key]
+	overrides := tenant.resilience
+	value := overrides[key]
 	value != null
 } else := _backend_setting(key, backend)
 
 # Backend override, else tier default.
 _backend_setting(key, backend) := value if {
-	value := backend.resilience[key]
+	overrides := backend.resilience
+	value := overrides[key]
 	value != null
-} else := data.catalog.defaults.tiers[backend.tier][key]
+} else := value if {
+	defaults := data.catalog.defaults.tiers[backend.tier]
+	value := defaults[key]
+}
 
 # The backend's capacity caps concurrent requests whatever the defaults say.
 _circuit_breaker(backend) := object.union(breaker, {"max_requests": min([breaker.max_requests, backend.capacity])}) if {

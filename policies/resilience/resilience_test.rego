@@ -69,6 +69,16 @@ test_last_step_has_no_hedge if {
 	step.hedge == null
 }
 
+# Settings computed once per backend and tenant make the same steps as step.
+test_chain_step_from_request_settings_is_step if {
+	tenant := {"name": "t", "resilience": {"timeout_ms": 15000, "first_byte_timeout_ms": 1500}}
+	settings := resilience.request_settings(_api, tenant) with data.catalog as _catalog
+	settings == {"backend": "api", "tier": "cloud", "timeout_ms": 15000, "retries": _retries(3), "hedge": {"per_try_timeout_ms": 1500}}
+	every position in [0, 1] {
+		resilience.chain_step(settings, "m", true, position == 1) == resilience.step(_api, tenant, "m", true, position, 2) with data.catalog as _catalog
+	}
+}
+
 test_cluster_caps_requests_by_capacity if {
 	cluster := resilience.cluster(_box) with data.catalog as _catalog
 	cluster == {

@@ -32,11 +32,33 @@ sensitivities := ["public", "internal", "restricted"]
 
 # METADATA
 # description: Routes in match order (first match wins).
-routes := [_route(_tenant(key[0]), key[6], key[3], key[5]) | some key in _route_keys]
+routes := [route |
+	some tenant_name in _tenant_order
+	by_sensitivity := _chains[tenant_name]
+	exhausted := _exhausted[tenant_name]
+	rate_limit := _rate_limit[tenant_name]
+	some sensitivity in sensitivities
+	fail_closed := sensitivity == "restricted"
+	by_alias := by_sensitivity[sensitivity]
+	some task_name in _task_order
+	profile := _route_profile[task_name]
+	some alias in _alias_order
+	by_profile := by_alias[alias]
+	chains := by_profile[profile]
+	route := {
+		"name": concat(".", [tenant_name, sensitivity, task_name, alias]),
+		"match": {"tenant": tenant_name, "sensitivity": sensitivity, "task": task_name, "model": alias},
+		"chain": chains.chain,
+		"fail_closed": fail_closed,
+		"budget_exhausted": exhausted,
+		"budget_fallback": chains.fallback,
+		"rate_limit": rate_limit,
+	}
+]
 
 # METADATA
 # description: Every backend named by some chain or budget fallback, by name.
-backends := [resilience.cluster(_backend(name)) | some name in sort([used | some used in _used_backends])]
+backends := [resilience.cluster(_backend_named[name]) | some name in sort([used | some used in _used_backends])]
 
 # METADATA
 # description: |
@@ -44,12 +66,11 @@ backends := [resilience.cluster(_backend(name)) | some name in sort([used | some
 #   them: a broken catalog), and catalog entries the policy refuses to use. An empty
 #   restricted chain is not one: it fails closed by design and is a warning.
 violations contains msg if {
-	some tenant in data.catalog.tenants
-	some sensitivity in sensitivities
-	sensitivity != "restricted"
-	some alias in _alias_names
-	count(_eligible(tenant, sensitivity, alias)) == 0
-	msg := sprintf("tenant %s: no backend for %s data with model %s on node %s (residency %s; tiers %s)", [tenant.name, sensitivity, alias, input.node.id, concat(", ", tenant.residency), concat(", ", _tiers_for(tenant, sensitivity))])
+	some key, eligible in _eligible
+	key[1] != "restricted"
+	count(eligible) == 0
+	tenant := _tenant_named[key[0]]
+	msg := sprintf("tenant %s: no backend for %s data with model %s on node %s (residency %s; tiers %s)", [key[0], key[1], key[2], input.node.id, concat(", ", tenant.residency), concat(", ", _tiers_for(tenant, key[1]))])
 }
 
 violations contains msg if {
@@ -67,39 +88,40 @@ violations contains msg if some msg in residency.violations
 #   intended fail-closed outcome), degraded chains (no backend capable of the task)
 #   and budget notices.
 warnings contains msg if {
-	some tenant in data.catalog.tenants
-	some alias in _alias_names
-	count(_eligible(tenant, "restricted", alias)) == 0
-	msg := sprintf("tenant %s: restricted data with model %s on node %s has no cleared backend; it fails closed (503)", [tenant.name, alias, input.node.id])
+	some key, eligible in _eligible
+	key[1] == "restricted"
+	count(eligible) == 0
+	msg := sprintf("tenant %s: restricted data with model %s on node %s has no cleared backend; it fails closed (503)", [key[0], key[2], input.node.id])
 }
 
 warnings contains msg if {
-	some tenant in data.catalog.tenants
-	some sensitivity in sensitivities
+	some key, eligible in _eligible
+	names := _names[eligible]
 	some task in data.catalog.tasks
-	some alias in _alias_names
-	chain := _ordered(tenant, sensitivity, task, alias)
-	count(chain) > 0
-	every backend in chain {
-		_incapable(backend, task)
-	}
-	msg := sprintf("tenant %s: no backend capable of task %s for %s data on node %s; its chains are degraded", [tenant.name, task.name, sensitivity, input.node.id])
+	names.degraded[_profile_of[task.name]]
+	msg := sprintf("tenant %s: no backend capable of task %s for %s data on node %s; its chains are degraded", [key[0], task.name, key[1], input.node.id])
 }
 
 warnings contains msg if {
-	some tenant in data.catalog.tenants
-	budget.exhausted(tenant)
-	some sensitivity in sensitivities
-	some alias in _alias_names
-	eligible := _eligible(tenant, sensitivity, alias)
+	some key, eligible in _eligible
+	_exhausted[key[0]]
 	count(eligible) > 0
-	count(_cheap(eligible)) == 0
-	msg := sprintf("tenant %s: no local or private backend for %s data with model %s; its spent budget keeps paid backends", [tenant.name, sensitivity, alias])
+	count({name | some name in eligible; name in _cheap_names}) == 0
+	msg := sprintf("tenant %s: no local or private backend for %s data with model %s; its spent budget keeps paid backends", [key[0], key[1], key[2]])
 }
 
 warnings contains msg if some msg in budget.warnings
 
 # --- helpers ---------------------------------------------------------------
+#
+# Evaluation cost: a plan has tenants x sensitivities x (tasks + 1) x (aliases + 1)
+# routes, so no route computes anything. This node's backends are ranked once per
+# task profile (strategy and complexity: all that orders a chain), chain members
+# are picked once per distinct set of eligible backends (_names), every step a
+# chain can hold is made once (_step_table), and the chains of each tenant,
+# sensitivity, alias and profile are assembled once (_chains). A route is a few
+# lookups. Refs index one variable key per step (x := a[k]; y := x[j]): regorus
+# is many times slower on a chained a[k][j].
 
 _sensitivity_rank := {"public": 0, "internal": 1, "restricted": 2}
 
@@ -114,76 +136,69 @@ _node := {
 	"residency": object.get(input.node, "residency", []),
 }
 
-_tenant(name) := tenant if {
-	some tenant in data.catalog.tenants
-	tenant.name == name
-}
+_tenant_named := {tenant.name: tenant | some tenant in data.catalog.tenants}
 
-_backend(name) := backend if {
-	some backend in data.catalog.backends
-	backend.name == name
-}
-
-_task(name) := task if {
-	some task in data.catalog.tasks
-	task.name == name
-}
+_backend_named := {backend.name: backend | some backend in data.catalog.backends}
 
 _default_task_name := object.get(data.catalog, ["defaults", "default_task"], "chat")
-
-_task_names := array.concat([task.name | some task in data.catalog.tasks], ["*"])
 
 _alias_names := array.concat([alias.name | some alias in data.catalog.aliases], ["*"])
 
 _max_chain_length := object.get(data.catalog, ["defaults", "max_chain_length"], 4)
 
-_wildcard_rank("*") := 1
+# Route order: tenants by name, sensitivities least first, then tasks and aliases
+# by name, each followed by the * that catches the rest.
+_tenant_order := sort([tenant.name | some tenant in data.catalog.tenants])
 
-_wildcard_rank(name) := 0 if name != "*"
+_task_order := array.concat(sort([task.name | some task in data.catalog.tasks]), ["*"])
 
-# [tenant, sensitivity rank, task wildcard, task, model wildcard, model, sensitivity]:
-# sorted, specific tasks and models come before the * that catches the rest.
-_route_keys := sort([[tenant.name, _sensitivity_rank[sensitivity], _wildcard_rank(task), task, _wildcard_rank(alias), alias, sensitivity] |
-	some tenant in data.catalog.tenants
-	some sensitivity in sensitivities
-	some task in _task_names
-	some alias in _alias_names
-])
+_alias_order := array.concat(sort([alias.name | some alias in data.catalog.aliases]), ["*"])
 
-_route(tenant, sensitivity, task_name, alias) := {
-	"name": concat(".", [tenant.name, sensitivity, task_name, alias]),
-	"match": {"tenant": tenant.name, "sensitivity": sensitivity, "task": task_name, "model": alias},
-	"chain": chain,
-	"fail_closed": sensitivity == "restricted",
-	"budget_exhausted": exhausted,
-	"budget_fallback": fallback,
-	"rate_limit": _rate_limit(tenant),
-} if {
-	task := _route_task(task_name)
-	cheap_chain := _steps(_cheap_ordered(tenant, sensitivity, task, alias), tenant, task, alias)
-	exhausted := _exhausted(tenant)
-	chain := _chain(exhausted, cheap_chain, _steps(_ordered(tenant, sensitivity, task, alias), tenant, task, alias))
-	fallback := cheap_chain
+# A task's profile: its strategy and complexity, all that orders a chain and
+# marks degraded steps. Tasks with the same profile share their chains.
+_profile_of := {task.name: sprintf("%s %v", [_strategy(task), task.complexity]) | some task in data.catalog.tasks}
+
+_strategy(task) := object.get(task, "strategy", "capability")
+
+_profiles := {profile: {"strategy": _strategy(task), "complexity": task.complexity} |
+	some task in data.catalog.tasks
+	profile := _profile_of[task.name]
 }
 
-_chain(true, cheap_chain, _) := cheap_chain
+_complexities := {task.complexity | some task in data.catalog.tasks}
 
-_chain(false, _, chain) := chain
+# The profile of each route's task: * takes the default task's (no * when the
+# catalog lacks it, and so no * routes).
+_route_profile := object.union(_profile_of, {"*": profile | profile := _profile_of[_default_task_name]})
 
-_route_task("*") := _task(_default_task_name)
+_exhausted := {tenant.name: _spent(tenant) | some tenant in data.catalog.tenants}
 
-_route_task(name) := _task(name) if name != "*"
+_spent(tenant) := true if budget.exhausted(tenant) else := false
 
-_exhausted(tenant) := true if budget.exhausted(tenant) else := false
+_rate_limit := {tenant.name: _tenant_rate_limit(tenant) | some tenant in data.catalog.tenants}
 
-_rate_limit(tenant) := limit if {
+_tenant_rate_limit(tenant) := limit if {
 	limit := tenant.rate_limit
 	limit != null
 } else := object.get(data.catalog, ["defaults", "rate_limit"], null)
 
-_used_backends contains step.backend if {
-	some route in routes
-	some step in array.concat(route.chain, route.budget_fallback)
+# The backends of every route's chain and budget fallback: the fallback always, the
+# ordered chain unless the budget is spent. (Every profile has routes, when there
+# are tasks at all.)
+_used_backends contains name if {
+	count(_profiles) > 0
+	some key, eligible in _eligible
+	names := _names[eligible]
+	some name in names.cheap
+}
+
+_used_backends contains name if {
+	count(_profiles) > 0
+	some key, eligible in _eligible
+	not _exhausted[key[0]]
+	names := _names[eligible]
+	some ordered in names.ordered
+	some name in ordered
 }
 
 # Tiers a tenant's data of this sensitivity may use.
@@ -225,25 +240,38 @@ _on_this_node(backend) if {
 	backend.node == input.node.id
 }
 
-# The model a backend is asked for under an alias: the alias's first model it serves.
-_model_for(_, "*") := null
+# The backends this node may route to, in catalog order.
+_here := [backend | some backend in data.catalog.backends; _on_this_node(backend)]
 
-_model_for(backend, alias_name) := served[0] if {
-	alias_name != "*"
-	some alias in data.catalog.aliases
-	alias.name == alias_name
-	served := [model | some model in alias.models; model in backend.models]
-	count(served) > 0
+# Alias name -> backend name -> the model the backend is asked for under the alias
+# (the alias's first model it serves); under * every backend, asked for no model.
+_model_for := object.union(
+	{alias.name: models |
+		some alias in data.catalog.aliases
+		models := {backend.name: served[0] |
+			some backend in data.catalog.backends
+			served := [model | some model in alias.models; model in backend.models]
+			count(served) > 0
+		}
+	},
+	{"*": {backend.name: null | some backend in data.catalog.backends}},
+)
+
+# [tenant, sensitivity, alias] -> names of the backends that may serve it here.
+_eligible := {[tenant.name, sensitivity, alias]: eligible |
+	some tenant in data.catalog.tenants
+	some sensitivity in sensitivities
+	tiers := _tiers_for(tenant, sensitivity)
+	permitted := [backend |
+		some backend in _here
+		backend.tier in tiers
+		residency.permits(tenant, backend)
+		_cleared(backend, sensitivity)
+	]
+	some alias in _alias_names
+	models := _model_for[alias]
+	eligible := {backend.name | some backend in permitted; _ := models[backend.name]}
 }
-
-_eligible(tenant, sensitivity, alias) := [backend |
-	some backend in data.catalog.backends
-	backend.tier in _tiers_for(tenant, sensitivity)
-	residency.permits(tenant, backend)
-	_on_this_node(backend)
-	_cleared(backend, sensitivity)
-	_ := _model_for(backend, alias)
-]
 
 _incapable(backend, task) if backend.max_complexity < task.complexity
 
@@ -257,21 +285,99 @@ _region_rank(backend) := 0 if backend.region == input.node.region else := 1
 # ones, most capable first, as degraded fallback.
 # cascade: cheapest tier first, escalating to bigger tiers.
 _order_key(backend, task) := [_tier_rank[backend.tier], budget.cost(backend), _region_rank(backend), 0, backend.name] if {
-	object.get(task, "strategy", "capability") == "cascade"
+	task.strategy == "cascade"
 } else := array.concat(_capability_rank(backend, task), [_tier_rank[backend.tier], _region_rank(backend), budget.cost(backend), backend.name])
 
-_ordered(tenant, sensitivity, task, alias) := _first([_backend(key[count(key) - 1]) | some key in sort([_order_key(backend, task) | some backend in _eligible(tenant, sensitivity, alias)])])
+# Profile -> names of this node's backends in chain order. A chain is the
+# eligible ones in this order, cut to the maximum length.
+_ranked := {profile: [key[count(key) - 1] | some key in sort([_order_key(backend, task) | some backend in _here])] |
+	some profile, task in _profiles
+}
 
 # A spent budget: the local and private tiers, cheapest first; paid tiers only
 # when the tenant has nothing else.
-_cheap(backends) := [backend | some backend in backends; backend.tier in budget.cheap_tiers]
+_cheap_ranked := [key[3] | some key in sort([[budget.cost(backend), _tier_rank[backend.tier], _region_rank(backend), backend.name] | some backend in _here])]
 
-_cheap_ordered(tenant, sensitivity, task, alias) := _first([_backend(key[count(key) - 1]) | some key in sort([[budget.cost(backend), _tier_rank[backend.tier], _region_rank(backend), backend.name] | some backend in _cheap_or_all(_eligible(tenant, sensitivity, alias))])])
+_cheap_names := {backend.name | some backend in _here; backend.tier in budget.cheap_tiers}
 
-_cheap_or_all(backends) := _cheap(backends) if count(_cheap(backends)) > 0 else := backends
+_cheap_or_all(eligible) := cheap if {
+	cheap := {name | some name in eligible; name in _cheap_names}
+	count(cheap) > 0
+} else := eligible
 
-_first(backends) := array.slice(backends, 0, _max_chain_length)
+_max_complexity := {backend.name: backend.max_complexity | some backend in _here}
 
-_steps(backends, tenant, task, alias) := [resilience.step(backend, tenant, _model_for(backend, alias), _degraded(backend, task), i, count(backends)) | some i, backend in backends]
+# Eligible backends -> the backends of the budget fallback chain ("cheap"), and per
+# profile those of the ordered chain and whether all of them are below the task.
+# Keyed by the set, so tenants, sensitivities and aliases with the same eligible
+# backends share the work.
+_eligible_sets := {eligible | some eligible in _eligible}
 
-_degraded(backend, task) := true if _incapable(backend, task) else := false
+_names := {eligible: {"cheap": cheap, "ordered": ordered, "degraded": degraded} |
+	some eligible in _eligible_sets
+	cheap_or_all := _cheap_or_all(eligible)
+	cheap := array.slice([name | some name in _cheap_ranked; name in cheap_or_all], 0, _max_chain_length)
+	ordered := {profile: array.slice([name | some name in ranked; name in eligible], 0, _max_chain_length) |
+		some profile, ranked in _ranked
+	}
+	degraded := {profile: _all_degraded(ordered[profile], task.complexity) | some profile, task in _profiles}
+}
+
+# Tenant -> alias -> backend -> degraded -> last -> the chain step: every step a
+# chain of this node can hold, made once.
+_step_table := {tenant.name: {alias: {backend.name: {degraded: {last: resilience.chain_step(settings, model, degraded, last) | some last in [false, true]} |
+	some degraded in {below | some complexity in _complexities; below := backend.max_complexity < complexity}
+} |
+	some backend in _here
+	model := models[backend.name]
+	settings := resilience.request_settings(backend, tenant)
+} |
+	some alias, models in _model_for
+} |
+	some tenant in data.catalog.tenants
+}
+
+# Tenant -> sensitivity -> alias -> profile -> the route's chain (the budget
+# fallback when the budget is spent) and its budget fallback.
+_chains := {tenant.name: {sensitivity: {alias: _profile_chains(tenant.name, sensitivity, alias) |
+	some alias in _alias_names
+} |
+	some sensitivity in sensitivities
+} |
+	some tenant in data.catalog.tenants
+}
+
+_profile_chains(tenant_name, sensitivity, alias) := {profile: chains |
+	names := _names[_eligible[[tenant_name, sensitivity, alias]]]
+	by_alias := _step_table[tenant_name]
+	steps := by_alias[alias]
+	cheap := names.cheap
+	fallbacks := {complexity: _steps(cheap, steps, complexity) | some complexity in _complexities}
+	ordered_by_profile := names.ordered
+	exhausted := _exhausted[tenant_name]
+	some profile, task in _profiles
+	fallback := fallbacks[task.complexity]
+	chains := {
+		"chain": _chain(exhausted, fallback, ordered_by_profile[profile], steps, task.complexity),
+		"fallback": fallback,
+	}
+}
+
+_chain(true, fallback, _, _, _) := fallback
+
+_chain(false, _, ordered, steps, complexity) := _steps(ordered, steps, complexity)
+
+_all_degraded(names, complexity) := true if {
+	count(names) > 0
+	every name in names {
+		_max_complexity[name] < complexity
+	}
+} else := false
+
+_steps(names, steps, complexity) := [step |
+	last := count(names) - 1
+	some i, name in names
+	by_degraded := steps[name]
+	by_last := by_degraded[_max_complexity[name] < complexity]
+	step := by_last[i == last]
+]
