@@ -8,6 +8,9 @@ plane and tools can share these models without pulling in each other.
 - :class:`PlanInput` / :class:`Plan` — input and decision of the compile-time
   routing policy at :data:`PLAN_PATH`.
 - :class:`TenantUsage` — spend counters (``data.usage``).
+- :class:`NodeRegistration` / :class:`NodeLoad` — what a node registers and reports over
+  the registry session (:class:`SessionMessage`, :class:`SessionReply`);
+  :class:`RegisteredNode` — what the control plane stores for it.
 - :class:`DecisionRecord` — one audited decision, hash-chained and signed;
   :class:`ShipRequest` / :class:`ShipResponse` — how nodes ship them.
 """
@@ -60,6 +63,20 @@ from tiermesh.controlplane.api.plan import (
     RouteMatch,
     RoutePlan,
 )
+from tiermesh.controlplane.api.registry import (
+    MAX_SESSION_MESSAGE_BYTES,
+    NODE_REGISTRY_SERVICE,
+    REGISTRY_VERSION,
+    SESSION_METHOD,
+    NodeEndpoint,
+    NodeLoad,
+    NodeRegistration,
+    RegisteredNode,
+    SessionMessage,
+    SessionReply,
+    endpoint_owner,
+    registry_method_path,
+)
 from tiermesh.controlplane.api.resilience import (
     CircuitBreaker,
     HealthCheck,
@@ -78,11 +95,15 @@ __all__ = [
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
     "MATCH_HEADERS",
+    "MAX_SESSION_MESSAGE_BYTES",
     "MAX_SHIP_BYTES",
     "MAX_SHIP_RECORDS",
+    "NODE_REGISTRY_SERVICE",
     "PLAN_PATH",
     "PLAN_VERSION",
+    "REGISTRY_VERSION",
     "SCHEMA_MODELS",
+    "SESSION_METHOD",
     "SHIP_METHOD",
     "Backend",
     "BackendPlan",
@@ -102,16 +123,22 @@ __all__ = [
     "Hedge",
     "ModelAlias",
     "Name",
+    "NodeEndpoint",
     "NodeInfo",
+    "NodeLoad",
+    "NodeRegistration",
     "OutlierDetection",
     "Plan",
     "PlanInput",
     "RateLimit",
+    "RegisteredNode",
     "RetryPolicy",
     "RouteMatch",
     "RoutePlan",
     "RouteResilience",
     "Sensitivity",
+    "SessionMessage",
+    "SessionReply",
     "ShipRequest",
     "ShipResponse",
     "TaskType",
@@ -123,10 +150,12 @@ __all__ = [
     "Usage",
     "audit_method_path",
     "canonical_bytes",
+    "endpoint_owner",
     "load_catalog",
     "parse_catalog",
     "policy_data",
     "record_hash",
     "reference_problems",
+    "registry_method_path",
     "render_schemas",
 ]

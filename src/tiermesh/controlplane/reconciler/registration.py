@@ -27,10 +27,11 @@ class InvalidRegistration(ValueError):
 def node_from_registration(record: NodeRecord) -> NodeInfo:
     """The :class:`NodeInfo` a registration describes.
 
-    The registration is a JSON object holding ``id``, ``tier``, ``region`` and optional
-    ``residency`` — either at the top or under ``node`` (a ``PlanInput``) — other fields
-    (endpoints, load) are ignored. ``id`` defaults to the registration's key and must equal
-    it when given. Raises :class:`InvalidRegistration`.
+    The registration is a JSON object holding ``id`` (or ``node_id``, as the registry's
+    ``RegisteredNode`` spells it), ``tier``, ``region`` and optional ``residency`` — either
+    at the top or under ``node`` (a ``PlanInput``) — other fields (endpoints, load) are
+    ignored. ``id`` defaults to the registration's key and must equal it when given. Raises
+    :class:`InvalidRegistration`.
     """
     try:
         document: Any = json.loads(record.registration)
@@ -41,6 +42,8 @@ def node_from_registration(record: NodeRecord) -> NodeInfo:
     if not isinstance(document, dict):
         raise InvalidRegistration(record.node_id, "not a JSON object")
     fields = {key: document[key] for key in _FIELDS if key in document}
+    if "id" not in fields and "node_id" in document:
+        fields["id"] = document["node_id"]
     fields.setdefault("id", record.node_id)
     if fields["id"] != record.node_id:
         raise InvalidRegistration(

@@ -1,0 +1,226 @@
+"""The node registry API: how a node tells the control plane what it is and how loaded it is.
+
+gRPC service :data:`NODE_REGISTRY_SERVICE`, one bidirectional-streaming method
+:data:`SESSION_METHOD`, served on the control plane's mTLS *node* port. Messages are these
+models as UTF-8 JSON (``model_dump_json`` / ``model_validate_json``), like
+:mod:`tiermesh.controlplane.api.join`. Version ``v1``: fields are only ever added with
+defaults; an incompatible change gets a new service name.
+
+A session, node → control plane (:class:`SessionMessage`):
+
+1. The first message holds a :class:`NodeRegistration`. The control plane checks it against
+   the client SVID (``spiffe://<td>/node/<node-id>``): ``node_id`` must be the SVID's node id
+   and every endpoint must belong to that node (:func:`endpoint_owner`). It then writes a
+   :class:`RegisteredNode` under an etcd lease it keeps alive while the stream lives, and
+   answers with a :class:`SessionReply`.
+2. Later messages carry a :class:`NodeLoad` (written at most once per
+   ``SessionReply.load_interval_s``; a burst is coalesced and the newest value is written),
+   or a new registration of the same node (re-checked, rewritten, answered again).
+3. A message with ``goodbye`` (or the client half-closing the stream) ends the session
+   gracefully: the lease is revoked and the registration disappears at once. A session that
+   breaks without goodbye (the node crashed, the network or the control plane went away)
+   stops refreshing its lease, and the registration expires ``lease_ttl_s`` later unless the
+   node reconnects first (a new registration supersedes the stale one).
+
+Status codes: UNAUTHENTICATED (no verified node SVID), PERMISSION_DENIED (a claim the SVID
+does not cover: another node id, another node's endpoint), INVALID_ARGUMENT (undecodable
+message, a first message that is not a registration, none within the server's first-message
+timeout), RESOURCE_EXHAUSTED (a message over :data:`MAX_SESSION_MESSAGE_BYTES`), UNAVAILABLE
+(the control plane lost its store or the lease; reconnect and register again). Nothing is
+written for a refused message; a refusal ends the session (its lease is revoked).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from tiermesh.controlplane.api._base import Contract, Tier
+
+__all__ = [
+    "ENDPOINT_NAME_RULE",
+    "MAX_ENDPOINTS",
+    "MAX_LABELS",
+    "MAX_SESSION_MESSAGE_BYTES",
+    "NODE_REGISTRY_SERVICE",
+    "REGISTRY_VERSION",
+    "SESSION_METHOD",
+    "NodeEndpoint",
+    "NodeLoad",
+    "NodeRegistration",
+    "RegisteredNode",
+    "SessionMessage",
+    "SessionReply",
+    "endpoint_owner",
+    "registry_method_path",
+]
+
+REGISTRY_VERSION: Final = "v1"
+"""Version of this contract; part of the service name."""
+
+NODE_REGISTRY_SERVICE: Final = f"tiermesh.node.{REGISTRY_VERSION}.NodeRegistry"
+"""Fully qualified gRPC service name."""
+
+SESSION_METHOD: Final = "Session"
+"""Method name: the node's registration session (bidirectional stream)."""
+
+MAX_SESSION_MESSAGE_BYTES: Final = 64 * 1024
+"""Largest message the server accepts (gRPC max receive size of the node port)."""
+
+MAX_ENDPOINTS: Final = 32
+"""Most endpoints one node may register."""
+
+MAX_LABELS: Final = 32
+"""Most labels one node may carry."""
+
+ENDPOINT_NAME_RULE: Final = (
+    "'<node-id>' or '<node-id>.<name>', <name> being 1-63 characters of a-z, 0-9, '_' and "
+    "'-' starting with a letter or digit"
+)
+"""Which endpoint names a node may claim. Node ids never contain ``.``, so the owner of an
+endpoint name is unambiguous: everything before the first ``.``."""
+
+_NODE_ID = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ENDPOINT_NAME = re.compile(rf"({_NODE_ID})(?:\.([a-z0-9][a-z0-9_-]{{0,62}}))?")
+
+NodeId = Annotated[str, StringConstraints(pattern=rf"^{_NODE_ID}$")]
+"""A node id: one lowercase DNS label, as in the node's SPIFFE ID."""
+
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/-]{0,62}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+def registry_method_path(method: str = SESSION_METHOD) -> str:
+    """The gRPC path of ``method`` (``/tiermesh.node.v1.NodeRegistry/Session``)."""
+    return f"/{NODE_REGISTRY_SERVICE}/{method}"
+
+
+def endpoint_owner(name: str) -> str | None:
+    """The node id an endpoint name belongs to (see :data:`ENDPOINT_NAME_RULE`), or None
+    if ``name`` is not a well-formed endpoint name. Pure."""
+    found = _ENDPOINT_NAME.fullmatch(name)
+    return None if found is None else found.group(1)
+
+
+class NodeEndpoint(Contract):
+    """One network endpoint the node serves, e.g. its local model server."""
+
+    name: str = Field(min_length=1, max_length=127)
+    """The endpoint's name, following :data:`ENDPOINT_NAME_RULE` (``edge-1`` or
+    ``edge-1.llama``). A node may only claim names it owns (:func:`endpoint_owner`)."""
+    host: str = Field(min_length=1, max_length=253)
+    """Host name or IP address other nodes reach the endpoint at. Not checked against the
+    connection's address (nodes may sit behind NAT); the name rule is what binds it to the
+    node."""
+    port: int = Field(ge=1, le=65535)
+    """TCP port."""
+    tls: bool = False
+    """True if the endpoint expects mTLS with the node's SVID (peers then check the SAN)."""
+
+    @model_validator(mode="after")
+    def _well_formed_name(self) -> Self:
+        if endpoint_owner(self.name) is None:
+            raise ValueError(f"endpoint name {self.name!r} must be {ENDPOINT_NAME_RULE}")
+        return self
+
+
+class NodeRegistration(Contract):
+    """What a node claims about itself: its id, placement, app port and its own endpoints."""
+
+    version: Literal["v1"] = "v1"
+    """Format version."""
+    node_id: NodeId
+    """The node's id; must be the ``<node-id>`` of the client SVID."""
+    tier: Tier
+    """The node's own tier (``local``, ``private``, ``cloud``)."""
+    region: str = Field(min_length=1, max_length=63)
+    """Region; backends in the same region are preferred among equals."""
+    residency: tuple[Annotated[str, StringConstraints(min_length=1, max_length=63)], ...] = Field(
+        default=(), max_length=16
+    )
+    """Residency tags of the node's location, e.g. ``("eu",)``."""
+    app_port: int = Field(ge=1, le=65535)
+    """Port of the node's app listener on 127.0.0.1: where its apps send inference
+    requests (``http://127.0.0.1:<app_port>/v1/...``). The compiled listener binds it."""
+    endpoints: tuple[NodeEndpoint, ...] = Field(default=(), max_length=MAX_ENDPOINTS)
+    """Endpoints the node serves, names unique, each owned by ``node_id``."""
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
+    """Free-form labels (``hardware: rpi5``); informational."""
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> Self:
+        names = [endpoint.name for endpoint in self.endpoints]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"endpoint names must be unique; repeated: {duplicates}")
+        return self
+
+    def foreign_endpoints(self) -> tuple[str, ...]:
+        """Names of endpoints that do not belong to ``node_id`` (empty: the claim is fine)."""
+        return tuple(e.name for e in self.endpoints if endpoint_owner(e.name) != self.node_id)
+
+
+class NodeLoad(Contract):
+    """A node's live load, as its agent measures it."""
+
+    version: Literal["v1"] = "v1"
+    """Format version."""
+    in_flight: int = Field(default=0, ge=0)
+    """Requests the node's model server is working on now."""
+    queue_depth: int = Field(default=0, ge=0)
+    """Requests waiting for a slot."""
+    tokens_per_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    """Generated tokens per second, averaged over the agent's last window."""
+    healthy: bool = True
+    """False when the agent sees its model server failing its health check."""
+
+
+class SessionMessage(Contract):
+    """One message from the node: exactly one of the three fields is set."""
+
+    registration: NodeRegistration | None = None
+    """A (re-)registration. Required as the first message of a session."""
+    load: NodeLoad | None = None
+    """A load report (never as the first message)."""
+    goodbye: bool = False
+    """True: the node is leaving; the registration is deleted at once."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        count = (self.registration is not None) + (self.load is not None) + self.goodbye
+        if count != 1:
+            raise ValueError("exactly one of registration, load and goodbye must be set")
+        return self
+
+
+class SessionReply(Contract):
+    """The control plane's answer to each accepted registration."""
+
+    node_id: str
+    """The registered node id."""
+    spiffe_id: str
+    """The client SVID's SPIFFE ID the registration was checked against."""
+    lease_ttl_s: int
+    """Seconds the registration outlives a session that breaks without goodbye."""
+    load_interval_s: float
+    """Load reports are written at most this often; sending faster only coalesces."""
+    revision: int
+    """Store revision of the write (orders registrations across control-plane replicas)."""
+
+
+class RegisteredNode(NodeRegistration):
+    """What the control plane stores under ``nodes/<node-id>``: the registration as the node
+    sent it, plus what the control plane observed. Readers: the reconciler
+    (``node_from_registration`` reads ``node_id``, ``tier``, ``region``, ``residency``) and
+    status tools."""
+
+    spiffe_id: str
+    """SPIFFE ID of the client SVID that registered this node."""
+    registered_at: AwareDatetime
+    """When the control plane accepted the (latest) registration, UTC."""
+    load: NodeLoad | None = None
+    """The newest load written, None before the first report."""
+    load_at: AwareDatetime | None = None
+    """When ``load`` was written, UTC."""
