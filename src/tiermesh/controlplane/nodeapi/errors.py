@@ -22,8 +22,11 @@ from tiermesh.controlplane.identity.tokens import JoinTokenError
 from tiermesh.controlplane.store.errors import StoreUnavailable
 
 __all__ = [
+    "ClaimRefused",
     "NodeApiError",
     "PeerNotAuthenticated",
+    "SessionLost",
+    "SessionProtocolError",
     "UndecodableRequest",
     "status_for",
 ]
@@ -51,9 +54,40 @@ class PeerNotAuthenticated(NodeApiError):
         super().__init__(f"not authenticated as a node: {reason}")
 
 
+class SessionProtocolError(NodeApiError):
+    """A registry session broke the message order (no registration first, none in time)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"registry session refused: {reason}")
+
+
+class ClaimRefused(NodeApiError):
+    """A node claimed something its SVID does not cover: another node id, or an endpoint
+    that belongs to another node."""
+
+    def __init__(self, spiffe_id: str, claim: str) -> None:
+        self.spiffe_id = spiffe_id
+        self.claim = claim
+        super().__init__(f"{spiffe_id} may not claim {claim}")
+
+
+class SessionLost(NodeApiError):
+    """The control plane could no longer keep the node's registration (its lease expired or
+    was superseded); the node must reconnect and register again."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        self.node_id = node_id
+        self.reason = reason
+        super().__init__(f"registration of node {node_id!r} lost: {reason}; register again")
+
+
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UndecodableRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (PeerNotAuthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (SessionProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ClaimRefused, grpc.StatusCode.PERMISSION_DENIED),
+    (SessionLost, grpc.StatusCode.UNAVAILABLE),
     (JoinTokenError, grpc.StatusCode.UNAUTHENTICATED),
     (SvidVerificationError, grpc.StatusCode.UNAUTHENTICATED),
     (CsrIdentityMismatchError, grpc.StatusCode.PERMISSION_DENIED),

@@ -49,6 +49,7 @@ from tiermesh.controlplane.nodeapi.errors import (
     UndecodableRequest,
     status_for,
 )
+from tiermesh.controlplane.nodeapi.registry import NodeRegistryService
 
 __all__ = ["NodeApiServer", "NodeIdentityService", "start_node_api"]
 
@@ -223,11 +224,14 @@ async def start_node_api(
     host: str = "127.0.0.1",
     join_port: int = 0,
     node_port: int = 0,
+    registry: NodeRegistryService | None = None,
 ) -> NodeApiServer:
     """Start ``service`` on a join port (TLS) and a node port (mTLS trusting ``bundle``).
 
-    Port 0 picks a free one. The credentials are fixed at start: after a CA rotation or a
-    new server certificate, start a new server.
+    ``registry``, if given, is served too (its sessions need the node port's client SVID).
+    Keepalive pings find dead peers of long-lived registry sessions. Port 0 picks a free
+    one. The credentials are fixed at start: after a CA rotation or a new server
+    certificate, start a new server.
 
     Raises:
         RuntimeError: a port cannot be bound (grpcio's error).
@@ -236,9 +240,13 @@ async def start_node_api(
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ]
     )
     service.add_to(server)
+    if registry is not None:
+        registry.add_to(server)
     join_credentials = grpc.ssl_server_credentials(
         [(certificate.key_pem(), certificate.chain_pem())], require_client_auth=False
     )

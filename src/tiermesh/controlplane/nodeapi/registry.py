@@ -1,0 +1,377 @@
+"""The node registry gRPC service (``tiermesh.node.v1.NodeRegistry``): one Session per node.
+
+The contract (messages, order, status codes) is :mod:`tiermesh.controlplane.api.registry`.
+This is the only writer of ``nodes/<node-id>``: agents never hold store credentials, so a
+node's SVID decides what lands there.
+
+- The peer's node id comes from the client SVID the mTLS handshake verified (the node port
+  of :func:`~tiermesh.controlplane.nodeapi.server.start_node_api`). On the join port there
+  is no client certificate and every session is refused with UNAUTHENTICATED. The SVID is
+  checked when the stream opens; a connection cannot change its certificate afterwards.
+- Ownership rule: ``registration.node_id`` must equal the SVID's node id, and every endpoint
+  name must be ``<node-id>`` or ``<node-id>.<name>`` of that same id
+  (:func:`~tiermesh.controlplane.api.registry.endpoint_owner`). Anything else is
+  PERMISSION_DENIED and a warning log line naming the SPIFFE ID and the claim.
+- Lease lifetime: the registration is written under a new lease of ``lease_ttl_s`` seconds
+  that a task refreshes every third of the TTL while the stream lives. A session the server
+  ends (goodbye, half-close, a refused message) revokes it. A session that is cancelled (the
+  client vanished, or this server is stopping) only stops refreshing, so the registration
+  expires ``lease_ttl_s`` later — a node that reconnects to any replica within that time
+  keeps its routes without a flap.
+- Load reports are coalesced: at most one store write per ``load_interval_s``, and the
+  newest report is the one written.
+
+Task safety: construct and serve on the event loop that owns ``store``. Each session runs
+as its own set of tasks; sessions share nothing but the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from tiermesh.controlplane.api.registry import (
+    NODE_REGISTRY_SERVICE,
+    SESSION_METHOD,
+    NodeLoad,
+    NodeRegistration,
+    RegisteredNode,
+    SessionMessage,
+    SessionReply,
+)
+from tiermesh.controlplane.identity.ca import Clock, utc_now
+from tiermesh.controlplane.identity.peer import peer_spiffe_id
+from tiermesh.controlplane.identity.spiffe_id import parse_node_spiffe_id, validate_trust_domain
+from tiermesh.controlplane.nodeapi.errors import (
+    ClaimRefused,
+    PeerNotAuthenticated,
+    SessionLost,
+    SessionProtocolError,
+    UndecodableRequest,
+    status_for,
+)
+from tiermesh.controlplane.store import LeaseExpired, NodeLease, Store, StoreError, keep_alive
+
+__all__ = [
+    "DEFAULT_FIRST_MESSAGE_TIMEOUT_S",
+    "DEFAULT_LEASE_TTL_S",
+    "DEFAULT_LOAD_INTERVAL_S",
+    "NodeRegistryService",
+]
+
+log = logging.getLogger("tiermesh.nodeapi.registry")
+
+DEFAULT_LEASE_TTL_S: Final = 10
+"""How long a registration outlives a session that broke without goodbye."""
+DEFAULT_LOAD_INTERVAL_S: Final = 1.0
+"""Fewest seconds between two load writes of one node."""
+DEFAULT_FIRST_MESSAGE_TIMEOUT_S: Final = 10.0
+"""How long a new stream may take to send its registration."""
+
+SESSIONS = Gauge("tiermesh_registry_sessions", "Open node registry sessions")
+LOAD_WRITES = Counter("tiermesh_registry_load_writes", "Load reports written to the store")
+LOAD_REPORTS = Counter("tiermesh_registry_load_reports", "Load reports received")
+REFUSED = Counter("tiermesh_registry_refused_sessions", "Registry sessions refused", ["code"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    detail: str
+
+
+Context = grpc.aio.ServicerContext["SessionMessage | _Undecodable", SessionReply]
+
+
+def _decode(data: bytes) -> SessionMessage | _Undecodable:
+    try:
+        return SessionMessage.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "message"
+        return _Undecodable(f"{exc.error_count()} problem(s); {where}: {first['msg']}")
+
+
+def _encode(reply: SessionReply) -> bytes:
+    return reply.model_dump_json().encode()
+
+
+class _Goodbye:
+    """Marker: the node ended the session on purpose."""
+
+
+class _Session:
+    """One node's live registration: its lease, the stored document, and the load writer."""
+
+    def __init__(
+        self,
+        service: NodeRegistryService,
+        context: Context,
+        spiffe_id: str,
+        node_id: str,
+    ) -> None:
+        self._service = service
+        self._store = service.store
+        self._context = context
+        self.spiffe_id = spiffe_id
+        self.node_id = node_id
+        self.lease: NodeLease | None = None
+        self._document: RegisteredNode | None = None
+        self._pending: NodeLoad | None = None
+        self._load_ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[object]] = []
+
+    def check(self, registration: NodeRegistration) -> None:
+        """Raise `ClaimRefused` unless the SVID covers every claim of ``registration``."""
+        if registration.node_id != self.node_id:
+            raise ClaimRefused(self.spiffe_id, f"node id {registration.node_id!r}")
+        foreign = registration.foreign_endpoints()
+        if foreign:
+            raise ClaimRefused(self.spiffe_id, f"endpoints of other nodes {list(foreign)}")
+
+    def _stored(self, registration: NodeRegistration) -> RegisteredNode:
+        previous = self._document
+        return RegisteredNode.model_validate(
+            {
+                **registration.model_dump(),
+                "spiffe_id": self.spiffe_id,
+                "registered_at": self._service.clock(),
+                "load": previous.load if previous else None,
+                "load_at": previous.load_at if previous else None,
+            }
+        )
+
+    async def register(self, registration: NodeRegistration) -> None:
+        """Check and write a (re-)registration, then answer it."""
+        self.check(registration)
+        async with self._write_lock:
+            document = self._stored(registration)
+            if self.lease is None:
+                self.lease = await self._store.register_node(
+                    self.node_id, document, self._service.lease_ttl_s
+                )
+                revision = await self._revision()
+            else:
+                revision = await self._update(document)
+            self._document = document
+        log.info(
+            "node %s registered (%s, %d endpoint(s), app port %d) lease=%x",
+            self.node_id,
+            self.spiffe_id,
+            len(registration.endpoints),
+            registration.app_port,
+            self.lease.lease_id,
+        )
+        await self._context.write(
+            SessionReply(
+                node_id=self.node_id,
+                spiffe_id=self.spiffe_id,
+                lease_ttl_s=self.lease.ttl_s,
+                load_interval_s=self._service.load_interval_s,
+                revision=revision,
+            )
+        )
+
+    async def _revision(self) -> int:
+        key = f"nodes/{self.node_id}"
+        entry = (await self._store.read_prefix(key)).get(key)
+        return 0 if entry is None else entry.mod_revision
+
+    async def _update(self, document: RegisteredNode) -> int:
+        assert self.lease is not None
+        try:
+            return await self._store.update_node(self.lease, document)
+        except LeaseExpired as exc:
+            raise SessionLost(self.node_id, "its lease expired or was superseded") from exc
+
+    def report(self, load: NodeLoad) -> None:
+        """Queue ``load``; the writer stores the newest one at its next slot."""
+        LOAD_REPORTS.inc()
+        self._pending = load
+        self._load_ready.set()
+
+    async def _write_loads(self) -> None:
+        while True:
+            await self._load_ready.wait()
+            self._load_ready.clear()
+            async with self._write_lock:
+                assert self._document is not None
+                document = self._document.model_copy(
+                    update={"load": self._pending, "load_at": self._service.clock()}
+                )
+                await self._update(document)
+                self._document = document
+            LOAD_WRITES.inc()
+            await asyncio.sleep(self._service.load_interval_s)
+
+    async def _read(self, requests: AsyncIterator[SessionMessage | _Undecodable]) -> _Goodbye:
+        async for message in requests:
+            if isinstance(message, _Undecodable):
+                raise UndecodableRequest(SESSION_METHOD, message.detail)
+            if message.goodbye:
+                return _Goodbye()
+            if message.registration is not None:
+                await self.register(message.registration)
+            elif message.load is not None:
+                self.report(message.load)
+        return _Goodbye()  # a half-close is a goodbye too
+
+    async def run(self, requests: AsyncIterator[SessionMessage | _Undecodable]) -> None:
+        """Serve the session until the node leaves (returns) or something fails (raises)."""
+        assert self.lease is not None
+        self._tasks = [
+            asyncio.create_task(self._read(requests), name=f"registry-read-{self.node_id}"),
+            asyncio.create_task(keep_alive(self._store, self.lease), name="registry-lease"),
+            asyncio.create_task(self._write_loads(), name=f"registry-load-{self.node_id}"),
+        ]
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if isinstance(exc, LeaseExpired):
+                raise SessionLost(self.node_id, "its lease expired or was superseded") from exc
+            if exc is not None:
+                raise exc
+
+    async def stop(self, *, revoke: bool) -> None:
+        """Stop the session's tasks; ``revoke`` deletes the registration now (else it
+        expires on its own). Never raises for a store failure (logged)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.lease is None:
+            return
+        if not revoke:
+            log.info(
+                "node %s session lost; registration expires in %d s unless it reconnects",
+                self.node_id,
+                self.lease.ttl_s,
+            )
+            return
+        try:
+            await self._store.revoke_lease(self.lease)
+        except StoreError as exc:
+            log.warning(
+                "node %s: revoking lease failed (%s); it expires on its own", self.node_id, exc
+            )
+        else:
+            log.info("node %s left; registration deleted", self.node_id)
+
+
+class NodeRegistryService:
+    """Serves ``tiermesh.node.v1.NodeRegistry/Session`` (module doc: rules and lifetimes).
+
+    ``store`` is the only place registrations go; ``trust_domain`` is the SVIDs' trust
+    domain; ``clock`` stamps ``registered_at``/``load_at``. Raises
+    ``InvalidTrustDomainError`` for a bad ``trust_domain`` and ValueError for a
+    ``lease_ttl_s`` under 2 s (a third of it is the refresh period, etcd's floor is 1 s) or
+    a negative interval.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        trust_domain: str,
+        *,
+        lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
+        load_interval_s: float = DEFAULT_LOAD_INTERVAL_S,
+        first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
+        clock: Clock = utc_now,
+    ) -> None:
+        validate_trust_domain(trust_domain)
+        if lease_ttl_s < 2:
+            raise ValueError(f"lease_ttl_s must be at least 2, got {lease_ttl_s}")
+        if load_interval_s < 0 or first_message_timeout_s <= 0:
+            raise ValueError("load_interval_s must be >= 0 and first_message_timeout_s > 0")
+        self.store = store
+        self.trust_domain = trust_domain
+        self.lease_ttl_s = lease_ttl_s
+        self.load_interval_s = load_interval_s
+        self.first_message_timeout_s = first_message_timeout_s
+        self.clock: Clock = clock
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register ``Session`` on ``server``."""
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._session, request_deserializer=_decode, response_serializer=_encode
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    NODE_REGISTRY_SERVICE, {SESSION_METHOD: handler}
+                ),
+            )
+        )
+
+    def _peer(self, context: Context) -> tuple[str, str]:
+        spiffe_id = peer_spiffe_id(context)
+        if spiffe_id is None:
+            raise PeerNotAuthenticated("no client SVID (use the node port)")
+        node_id = parse_node_spiffe_id(spiffe_id, self.trust_domain)
+        if node_id is None:
+            raise PeerNotAuthenticated(f"{spiffe_id!r} is not a node SVID of {self.trust_domain}")
+        return spiffe_id, node_id
+
+    async def _first(
+        self, requests: AsyncIterator[SessionMessage | _Undecodable]
+    ) -> NodeRegistration:
+        try:
+            async with asyncio.timeout(self.first_message_timeout_s):
+                message = await anext(requests)
+        except StopAsyncIteration:
+            raise SessionProtocolError("the stream ended before a registration") from None
+        except TimeoutError:
+            raise SessionProtocolError(
+                f"no registration within {self.first_message_timeout_s:g} s"
+            ) from None
+        if isinstance(message, _Undecodable):
+            raise UndecodableRequest(SESSION_METHOD, message.detail)
+        if message.registration is None:
+            raise SessionProtocolError("the first message must be a registration")
+        return message.registration
+
+    async def _session(
+        self, requests: AsyncIterator[SessionMessage | _Undecodable], context: Context
+    ) -> None:
+        session: _Session | None = None
+        SESSIONS.inc()
+        try:
+            spiffe_id, node_id = self._peer(context)
+            session = _Session(self, context, spiffe_id, node_id)
+            iterator = aiter(requests)
+            await session.register(await self._first(iterator))
+            await session.run(iterator)
+        except asyncio.CancelledError:
+            if session is not None:
+                await session.stop(revoke=False)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
+            if session is not None:
+                await session.stop(revoke=True)
+            await self._refuse(context, exc)
+        else:
+            assert session is not None
+            await session.stop(revoke=True)
+        finally:
+            SESSIONS.dec()
+
+    async def _refuse(self, context: Context, exc: Exception) -> None:
+        code, message = status_for(exc)
+        REFUSED.labels(code.name).inc()
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("node registry session failed peer=%s", context.peer(), exc_info=exc)
+        else:
+            log.warning(
+                "node registry session refused peer=%s code=%s: %s", context.peer(), code.name, exc
+            )
+        await context.abort(code, message)
