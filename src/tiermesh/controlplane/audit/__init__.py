@@ -1,0 +1,81 @@
+"""The control plane's audit trail: collecting, storing, verifying and replaying decisions.
+
+- :class:`AuditCollector` (+ :func:`start_audit_collector`): the mTLS gRPC service nodes
+  ship their signed records to; a node may ship only its own.
+- :class:`AuditStore`: the SQLite database, queried with :class:`AuditQuery`.
+- :func:`verify_chain`: names the first record of a node's chain that was edited, deleted,
+  re-linked or wrongly signed (:class:`ChainProblem`).
+- :func:`replay`: what a candidate policy would decide differently, with cost deltas.
+
+Every error derives from :class:`AuditError`.
+"""
+
+from __future__ import annotations
+
+from tiermesh.controlplane.audit.chain import ChainProblem, KeyLookup, signature_valid, verify_chain
+from tiermesh.controlplane.audit.collector import (
+    AuditCollector,
+    AuditCollectorServer,
+    Signer,
+    start_audit_collector,
+)
+from tiermesh.controlplane.audit.errors import (
+    AuditError,
+    AuditStoreError,
+    ForeignRecord,
+    NodeNotAuthenticated,
+    RecordRejected,
+    UndecodableShipment,
+    status_for,
+)
+from tiermesh.controlplane.audit.facets import Facets, facets
+from tiermesh.controlplane.audit.replay import (
+    Evaluate,
+    ReplayChange,
+    ReplayReport,
+    TenantSummary,
+    decision_cost,
+    input_price,
+    rego_path,
+    replay,
+    token_estimate,
+)
+from tiermesh.controlplane.audit.store import (
+    DEFAULT_DB_NAME,
+    AuditQuery,
+    AuditStore,
+    StoredRecord,
+)
+
+__all__ = [
+    "DEFAULT_DB_NAME",
+    "AuditCollector",
+    "AuditCollectorServer",
+    "AuditError",
+    "AuditQuery",
+    "AuditStore",
+    "AuditStoreError",
+    "ChainProblem",
+    "Evaluate",
+    "Facets",
+    "ForeignRecord",
+    "KeyLookup",
+    "NodeNotAuthenticated",
+    "RecordRejected",
+    "ReplayChange",
+    "ReplayReport",
+    "Signer",
+    "StoredRecord",
+    "TenantSummary",
+    "UndecodableShipment",
+    "decision_cost",
+    "facets",
+    "input_price",
+    "rego_path",
+    "replay",
+    "signature_valid",
+    "start_audit_collector",
+    "status_for",
+    "token_estimate",
+    "verify_chain",
+]

@@ -1,0 +1,175 @@
+"""Replaying recorded request-time decisions under a candidate policy: what would change.
+
+:func:`replay` evaluates each record's ``path`` (as ``data.<path with / as .>``) with its
+stored (masked) ``input`` through ``evaluate`` and compares the new result with the stored
+``result`` as JSON values (equal values, whatever the key order, are unchanged). Records of
+kind ``plan`` are skipped (plans are replayed by ``tiermesh policy diff``). A policy that
+needs input the masking removed will see it missing — that is part of what replay shows.
+
+**Cost rule.** A change gets a cost delta only when all of this is known:
+
+- the token estimate: the first integer among ``input.token_estimate``,
+  ``input.request.token_estimate`` and ``input.tokens.estimate``;
+- the catalog (``data/catalog.yaml`` of the candidate bundle);
+- the price of both results, per 1k *input* tokens (output tokens are unknown when a
+  request is decided): ``result.backend`` names a catalog backend → its
+  ``cost_per_1k_tokens.input``; else ``result.tier`` → the cheapest
+  ``cost_per_1k_tokens.input`` of the catalog's backends in that tier (a lower bound); else
+  a result that routes nowhere (``allow`` false, or no backend and no tier) costs 0.
+
+cost = token estimate / 1000 * price; delta = new cost - old cost (positive: dearer).
+A tier or backend the catalog does not know leaves the delta unknown (``None``).
+
+Pure apart from ``evaluate``; thread-safety is that of ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiermesh.controlplane.api import Catalog
+from tiermesh.controlplane.api.decision import DecisionRecord
+from tiermesh.controlplane.audit.facets import facets
+
+__all__ = [
+    "Evaluate",
+    "ReplayChange",
+    "ReplayReport",
+    "TenantSummary",
+    "decision_cost",
+    "input_price",
+    "rego_path",
+    "replay",
+    "token_estimate",
+]
+
+Evaluate = Callable[[str, Any], Any]
+"""``evaluate(rego_path, input)`` → the JSON result, ``None`` when undefined."""
+
+_NO_TENANT = "(none)"
+
+
+def rego_path(path: str) -> str:
+    """``tiermesh/request/decision`` → ``data.tiermesh.request.decision``."""
+    return "data." + path.strip("/").replace("/", ".")
+
+
+def _get(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def token_estimate(data: Any) -> int | None:
+    """The recorded input's token estimate by the module's rule, or None."""
+    for value in (
+        _get(data, "token_estimate"),
+        _get(data, "request", "token_estimate"),
+        _get(data, "tokens", "estimate"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def input_price(result: Any, catalog: Catalog) -> float | None:
+    """USD per 1k input tokens of what ``result`` routes to, by the module's rule."""
+    backend = _get(result, "backend")
+    if isinstance(backend, str):
+        found = next((b for b in catalog.backends if b.name == backend), None)
+        return None if found is None else found.cost_per_1k_tokens.input
+    if _get(result, "allow") is False:
+        return 0.0
+    tier = _get(result, "tier")
+    if isinstance(tier, str):
+        prices = [b.cost_per_1k_tokens.input for b in catalog.backends if b.tier == tier]
+        return min(prices) if prices else None
+    return 0.0
+
+
+def decision_cost(result: Any, tokens: int | None, catalog: Catalog | None) -> float | None:
+    """Cost of ``result`` for ``tokens`` input tokens, or None when it cannot be known."""
+    if tokens is None or catalog is None:
+        return None
+    price = input_price(result, catalog)
+    return None if price is None else tokens / 1000 * price
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayChange:
+    """One decision the candidate policy decides differently."""
+
+    decision_id: str
+    tenant: str
+    path: str
+    old_result: Any
+    new_result: Any
+    cost_delta: float | None
+
+
+@dataclass(slots=True)
+class TenantSummary:
+    """Per tenant: decisions replayed, how many changed, the summed known cost delta."""
+
+    tenant: str
+    replayed: int = 0
+    changed: int = 0
+    cost_delta: float = 0.0
+    unknown_cost: int = 0
+    """Changed decisions whose cost delta is unknown (not in ``cost_delta``)."""
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """The outcome of :func:`replay`."""
+
+    replayed: int = 0
+    skipped: int = 0
+    changes: list[ReplayChange] = field(default_factory=list)
+    tenants: dict[str, TenantSummary] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(decision_id, message) of records the candidate policy failed to evaluate."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def replay(
+    records: Iterable[DecisionRecord], evaluate: Evaluate, catalog: Catalog | None = None
+) -> ReplayReport:
+    """Re-decide every request-time record with ``evaluate`` (see the module docstring)."""
+    report = ReplayReport()
+    for record in records:
+        if record.kind != "request":
+            report.skipped += 1
+            continue
+        tenant = facets(record).tenant or _NO_TENANT
+        summary = report.tenants.setdefault(tenant, TenantSummary(tenant))
+        try:
+            new = evaluate(rego_path(record.path), record.input)
+        except Exception as exc:  # noqa: BLE001 - any engine's error is reported per record
+            report.errors.append((str(record.decision_id), str(exc)))
+            continue
+        report.replayed += 1
+        summary.replayed += 1
+        if _same(new, record.result):
+            continue
+        tokens = token_estimate(record.input)
+        old_cost = decision_cost(record.result, tokens, catalog)
+        new_cost = decision_cost(new, tokens, catalog)
+        delta = None if old_cost is None or new_cost is None else new_cost - old_cost
+        report.changes.append(
+            ReplayChange(str(record.decision_id), tenant, record.path, record.result, new, delta)
+        )
+        summary.changed += 1
+        if delta is None:
+            summary.unknown_cost += 1
+        else:
+            summary.cost_delta += delta
+    return report
