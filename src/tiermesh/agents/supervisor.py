@@ -6,9 +6,9 @@ process-group ID) with stdout and stderr appended to a log file. It is asyncio-b
 method must be called from the event loop that called `Supervisor.start`, and it is not
 thread-safe.
 
-Lifecycle: ``STOPPED → STARTING → RUNNING`` (healthy; at once when there is no health
-check), ``RUNNING → UNHEALTHY`` (checks failing) and, after an exit or too many failed
-checks, ``BACKOFF`` then ``STARTING`` again. Restart delays double from
+Lifecycle: ``STOPPED → STARTING → RUNNING`` (healthy; without a health check, up for
+``settle_s``), ``RUNNING → UNHEALTHY`` (checks failing) and, after an exit or too many
+failed checks, ``BACKOFF`` then ``STARTING`` again. Restart delays double from
 ``RestartPolicy.base_delay_s`` up to ``max_delay_s``; the doubling starts over once a child
 has run healthy for ``reset_after_s``. With ``max_restarts`` set, the supervisor gives up in
 ``FAILED``. `Supervisor.stop` always ends in ``STOPPED`` with no process of the group left.
@@ -81,6 +81,8 @@ class RestartPolicy:
     reset_after_s: float = 60.0
     max_restarts: int | None = None
     """Consecutive failed starts after which the supervisor gives up (None: never)."""
+    settle_s: float = 0.5
+    """Without a health check, a child counts as RUNNING once it has stayed up this long."""
     start_timeout_s: float = 60.0
     """A child not healthy this long after its start is killed and counts as a failure."""
     check_interval_s: float = 1.0
@@ -350,7 +352,8 @@ class Supervisor:
         policy = self.policy
         started = time.monotonic()
         if self._health_check is None:
-            since.append(started)
+            await asyncio.sleep(policy.settle_s)
+            since.append(time.monotonic())
             self._set(state=ProcessState.RUNNING)
             await asyncio.Event().wait()  # never returns; cancelled at the end of the run
         failures = 0

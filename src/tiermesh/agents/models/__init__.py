@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from tiermesh.agents.models.buffers import without_extra_buffers
 from tiermesh.agents.models.errors import (
     ModelFileNotFoundError,
     ModelLoadError,
@@ -35,5 +36,6 @@ __all__ = [
     "ServerNotReadyError",
     "smollm2_available",
     "smollm2_path",
+    "without_extra_buffers",
     "write_tiny_gguf",
 ]

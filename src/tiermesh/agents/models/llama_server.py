@@ -54,6 +54,10 @@ class LlamaServer:
     the server with backoff if it crashes or stops answering. `stop` leaves no process
     behind and removes the temp dir it made for the log (a given ``workdir`` is kept).
 
+    By default the server runs through `tiermesh.agents.models.serve`, which loads the model
+    without extra buffer types (AMX/repack crash quantized models on some CPUs; see
+    `tiermesh.agents.models.buffers`); ``extra_buffers=True`` runs ``llama_cpp.server`` as is.
+
     ``port=0`` picks a free loopback port (a lost race for it is retried). Errors name their
     cause: `ModelFileNotFoundError` (before any process), `ModelLoadError` (the server's
     reason and log tail), `PortInUseError`, `ServerExitedError`, `ServerNotReadyError`.
@@ -73,6 +77,7 @@ class LlamaServer:
         ready_timeout_s: float = 60.0,
         policy: RestartPolicy | None = None,
         extra_args: Sequence[str] = (),
+        extra_buffers: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.host = host
@@ -82,6 +87,7 @@ class LlamaServer:
         self.ready_timeout_s = ready_timeout_s
         self.policy = policy or RestartPolicy(start_timeout_s=ready_timeout_s)
         self.extra_args = tuple(extra_args)
+        self.extra_buffers = extra_buffers
         self._requested_port = port
         self._port = port
         self._workdir = workdir
@@ -167,7 +173,7 @@ class LlamaServer:
         return [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "llama_cpp.server" if self.extra_buffers else "tiermesh.agents.models.serve",
             "--model",
             str(self.model_path),
             "--model_alias",
