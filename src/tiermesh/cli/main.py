@@ -7,6 +7,7 @@ import logging
 import typer
 
 from tiermesh.cli import envoy_cmd, policy_cmd
+from tiermesh.cli.audit_cmd import app as audit_app
 from tiermesh.cli.token_cmd import app as token_app
 from tiermesh.cli.up_cmd import up
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(envoy_cmd.app, name="envoy")
 app.add_typer(token_app, name="token")
 app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(audit_app, name="audit")
 app.command("up")(up)
 
 

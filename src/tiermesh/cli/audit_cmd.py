@@ -1,0 +1,410 @@
+"""``tiermesh audit …``: read, verify and replay the decision audit trail.
+
+Sources: ``--db PATH`` is the control plane's audit database (default ``$TIERMESH_AUDIT_DB``
+or ``./audit.sqlite3``); ``--spool DIR`` is a node's decision-log spool (read-only: nothing
+is repaired or shipped). Exit codes: 0 success, 1 a verification failed or changes were
+found where ``--fail-on-change`` asks, 2 bad usage or an unreadable source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from cryptography import x509
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from tiermesh.agents.decisionlog import (
+    SignatureInvalid,
+    SpoolCorruptedError,
+    load_signers,
+    read_spool,
+    verify,
+)
+from tiermesh.controlplane.api import DecisionRecord
+from tiermesh.controlplane.audit import (
+    AuditError,
+    AuditQuery,
+    AuditStore,
+    ChainProblem,
+    ReplayReport,
+    replay,
+    verify_chain,
+)
+from tiermesh.controlplane.bundle import BundleReadError, Stage, read_documents, read_policy_dir
+from tiermesh.controlplane.policy import UNDEFINED, OpaLibraryEngine, PolicyError, RegorusEngine
+
+__all__ = ["app", "parse_time"]
+
+app = typer.Typer(no_args_is_help=True, help="Query, verify and replay the decision audit trail.")
+
+_DB_ENV = "TIERMESH_AUDIT_DB"
+_POLL_S = 0.5
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help=f"Audit database (default ${_DB_ENV} or ./audit.sqlite3)."),
+]
+SpoolOpt = Annotated[
+    Path | None, typer.Option("--spool", help="A node's decision-log spool directory.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON record per line.")]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="From this time: RFC 3339, or 30m / 2h / 7d ago.")
+]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this time (as --since).")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=code)
+
+
+def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """RFC 3339 (a naive time is UTC) or a duration ago: ``90s``, ``30m``, ``2h``, ``7d``.
+
+    Raises:
+        ValueError: neither form.
+    """
+    value = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1:] in units:
+        base = now or dt.datetime.now(dt.UTC)
+        return base - dt.timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"expected RFC 3339 or a duration such as 30m, got {text!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _time_option(text: str | None, name: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=name) from exc
+
+
+def _db_path(db: Path | None) -> Path:
+    return db or Path(os.environ.get(_DB_ENV, "audit.sqlite3"))
+
+
+def _open_store(db: Path | None) -> AuditStore:
+    path = _db_path(db)
+    if not path.is_file():
+        _fail(f"no audit database at {path}")
+    try:
+        return AuditStore(path)
+    except AuditError as exc:
+        _fail(str(exc))
+
+
+def _one_source(db: Path | None, spool: Path | None) -> None:
+    if db is not None and spool is not None:
+        raise typer.BadParameter("give --db or --spool, not both")
+
+
+def _line(record: DecisionRecord) -> str:
+    result = json.dumps(record.result, sort_keys=True, separators=(",", ":"))
+    if len(result) > 80:
+        result = result[:77] + "..."
+    return (
+        f"{record.timestamp:%Y-%m-%dT%H:%M:%S.%fZ} {record.node_spiffe_id} #{record.seq} "
+        f"{record.kind} {record.path} {record.decision_id} {result}"
+    )
+
+
+def _emit(records: Iterable[DecisionRecord], as_json: bool) -> None:
+    for record in records:
+        typer.echo(record.model_dump_json() if as_json else _line(record))
+
+
+def _spool_records(spool: Path) -> list[DecisionRecord]:
+    try:
+        return [item.record for item in read_spool(spool)]
+    except (SpoolCorruptedError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command("tail")
+def tail(
+    db: DbOpt = None,
+    spool: SpoolOpt = None,
+    count: Annotated[int, typer.Option("-n", "--lines", min=0, help="How many.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the latest decisions (arrival order), optionally following new ones."""
+    _one_source(db, spool)
+    if spool is not None:
+        seen = _spool_records(spool)
+        _emit(seen[-count:] if count else [], as_json)
+        last = seen[-1].seq if seen else -1
+        while follow:
+            time.sleep(_POLL_S)
+            fresh = [r for r in _spool_records(spool) if r.seq > last]
+            _emit(fresh, as_json)
+            last = fresh[-1].seq if fresh else last
+        return
+    with _open_store(db) as store:
+        rows = store.tail(count) if count else []
+        _emit((row.record for row in rows), as_json)
+        rowid = rows[-1].rowid if rows else (store.tail(1)[-1].rowid if store.tail(1) else 0)
+        while follow:
+            time.sleep(_POLL_S)
+            rows = store.after(rowid)
+            _emit((row.record for row in rows), as_json)
+            rowid = rows[-1].rowid if rows else rowid
+
+
+@app.command("query")
+def query(
+    db: DbOpt = None,
+    tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+    tier: Annotated[str | None, typer.Option("--tier")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    decision_id: Annotated[str | None, typer.Option("--decision-id")] = None,
+    outcome: Annotated[str | None, typer.Option("--outcome", help="allow, deny, plan …")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="The node's SPIFFE ID.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decisions matching every given filter, in time order."""
+    filters = AuditQuery(
+        tenant=tenant,
+        tier=tier,
+        since=_time_option(since, "--since"),
+        until=_time_option(until, "--until"),
+        decision_id=decision_id,
+        outcome=outcome,
+        node=node,
+        limit=limit,
+    )
+    with _open_store(db) as store:
+        _emit((row.record for row in store.query(filters)), as_json)
+
+
+def _key_lookup(signers: dict[str, str]) -> dict[str, object]:
+    return {
+        fingerprint: x509.load_pem_x509_certificates(pem.encode())[0].public_key()
+        for fingerprint, pem in signers.items()
+    }
+
+
+def _report(problems: list[ChainProblem], checked: int, nodes: int) -> None:
+    if problems:
+        for problem in problems:
+            typer.echo(f"FAIL {problem}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"ok: {checked} records of {nodes} node(s); chains and signatures verify")
+
+
+def _verify_spool(spool: Path, bundle: Path | None) -> None:
+    try:
+        items = list(read_spool(spool))
+    except (SpoolCorruptedError, FileNotFoundError) as exc:
+        typer.echo(f"FAIL {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    signers = load_signers(spool)
+    keys = _key_lookup(signers)
+    by_id = {item.record.decision_id: item.signer for item in items}
+    records = [item.record for item in items]
+    pruned = bool(records) and records[0].seq > 0
+    problem = verify_chain(
+        records, key_for=lambda r: keys.get(by_id[r.decision_id]), from_genesis=not pruned
+    )
+    if problem is None and bundle is not None:
+        roots = bundle.read_bytes()
+        for item in items:
+            try:
+                verify(item.record, signers[item.signer], roots)
+            except SignatureInvalid as exc:
+                record = item.record
+                problem = ChainProblem(
+                    record.node_spiffe_id, record.seq, str(record.decision_id), exc.reason
+                )
+                break
+    _report([problem] if problem else [], len(records), 1 if records else 0)
+
+
+def _verify_db(db: Path | None) -> None:
+    with _open_store(db) as store:
+        keys = _key_lookup(store.signers())
+        problems: list[ChainProblem] = []
+        checked = 0
+        nodes = store.nodes()
+        for node in nodes:
+            try:
+                rows = list(store.chain(node))
+            except ValidationError as exc:
+                typer.echo(f"FAIL node {node}: a stored record is unreadable: {exc}", err=True)
+                raise typer.Exit(code=1) from exc
+            signer_of = {row.record.decision_id: row.signer for row in rows}
+            checked += len(rows)
+            problem = verify_chain(
+                (row.record for row in rows),
+                key_for=lambda r, s=signer_of: keys.get(s[r.decision_id]),  # type: ignore[misc]
+            )
+            if problem is not None:
+                problems.append(problem)
+    _report(problems, checked, len(nodes))
+
+
+@app.command("verify")
+def verify_cmd(
+    db: DbOpt = None,
+    spool: SpoolOpt = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="With --spool: also check signers chain to these roots."),
+    ] = None,
+) -> None:
+    """Check every node's hash chain and signatures.
+
+    Exits 1 naming the first bad record of each broken chain (an edited, deleted,
+    re-linked or forged record).
+    """
+    _one_source(db, spool)
+    if spool is not None:
+        _verify_spool(spool, bundle)
+    else:
+        _verify_db(db)
+
+
+def _engine(name: str) -> RegorusEngine | OpaLibraryEngine:
+    if name == "opa":
+        return OpaLibraryEngine()
+    if name != "regorus":
+        raise typer.BadParameter("regorus or opa", param_hint="--engine")
+    return RegorusEngine()
+
+
+def _evaluator(engine: RegorusEngine | OpaLibraryEngine) -> Any:
+    def evaluate(path: str, data: Any) -> Any:
+        value = engine.evaluate(path, data)
+        return None if value is UNDEFINED else value
+
+    return evaluate
+
+
+def _money(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _print_report(report: ReplayReport, limit: int) -> None:
+    console = Console()
+    table = Table(title="Decisions that would change, per tenant")
+    for column in ("tenant", "replayed", "changed", "cost delta (USD)", "unknown cost"):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for summary in sorted(report.tenants.values(), key=lambda s: s.tenant):
+        table.add_row(
+            summary.tenant,
+            str(summary.replayed),
+            str(summary.changed),
+            _money(summary.cost_delta),
+            str(summary.unknown_cost),
+        )
+    console.print(table)
+    if report.changes:
+        changes = Table(title=f"Changed decisions (first {min(limit, len(report.changes))})")
+        for column in ("decision", "tenant", "recorded", "candidate", "cost delta"):
+            changes.add_column(column)
+        for change in report.changes[:limit]:
+            changes.add_row(
+                change.decision_id,
+                change.tenant,
+                json.dumps(change.old_result, sort_keys=True),
+                json.dumps(change.new_result, sort_keys=True),
+                "?" if change.cost_delta is None else _money(change.cost_delta),
+            )
+        console.print(changes)
+    for decision_id, message in report.errors:
+        console.print(f"[red]error[/red] {decision_id}: {message}")
+    console.print(
+        f"{report.replayed} replayed, {len(report.changes)} would change, "
+        f"{len(report.errors)} failed, {report.skipped} plan records skipped"
+    )
+
+
+def _records_for_replay(
+    store: AuditStore, since: dt.datetime | None, until: dt.datetime | None
+) -> Iterator[DecisionRecord]:
+    page_since = since
+    seen: set[str] = set()
+    while True:
+        rows = store.query(AuditQuery(kind="request", since=page_since, until=until, limit=5000))
+        fresh = [row for row in rows if str(row.record.decision_id) not in seen]
+        for row in fresh:
+            seen.add(str(row.record.decision_id))
+            yield row.record
+        if len(rows) < 5000 or not fresh:
+            return
+        page_since = rows[-1].record.timestamp
+
+
+@app.command("replay")
+def replay_cmd(
+    policy: Annotated[Path, typer.Option("--policy", help="Candidate policy directory.")],
+    db: DbOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    engine_name: Annotated[str, typer.Option("--engine", help="regorus or opa.")] = "regorus",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Changed rows shown.")] = 50,
+    as_json: JsonOpt = False,
+    fail_on_change: Annotated[
+        bool, typer.Option("--fail-on-change", help="Exit 1 when any decision changes.")
+    ] = False,
+) -> None:
+    """Show which recorded request-time decisions a candidate policy would change.
+
+    Re-evaluates each record's path with its stored input under --policy, per tenant, with
+    the cost delta where it can be known (the rule is in tiermesh.controlplane.audit.replay).
+    """
+    try:
+        documents = read_documents(read_policy_dir(policy, provenance=False).files)
+    except BundleReadError as exc:
+        _fail(str(exc))
+    fatal = [f for f in documents.findings if f.stage in (Stage.READ, Stage.DATA)]
+    if fatal:
+        _fail("; ".join(str(f) for f in fatal))
+    engine = _engine(engine_name)
+    try:
+        engine.load(documents.modules, dict(documents.data))
+        with _open_store(db) as store:
+            records = _records_for_replay(
+                store, _time_option(since, "--since"), _time_option(until, "--until")
+            )
+            report = replay(records, _evaluator(engine), documents.catalog)
+    except PolicyError as exc:
+        _fail(f"the candidate policy does not load: {exc}")
+    finally:
+        engine.close()
+    if as_json:
+        for change in report.changes:
+            typer.echo(
+                json.dumps(
+                    {
+                        "decision_id": change.decision_id,
+                        "tenant": change.tenant,
+                        "recorded": change.old_result,
+                        "candidate": change.new_result,
+                        "cost_delta": change.cost_delta,
+                    },
+                    sort_keys=True,
+                )
+            )
+    else:
+        _print_report(report, limit)
+    if report.errors or (fail_on_change and report.changes):
+        raise typer.Exit(code=1)
