@@ -1,0 +1,134 @@
+"""Shipping over real mTLS gRPC: outages, lost acks, rotation, and foreign records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.integration.audit.conftest import ControlPlane, material_for, signing
+from tests.unit.decisionlog.helpers import entry
+from tiermesh.agents.decisionlog import (
+    DecisionLog,
+    ShipFailed,
+    Shipper,
+    StaticSigner,
+    read_cursor,
+)
+from tiermesh.agents.decisionlog.spool import write_cursor
+from tiermesh.agents.identity import Backoff
+from tiermesh.controlplane.api import ShipRequest
+from tiermesh.controlplane.audit import AuditQuery, verify_chain
+
+FAST = Backoff(initial=0.02, factor=2.0, maximum=0.1, jitter=0.0)
+
+
+def stored(cp: ControlPlane) -> list[str]:
+    return [str(s.record.decision_id) for s in cp.store.query(AuditQuery(limit=10_000))]
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` every 20 ms for at most 10 s (the state lives in other tasks)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met within 10 s")
+
+
+async def test_down_then_up_delivers_exactly_once_even_when_an_ack_is_lost(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    material = material_for(cp.ca, "edge-1")
+    await cp.stop()  # the control plane is down
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(material))) as log:
+        records = [await log.append(entry(i)) for i in range(30)]
+        shipper = Shipper(log, cp.client(material), batch=7, interval_s=0.05, backoff=FAST)
+        task = asyncio.create_task(shipper.run())
+        try:
+            await wait_for(lambda: shipper.failures >= 2)
+            assert stored(cp) == []
+            await cp.start()
+            await wait_for(lambda: len(stored(cp)) == 30)
+            await wait_for(lambda: read_cursor(log.directory) == 29)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # The ack of everything was lost: the cursor goes back and all is shipped again.
+        write_cursor(log.directory, -1)
+        again = Shipper(log, cp.client(material), batch=500, prune=False)
+        assert await again.ship_once() == 30
+    ids = stored(cp)
+    assert sorted(ids) == sorted(str(r.decision_id) for r in records)
+    chain = [s.record for s in cp.store.chain(material.spiffe_id)]
+    assert [r.seq for r in chain] == list(range(30))
+    signers = cp.store.signers()
+    assert (
+        verify_chain(chain, key_for=lambda r: None if not signers else material.leaf.public_key())
+        is None
+    )
+
+
+async def test_a_restarted_agent_resumes_from_its_cursor(cp: ControlPlane, tmp_path: Path) -> None:
+    material = material_for(cp.ca, "edge-1")
+    spool = tmp_path / "spool"
+    async with DecisionLog(spool, StaticSigner(signing(material))) as log:
+        for index in range(12):
+            await log.append(entry(index))
+        assert await Shipper(log, cp.client(material), batch=5).ship_once() == 5
+    async with DecisionLog(spool, StaticSigner(signing(material))) as log:
+        shipper = Shipper(log, cp.client(material), batch=500)
+        assert await shipper.acknowledged_seq() == 4
+        assert await shipper.ship_once() == 7
+        assert await shipper.ship_once() == 0
+    assert len(stored(cp)) == 12
+
+
+async def test_records_signed_before_a_rotation_are_accepted(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    old, new = material_for(cp.ca, "edge-1"), material_for(cp.ca, "edge-1")
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(old))) as log:
+        for index in range(3):
+            await log.append(entry(index))
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(new))) as log:
+        for index in range(3, 6):
+            await log.append(entry(index))
+        assert await Shipper(log, cp.client(new)).ship_once() == 6
+    assert len(cp.store.signers()) == 2
+    assert len(stored(cp)) == 6
+
+
+async def test_a_record_claiming_another_node_is_permission_denied(
+    cp: ControlPlane, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    thief, victim = material_for(cp.ca, "edge-1"), material_for(cp.ca, "edge-2")
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(victim))) as log:
+        record = await log.append(entry(0))
+    with (
+        caplog.at_level(logging.WARNING, logger="tiermesh.audit"),
+        pytest.raises(ShipFailed) as info,
+    ):
+        await cp.client(thief).ship(ShipRequest(records=(record,)))
+    assert info.value.reason.startswith("PERMISSION_DENIED")
+    assert not info.value.retryable
+    assert "edge-2" in caplog.text
+    assert "PERMISSION_DENIED" in caplog.text
+    assert stored(cp) == []
+
+
+async def test_a_tampered_record_is_refused_and_names_it(cp: ControlPlane, tmp_path: Path) -> None:
+    material = material_for(cp.ca, "edge-1")
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(material))) as log:
+        record = await log.append(entry(0))
+    edited = record.model_copy(update={"result": {"allow": False}})
+    with pytest.raises(ShipFailed) as info:
+        await cp.client(material).ship(ShipRequest(records=(edited,)))
+    assert info.value.reason.startswith(grpc.StatusCode.INVALID_ARGUMENT.name)
+    assert str(record.decision_id) in info.value.reason
+    assert stored(cp) == []

@@ -1,0 +1,119 @@
+"""The durable log: appends, segments, torn tails, corrupt segments."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.unit.decisionlog.helpers import entry, identity_for, new_ca, segment_files
+from tiermesh.agents.decisionlog import (
+    DecisionLog,
+    DecisionLogClosed,
+    SpoolCorruptedError,
+    StaticSigner,
+    load_signers,
+    read_spool,
+    verify,
+)
+from tiermesh.controlplane.audit import verify_chain
+from tiermesh.controlplane.identity import LocalCertificateAuthority
+
+
+@pytest.fixture(scope="module")
+def ca() -> LocalCertificateAuthority:
+    return new_ca()
+
+
+@pytest.fixture(scope="module")
+def signer(ca: LocalCertificateAuthority) -> StaticSigner:
+    return StaticSigner(identity_for(ca))
+
+
+def assert_spool_verifies(spool: Path, ca: LocalCertificateAuthority) -> int:
+    spooled = list(read_spool(spool))
+    assert verify_chain([s.record for s in spooled]) is None
+    signers = load_signers(spool)
+    for item in spooled:
+        verify(item.record, signers[item.signer], ca.bundle().to_pem())
+    return len(spooled)
+
+
+async def test_appends_return_durable_chained_records(
+    tmp_path: Path, signer: StaticSigner, ca: LocalCertificateAuthority
+) -> None:
+    async with DecisionLog(tmp_path, signer, segment_bytes=8 * 1024) as log:
+        first = await log.append(entry(0))
+        many = []
+        for start in range(1, 191, 10):
+            many += await asyncio.gather(*(log.append(entry(i)) for i in range(start, start + 10)))
+        assert log.durable_seq == 190
+    assert first.seq == 0
+    assert [r.seq for r in many] == list(range(1, 191))
+    assert "please summarise" not in first.model_dump_json()
+    assert len(segment_files(tmp_path)) > 3
+    # A segment is cut before a batch that would cross the bound (one batch never splits).
+    assert all(p.stat().st_size <= 8 * 1024 + 10 * 1024 for p in segment_files(tmp_path))
+    assert assert_spool_verifies(tmp_path, ca) == 191
+    async with DecisionLog(tmp_path, signer) as log:
+        assert (await log.append(entry(191))).seq == 191
+    with pytest.raises(DecisionLogClosed):
+        await log.append(entry(0))
+
+
+async def test_a_torn_last_line_is_cut_and_the_chain_continues(
+    tmp_path: Path, signer: StaticSigner, ca: LocalCertificateAuthority
+) -> None:
+    async with DecisionLog(tmp_path, signer) as log:
+        for index in range(5):
+            await log.append(entry(index))
+    last = segment_files(tmp_path)[-1]
+    size = last.stat().st_size
+    with last.open("ab") as handle:
+        handle.write(b'{"fp":"abc","record":{"version":"v1","decision_')
+    async with DecisionLog(tmp_path, signer) as log:
+        assert log.quarantined == ()
+        assert (await log.append(entry(5))).seq == 5
+    assert last.stat().st_size > size
+    assert assert_spool_verifies(tmp_path, ca) == 6
+
+
+async def test_a_corrupt_segment_is_quarantined_and_named(
+    tmp_path: Path,
+    signer: StaticSigner,
+    ca: LocalCertificateAuthority,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with DecisionLog(tmp_path, signer, segment_bytes=4 * 1024) as log:
+        for index in range(40):
+            await log.append(entry(index))
+    segments = segment_files(tmp_path)
+    assert len(segments) >= 3
+    bad = segments[1]
+    lines = bad.read_bytes().splitlines(keepends=True)
+    lines[2] = b"this is not json\n"
+    bad.write_bytes(b"".join(lines))
+
+    with pytest.raises(SpoolCorruptedError) as info:
+        list(read_spool(tmp_path))
+    assert info.value.segment == bad
+    assert info.value.line == 3
+    assert bad.name in str(info.value)
+
+    with caplog.at_level(logging.ERROR, logger="tiermesh.agents.decisionlog"):
+        async with DecisionLog(tmp_path, signer) as log:
+            quarantined = log.quarantined
+            record = await log.append(entry(99))
+    assert quarantined[0].segment == bad
+    assert quarantined[0].line == 3
+    assert "not JSON" in quarantined[0].reason
+    assert quarantined[0].quarantined_to.exists()
+    assert quarantined[0].quarantined_to.parent == tmp_path / "quarantine"
+    assert len(quarantined) == len(segments) - 1  # the bad one and every later one
+    assert bad.name in caplog.text
+    assert "line 3" in caplog.text
+    first_of_bad = int(bad.name.split(".")[0])
+    assert record.seq == first_of_bad + 2  # continues after the two good lines
+    assert assert_spool_verifies(tmp_path, ca) == record.seq + 1
