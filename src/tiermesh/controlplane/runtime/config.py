@@ -1,0 +1,60 @@
+"""What one control-plane process is told: where etcd is, where to listen, what to trust."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiermesh.controlplane.store import ROOT
+
+__all__ = ["ControlPlaneConfig", "HostPort"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address; port 0 lets the OS pick (the bound port is reported)."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not self.host or not 0 <= self.port < 65536:
+            raise ValueError(f"not a listen address: {self.host!r}:{self.port}")
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    """Settings of one control-plane replica. Immutable.
+
+    ``etcd`` lists endpoints of one etcd cluster (``HOST:PORT``); the first that answers is
+    used for the process's life. ``ads`` is the xDS port (mTLS), ``node_api`` the node port
+    (mTLS: renew, registry) and ``join`` the join port (TLS, join tokens); ``admin`` the
+    read-only HTTP status and metrics server, which has no authentication and belongs on
+    loopback. ``data_dir`` receives the server certificate (key mode 0600). ``ca_passphrase``
+    decrypts the CA shared through etcd (every replica needs the same one).
+    """
+
+    etcd: tuple[str, ...]
+    trust_domain: str
+    data_dir: Path
+    ca_passphrase: bytes
+    ads: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18000))
+    node_api: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18001))
+    join: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18002))
+    admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18003))
+    root: str = ROOT
+    etcd_timeout_s: float = 5.0
+    lease_ttl_s: int = 10
+    load_interval_s: float = 1.0
+    debounce_s: float = 0.1
+    server_dns_names: tuple[str, ...] = ("localhost",)
+    """Extra DNS SANs of the server certificate besides ``controlplane.<trust-domain>``."""
+
+    def __post_init__(self) -> None:
+        if not self.etcd:
+            raise ValueError("at least one etcd endpoint is needed")
+        if not self.ca_passphrase:
+            raise ValueError("the CA passphrase must not be empty")

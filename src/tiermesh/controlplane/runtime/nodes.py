@@ -1,0 +1,138 @@
+"""The control plane's view of registered nodes, and the per-node compiler settings it feeds.
+
+:class:`NodeDirectory` follows ``nodes/`` in the store (one watch) and keeps every node's
+:class:`~tiermesh.controlplane.api.RegisteredNode`; status reads it, and
+:meth:`NodeDirectory.settings_for` gives the compiler each node's app port and the mesh's
+trust bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from pydantic import ValidationError
+
+from tiermesh.controlplane.api import RegisteredNode
+from tiermesh.controlplane.model import NodeSettings
+from tiermesh.controlplane.reconciler import NODES_PREFIX
+from tiermesh.controlplane.reconciler.wiring import DEFAULT_APP_PORT
+from tiermesh.controlplane.store import EventKind, Store, StoreError, WatchCompacted
+
+__all__ = ["NodeDirectory"]
+
+log = logging.getLogger("tiermesh.controlplane.nodes")
+_FETCH_TIMEOUT_S = 10.0
+
+
+def _decode(node_id: str, value: bytes) -> RegisteredNode | None:
+    try:
+        return RegisteredNode.model_validate_json(value)
+    except ValidationError:
+        log.warning("registration of node %r is not a RegisteredNode; default settings", node_id)
+        return None
+
+
+class NodeDirectory:
+    """Live registrations by node id.
+
+    ``on_settings_changed`` is called (on the event loop) when a node's app port changes
+    after it was first seen, so a reconcile that raced the change can be redone.
+
+    Task and thread safety: :meth:`start`, :meth:`aclose` and :attr:`nodes` belong to the
+    event loop that owns ``store``. :meth:`settings_for` may be called from any other
+    thread (the reconciler's worker): it reads a copy under a lock, and on a miss fetches
+    the registrations through the loop (it must never be called on the loop itself).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        trust_bundle_pem: str,
+        *,
+        on_settings_changed: Callable[[], None] = lambda: None,
+        retry_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._bundle = trust_bundle_pem
+        self._on_changed = on_settings_changed
+        self._retry_s = retry_s
+        self._nodes: dict[str, RegisteredNode | None] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def nodes(self) -> Mapping[str, RegisteredNode | None]:
+        """Node id → its registration (None: present but not in the registry's shape)."""
+        with self._lock:
+            return MappingProxyType(dict(self._nodes))
+
+    async def start(self) -> None:
+        """Read every registration, then follow changes. Raises ``StoreUnavailable``."""
+        self._loop = asyncio.get_running_loop()
+        revision = await self._reload()
+        self._task = asyncio.create_task(self._follow(revision), name="node-directory")
+
+    async def aclose(self) -> None:
+        """Stop following. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def settings_for(self, node_id: str) -> NodeSettings:
+        """The compiler settings of ``node_id``: its registered app port (else
+        ``DEFAULT_APP_PORT``) and the trust bundle. Call from a worker thread."""
+        with self._lock:
+            known = node_id in self._nodes
+            document = self._nodes.get(node_id)
+        if not known and self._loop is not None:
+            fetch = asyncio.run_coroutine_threadsafe(self._store.list_nodes(), self._loop)
+            records = fetch.result(timeout=_FETCH_TIMEOUT_S)
+            self._replace({record.node_id: record.registration for record in records})
+            with self._lock:
+                document = self._nodes.get(node_id)
+        port = document.app_port if document is not None else DEFAULT_APP_PORT
+        return NodeSettings(app_port=port, trust_bundle_pem=self._bundle)
+
+    def _replace(self, records: Mapping[str, bytes]) -> None:
+        decoded = {node_id: _decode(node_id, value) for node_id, value in records.items()}
+        with self._lock:
+            self._nodes = decoded
+
+    async def _reload(self) -> int:
+        snapshot = await self._store.read_prefix(NODES_PREFIX)
+        self._replace({e.key.removeprefix(NODES_PREFIX): e.value for e in snapshot.entries})
+        return snapshot.revision
+
+    async def _follow(self, revision: int) -> None:
+        while True:
+            try:
+                async with self._store.watch(NODES_PREFIX, after_revision=revision) as events:
+                    async for event in events:
+                        revision = event.revision
+                        self._apply(event.kind, event.key.removeprefix(NODES_PREFIX), event.value)
+            except (WatchCompacted, StoreError) as exc:
+                log.warning("node watch failed (%s); reloading in %.1f s", exc, self._retry_s)
+                await asyncio.sleep(self._retry_s)
+                with contextlib.suppress(StoreError):
+                    revision = await self._reload()
+                    self._on_changed()
+
+    def _apply(self, kind: EventKind, node_id: str, value: bytes) -> None:
+        with self._lock:
+            before = self._nodes.get(node_id)
+            if kind is EventKind.DELETE:
+                self._nodes.pop(node_id, None)
+                return
+            after = _decode(node_id, value)
+            self._nodes[node_id] = after
+        if before is not None and after is not None and before.app_port != after.app_port:
+            log.info("node %s moved its app port %d → %d", node_id, before.app_port, after.app_port)
+            self._on_changed()

@@ -1,0 +1,258 @@
+"""One control-plane replica: store, CA, node API, ADS, reconciler and admin, started and
+stopped as a unit.
+
+Start order (each step needs the one before): etcd client → shared CA
+(``EtcdCaStore.create_or_load``) → server certificate written to the data dir → the listen
+addresses are checked → node directory → reconciler → node API (join, renew, registry) →
+ADS over mTLS with the SPIFFE node authorizer → admin. :meth:`ControlPlane.stop` undoes
+it in reverse. Stopping cancels the open registry sessions without revoking their leases,
+so registrations survive a restart for one lease TTL and nodes reconnect without a flap.
+
+Known limits: the server certificate (one day) and the trust bundle are fixed at start;
+restart the replica after a CA rotation and within a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import errno
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
+from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
+from tiermesh.controlplane.identity.tokens import JoinTokens
+from tiermesh.controlplane.identity.xds_auth import server_credentials, spiffe_node_authorizer
+from tiermesh.controlplane.nodeapi import (
+    NodeApiServer,
+    NodeIdentityService,
+    NodeRegistryService,
+    start_node_api,
+)
+from tiermesh.controlplane.policy import RegorusEngine
+from tiermesh.controlplane.reconciler import Reconciler, default_compiler
+from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
+from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
+from tiermesh.controlplane.runtime.errors import DataDirError, EtcdUnreachable, PortInUse
+from tiermesh.controlplane.runtime.nodes import NodeDirectory
+from tiermesh.controlplane.runtime.status import status_document
+from tiermesh.controlplane.store import EtcdStore, StoreUnavailable
+from tiermesh.xds import AdsServer, SnapshotCache, start_server
+
+__all__ = ["ControlPlane"]
+
+log = logging.getLogger("tiermesh.controlplane")
+
+
+async def _connect(config: ControlPlaneConfig) -> EtcdStore:
+    problems: list[str] = []
+    for endpoint in config.etcd:
+        store = EtcdStore(endpoint, root=config.root, timeout_s=config.etcd_timeout_s)
+        try:
+            await store.connect()
+        except StoreUnavailable as exc:
+            problems.append(f"{endpoint}: {exc.detail}")
+            await store.aclose()
+            continue
+        log.info("connected to etcd at %s", store.endpoint)
+        return store
+    raise EtcdUnreachable(config.etcd, "; ".join(problems))
+
+
+def _check_free(what: str, address: HostPort) -> None:
+    """Fail with a clear `PortInUse` before gRPC's own, vaguer bind error."""
+    if address.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address.host, address.port))
+        except OSError as exc:
+            detail = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+            raise PortInUse(what, str(address), detail) from exc
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    path.chmod(0o600)
+
+
+class ControlPlane:
+    """One replica. ``await start()`` brings everything up or raises (leaving nothing
+    running): `EtcdUnreachable`, `PortInUse`, `DataDirError`, identity errors
+    (``WrongPassphraseError``, ``InvalidCaConfigError`` for another trust domain).
+    ``await stop()`` is idempotent. Use from one event loop.
+    """
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.addresses: dict[str, str] = {}
+        self._store: EtcdStore | None = None
+        self._ca: LocalCertificateAuthority | None = None
+        self._cache = SnapshotCache()
+        self._ads: AdsServer | None = None
+        self._ads_server: grpc.aio.Server | None = None
+        self._node_api: NodeApiServer | None = None
+        self._directory: NodeDirectory | None = None
+        self._reconciler: Reconciler | None = None
+        self._admin: AdminServer | None = None
+
+    @property
+    def reconciler(self) -> Reconciler:
+        assert self._reconciler is not None, "not started"
+        return self._reconciler
+
+    @property
+    def ca(self) -> LocalCertificateAuthority:
+        assert self._ca is not None, "not started"
+        return self._ca
+
+    async def start(self) -> None:
+        """Start every part (module doc); on failure, stop what started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        self._store = store = await _connect(config)
+        ca_store = EtcdCaStore(store, config.ca_passphrase)
+        self._ca = ca = await ca_store.create_or_load(CaConfig(config.trust_domain))
+        certificate = issue_server_certificate(
+            ca, now=dt.datetime.now(dt.UTC), extra_dns_names=config.server_dns_names
+        )
+        bundle = ca.bundle()
+        self._write_files(certificate, bundle.to_pem())
+        for what, address in (
+            ("ADS (--listen)", config.ads),
+            ("the node API (--node-api)", config.node_api),
+            ("joins (--join)", config.join),
+            ("the admin server (--admin)", config.admin),
+        ):
+            _check_free(what, address)
+
+        self._directory = NodeDirectory(
+            store, bundle.to_pem().decode(), on_settings_changed=self._resettle
+        )
+        await self._directory.start()
+        compiler = default_compiler(self._directory.settings_for)
+        self._reconciler = Reconciler(
+            store, RegorusEngine, compiler, self._cache, debounce_s=config.debounce_s
+        )
+        await self._reconciler.start()
+
+        registry = NodeRegistryService(
+            store,
+            config.trust_domain,
+            lease_ttl_s=config.lease_ttl_s,
+            load_interval_s=config.load_interval_s,
+        )
+        try:
+            self._node_api = await start_node_api(
+                NodeIdentityService(ca, JoinTokens(store)),
+                certificate=certificate,
+                bundle=bundle,
+                host=config.node_api.host,
+                join_port=config.join.port,
+                node_port=config.node_api.port,
+                registry=registry,
+            )
+        except RuntimeError as exc:
+            raise PortInUse("the node API", f"{config.node_api} / {config.join}", str(exc)) from exc
+        if config.join.host != config.node_api.host:
+            log.warning("--join host %s ignored: both node API ports bind %s",
+                        config.join.host, config.node_api.host)  # fmt: skip
+
+        self._ads = AdsServer(self._cache, authorize=spiffe_node_authorizer(config.trust_domain))
+        try:
+            self._ads_server, ads_port = await start_server(
+                self._ads, str(config.ads), credentials=server_credentials(certificate, bundle)
+            )
+        except RuntimeError as exc:
+            raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
+
+        try:
+            self._admin = await start_admin(config.admin.host, config.admin.port, self.status)
+        except OSError as exc:
+            raise PortInUse("the admin server (--admin)", str(config.admin), str(exc)) from exc
+
+        self.addresses = {
+            "ads": str(HostPort(config.ads.host, ads_port)),
+            "node_api": self._node_api.node_target,
+            "join": self._node_api.join_target,
+            "admin": self._admin.url,
+        }
+        log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    def _write_files(self, certificate: ServerCertificate, bundle_pem: bytes) -> None:
+        folder = self.config.data_dir
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_private(folder / "server-key.pem", certificate.key_pem())
+            (folder / "server-chain.pem").write_bytes(certificate.chain_pem())
+            (folder / "bundle.pem").write_bytes(bundle_pem)
+        except OSError as exc:
+            raise DataDirError(str(folder), exc.strerror or str(exc)) from exc
+
+    def _resettle(self) -> None:
+        if self._reconciler is not None:
+            reconciler = self._reconciler
+            task = asyncio.create_task(reconciler.reconcile_now(), name="resettle")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def status(self) -> dict[str, Any]:
+        """The status document (:mod:`~tiermesh.controlplane.runtime.status`); call on the
+        control plane's event loop."""
+        assert self._ads is not None, "not started"
+        assert self._directory is not None, "not started"
+        return status_document(
+            trust_domain=self.config.trust_domain,
+            addresses=self.addresses,
+            registrations=self._directory.nodes,
+            xds=self._ads.status.all(),
+            cache=self._cache,
+            reconciler=self.reconciler,
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then :meth:`stop`."""
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stop everything that started, newest first. Idempotent; never raises for a part
+        that fails to stop (logged)."""
+        admin, self._admin = self._admin, None
+        node_api, self._node_api = self._node_api, None
+        ads_server, self._ads_server = self._ads_server, None
+        reconciler, self._reconciler = self._reconciler, None
+        directory, self._directory = self._directory, None
+        store, self._store = self._store, None
+        steps: list[tuple[str, Any]] = [
+            ("admin", admin.aclose() if admin else None),
+            ("node API", node_api.stop(grace_s) if node_api else None),
+            ("ADS", ads_server.stop(grace_s) if ads_server else None),
+            ("reconciler", reconciler.aclose() if reconciler else None),
+            ("node directory", directory.aclose() if directory else None),
+            ("etcd client", store.aclose() if store else None),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                await step
+            except Exception:
+                log.exception("stopping the %s failed", name)
