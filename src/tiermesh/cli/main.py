@@ -6,8 +6,9 @@ import logging
 
 import typer
 
-from tiermesh.cli import envoy_cmd, policy_cmd
+from tiermesh.cli import controlplane_cmd, envoy_cmd, policy_cmd
 from tiermesh.cli.audit_cmd import app as audit_app
+from tiermesh.cli.status_cmd import status
 from tiermesh.cli.token_cmd import app as token_app
 from tiermesh.cli.up_cmd import up
 
@@ -23,6 +24,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.command("up")(up)
+app.add_typer(controlplane_cmd.app, name="controlplane")
+app.command("status")(status)
 
 
 def main() -> None:

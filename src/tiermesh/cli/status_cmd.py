@@ -1,0 +1,133 @@
+"""``tiermesh status``: what a running control plane serves, read from its admin server.
+
+Reads ``<admin>/status`` (see ``tiermesh.controlplane.runtime.status``). ``--json`` prints
+the document as is (``nodes[].inference_url`` is each node's app-facing base URL); otherwise
+a table per node: SPIFFE ID, health, xDS state per type (ACKed version, or what is pending
+or NACKed), route summary and inference URL. Exit 1 with one ``error:`` line when the admin
+server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["fetch_status", "status"]
+
+DEFAULT_ADMIN = "http://127.0.0.1:18003"
+_TYPES = ("listeners", "routes", "clusters", "endpoints", "secrets")
+
+
+def fetch_status(admin: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """GET ``<admin>/status`` and decode it.
+
+    Raises:
+        OSError: unreachable, or an HTTP error status (``urllib.error.URLError``).
+        ValueError: the answer is not a JSON object.
+    """
+    url = admin.rstrip("/") + "/status"
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
+        document = json.loads(response.read())
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not answer with a JSON object")
+    return document
+
+
+def _short(version: str) -> str:
+    return version[:8] if version else "-"
+
+
+def _xds_cell(xds: dict[str, Any]) -> str:
+    types: dict[str, Any] = xds.get("types", {})
+    if not types:
+        return "connected, nothing sent" if xds.get("connected") else "[dim]not connected[/dim]"
+    parts = []
+    for name in _TYPES:
+        state = types.get(name)
+        if state is None:
+            continue
+        sent, acked = state.get("sent", ""), state.get("acked", "")
+        if state.get("last_nack") and acked != sent:
+            mark = f"[red]NACK {_short(sent)}[/red]"
+        elif sent and sent == acked:
+            mark = f"[green]{_short(acked)}[/green]"
+        else:
+            mark = f"[yellow]{_short(acked)}→{_short(sent)}[/yellow]"
+        parts.append(f"{name[:3]} {mark}")
+    prefix = "" if xds.get("connected") else "[dim](disconnected)[/dim] "
+    return prefix + "\n".join(parts)
+
+
+def _routes_cell(snapshot: dict[str, Any] | None) -> str:
+    if snapshot is None:
+        return "[dim]no snapshot[/dim]"
+    return f"{snapshot['routes']} routes, {snapshot['clusters']} clusters"
+
+
+def _health_cell(node: dict[str, Any]) -> str:
+    colour = {"healthy": "green", "unhealthy": "red"}.get(node["health"], "dim")
+    text = f"[{colour}]{node['health']}[/{colour}]"
+    load = node.get("load")
+    if load:
+        text += f"\n{load['in_flight']} in flight, {load['queue_depth']} queued"
+    return text
+
+
+def _render(document: dict[str, Any], console: Console) -> None:
+    bundle = document.get("bundle", {})
+    reconcile = document.get("reconcile", {})
+    provenance = bundle.get("provenance") or {}
+    origin = ", ".join(f"{k}={v}" for k, v in sorted(provenance.items())) or "no provenance"
+    console.print(
+        f"trust domain [bold]{document.get('trust_domain')}[/bold] · bundle revision "
+        f"[bold]{bundle.get('revision', 0)}[/bold] ({_short(bundle.get('sha256', ''))}; {origin})"
+    )
+    if reconcile.get("last_error"):
+        console.print(f"[red]last reconcile refused:[/red] {reconcile['last_error']}")
+    table = Table(show_lines=True)
+    for column in ("node", "SPIFFE ID", "health", "xDS (acked)", "routes"):
+        table.add_column(column)
+    table.add_column("inference URL", no_wrap=True)
+    for node in document.get("nodes", []):
+        table.add_row(
+            node["id"] + ("" if node["registered"] else "\n[dim]unregistered[/dim]"),
+            node["spiffe_id"],
+            _health_cell(node),
+            _xds_cell(node.get("xds", {})),
+            _routes_cell(node.get("snapshot")),
+            node.get("inference_url") or "-",
+        )
+    if document.get("nodes"):
+        console.print(table)
+    else:
+        console.print("no nodes registered or connected")
+
+
+def status(
+    admin: Annotated[
+        str, typer.Option("--admin", help="The control plane's admin URL.")
+    ] = DEFAULT_ADMIN,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON document.")] = False,
+) -> None:
+    """Show nodes, their SPIFFE IDs, health, xDS state and routes."""
+    try:
+        document = fetch_status(admin)
+    except (OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        typer.echo(f"error: cannot read status from {admin}: {reason}", err=True)
+        raise typer.Exit(code=1) from exc
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        # Piped output is not cut to 80 columns: URLs and IDs stay whole for grep.
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        _render(document, console)
