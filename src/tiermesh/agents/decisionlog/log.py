@@ -131,6 +131,7 @@ class DecisionLog:
         self._flusher: asyncio.Task[None] | None = None
         self._pending: list[_Pending] = []
         self._last_batch = 0
+        self._commits = 0
         self._new_signers: dict[str, str] = {}
         self._signers: set[str] = set()
         self._wake = asyncio.Event()
@@ -158,6 +159,11 @@ class DecisionLog:
     def durable_seq(self) -> int:
         """Highest seq known to be on disk (-1 when the spool is empty)."""
         return self._durable_seq
+
+    @property
+    def commits(self) -> int:
+        """Group commits (one write + fdatasync each) since :meth:`start`."""
+        return self._commits
 
     @property
     def quarantined(self) -> tuple[QuarantinedSegment, ...]:
@@ -288,6 +294,7 @@ class DecisionLog:
             except OSError as exc:
                 self._fail(batch, exc)
                 continue
+            self._commits += 1
             self._durable_seq = batch[-1].record.seq
             self._durable.set()
             self._durable = asyncio.Event()
