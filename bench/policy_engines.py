@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tiermesh.controlplane.policy import (  # noqa: E402
+from tiermesh.rego import (  # noqa: E402
     EngineUnavailable,
     JSONValue,
     OpaLibraryEngine,

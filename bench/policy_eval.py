@@ -36,7 +36,7 @@ from tiermesh.controlplane.api import (  # noqa: E402
     load_catalog,
     policy_data,
 )
-from tiermesh.controlplane.policy import (  # noqa: E402
+from tiermesh.rego import (  # noqa: E402
     EngineUnavailable,
     JSONValue,
     OpaLibraryEngine,

@@ -50,11 +50,11 @@ from tests.unit.reconciler.policyfiles import (  # noqa: E402
 )
 
 from tiermesh.controlplane.bundle import Compiler  # noqa: E402
-from tiermesh.controlplane.policy import RegorusEngine  # noqa: E402
 from tiermesh.controlplane.reconciler import Reconciler  # noqa: E402
 from tiermesh.controlplane.reconciler.wiring import offline_compiler  # noqa: E402
 from tiermesh.controlplane.store import EtcdStore  # noqa: E402
 from tiermesh.procs.etcd import EtcdServer  # noqa: E402
+from tiermesh.rego import RegorusEngine  # noqa: E402
 from tiermesh.xds import AdsServer, SnapshotCache, start_server, typeurls  # noqa: E402
 
 

@@ -21,12 +21,12 @@ from tests.integration.compiler.tierbackend import TierBackend
 from tiermesh.controlplane.api import NodeInfo
 from tiermesh.controlplane.bundle import read_policy_dir
 from tiermesh.controlplane.model import NodeSettings
-from tiermesh.controlplane.policy import RegorusEngine
 from tiermesh.controlplane.reconciler import BUNDLE_PREFIX, Reconciler, default_compiler
 from tiermesh.controlplane.store import EtcdStore
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import free_port
+from tiermesh.rego import RegorusEngine
 from tiermesh.xds import AdsServer, BootstrapSpec, SnapshotCache, render_bootstrap, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy]

@@ -40,7 +40,7 @@ from tiermesh.controlplane.audit import (
     verify_chain,
 )
 from tiermesh.controlplane.bundle import BundleReadError, Stage, read_documents, read_policy_dir
-from tiermesh.controlplane.policy import UNDEFINED, OpaLibraryEngine, PolicyError, RegorusEngine
+from tiermesh.rego import UNDEFINED, OpaLibraryEngine, PolicyError, RegorusEngine
 
 __all__ = ["app", "parse_time"]
 

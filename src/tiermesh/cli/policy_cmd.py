@@ -43,13 +43,6 @@ from tiermesh.controlplane.bundle import (
     read_documents,
     read_policy_dir,
 )
-from tiermesh.controlplane.policy import (
-    EngineUnavailable,
-    OpaLibraryEngine,
-    PolicyEngine,
-    RegorusEngine,
-    RegoTestResult,
-)
 from tiermesh.controlplane.reconciler import (
     InvalidRegistration,
     node_from_registration,
@@ -65,6 +58,13 @@ from tiermesh.controlplane.store import (
     NodeRecord,
     StoreError,
     StoreUnavailable,
+)
+from tiermesh.rego import (
+    EngineUnavailable,
+    OpaLibraryEngine,
+    PolicyEngine,
+    RegorusEngine,
+    RegoTestResult,
 )
 from tiermesh.xds import Snapshot, typeurls
 

@@ -22,7 +22,7 @@ from tiermesh.agents.decisionlog import (
 from tiermesh.cli.audit_cmd import app, parse_time
 from tiermesh.controlplane.api import DecisionRecord
 from tiermesh.controlplane.audit import AuditStore
-from tiermesh.controlplane.policy import RegorusEngine
+from tiermesh.rego import RegorusEngine
 
 POLICY = Path(__file__).with_name("policy")
 CANDIDATE_REGO = """package tiermesh.request

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tiermesh.controlplane.policy import (
+from tiermesh.rego import (
     EngineUnavailable,
     JSONValue,
     OpaLibraryEngine,

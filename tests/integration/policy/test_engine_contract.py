@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tiermesh.controlplane.policy import (
+from tiermesh.rego import (
     UNDEFINED,
     EngineClosed,
     JSONValue,

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tiermesh.controlplane.policy import EngineUnavailable, OpaRestEngine, PolicyError
+from tiermesh.rego import EngineUnavailable, OpaRestEngine, PolicyError
 
 
 def _closed_port_url() -> str:

@@ -12,10 +12,10 @@ import pytest
 from tests.unit.reconciler.fake_compiler import FakeCompiler
 from tests.unit.reconciler.policyfiles import node_registration, policy_files
 from tiermesh.controlplane.bundle import Stage
-from tiermesh.controlplane.policy import RegorusEngine
 from tiermesh.controlplane.reconciler import Reconciler
 from tiermesh.controlplane.store import EtcdStore
 from tiermesh.procs.etcd import EtcdServer
+from tiermesh.rego import RegorusEngine
 from tiermesh.xds import SnapshotCache
 
 pytestmark = pytest.mark.etcd

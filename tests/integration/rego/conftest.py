@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tiermesh.controlplane.api import Catalog, TenantUsage, load_catalog, policy_data
-from tiermesh.controlplane.policy import (
+from tiermesh.rego import (
     EngineUnavailable,
     JSONValue,
     OpaLibraryEngine,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.rego.conftest import LoadPolicies, new_engine, policy_modules
 from tiermesh.controlplane.api import PLAN_PATH, Catalog, Plan, TenantUsage, policy_data
-from tiermesh.controlplane.policy import UNDEFINED, JSONValue
+from tiermesh.rego import UNDEFINED, JSONValue
 
 EDGE = {"id": "edge-1", "tier": "local", "region": "eu-west", "residency": ["eu"]}
 GPU = {"id": "gpu-1", "tier": "private", "region": "eu-west", "residency": ["eu"]}

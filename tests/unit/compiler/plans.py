@@ -14,7 +14,7 @@ from tiermesh.controlplane.api import (
     load_catalog,
     policy_data,
 )
-from tiermesh.controlplane.policy import RegorusEngine
+from tiermesh.rego import RegorusEngine
 
 REPO = Path(__file__).resolve().parents[3]
 POLICY_DIR = REPO / "policies"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tiermesh.controlplane.policy._error_text import opa_problems, regorus_problems
-from tiermesh.controlplane.policy.errors import RegoProblem
+from tiermesh.rego._error_text import opa_problems, regorus_problems
+from tiermesh.rego.errors import RegoProblem
 
 REGORUS_PARSE = (
     "\n--> policies/routing/routing.rego:12:5\n  |\n12 |   x := \n  |     ^\n"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tiermesh.controlplane.policy import (
+from tiermesh.rego import (
     UNDEFINED,
     EngineUnavailable,
     OpaLibraryEngine,
@@ -15,8 +15,8 @@ from tiermesh.controlplane.policy import (
     RegoProblem,
     RegorusEngine,
 )
-from tiermesh.controlplane.policy._rego_tests import discover_tests, run_rego_tests
-from tiermesh.controlplane.policy.engine import check_path
+from tiermesh.rego._rego_tests import discover_tests, run_rego_tests
+from tiermesh.rego.engine import check_path
 
 
 def test_parse_error_lists_every_problem_and_exposes_the_first() -> None:

@@ -10,7 +10,7 @@ import gc
 import threading
 from collections.abc import Callable
 
-from tiermesh.controlplane.policy import RegorusEngine
+from tiermesh.rego import RegorusEngine
 
 MODULE = {"a.rego": "package a\n\nv := data.d.v\n\nseen := input.x\n"}
 

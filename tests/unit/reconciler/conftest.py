@@ -10,9 +10,9 @@ import pytest
 from tests.unit.reconciler.fake_compiler import FakeCompiler
 from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.controlplane.api import NodeInfo
-from tiermesh.controlplane.policy import RegorusEngine
 from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult
 from tiermesh.controlplane.store import ManualClock, MemoryStore
+from tiermesh.rego import RegorusEngine
 from tiermesh.xds import SnapshotCache
 
 DEBOUNCE_S = 0.1

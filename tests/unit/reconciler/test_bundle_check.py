@@ -18,7 +18,7 @@ from tiermesh.controlplane.bundle import (
     evaluate_bundle,
     plan_problems,
 )
-from tiermesh.controlplane.policy import PolicyEngine, RegorusEngine
+from tiermesh.rego import PolicyEngine, RegorusEngine
 from tiermesh.xds import Snapshot
 
 

@@ -13,8 +13,8 @@ from tiermesh.controlplane.bundle.errors import BundleReadError
 from tiermesh.controlplane.bundle.evaluate import evaluate_bundle
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.reader import BundleLimits, read_policy_dir
-from tiermesh.controlplane.policy import PolicyEngine, PolicyError, RegoTestResult
 from tiermesh.controlplane.store import bundle_digest
+from tiermesh.rego import PolicyEngine, PolicyError, RegoTestResult
 
 __all__ = ["CheckReport", "check_bundle"]
 

@@ -29,7 +29,7 @@ from tiermesh.controlplane.api import Catalog, CatalogError, NodeInfo, parse_cat
 from tiermesh.controlplane.bundle._yaml_lines import field_line
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.reader import DATA_SUFFIXES
-from tiermesh.controlplane.policy import JSONValue
+from tiermesh.rego import JSONValue
 
 __all__ = [
     "CATALOG_DOCUMENT",

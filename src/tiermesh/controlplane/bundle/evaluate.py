@@ -24,7 +24,7 @@ from tiermesh.controlplane.bundle.documents import (
 )
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.plan_checks import plan_problems
-from tiermesh.controlplane.policy import (
+from tiermesh.rego import (
     UNDEFINED,
     JSONValue,
     PolicyEngine,

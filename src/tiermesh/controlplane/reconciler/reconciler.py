@@ -20,7 +20,6 @@ from typing import Any, Final, Protocol, Self
 
 from tiermesh.controlplane.api import NodeInfo, TenantUsage
 from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
-from tiermesh.controlplane.policy import PolicyEngine, PolicyError
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
@@ -34,6 +33,7 @@ from tiermesh.controlplane.store import (
     StoreError,
     WatchCompacted,
 )
+from tiermesh.rego import PolicyEngine, PolicyError
 from tiermesh.xds import Snapshot
 
 __all__ = ["BUNDLE_PREFIX", "NODES_PREFIX", "USAGE_PREFIX", "Reconciler", "SnapshotSink"]

@@ -35,7 +35,6 @@ from tiermesh.controlplane.nodeapi import (
     NodeRegistryService,
     start_node_api,
 )
-from tiermesh.controlplane.policy import RegorusEngine
 from tiermesh.controlplane.reconciler import Reconciler, default_compiler
 from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
@@ -43,6 +42,7 @@ from tiermesh.controlplane.runtime.errors import DataDirError, EtcdUnreachable, 
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import status_document
 from tiermesh.controlplane.store import EtcdStore, StoreUnavailable
+from tiermesh.rego import RegorusEngine
 from tiermesh.xds import AdsServer, SnapshotCache, start_server
 
 __all__ = ["ControlPlane"]

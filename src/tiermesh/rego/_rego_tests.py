@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from tiermesh.controlplane.policy.engine import UNDEFINED, JSONValue, RegoTestResult, Undefined
-from tiermesh.controlplane.policy.errors import PolicyEvalError
+from tiermesh.rego.engine import UNDEFINED, JSONValue, RegoTestResult, Undefined
+from tiermesh.rego.errors import PolicyEvalError
 
 __all__ = ["discover_tests", "run_rego_tests"]
 

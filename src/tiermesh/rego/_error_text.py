@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from tiermesh.controlplane.policy.errors import RegoProblem
+from tiermesh.rego.errors import RegoProblem
 
 __all__ = ["opa_problems", "regorus_problems", "strip_backtrace"]
 

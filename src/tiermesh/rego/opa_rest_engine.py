@@ -22,16 +22,16 @@ from opa_client.errors import (  # type: ignore[import-untyped]
 )
 from opa_client.errors import RegoParseError as ClientRegoParseError
 
-from tiermesh.controlplane.policy._error_text import PARSE_CODE, opa_problems
-from tiermesh.controlplane.policy._rego_tests import run_rego_tests
-from tiermesh.controlplane.policy.engine import (
+from tiermesh.rego._error_text import PARSE_CODE, opa_problems
+from tiermesh.rego._rego_tests import run_rego_tests
+from tiermesh.rego.engine import (
     UNDEFINED,
     JSONValue,
     RegoTestResult,
     Undefined,
     check_path,
 )
-from tiermesh.controlplane.policy.errors import (
+from tiermesh.rego.errors import (
     EngineClosed,
     EngineUnavailable,
     PolicyError,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias, runtime_checkable
 
-from tiermesh.controlplane.policy.errors import PolicyEvalError
+from tiermesh.rego.errors import PolicyEvalError
 
 __all__ = [
     "UNDEFINED",

@@ -18,16 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiermesh.controlplane.policy._error_text import regorus_problems, strip_backtrace
-from tiermesh.controlplane.policy._rego_tests import run_rego_tests
-from tiermesh.controlplane.policy.engine import (
+from tiermesh.rego._error_text import regorus_problems, strip_backtrace
+from tiermesh.rego._rego_tests import run_rego_tests
+from tiermesh.rego.engine import (
     UNDEFINED,
     JSONValue,
     RegoTestResult,
     Undefined,
     check_path,
 )
-from tiermesh.controlplane.policy.errors import (
+from tiermesh.rego.errors import (
     EngineClosed,
     EngineUnavailable,
     PolicyError,

@@ -10,14 +10,14 @@ All accept Rego v1 only, return JSON values (sets as sorted arrays) or
 
 from __future__ import annotations
 
-from tiermesh.controlplane.policy.engine import (
+from tiermesh.rego.engine import (
     UNDEFINED,
     JSONValue,
     PolicyEngine,
     RegoTestResult,
     Undefined,
 )
-from tiermesh.controlplane.policy.errors import (
+from tiermesh.rego.errors import (
     EngineClosed,
     EngineUnavailable,
     PolicyError,
@@ -26,9 +26,9 @@ from tiermesh.controlplane.policy.errors import (
     RegoParseError,
     RegoProblem,
 )
-from tiermesh.controlplane.policy.opa_engine import OpaLibraryEngine
-from tiermesh.controlplane.policy.opa_rest_engine import OpaRestEngine
-from tiermesh.controlplane.policy.regorus_engine import RegorusEngine
+from tiermesh.rego.opa_engine import OpaLibraryEngine
+from tiermesh.rego.opa_rest_engine import OpaRestEngine
+from tiermesh.rego.regorus_engine import RegorusEngine
 
 __all__ = [
     "UNDEFINED",

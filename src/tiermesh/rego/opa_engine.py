@@ -10,16 +10,16 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from tiermesh.controlplane.policy._error_text import opa_problems
-from tiermesh.controlplane.policy._rego_tests import run_rego_tests
-from tiermesh.controlplane.policy.engine import (
+from tiermesh.rego._error_text import opa_problems
+from tiermesh.rego._rego_tests import run_rego_tests
+from tiermesh.rego.engine import (
     UNDEFINED,
     JSONValue,
     RegoTestResult,
     Undefined,
     check_path,
 )
-from tiermesh.controlplane.policy.errors import (
+from tiermesh.rego.errors import (
     EngineClosed,
     EngineUnavailable,
     PolicyError,
