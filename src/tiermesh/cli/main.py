@@ -7,6 +7,7 @@ import logging
 import typer
 
 from tiermesh.cli import controlplane_cmd, envoy_cmd, policy_cmd
+from tiermesh.cli.agent_cmd import app as agent_app
 from tiermesh.cli.audit_cmd import app as audit_app
 from tiermesh.cli.status_cmd import status
 from tiermesh.cli.token_cmd import app as token_app
@@ -25,6 +26,7 @@ app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.command("up")(up)
 app.add_typer(controlplane_cmd.app, name="controlplane")
+app.add_typer(agent_app, name="agent")
 app.command("status")(status)
 
 

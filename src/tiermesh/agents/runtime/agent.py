@@ -1,0 +1,211 @@
+"""One node agent: identity, local servers, model server, Envoy and the registry session,
+started in order and stopped in reverse.
+
+Start order (each step needs the ones before): ports checked free → SVID (saved or joined)
+→ rotation task → Workload API (unix socket) → local SDS (unix socket) → Envoy bootstrap
+written → model server healthy → Envoy answering its admin port → registry session
+accepted. A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError`
+(or a model-server error) naming its cause, after everything already started was stopped.
+
+:meth:`NodeAgent.drain` is the graceful stop: goodbye on the session (the control plane
+revokes the lease), Envoy's listeners drained, then :meth:`NodeAgent.stop` stops Envoy, the
+model server, the local servers and the rotation, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import errno
+import logging
+import re
+import socket
+from pathlib import Path
+
+from tiermesh.agents.config import AgentConfig, split_hostport
+from tiermesh.agents.identity import (
+    LocalSdsServer,
+    SvidRotator,
+    SvidStore,
+    WorkloadApiServer,
+)
+from tiermesh.agents.models import LlamaServer, smollm2_path, write_tiny_gguf
+from tiermesh.agents.runtime.envoy import EnvoySidecar, sds_names, write_bootstrap
+from tiermesh.agents.runtime.errors import ControlPlaneUnreachable, PortInUse, StartFailed
+from tiermesh.agents.runtime.identity import NodeApiSource, first_identity, svid_files
+from tiermesh.agents.runtime.session import RegistrySession
+from tiermesh.controlplane.api import NodeLoad, NodeRegistration
+
+__all__ = ["NodeAgent"]
+
+log = logging.getLogger("tiermesh.agent")
+
+_REGISTER_TIMEOUT_S = 15.0
+_RQ_ACTIVE = re.compile(rb"downstream_rq_active: (\d+)")
+
+
+def _require_free(what: str, address: str) -> None:
+    host, port = split_hostport(address)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(what, address) from None
+            raise StartFailed(what, f"cannot bind {address}: {exc.strerror}") from exc
+
+
+class NodeAgent:
+    """The agent of one node (see the module docstring). Use from one event loop;
+    ``start`` then ``drain``/``stop`` (``stop`` is idempotent and always safe)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = SvidStore(files=svid_files(config))
+        self.rotator: SvidRotator | None = None
+        self.workload_api: WorkloadApiServer | None = None
+        self.sds: LocalSdsServer | None = None
+        self.model: LlamaServer | None = None
+        self.envoy: EnvoySidecar | None = None
+        self.session: RegistrySession | None = None
+        self.bootstrap_path: Path | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start every part (module docstring); on failure stop what started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (config.state_dir / "logs").mkdir(exist_ok=True)
+        if config.envoy.run:
+            _require_free("the Envoy admin", config.envoy.admin_address)
+            _require_free("the app listener", f"127.0.0.1:{config.envoy.app_port}")
+        if config.model_server.kind == "llama_cpp":
+            _require_free("the model server", config.model_server.listen)
+        model_path = self._model_path()
+
+        material = await first_identity(config, now=dt.datetime.now(dt.UTC))
+        self.store.update(material)
+        cp = config.control_plane
+        self.rotator = SvidRotator(
+            self.store,
+            NodeApiSource(self.store, cp.node_api, cp.tls_server_name),
+            node_id=config.node.id,
+        )
+        self._tasks.append(asyncio.create_task(self.rotator.run(), name="svid-rotation"))
+        self.workload_api = WorkloadApiServer(self.store, config.workload_socket)
+        await self.workload_api.start()
+        self.sds = LocalSdsServer(self.store, f"unix:{config.sds_socket}", names=sds_names(config))
+        await self.sds.start()
+        self.bootstrap_path = write_bootstrap(config)
+
+        if model_path is not None:
+            host, port = split_hostport(config.model_server.listen)
+            self.model = LlamaServer(
+                model_path,
+                host=host,
+                port=port,
+                n_threads=config.model_server.n_threads,
+                n_ctx=config.model_server.n_ctx,
+                alias=config.model_server.model_alias,
+                workdir=config.state_dir / "logs",
+                ready_timeout_s=config.model_server.ready_timeout_s,
+            )
+            await self.model.start()
+        if config.envoy.run:
+            self.envoy = EnvoySidecar(config, self.bootstrap_path)
+            await self.envoy.start()
+
+        registration = NodeRegistration(
+            node_id=config.node.id,
+            tier=config.node.tier,
+            region=config.node.region,
+            residency=config.node.residency,
+            app_port=config.envoy.app_port,
+            endpoints=config.registered_endpoints(),
+            labels=config.node.labels,
+        )
+        self.session = RegistrySession(
+            self.store,
+            registration,
+            addresses=cp.node_api,
+            server_name=cp.tls_server_name,
+            measure=self.measure_load,
+            interval_s=config.load_interval_s,
+        )
+        self._tasks.append(asyncio.create_task(self.session.run(), name="registry-session"))
+        try:
+            await self.session.wait_registered(_REGISTER_TIMEOUT_S)
+        except TimeoutError:
+            why = self.session.last_error or "no reply"
+            raise ControlPlaneUnreachable("the registry session", [why]) from None
+
+    def _model_path(self) -> Path | None:
+        model = self.config.model_server
+        if model.kind == "none":
+            return None
+        if model.model == "tiny":
+            folder = self.config.state_dir / "models"
+            folder.mkdir(exist_ok=True)
+            return write_tiny_gguf(folder / "tiny.gguf")
+        if model.model == "smollm2":
+            return smollm2_path()
+        return Path(model.model)
+
+    async def measure_load(self) -> NodeLoad:
+        """The node's load now: health from the model server's supervisor, requests in
+        flight from Envoy's app listener. Queue depth and tokens/s are not measured (0)."""
+        healthy = True
+        if self.model is not None:
+            status = self.model.status
+            healthy = status is not None and status.healthy
+        in_flight = 0
+        if self.envoy is not None:
+            stats = await self.envoy.admin_get(
+                "/stats?filter=%5Ehttp%5C.tiermesh_app%5C.downstream_rq_active%24"
+            )
+            found = _RQ_ACTIVE.search(stats.encode())
+            in_flight = int(found.group(1)) if found else 0
+        return NodeLoad(in_flight=in_flight, healthy=healthy)
+
+    async def drain(self) -> None:
+        """Graceful stop: goodbye, Envoy drained, then :meth:`stop`."""
+        session = self.session
+        if session is not None:
+            session.leave()
+            run = next((t for t in self._tasks if t.get_name() == "registry-session"), None)
+            if run is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(run), 5.0)
+        if self.envoy is not None:
+            await self.envoy.drain()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop everything that started, newest first. Idempotent; logs failures."""
+        tasks, self._tasks = self._tasks, []
+        for task in reversed(tasks):
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        envoy, self.envoy = self.envoy, None
+        model, self.model = self.model, None
+        sds, self.sds = self.sds, None
+        workload, self.workload_api = self.workload_api, None
+        for name, part in (("Envoy", envoy), ("model server", model), ("SDS", sds),
+                           ("Workload API", workload)):  # fmt: skip
+            if part is None:
+                continue
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("stopping the %s failed", name)

@@ -1,0 +1,171 @@
+"""The node's Envoy: its bootstrap (ADS over mTLS to the control plane, certificates from
+the agent's local SDS) and the supervised process, with a graceful drain.
+
+The ADS cluster's TLS takes the node's SVID and a validation context pinned to the control
+plane's SPIFFE ID from the local SDS server, so a rotated SVID reaches Envoy without a
+restart. Envoy runs with ``--disable-hot-restart`` (several Envoys share a host) and one
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from tiermesh.agents.config import AgentConfig, split_hostport
+from tiermesh.agents.identity import SdsNames, upstream_tls_socket, with_sds_cluster
+from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.agents.supervisor import (
+    ProcessSpec,
+    RestartPolicy,
+    Supervisor,
+    SupervisorError,
+    http_health_check,
+)
+from tiermesh.procs.envoy import envoy_binary
+from tiermesh.xds import BootstrapSpec, render_bootstrap, validate_bootstrap
+
+__all__ = ["CONTROL_PLANE_SECRET", "EnvoySidecar", "agent_bootstrap", "sds_names"]
+
+log = logging.getLogger("tiermesh.agent")
+
+CONTROL_PLANE_SECRET: Final = "tiermesh_controlplane"  # noqa: S105 - a resource name
+"""Validation secret (local SDS) that accepts only the control plane's SPIFFE ID."""
+
+_READY_TIMEOUT_S: Final = 15.0
+
+
+def sds_names(config: AgentConfig) -> SdsNames:
+    """The secrets the agent's local SDS serves: SVID, bundle, and the control-plane pin."""
+    return SdsNames(peers={CONTROL_PLANE_SECRET: (config.control_plane.expected_spiffe_id,)})
+
+
+def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
+    """The node's Envoy bootstrap (a dict in the Bootstrap JSON shape, validated)."""
+    host, port = split_hostport(config.control_plane.ads[0])
+    admin_host, admin_port = split_hostport(config.envoy.admin_address)
+    spec = BootstrapSpec(
+        node_id=config.node.id,
+        xds_host=host,
+        xds_port=port,
+        admin_address=admin_host,
+        admin_port=admin_port,
+        mode=config.envoy.mode,
+        metadata={"tier": config.node.tier, "region": config.node.region},
+    )
+    document = with_sds_cluster(render_bootstrap(spec), f"unix:{config.sds_socket}")
+    xds = document["static_resources"]["clusters"][0]
+    xds["transport_socket"] = upstream_tls_socket(
+        validation_secret=CONTROL_PLANE_SECRET,
+        sni=config.control_plane.tls_server_name,
+        alpn=("h2",),
+    )
+    validate_bootstrap(document)
+    return document
+
+
+def write_bootstrap(config: AgentConfig) -> Path:
+    """Write :func:`agent_bootstrap` to ``config.bootstrap_path`` atomically."""
+    path = config.bootstrap_path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(agent_bootstrap(config), indent=2))
+    os.replace(temporary, path)
+    return path
+
+
+class EnvoySidecar:
+    """The node's Envoy under a :class:`Supervisor` (restarted with backoff if it dies).
+
+    ``start`` waits until the admin endpoint answers and raises :class:`StartFailed` with
+    the tail of Envoy's log when it exits first (a bad bootstrap, the admin port taken).
+    ``drain`` fails the health check and drains listeners gracefully, then waits
+    ``drain_s``; ``stop`` ends the process group. Use from one event loop.
+    """
+
+    def __init__(self, config: AgentConfig, bootstrap: Path) -> None:
+        self._config = config
+        host, port = split_hostport(config.envoy.admin_address)
+        self.admin = (host, port)
+        spec = ProcessSpec(
+            name=f"envoy[{config.node.id}]",
+            argv=_envoy_argv(bootstrap, config),
+            log_path=config.state_dir / "logs" / "envoy.log",
+        )
+        policy = RestartPolicy(start_timeout_s=_READY_TIMEOUT_S, stop_grace_s=5.0)
+        self.supervisor = Supervisor(
+            spec, policy=policy, health_check=http_health_check(host, port, "/server_info")
+        )
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+        try:
+            await self.supervisor.wait_healthy(_READY_TIMEOUT_S)
+        except SupervisorError as exc:
+            tail = self.supervisor.log_tail(15)
+            await self.supervisor.stop()
+            raise StartFailed("Envoy", f"{_first_line(exc)}\n{tail}".rstrip()) from None
+
+    async def admin_post(self, path: str) -> int:
+        """POST to the admin endpoint; the HTTP status (0 when it did not answer)."""
+        host, port = self.admin
+        try:
+            async with asyncio.timeout(2.0):
+                reader, writer = await asyncio.open_connection(host, port)
+                request = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
+                writer.write((request + "Connection: close\r\n\r\n").encode())
+                await writer.drain()
+                status = (await reader.readline()).split()
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return 0
+        return int(status[1]) if len(status) >= 2 and status[1].isdigit() else 0
+
+    async def admin_get(self, path: str) -> str:
+        """GET from the admin endpoint; the body ('' when it did not answer)."""
+        host, port = self.admin
+        try:
+            async with asyncio.timeout(2.0):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                await writer.drain()
+                data = await reader.read()
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return ""
+        return data.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+    async def drain(self) -> None:
+        """Stop taking new work: health check failing, listeners draining; then wait."""
+        if not self.supervisor.status.running:
+            return
+        await self.admin_post("/healthcheck/fail")
+        await self.admin_post("/drain_listeners?graceful")
+        await asyncio.sleep(self._config.envoy.drain_s)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+
+
+def _envoy_argv(bootstrap: Path, config: AgentConfig) -> list[str]:
+    return [
+        str(envoy_binary()),
+        "-c", str(bootstrap),
+        "--log-level", config.envoy.log_level,
+        "--concurrency", "1",
+        "--disable-hot-restart",
+        "--drain-time-s", str(max(1, int(config.envoy.drain_s))),
+    ]  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

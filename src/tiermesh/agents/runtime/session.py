@@ -1,0 +1,179 @@
+"""The node's registry session with the control plane (``tiermesh.controlplane.api``'s
+``NodeRegistry/Session``), kept open for the agent's whole life.
+
+:class:`RegistrySession` opens the stream over mTLS with the store's current SVID, sends the
+registration, waits for the :class:`SessionReply`, then sends a :class:`NodeLoad` from
+``measure`` every ``interval_s``. When the stream breaks (the control plane restarted, the
+network dropped) it reopens it with exponential backoff, trying the addresses in order, and
+registers again. :meth:`goodbye` ends the session gracefully: the control plane revokes the
+lease and the registration disappears at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from tiermesh.agents.identity import Backoff, SvidStore
+from tiermesh.controlplane.api import (
+    NodeLoad,
+    NodeRegistration,
+    SessionMessage,
+    SessionReply,
+    registry_method_path,
+)
+
+__all__ = ["LoadProbe", "RegistrySession"]
+
+log = logging.getLogger("tiermesh.agent")
+
+LoadProbe = Callable[[], Awaitable[NodeLoad]]
+"""Measures the node's load now; must not raise."""
+
+_GOODBYE_TIMEOUT_S = 3.0
+
+
+def _encode(message: SessionMessage) -> bytes:
+    return message.model_dump_json().encode()
+
+
+class RegistrySession:
+    """One long-lived registration; see the module docstring.
+
+    Task safety: one event loop. :meth:`run` is one task (cancel it to stop without goodbye);
+    :meth:`wait_registered` returns once a reply was received; :meth:`goodbye` stops
+    :meth:`run` after telling the control plane.
+    """
+
+    def __init__(
+        self,
+        store: SvidStore,
+        registration: NodeRegistration,
+        *,
+        addresses: Sequence[str],
+        server_name: str,
+        measure: LoadProbe,
+        interval_s: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._store = store
+        self._registration = registration
+        self._addresses = tuple(addresses)
+        self._server_name = server_name
+        self._measure = measure
+        self._interval_s = interval_s
+        self._backoff = backoff or Backoff(initial=0.5, maximum=10.0)
+        self._registered = asyncio.Event()
+        self._leaving = asyncio.Event()
+        self._call: Any = None
+        self.reply: SessionReply | None = None
+        """The latest reply (None before the first registration was accepted)."""
+        self.sessions = 0
+        """How many sessions were opened and accepted (1 + reconnects)."""
+        self.last_error: str | None = None
+
+    async def wait_registered(self, timeout_s: float) -> SessionReply:
+        """The first reply. Raises ``TimeoutError`` (with :attr:`last_error` to name why)."""
+        async with asyncio.timeout(timeout_s):
+            await self._registered.wait()
+        assert self.reply is not None
+        return self.reply
+
+    async def run(self) -> None:
+        """Hold the session open until :meth:`goodbye` (or cancellation)."""
+        failures = 0
+        index = 0
+        while not self._leaving.is_set():
+            address = self._addresses[index % len(self._addresses)]
+            try:
+                await self._session(address)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "reconnect"
+                failures += 1
+                index += 1
+                self.last_error = f"{address}: {_describe(exc)}"
+                if self._leaving.is_set():
+                    return
+                delay = self._backoff.delay(failures)
+                log.warning("registry session lost (%s); reopening in %.1fs", self.last_error,
+                            delay)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leaving.wait(), delay)
+
+    async def _session(self, address: str) -> None:
+        material = self._store.require()
+        credentials = grpc.ssl_channel_credentials(
+            material.bundle_pem(), material.key_pem(), material.chain_pem()
+        )
+        options = [("grpc.ssl_target_name_override", self._server_name)]
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
+            method = channel.stream_stream(
+                registry_method_path(),
+                request_serializer=_encode,
+                response_deserializer=SessionReply.model_validate_json,
+            )
+            call = method()  # type: ignore[call-arg]
+            self._call = call
+            try:
+                await call.write(SessionMessage(registration=self._registration))
+                reply = await call.read()
+                if not isinstance(reply, SessionReply):
+                    raise ConnectionError("the control plane closed the session at once")
+                self.reply = reply
+                self.sessions += 1
+                self.last_error = None
+                self._registered.set()
+                log.info("registered as %s (lease %ds)", reply.spiffe_id, reply.lease_ttl_s)
+                reader = asyncio.create_task(self._drain_replies(call))
+                try:
+                    while not self._leaving.is_set():
+                        if reader.done():
+                            reader.result()
+                            raise ConnectionError("the control plane ended the session")
+                        await call.write(SessionMessage(load=await self._measure()))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._leaving.wait(), self._interval_s)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await reader
+                if self._leaving.is_set():
+                    await self._say_goodbye(call)
+            finally:
+                self._call = None
+                call.cancel()
+
+    async def _drain_replies(self, call: Any) -> None:
+        while True:
+            reply = await call.read()
+            if not isinstance(reply, SessionReply):
+                return  # end of stream
+            self.reply = reply
+
+    async def _say_goodbye(self, call: Any) -> None:
+        try:
+            async with asyncio.timeout(_GOODBYE_TIMEOUT_S):
+                await call.write(SessionMessage(goodbye=True))
+                await call.done_writing()
+                while isinstance(await call.read(), SessionReply):
+                    pass
+            log.info("said goodbye; registration removed")
+        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+            log.warning("goodbye not confirmed (%s); the lease will expire", _describe(exc))
+
+    def leave(self) -> None:
+        """Ask :meth:`run` to say goodbye and return."""
+        self._leaving.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

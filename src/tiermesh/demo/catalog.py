@@ -1,0 +1,87 @@
+"""The demo's policy bundle: the shipped ``policies/`` with the catalog's backend endpoints
+pointed at where the demo's processes actually listen.
+
+Only ``endpoint`` (and, for the private backend, ``node``) changes; tenants, tiers,
+aliases and tasks stay as shipped. One resilience value is raised: a circuit breaker with
+``max_pending: 0`` becomes 1, because Envoy counts a request waiting for its first HTTP/1
+connection as pending, so 0 overflows every request to that backend (seen with Envoy 1.40).
+The demo's private model server speaks plain HTTP on loopback, so the private backend
+loses its ``spiffe_id`` and ``tls`` (the compiler has no node-to-node mTLS listener yet);
+the cloud stand-ins keep TLS.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+__all__ = [
+    "EDGE_BACKEND",
+    "PRIVATE_BACKEND",
+    "SHIPPED_POLICIES",
+    "DemoEndpoint",
+    "demo_catalog",
+    "write_demo_policies",
+]
+
+SHIPPED_POLICIES: Final = Path(__file__).resolve().parents[3] / "policies"
+"""The repository's ``policies/`` (the demo runs from a source checkout)."""
+
+EDGE_BACKEND: Final = "edge-smollm"
+PRIVATE_BACKEND: Final = "onprem-gpu"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoEndpoint:
+    """Where one catalog backend listens in the demo, and on which node it runs."""
+
+    port: int
+    tls: bool = False
+    node: str | None = None
+    host: str = "127.0.0.1"
+
+
+def demo_catalog(
+    shipped: Mapping[str, Any], endpoints: Mapping[str, DemoEndpoint]
+) -> dict[str, Any]:
+    """A copy of ``shipped`` (the parsed catalog) with each named backend's endpoint moved.
+
+    Raises ``KeyError`` naming a backend of ``endpoints`` the catalog lacks.
+    """
+    catalog = yaml.safe_load(yaml.safe_dump(dict(shipped)))
+    backends = {backend["name"]: backend for backend in catalog["backends"]}
+    for name, where in endpoints.items():
+        backend = backends[name]
+        backend["endpoint"] = {"host": where.host, "port": where.port, "tls": where.tls}
+        if where.node is not None:
+            backend["node"] = where.node
+        if not where.tls:
+            backend.pop("spiffe_id", None)
+    for backend in catalog["backends"]:
+        breaker = (backend.get("resilience") or {}).get("circuit_breaker") or {}
+        if breaker.get("max_pending") == 0:
+            breaker["max_pending"] = 1
+    return dict(catalog)
+
+
+def write_demo_policies(
+    target: Path,
+    endpoints: Mapping[str, DemoEndpoint],
+    *,
+    shipped: Path = SHIPPED_POLICIES,
+) -> Path:
+    """Copy ``shipped`` to ``target`` (must not exist) with :func:`demo_catalog` as its
+    ``data/catalog.yaml``; returns ``target``."""
+    shutil.copytree(shipped, target)
+    path = target / "data" / "catalog.yaml"
+    catalog = demo_catalog(yaml.safe_load(path.read_text()), endpoints)
+    path.write_text(
+        "# Written by `tiermesh up`: the shipped catalog, endpoints moved to the demo's ports.\n"
+        + yaml.safe_dump(catalog, sort_keys=False)
+    )
+    return target
