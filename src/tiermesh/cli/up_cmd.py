@@ -1,61 +1,108 @@
-"""``tiermesh up``: run the local mesh until Ctrl-C."""
+"""``tiermesh up``: the whole mesh on this machine until Ctrl-C (see
+:mod:`tiermesh.demo.mesh` for what runs where).
+
+Shows progress while things start, then prints the app endpoint (the edge node's app
+listener) and a ready-to-paste curl. Ctrl-C or SIGTERM stops everything and leaves no
+process behind (exit 0). A start failure stops what was started and prints
+``tiermesh up failed: <cause>`` (exit 1).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from tiermesh.demo.static_mesh import MeshError, StaticMesh
+from tiermesh.demo.mesh import DEMO_HEADERS, LocalMesh, MeshError
 
 __all__ = ["up"]
 
 
 def up(
-    port: Annotated[int, typer.Option("--port", help="App-facing listener port.")] = 10000,
-    xds_port: Annotated[int, typer.Option("--xds-port", help="ADS port (0 = any free).")] = 0,
-    mode: Annotated[str, typer.Option("--mode", help="xDS flavour: sotw or delta.")] = "sotw",
+    port: Annotated[int, typer.Option("--port", help="The edge node's app listener port.")] = 10000,
+    model: Annotated[
+        str, typer.Option("--model", help="Local model: tiny (test GGUF) or smollm2.")
+    ] = "tiny",
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", help="Keep configs, logs and mesh.json here (else a temp dir)."
+        ),
+    ] = None,
 ) -> None:
-    """Start the local mesh on 127.0.0.1 and keep it running until Ctrl-C."""
-    if mode not in ("sotw", "delta"):
-        raise typer.BadParameter(f"expected sotw or delta, got {mode!r}", param_hint="--mode")
+    """Start etcd, the control plane and an edge/private/cloud mesh on 127.0.0.1 until Ctrl-C."""
+    if model not in ("tiny", "smollm2"):
+        raise typer.BadParameter(f"expected tiny or smollm2, got {model!r}", param_hint="--model")
     console = Console()
+    mesh = LocalMesh(app_port=port, model=model, state_dir=state_dir)
     try:
-        asyncio.run(_run(StaticMesh(app_port=port, xds_port=xds_port, mode=mode), console))
+        asyncio.run(_run(mesh, console))
     except MeshError as exc:
-        console.print(f"[red]tiermesh up failed:[/red] {exc}")
+        console.print(f"[red]tiermesh up failed:[/red] {exc}", highlight=False)
+        console.print("stopped; nothing left running.")
         raise typer.Exit(1) from exc
 
 
-async def _run(mesh: StaticMesh, console: Console) -> None:
+async def _run(mesh: LocalMesh, console: Console) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    with console.status("starting…") as status:
+        done: list[str] = []
+
+        def step(what: str) -> None:
+            for finished in done:
+                console.print(f"[green]✓[/green] {finished}", highlight=False)
+            done[:] = [what]
+            status.update(f"starting {what}…")
+
+        starting = asyncio.create_task(mesh.start(step))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await mesh.stop()
+            console.print("interrupted; stopped, nothing left running.")
+            return
+        stopper.cancel()
+        starting.result()
+        for finished in done:
+            console.print(f"[green]✓[/green] {finished}", highlight=False)
+    _print_ready(mesh, console)
     try:
-        with console.status("starting the local backend…"):
-            await mesh.start_backend()
-        console.print("[green]✓[/green] local backend (stand-in)")
-        with console.status("starting the control plane…"):
-            await mesh.start_control_plane()
-        console.print(f"[green]✓[/green] control plane, ADS on 127.0.0.1:{mesh.xds_port}")
-        with console.status("starting Envoy and waiting for its config…"):
-            await mesh.start_envoy()
-        console.print("[green]✓[/green] edge Envoy ready")
-        console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.app_url}[/bold]")
-        console.print("Send a request through the edge Envoy:\n")
-        console.print(
-            f"  curl -s {mesh.app_url}/v1/chat/completions -H 'content-type: application/json' "
-            '-d \'{"model":"local","messages":[{"role":"user","content":"hi"}]}\'',
-            soft_wrap=True,
-            highlight=False,
-        )
-        console.print("\nPress Ctrl-C to stop.", highlight=False)
         await stop.wait()
     finally:
-        with console.status("stopping…"):
+        with console.status("stopping (agents drain and say goodbye)…"):
             await mesh.stop()
         console.print("stopped; nothing left running.")
+
+
+def _print_ready(mesh: LocalMesh, console: Console) -> None:
+    for node in mesh.nodes:
+        model = f", llama.cpp on 127.0.0.1:{node.model_port}" if node.model else ""
+        console.print(f"  {node.id:<11} {node.tier:<8} app {node.app_url}{model}", highlight=False)
+    console.print(f"  control plane admin {mesh.admin_url}  (tiermesh status --admin …)",
+                  highlight=False)  # fmt: skip
+    console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.edge.app_url}[/bold]")
+    headers = " ".join(f"-H '{k}: {v}'" for k, v in DEMO_HEADERS.items())
+    body = json.dumps({"model": "local", "max_tokens": 32,
+                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    console.print("Send a request through the edge Envoy:\n")
+    console.print(
+        f"  curl -s {mesh.edge.app_url}/v1/chat/completions -H 'content-type: application/json' "
+        f"{headers} -d '{body}'",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        "\n(x-tiermesh-sensitivity: restricted stays on the local tiers; the cloud stand-ins "
+        "answer 401 until API keys reach Envoy as SDS secrets.)\nPress Ctrl-C to stop.",
+        highlight=False,
+    )

