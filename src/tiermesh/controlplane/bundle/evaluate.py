@@ -4,17 +4,32 @@ reconciler share.
 documents → catalog → engine.load → per node: plan → plan checks and violations →
 compile and verify. Every problem becomes a :class:`Finding`; nothing raises for a bad
 bundle. Synchronous and CPU-bound: run it on a worker thread, never on the event loop.
+
+The policy is evaluated for every node (its input is the node, and nothing says what a
+policy reads of it), but nodes in the same situation get plans whose ``routes`` and
+``backends`` (nearly all of a plan) are equal: within one pass those are validated and
+checked once and then shared, so such nodes hand the compiler equal, even identical,
+tuples (see :class:`_PlanShapes`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 from pydantic import ValidationError
 
-from tiermesh.controlplane.api import PLAN_PATH, NodeInfo, Plan, PlanInput, TenantUsage
+from tiermesh.controlplane.api import (
+    PLAN_PATH,
+    Catalog,
+    NodeInfo,
+    Plan,
+    PlanInput,
+    TenantUsage,
+)
 from tiermesh.controlplane.bundle.compiler import Compiler, compile_findings
 from tiermesh.controlplane.bundle.documents import (
     Documents,
@@ -72,35 +87,142 @@ def load_engine(engine: PolicyEngine, documents: Documents) -> list[Finding]:
     return []
 
 
+def _validation_is_fieldwise() -> bool:
+    """True when a plan's ``routes`` and ``backends`` validate independently of its other
+    fields: no validator on :class:`Plan` itself (nested models only see their subtree)."""
+    decorators = Plan.__pydantic_decorators__
+    return not (
+        decorators.validators
+        or decorators.field_validators
+        or decorators.root_validators
+        or decorators.model_validators
+    )
+
+
+_SHAPES_ENABLED: Final = _validation_is_fieldwise()
+_SHARED_FIELDS: Final = ("routes", "backends")
+
+
+@dataclass(slots=True)
+class _Shape:
+    routes_json: JSONValue
+    backends_json: JSONValue
+    plan: Plan
+    problems: tuple[str, ...] | None = None
+
+
+class _PlanShapes:
+    """The plan bodies (``routes`` and ``backends``) validated so far in one pass.
+
+    A decision whose body equals (as JSON) one already validated is validated without
+    it: its other fields (``node``, ``violations``, ``warnings``, ``version``) go through
+    :meth:`Plan.model_validate` with empty routes and backends, and the plan then takes
+    the tuples validated before. Sound because validating :class:`Plan` is field by
+    field (checked at import, else this memo is off) and its subtree holds only
+    strings, string literals, numbers, booleans, nulls, lists and objects, whose lax
+    validation maps ``==``-equal inputs (``1 == 1.0 == True`` included) to equal values
+    and the same success; the errors of a failing decision come from a full
+    validation, as without the memo. :func:`plan_problems` reads only routes, backends
+    and the catalog, so its result is kept per body too (one catalog per pass).
+
+    At most :data:`LIMIT` bodies are kept (later ones are validated every time). Not
+    thread-safe: one instance per pass, on the pass's thread.
+    """
+
+    LIMIT: Final = 64
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[int, str], list[_Shape]] = {}
+        self._count = 0
+
+    @staticmethod
+    def _fingerprint(result: dict[str, JSONValue]) -> tuple[int, str] | None:
+        routes, backends = result.get("routes"), result.get("backends")
+        if not isinstance(routes, list) or not isinstance(backends, list):
+            return None
+        try:
+            return len(routes), json.dumps(backends, sort_keys=True)
+        except (TypeError, ValueError):
+            return None
+
+    def validate(self, result: JSONValue) -> tuple[Plan, _Shape | None]:
+        """``Plan.model_validate(result)``, equal in value and errors; and its body."""
+        if not _SHAPES_ENABLED or not isinstance(result, dict):
+            return Plan.model_validate(result), None
+        key = self._fingerprint(result)
+        if key is None:
+            return Plan.model_validate(result), None
+        routes, backends = result["routes"], result["backends"]
+        bucket = self._buckets.setdefault(key, [])
+        for shape in bucket:
+            if shape.routes_json == routes and shape.backends_json == backends:
+                try:
+                    head = Plan.model_validate({**result, "routes": [], "backends": []})
+                except ValidationError:
+                    return Plan.model_validate(result), shape  # raises the full errors
+                shared = {name: getattr(shape.plan, name) for name in _SHARED_FIELDS}
+                return head.model_copy(update=shared), shape
+        plan = Plan.model_validate(result)
+        if self._count >= self.LIMIT:
+            return plan, None
+        self._count += 1
+        shape = _Shape(routes, backends, plan)
+        bucket.append(shape)
+        return plan, shape
+
+    @staticmethod
+    def problems(plan: Plan, shape: _Shape | None, catalog: Catalog) -> list[str]:
+        """``plan_problems(plan, catalog)``, computed once per body."""
+        if shape is None:
+            return plan_problems(plan, catalog)
+        if shape.problems is None:
+            shape.problems = tuple(plan_problems(plan, catalog))
+        return list(shape.problems)
+
+
 def evaluate_plan(engine: PolicyEngine, node: NodeInfo) -> tuple[Plan | None, list[Finding]]:
     """The loaded policy's plan for ``node``, or the findings that prevent it."""
+    plan, _shape, findings = _evaluate_plan(engine, node, _PlanShapes())
+    return plan, findings
+
+
+def _evaluate_plan(
+    engine: PolicyEngine, node: NodeInfo, shapes: _PlanShapes
+) -> tuple[Plan | None, _Shape | None, list[Finding]]:
     request: JSONValue = PlanInput(node=node).model_dump(mode="json")
     try:
         result = engine.evaluate(PLAN_PATH, request)
     except PolicyEvalError as exc:
         location = exc.location
         if location is not None and location.file is not None:
-            return None, [
-                Finding(Stage.PLAN, location.message, location.file, location.line, node.id)
-            ]
-        return None, [Finding(Stage.PLAN, str(exc), node=node.id)]
-    except PolicyError as exc:
-        return None, [Finding(Stage.PLAN, str(exc), node=node.id)]
-    if result is UNDEFINED:
-        return None, [Finding(Stage.PLAN, f"{PLAN_PATH} is undefined", node=node.id)]
-    try:
-        return Plan.model_validate(result), []
-    except ValidationError as exc:
-        return None, [
-            Finding(
-                Stage.PLAN,
-                "decision does not fit the plan schema: "
-                + ".".join(str(part) for part in error["loc"])
-                + f": {error['msg']}",
-                node=node.id,
+            return (
+                None,
+                None,
+                [Finding(Stage.PLAN, location.message, location.file, location.line, node.id)],
             )
-            for error in exc.errors(include_url=False)[:20]
-        ]
+        return None, None, [Finding(Stage.PLAN, str(exc), node=node.id)]
+    except PolicyError as exc:
+        return None, None, [Finding(Stage.PLAN, str(exc), node=node.id)]
+    if result is UNDEFINED:
+        return None, None, [Finding(Stage.PLAN, f"{PLAN_PATH} is undefined", node=node.id)]
+    try:
+        plan, shape = shapes.validate(result)
+    except ValidationError as exc:
+        return (
+            None,
+            None,
+            [
+                Finding(
+                    Stage.PLAN,
+                    "decision does not fit the plan schema: "
+                    + ".".join(str(part) for part in error["loc"])
+                    + f": {error['msg']}",
+                    node=node.id,
+                )
+                for error in exc.errors(include_url=False)[:20]
+            ],
+        )
+    return plan, shape, []
 
 
 def evaluate_bundle(
@@ -151,8 +273,9 @@ def evaluate_bundle(
         return BundleOutcome(documents, tuple(nodes), {}, {}, tuple(errors), (), loaded)
     plans: dict[str, Plan] = {}
     snapshots: dict[str, Snapshot] = {}
+    shapes = _PlanShapes()
     for node in nodes:
-        plan, problems = evaluate_plan(engine, node)
+        plan, shape, problems = _evaluate_plan(engine, node, shapes)
         errors += problems
         if plan is None:
             continue
@@ -170,7 +293,8 @@ def evaluate_bundle(
         (errors if refuse_violations else warnings).extend(violations)
         warnings += [Finding(Stage.PLAN, message, node=node.id) for message in plan.warnings]
         errors += [
-            Finding(Stage.PLAN, message, node=node.id) for message in plan_problems(plan, catalog)
+            Finding(Stage.PLAN, message, node=node.id)
+            for message in shapes.problems(plan, shape, catalog)
         ]
         if compiler is None:
             continue
