@@ -21,13 +21,18 @@ from tiermesh.controlplane.reconciler.registration import (
     node_from_registration,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
-from tiermesh.controlplane.reconciler.wiring import default_compiler, offline_compiler
+from tiermesh.controlplane.reconciler.wiring import (
+    CompileCache,
+    default_compiler,
+    offline_compiler,
+)
 
 __all__ = [
     "BUNDLE_PREFIX",
     "NODES_PREFIX",
     "USAGE_PREFIX",
     "Clock",
+    "CompileCache",
     "InvalidRegistration",
     "MonotonicClock",
     "ReconcileError",
