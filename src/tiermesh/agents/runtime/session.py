@@ -140,12 +140,12 @@ class RegistrySession:
                         await call.write(SessionMessage(load=await self._measure()))
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._leaving.wait(), self._interval_s)
+                    await self._say_goodbye(call, reader)
                 finally:
-                    reader.cancel()
+                    if not reader.done():
+                        reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                         await reader
-                if self._leaving.is_set():
-                    await self._say_goodbye(call)
             finally:
                 self._call = None
                 call.cancel()
@@ -157,13 +157,14 @@ class RegistrySession:
                 return  # end of stream
             self.reply = reply
 
-    async def _say_goodbye(self, call: Any) -> None:
+    async def _say_goodbye(self, call: Any, reader: asyncio.Task[None]) -> None:
+        """Send goodbye, half-close, and wait for the server to end the stream (it revokes
+        the lease first). The reply reader keeps running, so reading never races."""
         try:
             async with asyncio.timeout(_GOODBYE_TIMEOUT_S):
                 await call.write(SessionMessage(goodbye=True))
                 await call.done_writing()
-                while isinstance(await call.read(), SessionReply):
-                    pass
+                await asyncio.shield(reader)
             log.info("said goodbye; registration removed")
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
             log.warning("goodbye not confirmed (%s); the lease will expire", _describe(exc))
