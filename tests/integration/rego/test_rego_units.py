@@ -11,6 +11,7 @@ PACKAGES = {
     "tiermesh.resilience_test",
     "tiermesh.budget_test",
     "tiermesh.residency_test",
+    "tiermesh.request_test",
 }
 
 
@@ -26,7 +27,7 @@ def test_every_rego_test_passes(load_policies: LoadPolicies, demo_catalog: Catal
 def test_every_policy_has_its_test_file_and_metadata() -> None:
     modules = policy_modules()
     policies = [name for name in modules if not name.endswith("_test.rego")]
-    assert len(policies) == 4
+    assert len(policies) == 5
     for name in policies:
         assert name.removesuffix(".rego") + "_test.rego" in modules
         assert modules[name].startswith("# METADATA\n"), name
