@@ -1,0 +1,303 @@
+"""The request-time decision, independent of the wire: :class:`Authorizer`.
+
+For one :class:`CheckInput` it inspects the body, asks the :class:`BudgetSource`, builds
+the policy input (:data:`REQUEST_INPUT_VERSION`, see ``policies/schemas/
+request_input.schema.json``), evaluates :data:`REQUEST_DECISION_PATH`, appends the
+decision to the :class:`DecisionSink` and only then returns a :class:`Verdict`.
+
+The policy's answer must be ``{allow: bool, sensitivity: public|internal|restricted,
+budget_exhausted: bool, reason: str, headers: {name: value}}``. Anything else — an
+undefined document, an evaluation error, a malformed object — is recorded as an ``error``
+outcome and answered 503: the request is never routed on a guess.
+
+Only headers named ``x-tiermesh-*`` with printable values are taken from the policy; the
+headers the server owns (:data:`OWNED_HEADERS`) that the decision does not set are removed
+from the request, so a caller cannot pre-set them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+from tiermesh.agents.authz.body import InspectedBody, inspect_body
+from tiermesh.agents.authz.budget import UNKNOWN, BudgetSource, BudgetState
+from tiermesh.agents.authz.detectors import DetectorRegistry
+from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded
+from tiermesh.agents.authz.sink import DecisionSink
+from tiermesh.agents.decisionlog import DecisionEntry
+from tiermesh.controlplane.api import MATCH_HEADERS
+from tiermesh.rego import UNDEFINED, PolicyEngine, PolicyError
+
+__all__ = [
+    "BUDGET_HEADER",
+    "DECISION_ID_HEADER",
+    "DEFAULT_MAX_BODY_BYTES",
+    "OWNED_HEADERS",
+    "PARTIAL_BODY_HEADER",
+    "RECORD_PATH",
+    "REQUEST_DECISION_PATH",
+    "REQUEST_INPUT_VERSION",
+    "Authorizer",
+    "CheckInput",
+    "Outcome",
+    "Verdict",
+    "build_input",
+]
+
+log = logging.getLogger("tiermesh.agents.authz")
+
+REQUEST_DECISION_PATH: Final = "data.tiermesh.request.decision"
+"""The Rego document that decides a request."""
+RECORD_PATH: Final = "tiermesh/request/decision"
+"""``path`` of the decision records (OPA's decision-log spelling of the document)."""
+REQUEST_INPUT_VERSION: Final = "v1"
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+"""Bytes of a body inspected by default (Envoy's ``with_request_body.max_request_bytes``)."""
+DECISION_ID_HEADER: Final = "x-tiermesh-decision-id"
+"""Request and response header carrying the decision's id."""
+BUDGET_HEADER: Final = "x-tiermesh-budget"
+OWNED_HEADERS: Final = (MATCH_HEADERS["sensitivity"], BUDGET_HEADER, DECISION_ID_HEADER)
+"""Request headers only the authz server may set."""
+PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
+"""Header Envoy adds to the check request when it sent only part of the body."""
+
+_LEVELS: Final = frozenset({"public", "internal", "restricted"})
+_ROUTING_HEADERS: Final = {"sensitivity", "task", "model"}
+_MAX_HEADER_VALUE: Final = 256
+
+Outcome: TypeAlias = Literal["allow", "deny", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInput:
+    """One request as the authz server sees it: lowercase header names, the body bytes
+    Envoy sent, and whether Envoy cut them (``partial``)."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to answer: ``status`` 200 (allow), 403 (policy denial) or 503 (no decision)."""
+
+    decision_id: uuid.UUID
+    outcome: Outcome
+    status: int
+    decision: dict[str, Any]
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+    def denial_body(self) -> bytes:
+        """The JSON body of a denied answer: error, reason and decision id (no input)."""
+        return json.dumps(
+            {
+                "error": "request denied" if self.outcome == "deny" else "no decision",
+                "reason": self.decision.get("reason", ""),
+                "decision_id": str(self.decision_id),
+            }
+        ).encode()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return value[:_MAX_HEADER_VALUE] if value else None
+
+
+def _declared_length(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("content-length", "")
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+def build_input(
+    request: CheckInput, body: InspectedBody, budget: BudgetState, declared: int | None
+) -> dict[str, Any]:
+    """The policy input for ``request`` (no body text, no other headers)."""
+    routing = {
+        name: value
+        for name in sorted(_ROUTING_HEADERS | {"budget"})
+        if (value := _header(request.headers, f"x-tiermesh-{name}")) is not None
+    }
+    payload: dict[str, Any] = {
+        "sha256": body.sha256,
+        "received_bytes": body.received_bytes,
+        "inspected_bytes": body.inspected_bytes,
+        "truncated": body.truncated,
+        "encoding": body.encoding,
+        "json": body.json,
+    }
+    if declared is not None:
+        payload["declared_bytes"] = declared
+    http: dict[str, Any] = {"method": request.method, "path": request.path.split("?", 1)[0]}
+    if content_type := _header(request.headers, "content-type"):
+        http["content_type"] = content_type
+    document: dict[str, Any] = {
+        "version": REQUEST_INPUT_VERSION,
+        "headers": routing,
+        "request": http,
+        "payload": payload,
+        "findings": [f.to_json() for f in body.findings],
+        "token_estimate": body.token_estimate,
+        "budget": budget.to_json(),
+    }
+    if (tenant := _header(request.headers, MATCH_HEADERS["tenant"])) is not None:
+        document["tenant"] = tenant
+    return document
+
+
+def _valid_decision(value: object) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    headers = value.get("headers")
+    if (
+        not isinstance(value.get("allow"), bool)
+        or value.get("sensitivity") not in _LEVELS
+        or not isinstance(value.get("budget_exhausted"), bool)
+        or not isinstance(value.get("reason"), str)
+        or not isinstance(headers, dict)
+        or not all(isinstance(v, str) for v in headers.values())
+    ):
+        return None
+    return value
+
+
+def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith("x-tiermesh-")
+        and name.lower() != DECISION_ID_HEADER
+        and value.isprintable()
+        and len(value) <= _MAX_HEADER_VALUE
+    }
+
+
+class Authorizer:
+    """Decides requests with one loaded :class:`PolicyEngine` and records every decision.
+
+    Task safety: call :meth:`decide` from one event loop (the sink's and budget source's);
+    the engine is evaluated on that loop's thread (regorus keeps per-thread engines). Does
+    not own the engine, sink or budget source.
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        sink: DecisionSink,
+        budget: BudgetSource,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        registry: DetectorRegistry | None = None,
+        bundle_revision: str | None = None,
+        snapshot_version: str | None = None,
+    ) -> None:
+        if max_body_bytes < 0:
+            raise ValueError("max_body_bytes must be >= 0")
+        self._engine = engine
+        self._sink = sink
+        self._budget = budget
+        self._max_body = max_body_bytes
+        self._registry = registry
+        self.bundle_revision = bundle_revision
+        self.snapshot_version = snapshot_version
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self._max_body
+
+    async def decide(self, request: CheckInput) -> Verdict:
+        """Decide ``request`` and return once the decision is durable.
+
+        Raises:
+            DecisionNotRecorded: the sink failed; the request must not be answered.
+        """
+        started = time.perf_counter_ns()
+        decision_id = uuid.uuid4()
+        declared = _declared_length(request.headers)
+        body = inspect_body(
+            request.body,
+            max_bytes=self._max_body,
+            declared_length=declared,
+            partial=request.partial,
+            registry=self._registry,
+        )
+        inspected = time.perf_counter_ns()
+        budget = await self._budget_state(request.headers.get(MATCH_HEADERS["tenant"]))
+        document = build_input(request, body, budget, declared)
+        evaluating = time.perf_counter_ns()
+        outcome, decision = self._evaluate(document)
+        finished = time.perf_counter_ns()
+        status = {"allow": 200, "deny": 403, "error": 503}[outcome]
+        entry = DecisionEntry(
+            path=RECORD_PATH,
+            input=document,
+            result={**decision, "outcome": outcome, "status": status},
+            kind="request",
+            timers={
+                "timer_tiermesh_inspect_ns": inspected - started,
+                "timer_rego_query_eval_ns": finished - evaluating,
+                "timer_server_handler_ns": finished - started,
+            },
+            bundle_revision=self.bundle_revision,
+            snapshot_version=self.snapshot_version,
+            decision_id=decision_id,
+        )
+        try:
+            await self._sink.record(entry)
+        except Exception as exc:
+            raise DecisionNotRecorded(str(decision_id), f"{type(exc).__name__}: {exc}") from exc
+        set_headers = _safe_headers(decision.get("headers", {})) if outcome == "allow" else {}
+        set_headers[DECISION_ID_HEADER] = str(decision_id)
+        return Verdict(
+            decision_id=decision_id,
+            outcome=outcome,
+            status=status,
+            decision=decision,
+            set_headers=set_headers,
+            remove_headers=tuple(h for h in OWNED_HEADERS if h not in set_headers),
+        )
+
+    async def _budget_state(self, tenant: str | None) -> BudgetState:
+        if not tenant:
+            return UNKNOWN
+        try:
+            return await self._budget.state(tenant)
+        except AuthzError as exc:
+            log.warning("budget unknown for this request: %s", exc)
+            return UNKNOWN
+
+    def _evaluate(self, document: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+        try:
+            value = self._engine.evaluate(REQUEST_DECISION_PATH, document)
+        except PolicyError as exc:
+            log.error("request policy failed: %s", exc)
+            return "error", _error_decision(f"policy error: {exc}")
+        decision = None if value is UNDEFINED else _valid_decision(value)
+        if decision is None:
+            what = "undefined" if value is UNDEFINED else "not a valid decision object"
+            log.error("request policy answer is %s", what)
+            return "error", _error_decision(f"policy answer is {what}")
+        return ("allow" if decision["allow"] else "deny"), decision
+
+
+def _error_decision(reason: str) -> dict[str, Any]:
+    return {
+        "allow": False,
+        "sensitivity": "restricted",
+        "budget_exhausted": False,
+        "reason": reason,
+        "headers": {},
+    }

@@ -1,0 +1,152 @@
+"""Envoy's ``envoy.service.auth.v3.Authorization/Check`` on ``grpc.aio``.
+
+Mapping of a :class:`~tiermesh.agents.authz.decide.Verdict` to a ``CheckResponse``:
+
+- allow → ``OK`` with ``OkHttpResponse``: the decision's headers set on the request with
+  ``OVERWRITE_IF_EXISTS_OR_ADD`` (effective ``x-tiermesh-sensitivity``, ``x-tiermesh-budget:
+  exhausted`` when spent, a default ``x-tiermesh-tenant`` when the policy gives one, and
+  ``x-tiermesh-decision-id``), owned headers the decision does not set removed, and
+  ``x-tiermesh-decision-id`` added to the response to the client;
+- deny → ``PERMISSION_DENIED`` with a 403 ``DeniedHttpResponse`` and a JSON body naming the
+  reason and decision id; a policy failure → the same with 503;
+- a decision that could not be recorded → the RPC fails with ``UNAVAILABLE`` (nothing is
+  answered; Envoy's ``status_on_error`` applies and ``failure_mode_allow: false`` keeps the
+  request from any upstream).
+
+The body is read from ``raw_body`` (Envoy's ``pack_as_bytes``) or ``body``; Envoy marks a
+cut body with ``x-envoy-auth-partial-body: true``. A message larger than
+:func:`max_message_bytes` is refused by gRPC itself (``RESOURCE_EXHAUSTED``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from tiermesh.agents.authz.decide import (
+    DECISION_ID_HEADER,
+    PARTIAL_BODY_HEADER,
+    Authorizer,
+    CheckInput,
+    Verdict,
+)
+from tiermesh.agents.authz.errors import DecisionNotRecorded
+
+__all__ = [
+    "HEADER_ROOM_BYTES",
+    "AuthorizationService",
+    "max_message_bytes",
+    "start_authz_server",
+    "to_check_input",
+    "to_check_response",
+]
+
+log = logging.getLogger("tiermesh.agents.authz")
+
+HEADER_ROOM_BYTES: Final = 256 * 1024
+"""Room for headers and attributes on top of the body in one CheckRequest."""
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def max_message_bytes(max_body_bytes: int) -> int:
+    """Largest CheckRequest the server accepts for bodies of ``max_body_bytes``."""
+    return max_body_bytes + HEADER_ROOM_BYTES
+
+
+def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    """The parts of Envoy's request the authorizer uses. Never raises on odd content."""
+    http = request.attributes.request.http
+    headers = {str(k).lower(): str(v) for k, v in http.headers.items()}
+    for entry in http.header_map.headers:
+        value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
+        headers.setdefault(str(entry.key).lower(), value)
+    body = bytes(http.raw_body) if http.raw_body else str(http.body).encode("utf-8", "replace")
+    return CheckInput(
+        method=str(http.method) or "GET",
+        path=str(http.path) or "/",
+        headers=headers,
+        body=body,
+        partial=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+    )
+
+
+def _option(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+    )
+
+
+def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
+    """The ``CheckResponse`` of ``verdict`` (see the module docstring)."""
+    decision_id = str(verdict.decision_id)
+    if verdict.allowed:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[_option(k, v) for k, v in sorted(verdict.set_headers.items())],
+                headers_to_remove=list(verdict.remove_headers),
+                response_headers_to_add=[_option(DECISION_ID_HEADER, decision_id)],
+            ),
+        )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=verdict.status),
+            headers=[
+                _option("content-type", "application/json"),
+                _option(DECISION_ID_HEADER, decision_id),
+            ],
+            body=verdict.denial_body().decode(),
+        ),
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """The gRPC servicer; one :class:`Authorizer` decides. Runs on the server's loop."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def Check(  # noqa: N802 - the gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> external_auth_pb2.CheckResponse:
+        try:
+            verdict = await self._authorizer.decide(to_check_input(request))
+        except DecisionNotRecorded as exc:
+            log.error("%s; failing the check", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "decision could not be recorded")
+        return to_check_response(verdict)
+
+
+async def start_authz_server(
+    authorizer: Authorizer, address: str = "127.0.0.1:0"
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving ``authorizer`` on ``address`` (plaintext; bind it to loopback: Envoy
+    is on the same node). Returns the started server and its port; stop it with
+    ``await server.stop(grace)``.
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+    """
+    limit = max_message_bytes(authorizer.max_body_bytes)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationService(authorizer), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot bind the authz server to {address}")
+    await server.start()
+    return server, port
