@@ -24,6 +24,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from tiermesh.controlplane.generators._protos import ads, is_ip, ms, pack
+from tiermesh.controlplane.generators.authz import authz_cluster
 from tiermesh.controlplane.generators.endpoints import load_assignment
 from tiermesh.controlplane.model import Chain, MeshModel, Upstream, names
 
@@ -139,10 +140,13 @@ def chain_cluster(chain: Chain, connect_timeout_ms: int) -> cluster_pb2.Cluster:
 
 
 def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
-    """Every backend cluster, then every chain's aggregate, each sorted by name."""
+    """Every backend cluster, then every chain's aggregate, each sorted by name, then the
+    authz server's cluster when the node has one (:mod:`.authz`)."""
     node = model.node(node_id)
     timeout = node.settings.connect_timeout_ms
+    authz = node.settings.authz
     return [
         *(backend_cluster(upstream, timeout) for upstream in node.upstreams),
         *(chain_cluster(chain, timeout) for chain in node.chains),
+        *([] if authz is None else [authz_cluster(authz, timeout)]),
     ]

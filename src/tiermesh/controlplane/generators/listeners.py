@@ -11,6 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from tiermesh.controlplane.generators._protos import ads, pack
+from tiermesh.controlplane.generators.authz import authz_filter
 from tiermesh.controlplane.model import MeshModel, names
 
 __all__ = ["RATE_LIMIT_FILTER", "generate"]
@@ -21,22 +22,29 @@ RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 
 def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     """The app listener: HTTP connection manager, routes over RDS (ADS), and filters
-    local rate limit (pass-through unless a route configures a bucket) → router."""
+    [ext_authz →] local rate limit (pass-through unless a route configures a bucket) →
+    router.
+
+    ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
+    and the route are those of the headers it set.
+    """
     node = model.node(node_id)
     settings = node.settings
+    filters = [] if settings.authz is None else [authz_filter(settings.authz)]
+    filters += [
+        hcm_pb2.HttpFilter(
+            name=RATE_LIMIT_FILTER,
+            typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix="tiermesh")),
+        ),
+        hcm_pb2.HttpFilter(
+            name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+        ),
+    ]
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="tiermesh_app",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=names.APP_ROUTES),
-        http_filters=[
-            hcm_pb2.HttpFilter(
-                name=RATE_LIMIT_FILTER,
-                typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix="tiermesh")),
-            ),
-            hcm_pb2.HttpFilter(
-                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
-            ),
-        ],
+        http_filters=filters,
     )
     return [
         listener_pb2.Listener(

@@ -10,9 +10,10 @@ from __future__ import annotations
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstream
-from tiermesh.controlplane.model.settings import NodeSettings
+from tiermesh.controlplane.model.settings import AuthzSettings, NodeSettings
 
 __all__ = [
+    "AuthzSettings",
     "Chain",
     "MeshModel",
     "ModelError",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 __all__ = [
     "APP_LISTENER",
     "APP_ROUTES",
+    "AUTHZ_CLUSTER",
     "BUDGET_EXHAUSTED",
     "BUDGET_HEADER",
     "TIER_HEADER",
@@ -23,6 +24,8 @@ APP_LISTENER = "tiermesh-app"
 """The loopback listener apps send their requests to."""
 APP_ROUTES = "tiermesh-app"
 """The RouteConfiguration of the app listener (served over RDS)."""
+AUTHZ_CLUSTER = "tiermesh|authz"
+"""Cluster of the node's ext_authz server (``|`` keeps it apart from backend names)."""
 TRUST_BUNDLE_SECRET = "tiermesh-spiffe-bundle"  # noqa: S105 - a resource name, not a secret
 """SDS secret holding the SPIFFE trust bundle upstream SAN checks validate against."""
 BUDGET_HEADER = "x-tiermesh-budget"

@@ -4,7 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NodeSettings"]
+__all__ = ["AuthzSettings", "NodeSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSettings:
+    """The node agent's ext_authz server (``envoy.service.auth.v3.Authorization``, gRPC).
+
+    When a node has one, its app listener runs Envoy's ext_authz filter before routing:
+    the server sees headers and up to ``max_body_bytes`` of the body (a longer body is sent
+    cut, marked partial) and sets the routing headers the compiled routes match on. The
+    filter fails closed: an unreachable, slow or failing server answers 503 and no
+    upstream is contacted.
+    """
+
+    port: int
+    """TCP port of the authz server (plaintext gRPC; it runs on the node)."""
+    host: str = "127.0.0.1"
+    """IP address of the authz server; loopback, since it runs beside Envoy."""
+    max_body_bytes: int = 64 * 1024
+    """Bytes of a request body Envoy buffers and sends with each check."""
+    timeout_ms: int = 500
+    """Deadline of one check; past it the request fails closed."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"authz port {self.port} is not a TCP port")
+        if self.max_body_bytes < 0:
+            raise ValueError("authz max_body_bytes must be >= 0")
+        if self.timeout_ms <= 0:
+            raise ValueError("authz timeout_ms must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +54,8 @@ class NodeSettings:
     """Upstream TCP (and TLS) connect timeout of every backend cluster."""
     trust_bundle_pem: str | None = None
     """PEM trust bundle for SPIFFE peers; required when a planned backend has a SPIFFE ID."""
+    authz: AuthzSettings | None = None
+    """The node's ext_authz server; None compiles no request-time policy filter."""
 
     def __post_init__(self) -> None:
         if not 0 < self.app_port < 65536:

@@ -1,0 +1,81 @@
+"""The authz server with a real decision log, on its own event-loop thread, so tests can
+drive Envoy with blocking calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests.unit.decisionlog.helpers import identity_for, new_ca
+from tiermesh.agents.authz import (
+    Authorizer,
+    DecisionLogSink,
+    StaticBudgetSource,
+    load_request_policy,
+    start_authz_server,
+)
+from tiermesh.agents.decisionlog import DecisionLog, StaticSigner
+from tiermesh.rego import RegorusEngine
+
+POLICY_DIR = Path(__file__).resolve().parents[3] / "policies" / "request"
+REQUEST_CONFIG = {"max_request_tokens": 10_000}
+
+
+class AuthzThread:
+    """Engine, durable decision log and gRPC server on one background loop.
+
+    ``stop_server`` takes the server down (the port then refuses connections); ``close``
+    releases everything and joins the thread.
+    """
+
+    def __init__(self, spool: Path, budget: StaticBudgetSource, max_body_bytes: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.budget = budget
+        self.spool = spool
+        self.max_body_bytes = max_body_bytes
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.run(self._start())
+
+    def run(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout=30)
+
+    async def _start(self) -> None:
+        self.engine = RegorusEngine()
+        load_request_policy(self.engine, POLICY_DIR, {"request_config": REQUEST_CONFIG})
+        self.log = DecisionLog(self.spool, StaticSigner(identity_for(new_ca())))
+        await self.log.start()
+        authorizer = Authorizer(
+            self.engine, DecisionLogSink(self.log), self.budget, max_body_bytes=self.max_body_bytes
+        )
+        self.server, self.port = await start_authz_server(authorizer)
+
+    def stop_server(self) -> None:
+        async def stop() -> None:
+            if self.server is not None:
+                await self.server.stop(None)
+                self.server = None
+
+        self.run(stop())
+
+    def close(self) -> None:
+        async def close() -> None:
+            if self.server is not None:
+                await self.server.stop(None)
+            await self.log.close()
+            self.engine.close()
+
+        try:
+            self.run(close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
