@@ -1,0 +1,273 @@
+"""ext_authz: decisions/s over direct gRPC Check calls, and the latency Envoy adds with it.
+
+1. **Direct**: the authz server (shipped request policy on regorus, durable decision log
+   with fsync group commit, in a temp dir) answers ``Check`` calls from ``concurrency``
+   client tasks in this process, with a realistic chat body (one email in it, so the
+   detectors find something). Reports decisions/s and per-call p50/p99.
+2. **Through Envoy**: two real Envoys with the same compiled plan and the same backends;
+   one app listener without and one with the ext_authz filter (the same server as in 1).
+   Requests alternate between them one at a time over keep-alive connections, so both
+   see the same machine noise; the *added* latency is the difference of the two
+   distributions' percentiles.
+
+Bounded by ``--count`` and ``--seconds`` per case. Writes ``bench/results/ext_authz.md``.
+
+    .venv/bin/python bench/ext_authz.py [--count 2000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from envoy.service.auth.v3 import (  # noqa: E402
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from tests.integration.authz.harness import AuthzThread  # noqa: E402
+from tests.integration.compiler.conftest import NODE, small_catalog  # noqa: E402
+from tests.integration.compiler.tierbackend import TierBackend  # noqa: E402
+from tests.support.xdsthread import XdsThread  # noqa: E402
+from tests.unit.compiler.plans import evaluate_plan  # noqa: E402
+
+from tiermesh.agents.authz import BudgetState, StaticBudgetSource  # noqa: E402
+from tiermesh.controlplane.generators import compile_snapshot  # noqa: E402
+from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings  # noqa: E402
+from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
+from tiermesh.procs.ports import free_port  # noqa: E402
+from tiermesh.xds import BootstrapSpec, render_bootstrap  # noqa: E402
+
+RESULTS = Path(__file__).with_name("results") / "ext_authz.md"
+HEADERS = {
+    "content-type": "application/json",
+    "x-tiermesh-tenant": "acme",
+    "x-tiermesh-sensitivity": "public",
+    "x-tiermesh-task": "classify",
+}
+BODY = json.dumps(
+    {
+        "model": "m",
+        "max_tokens": 256,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant for the support team."},
+            {
+                "role": "user",
+                "content": "Summarise this ticket for the on-call engineer: the customer "
+                "(reach them at jane.doe@example.com) reports that exports of the Q3 "
+                "revenue dashboard time out after 30 seconds since the upgrade to 4.2. " * 3,
+            },
+        ],
+    }
+).encode()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def check_request() -> external_auth_pb2.CheckRequest:
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        method="POST", path="/v1/chat/completions", headers=HEADERS, raw_body=BODY
+    )
+    return external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http)
+        )
+    )
+
+
+async def direct(port: int, concurrency: int, count: int, seconds: float) -> dict[str, Any]:
+    request = check_request()
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        await stub.Check(request, timeout=5)
+        deadline = time.perf_counter() + seconds
+        per_task = max(1, count // concurrency)
+
+        async def worker() -> None:
+            for _ in range(per_task):
+                if time.perf_counter() > deadline:
+                    return
+                started = time.perf_counter()
+                await stub.Check(request, timeout=5)
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return {
+        "concurrency": concurrency,
+        "calls": len(latencies),
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
+
+
+def start_envoy(
+    workdir: Path, name: str, plan: Any, authz: AuthzSettings | None
+) -> tuple[XdsThread, EnvoyProcess, int]:
+    xds = XdsThread()
+    listener = free_port()
+    model = MeshModel.build([plan], {NODE: NodeSettings(app_port=listener, authz=authz)})
+    xds.set_snapshot(NODE, compile_snapshot(model, NODE))
+    spec = BootstrapSpec(
+        node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
+    )
+    (workdir / name).mkdir()
+    envoy = EnvoyProcess(render_bootstrap(spec), workdir=workdir / name, name=name)
+    envoy.start()
+    envoy.wait_ready(timeout=20)
+    return xds, envoy, listener
+
+
+def send(connection: http.client.HTTPConnection) -> tuple[int, float]:
+    started = time.perf_counter()
+    connection.request("POST", "/v1/chat/completions", body=BODY, headers=HEADERS)
+    response = connection.getresponse()
+    response.read()
+    return response.status, time.perf_counter() - started
+
+
+def through_envoy(plain: int, authz: int, count: int, seconds: float) -> dict[str, Any]:
+    connections = {
+        "without": http.client.HTTPConnection("127.0.0.1", plain, timeout=10),
+        "with": http.client.HTTPConnection("127.0.0.1", authz, timeout=10),
+    }
+    for connection in connections.values():
+        connection.connect()
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        deadline = time.monotonic() + 10
+        while send(connection)[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("routes not served")
+            time.sleep(0.05)
+        for _ in range(50):
+            send(connection)
+    samples: dict[str, list[float]] = {"without": [], "with": []}
+    deadline = time.perf_counter() + seconds
+    for _ in range(count):
+        if time.perf_counter() > deadline:
+            break
+        for name, connection in connections.items():
+            status, latency = send(connection)
+            if status != 200:
+                raise RuntimeError(f"{name}: HTTP {status}")
+            samples[name].append(latency)
+    for connection in connections.values():
+        connection.close()
+    return {
+        name: {
+            "requests": len(values),
+            "p50_ms": statistics.median(values) * 1000,
+            "p99_ms": pct(values, 0.99) * 1000,
+        }
+        for name, values in samples.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tiermesh-bench-authz-") as tmp:
+        workdir = Path(tmp)
+        backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
+        budget = StaticBudgetSource({"acme": BudgetState.of(1, 100)})
+        authz = AuthzThread(workdir / "spool", budget, 64 * 1024)
+        started: list[tuple[XdsThread, EnvoyProcess]] = []
+        try:
+            direct_rows = [
+                authz.run(direct(authz.port, c, args.count, args.seconds)) for c in (1, 16)
+            ]
+            plan = evaluate_plan(small_catalog({n: b.port for n, b in backends.items()}))
+            xds_a, envoy_a, plain = start_envoy(workdir, "plain", plan, None)
+            started.append((xds_a, envoy_a))
+            xds_b, envoy_b, with_authz = start_envoy(
+                workdir, "authz", plan, AuthzSettings(port=authz.port)
+            )
+            started.append((xds_b, envoy_b))
+            envoy_rows = through_envoy(plain, with_authz, args.count, args.seconds)
+            records = authz.log.next_seq
+        finally:
+            for xds, envoy in started:
+                envoy.stop()
+                xds.close()
+            authz.close()
+            for backend in backends.values():
+                backend.stop()
+    report(direct_rows, envoy_rows, records, len(BODY))
+
+
+def report(
+    direct_rows: list[dict[str, Any]], envoy: dict[str, Any], records: int, body: int
+) -> None:
+    added_p50 = envoy["with"]["p50_ms"] - envoy["without"]["p50_ms"]
+    added_p99 = envoy["with"]["p99_ms"] - envoy["without"]["p99_ms"]
+    lines = [
+        "# ext_authz: request-time decisions",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {platform.system()}. Body {body} bytes (chat with one "
+        "email); shipped request policy on regorus; decision log durable (fdatasync, group "
+        f"commit) in a temp dir; {records} records written in this run. Client, authz server "
+        "and test backends share one Python process (the GIL); Envoy runs with 1 worker.",
+        "",
+        "## Direct gRPC Check calls",
+        "",
+        "| concurrency | calls | decisions/s | p50 ms | p99 ms |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['concurrency']} | {r['calls']} | {r['per_s']:.0f} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} |"
+            for r in direct_rows
+        ),
+        "",
+        "## Through Envoy, same route, alternating requests",
+        "",
+        "| listener | requests | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} ext_authz | {row['requests']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+            for name, row in envoy.items()
+        ),
+        "",
+        f"**Added by ext_authz: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms** "
+        f"(target: <= 5 ms p99 added; {'met' if added_p99 <= 5 else 'NOT met'}).",
+        "",
+        "Where the time goes (measured while writing this bench, not by it): the server's",
+        "handler (inspect + budget + Rego) takes ~0.5 ms per request (``timer_server_handler_ns``",
+        "in the records) and a direct Check round trip with the durable append ~1.9 ms p50.",
+        "Through Envoy, a do-nothing Check servicer (sync ``grpc.server`` or ``grpc.aio``,",
+        "answering OK at once, no policy, no log) adds the same ~45 ms, with ``envoy_grpc``",
+        "and with ``google_grpc`` alike: the cost is in the Envoy <-> Python gRPC transport",
+        "on loopback (a ~40 ms delayed-ACK signature), not in tiermesh's decision. Not yet",
+        "root-caused; until it is, the 5 ms target is not met through Envoy.",
+        "",
+    ]
+    text = "\n".join(lines)
+    RESULTS.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
