@@ -19,7 +19,17 @@ from tiermesh.agents.decisionlog import (
 from tiermesh.controlplane.api import GENESIS_HASH, DecisionRecord, record_hash
 from tiermesh.controlplane.audit import verify_chain
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=678901)
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are stamped during the test, not at import: the signer's SVID is issued
+    during the test too, and a suite that runs for minutes would otherwise stamp records
+    before the certificate that signs them was valid. The fixed microseconds check the
+    timestamp's rendering; a second back keeps it from lying in the future."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=678901) - dt.timedelta(seconds=1)
+    monkeypatch.setattr(__import__(__name__, fromlist=["NOW"]), "NOW", now)
 
 
 def chain_of(identity: SigningIdentity, count: int) -> list[DecisionRecord]:
