@@ -148,6 +148,13 @@ class NodeRegistration(Contract):
     """Endpoints the node serves, names unique, each owned by ``node_id``."""
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
     """Free-form labels (``hardware: rpi5``); informational."""
+    authz_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the node's ext_authz server on 127.0.0.1 (plaintext gRPC
+    ``envoy.service.auth.v3.Authorization``, default body limit), or None: no request-time
+    policy. With it the compiled app listener runs ext_authz before routing and fails
+    closed. Added within ``v1``: a node that omits it is read as before; a control plane
+    older than the field refuses a registration that sets it (upgrade the control planes
+    first)."""
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

@@ -33,7 +33,8 @@ class ControlPlaneConfig:
     used for the process's life. ``ads`` is the xDS port (mTLS), ``node_api`` the node port
     (mTLS: renew, registry) and ``join`` the join port (TLS, join tokens); ``admin`` the
     read-only HTTP status and metrics server, which has no authentication and belongs on
-    loopback. ``data_dir`` receives the server certificate (key mode 0600). ``ca_passphrase``
+    loopback; ``audit`` the decision-record collector (mTLS). ``data_dir`` receives the
+    server certificate (key mode 0600) and the audit database (``audit.sqlite3``). ``ca_passphrase``
     decrypts the CA shared through etcd (every replica needs the same one).
     """
 
@@ -45,6 +46,11 @@ class ControlPlaneConfig:
     node_api: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18001))
     join: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18002))
     admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18003))
+    audit: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
+    """The audit collector (mTLS, node SVIDs; ``tiermesh.audit.v1.Collector``). Its own
+    port because shipped batches (up to 16 MiB) are far larger than the node API accepts.
+    Port 0 by default: the bound address is reported as ``addresses["audit"]`` in the
+    status document, where agents' ``control_plane.audit`` is taken from."""
     root: str = ROOT
     etcd_timeout_s: float = 5.0
     lease_ttl_s: int = 10

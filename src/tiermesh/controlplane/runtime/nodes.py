@@ -18,7 +18,7 @@ from types import MappingProxyType
 from pydantic import ValidationError
 
 from tiermesh.controlplane.api import RegisteredNode
-from tiermesh.controlplane.model import NodeSettings
+from tiermesh.controlplane.model import AuthzSettings, NodeSettings
 from tiermesh.controlplane.reconciler import NODES_PREFIX
 from tiermesh.controlplane.reconciler.wiring import DEFAULT_APP_PORT
 from tiermesh.controlplane.store import EventKind, Store, StoreError, WatchCompacted
@@ -40,8 +40,8 @@ def _decode(node_id: str, value: bytes) -> RegisteredNode | None:
 class NodeDirectory:
     """Live registrations by node id.
 
-    ``on_settings_changed`` is called (on the event loop) when a node's app port changes
-    after it was first seen, so a reconcile that raced the change can be redone.
+    ``on_settings_changed`` is called (on the event loop) when a node's app or authz port
+    changes after it was first seen, so a reconcile that raced the change can be redone.
 
     Task and thread safety: :meth:`start`, :meth:`aclose` and :attr:`nodes` belong to the
     event loop that owns ``store``. :meth:`settings_for` may be called from any other
@@ -88,7 +88,9 @@ class NodeDirectory:
 
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
-        ``DEFAULT_APP_PORT``) and the trust bundle. Call from a worker thread."""
+        ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
+        the registration carries ``authz_port``; none otherwise) and the trust bundle.
+        Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
@@ -99,7 +101,9 @@ class NodeDirectory:
             with self._lock:
                 document = self._nodes.get(node_id)
         port = document.app_port if document is not None else DEFAULT_APP_PORT
-        return NodeSettings(app_port=port, trust_bundle_pem=self._bundle)
+        authz_port = document.authz_port if document is not None else None
+        authz = None if authz_port is None else AuthzSettings(port=authz_port)
+        return NodeSettings(app_port=port, trust_bundle_pem=self._bundle, authz=authz)
 
     def _replace(self, records: Mapping[str, bytes]) -> None:
         decoded = {node_id: _decode(node_id, value) for node_id, value in records.items()}
@@ -133,6 +137,11 @@ class NodeDirectory:
                 return
             after = _decode(node_id, value)
             self._nodes[node_id] = after
-        if before is not None and after is not None and before.app_port != after.app_port:
-            log.info("node %s moved its app port %d → %d", node_id, before.app_port, after.app_port)
+        if before is not None and after is not None and _ports(before) != _ports(after):
+            log.info("node %s moved its ports %s → %s", node_id, _ports(before), _ports(after))
             self._on_changed()
+
+
+def _ports(node: RegisteredNode) -> tuple[int, int | None]:
+    """What of a registration goes into its :class:`NodeSettings`."""
+    return node.app_port, node.authz_port

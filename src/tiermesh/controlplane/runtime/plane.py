@@ -4,7 +4,9 @@ stopped as a unit.
 Start order (each step needs the one before): etcd client → shared CA
 (``EtcdCaStore.create_or_load``) → server certificate written to the data dir → the listen
 addresses are checked → node directory → reconciler → node API (join, renew, registry) →
-ADS over mTLS with the SPIFFE node authorizer → admin. :meth:`ControlPlane.stop` undoes
+ADS over mTLS with the SPIFFE node authorizer → audit collector (mTLS, its own port;
+records stored in ``<data_dir>/audit.sqlite3``, read by ``tiermesh audit --db``) →
+admin. :meth:`ControlPlane.stop` undoes
 it in reverse. Stopping cancels the open registry sessions without revoking their leases,
 so registrations survive a restart for one lease TTL and nodes reconnect without a flap.
 
@@ -25,6 +27,13 @@ from typing import Any
 
 import grpc
 
+from tiermesh.controlplane.audit import (
+    AuditCollector,
+    AuditCollectorServer,
+    AuditStore,
+    AuditStoreError,
+    start_audit_collector,
+)
 from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -105,6 +114,8 @@ class ControlPlane:
         self._directory: NodeDirectory | None = None
         self._reconciler: Reconciler | None = None
         self._admin: AdminServer | None = None
+        self._audit_store: AuditStore | None = None
+        self._audit: AuditCollectorServer | None = None
 
     @property
     def reconciler(self) -> Reconciler:
@@ -139,6 +150,7 @@ class ControlPlane:
             ("the node API (--node-api)", config.node_api),
             ("joins (--join)", config.join),
             ("the admin server (--admin)", config.admin),
+            ("the audit collector", config.audit),
         ):
             _check_free(what, address)
 
@@ -183,6 +195,21 @@ class ControlPlane:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
 
         try:
+            self._audit_store = AuditStore(config.data_dir / "audit.sqlite3")
+        except AuditStoreError as exc:
+            raise DataDirError(str(config.data_dir), str(exc)) from exc
+        try:
+            self._audit = await start_audit_collector(
+                AuditCollector(self._audit_store, ca.bundle),
+                certificate=certificate,
+                bundle=bundle,
+                host=config.audit.host,
+                port=config.audit.port,
+            )
+        except RuntimeError as exc:
+            raise PortInUse("the audit collector", str(config.audit), str(exc)) from exc
+
+        try:
             self._admin = await start_admin(config.admin.host, config.admin.port, self.status)
         except OSError as exc:
             raise PortInUse("the admin server (--admin)", str(config.admin), str(exc)) from exc
@@ -192,6 +219,7 @@ class ControlPlane:
             "node_api": self._node_api.node_target,
             "join": self._node_api.join_target,
             "admin": self._admin.url,
+            "audit": str(HostPort(config.audit.host, self._audit.port)),
         }
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
 
@@ -238,6 +266,7 @@ class ControlPlane:
         admin, self._admin = self._admin, None
         node_api, self._node_api = self._node_api, None
         ads_server, self._ads_server = self._ads_server, None
+        audit, self._audit = self._audit, None
         reconciler, self._reconciler = self._reconciler, None
         directory, self._directory = self._directory, None
         store, self._store = self._store, None
@@ -245,6 +274,7 @@ class ControlPlane:
             ("admin", admin.aclose() if admin else None),
             ("node API", node_api.stop(grace_s) if node_api else None),
             ("ADS", ads_server.stop(grace_s) if ads_server else None),
+            ("audit collector", audit.stop(grace_s) if audit else None),
             ("reconciler", reconciler.aclose() if reconciler else None),
             ("node directory", directory.aclose() if directory else None),
             ("etcd client", store.aclose() if store else None),
@@ -256,3 +286,6 @@ class ControlPlane:
                 await step
             except Exception:
                 log.exception("stopping the %s failed", name)
+        audit_store, self._audit_store = self._audit_store, None
+        if audit_store is not None:
+            audit_store.close()
