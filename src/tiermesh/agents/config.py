@@ -24,6 +24,7 @@ from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane
 
 __all__ = [
     "AgentConfig",
+    "AuthzConfig",
     "ConfigError",
     "ControlPlaneConfig",
     "EnvoyConfig",
@@ -69,6 +70,9 @@ class ControlPlaneConfig(_Section):
     """Node API address(es), mTLS: SVID renewal and the registry session."""
     join: tuple[HostPort, ...] = Field(min_length=1)
     """Join address(es), TLS: used only when the node has no valid SVID yet."""
+    audit: tuple[HostPort, ...] = ()
+    """Audit collector address(es), mTLS: where decision records are shipped (the control
+    plane's ``addresses.audit`` in its status). Empty: records stay in the node's spool."""
     trust_bundle_file: Path | None = None
     """The control plane's trust bundle (PEM; ``bundle.pem`` in its data dir): what the
     first join trusts. Needed only to join; later the bundle comes with each SVID."""
@@ -133,6 +137,37 @@ class ModelServerConfig(_Section):
     """The registered endpoint is ``<node-id>.<endpoint_name>`` at ``listen``."""
 
 
+class AuthzConfig(_Section):
+    """The node's request-time policy: Envoy's ext_authz server and the decision log.
+
+    When enabled the agent serves ``envoy.service.auth.v3.Authorization`` on ``listen``
+    (loopback, plaintext gRPC; port 0 picks a free one) and registers its port, so the
+    control plane compiles the ext_authz filter into the node's app listener (fail closed).
+    Every decision is appended to a signed, hash-chained log in ``<state_dir>/decisions``
+    and shipped to the control plane's audit collector on the node API (mTLS).
+    """
+
+    enabled: bool = False
+    policy_dir: Path | None = None
+    """A policy bundle directory (the shipped ``policies/``): the request policy is
+    ``<policy_dir>/request/*.rego`` and ``data.catalog`` is ``<policy_dir>/data/
+    catalog.yaml``. Read once at start: a new bundle needs an agent restart for now."""
+    listen: HostPort = "127.0.0.1:0"
+    """Where the authz server listens; keep it on loopback (only this node's Envoy calls)."""
+    request_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """``data.request_config`` of the policy (``default_tenant``, ``max_request_tokens``)."""
+    budget_file: Path | None = None
+    """Tenants' budget state, JSON ``{"<tenant>": {"spent_usd": x, "limit_usd": y}}``
+    (default ``<state_dir>/budget.json``; missing: every budget unknown). Re-read when it
+    changes, until the control plane pushes spend."""
+
+    @model_validator(mode="after")
+    def _needs_policy(self) -> Self:
+        if self.enabled and self.policy_dir is None:
+            raise ValueError("authz.enabled needs authz.policy_dir")
+        return self
+
+
 class AgentConfig(_Section):
     """One node agent's whole configuration."""
 
@@ -146,6 +181,8 @@ class AgentConfig(_Section):
     """Extra endpoints to register (the model server's is added automatically)."""
     load_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often a load report is sent on the registry session."""
+    authz: AuthzConfig = AuthzConfig()
+    """Request-time policy (off unless enabled)."""
 
     @model_validator(mode="after")
     def _own_endpoints(self) -> Self:
@@ -168,6 +205,15 @@ class AgentConfig(_Section):
     @property
     def sds_socket(self) -> Path:
         return self.envoy.sds_socket or self.state_dir / "sds.sock"
+
+    @property
+    def budget_file(self) -> Path:
+        return self.authz.budget_file or self.state_dir / "budget.json"
+
+    @property
+    def decision_dir(self) -> Path:
+        """The decision log's spool."""
+        return self.state_dir / "decisions"
 
     @property
     def bootstrap_path(self) -> Path:
@@ -203,6 +249,7 @@ _PATHS = {
     "control_plane": ("trust_bundle_file",),
     "identity": ("state_dir", "join_token_file", "workload_api_socket"),
     "envoy": ("bootstrap_path", "sds_socket"),
+    "authz": ("policy_dir", "budget_file"),
 }
 
 

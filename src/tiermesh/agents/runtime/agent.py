@@ -2,14 +2,18 @@
 started in order and stopped in reverse.
 
 Start order (each step needs the ones before): ports checked free → SVID (saved or joined)
-→ rotation task → Workload API (unix socket) → local SDS (unix socket) → Envoy bootstrap
-written → model server healthy → Envoy answering its admin port → registry session
-accepted. A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError`
-(or a model-server error) naming its cause, after everything already started was stopped.
+→ rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
+when ``authz.enabled`` (ext_authz server on loopback, decision log, shipper; see
+:mod:`~tiermesh.agents.runtime.requests`) → Envoy bootstrap written → model server healthy
+→ Envoy answering its admin port → registry session accepted (with ``authz_port``, so the
+compiled listener checks every request). A failing step raises an
+:class:`~tiermesh.agents.runtime.errors.AgentError` (or a model-server error) naming its
+cause, after everything already started was stopped.
 
 :meth:`NodeAgent.drain` is the graceful stop: goodbye on the session (the control plane
 revokes the lease), Envoy's listeners drained, then :meth:`NodeAgent.stop` stops Envoy, the
-model server, the local servers and the rotation, leaving no process behind.
+model server, the request policy (its records flushed and shipped once more), the local
+servers and the rotation, leaving no process behind.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tiermesh.agents.models import LlamaServer, smollm2_path, write_tiny_gguf
 from tiermesh.agents.runtime.envoy import EnvoySidecar, sds_names, write_bootstrap
 from tiermesh.agents.runtime.errors import ControlPlaneUnreachable, PortInUse, StartFailed
 from tiermesh.agents.runtime.identity import NodeApiSource, first_identity, svid_files
+from tiermesh.agents.runtime.requests import RequestPolicy
 from tiermesh.agents.runtime.session import RegistrySession
 from tiermesh.controlplane.api import NodeLoad, NodeRegistration
 
@@ -43,6 +48,8 @@ log = logging.getLogger("tiermesh.agent")
 
 _REGISTER_TIMEOUT_S = 15.0
 _RQ_ACTIVE = re.compile(rb"downstream_rq_active: (\d+)")
+_ROUTES_VERSION = re.compile(r'rds\.[^:]*\.version_text: "([^"]*)"')
+_ROUTES_VERSION_FILTER = "/stats?filter=rds%5C..*%5C.version_text%24"
 
 
 def _require_free(what: str, address: str) -> None:
@@ -70,6 +77,7 @@ class NodeAgent:
         self.model: LlamaServer | None = None
         self.envoy: EnvoySidecar | None = None
         self.session: RegistrySession | None = None
+        self.requests: RequestPolicy | None = None
         self.bootstrap_path: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -105,6 +113,9 @@ class NodeAgent:
         await self.workload_api.start()
         self.sds = LocalSdsServer(self.store, f"unix:{config.sds_socket}", names=sds_names(config))
         await self.sds.start()
+        if config.authz.enabled:
+            self.requests = RequestPolicy(config, self.store)
+            await self.requests.start()
         self.bootstrap_path = write_bootstrap(config)
 
         if model_path is not None:
@@ -132,6 +143,7 @@ class NodeAgent:
             app_port=config.envoy.app_port,
             endpoints=config.registered_endpoints(),
             labels=config.node.labels,
+            authz_port=self.requests.port if self.requests is not None else None,
         )
         self.session = RegistrySession(
             self.store,
@@ -162,7 +174,8 @@ class NodeAgent:
 
     async def measure_load(self) -> NodeLoad:
         """The node's load now: health from the model server's supervisor, requests in
-        flight from Envoy's app listener. Queue depth and tokens/s are not measured (0)."""
+        flight from Envoy's app listener. Queue depth and tokens/s are not measured (0).
+        Also refreshes the route version later decisions are stamped with."""
         healthy = True
         if self.model is not None:
             status = self.model.status
@@ -174,6 +187,11 @@ class NodeAgent:
             )
             found = _RQ_ACTIVE.search(stats.encode())
             in_flight = int(found.group(1)) if found else 0
+            if self.requests is not None:
+                versions = _ROUTES_VERSION.search(
+                    await self.envoy.admin_get(_ROUTES_VERSION_FILTER)
+                )
+                self.requests.set_snapshot_version(versions.group(1) if versions else None)
         return NodeLoad(in_flight=in_flight, healthy=healthy)
 
     async def drain(self) -> None:
@@ -199,9 +217,11 @@ class NodeAgent:
                 await task
         envoy, self.envoy = self.envoy, None
         model, self.model = self.model, None
+        requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
-        for name, part in (("Envoy", envoy), ("model server", model), ("SDS", sds),
+        for name, part in (("Envoy", envoy), ("model server", model),
+                           ("request policy", requests), ("SDS", sds),
                            ("Workload API", workload)):  # fmt: skip
             if part is None:
                 continue

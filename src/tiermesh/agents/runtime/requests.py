@@ -1,0 +1,164 @@
+"""The node's request-time policy: ext_authz server, decision log and its shipper.
+
+:class:`RequestPolicy` starts, in order: the request policy loaded into a regorus engine
+(``<policy_dir>/request`` with ``data.catalog`` from ``<policy_dir>/data/catalog.yaml`` and
+``data.request_config`` from node.yaml) → the decision log in ``<state_dir>/decisions``
+(signed with the node's current SVID) → the authz gRPC server on loopback → the shipper,
+which sends the spool to the control plane's audit collector on the node API (mTLS, the
+node's SVID). :meth:`RequestPolicy.stop` undoes it in reverse: no new checks, pending
+records written, one last shipping attempt, then the shipper is cancelled (unshipped
+records stay in the spool and go out after the next start).
+
+``bundle_revision`` on every decision is ``sha256:<hex>`` of the loaded policy files and
+data; ``snapshot_version`` is what :meth:`RequestPolicy.set_snapshot_version` was last
+told (the agent reads its Envoy's route version with each load report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from typing import Any, Final
+
+import grpc
+import yaml
+
+from tiermesh.agents.authz import (
+    Authorizer,
+    DecisionLogSink,
+    JsonFileBudgetSource,
+    request_policy_modules,
+    start_authz_server,
+)
+from tiermesh.agents.config import AgentConfig
+from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StoreSigner
+from tiermesh.agents.identity import SvidStore
+from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.rego import RegorusEngine
+
+__all__ = ["RequestPolicy", "policy_data"]
+
+log = logging.getLogger("tiermesh.agent")
+
+_LAST_SHIP_S: Final = 2.0
+
+
+def policy_data(config: AgentConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """The request policy's modules and data for ``config.authz`` (see the module doc).
+
+    Raises:
+        StartFailed: the policy or the catalog cannot be read.
+    """
+    folder = config.authz.policy_dir
+    assert folder is not None, "authz.enabled without policy_dir is refused by the schema"
+    try:
+        modules = request_policy_modules(folder / "request")
+        catalog_file = folder / "data" / "catalog.yaml"
+        catalog = yaml.safe_load(catalog_file.read_text()) if catalog_file.exists() else None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise StartFailed("the request policy", str(exc)) from exc
+    data: dict[str, Any] = {"request_config": dict(config.authz.request_config)}
+    if isinstance(catalog, dict):
+        data["catalog"] = json.loads(json.dumps(catalog, default=str))
+    return modules, data
+
+
+def _revision(modules: dict[str, str], data: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(name.encode() + b"\0" + modules[name].encode() + b"\0")
+    digest.update(json.dumps(data, sort_keys=True).encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+class RequestPolicy:
+    """See the module docstring. One event loop (the agent's); ``start`` then ``stop``
+    (idempotent, always safe)."""
+
+    def __init__(self, config: AgentConfig, store: SvidStore) -> None:
+        self._config = config
+        self._store = store
+        self._engine: RegorusEngine | None = None
+        self._log: DecisionLog | None = None
+        self._server: grpc.aio.Server | None = None
+        self._shipper: Shipper | None = None
+        self._shipping: asyncio.Task[None] | None = None
+        self._authorizer: Authorizer | None = None
+        self.port = 0
+        """The authz server's bound port (0 before :meth:`start`)."""
+
+    async def start(self) -> None:
+        """Start every part; raises :class:`StartFailed` (or ``OSError`` for the spool)
+        after stopping what started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self._config
+        modules, data = policy_data(config)
+        self._engine = engine = RegorusEngine()
+        try:
+            engine.load(modules, data)
+        except Exception as exc:
+            raise StartFailed("the request policy", f"{type(exc).__name__}: {exc}") from exc
+        self._log = decisions = DecisionLog(config.decision_dir, StoreSigner(self._store))
+        await decisions.start()
+        self._authorizer = Authorizer(
+            engine,
+            DecisionLogSink(decisions),
+            JsonFileBudgetSource(config.budget_file),
+            bundle_revision=_revision(modules, data),
+        )
+        try:
+            self._server, self.port = await start_authz_server(
+                self._authorizer, config.authz.listen
+            )
+        except RuntimeError as exc:
+            raise StartFailed("the authz server", str(exc)) from exc
+        cp = config.control_plane
+        if cp.audit:
+            client = GrpcShipClient(
+                cp.audit[0], self._store.require, server_name=cp.tls_server_name
+            )
+            self._shipper = Shipper(decisions, client)
+            self._shipping = asyncio.create_task(self._shipper.run(), name="decision-shipper")
+        else:
+            log.warning("no control_plane.audit address: decisions stay in %s", decisions.directory)
+        log.info("request policy served on %s port %d", config.authz.listen, self.port)
+
+    def set_snapshot_version(self, version: str | None) -> None:
+        """Stamp later decisions with the node's route snapshot version."""
+        if self._authorizer is not None:
+            self._authorizer.snapshot_version = version
+
+    async def stop(self) -> None:
+        """Stop serving, flush the log, ship once more (bounded), release everything."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(0.5)
+        shipping, self._shipping = self._shipping, None
+        if shipping is not None:
+            shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await shipping
+        shipper, self._shipper = self._shipper, None
+        if shipper is not None and self._log is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_LAST_SHIP_S):
+                    while await shipper.ship_once():
+                        pass
+        decisions, self._log = self._log, None
+        if decisions is not None:
+            try:
+                await decisions.close()
+            except Exception:
+                log.exception("closing the decision log failed")
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
