@@ -209,3 +209,32 @@ def eventually_ok(port: int, headers: dict[str, str], limit_s: float = 30.0) -> 
         last = (status, body)
         time.sleep(0.2)
     raise AssertionError(f"no 200 through 127.0.0.1:{port} in {limit_s}s; last {last}")
+
+
+def chat_text(
+    port: int, headers: dict[str, str], content: str, *, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    """POST one user message ``content`` through the app listener; (status, headers, body)."""
+    body = {"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def audit_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``tiermesh audit <args>``; never raises for a non-zero exit."""
+    return subprocess.run(
+        [TIERMESH, "audit", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )

@@ -13,6 +13,9 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
   (:mod:`~tiermesh.demo.catalog`), pushed with ``tiermesh policy push``.
 - nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
+  Local-tier nodes run the request-time policy (``authz`` in node.yaml: the same
+  ``policies/`` bundle, decisions shipped to the control plane's audit collector, whose
+  database is ``controlplane/audit.sqlite3`` in the state dir).
 
 :class:`LocalMesh` owns every process and thread it starts; :meth:`LocalMesh.stop` stops
 them all in reverse order whatever failed (agents first, so their goodbyes reach the
@@ -108,6 +111,8 @@ class LocalMesh:
         self.plane_ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
         self.standins: dict[str, CloudStandin] = {}
         self.root = "/tiermesh/v1/"
+        self.audit_address = ""
+        """The control plane's audit collector (``HOST:PORT``), once it started."""
 
     @property
     def edge(self) -> MeshNode:
@@ -197,6 +202,16 @@ class LocalMesh:
             self.state_dir / "logs" / "controlplane.log",
         )  # fmt: skip
         await asyncio.to_thread(self.plane.wait_line, "control plane ready", _CP_READY_S)
+        self.audit_address = await asyncio.to_thread(self._plane_address, "audit")
+
+    def _plane_address(self, name: str) -> str:
+        with urllib.request.urlopen(f"{self.admin_url}/status", timeout=10) as answer:  # noqa: S310
+            return str(json.load(answer)["addresses"][name])
+
+    @property
+    def audit_db(self) -> Path:
+        """The control plane's audit database (``tiermesh audit --db``)."""
+        return self.state_dir / "controlplane" / "audit.sqlite3"
 
     async def _tiermesh_once(self, what: str, args: list[str]) -> str:
         assert self.etcd is not None
@@ -239,6 +254,7 @@ class LocalMesh:
                 "node_api": [f"{LOOPBACK}:{p['node']}"],
                 "join": [f"{LOOPBACK}:{p['join']}"],
                 "trust_bundle_file": str(self.state_dir / "controlplane" / "bundle.pem"),
+                "audit": [self.audit_address],
             },
             "identity": {"state_dir": str(self.state_dir / node.id),
                          "join_token_file": str(self.state_dir / f"{node.id}.token")},
@@ -246,6 +262,8 @@ class LocalMesh:
                       "app_port": node.app_port, "drain_s": 1},
             "model_server": {"kind": "none"},
         }  # fmt: skip
+        if node.tier == "local":
+            document["authz"] = {"enabled": True, "policy_dir": str(self.state_dir / "policies")}
         if node.model is not None:
             document["model_server"] = {
                 "kind": "llama_cpp",
@@ -277,7 +295,12 @@ class LocalMesh:
         """Where everything listens (written to ``mesh.json`` in the state dir)."""
         return {
             "state_dir": str(self.state_dir),
-            "control_plane": {"admin_url": self.admin_url, "ports": dict(self.plane_ports)},
+            "control_plane": {
+                "admin_url": self.admin_url,
+                "ports": dict(self.plane_ports),
+                "audit": self.audit_address,
+                "audit_db": str(self.audit_db),
+            },
             "nodes": {
                 n.id: {
                     "tier": n.tier,
