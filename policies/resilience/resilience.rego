@@ -42,8 +42,10 @@ chain_step(settings, model, degraded, last) := {
 }
 
 # METADATA
-# description: The cluster settings of a backend, as the plan lists it.
-cluster(backend) := {
+# description: |
+#   The cluster settings of a backend, as the plan lists it; "credential" (the
+#   name of the API key Envoy injects, never the key) only for backends with one.
+cluster(backend) := object.union(_credential(backend), {
 	"name": backend.name,
 	"tier": backend.tier,
 	"region": backend.region,
@@ -56,7 +58,11 @@ cluster(backend) := {
 		_backend_setting("health_check", backend),
 		{"path": object.get(backend, "health_check", "/v1/models")},
 	),
-}
+})
+
+_credential(backend) := {"credential": backend.credential} if {
+	is_object(backend.credential)
+} else := {}
 
 _last_hedge(true, _) := null
 

@@ -45,7 +45,7 @@ routes := [route |
 	some alias in _alias_order
 	by_profile := by_alias[alias]
 	chains := by_profile[profile]
-	route := {
+	route := object.union(_cascade_of[task_name], {
 		"name": concat(".", [tenant_name, sensitivity, task_name, alias]),
 		"match": {"tenant": tenant_name, "sensitivity": sensitivity, "task": task_name, "model": alias},
 		"chain": chains.chain,
@@ -53,7 +53,7 @@ routes := [route |
 		"budget_exhausted": exhausted,
 		"budget_fallback": chains.fallback,
 		"rate_limit": rate_limit,
-	}
+	})
 ]
 
 # METADATA
@@ -170,6 +170,17 @@ _complexities := {task.complexity | some task in data.catalog.tasks}
 # The profile of each route's task: * takes the default task's (no * when the
 # catalog lacks it, and so no * routes).
 _route_profile := object.union(_profile_of, {"*": profile | profile := _profile_of[_default_task_name]})
+
+# A cascade task with a confidence threshold adds "cascade" to its routes (the
+# wildcard task's routes follow the default task); every other route has none.
+_cascade_of := object.union(_task_cascade, {"*": _task_cascade[_default_task_name]})
+
+_task_cascade := {task.name: _cascade(task) | some task in data.catalog.tasks}
+
+_cascade(task) := {"cascade": {"min_confidence": task.min_confidence}} if {
+	_strategy(task) == "cascade"
+	is_number(task.min_confidence)
+} else := {}
 
 _exhausted := {tenant.name: _spent(tenant) | some tenant in data.catalog.tenants}
 

@@ -32,6 +32,7 @@ __all__ = [
     "Backend",
     "BackendResilience",
     "Catalog",
+    "Credential",
     "Defaults",
     "Endpoint",
     "ModelAlias",
@@ -130,6 +131,22 @@ class Defaults(Contract):
         return self
 
 
+class Credential(Contract):
+    """An API key Envoy adds to every request to one backend (and to nothing else).
+
+    The catalog names the key, never holds it: the operator stores the key under
+    ``secret`` with the control plane, which serves it to nodes as an SDS generic secret.
+    Envoy sets ``header: <prefix><key>`` on requests to this backend only.
+    """
+
+    secret: Name
+    """Name the operator stored the key under."""
+    header: str = Field(default="authorization", pattern=r"^[a-z0-9-]+$")
+    """Request header that carries the key (lower case)."""
+    prefix: str = "Bearer "
+    """Text put before the key in the header value."""
+
+
 class Backend(Contract):
     """One model server (one Envoy cluster)."""
 
@@ -165,6 +182,8 @@ class Backend(Contract):
     """HTTP path of the active health check."""
     resilience: BackendResilience | None = None
     """Overrides of the tier defaults for this backend."""
+    credential: Credential | None = None
+    """API key Envoy injects into requests to it (external APIs); null sends none."""
 
 
 class Tenant(Contract):
@@ -211,6 +230,10 @@ class TaskType(Contract):
     """``capability``: capable backends first (cheapest tier first among them),
     the others as degraded fallback. ``cascade``: always cheapest tier first,
     escalating to bigger tiers on failure or a late first byte."""
+    min_confidence: float | None = Field(default=None, gt=0, le=1)
+    """Only with ``cascade``: an answer whose confidence (mean top-1 token probability
+    from the backend's logprobs) is below this is not served; the next step of the
+    chain answers instead. Null: the first answer that arrives is served."""
 
 
 class Catalog(Contract):

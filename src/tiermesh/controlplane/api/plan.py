@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from tiermesh.controlplane.api._base import Contract, Name, Sensitivity, Tier
-from tiermesh.controlplane.api.catalog import Endpoint
+from tiermesh.controlplane.api.catalog import Credential, Endpoint
 from tiermesh.controlplane.api.resilience import (
     CircuitBreaker,
     HealthCheck,
@@ -30,6 +30,7 @@ __all__ = [
     "PLAN_PATH",
     "PLAN_VERSION",
     "BackendPlan",
+    "CascadePlan",
     "ChainStep",
     "NodeInfo",
     "Plan",
@@ -109,6 +110,14 @@ class ChainStep(Contract):
     """First-byte deadline before moving on to the next step; null on the last step."""
 
 
+class CascadePlan(Contract):
+    """A confidence cascade: steps answer in chain order until one is confident enough."""
+
+    min_confidence: float = Field(gt=0, le=1)
+    """Least mean top-1 token probability of an answer that is served; a less confident
+    answer is dropped and the next step asked. The last step's answer is always served."""
+
+
 class RoutePlan(Contract):
     """One route of the node's table: a match and the chain of backends behind it."""
 
@@ -131,6 +140,9 @@ class RoutePlan(Contract):
     (cheap tiers, cheapest first); equals ``chain`` when ``budget_exhausted``."""
     rate_limit: RateLimit | None
     """The tenant's token bucket; null means unlimited."""
+    cascade: CascadePlan | None = None
+    """Set for routes of a ``cascade`` task with a ``min_confidence``: the chain is
+    walked by confidence, not only by failure. Absent otherwise."""
 
 
 class BackendPlan(Contract):
@@ -154,6 +166,8 @@ class BackendPlan(Contract):
     """Outlier detection."""
     health_check: HealthCheck
     """Active health check."""
+    credential: Credential | None = None
+    """API key reference Envoy injects upstream; absent for backends without one."""
 
 
 class Plan(Contract):
