@@ -12,6 +12,18 @@ Upstream HTTP filters on a backend cluster (``HttpProtocolOptions.http_filters``
 NOT used: Envoy runs the upstream filter chain of the route's cluster, which for a chain
 is the aggregate, so filters on its members never run (checked against Envoy 1.40).
 The answering tier comes from endpoint metadata instead (see :mod:`.routes`).
+
+**Credentialed backends** (a ``credential`` in the plan) therefore go through an Envoy
+*internal listener*: the backend's cluster (the chain member, with its breaker, outlier
+detection and health check) is STATIC with one ``envoy_internal_address`` endpoint,
+:func:`~tiermesh.controlplane.model.names.egress_listener`; that listener
+(:mod:`.listeners`) injects the API key and routes to
+:func:`~tiermesh.controlplane.model.names.egress_cluster`, which connects to the real
+endpoint (TLS, SNI). Only requests that chose this member pass the listener, so the key
+never reaches another backend. Needs the ``envoy.bootstrap.internal_listener`` bootstrap
+extension (verified with Envoy 1.40). Such a backend has no active health check (Envoy's
+health checker cannot reach internal listeners): a dead or failing one is ejected by
+outlier detection, and retries move its requests down the chain meanwhile.
 """
 
 from __future__ import annotations
@@ -25,10 +37,16 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from tiermesh.controlplane.generators._protos import ads, is_ip, ms, pack
 from tiermesh.controlplane.generators.authz import authz_cluster
-from tiermesh.controlplane.generators.endpoints import load_assignment
+from tiermesh.controlplane.generators.endpoints import internal_assignment, load_assignment
 from tiermesh.controlplane.model import Chain, MeshModel, Upstream, names
 
-__all__ = ["AGGREGATE_CLUSTER_TYPE", "backend_cluster", "chain_cluster", "generate"]
+__all__ = [
+    "AGGREGATE_CLUSTER_TYPE",
+    "backend_cluster",
+    "chain_cluster",
+    "egress_cluster",
+    "generate",
+]
 
 AGGREGATE_CLUSTER_TYPE = "envoy.clusters.aggregate"
 """Extension name of Envoy's aggregate cluster type."""
@@ -109,6 +127,21 @@ def backend_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.
         ],
         metadata=_metadata(upstream),
     )
+    if backend.credential is not None:
+        cluster.type = cluster_pb2.Cluster.STATIC
+        cluster.load_assignment.CopyFrom(internal_assignment(upstream.name, backend))
+        # Active health checks run on Envoy's main thread, which cannot connect to
+        # internal listeners (Envoy 1.40: "connect to previously closed peer"), so an
+        # egress backend's health is passive only: outlier detection on this cluster.
+        del cluster.health_checks[:]
+        return cluster
+    _connect(cluster, upstream)
+    return cluster
+
+
+def _connect(cluster: cluster_pb2.Cluster, upstream: Upstream) -> None:
+    """Point ``cluster`` at the backend's real endpoint: EDS for an IP, DNS for a name."""
+    backend = upstream.backend
     if is_ip(backend.endpoint.host):
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.CopyFrom(
@@ -116,9 +149,24 @@ def backend_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.
         )
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
-        cluster.load_assignment.CopyFrom(load_assignment(upstream.name, backend))
+        cluster.load_assignment.CopyFrom(load_assignment(cluster.name, backend))
     if backend.endpoint.tls:
         cluster.transport_socket.CopyFrom(_tls(upstream))
+
+
+def egress_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    """The cluster behind a credentialed backend's egress listener: the real endpoint.
+
+    Breakers, outlier detection and health checks live on the backend's own cluster
+    (the chain member); this one only connects.
+    """
+    cluster = cluster_pb2.Cluster(
+        name=names.egress_cluster(upstream.name),
+        connect_timeout=ms(connect_timeout_ms),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        metadata=_metadata(upstream),
+    )
+    _connect(cluster, upstream)
     return cluster
 
 
@@ -141,12 +189,18 @@ def chain_cluster(chain: Chain, connect_timeout_ms: int) -> cluster_pb2.Cluster:
 
 def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     """Every backend cluster, then every chain's aggregate, each sorted by name, then the
-    authz server's cluster when the node has one (:mod:`.authz`)."""
+    egress cluster of each credentialed backend, then the authz server's cluster when the
+    node has one (:mod:`.authz`)."""
     node = model.node(node_id)
     timeout = node.settings.connect_timeout_ms
     authz = node.settings.authz
     return [
         *(backend_cluster(upstream, timeout) for upstream in node.upstreams),
         *(chain_cluster(chain, timeout) for chain in node.chains),
+        *(
+            egress_cluster(upstream, timeout)
+            for upstream in node.upstreams
+            if upstream.backend.credential is not None
+        ),
         *([] if authz is None else [authz_cluster(authz, timeout)]),
     ]

@@ -8,9 +8,9 @@ from google.protobuf import struct_pb2
 
 from tiermesh.controlplane.api import BackendPlan
 from tiermesh.controlplane.generators._protos import is_ip
-from tiermesh.controlplane.model import MeshModel
+from tiermesh.controlplane.model import MeshModel, names
 
-__all__ = ["generate", "load_assignment"]
+__all__ = ["generate", "internal_assignment", "load_assignment"]
 
 
 def load_assignment(name: str, backend: BackendPlan) -> endpoint_pb2.ClusterLoadAssignment:
@@ -20,6 +20,26 @@ def load_assignment(name: str, backend: BackendPlan) -> endpoint_pb2.ClusterLoad
     backend in the ``x-tiermesh-tier`` response header (``%UPSTREAM_METADATA%``).
     """
     endpoint = backend.endpoint
+    address = address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=endpoint.host, port_value=endpoint.port)
+    )
+    return _one(name, backend, address)
+
+
+def internal_assignment(name: str, backend: BackendPlan) -> endpoint_pb2.ClusterLoadAssignment:
+    """Like :func:`load_assignment`, but the endpoint is the backend's egress listener
+    (an Envoy internal address), for backends with a credential."""
+    address = address_pb2.Address(
+        envoy_internal_address=address_pb2.EnvoyInternalAddress(
+            server_listener_name=names.egress_listener(backend.name)
+        )
+    )
+    return _one(name, backend, address)
+
+
+def _one(
+    name: str, backend: BackendPlan, address: address_pb2.Address
+) -> endpoint_pb2.ClusterLoadAssignment:
     metadata = struct_pb2.Struct()
     metadata.update({"backend": backend.name, "tier": backend.tier})
     return endpoint_pb2.ClusterLoadAssignment(
@@ -28,13 +48,7 @@ def load_assignment(name: str, backend: BackendPlan) -> endpoint_pb2.ClusterLoad
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(
-                            address=address_pb2.Address(
-                                socket_address=address_pb2.SocketAddress(
-                                    address=endpoint.host, port_value=endpoint.port
-                                )
-                            )
-                        ),
+                        endpoint=endpoint_components_pb2.Endpoint(address=address),
                         metadata=base_pb2.Metadata(filter_metadata={"tiermesh": metadata}),
                     )
                 ]

@@ -12,6 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from tiermesh.controlplane.generators._protos import ads, pack
 from tiermesh.controlplane.generators.authz import authz_filter
+from tiermesh.controlplane.generators.egress import egress_listener
 from tiermesh.controlplane.model import MeshModel, names
 
 __all__ = ["RATE_LIMIT_FILTER", "generate"]
@@ -26,7 +27,8 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     router.
 
     ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
-    and the route are those of the headers it set.
+    and the route are those of the headers it set. Then one internal egress listener per
+    credentialed backend (:mod:`.egress`), sorted by backend name.
     """
     node = model.node(node_id)
     settings = node.settings
@@ -46,6 +48,7 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=names.APP_ROUTES),
         http_filters=filters,
     )
+    egress = [egress_listener(u) for u in node.upstreams if u.backend.credential is not None]
     return [
         listener_pb2.Listener(
             name=names.APP_LISTENER,
@@ -64,5 +67,6 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
                     ]
                 )
             ],
-        )
+        ),
+        *egress,
     ]

@@ -65,8 +65,9 @@ class NodeModel:
         """Derive the clusters of ``plan``; raise :class:`PlanMismatch` when it cannot compile.
 
         Refused: a chain step naming a backend missing from ``plan.backends``, a step whose
-        tier differs from its backend's, and a SPIFFE-checked TLS backend without
-        ``settings.trust_bundle_pem``.
+        tier differs from its backend's, a SPIFFE-checked TLS backend without
+        ``settings.trust_bundle_pem``, and a backend whose credential is missing from
+        ``settings.credentials``.
         """
         node_id = plan.node.id
         backends = {backend.name: backend for backend in plan.backends}
@@ -94,6 +95,13 @@ class NodeModel:
                     chains.setdefault(chain.name, chain)
         for upstream in upstreams.values():
             backend = upstream.backend
+            credential = backend.credential
+            if credential is not None and credential.secret not in settings.credentials:
+                raise PlanMismatch(
+                    node_id,
+                    f"backend {backend.name!r} needs the API key {credential.secret!r}, "
+                    "but the node settings hold no such credential",
+                )
             if backend.endpoint.tls and backend.spiffe_id and settings.trust_bundle_pem is None:
                 raise PlanMismatch(
                     node_id,

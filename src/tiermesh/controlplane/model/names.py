@@ -17,6 +17,9 @@ __all__ = [
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
     "chain_cluster",
+    "credential_secret",
+    "egress_cluster",
+    "egress_listener",
     "upstream_cluster",
 ]
 
@@ -44,3 +47,18 @@ def upstream_cluster(backend: str) -> str:
 def chain_cluster(members: Sequence[str]) -> str:
     """Aggregate cluster that fails over through ``members`` (upstream cluster names) in order."""
     return "chain|" + "|".join(members)
+
+
+def egress_listener(backend: str) -> str:
+    """Internal listener a credentialed backend's cluster sends to; it adds the API key."""
+    return f"egress|{backend}"
+
+
+def egress_cluster(backend: str) -> str:
+    """The cluster that really connects to a credentialed backend (behind its egress)."""
+    return f"direct|{backend}"
+
+
+def credential_secret(backend: str) -> str:
+    """SDS generic secret holding the credential header value of ``backend``'s requests."""
+    return f"tiermesh-credential-{backend}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 __all__ = ["AuthzSettings", "NodeSettings"]
 
@@ -56,9 +58,16 @@ class NodeSettings:
     """PEM trust bundle for SPIFFE peers; required when a planned backend has a SPIFFE ID."""
     authz: AuthzSettings | None = None
     """The node's ext_authz server; None compiles no request-time policy filter."""
+    credentials: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, hash=False
+    )
+    """API keys by the name a backend's ``credential.secret`` gives, as the operator
+    stored them. Served to the node as SDS generic secrets; never part of a plan, and
+    left out of ``repr`` so that logging settings cannot leak them."""
 
     def __post_init__(self) -> None:
         if not 0 < self.app_port < 65536:
             raise ValueError(f"app_port {self.app_port} is not a TCP port")
         if self.connect_timeout_ms <= 0:
             raise ValueError("connect_timeout_ms must be positive")
+        object.__setattr__(self, "credentials", MappingProxyType(dict(self.credentials)))

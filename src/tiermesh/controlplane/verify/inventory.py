@@ -3,7 +3,10 @@
 A cluster *resolves* to leaves: a plain cluster is its own leaf; an aggregate cluster
 resolves to every member's leaves, recursively (every failover state at once). Each leaf
 carries the endpoint addresses Envoy would connect to: from the EDS assignment for EDS
-clusters, from the inline ``load_assignment`` otherwise.
+clusters, from the inline ``load_assignment`` otherwise. A cluster whose endpoints are
+Envoy internal addresses (a credentialed backend's egress listener) resolves through that
+listener: to the clusters its inline routes send to (an internal listener using RDS, or
+one that is missing, is reported, not followed).
 """
 
 from __future__ import annotations
@@ -149,7 +152,80 @@ class Inventory:
                 return
         else:
             assignment = cluster.load_assignment
-        leaves.append(Leaf(name, _addresses(assignment), via))
+        internal = _internal_listeners(assignment)
+        if internal:
+            self._through(name, internal, via, leaves, findings)
+        else:
+            leaves.append(Leaf(name, _addresses(assignment), via))
+
+    def _through(
+        self,
+        name: str,
+        listeners: list[str],
+        via: tuple[str, ...],
+        leaves: list[Leaf],
+        findings: list[Finding],
+    ) -> None:
+        """Walk on from cluster ``name`` through the internal ``listeners`` it sends to."""
+        if name in via:
+            findings.append(Finding("unverifiable", "", name, f"cluster '{name}' leads to itself"))
+            return
+        for listener in listeners:
+            for target in self._listener_targets(name, listener, findings):
+                self._walk(target, (*via, name), leaves, findings)
+
+    def _listener_targets(self, cluster: str, name: str, findings: list[Finding]) -> list[str]:
+        """Clusters internal listener ``name`` (reached from ``cluster``) routes to."""
+        listener = self.listeners.get(name)
+        if listener is None:
+            findings.append(
+                Finding(
+                    "missing", "", cluster, f"cluster '{cluster}' → listener '{name}' is missing"
+                )
+            )
+            return []
+        targets: list[str] = []
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                if network_filter.typed_config.type_url != _HCM_URL:
+                    continue
+                manager = hcm_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(manager)
+                if not manager.HasField("route_config"):
+                    findings.append(
+                        Finding(
+                            "unverifiable",
+                            "",
+                            cluster,
+                            f"cluster '{cluster}' → listener '{name}' has no inline routes",
+                        )
+                    )
+                    continue
+                for host in manager.route_config.virtual_hosts:
+                    for route in host.routes:
+                        action = route.route
+                        if action.WhichOneof("cluster_specifier") == "cluster":
+                            targets.append(action.cluster)
+                        elif route.HasField("route"):
+                            findings.append(
+                                Finding(
+                                    "unverifiable",
+                                    "",
+                                    cluster,
+                                    f"cluster '{cluster}' → listener '{name}' picks clusters "
+                                    "dynamically",
+                                )
+                            )
+        return targets
+
+
+def _internal_listeners(assignment: endpoint_pb2.ClusterLoadAssignment) -> list[str]:
+    return [
+        lb_endpoint.endpoint.address.envoy_internal_address.server_listener_name
+        for locality in assignment.endpoints
+        for lb_endpoint in locality.lb_endpoints
+        if lb_endpoint.endpoint.address.HasField("envoy_internal_address")
+    ]
 
 
 def _addresses(assignment: endpoint_pb2.ClusterLoadAssignment) -> tuple[tuple[str, int], ...]:
