@@ -71,6 +71,7 @@ class CloudStandin:
         self.first_byte_delay_s = 0.0
         self.failure_status: int | None = None
         self._requests = 0
+        self._unauthorized = 0
         self._count_lock = threading.Lock()
         self._port = port
         self._workdir = workdir
@@ -100,9 +101,17 @@ class CloudStandin:
         """Requests received so far (refused ones included)."""
         return self._requests
 
-    def _count(self) -> None:
+    @property
+    def unauthorized(self) -> int:
+        """Requests refused with 401 so far (no or a wrong API key)."""
+        return self._unauthorized
+
+    def _count(self, *, unauthorized: bool = False) -> None:
         with self._count_lock:
-            self._requests += 1
+            if unauthorized:
+                self._unauthorized += 1
+            else:
+                self._requests += 1
 
     @property
     def running(self) -> bool:
@@ -269,6 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         given = self.headers.get("authorization", "")
         expected = f"Bearer {owner.api_key}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
+            owner._count(unauthorized=True)
             self._error(
                 401,
                 "Incorrect API key provided.",
