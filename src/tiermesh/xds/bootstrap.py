@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
@@ -22,7 +23,13 @@ XDS_CLUSTER = "tiermesh_xds"
 _TYPE = "type.googleapis.com/"
 
 # Typed configs inside the bootstrap resolve through the descriptor pool: keep these loaded.
-_TYPED_CONFIGS = (http_protocol_options_pb2.HttpProtocolOptions, tls_pb2.UpstreamTlsContext)
+_TYPED_CONFIGS = (
+    http_protocol_options_pb2.HttpProtocolOptions,
+    tls_pb2.UpstreamTlsContext,
+    internal_listener_pb2.InternalListener,
+)
+
+INTERNAL_LISTENER_EXTENSION = "envoy.bootstrap.internal_listener"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,8 @@ class AdsTls:
 
 @dataclass(frozen=True, slots=True)
 class BootstrapSpec:
+    """What :func:`render_bootstrap` needs to know about one Envoy."""
+
     node_id: str
     xds_host: str
     xds_port: int
@@ -48,13 +57,20 @@ class BootstrapSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     tls: AdsTls | None = None
     initial_fetch_timeout_s: float = 15.0
+    internal_listeners: bool = True
+    """Load the ``envoy.bootstrap.internal_listener`` extension. Envoy refuses (NACKs) any
+    listener with an ``internal_listener`` address unless the bootstrap loads it; pushed
+    configuration may contain such listeners (e.g. egress listeners that inject cloud API
+    keys), so it is on unless a test wants a bare bootstrap."""
 
 
 def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     """A bootstrap that fetches everything over ADS (gRPC over HTTP/2), SotW or delta.
 
     The node id arrives on each stream's first message only. Clusters and listeners are
-    wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name.
+    wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name. With
+    ``spec.internal_listeners`` the document carries ``bootstrap_extensions`` loading the
+    internal-listener extension; without it the key is absent.
     """
     ads_source = {
         "ads": {},
@@ -97,7 +113,7 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     }
     if spec.tls is not None:
         xds_cluster["transport_socket"] = _upstream_tls(spec.tls)
-    return {
+    document: dict[str, Any] = {
         "node": {
             "id": spec.node_id,
             "cluster": spec.cluster,
@@ -123,6 +139,17 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
         },
         "static_resources": {"clusters": [xds_cluster]},
     }
+    if spec.internal_listeners:
+        document["bootstrap_extensions"] = [
+            {
+                "name": INTERNAL_LISTENER_EXTENSION,
+                "typed_config": {
+                    "@type": _TYPE
+                    + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+                },
+            }
+        ]
+    return document
 
 
 def _upstream_tls(tls: AdsTls) -> dict[str, Any]:

@@ -32,13 +32,6 @@ from tiermesh.xds import BootstrapSpec, Snapshot, render_bootstrap
 NODE = "edge-1"
 HEDGE_MS = 600
 KEY_NAME = "frontier-key"
-INTERNAL_LISTENER_EXTENSION = {
-    "name": "envoy.bootstrap.internal_listener",
-    "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3."
-        "InternalListener"
-    },
-}
 
 
 def _tier(timeout_ms: int, consecutive_5xx: int) -> dict[str, Any]:
@@ -199,13 +192,6 @@ def send(port: int, headers: dict[str, str], body: bytes) -> Answer:
     )
 
 
-def render(spec: BootstrapSpec) -> dict[str, Any]:
-    """The agent's bootstrap plus the internal-listener extension egress listeners need."""
-    bootstrap = render_bootstrap(spec)
-    bootstrap["bootstrap_extensions"] = [INTERNAL_LISTENER_EXTENSION]
-    return bootstrap
-
-
 @pytest.fixture(scope="module")
 def loop_thread() -> Iterator[LoopThread]:
     thread = LoopThread()
@@ -231,10 +217,14 @@ def envoy_with(snapshot: Snapshot, workdir: Path) -> Iterator[tuple[EnvoyProcess
     try:
         xds.set_snapshot(NODE, snapshot)
         spec = BootstrapSpec(
-            node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
+            node_id=NODE,
+            xds_host="127.0.0.1",
+            xds_port=xds.port,
+            admin_port=free_port(),
+            internal_listeners=True,  # the cloud key's egress listener is an internal one
         )
         workdir.mkdir(parents=True, exist_ok=True)
-        with EnvoyProcess(render(spec), workdir=workdir, name=NODE) as envoy:
+        with EnvoyProcess(render_bootstrap(spec), workdir=workdir, name=NODE) as envoy:
             envoy.wait_ready(timeout=20)
             yield envoy, xds
     finally:

@@ -54,6 +54,30 @@ def test_bootstrap_parses_as_envoy_bootstrap(mode: str) -> None:
     assert ads["api_type"] == ("DELTA_GRPC" if mode == "delta" else "GRPC")
     assert ads["set_node_on_first_message_only"] is True
     assert doc["node"] == {"id": "edge-1", "cluster": "tiermesh", "metadata": {"tier": "local"}}
+    assert doc["bootstrap_extensions"] == [
+        {
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+            },
+        }
+    ]
+
+
+def test_bootstrap_without_internal_listeners_has_no_extensions() -> None:
+    doc = render_bootstrap(
+        BootstrapSpec(node_id="n", xds_host="127.0.0.1", xds_port=1, internal_listeners=False)
+    )
+    validate_bootstrap(doc)
+    assert "bootstrap_extensions" not in doc
+
+
+def test_bootstrap_extension_typed_config_is_checked() -> None:
+    doc = render_bootstrap(BootstrapSpec(node_id="n", xds_host="127.0.0.1", xds_port=1))
+    doc["bootstrap_extensions"][0]["typed_config"]["buffer_size_kb"] = "lots"
+    with pytest.raises(json_format.ParseError):
+        validate_bootstrap(doc)
 
 
 def test_invalid_bootstrap_is_rejected() -> None:

@@ -46,7 +46,11 @@ def sds_names(config: AgentConfig) -> SdsNames:
 
 
 def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
-    """The node's Envoy bootstrap (a dict in the Bootstrap JSON shape, validated)."""
+    """The node's Envoy bootstrap (a dict in the Bootstrap JSON shape, validated).
+
+    It loads the internal-listener extension: the control plane compiles cloud backends
+    with an API key into internal egress listeners, which Envoy refuses without it.
+    """
     host, port = split_hostport(config.control_plane.ads[0])
     admin_host, admin_port = split_hostport(config.envoy.admin_address)
     spec = BootstrapSpec(
@@ -57,6 +61,7 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
         admin_port=admin_port,
         mode=config.envoy.mode,
         metadata={"tier": config.node.tier, "region": config.node.region},
+        internal_listeners=True,
     )
     document = with_sds_cluster(render_bootstrap(spec), f"unix:{config.sds_socket}")
     xds = document["static_resources"]["clusters"][0]
