@@ -8,7 +8,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tiermesh.xds import typeurls, wire
 from tiermesh.xds.ackstate import Verdict, classify
-from tiermesh.xds.snapshot import Snapshot
+from tiermesh.xds.snapshot import EncodedResource, Snapshot
 from tiermesh.xds.stream import ServicerContext, StreamBase, StreamEnv
 
 __all__ = ["DeltaStream"]
@@ -42,6 +42,19 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
     def __init__(self, env: StreamEnv, context: ServicerContext) -> None:
         super().__init__(env, context)
         self._types: dict[str, _TypeState] = {}
+        self._forced: set[str] = set()
+
+    def _rewarm_dependents(self, type_url: str, sent: list[EncodedResource]) -> None:
+        """A re-sent cluster (listener) is rebuilt by Envoy and warms until its endpoints
+        (routes) arrive again: forget that the client holds them, so they are re-sent."""
+        dependent = typeurls.DEPENDENT_TYPES.get(type_url)
+        state = self._types.get(dependent) if dependent else None
+        if dependent is None or state is None:
+            return
+        for resource in sent:
+            for ref_type, ref_name in resource.refs:
+                if ref_type == dependent and state.known.pop(ref_name, None) is not None:
+                    self._forced.add(dependent)
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
         type_url = request.type_url
@@ -78,16 +91,27 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         if not decision.respond or snapshot is None:
             return []
         absent = {n for n in subscribe - {"*"} if n not in snapshot.encoded(type_url)}
+        self._forced.clear()
         response = self._diff(snapshot, type_url, state, report_absent=absent)
         if response is None and decision.verdict is Verdict.INITIAL:
             response = self._encode(snapshot, type_url, state, [], [])
-        return [response] if response is not None else []
+        out = [response] if response is not None else []
+        dependent = typeurls.DEPENDENT_TYPES.get(type_url)
+        dependent_state = self._types.get(dependent) if dependent else None
+        if dependent in self._forced and dependent_state is not None:
+            follow = self._diff(snapshot, dependent, dependent_state, report_absent=set())
+            if follow is not None:
+                out.append(follow)
+        return out
 
     def on_change(self, snapshot: Snapshot) -> list[bytes]:
         out = []
+        self._forced.clear()
         for type_url in typeurls.PUSH_ORDER:
             state = self._types.get(type_url)
-            if state is not None and snapshot.type_version(type_url) != state.sent_version:
+            if state is None:
+                continue
+            if type_url in self._forced or snapshot.type_version(type_url) != state.sent_version:
                 response = self._diff(snapshot, type_url, state, report_absent=set())
                 if response is not None:
                     out.append(response)
@@ -124,6 +148,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         version = snapshot.type_version(type_url)
         for name in updated:
             state.known[name] = current[name].version
+        self._rewarm_dependents(type_url, [current[name] for name in updated])
         for name in removed:
             state.known.pop(name, None)
         state.sent_nonce = nonce

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from tiermesh.xds import typeurls, wire
 from tiermesh.xds.errors import InconsistentSnapshotError, UnknownTypeUrlError
-from tiermesh.xds.resources import MESSAGE_CLASSES, references, resource_name
+from tiermesh.xds.resources import MESSAGE_CLASSES, Reference, references, resource_name
 
 __all__ = ["EncodedResource", "Snapshot"]
 
@@ -45,6 +45,8 @@ class EncodedResource:
     version: str
     any_bytes: bytes
     delta_bytes: bytes
+    refs: tuple[Reference, ...] = ()
+    """ADS-served resources this one depends on: (type URL, name)."""
 
     @classmethod
     def encode(cls, type_url: str, message: Message) -> EncodedResource:
@@ -57,7 +59,8 @@ class EncodedResource:
             + wire.bytes_field(2, any_bytes)
             + wire.string_field(3, name)
         )
-        return cls(type_url, name, version, any_bytes, delta_bytes)
+        refs = tuple(references(type_url, message))
+        return cls(type_url, name, version, any_bytes, delta_bytes, refs)
 
     def decode(self) -> Message:
         """A fresh message equal to the stored resource (the caller owns it)."""
@@ -136,7 +139,7 @@ class Snapshot:
                 items[encoded.name] = encoded
                 wanted.extend(
                     (type_url, encoded.name, ref_type, ref_name)
-                    for ref_type, ref_name in references(type_url, message)
+                    for ref_type, ref_name in encoded.refs
                 )
             ordered = dict(sorted(items.items()))
             version = _digest(*(f"{n}={r.version}".encode() for n, r in ordered.items()))

@@ -71,15 +71,26 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         snapshot = self.snapshot()
         if not decision.respond or snapshot is None:
             return []
-        return [self._push(snapshot, type_url, state)]
+        out = [self._push(snapshot, type_url, state)]
+        dependent = typeurls.DEPENDENT_TYPES.get(type_url)
+        dependent_state = self._types.get(dependent) if dependent else None
+        if dependent is not None and dependent_state is not None and dependent_state.sent_nonce:
+            out.append(self._push(snapshot, dependent, dependent_state))
+        return out
 
     def on_change(self, snapshot: Snapshot) -> list[bytes]:
-        return [
-            self._push(snapshot, type_url, state)
-            for type_url in typeurls.PUSH_ORDER
-            if (state := self._types.get(type_url)) is not None
-            and snapshot.type_version(type_url) != state.sent_version
-        ]
+        out: list[bytes] = []
+        forced: set[str] = set()
+        for type_url in typeurls.PUSH_ORDER:
+            state = self._types.get(type_url)
+            if state is None:
+                continue
+            if type_url in forced or snapshot.type_version(type_url) != state.sent_version:
+                out.append(self._push(snapshot, type_url, state))
+                dependent = typeurls.DEPENDENT_TYPES.get(type_url)
+                if dependent is not None:
+                    forced.add(dependent)
+        return out
 
     def _push(self, snapshot: Snapshot, type_url: str, state: _TypeState) -> bytes:
         nonce = self.next_nonce()

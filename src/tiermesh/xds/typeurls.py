@@ -6,6 +6,7 @@ from typing import Final
 
 __all__ = [
     "CLUSTER",
+    "DEPENDENT_TYPES",
     "ENDPOINT",
     "LISTENER",
     "PUSH_ORDER",
@@ -28,6 +29,12 @@ PUSH_ORDER: Final = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
 
 #: Types whose SotW subscription is normally wildcard (all resources); the others are named.
 WILDCARD_TYPES: Final = frozenset({CLUSTER, LISTENER})
+
+#: When Envoy receives a changed cluster (listener) it builds it anew and warms it until
+#: its endpoints (routes) arrive again, although the names it subscribes to are unchanged
+#: and so nothing in its next request asks for them. A push of the key type therefore
+#: re-sends the dependent type.
+DEPENDENT_TYPES: Final = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 SHORT_NAMES: Final = {
     CLUSTER: "cds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.integration.xds.conftest import Served
 from tests.support.adsclient import AdsClient
 from tests.support.resources import mesh
-from tiermesh.xds import typeurls
+from tiermesh.xds import Snapshot, typeurls
 
 CDS, EDS = typeurls.CLUSTER, typeurls.ENDPOINT
 
@@ -113,3 +113,33 @@ async def test_stale_nonce_still_applies_subscription(served: Served) -> None:
         third = await client.recv()
         assert names(third) == ["b"]
         assert second.nonce != third.nonce
+
+
+async def test_a_resent_cluster_gets_its_endpoints_again(served: Served) -> None:
+    """A changed cluster is rebuilt by Envoy, which then waits for its endpoints although
+    it never unsubscribed: the server re-sends that cluster's EDS resource (only it)."""
+    served.cache.set_snapshot("n1", mesh({"a": 1, "b": 2}))
+    async with AdsClient(served.target, "n1", delta=True) as client:
+        await client.send(type_url=CDS)
+        cds = await client.recv()
+        await client.send(type_url=CDS, response_nonce=cds.nonce)
+        await client.send(type_url=EDS, resource_names_subscribe=["a", "b"])
+        eds = await client.recv()
+        await client.send(type_url=EDS, response_nonce=eds.nonce)
+        await client.expect_nothing()
+        snapshot = served.cache.get_snapshot("n1")
+        assert snapshot is not None
+        clusters = [snapshot.resource(CDS, "a"), snapshot.resource(CDS, "b")]
+        clusters[0].connect_timeout.seconds = 7  # type: ignore[attr-defined]
+        endpoints = [snapshot.resource(EDS, "a"), snapshot.resource(EDS, "b")]
+        listeners = [snapshot.resource(typeurls.LISTENER, "app")]
+        routes = [snapshot.resource(typeurls.ROUTE, "app")]
+        served.cache.set_snapshot(
+            "n1",
+            Snapshot.build(
+                clusters=clusters, endpoints=endpoints, listeners=listeners, routes=routes
+            ),
+        )
+        changed_cds, resent_eds = await client.recv(), await client.recv()
+        assert names(changed_cds) == ["a"]
+        assert (resent_eds.type_url, names(resent_eds)) == (EDS, ["a"])

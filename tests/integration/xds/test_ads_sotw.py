@@ -184,3 +184,25 @@ async def test_nodes_sharing_a_key_share_encoded_bodies(served: Served) -> None:
         r1, r2 = await one.recv(), await two.recv()
         assert r1.resources == r2.resources
         assert len(snap._bodies) == 1
+
+
+async def test_a_cluster_push_resends_endpoints_even_when_unchanged(served: Served) -> None:
+    """Envoy rebuilds a changed cluster and waits for its endpoints again, while its EDS
+    request names stay the same: the server re-sends EDS after every CDS push."""
+    served.cache.set_snapshot("n1", mesh({"a": 1}))
+    async with AdsClient(served.target, "n1") as client:
+        for type_url, names in ((CDS, []), (EDS, ["a"])):
+            await client.send(type_url=type_url, resource_names=names)
+            response = await client.recv()
+            await client.send(
+                type_url=type_url,
+                resource_names=names,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+            )
+        await client.expect_nothing()
+        changed = mesh({"a": 1, "b": 2})
+        served.cache.set_snapshot("n1", changed)
+        cds, eds = await client.recv(), await client.recv()
+        assert (cds.type_url, eds.type_url) == (CDS, EDS)
+        assert len(eds.resources) == 1

@@ -205,3 +205,40 @@ def test_a_change_resends_only_changed_resources_in_delta(
         assert cds[0] == ("c",)
     else:
         assert cds[0] == ("a", "b", "c")
+
+
+def _warming(envoy: EnvoyProcess) -> int:
+    stats = envoy.admin_text("/stats?filter=cluster_manager.warming_clusters")
+    return int(stats.split(":")[-1].strip())
+
+
+def test_a_modified_cluster_finishes_warming_without_new_endpoint_names(
+    xds: XdsThread, envoy: EnvoyProcess, backends: dict[str, int]
+) -> None:
+    """Changing an EDS cluster makes Envoy warm it again while its EDS subscription keeps
+    the same names; it must not wait for the initial-fetch timeout to become active."""
+    listener = free_port()
+    v1 = mesh(backends, listener_port=listener, default="a")
+    serving(xds, envoy, v1, listener, "a")
+    eventually(lambda: acked_everything(xds, v1), what="v1 ACKed")
+    clusters = [eds_cluster(name) for name in sorted(backends)]
+    clusters[0].connect_timeout.seconds = 3  # modify cluster "a" only; same EDS names
+    v2 = Snapshot.build(
+        clusters=clusters,
+        endpoints=[load_assignment(n, [("127.0.0.1", backends[n])]) for n in sorted(backends)],
+        listeners=[
+            http_listener("app", address="127.0.0.1", port=listener, route_config_name="app")
+        ],
+        routes=[route_config("app", [("/", "a")], response_headers=[("x-served-by-config", "v1")])],
+    )
+    started = time.monotonic()
+    xds.set_snapshot(NODE, v2)
+    eventually(lambda: acked_everything(xds, v2), what="v2 ACKed (CDS waits for warming)")
+    eventually(lambda: _warming(envoy) == 0, timeout=5, what="no cluster left warming")
+    warm_s = time.monotonic() - started
+    log.info("modified cluster active after %.3f s", warm_s)
+    dump = envoy.admin_json("/config_dump?resource=dynamic_active_clusters")
+    timeouts = {c["cluster"]["name"]: c["cluster"]["connect_timeout"] for c in dump["configs"]}
+    assert timeouts["a"] == "3s"
+    assert warm_s < 5
+    assert backend_at(listener) == "a"
