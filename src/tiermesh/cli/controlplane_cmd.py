@@ -3,18 +3,29 @@
 Prints one line ``control plane ready: ads=… node-api=… join=… admin=… audit=…`` on stdout once
 every port listens, serves until SIGINT or SIGTERM, then stops cleanly (exit 0). Start-up
 problems print one ``error: …`` line naming what to fix (the etcd endpoint, the address in
-use, the passphrase file) and exit 1.
+use, the passphrase file, the credentials file) and exit 1.
+
+``--credentials-file FILE`` holds the cloud API keys: a YAML (or JSON) mapping of secret
+name (what a catalog backend's ``credential.secret`` names) to key, e.g.
+``frontier-key: sk-…``. The file must be a regular file readable by its owner only (no
+group or world permission bits; ``chmod 600``), else the control plane refuses to start.
+Keys are served to nodes as SDS generic secrets; they are never printed, logged or
+reported by the admin server. Without the option no keys are known, and a plan with a
+credentialed backend is refused (the last good snapshot stays).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import stat
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
 from tiermesh.cli.envoy_cmd import parse_hostport
 from tiermesh.controlplane.identity import IdentityError
@@ -26,7 +37,7 @@ from tiermesh.controlplane.runtime import (
 )
 from tiermesh.controlplane.store import ROOT, StoreError
 
-__all__ = ["app", "parse_listen"]
+__all__ = ["app", "parse_listen", "read_credentials"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the tiermesh control plane.")
 
@@ -51,6 +62,49 @@ def _passphrase(path: Path) -> bytes:
     if not secret:
         raise typer.BadParameter(f"{path} is empty", param_hint="--ca-passphrase-file")
     return secret
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """The secret name → API key mapping in ``path`` (YAML or JSON).
+
+    Raises ``typer.BadParameter`` (naming ``--credentials-file``, never a key) when the
+    file is missing, not a regular file, readable or writable by group or others, not a
+    mapping, or has an empty name or a key that is not a non-empty string.
+    """
+    hint = "--credentials-file"
+    try:
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise typer.BadParameter(f"{path} is not a regular file", param_hint=hint)
+            if mode & 0o077:
+                raise typer.BadParameter(
+                    f"{path} is accessible by group or others (mode "
+                    f"{stat.S_IMODE(mode):04o}); it holds API keys: chmod 600 {path}",
+                    param_hint=hint,
+                )
+            text = handle.read()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint=hint) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        # The parser's message quotes the offending line, which may hold a key.
+        raise typer.BadParameter(f"{path} is not YAML or JSON", param_hint=hint) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise typer.BadParameter(f"{path} must map secret names to keys", param_hint=hint)
+    credentials: dict[str, str] = {}
+    for name, key in document.items():
+        if not isinstance(name, str) or not name:
+            raise typer.BadParameter(f"{path}: a secret name is empty", param_hint=hint)
+        if not isinstance(key, str) or not key:
+            raise typer.BadParameter(
+                f"{path}: the key of {name!r} must be a non-empty string", param_hint=hint
+            )
+        credentials[name] = key
+    return credentials
 
 
 async def _serve(plane: ControlPlane) -> None:
@@ -99,6 +153,13 @@ def run(
         int, typer.Option("--lease-ttl", help="Seconds a lost node stays registered.")
     ] = 10,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    credentials_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials-file",
+            help="YAML/JSON map of secret name to cloud API key; mode 0600 (owner only).",
+        ),
+    ] = None,
 ) -> None:
     """Run one control-plane replica until SIGINT/SIGTERM."""
     endpoints = tuple(
@@ -115,6 +176,7 @@ def run(
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
     logging.getLogger("tiermesh").setLevel(level)
+    credentials = {} if credentials_file is None else read_credentials(credentials_file)
     try:
         config = ControlPlaneConfig(
             etcd=endpoints,
@@ -128,6 +190,7 @@ def run(
             join=join_at,
             admin=admin_at,
             audit=audit_at,
+            credentials=credentials,
         )
         asyncio.run(_serve(ControlPlane(config)))
     except (ControlPlaneError, IdentityError, StoreError) as exc:

@@ -8,6 +8,7 @@ control plane starting a :class:`~tiermesh.controlplane.reconciler.Reconciler`) 
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,21 +36,39 @@ DEFAULT_CACHE_SIZE = 128
 """Verified snapshots a :func:`default_compiler` keeps (distinct compile inputs)."""
 
 
-class _Key:
-    """(routes, backends, settings), hashed once: hashing a plan's routes walks all of it."""
+def _credentials_digest(settings: NodeSettings) -> bytes:
+    """SHA-256 over the settings' credentials (names and keys, in name order).
 
-    __slots__ = ("_hash", "backends", "routes", "settings")
+    ``NodeSettings`` leaves its credentials out of its hash (so that hashing settings never
+    feeds keys anywhere); this digest puts them back into cache keys without holding the
+    keys themselves: a rotated key gives another digest, so the node is recompiled and
+    gets the new SDS secret."""
+    digest = hashlib.sha256()
+    for name, key in sorted(settings.credentials.items()):
+        for part in (name, key):
+            data = part.encode()
+            digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.digest()
+
+
+class _Key:
+    """(routes, backends, settings, credentials digest), hashed once: hashing a plan's
+    routes walks all of it."""
+
+    __slots__ = ("_hash", "backends", "credentials", "routes", "settings")
 
     def __init__(
         self,
         routes: tuple[RoutePlan, ...],
         backends: tuple[BackendPlan, ...],
         settings: NodeSettings,
+        credentials: bytes,
     ) -> None:
         self.routes = routes
         self.backends = backends
         self.settings = settings
-        self._hash = hash((routes, backends, settings))
+        self.credentials = credentials
+        self._hash = hash((routes, backends, settings, credentials))
 
     def __hash__(self) -> int:
         return self._hash
@@ -57,10 +76,11 @@ class _Key:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _Key):
             return NotImplemented
-        return self._hash == other._hash and (self.routes, self.backends, self.settings) == (
-            other.routes,
-            other.backends,
-            other.settings,
+        return (
+            self._hash == other._hash
+            and self.credentials == other.credentials
+            and (self.routes, self.backends, self.settings)
+            == (other.routes, other.backends, other.settings)
         )
 
 
@@ -107,9 +127,9 @@ class CompileCache:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
-        # (id(routes), id(backends), settings) → an entry whose key holds those very
-        # tuples (so the ids cannot be reused while the alias lives). A speed-up only.
-        self._aliases: dict[tuple[int, int, NodeSettings], _Entry] = {}
+        # (id(routes), id(backends), settings, digest) → an entry whose key holds those
+        # very tuples (so the ids cannot be reused while the alias lives). A speed-up only.
+        self._aliases: dict[tuple[int, int, NodeSettings, bytes], _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -139,7 +159,8 @@ class CompileCache:
         catalog: Catalog,
     ) -> Snapshot | None:
         """The snapshot stored for this input under ``catalog``, or None."""
-        alias = (id(routes), id(backends), settings)
+        digest = _credentials_digest(settings)
+        alias = (id(routes), id(backends), settings, digest)
         with self._lock:
             self._use_catalog(catalog)
             entry = self._aliases.get(alias)
@@ -148,7 +169,7 @@ class CompileCache:
                 or entry.key.routes is not routes
                 or entry.key.backends is not backends
             ):
-                probe = _Key(routes, backends, settings)
+                probe = _Key(routes, backends, settings, digest)
                 entry = self._entries.get(probe)
                 if entry is None:
                     self.misses += 1
@@ -177,13 +198,14 @@ class CompileCache:
         """Keep ``snapshot``, compiled and verified from this input against ``catalog``."""
         if self.size == 0:
             return
-        key = _Key(routes, backends, settings)
+        digest = _credentials_digest(settings)
+        key = _Key(routes, backends, settings, digest)
         entry = _Entry(key, snapshot)
         with self._lock:
             self._use_catalog(catalog)
             self._entries[key] = entry
             self._entries.move_to_end(key)
-            self._aliases[(id(routes), id(backends), settings)] = entry
+            self._aliases[(id(routes), id(backends), settings, digest)] = entry
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 

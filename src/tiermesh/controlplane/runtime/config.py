@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from tiermesh.controlplane.store import ROOT
 
@@ -58,9 +60,22 @@ class ControlPlaneConfig:
     debounce_s: float = 0.1
     server_dns_names: tuple[str, ...] = ("localhost",)
     """Extra DNS SANs of the server certificate besides ``controlplane.<trust-domain>``."""
+    credentials: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, hash=False
+    )
+    """Cloud API keys by secret name (what a catalog backend's ``credential.secret``
+    names). Every node's compiler settings carry them; the secrets generator serves a key,
+    as SDS generic secret ``tiermesh-credential-<name>``, only to nodes whose plan uses a
+    backend naming it. Held read-only, left out of ``repr``, never logged nor reported in
+    the status document."""
 
     def __post_init__(self) -> None:
         if not self.etcd:
             raise ValueError("at least one etcd endpoint is needed")
         if not self.ca_passphrase:
             raise ValueError("the CA passphrase must not be empty")
+        for name, key in self.credentials.items():
+            if not name or not isinstance(name, str) or not isinstance(key, str) or not key:
+                # Name only: the key must not reach an error message.
+                raise ValueError(f"credential {name!r} needs a non-empty name and key")
+        object.__setattr__(self, "credentials", MappingProxyType(dict(self.credentials)))

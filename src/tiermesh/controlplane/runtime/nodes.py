@@ -2,8 +2,8 @@
 
 :class:`NodeDirectory` follows ``nodes/`` in the store (one watch) and keeps every node's
 :class:`~tiermesh.controlplane.api.RegisteredNode`; status reads it, and
-:meth:`NodeDirectory.settings_for` gives the compiler each node's app port and the mesh's
-trust bundle.
+:meth:`NodeDirectory.settings_for` gives the compiler each node's app port, the mesh's
+trust bundle and the operator's cloud API keys.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def _decode(node_id: str, value: bytes) -> RegisteredNode | None:
 class NodeDirectory:
     """Live registrations by node id.
 
+    ``credentials`` (secret name → API key) go unchanged into every node's settings; the
+    directory never logs them.
+
     ``on_settings_changed`` is called (on the event loop) when a node's app or authz port
     changes after it was first seen, so a reconcile that raced the change can be redone.
 
@@ -56,9 +59,11 @@ class NodeDirectory:
         *,
         on_settings_changed: Callable[[], None] = lambda: None,
         retry_s: float = 1.0,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
         self._bundle = trust_bundle_pem
+        self._credentials: Mapping[str, str] = MappingProxyType(dict(credentials or {}))
         self._on_changed = on_settings_changed
         self._retry_s = retry_s
         self._nodes: dict[str, RegisteredNode | None] = {}
@@ -89,8 +94,8 @@ class NodeDirectory:
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
-        the registration carries ``authz_port``; none otherwise) and the trust bundle.
-        Call from a worker thread."""
+        the registration carries ``authz_port``; none otherwise), the trust bundle and the
+        credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
@@ -103,7 +108,12 @@ class NodeDirectory:
         port = document.app_port if document is not None else DEFAULT_APP_PORT
         authz_port = document.authz_port if document is not None else None
         authz = None if authz_port is None else AuthzSettings(port=authz_port)
-        return NodeSettings(app_port=port, trust_bundle_pem=self._bundle, authz=authz)
+        return NodeSettings(
+            app_port=port,
+            trust_bundle_pem=self._bundle,
+            authz=authz,
+            credentials=self._credentials,
+        )
 
     def _replace(self, records: Mapping[str, bytes]) -> None:
         decoded = {node_id: _decode(node_id, value) for node_id, value in records.items()}

@@ -6,7 +6,9 @@ Start order (each step needs the one before): etcd client → shared CA
 addresses are checked → node directory → reconciler → node API (join, renew, registry) →
 ADS over mTLS with the SPIFFE node authorizer → audit collector (mTLS, its own port;
 records stored in ``<data_dir>/audit.sqlite3``, read by ``tiermesh audit --db``) →
-admin. :meth:`ControlPlane.stop` undoes
+admin. The audit database is opened before the reconciler: every node's evaluated plan
+is recorded there, signed with the server key, in the chain ``spiffe://<td>/controlplane``
+(:class:`~tiermesh.controlplane.audit.PlanRecorder`). :meth:`ControlPlane.stop` undoes
 it in reverse. Stopping cancels the open registry sessions without revoking their leases,
 so registrations survive a restart for one lease TTL and nodes reconnect without a flap.
 
@@ -32,8 +34,10 @@ from tiermesh.controlplane.audit import (
     AuditCollectorServer,
     AuditStore,
     AuditStoreError,
+    PlanRecorder,
     start_audit_collector,
 )
+from tiermesh.controlplane.bundle import BundleOutcome
 from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -44,7 +48,7 @@ from tiermesh.controlplane.nodeapi import (
     NodeRegistryService,
     start_node_api,
 )
-from tiermesh.controlplane.reconciler import Reconciler, default_compiler
+from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult, default_compiler
 from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
 from tiermesh.controlplane.runtime.errors import DataDirError, EtcdUnreachable, PortInUse
@@ -116,6 +120,7 @@ class ControlPlane:
         self._admin: AdminServer | None = None
         self._audit_store: AuditStore | None = None
         self._audit: AuditCollectorServer | None = None
+        self._plans: PlanRecorder | None = None
 
     @property
     def reconciler(self) -> Reconciler:
@@ -155,12 +160,31 @@ class ControlPlane:
             _check_free(what, address)
 
         self._directory = NodeDirectory(
-            store, bundle.to_pem().decode(), on_settings_changed=self._resettle
+            store,
+            bundle.to_pem().decode(),
+            on_settings_changed=self._resettle,
+            credentials=config.credentials,
         )
         await self._directory.start()
         compiler = default_compiler(self._directory.settings_for)
+        try:
+            self._audit_store = AuditStore(config.data_dir / "audit.sqlite3")
+        except AuditStoreError as exc:
+            raise DataDirError(str(config.data_dir), str(exc)) from exc
+        self._plans = PlanRecorder(
+            self._audit_store,
+            chain_id=certificate.spiffe_id,
+            trust_domain=config.trust_domain,
+            key=certificate.private_key,
+            chain=(certificate.certificate, certificate.intermediate),
+        )
         self._reconciler = Reconciler(
-            store, RegorusEngine, compiler, self._cache, debounce_s=config.debounce_s
+            store,
+            RegorusEngine,
+            compiler,
+            self._cache,
+            debounce_s=config.debounce_s,
+            on_plans=self._record_plans,
         )
         await self._reconciler.start()
 
@@ -195,10 +219,6 @@ class ControlPlane:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
 
         try:
-            self._audit_store = AuditStore(config.data_dir / "audit.sqlite3")
-        except AuditStoreError as exc:
-            raise DataDirError(str(config.data_dir), str(exc)) from exc
-        try:
             self._audit = await start_audit_collector(
                 AuditCollector(self._audit_store, ca.bundle),
                 certificate=certificate,
@@ -232,6 +252,10 @@ class ControlPlane:
             (folder / "bundle.pem").write_bytes(bundle_pem)
         except OSError as exc:
             raise DataDirError(str(folder), exc.strerror or str(exc)) from exc
+
+    async def _record_plans(self, result: ReconcileResult, outcome: BundleOutcome) -> None:
+        if self._plans is not None and self._reconciler is not None:
+            await self._plans.record(result, outcome, self._reconciler.published)
 
     def _resettle(self) -> None:
         if self._reconciler is not None:
