@@ -13,8 +13,9 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from cryptography import x509
@@ -30,6 +31,7 @@ from tiermesh.agents.decisionlog import (
     verify,
 )
 from tiermesh.controlplane.api import DecisionRecord
+from tiermesh.controlplane.api.decision import DecisionKind
 from tiermesh.controlplane.audit import (
     AuditError,
     AuditQuery,
@@ -61,6 +63,16 @@ SinceOpt = Annotated[
     str | None, typer.Option("--since", help="From this time: RFC 3339, or 30m / 2h / 7d ago.")
 ]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this time (as --since).")]
+_KINDS = ("request", "plan")
+
+
+def _kind(text: str | None, *, allow_all: bool = False) -> DecisionKind | None:
+    if text is None or (allow_all and text == "all"):
+        return None
+    if text not in _KINDS:
+        choices = "request, plan or all" if allow_all else "request or plan"
+        raise typer.BadParameter(choices, param_hint="--kind")
+    return cast("DecisionKind", text)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -177,10 +189,15 @@ def query(
     decision_id: Annotated[str | None, typer.Option("--decision-id")] = None,
     outcome: Annotated[str | None, typer.Option("--outcome", help="allow, deny, plan …")] = None,
     node: Annotated[str | None, typer.Option("--node", help="The node's SPIFFE ID.")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="request (ext_authz verdicts) or plan (routing plans)."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Decisions matching every given filter, in time order."""
+    """Decisions matching every given filter, in time order. A plan record's node is the
+    node the plan was made for; its outcome is ``published`` or ``refused``."""
     filters = AuditQuery(
         tenant=tenant,
         tier=tier,
@@ -189,6 +206,7 @@ def query(
         decision_id=decision_id,
         outcome=outcome,
         node=node,
+        kind=_kind(kind),
         limit=limit,
     )
     with _open_store(db) as store:
@@ -252,12 +270,16 @@ def _verify_db(db: Path | None) -> None:
                 raise typer.Exit(code=1) from exc
             signer_of = {row.record.decision_id: row.signer for row in rows}
             checked += len(rows)
+            # A node's own chain names only that node; the control plane's chain of plan
+            # records names the node each plan was made for.
+            own = not rows or rows[0].record.node_spiffe_id == node
             problem = verify_chain(
                 (row.record for row in rows),
                 key_for=lambda r, s=signer_of: keys.get(s[r.decision_id]),  # type: ignore[misc]
+                one_node=own,
             )
             if problem is not None:
-                problems.append(problem)
+                problems.append(problem if own else replace(problem, node_spiffe_id=node))
     _report(problems, checked, len(nodes))
 
 
@@ -333,17 +355,20 @@ def _print_report(report: ReplayReport, limit: int) -> None:
         console.print(f"[red]error[/red] {decision_id}: {message}")
     console.print(
         f"{report.replayed} replayed, {len(report.changes)} would change, "
-        f"{len(report.errors)} failed, {report.skipped} plan records skipped"
+        f"{len(report.errors)} failed, {report.skipped} skipped"
     )
 
 
 def _records_for_replay(
-    store: AuditStore, since: dt.datetime | None, until: dt.datetime | None
+    store: AuditStore,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    kind: DecisionKind | None,
 ) -> Iterator[DecisionRecord]:
     page_since = since
     seen: set[str] = set()
     while True:
-        rows = store.query(AuditQuery(kind="request", since=page_since, until=until, limit=5000))
+        rows = store.query(AuditQuery(kind=kind, since=page_since, until=until, limit=5000))
         fresh = [row for row in rows if str(row.record.decision_id) not in seen]
         for row in fresh:
             seen.add(str(row.record.decision_id))
@@ -361,16 +386,20 @@ def replay_cmd(
     until: UntilOpt = None,
     engine_name: Annotated[str, typer.Option("--engine", help="regorus or opa.")] = "regorus",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Changed rows shown.")] = 50,
+    kind: Annotated[str, typer.Option("--kind", help="request, plan or all (both kinds).")] = "all",
     as_json: JsonOpt = False,
     fail_on_change: Annotated[
         bool, typer.Option("--fail-on-change", help="Exit 1 when any decision changes.")
     ] = False,
 ) -> None:
-    """Show which recorded request-time decisions a candidate policy would change.
+    """Show which recorded decisions a candidate policy would change.
 
     Re-evaluates each record's path with its stored input under --policy, per tenant, with
     the cost delta where it can be known (the rule is in tiermesh.controlplane.audit.replay).
+    Plan records compare plan digests and are listed under the tenant "(plans)"; the
+    candidate's data.usage is empty unless its data sets it.
     """
+    kind_filter = _kind(kind, allow_all=True)
     try:
         documents = read_documents(read_policy_dir(policy, provenance=False).files)
     except BundleReadError as exc:
@@ -380,10 +409,12 @@ def replay_cmd(
         _fail("; ".join(str(f) for f in fatal))
     engine = _engine(engine_name)
     try:
-        engine.load(documents.modules, dict(documents.data))
+        data = dict(documents.data)
+        data.setdefault("usage", {})
+        engine.load(documents.modules, data)
         with _open_store(db) as store:
             records = _records_for_replay(
-                store, _time_option(since, "--since"), _time_option(until, "--until")
+                store, _time_option(since, "--since"), _time_option(until, "--until"), kind_filter
             )
             report = replay(records, _evaluator(engine), documents.catalog)
     except PolicyError as exc:

@@ -5,6 +5,7 @@
 - :class:`AuditStore`: the SQLite database, queried with :class:`AuditQuery`.
 - :func:`verify_chain`: names the first record of a node's chain that was edited, deleted,
   re-linked or wrongly signed (:class:`ChainProblem`).
+- :class:`PlanRecorder`: the control plane's own signed chain of compile-time plans.
 - :func:`replay`: what a candidate policy would decide differently, with cost deltas.
 
 Every error derives from :class:`AuditError`.
@@ -29,6 +30,12 @@ from tiermesh.controlplane.audit.errors import (
     status_for,
 )
 from tiermesh.controlplane.audit.facets import Facets, facets
+from tiermesh.controlplane.audit.plans import (
+    DEFAULT_MAX_PLAN_BYTES,
+    PLAN_RECORD_PATH,
+    PlanRecorder,
+    plan_digest,
+)
 from tiermesh.controlplane.audit.replay import (
     Evaluate,
     ReplayChange,
@@ -49,6 +56,8 @@ from tiermesh.controlplane.audit.store import (
 
 __all__ = [
     "DEFAULT_DB_NAME",
+    "DEFAULT_MAX_PLAN_BYTES",
+    "PLAN_RECORD_PATH",
     "AuditCollector",
     "AuditCollectorServer",
     "AuditError",
@@ -61,6 +70,7 @@ __all__ = [
     "ForeignRecord",
     "KeyLookup",
     "NodeNotAuthenticated",
+    "PlanRecorder",
     "RecordRejected",
     "ReplayChange",
     "ReplayReport",
@@ -71,6 +81,7 @@ __all__ = [
     "decision_cost",
     "facets",
     "input_price",
+    "plan_digest",
     "rego_path",
     "replay",
     "signature_valid",

@@ -63,10 +63,13 @@ def verify_chain(
     *,
     key_for: KeyLookup | None = None,
     from_genesis: bool = True,
+    one_node: bool = True,
 ) -> ChainProblem | None:
-    """The first bad record of ONE node's records (given in seq order), or None.
+    """The first bad record of ONE chain's records (given in seq order), or None.
 
-    For each record, in order: it names the same node as the first; its ``hash`` is the
+    For each record, in order: it names the same node as the first (unless ``one_node``
+    is False: the control plane's chain of plan records names the node each plan was made
+    for); its ``hash`` is the
     hash of its content (else it was edited); its ``seq`` is one more than the previous
     record's (else records were deleted — or, within the same seq, duplicated); its
     ``prev_hash`` is the previous record's ``hash``; and, with ``key_for``, its signature
@@ -80,7 +83,7 @@ def verify_chain(
         problem = _problem(record, previous, node, key_for=key_for, from_genesis=from_genesis)
         if problem is not None:
             return ChainProblem(record.node_spiffe_id, record.seq, str(record.decision_id), problem)
-        node = record.node_spiffe_id
+        node = record.node_spiffe_id if one_node else None
         previous = record
     return None
 

@@ -1,9 +1,12 @@
-"""Replaying recorded request-time decisions under a candidate policy: what would change.
+"""Replaying recorded decisions under a candidate policy: what would change.
 
 :func:`replay` evaluates each record's ``path`` (as ``data.<path with / as .>``) with its
 stored (masked) ``input`` through ``evaluate`` and compares the new result with the stored
 ``result`` as JSON values (equal values, whatever the key order, are unchanged). Records of
-kind ``plan`` are skipped (plans are replayed by ``tiermesh policy diff``). A policy that
+kind ``plan`` (:mod:`~tiermesh.controlplane.audit.plans`) compare the candidate plan's
+:func:`~tiermesh.controlplane.audit.plans.plan_digest` with the recorded ``plan_sha256``
+(so a record that kept only the digest replays too); they are counted under the tenant
+``(plans)``, changes shown as ``{plan_sha256, summary}`` and without a cost. A policy that
 needs input the masking removed will see it missing — that is part of what replay shows.
 
 **Cost rule.** A change gets a cost delta only when all of this is known:
@@ -33,6 +36,7 @@ from typing import Any
 from tiermesh.controlplane.api import Catalog
 from tiermesh.controlplane.api.decision import DecisionRecord
 from tiermesh.controlplane.audit.facets import facets
+from tiermesh.controlplane.audit.plans import plan_summary, replay_digest
 
 __all__ = [
     "Evaluate",
@@ -50,6 +54,7 @@ Evaluate = Callable[[str, Any], Any]
 """``evaluate(rego_path, input)`` → the JSON result, ``None`` when undefined."""
 
 _NO_TENANT = "(none)"
+_PLANS = "(plans)"
 
 
 def rego_path(path: str) -> str:
@@ -143,11 +148,11 @@ def _same(a: Any, b: Any) -> bool:
 def replay(
     records: Iterable[DecisionRecord], evaluate: Evaluate, catalog: Catalog | None = None
 ) -> ReplayReport:
-    """Re-decide every request-time record with ``evaluate`` (see the module docstring)."""
+    """Re-decide every record with ``evaluate`` (see the module docstring)."""
     report = ReplayReport()
     for record in records:
-        if record.kind != "request":
-            report.skipped += 1
+        if record.kind == "plan":
+            _replay_plan(record, evaluate, report)
             continue
         tenant = facets(record).tenant or _NO_TENANT
         summary = report.tenants.setdefault(tenant, TenantSummary(tenant))
@@ -173,3 +178,28 @@ def replay(
         else:
             summary.cost_delta += delta
     return report
+
+
+def _replay_plan(record: DecisionRecord, evaluate: Evaluate, report: ReplayReport) -> None:
+    recorded = record.result if isinstance(record.result, dict) else {}
+    if "plan_sha256" not in recorded:
+        report.skipped += 1
+        return
+    summary = report.tenants.setdefault(_PLANS, TenantSummary(_PLANS))
+    try:
+        new = evaluate(rego_path(record.path), record.input)
+    except Exception as exc:  # noqa: BLE001 - any engine's error is reported per record
+        report.errors.append((str(record.decision_id), str(exc)))
+        return
+    report.replayed += 1
+    summary.replayed += 1
+    digest = replay_digest(new)
+    if digest == recorded["plan_sha256"]:
+        return
+    old = {"plan_sha256": recorded["plan_sha256"], "summary": recorded.get("summary")}
+    candidate = {"plan_sha256": digest, "summary": plan_summary(new)}
+    report.changes.append(
+        ReplayChange(str(record.decision_id), _PLANS, record.path, old, candidate, None)
+    )
+    summary.changed += 1
+    summary.unknown_cost += 1

@@ -1,9 +1,15 @@
 """The control plane's audit database: one SQLite file of verified decision records.
 
 Table ``records`` holds each record's JSON once per ``decision_id`` (the primary key), with
-indexed columns for node + seq, time, tenant, tier and outcome (see
+indexed columns for node + seq, chain + seq, time, tenant, tier and outcome (see
 :mod:`~tiermesh.controlplane.audit.facets`), and the fingerprint of the certificate that
 signed it; table ``signers`` holds each signer's chain PEM once.
+
+``chain`` names the hash chain a record belongs to: the node's SPIFFE ID for records a
+node made and shipped (the default), the control plane's chain id for the plan records it
+made for nodes (:mod:`~tiermesh.controlplane.audit.plans`); ``node`` is always the
+record's ``node_spiffe_id``. A database from before the column existed is upgraded on
+open (``chain`` = ``node``).
 
 Durability: WAL journal with ``synchronous=FULL``, so :meth:`AuditStore.insert` returns
 only after its transaction is on disk — the collector acknowledges a batch only then.
@@ -47,6 +53,7 @@ CREATE TABLE IF NOT EXISTS records (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_node_seq ON records (node, seq);
+CREATE INDEX IF NOT EXISTS records_kind ON records (kind, ts);
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_tenant ON records (tenant, ts);
 CREATE INDEX IF NOT EXISTS records_tier ON records (tier, ts);
@@ -99,8 +106,18 @@ class AuditStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._upgrade()
         except sqlite3.Error as exc:
             raise AuditStoreError(self._path, str(exc)) from exc
+
+    def _upgrade(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "chain" not in columns:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ALTER TABLE records ADD COLUMN chain TEXT")
+            self._db.execute("UPDATE records SET chain = node")
+            self._db.execute("COMMIT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS records_chain_seq ON records (chain, seq)")
 
     def __enter__(self) -> AuditStore:
         return self
@@ -124,10 +141,12 @@ class AuditStore:
         signers: Mapping[str, str],
         *,
         received: dt.datetime | None = None,
+        chain: str | None = None,
     ) -> tuple[int, int]:
         """Store (record, signer fingerprint) pairs and signer chains in one durable
         transaction; returns (accepted, duplicates). A ``decision_id`` already stored is
-        a duplicate and left as it was.
+        a duplicate and left as it was. ``chain`` None files each record in its node's
+        chain; else every record goes to the chain ``chain``.
 
         Raises:
             AuditStoreError: the database cannot be written (nothing is stored).
@@ -150,6 +169,7 @@ class AuditStore:
                     signer,
                     stamp,
                     record.model_dump_json(),
+                    chain if chain is not None else record.node_spiffe_id,
                 )
             )
         accepted = 0
@@ -163,8 +183,8 @@ class AuditStore:
                 for row in rows:
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO records (decision_id, node, seq, ts, kind, path,"
-                        " tenant, tier, outcome, signer, received, record)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " tenant, tier, outcome, signer, received, record, chain)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         row,
                     )
                     accepted += cursor.rowcount
@@ -210,23 +230,38 @@ class AuditStore:
         return self._select("WHERE rowid > ? ORDER BY rowid LIMIT ?", [rowid, limit])
 
     def nodes(self) -> list[str]:
-        """Every node with records, sorted."""
+        """Every chain with records, sorted: each node's, and the control plane's."""
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT node FROM records ORDER BY node").fetchall()
+            rows = self._db.execute("SELECT DISTINCT chain FROM records ORDER BY chain").fetchall()
         return [row[0] for row in rows]
 
-    def chain(self, node: str) -> Iterator[StoredRecord]:
-        """``node``'s records in seq order (then arrival), read in pages."""
+    def chain(self, chain: str) -> Iterator[StoredRecord]:
+        """The records of chain ``chain`` (a node's SPIFFE ID, or the control plane's chain
+        id) in seq order (then arrival), read in pages."""
         last: tuple[int, int] = (-1, -1)
         while True:
             page = self._select(
-                "WHERE node = ? AND (seq, rowid) > (?, ?) ORDER BY seq, rowid LIMIT 1000",
-                [node, *last],
+                "WHERE chain = ? AND (seq, rowid) > (?, ?) ORDER BY seq, rowid LIMIT 1000",
+                [chain, *last],
             )
             yield from page
             if len(page) < 1000:
                 return
             last = (page[-1].record.seq, page[-1].rowid)
+
+    def last_in_chain(self, chain: str) -> StoredRecord | None:
+        """The record of ``chain`` with the highest seq (latest arrival on a tie), or None."""
+        rows = self._select("WHERE chain = ? ORDER BY seq DESC, rowid DESC LIMIT 1", [chain])
+        return rows[0] if rows else None
+
+    def latest_by_node(self, chain: str) -> dict[str, StoredRecord]:
+        """Per ``node``: its record with the highest seq in ``chain``."""
+        rows = self._select(
+            "WHERE chain = ? AND seq = (SELECT MAX(seq) FROM records AS r"
+            " WHERE r.chain = records.chain AND r.node = records.node) ORDER BY rowid",
+            [chain],
+        )
+        return {row.record.node_spiffe_id: row for row in rows}
 
     def signers(self) -> dict[str, str]:
         """Fingerprint → chain PEM of every stored signer."""

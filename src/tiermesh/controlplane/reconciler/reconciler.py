@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import MappingProxyType
@@ -36,7 +36,14 @@ from tiermesh.controlplane.store import (
 from tiermesh.rego import PolicyEngine, PolicyError
 from tiermesh.xds import Snapshot
 
-__all__ = ["BUNDLE_PREFIX", "NODES_PREFIX", "USAGE_PREFIX", "Reconciler", "SnapshotSink"]
+__all__ = [
+    "BUNDLE_PREFIX",
+    "NODES_PREFIX",
+    "USAGE_PREFIX",
+    "PlansHook",
+    "Reconciler",
+    "SnapshotSink",
+]
 
 BUNDLE_PREFIX: Final = "bundle/"
 NODES_PREFIX: Final = "nodes/"
@@ -52,6 +59,12 @@ class SnapshotSink(Protocol):
     def set_snapshot(self, key: str, snapshot: Snapshot) -> bool: ...
 
     def clear_snapshot(self, key: str) -> None: ...
+
+
+PlansHook = Callable[[ReconcileResult, BundleOutcome], Awaitable[None]]
+"""Called after every reconcile whose bundle was evaluated (published or refused) with the
+result and the evaluation (every node's plan); awaited under the reconcile lock, after the
+snapshots were set. What it raises is logged and ignored."""
 
 
 def _usage(entries: Sequence[tuple[str, bytes]]) -> dict[str, TenantUsage]:
@@ -89,6 +102,8 @@ class Reconciler:
     Events during a reconcile cause one more reconcile after it. Store outages and
     compacted watches are retried every ``retry_s``.
 
+    ``on_plans`` (see :data:`PlansHook`) sees each evaluation, e.g. to audit the plans.
+
     Task safety: use from the event loop that owns ``store`` and ``cache``; one
     :meth:`start` per instance. :meth:`aclose` stops the watches and the loop.
     """
@@ -106,6 +121,7 @@ class Reconciler:
         static_nodes: Sequence[NodeInfo] = (),
         refuse_violations: bool = True,
         retry_s: float = 1.0,
+        on_plans: PlansHook | None = None,
     ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
@@ -119,6 +135,8 @@ class Reconciler:
         self._static_nodes = tuple(static_nodes)
         self._refuse_violations = refuse_violations
         self._retry_s = retry_s
+        self._on_plans = on_plans
+        self._outcome: BundleOutcome | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")
         self._events = 0
         self._wake = asyncio.Event()
@@ -268,6 +286,12 @@ class Reconciler:
             started_at = self._clock.now()
             began = time.perf_counter()
             result = await self._reconcile(self._count, started_at, began, events)
+            outcome, self._outcome = self._outcome, None
+            if self._on_plans is not None and outcome is not None:
+                try:
+                    await self._on_plans(result, outcome)
+                except Exception:
+                    log.exception("the plans hook failed for reconcile %d", result.number)
             self.last_result = result
             if result.ok:
                 self.last_error = None
@@ -317,6 +341,7 @@ class Reconciler:
     async def _reconcile(
         self, number: int, started_at: float, began: float, events: int
     ) -> ReconcileResult:
+        self._outcome = None
         try:
             bundle, nodes, skipped, usage = await self._read_state()
         except StoreError as exc:
@@ -343,6 +368,7 @@ class Reconciler:
             )
         except PolicyError as exc:
             return result(False, errors=(Finding(Stage.REGO, f"policy engine: {exc}"),))
+        self._outcome = outcome
         if not outcome.ok:
             return result(False, errors=outcome.errors, warnings=outcome.warnings)
         missing = [node for node in node_ids if node not in outcome.snapshots]

@@ -1,0 +1,313 @@
+"""Compile-time plans as decision records: the control plane's own signed chain.
+
+Every reconcile evaluates ``data.tiermesh.routing.plan`` once per node. A
+:class:`PlanRecorder` turns those evaluations into :class:`DecisionRecord` s of kind
+``plan`` and appends them to the :class:`~tiermesh.controlplane.audit.AuditStore`:
+
+- ``path`` :data:`PLAN_RECORD_PATH`; ``input`` the exact
+  :class:`~tiermesh.controlplane.api.PlanInput` the policy was given (JSON);
+- ``result`` an object: ``outcome`` (``"published"`` — the plan's snapshot is served —
+  or ``"refused"`` — the reconcile was refused and the previous snapshot keeps serving),
+  ``plan_sha256`` (:func:`plan_digest` of the plan; null when no plan came out),
+  ``plan`` (the whole plan as JSON when its canonical form is at most ``max_plan_bytes``,
+  else null), ``summary`` (``routes``: route names, ``backends``: backend names,
+  ``violations``: how many), ``bundle`` (the bundle's store revision) and, when refused,
+  ``errors`` (the findings that name this node or no node, at most 20, as text);
+- ``bundle_revision`` the bundle's SHA-256, ``etcd_revision`` the etcd revision it was
+  read at, ``snapshot_version`` the version of the snapshot the node is served after this
+  reconcile (the new one when published, the previous one — or null — when refused);
+- ``node_spiffe_id`` the SPIFFE ID of the node the plan was made for
+  (``spiffe://<td>/node/<id>``).
+
+Replay compares :func:`plan_digest` of the candidate's plan with ``plan_sha256``, so a
+record stays replayable whether or not it holds the whole plan.
+
+**Chain.** The records form one chain, ``chain_id`` (the control plane's SPIFFE ID,
+``spiffe://<td>/controlplane``), numbered and linked exactly as a node's chain is (see
+:mod:`tiermesh.controlplane.api.decision`) and signed with the control plane's server key;
+the store keeps the signing certificate chain under its fingerprint. The chain continues
+across restarts from the last record stored under ``chain_id`` (each restart signs with a
+new server key; every key's certificate is kept).
+
+**No flooding.** A node gets a record only when its ``(outcome, plan_sha256)`` differs
+from that of its last record in the chain (also read back from the store after a
+restart): re-evaluating an unchanged bundle adds nothing.
+
+Task safety: :meth:`PlanRecorder.record` may be awaited from one event loop; calls are
+serialised. Hashing, signing and the durable insert run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from pydantic import ValidationError
+
+from tiermesh.controlplane.api import NodeInfo, Plan, PlanInput
+from tiermesh.controlplane.api.decision import (
+    GENESIS_HASH,
+    DecisionRecord,
+    canonical_bytes,
+)
+from tiermesh.controlplane.audit.store import AuditStore
+from tiermesh.controlplane.bundle import BundleOutcome, Finding
+from tiermesh.controlplane.reconciler.results import ReconcileResult
+
+__all__ = [
+    "DEFAULT_MAX_PLAN_BYTES",
+    "PLAN_RECORD_PATH",
+    "PlanRecorder",
+    "plan_digest",
+    "plan_summary",
+    "replay_digest",
+]
+
+PLAN_RECORD_PATH: Final = "tiermesh/routing/plan"
+"""``path`` of plan records (``data.tiermesh.routing.plan``)."""
+
+DEFAULT_MAX_PLAN_BYTES: Final = 256 * 1024
+"""Largest plan (canonical JSON) stored whole; larger ones keep digest and summary."""
+
+_MAX_ERRORS: Final = 20
+_ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+PlanOutcome = Literal["published", "refused"]
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def plan_digest(plan: Plan | Any) -> str:
+    """Hex SHA-256 of the plan's canonical JSON (as :class:`Plan` serialises it, keys
+    sorted, no whitespace). A JSON value is validated as a :class:`Plan` first, so a
+    policy's raw result and the validated plan have the same digest.
+
+    Raises:
+        pydantic.ValidationError: ``plan`` is JSON that is not a plan.
+    """
+    model = plan if isinstance(plan, Plan) else Plan.model_validate(plan)
+    return hashlib.sha256(_canonical(model.model_dump(mode="json"))).hexdigest()
+
+
+def replay_digest(result: Any) -> str | None:
+    """:func:`plan_digest` of a candidate policy's result, None when it is not a plan."""
+    if result is None:
+        return None
+    try:
+        return plan_digest(result)
+    except ValidationError:
+        return "invalid:" + hashlib.sha256(_canonical(result)).hexdigest()
+
+
+def _summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "routes": [route.name for route in plan.routes],
+        "backends": [backend.name for backend in plan.backends],
+        "violations": len(plan.violations),
+    }
+
+
+def plan_summary(result: Any) -> dict[str, Any] | None:
+    """The ``summary`` a plan record holds, for a policy's raw result (None: not a plan)."""
+    try:
+        return _summary(Plan.model_validate(result))
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    node: NodeInfo
+    spiffe_id: str
+    outcome: PlanOutcome
+    plan: Plan | None
+    digest: str | None
+    snapshot_version: str | None
+    errors: tuple[str, ...]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PlanRecorder:
+    """Appends plan records to ``store`` (see the module docstring).
+
+    ``key`` (EC P-256) signs; ``chain`` (leaf first) is its certificate chain, stored
+    once as the signer of these records. ``trust_domain`` names the nodes' SPIFFE IDs.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        chain_id: str,
+        trust_domain: str,
+        key: ec.EllipticCurvePrivateKey,
+        chain: Sequence[x509.Certificate],
+        max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES,
+        clock: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        if not isinstance(key.curve, ec.SECP256R1) or not chain:
+            raise ValueError("plan records are signed with an EC P-256 key and its chain")
+        self._store = store
+        self._chain_id = chain_id
+        self._trust_domain = trust_domain
+        self._key = key
+        self._chain_pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in chain
+        ).decode()
+        self._fingerprint = hashlib.sha256(
+            chain[0].public_bytes(serialization.Encoding.DER)
+        ).hexdigest()
+        self._max_plan_bytes = max_plan_bytes
+        self._now = clock
+        self._lock = asyncio.Lock()
+        self._loaded = False
+        self._next_seq = 0
+        self._last_hash = GENESIS_HASH
+        self._last: dict[str, tuple[str, str | None]] = {}
+
+    @property
+    def chain_id(self) -> str:
+        return self._chain_id
+
+    def node_spiffe_id(self, node_id: str) -> str:
+        """``spiffe://<trust-domain>/node/<node_id>``."""
+        return f"spiffe://{self._trust_domain}/node/{node_id}"
+
+    async def record(
+        self,
+        result: ReconcileResult,
+        outcome: BundleOutcome,
+        serving: Mapping[str, str],
+    ) -> list[DecisionRecord]:
+        """Record the plans of one reconcile whose evaluation ran (``outcome``), published
+        or refused per ``result.ok``; ``serving`` maps node id → the snapshot version
+        served after it. Returns the records appended (none when nothing changed).
+
+        Raises:
+            AuditStoreError: the database cannot be read or written (nothing recorded;
+                the next reconcile tries again).
+        """
+        items = self._items(result, outcome, serving)
+        async with self._lock:
+            return await asyncio.to_thread(self._append, result, items)
+
+    def _items(
+        self, result: ReconcileResult, outcome: BundleOutcome, serving: Mapping[str, str]
+    ) -> list[_Item]:
+        kind: PlanOutcome = "published" if result.ok else "refused"
+        findings: tuple[Finding, ...] = result.errors if not result.ok else ()
+        items = []
+        for node in outcome.nodes:
+            plan = outcome.plans.get(node.id)
+            snapshot = outcome.snapshots.get(node.id) if result.ok else None
+            version = snapshot.version if snapshot is not None else serving.get(node.id)
+            errors = tuple(str(f) for f in findings if f.node in (None, node.id))[:_MAX_ERRORS]
+            items.append(
+                _Item(
+                    node,
+                    self.node_spiffe_id(node.id),
+                    kind,
+                    plan,
+                    plan_digest(plan) if plan is not None else None,
+                    version,
+                    errors,
+                )
+            )
+        return items
+
+    # -- on the worker thread ---------------------------------------------------------
+
+    def _load(self) -> None:
+        last = self._store.last_in_chain(self._chain_id)
+        if last is not None:
+            self._next_seq = last.record.seq + 1
+            self._last_hash = last.record.hash
+        for node, stored in self._store.latest_by_node(self._chain_id).items():
+            result = stored.record.result
+            if isinstance(result, dict):
+                self._last[node] = (str(result.get("outcome")), result.get("plan_sha256"))
+        self._loaded = True
+
+    def _append(self, result: ReconcileResult, items: list[_Item]) -> list[DecisionRecord]:
+        if not self._loaded:
+            self._load()
+        now = self._now()
+        seq, prev = self._next_seq, self._last_hash
+        records: list[DecisionRecord] = []
+        for item in items:
+            if self._last.get(item.spiffe_id) == (item.outcome, item.digest):
+                continue
+            record = self._sealed(result, item, seq=seq, prev_hash=prev, now=now)
+            records.append(record)
+            seq, prev = seq + 1, record.hash
+        if not records:
+            return []
+        self._store.insert(
+            [(r, self._fingerprint) for r in records],
+            {self._fingerprint: self._chain_pem},
+            chain=self._chain_id,
+        )
+        self._next_seq, self._last_hash = seq, prev
+        for item in items:
+            self._last[item.spiffe_id] = (item.outcome, item.digest)
+        return records
+
+    def _result(self, result: ReconcileResult, item: _Item) -> dict[str, Any]:
+        plan = item.plan
+        body: dict[str, Any] = {
+            "outcome": item.outcome,
+            "plan_sha256": item.digest,
+            "plan": None,
+            "summary": None,
+            "bundle": result.bundle_revision,
+        }
+        if plan is not None:
+            dumped = plan.model_dump(mode="json")
+            if len(_canonical(dumped)) <= self._max_plan_bytes:
+                body["plan"] = dumped
+            body["summary"] = _summary(plan)
+        if item.outcome == "refused":
+            body["errors"] = list(item.errors)
+        return body
+
+    def _sealed(
+        self, result: ReconcileResult, item: _Item, *, seq: int, prev_hash: str, now: dt.datetime
+    ) -> DecisionRecord:
+        record = DecisionRecord(
+            decision_id=uuid.uuid4(),
+            path=PLAN_RECORD_PATH,
+            input=PlanInput(node=item.node).model_dump(mode="json"),
+            result=self._result(result, item),
+            timestamp=now,
+            bundle_revision=result.bundle_sha256 or None,
+            etcd_revision=result.etcd_revision,
+            snapshot_version=item.snapshot_version,
+            node_spiffe_id=item.spiffe_id,
+            kind="plan",
+            seq=seq,
+            prev_hash=prev_hash,
+            hash=GENESIS_HASH,
+            signature="",
+        )
+        digest = hashlib.sha256(canonical_bytes(record)).digest()
+        signature = self._key.sign(digest, _ECDSA_PREHASHED)
+        return record.model_copy(
+            update={"hash": digest.hex(), "signature": base64.b64encode(signature).decode()}
+        )
