@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,37 @@ async def test_a_corrupt_segment_is_quarantined_and_named(
     first_of_bad = int(bad.name.split(".")[0])
     assert record.seq == first_of_bad + 2  # continues after the two good lines
     assert assert_spool_verifies(tmp_path, ca) == record.seq + 1
+
+
+async def test_a_record_breaking_the_contract_fails_alone_and_takes_no_seq(
+    tmp_path: Path, signer: StaticSigner, ca: LocalCertificateAuthority
+) -> None:
+    bad = entry(1)
+    bad = type(bad)(path="not a policy path!", input=bad.input, result=bad.result)
+    async with DecisionLog(tmp_path, signer) as log:
+        outcomes = await asyncio.gather(
+            log.append(entry(0)), log.append(bad), log.append(entry(2)), return_exceptions=True
+        )
+        assert isinstance(outcomes[1], ValueError)
+        good = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert [r.seq for r in good] == [0, 1]
+        assert log.next_seq == 2
+        assert (await log.append(entry(3))).seq == 2
+    assert assert_spool_verifies(tmp_path, ca) == 3
+
+
+async def test_signing_runs_off_the_event_loop(tmp_path: Path, signer: StaticSigner) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    sign = type(signer.identity().private_key).sign
+
+    def spy(key: object, *args: object) -> bytes:
+        seen.append(threading.get_ident())
+        return sign(key, *args)  # type: ignore[arg-type]
+
+    async with DecisionLog(tmp_path, signer) as log:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(signer.identity().private_key), "sign", spy)
+            await asyncio.gather(*(log.append(entry(i)) for i in range(8)))
+    assert len(seen) == 8
+    assert loop_thread not in seen
