@@ -35,6 +35,9 @@ DEFAULT_APP_PORT = 10000
 DEFAULT_CACHE_SIZE = 128
 """Verified snapshots a :func:`default_compiler` keeps (distinct compile inputs)."""
 
+_OFFLINE_KEY = "offline-check-placeholder"
+"""The API key offline checks compile with (see :func:`offline_compiler`)."""
+
 
 def _credentials_digest(settings: NodeSettings) -> bytes:
     """SHA-256 over the settings' credentials (names and keys, in name order).
@@ -252,15 +255,29 @@ def _throwaway_bundle() -> str:
 
 
 def offline_compiler(*, cache: CompileCache | None = None) -> Compiler:
-    """The compiler for checks away from a running mesh (``tiermesh policy check|diff``).
+    """The compiler for checks away from a running mesh (``tiermesh policy check|diff``,
+    and the check ``tiermesh policy push`` runs before it writes).
 
-    Backends with a SPIFFE ID make the compiler emit an SDS secret holding the mesh's
-    trust bundle, which an offline check does not have: a throwaway CA's bundle stands in
-    for it. Only the secret's bytes differ from what the control plane will serve, and the
-    verifier judges routes, clusters and endpoints, never certificate contents.
+    Two things the control plane supplies are not there offline, and stand-ins take their
+    place: backends with a SPIFFE ID make the compiler emit an SDS secret holding the
+    mesh's trust bundle (a throwaway CA's bundle is used), and backends with a
+    ``credential`` need their API key (a fixed placeholder is used for every secret the
+    node's plan names; real keys live only with the control plane). Only those secrets'
+    bytes differ from what the control plane will serve, and the verifier judges routes,
+    clusters and endpoints, never certificate or key contents. A key the control plane
+    lacks is therefore not found here: the control plane refuses that plan and keeps the
+    last good snapshot.
     """
     bundle = _throwaway_bundle()
-    return default_compiler(
-        lambda _node_id: NodeSettings(app_port=DEFAULT_APP_PORT, trust_bundle_pem=bundle),
-        cache=cache,
-    )
+    memo = cache if cache is not None else CompileCache()
+
+    def compile_node(plan: Plan, catalog: Catalog, /) -> Snapshot:
+        named = {b.credential.secret for b in plan.backends if b.credential is not None}
+        settings = NodeSettings(
+            app_port=DEFAULT_APP_PORT,
+            trust_bundle_pem=bundle,
+            credentials=dict.fromkeys(sorted(named), _OFFLINE_KEY),
+        )
+        return default_compiler(lambda _node_id: settings, cache=memo)(plan, catalog)
+
+    return compile_node
