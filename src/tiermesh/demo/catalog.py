@@ -1,10 +1,11 @@
 """The demo's policy bundle: the shipped ``policies/`` with the catalog's backend endpoints
 pointed at where the demo's processes actually listen.
 
-Only ``endpoint`` (and, for the private backend, ``node``) changes; tenants, tiers,
-aliases and tasks stay as shipped. One resilience value is raised: a circuit breaker with
-``max_pending: 0`` becomes 1, because Envoy counts a request waiting for its first HTTP/1
-connection as pending, so 0 overflows every request to that backend (seen with Envoy 1.40).
+Only ``endpoint`` (and, for the private backend, ``node``; for the cloud stand-ins,
+``credential``) changes; tenants, tiers, aliases and tasks stay as shipped. One
+resilience value is raised: a circuit breaker with ``max_pending: 0`` becomes 1, because
+Envoy counts a request waiting for its first HTTP/1 connection as pending, so 0 overflows
+every request to that backend (seen with Envoy 1.40).
 The demo's private model server speaks plain HTTP on loopback, so the private backend
 loses its ``spiffe_id`` and ``tls`` (the compiler has no node-to-node mTLS listener yet);
 the cloud stand-ins keep TLS.
@@ -44,6 +45,9 @@ class DemoEndpoint:
     tls: bool = False
     node: str | None = None
     host: str = "127.0.0.1"
+    credential: str | None = None
+    """The secret name of the backend's API key (``credential: {secret: …}`` in the
+    catalog); the key itself goes to the control plane, never into the catalog."""
 
 
 def demo_catalog(
@@ -60,6 +64,8 @@ def demo_catalog(
         backend["endpoint"] = {"host": where.host, "port": where.port, "tls": where.tls}
         if where.node is not None:
             backend["node"] = where.node
+        if where.credential is not None:
+            backend["credential"] = {"secret": where.credential}
         if not where.tls:
             backend.pop("spiffe_id", None)
     for backend in catalog["backends"]:

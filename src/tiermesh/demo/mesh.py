@@ -5,12 +5,15 @@ stand-ins.
 Layout (everything on 127.0.0.1, free ports except the edge app port):
 
 - etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir).
-- control plane: a child ``tiermesh controlplane run`` (a real process, as deployed; its
-  data dir, CA passphrase and log under the state dir).
 - cloud stand-ins ``frontier-us`` and ``frontier-eu``: in-process HTTPS servers
-  (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key.
-- policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports
-  (:mod:`~tiermesh.demo.catalog`), pushed with ``tiermesh policy push``.
+  (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key each.
+- control plane: a child ``tiermesh controlplane run`` (a real process, as deployed; its
+  data dir, CA passphrase and log under the state dir). The stand-ins' keys reach it in
+  ``cloud-credentials.yaml`` (mode 0600, state dir) through ``--credentials-file``, named
+  ``<stand-in>-key``; it serves them to the nodes as SDS secrets.
+- policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports and
+  the cloud backends naming their key (:mod:`~tiermesh.demo.catalog`), pushed with
+  ``tiermesh policy push``.
 - nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
   Local-tier nodes run the request-time policy (``authz`` in node.yaml: the same
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -47,11 +51,23 @@ from tiermesh.demo.cloud_standin import CloudStandin
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import LOOPBACK, free_port
 
-__all__ = ["DEMO_HEADERS", "LocalMesh", "MeshError", "MeshNode"]
+__all__ = ["CLOUD_HEADERS", "DEMO_HEADERS", "LocalMesh", "MeshError", "MeshNode"]
 
 TRUST_DOMAIN: Final = "tiermesh.local"
 DEMO_HEADERS: Final = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
 """Headers of the printed example request."""
+CLOUD_HEADERS: Final = {**DEMO_HEADERS, "x-tiermesh-task": "reasoning"}
+"""Headers of a request the plan sends to the cloud tier first (acme's public
+``reasoning`` chain starts at ``frontier-eu``)."""
+STANDINS: Final = ("frontier-us", "frontier-eu")
+"""The cloud stand-ins, named as the catalog's cloud backends."""
+
+
+def credential_name(standin: str) -> str:
+    """The secret name of a stand-in's API key, in the catalog and the credentials file."""
+    return f"{standin}-key"
+
+
 _CP_READY_S: Final = 60.0
 _AGENT_READY_S: Final = 90.0
 _SERVE_S: Final = 60.0
@@ -148,15 +164,17 @@ class LocalMesh:
         except Exception as exc:
             raise MeshError(f"etcd failed to start: {exc}") from exc
 
-        step("control plane")
-        await self._start_plane()
-
-        step("cloud stand-ins, policy bundle and join tokens")
-        for name in ("frontier-us", "frontier-eu"):
+        step("cloud stand-ins")
+        for name in STANDINS:
             standin = CloudStandin(name=name, models=("frontier-large", "frontier-mini"),
                                    workdir=self.state_dir / name)  # fmt: skip
             standin.start()
             self.standins[name] = standin
+
+        step("control plane")
+        await self._start_plane()
+
+        step("policy bundle and join tokens")
         policies = self._write_policies()
         tokens = await asyncio.gather(
             self._tiermesh_once("policy push", ["policy", "push", str(policies)]),
@@ -186,6 +204,7 @@ class LocalMesh:
         passphrase = self.state_dir / "ca-passphrase"
         passphrase.write_text(secrets.token_urlsafe(32))
         passphrase.chmod(0o600)
+        credentials = self._write_credentials()
         p = self.plane_ports
         assert self.etcd is not None
         self.plane = Child(
@@ -195,6 +214,7 @@ class LocalMesh:
                 "--etcd", self.etcd.endpoint, "--trust-domain", TRUST_DOMAIN,
                 "--data-dir", str(self.state_dir / "controlplane"),
                 "--ca-passphrase-file", str(passphrase),
+                "--credentials-file", str(credentials),
                 "--listen", f"{LOOPBACK}:{p['ads']}", "--node-api", f"{LOOPBACK}:{p['node']}",
                 "--join", f"{LOOPBACK}:{p['join']}", "--admin", f"{LOOPBACK}:{p['admin']}",
                 "--root", self.root, "--lease-ttl", "5",
@@ -203,6 +223,21 @@ class LocalMesh:
         )  # fmt: skip
         await asyncio.to_thread(self.plane.wait_line, "control plane ready", _CP_READY_S)
         self.audit_address = await asyncio.to_thread(self._plane_address, "audit")
+
+    @property
+    def credentials_file(self) -> Path:
+        """The control plane's ``--credentials-file`` (the stand-ins' API keys)."""
+        return self.state_dir / "cloud-credentials.yaml"
+
+    def _write_credentials(self) -> Path:
+        """Write the stand-ins' keys, readable by the owner only from the first byte."""
+        path = self.credentials_file
+        keys = {credential_name(name): s.api_key for name, s in self.standins.items()}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # an older file keeps its mode on O_CREAT
+            handle.write(yaml.safe_dump(keys))
+        return path
 
     def _plane_address(self, name: str) -> str:
         with urllib.request.urlopen(f"{self.admin_url}/status", timeout=10) as answer:  # noqa: S310
@@ -237,8 +272,12 @@ class LocalMesh:
         endpoints = {
             "edge-smollm": DemoEndpoint(self.edge.model_port, node=self.edge.id),
             "onprem-gpu": DemoEndpoint(self.nodes[1].model_port, node=self.nodes[1].id),
-            "frontier-us": DemoEndpoint(us.port, tls=True),
-            "frontier-eu": DemoEndpoint(eu.port, tls=True),
+            "frontier-us": DemoEndpoint(
+                us.port, tls=True, credential=credential_name("frontier-us")
+            ),
+            "frontier-eu": DemoEndpoint(
+                eu.port, tls=True, credential=credential_name("frontier-eu")
+            ),
         }
         return write_demo_policies(target, endpoints)
 
