@@ -95,6 +95,7 @@ def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
     assert "curl -s" in text
     assert "x-tiermesh-tenant: acme" in text
     assert "x-tiermesh-sensitivity: public" in text
+    assert "x-tiermesh-task: reasoning" in text  # the curl that reaches the cloud tier
     names = [p.name() for p in up.descendants()]
     assert sum("envoy" in n for n in names) == 3
     assert any("etcd" in n for n in names)

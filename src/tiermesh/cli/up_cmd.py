@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tiermesh.demo.mesh import DEMO_HEADERS, LocalMesh, MeshError
+from tiermesh.demo.mesh import CLOUD_HEADERS, DEMO_HEADERS, LocalMesh, MeshError
 
 __all__ = ["up"]
 
@@ -91,18 +91,22 @@ def _print_ready(mesh: LocalMesh, console: Console) -> None:
     console.print(f"  control plane admin {mesh.admin_url}  (tiermesh status --admin …)",
                   highlight=False)  # fmt: skip
     console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.edge.app_url}[/bold]")
-    headers = " ".join(f"-H '{k}: {v}'" for k, v in DEMO_HEADERS.items())
     body = json.dumps({"model": "local", "max_tokens": 32,
                        "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-    console.print("Send a request through the edge Envoy:\n")
+    for label, sent in (
+        ("Send a request through the edge Envoy", DEMO_HEADERS),
+        ("A public reasoning task goes to the cloud tier (x-tiermesh-tier: cloud)", CLOUD_HEADERS),
+    ):
+        headers = " ".join(f"-H '{k}: {v}'" for k, v in sent.items())
+        console.print(f"\n{label}:\n")
+        console.print(
+            f"  curl -si {mesh.edge.app_url}/v1/chat/completions "
+            f"-H 'content-type: application/json' {headers} -d '{body}'",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(
-        f"  curl -s {mesh.edge.app_url}/v1/chat/completions -H 'content-type: application/json' "
-        f"{headers} -d '{body}'",
-        soft_wrap=True,
-        highlight=False,
-    )
-    console.print(
-        "\n(x-tiermesh-sensitivity: restricted stays on the local tiers; the cloud stand-ins "
-        "answer 401 until API keys reach Envoy as SDS secrets.)\nPress Ctrl-C to stop.",
+        "\nx-tiermesh-sensitivity: restricted (or PII in the body) never leaves the local and "
+        "private tiers.\nPress Ctrl-C to stop.",
         highlight=False,
     )
