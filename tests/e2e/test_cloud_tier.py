@@ -6,20 +6,17 @@ body) never reaches it; the keys show up in no status document and no log."""
 from __future__ import annotations
 
 import json
-import signal
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 import yaml
 
 from tests.e2e.agent_support import TIERMESH, chat, chat_text
-from tests.e2e.test_request_policy import CHILD_ENV, PII
-from tests.e2e.test_up_mesh import START_BOUND_S, Up, _wait_for_line
-from tiermesh.procs.ports import free_port
+from tests.e2e.test_request_policy import PII
+from tests.e2e.up_support import CHILD_ENV, Up, running_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
 REASONING = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "reasoning",
@@ -29,28 +26,8 @@ CLOUD_WITHIN_S = 30.0
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    port = free_port()
-    state = tmp_path_factory.mktemp("up-cloud") / "state"
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CHILD_ENV,
-    )  # fmt: skip
-    try:
-        lines = _wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)
-        yield Up(proc, port, state, lines, time.monotonic() - started)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.kill()
-                proc.kill()
-                proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+    with running_up(tmp_path_factory.mktemp("up-cloud") / "state") as running:
+        yield running
 
 
 def _keys(up: Up) -> dict[str, str]:

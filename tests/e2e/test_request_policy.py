@@ -6,54 +6,26 @@ database, signed and chained, within a bound."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.e2e.agent_support import TIERMESH, audit_cli, chat_text
-from tests.e2e.test_up_mesh import ENV, START_BOUND_S, Up, _wait_for_line
-from tiermesh.procs.ports import free_port
+from tests.e2e.agent_support import audit_cli, chat_text
+from tests.e2e.up_support import CHILD_ENV, Up, running_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
 PUBLIC = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "chat",
           "x-tiermesh-sensitivity": "public"}  # fmt: skip
 PII = "Please follow up with jane.doe@example.com about card 4111 1111 1111 1111."
 SHIPPED_WITHIN_S = 15.0
-# A checkout run from another source tree (PYTHONPATH) must reach the children too.
-CHILD_ENV = {**ENV, **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ
-                       else {})}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    port = free_port()
-    state = tmp_path_factory.mktemp("up-authz") / "state"
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CHILD_ENV,
-    )  # fmt: skip
-    try:
-        lines = _wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)
-        yield Up(proc, port, state, lines, time.monotonic() - started)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.kill()
-                proc.kill()
-                proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+    with running_up(tmp_path_factory.mktemp("up-authz") / "state") as running:
+        yield running
 
 
 def _audit_db(up: Up) -> Path:

@@ -6,86 +6,28 @@ nothing behind; a port in use is named."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from tests.e2e.agent_support import TIERMESH, alive, chat
-from tiermesh.procs.ports import free_port
+from tests.e2e.up_support import ENV, START_BOUND_S, Up, running_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
-START_BOUND_S = 120.0
-ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
 PUBLIC = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "classify",
           "x-tiermesh-sensitivity": "public"}  # fmt: skip
 
 
-@dataclass
-class Up:
-    proc: subprocess.Popen[str]
-    port: int
-    state: Path
-    lines: list[str]
-    took_s: float
-
-    @property
-    def mesh(self) -> dict[str, Any]:
-        return dict(json.loads((self.state / "mesh.json").read_text()))
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-            continue
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(lines)}")
-
-
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    port = free_port()
-    state = tmp_path_factory.mktemp("up") / "state"
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-    )  # fmt: skip
-    try:
-        lines = _wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)
-        yield Up(proc, port, state, lines, time.monotonic() - started)
-    finally:
-        if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+    with running_up(tmp_path_factory.mktemp("up") / "state", graceful=False) as running:
+        yield running
 
 
 def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:

@@ -1,0 +1,94 @@
+"""Running ``tiermesh up`` as a user would, for the e2e tests that need the whole mesh."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.e2e.agent_support import TIERMESH
+from tiermesh.procs.ports import free_port
+
+START_BOUND_S = 120.0
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+# A checkout run from another source tree (PYTHONPATH) must reach the children too.
+CHILD_ENV = {**ENV, **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ
+                       else {})}  # fmt: skip
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    port: int
+    state: Path
+    lines: list[str]
+    took_s: float
+
+    @property
+    def mesh(self) -> dict[str, Any]:
+        return dict(json.loads((self.state / "mesh.json").read_text()))
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """Lines printed until one holds ``needle``; fails after ``timeout`` or on exit."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(lines)}")
+
+
+@contextlib.contextmanager
+def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
+    """``tiermesh up`` with its state in ``state``, ready when it prints its prompt.
+
+    On exit it is stopped with Ctrl-C (``graceful``) and killed with everything under it
+    if that does not end it within 30 s (or at once when not ``graceful``).
+    """
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CHILD_ENV,
+    )  # fmt: skip
+    try:
+        lines = wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)
+        yield Up(proc, port, state, lines, time.monotonic() - started)
+    finally:
+        if proc.poll() is None:
+            if graceful:
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30 if graceful else 0)
+            except subprocess.TimeoutExpired:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                proc.kill()
+                proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
