@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tiermesh-installed
 export UV_LINK_MODE := copy
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up up-smollm2 test check lint typecheck imports pytest bench os-deps deps clean
+.PHONY: up up-smollm2 test check lint typecheck imports pytest bench bench-os-deps os-deps deps clean
 
 up: deps
 	$(BIN)/tiermesh up
@@ -36,7 +36,7 @@ imports: deps
 pytest: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: deps
+bench: deps bench-os-deps
 	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
 
 deps: os-deps $(STAMP)
@@ -51,6 +51,14 @@ os-deps:
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on
 # 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
+# The gateway benchmark drives load with wrk against an nginx upstream.
+bench-os-deps:
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then \
+		echo "installing OS packages for benchmarks: wrk nginx"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk nginx >/dev/null; \
+	fi
+
 $(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt requirements/demo.txt
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
