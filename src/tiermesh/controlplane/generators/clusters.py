@@ -38,6 +38,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from tiermesh.controlplane.generators._protos import ads, is_ip, ms, pack
 from tiermesh.controlplane.generators.authz import authz_cluster
 from tiermesh.controlplane.generators.endpoints import internal_assignment, load_assignment
+from tiermesh.controlplane.generators.usage import usage_cluster
 from tiermesh.controlplane.model import Chain, MeshModel, Upstream, names
 
 __all__ = [
@@ -190,10 +191,11 @@ def chain_cluster(chain: Chain, connect_timeout_ms: int) -> cluster_pb2.Cluster:
 def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     """Every backend cluster, then every chain's aggregate, each sorted by name, then the
     egress cluster of each credentialed backend, then the authz server's cluster when the
-    node has one (:mod:`.authz`)."""
+    node has one (:mod:`.authz`), then the access-log server's (:mod:`.usage`)."""
     node = model.node(node_id)
     timeout = node.settings.connect_timeout_ms
     authz = node.settings.authz
+    usage = node.settings.usage
     return [
         *(backend_cluster(upstream, timeout) for upstream in node.upstreams),
         *(chain_cluster(chain, timeout) for chain in node.chains),
@@ -203,4 +205,5 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
             if upstream.backend.credential is not None
         ),
         *([] if authz is None else [authz_cluster(authz, timeout)]),
+        *([] if usage is None else [usage_cluster(usage, timeout)]),
     ]

@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from tiermesh.controlplane.generators._protos import ads, pack
 from tiermesh.controlplane.generators.authz import authz_filter
 from tiermesh.controlplane.generators.egress import egress_listener
+from tiermesh.controlplane.generators.usage import usage_access_log, usage_filter
 from tiermesh.controlplane.model import MeshModel, names
 
 __all__ = ["RATE_LIMIT_FILTER", "generate"]
@@ -24,7 +25,8 @@ RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     """The app listener: HTTP connection manager, routes over RDS (ADS), and filters
     [ext_authz →] local rate limit (pass-through unless a route configures a bucket) →
-    router.
+    [usage Lua →] router, with a gRPC access log when ``settings.usage`` is set
+    (:mod:`.usage`).
 
     ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
     and the route are those of the headers it set. Then one internal egress listener per
@@ -33,11 +35,15 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     node = model.node(node_id)
     settings = node.settings
     filters = [] if settings.authz is None else [authz_filter(settings.authz)]
-    filters += [
+    filters.append(
         hcm_pb2.HttpFilter(
             name=RATE_LIMIT_FILTER,
             typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix="tiermesh")),
-        ),
+        )
+    )
+    if settings.usage is not None:
+        filters.append(usage_filter(settings.usage))
+    filters += [
         hcm_pb2.HttpFilter(
             name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
         ),
@@ -47,6 +53,7 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=names.APP_ROUTES),
         http_filters=filters,
+        access_log=[] if settings.usage is None else [usage_access_log(settings.usage)],
     )
     egress = [egress_listener(u) for u in node.upstreams if u.backend.credential is not None]
     return [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstream
-from tiermesh.controlplane.model.settings import AuthzSettings, NodeSettings
+from tiermesh.controlplane.model.settings import AuthzSettings, NodeSettings, UsageSettings
 
 __all__ = [
     "AuthzSettings",
@@ -22,5 +22,6 @@ __all__ = [
     "PlanMismatch",
     "UnknownNode",
     "Upstream",
+    "UsageSettings",
     "names",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["AuthzSettings", "NodeSettings"]
+__all__ = ["AuthzSettings", "NodeSettings", "UsageSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,37 @@ class AuthzSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """The node agent's access-log server (``envoy.service.accesslog.v3.AccessLogService``,
+    gRPC), which accounts tokens and spend per tenant.
+
+    When a node has one, its app listener reads ``usage`` from each answer's body into
+    dynamic metadata (``tiermesh.usage``) and sends one access-log entry per request to
+    this server. Accounting is best effort: an unreachable server loses entries, it never
+    fails a request.
+    """
+
+    port: int
+    """TCP port of the access-log server (plaintext gRPC; it runs on the node)."""
+    host: str = "127.0.0.1"
+    """IP address of the access-log server; loopback, since it runs beside Envoy."""
+    flush_interval_ms: int = 200
+    """How long Envoy may hold finished entries before it sends them."""
+    scan_bytes: int = 512
+    """Bytes of one body chunk's tail carried into the next when searching for ``usage``,
+    so a ``usage`` object cut between two chunks is still found. The filter never buffers
+    more than one chunk plus this."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"usage port {self.port} is not a TCP port")
+        if self.flush_interval_ms <= 0:
+            raise ValueError("usage flush_interval_ms must be positive")
+        if not 64 <= self.scan_bytes <= 65536:
+            raise ValueError("usage scan_bytes must be within 64..65536")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSettings:
     """Where a node's Envoy listens for its apps, and what it trusts upstream.
 
@@ -58,6 +89,8 @@ class NodeSettings:
     """PEM trust bundle for SPIFFE peers; required when a planned backend has a SPIFFE ID."""
     authz: AuthzSettings | None = None
     """The node's ext_authz server; None compiles no request-time policy filter."""
+    usage: UsageSettings | None = None
+    """The node's access-log server; None compiles no usage filter and no access log."""
     credentials: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
