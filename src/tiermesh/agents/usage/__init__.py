@@ -1,0 +1,21 @@
+"""Usage accounting on the node: Envoy's access logs → tokens and spend per tenant → the
+budget file ext_authz reads (an exhausted tenant is routed to its budget fallback)."""
+
+from __future__ import annotations
+
+from tiermesh.agents.usage.errors import LedgerWriteFailed, UsageError
+from tiermesh.agents.usage.ledger import Prices, TenantUsage, Usage, UsageLedger, cost_micro
+from tiermesh.agents.usage.server import AccessLogService, start_usage_server, usage_from_entry
+
+__all__ = [
+    "AccessLogService",
+    "LedgerWriteFailed",
+    "Prices",
+    "TenantUsage",
+    "Usage",
+    "UsageError",
+    "UsageLedger",
+    "cost_micro",
+    "start_usage_server",
+    "usage_from_entry",
+]
