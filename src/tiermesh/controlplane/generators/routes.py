@@ -27,6 +27,8 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 - **Model rewrite**: not compiled. A step's ``model`` differs per route, and Envoy offers
   no per-(route, member) request header through an aggregate; the plan's per-step model
   stays for the request-time layer.
+- **Cascade** (a plan route with ``cascade`` on a node with a cascade handler): each
+  variant becomes per-step routes and a route to the handler; see :mod:`.cascade`.
 - **Rate limit**: the tenant's token bucket in the route's ``typed_per_filter_config``
   for ``envoy.filters.http.local_ratelimit``. Envoy keeps one bucket per route config,
   so the limit holds per route, not across all of a tenant's routes.
@@ -46,6 +48,7 @@ from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RateLimit, RoutePlan
+from tiermesh.controlplane.generators import cascade
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
@@ -171,9 +174,34 @@ def _routes_for(node: NodeModel, plan_route: RoutePlan) -> Iterator[rc.Route]:
     if fallback and fallback != chain:
         budget = _exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
         for name, matchers in variants:
-            yield _route(node, plan_route, f"{name}/budget", fallback, [*matchers, budget])
+            yield from _variant(node, plan_route, f"{name}/budget", fallback, [*matchers, budget])
     for name, matchers in variants:
-        yield _route(node, plan_route, name, chain, matchers)
+        yield from _variant(node, plan_route, name, chain, matchers)
+
+
+def _variant(
+    node: NodeModel,
+    plan_route: RoutePlan,
+    name: str,
+    steps: Sequence[ChainStep],
+    headers: list[rc.HeaderMatcher],
+) -> Iterator[rc.Route]:
+    """One variant of a plan route: its chain route, or its cascade (:mod:`.cascade`)."""
+    route = _route(node, plan_route, name, steps, headers)
+    if not cascade.uses_cascade(node, plan_route, steps):
+        yield route
+        return
+    for index, step in enumerate(steps):
+        step_route = _route(
+            node,
+            plan_route,
+            names.cascade_step_route(name, index),
+            [step],
+            [*headers, cascade.step_matcher(index)],
+        )
+        step_route.ClearField("typed_per_filter_config")
+        yield step_route
+    yield cascade.to_handler(route, plan_route, steps)
 
 
 def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguration]:

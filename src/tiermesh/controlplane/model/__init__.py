@@ -10,10 +10,16 @@ from __future__ import annotations
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstream
-from tiermesh.controlplane.model.settings import AuthzSettings, NodeSettings, UsageSettings
+from tiermesh.controlplane.model.settings import (
+    AuthzSettings,
+    CascadeSettings,
+    NodeSettings,
+    UsageSettings,
+)
 
 __all__ = [
     "AuthzSettings",
+    "CascadeSettings",
     "Chain",
     "MeshModel",
     "ModelError",

@@ -14,8 +14,14 @@ __all__ = [
     "AUTHZ_CLUSTER",
     "BUDGET_EXHAUSTED",
     "BUDGET_HEADER",
+    "CASCADE_CHAIN_HEADER",
+    "CASCADE_CLUSTER",
+    "CASCADE_STEPS_HEADER",
+    "CASCADE_STEP_HEADER",
+    "CASCADE_THRESHOLD_HEADER",
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
+    "cascade_step_route",
     "chain_cluster",
     "credential_secret",
     "egress_cluster",
@@ -37,6 +43,17 @@ BUDGET_EXHAUSTED = "exhausted"
 """Value of :data:`BUDGET_HEADER` that selects a route's budget fallback chain."""
 TIER_HEADER = "x-tiermesh-tier"
 """Response header naming the tier of the backend that answered."""
+CASCADE_CLUSTER = "tiermesh|cascade"
+"""Cluster of the node's confidence cascade handler (loopback, on the node)."""
+CASCADE_STEP_HEADER = "x-tiermesh-cascade-step"
+"""Request header the cascade handler sets on each step it asks (``0`` is the first);
+the per-step routes match on it."""
+CASCADE_CHAIN_HEADER = "x-tiermesh-cascade-chain"
+"""Request header a cascade route adds for the handler: how many steps its chain has."""
+CASCADE_THRESHOLD_HEADER = "x-tiermesh-cascade-min-confidence"
+"""Request header a cascade route adds for the handler: the route's ``min_confidence``."""
+CASCADE_STEPS_HEADER = "x-tiermesh-cascade-steps"
+"""Response header of a cascade answer: how many steps were asked."""
 
 
 def upstream_cluster(backend: str) -> str:
@@ -62,3 +79,8 @@ def egress_cluster(backend: str) -> str:
 def credential_secret(backend: str) -> str:
     """SDS generic secret holding the credential header value of ``backend``'s requests."""
     return f"tiermesh-credential-{backend}"
+
+
+def cascade_step_route(route: str, step: int) -> str:
+    """Route that sends step ``step`` (from 0) of cascade route ``route`` to its cluster."""
+    return f"{route}/cascade/{step}"

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["AuthzSettings", "NodeSettings", "UsageSettings"]
+__all__ = ["AuthzSettings", "CascadeSettings", "NodeSettings", "UsageSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,9 @@ class NodeSettings:
     """API keys by the name a backend's ``credential.secret`` gives, as the operator
     stored them. Served to the node as SDS generic secrets; never part of a plan, and
     left out of ``repr`` so that logging settings cannot leak them."""
+    cascade: CascadeSettings | None = None
+    """The node's confidence cascade handler; None compiles routes of ``cascade`` tasks
+    as plain failover chains."""
 
     def __post_init__(self) -> None:
         if not 0 < self.app_port < 65536:
@@ -104,3 +107,23 @@ class NodeSettings:
         if self.connect_timeout_ms <= 0:
             raise ValueError("connect_timeout_ms must be positive")
         object.__setattr__(self, "credentials", MappingProxyType(dict(self.credentials)))
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeSettings:
+    """The node agent's confidence cascade handler (HTTP/1.1, plaintext, on the node).
+
+    When a node has one, every route of a plan route with ``cascade`` (and a chain of two
+    or more steps) sends its requests to this handler instead of the chain; the handler
+    asks the chain's steps in order back through the app listener (per-step routes) and
+    answers with the first confident answer, or the last step's.
+    """
+
+    port: int
+    """TCP port of the handler."""
+    host: str = "127.0.0.1"
+    """IP address of the handler; loopback, since it runs beside Envoy."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"cascade port {self.port} is not a TCP port")

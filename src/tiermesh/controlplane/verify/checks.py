@@ -17,15 +17,23 @@ For every route of every route configuration a listener serves:
   agrees with the backend found at its endpoints' addresses.
 
 Endpoints are mapped to backends by ``(host, port)``: labels cannot hide a cloud address.
+
+**Node-local services**: the cascade handler's cluster
+(:data:`~tiermesh.controlplane.model.names.CASCADE_CLUSTER`) may have loopback endpoints
+that are no catalog backend. The handler only asks the chain's steps back through the app
+listener's per-step routes, which are checked here like every other route; an endpoint of
+that cluster that *is* a catalog backend's address is judged as that backend.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Sequence
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
 from tiermesh.controlplane.api import MATCH_HEADERS, Backend, Catalog, Tenant
+from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding
 from tiermesh.controlplane.verify.inventory import Inventory, Leaf
 from tiermesh.controlplane.verify.matching import exact_value, may_match
@@ -44,6 +52,13 @@ def cleared_for_restricted(backend: Backend, tenant: Tenant | None) -> bool:
     if backend.tier == "private" and backend.max_sensitivity == "restricted":
         return tenant is None or "private" in tenant.restricted_tiers
     return False
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Checker:
@@ -159,6 +174,8 @@ class _Checker:
         via = f" via '{leaf.via[-1]}'" if leaf.via else ""
         where = f"route '{route}' → cluster '{leaf.cluster}'"
         backend = self.by_address.get(address)
+        if backend is None and leaf.cluster == names.CASCADE_CLUSTER and _loopback(host):
+            return  # the node's cascade handler: it re-enters the listener's step routes
         if backend is None:
             self.add(
                 "unknown-endpoint",

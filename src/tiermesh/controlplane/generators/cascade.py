@@ -1,0 +1,136 @@
+"""The confidence cascade: routes and the cluster of the node's cascade handler.
+
+Envoy cannot judge a response body and ask again, so a plan route with ``cascade`` (on a
+node whose settings name a :class:`~tiermesh.controlplane.model.CascadeSettings` handler,
+and with a chain of two or more steps) compiles, per variant of the route (plain,
+``/unclassified``, ``/budget``), to:
+
+- one **step route** per chain step, :func:`~tiermesh.controlplane.model.names.cascade_step_route`,
+  matching the variant's headers plus ``x-tiermesh-cascade-step: <i>`` and sending to that
+  step's own backend cluster (its breaker, outlier detection, TLS and API key apply), with
+  the step's timeout and retries. Step routes carry no rate limit: the client's request
+  was counted once on the cascade route. They are ordinary routes, so the verifier checks
+  them like any other.
+- the **cascade route** itself (the variant's name), after its step routes: it sends to
+  :data:`~tiermesh.controlplane.model.names.CASCADE_CLUSTER` (the handler on loopback) and
+  overwrites two request headers the handler reads: the chain's length and the
+  ``min_confidence``. Its timeout is the sum of the steps' timeouts; it has no retries
+  (the handler walks the chain) and keeps the route's rate limit.
+
+The handler asks each step back through the app listener with the client's headers plus
+the step header; a step request matches its step route, never the cascade route (step
+routes come first, and any earlier route would have taken the client's request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.type.matcher.v3 import string_pb2
+
+from tiermesh.controlplane.api import ChainStep, RoutePlan
+from tiermesh.controlplane.generators._protos import ms
+from tiermesh.controlplane.model import CascadeSettings, NodeModel, names
+
+__all__ = [
+    "cascade_cluster",
+    "cascade_clusters",
+    "node_uses_cascade",
+    "step_matcher",
+    "to_handler",
+    "uses_cascade",
+]
+
+
+def uses_cascade(node: NodeModel, plan_route: RoutePlan, steps: Sequence[ChainStep]) -> bool:
+    """Does a variant of ``plan_route`` with ``steps`` compile to a cascade?"""
+    return node.settings.cascade is not None and plan_route.cascade is not None and len(steps) > 1
+
+
+def node_uses_cascade(node: NodeModel) -> bool:
+    """Does any route of the node compile to a cascade (so the handler cluster is needed)?"""
+    return any(
+        uses_cascade(node, route, steps)
+        for route in node.plan.routes
+        for steps in (route.chain, route.budget_fallback)
+    )
+
+
+def _set(header: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=header, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def to_handler(
+    chain_route: rc.Route, plan_route: RoutePlan, steps: Sequence[ChainStep]
+) -> rc.Route:
+    """The cascade route of a variant, derived from its plain chain route ``chain_route``
+    (same name, match and rate limit) by sending it to the handler. Requires
+    ``plan_route.cascade``; ``chain_route`` is not modified."""
+    cascade = plan_route.cascade
+    if cascade is None:
+        raise ValueError(f"route {plan_route.name!r} has no cascade")
+    route = rc.Route()
+    route.CopyFrom(chain_route)
+    route.route.CopyFrom(
+        rc.RouteAction(
+            cluster=names.CASCADE_CLUSTER,
+            timeout=ms(sum(step.timeout_ms for step in steps)),
+        )
+    )
+    route.request_headers_to_add.extend(
+        [
+            _set(names.CASCADE_CHAIN_HEADER, str(len(steps))),
+            _set(names.CASCADE_THRESHOLD_HEADER, repr(cascade.min_confidence)),
+        ]
+    )
+    return route
+
+
+def step_matcher(step: int) -> rc.HeaderMatcher:
+    """Matcher of the per-step routes of step ``step``."""
+    return rc.HeaderMatcher(
+        name=names.CASCADE_STEP_HEADER, string_match=string_pb2.StringMatcher(exact=str(step))
+    )
+
+
+def cascade_cluster(settings: CascadeSettings, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    """A static HTTP/1.1 cluster with the handler's one loopback address."""
+    return cluster_pb2.Cluster(
+        name=names.CASCADE_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=ms(connect_timeout_ms),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=names.CASCADE_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=address_pb2.Address(
+                                    socket_address=address_pb2.SocketAddress(
+                                        address=settings.host, port_value=settings.port
+                                    )
+                                )
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def cascade_clusters(node: NodeModel) -> list[cluster_pb2.Cluster]:
+    """The handler's cluster when a route of ``node`` uses it; else none."""
+    settings = node.settings.cascade
+    if settings is None or not node_uses_cascade(node):
+        return []
+    return [cascade_cluster(settings, node.settings.connect_timeout_ms)]
