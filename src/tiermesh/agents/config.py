@@ -160,6 +160,13 @@ class AuthzConfig(_Section):
     """Tenants' budget state, JSON ``{"<tenant>": {"spent_usd": x, "limit_usd": y}}``
     (default ``<state_dir>/budget.json``; missing: every budget unknown). Re-read when it
     changes, until the control plane pushes spend."""
+    usage_listen: HostPort | None = None
+    """Where the usage server listens (``envoy.service.accesslog.v3.AccessLogService``;
+    keep it on loopback, port 0 picks a free one), or None: no usage accounting. When set
+    the agent registers its port, the compiled app listener logs each answer's token
+    usage there, and the agent adds the tenant's tokens and spend (``data.catalog``
+    prices) to ``budget_file``, which ext_authz reads: a tenant whose spend reaches its
+    ``monthly_budget_usd`` takes its budget fallback."""
 
     @model_validator(mode="after")
     def _needs_policy(self) -> Self:

@@ -144,6 +144,7 @@ class NodeAgent:
             endpoints=config.registered_endpoints(),
             labels=config.node.labels,
             authz_port=self.requests.port if self.requests is not None else None,
+            usage_port=self.requests.usage_port if self.requests is not None else None,
         )
         self.session = RegistrySession(
             self.store,

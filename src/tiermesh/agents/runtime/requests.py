@@ -3,7 +3,9 @@
 :class:`RequestPolicy` starts, in order: the request policy loaded into a regorus engine
 (``<policy_dir>/request`` with ``data.catalog`` from ``<policy_dir>/data/catalog.yaml`` and
 ``data.request_config`` from node.yaml) → the decision log in ``<state_dir>/decisions``
-(signed with the node's current SVID) → the authz gRPC server on loopback → the shipper,
+(signed with the node's current SVID) → the authz gRPC server on loopback → the usage
+server when ``authz.usage_listen`` is set (access logs → tokens and spend per tenant, at
+``data.catalog`` prices, into the budget file the authz server reads) → the shipper,
 which sends the spool to the control plane's audit collector on the node API (mTLS, the
 node's SVID). :meth:`RequestPolicy.stop` undoes it in reverse: no new checks, pending
 records written, one last shipping attempt, then the shipper is cancelled (unshipped
@@ -37,6 +39,8 @@ from tiermesh.agents.config import AgentConfig
 from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StoreSigner
 from tiermesh.agents.identity import SvidStore
 from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.agents.usage import Prices, UsageLedger, start_usage_server
+from tiermesh.controlplane.api import Catalog
 from tiermesh.rego import RegorusEngine
 
 __all__ = ["RequestPolicy", "policy_data"]
@@ -87,8 +91,11 @@ class RequestPolicy:
         self._shipper: Shipper | None = None
         self._shipping: asyncio.Task[None] | None = None
         self._authorizer: Authorizer | None = None
+        self._usage: grpc.aio.Server | None = None
         self.port = 0
         """The authz server's bound port (0 before :meth:`start`)."""
+        self.usage_port: int | None = None
+        """The usage server's bound port (None before :meth:`start` or without one)."""
 
     async def start(self) -> None:
         """Start every part; raises :class:`StartFailed` (or ``OSError`` for the spool)
@@ -121,6 +128,8 @@ class RequestPolicy:
             )
         except RuntimeError as exc:
             raise StartFailed("the authz server", str(exc)) from exc
+        if config.authz.usage_listen is not None:
+            await self._start_usage(config, data)
         cp = config.control_plane
         if cp.audit:
             client = GrpcShipClient(
@@ -132,6 +141,21 @@ class RequestPolicy:
             log.warning("no control_plane.audit address: decisions stay in %s", decisions.directory)
         log.info("request policy served on %s port %d", config.authz.listen, self.port)
 
+    async def _start_usage(self, config: AgentConfig, data: dict[str, Any]) -> None:
+        assert config.authz.usage_listen is not None
+        try:
+            catalog = Catalog.model_validate(data.get("catalog"))
+        except ValueError as exc:
+            raise StartFailed("the usage server", f"no usable catalog: {exc}") from exc
+        ledger = UsageLedger(config.budget_file, Prices.from_catalog(catalog))
+        try:
+            self._usage, self.usage_port = await start_usage_server(
+                ledger, config.authz.usage_listen
+            )
+        except RuntimeError as exc:
+            raise StartFailed("the usage server", str(exc)) from exc
+        log.info("usage accounted on port %d into %s", self.usage_port, ledger.path)
+
     def set_snapshot_version(self, version: str | None) -> None:
         """Stamp later decisions with the node's route snapshot version."""
         if self._authorizer is not None:
@@ -142,6 +166,9 @@ class RequestPolicy:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(0.5)
+        usage, self._usage = self._usage, None
+        if usage is not None:
+            await usage.stop(0.5)
         shipping, self._shipping = self._shipping, None
         if shipping is not None:
             shipping.cancel()

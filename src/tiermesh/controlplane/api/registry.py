@@ -155,6 +155,11 @@ class NodeRegistration(Contract):
     closed. Added within ``v1``: a node that omits it is read as before; a control plane
     older than the field refuses a registration that sets it (upgrade the control planes
     first)."""
+    usage_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the node's access-log server on 127.0.0.1 (plaintext gRPC
+    ``envoy.service.accesslog.v3.AccessLogService``), or None: no usage accounting. With
+    it the compiled app listener reads each answer's token usage and logs it there
+    (best effort, never failing a request). Added within ``v1`` like ``authz_port``."""
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

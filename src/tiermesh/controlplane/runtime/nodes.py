@@ -18,7 +18,7 @@ from types import MappingProxyType
 from pydantic import ValidationError
 
 from tiermesh.controlplane.api import RegisteredNode
-from tiermesh.controlplane.model import AuthzSettings, NodeSettings
+from tiermesh.controlplane.model import AuthzSettings, NodeSettings, UsageSettings
 from tiermesh.controlplane.reconciler import NODES_PREFIX
 from tiermesh.controlplane.reconciler.wiring import DEFAULT_APP_PORT
 from tiermesh.controlplane.store import EventKind, Store, StoreError, WatchCompacted
@@ -94,7 +94,8 @@ class NodeDirectory:
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
-        the registration carries ``authz_port``; none otherwise), the trust bundle and the
+        the registration carries ``authz_port``; none otherwise), its access-log server
+        (:class:`UsageSettings` when it carries ``usage_port``), the trust bundle and the
         credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
@@ -108,10 +109,13 @@ class NodeDirectory:
         port = document.app_port if document is not None else DEFAULT_APP_PORT
         authz_port = document.authz_port if document is not None else None
         authz = None if authz_port is None else AuthzSettings(port=authz_port)
+        usage_port = document.usage_port if document is not None else None
+        usage = None if usage_port is None else UsageSettings(port=usage_port)
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
             authz=authz,
+            usage=usage,
             credentials=self._credentials,
         )
 
@@ -152,6 +156,6 @@ class NodeDirectory:
             self._on_changed()
 
 
-def _ports(node: RegisteredNode) -> tuple[int, int | None]:
+def _ports(node: RegisteredNode) -> tuple[int, int | None, int | None]:
     """What of a registration goes into its :class:`NodeSettings`."""
-    return node.app_port, node.authz_port
+    return node.app_port, node.authz_port, node.usage_port

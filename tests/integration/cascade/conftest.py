@@ -1,0 +1,141 @@
+"""A node with a cascade handler: the tiny llama.cpp as the local step, the HTTPS cloud
+stand-in as the next tier, compiled (and verified) from a plan the real routing policy made
+for the ``triage`` cascade task, and pushed to a real Envoy."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.compiler.conftest import eventually
+from tests.integration.flows.conftest import KEY_NAME, NODE, envoy_with, flow_catalog
+from tests.integration.flows.harness import LoopThread
+from tests.unit.compiler.plans import evaluate_plan
+from tiermesh.agents.cascade import CascadeHandler
+from tiermesh.agents.models import LlamaServer, write_tiny_gguf
+from tiermesh.controlplane.api import Plan
+from tiermesh.controlplane.model import CascadeSettings, MeshModel, NodeSettings
+from tiermesh.controlplane.verify import compile_and_verify
+from tiermesh.demo.cloud_standin import CloudStandin
+from tiermesh.procs.ports import free_port
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Message
+    body: str
+
+    @property
+    def tier(self) -> str | None:
+        return self.headers.get("x-tiermesh-tier")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send(port: int, headers: dict[str, str], body: bytes) -> Answer:
+    """POST ``body`` to the listener's chat completions; any status is an answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Answer(int(response.status), response.headers, response.read().decode())
+    except urllib.error.HTTPError as exc:
+        try:
+            return Answer(exc.code, exc.headers, exc.read().decode())
+        finally:
+            exc.close()
+
+
+@dataclass
+class CascadeMesh:
+    """The running servers, Envoy's app listener and the plan."""
+
+    edge: LlamaServer
+    cloud: CloudStandin
+    handler: CascadeHandler
+    plan: Plan
+    listener: int
+
+    def triage(self, text: str = "hello", **extra: Any) -> Answer:
+        body = {
+            "model": "any",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 8,
+            **extra,
+        }
+        headers = {
+            "content-type": "application/json",
+            "x-tiermesh-tenant": "acme",
+            "x-tiermesh-sensitivity": "public",
+            "x-tiermesh-task": "triage",
+        }
+        return send(self.listener, headers, json.dumps(body).encode())
+
+
+@pytest.fixture(scope="module")
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def edge_server(
+    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LlamaServer]:
+    model = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    server = LlamaServer(model, alias="edge-model")
+    loop_thread.run(server.start())
+    yield server
+    loop_thread.run(server.stop())
+
+
+CascadeFactory = Callable[..., AbstractContextManager[CascadeMesh]]
+
+
+@pytest.fixture
+def cascade_mesh(
+    tmp_path: Path, loop_thread: LoopThread, edge_server: LlamaServer
+) -> CascadeFactory:
+    """``cascade_mesh(min_confidence)`` runs the node with that threshold for ``triage``;
+    ``local_down=True`` puts the local step on a port nothing listens on."""
+
+    @contextmanager
+    def running(min_confidence: float, *, local_down: bool = False) -> Iterator[CascadeMesh]:
+        cloud = CloudStandin(workdir=tmp_path / "cloud")
+        cloud.start()
+        listener = free_port()
+        handler = CascadeHandler(listener)
+        loop_thread.run(handler.start())
+        try:
+            edge_port = free_port() if local_down else edge_server.port
+            catalog = flow_catalog(edge_port, cloud.port, min_confidence)
+            plan = evaluate_plan(catalog)
+            settings = NodeSettings(
+                app_port=listener,
+                credentials={KEY_NAME: cloud.api_key},
+                cascade=CascadeSettings(port=handler.port),
+            )
+            model = MeshModel.build([plan], {NODE: settings})
+            snapshot = compile_and_verify(model, NODE, catalog)
+            with envoy_with(snapshot, tmp_path / "envoy"):
+                mesh = CascadeMesh(edge_server, cloud, handler, plan, listener)
+                eventually(lambda: mesh.triage().status == 200, what="cascade answering")
+                yield mesh
+        finally:
+            loop_thread.run(handler.stop())
+            cloud.stop()
+
+    return running
