@@ -14,6 +14,7 @@ from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tests.unit.compiler.plans import TEST_BUNDLE, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan, TenantUsage
 from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, refusal_body
+from tiermesh.controlplane.generators.clusters import chain_cluster
 from tiermesh.controlplane.model import MeshModel, NodeSettings, PlanMismatch, UnknownNode
 from tiermesh.xds import typeurls
 
@@ -166,3 +167,16 @@ def test_model_errors(edge_plan: Plan) -> None:
     broken = edge_plan.model_copy(update={"backends": edge_plan.backends[1:]})
     with pytest.raises(PlanMismatch, match="unknown backend 'edge-smollm'"):
         MeshModel.build([broken], {EDGE: EDGE_SETTINGS})
+
+
+def test_a_chain_cluster_can_take_what_its_members_can(edge_model: MeshModel) -> None:
+    """Envoy counts a route's retries against the aggregate cluster; at its default of 3
+    retries in flight a failing first tier under load turned into client errors."""
+    node = edge_model.node("edge-1")
+    upstreams = {u.name: u for u in node.upstreams}
+    for chain in node.chains:
+        cluster = chain_cluster(chain, 1000, upstreams)
+        (limits,) = cluster.circuit_breakers.thresholds
+        capacity = sum(upstreams[m].backend.circuit_breaker.max_requests for m in chain.members)
+        assert limits.max_requests.value == capacity
+        assert limits.max_retries.value == capacity

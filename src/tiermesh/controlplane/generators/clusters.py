@@ -28,6 +28,8 @@ outlier detection, and retries move its requests down the chain meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
@@ -172,12 +174,21 @@ def egress_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.C
     return cluster
 
 
-def chain_cluster(chain: Chain, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+def chain_cluster(
+    chain: Chain, connect_timeout_ms: int, members: Mapping[str, Upstream]
+) -> cluster_pb2.Cluster:
     """The aggregate cluster of one chain: members in order, as priority levels.
 
     Envoy sends to the first member with healthy hosts; a retry with the
     ``previous_priorities`` retry priority (set on the route) skips members already tried.
+    Envoy counts a route's requests and retries against the route's cluster — this one —
+    so its thresholds are what the members can take together: left at Envoy's defaults
+    (3 retries in flight), a failing first tier under load overflowed them and clients
+    saw errors although the next tier was idle. Moving down the chain is a retry here, so
+    the retry budget is the requests the members can take, not the members' own retries.
     """
+    breakers = [members[name].backend.circuit_breaker for name in chain.members]
+    in_flight = sum(b.max_requests for b in breakers)
     return cluster_pb2.Cluster(
         name=chain.name,
         connect_timeout=ms(connect_timeout_ms),
@@ -185,6 +196,21 @@ def chain_cluster(chain: Chain, connect_timeout_ms: int) -> cluster_pb2.Cluster:
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
             name=AGGREGATE_CLUSTER_TYPE,
             typed_config=pack(aggregate_pb2.ClusterConfig(clusters=list(chain.members))),
+        ),
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    priority=base_pb2.DEFAULT,
+                    max_connections=wrappers_pb2.UInt32Value(
+                        value=sum(b.max_connections for b in breakers)
+                    ),
+                    max_pending_requests=wrappers_pb2.UInt32Value(
+                        value=sum(b.max_pending for b in breakers)
+                    ),
+                    max_requests=wrappers_pb2.UInt32Value(value=in_flight),
+                    max_retries=wrappers_pb2.UInt32Value(value=in_flight),
+                )
+            ]
         ),
     )
 
@@ -197,9 +223,10 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     timeout = node.settings.connect_timeout_ms
     authz = node.settings.authz
     usage = node.settings.usage
+    upstreams = {upstream.name: upstream for upstream in node.upstreams}
     return [
         *(backend_cluster(upstream, timeout) for upstream in node.upstreams),
-        *(chain_cluster(chain, timeout) for chain in node.chains),
+        *(chain_cluster(chain, timeout, upstreams) for chain in node.chains),
         *(
             egress_cluster(upstream, timeout)
             for upstream in node.upstreams
