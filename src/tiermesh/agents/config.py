@@ -190,6 +190,10 @@ class AgentConfig(_Section):
     """How often a load report is sent on the registry session."""
     authz: AuthzConfig = AuthzConfig()
     """Request-time policy (off unless enabled)."""
+    cascade_listen: HostPort | None = None
+    """Where the confidence cascade handler listens (plaintext HTTP; keep it on loopback,
+    only this node's Envoy calls it; port 0 picks a free one), or None: no handler. With
+    it the agent registers its port and routes of ``cascade`` tasks are compiled to it."""
 
     @model_validator(mode="after")
     def _own_endpoints(self) -> Self:

@@ -27,6 +27,7 @@ import re
 import socket
 from pathlib import Path
 
+from tiermesh.agents.cascade import CascadeHandler
 from tiermesh.agents.config import AgentConfig, split_hostport
 from tiermesh.agents.identity import (
     LocalSdsServer,
@@ -78,6 +79,7 @@ class NodeAgent:
         self.envoy: EnvoySidecar | None = None
         self.session: RegistrySession | None = None
         self.requests: RequestPolicy | None = None
+        self.cascade: CascadeHandler | None = None
         self.bootstrap_path: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -116,6 +118,10 @@ class NodeAgent:
         if config.authz.enabled:
             self.requests = RequestPolicy(config, self.store)
             await self.requests.start()
+        if config.cascade_listen is not None:
+            host, port = split_hostport(config.cascade_listen)
+            self.cascade = CascadeHandler(config.envoy.app_port, host=host, port=port)
+            await self.cascade.start()
         self.bootstrap_path = write_bootstrap(config)
 
         if model_path is not None:
@@ -145,6 +151,7 @@ class NodeAgent:
             labels=config.node.labels,
             authz_port=self.requests.port if self.requests is not None else None,
             usage_port=self.requests.usage_port if self.requests is not None else None,
+            cascade_port=self.cascade.port if self.cascade is not None else None,
         )
         self.session = RegistrySession(
             self.store,
@@ -218,10 +225,12 @@ class NodeAgent:
                 await task
         envoy, self.envoy = self.envoy, None
         model, self.model = self.model, None
+        cascade, self.cascade = self.cascade, None
         requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
         for name, part in (("Envoy", envoy), ("model server", model),
+                           ("cascade handler", cascade),
                            ("request policy", requests), ("SDS", sds),
                            ("Workload API", workload)):  # fmt: skip
             if part is None:

@@ -160,6 +160,11 @@ class NodeRegistration(Contract):
     ``envoy.service.accesslog.v3.AccessLogService``), or None: no usage accounting. With
     it the compiled app listener reads each answer's token usage and logs it there
     (best effort, never failing a request). Added within ``v1`` like ``authz_port``."""
+    cascade_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the node's confidence cascade handler on 127.0.0.1 (plaintext HTTP/1.1), or
+    None: routes of ``cascade`` tasks compile as plain failover chains. With it they go to
+    the handler, which asks the chain's steps through per-step routes and serves one
+    answer. Added within ``v1`` like ``authz_port``."""
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

@@ -18,7 +18,12 @@ from types import MappingProxyType
 from pydantic import ValidationError
 
 from tiermesh.controlplane.api import RegisteredNode
-from tiermesh.controlplane.model import AuthzSettings, NodeSettings, UsageSettings
+from tiermesh.controlplane.model import (
+    AuthzSettings,
+    CascadeSettings,
+    NodeSettings,
+    UsageSettings,
+)
 from tiermesh.controlplane.reconciler import NODES_PREFIX
 from tiermesh.controlplane.reconciler.wiring import DEFAULT_APP_PORT
 from tiermesh.controlplane.store import EventKind, Store, StoreError, WatchCompacted
@@ -95,7 +100,8 @@ class NodeDirectory:
         """The compiler settings of ``node_id``: its registered app port (else
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
         the registration carries ``authz_port``; none otherwise), its access-log server
-        (:class:`UsageSettings` when it carries ``usage_port``), the trust bundle and the
+        (:class:`UsageSettings` when it carries ``usage_port``), its cascade handler
+        (:class:`CascadeSettings` when it carries ``cascade_port``), the trust bundle and the
         credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
@@ -111,11 +117,14 @@ class NodeDirectory:
         authz = None if authz_port is None else AuthzSettings(port=authz_port)
         usage_port = document.usage_port if document is not None else None
         usage = None if usage_port is None else UsageSettings(port=usage_port)
+        cascade_port = document.cascade_port if document is not None else None
+        cascade = None if cascade_port is None else CascadeSettings(port=cascade_port)
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
             authz=authz,
             usage=usage,
+            cascade=cascade,
             credentials=self._credentials,
         )
 
@@ -156,6 +165,6 @@ class NodeDirectory:
             self._on_changed()
 
 
-def _ports(node: RegisteredNode) -> tuple[int, int | None, int | None]:
+def _ports(node: RegisteredNode) -> tuple[int, int | None, int | None, int | None]:
     """What of a registration goes into its :class:`NodeSettings`."""
-    return node.app_port, node.authz_port, node.usage_port
+    return node.app_port, node.authz_port, node.usage_port, node.cascade_port
