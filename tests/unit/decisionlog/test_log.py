@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tiermesh.agents.decisionlog import (
     read_spool,
     verify,
 )
+from tiermesh.agents.decisionlog.spool import SpoolReader, data_end
 from tiermesh.controlplane.audit import verify_chain
 from tiermesh.controlplane.identity import LocalCertificateAuthority
 
@@ -152,3 +154,34 @@ async def test_signing_runs_off_the_event_loop(tmp_path: Path, signer: StaticSig
             await asyncio.gather(*(log.append(entry(i)) for i in range(8)))
     assert len(seen) == 8
     assert loop_thread not in seen
+
+
+async def test_the_active_segment_is_preallocated_and_trimmed_on_close(
+    tmp_path: Path, signer: StaticSigner, ca: LocalCertificateAuthority
+) -> None:
+    spool, copy = tmp_path / "spool", tmp_path / "copy"
+    async with DecisionLog(spool, signer) as log:
+        for index in range(5):
+            await log.append(entry(index))
+        (segment,) = segment_files(spool)
+        content = segment.read_bytes()
+        assert content.endswith(b"\0" * 1024), "zeros ahead of the data"
+        assert [s.record.seq for s in read_spool(spool)] == [0, 1, 2, 3, 4]
+        assert [s.record.seq for s in SpoolReader(spool).read(-1, 100, log.durable_seq)] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        shutil.copytree(spool, copy)  # what a crash leaves: the zeros stay
+    assert segment.stat().st_size == data_end(segment) == content.index(b"\0")
+    # A torn line in the preallocated space is a crash mid-write: cut, chain continues.
+    (copied,) = segment_files(copy)
+    with copied.open("r+b") as handle:
+        handle.seek(data_end(copied))
+        handle.write(b'{"fp":"torn')
+    async with DecisionLog(copy, signer) as log:
+        assert log.next_seq == 5
+        assert (await log.append(entry(5))).seq == 5
+    assert assert_spool_verifies(copy, ca) == 6

@@ -15,6 +15,15 @@ ECDSA signature are done for the whole batch on the log's writer thread, in arri
 right before its write and fsync, so the loop keeps answering while a batch is signed.
 Records are chained in the order their appends were called.
 
+**Preallocation.** The segment being written is kept ahead of its data by up to
+:data:`PREALLOCATE_BYTES` of written zeros (never past ``segment_bytes`` unless one batch
+is larger): a record is then written over blocks the file already owns, so its
+``fdatasync`` changes no file metadata and does not wait for a file-system journal
+commit (which it shares with every other process's fsyncs). The zeros are extended in the
+same write as the batch that needs them, and cut off when the segment is closed or
+rolled. Readers stop at the first NUL byte (:func:`~.spool.data_end`); a record line
+never holds one.
+
 ``fsync_batch_ms`` defaults to 0 (no waiting window): with signing off the loop, batches
 already grow with concurrency on their own, and on the disks measured
 (``bench/results/audit.md``) a 2 ms window cost throughput and added its own length to the
@@ -51,6 +60,7 @@ from tiermesh.agents.decisionlog.masking import Masking
 from tiermesh.agents.decisionlog.signing import DecisionEntry, Signer, SigningIdentity, seal
 from tiermesh.agents.decisionlog.spool import (
     SpoolPaths,
+    data_end,
     encode_line,
     fsync_directory,
     list_segments,
@@ -60,12 +70,15 @@ from tiermesh.agents.decisionlog.spool import (
 )
 from tiermesh.controlplane.api.decision import GENESIS_HASH, DecisionRecord
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "DecisionLog", "QuarantinedSegment"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOCATE_BYTES", "DecisionLog", "QuarantinedSegment"]
 
 log = logging.getLogger("tiermesh.agents.decisionlog")
 
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 """Size at which a new segment is started (a soft bound: one batch never splits)."""
+
+PREALLOCATE_BYTES = 1024 * 1024
+"""How far ahead of its data the active segment is filled with zeros."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +177,7 @@ class DecisionLog:
         self._active: Path | None = None
         self._active_fd = -1
         self._active_size = 0
+        self._allocated = 0
         self._quarantined: tuple[QuarantinedSegment, ...] = ()
 
     @property
@@ -235,8 +249,7 @@ class DecisionLog:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._active_fd >= 0:
-            os.close(self._active_fd)
-            self._active_fd = -1
+            self._close_segment()
 
     async def append(self, entry: DecisionEntry) -> DecisionRecord:
         """Mask, chain and sign ``entry``; return its record once it is durably on disk.
@@ -369,23 +382,38 @@ class DecisionLog:
         elif self._active_fd < 0:
             assert self._active is not None
             self._open_segment(self._active)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._active_fd, view) :]
+        end = self._active_size + len(data)
+        if end > self._allocated:
+            # Extend the zeros in the same write: one fdatasync makes both durable.
+            target = max(end, min(self._active_size + PREALLOCATE_BYTES, self._segment_bytes))
+            data += bytes(target - end)
+        _pwrite_all(self._active_fd, data, self._active_size)
         os.fdatasync(self._active_fd)
-        self._active_size += len(data)
+        self._allocated = max(self._allocated, self._active_size + len(data))
+        self._active_size = end
+
+    def _close_segment(self) -> None:
+        """Cut the active segment's zeros off (durably) and close it."""
+        fd, self._active_fd = self._active_fd, -1
+        try:
+            if self._allocated > self._active_size:
+                os.ftruncate(fd, self._active_size)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+            self._allocated = 0
 
     def _open_segment(self, path: Path) -> None:
         if self._active_fd >= 0:
-            os.close(self._active_fd)
-            self._active_fd = -1
+            self._close_segment()
         existed = path.exists()
-        self._active_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         if not existed:
             fsync_directory(path.parent)
-            self._active_size = 0
+            self._active_size = self._allocated = 0
         else:
-            self._active_size = os.fstat(self._active_fd).st_size
+            self._allocated = os.fstat(self._active_fd).st_size
+            self._active_size = data_end(path)
         self._active = path
 
     def _recover(self) -> _Recovered:
@@ -419,7 +447,7 @@ class DecisionLog:
         remaining = list_segments(self._paths)
         if remaining:
             active = remaining[-1][1]
-            size = active.stat().st_size
+            size = data_end(active)
         else:
             active, size = self._paths.segments / segment_name(next_seq), 0
         signers = frozenset(p.stem for p in self._paths.signers.glob("*.pem"))
@@ -448,6 +476,13 @@ class DecisionLog:
         for item in moved:
             log.error("decision log: %s", item.error())
         return moved
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _truncate(path: Path, size: int) -> None:

@@ -10,7 +10,9 @@ Layout of a spool directory (owner-only, written by one
 
 A segment line is ``{"fp": "<leaf fingerprint>", "record": {…DecisionRecord…}}\\n``; ``fp``
 names the file in ``signers/`` whose key signed it. Only the last segment is ever appended
-to; a line without its final newline there is a torn write from a crash.
+to; a line without its final newline there is a torn write from a crash. The last segment
+may end in NUL bytes (space the writer preallocated); a segment's data ends at its first
+NUL byte (:func:`data_end`), which no record line contains.
 
 Everything here is blocking file I/O and keeps no shared state: run it off the event loop.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "SpoolPaths",
     "SpoolReader",
     "SpooledRecord",
+    "data_end",
     "decode_line",
     "encode_line",
     "fsync_directory",
@@ -102,6 +105,16 @@ def list_segments(paths: SpoolPaths) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _data_of(data: bytes) -> bytes:
+    nul = data.find(b"\0")
+    return data if nul < 0 else data[:nul]
+
+
+def data_end(path: Path) -> int:
+    """Byte offset where the segment's data ends: its first NUL byte, else its size."""
+    return len(_data_of(path.read_bytes()))
+
+
 def encode_line(record: DecisionRecord, signer: str) -> bytes:
     """One segment line for ``record`` signed by ``signer`` (fingerprint)."""
     return b'{"fp":"%s","record":%s}\n' % (signer.encode(), record.model_dump_json().encode())
@@ -148,7 +161,7 @@ def scan_segment(
     ``hash`` is right. ``prev_hash`` None accepts any link for the first record (the
     segments before it were pruned). A last line without a newline is ``torn`` when
     ``allow_torn`` (the last segment), else a problem."""
-    data = path.read_bytes()
+    data = _data_of(path.read_bytes())
     seq, prev, pos, count = first_seq, prev_hash, 0, 0
     line_no = 0
     while pos < len(data):
@@ -192,6 +205,8 @@ def read_spool(root: Path) -> Iterator[SpooledRecord]:
     for index, (_, path) in enumerate(segments):
         with path.open("rb") as handle:
             for line_no, line in enumerate(handle, start=1):
+                if line.startswith(b"\0"):
+                    break  # preallocated space: the segment's data ends here
                 if not line.endswith(b"\n"):
                     if index == len(segments) - 1:
                         return
