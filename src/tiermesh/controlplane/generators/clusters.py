@@ -41,8 +41,13 @@ from tiermesh.controlplane.generators._protos import ads, is_ip, ms, pack
 from tiermesh.controlplane.generators.authz import authz_cluster
 from tiermesh.controlplane.generators.cascade import cascade_clusters
 from tiermesh.controlplane.generators.endpoints import internal_assignment, load_assignment
+from tiermesh.controlplane.generators.mesh_tls import (
+    mesh_clusters,
+    mesh_transport_socket,
+    uses_mesh_tls,
+)
 from tiermesh.controlplane.generators.usage import usage_cluster
-from tiermesh.controlplane.model import Chain, MeshModel, Upstream, names
+from tiermesh.controlplane.model import Chain, MeshModel, NodeModel, Upstream, names
 
 __all__ = [
     "AGGREGATE_CLUSTER_TYPE",
@@ -215,6 +220,15 @@ def chain_cluster(
     )
 
 
+def _with_mesh_tls(node: NodeModel, upstream: Upstream, timeout: int) -> cluster_pb2.Cluster:
+    """:func:`backend_cluster`, presenting the node's SVID (local SDS) to a SPIFFE peer
+    when the node has mesh settings (:mod:`.mesh_tls`)."""
+    cluster = backend_cluster(upstream, timeout)
+    if uses_mesh_tls(node, upstream) and cluster.HasField("transport_socket"):
+        cluster.transport_socket.CopyFrom(mesh_transport_socket(node, upstream))
+    return cluster
+
+
 def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     """Every backend cluster, then every chain's aggregate, each sorted by name, then the
     egress cluster of each credentialed backend, then the authz server's cluster when the
@@ -225,7 +239,7 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     usage = node.settings.usage
     upstreams = {upstream.name: upstream for upstream in node.upstreams}
     return [
-        *(backend_cluster(upstream, timeout) for upstream in node.upstreams),
+        *(_with_mesh_tls(node, upstream, timeout) for upstream in node.upstreams),
         *(chain_cluster(chain, timeout, upstreams) for chain in node.chains),
         *(
             egress_cluster(upstream, timeout)
@@ -235,4 +249,5 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
         *([] if authz is None else [authz_cluster(authz, timeout)]),
         *([] if usage is None else [usage_cluster(usage, timeout)]),
         *cascade_clusters(node),
+        *mesh_clusters(node),
     ]

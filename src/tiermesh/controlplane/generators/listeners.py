@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from tiermesh.controlplane.generators._protos import ads, pack
 from tiermesh.controlplane.generators.authz import authz_filter
 from tiermesh.controlplane.generators.egress import egress_listener
+from tiermesh.controlplane.generators.mesh_tls import mesh_listeners
 from tiermesh.controlplane.generators.usage import usage_access_log, usage_filter
 from tiermesh.controlplane.model import MeshModel, names
 
@@ -30,7 +31,8 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
 
     ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
     and the route are those of the headers it set. Then one internal egress listener per
-    credentialed backend (:mod:`.egress`), sorted by backend name.
+    credentialed backend (:mod:`.egress`), sorted by backend name, then the inbound mTLS
+    listener when the node has ``settings.mesh`` (:mod:`.mesh_tls`).
     """
     node = model.node(node_id)
     settings = node.settings
@@ -76,4 +78,5 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
             ],
         ),
         *egress,
+        *mesh_listeners(node),
     ]

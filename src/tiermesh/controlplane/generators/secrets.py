@@ -13,6 +13,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
+from tiermesh.controlplane.generators.mesh_tls import uses_mesh_tls
 from tiermesh.controlplane.model import MeshModel, names
 
 __all__ = ["generate"]
@@ -29,7 +30,10 @@ def generate(model: MeshModel, node_id: str) -> list[secret_pb2.Secret]:
     node = model.node(node_id)
     found: list[secret_pb2.Secret] = []
     bundle = node.settings.trust_bundle_pem
-    needed = any(u.backend.endpoint.tls and u.backend.spiffe_id for u in node.upstreams)
+    needed = any(
+        u.backend.endpoint.tls and u.backend.spiffe_id and not uses_mesh_tls(node, u)
+        for u in node.upstreams
+    )
     if bundle is not None and needed:
         found.append(
             secret_pb2.Secret(

@@ -13,6 +13,7 @@ from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstre
 from tiermesh.controlplane.model.settings import (
     AuthzSettings,
     CascadeSettings,
+    MeshTlsSettings,
     NodeSettings,
     UsageSettings,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "CascadeSettings",
     "Chain",
     "MeshModel",
+    "MeshTlsSettings",
     "ModelError",
     "NodeModel",
     "NodeSettings",

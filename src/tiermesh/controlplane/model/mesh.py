@@ -102,7 +102,12 @@ class NodeModel:
                     f"backend {backend.name!r} needs the API key {credential.secret!r}, "
                     "but the node settings hold no such credential",
                 )
-            if backend.endpoint.tls and backend.spiffe_id and settings.trust_bundle_pem is None:
+            if (
+                backend.endpoint.tls
+                and backend.spiffe_id
+                and settings.trust_bundle_pem is None
+                and settings.mesh is None  # the bundle then comes from the agent's local SDS
+            ):
                 raise PlanMismatch(
                     node_id,
                     f"backend {backend.name!r} must present {backend.spiffe_id}, "

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["AuthzSettings", "CascadeSettings", "NodeSettings", "UsageSettings"]
+__all__ = [
+    "AuthzSettings",
+    "CascadeSettings",
+    "MeshTlsSettings",
+    "NodeSettings",
+    "UsageSettings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,10 @@ class NodeSettings:
     cascade: CascadeSettings | None = None
     """The node's confidence cascade handler; None compiles routes of ``cascade`` tasks
     as plain failover chains."""
+    mesh: MeshTlsSettings | None = None
+    """Node-to-node mTLS (certificates from the agent's local SDS): an inbound listener
+    in front of the node's model server, and client certificates on clusters to other
+    nodes. None keeps upstream TLS with the ADS-served trust bundle, and no inbound."""
 
     def __post_init__(self) -> None:
         if not 0 < self.app_port < 65536:
@@ -127,3 +137,45 @@ class CascadeSettings:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"cascade port {self.port} is not a TCP port")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshTlsSettings:
+    """Node-to-node mTLS of one node (see :mod:`tiermesh.controlplane.generators.mesh_tls`).
+
+    The certificates come from the node agent's local SDS server, reached through the
+    bootstrap's static cluster ``sds_cluster``; the secret names are those it serves.
+    """
+
+    inbound_port: int
+    """TCP port of the inbound mTLS listener other nodes call."""
+    model_port: int
+    """TCP port of the node's model server (plain HTTP, on the node)."""
+    trust_domain: str
+    """SPIFFE trust domain; peers are ``spiffe://<trust_domain>/node/<id>``."""
+    local_backends: tuple[str, ...] = ()
+    """Catalog names of the backends this node serves behind the inbound listener."""
+    allowed_peers: tuple[str, ...] = ()
+    """SPIFFE IDs that may call the inbound listener; empty: any node of the trust domain."""
+    inbound_address: str = "0.0.0.0"
+    """Address of the inbound listener."""
+    model_host: str = "127.0.0.1"
+    """IP address of the model server; loopback, since it runs beside Envoy."""
+    sds_cluster: str = "tiermesh_sds"
+    """The bootstrap's static cluster to the agent's local SDS server."""
+    svid_secret: str = "tiermesh_svid"  # noqa: S105 - a secret name
+    """Local SDS secret holding the node's SVID and key."""
+    bundle_secret: str = "tiermesh_trust_bundle"  # noqa: S105 - a secret name
+    """Local SDS secret holding the trust bundle."""
+
+    def __post_init__(self) -> None:
+        for what, port in (("inbound", self.inbound_port), ("model", self.model_port)):
+            if not 0 < port < 65536:
+                raise ValueError(f"mesh {what} port {port} is not a TCP port")
+        if not self.trust_domain or "/" in self.trust_domain:
+            raise ValueError(f"mesh trust domain {self.trust_domain!r} is not a trust domain")
+        for peer in self.allowed_peers:
+            if not peer.startswith(f"spiffe://{self.trust_domain}/"):
+                raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
+        object.__setattr__(self, "local_backends", tuple(sorted(self.local_backends)))
+        object.__setattr__(self, "allowed_peers", tuple(sorted(self.allowed_peers)))

@@ -37,6 +37,7 @@ from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding
 from tiermesh.controlplane.verify.inventory import Inventory, Leaf
 from tiermesh.controlplane.verify.matching import exact_value, may_match
+from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.xds import Snapshot
 
 __all__ = ["cleared_for_restricted", "verify_snapshot"]
@@ -185,6 +186,15 @@ class _Checker:
                 + (" (reachable by restricted traffic)" if restricted else ""),
             )
             return
+        cluster = self.inventory.clusters[leaf.cluster]
+        if restricted and backend.spiffe_id and not pins_peer(cluster, backend.spiffe_id):
+            self.add(
+                "peer-identity",
+                route,
+                leaf.cluster,
+                f"{where}{via} reaches backend '{backend.name}' (restricted traffic) without "
+                f"TLS pinning the peer to {backend.spiffe_id}",
+            )
         for tenant in tenants:
             if restricted and not cleared_for_restricted(backend, tenant):
                 self.add(

@@ -15,6 +15,7 @@ FindingKind: TypeAlias = Literal[
     "unknown-endpoint",
     "mislabelled",
     "missing",
+    "peer-identity",
 ]
 """- ``restricted-egress``: restricted traffic can reach a backend not cleared for it.
 - ``residency``: a tenant's route can reach a backend outside the tenant's residency.
@@ -24,6 +25,8 @@ FindingKind: TypeAlias = Literal[
 - ``unknown-endpoint``: an endpoint address is no catalog backend's.
 - ``mislabelled``: cluster metadata names another backend/tier than its endpoints are.
 - ``missing``: a referenced listener route config, cluster or assignment does not exist.
+- ``peer-identity``: restricted traffic can reach a backend with a SPIFFE ID (on another
+  node) through a cluster whose TLS does not pin the peer's URI SAN to that ID.
 """
 
 

@@ -1,0 +1,206 @@
+"""Node-to-node mTLS: the inbound listener in front of a node's model server, and the
+client side of clusters that call another node's.
+
+Only with :attr:`~tiermesh.controlplane.model.NodeSettings.mesh`. Both sides take their
+certificates from the node agent's *local* SDS server (the bootstrap's static cluster
+:attr:`~tiermesh.controlplane.model.MeshTlsSettings.sds_cluster`), never from ADS: the
+node's SVID and private key never pass through the control plane, and the trust bundle is
+the one the agent rotates with it. The snapshot therefore references secrets it does not
+hold, which is correct (its consistency check follows ADS-served secrets only).
+
+- **Inbound** (:func:`mesh_listeners`): a listener on ``inbound_port`` that requires a
+  client certificate chaining to the trust bundle whose URI SAN is one of
+  ``allowed_peers`` (or, when that is empty, any node id of the trust domain:
+  ``spiffe://<td>/node/``), routing every request to the node's model server
+  (:func:`mesh_clusters`).
+- **Outbound** (:func:`mesh_transport_socket`): a backend cluster with TLS and a
+  ``spiffe_id`` presents the node's SVID and accepts only a peer whose URI SAN is exactly
+  that ``spiffe_id``, so a request sent to the wrong node fails at the handshake.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import wrappers_pb2
+
+from tiermesh.controlplane.generators._protos import ms, pack
+from tiermesh.controlplane.model import MeshTlsSettings, NodeModel, Upstream
+
+__all__ = [
+    "MESH_LISTENER",
+    "MESH_LOCAL_CLUSTER",
+    "mesh_clusters",
+    "mesh_listeners",
+    "mesh_transport_socket",
+    "uses_mesh_tls",
+]
+
+MESH_LISTENER = "tiermesh_mesh_in"
+"""Name of the inbound mTLS listener."""
+MESH_LOCAL_CLUSTER = "tiermesh_mesh_local"
+"""Name of the cluster from the inbound listener to the node's own model server."""
+
+_TLS_SOCKET = "envoy.transport_sockets.tls"
+
+
+def uses_mesh_tls(node: NodeModel, upstream: Upstream) -> bool:
+    """Does ``upstream``'s cluster on ``node`` speak mTLS with certificates from local SDS?"""
+    backend = upstream.backend
+    return node.settings.mesh is not None and backend.endpoint.tls and bool(backend.spiffe_id)
+
+
+def _local_sds(mesh: MeshTlsSettings, name: str) -> secret_pb2.SdsSecretConfig:
+    source = config_source_pb2.ConfigSource(
+        resource_api_version=config_source_pb2.V3,
+        initial_fetch_timeout=ms(10_000),
+        api_config_source=config_source_pb2.ApiConfigSource(
+            api_type=config_source_pb2.ApiConfigSource.GRPC,
+            transport_api_version=config_source_pb2.V3,
+            grpc_services=[
+                grpc_service_pb2.GrpcService(
+                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=mesh.sds_cluster)
+                )
+            ],
+            set_node_on_first_message_only=True,
+        ),
+    )
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
+
+
+def _common(
+    mesh: MeshTlsSettings, peers: list[string_pb2.StringMatcher]
+) -> tls_pb2.CommonTlsContext:
+    return tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[_local_sds(mesh, mesh.svid_secret)],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher
+                    )
+                    for matcher in peers
+                ]
+            ),
+            validation_context_sds_secret_config=_local_sds(mesh, mesh.bundle_secret),
+        ),
+    )
+
+
+def mesh_transport_socket(node: NodeModel, upstream: Upstream) -> base_pb2.TransportSocket:
+    """The client side: the node's SVID, the peer pinned to the backend's ``spiffe_id``.
+
+    Only for an upstream :func:`uses_mesh_tls` accepts.
+    """
+    mesh = node.settings.mesh
+    backend = upstream.backend
+    if mesh is None or not backend.spiffe_id:
+        raise ValueError(f"backend {backend.name!r} does not use mesh TLS on this node")
+    context = tls_pb2.UpstreamTlsContext(
+        sni=backend.endpoint.host,
+        common_tls_context=_common(mesh, [string_pb2.StringMatcher(exact=backend.spiffe_id)]),
+    )
+    return base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=pack(context))
+
+
+def _peer_matchers(mesh: MeshTlsSettings) -> list[string_pb2.StringMatcher]:
+    if mesh.allowed_peers:
+        return [string_pb2.StringMatcher(exact=peer) for peer in mesh.allowed_peers]
+    return [string_pb2.StringMatcher(prefix=f"spiffe://{mesh.trust_domain}/node/")]
+
+
+def mesh_listeners(node: NodeModel) -> list[listener_pb2.Listener]:
+    """The inbound mTLS listener, or nothing when the node has no mesh settings."""
+    mesh = node.settings.mesh
+    if mesh is None:
+        return []
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="tiermesh_mesh",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name=MESH_LISTENER,
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(
+                    name="mesh_in",
+                    domains=["*"],
+                    routes=[
+                        route_components_pb2.Route(
+                            match=route_components_pb2.RouteMatch(prefix="/"),
+                            route=route_components_pb2.RouteAction(
+                                cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)
+                            ),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+            )
+        ],
+    )
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=_common(mesh, _peer_matchers(mesh)),
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+    )
+    return [
+        listener_pb2.Listener(
+            name=MESH_LISTENER,
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=mesh.inbound_address, port_value=mesh.inbound_port
+                )
+            ),
+            filter_chains=[
+                listener_components_pb2.FilterChain(
+                    filters=[
+                        listener_components_pb2.Filter(
+                            name="envoy.filters.network.http_connection_manager",
+                            typed_config=pack(manager),
+                        )
+                    ],
+                    transport_socket=base_pb2.TransportSocket(
+                        name=_TLS_SOCKET, typed_config=pack(context)
+                    ),
+                )
+            ],
+        )
+    ]
+
+
+def mesh_clusters(node: NodeModel) -> list[cluster_pb2.Cluster]:
+    """The cluster to the node's model server (plain HTTP on the node), when it has one."""
+    mesh = node.settings.mesh
+    if mesh is None:
+        return []
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=mesh.model_host, port_value=mesh.model_port
+                )
+            )
+        )
+    )
+    return [
+        cluster_pb2.Cluster(
+            name=MESH_LOCAL_CLUSTER,
+            type=cluster_pb2.Cluster.STATIC,
+            connect_timeout=ms(node.settings.connect_timeout_ms),
+            lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+            load_assignment=endpoint_pb2.ClusterLoadAssignment(
+                cluster_name=MESH_LOCAL_CLUSTER,
+                endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
+            ),
+        )
+    ]

@@ -1,0 +1,1 @@
+"""Node-to-node mTLS compiled by the control plane, between two real Envoys."""

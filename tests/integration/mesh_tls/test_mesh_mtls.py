@@ -1,0 +1,274 @@
+"""Node A's restricted request reaches node B's model server over mTLS, with certificates
+from each node's own local SDS server and config compiled from plans; a peer with the
+wrong SPIFFE ID, or a client without a certificate, gets nowhere."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.compiler.conftest import NODE, Reply, eventually, small_catalog
+from tests.integration.compiler.tierbackend import TierBackend
+from tests.support.xdsthread import XdsThread
+from tests.unit.agent_identity.casource import TRUST_DOMAIN, CaSource, make_ca
+from tests.unit.compiler.plans import EDGE_NODE, evaluate_plan
+from tiermesh.agents.identity import LocalSdsServer, SvidRotator, SvidStore, with_sds_cluster
+from tiermesh.controlplane.api import Catalog
+from tiermesh.controlplane.generators import compile_snapshot
+from tiermesh.controlplane.identity import LocalCertificateAuthority
+from tiermesh.controlplane.model import MeshModel, MeshTlsSettings, NodeSettings
+from tiermesh.controlplane.verify import verify_snapshot
+from tiermesh.procs.envoy import EnvoyProcess
+from tiermesh.procs.ports import free_port
+from tiermesh.xds import BootstrapSpec, render_bootstrap
+
+pytestmark = pytest.mark.envoy
+
+GPU_NODE = "gpu-1"
+GPU_ID = f"spiffe://{TRUST_DOMAIN}/node/{GPU_NODE}"
+EDGE_ID = f"spiffe://{TRUST_DOMAIN}/node/{NODE}"
+RESTRICTED = {
+    "x-tiermesh-tenant": "acme",
+    "x-tiermesh-sensitivity": "restricted",
+    "x-tiermesh-task": "reasoning",
+}
+
+
+def mesh_catalog(ports: dict[str, int], inbound: int) -> Catalog:
+    """The small catalog with ``gpu`` behind node B's inbound mTLS listener."""
+    document = small_catalog(ports).model_dump(mode="json", exclude_none=True)
+    for backend in document["backends"]:
+        if backend["name"] == "gpu":
+            backend["endpoint"] = {"host": "127.0.0.1", "port": inbound, "tls": True}
+            backend["spiffe_id"] = GPU_ID
+            backend["max_complexity"] = 5
+    return Catalog.model_validate(document)
+
+
+@dataclass
+class Node:
+    envoy: EnvoyProcess
+    app_port: int
+    store: SvidStore
+
+
+@dataclass
+class TwoNodes:
+    edge: Node
+    gpu: Node
+    backend: TierBackend
+    inbound: int
+    ca: LocalCertificateAuthority
+    catalog: Catalog
+    snapshots: dict[str, Any]
+
+    def request(self, headers: dict[str, str]) -> Reply:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.edge.app_port}/v1/chat/completions",
+            data=b"{}",
+            headers={"content-type": "application/json", **headers},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Reply(
+                    int(response.status),
+                    response.headers.get("x-tiermesh-backend"),
+                    None,
+                    response.read().decode(),
+                    0.0,
+                )
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return Reply(exc.code, None, None, exc.read().decode(), 0.0)
+
+
+def counter(envoy: EnvoyProcess, name: str) -> int:
+    stats = envoy.admin_json("/stats?format=json")["stats"]
+    return sum(int(s.get("value", 0)) for s in stats if s.get("name") == name)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tm-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _start_sds(
+    ca: LocalCertificateAuthority, node_id: str, path: Path
+) -> tuple[SvidStore, LocalSdsServer]:
+    store = SvidStore()
+    await SvidRotator(store, CaSource(ca, node_id=node_id)).rotate_now()
+    sds = LocalSdsServer(store, f"unix:{path}")
+    await sds.start()
+    return store, sds
+
+
+async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> AsyncIterator[TwoNodes]:
+    ca = make_ca()
+    backend = TierBackend("gpu")
+    others = {name: TierBackend(name) for name in ("edge", "cloud")}
+    xds = XdsThread()
+    edge_store, edge_sds = await _start_sds(ca, NODE, sock_dir / "edge.sock")
+    gpu_store, gpu_sds = await _start_sds(ca, gpu_presents, sock_dir / "gpu.sock")
+    try:
+        inbound = free_port()
+        ports = {"gpu": backend.port, **{n: b.port for n, b in others.items()}}
+        catalog = mesh_catalog(ports, inbound)
+        edge_plan = evaluate_plan(catalog)
+        gpu_plan = evaluate_plan(catalog, {**EDGE_NODE, "id": GPU_NODE, "tier": "private"})
+        app = {NODE: free_port(), GPU_NODE: free_port()}
+        settings = {
+            NODE: NodeSettings(
+                app_port=app[NODE],
+                mesh=MeshTlsSettings(
+                    inbound_port=free_port(),
+                    model_port=others["edge"].port,
+                    trust_domain=TRUST_DOMAIN,
+                    inbound_address="127.0.0.1",
+                ),
+            ),
+            GPU_NODE: NodeSettings(
+                app_port=app[GPU_NODE],
+                mesh=MeshTlsSettings(
+                    inbound_port=inbound,
+                    model_port=backend.port,
+                    trust_domain=TRUST_DOMAIN,
+                    local_backends=("gpu",),
+                    allowed_peers=(EDGE_ID,),
+                    inbound_address="127.0.0.1",
+                ),
+            ),
+        }
+        model = MeshModel.build([edge_plan, gpu_plan], settings)
+        snapshots = {node: compile_snapshot(model, node) for node in (NODE, GPU_NODE)}
+        for node, snapshot in snapshots.items():
+            xds.set_snapshot(node, snapshot)
+
+        def boot(node: str, sds: LocalSdsServer) -> dict[str, Any]:
+            spec = BootstrapSpec(
+                node_id=node, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
+            )
+            return with_sds_cluster(render_bootstrap(spec), sds.address)
+
+        with EnvoyProcess(boot(GPU_NODE, gpu_sds), workdir=tmp_path, name=GPU_NODE) as gpu:
+            await asyncio.to_thread(gpu.wait_ready, 20)
+            # Node A's first health check of B must find B's inbound listener up (the
+            # checks are a minute apart here).
+            await asyncio.to_thread(eventually, lambda: _accepts(inbound), 20, "B inbound up")
+            edge = EnvoyProcess(boot(NODE, edge_sds), workdir=tmp_path, name=NODE)
+            with edge:
+                await asyncio.to_thread(edge.wait_ready, 20)
+                # Node A's own model is down: restricted traffic moves on to node B.
+                others["edge"].stop()
+                yield TwoNodes(
+                    Node(edge, app[NODE], edge_store),
+                    Node(gpu, app[GPU_NODE], gpu_store),
+                    backend,
+                    inbound,
+                    ca,
+                    catalog,
+                    snapshots,
+                )
+    finally:
+        await edge_sds.stop()
+        await gpu_sds.stop()
+        xds.close()
+        backend.stop()
+        for other in others.values():
+            other.stop()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, sock_dir: Path) -> AsyncIterator[TwoNodes]:
+    async for two in _two_nodes(tmp_path, sock_dir, GPU_NODE):
+        yield two
+
+
+@pytest.fixture
+async def impostor(tmp_path: Path, sock_dir: Path) -> AsyncIterator[TwoNodes]:
+    """Node B holds the SVID of another node id (same CA, same trust domain)."""
+    async for two in _two_nodes(tmp_path, sock_dir, "other-1"):
+        yield two
+
+
+async def test_a_restricted_request_reaches_the_other_node_over_mtls(nodes: TwoNodes) -> None:
+    assert verify_snapshot(nodes.snapshots[NODE], nodes.catalog) == []
+    reply = await asyncio.to_thread(
+        eventually,
+        lambda: (r := nodes.request(RESTRICTED)).status == 200 and r,
+        20,
+        "restricted request answered",
+    )
+    assert reply.backend == "gpu"
+    assert nodes.backend.models, "node B's model server never saw the request"
+    handshakes = await asyncio.to_thread(
+        counter, nodes.gpu.envoy, f"listener.127.0.0.1_{nodes.inbound}.ssl.handshake"
+    )
+    assert handshakes >= 1
+    # Node A presented its SVID: B's listener saw a client certificate.
+    no_cert = await asyncio.to_thread(
+        counter, nodes.gpu.envoy, f"listener.127.0.0.1_{nodes.inbound}.ssl.no_certificate"
+    )
+    assert no_cert == 0
+
+
+async def test_a_peer_with_another_spiffe_id_is_refused_at_tls(impostor: TwoNodes) -> None:
+    await asyncio.sleep(1.0)  # both Envoys have their secrets and clusters
+    replies = [await asyncio.to_thread(impostor.request, RESTRICTED) for _ in range(3)]
+    assert [r.status for r in replies] == [503, 503, 503]
+    assert impostor.backend.models == [], "the request reached the wrong node's model"
+    stats = await asyncio.to_thread(impostor.edge.envoy.admin_json, "/stats?format=json")
+    failed = {
+        s["name"]: s.get("value", 0)
+        for s in stats["stats"]
+        if s.get("name", "").endswith("ssl.fail_verify_san")
+    }
+    assert sum(failed.values()) >= 1, failed
+
+
+async def test_a_client_without_a_certificate_cannot_reach_the_inbound_listener(
+    nodes: TwoNodes,
+) -> None:
+    await asyncio.to_thread(
+        eventually, lambda: nodes.request(RESTRICTED).status == 200, 20, "mesh up"
+    )
+    seen = len(nodes.backend.models)
+    bundle = nodes.ca.bundle().to_pem().decode()
+
+    def plain_tls() -> str:
+        context = ssl.create_default_context(cadata=bundle)
+        context.check_hostname = False
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", nodes.inbound), timeout=5) as raw,
+                context.wrap_socket(raw) as tls,
+            ):
+                tls.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+                )
+                return tls.recv(1024).decode(errors="replace")
+        except (ssl.SSLError, ConnectionError) as exc:
+            return f"refused: {exc!r}"
+
+    answer = await asyncio.to_thread(plain_tls)
+    assert answer.startswith("refused") or answer == "", answer
+    assert len(nodes.backend.models) == seen
