@@ -8,7 +8,11 @@
    one app listener without and one with the ext_authz filter (the same server as in 1).
    Requests alternate between them one at a time over keep-alive connections, so both
    see the same machine noise; the *added* latency is the difference of the two
-   distributions' percentiles.
+   distributions' percentiles. This runs ``--rounds`` times; the headline is the median
+   round (a p99 of a few thousand samples on a shared VM moves by milliseconds).
+3. **Disk**: p50/p99 of a bare ``write`` + ``fdatasync`` of one record-sized line in the
+   spool's directory, before and after the Envoy rounds: a durable answer cannot be
+   faster than that, and on a shared VM it is the noisiest part.
 
 The backends set ``TCP_NODELAY`` on their connections (see :func:`nodelay_backends`):
 without it every keep-alive answer of ``http.server`` (headers and body in two writes)
@@ -16,7 +20,7 @@ stalls ~40 ms on Nagle + Envoy's delayed ACK, whichever listener it goes through
 
 Bounded by ``--count`` and ``--seconds`` per case. Writes ``bench/results/ext_authz.md``.
 
-    .venv/bin/python bench/ext_authz.py [--count 2000] [--seconds 20]
+    .venv/bin/python bench/ext_authz.py [--count 2000] [--seconds 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -209,10 +213,29 @@ def through_envoy(plain: int, authz: int, count: int, seconds: float) -> dict[st
     }
 
 
+def fsync_probe(directory: Path, count: int = 2000) -> dict[str, float]:
+    """p50/p99 ms of appending one 1.5 KB line and ``fdatasync``-ing it, ``count`` times."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    line = b"x" * 1500 + b"\n"
+    latencies = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(fd, line)
+            os.fdatasync(fd)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"p50_ms": statistics.median(latencies) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     nodelay_backends()
     with tempfile.TemporaryDirectory(prefix="tiermesh-bench-authz-") as tmp:
@@ -232,7 +255,12 @@ def main() -> None:
                 workdir, "authz", plan, AuthzSettings(port=authz.port)
             )
             started.append((xds_b, envoy_b))
-            envoy_rows = through_envoy(plain, with_authz, args.count, args.seconds)
+            disk = [fsync_probe(workdir)]
+            envoy_rounds = [
+                through_envoy(plain, with_authz, args.count, args.seconds)
+                for _ in range(args.rounds)
+            ]
+            disk.append(fsync_probe(workdir))
             records = authz.log.next_seq
         finally:
             for xds, envoy in started:
@@ -241,14 +269,23 @@ def main() -> None:
             authz.close()
             for backend in backends.values():
                 backend.stop()
-    report(direct_rows, envoy_rows, records, len(BODY))
+    report(direct_rows, envoy_rounds, disk, records, len(BODY))
+
+
+def added(envoy: dict[str, Any], key: str) -> float:
+    return float(envoy["with"][key] - envoy["without"][key])
 
 
 def report(
-    direct_rows: list[dict[str, Any]], envoy: dict[str, Any], records: int, body: int
+    direct_rows: list[dict[str, Any]],
+    rounds: list[dict[str, Any]],
+    disk: list[dict[str, float]],
+    records: int,
+    body: int,
 ) -> None:
-    added_p50 = envoy["with"]["p50_ms"] - envoy["without"]["p50_ms"]
-    added_p99 = envoy["with"]["p99_ms"] - envoy["without"]["p99_ms"]
+    ordered = sorted(rounds, key=lambda envoy: added(envoy, "p99_ms"))
+    median = ordered[len(ordered) // 2]
+    added_p50, added_p99 = added(median, "p50_ms"), added(median, "p99_ms")
     lines = [
         "# ext_authz: request-time decisions",
         "",
@@ -270,15 +307,26 @@ def report(
         "",
         "## Through Envoy, same route, alternating requests",
         "",
-        "| listener | requests | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|",
+        "| round | requests | without p50 / p99 ms | with p50 / p99 ms | added p50 ms "
+        "| added p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} ext_authz | {row['requests']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
-            for name, row in envoy.items()
+            f"| {index} | {envoy['with']['requests']} | {envoy['without']['p50_ms']:.2f} / "
+            f"{envoy['without']['p99_ms']:.2f} | {envoy['with']['p50_ms']:.2f} / "
+            f"{envoy['with']['p99_ms']:.2f} | {added(envoy, 'p50_ms'):.2f} "
+            f"| {added(envoy, 'p99_ms'):.2f} |"
+            for index, envoy in enumerate(rounds, 1)
         ),
         "",
-        f"**Added by ext_authz: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms** "
+        f"**Added by ext_authz (median round): p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms** "
         f"(target: <= 5 ms p99 added; {'met' if added_p99 <= 5 else 'NOT met'}).",
+        "",
+        "Disk, bare write + fdatasync of a 1.5 KB line in the spool's directory: "
+        + "; ".join(
+            f"{when} p50 {d['p50_ms']:.2f} ms / p99 {d['p99_ms']:.2f} ms"
+            for when, d in zip(("before", "after"), disk, strict=True)
+        )
+        + ".",
         "",
         "Where the time went before: ~46 ms added p50 through Envoy, even with a do-nothing",
         "Check server. Cause (tcpdump on lo): the test backends (``http.server``) send",
@@ -289,8 +337,13 @@ def report(
         "Envoy <-> the Python gRPC server on loopback TCP was never the problem.",
         "",
         "What ext_authz costs now: the check round trip (Envoy -> gRPC -> inspect, budget,",
-        "Rego ~0.5 ms -> durable append with fdatasync group commit -> answer). The p99 tail",
-        "is the fsync (the direct Check p99 shows the same tail without Envoy).",
+        "Rego ~0.5 ms -> durable append -> answer). The decision log masks, hashes and",
+        "ECDSA-signs each batch on its writer thread next to the write and fdatasync, so the",
+        "event loop only queues the entry (before, ~40 us of signing per record ran on the",
+        "loop, in every other request's way); fsync_batch_ms is 0, so a lone request never",
+        "waits a batch window. One request at a time still pays one fdatasync each (the",
+        "answer waits for its record), so the added p99 cannot beat the disk's fdatasync p99",
+        "above; on this shared VM that swings between ~0.2 and ~4 ms from minute to minute.",
         "",
     ]
     text = "\n".join(lines)
