@@ -204,9 +204,9 @@ class PlanRecorder:
             AuditStoreError: the database cannot be read or written (nothing recorded;
                 the next reconcile tries again).
         """
-        items = self._items(result, outcome, serving)
+        serving = dict(serving)
         async with self._lock:
-            return await asyncio.to_thread(self._append, result, items)
+            return await asyncio.to_thread(self._append, result, outcome, serving)
 
     def _items(
         self, result: ReconcileResult, outcome: BundleOutcome, serving: Mapping[str, str]
@@ -245,7 +245,10 @@ class PlanRecorder:
                 self._last[node] = (str(result.get("outcome")), result.get("plan_sha256"))
         self._loaded = True
 
-    def _append(self, result: ReconcileResult, items: list[_Item]) -> list[DecisionRecord]:
+    def _append(
+        self, result: ReconcileResult, outcome: BundleOutcome, serving: Mapping[str, str]
+    ) -> list[DecisionRecord]:
+        items = self._items(result, outcome, serving)
         if not self._loaded:
             self._load()
         now = self._now()
