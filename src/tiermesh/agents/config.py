@@ -194,6 +194,13 @@ class AgentConfig(_Section):
     """Where the confidence cascade handler listens (plaintext HTTP; keep it on loopback,
     only this node's Envoy calls it; port 0 picks a free one), or None: no handler. With
     it the agent registers its port and routes of ``cascade`` tasks are compiled to it."""
+    mesh_listen: HostPort | None = None
+    """Node-to-node mTLS: where other nodes reach this node's model server through Envoy
+    (port 0: the agent picks a free one), or None: no inbound mTLS listener. Needs a
+    ``llama_cpp`` model server. The agent registers the port; the compiled listener binds
+    it on every address, requires a client SVID of a node of the trust domain (from the
+    local SDS) and forwards to the model server. It also makes the node present its SVID
+    to other nodes' TLS backends with a ``spiffe_id``."""
 
     @model_validator(mode="after")
     def _own_endpoints(self) -> Self:

@@ -6,9 +6,9 @@ Start order (each step needs the ones before): ports checked free → SVID (save
 when ``authz.enabled`` (ext_authz server on loopback, decision log, shipper; see
 :mod:`~tiermesh.agents.runtime.requests`) → Envoy bootstrap written → model server healthy
 → Envoy answering its admin port → registry session accepted (with ``authz_port``, so the
-compiled listener checks every request). A failing step raises an
-:class:`~tiermesh.agents.runtime.errors.AgentError` (or a model-server error) naming its
-cause, after everything already started was stopped.
+compiled listener checks every request, and ``mesh_port`` when ``mesh_listen`` is set).
+A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError` (or a
+model-server error) naming its cause, after everything already started was stopped.
 
 :meth:`NodeAgent.drain` is the graceful stop: goodbye on the session (the control plane
 revokes the lease), Envoy's listeners drained, then :meth:`NodeAgent.stop` stops Envoy, the
@@ -65,6 +65,23 @@ def _require_free(what: str, address: str) -> None:
             raise StartFailed(what, f"cannot bind {address}: {exc.strerror}") from exc
 
 
+def _mesh_port(config: AgentConfig) -> int | None:
+    """The inbound mTLS port to register (``mesh_listen``; port 0: a free one, probed on
+    its host and left for Envoy to bind), or None: no mesh listener or no model server."""
+    if config.mesh_listen is None:
+        return None
+    if config.model_server.kind != "llama_cpp":
+        log.warning("mesh_listen is set but the node has no model server; not registered")
+        return None
+    host, port = split_hostport(config.mesh_listen)
+    if port:
+        _require_free("the mesh listener", config.mesh_listen)
+        return port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 class NodeAgent:
     """The agent of one node (see the module docstring). Use from one event loop;
     ``start`` then ``drain``/``stop`` (``stop`` is idempotent and always safe)."""
@@ -100,6 +117,7 @@ class NodeAgent:
             _require_free("the app listener", f"127.0.0.1:{config.envoy.app_port}")
         if config.model_server.kind == "llama_cpp":
             _require_free("the model server", config.model_server.listen)
+        mesh_port = _mesh_port(config)
         model_path = self._model_path()
 
         material = await first_identity(config, now=dt.datetime.now(dt.UTC))
@@ -152,6 +170,7 @@ class NodeAgent:
             authz_port=self.requests.port if self.requests is not None else None,
             usage_port=self.requests.usage_port if self.requests is not None else None,
             cascade_port=self.cascade.port if self.cascade is not None else None,
+            mesh_port=mesh_port,
         )
         self.session = RegistrySession(
             self.store,

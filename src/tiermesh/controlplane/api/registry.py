@@ -165,6 +165,15 @@ class NodeRegistration(Contract):
     None: routes of ``cascade`` tasks compile as plain failover chains. With it they go to
     the handler, which asks the chain's steps through per-step routes and serves one
     answer. Added within ``v1`` like ``authz_port``."""
+    mesh_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the node's inbound mTLS listener (all addresses), or None: no node-to-node
+    mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,
+    reached on loopback unless its host is a specific IP address), the control plane
+    compiles a listener on this port that requires a client SVID of a node of the trust
+    domain and forwards to that model server; the node's clusters to other nodes' TLS
+    backends present its SVID. Both take their certificates from the agent's local SDS
+    (cluster ``tiermesh_sds``, secrets ``tiermesh_svid`` and ``tiermesh_trust_bundle``).
+    Added within ``v1`` like ``authz_port``."""
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from tiermesh.controlplane.api import RegisteredNode
 from tiermesh.controlplane.model import (
     AuthzSettings,
     CascadeSettings,
+    MeshTlsSettings,
     NodeSettings,
     UsageSettings,
 )
@@ -48,6 +50,9 @@ class NodeDirectory:
     ``credentials`` (secret name → API key) go unchanged into every node's settings; the
     directory never logs them.
 
+    ``trust_domain`` enables node-to-node mTLS for nodes that register ``mesh_port``
+    (:meth:`settings_for`); None: never compiled.
+
     ``on_settings_changed`` is called (on the event loop) when a node's app or authz port
     changes after it was first seen, so a reconcile that raced the change can be redone.
 
@@ -65,8 +70,10 @@ class NodeDirectory:
         on_settings_changed: Callable[[], None] = lambda: None,
         retry_s: float = 1.0,
         credentials: Mapping[str, str] | None = None,
+        trust_domain: str | None = None,
     ) -> None:
         self._store = store
+        self._trust_domain = trust_domain
         self._bundle = trust_bundle_pem
         self._credentials: Mapping[str, str] = MappingProxyType(dict(credentials or {}))
         self._on_changed = on_settings_changed
@@ -101,8 +108,11 @@ class NodeDirectory:
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
         the registration carries ``authz_port``; none otherwise), its access-log server
         (:class:`UsageSettings` when it carries ``usage_port``), its cascade handler
-        (:class:`CascadeSettings` when it carries ``cascade_port``), the trust bundle and the
-        credentials given at construction. Call from a worker thread."""
+        (:class:`CascadeSettings` when it carries ``cascade_port``), its inbound mTLS listener
+        (:class:`MeshTlsSettings` when it carries ``mesh_port``, has a model server endpoint
+        and the directory knows the trust domain; any node of the trust domain may call it),
+        the trust bundle and the credentials given at construction. Call from a worker
+        thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
@@ -125,7 +135,22 @@ class NodeDirectory:
             authz=authz,
             usage=usage,
             cascade=cascade,
+            mesh=None if document is None else self._mesh(document),
             credentials=self._credentials,
+        )
+
+    def _mesh(self, node: RegisteredNode) -> MeshTlsSettings | None:
+        if node.mesh_port is None or self._trust_domain is None:
+            return None
+        model = next((e for e in node.endpoints if not e.tls), None)
+        if model is None:
+            log.warning("node %s registered mesh_port without a model server", node.node_id)
+            return None
+        return MeshTlsSettings(
+            inbound_port=node.mesh_port,
+            model_port=model.port,
+            trust_domain=self._trust_domain,
+            model_host=_model_host(model.host),
         )
 
     def _replace(self, records: Mapping[str, bytes]) -> None:
@@ -165,6 +190,18 @@ class NodeDirectory:
             self._on_changed()
 
 
-def _ports(node: RegisteredNode) -> tuple[int, int | None, int | None, int | None]:
+def _model_host(host: str) -> str:
+    """The model server's address as the node's own Envoy reaches it: a specific IP
+    address as registered; a host name or an unspecified address: loopback."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1"
+    return "127.0.0.1" if address.is_unspecified else str(address)
+
+
+def _ports(node: RegisteredNode) -> tuple[object, ...]:
     """What of a registration goes into its :class:`NodeSettings`."""
-    return node.app_port, node.authz_port, node.usage_port, node.cascade_port
+    model = next(((e.host, e.port) for e in node.endpoints if not e.tls), None)
+    return (node.app_port, node.authz_port, node.usage_port, node.cascade_port,
+            node.mesh_port, model)  # fmt: skip

@@ -164,6 +164,7 @@ class ControlPlane:
             bundle.to_pem().decode(),
             on_settings_changed=self._resettle,
             credentials=config.credentials,
+            trust_domain=config.trust_domain,
         )
         await self._directory.start()
         compiler = default_compiler(self._directory.settings_for)
