@@ -71,10 +71,13 @@ def test_restricted_traffic_with_its_backends_down_gets_503_never_the_cloud(mesh
 
 def test_a_late_first_byte_moves_on_to_the_next_step_after_the_hedge(mesh: Mesh) -> None:
     chain = mesh.chain("acme.public.classify.*")
-    mesh.backends[chain[0]].delay_s = 2.0
+    slow_s = 2.0
+    mesh.backends[chain[0]].delay_s = slow_s
     reply = mesh.request(headers("public", "classify"))
     assert reply.backend == chain[1]
-    assert HEDGE_MS / 1000 <= reply.elapsed_s < 1.5
+    # Served by the next step after the hedge deadline and before the slow first step
+    # would have answered (a tighter bound only measures how busy the 2 cores are).
+    assert HEDGE_MS / 1000 <= reply.elapsed_s < slow_s
 
 
 def test_the_hedge_deadline_stops_once_response_headers_arrived(mesh: Mesh) -> None:
