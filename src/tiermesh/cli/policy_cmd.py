@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import fnmatch
 import getpass
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from tiermesh.controlplane.api import NodeInfo, Plan, PlanInput
+from tiermesh.controlplane.api import PLAN_PATH, NodeInfo, Plan, PlanInput
 from tiermesh.controlplane.bundle import (
     BundleOutcome,
     BundleReadError,
@@ -61,8 +62,10 @@ from tiermesh.controlplane.store import (
 )
 from tiermesh.rego import (
     EngineUnavailable,
+    JSONValue,
     OpaLibraryEngine,
     PolicyEngine,
+    PolicyError,
     RegorusEngine,
     RegoTestResult,
 )
@@ -434,6 +437,74 @@ def _chain_text(plan: Plan, route_index: int) -> str:
     return " → ".join(steps)
 
 
+# A rule head: at column 0, a name then ``:=``/``=``/``contains``/``if``/``{``/``(``/``[``
+# (or ``default name``); comments, ``package`` and ``import`` lines are not rules.
+_RULE_HEAD = re.compile(
+    r"^(?:default\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+    r"\s*(?::=|=|\(|\[|\{|\bcontains\b|\bif\b|$)"
+)
+_NOT_RULES = frozenset({"package", "import"})
+
+
+def _rule_heads(source: str) -> list[tuple[int, str]]:
+    """``(line, rule name)`` of every rule head in a Rego module, in source order."""
+    heads = []
+    for number, text in enumerate(source.splitlines(), start=1):
+        match = _RULE_HEAD.match(text)
+        if match is None or text.startswith("#"):
+            continue
+        name = match["name"]
+        if name in _NOT_RULES or name.split(".")[0] in _NOT_RULES:
+            continue
+        heads.append((number, name))
+    return heads
+
+
+def _covered_rules(
+    modules: Mapping[str, str], covered: Mapping[str, Sequence[int]]
+) -> list[tuple[str, int, str]]:
+    """``(file, head line, rule)`` of each rule with a covered line between its head and
+    the next rule's head, sorted by file and line."""
+    found: set[tuple[str, int, str]] = set()
+    for file, lines in covered.items():
+        heads = _rule_heads(modules.get(file, ""))
+        for line in lines:
+            owner = None
+            for head in heads:
+                if head[0] > line:
+                    break
+                owner = head
+            if owner is not None:
+                found.add((file, *owner))
+    return sorted(found)
+
+
+def _explain_rules(
+    console: Console, modules: Mapping[str, str], data: Mapping[str, JSONValue], node: NodeInfo
+) -> None:
+    """The "rules that produced it" section: OPA's coverage of the plan evaluation."""
+    console.print("rules that produced it (coverage from the OPA engine):")
+    try:
+        opa = OpaLibraryEngine()
+    except EngineUnavailable as exc:
+        console.print(f"  not shown: the OPA library is unavailable ({exc.reason})", soft_wrap=True)
+        return
+    try:
+        opa.load(modules, dict(data))
+        request: JSONValue = PlanInput(node=node).model_dump(mode="json")
+        _, covered = opa.evaluate_covered(PLAN_PATH, request)
+    except PolicyError as exc:
+        console.print(f"  not shown: OPA could not evaluate the plan ({exc})", soft_wrap=True)
+        return
+    finally:
+        opa.close()
+    rules = _covered_rules(modules, covered)
+    if not rules:
+        console.print("  (no rule lines were covered)")
+    for file, line, name in rules:
+        console.print(f"  {file}:{line} {name}", soft_wrap=True)
+
+
 @app.command("explain")
 def explain(
     ctx: typer.Context,
@@ -450,8 +521,9 @@ def explain(
 
     Every route in match order (fallback chain with timeouts, retries and hedges;
     fail-closed, budget and rate-limit flags), the backends it uses, and the policy's
-    violations and warnings. Rule-level traces are not shown: the engine interface does
-    not expose them.
+    violations and warnings, then the rules that produced it: the rules whose lines
+    OPA's coverage report marks as evaluated (always from the OPA engine, whichever
+    engine made the plan; a note instead when the OPA library is unavailable).
     """
     plan_input = _read_input(input_file)
     bundle = _read(directory)
@@ -503,3 +575,4 @@ def explain(
         for message in messages:
             console.print(f"{label}: {message}", soft_wrap=True)
     console.print(f"{len(plan.violations)} violation(s), {len(plan.warnings)} warning(s)")
+    _explain_rules(console, documents.modules, documents.data, plan_input.node)

@@ -45,6 +45,26 @@ def _import_bindings() -> Any:
     return opa_bindings
 
 
+def _covered_lines(report: Any) -> dict[str, list[int]]:
+    """``{file: sorted covered line numbers}`` from an OPA coverage report.
+
+    The report (``OpaEngine.last_coverage``) is ``{"files": {file: {"covered":
+    [{"start": {"row": r, ...}, "end": {"row": r2, ...}}, ...], ...}}, ...}``; a
+    range covers every row from ``start`` to ``end`` inclusive.
+    """
+    if not isinstance(report, dict):
+        return {}
+    covered: dict[str, list[int]] = {}
+    for file, entry in (report.get("files") or {}).items():
+        lines: set[int] = set()
+        for span in (entry or {}).get("covered") or []:
+            start = int(span["start"]["row"])
+            end = int(span.get("end", span["start"])["row"])
+            lines.update(range(start, end + 1))
+        covered[str(file)] = sorted(lines)
+    return covered
+
+
 class OpaLibraryEngine:
     """:class:`PolicyEngine` on the OPA 1.x Go engine (Rego v1 by default).
 
@@ -103,17 +123,41 @@ class OpaLibraryEngine:
             self._modules = dict(modules)
 
     def evaluate(self, path: str, input: JSONValue = None) -> JSONValue | Undefined:
+        value, _ = self._eval(path, input, coverage=False)
+        return value
+
+    def evaluate_covered(
+        self, path: str, input: JSONValue = None
+    ) -> tuple[JSONValue | Undefined, dict[str, list[int]]]:
+        """Evaluate ``path`` like :meth:`evaluate`, recording which lines ran.
+
+        Returns the value (or ``UNDEFINED``) and, for every loaded module file that
+        OPA's coverage report mentions, the sorted line numbers it covered: rule
+        heads whose bodies succeeded and the body expressions evaluated. A file with
+        nothing covered maps to ``[]``. The report is taken from the same evaluation
+        that produced the value, under the engine's evaluation lock, so concurrent
+        calls cannot mix reports. Errors as :meth:`evaluate`.
+        """
+        return self._eval(path, input, coverage=True)
+
+    def _eval(
+        self, path: str, input: JSONValue, *, coverage: bool
+    ) -> tuple[JSONValue | Undefined, dict[str, list[int]]]:
         segments = check_path(path, engine=_NAME)
         engine = self._current()
+        result: JSONValue | Undefined
         try:
-            value: JSONValue = engine.eval_document(".".join(segments), input)
-        except self._bindings.OpaUndefinedError:
-            return UNDEFINED
+            with engine._eval_lock:  # re-entrant: keeps last_coverage ours until read
+                try:
+                    result = engine.eval_document(".".join(segments), input, coverage=coverage)
+                except self._bindings.OpaUndefinedError:
+                    result = UNDEFINED
+                report = engine.last_coverage if coverage else None
         except self._bindings.OpaError as exc:
             problems, _ = opa_problems(exc.message)
             location = problems[0] if problems[0].file is not None else None
             raise PolicyEvalError(path, str(exc), engine=_NAME, location=location) from exc
-        return value
+        return result, _covered_lines(report)
 
     def run_tests(self) -> list[RegoTestResult]:
         self._current()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -111,6 +112,9 @@ def test_explain(policy_dir: Path, tmp_path: Path) -> None:
     assert "acme.restricted.chat.*" in result.output
     assert "fail-closed" in result.output
     assert "0 violation(s)" in result.output
+    rules = result.output.split("rules that produced it", 1)[1]
+    assert "OPA" in rules
+    assert "OPA library is unavailable" in rules or re.search(r"routing\.rego:\d+ plan\b", rules)
     result = invoke(
         "policy", "explain", "--input", str(request), str(policy_dir), "--json", "--route", "x"
     )
