@@ -54,6 +54,7 @@ async def test_a_push_records_one_plan_per_node(rig: Rig) -> None:
         assert record.result["plan_sha256"] == plan_digest(record.result["plan"])
         assert record.result["summary"]["backends"]
         assert record.bundle_revision == result.bundle_sha256
+        assert record.result["provenance"] == {"git_commit": "c1"}
         assert record.etcd_revision == result.etcd_revision
         assert record.snapshot_version == served[node.id]
     assert rig.query_plans() == records

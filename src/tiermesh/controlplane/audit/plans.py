@@ -280,6 +280,7 @@ class PlanRecorder:
             "plan": None,
             "summary": None,
             "bundle": result.bundle_revision,
+            "provenance": dict(result.provenance),
         }
         if plan is not None:
             dumped = plan.model_dump(mode="json")

@@ -354,6 +354,7 @@ class Reconciler:
         base = ReconcileResult(
             number, True, bundle.revision, bundle.sha256, bundle.etcd_revision, node_ids,
             skipped=tuple(skipped), started_at=started_at, events=events,
+            provenance=MappingProxyType(dict(bundle.provenance)),
         )  # fmt: skip
 
         def result(ok: bool, **changes: Any) -> ReconcileResult:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from tiermesh.controlplane.bundle import Finding
+from tiermesh.controlplane.store import JsonScalar
 
 __all__ = ["ReconcileError", "ReconcileResult"]
 
@@ -37,6 +39,8 @@ class ReconcileResult:
     """Store events coalesced into this reconcile (0 for the first and forced ones)."""
     store_failed: bool = False
     """The store could not be read; the reconciler retries after ``retry_s``."""
+    provenance: Mapping[str, JsonScalar] = field(default_factory=dict)
+    """Where the evaluated bundle came from (git commit, author, dirty flag…), as pushed."""
 
 
 class ReconcileError(Exception):
