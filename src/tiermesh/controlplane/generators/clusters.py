@@ -129,6 +129,10 @@ def backend_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.
             health_check_pb2.HealthCheck(
                 timeout=ms(check.timeout_ms),
                 interval=ms(check.interval_ms),
+                # A host that failed its first check gets no traffic, and Envoy then
+                # checks it only every no_traffic_interval (default 60 s): a fallback
+                # tier that came up a moment after this node stayed out for a minute.
+                no_traffic_interval=ms(check.interval_ms),
                 unhealthy_threshold=wrappers_pb2.UInt32Value(value=check.unhealthy_threshold),
                 healthy_threshold=wrappers_pb2.UInt32Value(value=check.healthy_threshold),
                 http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path=check.path),
