@@ -85,7 +85,9 @@ def test_killing_the_edge_model_under_load_loses_no_public_request(up: Up) -> No
         assert status == 200, f"request {index}: {status} {body[:200]!r}"
         tiers.append(headers["x-tiermesh-tier"])
     assert tiers[:killed_at] == ["local"] * killed_at
-    assert "private" in tiers[killed_at:], tiers
+    # The request right after the kill is answered further down the chain: by the private
+    # tier, or by the cloud while the private node's first mTLS health checks are pending.
+    assert tiers[killed_at] in {"private", "cloud"}, tiers
 
 
 def test_ctrl_c_stops_everything_and_leaves_nothing(up: Up) -> None:

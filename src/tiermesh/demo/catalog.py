@@ -6,8 +6,8 @@ Only ``endpoint`` (and, for the private backend, ``node``; for the cloud stand-i
 resilience value is raised: a circuit breaker with ``max_pending: 0`` becomes 1, because
 Envoy counts a request waiting for its first HTTP/1 connection as pending, so 0 overflows
 every request to that backend (seen with Envoy 1.40).
-The demo's private model server speaks plain HTTP on loopback, so the private backend
-loses its ``spiffe_id`` and ``tls`` (the compiler has no node-to-node mTLS listener yet);
+The demo's private backend is reached through its node's inbound mTLS listener (its
+``spiffe_id`` becomes the node's); a backend moved to plain HTTP loses its ``spiffe_id``;
 the cloud stand-ins keep TLS.
 """
 
@@ -48,6 +48,8 @@ class DemoEndpoint:
     credential: str | None = None
     """The secret name of the backend's API key (``credential: {secret: …}`` in the
     catalog); the key itself goes to the control plane, never into the catalog."""
+    spiffe_id: str | None = None
+    """The SPIFFE ID the backend must present (with ``tls``: a node's mTLS listener)."""
 
 
 def demo_catalog(
@@ -66,6 +68,8 @@ def demo_catalog(
             backend["node"] = where.node
         if where.credential is not None:
             backend["credential"] = {"secret": where.credential}
+        if where.spiffe_id is not None:
+            backend["spiffe_id"] = where.spiffe_id
         if not where.tls:
             backend.pop("spiffe_id", None)
     for backend in catalog["backends"]:

@@ -18,7 +18,10 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
   Local-tier nodes run the request-time policy (``authz`` in node.yaml: the same
   ``policies/`` bundle, decisions shipped to the control plane's audit collector, whose
-  database is ``controlplane/audit.sqlite3`` in the state dir).
+  database is ``controlplane/audit.sqlite3`` in the state dir). Nodes with a model server
+  enable node-to-node mTLS (``mesh_listen``): the catalog's private backend is the private
+  node's mTLS listener, pinned to ``spiffe://tiermesh.local/node/private-1``, and the edge
+  presents its own SVID to it.
 
 :class:`LocalMesh` owns every process and thread it starts; :meth:`LocalMesh.stop` stops
 them all in reverse order whatever failed (agents first, so their goodbyes reach the
@@ -63,6 +66,11 @@ STANDINS: Final = ("frontier-us", "frontier-eu")
 """The cloud stand-ins, named as the catalog's cloud backends."""
 
 
+def node_spiffe_id(node_id: str) -> str:
+    """The SPIFFE ID of a demo node's SVID."""
+    return f"spiffe://{TRUST_DOMAIN}/node/{node_id}"
+
+
 def credential_name(standin: str) -> str:
     """The secret name of a stand-in's API key, in the catalog and the credentials file."""
     return f"{standin}-key"
@@ -90,6 +98,8 @@ class MeshNode:
     model: str | None
     admin_port: int = field(default_factory=free_port)
     model_port: int = field(default_factory=free_port)
+    mesh_port: int = field(default_factory=free_port)
+    """The node's inbound mTLS listener (only with a model server)."""
     agent: Child | None = None
 
     @property
@@ -271,7 +281,12 @@ class LocalMesh:
         us, eu = self.standins["frontier-us"], self.standins["frontier-eu"]
         endpoints = {
             "edge-smollm": DemoEndpoint(self.edge.model_port, node=self.edge.id),
-            "onprem-gpu": DemoEndpoint(self.nodes[1].model_port, node=self.nodes[1].id),
+            "onprem-gpu": DemoEndpoint(
+                self.nodes[1].mesh_port,
+                tls=True,
+                node=self.nodes[1].id,
+                spiffe_id=node_spiffe_id(self.nodes[1].id),
+            ),
             "frontier-us": DemoEndpoint(
                 us.port, tls=True, credential=credential_name("frontier-us")
             ),
@@ -311,6 +326,7 @@ class LocalMesh:
                 "listen": f"{LOOPBACK}:{node.model_port}",
                 "n_threads": 1,
             }
+            document["mesh_listen"] = f"{LOOPBACK}:{node.mesh_port}"
         path = self.state_dir / f"{node.id}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
@@ -346,6 +362,7 @@ class LocalMesh:
                     "app_url": n.app_url,
                     "envoy_admin": n.admin_port,
                     "model_port": n.model_port if n.model else None,
+                    "mesh_port": n.mesh_port if n.model else None,
                     "agent_pid": n.agent.proc.pid if n.agent else None,
                 }
                 for n in self.nodes

@@ -1,0 +1,73 @@
+"""Node-to-node mTLS in the running mesh (``tiermesh up``): a restricted request the plan
+sends to the private tier crosses from the edge's Envoy to the private node's inbound
+mTLS listener (the edge presents its SVID, the private node its own, pinned by SAN), and
+the private node's Envoy counts the handshakes on that listener."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.e2e.agent_support import chat
+from tests.e2e.up_support import Up, running_up
+
+pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
+# ``code`` (complexity 3) is beyond the edge model (max 1); acme keeps restricted data off
+# the cloud, so the plan's chain is the on-prem backend behind private-1, then the edge.
+RESTRICTED_CODE = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "code",
+                   "x-tiermesh-sensitivity": "restricted"}  # fmt: skip
+PRIVATE_WITHIN_S = 60.0
+"""The private backend's host counts as healthy after two passed health checks (over the
+same mTLS listener, every 10 s); until then the chain's next step, the edge, answers."""
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    with running_up(tmp_path_factory.mktemp("up-mesh-tls") / "state") as running:
+        yield running
+
+
+def _handshakes(up: Up) -> int:
+    private = up.mesh["nodes"]["private-1"]
+    admin = f"http://127.0.0.1:{private['envoy_admin']}/stats?filter=ssl%5C.handshake%24"
+    with urllib.request.urlopen(admin, timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.search(rf"^listener\.[0-9.]+_{private['mesh_port']}\.ssl\.handshake: (\d+)$",
+                      text, re.MULTILINE)  # fmt: skip
+    assert found, f"no handshake counter of the mesh listener in:\n{text}"
+    return int(found.group(1))
+
+
+def test_the_private_backend_is_the_private_nodes_mtls_listener(up: Up) -> None:
+    catalog = yaml.safe_load((up.state / "policies" / "data" / "catalog.yaml").read_text())
+    private = {b["name"]: b for b in catalog["backends"]}["onprem-gpu"]
+    assert private["endpoint"] == {"host": "127.0.0.1",
+                                   "port": up.mesh["nodes"]["private-1"]["mesh_port"],
+                                   "tls": True}  # fmt: skip
+    assert private["spiffe_id"] == "spiffe://tiermesh.local/node/private-1"
+    assert private["node"] == "private-1"
+
+
+def test_a_restricted_request_reaches_the_private_tier_over_mtls(up: Up) -> None:
+    deadline = time.monotonic() + PRIVATE_WITHIN_S
+    last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
+    while time.monotonic() < deadline:
+        last = chat(up.port, RESTRICTED_CODE, timeout=20)
+        if last[0] == 200 and last[1].get("x-tiermesh-tier") == "private":
+            break
+        time.sleep(0.3)
+    status, headers, body = last
+    assert status == 200, last
+    assert headers["x-tiermesh-tier"] == "private", headers
+    assert _handshakes(up) > 0
+    before = _handshakes(up)
+    for _ in range(2):
+        status, headers, body = chat(up.port, RESTRICTED_CODE, timeout=20)
+        assert status == 200, body
+        assert headers["x-tiermesh-tier"] == "private", headers
+    assert _handshakes(up) >= before
