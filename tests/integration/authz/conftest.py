@@ -54,19 +54,24 @@ class AuthzMesh:
         return sum(len(b.models) for b in self.backends.values())
 
     def send(self, headers: dict[str, str], body: bytes) -> Reply:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.listener}/v1/chat/completions",
-            data=body,
-            headers={"content-type": "application/json", **headers},
-        )
+        return post_chat(self.listener, headers, body)
+
+
+def post_chat(listener: int, headers: dict[str, str], body: bytes) -> Reply:
+    """POST ``body`` to the app listener's chat completions; any status is a reply."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{listener}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return _reply(int(response.status), response.headers, response.read())
+    except urllib.error.HTTPError as exc:
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return _reply(int(response.status), response.headers, response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                return _reply(exc.code, exc.headers, exc.read())
-            finally:
-                exc.close()
+            return _reply(exc.code, exc.headers, exc.read())
+        finally:
+            exc.close()
 
 
 def _reply(status: int, headers: object, body: bytes) -> Reply:

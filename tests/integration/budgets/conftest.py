@@ -4,15 +4,13 @@ server; backends answer with OpenAI-style ``usage``; the cloud tier costs money.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.authz.conftest import Reply, _reply, chat
+from tests.integration.authz.conftest import Reply, chat, post_chat
 from tests.integration.budgets.backend import UsageBackend
 from tests.integration.budgets.harness import BudgetThread
 from tests.integration.compiler.conftest import NODE, small_catalog
@@ -64,19 +62,7 @@ class BudgetMesh:
         return [step.backend for step in match.chain]
 
     def send(self, headers: dict[str, str], body: bytes) -> Reply:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.listener}/v1/chat/completions",
-            data=body,
-            headers={"content-type": "application/json", **headers},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return _reply(int(response.status), response.headers, response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                return _reply(exc.code, exc.headers, exc.read())
-            finally:
-                exc.close()
+        return post_chat(self.listener, headers, body)
 
     def wait_tokens(self, tenant: str, tokens: int, timeout_s: float = 10) -> TenantUsage:
         """The tenant's totals once they reach ``tokens`` (access logs arrive after the
