@@ -124,6 +124,10 @@ def backend_cluster(upstream: Upstream, connect_timeout_ms: int) -> cluster_pb2.
             interval=ms(outlier.interval_ms),
             base_ejection_time=ms(outlier.base_ejection_ms),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=outlier.max_ejection_percent),
+            # Without it a percentage below 100 rounds down to no host at all for a backend
+            # with one endpoint (a provider's API, a single llama.cpp): the breaker never
+            # opened and every request still tried the failing backend first.
+            always_eject_one_host=wrappers_pb2.BoolValue(value=True),
         ),
         health_checks=[
             health_check_pb2.HealthCheck(
