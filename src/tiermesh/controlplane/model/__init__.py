@@ -1,7 +1,8 @@
 """The immutable mesh model the generators compile Envoy resources from.
 
 - :class:`MeshModel` — every node's evaluated :class:`~tiermesh.controlplane.api.Plan`
-  and :class:`NodeSettings`, with the clusters they imply (:class:`NodeModel`).
+  and :class:`NodeSettings`, with the clusters they imply (:class:`NodeModel`), and
+  the backends whose node reports unhealthy (:func:`backends_hosted_by`).
 - :mod:`~tiermesh.controlplane.model.names` — the Envoy resource names derived from it.
 """
 
@@ -9,7 +10,13 @@ from __future__ import annotations
 
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
-from tiermesh.controlplane.model.mesh import Chain, MeshModel, NodeModel, Upstream
+from tiermesh.controlplane.model.mesh import (
+    Chain,
+    MeshModel,
+    NodeModel,
+    Upstream,
+    backends_hosted_by,
+)
 from tiermesh.controlplane.model.settings import (
     AuthzSettings,
     CascadeSettings,
@@ -31,5 +38,6 @@ __all__ = [
     "UnknownNode",
     "Upstream",
     "UsageSettings",
+    "backends_hosted_by",
     "names",
 ]

@@ -6,16 +6,16 @@ generators are pure functions of it, and any number of threads or tasks may shar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from tiermesh.controlplane.api import BackendPlan, ChainStep, Plan
+from tiermesh.controlplane.api import BackendPlan, Catalog, ChainStep, Plan
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.settings import NodeSettings
 
-__all__ = ["Chain", "MeshModel", "NodeModel", "Upstream"]
+__all__ = ["Chain", "MeshModel", "NodeModel", "Upstream", "backends_hosted_by"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +123,37 @@ class NodeModel:
         )
 
 
+def backends_hosted_by(catalog: Catalog, node_ids: Set[str]) -> frozenset[str]:
+    """Names of the catalog backends whose ``node`` is one of ``node_ids``. Pure."""
+    if not node_ids:
+        return frozenset()
+    return frozenset(b.name for b in catalog.backends if b.node is not None and b.node in node_ids)
+
+
 @dataclass(frozen=True, slots=True)
 class MeshModel:
-    """Every node's :class:`NodeModel`, by node id. Immutable and safe to share."""
+    """Every node's :class:`NodeModel`, by node id, and which backends are down. Immutable
+    and safe to share.
+
+    ``unhealthy_backends`` names the backends whose hosting node (the catalog backend's
+    ``node``) reports its model server unhealthy; their endpoints are served as
+    ``UNHEALTHY`` to every node. Empty (the default) serves every endpoint as before,
+    without a health status.
+    """
 
     nodes: Mapping[str, NodeModel]
+    unhealthy_backends: frozenset[str] = frozenset()
 
     @classmethod
-    def build(cls, plans: Iterable[Plan], settings: Mapping[str, NodeSettings]) -> MeshModel:
-        """One model from the evaluated plans (one per node) and each node's settings.
+    def build(
+        cls,
+        plans: Iterable[Plan],
+        settings: Mapping[str, NodeSettings],
+        *,
+        unhealthy_backends: Set[str] = frozenset(),
+    ) -> MeshModel:
+        """One model from the evaluated plans (one per node), each node's settings and the
+        backends reported unhealthy (see :func:`backends_hosted_by`).
 
         Raises :class:`PlanMismatch` for two plans of one node, a plan without settings,
         or a plan that cannot compile (see :meth:`NodeModel.build`).
@@ -144,7 +166,7 @@ class MeshModel:
             if node_id not in settings:
                 raise PlanMismatch(node_id, "no node settings (app listener port)")
             nodes[node_id] = NodeModel.build(plan, settings[node_id])
-        return cls(MappingProxyType(dict(sorted(nodes.items()))))
+        return cls(MappingProxyType(dict(sorted(nodes.items()))), frozenset(unhealthy_backends))
 
     def node(self, node_id: str) -> NodeModel:
         """The model of ``node_id``; raises :class:`UnknownNode` when there is none."""
