@@ -13,16 +13,20 @@ from tiermesh.controlplane.reconciler.reconciler import (
     BUNDLE_PREFIX,
     NODES_PREFIX,
     USAGE_PREFIX,
+    HealthAwareCompiler,
     Reconciler,
     SnapshotSink,
 )
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
+    Registration,
     node_from_registration,
+    read_registration,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
 from tiermesh.controlplane.reconciler.wiring import (
     CompileCache,
+    MeshCompiler,
     default_compiler,
     offline_compiler,
 )
@@ -33,13 +37,17 @@ __all__ = [
     "USAGE_PREFIX",
     "Clock",
     "CompileCache",
+    "HealthAwareCompiler",
     "InvalidRegistration",
+    "MeshCompiler",
     "MonotonicClock",
     "ReconcileError",
     "ReconcileResult",
     "Reconciler",
+    "Registration",
     "SnapshotSink",
     "default_compiler",
     "node_from_registration",
     "offline_compiler",
+    "read_registration",
 ]

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from tiermesh.controlplane.api import NodeInfo, TenantUsage
 from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
-    node_from_registration,
+    read_registration,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
 from tiermesh.controlplane.store import (
@@ -40,6 +40,7 @@ __all__ = [
     "BUNDLE_PREFIX",
     "NODES_PREFIX",
     "USAGE_PREFIX",
+    "HealthAwareCompiler",
     "PlansHook",
     "Reconciler",
     "SnapshotSink",
@@ -59,6 +60,16 @@ class SnapshotSink(Protocol):
     def set_snapshot(self, key: str, snapshot: Snapshot) -> bool: ...
 
     def clear_snapshot(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class HealthAwareCompiler(Compiler, Protocol):
+    """A :class:`Compiler` that can compile with some nodes reported unhealthy
+    (:class:`~tiermesh.controlplane.reconciler.wiring.MeshCompiler` is one)."""
+
+    def with_unhealthy_nodes(self, node_ids: frozenset[str], /) -> Compiler:
+        """The compiler that serves the backends hosted by ``node_ids`` as unhealthy."""
+        ...
 
 
 PlansHook = Callable[[ReconcileResult, BundleOutcome], Awaitable[None]]
@@ -88,6 +99,13 @@ class Reconciler:
     unreadable one is skipped and logged) plus ``static_nodes`` (a registration with the
     same id wins). Data: the bundle's documents, with ``data.usage`` read from the store's
     usage counters at each reconcile (usage changes alone do not trigger one).
+
+    Health: a registration whose latest load report says ``healthy: false`` puts its node
+    in the unhealthy set, read at each reconcile with the registrations; a
+    :class:`HealthAwareCompiler` compiles with it (every node's Envoy then gets the
+    backends hosted by those nodes as ``UNHEALTHY`` endpoints), any other compiler
+    ignores it. A load report that leaves the set as it was compiles to the same
+    snapshots: same versions, nothing published.
 
     Each reconcile loads the bundle into a fresh engine from ``engine_factory`` and runs
     ``compiler`` for each node on the reconciler's own worker thread (so engines that
@@ -137,6 +155,7 @@ class Reconciler:
         self._retry_s = retry_s
         self._on_plans = on_plans
         self._outcome: BundleOutcome | None = None
+        self._unhealthy: frozenset[str] = frozenset()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")
         self._events = 0
         self._wake = asyncio.Event()
@@ -304,34 +323,50 @@ class Reconciler:
 
     async def _read_state(
         self,
-    ) -> tuple[Bundle, list[NodeInfo], list[str], dict[str, TenantUsage]]:
+    ) -> tuple[Bundle, list[NodeInfo], list[str], dict[str, TenantUsage], frozenset[str]]:
         bundle = await self._store.get_bundle()
         records = await self._store.list_nodes()
         usage_snapshot = await self._store.read_prefix(USAGE_PREFIX)
         nodes = {node.id: node for node in self._static_nodes}
         skipped: list[str] = []
+        unhealthy: set[str] = set()
         for record in records:
             try:
-                nodes[record.node_id] = node_from_registration(record)
+                registration = read_registration(record)
             except InvalidRegistration as exc:
                 log.warning("%s; the node gets no snapshot", exc)
                 skipped.append(record.node_id)
+                continue
+            nodes[record.node_id] = registration.node
+            if not registration.healthy:
+                unhealthy.add(record.node_id)
         usage = _usage([(entry.key, entry.value) for entry in usage_snapshot.entries])
-        return bundle, [nodes[n] for n in sorted(nodes)], skipped, usage
+        return bundle, [nodes[n] for n in sorted(nodes)], skipped, usage, frozenset(unhealthy)
+
+    def _note_health(self, unhealthy: frozenset[str]) -> None:
+        before, self._unhealthy = self._unhealthy, unhealthy
+        for node in sorted(unhealthy - before):
+            log.warning("node %s reports unhealthy; its backends are served UNHEALTHY", node)
+        for node in sorted(before - unhealthy):
+            log.info("node %s no longer reports unhealthy", node)
 
     def _evaluate(
         self,
         files: Mapping[str, bytes],
         nodes: Sequence[NodeInfo],
         usage: Mapping[str, TenantUsage],
+        unhealthy: frozenset[str],
     ) -> BundleOutcome:
+        compiler: Compiler = self._compiler
+        if isinstance(compiler, HealthAwareCompiler):
+            compiler = compiler.with_unhealthy_nodes(unhealthy)
         engine = self._engine_factory()
         try:
             return evaluate_bundle(
                 files,
                 engine,
                 nodes=nodes,
-                compiler=self._compiler,
+                compiler=compiler,
                 usage=usage,
                 refuse_violations=self._refuse_violations,
             )
@@ -343,7 +378,7 @@ class Reconciler:
     ) -> ReconcileResult:
         self._outcome = None
         try:
-            bundle, nodes, skipped, usage = await self._read_state()
+            bundle, nodes, skipped, usage, unhealthy = await self._read_state()
         except StoreError as exc:
             return ReconcileResult(
                 number, False, 0, "", 0, (), errors=(Finding(Stage.READ, f"store: {exc}"),),
@@ -355,7 +390,9 @@ class Reconciler:
             number, True, bundle.revision, bundle.sha256, bundle.etcd_revision, node_ids,
             skipped=tuple(skipped), started_at=started_at, events=events,
             provenance=MappingProxyType(dict(bundle.provenance)),
+            unhealthy=tuple(sorted(unhealthy)),
         )  # fmt: skip
+        self._note_health(unhealthy)
 
         def result(ok: bool, **changes: Any) -> ReconcileResult:
             return replace(base, ok=ok, duration_s=time.perf_counter() - began, **changes)
@@ -365,7 +402,7 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(
-                self._executor, self._evaluate, bundle.files, nodes, usage
+                self._executor, self._evaluate, bundle.files, nodes, usage, unhealthy
             )
         except PolicyError as exc:
             return result(False, errors=(Finding(Stage.REGO, f"policy engine: {exc}"),))

@@ -1,8 +1,9 @@
-"""Reading node registrations from the store as plan inputs."""
+"""Reading node registrations from the store as plan inputs and health reports."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 from tiermesh.controlplane.api import NodeInfo
 from tiermesh.controlplane.store import NodeRecord
 
-__all__ = ["InvalidRegistration", "node_from_registration"]
+__all__ = ["InvalidRegistration", "Registration", "node_from_registration", "read_registration"]
 
 _FIELDS = ("id", "tier", "region", "residency")
 
@@ -24,19 +25,43 @@ class InvalidRegistration(ValueError):
         super().__init__(f"registration of node {node_id!r} is unusable: {reason}")
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What the reconciler reads of one registration."""
+
+    node: NodeInfo
+    """The node, as a plan input."""
+    healthy: bool
+    """False when the node's latest load report says ``healthy: false`` (its model server
+    fails its health check); True without a report."""
+
+
 def node_from_registration(record: NodeRecord) -> NodeInfo:
-    """The :class:`NodeInfo` a registration describes.
+    """The :class:`NodeInfo` a registration describes (see :func:`read_registration`)."""
+    return read_registration(record).node
+
+
+def _healthy(document: dict[str, Any]) -> bool:
+    load = document.get("load")
+    return not (isinstance(load, dict) and load.get("healthy") is False)
+
+
+def read_registration(record: NodeRecord) -> Registration:
+    """The node a registration describes, and whether it reports itself healthy.
 
     The registration is a JSON object holding ``id`` (or ``node_id``, as the registry's
     ``RegisteredNode`` spells it), ``tier``, ``region`` and optional ``residency`` — either
-    at the top or under ``node`` (a ``PlanInput``) — other fields (endpoints, load) are
-    ignored. ``id`` defaults to the registration's key and must equal it when given. Raises
+    at the top or under ``node`` (a ``PlanInput``) — and optionally ``load`` at the top
+    (a ``NodeLoad``, of which only ``healthy`` is read: exactly ``false`` is unhealthy,
+    anything else healthy); other fields (endpoints, the rest of the load) are ignored.
+    ``id`` defaults to the registration's key and must equal it when given. Raises
     :class:`InvalidRegistration`.
     """
     try:
         document: Any = json.loads(record.registration)
     except ValueError as exc:
         raise InvalidRegistration(record.node_id, f"not JSON: {exc}") from exc
+    healthy = _healthy(document) if isinstance(document, dict) else True
     if isinstance(document, dict) and isinstance(document.get("node"), dict):
         document = document["node"]
     if not isinstance(document, dict):
@@ -50,7 +75,7 @@ def node_from_registration(record: NodeRecord) -> NodeInfo:
             record.node_id, f"claims id {fields['id']!r} under the key of {record.node_id!r}"
         )
     try:
-        return NodeInfo.model_validate(fields)
+        return Registration(NodeInfo.model_validate(fields), healthy)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"

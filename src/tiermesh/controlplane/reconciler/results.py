@@ -41,6 +41,9 @@ class ReconcileResult:
     """The store could not be read; the reconciler retries after ``retry_s``."""
     provenance: Mapping[str, JsonScalar] = field(default_factory=dict)
     """Where the evaluated bundle came from (git commit, author, dirty flag…), as pushed."""
+    unhealthy: tuple[str, ...] = ()
+    """Registered nodes whose latest load report says unhealthy, sorted: the backends
+    they host were compiled with ``UNHEALTHY`` endpoints."""
 
 
 class ReconcileError(Exception):

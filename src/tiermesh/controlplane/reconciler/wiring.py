@@ -11,13 +11,13 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from tiermesh.controlplane.api import BackendPlan, Catalog, Plan, RoutePlan
 from tiermesh.controlplane.bundle import Compiler
 from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
-from tiermesh.controlplane.model import MeshModel, NodeSettings
+from tiermesh.controlplane.model import MeshModel, NodeSettings, backends_hosted_by
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import Snapshot
 
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_APP_PORT",
     "DEFAULT_CACHE_SIZE",
     "CompileCache",
+    "MeshCompiler",
     "default_compiler",
     "offline_compiler",
 ]
@@ -55,10 +56,10 @@ def _credentials_digest(settings: NodeSettings) -> bytes:
 
 
 class _Key:
-    """(routes, backends, settings, credentials digest), hashed once: hashing a plan's
-    routes walks all of it."""
+    """(routes, backends, settings, credentials digest, unhealthy backends), hashed once:
+    hashing a plan's routes walks all of it."""
 
-    __slots__ = ("_hash", "backends", "credentials", "routes", "settings")
+    __slots__ = ("_hash", "backends", "credentials", "routes", "settings", "unhealthy")
 
     def __init__(
         self,
@@ -66,12 +67,14 @@ class _Key:
         backends: tuple[BackendPlan, ...],
         settings: NodeSettings,
         credentials: bytes,
+        unhealthy: frozenset[str],
     ) -> None:
         self.routes = routes
         self.backends = backends
         self.settings = settings
         self.credentials = credentials
-        self._hash = hash((routes, backends, settings, credentials))
+        self.unhealthy = unhealthy
+        self._hash = hash((routes, backends, settings, credentials, unhealthy))
 
     def __hash__(self) -> int:
         return self._hash
@@ -82,6 +85,7 @@ class _Key:
         return (
             self._hash == other._hash
             and self.credentials == other.credentials
+            and self.unhealthy == other.unhealthy
             and (self.routes, self.backends, self.settings)
             == (other.routes, other.backends, other.settings)
         )
@@ -98,11 +102,14 @@ class CompileCache:
     inputs share one :class:`~tiermesh.xds.Snapshot` object.
 
     What a snapshot depends on: the generators read the plan's ``routes`` and
-    ``backends`` and the node's :class:`NodeSettings`, never the node id nor the rest of
+    ``backends``, the node's :class:`NodeSettings` and which of the plan's backends are
+    served unhealthy (``MeshModel.unhealthy_backends``), never the node id nor the rest of
     ``plan.node`` (resource names come from catalog names; Envoy tells nodes apart by
     their stream, not by resource names), nor ``violations``/``warnings``; the verifier
-    reads the snapshot and the catalog. The key is (routes, backends, settings), the
-    catalog is held once: a different catalog (not equal to the held one) empties the
+    reads the snapshot and the catalog. The key is (routes, backends, settings,
+    unhealthy), ``unhealthy`` holding only the plan's own backends (a node reporting
+    unhealthy misses the cache only for plans that use its backends); the catalog is
+    held once: a different catalog (not equal to the held one) empties the
     cache. Compiling and verifying is a pure function of exactly these, so a snapshot
     found here is the one compiling this node's plan would produce, and it passed the
     verifier against this very catalog when it was stored: serving it is serving a
@@ -130,9 +137,10 @@ class CompileCache:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
-        # (id(routes), id(backends), settings, digest) → an entry whose key holds those
-        # very tuples (so the ids cannot be reused while the alias lives). A speed-up only.
-        self._aliases: dict[tuple[int, int, NodeSettings, bytes], _Entry] = {}
+        # (id(routes), id(backends), settings, digest, unhealthy) → an entry whose key holds
+        # those very tuples (so the ids cannot be reused while the alias lives). A speed-up
+        # only.
+        self._aliases: dict[tuple[int, int, NodeSettings, bytes, frozenset[str]], _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -160,10 +168,13 @@ class CompileCache:
         backends: tuple[BackendPlan, ...],
         settings: NodeSettings,
         catalog: Catalog,
+        *,
+        unhealthy: frozenset[str] = frozenset(),
     ) -> Snapshot | None:
-        """The snapshot stored for this input under ``catalog``, or None."""
+        """The snapshot stored for this input under ``catalog``, or None. ``unhealthy``:
+        the names of ``backends`` served unhealthy."""
         digest = _credentials_digest(settings)
-        alias = (id(routes), id(backends), settings, digest)
+        alias = (id(routes), id(backends), settings, digest, unhealthy)
         with self._lock:
             self._use_catalog(catalog)
             entry = self._aliases.get(alias)
@@ -172,7 +183,7 @@ class CompileCache:
                 or entry.key.routes is not routes
                 or entry.key.backends is not backends
             ):
-                probe = _Key(routes, backends, settings, digest)
+                probe = _Key(routes, backends, settings, digest, unhealthy)
                 entry = self._entries.get(probe)
                 if entry is None:
                     self.misses += 1
@@ -197,27 +208,91 @@ class CompileCache:
         settings: NodeSettings,
         catalog: Catalog,
         snapshot: Snapshot,
+        *,
+        unhealthy: frozenset[str] = frozenset(),
     ) -> None:
         """Keep ``snapshot``, compiled and verified from this input against ``catalog``."""
         if self.size == 0:
             return
         digest = _credentials_digest(settings)
-        key = _Key(routes, backends, settings, digest)
+        key = _Key(routes, backends, settings, digest, unhealthy)
         entry = _Entry(key, snapshot)
         with self._lock:
             self._use_catalog(catalog)
             self._entries[key] = entry
             self._entries.move_to_end(key)
-            self._aliases[(id(routes), id(backends), settings, digest)] = entry
+            self._aliases[(id(routes), id(backends), settings, digest, unhealthy)] = entry
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+
+
+class MeshCompiler:
+    """The control plane's compiler (see :func:`default_compiler`), for one set of
+    unhealthy nodes.
+
+    Calling it compiles as if every node in :attr:`unhealthy_nodes` (all nodes reporting
+    their model server down) were down: the catalog backends they host
+    (``Backend.node``) are served with ``UNHEALTHY`` endpoints. :meth:`with_unhealthy_nodes`
+    gives the compiler of another set, sharing settings and cache; the reconciler asks
+    for it once per reconcile. Each instance is a pure function of ``(plan, catalog)``,
+    safe from any thread.
+    """
+
+    __slots__ = ("_cache", "_hosted", "_settings", "unhealthy_nodes")
+
+    def __init__(
+        self,
+        settings_for: Callable[[str], NodeSettings],
+        cache: CompileCache,
+        unhealthy_nodes: Set[str] = frozenset(),
+    ) -> None:
+        self._settings = settings_for
+        self._cache = cache
+        self.unhealthy_nodes: frozenset[str] = frozenset(unhealthy_nodes)
+        """Nodes whose backends are served unhealthy."""
+        # (catalog, its backends hosted by unhealthy_nodes) of the latest call: one
+        # reconcile compiles every node against one catalog.
+        self._hosted: tuple[Catalog, frozenset[str]] | None = None
+
+    def with_unhealthy_nodes(self, node_ids: Set[str]) -> MeshCompiler:
+        """This compiler for the unhealthy ``node_ids`` (same settings, same cache)."""
+        if frozenset(node_ids) == self.unhealthy_nodes:
+            return self
+        return MeshCompiler(self._settings, self._cache, node_ids)
+
+    def _unhealthy(self, plan: Plan, catalog: Catalog) -> frozenset[str]:
+        """The names of ``plan``'s backends hosted by an unhealthy node."""
+        if not self.unhealthy_nodes:
+            return frozenset()
+        hosted = self._hosted
+        if hosted is None or hosted[0] is not catalog:
+            hosted = (catalog, backends_hosted_by(catalog, self.unhealthy_nodes))
+            self._hosted = hosted
+        down = hosted[1]
+        if not down:
+            return down
+        return frozenset(b.name for b in plan.backends if b.name in down)
+
+    def __call__(self, plan: Plan, catalog: Catalog, /) -> Snapshot:
+        node_id = plan.node.id
+        node_settings = self._settings(node_id)
+        unhealthy = self._unhealthy(plan, catalog)
+        memo = self._cache
+        snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog, unhealthy=unhealthy)
+        if snapshot is None:
+            model = MeshModel.build([plan], {node_id: node_settings}, unhealthy_backends=unhealthy)
+            snapshot = compile_and_verify(model, node_id, catalog)
+            memo.put(
+                plan.routes, plan.backends, node_settings, catalog, snapshot, unhealthy=unhealthy
+            )
+        return snapshot
 
 
 def default_compiler(
     settings_for: Callable[[str], NodeSettings] | None = None,
     *,
     cache: CompileCache | None = None,
-) -> Compiler:
+) -> MeshCompiler:
     """The control plane's compiler: plan → mesh model → generators → verifier.
 
     ``settings_for(node_id)`` supplies what the plan does not hold (the node's app
@@ -225,7 +300,9 @@ def default_compiler(
     :data:`DEFAULT_APP_PORT`. The returned callable is a pure function, safe from any
     thread; it raises ``VerificationError`` (with findings naming route and cluster) when
     the compiled configuration breaks an invariant, and ``ModelError`` when the plan and
-    the settings do not fit together.
+    the settings do not fit together. It compiles with every node healthy; a
+    :class:`~tiermesh.controlplane.reconciler.Reconciler` binds the nodes that report
+    otherwise (:meth:`MeshCompiler.with_unhealthy_nodes`).
 
     Snapshots are memoized in ``cache`` (default: a fresh :class:`CompileCache` of
     :data:`DEFAULT_CACHE_SIZE` entries; ``CompileCache(0)`` turns it off): nodes whose
@@ -233,19 +310,7 @@ def default_compiler(
     equal get the same snapshot object, compiled and verified once.
     """
     settings = settings_for or (lambda _node_id: NodeSettings(app_port=DEFAULT_APP_PORT))
-    memo = cache if cache is not None else CompileCache()
-
-    def compile_node(plan: Plan, catalog: Catalog, /) -> Snapshot:
-        node_id = plan.node.id
-        node_settings = settings(node_id)
-        snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog)
-        if snapshot is None:
-            model = MeshModel.build([plan], {node_id: node_settings})
-            snapshot = compile_and_verify(model, node_id, catalog)
-            memo.put(plan.routes, plan.backends, node_settings, catalog, snapshot)
-        return snapshot
-
-    return compile_node
+    return MeshCompiler(settings, cache if cache is not None else CompileCache())
 
 
 @functools.cache
