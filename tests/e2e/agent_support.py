@@ -4,6 +4,7 @@ configs, ``tiermesh agent run`` as a child process, and OpenAI-style requests.""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,8 +61,10 @@ def node_yaml(
     token: Path | None,
     model: str | None = "tiny",
     residency: tuple[str, ...] = ("eu",),
+    envoy: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a node.yaml for ``node_id`` talking to ``plane``."""
+    """Write a node.yaml for ``node_id`` talking to ``plane`` (``envoy``: keys that replace
+    or add to the ``envoy`` section)."""
     document: dict[str, Any] = {
         "version": "v1",
         "node": {"id": node_id, "tier": tier, "region": "eu-west", "residency": list(residency)},
@@ -77,6 +80,7 @@ def node_yaml(
             "admin_address": f"127.0.0.1:{ports.admin}",
             "app_port": ports.app,
             "drain_s": 1,
+            **(envoy or {}),
         },
         "model_server": {"kind": "none"},
         "load_interval_s": 0.5,
@@ -140,6 +144,18 @@ class AgentProc:
                 return line
         raise AssertionError(f"agent not ready in {timeout}s:\n{self.stderr()}")
 
+    def wait_exit(self, timeout: float = 90.0) -> tuple[int, list[psutil.Process]]:
+        """Wait for the agent to exit by itself; its exit code and every child process seen
+        while it ran (polled, so a child that lived only a few milliseconds may be missed)."""
+        seen: dict[int, psutil.Process] = {}
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            assert time.monotonic() < deadline, f"agent still running after {timeout}s"
+            seen.update((child.pid, child) for child in self.descendants())
+            time.sleep(0.02)
+        self.close()
+        return code, list(seen.values())
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
@@ -173,6 +189,22 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return left
+
+
+def running_under(folder: Path) -> list[psutil.Process]:
+    """Live processes whose command line names a path inside ``folder`` (a node's state
+    dir: its Envoy's bootstrap, its model server's model and logs)."""
+    prefix = str(folder)
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            if any(prefix in arg for arg in process.info["cmdline"] or ()) and alive([process]):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def chat(

