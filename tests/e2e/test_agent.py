@@ -249,3 +249,30 @@ def test_envoy_refusing_its_configuration_is_named(plane: Running, tmp_path: Pat
     error = _fails_to_start(plane, config)
     log = tmp_path / f"{NODE}-state" / "logs" / "envoy.log"
     assert error == f"error: Envoy failed to start: malformed IP address: localhost (log: {log})"
+
+
+def test_an_envoy_that_cannot_be_run_is_named_before_it_starts(
+    plane: Running, tmp_path: Path
+) -> None:
+    token = join_token(plane, NODE, tmp_path)
+    pinned = tmp_path / "envoy-1.40"
+    pinned.write_text("#!/bin/sh\nexit 0\n")
+    pinned.chmod(0o644)
+
+    def run(envoy: dict[str, str]) -> str:
+        config = node_yaml(tmp_path / "node.yaml", plane, node_id=NODE, tier="local",
+                           ports=NodePorts(), token=token, model=None, envoy=envoy)  # fmt: skip
+        return _fails_to_start(plane, config)
+
+    assert run({"binary": str(pinned)}) == (
+        f"error: Envoy failed to start: envoy.binary {pinned} is not executable (mode 0644)"
+    )
+    missing = tmp_path / "no-such" / "envoy"
+    assert run({"binary": str(missing)}) == (
+        f"error: Envoy failed to start: envoy.binary {missing} does not exist"
+    )
+    in_a_file = pinned / "bootstrap.json"
+    assert run({"bootstrap_path": str(in_a_file)}) == (
+        f"error: Envoy failed to start: cannot write its bootstrap {in_a_file}: "
+        f"{pinned} is not a directory"
+    )

