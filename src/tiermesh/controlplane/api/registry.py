@@ -200,7 +200,9 @@ class NodeLoad(Contract):
     tokens_per_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Generated tokens per second, averaged over the agent's last window."""
     healthy: bool = True
-    """False when the agent sees its model server failing its health check."""
+    """False when the agent sees its model server failing its health check. While the
+    latest report says False, the control plane serves the endpoints of every catalog
+    backend the node hosts (``Backend.node``) as ``UNHEALTHY`` to every node's Envoy."""
 
 
 class SessionMessage(Contract):
@@ -239,8 +241,8 @@ class SessionReply(Contract):
 class RegisteredNode(NodeRegistration):
     """What the control plane stores under ``nodes/<node-id>``: the registration as the node
     sent it, plus what the control plane observed. Readers: the reconciler
-    (``node_from_registration`` reads ``node_id``, ``tier``, ``region``, ``residency``) and
-    status tools."""
+    (``read_registration`` reads ``node_id``, ``tier``, ``region``, ``residency`` and
+    ``load.healthy``) and status tools."""
 
     spiffe_id: str
     """SPIFFE ID of the client SVID that registered this node."""
