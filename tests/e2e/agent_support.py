@@ -213,10 +213,12 @@ def chat(
     *,
     stream: bool = False,
     timeout: float = 30.0,
+    extra: dict[str, object] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """POST /v1/chat/completions through the app listener; (status, headers, body)."""
+    """POST /v1/chat/completions through the app listener; (status, headers, body).
+    ``extra`` adds request fields (``temperature``, ``seed``, ...)."""
     body = {"model": "local", "max_tokens": 8, "stream": stream,
-            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+            "messages": [{"role": "user", "content": "hi"}], **(extra or {})}  # fmt: skip
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         data=json.dumps(body).encode(),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,12 +15,11 @@ import yaml
 
 from tests.e2e.agent_support import TIERMESH, chat, chat_text
 from tests.e2e.test_request_policy import PII
-from tests.e2e.up_support import CHILD_ENV, Up, running_up
+from tests.e2e.up_support import CHILD_ENV, Up, cloud_answer, running_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
 REASONING = {"x-tiermesh-tenant": "acme", "x-tiermesh-task": "reasoning",
              "x-tiermesh-sensitivity": "public"}  # fmt: skip
-CLOUD_WITHIN_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +30,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 def _keys(up: Up) -> dict[str, str]:
     return dict(yaml.safe_load((up.state / "cloud-credentials.yaml").read_text()))
-
-
-def _cloud_answer(up: Up) -> tuple[dict[str, str], bytes]:
-    """The first 200 from the cloud tier for a public reasoning request, within a bound
-    (the cloud backends' clusters and secrets reach Envoy shortly after ``up`` is ready).
-    Only the stand-ins set ``x-tiermesh-backend``; their answers name them in the body."""
-    deadline = time.monotonic() + CLOUD_WITHIN_S
-    last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
-    while time.monotonic() < deadline:
-        last = chat(up.port, REASONING, timeout=10)
-        status, headers, _ = last
-        if status == 200 and headers.get("x-tiermesh-tier") == "cloud":
-            return headers, last[2]
-        time.sleep(0.3)
-    raise AssertionError(f"no cloud answer in {CLOUD_WITHIN_S}s; last {last}")
 
 
 def test_the_credentials_file_is_owner_only_and_names_both_standins(up: Up) -> None:
@@ -63,7 +46,7 @@ def test_the_credentials_file_is_owner_only_and_names_both_standins(up: Up) -> N
 
 
 def test_a_public_reasoning_request_is_answered_by_the_cloud_tier(up: Up) -> None:
-    headers, body = _cloud_answer(up)
+    headers, body = cloud_answer(up, REASONING)
     assert headers["x-tiermesh-backend"] == "frontier-eu", headers
     message = json.loads(body)["choices"][0]["message"]
     assert message["role"] == "assistant"
@@ -75,7 +58,7 @@ def test_a_public_reasoning_request_is_answered_by_the_cloud_tier(up: Up) -> Non
 
 
 def test_restricted_data_never_reaches_the_cloud_tier(up: Up) -> None:
-    _cloud_answer(up)  # the cloud answers public requests of this very route
+    cloud_answer(up, REASONING)  # the cloud answers public requests of this very route
     declared = {**REASONING, "x-tiermesh-sensitivity": "restricted"}
     for _ in range(3):
         status, headers, body = chat(up.port, declared)
@@ -91,7 +74,7 @@ def test_restricted_data_never_reaches_the_cloud_tier(up: Up) -> None:
 
 
 def test_the_keys_are_in_no_status_and_no_log(up: Up) -> None:
-    _cloud_answer(up)
+    cloud_answer(up, REASONING)
     keys = _keys(up).values()
     shown = subprocess.run(
         [TIERMESH, "status", "--admin", up.mesh["control_plane"]["admin_url"], "--json"],

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.agent_support import TIERMESH
+from tests.e2e.agent_support import TIERMESH, chat
 from tiermesh.procs.ports import free_port
 
 START_BOUND_S = 120.0
@@ -92,3 +93,40 @@ def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
                 proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+CLOUD_WITHIN_S = 30.0
+
+
+def cloud_answer(up: Up, headers: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """The first 200 from the cloud tier for ``headers``, within a bound (the cloud
+    backends' clusters and secrets reach Envoy shortly after ``up`` is ready, and an
+    ejected cloud comes back after its ejection time). Only the stand-ins set
+    ``x-tiermesh-backend``; their answers name them in the body."""
+    deadline = time.monotonic() + CLOUD_WITHIN_S
+    last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
+    while time.monotonic() < deadline:
+        last = chat(up.port, headers, timeout=10)
+        status, got, _ = last
+        if status == 200 and got.get("x-tiermesh-tier") == "cloud":
+            return got, last[2]
+        time.sleep(0.3)
+    raise AssertionError(f"no cloud answer in {CLOUD_WITHIN_S}s; last {last}")
+
+
+def standins(up: Up) -> dict[str, dict[str, Any]]:
+    """The cloud stand-ins' state (``GET /standins`` of the mesh's cloud control)."""
+    url = f"{up.mesh['cloud_control']}/standins"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return dict(json.load(answer))
+
+
+def steer(up: Up, name: str, /, **changes: Any) -> dict[str, Any]:
+    """Change stand-in ``name`` (``up``, ``first_byte_delay_s``, ``failure_status``)."""
+    request = urllib.request.Request(
+        f"{up.mesh['cloud_control']}/standins/{name}",
+        data=json.dumps(changes).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return dict(json.load(answer))

@@ -18,7 +18,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tiermesh.demo.mesh import CLOUD_HEADERS, DEMO_HEADERS, LocalMesh, MeshError
+from tiermesh.demo.mesh import (
+    CASCADE_HEADERS,
+    CLOUD_HEADERS,
+    DEMO_HEADERS,
+    TRIAL_BUDGET_USD,
+    TRIAL_HEADERS,
+    LocalMesh,
+    MeshError,
+)
 
 __all__ = ["up"]
 
@@ -96,6 +104,16 @@ def _print_ready(mesh: LocalMesh, console: Console) -> None:
     for label, sent in (
         ("Send a request through the edge Envoy", DEMO_HEADERS),
         ("A public reasoning task goes to the cloud tier (x-tiermesh-tier: cloud)", CLOUD_HEADERS),
+        (
+            "The cascade task: the local answer unless it is less confident than the task's "
+            "min_confidence (x-tiermesh-cascade-steps)",
+            CASCADE_HEADERS,
+        ),
+        (
+            f"Tenant initech's budget (${TRIAL_BUDGET_USD:g}) is spent after a few cloud "
+            "answers; then the local tier answers",
+            TRIAL_HEADERS,
+        ),
     ):
         headers = " ".join(f"-H '{k}: {v}'" for k, v in sent.items())
         console.print(f"\n{label}:\n")
@@ -105,6 +123,17 @@ def _print_ready(mesh: LocalMesh, console: Console) -> None:
             soft_wrap=True,
             highlight=False,
         )
+    if mesh.cloud_control is not None:
+        console.print(
+            "\nMake the EU cloud slow (the local tier answers once its first byte is late), "
+            "failing or down, and back:\n",
+            highlight=False,
+        )
+        control = f"curl -s -X POST {mesh.cloud_control.url}/standins/frontier-eu -d"
+        changes = ('{"first_byte_delay_s": 8}', '{"failure_status": 503}', '{"up": false}',
+                   '{"up": true, "first_byte_delay_s": 0, "failure_status": null}')  # fmt: skip
+        for change in changes:
+            console.print(f"  {control} '{change}'", soft_wrap=True, highlight=False)
     console.print(
         "\nx-tiermesh-sensitivity: restricted (or PII in the body) never leaves the local and "
         "private tiers.\nPress Ctrl-C to stop.",

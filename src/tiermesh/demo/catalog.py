@@ -2,10 +2,11 @@
 pointed at where the demo's processes actually listen.
 
 Only ``endpoint`` (and, for the private backend, ``node``; for the cloud stand-ins,
-``credential``) changes; tenants, tiers, aliases and tasks stay as shipped. One
-resilience value is raised: a circuit breaker with ``max_pending: 0`` becomes 1, because
-Envoy counts a request waiting for its first HTTP/1 connection as pending, so 0 overflows
-every request to that backend (seen with Envoy 1.40).
+``credential``) changes, plus the monthly budgets given in ``budgets`` (the demo gives
+one tenant a budget a few cloud answers spend, to show the budget fallback); tiers,
+aliases and tasks stay as shipped. One resilience value is raised: a circuit breaker with
+``max_pending: 0`` becomes 1, because Envoy counts a request waiting for its first HTTP/1
+connection as pending, so 0 overflows every request to that backend (seen with Envoy 1.40).
 The demo's private backend is reached through its node's inbound mTLS listener (its
 ``spiffe_id`` becomes the node's); a backend moved to plain HTTP loses its ``spiffe_id``;
 the cloud stand-ins keep TLS.
@@ -53,11 +54,15 @@ class DemoEndpoint:
 
 
 def demo_catalog(
-    shipped: Mapping[str, Any], endpoints: Mapping[str, DemoEndpoint]
+    shipped: Mapping[str, Any],
+    endpoints: Mapping[str, DemoEndpoint],
+    budgets: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A copy of ``shipped`` (the parsed catalog) with each named backend's endpoint moved.
+    """A copy of ``shipped`` (the parsed catalog) with each named backend's endpoint moved
+    and each tenant of ``budgets`` given that ``monthly_budget_usd``.
 
-    Raises ``KeyError`` naming a backend of ``endpoints`` the catalog lacks.
+    Raises ``KeyError`` naming a backend of ``endpoints`` or a tenant of ``budgets`` the
+    catalog lacks.
     """
     catalog = yaml.safe_load(yaml.safe_dump(dict(shipped)))
     backends = {backend["name"]: backend for backend in catalog["backends"]}
@@ -72,6 +77,9 @@ def demo_catalog(
             backend["spiffe_id"] = where.spiffe_id
         if not where.tls:
             backend.pop("spiffe_id", None)
+    tenants = {tenant["name"]: tenant for tenant in catalog["tenants"]}
+    for name, usd in (budgets or {}).items():
+        tenants[name]["monthly_budget_usd"] = usd
     for backend in catalog["backends"]:
         breaker = (backend.get("resilience") or {}).get("circuit_breaker") or {}
         if breaker.get("max_pending") == 0:
@@ -83,13 +91,14 @@ def write_demo_policies(
     target: Path,
     endpoints: Mapping[str, DemoEndpoint],
     *,
+    budgets: Mapping[str, float] | None = None,
     shipped: Path = SHIPPED_POLICIES,
 ) -> Path:
     """Copy ``shipped`` to ``target`` (must not exist) with :func:`demo_catalog` as its
     ``data/catalog.yaml``; returns ``target``."""
     shutil.copytree(shipped, target)
     path = target / "data" / "catalog.yaml"
-    catalog = demo_catalog(yaml.safe_load(path.read_text()), endpoints)
+    catalog = demo_catalog(yaml.safe_load(path.read_text()), endpoints, budgets)
     path.write_text(
         "# Written by `tiermesh up`: the shipped catalog, endpoints moved to the demo's ports.\n"
         + yaml.safe_dump(catalog, sort_keys=False)

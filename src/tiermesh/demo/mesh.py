@@ -6,19 +6,25 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
 
 - etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir).
 - cloud stand-ins ``frontier-us`` and ``frontier-eu``: in-process HTTPS servers
-  (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key each.
+  (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key each, steered
+  over HTTP (slow, failing, down) through :class:`~tiermesh.demo.standin_control.
+  StandinControl` on ``cloud_control`` (``mesh.json``).
 - control plane: a child ``tiermesh controlplane run`` (a real process, as deployed; its
   data dir, CA passphrase and log under the state dir). The stand-ins' keys reach it in
   ``cloud-credentials.yaml`` (mode 0600, state dir) through ``--credentials-file``, named
   ``<stand-in>-key``; it serves them to the nodes as SDS secrets.
 - policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports and
   the cloud backends naming their key (:mod:`~tiermesh.demo.catalog`), pushed with
-  ``tiermesh policy push``.
+  ``tiermesh policy push``. Tenant ``initech`` gets a budget of
+  :data:`TRIAL_BUDGET_USD`, which a few cloud answers spend.
 - nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
   Local-tier nodes run the request-time policy (``authz`` in node.yaml: the same
   ``policies/`` bundle, decisions shipped to the control plane's audit collector, whose
-  database is ``controlplane/audit.sqlite3`` in the state dir). Nodes with a model server
+  database is ``controlplane/audit.sqlite3`` in the state dir), account each answer's
+  token usage from Envoy's access log against the tenant's budget (``usage_listen``), and
+  run the confidence cascade handler for the ``cascade`` task (``cascade_listen``).
+  Nodes with a model server
   enable node-to-node mTLS (``mesh_listen``): the catalog's private backend is the private
   node's mTLS listener, pinned to ``spiffe://tiermesh.local/node/private-1``, and the edge
   presents its own SVID to it.
@@ -51,10 +57,20 @@ from tiermesh.agents.models import SMOLLM2_INSTALL, smollm2_available
 from tiermesh.demo.catalog import DemoEndpoint, write_demo_policies
 from tiermesh.demo.children import Child, ChildFailed, tiermesh_command
 from tiermesh.demo.cloud_standin import CloudStandin
+from tiermesh.demo.standin_control import StandinControl
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import LOOPBACK, free_port
 
-__all__ = ["CLOUD_HEADERS", "DEMO_HEADERS", "LocalMesh", "MeshError", "MeshNode"]
+__all__ = [
+    "CASCADE_HEADERS",
+    "CLOUD_HEADERS",
+    "DEMO_HEADERS",
+    "TRIAL_BUDGET_USD",
+    "TRIAL_HEADERS",
+    "LocalMesh",
+    "MeshError",
+    "MeshNode",
+]
 
 TRUST_DOMAIN: Final = "tiermesh.local"
 DEMO_HEADERS: Final = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
@@ -62,6 +78,15 @@ DEMO_HEADERS: Final = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "p
 CLOUD_HEADERS: Final = {**DEMO_HEADERS, "x-tiermesh-task": "reasoning"}
 """Headers of a request the plan sends to the cloud tier first (acme's public
 ``reasoning`` chain starts at ``frontier-eu``)."""
+CASCADE_HEADERS: Final = {**DEMO_HEADERS, "x-tiermesh-task": "cascade"}
+"""Headers of a request the confidence cascade answers: the local tier first, the next tier
+when the local answer is less confident than the task's ``min_confidence``."""
+TRIAL_TENANT: Final = "initech"
+TRIAL_BUDGET_USD: Final = 0.001
+"""``initech``'s monthly budget in the demo: a few cloud answers spend it."""
+TRIAL_HEADERS: Final = {**CLOUD_HEADERS, "x-tiermesh-tenant": TRIAL_TENANT}
+"""Headers of a cloud-first request by the tenant with the small budget: once its spend
+reaches the budget it is answered by the local tier (never refused)."""
 STANDINS: Final = ("frontier-us", "frontier-eu")
 """The cloud stand-ins, named as the catalog's cloud backends."""
 
@@ -136,6 +161,7 @@ class LocalMesh:
         self.plane: Child | None = None
         self.plane_ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
         self.standins: dict[str, CloudStandin] = {}
+        self.cloud_control: StandinControl | None = None
         self.root = "/tiermesh/v1/"
         self.audit_address = ""
         """The control plane's audit collector (``HOST:PORT``), once it started."""
@@ -180,6 +206,8 @@ class LocalMesh:
                                    workdir=self.state_dir / name)  # fmt: skip
             standin.start()
             self.standins[name] = standin
+        self.cloud_control = StandinControl(self.standins)
+        self.cloud_control.start()
 
         step("control plane")
         await self._start_plane()
@@ -294,7 +322,7 @@ class LocalMesh:
                 eu.port, tls=True, credential=credential_name("frontier-eu")
             ),
         }
-        return write_demo_policies(target, endpoints)
+        return write_demo_policies(target, endpoints, budgets={TRIAL_TENANT: TRIAL_BUDGET_USD})
 
     def _write_node_yaml(self, node: MeshNode) -> Path:
         p = self.plane_ports
@@ -317,7 +345,12 @@ class LocalMesh:
             "model_server": {"kind": "none"},
         }  # fmt: skip
         if node.tier == "local":
-            document["authz"] = {"enabled": True, "policy_dir": str(self.state_dir / "policies")}
+            document["authz"] = {
+                "enabled": True,
+                "policy_dir": str(self.state_dir / "policies"),
+                "usage_listen": f"{LOOPBACK}:0",
+            }
+            document["cascade_listen"] = f"{LOOPBACK}:0"
         if node.model is not None:
             document["model_server"] = {
                 "kind": "llama_cpp",
@@ -368,6 +401,7 @@ class LocalMesh:
                 for n in self.nodes
             },
             "cloud_standins": {name: s.base_url for name, s in self.standins.items()},
+            "cloud_control": self.cloud_control.url if self.cloud_control else None,
         }
 
     # -- stop ------------------------------------------------------------------------------
@@ -381,6 +415,9 @@ class LocalMesh:
         plane, self.plane = self.plane, None
         if plane is not None:
             await asyncio.to_thread(plane.stop)
+        control, self.cloud_control = self.cloud_control, None
+        if control is not None:
+            control.stop()
         for standin in self.standins.values():
             standin.stop()
         self.standins = {}
