@@ -7,6 +7,7 @@ not inside Envoy.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +50,7 @@ class BootstrapSpec:
 
     node_id: str
     xds_host: str
+    """The ADS server: an IPv4/IPv6 literal (no brackets) or a host name Envoy resolves."""
     xds_port: int
     cluster: str = "tiermesh"
     admin_port: int = 0
@@ -68,7 +70,13 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     """A bootstrap that fetches everything over ADS (gRPC over HTTP/2), SotW or delta.
 
     The node id arrives on each stream's first message only. Clusters and listeners are
-    wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name. With
+    wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name.
+
+    The ADS cluster is ``STATIC`` when ``spec.xds_host`` is an IP literal. A host name
+    (``controlplane-1``, ``localhost``) makes it ``LOGICAL_DNS`` with ``V4_PREFERRED``
+    lookups: Envoy refuses a static cluster with a name, and the one long-lived gRPC
+    stream wants a single address (a new connection takes the latest DNS answer; an
+    open stream is not cut when the answer changes). With
     ``spec.internal_listeners`` the document carries ``bootstrap_extensions`` loading the
     internal-listener extension; without it the key is absent.
     """
@@ -79,7 +87,7 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     }
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC",
+        "type": "STATIC" if _is_ip(spec.xds_host) else "LOGICAL_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -111,6 +119,11 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
             ],
         },
     }
+    if xds_cluster["type"] == "LOGICAL_DNS":
+        # AUTO (Envoy's default) takes an IPv6 answer first: where /etc/hosts also maps
+        # `localhost` to ::1, Envoy would call ::1 while the server listens on 127.0.0.1.
+        # V4_PREFERRED takes IPv4 when there is an A record and falls back to IPv6.
+        xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
     if spec.tls is not None:
         xds_cluster["transport_socket"] = _upstream_tls(spec.tls)
     document: dict[str, Any] = {
@@ -150,6 +163,14 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
             }
         ]
     return document
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _upstream_tls(tls: AdsTls) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
@@ -85,3 +87,93 @@ def test_invalid_bootstrap_is_rejected() -> None:
     doc["dynamic_resources"]["ads_config"]["api_type"] = "CARRIER_PIGEON"
     with pytest.raises(json_format.ParseError):
         validate_bootstrap(doc)
+
+
+def _xds_cluster(host: str) -> dict[str, Any]:
+    doc = render_bootstrap(BootstrapSpec(node_id="n", xds_host=host, xds_port=18000))
+    validate_bootstrap(doc)
+    clusters = doc["static_resources"]["clusters"]
+    assert [c["name"] for c in clusters] == ["tiermesh_xds"]
+    cluster = clusters[0]
+    assert isinstance(cluster, dict)
+    return cluster
+
+
+def _socket_address(cluster: dict[str, Any]) -> dict[str, Any]:
+    [locality] = cluster["load_assignment"]["endpoints"]
+    [lb_endpoint] = locality["lb_endpoints"]
+    address = lb_endpoint["endpoint"]["address"]["socket_address"]
+    assert isinstance(address, dict)
+    return address
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "::1", "fd00::18"])
+def test_ads_cluster_for_an_ip_literal_is_static(host: str) -> None:
+    cluster = _xds_cluster(host)
+    assert cluster["type"] == "STATIC"
+    assert "dns_lookup_family" not in cluster
+    assert _socket_address(cluster) == {"address": host, "port_value": 18000}
+
+
+def test_ads_cluster_for_an_ip_keeps_its_exact_shape() -> None:
+    assert _xds_cluster("127.0.0.1") == {
+        "name": "tiermesh_xds",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "tiermesh_xds",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": "127.0.0.1",
+                                        "port_value": 18000,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("host", ["localhost", "controlplane-1", "cp.tiermesh.example"])
+def test_ads_cluster_for_a_host_name_resolves_it_with_logical_dns(host: str) -> None:
+    cluster = _xds_cluster(host)
+    assert cluster["type"] == "LOGICAL_DNS"
+    assert cluster["dns_lookup_family"] == "V4_PREFERRED"
+    assert _socket_address(cluster) == {"address": host, "port_value": 18000}
+    assert cluster == {
+        **_xds_cluster("127.0.0.1"),
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "load_assignment": cluster["load_assignment"],
+    }
+
+
+def test_ads_cluster_for_a_host_name_keeps_tls() -> None:
+    tls = AdsTls("cert.pem", "key.pem", "bundle.pem", "spiffe://mesh/controlplane")
+    by_ip, by_name = (
+        render_bootstrap(BootstrapSpec(node_id="n", xds_host=host, xds_port=1, tls=tls))
+        for host in ("127.0.0.1", "controlplane-1")
+    )
+    validate_bootstrap(by_name)
+    [ip_cluster] = by_ip["static_resources"]["clusters"]
+    [name_cluster] = by_name["static_resources"]["clusters"]
+    assert name_cluster["transport_socket"] == ip_cluster["transport_socket"]
