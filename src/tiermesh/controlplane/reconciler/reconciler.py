@@ -24,15 +24,19 @@ from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
     read_registration,
+    registration_digest,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
 from tiermesh.controlplane.store import (
     Bundle,
+    EventKind,
     JsonScalar,
     Store,
     StoreError,
     WatchCompacted,
+    WatchEvent,
 )
+from tiermesh.controlplane.store import Snapshot as PrefixSnapshot
 from tiermesh.rego import PolicyEngine, PolicyError
 from tiermesh.xds import Snapshot
 
@@ -115,6 +119,18 @@ class Reconciler:
     logged and kept in :attr:`last_error`, and the previous snapshots keep serving.
     Snapshots of nodes that disappeared are cleared after a successful reconcile.
 
+    Node events: a ``nodes/`` event that leaves the registration as reconciles read it
+    (:func:`~tiermesh.controlplane.reconciler.registration.registration_digest`: all of
+    it but the load report, of which only ``healthy`` counts) is dropped before the
+    debounce and counted in :attr:`unchanged_node_events`: agents report load about once
+    a second, and a reconcile evaluates the policy for every node. New registrations,
+    deletes and any other change (identity, health, ports, endpoints, an unreadable
+    document) go on as events. The digests compared against are those of the ``nodes/``
+    snapshot the watch started from (:meth:`start`, and the resync after a compacted
+    watch), kept up to date by the watch's own events. Usage counters are not watched
+    (above): a usage change reaches the policy with the next reconcile that a bundle
+    push or a node change triggers, load reports no longer being such changes.
+
     Debounce: the first event starts a quiet period of ``debounce_s``; every further
     event restarts it, but a reconcile starts at most ``max_delay_s`` after the first.
     Events during a reconcile cause one more reconcile after it. Store outages and
@@ -158,6 +174,8 @@ class Reconciler:
         self._unhealthy: frozenset[str] = frozenset()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")
         self._events = 0
+        self._node_digests: dict[str, bytes] = {}
+        self._unchanged_node_events = 0
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
         self._lock = asyncio.Lock()
@@ -193,6 +211,12 @@ class Reconciler:
         return self._count
 
     @property
+    def unchanged_node_events(self) -> int:
+        """``nodes/`` events dropped because they changed nothing a reconcile reads (load
+        reports with health unchanged), since :meth:`start`."""
+        return self._unchanged_node_events
+
+    @property
     def published(self) -> Mapping[str, str]:
         """Node id → version of the snapshot this reconciler set for it."""
         return MappingProxyType(dict(self._published))
@@ -215,12 +239,21 @@ class Reconciler:
         if self._tasks:
             raise RuntimeError("reconciler already started")
         bundle_rev = (await self._store.read_prefix(BUNDLE_PREFIX)).revision
-        nodes_rev = (await self._store.read_prefix(NODES_PREFIX)).revision
+        nodes = await self._store.read_prefix(NODES_PREFIX)
+        self._remember_nodes(nodes)
         self._wake.set()
         self._tasks = [
             asyncio.create_task(self._loop(), name="reconcile-loop"),
             asyncio.create_task(self._watch(BUNDLE_PREFIX, bundle_rev), name="watch-bundle"),
-            asyncio.create_task(self._watch(NODES_PREFIX, nodes_rev), name="watch-nodes"),
+            asyncio.create_task(
+                self._watch(
+                    NODES_PREFIX,
+                    nodes.revision,
+                    changes=self._node_changed,
+                    resync=self._remember_nodes,
+                ),
+                name="watch-nodes",
+            ),
         ]
 
     async def aclose(self) -> None:
@@ -253,18 +286,49 @@ class Reconciler:
         self._events += 1
         self._wake.set()
 
-    async def _watch(self, prefix: str, after_revision: int) -> None:
+    def _remember_nodes(self, nodes: PrefixSnapshot) -> None:
+        """Start comparing node events against ``nodes`` (read at the watch's revision)."""
+        self._node_digests = {
+            entry.key: registration_digest(entry.value) for entry in nodes.entries
+        }
+
+    def _node_changed(self, event: WatchEvent) -> bool:
+        """Whether ``event`` changes what a reconcile reads of its node; remembers it."""
+        if event.kind is EventKind.DELETE:
+            self._node_digests.pop(event.key, None)
+            return True
+        digest = registration_digest(event.value)
+        if self._node_digests.get(event.key) == digest:
+            self._unchanged_node_events += 1
+            return False
+        self._node_digests[event.key] = digest
+        return True
+
+    async def _watch(
+        self,
+        prefix: str,
+        after_revision: int,
+        *,
+        changes: Callable[[WatchEvent], bool] | None = None,
+        resync: Callable[[PrefixSnapshot], None] | None = None,
+    ) -> None:
+        """Poke the loop for every event under ``prefix`` that ``changes`` (default: all);
+        after a compacted watch, re-read the prefix, hand it to ``resync`` and poke."""
         revision = after_revision
         while True:
             try:
                 async with self._store.watch(prefix, after_revision=revision) as events:
                     async for event in events:
                         revision = event.revision
-                        self._poke()
+                        if changes is None or changes(event):
+                            self._poke()
             except WatchCompacted:
                 log.warning("watch on %s compacted; resyncing", prefix)
                 with contextlib.suppress(StoreError):
-                    revision = (await self._store.read_prefix(prefix)).revision
+                    current = await self._store.read_prefix(prefix)
+                    revision = current.revision
+                    if resync is not None:
+                        resync(current)
                 self._poke()
             except StoreError as exc:
                 log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +12,17 @@ from pydantic import ValidationError
 from tiermesh.controlplane.api import NodeInfo
 from tiermesh.controlplane.store import NodeRecord
 
-__all__ = ["InvalidRegistration", "Registration", "node_from_registration", "read_registration"]
+__all__ = [
+    "InvalidRegistration",
+    "Registration",
+    "node_from_registration",
+    "read_registration",
+    "registration_digest",
+]
 
 _FIELDS = ("id", "tier", "region", "residency")
+_LOAD_FIELDS = ("load", "load_at")
+"""What a load report rewrites in a ``RegisteredNode`` (of ``load``, ``healthy`` counts)."""
 
 
 class InvalidRegistration(ValueError):
@@ -82,3 +91,25 @@ def read_registration(record: NodeRecord) -> Registration:
             for error in exc.errors(include_url=False)
         )
         raise InvalidRegistration(record.node_id, problems) from exc
+
+
+def registration_digest(registration: bytes) -> bytes:
+    """A digest of everything in ``registration`` that a reconcile can depend on.
+
+    That is the whole document except its load report: ``load`` counts only through the
+    healthy flag :func:`read_registration` reads, and ``load_at`` not at all. Two
+    registrations of one node with the same digest are read alike by
+    :func:`read_registration` and give the compiler the same node settings (the rest of
+    the document, ports and endpoints included, is in the digest), so a write that keeps
+    the digest — a load report with health unchanged — needs no reconcile. A document
+    that is not a JSON object is digested byte for byte. Never raises.
+    """
+    try:
+        document: Any = json.loads(registration)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        return b"raw:" + hashlib.sha256(registration).digest()
+    kept = {key: value for key, value in document.items() if key not in _LOAD_FIELDS}
+    canonical = json.dumps([kept, _healthy(document)], sort_keys=True, separators=(",", ":"))
+    return b"doc:" + hashlib.sha256(canonical.encode()).digest()
