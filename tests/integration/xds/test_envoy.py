@@ -17,7 +17,7 @@ from tests.support.xdsthread import XdsThread
 from tiermesh.demo.standin import StandinBackend
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.ports import free_port
-from tiermesh.xds import BootstrapSpec, Snapshot, render_bootstrap, typeurls
+from tiermesh.xds import BootstrapSpec, Snapshot, render_bootstrap, typeurls, validate_bootstrap
 from tiermesh.xds.builders import eds_cluster, http_listener, load_assignment, route_config
 
 pytestmark = pytest.mark.envoy
@@ -242,3 +242,29 @@ def test_a_modified_cluster_finishes_warming_without_new_endpoint_names(
     assert timeouts["a"] == "3s"
     assert warm_s < 5
     assert backend_at(listener) == "a"
+
+
+def test_envoy_reaches_an_ads_server_named_localhost(
+    xds: XdsThread, backends: dict[str, int], tmp_path: Path
+) -> None:
+    """A host name for the ADS server (as in compose: ``controlplane-1:18000``) becomes a
+    LOGICAL_DNS cluster that Envoy resolves; a STATIC one would not start at all."""
+    spec = BootstrapSpec(
+        node_id=NODE, xds_host="localhost", xds_port=xds.port, admin_port=free_port()
+    )
+    bootstrap = render_bootstrap(spec)
+    validate_bootstrap(bootstrap)
+    assert bootstrap["static_resources"]["clusters"][0]["type"] == "LOGICAL_DNS"
+    listener = free_port()
+    v1 = mesh(backends, listener_port=listener, default="a")
+    with EnvoyProcess(bootstrap, workdir=tmp_path, name=NODE) as envoy:
+        serving(xds, envoy, v1, listener, "a")
+        eventually(lambda: acked_everything(xds, v1), what="every type ACKed")
+        dump = envoy.admin_json("/config_dump?resource=static_clusters")
+        [ads] = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "tiermesh_xds"]
+        assert ads["type"] == "LOGICAL_DNS"
+        assert ads["dns_lookup_family"] == "V4_PREFERRED"
+        clusters = envoy.admin_json("/clusters?format=json")["cluster_statuses"]
+        [hosts] = [c["host_statuses"] for c in clusters if c["name"] == "tiermesh_xds"]
+        resolved = [h["address"]["socket_address"] for h in hosts]
+        assert resolved == [{"address": "127.0.0.1", "port_value": xds.port}]
