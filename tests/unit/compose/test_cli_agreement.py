@@ -8,6 +8,7 @@ mounts). These tests parse every tiermesh command line with the real typer app, 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from pathlib import Path
@@ -19,9 +20,11 @@ import yaml
 
 from tests.unit.compose.conftest import COMPOSE_DIR, COMPOSE_FILE
 from tiermesh.agents.config import AgentConfig, load_config, split_hostport
+from tiermesh.agents.runtime.envoy import agent_bootstrap
 from tiermesh.cli.controlplane_cmd import parse_listen
 from tiermesh.cli.envoy_cmd import parse_hostport
 from tiermesh.cli.main import app
+from tiermesh.xds import validate_bootstrap
 
 # typer 0.2x parses with its vendored copy of click (typer._click): what a bad command line
 # raises comes from there, not from the click package; older typer used click itself.
@@ -328,3 +331,48 @@ def test_node_file_paths_live_on_the_agents_volumes(
         assert shared, f"{name}: {config.bootstrap_path} is on no volume"
         assert shared == _volume_of(config.sds_socket, _volume_targets(envoy)), name
         assert config.envoy.run is False, f"{path.name}: the sidecar runs Envoy, not the agent"
+
+
+def _socket_addresses(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        lb["endpoint"]["address"]["socket_address"]
+        for locality in cluster.get("load_assignment", {}).get("endpoints", [])
+        for lb in locality["lb_endpoints"]
+        if "socket_address" in lb["endpoint"]["address"]
+    ]
+
+
+def test_node_bootstraps_resolve_host_names_with_dns(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """Envoy refuses a STATIC cluster with a host name ("malformed IP address:
+    controlplane-1"), and the sidecar runs exactly the bootstrap the agent writes."""
+    for name, (path, config) in _agents(compose, services).items():
+        document = agent_bootstrap(config)
+        validate_bootstrap(document)
+        clusters = {c["name"]: c for c in document["static_resources"]["clusters"]}
+        ads_host, ads_port = split_hostport(config.control_plane.ads[0])
+        assert _socket_addresses(clusters["tiermesh_xds"]) == [
+            {"address": ads_host, "port_value": ads_port}
+        ], f"{name}: the ADS cluster points elsewhere"
+        for cluster in clusters.values():
+            for address in _socket_addresses(cluster):
+                if not _is_ip(address["address"]):
+                    assert cluster["type"] in ("STRICT_DNS", "LOGICAL_DNS"), (
+                        f"{path.name}: cluster {cluster['name']} is {cluster['type']} "
+                        f"with host name {address['address']!r}"
+                    )
+        assert not _is_ip(ads_host), f"{path.name}: compose reaches the control plane by name"
+        assert clusters["tiermesh_xds"]["type"] == "LOGICAL_DNS", path.name
+        tls = clusters["tiermesh_xds"]["transport_socket"]["typed_config"]
+        assert tls["sni"] == config.control_plane.tls_server_name, path.name
+        admin = document["admin"]["address"]["socket_address"]["address"]
+        assert _is_ip(admin), f"{path.name}: Envoy's admin address must be an IP literal"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
