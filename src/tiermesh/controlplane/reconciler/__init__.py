@@ -22,6 +22,7 @@ from tiermesh.controlplane.reconciler.registration import (
     Registration,
     node_from_registration,
     read_registration,
+    registration_digest,
 )
 from tiermesh.controlplane.reconciler.results import ReconcileError, ReconcileResult
 from tiermesh.controlplane.reconciler.wiring import (
@@ -50,4 +51,5 @@ __all__ = [
     "node_from_registration",
     "offline_compiler",
     "read_registration",
+    "registration_digest",
 ]
