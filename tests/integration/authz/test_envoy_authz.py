@@ -10,6 +10,7 @@ import pytest
 from tests.integration.authz.conftest import MAX_BODY, AuthzMesh, chat
 from tiermesh.agents.authz import BudgetState
 from tiermesh.agents.decisionlog import read_spool
+from tiermesh.controlplane.generators.routes import unmatched_body
 
 pytestmark = pytest.mark.envoy
 
@@ -69,10 +70,20 @@ def test_a_denied_request_gets_403_and_reaches_no_backend(authz_mesh: AuthzMesh)
     assert authz_mesh.reached() == 0
 
 
-def test_a_request_matching_no_route_is_404_before_any_check(authz_mesh: AuthzMesh) -> None:
-    """Envoy skips ext_authz when no route matches the caller's headers (no tenant here)."""
+def test_a_request_without_a_tenant_is_refused_by_the_request_policy_naming_why(
+    authz_mesh: AuthzMesh,
+) -> None:
+    """No plan route matches it, so it reaches the catch-all route, where the request policy
+    decides it (Envoy skips ext_authz for a request that matches no route at all)."""
     reply = authz_mesh.send({"x-tiermesh-sensitivity": "public"}, chat("hello"))
-    assert (reply.status, reply.decision_id) == (404, None)
+    assert reply.status == 403
+    assert reply.decision_id is not None
+    assert "x-tiermesh-tenant is missing" in reply.body, reply.body
+    # This policy has no catalog to know tenants by, so it lets an unknown one through and
+    # the catch-all route says why nothing matched.
+    reply = authz_mesh.send({**PUBLIC_REASONING, "x-tiermesh-tenant": "nobody"}, chat("hello"))
+    assert reply.status == 404
+    assert reply.body == unmatched_body()
     assert authz_mesh.reached() == 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.compiler.conftest import HEDGE_MS, Mesh
+from tiermesh.controlplane.generators.routes import unmatched_body
 
 pytestmark = pytest.mark.envoy
 
@@ -47,6 +48,21 @@ def test_a_request_without_sensitivity_is_routed_as_restricted(mesh: Mesh) -> No
     reply = mesh.request(headers(None, "reasoning"))
     assert reply.status == 503
     assert mesh.backends["cloud"].models == []
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"x-tiermesh-sensitivity": "public"},
+        {"x-tiermesh-tenant": "nobody", "x-tiermesh-sensitivity": "public"},
+        headers("secret"),
+    ],
+    ids=["no tenant", "unknown tenant", "unknown sensitivity"],
+)
+def test_a_request_no_route_matches_is_told_why(mesh: Mesh, sent: dict[str, str]) -> None:
+    reply = mesh.request(sent)
+    assert (reply.status, reply.backend, reply.body) == (404, None, unmatched_body())
+    assert all(backend.models == [] for backend in mesh.backends.values())
 
 
 def test_a_dead_first_backend_moves_traffic_down_the_chain(mesh: Mesh) -> None:

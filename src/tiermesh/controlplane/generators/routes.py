@@ -7,7 +7,13 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 - **Missing sensitivity fails closed**: every restricted route is followed by a twin
   (``<name>/unclassified``) that matches the same tenant/task/model with the
   ``x-tiermesh-sensitivity`` header *absent* and routes exactly like the restricted
-  route. A request with an unknown sensitivity value matches no route: Envoy answers 404.
+  route. A request with an unknown sensitivity value matches no plan route.
+- **Unmatched**: the last route (``tiermesh/unmatched``) matches everything and answers
+  404 with :func:`unmatched_body`, so a request without a tenant, or with a label no route
+  knows, is told why instead of getting Envoy's empty 404. Being a route, it also lets the
+  request-time policy (ext_authz, which Envoy skips for requests that match no route)
+  decide such requests: it names a missing or unknown tenant, or sets the default tenant,
+  after which the request is routed again.
 - **Budget**: when ``budget_fallback`` differs from ``chain``, a route
   ``<name>/budget`` matching additionally ``x-tiermesh-budget: exhausted`` comes first.
 - **Empty chain** (a violation): ``direct_response`` 503 with a body naming the route.
@@ -53,7 +59,7 @@ from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
 
-__all__ = ["ALWAYS_RETRY_ON", "TIER_FROM_ENDPOINT", "generate", "refusal_body"]
+__all__ = ["ALWAYS_RETRY_ON", "TIER_FROM_ENDPOINT", "generate", "refusal_body", "unmatched_body"]
 
 ALWAYS_RETRY_ON = ("connect-failure", "refused-stream", "reset")
 """Retry conditions every chain route has, so a dead or late step always moves on."""
@@ -62,6 +68,15 @@ TIER_FROM_ENDPOINT = "%UPSTREAM_METADATA(tiermesh:tier)%"
 """Value of the ``x-tiermesh-tier`` response header: the answering endpoint's tier."""
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
+
+
+def unmatched_body() -> str:
+    """Body of the 404 a request that matches no plan route gets."""
+    headers = ", ".join(MATCH_HEADERS[f] for f in ("tenant", "sensitivity", "task", "model"))
+    return (
+        "tiermesh: no route matches this request: x-tiermesh-tenant must name a tenant of "
+        f"this mesh, and {headers} must hold values the routing policy knows\n"
+    )
 
 
 def refusal_body(route: str) -> str:
@@ -208,6 +223,15 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     """The app listener's route table: one virtual host (any domain), routes in plan order."""
     node = model.node(node_id)
     routes = [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
+    routes.append(
+        rc.Route(
+            name=names.UNMATCHED_ROUTE,
+            match=rc.RouteMatch(prefix="/"),
+            direct_response=rc.DirectResponseAction(
+                status=404, body=base_pb2.DataSource(inline_string=unmatched_body())
+            ),
+        )
+    )
     return [
         route_pb2.RouteConfiguration(
             name=names.APP_ROUTES,

@@ -21,6 +21,7 @@ __all__ = [
     "CASCADE_THRESHOLD_HEADER",
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
+    "UNMATCHED_ROUTE",
     "cascade_step_route",
     "chain_cluster",
     "credential_secret",
@@ -43,6 +44,8 @@ BUDGET_EXHAUSTED = "exhausted"
 """Value of :data:`BUDGET_HEADER` that selects a route's budget fallback chain."""
 TIER_HEADER = "x-tiermesh-tier"
 """Response header naming the tier of the backend that answered."""
+UNMATCHED_ROUTE = "tiermesh/unmatched"
+"""The app route table's last route: a request no plan route matches gets a 404 naming why."""
 CASCADE_CLUSTER = "tiermesh|cascade"
 """Cluster of the node's confidence cascade handler (loopback, on the node)."""
 CASCADE_STEP_HEADER = "x-tiermesh-cascade-step"
