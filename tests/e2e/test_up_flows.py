@@ -2,6 +2,8 @@
 agents with their Envoys, llama.cpp on the edge and private nodes, the HTTPS cloud
 stand-ins), steered the way an operator would see them fail:
 
+- ``/v1/models`` is answered by the first tier of the request's route;
+- a request without a known tenant is refused by the request policy, naming why;
 - the cloud's first byte later than the route's budget → a local tier's answer is served
   (JSON and SSE);
 - the cloud down, or failing until it is ejected → a local tier answers, and the cloud is
@@ -22,6 +24,8 @@ import contextlib
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import psutil
@@ -57,6 +61,39 @@ def eu_restored(up: Up) -> Iterator[None]:
 
 def _eu_requests(up: Up) -> int:
     return int(standins(up)[EU]["requests"])
+
+
+def _get_models(up: Up, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{up.port}/v1/models", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status), dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+def test_models_are_listed_by_the_tier_a_route_starts_with(up: Up) -> None:
+    status, headers, body = _get_models(up, REASONING)
+    assert status == 200, body
+    assert headers["x-tiermesh-tier"] == "cloud"
+    assert {m["id"] for m in json.loads(body)["data"]} == {"frontier-large", "frontier-mini"}
+    restricted = {**REASONING, "x-tiermesh-sensitivity": "restricted"}
+    status, headers, body = _get_models(up, restricted)
+    assert status == 200, body
+    assert headers["x-tiermesh-tier"] in LOCAL_TIERS
+    assert json.loads(body)["object"] == "list"
+
+
+def test_a_request_without_a_known_tenant_is_refused_naming_why(up: Up) -> None:
+    for sent, reason in (
+        ({"x-tiermesh-sensitivity": "public"}, "x-tiermesh-tenant is missing"),
+        ({**REASONING, "x-tiermesh-tenant": "nobody"}, "unknown tenant nobody"),
+    ):
+        status, headers, body = chat(up.port, sent)
+        assert status == 403, body
+        assert reason in json.loads(body)["reason"], body
+        assert headers["x-tiermesh-decision-id"]
 
 
 def test_a_late_cloud_first_byte_is_hedged_to_a_local_tier(up: Up, eu_restored: None) -> None:
