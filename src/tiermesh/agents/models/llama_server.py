@@ -3,11 +3,15 @@
 The server speaks the OpenAI API (``/v1/models``, ``/v1/chat/completions``, streaming,
 logprobs). It has no health endpoint, so readiness and health are ``GET /v1/models``. It
 serves one request at a time; ``--interrupt_requests False`` is always passed, because the
-default silently truncates a stream when a second request arrives.
+default silently truncates a stream when a second request arrives. Run through
+`tiermesh.agents.models.serve` (the default), it also answers ``GET /tiermesh/load``
+(`read_load`) and sends the usage chunk of a stream that asks for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -26,6 +30,7 @@ from tiermesh.agents.models.errors import (
     ServerExitedError,
     ServerNotReadyError,
 )
+from tiermesh.agents.models.load import LOAD_PATH, LoadReport
 from tiermesh.agents.supervisor import (
     ChildExitedError,
     HealthTimeoutError,
@@ -45,6 +50,7 @@ _LOAD_ERROR: Final = re.compile(
     r"|Failed to load model from file.*)"
 )
 _ADDRESS_IN_USE: Final = re.compile(r"address already in use|Errno 98", re.IGNORECASE)
+_MAX_LOAD_REPLY: Final = 64 * 1024
 
 
 class LlamaServer:
@@ -119,6 +125,36 @@ class LlamaServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return self._supervisor.log_tail(lines) if self._supervisor is not None else ""
+
+    async def read_load(self, timeout_s: float = 1.0) -> LoadReport | None:
+        """The server's live load (``GET /tiermesh/load``), or None when it does not answer
+        in time (``timeout_s``): not running, busy past the timeout, started with
+        ``extra_buffers=True`` (plain ``llama_cpp.server`` has no load endpoint). Never
+        raises (cancellation aside). Safe to call concurrently with anything."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(self.host, self._port)
+                try:
+                    request = f"GET {LOAD_PATH} HTTP/1.0\r\nHost: {self.host}\r\n\r\n"
+                    writer.write(request.encode())
+                    await writer.drain()
+                    reply = b""
+                    while len(reply) < _MAX_LOAD_REPLY and (part := await reader.read(4096)):
+                        reply += part
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return None
+        head, _, body = reply.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].split()
+        if len(status) < 2 or status[1] != b"200":
+            return None
+        try:
+            return LoadReport.from_json(body)
+        except ValueError:
+            return None
 
     # -- lifetime ----------------------------------------------------------------------------
 
