@@ -78,7 +78,10 @@ def _health_cell(node: dict[str, Any]) -> str:
     text = f"[{colour}]{node['health']}[/{colour}]"
     load = node.get("load")
     if load:
-        text += f"\n{load['in_flight']} in flight, {load['queue_depth']} queued"
+        text += (
+            f"\n{load['in_flight']} in flight, {load['queue_depth']} queued, "
+            f"{load.get('tokens_per_s', 0.0):.1f} tok/s"
+        )
     return text
 
 

@@ -201,12 +201,18 @@ class NodeAgent:
 
     async def measure_load(self) -> NodeLoad:
         """The node's load now: health from the model server's supervisor, requests in
-        flight from Envoy's app listener. Queue depth and tokens/s are not measured (0).
-        Also refreshes the route version later decisions are stamped with."""
+        flight from Envoy's app listener, queue depth (requests waiting for the model) and
+        tokens/s (completion tokens over the server's last 10 s) from the model server's
+        ``/tiermesh/load``; 0 when it does not answer within a second. Also refreshes the
+        route version later decisions are stamped with."""
         healthy = True
+        queue_depth, tokens_per_s = 0, 0.0
         if self.model is not None:
             status = self.model.status
             healthy = status is not None and status.healthy
+            served = await self.model.read_load()
+            if served is not None:
+                queue_depth, tokens_per_s = served.queue_depth, served.tokens_per_s
         in_flight = 0
         if self.envoy is not None:
             stats = await self.envoy.admin_get(
@@ -219,7 +225,12 @@ class NodeAgent:
                     await self.envoy.admin_get(_ROUTES_VERSION_FILTER)
                 )
                 self.requests.set_snapshot_version(versions.group(1) if versions else None)
-        return NodeLoad(in_flight=in_flight, healthy=healthy)
+        return NodeLoad(
+            in_flight=in_flight,
+            queue_depth=queue_depth,
+            tokens_per_s=tokens_per_s,
+            healthy=healthy,
+        )
 
     async def drain(self) -> None:
         """Graceful stop: goodbye, Envoy drained, then :meth:`stop`."""
