@@ -76,12 +76,34 @@ def _lines(stream: Any, out: Queue[str]) -> None:
         out.put(line)
 
 
+_PORT_ATTEMPTS = 3
+
+
 def start_plane(tmp_path: Path, etcd: str, *extra: str, ready_s: float = 30) -> Running:
+    """A started ``tiermesh controlplane run``. Its ports are picked free, then bound by the
+    child: when another process took one in between (other test runs on the machine), it
+    starts again on new ports."""
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        try:
+            return _start_plane(tmp_path, etcd, extra, ready_s, attempt)
+        except _PortTaken:
+            if attempt == _PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(AssertionError):
+    pass
+
+
+def _start_plane(
+    tmp_path: Path, etcd: str, extra: tuple[str, ...], ready_s: float, attempt: int
+) -> Running:
     ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
     secret = tmp_path / "ca-passphrase"
     secret.write_text("correct horse battery staple\n")
     root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
-    data_dir = tmp_path / "cp-data"
+    data_dir = tmp_path / ("cp-data" if attempt == 1 else f"cp-data-{attempt}")
     command = [
         TIERMESH, "controlplane", "run", "--etcd", etcd, "--trust-domain", TD,
         "--data-dir", str(data_dir), "--ca-passphrase-file", str(secret),
@@ -92,13 +114,17 @@ def start_plane(tmp_path: Path, etcd: str, *extra: str, ready_s: float = 30) -> 
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: Queue[str] = Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        line = lines.get(timeout=ready_s)
-    except Empty:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        raise AssertionError(f"control plane not ready in {ready_s}s:\n{err}") from None
-    return Running(proc, etcd, root, data_dir, ports, line)
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline:
+        try:
+            return Running(proc, etcd, root, data_dir, ports, lines.get(timeout=0.2))
+        except Empty:
+            if proc.poll() is not None and lines.empty():
+                break  # exited before it was ready
+    proc.kill()
+    _, err = proc.communicate(timeout=10)
+    failure = _PortTaken if "address already in use" in err else AssertionError
+    raise failure(f"control plane not ready in {ready_s}s:\n{err}")
 
 
 @pytest.fixture(scope="module")
