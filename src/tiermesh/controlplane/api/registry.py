@@ -15,7 +15,17 @@ A session, node → control plane (:class:`SessionMessage`):
    answers with a :class:`SessionReply`.
 2. Later messages carry a :class:`NodeLoad` (written at most once per
    ``SessionReply.load_interval_s``; a burst is coalesced and the newest value is written),
-   or a new registration of the same node (re-checked, rewritten, answered again).
+   a new registration of the same node (re-checked, rewritten, answered again), or, when
+   the reply said ``usage_reports``, a :class:`UsageReport`: per-tenant spend the node
+   accounted since its last report. The control plane adds each tenant's delta to the
+   mesh-wide counters (``usage/<tenant>``, the policy's ``data.usage``) and answers with a
+   :class:`SessionReply` whose ``usage`` (:class:`UsageAck`) carries the mesh-wide totals of
+   the reported tenants. Delivery is at least once: the node re-sends a report until it is
+   acknowledged, on a new session if need be; a control plane skips a report it already
+   applied (same ``epoch``, ``seq`` not above the last applied) only while it remembers
+   it (one replica, its process lifetime), so a report applied just before a session or a
+   replica broke may count twice. Over-counting spend only brings a tenant's budget
+   fallback earlier, never later.
 3. A message with ``goodbye`` (or the client half-closing the stream) ends the session
    gracefully: the lease is revoked and the registration disappears at once. A session that
    breaks without goodbye (the node crashed, the network or the control plane went away)
@@ -27,7 +37,10 @@ does not cover: another node id, another node's endpoint), INVALID_ARGUMENT (und
 message, a first message that is not a registration, none within the server's first-message
 timeout), RESOURCE_EXHAUSTED (a message over :data:`MAX_SESSION_MESSAGE_BYTES`), UNAVAILABLE
 (the control plane lost its store or the lease; reconnect and register again). Nothing is
-written for a refused message; a refusal ends the session (its lease is revoked).
+written for a refused message; a refusal ends the session (its lease is revoked). A usage
+report the contract refuses (an empty or malformed tenant name, more than
+:data:`MAX_USAGE_TENANTS` tenants, a negative or huge amount) is undecodable, so
+INVALID_ARGUMENT, and none of its tenants is counted.
 """
 
 from __future__ import annotations
@@ -37,13 +50,15 @@ from typing import Annotated, Final, Literal, Self
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
-from tiermesh.controlplane.api._base import Contract, Tier
+from tiermesh.controlplane.api._base import Contract, Name, Tier
 
 __all__ = [
     "ENDPOINT_NAME_RULE",
     "MAX_ENDPOINTS",
     "MAX_LABELS",
     "MAX_SESSION_MESSAGE_BYTES",
+    "MAX_USAGE_AMOUNT",
+    "MAX_USAGE_TENANTS",
     "NODE_REGISTRY_SERVICE",
     "REGISTRY_VERSION",
     "SESSION_METHOD",
@@ -53,6 +68,10 @@ __all__ = [
     "RegisteredNode",
     "SessionMessage",
     "SessionReply",
+    "UsageAck",
+    "UsageDelta",
+    "UsageReport",
+    "UsageTotal",
     "endpoint_owner",
     "registry_method_path",
 ]
@@ -74,6 +93,14 @@ MAX_ENDPOINTS: Final = 32
 
 MAX_LABELS: Final = 32
 """Most labels one node may carry."""
+
+MAX_USAGE_TENANTS: Final = 256
+"""Most tenants one :class:`UsageReport` may carry (a node with more splits its deltas
+over several reports)."""
+
+MAX_USAGE_AMOUNT: Final = 10**15
+"""Largest token count or micro-dollar amount one report may add for one tenant
+(10^9 USD): a bound against garbage, far above any real month."""
 
 ENDPOINT_NAME_RULE: Final = (
     "'<node-id>' or '<node-id>.<name>', <name> being 1-63 characters of a-z, 0-9, '_' and "
@@ -205,26 +232,90 @@ class NodeLoad(Contract):
     backend the node hosts (``Backend.node``) as ``UNHEALTHY`` to every node's Envoy."""
 
 
+class UsageDelta(Contract):
+    """What one tenant spent through the node since the node's previous report."""
+
+    tokens: int = Field(default=0, ge=0, le=MAX_USAGE_AMOUNT)
+    """Prompt plus completion tokens of the tenant's answered requests."""
+    cost_micro: int = Field(default=0, ge=0, le=MAX_USAGE_AMOUNT)
+    """Their cost at catalog prices, in micro-dollars (USD x 10^6)."""
+
+
+class UsageReport(Contract):
+    """Spend a node accounted from its Envoy's access log, to add to the mesh-wide counters.
+
+    A report is identified by (``epoch``, ``seq``): the node re-sends an unacknowledged
+    report unchanged (same ``seq``, same deltas), and never reuses a ``seq`` for other
+    deltas within an ``epoch``. Added within ``v1``; a node sends it only to a control plane
+    whose :class:`SessionReply` said ``usage_reports``.
+    """
+
+    version: Literal["v1"] = "v1"
+    """Format version."""
+    epoch: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    """Names the sequence ``seq`` counts in: the node's agent picks a new random one each
+    time it starts (its unreported deltas are not kept across restarts)."""
+    seq: int = Field(ge=1)
+    """Report number within ``epoch``: 1, 2, 3, ... in the order the node sends them; it
+    spans the agent's sessions, so a report re-sent after a reconnect keeps its number."""
+    tenants: dict[Name, UsageDelta] = Field(min_length=1, max_length=MAX_USAGE_TENANTS)
+    """Tenant name (a catalog name: ``[a-z0-9][a-z0-9_-]{0,62}``) -> its delta; at least
+    one, at most :data:`MAX_USAGE_TENANTS`."""
+
+
+class UsageTotal(Contract):
+    """A tenant's mesh-wide counters (every node's acknowledged reports added up)."""
+
+    tokens: int = Field(ge=0)
+    """Tokens this month."""
+    cost_micro: int = Field(ge=0)
+    """Spend this month in micro-dollars; the policy's ``data.usage[t].spent_usd`` is this
+    divided by 10^6."""
+
+
+class UsageAck(Contract):
+    """The control plane's answer to one :class:`UsageReport`."""
+
+    epoch: str
+    """The report's ``epoch``."""
+    seq: int
+    """The report's ``seq``: the node may forget that report now."""
+    applied: bool
+    """True: this answer's report was added now. False: it had been applied before (a
+    re-send) and was not added again."""
+    totals: dict[str, UsageTotal]
+    """Mesh-wide totals of each tenant the report named, read after adding it."""
+
+
 class SessionMessage(Contract):
-    """One message from the node: exactly one of the three fields is set."""
+    """One message from the node: exactly one of the four fields is set."""
 
     registration: NodeRegistration | None = None
     """A (re-)registration. Required as the first message of a session."""
     load: NodeLoad | None = None
     """A load report (never as the first message)."""
+    usage: UsageReport | None = None
+    """A usage report (never as the first message; only when the session's reply said
+    ``usage_reports``). Added within ``v1``."""
     goodbye: bool = False
     """True: the node is leaving; the registration is deleted at once."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        count = (self.registration is not None) + (self.load is not None) + self.goodbye
+        count = (
+            (self.registration is not None)
+            + (self.load is not None)
+            + (self.usage is not None)
+            + self.goodbye
+        )
         if count != 1:
-            raise ValueError("exactly one of registration, load and goodbye must be set")
+            raise ValueError("exactly one of registration, load, usage and goodbye must be set")
         return self
 
 
 class SessionReply(Contract):
-    """The control plane's answer to each accepted registration."""
+    """The control plane's answer to each accepted registration, and to each usage report
+    (then ``usage`` is set and the other fields repeat the latest registration's answer)."""
 
     node_id: str
     """The registered node id."""
@@ -236,6 +327,13 @@ class SessionReply(Contract):
     """Load reports are written at most this often; sending faster only coalesces."""
     revision: int
     """Store revision of the write (orders registrations across control-plane replicas)."""
+    usage_reports: bool = False
+    """True: this control plane accepts :class:`UsageReport` messages on the session.
+    Added within ``v1``; an older control plane omits it (read as False) and would refuse
+    a usage report as undecodable."""
+    usage: UsageAck | None = None
+    """Set only on the answer to a usage report. Added within ``v1``: a node that sends no
+    usage reports never gets one."""
 
 
 class RegisteredNode(NodeRegistration):

@@ -20,9 +20,22 @@ node's SVID decides what lands there.
   keeps its routes without a flap.
 - Load reports are coalesced: at most one store write per ``load_interval_s``, and the
   newest report is the one written.
+- Usage reports are applied in the order they arrive, one ``Store.add_usage`` per tenant
+  (a tenant whose delta is all zeros is only read), then answered with the mesh-wide
+  totals of the reported tenants. The contract has already refused malformed reports
+  (INVALID_ARGUMENT, nothing counted). Duplicates: the service remembers, per node, the
+  newest (``epoch``, ``seq``) it applied, and answers a report at or below it with
+  ``applied=False`` and the current totals, adding nothing. That memory is this
+  process's only: a report applied just before the session broke is counted again if
+  it is re-sent to another replica or after a restart, and one whose store writes failed
+  half-way (UNAVAILABLE) has its first tenants counted again when re-sent. Both
+  over-count, which only brings a budget fallback earlier. Exactly once would need the
+  counters and a per-node sequence in one store transaction, which ``Store`` does not
+  offer.
 
 Task safety: construct and serve on the event loop that owns ``store``. Each session runs
-as its own set of tasks; sessions share nothing but the store.
+as its own set of tasks; sessions share nothing but the store and the service's memory of
+applied usage reports.
 """
 
 from __future__ import annotations
@@ -46,6 +59,9 @@ from tiermesh.controlplane.api.registry import (
     RegisteredNode,
     SessionMessage,
     SessionReply,
+    UsageAck,
+    UsageReport,
+    UsageTotal,
 )
 from tiermesh.controlplane.identity.ca import Clock, utc_now
 from tiermesh.controlplane.identity.peer import peer_spiffe_id
@@ -80,6 +96,9 @@ SESSIONS = Gauge("tiermesh_registry_sessions", "Open node registry sessions")
 LOAD_WRITES = Counter("tiermesh_registry_load_writes", "Load reports written to the store")
 LOAD_REPORTS = Counter("tiermesh_registry_load_reports", "Load reports received")
 REFUSED = Counter("tiermesh_registry_refused_sessions", "Registry sessions refused", ["code"])
+USAGE_REPORTS = Counter(
+    "tiermesh_registry_usage_reports", "Usage reports answered", ["result"]
+)  # result: applied | duplicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,7 @@ class _Session:
         self.node_id = node_id
         self.lease: NodeLease | None = None
         self._document: RegisteredNode | None = None
+        self._reply: SessionReply | None = None
         self._pending: NodeLoad | None = None
         self._load_ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -170,15 +190,22 @@ class _Session:
             registration.app_port,
             self.lease.lease_id,
         )
-        await self._context.write(
-            SessionReply(
-                node_id=self.node_id,
-                spiffe_id=self.spiffe_id,
-                lease_ttl_s=self.lease.ttl_s,
-                load_interval_s=self._service.load_interval_s,
-                revision=revision,
-            )
+        self._reply = SessionReply(
+            node_id=self.node_id,
+            spiffe_id=self.spiffe_id,
+            lease_ttl_s=self.lease.ttl_s,
+            load_interval_s=self._service.load_interval_s,
+            revision=revision,
+            usage_reports=True,
         )
+        await self._context.write(self._reply)
+
+    async def add_usage(self, report: UsageReport) -> None:
+        """Add ``report`` to the mesh-wide counters unless it was applied before, then
+        answer with the totals of its tenants (module doc: duplicates)."""
+        assert self._reply is not None
+        ack = await self._service.apply_usage(self.node_id, report)
+        await self._context.write(self._reply.model_copy(update={"usage": ack}))
 
     async def _revision(self) -> int:
         key = f"nodes/{self.node_id}"
@@ -222,6 +249,8 @@ class _Session:
                 await self.register(message.registration)
             elif message.load is not None:
                 self.report(message.load)
+            elif message.usage is not None:
+                await self.add_usage(message.usage)
         return _Goodbye()  # a half-close is a goodbye too
 
     async def run(self, requests: AsyncIterator[SessionMessage | _Undecodable]) -> None:
@@ -299,6 +328,37 @@ class NodeRegistryService:
         self.load_interval_s = load_interval_s
         self.first_message_timeout_s = first_message_timeout_s
         self.clock: Clock = clock
+        self._usage_applied: dict[str, tuple[str, int]] = {}
+        self._usage_locks: dict[str, asyncio.Lock] = {}
+
+    async def apply_usage(self, node_id: str, report: UsageReport) -> UsageAck:
+        """Add ``report`` (from ``node_id``) to the store's usage counters once per this
+        service's memory of it (module doc), and return the answer to send. Raises
+        ``StoreError`` if the store fails (tenants before the failing one stay added)."""
+        async with self._usage_locks.setdefault(node_id, asyncio.Lock()):
+            last = self._usage_applied.get(node_id)
+            duplicate = last is not None and last[0] == report.epoch and report.seq <= last[1]
+            totals: dict[str, UsageTotal] = {}
+            for tenant, delta in sorted(report.tenants.items()):
+                if duplicate or (delta.tokens == 0 and delta.cost_micro == 0):
+                    usage = await self.store.get_usage(tenant)
+                else:
+                    usage = await self.store.add_usage(
+                        tenant, tokens=delta.tokens, cost_micro=delta.cost_micro
+                    )
+                totals[tenant] = UsageTotal(tokens=usage.tokens, cost_micro=usage.cost_micro)
+            if not duplicate:
+                self._usage_applied[node_id] = (report.epoch, report.seq)
+        USAGE_REPORTS.labels("duplicate" if duplicate else "applied").inc()
+        log.debug(
+            "node %s usage report %s/%d: %d tenant(s)%s",
+            node_id,
+            report.epoch,
+            report.seq,
+            len(totals),
+            " (duplicate, not added)" if duplicate else "",
+        )
+        return UsageAck(epoch=report.epoch, seq=report.seq, applied=not duplicate, totals=totals)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register ``Session`` on ``server``."""

@@ -1,0 +1,206 @@
+"""Usage reports on the registry session, over real mTLS gRPC and a MemoryStore: counters
+add up, a re-sent report counts once, a bad report is refused and counts nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tiermesh.controlplane.api import (
+    NodeRegistration,
+    SessionMessage,
+    SessionReply,
+    UsageDelta,
+    UsageReport,
+    registry_method_path,
+)
+from tiermesh.controlplane.api.join import control_plane_dns_name
+from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
+from tiermesh.controlplane.identity.server_cert import issue_server_certificate
+from tiermesh.controlplane.identity.tokens import JoinTokens
+from tiermesh.controlplane.nodeapi import (
+    NodeApiServer,
+    NodeIdentityService,
+    NodeRegistryService,
+    start_node_api,
+)
+from tiermesh.controlplane.store import MemoryStore, Usage
+
+TD = "mesh.example"
+Call = grpc.aio.StreamStreamCall[SessionMessage, SessionReply]
+
+
+@dataclass
+class Rig:
+    ca: LocalCertificateAuthority
+    store: MemoryStore
+    service: NodeRegistryService
+    api: NodeApiServer
+
+    def channel(self, node_id: str) -> grpc.aio.Channel:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        credentials = grpc.ssl_channel_credentials(
+            self.ca.bundle().to_pem(),
+            private_key=key_pem,
+            certificate_chain=self.ca.issue(csr, node_id).chain_pem(),
+        )
+        options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
+        return grpc.aio.secure_channel(self.api.node_target, credentials, options=options)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    ca = LocalCertificateAuthority.create(CaConfig(TD))
+    store = MemoryStore()
+    service = NodeRegistryService(store, TD, load_interval_s=0.05)
+    api = await start_node_api(
+        NodeIdentityService(ca, JoinTokens(store)),
+        certificate=issue_server_certificate(ca, now=dt.datetime.now(dt.UTC)),
+        bundle=ca.bundle(),
+        registry=service,
+    )
+    try:
+        yield Rig(ca, store, service, api)
+    finally:
+        await api.stop(grace=None)
+        await store.aclose()
+
+
+def registration(node_id: str) -> SessionMessage:
+    return SessionMessage(
+        registration=NodeRegistration(
+            node_id=node_id, tier="local", region="eu-west", app_port=18080
+        )
+    )
+
+
+def usage(seq: int, epoch: str = "e1", **tenants: tuple[int, int]) -> SessionMessage:
+    return SessionMessage(
+        usage=UsageReport(
+            epoch=epoch,
+            seq=seq,
+            tenants={t: UsageDelta(tokens=a, cost_micro=b) for t, (a, b) in tenants.items()},
+        )
+    )
+
+
+def open_session(channel: grpc.aio.Channel, *, raw: bool = False) -> Call:
+    method = channel.stream_stream(
+        registry_method_path(),
+        request_serializer=(lambda b: b) if raw else (lambda m: m.model_dump_json().encode()),
+        response_deserializer=SessionReply.model_validate_json,
+    )
+    return method()  # type: ignore[return-value]
+
+
+async def reply(call: Call) -> SessionReply:
+    answer = await call.read()
+    assert isinstance(answer, SessionReply)
+    return answer
+
+
+async def test_reports_of_two_nodes_add_up_and_are_answered_with_mesh_totals(rig: Rig) -> None:
+    async with rig.channel("edge-1") as one, rig.channel("edge-2") as two:
+        first, second = open_session(one), open_session(two)
+        for call, node in ((first, "edge-1"), (second, "edge-2")):
+            await call.write(registration(node))
+            registered = await reply(call)
+            assert registered.usage_reports is True
+            assert registered.usage is None
+
+        await first.write(usage(1, acme=(100, 4000)))
+        ack = (await reply(first)).usage
+        assert ack is not None
+        assert (ack.seq, ack.applied) == (1, True)
+        assert ack.totals["acme"].cost_micro == 4000
+
+        await second.write(usage(1, acme=(50, 1000), initech=(10, 7)))
+        answer = await reply(second)
+        assert answer.node_id == "edge-2"  # the registration's answer, repeated
+        assert answer.usage is not None
+        assert {t: (v.tokens, v.cost_micro) for t, v in answer.usage.totals.items()} == {
+            "acme": (150, 5000),
+            "initech": (10, 7),
+        }
+        for call in (first, second):
+            await call.write(SessionMessage(goodbye=True))
+            assert await call.code() == grpc.StatusCode.OK
+    assert await rig.store.get_usage("acme") == Usage("acme", 150, 5000)
+
+
+async def test_a_re_sent_report_counts_once_even_on_a_new_session(rig: Rig) -> None:
+    for attempt in range(2):
+        async with rig.channel("edge-1") as channel:
+            call = open_session(channel)
+            await call.write(registration("edge-1"))
+            await reply(call)
+            await call.write(usage(1, acme=(10, 100)))
+            ack = (await reply(call)).usage
+            assert ack is not None
+            assert ack.applied is (attempt == 0)
+            assert ack.totals["acme"].cost_micro == 100
+            await call.write(usage(2, acme=(0, 0)))  # zeros: read only
+            assert (await reply(call)).usage.totals["acme"].cost_micro == 100  # type: ignore[union-attr]
+    # A new epoch (the agent restarted) starts counting again.
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel)
+        await call.write(registration("edge-1"))
+        await reply(call)
+        await call.write(usage(1, "e2", acme=(1, 1)))
+        assert (await reply(call)).usage.applied is True  # type: ignore[union-attr]
+    assert await rig.store.get_usage("acme") == Usage("acme", 11, 101)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"usage": {"epoch": "e1", "seq": 1, "tenants": {"acme": {"cost_micro": 5},'
+        b' "": {"tokens": 1}}}}',
+        b'{"usage": {"epoch": "e1", "seq": 1, "tenants": {"acme": {"cost_micro": -5}}}}',
+        b'{"usage": {"epoch": "e1", "seq": 1, "tenants": {}}}',
+        b'{"usage": {"epoch": "e1", "seq": 1, "tenants": {'
+        + b", ".join(b'"t%d": {"tokens": 1}' % i for i in range(257))
+        + b"}}}",
+    ],
+    ids=["empty-tenant", "negative", "no-tenants", "too-many"],
+)
+async def test_a_bad_report_is_refused_and_counts_nothing(rig: Rig, payload: bytes) -> None:
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel, raw=True)
+        await call.write(registration("edge-1").model_dump_json().encode())
+        await reply(call)
+        await call.write(payload)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "usage.tenants" in (info.value.details() or "")
+    assert (await rig.store.read_prefix("usage/")).entries == ()
+    assert await rig.store.list_nodes() == ()  # the refusal ended the session
+
+
+async def test_a_report_before_the_registration_is_refused(rig: Rig) -> None:
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel)
+        await call.write(usage(1, acme=(1, 1)))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await rig.store.read_prefix("usage/")).entries == ()
