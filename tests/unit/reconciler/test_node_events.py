@@ -193,18 +193,19 @@ async def test_after_a_compacted_watch_the_digests_come_from_the_resync(rig: Rig
     assert healed.unhealthy == ()
 
 
-async def test_usage_alone_still_triggers_nothing_and_is_read_by_the_next_reconcile(
+async def test_usage_below_the_budget_triggers_nothing_and_is_read_by_the_next_reconcile(
     rig: Rig,
 ) -> None:
     leases = await started(rig)
     count = rig.reconciler.reconcile_count
-    await rig.store.add_usage("acme", cost_micro=150_000_000)
+    await rig.store.add_usage("acme", cost_micro=60_000_000)  # the budget is 100 USD
     await quiet(rig)
     assert rig.reconciler.reconcile_count == count
 
     await rig.store.update_node(leases["edge-1"], registered("edge-1", NodeLoad(healthy=False)))
     result = await changed(rig, count)
-    assert any("monthly budget spent" in w.message for w in result.warnings)
+    assert not any("monthly budget spent" in w.message for w in result.warnings)
+    assert rig.reconciler.unchanged_usage_events == 1
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """The reconciler: store events → debounce → one evaluation → every node's snapshot.
 
-Watches the bundle and the node registrations, coalesces bursts of events, evaluates the
-current bundle for every node on a worker thread, and publishes the snapshots all at once,
-or none: a bundle that fails anywhere is refused and the last good snapshots keep serving.
+Watches the bundle, the node registrations and the usage counters, coalesces bursts of
+events, evaluates the current bundle for every node on a worker thread, and publishes the
+snapshots all at once, or none: a bundle that fails anywhere is refused and the last good
+snapshots keep serving.
 """
 
 from __future__ import annotations
@@ -82,16 +83,24 @@ result and the evaluation (every node's plan); awaited under the reconcile lock,
 snapshots were set. What it raises is logged and ignored."""
 
 
+def _spent_usd(value: bytes) -> float | None:
+    """USD spent according to one usage counter's JSON; None when it is unreadable."""
+    try:
+        cost_micro = int(json.loads(value)["cost_micro"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return max(cost_micro, 0) / _MICRO
+
+
 def _usage(entries: Sequence[tuple[str, bytes]]) -> dict[str, TenantUsage]:
     usage: dict[str, TenantUsage] = {}
     for key, value in entries:
         tenant = key.removeprefix(USAGE_PREFIX)
-        try:
-            cost_micro = int(json.loads(value)["cost_micro"])
-        except (ValueError, KeyError, TypeError):
+        spent = _spent_usd(value)
+        if spent is None:
             log.warning("usage counter of tenant %r is unreadable; counted as 0", tenant)
             continue
-        usage[tenant] = TenantUsage(spent_usd=max(cost_micro, 0) / _MICRO)
+        usage[tenant] = TenantUsage(spent_usd=spent)
     return usage
 
 
@@ -102,7 +111,7 @@ class Reconciler:
     :func:`~tiermesh.controlplane.reconciler.registration.node_from_registration`; an
     unreadable one is skipped and logged) plus ``static_nodes`` (a registration with the
     same id wins). Data: the bundle's documents, with ``data.usage`` read from the store's
-    usage counters at each reconcile (usage changes alone do not trigger one).
+    usage counters at each reconcile (see Usage events for which changes trigger one).
 
     Health: a registration whose latest load report says ``healthy: false`` puts its node
     in the unhealthy set, read at each reconcile with the registrations; a
@@ -127,9 +136,20 @@ class Reconciler:
     deletes and any other change (identity, health, ports, endpoints, an unreadable
     document) go on as events. The digests compared against are those of the ``nodes/``
     snapshot the watch started from (:meth:`start`, and the resync after a compacted
-    watch), kept up to date by the watch's own events. Usage counters are not watched
-    (above): a usage change reaches the policy with the next reconcile that a bundle
-    push or a node change triggers, load reports no longer being such changes.
+    watch), kept up to date by the watch's own events.
+
+    Usage events: nodes report spend every few seconds, so a ``usage/<tenant>`` change
+    schedules a reconcile only when it moves the tenant across its catalog
+    ``monthly_budget_usd`` in either direction (a counter reset or delete moves it back)
+    compared with what the latest reconcile read; every other change is dropped before the
+    debounce and counted in :attr:`unchanged_usage_events`, crossings in
+    :attr:`budget_crossings`. The test mirrors the shipped policy
+    (``policies/budget/budget.rego``: ``exhausted(tenant)`` is ``spent >=
+    monthly_budget_usd`` with ``spent`` = ``cost_micro / 10^6``, 0 without a counter); a
+    bundle whose policy reads ``data.usage`` differently gets its usage changes only with
+    the next reconcile something else triggers. Budgets come from the catalog of the
+    latest evaluated bundle (none before the first reconcile, which reads usage anyway).
+    Reconciles for any other reason read all current counters.
 
     Debounce: the first event starts a quiet period of ``debounce_s``; every further
     event restarts it, but a reconcile starts at most ``max_delay_s`` after the first.
@@ -176,6 +196,10 @@ class Reconciler:
         self._events = 0
         self._node_digests: dict[str, bytes] = {}
         self._unchanged_node_events = 0
+        self._budgets: dict[str, float] = {}
+        self._exhausted: frozenset[str] = frozenset()
+        self._unchanged_usage_events = 0
+        self._budget_crossings = 0
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
         self._lock = asyncio.Lock()
@@ -217,6 +241,23 @@ class Reconciler:
         return self._unchanged_node_events
 
     @property
+    def unchanged_usage_events(self) -> int:
+        """``usage/`` events dropped because they moved no tenant across its budget, since
+        :meth:`start`."""
+        return self._unchanged_usage_events
+
+    @property
+    def budget_crossings(self) -> int:
+        """``usage/`` events that moved a tenant across its budget (each schedules a
+        reconcile), since :meth:`start`."""
+        return self._budget_crossings
+
+    @property
+    def exhausted_tenants(self) -> frozenset[str]:
+        """Tenants whose spend had reached their budget at the latest reconcile."""
+        return self._exhausted
+
+    @property
     def published(self) -> Mapping[str, str]:
         """Node id → version of the snapshot this reconciler set for it."""
         return MappingProxyType(dict(self._published))
@@ -241,6 +282,7 @@ class Reconciler:
         bundle_rev = (await self._store.read_prefix(BUNDLE_PREFIX)).revision
         nodes = await self._store.read_prefix(NODES_PREFIX)
         self._remember_nodes(nodes)
+        usage_rev = (await self._store.read_prefix(USAGE_PREFIX)).revision
         self._wake.set()
         self._tasks = [
             asyncio.create_task(self._loop(), name="reconcile-loop"),
@@ -253,6 +295,10 @@ class Reconciler:
                     resync=self._remember_nodes,
                 ),
                 name="watch-nodes",
+            ),
+            asyncio.create_task(
+                self._watch(USAGE_PREFIX, usage_rev, changes=self._usage_crossed),
+                name="watch-usage",
             ),
         ]
 
@@ -303,6 +349,42 @@ class Reconciler:
             return False
         self._node_digests[event.key] = digest
         return True
+
+    def _usage_crossed(self, event: WatchEvent) -> bool:
+        """Whether ``event`` moves its tenant across its budget compared with the latest
+        reconcile (class doc: Usage events)."""
+        tenant = event.key.removeprefix(USAGE_PREFIX)
+        budget = self._budgets.get(tenant)
+        spent = 0.0
+        if event.kind is not EventKind.DELETE:
+            spent = _spent_usd(event.value) or 0.0
+        if budget is not None and (spent >= budget) != (tenant in self._exhausted):
+            self._budget_crossings += 1
+            log.info(
+                "tenant %s: spend %.6f USD %s its budget of %g USD; reconciling",
+                tenant,
+                spent,
+                "reached" if spent >= budget else "is back under",
+                budget,
+            )
+            return True
+        self._unchanged_usage_events += 1
+        return False
+
+    def _note_budgets(
+        self, outcome: BundleOutcome | None, usage: Mapping[str, TenantUsage]
+    ) -> None:
+        """Remember the budgets of ``outcome``'s catalog (kept when it has none) and which
+        tenants ``usage`` exhausts, for :meth:`_usage_crossed`."""
+        if outcome is not None and outcome.documents.catalog is not None:
+            self._budgets = {
+                t.name: float(t.monthly_budget_usd) for t in outcome.documents.catalog.tenants
+            }
+        self._exhausted = frozenset(
+            tenant
+            for tenant, spent in usage.items()
+            if tenant in self._budgets and spent.spent_usd >= self._budgets[tenant]
+        )
 
     async def _watch(
         self,
@@ -462,6 +544,8 @@ class Reconciler:
             return replace(base, ok=ok, duration_s=time.perf_counter() - began, **changes)
 
         if bundle.revision == 0:
+            self._budgets = {}
+            self._note_budgets(None, usage)
             return result(True)
         loop = asyncio.get_running_loop()
         try:
@@ -469,8 +553,10 @@ class Reconciler:
                 self._executor, self._evaluate, bundle.files, nodes, usage, unhealthy
             )
         except PolicyError as exc:
+            self._note_budgets(None, usage)
             return result(False, errors=(Finding(Stage.REGO, f"policy engine: {exc}"),))
         self._outcome = outcome
+        self._note_budgets(outcome, usage)
         if not outcome.ok:
             return result(False, errors=outcome.errors, warnings=outcome.warnings)
         missing = [node for node in node_ids if node not in outcome.snapshots]
