@@ -6,7 +6,8 @@ Start order (each step needs the ones before): ports checked free → SVID (save
 when ``authz.enabled`` (ext_authz server on loopback, decision log, shipper; see
 :mod:`~tiermesh.agents.runtime.requests`) → Envoy bootstrap written → model server healthy
 → Envoy answering its admin port → registry session accepted (with ``authz_port``, so the
-compiled listener checks every request, and ``mesh_port`` when ``mesh_listen`` is set).
+compiled listener checks every request, and ``mesh_port`` when ``mesh_listen`` is set;
+the session also carries the usage ledger's reports and brings back mesh-wide spend).
 A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError` (or a
 model-server error) naming its cause, after everything already started was stopped.
 
@@ -179,6 +180,7 @@ class NodeAgent:
             server_name=cp.tls_server_name,
             measure=self.measure_load,
             interval_s=config.load_interval_s,
+            usage=self.requests.ledger if self.requests is not None else None,
         )
         self._tasks.append(asyncio.create_task(self.session.run(), name="registry-session"))
         try:

@@ -5,7 +5,9 @@
 ``data.request_config`` from node.yaml) → the decision log in ``<state_dir>/decisions``
 (signed with the node's current SVID) → the authz gRPC server on loopback → the usage
 server when ``authz.usage_listen`` is set (access logs → tokens and spend per tenant, at
-``data.catalog`` prices, into the budget file the authz server reads) → the shipper,
+``data.catalog`` prices, into the budget file the authz server reads; :attr:`ledger` is
+also what the agent's registry session reports to the control plane and takes mesh-wide
+totals from) → the shipper,
 which sends the spool to the control plane's audit collector on the node API (mTLS, the
 node's SVID). :meth:`RequestPolicy.stop` undoes it in reverse: no new checks, pending
 records written, one last shipping attempt, then the shipper is cancelled (unshipped
@@ -92,6 +94,9 @@ class RequestPolicy:
         self._shipping: asyncio.Task[None] | None = None
         self._authorizer: Authorizer | None = None
         self._usage: grpc.aio.Server | None = None
+        self.ledger: UsageLedger | None = None
+        """The usage ledger (None before :meth:`start` or without a usage server); use it
+        on the agent's event loop only."""
         self.port = 0
         """The authz server's bound port (0 before :meth:`start`)."""
         self.usage_port: int | None = None
@@ -154,6 +159,7 @@ class RequestPolicy:
             )
         except RuntimeError as exc:
             raise StartFailed("the usage server", str(exc)) from exc
+        self.ledger = ledger
         log.info("usage accounted on port %d into %s", self.usage_port, ledger.path)
 
     def set_snapshot_version(self, version: str | None) -> None:

@@ -7,6 +7,13 @@ registration, waits for the :class:`SessionReply`, then sends a :class:`NodeLoad
 network dropped) it reopens it with exponential backoff, trying the addresses in order, and
 registers again. :meth:`goodbye` ends the session gracefully: the control plane revokes the
 lease and the registration disappears at once.
+
+Usage: with a ``usage`` outbox (the node's
+:class:`~tiermesh.agents.usage.UsageLedger`) and a control plane whose reply says
+``usage_reports``, each session first re-sends the outbox's unacknowledged reports, then
+sends one new report after each load report when there is something to send, and one last
+one before goodbye. Every acknowledgement read from the stream goes to the outbox. An
+older control plane (no ``usage_reports``) gets no reports; they stay in the outbox.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -25,10 +32,12 @@ from tiermesh.controlplane.api import (
     NodeRegistration,
     SessionMessage,
     SessionReply,
+    UsageAck,
+    UsageReport,
     registry_method_path,
 )
 
-__all__ = ["LoadProbe", "RegistrySession"]
+__all__ = ["LoadProbe", "RegistrySession", "UsageOutbox"]
 
 log = logging.getLogger("tiermesh.agent")
 
@@ -36,6 +45,23 @@ LoadProbe = Callable[[], Awaitable[NodeLoad]]
 """Measures the node's load now; must not raise."""
 
 _GOODBYE_TIMEOUT_S = 3.0
+
+
+class UsageOutbox(Protocol):
+    """Where usage reports come from and their acknowledgements go (``UsageLedger``).
+    Called on the session's event loop."""
+
+    def next_report(self) -> UsageReport | None:
+        """A new report to send now, kept until acknowledged; None: nothing to send."""
+        ...
+
+    def unacknowledged(self) -> Sequence[UsageReport]:
+        """Reports sent before and not acknowledged, oldest first."""
+        ...
+
+    def acknowledge(self, ack: UsageAck, /) -> bool:
+        """Take an acknowledgement. May raise (logged; the session goes on)."""
+        ...
 
 
 def _encode(message: SessionMessage) -> bytes:
@@ -60,6 +86,7 @@ class RegistrySession:
         measure: LoadProbe,
         interval_s: float = 1.0,
         backoff: Backoff | None = None,
+        usage: UsageOutbox | None = None,
     ) -> None:
         self._store = store
         self._registration = registration
@@ -68,6 +95,7 @@ class RegistrySession:
         self._measure = measure
         self._interval_s = interval_s
         self._backoff = backoff or Backoff(initial=0.5, maximum=10.0)
+        self._usage = usage
         self._registered = asyncio.Event()
         self._leaving = asyncio.Event()
         self._call: Any = None
@@ -131,15 +159,21 @@ class RegistrySession:
                 self.last_error = None
                 self._registered.set()
                 log.info("registered as %s (lease %ds)", reply.spiffe_id, reply.lease_ttl_s)
+                usage = self._usage if reply.usage_reports else None
                 reader = asyncio.create_task(self._drain_replies(call))
                 try:
+                    if usage is not None:
+                        for report in usage.unacknowledged():
+                            await call.write(SessionMessage(usage=report))
                     while not self._leaving.is_set():
                         if reader.done():
                             reader.result()
                             raise ConnectionError("the control plane ended the session")
                         await call.write(SessionMessage(load=await self._measure()))
+                        await self._report_usage(call, usage)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._leaving.wait(), self._interval_s)
+                    await self._report_usage(call, usage)
                     await self._say_goodbye(call, reader)
                 finally:
                     if not reader.done():
@@ -150,12 +184,23 @@ class RegistrySession:
                 self._call = None
                 call.cancel()
 
+    async def _report_usage(self, call: Any, usage: UsageOutbox | None) -> None:
+        report = usage.next_report() if usage is not None else None
+        if report is not None:
+            await call.write(SessionMessage(usage=report))
+
     async def _drain_replies(self, call: Any) -> None:
         while True:
             reply = await call.read()
             if not isinstance(reply, SessionReply):
                 return  # end of stream
-            self.reply = reply
+            if reply.usage is None:
+                self.reply = reply
+            elif self._usage is not None:
+                try:
+                    self._usage.acknowledge(reply.usage)
+                except Exception as exc:  # noqa: BLE001 - accounting never ends the session
+                    log.warning("usage acknowledgement not applied: %s", exc)
 
     async def _say_goodbye(self, call: Any, reader: asyncio.Task[None]) -> None:
         """Send goodbye, half-close, and wait for the server to end the stream (it revokes

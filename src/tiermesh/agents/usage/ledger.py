@@ -13,27 +13,68 @@ construction the ledger takes the ``spent_usd`` already in the file, so totals s
 agent restart; entries of tenants the catalog does not know are kept as they are. Monthly
 reset is not done here (an operator or the control plane rewrites the file).
 
-Reporting to the control plane (not implemented yet): the store's ``add_usage(tenant,
-tokens=, cost_micro=)`` is the sink. The agent would send the deltas this ledger returns
-from :meth:`UsageLedger.record` over the node API session (mTLS, its SVID) in batches,
-and the control plane would call ``add_usage`` per tenant, so that the reconciler's
-``data.usage`` (and so compile-time routes) follow the same counts; the budget file would
-then be refreshed from the control plane's totals instead of only this node's.
+Reporting to the control plane: every delta :meth:`UsageLedger.record` accounts also goes
+to an outbox. :meth:`UsageLedger.next_report` seals what is pending into a
+:class:`~tiermesh.controlplane.api.UsageReport` (the agent's registry session sends one
+every load interval when there is something to send), which the ledger keeps until the
+control plane's :class:`~tiermesh.controlplane.api.UsageAck` for it arrives
+(:meth:`UsageLedger.acknowledge`). A session that breaks first re-sends every
+unacknowledged report unchanged on the next one (:meth:`UsageLedger.unacknowledged`), so
+delivery is at least once; reports carry a random per-ledger ``epoch`` and a ``seq`` so the
+control plane can recognise a re-send. Deltas still pending when the agent stops are not
+reported (they are in this node's file total, see below). At most
+:data:`MAX_UNACKNOWLEDGED` reports wait for an answer; while that many do, deltas keep
+collecting in the pending set (at most one entry per tenant).
+
+Mesh-wide spend in the budget file: each acknowledgement carries the mesh-wide totals of
+the reported tenants (every node's acknowledged reports added up), remembered as the
+tenant's *mesh total* M. The file then says, for each catalog tenant,
+``spent_usd = max(L, M + U)`` where L is this node's own total (what it accounted since
+the file started, the file's value at start included) and U what this node accounted but
+the control plane has not acknowledged yet (pending and unacknowledged reports). Why this
+is sound: M counts every acknowledged report, this node's included, so M + U covers all of
+this node's spend and all of the others' up to the moment M was read; a report applied
+whose acknowledgement is still on the way is in both M and U (an over-count until the
+acknowledgement lands: the fallback comes early, never late). Other nodes' spend since
+then arrives with the next acknowledgement, about one report interval later. Taking the
+max with L keeps the file at least at this node's own spend when the control plane has
+never answered (an unreachable control plane degrades to per-node budgets, as before),
+and a mesh total that drops (a counter reset) is followed as it is. Tenants never
+acknowledged use L alone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from tiermesh.agents.usage.errors import LedgerWriteFailed
-from tiermesh.controlplane.api import Catalog
+from tiermesh.controlplane.api import (
+    MAX_USAGE_AMOUNT,
+    MAX_USAGE_TENANTS,
+    Catalog,
+    UsageAck,
+    UsageDelta,
+    UsageReport,
+)
 
-__all__ = ["Prices", "TenantUsage", "Usage", "UsageLedger", "cost_micro"]
+__all__ = ["MAX_UNACKNOWLEDGED", "Prices", "TenantUsage", "Usage", "UsageLedger", "cost_micro"]
+
+log = logging.getLogger("tiermesh.agent.usage")
+
+MAX_UNACKNOWLEDGED: Final = 32
+"""Most reports that wait for the control plane's answer at once."""
+
+_REPORTABLE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+"""Tenant names a report may carry (the catalog's ``Name`` rule); others are never sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +132,38 @@ class Prices:
         return cost_micro(usage.prompt_tokens, usage.completion_tokens, price)
 
 
-class UsageLedger:
-    """Totals per tenant and the budget file (see the module doc).
+def _add(table: dict[str, TenantUsage], tenant: str, tokens: int, cost: int) -> None:
+    before = table.get(tenant, TenantUsage())
+    table[tenant] = TenantUsage(before.tokens + tokens, before.cost_micro + cost)
 
-    Not thread-safe: use it from one thread or one event loop. :meth:`record` does a small
-    synchronous file write.
+
+class UsageLedger:
+    """Totals per tenant, the outbox of reports to the control plane and the budget file
+    (see the module doc).
+
+    Not thread-safe: use it from one thread or one event loop (the agent's: the usage
+    server records, the registry session reports and acknowledges). :meth:`record` and
+    :meth:`acknowledge` do a small synchronous file write. ``epoch`` names this ledger's
+    report sequence (default: random).
     """
 
-    def __init__(self, budget_file: str | Path, prices: Prices) -> None:
+    def __init__(
+        self, budget_file: str | Path, prices: Prices, *, epoch: str | None = None
+    ) -> None:
         self._path = Path(budget_file)
         self._prices = prices
         self._totals: dict[str, TenantUsage] = {}
         self._foreign: dict[str, object] = {}
+        self._pending: dict[str, TenantUsage] = {}
+        self._sent: dict[int, UsageReport] = {}
+        self._mesh: dict[str, int] = {}
+        self._epoch = epoch if epoch is not None else secrets.token_hex(8)
+        self._seq = 0
         self._load()
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
 
     @property
     def path(self) -> Path:
@@ -126,11 +186,72 @@ class UsageLedger:
             tokens = usage.prompt_tokens + usage.completion_tokens
             cost = self._prices.cost(usage)
             for table in (self._totals, deltas):
-                before = table.get(usage.tenant, TenantUsage())
-                table[usage.tenant] = TenantUsage(before.tokens + tokens, before.cost_micro + cost)
+                _add(table, usage.tenant, tokens, cost)
+        for tenant, delta in deltas.items():
+            if _REPORTABLE.match(tenant):
+                _add(self._pending, tenant, delta.tokens, delta.cost_micro)
+            else:
+                log.warning("tenant %r is not a catalog name; its usage is not reported", tenant)
         if deltas:
             self._write()
         return deltas
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def next_report(self) -> UsageReport | None:
+        """Seal the pending deltas (at most :data:`MAX_USAGE_TENANTS` tenants; the rest stay
+        pending) into a new report, kept until acknowledged. None when nothing is pending or
+        :data:`MAX_UNACKNOWLEDGED` reports wait already."""
+        if not self._pending or len(self._sent) >= MAX_UNACKNOWLEDGED:
+            return None
+        tenants: dict[str, UsageDelta] = {}
+        for tenant in sorted(self._pending)[:MAX_USAGE_TENANTS]:
+            delta = self._pending[tenant]
+            tokens = min(delta.tokens, MAX_USAGE_AMOUNT)
+            cost = min(delta.cost_micro, MAX_USAGE_AMOUNT)
+            tenants[tenant] = UsageDelta(tokens=tokens, cost_micro=cost)
+            rest = TenantUsage(delta.tokens - tokens, delta.cost_micro - cost)
+            if rest == TenantUsage():
+                del self._pending[tenant]
+            else:
+                self._pending[tenant] = rest
+        self._seq += 1
+        report = UsageReport(epoch=self._epoch, seq=self._seq, tenants=tenants)
+        self._sent[report.seq] = report
+        return report
+
+    def unacknowledged(self) -> tuple[UsageReport, ...]:
+        """Reports sent but not acknowledged, oldest first: re-send them on a new session."""
+        return tuple(self._sent.values())
+
+    def acknowledge(self, ack: UsageAck) -> bool:
+        """Forget the report ``ack`` answers, take its mesh totals and rewrite the budget
+        file. False (nothing changes) for an answer to no report of this ledger.
+
+        Raises:
+            LedgerWriteFailed: the file could not be written (the totals are kept).
+        """
+        if ack.epoch != self._epoch or self._sent.pop(ack.seq, None) is None:
+            return False
+        for tenant, total in ack.totals.items():
+            self._mesh[tenant] = total.cost_micro
+        self._write()
+        return True
+
+    def unreported(self, tenant: str) -> int:
+        """Micro-dollars of ``tenant`` accounted here and not yet acknowledged (U)."""
+        pending = self._pending.get(tenant, TenantUsage()).cost_micro
+        sent = sum(r.tenants[tenant].cost_micro for r in self._sent.values() if tenant in r.tenants)
+        return pending + sent
+
+    def spent_micro(self, tenant: str) -> int:
+        """What the budget file says the tenant spent, in micro-dollars:
+        ``max(L, M + U)`` (module doc)."""
+        local = self.totals(tenant).cost_micro
+        mesh = self._mesh.get(tenant)
+        if mesh is None:
+            return local
+        return max(local, mesh + self.unreported(tenant))
 
     def _load(self) -> None:
         try:
@@ -151,7 +272,7 @@ class UsageLedger:
     def _document(self) -> dict[str, object]:
         document: dict[str, object] = dict(self._foreign)
         for name, limit in sorted(self._prices.budgets.items()):
-            spent = self.totals(name).spent_usd
+            spent = self.spent_micro(name) / 1_000_000
             document[name] = {"spent_usd": spent, "limit_usd": limit}
         return document
 
