@@ -1,0 +1,191 @@
+"""Mesh-wide budgets on a real etcd and a real node API: real agent sessions report what
+their ledgers accounted, the counters add up across nodes, each node's budget file takes
+the mesh total, and a tenant whose combined spend crosses its budget gets budget-fallback
+routes planned on every node, one that never saw its traffic included."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.integration.controlplane.conftest import Registry
+from tests.unit.reconciler.fake_compiler import FakeCompiler
+from tests.unit.reconciler.policyfiles import policy_files
+from tiermesh.agents.identity import SvidStore
+from tiermesh.agents.identity.material import load_material
+from tiermesh.agents.runtime.session import RegistrySession
+from tiermesh.agents.usage import Prices, Usage, UsageLedger
+from tiermesh.controlplane.api import NodeLoad, NodeRegistration
+from tiermesh.controlplane.api.join import control_plane_dns_name
+from tiermesh.controlplane.bundle import BundleOutcome
+from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult
+from tiermesh.controlplane.store import Usage as Counter
+from tiermesh.rego import RegorusEngine
+from tiermesh.xds import SnapshotCache
+
+pytestmark = pytest.mark.etcd
+
+TD = "mesh.example"
+INTERVAL_S = 0.2
+PRICES = Prices(backends={"cloud-eu": (1.0, 0.0)}, budgets={"acme": 100.0})
+"""1000 prompt tokens on cloud-eu cost 1 USD; acme's budget (the small catalog's) 100 USD."""
+
+
+def spend(usd: int) -> Usage:
+    return Usage("acme", "cloud-eu", usd * 1000, 0)
+
+
+@dataclass
+class Node:
+    node_id: str
+    ledger: UsageLedger
+    session: RegistrySession
+    task: asyncio.Task[None] = field(init=False)
+
+    def spent_in_file(self) -> float:
+        return float(json.loads(self.ledger.path.read_text())["acme"]["spent_usd"])
+
+
+@dataclass
+class Mesh:
+    registry: Registry
+    reconciler: Reconciler
+    plans: dict[int, BundleOutcome]
+    nodes: dict[str, Node]
+
+    def exhausted_on(self, result: ReconcileResult, node_id: str) -> bool:
+        plan = self.plans[result.number].plans[node_id]
+        acme = [route for route in plan.routes if route.match.tenant == "acme"]
+        assert acme, "acme has routes on every node"
+        flags = {route.budget_exhausted for route in acme}
+        assert len(flags) == 1
+        return flags.pop()
+
+
+def material(registry: Registry, node_id: str) -> object:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    issued = registry.ca.issue(csr, node_id)
+    return load_material(
+        key, issued.chain_pem(), registry.ca.bundle().to_pem(), now=dt.datetime.now(dt.UTC)
+    )
+
+
+async def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - polling files and counters, no event to wait on
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def mesh(registry: Registry, tmp_path: Path) -> AsyncIterator[Mesh]:
+    plans: dict[int, BundleOutcome] = {}
+
+    async def record(result: ReconcileResult, outcome: BundleOutcome) -> None:
+        plans[result.number] = outcome
+
+    current = await registry.store.get_bundle()
+    await registry.store.push_bundle(policy_files(), expected_revision=current.revision)
+    reconciler = Reconciler(
+        registry.store, RegorusEngine, FakeCompiler(), SnapshotCache(), debounce_s=0.05,
+        on_plans=record,
+    )  # fmt: skip
+    nodes: dict[str, Node] = {}
+    for node_id in ("edge-1", "edge-2", "edge-3"):
+        store = SvidStore()
+        store.update(material(registry, node_id))  # type: ignore[arg-type]
+        ledger = UsageLedger(tmp_path / node_id / "budget.json", PRICES)
+        session = RegistrySession(
+            store,
+            NodeRegistration(node_id=node_id, tier="local", region="eu-west", app_port=18080),
+            addresses=[registry.api.node_target],
+            server_name=control_plane_dns_name(TD),
+            measure=_idle,
+            interval_s=INTERVAL_S,
+            usage=ledger,
+        )
+        node = Node(node_id, ledger, session)
+        node.task = asyncio.create_task(session.run())
+        await session.wait_registered(5.0)
+        nodes[node_id] = node
+    await reconciler.start()
+    await reconciler.wait_for(lambda r: r.ok and len(r.nodes) == 3)
+    try:
+        yield Mesh(registry, reconciler, plans, nodes)
+    finally:
+        await reconciler.aclose()
+        for node in nodes.values():
+            node.session.leave()
+        await asyncio.gather(*(node.task for node in nodes.values()), return_exceptions=True)
+
+
+async def _idle() -> NodeLoad:
+    return NodeLoad()
+
+
+async def test_two_nodes_spend_adds_up_and_the_budget_falls_back_on_every_node(
+    mesh: Mesh,
+) -> None:
+    store = mesh.registry.store
+    one, two, three = (mesh.nodes[n] for n in ("edge-1", "edge-2", "edge-3"))
+    first = mesh.reconciler.last_result
+    assert first is not None
+    assert not mesh.exhausted_on(first, "edge-3")
+
+    one.ledger.record([spend(30), spend(30)])
+    await wait_until(lambda: one.spent_in_file() == 60.0 and not one.ledger.unacknowledged())
+    two.ledger.record([spend(20)])
+    # A node hears the mesh total with the answer to its own report.
+    await wait_until(lambda: two.spent_in_file() == 80.0 and not two.ledger.unacknowledged())
+    assert one.spent_in_file() == 60.0
+    assert await store.get_usage("acme") == Counter("acme", 80_000, 80_000_000)
+    assert one.ledger.unacknowledged() == two.ledger.unacknowledged() == ()
+    # Below the budget: the reports re-planned nothing.
+    assert mesh.reconciler.reconcile_count == first.number
+    assert mesh.reconciler.unchanged_usage_events >= 2
+
+    # Together over the budget, though neither node alone is: every node falls back.
+    two.ledger.record([spend(25)])
+    crossed = await mesh.reconciler.wait_for(lambda r: r.number > first.number, timeout_s=10)
+    assert crossed.ok, crossed.errors
+    assert await store.get_usage("acme") == Counter("acme", 105_000, 105_000_000)
+    assert mesh.reconciler.budget_crossings == 1
+    for node_id in ("edge-1", "edge-2", "edge-3"):
+        assert mesh.exhausted_on(crossed, node_id), node_id
+    # edge-1 saw 60 USD of traffic; its file carries the mesh's 105 once it hears back.
+    one.ledger.record([spend(1)])
+    await wait_until(lambda: one.spent_in_file() == 106.0)
+    # edge-3 never served acme, so its ext_authz has no file; its routes fell back anyway.
+    assert not three.ledger.path.exists()
+
+
+async def test_unacknowledged_reports_survive_a_lost_session(mesh: Mesh) -> None:
+    store = mesh.registry.store
+    one = mesh.nodes["edge-1"]
+    one.ledger.record([spend(5)])
+    await wait_until(lambda: one.spent_in_file() == 5.0 and not one.ledger.unacknowledged())
+
+    # The session breaks; what the node accounts meanwhile is reported on the next one.
+    one.task.cancel()
+    await asyncio.gather(one.task, return_exceptions=True)
+    one.ledger.record([spend(7)])
+    report = one.ledger.next_report()  # sealed but never delivered
+    assert report is not None
+    one.ledger.record([spend(1)])
+    one.task = asyncio.create_task(one.session.run())
+    await wait_until(lambda: not one.ledger.unacknowledged() and one.spent_in_file() == 13.0)
+    assert await store.get_usage("acme") == Counter("acme", 13_000, 13_000_000)
