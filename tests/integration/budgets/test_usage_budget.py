@@ -47,7 +47,10 @@ def test_tokens_and_cost_of_a_json_answer_are_counted_for_its_tenant(
 def test_a_stream_is_counted_from_its_last_usage_chunk_and_passes_through_whole(
     budget_mesh: BudgetMesh,
 ) -> None:
-    reply = budget_mesh.send(public("globex"), chat("Stream it", stream=True))
+    # The client asks for the usage chunk, so it keeps it (see test_stream_usage.py for
+    # a client that does not ask).
+    asked = {"include_usage": True}
+    reply = budget_mesh.send(public("globex"), chat("Stream it", stream=True, stream_options=asked))
     assert (reply.status, reply.tier) == (200, "cloud")
     assert reply.body.rstrip().endswith("data: [DONE]")
     assert reply.body.count("data: ") == 4
