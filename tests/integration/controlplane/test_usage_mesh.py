@@ -54,6 +54,13 @@ class Node:
     def spent_in_file(self) -> float:
         return float(json.loads(self.ledger.path.read_text())["acme"]["spent_usd"])
 
+    def seen(self) -> str:
+        waiting = [r.seq for r in self.ledger.unacknowledged()]
+        return (
+            f"{self.node_id}: file {self.spent_in_file()} USD, unacknowledged {waiting}, "
+            f"sessions {self.session.sessions}, last error {self.session.last_error}"
+        )
+
 
 @dataclass
 class Mesh:
@@ -85,10 +92,16 @@ def material(registry: Registry, node_id: str) -> object:
     )
 
 
-async def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not check():  # noqa: ASYNC110 - polling files and counters, no event to wait on
-            await asyncio.sleep(0.05)
+async def wait_until(
+    check: Callable[[], object], state: Callable[[], object], timeout_s: float = 10.0
+) -> None:
+    """Poll ``check``; on timeout fail with ``state()`` (what was seen last)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not check():  # noqa: ASYNC110 - polling files, no event to wait on
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not reached in {timeout_s} s; last seen: {state()}") from None
 
 
 @pytest.fixture
@@ -147,10 +160,14 @@ async def test_two_nodes_spend_adds_up_and_the_budget_falls_back_on_every_node(
     assert not mesh.exhausted_on(first, "edge-3")
 
     one.ledger.record([spend(30), spend(30)])
-    await wait_until(lambda: one.spent_in_file() == 60.0 and not one.ledger.unacknowledged())
+    await wait_until(
+        lambda: one.spent_in_file() == 60.0 and one.ledger.unreported("acme") == 0, one.seen
+    )
     two.ledger.record([spend(20)])
     # A node hears the mesh total with the answer to its own report.
-    await wait_until(lambda: two.spent_in_file() == 80.0 and not two.ledger.unacknowledged())
+    await wait_until(
+        lambda: two.spent_in_file() == 80.0 and two.ledger.unreported("acme") == 0, two.seen
+    )
     assert one.spent_in_file() == 60.0
     assert await store.get_usage("acme") == Counter("acme", 80_000, 80_000_000)
     assert one.ledger.unacknowledged() == two.ledger.unacknowledged() == ()
@@ -168,7 +185,7 @@ async def test_two_nodes_spend_adds_up_and_the_budget_falls_back_on_every_node(
         assert mesh.exhausted_on(crossed, node_id), node_id
     # edge-1 saw 60 USD of traffic; its file carries the mesh's 105 once it hears back.
     one.ledger.record([spend(1)])
-    await wait_until(lambda: one.spent_in_file() == 106.0)
+    await wait_until(lambda: one.spent_in_file() == 106.0, one.seen)
     # edge-3 never served acme, so its ext_authz has no file; its routes fell back anyway.
     assert not three.ledger.path.exists()
 
@@ -177,7 +194,9 @@ async def test_unacknowledged_reports_survive_a_lost_session(mesh: Mesh) -> None
     store = mesh.registry.store
     one = mesh.nodes["edge-1"]
     one.ledger.record([spend(5)])
-    await wait_until(lambda: one.spent_in_file() == 5.0 and not one.ledger.unacknowledged())
+    await wait_until(
+        lambda: one.spent_in_file() == 5.0 and one.ledger.unreported("acme") == 0, one.seen
+    )
 
     # The session breaks; what the node accounts meanwhile is reported on the next one.
     one.task.cancel()
@@ -187,5 +206,7 @@ async def test_unacknowledged_reports_survive_a_lost_session(mesh: Mesh) -> None
     assert report is not None
     one.ledger.record([spend(1)])
     one.task = asyncio.create_task(one.session.run())
-    await wait_until(lambda: not one.ledger.unacknowledged() and one.spent_in_file() == 13.0)
+    await wait_until(
+        lambda: one.ledger.unreported("acme") == 0 and one.spent_in_file() == 13.0, one.seen
+    )
     assert await store.get_usage("acme") == Counter("acme", 13_000, 13_000_000)
