@@ -3,7 +3,8 @@
 Reads ``<admin>/status`` (see ``tiermesh.controlplane.runtime.status``). ``--json`` prints
 the document as is (``nodes[].inference_url`` is each node's app-facing base URL); otherwise
 a table per node: SPIFFE ID, health, xDS state per type (ACKed version, or what is pending
-or NACKed), route summary and inference URL. Exit 1 with one ``error:`` line when the admin
+or NACKed), route summary and inference URL; then each tenant's mesh-wide spend against its
+monthly budget (``tenants``). Exit 1 with one ``error:`` line when the admin
 server cannot be reached.
 """
 
@@ -113,6 +114,29 @@ def _render(document: dict[str, Any], console: Console) -> None:
         console.print(table)
     else:
         console.print("no nodes registered or connected")
+    _render_tenants(document.get("tenants", []), console)
+
+
+def _render_tenants(tenants: list[dict[str, Any]], console: Console) -> None:
+    if not tenants:
+        return
+    table = Table(title="spend this month (all nodes)")
+    for column in ("tenant", "spent USD", "budget USD", "state"):
+        table.add_column(column)
+    for tenant in tenants:
+        budget = tenant.get("budget_usd")
+        state = (
+            "[yellow]budget spent: cheap tiers first[/yellow]"
+            if tenant.get("exhausted")
+            else ("not in catalog" if budget is None else "within budget")
+        )
+        table.add_row(
+            tenant["name"],
+            f"{tenant.get('spent_usd', 0.0):.6f}",
+            "-" if budget is None else f"{budget:g}",
+            state,
+        )
+    console.print(table)
 
 
 def status(
@@ -121,7 +145,7 @@ def status(
     ] = DEFAULT_ADMIN,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON document.")] = False,
 ) -> None:
-    """Show nodes, their SPIFFE IDs, health, xDS state and routes."""
+    """Show nodes, their SPIFFE IDs, health, xDS state and routes, and tenants' spend."""
     try:
         document = fetch_status(admin)
     except (OSError, ValueError) as exc:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from rich.console import Console
 
 from tests.unit.reconciler.conftest import Rig
 from tests.unit.reconciler.policyfiles import SMALL_CATALOG, policy_files
 from tests.unit.reconciler.test_node_events import changed, quiet, started
+from tiermesh.cli.status_cmd import _render_tenants
+from tiermesh.controlplane.runtime.status import status_document
 
 BUDGET_MICRO = 100_000_000
 """acme's ``monthly_budget_usd`` in the small catalog, in micro-dollars."""
@@ -84,3 +89,48 @@ async def test_a_new_budget_in_the_bundle_is_what_later_crossings_compare_with(
         assert exhausted(rig.reconciler.last_result.warnings)  # type: ignore[union-attr]
     else:
         assert rig.reconciler.reconcile_count == pushed.number
+
+
+async def test_status_shows_each_tenants_mesh_wide_spend_against_its_budget(rig: Rig) -> None:
+    await started(rig)
+    await rig.store.add_usage("acme", cost_micro=40_000_000)
+    await rig.store.add_usage("stray", cost_micro=1_500)
+    async with asyncio.timeout(5):
+        while rig.reconciler.unchanged_usage_events < 2:  # noqa: ASYNC110 - a counter
+            await asyncio.sleep(0.001)
+    document = status_document(
+        trust_domain="tiermesh.test",
+        addresses={},
+        registrations={},
+        xds=[],
+        cache=rig.cache,
+        reconciler=rig.reconciler,
+    )
+    assert document["tenants"] == [
+        {"name": "acme", "spent_usd": 40.0, "budget_usd": 100.0, "exhausted": False},
+        {"name": "stray", "spent_usd": 0.0015, "budget_usd": None, "exhausted": False},
+    ]
+    console = Console(record=True, width=120)
+    _render_tenants(document["tenants"], console)
+    shown = console.export_text()
+    assert "acme" in shown
+    assert "40.000000" in shown
+    assert "within budget" in shown
+    assert "not in catalog" in shown
+
+    await rig.store.add_usage("acme", cost_micro=60_000_000)
+    await changed(rig, rig.reconciler.reconcile_count)
+    document = status_document(
+        trust_domain="tiermesh.test",
+        addresses={},
+        registrations={},
+        xds=[],
+        cache=rig.cache,
+        reconciler=rig.reconciler,
+    )
+    assert document["tenants"][0] == {
+        "name": "acme",
+        "spent_usd": 100.0,
+        "budget_usd": 100.0,
+        "exhausted": True,
+    }

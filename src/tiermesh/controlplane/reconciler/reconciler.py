@@ -198,6 +198,7 @@ class Reconciler:
         self._unchanged_node_events = 0
         self._budgets: dict[str, float] = {}
         self._exhausted: frozenset[str] = frozenset()
+        self._spent: dict[str, float] = {}
         self._unchanged_usage_events = 0
         self._budget_crossings = 0
         self._wake = asyncio.Event()
@@ -251,6 +252,17 @@ class Reconciler:
         """``usage/`` events that moved a tenant across its budget (each schedules a
         reconcile), since :meth:`start`."""
         return self._budget_crossings
+
+    @property
+    def budgets(self) -> Mapping[str, float]:
+        """Tenant → ``monthly_budget_usd`` in the catalog of the latest evaluated bundle."""
+        return MappingProxyType(dict(self._budgets))
+
+    @property
+    def tenant_spend(self) -> Mapping[str, float]:
+        """Tenant → USD spent: the counters the latest reconcile read, updated by every
+        ``usage/`` event since (an unreadable counter is left out, as reconciles do)."""
+        return MappingProxyType(dict(self._spent))
 
     @property
     def exhausted_tenants(self) -> frozenset[str]:
@@ -355,9 +367,12 @@ class Reconciler:
         reconcile (class doc: Usage events)."""
         tenant = event.key.removeprefix(USAGE_PREFIX)
         budget = self._budgets.get(tenant)
-        spent = 0.0
-        if event.kind is not EventKind.DELETE:
-            spent = _spent_usd(event.value) or 0.0
+        read = None if event.kind is EventKind.DELETE else _spent_usd(event.value)
+        spent = read or 0.0
+        if read is None:
+            self._spent.pop(tenant, None)
+        else:
+            self._spent[tenant] = read
         if budget is not None and (spent >= budget) != (tenant in self._exhausted):
             self._budget_crossings += 1
             log.info(
@@ -380,6 +395,7 @@ class Reconciler:
             self._budgets = {
                 t.name: float(t.monthly_budget_usd) for t in outcome.documents.catalog.tenants
             }
+        self._spent = {tenant: spent.spent_usd for tenant, spent in usage.items()}
         self._exhausted = frozenset(
             tenant
             for tenant, spent in usage.items()

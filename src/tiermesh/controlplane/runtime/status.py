@@ -14,9 +14,15 @@ that owns the ADS status registry). The document is JSON (version ``v1``)::
                 "xds": {"connected": bool, "streams": int, "mode": str | null,
                         "types": {"listeners": {"sent": str, "acked": str, "nacks": int,
                                                  "last_nack": {…} | null}, …}},
-                "snapshot": {"version": str, "routes": int, "clusters": int, …} | null}]}
+                "snapshot": {"version": str, "routes": int, "clusters": int, …} | null}],
+     "tenants": [{"name": str, "spent_usd": float, "budget_usd": float | null,
+                  "exhausted": bool}]}
 
 Nodes are the union of registrations, nodes with xDS state, and nodes with a snapshot.
+Tenants are those of the served catalog plus any with a usage counter: ``spent_usd`` is the
+mesh-wide counter (every node's reported spend) as the reconciler last saw it,
+``budget_usd`` the catalog's ``monthly_budget_usd`` (null: not in the catalog), and
+``exhausted`` whether ``spent_usd >= budget_usd`` (what the budget policy routes on).
 """
 
 from __future__ import annotations
@@ -158,4 +164,21 @@ def status_document(
             "skipped": [] if last is None else list(last.skipped),
         },
         "nodes": nodes,
+        "tenants": _tenants(reconciler),
     }
+
+
+def _tenants(reconciler: Reconciler) -> list[dict[str, Any]]:
+    budgets, spend = reconciler.budgets, reconciler.tenant_spend
+    rows = []
+    for name in sorted(set(budgets) | set(spend)):
+        spent, budget = spend.get(name, 0.0), budgets.get(name)
+        rows.append(
+            {
+                "name": name,
+                "spent_usd": spent,
+                "budget_usd": budget,
+                "exhausted": budget is not None and spent >= budget,
+            }
+        )
+    return rows
