@@ -40,7 +40,10 @@ then arrives with the next acknowledgement, about one report interval later. Tak
 max with L keeps the file at least at this node's own spend when the control plane has
 never answered (an unreachable control plane degrades to per-node budgets, as before),
 and a mesh total that drops (a counter reset) is followed as it is. Tenants never
-acknowledged use L alone.
+acknowledged use L alone. A node hears a tenant's mesh total only in answers to its own
+reports of that tenant, so its file lags for a tenant it has not served lately; the
+routes do not, because the control plane re-plans every node when a tenant's combined
+spend crosses its budget.
 """
 
 from __future__ import annotations
