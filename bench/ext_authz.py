@@ -19,6 +19,8 @@ without it every keep-alive answer of ``http.server`` (headers and body in two w
 stalls ~40 ms on Nagle + Envoy's delayed ACK, whichever listener it goes through.
 
 Bounded by ``--count`` and ``--seconds`` per case. Writes ``bench/results/ext_authz.md``.
+``bench/edge_path.py`` (+ usage accounting) reuses the Envoy, request and percentile
+helpers here.
 
     .venv/bin/python bench/ext_authz.py [--count 2000] [--seconds 20] [--rounds 3]
 """
@@ -57,7 +59,12 @@ from tests.unit.compiler.plans import evaluate_plan  # noqa: E402
 
 from tiermesh.agents.authz import BudgetState, StaticBudgetSource  # noqa: E402
 from tiermesh.controlplane.generators import compile_snapshot  # noqa: E402
-from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings  # noqa: E402
+from tiermesh.controlplane.model import (  # noqa: E402
+    AuthzSettings,
+    MeshModel,
+    NodeSettings,
+    UsageSettings,
+)
 from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
 from tiermesh.procs.ports import free_port  # noqa: E402
 from tiermesh.xds import BootstrapSpec, render_bootstrap  # noqa: E402
@@ -86,8 +93,9 @@ BODY = json.dumps(
 ).encode()
 
 
-def nodelay_backends() -> None:
-    """Make the test backends set ``TCP_NODELAY`` on accepted connections.
+def nodelay_backends(server: type[Any] = tierbackend._Server) -> None:
+    """Make the test backends (``server``, an ``http.server`` subclass) set
+    ``TCP_NODELAY`` on accepted connections.
 
     ``http.server`` writes the status and headers, then the body, in two ``send`` calls.
     With Nagle's algorithm on, the small body waits until the headers segment is ACKed,
@@ -96,14 +104,14 @@ def nodelay_backends() -> None:
     4-byte body 47 ms later. The stall belongs to the backend, not to ext_authz; which
     listener caught it depended on the kernel's delayed-ACK state per connection.
     """
-    original = tierbackend._Server.get_request
+    original = server.get_request
 
-    def get_request(server: Any) -> tuple[socket.socket, Any]:
-        connection, address = original(server)
+    def get_request(self: Any) -> tuple[socket.socket, Any]:
+        connection, address = original(self)
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection, address
 
-    tierbackend._Server.get_request = get_request  # type: ignore[method-assign]
+    server.get_request = get_request
 
 
 def pct(values: list[float], q: float) -> float:
@@ -152,11 +160,17 @@ async def direct(port: int, concurrency: int, count: int, seconds: float) -> dic
 
 
 def start_envoy(
-    workdir: Path, name: str, plan: Any, authz: AuthzSettings | None
+    workdir: Path,
+    name: str,
+    plan: Any,
+    authz: AuthzSettings | None,
+    usage: UsageSettings | None = None,
 ) -> tuple[XdsThread, EnvoyProcess, int]:
+    """An xDS server and a ready Envoy serving ``plan`` on a free app port (returned)."""
     xds = XdsThread()
     listener = free_port()
-    model = MeshModel.build([plan], {NODE: NodeSettings(app_port=listener, authz=authz)})
+    settings = NodeSettings(app_port=listener, authz=authz, usage=usage)
+    model = MeshModel.build([plan], {NODE: settings})
     xds.set_snapshot(NODE, compile_snapshot(model, NODE))
     spec = BootstrapSpec(
         node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
@@ -168,29 +182,46 @@ def start_envoy(
     return xds, envoy, listener
 
 
-def send(connection: http.client.HTTPConnection) -> tuple[int, float]:
+def send(connection: http.client.HTTPConnection, body: bytes = BODY) -> tuple[int, float]:
+    status, _, latency = exchange(connection, body)
+    return status, latency
+
+
+def exchange(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, bytes, float]:
+    """POST ``body`` as a chat completion; status, whole answer body, seconds taken."""
     started = time.perf_counter()
-    connection.request("POST", "/v1/chat/completions", body=BODY, headers=HEADERS)
+    connection.request("POST", "/v1/chat/completions", body=body, headers=HEADERS)
     response = connection.getresponse()
-    response.read()
-    return response.status, time.perf_counter() - started
+    answer = response.read()
+    return response.status, answer, time.perf_counter() - started
+
+
+def warm_connection(port: int, body: bytes = BODY) -> http.client.HTTPConnection:
+    """A keep-alive ``TCP_NODELAY`` connection to ``port`` once its routes answer 200,
+    after 50 warm-up requests."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.connect()
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    deadline = time.monotonic() + 10
+    while send(connection, body)[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("routes not served")
+        time.sleep(0.05)
+    for _ in range(50):
+        send(connection, body)
+    return connection
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "requests": len(values),
+        "p50_ms": statistics.median(values) * 1000,
+        "p99_ms": pct(values, 0.99) * 1000,
+    }
 
 
 def through_envoy(plain: int, authz: int, count: int, seconds: float) -> dict[str, Any]:
-    connections = {
-        "without": http.client.HTTPConnection("127.0.0.1", plain, timeout=10),
-        "with": http.client.HTTPConnection("127.0.0.1", authz, timeout=10),
-    }
-    for connection in connections.values():
-        connection.connect()
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        deadline = time.monotonic() + 10
-        while send(connection)[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("routes not served")
-            time.sleep(0.05)
-        for _ in range(50):
-            send(connection)
+    connections = {"without": warm_connection(plain), "with": warm_connection(authz)}
     samples: dict[str, list[float]] = {"without": [], "with": []}
     deadline = time.perf_counter() + seconds
     for _ in range(count):
@@ -203,14 +234,7 @@ def through_envoy(plain: int, authz: int, count: int, seconds: float) -> dict[st
             samples[name].append(latency)
     for connection in connections.values():
         connection.close()
-    return {
-        name: {
-            "requests": len(values),
-            "p50_ms": statistics.median(values) * 1000,
-            "p99_ms": pct(values, 0.99) * 1000,
-        }
-        for name, values in samples.items()
-    }
+    return {name: summary(values) for name, values in samples.items()}
 
 
 def fsync_probe(directory: Path, count: int = 2000) -> dict[str, float]:
