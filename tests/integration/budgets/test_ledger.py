@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from envoy.data.accesslog.v3 import accesslog_pb2
@@ -68,6 +69,25 @@ def test_spend_survives_a_restart(tmp_path: Path) -> None:
     assert again.totals("globex").cost_micro == 180_000
     again.record([Usage("globex", "cloud", 120, 30)])
     assert json.loads(path.read_text())["globex"]["spent_usd"] == 0.36
+
+
+def test_records_from_many_threads_all_count_and_the_file_shows_the_last(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "budget.json"
+    ledger = UsageLedger(path, Prices.from_catalog(priced_catalog(PORTS)))
+    threads, each = 8, 50
+
+    def spend() -> None:
+        for _ in range(each):
+            ledger.record([Usage("globex", "cloud", 120, 30)])
+
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(spend) for _ in range(threads)]:
+            done.result(timeout=60)
+    assert ledger.totals("globex").cost_micro == threads * each * 180_000
+    assert json.loads(path.read_text())["globex"]["spent_usd"] == threads * each * 0.18
+    assert not list(tmp_path.glob(".budget-*"))  # no temporary file left behind
 
 
 def entry(tenant: str | None, usage: dict[str, float] | None, backend: str = "cloud") -> object:

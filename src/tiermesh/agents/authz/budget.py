@@ -1,9 +1,11 @@
 """Where the authz server learns a tenant's budget state: the :class:`BudgetSource` protocol.
 
-The control plane will push spend from ``/tiermesh/v1/usage/``; until then a node uses
-:class:`StaticBudgetSource` (in memory) or :class:`JsonFileBudgetSource` (a file the
-operator or a sync job writes). A source that cannot answer raises :class:`BudgetUnavailable`;
-the server then passes ``known: false`` to the policy, which decides.
+A running agent uses :class:`JsonFileBudgetSource` on the budget file its usage ledger
+(:mod:`tiermesh.agents.usage`) writes: this node's accounted spend merged with the
+mesh-wide totals the control plane answers its usage reports with. Tests and other
+setups may use :class:`StaticBudgetSource` (in memory) or a file an operator writes. A
+source that cannot answer raises :class:`BudgetUnavailable`; the server then passes
+``known: false`` to the policy, which decides.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ _GOODBYE_TIMEOUT_S = 3.0
 
 class UsageOutbox(Protocol):
     """Where usage reports come from and their acknowledgements go (``UsageLedger``).
-    Called on the session's event loop."""
+    ``next_report`` and ``unacknowledged`` are called on the session's event loop,
+    ``acknowledge`` in a worker thread (it writes a file): implementations must be
+    thread-safe."""
 
     def next_report(self) -> UsageReport | None:
         """A new report to send now, kept until acknowledged; None: nothing to send."""
@@ -198,7 +200,7 @@ class RegistrySession:
                 self.reply = reply
             elif self._usage is not None:
                 try:
-                    self._usage.acknowledge(reply.usage)
+                    await asyncio.to_thread(self._usage.acknowledge, reply.usage)
                 except Exception as exc:  # noqa: BLE001 - accounting never ends the session
                     log.warning("usage acknowledgement not applied: %s", exc)
 

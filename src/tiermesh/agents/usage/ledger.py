@@ -54,6 +54,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,10 +145,12 @@ class UsageLedger:
     """Totals per tenant, the outbox of reports to the control plane and the budget file
     (see the module doc).
 
-    Not thread-safe: use it from one thread or one event loop (the agent's: the usage
-    server records, the registry session reports and acknowledges). :meth:`record` and
-    :meth:`acknowledge` do a small synchronous file write. ``epoch`` names this ledger's
-    report sequence (default: random).
+    Thread-safe: every method may be called from any thread. :meth:`record` and
+    :meth:`acknowledge` write the budget file synchronously (an fsync): on an event loop,
+    call them through ``asyncio.to_thread`` (the usage server and the registry session do),
+    so the fsync never stalls the ext_authz checks served on the same loop. Writes are
+    serialized and the newest state wins: a write that finds a newer one already on disk
+    is skipped. ``epoch`` names this ledger's report sequence (default: random).
     """
 
     def __init__(
@@ -162,6 +165,14 @@ class UsageLedger:
         self._mesh: dict[str, int] = {}
         self._epoch = epoch if epoch is not None else secrets.token_hex(8)
         self._seq = 0
+        self._lock = threading.Lock()
+        """Guards every table above."""
+        self._write_lock = threading.Lock()
+        """Serializes file writes; taken without ``_lock`` held."""
+        self._generation = 0
+        """Bumped under ``_lock`` with every change the file shows."""
+        self._written = 0
+        """The generation on disk (under ``_write_lock``)."""
         self._load()
 
     @property
@@ -174,7 +185,8 @@ class UsageLedger:
 
     def totals(self, tenant: str) -> TenantUsage:
         """The tenant's totals (zero for a tenant never seen)."""
-        return self._totals.get(tenant, TenantUsage())
+        with self._lock:
+            return self._totals.get(tenant, TenantUsage())
 
     def record(self, entries: Iterable[Usage]) -> dict[str, TenantUsage]:
         """Add ``entries`` and rewrite the budget file once. Returns the deltas per tenant
@@ -185,16 +197,20 @@ class UsageLedger:
                 entries anyway and the next successful write carries them.
         """
         deltas: dict[str, TenantUsage] = {}
-        for usage in entries:
-            tokens = usage.prompt_tokens + usage.completion_tokens
-            cost = self._prices.cost(usage)
-            for table in (self._totals, deltas):
-                _add(table, usage.tenant, tokens, cost)
-        for tenant, delta in deltas.items():
-            if _REPORTABLE.match(tenant):
-                _add(self._pending, tenant, delta.tokens, delta.cost_micro)
-            else:
-                log.warning("tenant %r is not a catalog name; its usage is not reported", tenant)
+        with self._lock:
+            for usage in entries:
+                tokens = usage.prompt_tokens + usage.completion_tokens
+                cost = self._prices.cost(usage)
+                for table in (self._totals, deltas):
+                    _add(table, usage.tenant, tokens, cost)
+            for tenant, delta in deltas.items():
+                if _REPORTABLE.match(tenant):
+                    _add(self._pending, tenant, delta.tokens, delta.cost_micro)
+                else:
+                    log.warning("tenant %r is not a catalog name; its usage is not reported",
+                                tenant)  # fmt: skip
+            if deltas:
+                self._generation += 1
         if deltas:
             self._write()
         return deltas
@@ -205,6 +221,10 @@ class UsageLedger:
         """Seal the pending deltas (at most :data:`MAX_USAGE_TENANTS` tenants; the rest stay
         pending) into a new report, kept until acknowledged. None when nothing is pending or
         :data:`MAX_UNACKNOWLEDGED` reports wait already."""
+        with self._lock:
+            return self._seal()
+
+    def _seal(self) -> UsageReport | None:
         if not self._pending or len(self._sent) >= MAX_UNACKNOWLEDGED:
             return None
         tenants: dict[str, UsageDelta] = {}
@@ -225,7 +245,8 @@ class UsageLedger:
 
     def unacknowledged(self) -> tuple[UsageReport, ...]:
         """Reports sent but not acknowledged, oldest first: re-send them on a new session."""
-        return tuple(self._sent.values())
+        with self._lock:
+            return tuple(self._sent.values())
 
     def acknowledge(self, ack: UsageAck) -> bool:
         """Forget the report ``ack`` answers, take its mesh totals and rewrite the budget
@@ -234,15 +255,21 @@ class UsageLedger:
         Raises:
             LedgerWriteFailed: the file could not be written (the totals are kept).
         """
-        if ack.epoch != self._epoch or self._sent.pop(ack.seq, None) is None:
-            return False
-        for tenant, total in ack.totals.items():
-            self._mesh[tenant] = total.cost_micro
+        with self._lock:
+            if ack.epoch != self._epoch or self._sent.pop(ack.seq, None) is None:
+                return False
+            for tenant, total in ack.totals.items():
+                self._mesh[tenant] = total.cost_micro
+            self._generation += 1
         self._write()
         return True
 
     def unreported(self, tenant: str) -> int:
         """Micro-dollars of ``tenant`` accounted here and not yet acknowledged (U)."""
+        with self._lock:
+            return self._unreported(tenant)
+
+    def _unreported(self, tenant: str) -> int:
         pending = self._pending.get(tenant, TenantUsage()).cost_micro
         sent = sum(r.tenants[tenant].cost_micro for r in self._sent.values() if tenant in r.tenants)
         return pending + sent
@@ -250,11 +277,15 @@ class UsageLedger:
     def spent_micro(self, tenant: str) -> int:
         """What the budget file says the tenant spent, in micro-dollars:
         ``max(L, M + U)`` (module doc)."""
-        local = self.totals(tenant).cost_micro
+        with self._lock:
+            return self._spent_micro(tenant)
+
+    def _spent_micro(self, tenant: str) -> int:
+        local = self._totals.get(tenant, TenantUsage()).cost_micro
         mesh = self._mesh.get(tenant)
         if mesh is None:
             return local
-        return max(local, mesh + self.unreported(tenant))
+        return max(local, mesh + self._unreported(tenant))
 
     def _load(self) -> None:
         try:
@@ -275,12 +306,22 @@ class UsageLedger:
     def _document(self) -> dict[str, object]:
         document: dict[str, object] = dict(self._foreign)
         for name, limit in sorted(self._prices.budgets.items()):
-            spent = self.spent_micro(name) / 1_000_000
+            spent = self._spent_micro(name) / 1_000_000
             document[name] = {"spent_usd": spent, "limit_usd": limit}
         return document
 
     def _write(self) -> None:
-        data = json.dumps(self._document(), sort_keys=True).encode()
+        """Write the newest state, unless a write of it (or of a newer one) happened."""
+        with self._write_lock:
+            with self._lock:
+                generation = self._generation
+                data = json.dumps(self._document(), sort_keys=True).encode()
+            if generation <= self._written:
+                return
+            self._store(data)
+            self._written = generation
+
+    def _store(self, data: bytes) -> None:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(prefix=".budget-", dir=self._path.parent)

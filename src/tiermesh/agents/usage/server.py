@@ -11,6 +11,7 @@ is logged and the stream goes on: accounting never breaks Envoy's logger.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -51,8 +52,8 @@ def usage_from_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> Usage | None:
 
 
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """Feeds every stream's HTTP entries to one :class:`UsageLedger`. Runs on the server's
-    event loop, which must be the only user of the ledger."""
+    """Feeds every stream's HTTP entries to one :class:`UsageLedger`, whose writes run in a
+    worker thread (the ledger is thread-safe)."""
 
     def __init__(self, ledger: UsageLedger) -> None:
         self._ledger = ledger
@@ -70,7 +71,8 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
             if not found:
                 continue
             try:
-                self._ledger.record(found)
+                # The ledger fsyncs its budget file: off the loop that answers ext_authz.
+                await asyncio.to_thread(self._ledger.record, found)
             except UsageError as exc:
                 log.warning("%s", exc)
         return als_pb2.StreamAccessLogsResponse()
