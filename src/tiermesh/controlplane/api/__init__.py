@@ -11,6 +11,8 @@ plane and tools can share these models without pulling in each other.
 - :class:`NodeRegistration` / :class:`NodeLoad` — what a node registers and reports over
   the registry session (:class:`SessionMessage`, :class:`SessionReply`);
   :class:`RegisteredNode` — what the control plane stores for it.
+- :class:`RequestPolicyBundle` — the served bundle's request policy a node fetches
+  (:class:`RequestPolicyQuery`) when a :class:`BundleRef` is announced.
 - :class:`DecisionRecord` — one audited decision, hash-chained and signed;
   :class:`ShipRequest` / :class:`ShipResponse` — how nodes ship them.
 """
@@ -83,6 +85,15 @@ from tiermesh.controlplane.api.registry import (
     endpoint_owner,
     registry_method_path,
 )
+from tiermesh.controlplane.api.request_policy import (
+    MAX_REQUEST_MODULES,
+    MAX_REQUEST_POLICY_BYTES,
+    REQUEST_POLICY_FOLDER,
+    REQUEST_POLICY_METHOD,
+    BundleRef,
+    RequestPolicyBundle,
+    RequestPolicyQuery,
+)
 from tiermesh.controlplane.api.resilience import (
     CircuitBreaker,
     HealthCheck,
@@ -101,6 +112,8 @@ __all__ = [
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
     "MATCH_HEADERS",
+    "MAX_REQUEST_MODULES",
+    "MAX_REQUEST_POLICY_BYTES",
     "MAX_SESSION_MESSAGE_BYTES",
     "MAX_SHIP_BYTES",
     "MAX_SHIP_RECORDS",
@@ -110,12 +123,15 @@ __all__ = [
     "PLAN_PATH",
     "PLAN_VERSION",
     "REGISTRY_VERSION",
+    "REQUEST_POLICY_FOLDER",
+    "REQUEST_POLICY_METHOD",
     "SCHEMA_MODELS",
     "SESSION_METHOD",
     "SHIP_METHOD",
     "Backend",
     "BackendPlan",
     "BackendResilience",
+    "BundleRef",
     "Catalog",
     "CatalogError",
     "CatalogProblem",
@@ -140,6 +156,8 @@ __all__ = [
     "PlanInput",
     "RateLimit",
     "RegisteredNode",
+    "RequestPolicyBundle",
+    "RequestPolicyQuery",
     "RetryPolicy",
     "RouteMatch",
     "RoutePlan",

@@ -32,6 +32,11 @@ A session, node → control plane (:class:`SessionMessage`):
    stops refreshing its lease, and the registration expires ``lease_ttl_s`` later unless the
    node reconnects first (a new registration supersedes the stale one).
 
+Bundle announcements, control plane → node: every :class:`SessionReply` names the bundle
+the control plane serves (``bundle``), and when that changes the control plane sends one
+more reply unasked. The node then fetches the bundle's request policy with the unary
+method of :mod:`tiermesh.controlplane.api.request_policy` on the same service.
+
 Status codes: UNAUTHENTICATED (no verified node SVID), PERMISSION_DENIED (a claim the SVID
 does not cover: another node id, another node's endpoint), INVALID_ARGUMENT (undecodable
 message, a first message that is not a registration, none within the server's first-message
@@ -51,6 +56,7 @@ from typing import Annotated, Final, Literal, Self
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from tiermesh.controlplane.api._base import Contract, Name, Tier
+from tiermesh.controlplane.api.request_policy import BundleRef
 
 __all__ = [
     "ENDPOINT_NAME_RULE",
@@ -315,7 +321,8 @@ class SessionMessage(Contract):
 
 class SessionReply(Contract):
     """The control plane's answer to each accepted registration, and to each usage report
-    (then ``usage`` is set and the other fields repeat the latest registration's answer)."""
+    (then ``usage`` is set and the other fields repeat the latest registration's answer);
+    also sent unasked when the served bundle changes (``bundle``)."""
 
     node_id: str
     """The registered node id."""
@@ -334,6 +341,11 @@ class SessionReply(Contract):
     usage: UsageAck | None = None
     """Set only on the answer to a usage report. Added within ``v1``: a node that sends no
     usage reports never gets one."""
+    bundle: BundleRef | None = None
+    """The bundle the control plane serves (None: none yet, or an older control plane).
+    When it changes the control plane sends a reply of its own, unasked (``usage`` None,
+    the other fields as in the latest answer); the node fetches that bundle's request
+    policy (:mod:`tiermesh.controlplane.api.request_policy`). Added within ``v1``."""
 
 
 class RegisteredNode(NodeRegistration):

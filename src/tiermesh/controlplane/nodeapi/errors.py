@@ -23,8 +23,10 @@ from tiermesh.controlplane.store.errors import StoreUnavailable
 
 __all__ = [
     "ClaimRefused",
+    "NoRequestPolicy",
     "NodeApiError",
     "PeerNotAuthenticated",
+    "RequestPolicyTooLarge",
     "SessionLost",
     "SessionProtocolError",
     "UndecodableRequest",
@@ -82,12 +84,32 @@ class SessionLost(NodeApiError):
         super().__init__(f"registration of node {node_id!r} lost: {reason}; register again")
 
 
+class NoRequestPolicy(NodeApiError):
+    """There is no request policy to give: no bundle is served yet, or the served bundle
+    has no ``request/*.rego``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"no request policy: {reason}")
+
+
+class RequestPolicyTooLarge(NodeApiError):
+    """The served bundle's request policy is over the contract's bounds."""
+
+    def __init__(self, bundle_revision: int, detail: str) -> None:
+        self.bundle_revision = bundle_revision
+        self.detail = detail
+        super().__init__(f"the request policy of bundle revision {bundle_revision} is {detail}")
+
+
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UndecodableRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (PeerNotAuthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (SessionProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (ClaimRefused, grpc.StatusCode.PERMISSION_DENIED),
     (SessionLost, grpc.StatusCode.UNAVAILABLE),
+    (NoRequestPolicy, grpc.StatusCode.NOT_FOUND),
+    (RequestPolicyTooLarge, grpc.StatusCode.FAILED_PRECONDITION),
     (JoinTokenError, grpc.StatusCode.UNAUTHENTICATED),
     (SvidVerificationError, grpc.StatusCode.UNAUTHENTICATED),
     (CsrIdentityMismatchError, grpc.StatusCode.PERMISSION_DENIED),

@@ -33,6 +33,14 @@ node's SVID decides what lands there.
   counters and a per-node sequence in one store transaction, which ``Store`` does not
   offer.
 
+- Bundle announcements and the request policy: with ``bundles`` (:class:`ServedBundles`,
+  the reconciler) every reply names the served bundle, each session has a task that waits
+  for the next served bundle and sends it as an extra reply, and ``RequestPolicy`` answers
+  with that bundle's request policy (encoded once per bundle). Waiting costs a session no
+  store call: the reconciler already watches the bundle. Replies of one session are
+  written one at a time. Without ``bundles`` nothing is announced and ``RequestPolicy``
+  answers NOT_FOUND.
+
 Task safety: construct and serve on the event loop that owns ``store``. Each session runs
 as its own set of tasks; sessions share nothing but the store and the service's memory of
 applied usage reports.
@@ -63,17 +71,20 @@ from tiermesh.controlplane.api.registry import (
     UsageReport,
     UsageTotal,
 )
+from tiermesh.controlplane.api.request_policy import REQUEST_POLICY_METHOD, RequestPolicyQuery
 from tiermesh.controlplane.identity.ca import Clock, utc_now
 from tiermesh.controlplane.identity.peer import peer_spiffe_id
 from tiermesh.controlplane.identity.spiffe_id import parse_node_spiffe_id, validate_trust_domain
 from tiermesh.controlplane.nodeapi.errors import (
     ClaimRefused,
+    NoRequestPolicy,
     PeerNotAuthenticated,
     SessionLost,
     SessionProtocolError,
     UndecodableRequest,
     status_for,
 )
+from tiermesh.controlplane.nodeapi.policy import RequestPolicies, ServedBundles, bundle_ref
 from tiermesh.controlplane.store import LeaseExpired, NodeLease, Store, StoreError, keep_alive
 
 __all__ = [
@@ -99,6 +110,12 @@ REFUSED = Counter("tiermesh_registry_refused_sessions", "Registry sessions refus
 USAGE_REPORTS = Counter(
     "tiermesh_registry_usage_reports", "Usage reports answered", ["result"]
 )  # result: applied | duplicate
+ANNOUNCEMENTS = Counter(
+    "tiermesh_registry_bundle_announcements", "Bundle changes announced on sessions"
+)
+POLICY_FETCHES = Counter(
+    "tiermesh_registry_request_policy_fetches", "RequestPolicy calls answered", ["code"]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +133,13 @@ def _decode(data: bytes) -> SessionMessage | _Undecodable:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "message"
         return _Undecodable(f"{exc.error_count()} problem(s); {where}: {first['msg']}")
+
+
+def _decode_query(data: bytes) -> RequestPolicyQuery | _Undecodable:
+    try:
+        return RequestPolicyQuery.model_validate_json(data)
+    except ValidationError as exc:
+        return _Undecodable(f"{exc.error_count()} problem(s): {exc.errors()[0]['msg']}")
 
 
 def _encode(reply: SessionReply) -> bytes:
@@ -147,6 +171,7 @@ class _Session:
         self._pending: NodeLoad | None = None
         self._load_ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
+        self._reply_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[object]] = []
 
     def check(self, registration: NodeRegistration) -> None:
@@ -190,22 +215,38 @@ class _Session:
             registration.app_port,
             self.lease.lease_id,
         )
-        self._reply = SessionReply(
-            node_id=self.node_id,
-            spiffe_id=self.spiffe_id,
-            lease_ttl_s=self.lease.ttl_s,
-            load_interval_s=self._service.load_interval_s,
-            revision=revision,
-            usage_reports=True,
-        )
-        await self._context.write(self._reply)
+        served = self._service.bundles.served_bundle if self._service.bundles else None
+        async with self._reply_lock:
+            self._reply = SessionReply(
+                node_id=self.node_id,
+                spiffe_id=self.spiffe_id,
+                lease_ttl_s=self.lease.ttl_s,
+                load_interval_s=self._service.load_interval_s,
+                revision=revision,
+                usage_reports=True,
+                bundle=bundle_ref(served) if served is not None else None,
+            )
+            await self._context.write(self._reply)
 
     async def add_usage(self, report: UsageReport) -> None:
         """Add ``report`` to the mesh-wide counters unless it was applied before, then
         answer with the totals of its tenants (module doc: duplicates)."""
         assert self._reply is not None
         ack = await self._service.apply_usage(self.node_id, report)
-        await self._context.write(self._reply.model_copy(update={"usage": ack}))
+        async with self._reply_lock:
+            await self._context.write(self._reply.model_copy(update={"usage": ack}))
+
+    async def _announce(self, bundles: ServedBundles) -> None:
+        """Send a reply naming each newly served bundle, for the session's lifetime."""
+        while True:
+            assert self._reply is not None
+            known = self._reply.bundle.revision if self._reply.bundle is not None else 0
+            bundle = await bundles.next_served_bundle(known)
+            async with self._reply_lock:
+                self._reply = self._reply.model_copy(update={"bundle": bundle_ref(bundle)})
+                await self._context.write(self._reply)
+            ANNOUNCEMENTS.inc()
+            log.debug("node %s told of bundle revision %d", self.node_id, bundle.revision)
 
     async def _revision(self) -> int:
         key = f"nodes/{self.node_id}"
@@ -261,6 +302,12 @@ class _Session:
             asyncio.create_task(keep_alive(self._store, self.lease), name="registry-lease"),
             asyncio.create_task(self._write_loads(), name=f"registry-load-{self.node_id}"),
         ]
+        if self._service.bundles is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._announce(self._service.bundles), name=f"registry-bundle-{self.node_id}"
+                )
+            )
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             exc = task.exception()
@@ -301,7 +348,8 @@ class NodeRegistryService:
     """Serves ``tiermesh.node.v1.NodeRegistry/Session`` (module doc: rules and lifetimes).
 
     ``store`` is the only place registrations go; ``trust_domain`` is the SVIDs' trust
-    domain; ``clock`` stamps ``registered_at``/``load_at``. Raises
+    domain; ``clock`` stamps ``registered_at``/``load_at``; ``bundles`` says which bundle
+    is served (module doc: bundle announcements). Raises
     ``InvalidTrustDomainError`` for a bad ``trust_domain`` and ValueError for a
     ``lease_ttl_s`` under 2 s (a third of it is the refresh period, etcd's floor is 1 s) or
     a negative interval.
@@ -316,6 +364,7 @@ class NodeRegistryService:
         load_interval_s: float = DEFAULT_LOAD_INTERVAL_S,
         first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
         clock: Clock = utc_now,
+        bundles: ServedBundles | None = None,
     ) -> None:
         validate_trust_domain(trust_domain)
         if lease_ttl_s < 2:
@@ -328,6 +377,9 @@ class NodeRegistryService:
         self.load_interval_s = load_interval_s
         self.first_message_timeout_s = first_message_timeout_s
         self.clock: Clock = clock
+        self.bundles = bundles
+        self.request_policies = RequestPolicies()
+        """The encoded request policy of the served bundle (one encoding per bundle)."""
         self._usage_applied: dict[str, tuple[str, int]] = {}
         self._usage_locks: dict[str, asyncio.Lock] = {}
 
@@ -361,17 +413,52 @@ class NodeRegistryService:
         return UsageAck(epoch=report.epoch, seq=report.seq, applied=not duplicate, totals=totals)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        """Register ``Session`` on ``server``."""
+        """Register ``Session`` and ``RequestPolicy`` on ``server``."""
         handler = grpc.stream_stream_rpc_method_handler(
             self._session, request_deserializer=_decode, response_serializer=_encode
+        )
+        policy = grpc.unary_unary_rpc_method_handler(
+            self._request_policy,
+            request_deserializer=_decode_query,
+            response_serializer=lambda data: data,
         )
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
-                    NODE_REGISTRY_SERVICE, {SESSION_METHOD: handler}
+                    NODE_REGISTRY_SERVICE, {SESSION_METHOD: handler, REQUEST_POLICY_METHOD: policy}
                 ),
             )
         )
+
+    def request_policy(self) -> bytes:
+        """The served bundle's request policy, encoded. Raises ``NoRequestPolicy`` and
+        ``RequestPolicyTooLarge``."""
+        bundle = self.bundles.served_bundle if self.bundles is not None else None
+        if bundle is None:
+            raise NoRequestPolicy("the control plane serves no bundle yet")
+        return self.request_policies.encoded(bundle)
+
+    async def _request_policy(
+        self,
+        query: RequestPolicyQuery | _Undecodable,
+        context: grpc.aio.ServicerContext[object, bytes],
+    ) -> bytes:
+        try:
+            self._peer(context)  # type: ignore[arg-type]
+            if isinstance(query, _Undecodable):
+                raise UndecodableRequest(REQUEST_POLICY_METHOD, query.detail)
+            answer = self.request_policy()
+        except Exception as exc:  # the edge: every error becomes a status
+            code, message = status_for(exc)
+            POLICY_FETCHES.labels(code.name).inc()
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("request policy call failed peer=%s", context.peer(), exc_info=exc)
+            elif code is not grpc.StatusCode.NOT_FOUND:
+                log.warning("request policy call refused peer=%s code=%s: %s",
+                            context.peer(), code.name, exc)  # fmt: skip
+            await context.abort(code, message)
+        POLICY_FETCHES.labels(grpc.StatusCode.OK.name).inc()
+        return answer
 
     def _peer(self, context: Context) -> tuple[str, str]:
         spiffe_id = peer_spiffe_id(context)

@@ -210,6 +210,7 @@ class Reconciler:
         self._serving_revision = 0
         self._serving_sha256 = ""
         self._serving_provenance: Mapping[str, JsonScalar] = MappingProxyType({})
+        self._served_bundle: Bundle | None = None
         self.last_error: ReconcileError | None = None
         """Why the latest reconcile was refused; None once one succeeds."""
         self.last_result: ReconcileResult | None = None
@@ -230,6 +231,21 @@ class Reconciler:
     def provenance(self) -> Mapping[str, JsonScalar]:
         """Provenance of the served bundle (git commit, author, dirty flag, pusher)."""
         return self._serving_provenance
+
+    @property
+    def served_bundle(self) -> Bundle | None:
+        """The bundle whose snapshots are served (None: none yet), as first read: its
+        ``etcd_revision`` is the store revision of the reconcile that first published it
+        (later reconciles of the same bundle leave it as it is)."""
+        return self._served_bundle
+
+    async def next_served_bundle(self, after_revision: int) -> Bundle:
+        """The served bundle once its revision differs from ``after_revision`` (at once if
+        it already does). Many tasks may wait; each reconcile wakes them. Cancel to stop."""
+        async with self._done:
+            while self._served_bundle is None or self._served_bundle.revision == after_revision:
+                await self._done.wait()
+            return self._served_bundle
 
     @property
     def reconcile_count(self) -> int:
@@ -591,6 +607,9 @@ class Reconciler:
         self._serving_revision = bundle.revision
         self._serving_sha256 = bundle.sha256
         self._serving_provenance = bundle.provenance
+        served = self._served_bundle
+        if served is None or (served.revision, served.sha256) != (bundle.revision, bundle.sha256):
+            self._served_bundle = bundle
         return result(
             True, published=tuple(published), removed=tuple(removed), warnings=outcome.warnings
         )

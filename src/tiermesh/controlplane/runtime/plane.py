@@ -194,6 +194,7 @@ class ControlPlane:
             config.trust_domain,
             lease_ttl_s=config.lease_ttl_s,
             load_interval_s=config.load_interval_s,
+            bundles=self._reconciler,
         )
         try:
             self._node_api = await start_node_api(
