@@ -149,13 +149,20 @@ class AuthzConfig(_Section):
     control plane compiles the ext_authz filter into the node's app listener (fail closed).
     Every decision is appended to a signed, hash-chained log in ``<state_dir>/decisions``
     and shipped to the control plane's audit collector on the node API (mTLS).
+
+    The policy is the control plane's: the served bundle's ``request/*.rego`` and catalog,
+    fetched over the node API at start and again whenever the registry session announces a
+    new bundle (swapped in without a restart; a bundle that fails to load keeps the one
+    before serving). ``policy_dir`` is the fallback for a start when the control plane
+    serves no bundle or cannot be reached; without it such a start fails.
     """
 
     enabled: bool = False
     policy_dir: Path | None = None
-    """A policy bundle directory (the shipped ``policies/``): the request policy is
-    ``<policy_dir>/request/*.rego`` and ``data.catalog`` is ``<policy_dir>/data/
-    catalog.yaml``. Read once at start: a new bundle needs an agent restart for now."""
+    """A policy bundle directory (the shipped ``policies/``), or None: the fallback when
+    the control plane has no bundle or cannot be reached at start (then the request policy
+    is ``<policy_dir>/request/*.rego`` and ``data.catalog`` is ``<policy_dir>/data/
+    catalog.yaml``, until the control plane announces a bundle)."""
     listen: HostPort = "127.0.0.1:0"
     """Where the authz server listens; keep it on loopback (only this node's Envoy calls)."""
     request_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -171,12 +178,6 @@ class AuthzConfig(_Section):
     usage there, and the agent adds the tenant's tokens and spend (``data.catalog``
     prices) to ``budget_file``, which ext_authz reads: a tenant whose spend reaches its
     ``monthly_budget_usd`` takes its budget fallback."""
-
-    @model_validator(mode="after")
-    def _needs_policy(self) -> Self:
-        if self.enabled and self.policy_dir is None:
-            raise ValueError("authz.enabled needs authz.policy_dir")
-        return self
 
 
 class AgentConfig(_Section):

@@ -9,6 +9,8 @@
   on the durable decision log; :class:`MemorySink` for tests).
 - :class:`Authorizer` — inspect, estimate, ask the budget, evaluate
   ``data.tiermesh.request.decision``, record, answer (:class:`Verdict`).
+- :func:`build_request_engine` — a new engine with a request policy that loaded and
+  answered :func:`probe_policy`; :meth:`Authorizer.use_policy` swaps it in.
 - :func:`start_authz_server` — ``envoy.service.auth.v3.Authorization/Check`` on grpc.aio.
 
 Every error derives from :class:`AuthzError`.
@@ -35,6 +37,7 @@ from tiermesh.agents.authz.decide import (
     Outcome,
     Verdict,
     build_input,
+    probe_policy,
 )
 from tiermesh.agents.authz.detectors import (
     DEFAULT_DETECTORS,
@@ -44,8 +47,17 @@ from tiermesh.agents.authz.detectors import (
     default_registry,
     detect,
 )
-from tiermesh.agents.authz.errors import AuthzError, BudgetUnavailable, DecisionNotRecorded
-from tiermesh.agents.authz.policy import load_request_policy, request_policy_modules
+from tiermesh.agents.authz.errors import (
+    AuthzError,
+    BudgetUnavailable,
+    DecisionNotRecorded,
+    PolicyRejected,
+)
+from tiermesh.agents.authz.policy import (
+    build_request_engine,
+    load_request_policy,
+    request_policy_modules,
+)
 from tiermesh.agents.authz.server import (
     AuthorizationService,
     max_message_bytes,
@@ -83,15 +95,18 @@ __all__ = [
     "JsonFileBudgetSource",
     "MemorySink",
     "Outcome",
+    "PolicyRejected",
     "StaticBudgetSource",
     "Verdict",
     "build_input",
+    "build_request_engine",
     "default_registry",
     "detect",
     "estimate_tokens",
     "inspect_body",
     "load_request_policy",
     "max_message_bytes",
+    "probe_policy",
     "request_policy_modules",
     "start_authz_server",
     "to_check_input",

@@ -13,6 +13,9 @@ outcome and answered 503: the request is never routed on a guess.
 Only headers named ``x-tiermesh-*`` with printable values are taken from the policy; the
 headers the server owns (:data:`OWNED_HEADERS`) that the decision does not set are removed
 from the request, so a caller cannot pre-set them.
+
+The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
+new one should first pass :func:`probe_policy`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Final, Literal, TypeAlias
 from tiermesh.agents.authz.body import InspectedBody, inspect_body
 from tiermesh.agents.authz.budget import UNKNOWN, BudgetSource, BudgetState
 from tiermesh.agents.authz.detectors import DetectorRegistry
-from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded
+from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded, PolicyRejected
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
 from tiermesh.controlplane.api import MATCH_HEADERS
@@ -48,6 +51,7 @@ __all__ = [
     "Outcome",
     "Verdict",
     "build_input",
+    "probe_policy",
 ]
 
 log = logging.getLogger("tiermesh.agents.authz")
@@ -185,12 +189,46 @@ def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    engine: PolicyEngine
+    bundle_revision: str | None
+    etcd_revision: int | None
+
+
+_PROBE = CheckInput(
+    method="POST",
+    path="/v1/chat/completions",
+    headers={"content-type": "application/json", "x-tiermesh-sensitivity": "public"},
+    body=b'{"messages": [{"role": "user", "content": "hello"}]}',
+)
+
+
+def probe_policy(engine: PolicyEngine) -> None:
+    """Check that ``engine`` answers a plain request with a valid decision object (allow or
+    deny both pass): what a policy must do before it replaces a serving one.
+
+    Raises:
+        PolicyRejected: the evaluation failed, or its answer is undefined or malformed.
+    """
+    body = inspect_body(_PROBE.body, max_bytes=DEFAULT_MAX_BODY_BYTES)
+    document = build_input(_PROBE, body, UNKNOWN, None)
+    try:
+        value = engine.evaluate(REQUEST_DECISION_PATH, document)
+    except PolicyError as exc:
+        raise PolicyRejected(f"the probe decision failed: {exc}") from exc
+    if value is UNDEFINED:
+        raise PolicyRejected(f"{REQUEST_DECISION_PATH} is undefined for a plain request")
+    if _valid_decision(value) is None:
+        raise PolicyRejected(f"{REQUEST_DECISION_PATH} is not a valid decision object")
+
+
 class Authorizer:
     """Decides requests with one loaded :class:`PolicyEngine` and records every decision.
 
-    Task safety: call :meth:`decide` from one event loop (the sink's and budget source's);
-    the engine is evaluated on that loop's thread (regorus keeps per-thread engines). Does
-    not own the engine, sink or budget source.
+    Task safety: call :meth:`decide` and :meth:`use_policy` from one event loop (the sink's
+    and budget source's); the engine is evaluated on that loop's thread (regorus keeps
+    per-thread engines). Does not own the engines, sink or budget source.
     """
 
     def __init__(
@@ -202,21 +240,48 @@ class Authorizer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         registry: DetectorRegistry | None = None,
         bundle_revision: str | None = None,
+        etcd_revision: int | None = None,
         snapshot_version: str | None = None,
     ) -> None:
         if max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
-        self._engine = engine
+        self._policy = _Policy(engine, bundle_revision, etcd_revision)
         self._sink = sink
         self._budget = budget
         self._max_body = max_body_bytes
         self._registry = registry
-        self.bundle_revision = bundle_revision
         self.snapshot_version = snapshot_version
 
     @property
     def max_body_bytes(self) -> int:
         return self._max_body
+
+    @property
+    def bundle_revision(self) -> str | None:
+        """The revision later decisions are stamped with."""
+        return self._policy.bundle_revision
+
+    @property
+    def etcd_revision(self) -> int | None:
+        """The store revision of the bundle later decisions are stamped with (None: a
+        policy read from local files)."""
+        return self._policy.etcd_revision
+
+    def use_policy(
+        self,
+        engine: PolicyEngine,
+        *,
+        bundle_revision: str | None,
+        etcd_revision: int | None = None,
+    ) -> PolicyEngine:
+        """Decide later requests with ``engine``, stamped with ``bundle_revision`` and
+        ``etcd_revision``; returns the engine it replaces (the caller may close it now: a
+        decision takes its engine and stamps together, then evaluates without awaiting, so
+        none is left using the old one). Does not check ``engine``: see
+        :func:`probe_policy`."""
+        previous = self._policy.engine
+        self._policy = _Policy(engine, bundle_revision, etcd_revision)
+        return previous
 
     async def decide(self, request: CheckInput) -> Verdict:
         """Decide ``request`` and return once the decision is durable.
@@ -238,7 +303,8 @@ class Authorizer:
         budget = await self._budget_state(request.headers.get(MATCH_HEADERS["tenant"]))
         document = build_input(request, body, budget, declared)
         evaluating = time.perf_counter_ns()
-        outcome, decision = self._evaluate(document)
+        policy = self._policy
+        outcome, decision = self._evaluate(policy.engine, document)
         finished = time.perf_counter_ns()
         status = {"allow": 200, "deny": 403, "error": 503}[outcome]
         entry = DecisionEntry(
@@ -251,7 +317,8 @@ class Authorizer:
                 "timer_rego_query_eval_ns": finished - evaluating,
                 "timer_server_handler_ns": finished - started,
             },
-            bundle_revision=self.bundle_revision,
+            bundle_revision=policy.bundle_revision,
+            etcd_revision=policy.etcd_revision,
             snapshot_version=self.snapshot_version,
             decision_id=decision_id,
         )
@@ -279,9 +346,11 @@ class Authorizer:
             log.warning("budget unknown for this request: %s", exc)
             return UNKNOWN
 
-    def _evaluate(self, document: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    def _evaluate(
+        self, engine: PolicyEngine, document: dict[str, Any]
+    ) -> tuple[Outcome, dict[str, Any]]:
         try:
-            value = self._engine.evaluate(REQUEST_DECISION_PATH, document)
+            value = engine.evaluate(REQUEST_DECISION_PATH, document)
         except PolicyError as exc:
             log.error("request policy failed: %s", exc)
             return "error", _error_decision(f"policy error: {exc}")

@@ -6,7 +6,7 @@ be recorded is never answered OK (Envoy then fails closed with ``status_on_error
 
 from __future__ import annotations
 
-__all__ = ["AuthzError", "BudgetUnavailable", "DecisionNotRecorded"]
+__all__ = ["AuthzError", "BudgetUnavailable", "DecisionNotRecorded", "PolicyRejected"]
 
 
 class AuthzError(Exception):
@@ -29,3 +29,14 @@ class DecisionNotRecorded(AuthzError):
         self.decision_id = decision_id
         self.reason = reason
         super().__init__(f"decision {decision_id} could not be recorded: {reason}")
+
+
+class PolicyRejected(AuthzError):
+    """A request policy did not load, or loaded but failed the probe decision; the one
+    serving before it keeps serving."""
+
+    def __init__(self, reason: str, *, revision: str | None = None) -> None:
+        self.reason = reason
+        self.revision = revision
+        what = f"request policy {revision}" if revision else "request policy"
+        super().__init__(f"{what} rejected: {reason}")

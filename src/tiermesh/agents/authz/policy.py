@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tiermesh.agents.authz.decide import probe_policy
+from tiermesh.agents.authz.errors import PolicyRejected
 from tiermesh.rego import JSONValue, PolicyEngine
 
-__all__ = ["load_request_policy", "request_policy_modules"]
+__all__ = ["build_request_engine", "load_request_policy", "request_policy_modules"]
 
 
 def request_policy_modules(directory: str | Path) -> dict[str, str]:
@@ -34,3 +36,34 @@ def load_request_policy(
     """Load the policy of ``directory`` with ``data`` (``request_config``, optionally
     ``catalog``) into ``engine``, replacing what it held. Raises the engine's errors."""
     engine.load(request_policy_modules(directory), data)
+
+
+def build_request_engine(
+    factory: Callable[[], PolicyEngine],
+    modules: Mapping[str, str],
+    data: Mapping[str, JSONValue],
+    *,
+    revision: str | None = None,
+) -> PolicyEngine:
+    """A new engine from ``factory`` holding ``modules`` and ``data`` that passed
+    :func:`~tiermesh.agents.authz.decide.probe_policy`; the caller owns it. Evaluates once
+    on the calling thread (regorus then has that thread's engines built).
+
+    Raises:
+        PolicyRejected: the engine refused the modules or the probe failed (``revision``
+            names the policy in the message); the new engine is closed.
+    """
+    engine = factory()
+    try:
+        try:
+            engine.load(modules, data)
+        except Exception as exc:  # the engine's own errors, whatever the engine
+            raise PolicyRejected(f"{type(exc).__name__}: {exc}", revision=revision) from exc
+        try:
+            probe_policy(engine)
+        except PolicyRejected as exc:
+            raise PolicyRejected(exc.reason, revision=revision) from exc
+    except BaseException:
+        engine.close()
+        raise
+    return engine

@@ -3,11 +3,13 @@ started in order and stopped in reverse.
 
 Start order (each step needs the ones before): ports checked free → SVID (saved or joined)
 → rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
-when ``authz.enabled`` (ext_authz server on loopback, decision log, shipper; see
+when ``authz.enabled`` (the served bundle's request policy fetched from the control plane,
+ext_authz server on loopback, decision log, shipper; see
 :mod:`~tiermesh.agents.runtime.requests`) → Envoy bootstrap written → model server healthy
 → Envoy answering its admin port → registry session accepted (with ``authz_port``, so the
 compiled listener checks every request, and ``mesh_port`` when ``mesh_listen`` is set;
-the session also carries the usage ledger's reports and brings back mesh-wide spend).
+the session also carries the usage ledger's reports, brings back mesh-wide spend and
+announces new bundles, whose request policy then replaces the running one).
 A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError` (or a
 model-server error) naming its cause, after everything already started was stopped.
 
@@ -181,6 +183,7 @@ class NodeAgent:
             measure=self.measure_load,
             interval_s=config.load_interval_s,
             usage=self.requests.ledger if self.requests is not None else None,
+            on_bundle=self.requests.announce if self.requests is not None else None,
         )
         self._tasks.append(asyncio.create_task(self.session.run(), name="registry-session"))
         try:

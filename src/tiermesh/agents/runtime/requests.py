@@ -1,8 +1,7 @@
 """The node's request-time policy: ext_authz server, decision log and its shipper.
 
 :class:`RequestPolicy` starts, in order: the request policy loaded into a regorus engine
-(``<policy_dir>/request`` with ``data.catalog`` from ``<policy_dir>/data/catalog.yaml`` and
-``data.request_config`` from node.yaml) → the decision log in ``<state_dir>/decisions``
+and probed (see Where the policy comes from) → the decision log in ``<state_dir>/decisions``
 (signed with the node's current SVID) → the authz gRPC server on loopback → the usage
 server when ``authz.usage_listen`` is set (access logs → tokens and spend per tenant, at
 ``data.catalog`` prices, into the budget file the authz server reads; :attr:`ledger` is
@@ -13,9 +12,21 @@ node's SVID). :meth:`RequestPolicy.stop` undoes it in reverse: no new checks, pe
 records written, one last shipping attempt, then the shipper is cancelled (unshipped
 records stay in the spool and go out after the next start).
 
-``bundle_revision`` on every decision is ``sha256:<hex>`` of the loaded policy files and
-data; ``snapshot_version`` is what :meth:`RequestPolicy.set_snapshot_version` was last
-told (the agent reads its Envoy's route version with each load report).
+Where the policy comes from: the control plane's served bundle (its ``request/*.rego``
+and catalog, with ``data.request_config`` from node.yaml), fetched over the node API at
+start; then the :class:`~tiermesh.agents.runtime.policy_sync.PolicySync` follows each
+bundle the registry session announces (:meth:`RequestPolicy.announce`), swapping a new
+engine in for the authorizer and new prices in for the usage ledger, without a restart. Only
+when the control plane serves no bundle or cannot be reached at start, or its bundle's
+policy is rejected, does the agent start from ``authz.policy_dir`` (``<policy_dir>/request``
+and ``<policy_dir>/data/catalog.yaml``), if set; a later announcement still replaces it.
+With neither the start fails, naming both.
+
+``bundle_revision`` on every decision is ``sha256:<bundle sha256>`` with the bundle's
+``etcd_revision`` for a fetched policy, ``sha256:<hex>`` of the files and data (no etcd
+revision) for a local one; ``snapshot_version`` is what
+:meth:`RequestPolicy.set_snapshot_version` was last told (the agent reads its Envoy's
+route version with each load report).
 """
 
 from __future__ import annotations
@@ -34,16 +45,26 @@ from tiermesh.agents.authz import (
     Authorizer,
     DecisionLogSink,
     JsonFileBudgetSource,
+    PolicyRejected,
+    build_request_engine,
     request_policy_modules,
     start_authz_server,
 )
 from tiermesh.agents.config import AgentConfig
 from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StoreSigner
 from tiermesh.agents.identity import SvidStore
+from tiermesh.agents.identity.join_client import NodeApiCallError
 from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.agents.runtime.policy_sync import (
+    NodeApiPolicySource,
+    PolicySync,
+    RequestPolicySource,
+    bundle_data,
+    bundle_revision,
+)
 from tiermesh.agents.usage import Prices, UsageLedger, start_usage_server
-from tiermesh.controlplane.api import Catalog
-from tiermesh.rego import RegorusEngine
+from tiermesh.controlplane.api import BundleRef, Catalog
+from tiermesh.rego import PolicyEngine, RegorusEngine
 
 __all__ = ["RequestPolicy", "policy_data"]
 
@@ -59,7 +80,8 @@ def policy_data(config: AgentConfig) -> tuple[dict[str, str], dict[str, Any]]:
         StartFailed: the policy or the catalog cannot be read.
     """
     folder = config.authz.policy_dir
-    assert folder is not None, "authz.enabled without policy_dir is refused by the schema"
+    if folder is None:
+        raise StartFailed("the request policy", "authz.policy_dir is not set")
     try:
         modules = request_policy_modules(folder / "request")
         catalog_file = folder / "data" / "catalog.yaml"
@@ -82,12 +104,21 @@ def _revision(modules: dict[str, str], data: dict[str, Any]) -> str:
 
 class RequestPolicy:
     """See the module docstring. One event loop (the agent's); ``start`` then ``stop``
-    (idempotent, always safe)."""
+    (idempotent, always safe). ``source`` is where served bundles are fetched (default:
+    the node API of ``config.control_plane``)."""
 
-    def __init__(self, config: AgentConfig, store: SvidStore) -> None:
+    def __init__(
+        self, config: AgentConfig, store: SvidStore, *, source: RequestPolicySource | None = None
+    ) -> None:
         self._config = config
         self._store = store
-        self._engine: RegorusEngine | None = None
+        cp = config.control_plane
+        self._source: RequestPolicySource = source or NodeApiPolicySource(
+            store, cp.node_api, cp.tls_server_name
+        )
+        self.sync: PolicySync | None = None
+        """Follows announced bundles (None before :meth:`start`)."""
+        self._syncing: asyncio.Task[None] | None = None
         self._log: DecisionLog | None = None
         self._server: grpc.aio.Server | None = None
         self._shipper: Shipper | None = None
@@ -111,21 +142,67 @@ class RequestPolicy:
             await self.stop()
             raise
 
+    async def _initial(self) -> tuple[PolicyEngine, str, BundleRef | None, dict[str, Any]]:
+        """The first policy: (engine, revision, served bundle or None, data)."""
+        config = self._config
+        why: str
+        try:
+            served = await self._source.fetch()
+        except (NodeApiCallError, ValueError) as exc:
+            served, why = None, f"unreachable: {exc}"
+        else:
+            why = "no bundle with a request policy is served"
+        if served is not None:
+            data = bundle_data(served, dict(config.authz.request_config))
+            revision = bundle_revision(served.bundle)
+            try:
+                engine = await asyncio.to_thread(
+                    build_request_engine, RegorusEngine, served.modules, data, revision=revision
+                )
+            except PolicyRejected as exc:
+                why = str(exc)
+            else:
+                log.info("request policy from bundle revision %d (%s)",
+                         served.bundle.revision, revision)  # fmt: skip
+                return engine, revision, served.bundle, data
+        if config.authz.policy_dir is None:
+            raise StartFailed(
+                "the request policy",
+                f"the control plane's is not usable ({why}) and authz.policy_dir is not set",
+            )
+        log.warning("request policy from %s: the control plane's is not usable (%s)",
+                    config.authz.policy_dir, why)  # fmt: skip
+        modules, data = policy_data(config)
+        revision = _revision(modules, data)
+        try:
+            engine = build_request_engine(RegorusEngine, modules, data, revision=revision)
+        except PolicyRejected as exc:
+            raise StartFailed("the request policy", str(exc)) from exc
+        return engine, revision, None, data
+
     async def _start(self) -> None:
         config = self._config
-        modules, data = policy_data(config)
-        self._engine = engine = RegorusEngine()
-        try:
-            engine.load(modules, data)
-        except Exception as exc:
-            raise StartFailed("the request policy", f"{type(exc).__name__}: {exc}") from exc
+        engine, revision, served, data = await self._initial()
         self._log = decisions = DecisionLog(config.decision_dir, StoreSigner(self._store))
-        await decisions.start()
+        try:
+            await decisions.start()
+        except BaseException:
+            engine.close()
+            raise
         self._authorizer = Authorizer(
             engine,
             DecisionLogSink(decisions),
             JsonFileBudgetSource(config.budget_file),
-            bundle_revision=_revision(modules, data),
+            bundle_revision=revision,
+            etcd_revision=served.etcd_revision if served is not None else None,
+        )
+        self.sync = PolicySync(
+            self._authorizer,
+            engine,
+            self._source,
+            engine_factory=RegorusEngine,
+            request_config=dict(config.authz.request_config),
+            current=served,
         )
         try:
             self._server, self.port = await start_authz_server(
@@ -135,6 +212,8 @@ class RequestPolicy:
             raise StartFailed("the authz server", str(exc)) from exc
         if config.authz.usage_listen is not None:
             await self._start_usage(config, data)
+            self.sync.ledger = self.ledger
+        self._syncing = asyncio.create_task(self.sync.run(), name="request-policy-sync")
         cp = config.control_plane
         if cp.audit:
             client = GrpcShipClient(
@@ -162,6 +241,11 @@ class RequestPolicy:
         self.ledger = ledger
         log.info("usage accounted on port %d into %s", self.usage_port, ledger.path)
 
+    def announce(self, bundle: BundleRef) -> None:
+        """The control plane serves ``bundle`` (from the registry session): follow it."""
+        if self.sync is not None:
+            self.sync.announce(bundle)
+
     def set_snapshot_version(self, version: str | None) -> None:
         """Stamp later decisions with the node's route snapshot version."""
         if self._authorizer is not None:
@@ -175,6 +259,11 @@ class RequestPolicy:
         usage, self._usage = self._usage, None
         if usage is not None:
             await usage.stop(0.5)
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await syncing
         shipping, self._shipping = self._shipping, None
         if shipping is not None:
             shipping.cancel()
@@ -192,6 +281,6 @@ class RequestPolicy:
                 await decisions.close()
             except Exception:
                 log.exception("closing the decision log failed")
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.close()
+        sync, self.sync = self.sync, None
+        if sync is not None:
+            sync.close()

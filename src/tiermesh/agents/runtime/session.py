@@ -14,6 +14,10 @@ Usage: with a ``usage`` outbox (the node's
 sends one new report after each load report when there is something to send, and one last
 one before goodbye. Every acknowledgement read from the stream goes to the outbox. An
 older control plane (no ``usage_reports``) gets no reports; they stay in the outbox.
+
+Bundles: every reply that names the served bundle (``SessionReply.bundle``; the control
+plane sends one unasked when it changes) goes to ``on_bundle``, the node's
+:class:`~tiermesh.agents.runtime.policy_sync.PolicySync`, which fetches it if it is new.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import grpc
 
 from tiermesh.agents.identity import Backoff, SvidStore
 from tiermesh.controlplane.api import (
+    BundleRef,
     NodeLoad,
     NodeRegistration,
     SessionMessage,
@@ -89,6 +94,7 @@ class RegistrySession:
         interval_s: float = 1.0,
         backoff: Backoff | None = None,
         usage: UsageOutbox | None = None,
+        on_bundle: Callable[[BundleRef], None] | None = None,
     ) -> None:
         self._store = store
         self._registration = registration
@@ -98,6 +104,7 @@ class RegistrySession:
         self._interval_s = interval_s
         self._backoff = backoff or Backoff(initial=0.5, maximum=10.0)
         self._usage = usage
+        self._on_bundle = on_bundle
         self._registered = asyncio.Event()
         self._leaving = asyncio.Event()
         self._call: Any = None
@@ -161,6 +168,7 @@ class RegistrySession:
                 self.last_error = None
                 self._registered.set()
                 log.info("registered as %s (lease %ds)", reply.spiffe_id, reply.lease_ttl_s)
+                self._bundle(reply)
                 usage = self._usage if reply.usage_reports else None
                 reader = asyncio.create_task(self._drain_replies(call))
                 try:
@@ -196,6 +204,7 @@ class RegistrySession:
             reply = await call.read()
             if not isinstance(reply, SessionReply):
                 return  # end of stream
+            self._bundle(reply)
             if reply.usage is None:
                 self.reply = reply
             elif self._usage is not None:
@@ -203,6 +212,13 @@ class RegistrySession:
                     await asyncio.to_thread(self._usage.acknowledge, reply.usage)
                 except Exception as exc:  # noqa: BLE001 - accounting never ends the session
                     log.warning("usage acknowledgement not applied: %s", exc)
+
+    def _bundle(self, reply: SessionReply) -> None:
+        if reply.bundle is not None and self._on_bundle is not None:
+            try:
+                self._on_bundle(reply.bundle)
+            except Exception as exc:  # noqa: BLE001 - a policy update never ends the session
+                log.warning("bundle announcement not taken: %s", exc)
 
     async def _say_goodbye(self, call: Any, reader: asyncio.Task[None]) -> None:
         """Send goodbye, half-close, and wait for the server to end the stream (it revokes

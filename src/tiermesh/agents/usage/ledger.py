@@ -215,6 +215,26 @@ class UsageLedger:
             self._write()
         return deltas
 
+    def replace_prices(self, prices: Prices) -> None:
+        """Price later usage with ``prices`` (a new catalog) and rewrite the budget file with
+        its budgets. Totals, pending and unacknowledged reports and mesh totals are kept;
+        a tenant new to the catalog whose entry the file held takes its ``spent_usd``, as
+        at start; a tenant the catalog dropped leaves the file (its totals are kept, and
+        come back if it returns).
+
+        Raises:
+            LedgerWriteFailed: the file could not be written (the new prices apply anyway).
+        """
+        with self._lock:
+            for name in [n for n in self._foreign if n in prices.budgets]:
+                entry = self._foreign.pop(name)
+                spent = entry.get("spent_usd") if isinstance(entry, dict) else None
+                if name not in self._totals and isinstance(spent, int | float):
+                    self._totals[name] = TenantUsage(0, round(float(spent) * 1_000_000))
+            self._prices = prices
+            self._generation += 1
+        self._write()
+
     # -- reporting ------------------------------------------------------------------------
 
     def next_report(self) -> UsageReport | None:

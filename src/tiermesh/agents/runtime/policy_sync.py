@@ -1,0 +1,284 @@
+"""The node's request policy following the control plane's bundle.
+
+:class:`NodeApiPolicySource` fetches the served bundle's request policy over the node API
+(mTLS with the node's SVID; :mod:`tiermesh.controlplane.api.request_policy`).
+:class:`PolicySync` holds the engine the :class:`~tiermesh.agents.authz.Authorizer`
+decides with and replaces it when the registry session announces another bundle: fetch →
+load into a new engine → probe decision (:func:`~tiermesh.agents.authz.build_request_engine`)
+→ swap in for the authorizer in one step → close the old engine → new catalog prices for
+the usage ledger. A bundle that fails any step is logged with the reason and the policy
+serving before keeps serving; it is not fetched again until another bundle is announced.
+A fetch that fails (control plane unreachable) is retried with backoff while the
+announcement stands.
+
+Decisions made with a fetched policy carry ``bundle_revision`` ``sha256:<bundle sha256>``
+and ``etcd_revision`` of the bundle (:class:`~tiermesh.controlplane.api.BundleRef`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+import grpc
+
+from tiermesh.agents.authz import (
+    Authorizer,
+    PolicyRejected,
+    build_request_engine,
+    probe_policy,
+)
+from tiermesh.agents.identity import Backoff, SvidStore
+from tiermesh.agents.identity.join_client import NodeApiCallError
+from tiermesh.agents.usage import Prices, UsageLedger
+from tiermesh.controlplane.api import (
+    MAX_REQUEST_POLICY_BYTES,
+    REQUEST_POLICY_METHOD,
+    BundleRef,
+    RequestPolicyBundle,
+    RequestPolicyQuery,
+    registry_method_path,
+)
+from tiermesh.rego import JSONValue, PolicyEngine
+
+__all__ = [
+    "NodeApiPolicySource",
+    "PolicySync",
+    "RequestPolicySource",
+    "bundle_data",
+    "bundle_revision",
+]
+
+log = logging.getLogger("tiermesh.agent")
+
+_UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_CALL_TIMEOUT_S: Final = 5.0
+
+
+class RequestPolicySource(Protocol):
+    """Where the served bundle's request policy comes from."""
+
+    async def fetch(self) -> RequestPolicyBundle | None:
+        """The served bundle's request policy; None: the control plane serves none (no
+        bundle yet, or one without a request policy). Raises ``NodeApiCallError``
+        (unreachable, refused) or ``ValueError`` (an answer that is not the contract)."""
+        ...
+
+
+def bundle_revision(ref: BundleRef) -> str:
+    """What decisions made with ``ref``'s policy carry as ``bundle_revision``."""
+    return f"sha256:{ref.sha256}"
+
+
+def bundle_data(
+    policy: RequestPolicyBundle, request_config: dict[str, Any]
+) -> dict[str, JSONValue]:
+    """The policy's data document: ``request_config`` (the node's) and ``catalog`` (the
+    bundle's, as the compile-time policy sees it)."""
+    data: dict[str, JSONValue] = {"request_config": dict(request_config)}
+    if policy.catalog is not None:
+        data["catalog"] = policy.catalog.model_dump(mode="json")
+    return data
+
+
+class NodeApiPolicySource:
+    """Fetches over the node API with the store's current SVID, trying ``addresses`` in
+    order and moving on only when one is unreachable."""
+
+    def __init__(
+        self,
+        store: SvidStore,
+        addresses: Sequence[str],
+        server_name: str,
+        *,
+        timeout_s: float = _CALL_TIMEOUT_S,
+    ) -> None:
+        self._store = store
+        self._addresses = tuple(addresses)
+        self._server_name = server_name
+        self._timeout_s = timeout_s
+
+    async def fetch(self) -> RequestPolicyBundle | None:
+        current = self._store.require()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=current.bundle_pem(),
+            private_key=current.key_pem(),
+            certificate_chain=current.chain_pem(),
+        )
+        options = [
+            ("grpc.ssl_target_name_override", self._server_name),
+            ("grpc.max_receive_message_length", MAX_REQUEST_POLICY_BYTES),
+        ]
+        last: NodeApiCallError | None = None
+        for address in self._addresses:
+            async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
+                call = channel.unary_unary(
+                    registry_method_path(REQUEST_POLICY_METHOD),
+                    request_serializer=lambda q: q.model_dump_json().encode(),
+                    response_deserializer=RequestPolicyBundle.model_validate_json,
+                )
+                try:
+                    answer: RequestPolicyBundle = await call(
+                        RequestPolicyQuery(), timeout=self._timeout_s
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is grpc.StatusCode.NOT_FOUND:
+                        return None
+                    last = NodeApiCallError(REQUEST_POLICY_METHOD, exc.code(), exc.details() or "")
+                    if exc.code() in _UNREACHABLE:
+                        continue
+                    raise last from exc
+            return answer
+        assert last is not None
+        raise last
+
+
+class PolicySync:
+    """Owns the request engine the authorizer uses and follows announced bundles (module
+    doc).
+
+    Task safety: one event loop (the authorizer's). :meth:`announce` may be called any time
+    (it only records the wish); :meth:`run` is one task; :meth:`adopt` may also be awaited
+    directly (tests, the start). :meth:`close` closes the engine in use.
+    """
+
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        engine: PolicyEngine,
+        source: RequestPolicySource,
+        *,
+        engine_factory: Callable[[], PolicyEngine],
+        request_config: dict[str, Any],
+        ledger: UsageLedger | None = None,
+        current: BundleRef | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._authorizer = authorizer
+        self._engine = engine
+        self._source = source
+        self._factory = engine_factory
+        self._request_config = dict(request_config)
+        self.ledger = ledger
+        """The usage ledger whose prices follow the catalog (set it once it exists)."""
+        self._backoff = backoff or Backoff(initial=0.5, maximum=10.0)
+        self.current = current
+        """The bundle the authorizer decides with (None: a policy from local files)."""
+        self.rejected: BundleRef | None = None
+        """The latest bundle that failed to load or to probe."""
+        self.last_error: str | None = None
+        """Why the latest fetch or load failed (None after a success)."""
+        self.swaps = 0
+        """How many times a new policy was swapped in."""
+        self._wanted: BundleRef | None = None
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    def announce(self, ref: BundleRef) -> None:
+        """The control plane serves ``ref``: fetch it unless it is the one in use or the
+        one that was just rejected. Never raises."""
+        if ref in (self.current, self.rejected) or ref == self._wanted:
+            return
+        self._wanted = ref
+        self._wake.set()
+
+    async def adopt(self, policy: RequestPolicyBundle) -> bool:
+        """Load ``policy`` into a new engine, probe it and swap it in; False (logged, the
+        old policy kept) if it is rejected."""
+        ref = policy.bundle
+        revision = bundle_revision(ref)
+        try:
+            engine = await asyncio.to_thread(self._load, policy, revision)
+            try:
+                # Again on this thread: regorus builds engines per thread, so the first
+                # decision after the swap does not pay for parsing the modules.
+                probe_policy(engine)
+            except PolicyRejected:
+                engine.close()
+                raise
+        except PolicyRejected as exc:
+            self.rejected = ref
+            self.last_error = str(exc)
+            log.error(
+                "bundle revision %d (%s) not adopted, still deciding with %s: %s",
+                ref.revision,
+                revision,
+                self._authorizer.bundle_revision,
+                exc.reason,
+            )
+            return False
+        old = self._authorizer.use_policy(
+            engine, bundle_revision=revision, etcd_revision=ref.etcd_revision
+        )
+        self._engine = engine
+        old.close()
+        self.current = ref
+        self.last_error = None
+        self.swaps += 1
+        log.info(
+            "request policy now bundle revision %d (%s, etcd revision %d, %d module(s))",
+            ref.revision,
+            revision,
+            ref.etcd_revision,
+            len(policy.modules),
+        )
+        self._new_prices(policy)
+        async with self._changed:
+            self._changed.notify_all()
+        return True
+
+    def _load(self, policy: RequestPolicyBundle, revision: str) -> PolicyEngine:
+        data = bundle_data(policy, self._request_config)
+        return build_request_engine(self._factory, policy.modules, data, revision=revision)
+
+    def _new_prices(self, policy: RequestPolicyBundle) -> None:
+        if self.ledger is None or policy.catalog is None:
+            return
+        try:
+            self.ledger.replace_prices(Prices.from_catalog(policy.catalog))
+        except Exception as exc:  # noqa: BLE001 - accounting never undoes a policy swap
+            log.warning("usage prices of bundle revision %d not written: %s",
+                        policy.bundle.revision, exc)  # fmt: skip
+
+    async def wait_current(self, predicate: Callable[[BundleRef | None], bool]) -> None:
+        """Return once ``predicate(current)`` holds (tests, tools)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self.current))
+
+    async def run(self) -> None:
+        """Fetch and adopt each announced bundle until cancelled. Never raises otherwise."""
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wanted = self._wanted
+            if wanted is None or wanted in (self.current, self.rejected):
+                continue
+            try:
+                policy = await self._source.fetch()
+            except (NodeApiCallError, ValueError) as exc:
+                failures += 1
+                self.last_error = f"fetching bundle revision {wanted.revision}: {exc}"
+                delay = self._backoff.delay(failures)
+                log.warning("%s; retrying in %.1fs", self.last_error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.set()
+                continue
+            failures = 0
+            if policy is None:
+                log.warning("bundle revision %d announced but the control plane serves no "
+                            "request policy; keeping %s", wanted.revision,
+                            self._authorizer.bundle_revision)  # fmt: skip
+                self.rejected = wanted
+                continue
+            if policy.bundle in (self.current, self.rejected):
+                continue
+            await self.adopt(policy)
+
+    def close(self) -> None:
+        """Close the engine in use (after the authorizer stopped deciding)."""
+        self._engine.close()
