@@ -402,6 +402,7 @@ class LocalMesh:
             },
             "cloud_standins": {name: s.base_url for name, s in self.standins.items()},
             "cloud_control": self.cloud_control.url if self.cloud_control else None,
+            "etcd": {"endpoint": self.etcd.endpoint if self.etcd else None, "root": self.root},
         }
 
     # -- stop ------------------------------------------------------------------------------
