@@ -17,7 +17,10 @@ node's SVID decides what lands there.
   ends (goodbye, half-close, a refused message) revokes it. A session that is cancelled (the
   client vanished, or this server is stopping) only stops refreshing, so the registration
   expires ``lease_ttl_s`` later — a node that reconnects to any replica within that time
-  keeps its routes without a flap.
+  keeps its routes without a flap. gRPC may end a vanished client's message stream (or
+  fail a read or write) before it marks the call cancelled; a stream that ends without a
+  goodbye message, or fails, is therefore checked for cancellation for a moment
+  (`_vanished`) before it is taken as the node leaving or being refused.
 - Load reports are coalesced: at most one store write per ``load_interval_s``, and the
   newest report is the one written.
 - Usage reports are applied in the order they arrive, one ``Store.add_usage`` per tenant
@@ -146,8 +149,28 @@ def _encode(reply: SessionReply) -> bytes:
     return reply.model_dump_json().encode()
 
 
+_VANISHED_GRACE_S: Final = 0.2
+
+
+async def _vanished(context: Context) -> bool:
+    """Whether the client went away (connection lost, call cancelled) rather than ending the
+    session. gRPC can end a vanished client's message stream, or fail a read or write,
+    a moment before it marks the call cancelled, so a stream that ended without goodbye
+    is given :data:`_VANISHED_GRACE_S` to show which it was."""
+    deadline = asyncio.get_running_loop().time() + _VANISHED_GRACE_S
+    while not context.cancelled():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
 class _Goodbye:
-    """Marker: the node ended the session on purpose."""
+    """The node ended the session: with a goodbye message (``said``), or by half-closing
+    its side of the stream, which a vanished client can look like (see `_session`)."""
+
+    said: bool
 
 
 class _Session:
@@ -285,17 +308,18 @@ class _Session:
             if isinstance(message, _Undecodable):
                 raise UndecodableRequest(SESSION_METHOD, message.detail)
             if message.goodbye:
-                return _Goodbye()
+                return _Goodbye(said=True)
             if message.registration is not None:
                 await self.register(message.registration)
             elif message.load is not None:
                 self.report(message.load)
             elif message.usage is not None:
                 await self.add_usage(message.usage)
-        return _Goodbye()  # a half-close is a goodbye too
+        return _Goodbye(said=False)  # a half-close is a goodbye too
 
-    async def run(self, requests: AsyncIterator[SessionMessage | _Undecodable]) -> None:
-        """Serve the session until the node leaves (returns) or something fails (raises)."""
+    async def run(self, requests: AsyncIterator[SessionMessage | _Undecodable]) -> _Goodbye:
+        """Serve the session until the node leaves (returns how) or something fails
+        (raises)."""
         assert self.lease is not None
         self._tasks = [
             asyncio.create_task(self._read(requests), name=f"registry-read-{self.node_id}"),
@@ -315,6 +339,9 @@ class _Session:
                 raise SessionLost(self.node_id, "its lease expired or was superseded") from exc
             if exc is not None:
                 raise exc
+        reader = self._tasks[0]
+        ended = reader.result() if reader in done else None
+        return ended if isinstance(ended, _Goodbye) else _Goodbye(said=False)
 
     async def stop(self, *, revoke: bool) -> None:
         """Stop the session's tasks; ``revoke`` deletes the registration now (else it
@@ -497,18 +524,22 @@ class NodeRegistryService:
             session = _Session(self, context, spiffe_id, node_id)
             iterator = aiter(requests)
             await session.register(await self._first(iterator))
-            await session.run(iterator)
+            ended = await session.run(iterator)
         except asyncio.CancelledError:
             if session is not None:
                 await session.stop(revoke=False)
             raise
         except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
+            if await _vanished(context):
+                if session is not None:
+                    await session.stop(revoke=False)
+                return
             if session is not None:
                 await session.stop(revoke=True)
             await self._refuse(context, exc)
         else:
             assert session is not None
-            await session.stop(revoke=True)
+            await session.stop(revoke=ended.said or not await _vanished(context))
         finally:
             SESSIONS.dec()
 
