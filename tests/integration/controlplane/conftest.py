@@ -9,12 +9,9 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.svids import issue_svid, node_api_channel
 from tiermesh.controlplane.api import SessionMessage, SessionReply, registry_method_path
-from tiermesh.controlplane.api.join import control_plane_dns_name
 from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -48,31 +45,11 @@ class Registry:
 
     def svid(self, node_id: str) -> tuple[bytes, bytes]:
         """(chain PEM, key PEM) of a fresh SVID for ``node_id``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.PEM)
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return self.ca.issue(csr, node_id).chain_pem(), key_pem
+        return issue_svid(self.ca, node_id)
 
     def channel(self, node_id: str | None) -> grpc.aio.Channel:
         """A channel to the node port with ``node_id``'s SVID, or to the join port (None)."""
-        client = self.svid(node_id) if node_id is not None else None
-        credentials = grpc.ssl_channel_credentials(
-            self.ca.bundle().to_pem(),
-            private_key=client[1] if client else None,
-            certificate_chain=client[0] if client else None,
-        )
-        target = self.api.node_target if client else self.api.join_target
-        options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
-        return grpc.aio.secure_channel(target, credentials, options=options)
+        return node_api_channel(self.ca, self.api, TD, node_id)
 
 
 def open_session(channel: grpc.aio.Channel) -> Call:

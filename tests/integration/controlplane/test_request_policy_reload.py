@@ -15,17 +15,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
+from tests.support.svids import node_material
 from tests.unit.reconciler.fake_compiler import FakeCompiler
 from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.agents.config import AgentConfig
 from tiermesh.agents.decisionlog.spool import SpoolPaths, decode_line, list_segments
 from tiermesh.agents.identity import SvidStore
-from tiermesh.agents.identity.material import load_material
 from tiermesh.agents.runtime.requests import RequestPolicy
 from tiermesh.agents.runtime.session import RegistrySession
 from tiermesh.controlplane.api import DecisionRecord, NodeLoad, NodeRegistration
@@ -102,18 +99,6 @@ class Mesh:
                 if str(record.decision_id) == decision_id:
                     return record
         raise AssertionError(f"decision {decision_id} not in the spool")
-
-
-def node_material(ca: LocalCertificateAuthority, node_id: str) -> object:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    issued = ca.issue(csr, node_id)
-    return load_material(key, issued.chain_pem(), ca.bundle().to_pem(), now=dt.datetime.now(dt.UTC))
 
 
 async def _idle() -> NodeLoad:

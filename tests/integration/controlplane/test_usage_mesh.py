@@ -6,22 +6,18 @@ routes planned on every node, one that never saw its traffic included."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.integration.controlplane.conftest import Registry
+from tests.support.svids import node_material
 from tests.unit.reconciler.fake_compiler import FakeCompiler
 from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.agents.identity import SvidStore
-from tiermesh.agents.identity.material import load_material
 from tiermesh.agents.runtime.session import RegistrySession
 from tiermesh.agents.usage import Prices, Usage, UsageLedger
 from tiermesh.controlplane.api import NodeLoad, NodeRegistration
@@ -79,17 +75,7 @@ class Mesh:
 
 
 def material(registry: Registry, node_id: str) -> object:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    issued = registry.ca.issue(csr, node_id)
-    return load_material(
-        key, issued.chain_pem(), registry.ca.bundle().to_pem(), now=dt.datetime.now(dt.UTC)
-    )
+    return node_material(registry.ca, node_id)
 
 
 async def wait_until(

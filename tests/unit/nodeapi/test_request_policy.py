@@ -10,10 +10,8 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.svids import node_api_channel
 from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.controlplane.api import (
     REQUEST_POLICY_METHOD,
@@ -24,7 +22,6 @@ from tiermesh.controlplane.api import (
     SessionReply,
     registry_method_path,
 )
-from tiermesh.controlplane.api.join import control_plane_dns_name
 from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -110,29 +107,7 @@ class Rig:
     api: NodeApiServer
 
     def channel(self, node_id: str | None) -> grpc.aio.Channel:
-        client: tuple[bytes, bytes] | None = None
-        if node_id is not None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            csr = (
-                x509.CertificateSigningRequestBuilder()
-                .subject_name(x509.Name([]))
-                .sign(key, hashes.SHA256())
-                .public_bytes(serialization.Encoding.PEM)
-            )
-            key_pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            client = (self.ca.issue(csr, node_id).chain_pem(), key_pem)
-        credentials = grpc.ssl_channel_credentials(
-            self.ca.bundle().to_pem(),
-            private_key=client[1] if client else None,
-            certificate_chain=client[0] if client else None,
-        )
-        target = self.api.node_target if client else self.api.join_target
-        options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
-        return grpc.aio.secure_channel(target, credentials, options=options)
+        return node_api_channel(self.ca, self.api, TD, node_id)
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.svids import node_api_channel
 from tiermesh.controlplane.api import (
     NodeRegistration,
     SessionMessage,
@@ -21,7 +19,6 @@ from tiermesh.controlplane.api import (
     UsageReport,
     registry_method_path,
 )
-from tiermesh.controlplane.api.join import control_plane_dns_name
 from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -45,25 +42,7 @@ class Rig:
     api: NodeApiServer
 
     def channel(self, node_id: str) -> grpc.aio.Channel:
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.PEM)
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        credentials = grpc.ssl_channel_credentials(
-            self.ca.bundle().to_pem(),
-            private_key=key_pem,
-            certificate_chain=self.ca.issue(csr, node_id).chain_pem(),
-        )
-        options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
-        return grpc.aio.secure_channel(self.api.node_target, credentials, options=options)
+        return node_api_channel(self.ca, self.api, TD, node_id)
 
 
 @pytest.fixture
