@@ -17,17 +17,15 @@ A body that is not JSON gets a JSON answer with usage.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from tests.integration.authz.conftest import Reply, chat, post_chat
 from tests.integration.budgets.backend import COMPLETION_TOKENS, PROMPT_TOKENS
@@ -37,8 +35,7 @@ from tests.integration.compiler.conftest import NODE
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.usage import Prices, TenantUsage
-from tiermesh.controlplane.generators import listeners
-from tiermesh.controlplane.generators.usage import usage_filter
+from tiermesh.controlplane.generators.usage import MAX_BODY_BYTES
 from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings, UsageSettings
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.procs.envoy import EnvoyProcess
@@ -197,8 +194,8 @@ class StreamMesh:
 @contextmanager
 def stream_mesh(tmp_path: Path, max_body_bytes: int | None = None) -> Iterator[StreamMesh]:
     """Envoy with ext_authz and usage accounting in front of three :class:`OpenAIBackend`
-    tiers, ready to route. ``max_body_bytes`` replaces the usage filter's default bound
-    on the request bodies it reads."""
+    tiers, ready to route. ``max_body_bytes`` replaces ext_authz's default bound on the
+    request bodies it reads, which the usage filter follows."""
     backends = {name: OpenAIBackend(name) for name in ("edge", "gpu", "cloud")}
     catalog = priced_catalog({n: b.port for n, b in backends.items()})
     agent = BudgetThread(tmp_path, Prices.from_catalog(catalog))
@@ -207,15 +204,13 @@ def stream_mesh(tmp_path: Path, max_body_bytes: int | None = None) -> Iterator[S
         listener = free_port()
         settings = NodeSettings(
             app_port=listener,
-            authz=AuthzSettings(port=agent.authz_port),
+            authz=AuthzSettings(
+                port=agent.authz_port, max_body_bytes=max_body_bytes or MAX_BODY_BYTES
+            ),
             usage=UsageSettings(port=agent.usage_port, flush_interval_ms=50),
         )
         model = MeshModel.build([evaluate_plan(catalog)], {NODE: settings})
-        with ExitStack() as patches:
-            if max_body_bytes is not None:
-                bounded = functools.partial(usage_filter, max_body_bytes=max_body_bytes)
-                patches.enter_context(mock.patch.object(listeners, "usage_filter", bounded))
-            xds.set_snapshot(NODE, compile_and_verify(model, NODE, catalog))
+        xds.set_snapshot(NODE, compile_and_verify(model, NODE, catalog))
         spec = BootstrapSpec(
             node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
         )

@@ -14,7 +14,11 @@ from tiermesh.controlplane.generators._protos import ads, pack
 from tiermesh.controlplane.generators.authz import authz_filter
 from tiermesh.controlplane.generators.egress import egress_listener
 from tiermesh.controlplane.generators.mesh_tls import mesh_listeners
-from tiermesh.controlplane.generators.usage import usage_access_log, usage_filter
+from tiermesh.controlplane.generators.usage import (
+    MAX_BODY_BYTES,
+    usage_access_log,
+    usage_filter,
+)
 from tiermesh.controlplane.model import MeshModel, names
 
 __all__ = ["RATE_LIMIT_FILTER", "generate"]
@@ -44,7 +48,9 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
         )
     )
     if settings.usage is not None:
-        filters.append(usage_filter(settings.usage))
+        # The usage filter reads the request bodies ext_authz reads, so the two agree.
+        bound = MAX_BODY_BYTES if settings.authz is None else settings.authz.max_body_bytes
+        filters.append(usage_filter(settings.usage, max_body_bytes=bound))
     filters += [
         hcm_pb2.HttpFilter(
             name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())

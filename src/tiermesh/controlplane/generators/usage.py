@@ -10,7 +10,8 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   *Requests.* An OpenAI-compatible API streams a usage chunk only when the request asks
   (``"stream_options": {"include_usage": true}``), so a client could stream uncharged.
   For a ``POST`` to a path ending in ``/completions`` whose ``content-length`` is at most
-  ``max_body_bytes`` (default :data:`MAX_BODY_BYTES`, ext_authz's default), the filter
+  ``max_body_bytes`` (the node's ext_authz ``max_body_bytes``: the same bodies ext_authz
+  reads; :data:`MAX_BODY_BYTES`, ext_authz's default, on a node without one), the filter
   buffers the body and, when it is one JSON object with top-level ``"stream": true`` and
   ``include_usage`` is not already ``true``, rewrites it to ask: ``stream_options`` is
   added, filled in (``null``, ``{}``) or merged (its other members kept; an explicit
