@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from llama_cpp import llama_cpp as _lib
+if TYPE_CHECKING:
+    from llama_cpp import llama_cpp as _lib
 
 __all__ = ["without_extra_buffers"]
 
 
 @contextlib.contextmanager
 def without_extra_buffers() -> Iterator[None]:
-    """Models loaded inside this block use plain CPU buffers only."""
+    """Models loaded inside this block use plain CPU buffers only. Imports llama_cpp (only
+    the model server process needs it: importing it costs ~0.2 s and leaves /dev/null
+    open)."""
+    from llama_cpp import llama_cpp as _lib  # noqa: PLC0415 - see the docstring
+
     original = _lib.llama_model_default_params
 
     def plain() -> _lib.llama_model_params:

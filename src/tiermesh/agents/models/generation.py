@@ -27,9 +27,10 @@ import contextlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llama_cpp
+if TYPE_CHECKING:
+    import llama_cpp
 
 __all__ = ["Generation", "counting_generated_tokens", "current_generation"]
 
@@ -57,7 +58,10 @@ def counting_generated_tokens(on_token: Callable[[], None]) -> Iterator[None]:
     """While active, every ``Llama.generate`` reports each completion token to ``on_token``
     (called from the generating thread; it must be thread-safe and quick) and records the
     counts in `current_generation`. Patches process-wide state: not thread-safe; enter it
-    before the server starts, as `tiermesh.agents.models.serve` does."""
+    before the server starts, as `tiermesh.agents.models.serve` does. Imports llama_cpp,
+    which only the model server process needs."""
+    import llama_cpp  # noqa: PLC0415 - see the docstring
+
     original = llama_cpp.Llama.generate
 
     def generate(
