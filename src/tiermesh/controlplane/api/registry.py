@@ -198,6 +198,17 @@ class NodeRegistration(Contract):
     None: routes of ``cascade`` tasks compile as plain failover chains. With it they go to
     the handler, which asks the chain's steps through per-step routes and serves one
     answer. Added within ``v1`` like ``authz_port``."""
+    cascade_token: str | None = Field(
+        default=None, min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", repr=False
+    )
+    """Secret the cascade handler sets on its step requests (header
+    ``x-tiermesh-cascade-token``), or None. With it, and ``cascade_port``, the compiled
+    per-step routes match only requests carrying it, so a client cannot pick a step of a
+    chain by setting the step header; the header is removed before any request goes
+    upstream. The agent draws a new one per start (URL-safe base64). It travels over the
+    node's mTLS session and is stored with the registration; status output redacts it and
+    nothing logs it. Without it (older agents) step routes match the step header alone.
+    Added within ``v1`` like ``authz_port``."""
     mesh_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the node's inbound mTLS listener (all addresses), or None: no node-to-node
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,

@@ -6,11 +6,15 @@ and with a chain of two or more steps) compiles, per variant of the route (plain
 ``/unclassified``, ``/budget``), to:
 
 - one **step route** per chain step, :func:`~tiermesh.controlplane.model.names.cascade_step_route`,
-  matching the variant's headers plus ``x-tiermesh-cascade-step: <i>`` and sending to that
-  step's own backend cluster (its breaker, outlier detection, TLS and API key apply), with
-  the step's timeout and retries. Step routes carry no rate limit: the client's request
-  was counted once on the cascade route. They are ordinary routes, so the verifier checks
-  them like any other.
+  matching the variant's headers plus ``x-tiermesh-cascade-step: <i>`` and, when the
+  handler registered a secret (:attr:`CascadeSettings.token`),
+  ``x-tiermesh-cascade-token: <secret>`` (exact), and sending to that step's own backend
+  cluster (its breaker, outlier detection, TLS and API key apply), with the step's timeout
+  and retries. With the secret, a client that sets the step header itself matches no step
+  route and gets the cascade as designed; step routes then remove both headers before
+  going upstream. Step routes carry no rate limit: the client's request was counted once
+  on the cascade route. They are ordinary routes, so the verifier checks them like any
+  other.
 - the **cascade route** itself (the variant's name), after its step routes: it sends to
   :data:`~tiermesh.controlplane.model.names.CASCADE_CLUSTER` (the handler on loopback) and
   overwrites two request headers the handler reads: the chain's length and the
@@ -18,8 +22,15 @@ and with a chain of two or more steps) compiles, per variant of the route (plain
   (the handler walks the chain) and keeps the route's rate limit.
 
 The handler asks each step back through the app listener with the client's headers plus
-the step header; a step request matches its step route, never the cascade route (step
-routes come first, and any earlier route would have taken the client's request).
+the step header (and the secret); a step request matches its step route, never the
+cascade route (step routes come first, and any earlier route would have taken the
+client's request).
+
+**The secret never goes upstream**: on a node whose handler has one, every route that
+forwards (:func:`strip_token`) removes ``x-tiermesh-cascade-token``, whoever set it,
+except the cascade route: the handler reads it there to refuse a step request of its own
+that came back to it (no step route matched), and drops a client's copy itself. Without
+a secret (agents older than it) step routes match the step header alone, as before.
 """
 
 from __future__ import annotations
@@ -40,7 +51,9 @@ __all__ = [
     "cascade_cluster",
     "cascade_clusters",
     "node_uses_cascade",
-    "step_matcher",
+    "step_matchers",
+    "step_route",
+    "strip_token",
     "to_handler",
     "uses_cascade",
 ]
@@ -93,11 +106,46 @@ def to_handler(
     return route
 
 
-def step_matcher(step: int) -> rc.HeaderMatcher:
-    """Matcher of the per-step routes of step ``step``."""
-    return rc.HeaderMatcher(
-        name=names.CASCADE_STEP_HEADER, string_match=string_pb2.StringMatcher(exact=str(step))
-    )
+def _exact(header: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=header, string_match=string_pb2.StringMatcher(exact=value))
+
+
+def step_matchers(settings: CascadeSettings, step: int) -> list[rc.HeaderMatcher]:
+    """Matchers the per-step routes of step ``step`` add to their variant's: the step
+    header and, when ``settings`` has one, the handler's secret."""
+    matchers = [_exact(names.CASCADE_STEP_HEADER, str(step))]
+    if settings.token is not None:
+        matchers.append(_exact(names.CASCADE_TOKEN_HEADER, settings.token))
+    return matchers
+
+
+def step_route(settings: CascadeSettings, route: rc.Route) -> rc.Route:
+    """Make ``route`` (a step's route, already matching :func:`step_matchers`) a step
+    route: no rate limit and, with a secret, the step and token headers removed before
+    going upstream. Modifies and returns ``route``."""
+    route.ClearField("typed_per_filter_config")
+    if settings.token is not None:
+        route.request_headers_to_remove.extend(
+            [names.CASCADE_STEP_HEADER, names.CASCADE_TOKEN_HEADER]
+        )
+    return route
+
+
+def strip_token(node: NodeModel, route: rc.Route) -> rc.Route:
+    """Remove the token header before ``route`` goes upstream, when ``node``'s handler has
+    a secret and ``route`` forwards somewhere other than the handler (which reads it).
+    Modifies and returns ``route``."""
+    settings = node.settings.cascade
+    if (
+        settings is None
+        or settings.token is None
+        or not route.HasField("route")
+        or route.route.cluster == names.CASCADE_CLUSTER
+        or names.CASCADE_TOKEN_HEADER in route.request_headers_to_remove
+    ):
+        return route
+    route.request_headers_to_remove.append(names.CASCADE_TOKEN_HEADER)
+    return route
 
 
 def cascade_cluster(settings: CascadeSettings, connect_timeout_ms: int) -> cluster_pb2.Cluster:

@@ -34,7 +34,8 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
   no per-(route, member) request header through an aggregate; the plan's per-step model
   stays for the request-time layer.
 - **Cascade** (a plan route with ``cascade`` on a node with a cascade handler): each
-  variant becomes per-step routes and a route to the handler; see :mod:`.cascade`.
+  variant becomes per-step routes and a route to the handler; see :mod:`.cascade`. When
+  the handler has a secret, every other forwarding route removes its header.
 - **Rate limit**: the tenant's token bucket in the route's ``typed_per_filter_config``
   for ``envoy.filters.http.local_ratelimit``. Envoy keeps one bucket per route config,
   so the limit holds per route, not across all of a tenant's routes.
@@ -203,8 +204,9 @@ def _variant(
 ) -> Iterator[rc.Route]:
     """One variant of a plan route: its chain route, or its cascade (:mod:`.cascade`)."""
     route = _route(node, plan_route, name, steps, headers)
-    if not cascade.uses_cascade(node, plan_route, steps):
-        yield route
+    settings = node.settings.cascade
+    if settings is None or not cascade.uses_cascade(node, plan_route, steps):
+        yield cascade.strip_token(node, route)
         return
     for index, step in enumerate(steps):
         step_route = _route(
@@ -212,10 +214,9 @@ def _variant(
             plan_route,
             names.cascade_step_route(name, index),
             [step],
-            [*headers, cascade.step_matcher(index)],
+            [*headers, *cascade.step_matchers(settings, index)],
         )
-        step_route.ClearField("typed_per_filter_config")
-        yield step_route
+        yield cascade.step_route(settings, step_route)
     yield cascade.to_handler(route, plan_route, steps)
 
 

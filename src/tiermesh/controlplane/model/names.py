@@ -19,6 +19,7 @@ __all__ = [
     "CASCADE_STEPS_HEADER",
     "CASCADE_STEP_HEADER",
     "CASCADE_THRESHOLD_HEADER",
+    "CASCADE_TOKEN_HEADER",
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
     "UNMATCHED_ROUTE",
@@ -51,6 +52,10 @@ CASCADE_CLUSTER = "tiermesh|cascade"
 CASCADE_STEP_HEADER = "x-tiermesh-cascade-step"
 """Request header the cascade handler sets on each step it asks (``0`` is the first);
 the per-step routes match on it."""
+CASCADE_TOKEN_HEADER = "x-tiermesh-cascade-token"  # noqa: S105 - a header name
+"""Request header the cascade handler sets on each step it asks: the node's secret
+(:attr:`~tiermesh.controlplane.model.CascadeSettings.token`); the per-step routes match
+on it, and no route lets it go upstream."""
 CASCADE_CHAIN_HEADER = "x-tiermesh-cascade-chain"
 """Request header a cascade route adds for the handler: how many steps its chain has."""
 CASCADE_THRESHOLD_HEADER = "x-tiermesh-cascade-min-confidence"

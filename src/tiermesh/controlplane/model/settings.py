@@ -133,10 +133,17 @@ class CascadeSettings:
     """TCP port of the handler."""
     host: str = "127.0.0.1"
     """IP address of the handler; loopback, since it runs beside Envoy."""
+    token: str | None = field(default=None, repr=False)
+    """The handler's secret (``x-tiermesh-cascade-token``): per-step routes match only
+    requests carrying it, and every route of the node removes it before going upstream.
+    None (an agent older than the token): step routes match the step header alone. Goes
+    only into this node's own routes; never logged (hidden from ``repr``)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"cascade port {self.port} is not a TCP port")
+        if self.token is not None and not self.token:
+            raise ValueError("cascade token must not be empty")
 
 
 @dataclass(frozen=True, slots=True)

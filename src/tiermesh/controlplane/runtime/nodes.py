@@ -108,7 +108,8 @@ class NodeDirectory:
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
         the registration carries ``authz_port``; none otherwise), its access-log server
         (:class:`UsageSettings` when it carries ``usage_port``), its cascade handler
-        (:class:`CascadeSettings` when it carries ``cascade_port``), its inbound mTLS listener
+        (:class:`CascadeSettings` when it carries ``cascade_port``, with its
+        ``cascade_token``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, has a model server endpoint
         and the directory knows the trust domain; any node of the trust domain may call it),
         the trust bundle and the credentials given at construction. Call from a worker
@@ -128,7 +129,11 @@ class NodeDirectory:
         usage_port = document.usage_port if document is not None else None
         usage = None if usage_port is None else UsageSettings(port=usage_port)
         cascade_port = document.cascade_port if document is not None else None
-        cascade = None if cascade_port is None else CascadeSettings(port=cascade_port)
+        cascade = (
+            None
+            if cascade_port is None or document is None
+            else CascadeSettings(port=cascade_port, token=document.cascade_token)
+        )
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
@@ -185,8 +190,14 @@ class NodeDirectory:
                 return
             after = _decode(node_id, value)
             self._nodes[node_id] = after
-        if before is not None and after is not None and _ports(before) != _ports(after):
+        if before is None or after is None:
+            return
+        if _ports(before) != _ports(after):
             log.info("node %s moved its ports %s → %s", node_id, _ports(before), _ports(after))
+            self._on_changed()
+        elif before.cascade_token != after.cascade_token:
+            # A restarted agent's handler has a new secret; the value is never logged.
+            log.info("node %s has a new cascade token", node_id)
             self._on_changed()
 
 
@@ -201,7 +212,8 @@ def _model_host(host: str) -> str:
 
 
 def _ports(node: RegisteredNode) -> tuple[object, ...]:
-    """What of a registration goes into its :class:`NodeSettings`."""
+    """What of a registration goes into its :class:`NodeSettings` (and may be logged):
+    everything but the cascade token, which :meth:`NodeDirectory._apply` compares apart."""
     model = next(((e.host, e.port) for e in node.endpoints if not e.tls), None)
     return (node.app_port, node.authz_port, node.usage_port, node.cascade_port,
             node.mesh_port, model)  # fmt: skip

@@ -18,6 +18,7 @@ that owns the ADS status registry). The document is JSON (version ``v1``)::
      "tenants": [{"name": str, "spent_usd": float, "budget_usd": float | null,
                   "exhausted": bool}]}
 
+A registration's ``cascade_token`` (a secret) shows as ``"<redacted>"``.
 Nodes are the union of registrations, nodes with xDS state, and nodes with a snapshot.
 Tenants are those of the served catalog plus any with a usage counter: ``spent_usd`` is the
 mesh-wide counter (every node's reported spend) as the reconciler last saw it,
@@ -107,6 +108,18 @@ def _health(document: RegisteredNode | None) -> str:
     return "healthy" if document.load.healthy else "unhealthy"
 
 
+_REDACTED = "<redacted>"
+"""What status shows in place of a registration's ``cascade_token``."""
+
+
+def _registration(document: RegisteredNode) -> dict[str, Any]:
+    """The registration as status shows it: no load, the cascade token redacted."""
+    registration = document.model_dump(mode="json", exclude={"load", "load_at"})
+    if registration.get("cascade_token") is not None:
+        registration["cascade_token"] = _REDACTED
+    return registration
+
+
 def status_document(
     *,
     trust_domain: str,
@@ -129,9 +142,7 @@ def status_document(
                 if document is not None
                 else node_spiffe_id(trust_domain, node_id),
                 "registered": node_id in registrations,
-                "registration": None
-                if document is None
-                else document.model_dump(mode="json", exclude={"load", "load_at"}),
+                "registration": None if document is None else _registration(document),
                 "health": _health(document),
                 "load": None
                 if document is None or document.load is None
