@@ -4,7 +4,11 @@ for the ``triage`` cascade task, and pushed to a real Envoy."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
+import secrets
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -58,17 +62,74 @@ def send(port: int, headers: dict[str, str], body: bytes) -> Answer:
             exc.close()
 
 
+class Recorder:
+    """A plain HTTP forwarder in front of the local model server that keeps the headers
+    of every POST it forwards (lower-cased names): what the local backend saw."""
+
+    def __init__(self, upstream: int) -> None:
+        self.seen: list[dict[str, str]] = []
+        recorder = self
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if self.command == "POST":
+                    recorder.seen.append(headers)
+                connection = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
+                try:
+                    sent = {k: v for k, v in headers.items() if k not in {"host", "connection"}}
+                    connection.request(self.command, self.path, body=body, headers=sent)
+                    response = connection.getresponse()
+                    data = response.read()
+                finally:
+                    connection.close()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in {"transfer-encoding", "content-length", "connection"}:
+                        self.send_header(key, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward  # noqa: N815 - http.server's names
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
 @dataclass
 class CascadeMesh:
-    """The running servers, Envoy's app listener and the plan."""
+    """The running servers, Envoy's app listener and the plan; ``recorder`` is in front of
+    the local step when asked for."""
 
     edge: LlamaServer
     cloud: CloudStandin
     handler: CascadeHandler
     plan: Plan
     listener: int
+    recorder: Recorder | None = None
 
-    def triage(self, text: str = "hello", **extra: Any) -> Answer:
+    def send(
+        self,
+        task: str,
+        text: str = "hello",
+        extra_headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> Answer:
         body = {
             "model": "any",
             "messages": [{"role": "user", "content": text}],
@@ -79,9 +140,13 @@ class CascadeMesh:
             "content-type": "application/json",
             "x-tiermesh-tenant": "acme",
             "x-tiermesh-sensitivity": "public",
-            "x-tiermesh-task": "triage",
+            "x-tiermesh-task": task,
+            **(extra_headers or {}),
         }
         return send(self.listener, headers, json.dumps(body).encode())
+
+    def triage(self, text: str = "hello", **extra: Any) -> Answer:
+        return self.send("triage", text, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -110,32 +175,40 @@ def cascade_mesh(
     tmp_path: Path, loop_thread: LoopThread, edge_server: LlamaServer
 ) -> CascadeFactory:
     """``cascade_mesh(min_confidence)`` runs the node with that threshold for ``triage``;
-    ``local_down=True`` puts the local step on a port nothing listens on."""
+    ``local_down=True`` puts the local step on a port nothing listens on; ``record=True``
+    puts a :class:`Recorder` in front of it. The handler has a secret, as an agent's has."""
 
     @contextmanager
-    def running(min_confidence: float, *, local_down: bool = False) -> Iterator[CascadeMesh]:
+    def running(
+        min_confidence: float, *, local_down: bool = False, record: bool = False
+    ) -> Iterator[CascadeMesh]:
         cloud = CloudStandin(workdir=tmp_path / "cloud")
         cloud.start()
         listener = free_port()
-        handler = CascadeHandler(listener)
+        handler = CascadeHandler(listener, token=secrets.token_urlsafe(32))
         loop_thread.run(handler.start())
+        recorder = Recorder(edge_server.port) if record else None
         try:
             edge_port = free_port() if local_down else edge_server.port
+            if recorder is not None:
+                edge_port = recorder.port
             catalog = flow_catalog(edge_port, cloud.port, min_confidence)
             plan = evaluate_plan(catalog)
             settings = NodeSettings(
                 app_port=listener,
                 credentials={KEY_NAME: cloud.api_key},
-                cascade=CascadeSettings(port=handler.port),
+                cascade=CascadeSettings(port=handler.port, token=handler.token),
             )
             model = MeshModel.build([plan], {NODE: settings})
             snapshot = compile_and_verify(model, NODE, catalog)
             with envoy_with(snapshot, tmp_path / "envoy"):
-                mesh = CascadeMesh(edge_server, cloud, handler, plan, listener)
+                mesh = CascadeMesh(edge_server, cloud, handler, plan, listener, recorder)
                 eventually(lambda: mesh.triage().status == 200, what="cascade answering")
                 yield mesh
         finally:
             loop_thread.run(handler.stop())
             cloud.stop()
+            if recorder is not None:
+                recorder.close()
 
     return running

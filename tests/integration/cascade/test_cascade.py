@@ -71,3 +71,31 @@ def test_the_local_step_down_is_answered_by_the_next_tier(cascade_mesh: CascadeF
         assert answer.status == 200, answer.body
         assert answer.tier == "cloud"
         assert answer.headers["x-tiermesh-cascade-steps"] == "2"
+
+
+CASCADE_HEADERS = ("x-tiermesh-cascade-step", "x-tiermesh-cascade-token")
+
+
+def test_a_client_step_header_is_walked_from_the_first_step(
+    cascade_mesh: CascadeFactory,
+) -> None:
+    with cascade_mesh(ANY, record=True) as mesh:
+        assert mesh.recorder is not None
+        before = (len(mesh.recorder.seen), mesh.cloud.requests)
+        spoofed = {"x-tiermesh-cascade-step": "1", "x-tiermesh-cascade-token": "guessed"}
+        answer = mesh.send("triage", extra_headers=spoofed)
+        assert answer.status == 200, answer.body
+        assert answer.headers["x-tiermesh-cascade-steps"] == "1"  # step 0 answered
+        assert answer.tier == "local"
+        assert (len(mesh.recorder.seen), mesh.cloud.requests) == (before[0] + 1, before[1])
+        assert not [h for h in CASCADE_HEADERS if h in mesh.recorder.seen[-1]]
+
+
+def test_a_client_token_header_never_reaches_a_backend(cascade_mesh: CascadeFactory) -> None:
+    with cascade_mesh(ANY, record=True) as mesh:
+        assert mesh.recorder is not None
+        answer = mesh.send("classify", extra_headers={"x-tiermesh-cascade-token": "guessed"})
+        assert answer.status == 200, answer.body
+        assert answer.tier == "local"
+        assert mesh.recorder.seen
+        assert all("x-tiermesh-cascade-token" not in seen for seen in mesh.recorder.seen)

@@ -3,8 +3,11 @@
 Envoy sends a cascade route's requests here with two headers it set itself
 (``x-tiermesh-cascade-chain``: the number of steps, ``x-tiermesh-cascade-min-confidence``:
 the threshold). For ``i`` in ``0 .. chain-1`` the handler sends the request back to the
-node's app listener with ``x-tiermesh-cascade-step: i``, which the compiled per-step route
-sends to step ``i``'s cluster (so mTLS, API keys, breakers apply). Every step but the last
+node's app listener with ``x-tiermesh-cascade-step: i`` and, when the handler has a secret
+(``token``, registered with the control plane), ``x-tiermesh-cascade-token: <secret>``;
+the compiled per-step route, which matches both, sends it to step ``i``'s cluster (so
+mTLS, API keys, breakers apply) without those two headers. A client's own step or token
+header is dropped from the step requests. Every step but the last
 is asked with ``logprobs: true`` (and ``top_logprobs`` at least 1) and without streaming;
 its answer is served when its status is 2xx and its confidence
 (:mod:`.confidence`) is at least the threshold, else dropped. The last step is asked with
@@ -22,8 +25,12 @@ answer must be complete to be judged); an accepted one is sent as a short event 
 ``stream_options.include_usage``, then ``[DONE]``). The last step is asked with
 streaming, and its event stream is relayed once complete (the handler buffers it).
 
-A request that already carries ``x-tiermesh-cascade-step`` reached the handler from
-itself (no step route matched): it is refused with 508, so a misconfiguration cannot loop.
+A request that carries the handler's own secret (without a secret: any
+``x-tiermesh-cascade-step``) reached the handler from itself (no step route matched): it
+is refused with 508, so a misconfiguration cannot loop. With a secret, a client that set
+the step header (and perhaps a wrong token) matched no step route and reached the
+handler like any client: its cascade is walked from the first step. The secret is
+compared in constant time and never logged.
 
 Task safety: one handler serves any number of concurrent requests on its event loop;
 ``start``/``stop`` belong to that loop.
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import socket
 import time
@@ -51,11 +59,15 @@ __all__ = [
     "STEPS_HEADER",
     "STEP_HEADER",
     "THRESHOLD_HEADER",
+    "TOKEN_HEADER",
     "CascadeHandler",
 ]
 
 STEP_HEADER = "x-tiermesh-cascade-step"
 """Set on each step request; equals the compiler's ``names.CASCADE_STEP_HEADER``."""
+TOKEN_HEADER = "x-tiermesh-cascade-token"  # noqa: S105 - a header name
+"""Set on each step request when the handler has a secret; equals the compiler's
+``names.CASCADE_TOKEN_HEADER``."""
 CHAIN_HEADER = "x-tiermesh-cascade-chain"
 """Set by the cascade route: the chain's length (``names.CASCADE_CHAIN_HEADER``)."""
 THRESHOLD_HEADER = "x-tiermesh-cascade-min-confidence"
@@ -78,6 +90,8 @@ _HOP = frozenset(
         "host",
         CHAIN_HEADER,
         THRESHOLD_HEADER,
+        STEP_HEADER,
+        TOKEN_HEADER,
     }
 )
 _MAX_RESPONSE = 64 * 1024 * 1024
@@ -99,6 +113,8 @@ class CascadeHandler:
     walks cascades through the Envoy app listener at ``envoy_host:envoy_port``.
 
     ``step_timeout_s`` bounds each step request (Envoy's route timeouts apply as well).
+    ``token`` is the secret the step requests carry (the one registered as
+    ``cascade_token``), or None for step routes that match the step header alone.
     """
 
     def __init__(
@@ -109,12 +125,14 @@ class CascadeHandler:
         port: int = 0,
         envoy_host: str = "127.0.0.1",
         step_timeout_s: float = 120.0,
+        token: str | None = None,
     ) -> None:
         self.envoy_host = envoy_host
         self.envoy_port = envoy_port
         self.host = host
         self.step_timeout_s = step_timeout_s
         self._port = port
+        self._token = token
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -122,6 +140,11 @@ class CascadeHandler:
     def port(self) -> int:
         """The bound port (after :meth:`start`, the real one when 0 was asked)."""
         return self._port
+
+    @property
+    def token(self) -> str | None:
+        """The secret the step requests carry (register it as ``cascade_token``)."""
+        return self._token
 
     async def start(self) -> None:
         """Bind and serve; returns once the server accepts connections."""
@@ -197,7 +220,7 @@ class CascadeHandler:
     ) -> _Reply:
         """The answer to one request Envoy sent to the handler (see the module docstring)."""
         found = {k.lower(): v for k, v in headers}
-        if STEP_HEADER in found:
+        if self._own(found):
             return _text(508, "tiermesh: cascade step request matched no step route\n")
         try:
             chain = int(found[CHAIN_HEADER])
@@ -207,6 +230,15 @@ class CascadeHandler:
         if not 1 <= chain <= MAX_STEPS:
             return _text(502, f"tiermesh: cascade chain of {chain} steps is not walked\n")
         return await self._walk(method, target, headers, body, chain, threshold)
+
+    def _own(self, found: dict[str, str]) -> bool:
+        """Is the request (lower-cased headers) one of the handler's own step requests?"""
+        if self._token is None:
+            return STEP_HEADER in found
+        sent = found.get(TOKEN_HEADER)
+        return sent is not None and hmac.compare_digest(
+            sent.encode("latin-1"), self._token.encode("latin-1")
+        )
 
     async def _walk(  # noqa: PLR0917 - one request's parts
         self,
@@ -226,6 +258,8 @@ class CascadeHandler:
         first = 0 if judged else chain - 1
         for index in range(first, chain):
             step_headers = [*forwarded, (STEP_HEADER, str(index))]
+            if self._token is not None:
+                step_headers.append((TOKEN_HEADER, self._token))
             if index == chain - 1:
                 reply = await self._ask(method, target, step_headers, body)
                 if reply is None:

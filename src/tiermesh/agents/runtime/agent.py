@@ -27,6 +27,7 @@ import datetime as dt
 import errno
 import logging
 import re
+import secrets
 import socket
 from pathlib import Path
 
@@ -141,7 +142,10 @@ class NodeAgent:
             await self.requests.start()
         if config.cascade_listen is not None:
             host, port = split_hostport(config.cascade_listen)
-            self.cascade = CascadeHandler(config.envoy.app_port, host=host, port=port)
+            # A new secret per start: only this handler's step requests match step routes.
+            self.cascade = CascadeHandler(
+                config.envoy.app_port, host=host, port=port, token=secrets.token_urlsafe(32)
+            )
             await self.cascade.start()
         self.bootstrap_path = write_bootstrap(config)
 
@@ -173,6 +177,7 @@ class NodeAgent:
             authz_port=self.requests.port if self.requests is not None else None,
             usage_port=self.requests.usage_port if self.requests is not None else None,
             cascade_port=self.cascade.port if self.cascade is not None else None,
+            cascade_token=self.cascade.token if self.cascade is not None else None,
             mesh_port=mesh_port,
         )
         self.session = RegistrySession(
