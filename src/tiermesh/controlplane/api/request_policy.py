@@ -14,33 +14,48 @@ one the node holds. The control plane sends such a reply, unasked, each time the
 bundle changes; every other reply repeats the latest announcement.
 
 What is in it: only what the request policy needs — the bundle's ``request/*.rego``
-modules (``*_test.rego`` left out; the node loads them with ``data.catalog`` and its own
-``data.request_config``), the catalog (``data/catalog.yaml``, validated) and the bundle's
-identity. Bounded: at most :data:`MAX_REQUEST_MODULES` modules and
-:data:`MAX_REQUEST_POLICY_BYTES` bytes encoded; the control plane refuses a bigger one.
+modules (``*_test.rego`` left out; the node loads them with ``data.catalog`` and
+``data.request_config``), the catalog (``data/catalog.yaml``, validated), the bundle's
+mesh-wide request settings (``data/request_config.yaml``, optional, validated) and the
+bundle's identity. Bounded: at most :data:`MAX_REQUEST_MODULES` modules,
+:data:`MAX_REQUEST_CONFIG_KEYS` settings and :data:`MAX_REQUEST_POLICY_BYTES` bytes
+encoded; the control plane refuses a bigger one.
+
+``data.request_config`` on the node: the bundle's ``request_config``, overridden key by
+key by the node's own ``authz.request_config`` (node.yaml). A key only the bundle sets
+applies mesh-wide; a key node.yaml sets wins on that node.
 
 Status codes: UNAUTHENTICATED (no verified node SVID), INVALID_ARGUMENT (undecodable
 query), NOT_FOUND (the control plane serves no bundle yet, or its bundle has no request
-policy), FAILED_PRECONDITION (the bundle's request policy is over the bounds), UNAVAILABLE.
+policy), FAILED_PRECONDITION (the bundle's request policy is over the bounds, or its
+request settings are invalid: the reconciler serves no such bundle), UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, TypeAdapter
 
 from tiermesh.controlplane.api._base import Contract
 from tiermesh.controlplane.api.catalog import Catalog
 
 __all__ = [
+    "MAX_REQUEST_CONFIG_KEYS",
+    "MAX_REQUEST_CONFIG_STRING",
     "MAX_REQUEST_MODULES",
     "MAX_REQUEST_POLICY_BYTES",
+    "REQUEST_CONFIG_DOCUMENT",
     "REQUEST_POLICY_FOLDER",
     "REQUEST_POLICY_METHOD",
     "BundleRef",
+    "RequestConfig",
+    "RequestConfigValue",
     "RequestPolicyBundle",
     "RequestPolicyQuery",
+    "merged_request_config",
+    "validate_request_config",
 ]
 
 REQUEST_POLICY_METHOD: Final = "RequestPolicy"
@@ -55,8 +70,56 @@ MAX_REQUEST_MODULES: Final = 64
 MAX_REQUEST_POLICY_BYTES: Final = 1 << 20
 """Largest encoded :class:`RequestPolicyBundle` (1 MiB); also the node's receive limit."""
 
+REQUEST_CONFIG_DOCUMENT: Final = "request_config"
+"""Stem of the bundle's optional request settings (``data/request_config.yaml``, ``.yml``
+or ``.json``): the request policy's ``data.request_config``."""
+
+MAX_REQUEST_CONFIG_KEYS: Final = 64
+"""Most settings one ``request_config`` may hold."""
+
+MAX_REQUEST_CONFIG_STRING: Final = 1024
+"""Longest string value of one setting (characters)."""
+
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 ProvenanceValue = str | int | float | bool | None
+
+RequestConfigKey = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+]
+"""A setting's name: a Rego-friendly identifier (``max_request_tokens``)."""
+RequestConfigValue = (
+    bool
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | Annotated[str, StringConstraints(max_length=MAX_REQUEST_CONFIG_STRING)]
+)
+"""A setting's value: a boolean, a number (finite) or a string; never null or nested."""
+RequestConfig = Annotated[
+    dict[RequestConfigKey, RequestConfigValue], Field(max_length=MAX_REQUEST_CONFIG_KEYS)
+]
+"""Setting name -> value: what the request policy reads as ``data.request_config``."""
+
+_REQUEST_CONFIG: TypeAdapter[dict[str, bool | int | float | str]] = TypeAdapter(RequestConfig)
+
+
+def validate_request_config(value: object) -> dict[str, bool | int | float | str]:
+    """``value`` (a parsed ``data/request_config.yaml``) as a :data:`RequestConfig`; an
+    empty document (None) is no setting. Pure.
+
+    Raises:
+        pydantic.ValidationError: not a mapping of names to scalars, or over the bounds;
+            each error's ``loc`` starts with the offending key.
+    """
+    return _REQUEST_CONFIG.validate_python({} if value is None else value)
+
+
+def merged_request_config(
+    bundle: Mapping[str, bool | int | float | str] | None,
+    node: Mapping[str, bool | int | float | str],
+) -> dict[str, bool | int | float | str]:
+    """The node's ``data.request_config``: ``bundle``'s settings overridden key by key by
+    ``node``'s (node.yaml ``authz.request_config``). Pure."""
+    return {**(bundle or {}), **node}
 
 
 class BundleRef(Contract):
@@ -99,3 +162,10 @@ class RequestPolicyBundle(Contract):
     ``model_dump(mode="json")``, what the compile-time policy sees) and the node's prices
     and budgets for usage accounting. None only if the bundle's catalog is unreadable (the
     control plane serves no such bundle)."""
+    request_config: RequestConfig | None = None
+    """The bundle's ``data/request_config.yaml`` (:data:`REQUEST_CONFIG_DOCUMENT`),
+    validated: mesh-wide ``data.request_config`` settings, which the node's own
+    ``authz.request_config`` overrides key by key (:func:`merged_request_config`). None
+    when the bundle has no such document; the control plane then leaves the field out of
+    the answer, so nodes older than the field still read it (they refuse unknown fields,
+    and so refuse a bundle whose settings they could not apply)."""
