@@ -14,6 +14,7 @@ from tiermesh.controlplane.bundle.compiler import Compiler, compile_findings
 from tiermesh.controlplane.bundle.documents import (
     CATALOG_DOCUMENT,
     NODES_DOCUMENT,
+    REQUEST_CONFIG_DOCUMENT,
     Documents,
     check_nodes,
     read_documents,
@@ -38,6 +39,7 @@ from tiermesh.controlplane.bundle.reader import (
 __all__ = [
     "CATALOG_DOCUMENT",
     "NODES_DOCUMENT",
+    "REQUEST_CONFIG_DOCUMENT",
     "BundleError",
     "BundleLimits",
     "BundleOutcome",

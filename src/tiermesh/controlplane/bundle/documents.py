@@ -8,6 +8,12 @@ Bundle path → meaning:
   :class:`~tiermesh.controlplane.api.Catalog`;
 - ``data/nodes.*`` (optional) → the nodes a check plans for, a list of
   :class:`~tiermesh.controlplane.api.NodeInfo` objects;
+- ``data/request_config.*`` (optional) → the request policy's mesh-wide settings, a
+  mapping of names to scalars validated as a
+  :data:`~tiermesh.controlplane.api.request_policy.RequestConfig` (and the known settings
+  by type: ``default_tenant`` a string, ``max_request_tokens`` a number); not loaded
+  into the engine here (the nodes' request policy reads it, merged with each node's own
+  settings), so the bundle's Rego tests do not depend on a mesh's settings;
 - anything else (``schemas/*.json``) is not loaded into the engine.
 
 Every function here is pure and returns problems as findings.
@@ -26,6 +32,11 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from tiermesh.controlplane.api import Catalog, CatalogError, NodeInfo, parse_catalog
+from tiermesh.controlplane.api.request_policy import (
+    MAX_REQUEST_CONFIG_STRING,
+    REQUEST_CONFIG_DOCUMENT,
+    validate_request_config,
+)
 from tiermesh.controlplane.bundle._yaml_lines import field_line
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.reader import DATA_SUFFIXES
@@ -34,6 +45,7 @@ from tiermesh.rego import JSONValue
 __all__ = [
     "CATALOG_DOCUMENT",
     "NODES_DOCUMENT",
+    "REQUEST_CONFIG_DOCUMENT",
     "Documents",
     "catalog_line",
     "check_nodes",
@@ -46,13 +58,19 @@ NODES_DOCUMENT = "nodes"
 """Stem of the optional list of nodes to check (``data/nodes.yaml``)."""
 
 _NODES = TypeAdapter(tuple[NodeInfo, ...])
+_KNOWN_SETTINGS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "default_tenant": ("a string", (str,)),
+    "max_request_tokens": ("a number", (int, float)),
+}
+"""Settings request.rego reads, and the type it needs (it ignores any other type)."""
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _SUBJECT = re.compile(r"^(tenant|backend) ([a-z0-9][a-z0-9_-]*):")
 
 
 @dataclass(frozen=True, slots=True)
 class Documents:
-    """The parsed bundle. ``data`` excludes nothing: the catalog is there as parsed JSON."""
+    """The parsed bundle. ``data`` holds every document but ``request_config`` (request-time
+    settings, module doc); the catalog is there as parsed JSON."""
 
     modules: Mapping[str, str]
     data: Mapping[str, JSONValue]
@@ -120,6 +138,10 @@ def read_documents(files: Mapping[str, bytes]) -> Documents:
         texts[path] = text
         data[stem] = value
     catalog = _catalog(sources, texts, findings)
+    _check_request_config(sources, texts, data, findings)
+    # Request-time settings, merged with each node's own there: the compile-time engine
+    # (and so the bundle's Rego tests) never sees them.
+    data.pop(REQUEST_CONFIG_DOCUMENT, None)
     if catalog is not None:
         data[CATALOG_DOCUMENT] = catalog.model_dump(mode="json")
     return Documents(modules, data, sources, texts, catalog, tuple(findings))
@@ -143,6 +165,67 @@ def _catalog(
             line = field_line(text, problem.field)
             findings.append(Finding(Stage.CATALOG, str(problem), path, line))
         return None
+
+
+def _request_config_problems(value: object, exc: ValidationError) -> dict[str, str]:
+    """Setting name (``""`` for the whole document) → what is wrong with it."""
+    if not isinstance(value, dict):
+        return {"": "must be a mapping of setting names to values"}
+    problems: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if not loc:
+            problems.setdefault("", error["msg"])
+        elif "[key]" in loc:
+            problems.setdefault(
+                str(loc[0]),
+                "not a setting name (letters, digits and _, not starting with a digit, "
+                "at most 128 characters)",
+            )
+        else:
+            # A union's errors repeat the key once per member type: one problem per key.
+            setting = value.get(loc[0])
+            problems.setdefault(
+                str(loc[0]),
+                f"must be a string (at most {MAX_REQUEST_CONFIG_STRING} characters), "
+                f"a finite number or a boolean, not {type(setting).__name__} {setting!r:.40}",
+            )
+    return problems
+
+
+def _check_request_config(
+    sources: Mapping[str, str],
+    texts: Mapping[str, str],
+    data: Mapping[str, Any],
+    findings: list[Finding],
+) -> None:
+    path = sources.get(REQUEST_CONFIG_DOCUMENT)
+    if path is None:
+        return
+    text, value = texts[path], data[REQUEST_CONFIG_DOCUMENT]
+    try:
+        validate_request_config(value)
+    except ValidationError as exc:
+        problems = _request_config_problems(value, exc)
+    else:
+        problems = {}
+    if isinstance(value, dict):
+        for key, (kind, types) in _KNOWN_SETTINGS.items():
+            setting = value.get(key)
+            if key in problems or setting is None:
+                continue
+            if isinstance(setting, bool) or not isinstance(setting, types):
+                problems[key] = f"must be {kind}, not {type(setting).__name__} {setting!r:.40}"
+    located = [
+        Finding(
+            Stage.DATA,
+            f"{key}: {problem}" if key else problem,
+            path,
+            field_line(text, key) if key else 1,
+        )
+        for key, problem in problems.items()
+    ]
+    findings.extend(sorted(located, key=lambda finding: finding.line or 0))
 
 
 def catalog_line(documents: Documents, message: str) -> int | None:
