@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Protocol
 
+import yaml
+from pydantic import ValidationError
+
 from tiermesh.controlplane.api import (
     MAX_REQUEST_MODULES,
     MAX_REQUEST_POLICY_BYTES,
@@ -23,12 +26,20 @@ from tiermesh.controlplane.api import (
     RequestPolicyBundle,
     parse_catalog,
 )
+from tiermesh.controlplane.api.request_policy import (
+    REQUEST_CONFIG_DOCUMENT,
+    RequestConfigValue,
+    validate_request_config,
+)
 from tiermesh.controlplane.nodeapi.errors import NoRequestPolicy, RequestPolicyTooLarge
 from tiermesh.controlplane.store import Bundle
 
 __all__ = ["RequestPolicies", "ServedBundles", "bundle_ref", "request_policy_of"]
 
 _CATALOG_PATHS = ("data/catalog.yaml", "data/catalog.yml", "data/catalog.json")
+_REQUEST_CONFIG_PATHS = tuple(
+    f"data/{REQUEST_CONFIG_DOCUMENT}{suffix}" for suffix in (".yaml", ".yml", ".json")
+)
 
 
 class ServedBundles(Protocol):
@@ -75,13 +86,31 @@ def _catalog(files: Mapping[str, bytes]) -> Catalog | None:
     return None
 
 
+def _request_config(
+    revision: int, files: Mapping[str, bytes]
+) -> dict[str, RequestConfigValue] | None:
+    """The bundle's request settings; None when it has none. An invalid document (the
+    reconciler serves no such bundle) raises ``RequestPolicyTooLarge`` (out of the
+    contract's bounds): serving the policy without the settings its operator pushed would
+    quietly change decisions."""
+    for path in _REQUEST_CONFIG_PATHS:
+        if path in files:
+            try:
+                return validate_request_config(yaml.safe_load(files[path].decode("utf-8")))
+            except (UnicodeDecodeError, yaml.YAMLError, ValidationError) as exc:
+                problem = str(exc).splitlines()[0]
+                raise RequestPolicyTooLarge(revision, f"not servable: {path}: {problem}") from exc
+    return None
+
+
 def request_policy_of(bundle: Bundle) -> RequestPolicyBundle:
     """The request policy of ``bundle`` (module doc of
     :mod:`tiermesh.controlplane.api.request_policy`). Pure.
 
     Raises:
         NoRequestPolicy: the bundle has no ``request/*.rego`` (or is no bundle at all).
-        RequestPolicyTooLarge: more than ``MAX_REQUEST_MODULES`` modules.
+        RequestPolicyTooLarge: more than ``MAX_REQUEST_MODULES`` modules, or request
+            settings (``data/request_config.*``) that are not a valid ``RequestConfig``.
     """
     if bundle.revision == 0:
         raise NoRequestPolicy("no bundle has been pushed")
@@ -99,6 +128,7 @@ def request_policy_of(bundle: Bundle) -> RequestPolicyBundle:
         provenance=dict(bundle.provenance),
         modules=modules,
         catalog=_catalog(bundle.files),
+        request_config=_request_config(bundle.revision, bundle.files),
     )
 
 
@@ -118,7 +148,10 @@ class RequestPolicies:
         ``RequestPolicyTooLarge`` for an answer over the byte limit."""
         key = (bundle.revision, bundle.sha256)
         if key != self._key:
-            encoded = request_policy_of(bundle).model_dump_json().encode()
+            policy = request_policy_of(bundle)
+            # Left out when absent: nodes older than the field refuse unknown fields.
+            absent = {"request_config"} if policy.request_config is None else None
+            encoded = policy.model_dump_json(exclude=absent).encode()
             self.encodings += 1
             if len(encoded) > self._limit:
                 raise RequestPolicyTooLarge(
