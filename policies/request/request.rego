@@ -6,6 +6,9 @@
 #   the returned headers before routing, so the compiled routes match on them.
 #   Input: policies/schemas/request_input.schema.json. Optional settings under
 #   data.request_config: default_tenant (string), max_request_tokens (number).
+#   Mesh-wide values go in the bundle's data/request_config.yaml (a mapping, checked
+#   by tiermesh policy check; none is shipped: unset means no default tenant and no
+#   token limit); a node's authz.request_config in node.yaml overrides them key by key.
 package tiermesh.request
 
 # METADATA

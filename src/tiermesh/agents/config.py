@@ -150,11 +150,13 @@ class AuthzConfig(_Section):
     Every decision is appended to a signed, hash-chained log in ``<state_dir>/decisions``
     and shipped to the control plane's audit collector on the node API (mTLS).
 
-    The policy is the control plane's: the served bundle's ``request/*.rego`` and catalog,
-    fetched over the node API at start and again whenever the registry session announces a
-    new bundle (swapped in without a restart; a bundle that fails to load keeps the one
-    before serving). ``policy_dir`` is the fallback for a start when the control plane
-    serves no bundle or cannot be reached; without it such a start fails.
+    The policy is the control plane's: the served bundle's ``request/*.rego``, catalog and
+    request settings (``data.request_config``: the bundle's, then ``request_config`` below
+    key by key), fetched over the node API at start and again whenever the registry
+    session announces a new bundle (swapped in without a restart; a bundle that fails to
+    load keeps the one before serving). ``policy_dir`` is the fallback for a start when
+    the control plane serves no bundle or cannot be reached; without it such a start
+    fails.
     """
 
     enabled: bool = False
@@ -166,7 +168,12 @@ class AuthzConfig(_Section):
     listen: HostPort = "127.0.0.1:0"
     """Where the authz server listens; keep it on loopback (only this node's Envoy calls)."""
     request_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    """``data.request_config`` of the policy (``default_tenant``, ``max_request_tokens``)."""
+    """This node's overrides of ``data.request_config`` (``default_tenant``,
+    ``max_request_tokens``). The policy sees the served bundle's settings
+    (``data/request_config.yaml``, pushed with ``tiermesh policy push``; with the local
+    fallback, ``<policy_dir>/data/request_config.yaml``) overridden key by key by these:
+    a key set here wins on this node whatever the bundle says; a key left out follows the
+    bundle. Empty (the default): the bundle's settings as pushed."""
     budget_file: Path | None = None
     """Tenants' budget state, JSON ``{"<tenant>": {"spent_usd": x, "limit_usd": y}}``
     (default ``<state_dir>/budget.json``; missing: every budget unknown). Re-read when it

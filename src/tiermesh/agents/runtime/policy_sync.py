@@ -11,6 +11,10 @@ serving before keeps serving; it is not fetched again until another bundle is an
 A fetch that fails (control plane unreachable) is retried with backoff while the
 announcement stands.
 
+The policy's ``data.request_config`` is the bundle's settings (``data/request_config.yaml``)
+overridden key by key by the node's ``authz.request_config``, so a push changes a setting
+on every node that does not set it itself.
+
 Decisions made with a fetched policy carry ``bundle_revision`` ``sha256:<bundle sha256>``
 and ``etcd_revision`` of the bundle (:class:`~tiermesh.controlplane.api.BundleRef`).
 """
@@ -42,6 +46,7 @@ from tiermesh.controlplane.api import (
     RequestPolicyQuery,
     registry_method_path,
 )
+from tiermesh.controlplane.api.request_policy import merged_request_config
 from tiermesh.rego import JSONValue, PolicyEngine
 
 __all__ = [
@@ -76,9 +81,11 @@ def bundle_revision(ref: BundleRef) -> str:
 def bundle_data(
     policy: RequestPolicyBundle, request_config: dict[str, Any]
 ) -> dict[str, JSONValue]:
-    """The policy's data document: ``request_config`` (the node's) and ``catalog`` (the
-    bundle's, as the compile-time policy sees it)."""
-    data: dict[str, JSONValue] = {"request_config": dict(request_config)}
+    """The policy's data document: ``request_config`` (the bundle's settings overridden key
+    by key by ``request_config``, the node's) and ``catalog`` (the bundle's, as the
+    compile-time policy sees it)."""
+    merged = merged_request_config(policy.request_config, request_config)
+    data: dict[str, JSONValue] = {"request_config": dict(merged)}
     if policy.catalog is not None:
         data["catalog"] = policy.catalog.model_dump(mode="json")
     return data

@@ -12,14 +12,16 @@ node's SVID). :meth:`RequestPolicy.stop` undoes it in reverse: no new checks, pe
 records written, one last shipping attempt, then the shipper is cancelled (unshipped
 records stay in the spool and go out after the next start).
 
-Where the policy comes from: the control plane's served bundle (its ``request/*.rego``
-and catalog, with ``data.request_config`` from node.yaml), fetched over the node API at
+Where the policy comes from: the control plane's served bundle (its ``request/*.rego``,
+catalog and request settings, with ``data.request_config`` the bundle's settings overridden
+key by key by node.yaml's ``authz.request_config``), fetched over the node API at
 start; then the :class:`~tiermesh.agents.runtime.policy_sync.PolicySync` follows each
 bundle the registry session announces (:meth:`RequestPolicy.announce`), swapping a new
 engine in for the authorizer and new prices in for the usage ledger, without a restart. Only
 when the control plane serves no bundle or cannot be reached at start, or its bundle's
-policy is rejected, does the agent start from ``authz.policy_dir`` (``<policy_dir>/request``
-and ``<policy_dir>/data/catalog.yaml``), if set; a later announcement still replaces it.
+policy is rejected, does the agent start from ``authz.policy_dir`` (``<policy_dir>/request``,
+``<policy_dir>/data/catalog.yaml`` and, if present, ``<policy_dir>/data/request_config.yaml``
+merged the same way), if set; a later announcement still replaces it.
 With neither the start fails, naming both.
 
 ``bundle_revision`` on every decision is ``sha256:<bundle sha256>`` with the bundle's
@@ -40,6 +42,7 @@ from typing import Any, Final
 
 import grpc
 import yaml
+from pydantic import ValidationError
 
 from tiermesh.agents.authz import (
     Authorizer,
@@ -64,6 +67,11 @@ from tiermesh.agents.runtime.policy_sync import (
 )
 from tiermesh.agents.usage import Prices, UsageLedger, start_usage_server
 from tiermesh.controlplane.api import BundleRef, Catalog
+from tiermesh.controlplane.api.request_policy import (
+    REQUEST_CONFIG_DOCUMENT,
+    merged_request_config,
+    validate_request_config,
+)
 from tiermesh.rego import PolicyEngine, RegorusEngine
 
 __all__ = ["RequestPolicy", "policy_data"]
@@ -86,9 +94,18 @@ def policy_data(config: AgentConfig) -> tuple[dict[str, str], dict[str, Any]]:
         modules = request_policy_modules(folder / "request")
         catalog_file = folder / "data" / "catalog.yaml"
         catalog = yaml.safe_load(catalog_file.read_text()) if catalog_file.exists() else None
+        settings_file = folder / "data" / f"{REQUEST_CONFIG_DOCUMENT}.yaml"
+        settings = (
+            validate_request_config(yaml.safe_load(settings_file.read_text()))
+            if settings_file.exists()
+            else None
+        )
+    except ValidationError as exc:
+        raise StartFailed("the request policy", f"{settings_file}: {exc}") from exc
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise StartFailed("the request policy", str(exc)) from exc
-    data: dict[str, Any] = {"request_config": dict(config.authz.request_config)}
+    merged = merged_request_config(settings, config.authz.request_config)
+    data: dict[str, Any] = {"request_config": merged}
     if isinstance(catalog, dict):
         data["catalog"] = json.loads(json.dumps(catalog, default=str))
     return modules, data
