@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from tests.integration.controlplane.test_request_policy_reload import (
-    ACME_PUBLIC,
     ADOPTED_WITHIN_S,
     Mesh,
     mesh,  # noqa: F401 - the fixture
@@ -24,21 +22,7 @@ LONG_BODY = b'{"messages": [{"role": "user", "content": "' + b"several words " *
 
 
 async def check_long(mesh: Mesh) -> tuple[int, DecisionRecord]:  # noqa: F811
-    http = attribute_context_pb2.AttributeContext.HttpRequest(
-        method="POST", path="/v1/chat/completions", headers=ACME_PUBLIC, raw_body=LONG_BODY
-    )
-    response = await mesh.stub.Check(
-        external_auth_pb2.CheckRequest(
-            attributes=attribute_context_pb2.AttributeContext(
-                request=attribute_context_pb2.AttributeContext.Request(http=http)
-            )
-        ),
-        timeout=5,
-    )
-    headers = response.ok_response.headers or response.denied_response.headers
-    decision_id = next(h.header.value for h in headers if h.header.key.endswith("decision-id"))
-    status = 200 if response.HasField("ok_response") else response.denied_response.status.code
-    return status, mesh.record(decision_id)
+    return await mesh.check(LONG_BODY)
 
 
 async def test_a_pushed_token_limit_applies_without_a_restart(mesh: Mesh) -> None:  # noqa: F811

@@ -73,12 +73,14 @@ class Mesh:
         await self.reconciler.wait_for(lambda r: r.ok and r.bundle_revision == pushed.revision)
         return pushed
 
-    async def check(self) -> tuple[int, DecisionRecord]:
-        """One ext_authz check; (HTTP status, its decision record from the spool)."""
+    async def check(
+        self, body: bytes = b'{"messages": [{"role": "user", "content": "hi"}]}'
+    ) -> tuple[int, DecisionRecord]:
+        """One ext_authz check of a chat POST with ``body``; (HTTP status, its decision
+        record from the spool)."""
         http = attribute_context_pb2.AttributeContext.HttpRequest(
-            method="POST", path="/v1/chat/completions", headers=ACME_PUBLIC,
-            raw_body=b'{"messages": [{"role": "user", "content": "hi"}]}',
-        )  # fmt: skip
+            method="POST", path="/v1/chat/completions", headers=ACME_PUBLIC, raw_body=body
+        )
         response = await self.stub.Check(
             external_auth_pb2.CheckRequest(
                 attributes=attribute_context_pb2.AttributeContext(
