@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
@@ -34,6 +33,7 @@ from tiermesh.controlplane.api.decision import (
     DecisionRecord,
     canonical_bytes,
     record_hash,
+    signature_valid,
 )
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 _ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
-_ECDSA = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,19 +201,6 @@ def seal(
 def sign(record: DecisionRecord, key: ec.EllipticCurvePrivateKey) -> DecisionRecord:
     """``record`` with ``hash`` recomputed and ``signature`` made by ``key``."""
     return _signed(record, key)
-
-
-def signature_valid(record: DecisionRecord, public_key: object) -> bool:
-    """Whether ``record.signature`` is ``public_key``'s ECDSA-SHA256 signature of the
-    record's canonical bytes. False for a non-EC key or undecodable base64."""
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        signature = base64.b64decode(record.signature, validate=True)
-        public_key.verify(signature, canonical_bytes(record), _ECDSA)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def verify(

@@ -49,6 +49,7 @@ from tiermesh.controlplane.api.decision import (
     audit_method_path,
     canonical_bytes,
     record_hash,
+    signature_valid,
 )
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
@@ -188,4 +189,5 @@ __all__ = [
     "reference_problems",
     "registry_method_path",
     "render_schemas",
+    "signature_valid",
 ]

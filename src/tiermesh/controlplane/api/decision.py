@@ -33,12 +33,16 @@ an added field changes the canonical bytes of new records only.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
 import uuid
 from typing import Any, Final, Literal, TypeAlias
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AwareDatetime, Field, field_validator
 
 from tiermesh.controlplane.api._base import Contract
@@ -57,6 +61,7 @@ __all__ = [
     "audit_method_path",
     "canonical_bytes",
     "record_hash",
+    "signature_valid",
 ]
 
 DECISION_LOG_VERSION: Final = "v1"
@@ -146,6 +151,19 @@ def canonical_bytes(record: DecisionRecord) -> bytes:
 def record_hash(record: DecisionRecord) -> str:
     """Lowercase hex SHA-256 of :func:`canonical_bytes` — what ``record.hash`` must be."""
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def signature_valid(record: DecisionRecord, public_key: object) -> bool:
+    """Whether ``record.signature`` is ``public_key``'s ECDSA-SHA256 signature of the
+    record's canonical bytes (base64). False for a non-EC key or undecodable base64."""
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        signature = base64.b64decode(record.signature, validate=True)
+        public_key.verify(signature, canonical_bytes(record), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class ShipRequest(Contract):

@@ -6,27 +6,20 @@ Pure functions, thread-safe. The hash and signature rules are those of
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tiermesh.controlplane.api.decision import (
     GENESIS_HASH,
     DecisionRecord,
-    canonical_bytes,
     record_hash,
+    signature_valid,
 )
 
 __all__ = ["ChainProblem", "KeyLookup", "signature_valid", "verify_chain"]
 
 KeyLookup = Callable[[DecisionRecord], object | None]
 """The public key that must have signed a record (None: its signer is unknown)."""
-
-_ECDSA = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +36,6 @@ class ChainProblem:
             f"node {self.node_spiffe_id} seq {self.seq} (decision {self.decision_id}): "
             f"{self.reason}"
         )
-
-
-def signature_valid(record: DecisionRecord, public_key: object) -> bool:
-    """Whether ``record.signature`` is ``public_key``'s ECDSA-SHA256 signature of the
-    record's canonical bytes (False for a non-EC key or undecodable base64)."""
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        signature = base64.b64decode(record.signature, validate=True)
-        public_key.verify(signature, canonical_bytes(record), _ECDSA)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def verify_chain(
