@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from envoy.config.core.v3 import config_source_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
-__all__ = ["ads", "is_ip", "ms", "pack"]
+__all__ = ["ads", "is_ip", "ms", "pack", "static_assignment"]
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -38,3 +39,18 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def static_assignment(name: str, host: str, port: int) -> endpoint_pb2.ClusterLoadAssignment:
+    """The load assignment of a STATIC cluster ``name`` with the one address ``host:port``
+    (the node's own services: authz, usage, the cascade handler)."""
+    address = address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=address)
+    )
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
+    )

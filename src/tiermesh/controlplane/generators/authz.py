@@ -11,8 +11,7 @@ server never lets a request reach any upstream, let alone a cloud tier.
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -20,7 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http_pb2
 from envoy.type.v3 import http_status_pb2
 
-from tiermesh.controlplane.generators._protos import ms, pack
+from tiermesh.controlplane.generators._protos import ms, pack, static_assignment
 from tiermesh.controlplane.model import AuthzSettings, names
 
 __all__ = ["EXT_AUTHZ_FILTER", "authz_cluster", "authz_filter"]
@@ -65,22 +64,5 @@ def authz_cluster(settings: AuthzSettings, connect_timeout_ms: int) -> cluster_p
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=ms(connect_timeout_ms),
         typed_extension_protocol_options={_HTTP_OPTIONS: pack(options)},
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=names.AUTHZ_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=settings.host, port_value=settings.port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=static_assignment(names.AUTHZ_CLUSTER, settings.host, settings.port),
     )

@@ -38,13 +38,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import string_pb2
 
 from tiermesh.controlplane.api import ChainStep, RoutePlan
-from tiermesh.controlplane.generators._protos import ms
+from tiermesh.controlplane.generators._protos import ms, static_assignment
 from tiermesh.controlplane.model import CascadeSettings, NodeModel, names
 
 __all__ = [
@@ -155,24 +154,7 @@ def cascade_cluster(settings: CascadeSettings, connect_timeout_ms: int) -> clust
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=ms(connect_timeout_ms),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=names.CASCADE_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=settings.host, port_value=settings.port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=static_assignment(names.CASCADE_CLUSTER, settings.host, settings.port),
     )
 
 

@@ -64,13 +64,11 @@ from __future__ import annotations
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
-    address_pb2,
     base_pb2,
     config_source_pb2,
     grpc_service_pb2,
     protocol_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -80,7 +78,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upst
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 
-from tiermesh.controlplane.generators._protos import ms, pack
+from tiermesh.controlplane.generators._protos import ms, pack, static_assignment
 from tiermesh.controlplane.model import UsageSettings
 
 __all__ = [
@@ -401,24 +399,10 @@ def usage_cluster(settings: UsageSettings, connect_timeout_ms: int) -> cluster_p
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    address = address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address=settings.host, port_value=settings.port)
-    )
     return cluster_pb2.Cluster(
         name=USAGE_CLUSTER,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=ms(connect_timeout_ms),
         typed_extension_protocol_options={_HTTP_OPTIONS: pack(options)},
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=USAGE_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=address)
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=static_assignment(USAGE_CLUSTER, settings.host, settings.port),
     )
