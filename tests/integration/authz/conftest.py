@@ -6,7 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,21 @@ def _reply(status: int, headers: object, body: bytes) -> Reply:
     )
 
 
+def wait_routes_served(
+    listener: int, headers: dict[str, str], served: Callable[[int], bool], limit_s: float = 10
+) -> None:
+    """Poll a chat POST with ``headers`` until ``served(status)``: Envoy has the routes."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if served(post_chat(listener, headers, chat("probe")).status):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"routes not served within {limit_s:g} s")
+
+
 def chat(text: str, **extra: object) -> bytes:
     messages = [{"role": "user", "content": text}]
     return json.dumps({"model": "m", "messages": messages, **extra}).encode()
@@ -120,16 +135,7 @@ def authz_mesh(tmp_path: Path) -> Iterator[AuthzMesh]:
             envoy.wait_ready(timeout=20)
             mesh = AuthzMesh(backends, plan, listener, authz, spool)
             probe = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if mesh.send(probe, chat("probe")).status == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            else:
-                raise AssertionError("routes not served within 10 s")
+            wait_routes_served(listener, probe, lambda status: status == 200)
             for backend in backends.values():
                 backend.models.clear()
             yield mesh

@@ -12,12 +12,42 @@ PROMPT_TOKENS = 120
 COMPLETION_TOKENS = 30
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class ChatHandler(BaseHTTPRequestHandler):
+    """What the test backends share: ``GET`` answers ``{}``, every answer names the
+    backend (``x-tiermesh-backend``: the server's ``owner.name``), no access log."""
+
+    server: Any
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
         self._send(200, "application/json", b"{}")
+
+    def _start_stream(self) -> None:
+        """Headers of a chunked SSE answer; then `_chunk` each piece, ``b""`` last."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("x-tiermesh-backend", self.server.owner.name)
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _send(self, status: int, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-tiermesh-backend", self.server.owner.name)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _Handler(ChatHandler):
+    server: _Server
 
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
@@ -36,11 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send(200, "application/json", json.dumps(answer).encode())
             return
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.send_header("x-tiermesh-backend", owner.name)
-        self.end_headers()
+        self._start_stream()
         # A decoy in the content: an escaped "usage" inside a string must not count.
         words = [owner.name, ' {\\"usage\\": {\\"prompt_tokens\\": 999999}}']
         events = [{"choices": [{"delta": {"content": w}}], "usage": None} for w in words]
@@ -49,21 +75,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _send(self, status: int, kind: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("x-tiermesh-backend", self.server.owner.name)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 class _Server(ThreadingHTTPServer):

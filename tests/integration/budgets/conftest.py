@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.authz.conftest import Reply, chat, post_chat
+from tests.integration.authz.conftest import Reply, post_chat, wait_routes_served
 from tests.integration.budgets.backend import UsageBackend
 from tests.integration.budgets.harness import BudgetThread
 from tests.integration.compiler.conftest import NODE, small_catalog
@@ -27,6 +27,8 @@ from tiermesh.xds import BootstrapSpec, render_bootstrap
 CLOUD_PRICE = {"input": 1.0, "output": 2.0}
 """USD per 1000 tokens: one answer (120 + 30 tokens) costs 0.18 USD."""
 TINY_BUDGET = 0.1
+NOBODY = {"x-tiermesh-tenant": "nobody"}
+"""A tenant the catalogs do not know."""
 """``acme``'s budget: one cloud answer spends it."""
 
 
@@ -98,17 +100,8 @@ def budget_mesh(tmp_path: Path) -> Iterator[BudgetMesh]:
         with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
             envoy.wait_ready(timeout=20)
             mesh = BudgetMesh(backends, plan, listener, agent)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    # A tenant the catalog does not know: 404, and nothing is accounted.
-                    if mesh.send({"x-tiermesh-tenant": "nobody"}, chat("probe")).status != 503:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            else:
-                raise AssertionError("routes not served within 10 s")
+            # A tenant the catalog does not know is refused, and nothing is accounted.
+            wait_routes_served(listener, NOBODY, lambda status: status != 503)
             yield mesh
     finally:
         xds.close()

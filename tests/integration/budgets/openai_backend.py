@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.integration.authz.conftest import Reply, chat, post_chat
-from tests.integration.budgets.backend import COMPLETION_TOKENS, PROMPT_TOKENS
-from tests.integration.budgets.conftest import priced_catalog
+from tests.integration.authz.conftest import Reply, post_chat, wait_routes_served
+from tests.integration.budgets.backend import COMPLETION_TOKENS, PROMPT_TOKENS, ChatHandler
+from tests.integration.budgets.conftest import NOBODY, priced_catalog
 from tests.integration.budgets.harness import BudgetThread
 from tests.integration.compiler.conftest import NODE
 from tests.support.xdsthread import XdsThread
@@ -83,14 +83,10 @@ def stream_events(request: dict[str, Any]) -> list[bytes]:
     return events
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ChatHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:
-        self._send(200, "application/json", b"{}")
-
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the HTTP method handler's name
         length = self.headers.get("content-length")
         body = self.rfile.read(int(length or 0))
         owner = self.server.owner
@@ -109,11 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "sized":
             self._send(200, "text/event-stream", b"".join(events))
             return
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.send_header("x-tiermesh-backend", owner.name)
-        self.end_headers()
+        self._start_stream()
         if mode == "together":
             self._chunk(b"".join(events))
         elif mode == "split":
@@ -131,21 +123,6 @@ class _Handler(BaseHTTPRequestHandler):
             for event in events:
                 self._chunk(event)
         self._chunk(b"")
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _send(self, status: int, kind: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("x-tiermesh-backend", self.server.owner.name)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 class _Server(ThreadingHTTPServer):
@@ -217,16 +194,7 @@ def stream_mesh(tmp_path: Path, max_body_bytes: int | None = None) -> Iterator[S
         with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
             envoy.wait_ready(timeout=20)
             mesh = StreamMesh(backends, listener, agent)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if mesh.send({"x-tiermesh-tenant": "nobody"}, chat("probe")).status != 503:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            else:
-                raise AssertionError("routes not served within 10 s")
+            wait_routes_served(listener, NOBODY, lambda status: status != 503)
             for backend in backends.values():
                 backend.received.clear()
             yield mesh
