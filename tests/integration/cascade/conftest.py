@@ -25,7 +25,7 @@ from tests.integration.flows.conftest import KEY_NAME, NODE, envoy_with, flow_ca
 from tests.integration.flows.harness import LoopThread
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.cascade import CascadeHandler
-from tiermesh.agents.models import LlamaServer, write_tiny_gguf
+from tiermesh.agents.models import LlamaServer
 from tiermesh.controlplane.api import Plan
 from tiermesh.controlplane.model import CascadeSettings, MeshModel, NodeSettings
 from tiermesh.controlplane.verify import compile_and_verify
@@ -147,24 +147,6 @@ class CascadeMesh:
 
     def triage(self, text: str = "hello", **extra: Any) -> Answer:
         return self.send("triage", text, **extra)
-
-
-@pytest.fixture(scope="module")
-def loop_thread() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def edge_server(
-    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LlamaServer]:
-    model = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-    server = LlamaServer(model, alias="edge-model")
-    loop_thread.run(server.start())
-    yield server
-    loop_thread.run(server.stop())
 
 
 CascadeFactory = Callable[..., AbstractContextManager[CascadeMesh]]

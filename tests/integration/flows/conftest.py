@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from tests.integration.compiler.conftest import eventually
-from tests.integration.flows.harness import LoopThread
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
-from tiermesh.agents.models import LlamaServer, write_tiny_gguf
+from tiermesh.agents.models import LlamaServer
 from tiermesh.controlplane.api import Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.model import MeshModel, NodeSettings
@@ -190,24 +189,6 @@ def send(port: int, headers: dict[str, str], body: bytes) -> Answer:
         text.decode(),
         time.monotonic() - started,
     )
-
-
-@pytest.fixture(scope="module")
-def loop_thread() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def edge_server(
-    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LlamaServer]:
-    model = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-    server = LlamaServer(model, alias="edge-model")
-    loop_thread.run(server.start())
-    yield server
-    loop_thread.run(server.stop())
 
 
 @contextlib.contextmanager
