@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tiermesh.controlplane.store import EtcdStore, MemoryStore, Store
+from tests.support.stores import STORE_KINDS, store_of
+from tiermesh.controlplane.store import Store
 from tiermesh.procs.etcd import EtcdServer
 
 
@@ -20,21 +20,11 @@ def rollover_etcd() -> Iterator[EtcdServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """A MemoryStore, or an EtcdStore on a real etcd under a root of its own."""
-    root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
-    chosen: MemoryStore | EtcdStore
-    if request.param == "memory":
-        chosen = MemoryStore(root=root)
-    else:
-        server: EtcdServer = request.getfixturevalue("rollover_etcd")
-        chosen = EtcdStore(server.endpoint, root=root)
-        await chosen.connect()
-    try:
+    async with store_of(request.param, lambda: request.getfixturevalue("rollover_etcd")) as chosen:
         yield chosen
-    finally:
-        await chosen.aclose()
 
 
 @pytest.fixture
