@@ -520,26 +520,27 @@ class NodeRegistryService:
         session: _Session | None = None
         SESSIONS.inc()
         try:
-            spiffe_id, node_id = self._peer(context)
-            session = _Session(self, context, spiffe_id, node_id)
-            iterator = aiter(requests)
-            await session.register(await self._first(iterator))
-            ended = await session.run(iterator)
+            ended: _Goodbye | None = None
+            failure: Exception | None = None
+            try:
+                spiffe_id, node_id = self._peer(context)
+                session = _Session(self, context, spiffe_id, node_id)
+                iterator = aiter(requests)
+                await session.register(await self._first(iterator))
+                ended = await session.run(iterator)
+            except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
+                failure = exc
+            # A goodbye is final; a stream that ended or failed may be a vanished client.
+            vanished = not (ended is not None and ended.said) and await _vanished(context)
+            if session is not None:
+                await session.stop(revoke=not vanished)
+            if failure is not None and not vanished:
+                await self._refuse(context, failure)
         except asyncio.CancelledError:
+            # Cancelled anywhere above (also while checking): keep the lease to expire.
             if session is not None:
                 await session.stop(revoke=False)
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a status
-            if await _vanished(context):
-                if session is not None:
-                    await session.stop(revoke=False)
-                return
-            if session is not None:
-                await session.stop(revoke=True)
-            await self._refuse(context, exc)
-        else:
-            assert session is not None
-            await session.stop(revoke=ended.said or not await _vanished(context))
         finally:
             SESSIONS.dec()
 
