@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 
-import grpc
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tiermesh.agents.config import AgentConfig
@@ -27,14 +26,12 @@ from tiermesh.agents.identity import (
 )
 from tiermesh.agents.identity.join_client import NodeApiCallError, join
 from tiermesh.agents.runtime.errors import ControlPlaneUnreachable, JoinFailed
+from tiermesh.agents.runtime.nodeapi_call import CALL_TIMEOUT_S, UNREACHABLE, call_node_api
 from tiermesh.controlplane.api.join import RENEW_METHOD, RenewRequest, SvidResponse, method_path
 
 __all__ = ["NodeApiSource", "first_identity", "saved_identity", "svid_files"]
 
 log = logging.getLogger("tiermesh.agent")
-
-_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_CALL_TIMEOUT_S = 5.0
 
 
 def svid_files(config: AgentConfig) -> SvidFiles:
@@ -94,10 +91,10 @@ async def first_identity(config: AgentConfig, *, now: dt.datetime) -> SvidMateri
                 key,
                 trust_bundle_pem=bundle,
                 server_name=config.control_plane.tls_server_name,
-                timeout_s=_CALL_TIMEOUT_S,
+                timeout_s=CALL_TIMEOUT_S,
             )
         except NodeApiCallError as exc:
-            if exc.code in _UNREACHABLE:
+            if exc.code in UNREACHABLE:
                 attempts.append(f"{address}: {exc.code.name}: {exc.details}")
                 continue
             raise JoinFailed(f"the control plane at {address} refused the join: {exc}") from exc
@@ -121,30 +118,13 @@ class NodeApiSource:
         self._server_name = server_name
 
     async def renew(self, csr_pem: bytes) -> tuple[bytes, bytes]:
-        current = self._store.require()
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=current.bundle_pem(),
-            private_key=current.key_pem(),
-            certificate_chain=current.chain_pem(),
+        response = await call_node_api(
+            self._store,
+            self._addresses,
+            server_name=self._server_name,
+            method=RENEW_METHOD,
+            path=method_path(RENEW_METHOD),
+            request=RenewRequest(csr_pem=csr_pem.decode()),
+            reply=SvidResponse.model_validate_json,
         )
-        options = [("grpc.ssl_target_name_override", self._server_name)]
-        last: NodeApiCallError | None = None
-        for address in self._addresses:
-            async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-                call = channel.unary_unary(
-                    method_path(RENEW_METHOD),
-                    request_serializer=lambda r: r.model_dump_json().encode(),
-                    response_deserializer=SvidResponse.model_validate_json,
-                )
-                try:
-                    response: SvidResponse = await call(
-                        RenewRequest(csr_pem=csr_pem.decode()), timeout=_CALL_TIMEOUT_S
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    last = NodeApiCallError(RENEW_METHOD, exc.code(), exc.details() or "")
-                    if exc.code() in _UNREACHABLE:
-                        continue
-                    raise last from exc
-            return response.svid_chain_pem.encode(), response.bundle_pem.encode()
-        assert last is not None
-        raise last
+        return response.svid_chain_pem.encode(), response.bundle_pem.encode()

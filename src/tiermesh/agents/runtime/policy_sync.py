@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -37,6 +37,7 @@ from tiermesh.agents.authz import (
 )
 from tiermesh.agents.identity import Backoff, SvidStore
 from tiermesh.agents.identity.join_client import NodeApiCallError
+from tiermesh.agents.runtime.nodeapi_call import CALL_TIMEOUT_S, call_node_api
 from tiermesh.agents.usage import Prices, UsageLedger
 from tiermesh.controlplane.api import (
     MAX_REQUEST_POLICY_BYTES,
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tiermesh.agent")
-
-_UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_CALL_TIMEOUT_S: Final = 5.0
 
 
 class RequestPolicySource(Protocol):
@@ -101,7 +99,7 @@ class NodeApiPolicySource:
         addresses: Sequence[str],
         server_name: str,
         *,
-        timeout_s: float = _CALL_TIMEOUT_S,
+        timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         self._store = store
         self._addresses = tuple(addresses)
@@ -109,38 +107,22 @@ class NodeApiPolicySource:
         self._timeout_s = timeout_s
 
     async def fetch(self) -> RequestPolicyBundle | None:
-        current = self._store.require()
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=current.bundle_pem(),
-            private_key=current.key_pem(),
-            certificate_chain=current.chain_pem(),
-        )
-        options = [
-            ("grpc.ssl_target_name_override", self._server_name),
-            ("grpc.max_receive_message_length", MAX_REQUEST_POLICY_BYTES),
-        ]
-        last: NodeApiCallError | None = None
-        for address in self._addresses:
-            async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-                call = channel.unary_unary(
-                    registry_method_path(REQUEST_POLICY_METHOD),
-                    request_serializer=lambda q: q.model_dump_json().encode(),
-                    response_deserializer=RequestPolicyBundle.model_validate_json,
-                )
-                try:
-                    answer: RequestPolicyBundle = await call(
-                        RequestPolicyQuery(), timeout=self._timeout_s
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() is grpc.StatusCode.NOT_FOUND:
-                        return None
-                    last = NodeApiCallError(REQUEST_POLICY_METHOD, exc.code(), exc.details() or "")
-                    if exc.code() in _UNREACHABLE:
-                        continue
-                    raise last from exc
-            return answer
-        assert last is not None
-        raise last
+        try:
+            return await call_node_api(
+                self._store,
+                self._addresses,
+                server_name=self._server_name,
+                method=REQUEST_POLICY_METHOD,
+                path=registry_method_path(REQUEST_POLICY_METHOD),
+                request=RequestPolicyQuery(),
+                reply=RequestPolicyBundle.model_validate_json,
+                timeout_s=self._timeout_s,
+                max_reply_bytes=MAX_REQUEST_POLICY_BYTES,
+            )
+        except NodeApiCallError as exc:
+            if exc.code is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
 
 
 class PolicySync:
