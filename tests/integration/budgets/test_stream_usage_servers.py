@@ -14,14 +14,12 @@ import pytest
 
 from tests.integration.budgets.harness import BudgetThread
 from tests.integration.compiler.conftest import eventually
-from tests.integration.flows.conftest import (  # noqa: F401 - fixtures used below
+from tests.integration.flows.conftest import (
     KEY_NAME,
     NODE,
     Answer,
-    edge_server,
     envoy_with,
     flow_catalog,
-    loop_thread,
     send,
 )
 from tests.unit.compiler.plans import evaluate_plan
@@ -73,7 +71,7 @@ class ServersMesh:
 @pytest.fixture(scope="module")
 def servers_mesh(
     tmp_path_factory: pytest.TempPathFactory,
-    edge_server: LlamaServer,  # noqa: F811 - the imported fixture
+    edge_server: LlamaServer,
 ) -> Iterator[ServersMesh]:
     tmp_path = tmp_path_factory.mktemp("servers")
     cloud = CloudStandin(workdir=tmp_path / "cloud")
