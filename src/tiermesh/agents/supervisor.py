@@ -291,7 +291,8 @@ class Supervisor:
                     next_delay_s=delay,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
         finally:
             first_attempt.set()
             if self._status.state is not ProcessState.FAILED:
@@ -381,8 +382,12 @@ class Supervisor:
 
     async def _check(self) -> bool:
         assert self._health_check is not None
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the check completes, and the watcher then never stopped (a stop
+        # that waited for it hung with the child still running).
         try:
-            return bool(await asyncio.wait_for(self._health_check(), self.policy.check_timeout_s))
+            async with asyncio.timeout(self.policy.check_timeout_s):
+                return bool(await self._health_check())
         except Exception:  # noqa: BLE001 - any failure of a check is an unhealthy answer
             return False
 
@@ -400,7 +405,8 @@ class Supervisor:
         if proc.returncode is None:
             _signal_group(pgid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), self.policy.stop_grace_s)
+                async with asyncio.timeout(self.policy.stop_grace_s):
+                    await proc.wait()
             except TimeoutError:
                 _signal_group(pgid, signal.SIGKILL)
                 await proc.wait()

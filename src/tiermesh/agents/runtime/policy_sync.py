@@ -254,7 +254,8 @@ class PolicySync:
                 delay = self._backoff.delay(failures)
                 log.warning("%s; retrying in %.1fs", self.last_error, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 self._wake.set()
                 continue
             failures = 0

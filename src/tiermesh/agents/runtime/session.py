@@ -142,7 +142,8 @@ class RegistrySession:
                 log.warning("registry session lost (%s); reopening in %.1fs", self.last_error,
                             delay)  # fmt: skip
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._leaving.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._leaving.wait()
 
     async def _session(self, address: str) -> None:
         material = self._store.require()
@@ -182,7 +183,8 @@ class RegistrySession:
                         await call.write(SessionMessage(load=await self._measure()))
                         await self._report_usage(call, usage)
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._leaving.wait(), self._interval_s)
+                            async with asyncio.timeout(self._interval_s):
+                                await self._leaving.wait()
                     await self._report_usage(call, usage)
                     await self._say_goodbye(call, reader)
                 finally:
