@@ -3,6 +3,7 @@ server; backends answer with OpenAI-style ``usage``; the cloud tier costs money.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,15 +68,23 @@ class BudgetMesh:
         return post_chat(self.listener, headers, body)
 
     def wait_tokens(self, tenant: str, tokens: int, timeout_s: float = 10) -> TenantUsage:
-        """The tenant's totals once they reach ``tokens`` (access logs arrive after the
-        answer, batched)."""
+        """The tenant's totals once they reach ``tokens`` and the budget file ext_authz reads
+        shows their spend (access logs arrive after the answer, batched; the ledger writes
+        the file from a worker thread just after it counts)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             totals = self.agent.totals(tenant)
-            if totals.tokens >= tokens:
+            if totals.tokens >= tokens and self._file_spent(tenant) >= totals.spent_usd:
                 return totals
             time.sleep(0.05)
         raise AssertionError(f"{tenant}: {self.agent.totals(tenant)} after {timeout_s} s")
+
+    def _file_spent(self, tenant: str) -> float:
+        try:
+            entry = json.loads(self.agent.budget_file.read_text()).get(tenant, {})
+        except (OSError, ValueError):
+            return -1.0
+        return float(entry.get("spent_usd", -1.0))
 
 
 @pytest.fixture

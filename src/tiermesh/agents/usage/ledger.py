@@ -6,7 +6,9 @@ rewrites the budget file (``{"<tenant>": {"spent_usd": x, "limit_usd": y}, …}`
 format :class:`~tiermesh.agents.authz.JsonFileBudgetSource` reads) atomically: a temporary
 file in the same directory, then ``os.replace``, so a reader sees the old or the new file,
 never a partial one. ext_authz therefore marks a tenant exhausted from the first request
-after the one that brought ``spent_usd`` to ``limit_usd`` or above.
+checked after the file shows the answer that brought ``spent_usd`` to ``limit_usd`` or
+above (the totals change a moment before the file: :meth:`UsageLedger.record` writes
+after it counts).
 
 Spend is kept in integer micro-dollars (no float drift over many small requests). On
 construction the ledger takes the ``spent_usd`` already in the file, so totals survive an
