@@ -41,12 +41,21 @@ _body_reasons contains "body not fully inspected" if input.payload.truncated == 
 
 _body_reasons contains "body is not plain text" if input.payload.encoding in {"binary", "invalid_utf8"}
 
+_body_reasons contains input.payload.uninspectable if is_string(input.payload.uninspectable)
+
+_request_places := {f.where | some f in input.request_findings}
+
+_body_reasons contains sprintf("%s contains %s", [where, concat(", ", sort(kinds))]) if {
+	some where in _request_places
+	kinds := {f.kind | some f in input.request_findings; f.where == where}
+}
+
 _declared_level := input.headers.sensitivity if input.headers.sensitivity in levels
 
 # METADATA
 # description: |
-#   Effective sensitivity: restricted when the body shows personal data or could not be
-#   fully inspected, whatever the caller declared; else the declared label; restricted
+#   Effective sensitivity: restricted when the body, path, query or headers show personal
+#   data, or the body could not be fully or cleanly inspected, whatever the caller declared; else the declared label; restricted
 #   when the header is missing or not a known label (fail closed).
 sensitivity := "restricted" if {
 	count(_body_reasons) > 0

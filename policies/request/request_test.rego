@@ -171,3 +171,18 @@ test_an_empty_input_is_a_denial_not_an_error if {
 		"headers": {"x-tiermesh-sensitivity": "restricted"},
 	}
 }
+
+test_personal_data_in_the_query_makes_a_public_request_restricted if {
+	found := [{"kind": "email", "count": 1, "where": "query"}]
+	d := request.decision with input as object.union(_clean, {"request_findings": found})
+	d.sensitivity == "restricted"
+	d.headers["x-tiermesh-sensitivity"] == "restricted"
+	d.reason == "restricted: query contains email"
+}
+
+test_an_uninspectable_body_is_restricted if {
+	payload := object.union(_clean.payload, {"uninspectable": "body looks like JSON but does not parse"})
+	d := request.decision with input as object.union(_clean, {"payload": payload})
+	d.sensitivity == "restricted"
+	d.reason == "restricted: body looks like JSON but does not parse"
+}

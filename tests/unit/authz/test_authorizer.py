@@ -101,7 +101,13 @@ async def test_policy_headers_outside_the_namespace_are_dropped(tmp_path: Path) 
         }
     )
     verdict = await Authorizer(engine, MemorySink(), StaticBudgetSource()).decide(check())
-    assert set(verdict.set_headers) == {"x-tiermesh-task", DECISION_ID_HEADER}
+    assert set(verdict.set_headers) == {
+        "x-tiermesh-task",
+        "x-tiermesh-sensitivity",
+        DECISION_ID_HEADER,
+    }
+    # no label declared: the floor, not the policy's "public", decides
+    assert verdict.set_headers["x-tiermesh-sensitivity"] == "restricted"
     engine.close()
 
 

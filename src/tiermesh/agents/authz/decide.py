@@ -10,6 +10,17 @@ budget_exhausted: bool, reason: str, headers: {name: value}}``. Anything else �
 undefined document, an evaluation error, a malformed object — is recorded as an ``error``
 outcome and answered 503: the request is never routed on a guess.
 
+**Sensitivity has a floor the policy cannot lower** (:mod:`.floor`): the detectors' findings
+in the body, path, query and headers, a body not fully or not cleanly inspectable, and the
+caller's own label are computed in code; the request is routed (``x-tiermesh-sensitivity``)
+and recorded (``result.sensitivity``) with the higher of that floor and the policy's answer
+— one value, whatever the policy put in its ``headers``. The record also keeps the policy's
+own answer (``policy_sensitivity``) and the floor with its reasons.
+
+The policy input holds no raw path or header value that could carry personal data: a
+value with a finding, or outside the plain shape of a route label or API path, is
+replaced by :data:`MASKED`.
+
 Only headers named ``x-tiermesh-*`` with printable values are taken from the policy; the
 headers the server owns (:data:`OWNED_HEADERS`) that the decision does not set are removed
 from the request, so a caller cannot pre-set them.
@@ -22,16 +33,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
+from tiermesh.agents.authz import normalize
 from tiermesh.agents.authz.body import InspectedBody, inspect_body
 from tiermesh.agents.authz.budget import UNKNOWN, BudgetSource, BudgetState
 from tiermesh.agents.authz.detectors import DetectorRegistry
 from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded, PolicyRejected
+from tiermesh.agents.authz.floor import (
+    DEFAULT_UNINSPECTED_HEADERS,
+    LEVELS,
+    Floor,
+    RequestFinding,
+    effective_level,
+    inspect_request,
+    sensitivity_floor,
+)
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
 from tiermesh.controlplane.api import MATCH_HEADERS
@@ -41,6 +63,7 @@ __all__ = [
     "BUDGET_HEADER",
     "DECISION_ID_HEADER",
     "DEFAULT_MAX_BODY_BYTES",
+    "MASKED",
     "OWNED_HEADERS",
     "PARTIAL_BODY_HEADER",
     "RECORD_PATH",
@@ -71,9 +94,15 @@ OWNED_HEADERS: Final = (MATCH_HEADERS["sensitivity"], BUDGET_HEADER, DECISION_ID
 PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
 """Header Envoy adds to the check request when it sent only part of the body."""
 
-_LEVELS: Final = frozenset({"public", "internal", "restricted"})
+_LEVELS: Final = frozenset(LEVELS)
 _ROUTING_HEADERS: Final = {"sensitivity", "task", "model"}
 _MAX_HEADER_VALUE: Final = 256
+MASKED: Final = "[masked]"
+"""What the policy input (and so the decision log) holds instead of a path or header value
+that may carry personal data."""
+_PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PLAIN_PATH: Final = re.compile(r"/[A-Za-z0-9._/-]{0,255}")
+_PLAIN_CONTENT_TYPE: Final = re.compile(r"[A-Za-z0-9._+/=; -]{1,128}")
 
 Outcome: TypeAlias = Literal["allow", "deny", "error"]
 
@@ -126,12 +155,25 @@ def _declared_length(headers: Mapping[str, str]) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
+def _plain(value: str, shape: re.Pattern[str], where: str, found: set[str]) -> str:
+    """``value`` when it has the plain ``shape`` and no finding was made ``where``."""
+    return value if where not in found and shape.fullmatch(value) else MASKED
+
+
 def build_input(
-    request: CheckInput, body: InspectedBody, budget: BudgetState, declared: int | None
+    request: CheckInput,
+    body: InspectedBody,
+    budget: BudgetState,
+    declared: int | None,
+    *,
+    request_findings: tuple[RequestFinding, ...] = (),
+    floor: Floor | None = None,
 ) -> dict[str, Any]:
-    """The policy input for ``request`` (no body text, no other headers)."""
+    """The policy input for ``request`` (no body text, no other headers; values that may
+    carry personal data masked)."""
+    found = {f.where for f in request_findings}
     routing = {
-        name: value
+        name: _plain(value, _PLAIN_VALUE, f"header x-tiermesh-{name}", found)
         for name in sorted(_ROUTING_HEADERS | {"budget"})
         if (value := _header(request.headers, f"x-tiermesh-{name}")) is not None
     }
@@ -145,9 +187,15 @@ def build_input(
     }
     if declared is not None:
         payload["declared_bytes"] = declared
-    http: dict[str, Any] = {"method": request.method, "path": request.path.split("?", 1)[0]}
+    path = request.path.split("?", 1)[0]
+    http: dict[str, Any] = {
+        "method": _plain(request.method, _PLAIN_VALUE, "method", found),
+        "path": _plain(path, _PLAIN_PATH, "path", found),
+    }
     if content_type := _header(request.headers, "content-type"):
-        http["content_type"] = content_type
+        http["content_type"] = _plain(
+            content_type, _PLAIN_CONTENT_TYPE, "header content-type", found
+        )
     document: dict[str, Any] = {
         "version": REQUEST_INPUT_VERSION,
         "headers": routing,
@@ -157,8 +205,16 @@ def build_input(
         "token_estimate": body.token_estimate,
         "budget": budget.to_json(),
     }
+    if request_findings:
+        document["request_findings"] = [f.to_json() for f in request_findings]
+    if uninspectable := getattr(body, "uninspectable", None):  # FIXME: field lands with body.py
+        payload["uninspectable"] = uninspectable
+    if floor is not None:
+        document["floor"] = floor.to_json()
     if (tenant := _header(request.headers, MATCH_HEADERS["tenant"])) is not None:
-        document["tenant"] = tenant
+        document["tenant"] = _plain(
+            tenant, _PLAIN_VALUE, f"header {MATCH_HEADERS['tenant']}", found
+        )
     return document
 
 
@@ -242,6 +298,7 @@ class Authorizer:
         bundle_revision: str | None = None,
         etcd_revision: int | None = None,
         snapshot_version: str | None = None,
+        uninspected_headers: Collection[str] = DEFAULT_UNINSPECTED_HEADERS,
     ) -> None:
         if max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
@@ -250,6 +307,8 @@ class Authorizer:
         self._budget = budget
         self._max_body = max_body_bytes
         self._registry = registry
+        self._uninspected = frozenset(name.lower() for name in uninspected_headers)
+        normalize.warm()
         self.snapshot_version = snapshot_version
 
     @property
@@ -299,18 +358,34 @@ class Authorizer:
             partial=request.partial,
             registry=self._registry,
         )
+        found = inspect_request(
+            request.path, request.headers, registry=self._registry, uninspected=self._uninspected
+        )
+        floor = sensitivity_floor(
+            request.headers.get(MATCH_HEADERS["sensitivity"]),
+            body,
+            found,
+            content_encoding=request.headers.get("content-encoding"),
+        )
         inspected = time.perf_counter_ns()
         budget = await self._budget_state(request.headers.get(MATCH_HEADERS["tenant"]))
-        document = build_input(request, body, budget, declared)
+        document = build_input(request, body, budget, declared, request_findings=found, floor=floor)
         evaluating = time.perf_counter_ns()
         policy = self._policy
-        outcome, decision = self._evaluate(policy.engine, document)
+        outcome, answer = self._evaluate(policy.engine, document)
         finished = time.perf_counter_ns()
+        decision = _with_floor(answer, floor)
         status = {"allow": 200, "deny": 403, "error": 503}[outcome]
         entry = DecisionEntry(
             path=RECORD_PATH,
             input=document,
-            result={**decision, "outcome": outcome, "status": status},
+            result={
+                **decision,
+                "policy_sensitivity": answer["sensitivity"],
+                "floor": floor.to_json(),
+                "outcome": outcome,
+                "status": status,
+            },
             kind="request",
             timers={
                 "timer_tiermesh_inspect_ns": inspected - started,
@@ -327,6 +402,8 @@ class Authorizer:
         except Exception as exc:
             raise DecisionNotRecorded(str(decision_id), f"{type(exc).__name__}: {exc}") from exc
         set_headers = _safe_headers(decision.get("headers", {})) if outcome == "allow" else {}
+        if outcome == "allow":
+            set_headers[MATCH_HEADERS["sensitivity"]] = decision["sensitivity"]
         set_headers[DECISION_ID_HEADER] = str(decision_id)
         return Verdict(
             decision_id=decision_id,
@@ -360,6 +437,20 @@ class Authorizer:
             log.error("request policy answer is %s", what)
             return "error", _error_decision(f"policy answer is {what}")
         return ("allow" if decision["allow"] else "deny"), decision
+
+
+def _with_floor(answer: dict[str, Any], floor: Floor) -> dict[str, Any]:
+    """``answer`` with its sensitivity raised to ``floor`` and its headers carrying that one
+    label (whatever case the policy spelled the header in); the reason says so when the
+    floor raised it."""
+    level = effective_level(floor, answer["sensitivity"])
+    sensitivity = MATCH_HEADERS["sensitivity"]
+    headers = {k: v for k, v in answer["headers"].items() if k.lower() != sensitivity}
+    decision = {**answer, "sensitivity": level, "headers": {**headers, sensitivity: level}}
+    if level != answer["sensitivity"]:
+        reasons = "; ".join(floor.reasons) or "as declared"
+        decision["reason"] = f"{answer['reason']}; raised to {level} by inspection ({reasons})"
+    return decision
 
 
 def _error_decision(reason: str) -> dict[str, Any]:

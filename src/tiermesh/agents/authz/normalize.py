@@ -1,6 +1,6 @@
 """Text as the detectors should see it: the forms a model reads, mapped to ASCII.
 
-The detectors match ASCII shapes (``re.ASCII``). A model reads ``４１１１`` (fullwidth),
+The detectors match ASCII shapes (``re.ASCII``). A model reads ``\uff14\uff11`` (fullwidth digits),
 ``john\u200b@example.com`` (a zero-width space inside) or ``555\u2212 0123`` (a minus sign)
 as the digits, address and number they spell. :func:`detection_text` maps those forms
 before detection: NFKC, every Unicode decimal digit to its ASCII digit, format characters
