@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.compiler.plans import TEST_BUNDLE, demo_catalog, evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, demo_catalog, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan
 from tiermesh.controlplane.model import MeshModel, NodeSettings
 
 EDGE = "edge-1"
-EDGE_SETTINGS = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE)
+EDGE_SETTINGS = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE, authz=TEST_AUTHZ)
 
 
 @pytest.fixture(scope="session")

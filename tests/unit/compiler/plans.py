@@ -14,6 +14,7 @@ from tiermesh.controlplane.api import (
     load_catalog,
     policy_data,
 )
+from tiermesh.controlplane.model import AuthzSettings
 from tiermesh.rego import RegorusEngine
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,6 +29,9 @@ EDGE_NODE: dict[str, Any] = {
 TEST_BUNDLE = (
     "-----BEGIN CERTIFICATE-----\nTEST-ONLY-NOT-A-CERTIFICATE\n-----END CERTIFICATE-----\n"
 )
+TEST_AUTHZ = AuthzSettings(port=10002)
+"""The ext_authz server of nodes in compile-only tests (nothing listens there): a node
+without one compiles to an app listener that answers every request 503."""
 
 
 def policy_modules() -> dict[str, str]:

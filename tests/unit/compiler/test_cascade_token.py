@@ -27,6 +27,7 @@ def _table(plan: Plan, token: str | None) -> list[rc.Route]:
     settings = NodeSettings(
         app_port=EDGE_SETTINGS.app_port,
         trust_bundle_pem=EDGE_SETTINGS.trust_bundle_pem,
+        authz=EDGE_SETTINGS.authz,
         cascade=CascadeSettings(port=7777, token=token),
     )
     (config,) = routes.generate(MeshModel.build([plan], {EDGE: settings}), EDGE)
@@ -78,6 +79,7 @@ def test_the_verifier_holds_with_a_token(edge_plan: Plan, catalog: Catalog) -> N
     settings = NodeSettings(
         app_port=EDGE_SETTINGS.app_port,
         trust_bundle_pem=EDGE_SETTINGS.trust_bundle_pem,
+        authz=EDGE_SETTINGS.authz,
         credentials=dict.fromkeys(_credential_names(catalog), "placeholder"),
         cascade=CascadeSettings(port=7777, token=TOKEN),
     )

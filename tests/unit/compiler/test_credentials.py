@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.integration.flows.conftest import KEY_NAME, NODE, flow_catalog
-from tests.unit.compiler.plans import evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, evaluate_plan
 from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.model import MeshModel, NodeSettings, PlanMismatch, names
 from tiermesh.controlplane.verify import verify_snapshot
@@ -26,7 +26,7 @@ def test_the_key_is_served_only_as_the_backends_generic_secret() -> None:
     catalog = flow_catalog(9001, 9002)
     plan = evaluate_plan(catalog)
     assert KEY not in plan.model_dump_json()
-    settings = NodeSettings(app_port=8080, credentials={KEY_NAME: KEY})
+    settings = NodeSettings(app_port=8080, authz=TEST_AUTHZ, credentials={KEY_NAME: KEY})
     snapshot = compile_snapshot(MeshModel.build([plan], {NODE: settings}), NODE)
     assert snapshot.names(typeurls.SECRET) == {names.credential_secret("cloud")}
     secret = snapshot.resource(typeurls.SECRET, names.credential_secret("cloud"))

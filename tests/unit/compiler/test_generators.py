@@ -11,7 +11,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
-from tests.unit.compiler.plans import TEST_BUNDLE, evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan, TenantUsage
 from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, refusal_body
 from tiermesh.controlplane.generators.clusters import chain_cluster
@@ -38,7 +38,7 @@ def test_same_plan_same_version(edge_plan: Plan, catalog: Catalog) -> None:
     assert compile_snapshot(again, EDGE).version == first.version
     with pytest.raises(PlanMismatch, match="no trust bundle"):
         MeshModel.build([edge_plan], {EDGE: NodeSettings(app_port=10001)})
-    other = NodeSettings(app_port=10001, trust_bundle_pem=TEST_BUNDLE)
+    other = NodeSettings(app_port=10001, trust_bundle_pem=TEST_BUNDLE, authz=TEST_AUTHZ)
     changed = compile_snapshot(MeshModel.build([edge_plan], {EDGE: other}), EDGE)
     assert changed.version != first.version
     assert changed.type_version(typeurls.CLUSTER) == first.type_version(typeurls.CLUSTER)

@@ -9,6 +9,7 @@ import pytest
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from tests.unit.compiler.plans import TEST_AUTHZ
 from tests.unit.reconciler.policyfiles import SMALL_CATALOG, policy_files
 from tiermesh.controlplane.api import NodeLoad, RegisteredNode, Tier
 from tiermesh.controlplane.model import NodeSettings
@@ -45,7 +46,7 @@ class Rig:
     def __init__(self) -> None:
         self.store = MemoryStore()
         self.cache = SnapshotCache()
-        compiler = default_compiler(lambda _node_id: NodeSettings(app_port=10000))
+        compiler = default_compiler(lambda _node_id: NodeSettings(app_port=10000, authz=TEST_AUTHZ))
         self.reconciler = Reconciler(
             self.store, RegorusEngine, compiler, self.cache, debounce_s=0.01
         )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pytest
 from pydantic import ValidationError
 
-from tests.unit.compiler.plans import TEST_BUNDLE
+from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE
 from tests.unit.reconciler.policyfiles import POLICY_DIR, rego_files
 from tiermesh.controlplane.api import Catalog, NodeInfo, Plan, TenantUsage, load_catalog
 from tiermesh.controlplane.bundle import BundleOutcome, Compiler, evaluate_bundle, evaluate_plan
@@ -18,7 +18,7 @@ from tiermesh.rego import RegorusEngine
 from tiermesh.xds import Snapshot, typeurls
 
 DEMO_CATALOG = POLICY_DIR / "data" / "catalog.yaml"
-SETTINGS = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE)
+SETTINGS = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE, authz=TEST_AUTHZ)
 
 
 def node(node_id: str) -> NodeInfo:
@@ -93,7 +93,7 @@ def test_a_snapshot_depends_on_no_part_of_the_plan_but_routes_and_backends() -> 
 
 def test_different_settings_are_a_miss() -> None:
     cache = CompileCache()
-    special = {"n-2": NodeSettings(app_port=10001, trust_bundle_pem=TEST_BUNDLE)}
+    special = {"n-2": NodeSettings(app_port=10001, trust_bundle_pem=TEST_BUNDLE, authz=TEST_AUTHZ)}
     outcome = evaluate([node("n-1"), node("n-2"), node("n-3")], compiler(cache, special))
     snapshots = outcome.snapshots
     assert snapshots["n-1"] is snapshots["n-3"]

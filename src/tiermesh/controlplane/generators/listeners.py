@@ -34,7 +34,9 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     (:mod:`.usage`).
 
     ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
-    and the route are those of the headers it set. Then one internal egress listener per
+    and the route are those of the headers it set. A node without ``settings.authz``
+    forwards nothing: its route table answers every request 503 (:mod:`.routes`), so no
+    request reaches an upstream uninspected. Then one internal egress listener per
     credentialed backend (:mod:`.egress`), sorted by backend name, then the inbound mTLS
     listener when the node has ``settings.mesh`` (:mod:`.mesh_tls`).
     """

@@ -36,6 +36,13 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 - **Cascade** (a plan route with ``cascade`` on a node with a cascade handler): each
   variant becomes per-step routes and a route to the handler; see :mod:`.cascade`. When
   the handler has a secret, every other forwarding route removes its header.
+- **No request-time policy** (the node has no
+  :class:`~tiermesh.controlplane.model.AuthzSettings`): the table is one route,
+  :data:`NO_AUTHZ_ROUTE`, answering every request 503 with :func:`no_authz_body`. Without
+  ext_authz nothing inspects a request, so the sensitivity would be the caller's word;
+  the node forwards nothing rather than trust it (the verifier refuses a listener that
+  forwards without ext_authz). The table keeps its name, so RDS and the reconciler see
+  an ordinary route update when the node registers an authz server.
 - **Rate limit**: the tenant's token bucket in the route's ``typed_per_filter_config``
   for ``envoy.filters.http.local_ratelimit``. Envoy keeps one bucket per route config,
   so the limit holds per route, not across all of a tenant's routes.
@@ -60,13 +67,24 @@ from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
 
-__all__ = ["ALWAYS_RETRY_ON", "TIER_FROM_ENDPOINT", "generate", "refusal_body", "unmatched_body"]
+__all__ = [
+    "ALWAYS_RETRY_ON",
+    "NO_AUTHZ_ROUTE",
+    "TIER_FROM_ENDPOINT",
+    "generate",
+    "no_authz_body",
+    "refusal_body",
+    "unmatched_body",
+]
 
 ALWAYS_RETRY_ON = ("connect-failure", "refused-stream", "reset")
 """Retry conditions every chain route has, so a dead or late step always moves on."""
 
 TIER_FROM_ENDPOINT = "%UPSTREAM_METADATA(tiermesh:tier)%"
 """Value of the ``x-tiermesh-tier`` response header: the answering endpoint's tier."""
+
+NO_AUTHZ_ROUTE = "tiermesh/no-authz"
+"""The only route of a node without ext_authz: it answers every request 503."""
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
 
@@ -83,6 +101,11 @@ def unmatched_body() -> str:
 def refusal_body(route: str) -> str:
     """Body of the 503 a route without any permitted backend answers with."""
     return f"tiermesh: no backend may serve route {route} (fail closed)\n"
+
+
+def no_authz_body() -> str:
+    """Body of the 503 every request to a node without ext_authz gets."""
+    return "tiermesh: this node runs no request-time policy (ext_authz): fail closed\n"
 
 
 def _exact(header: str, value: str) -> rc.HeaderMatcher:
@@ -220,9 +243,26 @@ def _variant(
     yield cascade.to_handler(route, plan_route, steps)
 
 
+def _fail_closed_without_authz() -> route_pb2.RouteConfiguration:
+    """The app route table of a node without ext_authz: every request answered 503."""
+    refuse = rc.Route(
+        name=NO_AUTHZ_ROUTE,
+        match=rc.RouteMatch(prefix="/"),
+        direct_response=rc.DirectResponseAction(
+            status=503, body=base_pb2.DataSource(inline_string=no_authz_body())
+        ),
+    )
+    return route_pb2.RouteConfiguration(
+        name=names.APP_ROUTES,
+        virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=[refuse])],
+    )
+
+
 def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguration]:
     """The app listener's route table: one virtual host (any domain), routes in plan order."""
     node = model.node(node_id)
+    if node.settings.authz is None:
+        return [_fail_closed_without_authz()]
     routes = [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
     routes.append(
         rc.Route(

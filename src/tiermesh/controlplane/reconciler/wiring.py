@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from tiermesh.controlplane.api import BackendPlan, Catalog, Plan, RoutePlan
 from tiermesh.controlplane.bundle import Compiler
 from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
-from tiermesh.controlplane.model import MeshModel, NodeSettings, backends_hosted_by
+from tiermesh.controlplane.model import (
+    AuthzSettings,
+    MeshModel,
+    NodeSettings,
+    backends_hosted_by,
+)
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import Snapshot
 
@@ -38,6 +43,8 @@ DEFAULT_CACHE_SIZE = 128
 
 _OFFLINE_KEY = "offline-check-placeholder"
 """The API key offline checks compile with (see :func:`offline_compiler`)."""
+_OFFLINE_AUTHZ_PORT = 10001
+"""The ext_authz server port offline checks compile with (see :func:`offline_compiler`)."""
 
 
 def _credentials_digest(settings: NodeSettings) -> bytes:
@@ -323,12 +330,15 @@ def offline_compiler(*, cache: CompileCache | None = None) -> Compiler:
     """The compiler for checks away from a running mesh (``tiermesh policy check|diff``,
     and the check ``tiermesh policy push`` runs before it writes).
 
-    Two things the control plane supplies are not there offline, and stand-ins take their
-    place: backends with a SPIFFE ID make the compiler emit an SDS secret holding the
-    mesh's trust bundle (a throwaway CA's bundle is used), and backends with a
+    Three things the control plane supplies are not there offline, and stand-ins take
+    their place: backends with a SPIFFE ID make the compiler emit an SDS secret holding
+    the mesh's trust bundle (a throwaway CA's bundle is used), backends with a
     ``credential`` need their API key (a fixed placeholder is used for every secret the
-    node's plan names; real keys live only with the control plane). Only those secrets'
-    bytes differ from what the control plane will serve, and the verifier judges routes,
+    node's plan names; real keys live only with the control plane), and the node's
+    ext_authz server is given a placeholder port, so the plan's routes are compiled and
+    verified as on a node that runs the request policy (without one every route would
+    collapse into a 503 and nothing would be checked). Only those secrets' bytes and that
+    port differ from what the control plane will serve, and the verifier judges routes,
     clusters and endpoints, never certificate or key contents. A key the control plane
     lacks is therefore not found here: the control plane refuses that plan and keeps the
     last good snapshot.
@@ -341,6 +351,7 @@ def offline_compiler(*, cache: CompileCache | None = None) -> Compiler:
         settings = NodeSettings(
             app_port=DEFAULT_APP_PORT,
             trust_bundle_pem=bundle,
+            authz=AuthzSettings(port=_OFFLINE_AUTHZ_PORT),
             credentials=dict.fromkeys(sorted(named), _OFFLINE_KEY),
         )
         return default_compiler(lambda _node_id: settings, cache=memo)(plan, catalog)

@@ -35,6 +35,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from tiermesh.controlplane.api import MATCH_HEADERS, Backend, Catalog, Tenant
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding
+from tiermesh.controlplane.verify.http_filters import authz_findings
 from tiermesh.controlplane.verify.inventory import Inventory, Leaf
 from tiermesh.controlplane.verify.matching import exact_value, may_match
 from tiermesh.controlplane.verify.peer_identity import pins_peer
@@ -245,6 +246,9 @@ def verify_snapshot(snapshot: Snapshot, catalog: Catalog) -> list[Finding]:
     """Every broken invariant of ``snapshot`` judged against ``catalog``; empty when sound.
 
     Pure: reads the snapshot's encoded resources, never mutates anything. Findings are
-    sorted and unique.
+    sorted and unique. Besides the invariants above, every listener that forwards must
+    run ext_authz first (:mod:`.http_filters`).
     """
-    return _Checker(Inventory.of(snapshot), catalog).run()
+    inventory = Inventory.of(snapshot)
+    findings = {*_Checker(inventory, catalog).run(), *authz_findings(inventory)}
+    return sorted(findings)

@@ -16,6 +16,7 @@ FindingKind: TypeAlias = Literal[
     "mislabelled",
     "missing",
     "peer-identity",
+    "no-authz",
 ]
 """- ``restricted-egress``: restricted traffic can reach a backend not cleared for it.
 - ``residency``: a tenant's route can reach a backend outside the tenant's residency.
@@ -27,6 +28,9 @@ FindingKind: TypeAlias = Literal[
 - ``missing``: a referenced listener route config, cluster or assignment does not exist.
 - ``peer-identity``: restricted traffic can reach a backend with a SPIFFE ID (on another
   node) through a cluster whose TLS does not pin the peer's URI SAN to that ID.
+- ``no-authz``: a listener forwards requests that the node's ext_authz server may not
+  have inspected (no ext_authz first, one that fails open or skips the body, or a route
+  that turns it off); see :mod:`.http_filters`.
 """
 
 

@@ -1,0 +1,345 @@
+"""Request-time policy on every listener that forwards: the ext_authz invariant.
+
+DESIGN's request edge: every request that can reach a backend has been inspected by the
+node's ext_authz server first, which sets the effective ``x-tiermesh-sensitivity`` the
+routes match on. Without it a route trusts whatever sensitivity the caller declared.
+
+**The rule.** Every HTTP connection manager of every listener must, if its routes can
+forward (any route with a ``route`` action; RDS tables looked up in the snapshot, inline
+``route_config`` read in place; a missing RDS table or ``scoped_routes`` counts as
+forwarding, since what it holds is unknown), have as its **first** HTTP filter
+``envoy.filters.http.ext_authz``, configured inline (no ``config_discovery``), not
+``disabled``, with:
+
+- ``failure_mode_allow: false`` — a dead or failing server lets nothing through;
+- ``clear_route_cache: true`` — the route is chosen after the check set the headers;
+- a ``grpc_service`` — the node agent's server speaks gRPC;
+- ``with_request_body`` set — the detectors see the body;
+- neither ``filter_enabled`` nor ``filter_enabled_metadata`` — it runs for every request.
+
+The same holds for the filters of every ``upgrade_configs`` entry that lists its own
+(they replace the chain for that upgrade). No route configuration, virtual host, route or
+weighted-cluster entry of a forwarding table may, under the ext_authz filter's name in
+``typed_per_filter_config``, disable the check (``ExtAuthzPerRoute`` with ``disabled``, a
+``FilterConfig`` wrapper with ``disabled``), stop the body being sent
+(``check_settings.disable_request_body_buffering``), send the check elsewhere
+(``check_settings.grpc_service`` / ``http_service``), or hold a shape not modelled here.
+A virtual host or route configuration is judged when it holds any forwarding route; a
+route, when it forwards. A network filter other than the HTTP connection manager on a
+listener that is not exempt is a finding too: nothing HTTP-level can run there.
+
+**Exempt listeners.**
+
+- *Internal listeners* (``internal_listener`` set): the compiler's per-backend egress
+  listeners, reachable only from the app listener's clusters, so every request on them
+  already passed the app listener's ext_authz.
+- *The node-to-node inbound mTLS listener* (:mod:`~tiermesh.controlplane.generators.
+  mesh_tls`) is not an app listener: it takes requests only from other mesh nodes, whose
+  own app listener ran ext_authz before sending, and hands them to this node's model
+  server. It is recognised by shape, not by name: every filter chain demands a client
+  certificate (``require_client_certificate``) whose URI SAN is matched
+  (``match_typed_subject_alt_names`` non-empty), and every forwarding route's cluster is
+  a ``STATIC`` cluster whose endpoints are all loopback addresses (a service on this
+  node, never another node or a cloud). A listener that misses either part needs
+  ext_authz like any other.
+
+Findings are of kind ``no-authz``; each names the listener (and the route, virtual host
+or route configuration where one is at fault).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from tiermesh.controlplane.verify.findings import Finding
+from tiermesh.controlplane.verify.inventory import Inventory
+
+__all__ = ["EXT_AUTHZ", "authz_findings"]
+
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+"""The HTTP filter name the rule demands first (and the ``typed_per_filter_config`` key
+that configures it per route)."""
+
+
+def _url(message: type[Message]) -> str:
+    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
+
+
+_HCM_URL = _url(hcm_pb2.HttpConnectionManager)
+_EXT_AUTHZ_URL = _url(ext_authz_pb2.ExtAuthz)
+_PER_ROUTE_URL = _url(ext_authz_pb2.ExtAuthzPerRoute)
+_FILTER_CONFIG_URL = _url(rc.FilterConfig)
+_DOWNSTREAM_TLS_URL = _url(tls_pb2.DownstreamTlsContext)
+
+
+def authz_findings(inventory: Inventory) -> list[Finding]:
+    """Every ``no-authz`` finding of the snapshot behind ``inventory`` (sorted, unique).
+
+    Pure: reads the decoded listeners, route configurations and clusters only.
+    """
+    found: set[Finding] = set()
+    for name, listener in sorted(inventory.listeners.items()):
+        if listener.HasField("internal_listener"):
+            continue
+        found.update(_Listener(inventory, name, listener).findings())
+    return sorted(found)
+
+
+def _chains(listener: listener_pb2.Listener) -> list[listener_components_pb2.FilterChain]:
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    return chains
+
+
+def _forwards(route: rc.Route) -> bool:
+    return bool(route.HasField("route"))
+
+
+def _targets(route: rc.Route) -> list[str] | None:
+    """Clusters a forwarding route names, or None when they are not known in advance."""
+    action = route.route
+    specifier = action.WhichOneof("cluster_specifier")
+    if specifier == "cluster":
+        return [action.cluster]
+    if specifier == "weighted_clusters":
+        return [c.name for c in action.weighted_clusters.clusters]
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Listener:
+    """One non-internal listener, judged chain by chain."""
+
+    def __init__(self, inventory: Inventory, name: str, listener: listener_pb2.Listener) -> None:
+        self.inventory = inventory
+        self.name = name
+        self.listener = listener
+        self.found: list[Finding] = []
+
+    def add(self, message: str, route: str = "") -> None:
+        self.found.append(Finding("no-authz", route, "", f"listener '{self.name}' {message}"))
+
+    def findings(self) -> list[Finding]:
+        for chain in _chains(self.listener):
+            managers: list[hcm_pb2.HttpConnectionManager] = []
+            for network_filter in chain.filters:
+                if network_filter.typed_config.type_url != _HCM_URL:
+                    self.add(
+                        f"runs network filter '{network_filter.name}', which the verifier does "
+                        "not model: no ext_authz can run on it"
+                    )
+                    continue
+                manager = hcm_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(manager)
+                managers.append(manager)
+            if self._mesh_peer_chain(chain, managers):
+                continue
+            for manager in managers:
+                self.manager(manager)
+        return self.found
+
+    # -- the exemption of the inbound mTLS listener -------------------------------------
+
+    def _mesh_peer_chain(
+        self,
+        chain: listener_components_pb2.FilterChain,
+        managers: Sequence[hcm_pb2.HttpConnectionManager],
+    ) -> bool:
+        """Does ``chain`` take only authenticated mesh peers and forward only to this node?"""
+        if not _peer_authenticated(chain) or len(managers) != len(chain.filters):
+            return False
+        for manager in managers:
+            tables = self.tables(manager)
+            if tables is None:
+                return False
+            for table in tables:
+                for _, route in _routes(table):
+                    if _forwards(route) and not self._to_this_node(route):
+                        return False
+        return True
+
+    def _to_this_node(self, route: rc.Route) -> bool:
+        targets = _targets(route)
+        if not targets:
+            return False
+        for name in targets:
+            cluster = self.inventory.clusters.get(name)
+            if (
+                cluster is None
+                or cluster.HasField("cluster_type")
+                or cluster.type != cluster_pb2.Cluster.STATIC
+            ):
+                return False
+            addresses = [
+                lb.endpoint.address
+                for locality in cluster.load_assignment.endpoints
+                for lb in locality.lb_endpoints
+            ]
+            if not addresses or not all(
+                a.HasField("socket_address") and _loopback(a.socket_address.address)
+                for a in addresses
+            ):
+                return False
+        return True
+
+    # -- one HTTP connection manager ------------------------------------------------------
+
+    def tables(
+        self, manager: hcm_pb2.HttpConnectionManager
+    ) -> list[route_pb2.RouteConfiguration] | None:
+        """The route tables ``manager`` uses, or None when they cannot be known."""
+        specifier = manager.WhichOneof("route_specifier")
+        if specifier == "route_config":
+            return [manager.route_config]
+        if specifier == "rds":
+            table = self.inventory.route_configs.get(manager.rds.route_config_name)
+            return None if table is None else [table]
+        return None
+
+    def manager(self, manager: hcm_pb2.HttpConnectionManager) -> None:
+        tables = self.tables(manager)
+        if tables is not None and not any(
+            _forwards(route) for table in tables for _, route in _routes(table)
+        ):
+            return  # nothing it serves reaches an upstream
+        self.chain(list(manager.http_filters), "")
+        for upgrade in manager.upgrade_configs:
+            if upgrade.filters:
+                self.chain(list(upgrade.filters), f" (upgrade '{upgrade.upgrade_type}')")
+        for table in tables or []:
+            self.per_filter(table)
+
+    def chain(self, filters: list[hcm_pb2.HttpFilter], where: str) -> None:
+        if not filters or filters[0].name != EXT_AUTHZ:
+            first = f"'{filters[0].name}'" if filters else "none"
+            self.add(
+                f"forwards requests without {EXT_AUTHZ} as its first HTTP filter{where} "
+                f"(first: {first})"
+            )
+            return
+        first = filters[0]
+        problem = _filter_problem(first)
+        if problem is not None:
+            self.add(f"has ext_authz{where} {problem}")
+
+    def per_filter(self, table: route_pb2.RouteConfiguration) -> None:
+        forwarding = any(_forwards(route) for host in table.virtual_hosts for route in host.routes)
+        if forwarding and EXT_AUTHZ in table.typed_per_filter_config:
+            problem = _per_route_problem(table.typed_per_filter_config[EXT_AUTHZ])
+            if problem is not None:
+                self.add(f"→ route config '{table.name}' {problem}")
+        for host in table.virtual_hosts:
+            if not any(_forwards(route) for route in host.routes):
+                continue
+            if EXT_AUTHZ in host.typed_per_filter_config:
+                problem = _per_route_problem(host.typed_per_filter_config[EXT_AUTHZ])
+                if problem is not None:
+                    self.add(f"→ virtual host '{host.name}' {problem}")
+            for route in host.routes:
+                if not _forwards(route):
+                    continue
+                name = route.name or f"{host.name}[unnamed]"
+                configs = [route.typed_per_filter_config]
+                if route.route.HasField("weighted_clusters"):
+                    configs += [
+                        c.typed_per_filter_config for c in route.route.weighted_clusters.clusters
+                    ]
+                for config in configs:
+                    if EXT_AUTHZ in config:
+                        problem = _per_route_problem(config[EXT_AUTHZ])
+                        if problem is not None:
+                            self.add(f"→ route '{name}' {problem}", route=name)
+
+
+def _peer_authenticated(chain: listener_components_pb2.FilterChain) -> bool:
+    """Does ``chain`` demand a client certificate with a matched URI SAN?"""
+    socket = chain.transport_socket
+    if socket.typed_config.type_url != _DOWNSTREAM_TLS_URL:
+        return False
+    context = tls_pb2.DownstreamTlsContext()
+    socket.typed_config.Unpack(context)
+    common = context.common_tls_context
+    validation = common.combined_validation_context.default_validation_context
+    if common.HasField("validation_context"):
+        validation = common.validation_context
+    return bool(
+        context.require_client_certificate.value and validation.match_typed_subject_alt_names
+    )
+
+
+def _routes(table: route_pb2.RouteConfiguration) -> Iterator[tuple[rc.VirtualHost, rc.Route]]:
+    for host in table.virtual_hosts:
+        for route in host.routes:
+            yield host, route
+
+
+def _filter_problem(http_filter: hcm_pb2.HttpFilter) -> str | None:
+    """Why the (first) ext_authz filter does not inspect every request, or None."""
+    if http_filter.disabled:
+        return "disabled by default (it runs only where a route enables it)"
+    if http_filter.WhichOneof("config_type") != "typed_config":
+        return "configured outside the snapshot (config_discovery), which is not verifiable"
+    if http_filter.typed_config.type_url != _EXT_AUTHZ_URL:
+        return f"of unknown type '{http_filter.typed_config.type_url}'"
+    config = ext_authz_pb2.ExtAuthz()
+    http_filter.typed_config.Unpack(config)
+    problems = []
+    if config.failure_mode_allow:
+        problems.append("failure_mode_allow: true (a failing check lets requests through)")
+    if not config.clear_route_cache:
+        problems.append(
+            "clear_route_cache: false (the route is chosen before the check sets its headers)"
+        )
+    if config.WhichOneof("services") != "grpc_service":
+        problems.append("no gRPC service")
+    if not config.HasField("with_request_body"):
+        problems.append("no with_request_body (the body is never inspected)")
+    if config.HasField("filter_enabled") or config.HasField("filter_enabled_metadata"):
+        problems.append("filter_enabled set (it may skip requests)")
+    return "; ".join(problems) or None
+
+
+def _per_route_problem(config: any_pb2.Any) -> str | None:
+    """Why a ``typed_per_filter_config`` entry for ext_authz weakens it, or None."""
+    if config.type_url == _FILTER_CONFIG_URL:
+        wrapper = rc.FilterConfig()
+        config.Unpack(wrapper)
+        if wrapper.disabled:
+            return "disables ext_authz (FilterConfig disabled)"
+        if not wrapper.HasField("config"):
+            return None
+        config = wrapper.config
+    if config.type_url != _PER_ROUTE_URL:
+        return f"configures ext_authz with unknown type '{config.type_url}'"
+    per_route = ext_authz_pb2.ExtAuthzPerRoute()
+    config.Unpack(per_route)
+    settings = per_route.check_settings
+    if per_route.disabled:
+        problem = "disables ext_authz (ExtAuthzPerRoute disabled)"
+    elif settings.disable_request_body_buffering:
+        problem = "stops ext_authz reading the body (disable_request_body_buffering)"
+    elif settings.HasField("grpc_service") or settings.HasField("http_service"):
+        problem = "sends the ext_authz check to another service"
+    else:
+        return None
+    return problem
