@@ -105,6 +105,7 @@ from tiermesh.controlplane.api.resilience import (
     RetryPolicy,
 )
 from tiermesh.controlplane.api.schemas import SCHEMA_MODELS, render_schemas
+from tiermesh.controlplane.api.surface import OPENAI_API, ApiEndpoint, HttpMethod
 from tiermesh.controlplane.api.usage import TenantUsage, Usage
 
 __all__ = [
@@ -121,6 +122,7 @@ __all__ = [
     "MAX_USAGE_AMOUNT",
     "MAX_USAGE_TENANTS",
     "NODE_REGISTRY_SERVICE",
+    "OPENAI_API",
     "PLAN_PATH",
     "PLAN_VERSION",
     "REGISTRY_VERSION",
@@ -129,6 +131,7 @@ __all__ = [
     "SCHEMA_MODELS",
     "SESSION_METHOD",
     "SHIP_METHOD",
+    "ApiEndpoint",
     "Backend",
     "BackendPlan",
     "BackendResilience",
@@ -146,6 +149,7 @@ __all__ = [
     "HealthCheck",
     "HealthCheckTiming",
     "Hedge",
+    "HttpMethod",
     "ModelAlias",
     "Name",
     "NodeEndpoint",

@@ -26,6 +26,7 @@ from tiermesh.controlplane.api.resilience import (
     RateLimit,
     RetryPolicy,
 )
+from tiermesh.controlplane.api.surface import OPENAI_API, ApiEndpoint
 
 __all__ = [
     "CATALOG_VERSION",
@@ -251,6 +252,17 @@ class Catalog(Contract):
     """Model aliases."""
     tasks: tuple[TaskType, ...] = Field(min_length=1)
     """Task types."""
+    api: tuple[ApiEndpoint, ...] = Field(default=OPENAI_API, min_length=1)
+    """The paths and methods routed to model servers (default: the OpenAI-compatible
+    surface); any other request is answered 404/405 on the node and never forwarded."""
+
+    @model_validator(mode="after")
+    def _unique_api_paths(self) -> Catalog:
+        paths = [endpoint.path for endpoint in self.api]
+        doubled = sorted({p for p in paths if paths.count(p) > 1})
+        if doubled:
+            raise ValueError(f"api lists path {doubled[0]!r} more than once")
+        return self
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Catalog:

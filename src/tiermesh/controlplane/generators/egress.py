@@ -16,6 +16,8 @@ serves over ADS from the node settings' ``credentials``. Envoy needs the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -28,8 +30,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from tiermesh.controlplane.api import OPENAI_API, ApiEndpoint
 from tiermesh.controlplane.api.catalog import Credential
 from tiermesh.controlplane.generators._protos import ads, ms, pack
+from tiermesh.controlplane.generators.api_surface import path_matcher
 from tiermesh.controlplane.model import Upstream, names
 
 __all__ = ["CREDENTIAL_FILTER", "egress_listener"]
@@ -55,8 +59,13 @@ def _injector(upstream: str, credential: Credential) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=CREDENTIAL_FILTER, typed_config=pack(config))
 
 
-def egress_listener(upstream: Upstream) -> listener_pb2.Listener:
+def egress_listener(
+    upstream: Upstream, api: Sequence[ApiEndpoint] = OPENAI_API
+) -> listener_pb2.Listener:
     """The internal listener of ``upstream`` (which must have a credential).
+
+    Only the ``api`` surface's paths are routed (:func:`.api_surface.path_matcher`): the key
+    is never sent with a request for another path, which gets Envoy's 404.
 
     Overwrites any credential header the app sent (``overwrite``), never forwards a
     request when the secret is missing (``allow_request_without_credential: false``),
@@ -69,7 +78,7 @@ def egress_listener(upstream: Upstream) -> listener_pb2.Listener:
         raise ValueError(f"backend {backend.name!r} has no credential")
     route = rc.Route(
         name=names.egress_listener(backend.name),
-        match=rc.RouteMatch(prefix="/"),
+        match=rc.RouteMatch(prefix="/", headers=[path_matcher(api)]),
         route=rc.RouteAction(
             cluster=names.egress_cluster(upstream.name),
             timeout=ms(0),

@@ -65,7 +65,9 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
         http_filters=filters,
         access_log=[] if settings.usage is None else [usage_access_log(settings.usage)],
     )
-    egress = [egress_listener(u) for u in node.upstreams if u.backend.credential is not None]
+    egress = [
+        egress_listener(u, model.api) for u in node.upstreams if u.backend.credential is not None
+    ]
     return [
         listener_pb2.Listener(
             name=names.APP_LISTENER,

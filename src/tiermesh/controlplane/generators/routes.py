@@ -2,6 +2,9 @@
 
 Mapping (each decision is tested against a real Envoy in tests/integration/compiler):
 
+- **API surface first**: the table starts with :func:`.api_surface.guard_routes`: a path
+  or method outside the catalog's ``api`` is answered 404/405 and never forwarded.
+
 - Match: an exact header matcher on ``x-tiermesh-<field>`` for each field of the plan
   route's match that is not ``*``.
 - **Missing sensitivity fails closed**: every restricted route is followed by a twin
@@ -62,7 +65,7 @@ from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RateLimit, RoutePlan
-from tiermesh.controlplane.generators import cascade
+from tiermesh.controlplane.generators import api_surface, cascade
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
@@ -263,7 +266,8 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     node = model.node(node_id)
     if node.settings.authz is None:
         return [_fail_closed_without_authz()]
-    routes = [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
+    routes = api_surface.guard_routes(model.api)
+    routes += [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
     routes.append(
         rc.Route(
             name=names.UNMATCHED_ROUTE,

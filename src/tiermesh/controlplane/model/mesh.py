@@ -10,7 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from tiermesh.controlplane.api import BackendPlan, Catalog, ChainStep, Plan
+from tiermesh.controlplane.api import (
+    OPENAI_API,
+    ApiEndpoint,
+    BackendPlan,
+    Catalog,
+    ChainStep,
+    Plan,
+)
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.model.errors import PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.settings import NodeSettings
@@ -139,10 +146,14 @@ class MeshModel:
     ``node``) reports its model server unhealthy; their endpoints are served as
     ``UNHEALTHY`` to every node. Empty (the default) serves every endpoint as before,
     without a health status.
+
+    ``api`` is the catalog's API surface (:data:`~tiermesh.controlplane.api.OPENAI_API` by
+    default): the only paths and methods the nodes route.
     """
 
     nodes: Mapping[str, NodeModel]
     unhealthy_backends: frozenset[str] = frozenset()
+    api: tuple[ApiEndpoint, ...] = OPENAI_API
 
     @classmethod
     def build(
@@ -151,6 +162,7 @@ class MeshModel:
         settings: Mapping[str, NodeSettings],
         *,
         unhealthy_backends: Set[str] = frozenset(),
+        api: Sequence[ApiEndpoint] = OPENAI_API,
     ) -> MeshModel:
         """One model from the evaluated plans (one per node), each node's settings and the
         backends reported unhealthy (see :func:`backends_hosted_by`).
@@ -166,7 +178,9 @@ class MeshModel:
             if node_id not in settings:
                 raise PlanMismatch(node_id, "no node settings (app listener port)")
             nodes[node_id] = NodeModel.build(plan, settings[node_id])
-        return cls(MappingProxyType(dict(sorted(nodes.items()))), frozenset(unhealthy_backends))
+        return cls(
+            MappingProxyType(dict(sorted(nodes.items()))), frozenset(unhealthy_backends), tuple(api)
+        )
 
     def node(self, node_id: str) -> NodeModel:
         """The model of ``node_id``; raises :class:`UnknownNode` when there is none."""

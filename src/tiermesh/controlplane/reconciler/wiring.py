@@ -287,7 +287,9 @@ class MeshCompiler:
         memo = self._cache
         snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog, unhealthy=unhealthy)
         if snapshot is None:
-            model = MeshModel.build([plan], {node_id: node_settings}, unhealthy_backends=unhealthy)
+            model = MeshModel.build(
+                [plan], {node_id: node_settings}, unhealthy_backends=unhealthy, api=catalog.api
+            )
             snapshot = compile_and_verify(model, node_id, catalog)
             memo.put(
                 plan.routes, plan.backends, node_settings, catalog, snapshot, unhealthy=unhealthy
