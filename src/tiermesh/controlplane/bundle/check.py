@@ -13,6 +13,7 @@ from tiermesh.controlplane.bundle.errors import BundleReadError
 from tiermesh.controlplane.bundle.evaluate import evaluate_bundle
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.reader import BundleLimits, read_policy_dir
+from tiermesh.controlplane.bundle.request_properties import request_property_findings
 from tiermesh.controlplane.store import bundle_digest
 from tiermesh.rego import PolicyEngine, PolicyError, RegoTestResult
 
@@ -98,7 +99,9 @@ def check_bundle(
     reading (limits, encoding); data documents (YAML/JSON syntax) and the catalog
     (``CatalogError`` problems); ``schemas/*.json`` are JSON (and a warning when they
     differ from the contracts'); every Rego module parses and compiles; the Rego tests
-    pass (``run_tests``); the plan of each node (``nodes``, default: the bundle's check
+    pass (``run_tests``); the request policy holds tiermesh's properties on generated
+    inputs (:mod:`.request_properties`: findings ⇒ restricted, labels never lowered,
+    headers agree with the decision); the plan of each node (``nodes``, default: the bundle's check
     nodes — see :func:`~tiermesh.controlplane.bundle.documents.check_nodes`) is defined,
     fits the schema, has no violations and sound fallback chains; ``compiler`` compiles
     and verifies each plan (None: not compiled, with a warning).
@@ -127,6 +130,8 @@ def check_bundle(
     if run_tests and outcome.engine_loaded:
         failed, tests = _test_findings(engine)
         errors += failed
+    if outcome.engine_loaded:
+        errors += request_property_findings(engine, files, outcome.documents.catalog)
     if compiler is None:
         warnings.append(Finding(Stage.COMPILE, "snapshots were not compiled (no compiler)"))
     if not outcome.nodes and outcome.documents.catalog is not None:

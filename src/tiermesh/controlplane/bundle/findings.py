@@ -17,6 +17,7 @@ class Stage(enum.Enum):
     SCHEMA = "schema"
     REGO = "rego"
     TEST = "test"
+    PROPERTY = "property"
     PLAN = "plan"
     VIOLATION = "violation"
     COMPILE = "compile"
