@@ -73,8 +73,14 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         path=str(http.path) or "/",
         headers=headers,
         body=body,
-        partial=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        partial=_said_partial(headers.get(PARTIAL_BODY_HEADER, "")),
     )
+
+
+def _said_partial(value: str) -> bool:
+    """Envoy's ``x-envoy-auth-partial-body``, read so a client's own copy of the header
+    (joined with Envoy's as ``false,true``) cannot hide a cut body."""
+    return "true" in (part.strip().lower() for part in value.split(","))
 
 
 def _option(name: str, value: str) -> base_pb2.HeaderValueOption:
