@@ -3,6 +3,7 @@ and nothing that could carry personal data reaches the policy input or the recor
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -14,6 +15,8 @@ from tiermesh.agents.authz import Authorizer, CheckInput, MemorySink, StaticBudg
 from tiermesh.agents.authz.decide import MASKED
 from tiermesh.agents.authz.floor import inspect_request
 from tiermesh.agents.decisionlog import Masking
+from tiermesh.controlplane.api import DecisionRecord
+from tiermesh.controlplane.audit.replay import replay
 from tiermesh.rego import RegorusEngine
 
 SCHEMA = json.loads(
@@ -68,7 +71,8 @@ async def test_a_policy_that_echoes_the_label_cannot_send_pii_as_public(
     (entry,) = sink.entries
     assert entry.result["sensitivity"] == "restricted"
     assert entry.result["headers"] == {"x-tiermesh-sensitivity": "restricted"}
-    assert entry.result["policy_sensitivity"] == "public"
+    assert entry.result["policy_answer"]["sensitivity"] == "public"
+    assert entry.result["policy_answer"]["headers"] == {"X-Tiermesh-Sensitivity": "public"}
     assert entry.result["floor"]["sensitivity"] == "restricted"
     assert "body contains email, payment_card" in entry.result["reason"]
 
@@ -189,3 +193,31 @@ def test_credentials_and_envoy_headers_are_not_scanned() -> None:
         },
     )
     assert found == ()
+
+
+async def test_replaying_a_raised_decision_with_the_same_policy_changes_nothing(
+    echo: tuple[Authorizer, MemorySink],
+) -> None:
+    authorizer, sink = echo
+    await authorizer.decide(request(chat(PII), x_tiermesh_sensitivity="public"))
+    (entry,) = sink.entries
+    record = DecisionRecord(
+        decision_id=entry.decision_id,
+        path=entry.path,
+        input=entry.input,
+        result=entry.result,
+        timestamp=dt.datetime.now(dt.UTC),
+        node_spiffe_id="spiffe://test/node/edge-1",
+        kind="request",
+        seq=0,
+        prev_hash="0" * 64,
+        hash="0" * 64,
+        signature="",
+    )
+    engine = RegorusEngine()
+    engine.load({"echo.rego": ECHO_POLICY})
+    try:
+        report = replay([record], engine.evaluate)
+    finally:
+        engine.close()
+    assert (report.replayed, report.changes) == (1, [])

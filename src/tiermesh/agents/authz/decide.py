@@ -15,7 +15,8 @@ in the body, path, query and headers, a body not fully or not cleanly inspectabl
 caller's own label are computed in code; the request is routed (``x-tiermesh-sensitivity``)
 and recorded (``result.sensitivity``) with the higher of that floor and the policy's answer
 — one value, whatever the policy put in its ``headers``. The record also keeps the policy's
-own answer (``policy_sensitivity``) and the floor with its reasons.
+own answer (``policy_answer``, what ``tiermesh audit replay`` compares a candidate
+policy with) and the floor with its reasons.
 
 The policy input holds no raw path or header value that could carry personal data: a
 value with a finding, or outside the plain shape of a route label or API path, is
@@ -381,7 +382,7 @@ class Authorizer:
             input=document,
             result={
                 **decision,
-                "policy_sensitivity": answer["sensitivity"],
+                "policy_answer": answer,
                 "floor": floor.to_json(),
                 "outcome": outcome,
                 "status": status,

@@ -1,8 +1,10 @@
 """Replaying recorded decisions under a candidate policy: what would change.
 
 :func:`replay` evaluates each record's ``path`` (as ``data.<path with / as .>``) with its
-stored (masked) ``input`` through ``evaluate`` and compares the new result with the stored
-``result`` as JSON values (equal values, whatever the key order, are unchanged). Records of
+stored (masked) ``input`` through ``evaluate`` and compares the new result with what the
+policy answered then (a request record's ``result.policy_answer``; else its ``result``
+without the keys the server added) as JSON values (equal values, whatever the key order,
+are unchanged). Records of
 kind ``plan`` (:mod:`~tiermesh.controlplane.audit.plans`) compare the candidate plan's
 :func:`~tiermesh.controlplane.audit.plans.plan_digest` with the recorded ``plan_sha256``
 (so a record that kept only the digest replays too); they are counted under the tenant
@@ -163,7 +165,7 @@ def replay(
             continue
         report.replayed += 1
         summary.replayed += 1
-        if _same(new, record.result):
+        if _same(new, _policy_answer(record.result)):
             continue
         tokens = token_estimate(record.input)
         old_cost = decision_cost(record.result, tokens, catalog)
@@ -178,6 +180,22 @@ def replay(
         else:
             summary.cost_delta += delta
     return report
+
+
+_SERVER_KEYS = frozenset({"outcome", "status", "floor", "policy_answer"})
+"""Keys a node's ext_authz server adds to a request record's result around the policy's
+answer."""
+
+
+def _policy_answer(result: Any) -> Any:
+    """What the policy itself answered, as a candidate's result is compared with: a
+    request record's ``policy_answer`` (its result carries the server's floor applied), or
+    the result without the keys the server added (records written before the floor)."""
+    if not isinstance(result, dict):
+        return result
+    if "policy_answer" in result:
+        return result["policy_answer"]
+    return {k: v for k, v in result.items() if k not in _SERVER_KEYS}
 
 
 def _replay_plan(record: DecisionRecord, evaluate: Evaluate, report: ReplayReport) -> None:
