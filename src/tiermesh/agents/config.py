@@ -19,6 +19,7 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tiermesh.agents.authz.floor import DEFAULT_UNINSPECTED_HEADERS
 from tiermesh.controlplane.api import NodeEndpoint
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
 
@@ -167,6 +168,11 @@ class AuthzConfig(_Section):
     catalog.yaml``, until the control plane announces a bundle)."""
     listen: HostPort = "127.0.0.1:0"
     """Where the authz server listens; keep it on loopback (only this node's Envoy calls)."""
+    uninspected_headers: tuple[str, ...] = tuple(sorted(DEFAULT_UNINSPECTED_HEADERS))
+    """Request headers whose values the PII detectors skip; every other header's value is
+    inspected (it is forwarded upstream), as are the path and query string. The default
+    skips only credentials and fixed-shape values (``authorization``, ``content-length``,
+    ...); pseudo-headers and ``x-envoy-*`` are never scanned."""
     request_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """This node's overrides of ``data.request_config`` (``default_tenant``,
     ``max_request_tokens``). The policy sees the served bundle's settings

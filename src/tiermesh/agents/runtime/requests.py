@@ -212,6 +212,7 @@ class RequestPolicy:
             JsonFileBudgetSource(config.budget_file),
             bundle_revision=revision,
             etcd_revision=served.etcd_revision if served is not None else None,
+            uninspected_headers=config.authz.uninspected_headers,
         )
         self.sync = PolicySync(
             self._authorizer,
