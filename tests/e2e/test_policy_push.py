@@ -18,6 +18,7 @@ import yaml
 
 from tests.integration.compiler.conftest import Mesh, Reply, small_catalog
 from tests.integration.compiler.tierbackend import TierBackend
+from tests.support.authz import authz_settings, start_authz
 from tiermesh.controlplane.api import NodeInfo
 from tiermesh.controlplane.bundle import read_policy_dir
 from tiermesh.controlplane.model import NodeSettings
@@ -106,31 +107,36 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
     policies = write_policies(tmp_path / "policies", {n: b.port for n, b in backends.items()})
     listener = free_port()
-    with EtcdServer.for_tests() as etcd:
-        async with EtcdStore(etcd.endpoint) as store:
-            cache = SnapshotCache()
-            server, port = await start_server(AdsServer(cache), "127.0.0.1:0")
-            compiler = default_compiler(lambda _node: NodeSettings(app_port=listener))
-            node = NodeInfo(id=NODE, tier="local", region="eu-west", residency=("eu",))
-            reconciler = Reconciler(
-                store, RegorusEngine, compiler, cache, static_nodes=[node], debounce_s=0.05
-            )
-            spec = BootstrapSpec(
-                node_id=NODE, xds_host="127.0.0.1", xds_port=port, admin_port=free_port()
-            )
-            envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
-            try:
-                await reconciler.start()
-                envoy.start()
-                await asyncio.to_thread(envoy.wait_admin)
-                mesh = Mesh(backends, _no_plan(), listener, envoy)
-                yield Plane(etcd, reconciler, mesh, policies)
-            finally:
-                await asyncio.to_thread(envoy.stop)
-                await reconciler.aclose()
-                await server.stop(grace=None)
-                for backend in backends.values():
-                    backend.stop()
+    authz = await asyncio.to_thread(start_authz, tmp_path / "decisions")
+    settings = NodeSettings(app_port=listener, authz=authz_settings(authz))
+    try:
+        with EtcdServer.for_tests() as etcd:
+            async with EtcdStore(etcd.endpoint) as store:
+                cache = SnapshotCache()
+                server, port = await start_server(AdsServer(cache), "127.0.0.1:0")
+                compiler = default_compiler(lambda _node: settings)
+                node = NodeInfo(id=NODE, tier="local", region="eu-west", residency=("eu",))
+                reconciler = Reconciler(
+                    store, RegorusEngine, compiler, cache, static_nodes=[node], debounce_s=0.05
+                )
+                spec = BootstrapSpec(
+                    node_id=NODE, xds_host="127.0.0.1", xds_port=port, admin_port=free_port()
+                )
+                envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
+                try:
+                    await reconciler.start()
+                    envoy.start()
+                    await asyncio.to_thread(envoy.wait_admin)
+                    mesh = Mesh(backends, _no_plan(), listener, envoy)
+                    yield Plane(etcd, reconciler, mesh, policies)
+                finally:
+                    await asyncio.to_thread(envoy.stop)
+                    await reconciler.aclose()
+                    await server.stop(grace=None)
+                    for backend in backends.values():
+                        backend.stop()
+    finally:
+        await asyncio.to_thread(authz.close)
 
 
 async def _first_event(store: EtcdStore, after_revision: int) -> float:

@@ -1,4 +1,5 @@
-"""Golden files: the compiled Envoy config of the demo catalog's edge node.
+"""Golden files: the compiled Envoy config of the demo catalog's edge node (which runs
+ext_authz, as every node that routes must).
 
 Each xDS type is one JSON file under ``tests/golden/edge-1/`` (``MessageToDict``,
 sorted keys). A change to the compiler or the policy shows up as a reviewable diff.
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from tests.unit.compiler.plans import TEST_BUNDLE, demo_catalog, evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, demo_catalog, evaluate_plan
 from tiermesh.controlplane.model import MeshModel, NodeSettings
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import typeurls
@@ -27,7 +28,7 @@ UPDATE = os.environ.get("TIERMESH_UPDATE_GOLDEN") == "1"
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
     catalog = demo_catalog()
-    settings = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE)
+    settings = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE, authz=TEST_AUTHZ)
     model = MeshModel.build([evaluate_plan(catalog)], {NODE: settings})
     snapshot = compile_and_verify(model, NODE, catalog)
     return {

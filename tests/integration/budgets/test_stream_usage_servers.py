@@ -26,7 +26,7 @@ from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.models import LlamaServer
 from tiermesh.agents.usage import Prices, TenantUsage
 from tiermesh.controlplane.generators import compile_snapshot
-from tiermesh.controlplane.model import MeshModel, NodeSettings, UsageSettings
+from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings, UsageSettings
 from tiermesh.demo.cloud_standin import CloudStandin
 from tiermesh.procs.ports import free_port
 
@@ -82,6 +82,7 @@ def servers_mesh(
         listener = free_port()
         settings = NodeSettings(
             app_port=listener,
+            authz=AuthzSettings(port=agent.authz_port),
             credentials={KEY_NAME: cloud.api_key},
             usage=UsageSettings(port=agent.usage_port, flush_interval_ms=50),
         )

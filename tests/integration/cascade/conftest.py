@@ -1,6 +1,7 @@
 """A node with a cascade handler: the tiny llama.cpp as the local step, the HTTPS cloud
 stand-in as the next tier, compiled (and verified) from a plan the real routing policy made
-for the ``triage`` cascade task, and pushed to a real Envoy."""
+for the ``triage`` cascade task, and pushed to a real Envoy that runs the real request
+policy (ext_authz) on every request, the handler's step requests included."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest
 from tests.integration.compiler.conftest import eventually
 from tests.integration.flows.conftest import KEY_NAME, NODE, envoy_with, flow_catalog
 from tests.integration.flows.harness import LoopThread
+from tests.support.authz import authz_settings, running_authz
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.cascade import CascadeHandler
 from tiermesh.agents.models import LlamaServer
@@ -176,17 +178,19 @@ def cascade_mesh(
                 edge_port = recorder.port
             catalog = flow_catalog(edge_port, cloud.port, min_confidence)
             plan = evaluate_plan(catalog)
-            settings = NodeSettings(
-                app_port=listener,
-                credentials={KEY_NAME: cloud.api_key},
-                cascade=CascadeSettings(port=handler.port, token=handler.token),
-            )
-            model = MeshModel.build([plan], {NODE: settings})
-            snapshot = compile_and_verify(model, NODE, catalog)
-            with envoy_with(snapshot, tmp_path / "envoy"):
-                mesh = CascadeMesh(edge_server, cloud, handler, plan, listener, recorder)
-                eventually(lambda: mesh.triage().status == 200, what="cascade answering")
-                yield mesh
+            with running_authz(tmp_path / "decisions") as authz:
+                settings = NodeSettings(
+                    app_port=listener,
+                    authz=authz_settings(authz),
+                    credentials={KEY_NAME: cloud.api_key},
+                    cascade=CascadeSettings(port=handler.port, token=handler.token),
+                )
+                model = MeshModel.build([plan], {NODE: settings})
+                snapshot = compile_and_verify(model, NODE, catalog)
+                with envoy_with(snapshot, tmp_path / "envoy"):
+                    mesh = CascadeMesh(edge_server, cloud, handler, plan, listener, recorder)
+                    eventually(lambda: mesh.triage().status == 200, what="cascade answering")
+                    yield mesh
         finally:
             loop_thread.run(handler.stop())
             cloud.stop()

@@ -7,7 +7,7 @@ from envoy.config.route.v3 import route_pb2
 
 from tests.integration.compiler.conftest import small_catalog
 from tests.integration.flows.conftest import KEY_NAME, NODE, flow_catalog
-from tests.unit.compiler.plans import evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, evaluate_plan
 from tiermesh.controlplane.api import Catalog
 from tiermesh.controlplane.generators import clusters, compile_snapshot, routes
 from tiermesh.controlplane.model import CascadeSettings, MeshModel, NodeSettings, names
@@ -21,6 +21,7 @@ def _model(*, cascade: bool) -> tuple[MeshModel, Catalog]:
     catalog = flow_catalog(8001, 8002, 0.5)
     settings = NodeSettings(
         app_port=9000,
+        authz=TEST_AUTHZ,
         credentials={KEY_NAME: "placeholder"},
         cascade=CascadeSettings(port=HANDLER) if cascade else None,
     )
@@ -70,7 +71,9 @@ def _restricted_cascade(handler_port: int) -> tuple[MeshModel, Catalog]:
         {"name": "triage", "complexity": 1, "strategy": "cascade", "min_confidence": 0.9}
     )
     catalog = Catalog.model_validate(data)
-    settings = NodeSettings(app_port=9000, cascade=CascadeSettings(port=handler_port))
+    settings = NodeSettings(
+        app_port=9000, authz=TEST_AUTHZ, cascade=CascadeSettings(port=handler_port)
+    )
     return MeshModel.build([evaluate_plan(catalog)], {NODE: settings}), catalog
 
 

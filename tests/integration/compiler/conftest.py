@@ -1,4 +1,5 @@
-"""A small catalog served by test backends on loopback, compiled and pushed to a real Envoy."""
+"""A small catalog served by test backends on loopback, compiled and pushed to a real Envoy
+that runs the real request policy (ext_authz) in front of its routes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.integration.compiler.tierbackend import TierBackend
+from tests.support.authz import authz_settings, running_authz
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan
@@ -176,22 +178,24 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
     xds = XdsThread()
     try:
-        catalog = small_catalog({name: b.port for name, b in backends.items()})
-        plan = evaluate_plan(catalog)
-        listener = free_port()
-        model = MeshModel.build([plan], {NODE: NodeSettings(app_port=listener)})
-        xds.set_snapshot(NODE, compile_snapshot(model, NODE))
-        spec = BootstrapSpec(
-            node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
-        )
-        with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
-            envoy.wait_ready(timeout=20)
-            mesh = Mesh(backends, plan, listener, envoy)
-            probe = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
-            eventually(lambda: mesh.request(probe).status == 200, what="routes served")
-            for backend in backends.values():
-                backend.models.clear()
-            yield mesh
+        with running_authz(tmp_path / "decisions") as authz:
+            catalog = small_catalog({name: b.port for name, b in backends.items()})
+            plan = evaluate_plan(catalog)
+            listener = free_port()
+            settings = NodeSettings(app_port=listener, authz=authz_settings(authz))
+            model = MeshModel.build([plan], {NODE: settings})
+            xds.set_snapshot(NODE, compile_snapshot(model, NODE))
+            spec = BootstrapSpec(
+                node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
+            )
+            with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
+                envoy.wait_ready(timeout=20)
+                mesh = Mesh(backends, plan, listener, envoy)
+                probe = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
+                eventually(lambda: mesh.request(probe).status == 200, what="routes served")
+                for backend in backends.values():
+                    backend.models.clear()
+                yield mesh
     finally:
         xds.close()
         for backend in backends.values():

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.e2e.test_policy_push import write_policies
 from tests.integration.compiler.tierbackend import TierBackend
 from tests.integration.controlplane.conftest import open_session
+from tests.support.authz import start_authz
 from tiermesh.agents.identity.join_client import join
 from tiermesh.controlplane.api import NodeRegistration, SessionMessage, SessionReply
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
@@ -210,6 +211,8 @@ async def test_a_joined_node_registers_and_its_envoy_gets_the_pushed_bundle(
     credentials = grpc.ssl_channel_credentials(bundle, key_pem, chain)
     options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
     backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
+    # The node's request policy: it registers the port, so its app listener runs ext_authz.
+    authz = await asyncio.to_thread(start_authz, tmp_path / "decisions")
     envoy: EnvoyProcess | None = None
     async with grpc.aio.secure_channel(
         f"127.0.0.1:{plane.ports['node']}", credentials, options=options
@@ -225,6 +228,7 @@ async def test_a_joined_node_registers_and_its_envoy_gets_the_pushed_bundle(
                         residency=("eu",),
                         app_port=listener,
                         endpoints=({"name": f"{NODE}.llama", "host": "127.0.0.1", "port": 1},),
+                        authz_port=authz.port,
                     )
                 )
             )
@@ -313,6 +317,7 @@ async def test_a_joined_node_registers_and_its_envoy_gets_the_pushed_bundle(
                 await asyncio.to_thread(envoy.stop)
             for server in backends.values():
                 server.stop()
+            await asyncio.to_thread(authz.close)
 
     took = plane.terminate()
     assert plane.proc.returncode == 0

@@ -1,6 +1,7 @@
 """A node's edge listener with real servers: llama.cpp (tiny GGUF) as the local tier and the
 HTTPS cloud stand-in (which requires its API key) as the cloud tier, compiled from a plan
-the real routing policy made and pushed to a real Envoy."""
+the real routing policy made and pushed to a real Envoy, which runs the real request
+policy (ext_authz) first."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.compiler.conftest import eventually
+from tests.support.authz import authz_settings, running_authz
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.models import LlamaServer
@@ -217,22 +219,27 @@ def flow_mesh(tmp_path: Path, edge_server: LlamaServer) -> Iterator[FlowMesh]:
     cloud = CloudStandin(workdir=tmp_path / "cloud")
     cloud.start()
     try:
-        catalog = flow_catalog(edge_server.port, cloud.port)
-        plan = evaluate_plan(catalog)
-        listener = free_port()
-        settings = NodeSettings(app_port=listener, credentials={KEY_NAME: cloud.api_key})
-        model = MeshModel.build([plan], {NODE: settings})
-        with envoy_with(compile_snapshot(model, NODE), tmp_path / "envoy") as (envoy, xds):
-            mesh = FlowMesh(
-                edge_server,
-                cloud,
-                plan,
-                listener,
-                envoy,
-                lambda snapshot: xds.set_snapshot(NODE, snapshot),
-                settings,
+        with running_authz(tmp_path / "decisions") as authz:
+            catalog = flow_catalog(edge_server.port, cloud.port)
+            plan = evaluate_plan(catalog)
+            listener = free_port()
+            settings = NodeSettings(
+                app_port=listener,
+                authz=authz_settings(authz),
+                credentials={KEY_NAME: cloud.api_key},
             )
-            eventually(lambda: mesh.chat("reasoning").tier == "cloud", what="cloud answering")
-            yield mesh
+            model = MeshModel.build([plan], {NODE: settings})
+            with envoy_with(compile_snapshot(model, NODE), tmp_path / "envoy") as (envoy, xds):
+                mesh = FlowMesh(
+                    edge_server,
+                    cloud,
+                    plan,
+                    listener,
+                    envoy,
+                    lambda snapshot: xds.set_snapshot(NODE, snapshot),
+                    settings,
+                )
+                eventually(lambda: mesh.chat("reasoning").tier == "cloud", what="cloud answering")
+                yield mesh
     finally:
         cloud.stop()

@@ -1,6 +1,7 @@
 """Node A's restricted request reaches node B's model server over mTLS, with certificates
-from each node's own local SDS server and config compiled from plans; a peer with the
-wrong SPIFFE ID, or a client without a certificate, gets nowhere."""
+from each node's own local SDS server and config compiled from plans (both app listeners
+behind the real request policy); a peer with the wrong SPIFFE ID, or a client without a
+certificate, gets nowhere."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.integration.compiler.conftest import NODE, Reply, eventually, small_catalog
 from tests.integration.compiler.tierbackend import TierBackend
+from tests.support.authz import authz_settings, start_authz
 from tests.support.xdsthread import XdsThread
 from tests.unit.agent_identity.casource import TRUST_DOMAIN, CaSource, make_ca
 from tests.unit.compiler.plans import EDGE_NODE, evaluate_plan
@@ -127,6 +129,8 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
     backend = TierBackend("gpu")
     others = {name: TierBackend(name) for name in ("edge", "cloud")}
     xds = XdsThread()
+    # One request policy server for both nodes' Envoys (each node runs its own in a mesh).
+    authz = start_authz(tmp_path / "decisions")
     edge_store, edge_sds = await _start_sds(ca, NODE, sock_dir / "edge.sock")
     gpu_store, gpu_sds = await _start_sds(ca, gpu_presents, sock_dir / "gpu.sock")
     try:
@@ -139,6 +143,7 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
         settings = {
             NODE: NodeSettings(
                 app_port=app[NODE],
+                authz=authz_settings(authz),
                 mesh=MeshTlsSettings(
                     inbound_port=free_port(),
                     model_port=others["edge"].port,
@@ -148,6 +153,7 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
             ),
             GPU_NODE: NodeSettings(
                 app_port=app[GPU_NODE],
+                authz=authz_settings(authz),
                 mesh=MeshTlsSettings(
                     inbound_port=inbound,
                     model_port=backend.port,
@@ -192,6 +198,7 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
         await edge_sds.stop()
         await gpu_sds.stop()
         xds.close()
+        await asyncio.to_thread(authz.close)
         backend.stop()
         for other in others.values():
             other.stop()

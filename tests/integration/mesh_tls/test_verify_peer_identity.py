@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.integration.compiler.conftest import NODE
 from tests.integration.mesh_tls.test_mesh_mtls import GPU_ID, mesh_catalog
 from tests.unit.agent_identity.casource import TRUST_DOMAIN
-from tests.unit.compiler.plans import evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, evaluate_plan
 from tiermesh.controlplane.api import Catalog
 from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.model import MeshModel, MeshTlsSettings, NodeSettings
@@ -18,7 +18,8 @@ MESH = MeshTlsSettings(inbound_port=18100, model_port=18001, trust_domain=TRUST_
 
 def _findings(catalog: Catalog) -> list[str]:
     plan = evaluate_plan(catalog)
-    model = MeshModel.build([plan], {NODE: NodeSettings(app_port=18000, mesh=MESH)})
+    settings = NodeSettings(app_port=18000, authz=TEST_AUTHZ, mesh=MESH)
+    model = MeshModel.build([plan], {NODE: settings})
     return [f.kind for f in verify_snapshot(compile_snapshot(model, NODE), catalog)]
 
 

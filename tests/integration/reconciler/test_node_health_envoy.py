@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.compiler.conftest import NODE, Mesh, eventually, small_catalog
 from tests.integration.compiler.tierbackend import TierBackend
+from tests.support.authz import authz_settings, start_authz
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
 from tests.unit.reconciler.policyfiles import rego_files
@@ -103,13 +104,15 @@ def plane(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[Plane]:
     files["data/catalog.yaml"] = json.dumps(catalog.model_dump(mode="json")).encode()
     listener = free_port()
     xds = XdsThread()
+    authz = start_authz(tmp_path / "decisions")
+    settings = NodeSettings(app_port=listener, authz=authz_settings(authz))
 
     async def start() -> tuple[EtcdStore, Reconciler, NodeLease]:
         store = EtcdStore(etcd_server.endpoint, root=f"/test-{uuid.uuid4().hex}/tiermesh/v1/")
         await store.connect()
         await store.push_bundle(files, expected_revision=0)
         lease = await store.register_node(NODE, registration(listener, healthy=True), ttl_s=30)
-        compiler = default_compiler(lambda _node_id: NodeSettings(app_port=listener))
+        compiler = default_compiler(lambda _node_id: settings)
         reconciler = Reconciler(store, RegorusEngine, compiler, xds.cache, debounce_s=0.05)
         await reconciler.start()
         first = await reconciler.wait_for(lambda r: r.bundle_revision == 1)
@@ -135,6 +138,7 @@ def plane(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[Plane]:
             xds.run(stop(store, reconciler))
     finally:
         xds.close()
+        authz.close()
         for backend in backends.values():
             backend.stop()
 
