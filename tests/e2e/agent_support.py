@@ -26,6 +26,9 @@ from tiermesh.procs.ports import free_port
 
 TIERMESH = str(Path(sys.executable).with_name("tiermesh"))
 READY_S = 60.0
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+"""The shipped bundle: a node's request policy starts from it when the control plane
+serves none (tests that push nothing)."""
 STOP_S = 20.0
 
 
@@ -64,7 +67,8 @@ def node_yaml(
     envoy: dict[str, Any] | None = None,
 ) -> Path:
     """Write a node.yaml for ``node_id`` talking to ``plane`` (``envoy``: keys that replace
-    or add to the ``envoy`` section)."""
+    or add to the ``envoy`` section). The node runs the request policy (on by default),
+    falling back to :data:`SHIPPED_POLICIES` when the control plane serves no bundle."""
     document: dict[str, Any] = {
         "version": "v1",
         "node": {"id": node_id, "tier": tier, "region": "eu-west", "residency": list(residency)},
@@ -83,6 +87,7 @@ def node_yaml(
             **(envoy or {}),
         },
         "model_server": {"kind": "none"},
+        "authz": {"policy_dir": str(SHIPPED_POLICIES)},
         "load_interval_s": 0.5,
     }
     if token is not None:

@@ -145,6 +145,12 @@ class ModelServerConfig(_Section):
 class AuthzConfig(_Section):
     """The node's request-time policy: Envoy's ext_authz server and the decision log.
 
+    On by default, on every node: every app listener runs ext_authz (DESIGN, trust
+    boundaries). ``enabled: false`` is allowed, but the node then registers no authz port
+    and the control plane compiles its app listener to answer every request 503 ("this
+    node runs no request-time policy (ext_authz): fail closed"): a node without the
+    request policy forwards nothing, since nothing would check what the caller declared.
+
     When enabled the agent serves ``envoy.service.auth.v3.Authorization`` on ``listen``
     (loopback, plaintext gRPC; port 0 picks a free one) and registers its port, so the
     control plane compiles the ext_authz filter into the node's app listener (fail closed).
@@ -160,7 +166,8 @@ class AuthzConfig(_Section):
     fails.
     """
 
-    enabled: bool = False
+    enabled: bool = True
+    """Run the request policy (default). False: the node's app listener answers 503."""
     policy_dir: Path | None = None
     """A policy bundle directory (the shipped ``policies/``), or None: the fallback when
     the control plane has no bundle or cannot be reached at start (then the request policy
@@ -207,7 +214,7 @@ class AgentConfig(_Section):
     load_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often a load report is sent on the registry session."""
     authz: AuthzConfig = AuthzConfig()
-    """Request-time policy (off unless enabled)."""
+    """Request-time policy (on unless disabled; without it the app listener answers 503)."""
     cascade_listen: HostPort | None = None
     """Where the confidence cascade handler listens (plaintext HTTP; keep it on loopback,
     only this node's Envoy calls it; port 0 picks a free one), or None: no handler. With

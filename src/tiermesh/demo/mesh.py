@@ -19,11 +19,13 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
   :data:`TRIAL_BUDGET_USD`, which a few cloud answers spend.
 - nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
-  Local-tier nodes run the request-time policy (``authz`` in node.yaml: the same
-  ``policies/`` bundle, decisions shipped to the control plane's audit collector, whose
-  database is ``controlplane/audit.sqlite3`` in the state dir), account each answer's
-  token usage from Envoy's access log against the tenant's budget (``usage_listen``), and
-  run the confidence cascade handler for the ``cascade`` task (``cascade_listen``).
+  Every node runs the request-time policy (``authz`` in node.yaml: the same ``policies/``
+  bundle, decisions shipped to the control plane's audit collector, whose database is
+  ``controlplane/audit.sqlite3`` in the state dir), so a request to any node's app
+  listener is inspected before it is routed (the server runs inside the agent process:
+  no extra process). Local-tier nodes also account each answer's token usage from
+  Envoy's access log against the tenant's budget (``usage_listen``) and run the
+  confidence cascade handler for the ``cascade`` task (``cascade_listen``).
   Nodes with a model server
   enable node-to-node mTLS (``mesh_listen``): the catalog's private backend is the private
   node's mTLS listener, pinned to ``spiffe://tiermesh.local/node/private-1``, and the edge
@@ -344,12 +346,11 @@ class LocalMesh:
                       "app_port": node.app_port, "drain_s": 1},
             "model_server": {"kind": "none"},
         }  # fmt: skip
+        # Every node's app listener runs ext_authz: without it the node would route on the
+        # caller's word (and the control plane compiles it to answer 503).
+        document["authz"] = {"enabled": True, "policy_dir": str(self.state_dir / "policies")}
         if node.tier == "local":
-            document["authz"] = {
-                "enabled": True,
-                "policy_dir": str(self.state_dir / "policies"),
-                "usage_listen": f"{LOOPBACK}:0",
-            }
+            document["authz"]["usage_listen"] = f"{LOOPBACK}:0"
             document["cascade_listen"] = f"{LOOPBACK}:0"
         if node.model is not None:
             document["model_server"] = {

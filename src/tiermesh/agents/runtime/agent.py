@@ -3,13 +3,14 @@ started in order and stopped in reverse.
 
 Start order (each step needs the ones before): ports checked free → SVID (saved or joined)
 → rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
-when ``authz.enabled`` (the served bundle's request policy fetched from the control plane,
-ext_authz server on loopback, decision log, shipper; see
-:mod:`~tiermesh.agents.runtime.requests`) → Envoy bootstrap written → model server healthy
-→ Envoy answering its admin port → registry session accepted (with ``authz_port``, so the
-compiled listener checks every request, and ``mesh_port`` when ``mesh_listen`` is set;
-the session also carries the usage ledger's reports, brings back mesh-wide spend and
-announces new bundles, whose request policy then replaces the running one).
+(on unless ``authz.enabled: false``, which leaves the node's app listener answering 503:
+the served bundle's request policy fetched from the control plane, ext_authz server on
+loopback, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) → Envoy
+bootstrap written → model server healthy → Envoy answering its admin port → registry
+session accepted (with ``authz_port``, so the compiled listener checks every request, and
+``mesh_port`` when ``mesh_listen`` is set; the session also carries the usage ledger's
+reports, brings back mesh-wide spend and announces new bundles, whose request policy then
+replaces the running one).
 A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError` (or a
 model-server error) naming its cause, after everything already started was stopped.
 
@@ -140,6 +141,10 @@ class NodeAgent:
         if config.authz.enabled:
             self.requests = RequestPolicy(config, self.store)
             await self.requests.start()
+        else:
+            log.warning(
+                "authz.enabled is false: this node's app listener answers every request 503"
+            )
         if config.cascade_listen is not None:
             host, port = split_hostport(config.cascade_listen)
             # A new secret per start: only this handler's step requests match step routes.
