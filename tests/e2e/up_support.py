@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,15 +99,18 @@ def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
 CLOUD_WITHIN_S = 30.0
 
 
-def cloud_answer(up: Up, headers: dict[str, str]) -> tuple[dict[str, str], bytes]:
+def cloud_answer(
+    up: Up, headers: dict[str, str], *, port: int | None = None
+) -> tuple[dict[str, str], bytes]:
     """The first 200 from the cloud tier for ``headers``, within a bound (the cloud
     backends' clusters and secrets reach Envoy shortly after ``up`` is ready, and an
     ejected cloud comes back after its ejection time). Only the stand-ins set
-    ``x-tiermesh-backend``; their answers name them in the body."""
+    ``x-tiermesh-backend``; their answers name them in the body. ``port``: another node's
+    app listener (default: the edge's)."""
     deadline = time.monotonic() + CLOUD_WITHIN_S
     last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
     while time.monotonic() < deadline:
-        last = chat(up.port, headers, timeout=10)
+        last = chat(up.port if port is None else port, headers, timeout=10)
         status, got, _ = last
         if status == 200 and got.get("x-tiermesh-tier") == "cloud":
             return got, last[2]
@@ -119,6 +123,20 @@ def standins(up: Up) -> dict[str, dict[str, Any]]:
     url = f"{up.mesh['cloud_control']}/standins"
     with urllib.request.urlopen(url, timeout=10) as answer:
         return dict(json.load(answer))
+
+
+def cloud_posts(up: Up) -> dict[str, int]:
+    """How many requests with a body each cloud stand-in has received (health checks,
+    which are GETs, never count): unchanged means no data reached the cloud."""
+    return {name: int(state["posts"]) for name, state in standins(up).items()}
+
+
+def node_ports(up: Up) -> dict[str, int]:
+    """Every node's app listener port, by node id (``nodes.*.app_url`` in mesh.json)."""
+    return {
+        node: int(urllib.parse.urlsplit(info["app_url"]).port or 0)
+        for node, info in up.mesh["nodes"].items()
+    }
 
 
 def steer(up: Up, name: str, /, **changes: Any) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class CloudStandin:
         self.first_byte_delay_s = 0.0
         self.failure_status: int | None = None
         self._requests = 0
+        self._posts = 0
         self._unauthorized = 0
         self._count_lock = threading.Lock()
         self._port = port
@@ -102,13 +103,21 @@ class CloudStandin:
         return self._requests
 
     @property
+    def posts(self) -> int:
+        """POST requests received so far (refused ones included): the requests that brought
+        a body here. Health checks are GETs and never count."""
+        return self._posts
+
+    @property
     def unauthorized(self) -> int:
         """Requests refused with 401 so far (no or a wrong API key)."""
         return self._unauthorized
 
-    def _count(self, *, unauthorized: bool = False) -> None:
+    def _count(self, *, unauthorized: bool = False, post: bool = False) -> None:
         with self._count_lock:
-            if unauthorized:
+            if post:
+                self._posts += 1
+            elif unauthorized:
                 self._unauthorized += 1
             else:
                 self._requests += 1
@@ -251,6 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.owner._count(post=True)
         if not self._admit():
             return
         if self.path.split("?")[0] != "/v1/chat/completions":

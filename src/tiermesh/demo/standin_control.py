@@ -4,7 +4,8 @@ a slow, failing or vanished cloud.
 ``tiermesh up`` serves this on a loopback port (``cloud_control`` in ``mesh.json``):
 
 - ``GET /standins`` → ``{"<name>": {"up", "first_byte_delay_s", "failure_status",
-  "requests", "unauthorized"}, ...}``
+  "requests", "posts", "unauthorized"}, ...}`` (``posts``: the requests that brought a
+  body, which health checks never do)
 - ``POST /standins/<name>`` with a JSON object of the fields to change — ``up`` (false:
   stop listening and cut open connections, as a crashed provider; true: listen again),
   ``first_byte_delay_s`` (0 to 600 s: hold every chat answer this long before its first
@@ -52,6 +53,7 @@ def standin_state(standin: CloudStandin) -> dict[str, Any]:
         "first_byte_delay_s": standin.first_byte_delay_s,
         "failure_status": standin.failure_status,
         "requests": standin.requests,
+        "posts": standin.posts,
         "unauthorized": standin.unauthorized,
     }
 

@@ -56,7 +56,25 @@ def _models(standin: CloudStandin) -> int:
 def test_the_state_of_every_standin_is_shown(control: StandinControl) -> None:
     state = _get(control)
     assert state == {"eu": {"up": True, "first_byte_delay_s": 0.0, "failure_status": None,
-                            "requests": 0, "unauthorized": 0}}  # fmt: skip
+                            "requests": 0, "posts": 0, "unauthorized": 0}}  # fmt: skip
+
+
+def test_posts_count_requests_with_a_body_and_never_health_checks(
+    control: StandinControl,
+) -> None:
+    standin = control.standins["eu"]
+    assert _models(standin) == 200  # a GET, as Envoy's health checks are
+    context = ssl.create_default_context(cafile=str(standin.ca_path))
+    request = urllib.request.Request(
+        f"{standin.base_url}/v1/chat/completions",
+        data=b'{"messages": [{"role": "user", "content": "hi"}]}',
+        headers={"authorization": "Bearer wrong"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5, context=context)
+    refused.value.close()
+    state = _get(control)["eu"]
+    assert (state["requests"], state["posts"], state["unauthorized"]) == (2, 1, 1)
 
 
 def test_steering_changes_only_the_given_fields(control: StandinControl) -> None:
