@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Callable
+
 import pytest
 
 from tiermesh.agents.authz import DetectorRegistry, default_registry, detect
 from tiermesh.agents.authz.detectors import (
+    _CARD_PREFIX,
+    DEFAULT_DETECTORS,
     IBAN_LENGTHS,
     EmailDetector,
     iban_valid,
@@ -126,3 +132,127 @@ def test_registry_is_pluggable() -> None:
         registry.with_detector(EmailDetector())
     with pytest.raises(ValueError, match="must match"):
         DetectorRegistry([type("Bad", (), {"kind": "Bad Kind", "find": _Secret.find})()])
+
+
+# The patterns as first written (look-behind first, run over the whole text): the built-in
+# detectors scan only windows around digits and "@", with patterns reordered for speed, and
+# must find exactly the same spans.
+def _plain(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w@+.-]){pattern}(?![\w@-]|\.\w)", flags | re.ASCII)
+
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-])",
+    re.ASCII,
+)
+_INTERNATIONAL = _plain(r"\+[1-9]\d{0,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}")
+_NORTH_AMERICAN = _plain(r"(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[-. ])[2-9]\d{2}[-. ]\d{4}")
+_TRUNK = _plain(r"0\d{1,4}(?:[ -]\d{2,4}){2,4}")
+_IBAN = _plain(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?")
+_CARD = _plain(r"\d{4}(?:[ -]?\d{2,6}){2,4}(?:[ -]?\d{1,4})?")
+_SSN = _plain(r"(?!000|666|9\d\d)\d{3}(?P<sep>[- ])(?!00)\d{2}(?P=sep)(?!0000)\d{4}")
+_NINO = _plain(
+    r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]",
+    re.IGNORECASE,
+)
+
+
+def _digits(text: str) -> int:
+    return sum(ch.isdigit() for ch in text)
+
+
+def _reference_phone(text: str) -> list[tuple[int, int]]:
+    spans = [m.span() for m in _INTERNATIONAL.finditer(text) if 8 <= _digits(m.group()) <= 15]
+    spans += [m.span() for m in _NORTH_AMERICAN.finditer(text)]
+    spans += [m.span() for m in _TRUNK.finditer(text) if 10 <= _digits(m.group()) <= 11]
+    kept, end = [], -1
+    for start, stop in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if start >= end:
+            kept.append((start, stop))
+            end = stop
+    return kept
+
+
+def _reference_card(text: str) -> list[tuple[int, int]]:
+    found = []
+    for match in _CARD.finditer(text):
+        raw = match.group()
+        digits = raw.replace(" ", "").replace("-", "")
+        if (" " in raw and "-" in raw) or not 13 <= len(digits) <= 19:
+            continue
+        if _CARD_PREFIX.match(digits) and luhn_valid(digits):
+            found.append(match.span())
+    return found
+
+
+REFERENCE: dict[str, Callable[[str], list[tuple[int, int]]]] = {
+    "email": lambda text: [m.span() for m in _EMAIL.finditer(text)],
+    "phone": _reference_phone,
+    "iban": lambda text: [m.span() for m in _IBAN.finditer(text) if iban_valid(m.group())],
+    "payment_card": _reference_card,
+    "us_ssn": lambda text: [m.span() for m in _SSN.finditer(text)],
+    "uk_nino": lambda text: [m.span() for m in _NINO.finditer(text)],
+}
+
+_PIECES = [
+    *"0123456789" * 4,
+    *" -.+()@\n,_%",
+    *"ABCDGKNTZEWSxeom",
+    "ab",
+    "GB",
+    "ce",
+    "NT",
+    ".com",
+    "example",
+    "+44",
+    "0",
+    " ",
+    "-",
+    *(text for _, text, _ in FOUND),
+    *(text for _, text in NOT_FOUND),
+]
+
+
+def _random_text(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randrange(1, 120)):
+        if rng.random() < 0.03:  # a long gap, so the text has several scan windows
+            parts.append(rng.choice(["x", " ", "word "]) * rng.randrange(50, 400))
+        else:
+            parts.append(rng.choice(_PIECES))
+    return "".join(parts)
+
+
+def test_windowed_detectors_find_exactly_what_the_plain_patterns_find() -> None:
+    rng = random.Random(20261206)
+    detectors = {d.kind: d for d in DEFAULT_DETECTORS}
+    texts = [text for _, text, _ in FOUND] + [text for _, text in NOT_FOUND]
+    texts += [_random_text(rng) for _ in range(1500)]
+    for text in texts:
+        for kind, reference in REFERENCE.items():
+            assert list(detectors[kind].find(text)) == reference(text), (kind, text)
+
+
+def test_matches_across_seams_are_exactly_the_plain_matches_that_cross_one() -> None:
+    rng = random.Random(7)
+    registry = default_registry()
+    for _ in range(1500):
+        text = _random_text(rng)
+        seams = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randrange(0, 8))))
+        found = {f.kind: list(f.spans) for f in registry.detect_across(text, seams)}
+        for kind, reference in REFERENCE.items():
+            crossing = [
+                (start, end)
+                for start, end in reference(text)
+                if any(start < seam < end for seam in seams)
+            ]
+            assert found.get(kind, []) == crossing, (kind, text, seams)
+
+
+def test_a_custom_detector_is_filtered_to_matches_across_seams() -> None:
+    registry = DetectorRegistry([_Secret()])
+    text = "key sk-abcdefgh and more"
+    assert registry.detect_across(text, [6]) == registry.detect(text)
+    assert registry.detect_across(text, [2, 20]) == []
+    assert registry.detect_across(text, []) == []

@@ -30,11 +30,23 @@ numbers, postal addresses, names, dates of birth, IP addresses, credentials.
 
 Every detector is a pure function of its text: thread-safe and reentrant. Patterns are
 linear-time in the text length (no nested quantifiers over the same characters).
+
+Speed (this runs on every request): every match of a digit-based detector holds two
+adjacent ASCII digits and every email an ``@``, so the built-in detectors run their
+patterns only over windows of the text around those (found with a byte translation and a
+literal search, far cheaper than a pattern tried at every position), and each pattern
+starts with the character class of its first character so that the regex engine skips
+ahead without trying the look-behind everywhere. Windows reach further than any match and
+its look-around can, so the spans are exactly those of the plain patterns over the whole
+text (``tests/unit/authz/test_detectors.py`` checks this against reference patterns).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+import string
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
@@ -90,42 +102,187 @@ class Finding:
         return {"kind": self.kind, "count": self.count, "spans": [list(s) for s in self.spans]}
 
 
-def _bounded(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """``pattern`` (ASCII classes) not glued to a neighbouring letter, digit or joiner."""
-    return re.compile(rf"(?<![\w@+.-]){pattern}(?![\w@-]|\.\w)", flags | re.ASCII)
+_BEFORE: Final = r"[\w@+.-]"
+"""What may not precede a match (a letter, digit or joiner would glue it to a longer token)."""
+_AFTER: Final = r"(?![\w@-]|\.\w)"
+"""What may not follow a match."""
 
 
-class EmailDetector:
+def _bounded(first: str, rest: str) -> re.Pattern[str]:
+    """``first`` (one character class) then ``rest`` (ASCII classes), not glued to a
+    neighbouring letter, digit or joiner.
+
+    The same as ``(?<![\\w@+.-]){first}{rest}(?![\\w@-]|\\.\\w)``, written with the
+    look-behind after the first character (``(?<!B{first})``: the character before the match
+    is not in B): a pattern that starts with a character class lets the engine skip to the
+    next candidate character instead of trying the look-behind at every position.
+    """
+    return re.compile(rf"{first}(?<!{_BEFORE}{first}){rest}{_AFTER}", re.ASCII)
+
+
+_DIGIT_MARKS: Final = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
+"""Byte translation: ASCII digits to ``1``, everything else to ``0``."""
+_DIGIT_REACH: Final = 50
+"""How far a digit-based match and its look-around reach beyond two adjacent digits it
+holds (the longest, an international phone number, is 47 characters, plus 2 of
+look-ahead and 1 of look-behind)."""
+_EMAIL_BEFORE: Final = 66
+"""How far an email and its look-behind reach before its ``@`` (64 + 1 + 1)."""
+_EMAIL_AFTER: Final = 540
+"""How far an email and its look-ahead reach after its ``@`` (8 labels of 64 and a
+24-letter TLD, + 1 of look-ahead, rounded up)."""
+_MERGE_GAP: Final = 256
+"""Windows closer than this are scanned as one (fewer, larger scans)."""
+_DIGIT_CLUSTERS: Final = re.compile(rb"11(?:[01]{0,%d}11)*" % _MERGE_GAP)
+"""Runs of marked digits whose pairs are at most :data:`_MERGE_GAP` apart."""
+_AT_CLUSTERS: Final = re.compile(f"@(?:[^@]{{0,{_MERGE_GAP + _EMAIL_BEFORE + _EMAIL_AFTER}}}@)*")
+"""``@`` signs whose email windows would overlap or nearly touch."""
+
+
+class _WindowMemo(threading.local):
+    """The last text's digit windows, per thread: the five digit-based detectors of one
+    :meth:`DetectorRegistry.detect` call share them."""
+
+    text: str | None = None
+    windows: tuple[Span, ...] = ()
+
+
+_MEMO: Final = _WindowMemo()
+
+
+def _digit_windows(text: str) -> tuple[Span, ...]:
+    """Windows of ``text`` that hold every match of a digit-based detector, with the
+    context its look-around reads (see the module docstring)."""
+    memo = _MEMO
+    if memo.text is text:
+        return memo.windows
+    marks = text.encode("ascii", "replace").translate(_DIGIT_MARKS)
+    size = len(text)
+    windows = tuple(
+        (max(0, match.start() - _DIGIT_REACH), min(size, match.end() + _DIGIT_REACH))
+        for match in _DIGIT_CLUSTERS.finditer(marks)
+    )
+    memo.text, memo.windows = text, windows
+    return windows
+
+
+def _at_windows(text: str) -> tuple[Span, ...]:
+    """Windows of ``text`` that hold every email, with the context its look-around reads."""
+    if "@" not in text:
+        return ()
+    size = len(text)
+    return tuple(
+        (max(0, match.start() - _EMAIL_BEFORE), min(size, match.end() + _EMAIL_AFTER))
+        for match in _AT_CLUSTERS.finditer(text)
+    )
+
+
+def _crosses(span: Span, seams: Sequence[int]) -> bool:
+    """``start < seam < end`` for one of ``seams`` (sorted)."""
+    index = bisect.bisect_right(seams, span[0])
+    return index < len(seams) and seams[index] < span[1]
+
+
+def _near(windows: Iterable[Span], seams: Sequence[int], reach: int | None) -> Iterator[Span]:
+    """The parts of ``windows`` within ``reach`` of a seam (whole windows that hold a seam
+    when ``reach`` is None), merged."""
+    current: Span | None = None
+    for start, end in windows:
+        low, high = bisect.bisect_left(seams, start), bisect.bisect_right(seams, end)
+        for seam in seams[low:high]:
+            if reach is None:
+                part = (start, end)
+            else:
+                part = (max(start, seam - reach), min(end, seam + reach))
+            if current is not None and part[0] <= current[1]:
+                current = (current[0], max(current[1], part[1]))
+                continue
+            if current is not None:
+                yield current
+            current = part
+    if current is not None:
+        yield current
+
+
+class _Windowed:
+    """A built-in detector that scans only windows of the text: around two adjacent digits
+    (and within ``_reach`` of a seam), or around an ``@`` (``_reach`` None)."""
+
+    _reach: int | None = _DIGIT_REACH
+    _inside: frozenset[str] = frozenset()
+    """Every character a match can hold: a seam with another on either side is not crossed."""
+
+    def _windows(self, text: str) -> tuple[Span, ...]:
+        return _digit_windows(text)
+
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        raise NotImplementedError
+
+    def find(self, text: str) -> Iterator[Span]:
+        return self._spans(text, self._windows(text))
+
+    def find_across(self, text: str, seams: Sequence[int], beside: Sequence[str]) -> Iterator[Span]:
+        """Spans of the matches that cross one of ``seams`` (sorted offsets; ``beside``: the
+        two characters around each), scanning only near them; see
+        :meth:`DetectorRegistry.detect_across`."""
+        inside = self._inside
+        seams = [
+            seam
+            for seam, pair in zip(seams, beside, strict=True)
+            if pair[0] in inside and pair[1:] in inside
+        ]
+        if not seams:
+            return iter(())
+        windows = _near(self._windows(text), seams, self._reach)
+        return (span for span in self._spans(text, windows) if _crosses(span, seams))
+
+
+def _scan(pattern: re.Pattern[str], text: str, windows: Iterable[Span]) -> Iterator[re.Match[str]]:
+    for start, end in windows:
+        yield from pattern.finditer(text, start, end)
+
+
+class EmailDetector(_Windowed):
     """``email``: addresses with a dotted domain and an alphabetic TLD."""
 
     kind: Final = "email"
+    _reach = None
+    _inside = frozenset(string.ascii_letters + string.digits + "._%+-@")
     _pattern: Final = re.compile(
         r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
         r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-])",
         re.ASCII,
     )
 
-    def find(self, text: str) -> Iterator[Span]:
-        for match in self._pattern.finditer(text):
+    def _windows(self, text: str) -> tuple[Span, ...]:
+        return _at_windows(text)
+
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        for match in _scan(self._pattern, text, windows):
             yield match.span()
 
 
-class PhoneDetector:
+class PhoneDetector(_Windowed):
     """``phone``: international (``+`` 8-15 digits) and common national formats."""
 
     kind: Final = "phone"
-    _international: Final = _bounded(r"\+[1-9]\d{0,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}")
-    _north_american: Final = _bounded(r"(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[-. ])[2-9]\d{2}[-. ]\d{4}")
-    _trunk: Final = _bounded(r"0\d{1,4}(?:[ -]\d{2,4}){2,4}")
+    _inside = frozenset(string.digits + " .-()+")
+    _international: Final = _bounded(r"\+", r"[1-9]\d{0,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}")
+    # (?:\([2-9]\d{2}\) ?|[2-9]\d{2}[-. ]) with its first character taken out in front.
+    _north_american: Final = _bounded(
+        r"[(2-9]", r"(?:(?<=\()[2-9]\d{2}\) ?|(?<=[2-9])\d{2}[-. ])[2-9]\d{2}[-. ]\d{4}"
+    )
+    _trunk: Final = _bounded("0", r"\d{1,4}(?:[ -]\d{2,4}){2,4}")
 
-    def find(self, text: str) -> Iterator[Span]:
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        windows = tuple(windows)
         spans: list[Span] = []
-        for match in self._international.finditer(text):
+        for match in _scan(self._international, text, windows):
             if 8 <= _digit_count(match.group()) <= 15:
                 spans.append(match.span())
-        for match in self._north_american.finditer(text):
+        for match in _scan(self._north_american, text, windows):
             spans.append(match.span())
-        for match in self._trunk.finditer(text):
+        for match in _scan(self._trunk, text, windows):
             if 10 <= _digit_count(match.group()) <= 11:
                 spans.append(match.span())
         yield from _disjoint(spans)
@@ -156,14 +313,15 @@ def iban_valid(candidate: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rotated)) % 97 == 1
 
 
-class IbanDetector:
+class IbanDetector(_Windowed):
     """``iban``: country length table and the mod-97 check."""
 
     kind: Final = "iban"
-    _pattern: Final = _bounded(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?")
+    _inside = frozenset(string.ascii_uppercase + string.digits + " ")
+    _pattern: Final = _bounded("[A-Z]", r"[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?")
 
-    def find(self, text: str) -> Iterator[Span]:
-        for match in self._pattern.finditer(text):
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        for match in _scan(self._pattern, text, windows):
             if iban_valid(match.group()):
                 yield match.span()
 
@@ -186,15 +344,16 @@ _CARD_PREFIX: Final = re.compile(
 )
 
 
-class PaymentCardDetector:
+class PaymentCardDetector(_Windowed):
     """``payment_card``: 13-19 digits (groups split by one space or dash), issuer prefix
     and Luhn check."""
 
     kind: Final = "payment_card"
-    _pattern: Final = _bounded(r"\d{4}(?:[ -]?\d{2,6}){2,4}(?:[ -]?\d{1,4})?")
+    _inside = frozenset(string.digits + " -")
+    _pattern: Final = _bounded(r"\d", r"\d{3}(?:[ -]?\d{2,6}){2,4}(?:[ -]?\d{1,4})?")
 
-    def find(self, text: str) -> Iterator[Span]:
-        for match in self._pattern.finditer(text):
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        for match in _scan(self._pattern, text, windows):
             raw = match.group()
             if " " in raw and "-" in raw:
                 continue
@@ -203,32 +362,42 @@ class PaymentCardDetector:
                 yield match.span()
 
 
-class UsSsnDetector:
+class UsSsnDetector(_Windowed):
     """``us_ssn``: ``AAA-GG-SSSS`` with separators, invalid ranges excluded."""
 
     kind: Final = "us_ssn"
+    _inside = frozenset(string.digits + " -")
+    # (?!000|666|9\d\d)\d{3}… with its first digit taken out in front.
     _pattern: Final = _bounded(
-        r"(?!000|666|9\d\d)\d{3}(?P<sep>[- ])(?!00)\d{2}(?P=sep)(?!0000)\d{4}"
+        r"\d", r"(?!(?<=0)00|(?<=6)66|(?<=9)\d\d)\d{2}(?P<sep>[- ])(?!00)\d{2}(?P=sep)(?!0000)\d{4}"
     )
 
-    def find(self, text: str) -> Iterator[Span]:
-        for match in self._pattern.finditer(text):
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        for match in _scan(self._pattern, text, windows):
             yield match.span()
 
 
-class UkNinoDetector:
+class UkNinoDetector(_Windowed):
     """``uk_nino``: UK National Insurance numbers (``QQ 12 34 56 C`` shapes)."""
 
     kind: Final = "uk_nino"
-    _pattern: Final = _bounded(
-        r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
-        r" ?\d{2} ?\d{2} ?\d{2} ?[A-D]",
-        re.IGNORECASE,
+    _inside = frozenset(string.ascii_letters + string.digits + " ")
+    # (?<![\w@+.-])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2}
+    # ?\d{2} ?[A-D], any case, written to start at the first digit (with the letters, and
+    # the space after them, if any, in a look-behind; a digit after a digit is dropped
+    # first, cheaply): a pattern that starts with a letter is tried at almost every
+    # position of prose. Two matches cannot overlap, so the spans are the same.
+    _prefix: Final = rf"(?<!{_BEFORE})(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    _pattern: Final = re.compile(
+        rf"\d(?<=[A-Z ]\d)(?:(?<={_prefix}\d)|(?<={_prefix} \d))"
+        rf"\d ?\d{{2}} ?\d{{2}} ?[A-D]{_AFTER}",
+        re.ASCII | re.IGNORECASE,
     )
 
-    def find(self, text: str) -> Iterator[Span]:
-        for match in self._pattern.finditer(text):
-            yield match.span()
+    def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
+        for match in _scan(self._pattern, text, windows):
+            start, end = match.span()
+            yield (start - 3 if text[start - 1] == " " else start - 2), end
 
 
 def _digit_count(text: str) -> int:
@@ -274,6 +443,24 @@ class DetectorRegistry:
         findings: list[Finding] = []
         for detector in self._detectors:
             spans = tuple(detector.find(text))
+            if spans:
+                findings.append(Finding(detector.kind, len(spans), spans))
+        return findings
+
+    def detect_across(self, text: str, seams: Sequence[int]) -> list[Finding]:
+        """Like :meth:`detect`, keeping only matches that cross a seam (``start < seam <
+        end`` for one of ``seams``, sorted offsets into ``text``): for a text made by
+        joining parts, what no part shows on its own. Built-in detectors scan only near the
+        seams; others scan the whole text."""
+        findings: list[Finding] = []
+        if not seams:
+            return findings
+        beside = [text[seam - 1 : seam + 1] for seam in seams]
+        for detector in self._detectors:
+            if isinstance(detector, _Windowed):
+                spans = tuple(detector.find_across(text, seams, beside))
+            else:
+                spans = tuple(s for s in detector.find(text) if _crosses(s, seams))
             if spans:
                 findings.append(Finding(detector.kind, len(spans), spans))
         return findings
