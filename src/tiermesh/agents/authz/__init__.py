@@ -53,6 +53,7 @@ from tiermesh.agents.authz.errors import (
     DecisionNotRecorded,
     PolicyRejected,
 )
+from tiermesh.agents.authz.normalize import detection_text
 from tiermesh.agents.authz.policy import (
     build_request_engine,
     load_request_policy,
@@ -102,6 +103,7 @@ __all__ = [
     "build_request_engine",
     "default_registry",
     "detect",
+    "detection_text",
     "estimate_tokens",
     "inspect_body",
     "load_request_policy",

@@ -1,54 +1,175 @@
-"""Text as the detectors should see it: the forms a model reads, mapped to ASCII.
+"""The text detectors scan: what a reader (an upstream parser, a tokenizer, a model) would
+read, spelled in the ASCII the detectors match.
 
-The detectors match ASCII shapes (``re.ASCII``). A model reads ``\uff14\uff11`` (fullwidth digits),
-``john\u200b@example.com`` (a zero-width space inside) or ``555\u2212 0123`` (a minus sign)
-as the digits, address and number they spell. :func:`detection_text` maps those forms
-before detection: NFKC, every Unicode decimal digit to its ASCII digit, format characters
-(category Cf: zero-width spaces and joiners, soft hyphens, BOMs) removed, dashes (Pd) to
-``-`` and spaces (Zs) to `` ``. ASCII text is returned as it is. Pure; thread-safe.
+:func:`detection_text` maps a text to the characters a model reads in it:
+
+- NFKC (compatibility) normalization: fullwidth digits and at sign (U+FF14, U+FF20),
+  circled and superscript digits, ligatures become their ASCII spellings;
+- every Unicode decimal digit (category Nd: Arabic-Indic, Devanagari, …) becomes its ASCII
+  digit;
+- format characters (Cf: zero-width space and joiners, soft hyphen, U+FEFF, bidi controls)
+  and combining marks (Mn, Me) are removed, so they cannot split an address or a number;
+- dashes (Pd) and minus signs (U+2212, U+02D7, U+2796) become ``-``; space separators (Zs)
+  become a space; line and paragraph separators (Zl, Zp) become ``\\n``.
+
+An ASCII text is returned unchanged (the common case costs one ``isascii`` check). The
+code-point table is built on the first non-ASCII text, or at start by :func:`warm` (tens of
+milliseconds, once per process), and cached. Offsets into the result are not offsets into
+the input: the result is itself the text findings point into.
+
+:func:`decoded_forms` gives the forms an escape-decoding reader would see (backslash
+escapes, percent-encoding, HTML character references), computed only when the marker
+character is present.
+
+Pure; thread-safe.
 """
 
 from __future__ import annotations
 
 import functools
+import html
+import re
+import sys
 import unicodedata
 from typing import Final
+from urllib.parse import unquote, unquote_plus
 
-__all__ = ["detection_text", "warm"]
+__all__ = ["decoded_forms", "detection_text", "warm"]
 
-_RANGES: Final = ((0x80, 0x20000), (0xE0000, 0xE1000))
-"""Where the mapped characters live (planes 0-1 and the tags plane); plane 2-3 ideographs
-hold none, and scanning only these keeps building the table ~0.1 s."""
-_EXTRA: Final = {0x2212: "-", 0xFE63: "-", 0xFF0D: "-"}
-"""Minus signs read as dashes (category Sm, not Pd)."""
+_EXTRA_MINUS: Final = "\u2212\u02d7\u2796"
+"""Minus signs outside category Pd that read as a dash."""
+MAPPED_CATEGORIES: Final = frozenset({"Nd", "Cf", "Mn", "Me", "Pd", "Zs", "Zl", "Zp"})
+"""The Unicode general categories :func:`detection_text` changes."""
+TABLE_RANGES: Final = ((0x80, 0x20000), (0xE0000, 0xE1000))
+"""Where characters of :data:`MAPPED_CATEGORIES` live (planes 0-1 and the tags and
+variation selectors of plane 14; planes 2-3 hold ideographs only, 15-16 private use):
+scanning only these keeps building the table short. A unit test checks it still holds for
+the running Python's Unicode database."""
+_ROUNDS: Final = 3
+"""Rounds of percent or backslash decoding (double encoding is common)."""
 
 
 @functools.cache
-def _table() -> dict[int, str | None]:
-    """Code point -> replacement for every non-ASCII digit, format char, dash and space."""
-    table: dict[int, str | None] = dict(_EXTRA)
-    for code in (c for start, stop in _RANGES for c in range(start, stop)):
-        char = chr(code)
-        category = unicodedata.category(char)
-        if category == "Nd":
-            table[code] = str(unicodedata.decimal(char))
-        elif category == "Cf":
-            table[code] = None
-        elif category == "Pd":
-            table[code] = "-"
-        elif category == "Zs":
-            table[code] = " "
-    return table
+def _table() -> tuple[re.Pattern[str], dict[int, str]]:
+    """The non-ASCII code points :func:`detection_text` changes: a pattern of runs of them
+    and their replacements (``""`` removes)."""
+    category = unicodedata.category
+    chars = [chr(cp) for start, stop in TABLE_RANGES for cp in range(start, stop)]
+    table: dict[int, str] = {}
+    for char, cat in zip(chars, map(category, chars), strict=True):
+        if cat not in MAPPED_CATEGORIES:
+            continue
+        if cat == "Nd":
+            table[ord(char)] = str(unicodedata.decimal(char))
+        elif cat == "Pd":
+            table[ord(char)] = "-"
+        elif cat == "Zs":
+            table[ord(char)] = " "
+        elif cat in ("Zl", "Zp"):
+            table[ord(char)] = "\n"
+        else:
+            table[ord(char)] = ""
+    for char in _EXTRA_MINUS:
+        table[ord(char)] = "-"
+    ranges: list[str] = []
+    points = sorted(table)
+    start = previous = points[0]
+    for point in [*points[1:], -1]:
+        if point == previous + 1:
+            previous = point
+            continue
+        ranges.append(
+            f"\\U{start:08x}" if start == previous else f"\\U{start:08x}-\\U{previous:08x}"
+        )
+        start = previous = point
+    return re.compile(f"[{''.join(ranges)}]+"), table
 
 
 def warm() -> None:
-    """Build the mapping table now (a server calls this at start, not on a request)."""
+    """Build the code-point table now (a server calls this at start, not on a request)."""
     _table()
 
 
 def detection_text(text: str) -> str:
-    """``text`` with the non-ASCII forms of digits, separators and hidden characters mapped
-    to what they read as (see the module docstring)."""
+    """``text`` as the detectors should see it (see the module docstring). Pure."""
     if text.isascii():
         return text
-    return unicodedata.normalize("NFKC", text).translate(_table())
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    pattern, table = _table()
+    return pattern.sub(lambda match: match.group().translate(table), text)
+
+
+_BACKSLASH: Final = re.compile(
+    r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2})"
+    r"|([^0-9A-Za-z\s]))"
+)
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    literal = match.group(5)
+    if literal is not None:
+        return literal
+    digits = next(group for group in match.groups()[:4] if group is not None)
+    point = int(digits, 16)
+    return chr(point) if point <= sys.maxunicode else match.group()
+
+
+def _backslash_decoded(text: str) -> str:
+    """``\\uXXXX``, ``\\u{X…}``, ``\\UXXXXXXXX`` and ``\\xXX`` escapes decoded, and a
+    backslash before punctuation dropped (``\\@``, ``\\.``), up to three rounds (an
+    escape inside a JSON string reads ``\\\\u0040`` in the raw body)."""
+    for _ in range(_ROUNDS):
+        decoded = _BACKSLASH.sub(_unescape_match, text)
+        if decoded == text or "\\" not in decoded:
+            return decoded
+        text = decoded
+    return text
+
+
+def _percent_decoded(text: str) -> list[str]:
+    """Percent-decoded forms, one per round until nothing changes; ``+`` as a space too."""
+    forms: list[str] = []
+    current = text
+    for _ in range(_ROUNDS):
+        if "%" not in current:
+            break
+        decoded = unquote(current, errors="replace")
+        if decoded == current:
+            break
+        forms.append(decoded)
+        current = decoded
+    if "+" in text:
+        forms.append(unquote_plus(current, errors="replace"))
+    return forms
+
+
+def decoded_forms(text: str) -> list[str]:
+    """The forms of ``text`` an escape-decoding reader could see, other than ``text``
+    itself: backslash escapes (``\\u0040``, ``\\x40``), percent-encoding (``%40``, up to
+    three rounds, ``+`` as a space) and HTML character references (``&#64;``,
+    ``&commat;``), each alone and all in sequence. Only computed for the markers present
+    (``\\``, ``%`` or ``+``, ``&``); empty when there are none."""
+    forms: list[str] = []
+    combined = text
+    if "%" in text or "+" in text:
+        percent = _percent_decoded(text)
+        forms.extend(percent)
+        if percent:
+            combined = percent[-1]
+    if "&" in combined:
+        entities = html.unescape(combined)
+        if entities != combined:
+            forms.append(entities)
+            combined = entities
+    if "\\" in combined:
+        escaped = _backslash_decoded(combined)
+        if escaped != combined:
+            forms.append(escaped)
+            combined = escaped
+    if "\\" in text and combined is not text:
+        alone = _backslash_decoded(text)
+        if alone != text and alone not in forms:
+            forms.append(alone)
+    return [form for form in dict.fromkeys(forms) if form != text]
