@@ -2,25 +2,68 @@
 
 :func:`inspect_body` looks at no more than ``max_bytes`` bytes and never fails: empty,
 binary, invalid UTF-8, non-JSON, deeply nested or truncated bodies all give an
-:class:`InspectedBody`. The text it scans is
+:class:`InspectedBody`. Its aim is to read at least what any upstream parser, tokenizer or
+model could read in the bytes; where it cannot, it says so (``truncated``,
+``uninspectable``) so the caller can keep the request off tiers that must not see personal
+data.
 
-- for a complete UTF-8 JSON body: every string in it (object keys and values, escapes
-  decoded), joined by ``"\\n"`` in document order — so ``\\u0040`` cannot hide an ``@``;
-- otherwise: the bytes decoded as UTF-8 with invalid sequences replaced by U+FFFD.
+Completeness. The body is ``truncated`` when Envoy says it sent only part of it, when it is
+longer than ``max_bytes``, when it is shorter than its declared ``content-length``, and when
+it fills ``max_bytes`` exactly without a ``content-length`` equal to it: Envoy sends a full
+buffer of a body that is still streaming (chunked HTTP/1.1, HTTP/2 without a length) as if
+complete, without ``x-envoy-auth-partial-body: true``.
 
-Finding spans are code-point offsets into that scanned text. The body's text never leaves
-this module: only :attr:`InspectedBody.sha256` (of the inspected bytes) does.
-Pure; thread-safe.
+Reading. A leading UTF-8 byte-order mark is dropped (most JSON parsers accept it) and
+reported (``bom``). A body that is not strict UTF-8 (``invalid_utf8``) or holds NUL bytes
+(``binary``) is ``uninspectable``: it is still scanned as text (decoded with U+FFFD for
+invalid sequences). A complete UTF-8 body is parsed as JSON (control characters inside
+strings allowed, as lenient parsers do); one that starts like JSON (``{`` or ``[`` after
+white space) but does not parse, or is nested deeper than the parser goes, is
+``uninspectable`` — a lenient parser (comments, trailing commas, JSON5) could still read it
+— and is scanned as text.
+
+The scanned text. Finding spans are code-point offsets into one text, made of these parts
+joined by ``"\\n"`` in this order, each passed through
+:func:`~.normalize.detection_text` (fullwidth and other-script digits, hidden format
+characters, Unicode dashes and spaces read as ASCII):
+
+1. the primary text: for a JSON body every object key, string value (escapes decoded) and
+   number literal (as written, without its sign), in document order, each value of a
+   repeated key included (parsers differ on which one they keep), joined by ``"\\n"``;
+   otherwise the decoded text;
+2. the decoded forms (:func:`~.normalize.decoded_forms`: backslash escapes, percent-encoding,
+   HTML character references) of each of those items that holds a marker (``\\``, ``%``,
+   ``+``, ``&``), joined by ``"\\n"``;
+3. for JSON, four joins of the string values (keys and numbers left out), which a model
+   reads as one text: all of them joined by ``""``, then (each stripped of surrounding
+   white space) by ``" "``; then the same without plain labels (values of only letters and
+   ``_``, such as ``user`` or ``text``). Only matches that cross a join count, so what one
+   value shows on its own is not counted again; joins no built-in pattern can cross (white
+   space beside a ``""`` join, punctuation such as ``.`` or ``?`` beside a ``" "`` join) are
+   not looked at.
+
+Findings come from the primary text; a kind it does not show is reported from the first
+later part that shows it, so the counts of ordinary bodies stay those of the primary text.
+Parts 2 and 3 are computed only where they can add something (a marker present, two values
+or more). The body's text never leaves this module: only :attr:`InspectedBody.sha256` (of
+the inspected bytes) does. Pure; thread-safe.
 """
 
 from __future__ import annotations
 
+import codecs
+import decimal
 import hashlib
+import itertools
 import json
+import re
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
 from tiermesh.agents.authz.detectors import DetectorRegistry, Finding, default_registry
+from tiermesh.agents.authz.normalize import decoded_forms, detection_text
 from tiermesh.agents.authz.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 __all__ = ["BodyEncoding", "InspectedBody", "inspect_body"]
@@ -28,8 +71,22 @@ __all__ = ["BodyEncoding", "InspectedBody", "inspect_body"]
 BodyEncoding: TypeAlias = Literal["empty", "utf-8", "invalid_utf8", "binary"]
 """``binary``: holds NUL bytes (also scanned, as decoded text); ``invalid_utf8``: not UTF-8."""
 
+NESTED_TOO_DEEP: Final = "JSON nested deeper than the inspector parses"
+NOT_JSON: Final = "body looks like JSON but does not parse"
+NOT_UTF8: Final = "body is not valid UTF-8"
+HOLDS_NUL: Final = "body holds NUL bytes"
+
 _MAX_STRINGS: Final = 1_000_000
 _DEFAULT_REGISTRY: Final = default_registry()
+_MARKERS: Final = ("\\", "%", "+", "&")
+_LABEL: Final = re.compile(r"[A-Za-z_]+")
+_LEADING: Final = re.compile(r"[\s\ufeff]*")
+_ALNUM: Final = string.ascii_letters + string.digits
+_GLUE_EDGE: Final = frozenset(_ALNUM + "._%+@()-")
+"""Characters that can sit on either side of a join inside a match (any non-space
+character of a built-in detector's pattern)."""
+_SPACE_LEFT: Final = frozenset(_ALNUM + ")")
+_SPACE_RIGHT: Final = frozenset(_ALNUM + "(")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +98,9 @@ class InspectedBody:
     inspected_bytes: int
     """Bytes actually scanned (at most ``max_bytes``)."""
     truncated: bool
-    """Some of the body was not scanned: cut here, sent partially by Envoy, or shorter than
-    its declared ``content-length``."""
+    """Some of the body was not scanned: cut here, sent partially by Envoy, shorter than its
+    declared ``content-length``, or filling ``max_bytes`` without a ``content-length`` that
+    says it is complete."""
     encoding: BodyEncoding
     json: bool
     """The scanned bytes are one complete JSON document."""
@@ -52,22 +110,188 @@ class InspectedBody:
     token_estimate: int
     """:func:`~.tokens.estimate_tokens` of the scanned text; for a truncated body at least
     the declared (or received) length over :data:`~.tokens.CHARS_PER_TOKEN`."""
+    uninspectable: str | None = None
+    """None when the bytes were read the way any upstream could read them; else why not
+    (:data:`NOT_UTF8`, :data:`HOLDS_NUL`, :data:`NOT_JSON`, :data:`NESTED_TOO_DEEP`).
+    Truncation is reported by :attr:`truncated` only."""
+    bom: bool = False
+    """The body starts with a UTF-8 byte-order mark (dropped before reading)."""
 
 
-def _strings(document: Any) -> list[str]:
-    """Every key and string value, iteratively (no recursion limit), in document order."""
-    found: list[str] = []
-    stack: list[Any] = [document]
-    while stack and len(found) < _MAX_STRINGS:
-        item = stack.pop()
+class _Pairs(dict[str, Any]):
+    """A JSON object with a repeated key: the last value (as :func:`json.loads` keeps) and
+    every pair in order (``pairs``), since other parsers keep the first."""
+
+    __slots__ = ("pairs",)
+    pairs: list[tuple[str, Any]]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    repeated = _Pairs(document)
+    repeated.pairs = pairs
+    return repeated
+
+
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=decimal.Decimal, strict=False
+)
+"""Every pair of every object, number literals kept as written (``int`` or ``Decimal``:
+``str`` gives back their digits), control characters in strings accepted."""
+
+
+def _items(document: Any) -> tuple[list[str], list[str]]:
+    """Every key, string and number literal (as written, without its sign; an integral
+    decimal also as an integer) in document order, and the string values among them (no
+    keys, no numbers: a list of token ids joined by spaces reads as phone numbers);
+    iterative, so no recursion limit."""
+    texts: list[str] = []
+    values: list[str] = []
+    stack: list[tuple[Any, bool]] = [(document, False)]
+    while stack and len(texts) < _MAX_STRINGS:
+        item, is_key = stack.pop()
         if isinstance(item, str):
-            found.append(item)
+            texts.append(item)
+            if not is_key:
+                values.append(item)
         elif isinstance(item, dict):
-            for key, value in reversed(list(item.items())):
-                stack.extend((value, key))
+            pairs = item.pairs if isinstance(item, _Pairs) else item.items()
+            for key, value in reversed(list(pairs)):
+                stack.append((value, False))
+                stack.append((key, True))
         elif isinstance(item, list):
-            stack.extend(reversed(item))
-    return found
+            stack.extend((value, False) for value in reversed(item))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            texts.append(str(abs(item)))  # -4111111111111111 reads as its digits too
+        elif isinstance(item, decimal.Decimal):
+            texts.append(str(item.copy_abs()))
+            if item.is_finite() and item == item.to_integral_value() and item.adjusted() < 30:
+                texts.append(str(abs(int(item))))  # 4111111111111111.0 reads as its digits
+    return texts, values
+
+
+def _looks_like_json(text: str) -> bool:
+    """The first character after white space (and stray byte-order marks) opens an object
+    or an array."""
+    start = _LEADING.match(text)
+    return start is not None and text[start.end() : start.end() + 1] in ("{", "[")
+
+
+def _glued(parts: Sequence[str]) -> tuple[str, list[int]]:
+    """``"".join(parts)`` and the offsets of the joins a match could cross: both characters
+    beside it could be inside one (not white space: :func:`_spaced` covers those)."""
+    parts = [part for part in parts if part]
+    seams: list[int] = []
+    offset = 0
+    for left, right in itertools.pairwise(parts):
+        offset += len(left)
+        if left[-1] in _GLUE_EDGE and right[0] in _GLUE_EDGE:
+            seams.append(offset)
+    return "".join(parts), seams
+
+
+def _spaced(parts: Sequence[str]) -> tuple[str, list[int]]:
+    """The parts, stripped, joined by one space, and the offsets just after the joins a
+    match could cross: a match holds a space only between a letter, digit or ``)`` and a
+    letter, digit or ``(``."""
+    parts = [stripped for part in parts if (stripped := part.strip())]
+    seams: list[int] = []
+    offset = 0
+    for left, right in itertools.pairwise(parts):
+        offset += len(left) + 1
+        if left[-1] in _SPACE_LEFT and right[0] in _SPACE_RIGHT:
+            seams.append(offset)
+    return " ".join(parts), seams
+
+
+class _Scan:
+    """Findings of the scanned text as its parts are added (see the module docstring)."""
+
+    def __init__(self, registry: DetectorRegistry) -> None:
+        self.registry = registry
+        self.found: dict[str, Finding] = {}
+        self.offset = 0
+
+    def add(self, text: str, seams: Sequence[int] | None = None) -> None:
+        """Append ``text`` (a part, already through :func:`detection_text`) and take its
+        findings of kinds not found yet; with ``seams``, only matches across them."""
+        offset = self.offset
+        self.offset += len(text) + 1
+        if seams is None:
+            findings = self.registry.detect(text)
+        else:
+            findings = self.registry.detect_across(text, seams)
+        for finding in findings:
+            if finding.kind in self.found:
+                continue
+            spans = tuple((start + offset, end + offset) for start, end in finding.spans)
+            self.found[finding.kind] = Finding(finding.kind, finding.count, spans)
+
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(self.found[kind] for kind in self.registry.kinds if kind in self.found)
+
+
+def _scan(
+    registry: DetectorRegistry, texts: list[str], values: list[str] | None
+) -> tuple[Finding, ...]:
+    """Findings of the scanned text of ``texts`` (and, for JSON, of ``values``)."""
+    normal = [detection_text(text) for text in texts]
+    primary = "\n".join(normal)
+    scan = _Scan(registry)
+    scan.add(primary)
+    joined = primary if len(texts) == 1 and normal[0] is texts[0] else "\n".join(texts)
+    markers = [marker for marker in _MARKERS if marker in joined]
+    if markers:
+        decoded = [
+            detection_text(form)
+            for text in texts
+            if any(marker in text for marker in markers)
+            for form in decoded_forms(text)
+        ]
+        scan.add("\n".join(decoded))
+    if values is not None and len(values) > 1:
+        plain = [detection_text(value) for value in values]
+        unlabelled = [value for value in plain if not _LABEL.fullmatch(value)]
+        for parts in (plain, unlabelled):
+            for join in (_glued, _spaced):
+                text, seams = join(parts)
+                scan.add(text, seams)
+    return scan.findings()
+
+
+def _truncated(
+    raw: bytes, data: bytes, max_bytes: int, declared_length: int | None, partial: bool
+) -> bool:
+    if partial or len(raw) > max_bytes:
+        return True
+    if declared_length is not None and declared_length > len(data):
+        return True
+    # A full buffer is complete only if the declared length says so.
+    return len(raw) >= max_bytes and declared_length != len(data)
+
+
+def _decode(body: bytes, *, final: bool) -> str | None:
+    """``body`` as strict UTF-8 (a character cut at the end of a non-``final`` body left
+    out), or None when it is not UTF-8."""
+    try:
+        if final:
+            return body.decode("utf-8")
+        return codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse(text: str) -> tuple[bool, Any, str | None]:
+    """``(True, document, None)``, or ``(False, None, why)`` when ``text`` is not one JSON
+    document (``why`` is None when it does not look like JSON either)."""
+    try:
+        return True, _DECODER.decode(text), None
+    except RecursionError:
+        return False, None, NESTED_TOO_DEEP
+    except ValueError:
+        return False, None, NOT_JSON if _looks_like_json(text) else None
 
 
 def inspect_body(
@@ -78,39 +302,35 @@ def inspect_body(
     partial: bool = False,
     registry: DetectorRegistry | None = None,
 ) -> InspectedBody:
-    """Inspect at most ``max_bytes`` of ``raw``; ``partial`` says the sender cut it."""
+    """Inspect at most ``max_bytes`` of ``raw``; ``partial`` says the sender cut it,
+    ``declared_length`` is the request's ``content-length`` (None when it has none)."""
     if max_bytes < 0:
         raise ValueError("max_bytes must be >= 0")
     data = raw[:max_bytes]
-    truncated = (
-        partial
-        or len(raw) > max_bytes
-        or (declared_length is not None and declared_length > len(data))
-    )
-    encoding: BodyEncoding
-    try:
-        text = data.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        encoding = "invalid_utf8"
+    truncated = _truncated(raw, data, max_bytes, declared_length, partial)
+    bom = data.startswith(codecs.BOM_UTF8)
+    body = data[len(codecs.BOM_UTF8) :] if bom else data
+    decoded = _decode(body, final=not truncated)
+    encoding: BodyEncoding = "utf-8"
+    uninspectable: str | None = None
+    if decoded is None:
+        decoded = body.decode("utf-8", errors="replace")
+        encoding, uninspectable = "invalid_utf8", NOT_UTF8
     if not data:
         encoding = "empty"
     elif b"\x00" in data:
-        encoding = "binary"
+        encoding, uninspectable = "binary", HOLDS_NUL
     document: Any = None
     is_json = False
-    scanned = text
     if encoding == "utf-8" and not truncated:
-        try:
-            document = json.loads(text)
-            is_json = True
-        except (ValueError, RecursionError):
-            document = None
-        if is_json:
-            scanned = "\n".join(_strings(document))
-    findings = (registry or _DEFAULT_REGISTRY).detect(scanned)
-    tokens = estimate_tokens(document, text)
+        is_json, document, uninspectable = _parse(decoded)
+    detectors = registry or _DEFAULT_REGISTRY
+    if is_json:
+        texts, values = _items(document)
+        findings = _scan(detectors, texts, values)
+    else:
+        findings = _scan(detectors, [decoded], None)
+    tokens = estimate_tokens(document, decoded)
     if truncated:  # the unseen rest counts too, at the same rate as plain text
         tokens = max(tokens, -(-max(declared_length or 0, len(raw)) // CHARS_PER_TOKEN))
     return InspectedBody(
@@ -120,6 +340,8 @@ def inspect_body(
         encoding=encoding,
         json=is_json,
         sha256="sha256:" + hashlib.sha256(data).hexdigest(),
-        findings=tuple(findings),
+        findings=findings,
         token_estimate=tokens,
+        uninspectable=uninspectable,
+        bom=bom,
     )
