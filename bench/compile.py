@@ -65,7 +65,8 @@ def backends(count: int) -> list[dict[str, Any]]:
                 "models": ["m"],
                 "max_complexity": 5,
                 "max_sensitivity": "restricted" if tier != "cloud" else "public",
-                "endpoint": {"host": f"10.0.{index // 250}.{index % 250 + 1}", "port": 8000},
+                # Loopback: a local or private backend elsewhere would need a spiffe_id.
+                "endpoint": {"host": f"127.0.{index // 250}.{index % 250 + 1}", "port": 8000},
             }
         )
     return found

@@ -73,7 +73,8 @@ def random_catalog(seed: int) -> Catalog:
                 "models": rng.sample(models, rng.randint(1, 3)),
                 "max_complexity": rng.randint(1, 5),
                 "max_sensitivity": clearance,
-                "endpoint": {"host": f"b{index}.example", "port": 8000},
+                # Loopback: a local or private backend elsewhere would need a spiffe_id.
+                "endpoint": {"host": f"127.0.1.{index + 1}", "port": 8000},
             }
         )
     tenants = []

@@ -62,7 +62,9 @@ def test_unknown_tier_in_a_tenant(tmp_path: Path) -> None:
 
 def test_duplicate_backend(tmp_path: Path) -> None:
     raw = _demo_raw()
-    raw["backends"].append(dict(raw["backends"][0]))  # type: ignore[attr-defined,index]
+    copy = dict(raw["backends"][0])  # type: ignore[index]
+    copy["endpoint"] = {"host": "127.0.0.1", "port": 8082}  # one endpoint per backend
+    raw["backends"].append(copy)  # type: ignore[attr-defined]
     assert _problems(_write(tmp_path, raw)) == [
         "backends[4].name: duplicate backend name 'edge-smollm'"
     ]

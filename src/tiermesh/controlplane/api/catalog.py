@@ -7,10 +7,16 @@ needs a tie-break it uses names, never list positions.
 Cross-references (unique names, aliases naming served models, tenants' tiers)
 are checked when a ``Catalog`` is built; :func:`reference_problems` reports
 them with field paths for :func:`~tiermesh.controlplane.api.load_catalog`.
+
+Endpoints are part of a backend's identity: the verifier maps every compiled endpoint
+back to a backend by address (:func:`endpoint_address`), so no two backends may share
+one, and a ``local`` or ``private`` backend must be either on its node's loopback
+address (:func:`is_loopback`) or pinned by TLS to its ``spiffe_id``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -42,6 +48,8 @@ __all__ = [
     "Tenant",
     "TierDefaults",
     "TokenCost",
+    "endpoint_address",
+    "is_loopback",
     "reference_problems",
 ]
 
@@ -51,6 +59,38 @@ CATALOG_VERSION = "v1"
 DEFER_REFERENCES = "defer_references"
 """Validation-context key: when true, ``Catalog`` skips its cross-reference check
 (the loader runs :func:`reference_problems` itself to report field paths)."""
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def endpoint_address(host: str, port: int) -> tuple[str, int]:
+    """``(host, port)`` in the one form two spellings of the same address share.
+
+    An IP literal in its compressed form (an IPv4-mapped IPv6 address as IPv4); a DNS
+    name in lower case without a trailing dot. Names are not resolved: two names of one
+    host are two addresses here.
+    """
+    address = _ip(host)
+    if address is None:
+        return host.lower().rstrip("."), port
+    return str(address), port
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` a literal loopback IP address (``127.0.0.0/8``, ``::1``, or IPv4-mapped)?
+
+    Names (``localhost`` included) are not: what they resolve to is not in the config.
+    """
+    address = _ip(host)
+    return address is not None and address.is_loopback
 
 
 class Endpoint(Contract):
@@ -282,11 +322,49 @@ def _duplicates(kind: str, names: Sequence[str]) -> Iterable[CatalogProblem]:
             yield CatalogProblem(f"{kind}[{index}].name", f"duplicate {kind[:-1]} name {name!r}")
 
 
+def _shared_endpoints(backends: Sequence[Backend]) -> Iterable[CatalogProblem]:
+    first: dict[tuple[str, int], Backend] = {}
+    for index, backend in enumerate(backends):
+        endpoint = backend.endpoint
+        owner = first.setdefault(endpoint_address(endpoint.host, endpoint.port), backend)
+        if owner is not backend:
+            yield CatalogProblem(
+                f"backends[{index}].endpoint",
+                f"backend {backend.name!r} has the same endpoint {endpoint.host}:{endpoint.port} "
+                f"as backend {owner.name!r}",
+            )
+
+
+def _unpinned(index: int, backend: Backend) -> CatalogProblem | None:
+    """Why a local or private ``backend`` could be a host other than the one meant."""
+    endpoint = backend.endpoint
+    if backend.tier == "cloud" or is_loopback(endpoint.host):
+        return None
+    where = f"backend {backend.name!r} (tier {backend.tier})"
+    if backend.spiffe_id is None:
+        return CatalogProblem(
+            f"backends[{index}].endpoint.host",
+            f"{where} has endpoint host {endpoint.host!r}, which is no loopback IP address, "
+            "and no spiffe_id that TLS pins the peer to: run it on its node's loopback "
+            "address, or set spiffe_id with endpoint tls: true",
+        )
+    if not endpoint.tls:
+        return CatalogProblem(
+            f"backends[{index}].endpoint.tls",
+            f"{where} names spiffe_id {backend.spiffe_id!r} but connects without TLS, so "
+            "nothing pins the peer to it: set endpoint tls: true, or run it on its node's "
+            "loopback address",
+        )
+    return None
+
+
 def reference_problems(catalog: Catalog) -> list[CatalogProblem]:
     """Cross-reference problems of a catalog, each with its field path; empty when sound.
 
-    Checked: names unique per kind; the default task exists; every alias model is
-    served by some backend; no cloud backend cleared for restricted data; tenants'
+    Checked: names unique per kind; no two backends on one endpoint
+    (:func:`endpoint_address`); every ``local`` or ``private`` backend on a loopback IP
+    address or with a ``spiffe_id`` and TLS; the default task exists; every alias model
+    is served by some backend; no cloud backend cleared for restricted data; tenants'
     ``restricted_tiers`` within their ``allowed_tiers``.
     """
     problems: list[CatalogProblem] = []
@@ -294,6 +372,12 @@ def reference_problems(catalog: Catalog) -> list[CatalogProblem]:
     problems += _duplicates("tenants", [t.name for t in catalog.tenants])
     problems += _duplicates("aliases", [a.name for a in catalog.aliases])
     problems += _duplicates("tasks", [t.name for t in catalog.tasks])
+    problems += _shared_endpoints(catalog.backends)
+    problems += [
+        problem
+        for index, backend in enumerate(catalog.backends)
+        if (problem := _unpinned(index, backend)) is not None
+    ]
     if catalog.defaults.default_task not in {t.name for t in catalog.tasks}:
         problems.append(
             CatalogProblem(
