@@ -211,3 +211,52 @@ def test_compile_and_verify_refuses_with_every_finding(
     assert error.findings
     assert {f.kind for f in error.findings} == {"unknown-endpoint"}
     assert "127.0.0.1:9101, which is no catalog backend" in str(error)
+
+
+def _sharing(catalog: Catalog, address_of: str, *, host_spelling: str | None = None) -> Catalog:
+    """``catalog`` plus a local backend on ``address_of``'s endpoint, built around the
+    catalog's own check (which refuses two backends on one endpoint)."""
+    owner = next(b for b in catalog.backends if b.name == address_of)
+    endpoint = owner.endpoint.model_copy(update={"host": host_spelling or owner.endpoint.host})
+    shadow = next(b for b in catalog.backends if b.name == "edge-smollm").model_copy(
+        update={"name": "edge-shadow", "endpoint": endpoint}
+    )
+    return catalog.model_copy(update={"backends": (*catalog.backends, shadow)})
+
+
+@pytest.mark.parametrize("spelling", ["127.0.0.1", "::ffff:127.0.0.1"])
+def test_a_local_backend_on_a_cloud_backends_address_hides_nothing(
+    resources: Resources, catalog: Catalog, spelling: str
+) -> None:
+    shared = _sharing(catalog, "frontier-eu", host_spelling=spelling)
+
+    def change(r: Resources) -> None:
+        route(r, RESTRICTED).route.cluster = "frontier-eu"
+
+    found = findings_after(resources, shared, change)
+    assert (
+        Finding(
+            "restricted-egress",
+            RESTRICTED,
+            "frontier-eu",
+            f"route '{RESTRICTED}' → cluster 'frontier-eu' (tier cloud) reachable by restricted "
+            "traffic (endpoint 127.0.0.1:9102 is backend 'frontier-eu')",
+        )
+        in found
+    )
+
+
+def test_a_shared_address_is_judged_by_the_least_cleared_backend_wherever_it_is(
+    resources: Resources, catalog: Catalog
+) -> None:
+    """Unchanged routes: the restricted chain's local member now shares its address with
+    a cloud backend, which must not be hidden behind the local one (either order)."""
+    cloud = next(b for b in catalog.backends if b.name == "frontier-eu")
+    edge = next(b for b in catalog.backends if b.name == "edge-smollm")
+    twin = cloud.model_copy(update={"name": "frontier-twin", "endpoint": edge.endpoint})
+    for backends in [(*catalog.backends, twin), (twin, *catalog.backends)]:
+        shared = catalog.model_copy(update={"backends": backends})
+        found = verify_snapshot(rebuild(resources), shared)
+        assert ("restricted-egress", RESTRICTED, "edge-smollm") in {
+            (f.kind, f.route, f.cluster) for f in found
+        }

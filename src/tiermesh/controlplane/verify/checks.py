@@ -1,42 +1,67 @@
 """The invariants, checked on the compiled Envoy resources (not the plan, not the Rego).
 
-For every route of every route configuration a listener serves:
+Traffic enters through listeners that are not internal: their HTTP connection managers'
+route tables (over RDS or inline) and their TCP proxies. For every route of every route
+table (and every TCP proxy, which carries anything):
 
 - **Restricted traffic** — a route is reachable by it unless its ``x-tiermesh-sensitivity``
-  matchers surely reject both the value ``restricted`` and a missing header. Every
-  cluster such a route can send to (route cluster, weighted clusters, aggregate members
-  recursively, i.e. every failover state) must have only endpoints whose address is a
-  catalog backend cleared for restricted data: tier ``local``, or tier ``private`` with
-  ``max_sensitivity: restricted`` and ``private`` in the tenant's ``restricted_tiers``.
-  Mirroring (route, virtual host or cluster level) and targets unknown before the request
-  (``cluster_header``, a cluster specifier plugin) on such a route are findings.
+  matchers surely reject both the value ``restricted`` and a missing header; a TCP proxy
+  always is. Every cluster such a route can send to (route cluster, weighted clusters,
+  aggregate members recursively, i.e. every failover state, and the clusters behind
+  internal listeners) must have only endpoints whose address is a catalog backend cleared
+  for restricted data: tier ``local``, or tier ``private`` with ``max_sensitivity:
+  restricted`` and ``private`` in the tenant's ``restricted_tiers``. Such a backend off
+  the node's loopback address must have a ``spiffe_id`` the cluster's TLS pins the peer
+  to. Mirroring (route table, virtual host, route or cluster level) on such a route is a
+  finding.
 - **Residency** — a route pinned to a tenant (exact ``x-tiermesh-tenant``; else every
   tenant) reaches only backends whose residency is one of the tenant's.
 - **Existence** — route configs, clusters and EDS assignments referenced exist; every
-  endpoint address is a catalog backend's, and cluster metadata naming a backend or tier
-  agrees with the backend found at its endpoints' addresses.
+  endpoint address of every cluster (reached or not) is a catalog backend's, and cluster
+  metadata naming a backend or tier agrees with the backend found at its endpoints'
+  addresses.
+- **Closed world** — every shape :mod:`.inventory` does not model is an ``unverifiable``
+  finding, wherever it is (in clusters no route reaches too), and so is an internal
+  listener no cluster sends to.
 
-Endpoints are mapped to backends by ``(host, port)``: labels cannot hide a cloud address.
+Endpoints are mapped to backends by address
+(:func:`~tiermesh.controlplane.api.catalog.endpoint_address`): labels cannot hide a cloud
+address. The catalog refuses two backends on one address; should several still share one,
+each is judged, so the least cleared decides.
 
-**Node-local services**: the cascade handler's cluster
-(:data:`~tiermesh.controlplane.model.names.CASCADE_CLUSTER`) may have loopback endpoints
-that are no catalog backend. The handler only asks the chain's steps back through the app
-listener's per-step routes, which are checked here like every other route; an endpoint of
-that cluster that *is* a catalog backend's address is judged as that backend.
+**Node-local services** (:data:`~.inventory.NODE_SERVICES`: ext_authz, the usage log,
+the cascade handler, the node's model server behind the inbound mTLS listener) are reached
+by filters and by the inbound listener, not only by routes. Each must have only endpoints
+on the node (loopback IP addresses, or Unix sockets), none of them a backend not cleared
+for restricted data (ext_authz reads every body). Routes may reach the cascade handler
+and the node's model server: a loopback endpoint of theirs that is no catalog backend is
+the node's own (the handler asks the chain's steps back through the app listener's
+per-step routes, which are checked here like every other route); one that *is* a catalog
+backend's address is judged as that backend.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, Backend, Catalog, Tenant
+from tiermesh.controlplane.api.catalog import endpoint_address, is_loopback
+from tiermesh.controlplane.generators.mesh_tls import MESH_LOCAL_CLUSTER
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding
 from tiermesh.controlplane.verify.http_filters import authz_findings
-from tiermesh.controlplane.verify.inventory import Inventory, Leaf
+from tiermesh.controlplane.verify.inventory import (
+    NODE_SERVICES,
+    Inventory,
+    Leaf,
+    mirror_target,
+    route_targets,
+    table_problems,
+)
 from tiermesh.controlplane.verify.matching import exact_value, may_match
 from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.xds import Snapshot
@@ -45,6 +70,8 @@ __all__ = ["cleared_for_restricted", "verify_snapshot"]
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
 _TENANT = MATCH_HEADERS["tenant"]
+_ROUTED_SERVICES = frozenset({names.CASCADE_CLUSTER, MESH_LOCAL_CLUSTER})
+"""Node-local services routes may send to (see the module doc)."""
 
 
 def cleared_for_restricted(backend: Backend, tenant: Tenant | None) -> bool:
@@ -56,20 +83,33 @@ def cleared_for_restricted(backend: Backend, tenant: Tenant | None) -> bool:
     return False
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class _Reach(NamedTuple):
+    """Who sends traffic on: findings' ``route``, ``place`` for messages (``route 'r'``),
+    whether restricted traffic can come this way, and which tenants' (None: unknown)."""
+
+    route: str
+    place: str
+    restricted: bool
+    tenants: Sequence[Tenant | None]
+
+
+def _where(reach: _Reach, leaf: Leaf) -> tuple[str, str]:
+    """For messages: ``… → cluster 'leaf'`` and `` via 'aggregate'`` (or nothing)."""
+    via = f" via '{leaf.via[-1]}'" if leaf.via else ""
+    return f"{reach.place} → cluster '{leaf.cluster}'", via
 
 
 class _Checker:
     def __init__(self, inventory: Inventory, catalog: Catalog) -> None:
         self.inventory = inventory
         self.catalog = catalog
-        self.by_address = {(b.endpoint.host, b.endpoint.port): b for b in catalog.backends}
+        self.by_address: dict[tuple[str, int], list[Backend]] = {}
+        for backend in catalog.backends:
+            key = endpoint_address(backend.endpoint.host, backend.endpoint.port)
+            self.by_address.setdefault(key, []).append(backend)
         self.tenants = {t.name: t for t in catalog.tenants}
         self.findings: set[Finding] = set()
+        self._unpinned: dict[tuple[str, int, str], str | None] = {}
 
     def add(self, kind: str, route: str, cluster: str, message: str) -> None:
         self.findings.add(Finding(kind, route, cluster, message))  # type: ignore[arg-type]
@@ -84,14 +124,33 @@ class _Checker:
                     f"listener '{listener}' → route config '{config_name}' does not exist",
                 )
         for config in self.inventory.route_configs.values():
-            for host in config.virtual_hosts:
-                for route in host.routes:
-                    self.route(route, host)
+            self.table(config, "")
+        self.listeners()
+        self.unreached()
+        self.node_services()
         self.labels()
         return sorted(self.findings)
 
-    def route(self, route: rc.Route, host: rc.VirtualHost) -> None:
-        name = route.name or f"{host.name}[unnamed]"
+    def table(self, config: route_pb2.RouteConfiguration, listener: str) -> None:
+        """Check every route of ``config`` (served over RDS, or inline in ``listener``)."""
+        where = f"listener '{listener}'" if listener else f"route config '{config.name}'"
+        for problem in table_problems(config):
+            self.add("unverifiable", "", "", f"{where} {problem}")
+        shared = list(config.request_mirror_policies)
+        for host in config.virtual_hosts:
+            inherited = [*shared, *host.request_mirror_policies]
+            for route in host.routes:
+                self.route(route, host, inherited, listener)
+
+    def route(
+        self,
+        route: rc.Route,
+        host: rc.VirtualHost,
+        inherited: list[rc.RouteAction.RequestMirrorPolicy],
+        listener: str = "",
+    ) -> None:
+        """Check one route; ``inherited``: its table's and virtual host's mirror policies."""
+        name = route.name or (f"{listener}/" if listener else "") + f"{host.name}[unnamed]"
         headers = list(route.match.headers)
         restricted = may_match(headers, _SENSITIVITY, "restricted") or may_match(
             headers, _SENSITIVITY, None
@@ -104,108 +163,117 @@ class _Checker:
             tenants = [self.tenants[tenant_name]]
         else:
             tenants = [None]
-        if not route.HasField("route"):
-            return
-        action = route.route
-        targets = list(self._targets(name, action, restricted))
-        mirrors = [
-            m.cluster for m in (*action.request_mirror_policies, *host.request_mirror_policies)
-        ]
-        for cluster in mirrors:
-            if restricted:
-                self.add(
-                    "mirror",
-                    name,
-                    cluster,
-                    f"route '{name}' mirrors restricted traffic to cluster '{cluster}'",
-                )
-        for cluster in [*targets, *mirrors]:
-            self.cluster(name, cluster, restricted, tenants)
-
-    def _targets(self, name: str, action: rc.RouteAction, restricted: bool) -> Iterator[str]:
-        specifier = action.WhichOneof("cluster_specifier")
-        if specifier == "cluster":
-            yield action.cluster
-        elif specifier == "weighted_clusters":
-            yield from (c.name for c in action.weighted_clusters.clusters)
-        elif specifier in {
-            "cluster_header",
-            "cluster_specifier_plugin",
-            "inline_cluster_specifier_plugin",
-        }:
-            what = (
-                f"header '{action.cluster_header}'" if specifier == "cluster_header" else "a plugin"
-            )
+        targets, problems = route_targets(route)
+        for problem in problems:
             self.add(
                 "unverifiable",
                 name,
                 "",
-                f"route '{name}' picks its cluster from {what}"
+                f"route '{name}' {problem}"
                 + (", reachable by restricted traffic" if restricted else ""),
             )
-
-    def cluster(
-        self, route: str, name: str, restricted: bool, tenants: Sequence[Tenant | None]
-    ) -> None:
-        leaves, problems = self.inventory.resolve(name)
-        for problem in problems:
-            self.add(problem.kind, route, problem.cluster, f"route '{route}' → {problem.message}")
-        for leaf in leaves:
-            cluster = self.inventory.clusters[leaf.cluster]
+        own = route.route.request_mirror_policies if route.HasField("route") else []
+        mirrors = [mirror_target(p) for p in (*inherited, *own)] if inherited or own else []
+        place = f"route '{name}'"
+        for cluster, what in mirrors:
             if restricted:
-                for mirror in self.inventory.mirror_targets(cluster):
-                    self.add(
-                        "mirror",
-                        route,
-                        leaf.cluster,
-                        f"route '{route}' → cluster '{leaf.cluster}' mirrors restricted "
-                        f"traffic to cluster '{mirror}'",
-                    )
-            for address in leaf.addresses:
-                self.endpoint(route, leaf, address, restricted, tenants)
+                self.add("mirror", name, cluster, f"{place} mirrors restricted traffic to {what}")
+            if not cluster:
+                self.add("unverifiable", name, "", f"{place} mirrors to {what}")
+        reach = _Reach(name, place, restricted, tenants)
+        for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
+            self.cluster(reach, cluster)
 
-    def endpoint(
-        self,
-        route: str,
-        leaf: Leaf,
-        address: tuple[str, int],
-        restricted: bool,
-        tenants: Sequence[Tenant | None],
-    ) -> None:
-        host, port = address
-        via = f" via '{leaf.via[-1]}'" if leaf.via else ""
-        where = f"route '{route}' → cluster '{leaf.cluster}'"
-        backend = self.by_address.get(address)
-        if backend is None and leaf.cluster == names.CASCADE_CLUSTER and _loopback(host):
-            return  # the node's cascade handler: it re-enters the listener's step routes
-        if backend is None:
+    def listeners(self) -> None:
+        """Every listener's unmodelled shapes; entry listeners' inline routes and TCP
+        proxies checked like routes; internal listeners no cluster sends to."""
+        users = self.inventory.internal_listener_users()
+        everyone: list[Tenant | None] = [*self.tenants.values()] or [None]
+        for name, listener in sorted(self.inventory.listeners.items()):
+            shape = self.inventory.shape(name)
+            for problem in shape.problems:
+                self.add("unverifiable", "", "", f"listener '{name}' {problem}")
+            if listener.HasField("internal_listener"):
+                if name not in users:
+                    self.add(
+                        "unverifiable",
+                        "",
+                        "",
+                        f"internal listener '{name}' is reached from no cluster",
+                    )
+                continue  # followed from the clusters that send to it
+            for config in shape.inline:
+                self.table(config, name)
+            reach = _Reach(f"{name}/tcp_proxy", f"listener '{name}' (TCP proxy)", True, everyone)
+            for cluster in dict.fromkeys(shape.tcp):
+                self.cluster(reach, cluster)
+
+    def cluster(self, reach: _Reach, name: str, seen: frozenset[str] = frozenset()) -> None:
+        """Check what ``reach`` gets to through cluster ``name`` (``seen``: clusters whose
+        mirrors led here)."""
+        route, place = reach.route, reach.place
+        resolution = self.inventory.resolve(name)
+        for problem in resolution.problems:
+            self.add(problem.kind, route, problem.cluster, f"{place} → {problem.message}")
+        for mirror in resolution.mirrors:
+            if reach.restricted:
+                self.add(
+                    "mirror",
+                    route,
+                    mirror.source,
+                    f"{place} → cluster '{mirror.source}' mirrors restricted traffic to "
+                    f"{mirror.what}",
+                )
+            if mirror.target and mirror.target not in seen:
+                self.cluster(reach, mirror.target, seen | {name})
+        for leaf in resolution.leaves:
+            for address in leaf.addresses:
+                self.endpoint(reach, leaf, address)
+
+    def endpoint(self, reach: _Reach, leaf: Leaf, address: tuple[str, int]) -> None:
+        backends = self.by_address.get(address)
+        if backends is None:
+            host, port = address
+            if leaf.cluster in _ROUTED_SERVICES and is_loopback(host):
+                return  # the node's own service (see the module doc)
+            where, via = _where(reach, leaf)
             self.add(
                 "unknown-endpoint",
-                route,
+                reach.route,
                 leaf.cluster,
                 f"{where}{via} has endpoint {host}:{port}, which is no catalog backend"
-                + (" (reachable by restricted traffic)" if restricted else ""),
+                + (" (reachable by restricted traffic)" if reach.restricted else ""),
             )
             return
-        cluster = self.inventory.clusters[leaf.cluster]
-        if restricted and backend.spiffe_id and not pins_peer(cluster, backend.spiffe_id):
-            self.add(
-                "peer-identity",
-                route,
-                leaf.cluster,
-                f"{where}{via} reaches backend '{backend.name}' (restricted traffic) without "
-                f"TLS pinning the peer to {backend.spiffe_id}",
-            )
-        for tenant in tenants:
+        for backend in backends:
+            self.backend(reach, leaf, backend, address)
+
+    def backend(
+        self, reach: _Reach, leaf: Leaf, backend: Backend, address: tuple[str, int]
+    ) -> None:
+        """Judge ``backend``, found at ``address`` of ``leaf``."""
+        host, port = address
+        route, restricted = reach.route, reach.restricted
+        if restricted and (backend.spiffe_id or cleared_for_restricted(backend, None)):
+            key = (leaf.cluster, id(backend), host)
+            if key not in self._unpinned:
+                self._unpinned[key] = self.unpinned(leaf.cluster, backend, host)
+            problem = self._unpinned[key]
+            if problem is not None:
+                where, via = _where(reach, leaf)
+                self.add("peer-identity", route, leaf.cluster, f"{where}{via} {problem}")
+        for tenant in reach.tenants:
             if restricted and not cleared_for_restricted(backend, tenant):
+                where, via = _where(reach, leaf)
                 self.add(
                     "restricted-egress",
                     route,
                     leaf.cluster,
-                    f"{where} (tier {backend.tier}){via} reachable by restricted traffic"
-                    f" (endpoint {host}:{port} is backend '{backend.name}')",
+                    f"{where} (tier {backend.tier}){via} reachable by restricted traffic "
+                    f"(endpoint {host}:{port} is backend '{backend.name}')",
                 )
             if tenant is not None and backend.residency not in tenant.residency:
+                where, via = _where(reach, leaf)
                 self.add(
                     "residency",
                     route,
@@ -215,31 +283,103 @@ class _Checker:
                     f"({', '.join(tenant.residency)})",
                 )
 
+    def unpinned(self, cluster: str, backend: Backend, host: str) -> str | None:
+        """Why ``cluster`` could reach another host than ``backend`` at ``host``, or None:
+        a backend with a SPIFFE ID needs the cluster's TLS pinned to it; one cleared for
+        restricted data without one must be on the node's loopback address."""
+        if backend.spiffe_id:
+            if pins_peer(
+                self.inventory.clusters[cluster], backend.spiffe_id, self.inventory.secrets
+            ):
+                return None
+            return (
+                f"reaches backend '{backend.name}' (restricted traffic) without TLS pinning "
+                f"the peer to {backend.spiffe_id}"
+            )
+        if is_loopback(host):
+            return None
+        return (
+            f"reaches backend '{backend.name}' (restricted traffic) at {host}, which is not "
+            "the node's loopback address, and the backend has no spiffe_id to pin the peer to"
+        )
+
+    def unreached(self) -> None:
+        """Clusters no route, TCP proxy or mirror reaches, node-local services aside.
+
+        The compiler leaves some (the backends of a node without ext_authz, whose one
+        route answers 503; the aggregate of a chain whose cascade routes go step by step),
+        and only a filter naming one could send to it (filters are judged by their own
+        checks). Each is still held to the existence invariant and its shapes: every
+        endpoint a catalog backend's, nothing unmodelled.
+        """
+        for name in sorted(self.inventory.clusters.keys() - self.inventory.reached - NODE_SERVICES):
+            self.cluster(_Reach("", f"unrouted cluster '{name}'", False, [None]), name)
+
+    def node_services(self) -> None:
+        """Every node-local service cluster has endpoints only on the node."""
+        for name in sorted(NODE_SERVICES & self.inventory.clusters.keys()):
+            place = f"node-local service cluster '{name}'"
+            resolution = self.inventory.resolve(name)
+            for problem in resolution.problems:
+                self.add(problem.kind, "", problem.cluster, f"{place}: {problem.message}")
+            for mirror in resolution.mirrors:
+                self.add(
+                    "mirror",
+                    "",
+                    mirror.source,
+                    f"{place} → cluster '{mirror.source}' mirrors its traffic to {mirror.what}",
+                )
+            for leaf in resolution.leaves:
+                if leaf.cluster != name:
+                    self.add(
+                        "node-service",
+                        "",
+                        name,
+                        f"{place} leads to cluster '{leaf.cluster}', not straight to the "
+                        "node's service",
+                    )
+                for host, port in leaf.addresses:
+                    self.service_endpoint(place, leaf.cluster, host, port)
+
+    def service_endpoint(self, place: str, cluster: str, host: str, port: int) -> None:
+        if not is_loopback(host):
+            self.add(
+                "node-service",
+                "",
+                cluster,
+                f"{place} has endpoint {host}:{port}, which is not on the node "
+                "(no loopback IP address)",
+            )
+        for backend in self.by_address.get((host, port), []):
+            if not cleared_for_restricted(backend, None):
+                self.add(
+                    "restricted-egress",
+                    "",
+                    cluster,
+                    f"{place} has endpoint {host}:{port}, which is backend '{backend.name}' "
+                    f"(tier {backend.tier}), not cleared for the restricted data it sees",
+                )
+
     def labels(self) -> None:
         for name, cluster in sorted(self.inventory.clusters.items()):
             labels = cluster.metadata.filter_metadata.get("tiermesh")
             if labels is None:
                 continue
-            leaves, _ = self.inventory.resolve(name)
-            for leaf in leaves:
+            claimed = {
+                k: labels.fields[k].string_value for k in ("backend", "tier") if k in labels.fields
+            }
+            for leaf in self.inventory.resolve(name).leaves:
                 for host, port in leaf.addresses:
-                    backend = self.by_address.get((host, port))
-                    if backend is None:
-                        continue
-                    claimed = {
-                        k: labels.fields[k].string_value
-                        for k in ("backend", "tier")
-                        if k in labels.fields
-                    }
-                    actual = {"backend": backend.name, "tier": backend.tier}
-                    if any(actual[k] != v for k, v in claimed.items()):
-                        self.add(
-                            "mislabelled",
-                            "",
-                            name,
-                            f"cluster '{name}' is labelled {claimed} but endpoint {host}:{port} "
-                            f"is backend '{backend.name}' (tier {backend.tier})",
-                        )
+                    for backend in self.by_address.get((host, port), []):
+                        actual = {"backend": backend.name, "tier": backend.tier}
+                        if any(actual[k] != v for k, v in claimed.items()):
+                            self.add(
+                                "mislabelled",
+                                "",
+                                name,
+                                f"cluster '{name}' is labelled {claimed} but endpoint "
+                                f"{host}:{port} is backend '{backend.name}' (tier {backend.tier})",
+                            )
 
 
 def verify_snapshot(snapshot: Snapshot, catalog: Catalog) -> list[Finding]:
