@@ -24,7 +24,7 @@ import google.protobuf
 
 from tiermesh.controlplane.api import Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot
-from tiermesh.controlplane.model import MeshModel, NodeSettings
+from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings
 from tiermesh.controlplane.verify import verify_snapshot
 from tiermesh.xds import typeurls
 
@@ -187,7 +187,8 @@ def main() -> None:
     args = parser.parse_args()
 
     catalog, plan = build(args.tenants, args.routes, args.backends)
-    settings = {NODE: NodeSettings(app_port=10000)}
+    # ext_authz: a node without it compiles to one 503 route, which measures nothing.
+    settings = {NODE: NodeSettings(app_port=10000, authz=AuthzSettings(port=9191))}
     model = MeshModel.build([plan], settings)
     snapshot = compile_snapshot(model, NODE)
     assert verify_snapshot(snapshot, catalog) == []
