@@ -208,8 +208,8 @@ def build_input(
     }
     if request_findings:
         document["request_findings"] = [f.to_json() for f in request_findings]
-    if uninspectable := getattr(body, "uninspectable", None):  # FIXME: field lands with body.py
-        payload["uninspectable"] = uninspectable
+    if body.uninspectable:
+        payload["uninspectable"] = body.uninspectable
     if floor is not None:
         document["floor"] = floor.to_json()
     if (tenant := _header(request.headers, MATCH_HEADERS["tenant"])) is not None:

@@ -153,11 +153,8 @@ def sensitivity_floor(
         reasons.append(f"{where} contains {_kinds(kinds)}")
     if body.truncated:
         reasons.append("body not fully inspected")
-    uninspectable: str | None = getattr(
-        body, "uninspectable", None
-    )  # FIXME: field lands with body.py
-    if uninspectable:
-        reasons.append(uninspectable)
+    if body.uninspectable:
+        reasons.append(body.uninspectable)
     elif body.encoding in ("binary", "invalid_utf8"):
         reasons.append("body is not plain text")
     encoding = (content_encoding or "").strip().lower()
