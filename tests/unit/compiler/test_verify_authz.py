@@ -12,6 +12,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
@@ -191,6 +192,18 @@ def test_a_network_filter_other_than_http_is_a_finding(
     )
     (finding,) = _no_authz(resources, catalog)
     assert finding.message.startswith(f"listener '{APP}' runs network filter")
+
+
+def test_a_network_filter_that_only_refuses_is_no_finding(
+    resources: Resources, catalog: Catalog
+) -> None:
+    chain = resources[typeurls.LISTENER][APP].filter_chains[0]
+    rbac = listener_components_pb2.Filter(
+        name="envoy.filters.network.rbac",
+        typed_config=_packed(network_rbac_pb2.RBAC(stat_prefix="x")),
+    )
+    chain.filters.insert(0, rbac)
+    assert _no_authz(resources, catalog) == []
 
 
 # -- per-route, per-virtual-host and per-table configuration -----------------------------

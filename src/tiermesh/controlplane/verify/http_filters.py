@@ -26,7 +26,8 @@ weighted-cluster entry of a forwarding table may, under the ext_authz filter's n
 (``check_settings.grpc_service`` / ``http_service``), or hold a shape not modelled here.
 A virtual host or route configuration is judged when it holds any forwarding route; a
 route, when it forwards. A network filter other than the HTTP connection manager on a
-listener that is not exempt is a finding too: nothing HTTP-level can run there.
+listener that is not exempt is a finding too (a TCP proxy, or anything not known to only
+refuse connections, :data:`~.inventory.REFUSING_FILTERS`): nothing HTTP-level runs there.
 
 **Exempt listeners.**
 
@@ -65,7 +66,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from tiermesh.controlplane.verify.findings import Finding
-from tiermesh.controlplane.verify.inventory import Inventory
+from tiermesh.controlplane.verify.inventory import REFUSING_FILTERS, Inventory
 
 __all__ = ["EXT_AUTHZ", "authz_findings"]
 
@@ -143,6 +144,8 @@ class _Listener:
         for chain in _chains(self.listener):
             managers: list[hcm_pb2.HttpConnectionManager] = []
             for network_filter in chain.filters:
+                if network_filter.typed_config.type_url in REFUSING_FILTERS:
+                    continue  # it can only refuse a connection, never forward one
                 if network_filter.typed_config.type_url != _HCM_URL:
                     self.add(
                         f"runs network filter '{network_filter.name}', which the verifier does "
@@ -166,7 +169,8 @@ class _Listener:
         managers: Sequence[hcm_pb2.HttpConnectionManager],
     ) -> bool:
         """Does ``chain`` take only authenticated mesh peers and forward only to this node?"""
-        if not _peer_authenticated(chain) or len(managers) != len(chain.filters):
+        forwarding = [f for f in chain.filters if f.typed_config.type_url not in REFUSING_FILTERS]
+        if not _peer_authenticated(chain) or len(managers) != len(forwarding):
             return False
         for manager in managers:
             tables = self.tables(manager)
