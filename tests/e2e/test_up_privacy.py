@@ -14,6 +14,7 @@ Fixtures for more tests of the same mesh: ``up`` (the running mesh, one per modu
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Iterator
 
@@ -114,3 +115,129 @@ def test_data_declared_restricted_never_reaches_the_cloud_at_any_node(
             _send_checked(up, port, RESTRICTED_REASONING, CLEAN)
         except AssertionError as exc:
             raise AssertionError(f"node {node}: {exc}") from exc
+
+
+# -- an attacker's encodings, buffer boundaries, paths and headers, at every node ----------
+
+SSN = "078-05-1120"
+BODY_LIMIT = 64 * 1024
+"""Bytes of a body ext_authz reads on the demo nodes (the agent's default)."""
+
+
+def _answered_off_the_cloud(status: int, headers: dict[str, str], body: bytes) -> bool:
+    """As :func:`_kept_off_the_cloud`, but any answer of a local or private tier counts:
+    the tiny local model answers some odd bodies (content parts, 64 KiB prompts) with an
+    error of its own, which is still the local tier answering."""
+    if headers.get("x-tiermesh-tier") in LOCAL_TIERS and b"frontier" not in body:
+        return True
+    return _kept_off_the_cloud(status, headers, body)
+
+
+def _raw(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | list[bytes] = b"",
+) -> tuple[int, dict[str, str], bytes]:
+    """Send exactly this request (a list of chunks goes chunked, with no content-length)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        send = {"content-type": "application/json", **headers}
+        if isinstance(body, list):
+            connection.request(method, path, body=iter(body), headers=send, encode_chunked=True)
+        else:
+            connection.request(method, path, body=body, headers=send)
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        connection.close()
+
+
+def _chat_bytes(content_json: str) -> bytes:
+    """A chat body whose message content is the JSON text ``content_json`` as written."""
+    return (
+        '{"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": '
+        + content_json
+        + "}]}"
+    ).encode()
+
+
+ESCAPED_EMAIL = '"mail jane.doe\\u0040example.com the invoice"'
+ATTACKS: dict[str, tuple[str, bytes | list[bytes]]] = {
+    "a BOM before JSON with an escaped email": (
+        "/v1/chat/completions",
+        b"\xef\xbb\xbf" + _chat_bytes(ESCAPED_EMAIL),
+    ),
+    "duplicate content keys, the PII in the first": (
+        "/v1/chat/completions",
+        b'{"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": '
+        b'"card 4111 1111 1111 1111", "content": "hello"}]}',
+    ),
+    "a card number as a JSON number": (
+        "/v1/chat/completions",
+        b'{"model": "local", "max_tokens": 4, "seed": 4111111111111111, '
+        b'"messages": [{"role": "user", "content": "hello"}]}',
+    ),
+    "a card split over two content parts": (
+        "/v1/chat/completions",
+        b'{"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": ['
+        b'{"type": "text", "text": "card 4111 1111"}, {"type": "text", "text": "1111 1111"}]}]}',
+    ),
+    "fullwidth digits": (
+        "/v1/chat/completions",
+        _chat_bytes('"card \\uff14\\uff11\\uff11\\uff11 1111 1111 1111"'),
+    ),
+    "an email in the query string": (
+        "/v1/chat/completions?user=jane.doe%40example.com",
+        _chat_bytes('"hello"'),
+    ),
+    "a chunked body whose first 64 KiB are harmless": (
+        "/v1/chat/completions",
+        [
+            part
+            for whole in [_chat_bytes('"' + "a" * BODY_LIMIT + " my SSN is " + SSN + '"')]
+            for part in (whole[i : i + 16384] for i in range(0, len(whole), 16384))
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_an_attackers_encoding_never_reaches_the_cloud_at_any_node(
+    up: Up, ports: dict[str, int], attack: str
+) -> None:
+    path, body = ATTACKS[attack]
+    for node, port in ports.items():
+        before = cloud_posts(up)
+        status, got, answer = _raw(port, "POST", path, PUBLIC_REASONING, body)
+        assert got.get(DECISION), (node, status, got, answer)
+        assert _answered_off_the_cloud(status, got, answer), (node, status, got, answer)
+        assert cloud_posts(up) == before, node
+
+
+def test_pii_in_a_header_never_reaches_the_cloud_at_any_node(up: Up, ports: dict[str, int]) -> None:
+    headers = {**PUBLIC_REASONING, "x-customer": "jane.doe@example.com"}
+    for node, port in ports.items():
+        before = cloud_posts(up)
+        status, got, answer = _raw(
+            port, "POST", "/v1/chat/completions", headers, _chat_bytes('"hi"')
+        )
+        assert _kept_off_the_cloud(status, got, answer), (node, status, got, answer)
+        assert cloud_posts(up) == before, node
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/v1/files", 404), ("POST", "/v1/files", 404), ("DELETE", "/v1/models", 405)],
+)
+def test_a_path_or_method_outside_the_api_is_answered_on_the_node(
+    up: Up, ports: dict[str, int], method: str, path: str, status: int
+) -> None:
+    for node, port in ports.items():
+        before = cloud_posts(up)
+        got_status, got, answer = _raw(port, method, path, PUBLIC_REASONING, b"")
+        assert got_status == status, (node, got_status, answer)
+        assert answer.startswith(b"tiermesh: "), (node, answer)
+        assert got.get("x-tiermesh-tier") is None, node
+        assert cloud_posts(up) == before, node
