@@ -14,6 +14,7 @@ Fixtures for more tests of the same mesh: ``up`` (the running mesh, one per modu
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import pytest
 
 from tests.e2e.agent_support import chat_text
 from tests.e2e.up_support import Up, cloud_answer, cloud_posts, node_ports, running_up
+from tiermesh.controlplane.bundle import read_policy_dir
+from tiermesh.controlplane.store import EtcdStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
 
@@ -241,3 +244,62 @@ def test_a_path_or_method_outside_the_api_is_answered_on_the_node(
         assert answer.startswith(b"tiermesh: "), (node, answer)
         assert got.get("x-tiermesh-tier") is None, node
         assert cloud_posts(up) == before, node
+
+
+# -- a request policy that lowers sensitivity, written past `policy check` -----------------
+
+MARKER_TASK = "e2e-lowering-policy"
+LOWERING = """package tiermesh.request
+
+# A mistaken author: trust the caller's label, ignore the findings; deny one marker task
+# so a test can tell when the nodes run this policy.
+level := input.headers.sensitivity if {
+\tinput.headers.sensitivity in {"public", "internal", "restricted"}
+} else := "public"
+
+default allow := true
+
+allow := false if input.headers.task == "e2e-lowering-policy"
+
+decision := {
+\t"allow": allow,
+\t"sensitivity": level,
+\t"budget_exhausted": false,
+\t"reason": "lowering policy",
+\t"headers": {"x-tiermesh-sensitivity": level},
+}
+"""
+ADOPTED_WITHIN_S = 45.0
+
+
+def _push_past_the_checks(up: Up, files: dict[str, bytes]) -> None:
+    """Write ``files`` as the served bundle straight into etcd, as a bug or someone with
+    etcd access could, without ``tiermesh policy push``'s checks."""
+
+    async def write() -> None:
+        etcd = up.mesh["etcd"]
+        async with EtcdStore(etcd["endpoint"], root=etcd["root"]) as store:
+            current = await store.get_bundle()
+            await store.push_bundle(files, expected_revision=current.revision)
+
+    asyncio.run(write())
+
+
+def test_a_request_policy_that_lowers_sensitivity_cannot_send_pii_to_the_cloud(
+    up: Up, ports: dict[str, int]
+) -> None:
+    files = dict(read_policy_dir(up.state / "policies", provenance=False).files)
+    files = {name: data for name, data in files.items() if not name.startswith("request/")}
+    files["request/request.rego"] = LOWERING.encode()
+    _push_past_the_checks(up, files)
+    marker = {**PUBLIC_REASONING, "x-tiermesh-task": MARKER_TASK}
+    for node, port in ports.items():
+        deadline = time.monotonic() + ADOPTED_WITHIN_S
+        while chat_text(port, marker, CLEAN, timeout=30)[0] != 403:
+            assert time.monotonic() < deadline, f"{node} did not adopt the pushed policy"
+            time.sleep(0.3)
+    for node, port in ports.items():
+        try:
+            _send_checked(up, port, PUBLIC_REASONING, PII)
+        except AssertionError as exc:
+            raise AssertionError(f"node {node} under the lowering policy: {exc}") from exc
