@@ -45,19 +45,24 @@ def test_json_strings_are_scanned_with_escapes_decoded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "encoding"),
+    ("body", "encoding", "uninspectable"),
     [
-        (b"", "empty"),
-        (b"\x00\x01\x02card 4111 1111 1111 1111\xff", "binary"),
-        (b"\x00\x01 binary 4111 1111 1111 1111", "binary"),
-        (b"\xc3\x28 invalid then a@example.com", "invalid_utf8"),
-        (b"[" * 100_000, "utf-8"),
-        (b'{"unterminated": "a@example.com', "utf-8"),
+        (b"", "empty", None),
+        (b"\x00\x01\x02card 4111 1111 1111 1111\xff", "binary", "body holds NUL bytes"),
+        (b"\x00\x01 binary 4111 1111 1111 1111", "binary", "body holds NUL bytes"),
+        (b"\xc3\x28 invalid then a@example.com", "invalid_utf8", "body is not valid UTF-8"),
+        (b"[" * 60_000, "utf-8", "JSON nested deeper than the inspector parses"),
+        (b"[" * 100_000, "utf-8", None),  # longer than LIMIT: truncated, not parsed
+        (b'{"unterminated": "a@example.com', "utf-8", "body looks like JSON but does not parse"),
+        (b"plain text a@example.com", "utf-8", None),
     ],
 )
-def test_odd_bodies_are_inspected_without_failing(body: bytes, encoding: str) -> None:
+def test_odd_bodies_are_inspected_without_failing(
+    body: bytes, encoding: str, uninspectable: str | None
+) -> None:
     inspected = inspect_body(body, max_bytes=LIMIT)
     assert inspected.encoding == encoding
+    assert inspected.uninspectable == uninspectable
     assert not inspected.json
     if b"4111" in body:
         assert [f.kind for f in inspected.findings] == ["payment_card"]
