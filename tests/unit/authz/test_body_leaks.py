@@ -336,6 +336,8 @@ def digits_of(zero: int, text: str) -> str:
         (f"mail {fullwidth('jane.doe@example.com')}", "email"),
         (f"ssn {digits_of(0x0660, SSN)}", "us_ssn"),  # Arabic-Indic
         (f"ssn {digits_of(0x0966, SSN)}", "us_ssn"),  # Devanagari
+        (f"ssn {digits_of(0x1E950, SSN)}", "us_ssn"),  # Adlam, beyond U+FFFF
+        ("card 4111\U000e00201111\U000e00201111\U000e00201111", "payment_card"),  # tag spaces
         ("mail jane\u200b.doe@exam\u200dple.com", "email"),
         ("mail jane.doe\u00ad@example.com", "email"),
         ("card 4111\ufeff1111\u20601111\u200c1111", "payment_card"),

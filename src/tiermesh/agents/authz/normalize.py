@@ -45,14 +45,15 @@ TABLE_RANGES: Final = ((0x80, 0x20000), (0xE0000, 0xE1000))
 variation selectors of plane 14; planes 2-3 hold ideographs only, 15-16 private use):
 scanning only these keeps building the table short. A unit test checks it still holds for
 the running Python's Unicode database."""
+_ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]+")
 _ROUNDS: Final = 3
 """Rounds of percent or backslash decoding (double encoding is common)."""
 
 
 @functools.cache
 def _table() -> tuple[re.Pattern[str], dict[int, str]]:
-    """The non-ASCII code points :func:`detection_text` changes: a pattern of runs of them
-    and their replacements (``""`` removes)."""
+    """The non-ASCII code points :func:`detection_text` changes: a pattern of runs of those
+    below U+10000, and every replacement (``""`` removes)."""
     category = unicodedata.category
     chars = [chr(cp) for start, stop in TABLE_RANGES for cp in range(start, stop)]
     table: dict[int, str] = {}
@@ -71,8 +72,10 @@ def _table() -> tuple[re.Pattern[str], dict[int, str]]:
             table[ord(char)] = ""
     for char in _EXTRA_MINUS:
         table[ord(char)] = "-"
+    # Only the Basic Multilingual Plane goes into the pattern: a class that holds astral
+    # code points compiles to a list of ranges tried one by one, ten times slower.
     ranges: list[str] = []
-    points = sorted(table)
+    points = sorted(point for point in table if point <= 0xFFFF)
     start = previous = points[0]
     for point in [*points[1:], -1]:
         if point == previous + 1:
@@ -98,7 +101,10 @@ def detection_text(text: str) -> str:
     if text.isascii():
         return text
     pattern, table = _table()
-    return pattern.sub(lambda match: match.group().translate(table), text)
+    text = pattern.sub(lambda match: match.group().translate(table), text)
+    if _ASTRAL.search(text) is None:
+        return text
+    return _ASTRAL.sub(lambda match: match.group().translate(table), text)
 
 
 _BACKSLASH: Final = re.compile(
