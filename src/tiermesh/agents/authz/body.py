@@ -28,9 +28,9 @@ joined by ``"\\n"`` in this order, each passed through
 characters, Unicode dashes and spaces read as ASCII):
 
 1. the primary text: for a JSON body every object key, string value (escapes decoded) and
-   number literal (as written, without its sign), in document order, each value of a
-   repeated key included (parsers differ on which one they keep), joined by ``"\\n"``;
-   otherwise the decoded text;
+   number literal of 8 integer digits or more (as written, without its sign), in document
+   order, each value of a repeated key included (parsers differ on which one they keep),
+   joined by ``"\\n"``; otherwise the decoded text;
 2. the decoded forms (:func:`~.normalize.decoded_forms`: backslash escapes, percent-encoding,
    HTML character references) of each of those items that holds a marker (``\\``, ``%``,
    ``+``, ``&``), joined by ``"\\n"``;
@@ -58,7 +58,7 @@ import itertools
 import json
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -77,6 +77,11 @@ NOT_UTF8: Final = "body is not valid UTF-8"
 HOLDS_NUL: Final = "body holds NUL bytes"
 
 _MAX_STRINGS: Final = 1_000_000
+_LONG_NUMBER_DIGITS: Final = 8
+"""Number literals with fewer integer digits are not scanned: a bare number that short has
+none of the shapes detectors look for (cards have 13 digits or more; phone numbers, SSNs
+and NINOs need separators, a ``+`` or letters), and token-id arrays are long lists of them."""
+_LONG_NUMBER: Final = 10 ** (_LONG_NUMBER_DIGITS - 1)
 _DEFAULT_REGISTRY: Final = default_registry()
 _MARKERS: Final = ("\\", "%", "+", "&")
 _LABEL: Final = re.compile(r"[A-Za-z_]+")
@@ -142,34 +147,52 @@ _DECODER: Final = json.JSONDecoder(
 ``str`` gives back their digits), control characters in strings accepted."""
 
 
-def _items(document: Any) -> tuple[list[str], list[str]]:
-    """Every key, string and number literal (as written, without its sign; an integral
-    decimal also as an integer) in document order, and the string values among them (no
-    keys, no numbers: a list of token ids joined by spaces reads as phone numbers);
-    iterative, so no recursion limit."""
+def _items(document: Any) -> tuple[list[str], list[int]]:
+    """Every key, string and number literal of 8 digits or more (as written, without its
+    sign; an integral decimal also as an integer) in document order, and the indexes of the
+    string values among them (no keys, no numbers: a list of token ids joined by spaces
+    reads as phone numbers); iterative, so no recursion limit."""
     texts: list[str] = []
-    values: list[str] = []
-    stack: list[tuple[Any, bool]] = [(document, False)]
+    values: list[int] = []
+    stack: list[tuple[Iterator[Any], bool]] = [(iter((document,)), False)]
     while stack and len(texts) < _MAX_STRINGS:
-        item, is_key = stack.pop()
-        if isinstance(item, str):
-            texts.append(item)
-            if not is_key:
-                values.append(item)
-        elif isinstance(item, dict):
-            pairs = item.pairs if isinstance(item, _Pairs) else item.items()
-            for key, value in reversed(list(pairs)):
-                stack.append((value, False))
-                stack.append((key, True))
-        elif isinstance(item, list):
-            stack.extend((value, False) for value in reversed(item))
-        elif isinstance(item, int) and not isinstance(item, bool):
-            texts.append(str(abs(item)))  # -4111111111111111 reads as its digits too
-        elif isinstance(item, decimal.Decimal):
-            texts.append(str(item.copy_abs()))
-            if item.is_finite() and item == item.to_integral_value() and item.adjusted() < 30:
-                texts.append(str(abs(int(item))))  # 4111111111111111.0 reads as its digits
+        entries, pairs = stack[-1]
+        for entry in entries:
+            if pairs:
+                texts.append(entry[0])
+            item = entry[1] if pairs else entry
+            kind = type(item)
+            if kind is str:
+                values.append(len(texts))
+                texts.append(item)
+            elif kind is list:
+                stack.append((iter(item), False))
+                break
+            elif kind is dict:
+                stack.append((iter(item.items()), True))
+                break
+            elif kind is _Pairs:
+                stack.append((iter(item.pairs), True))
+                break
+            elif kind is int:
+                if abs(item) >= _LONG_NUMBER:
+                    texts.append(str(abs(item)))  # -4111111111111111 reads as its digits too
+            elif kind is decimal.Decimal:
+                texts.extend(_decimal_literals(item))
+        else:
+            stack.pop()
     return texts, values
+
+
+def _decimal_literals(number: decimal.Decimal) -> list[str]:
+    """A long decimal as written without its sign, and as an integer when it is one
+    (4111111111111111.0 reads as its digits)."""
+    if not number.is_finite() or number.adjusted() < _LONG_NUMBER_DIGITS - 1:
+        return []
+    literals = [str(number.copy_abs())]
+    if number == number.to_integral_value() and number.adjusted() < 30:
+        literals.append(str(abs(int(number))))
+    return literals
 
 
 def _looks_like_json(text: str) -> bool:
@@ -234,9 +257,10 @@ class _Scan:
 
 
 def _scan(
-    registry: DetectorRegistry, texts: list[str], values: list[str] | None
+    registry: DetectorRegistry, texts: list[str], values: list[int] | None
 ) -> tuple[Finding, ...]:
-    """Findings of the scanned text of ``texts`` (and, for JSON, of ``values``)."""
+    """Findings of the scanned text of ``texts`` (and, for JSON, of the joins of the
+    string values, at indexes ``values`` of ``texts``)."""
     normal = [detection_text(text) for text in texts]
     primary = "\n".join(normal)
     scan = _Scan(registry)
@@ -252,9 +276,9 @@ def _scan(
         ]
         scan.add("\n".join(decoded))
     if values is not None and len(values) > 1:
-        plain = [detection_text(value) for value in values]
+        plain = [normal[index] for index in values]
         unlabelled = [value for value in plain if not _LABEL.fullmatch(value)]
-        for parts in (plain, unlabelled):
+        for parts in (plain, unlabelled) if len(unlabelled) < len(plain) else (plain,):
             for join in (_glued, _spaced):
                 text, seams = join(parts)
                 scan.add(text, seams)

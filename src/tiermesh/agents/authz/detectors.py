@@ -47,7 +47,7 @@ import bisect
 import re
 import string
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -133,6 +133,9 @@ _EMAIL_AFTER: Final = 540
 24-letter TLD, + 1 of look-ahead, rounded up)."""
 _MERGE_GAP: Final = 256
 """Windows closer than this are scanned as one (fewer, larger scans)."""
+_DENSE_SEAMS: Final = 32
+"""With a seam every this many characters or closer, matches across seams are looked for
+by scanning the whole text once rather than near each seam."""
 _DIGIT_CLUSTERS: Final = re.compile(rb"11(?:[01]{0,%d}11)*" % _MERGE_GAP)
 """Runs of marked digits whose pairs are at most :data:`_MERGE_GAP` apart."""
 _AT_CLUSTERS: Final = re.compile(f"@(?:[^@]{{0,{_MERGE_GAP + _EMAIL_BEFORE + _EMAIL_AFTER}}}@)*")
@@ -185,7 +188,8 @@ def _crosses(span: Span, seams: Sequence[int]) -> bool:
 
 def _near(windows: Iterable[Span], seams: Sequence[int], reach: int | None) -> Iterator[Span]:
     """The parts of ``windows`` within ``reach`` of a seam (whole windows that hold a seam
-    when ``reach`` is None), merged."""
+    when ``reach`` is None), merged when closer than :data:`_MERGE_GAP` (dense seams make
+    one scan, not one per seam)."""
     current: Span | None = None
     for start, end in windows:
         low, high = bisect.bisect_left(seams, start), bisect.bisect_right(seams, end)
@@ -194,7 +198,7 @@ def _near(windows: Iterable[Span], seams: Sequence[int], reach: int | None) -> I
                 part = (start, end)
             else:
                 part = (max(start, seam - reach), min(end, seam + reach))
-            if current is not None and part[0] <= current[1]:
+            if current is not None and part[0] <= current[1] + _MERGE_GAP:
                 current = (current[0], max(current[1], part[1]))
                 continue
             if current is not None:
@@ -221,19 +225,25 @@ class _Windowed:
     def find(self, text: str) -> Iterator[Span]:
         return self._spans(text, self._windows(text))
 
-    def find_across(self, text: str, seams: Sequence[int], beside: Sequence[str]) -> Iterator[Span]:
-        """Spans of the matches that cross one of ``seams`` (sorted offsets; ``beside``: the
-        two characters around each), scanning only near them; see
-        :meth:`DetectorRegistry.detect_across`."""
-        inside = self._inside
-        seams = [
-            seam
-            for seam, pair in zip(seams, beside, strict=True)
-            if pair[0] in inside and pair[1:] in inside
-        ]
-        if not seams:
+    def crosses(self, pair: str) -> bool:
+        """Whether a match could hold ``pair`` (two characters) across a seam."""
+        return pair[0] in self._inside and pair[1:] in self._inside
+
+    def find_across(
+        self, text: str, seams: Sequence[int], beside: Mapping[str, Sequence[int]]
+    ) -> Iterator[Span]:
+        """Spans of the matches that cross one of ``seams`` (sorted offsets), scanning only
+        near the seams a match could cross (``beside``: the seams by the two characters
+        around them); see :meth:`DetectorRegistry.detect_across`."""
+        near = [seam for pair, group in beside.items() if self.crosses(pair) for seam in group]
+        if not near:
             return iter(())
-        windows = _near(self._windows(text), seams, self._reach)
+        windows: Iterable[Span]
+        if len(near) * _DENSE_SEAMS > len(text):  # one scan costs less than one per seam
+            windows = self._windows(text)
+        else:
+            near.sort()
+            windows = _near(self._windows(text), near, self._reach)
         return (span for span in self._spans(text, windows) if _crosses(span, seams))
 
 
@@ -382,6 +392,13 @@ class UkNinoDetector(_Windowed):
 
     kind: Final = "uk_nino"
     _inside = frozenset(string.ascii_letters + string.digits + " ")
+
+    def crosses(self, pair: str) -> bool:
+        # Inside a NINO a letter follows a digit or a space only as the A-D suffix.
+        if len(pair) < 2 or pair[0] not in self._inside or pair[1] not in self._inside:
+            return False
+        return not (pair[1].isalpha() and not pair[0].isalpha() and pair[1] not in "ABCDabcd")
+
     # (?<![\w@+.-])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2}
     # ?\d{2} ?[A-D], any case, written to start at the first digit (with the letters, and
     # the space after them, if any, in a look-behind; a digit after a digit is dropped
@@ -455,7 +472,9 @@ class DetectorRegistry:
         findings: list[Finding] = []
         if not seams:
             return findings
-        beside = [text[seam - 1 : seam + 1] for seam in seams]
+        beside: dict[str, list[int]] = {}
+        for seam in seams:
+            beside.setdefault(text[seam - 1 : seam + 1], []).append(seam)
         for detector in self._detectors:
             if isinstance(detector, _Windowed):
                 spans = tuple(detector.find_across(text, seams, beside))
