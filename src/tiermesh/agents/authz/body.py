@@ -34,19 +34,21 @@ characters, Unicode dashes and spaces read as ASCII):
 2. the decoded forms (:func:`~.normalize.decoded_forms`: backslash escapes, percent-encoding,
    HTML character references) of each of those items that holds a marker (``\\``, ``%``,
    ``+``, ``&``), joined by ``"\\n"``;
-3. for JSON, four joins of the string values (keys and numbers left out), which a model
-   reads as one text: all of them joined by ``""``, then (each stripped of surrounding
-   white space) by ``" "``; then the same without plain labels (values of only letters and
-   ``_``, such as ``user`` or ``text``). Only matches that cross a join count, so what one
-   value shows on its own is not counted again; joins no built-in pattern can cross (white
-   space beside a ``""`` join, punctuation such as ``.`` or ``?`` beside a ``" "`` join) are
-   not looked at.
+3. for JSON, joins of the string values (keys and numbers left out), which a model reads
+   as one text: all of them joined by ``""``, then (each stripped of surrounding white
+   space) by ``" "``; then, when some values are plain labels (only letters and ``_``, such
+   as ``user`` or ``text``), the same two without them. Only matches that cross a join
+   count, so what one value shows on its own is not counted again; joins no built-in
+   pattern can cross (white space beside a ``""`` join, punctuation such as ``.`` or ``?``
+   beside a ``" "`` join) are not looked at.
 
 Findings come from the primary text; a kind it does not show is reported from the first
 later part that shows it, so the counts of ordinary bodies stay those of the primary text.
 Parts 2 and 3 are computed only where they can add something (a marker present, two values
-or more). The body's text never leaves this module: only :attr:`InspectedBody.sha256` (of
-the inspected bytes) does. Pure; thread-safe.
+or more); a part not computed is left out of the scanned text. The body's text never leaves
+this module: only :attr:`InspectedBody.sha256` (of the inspected bytes) does.
+
+Pure; thread-safe.
 """
 
 from __future__ import annotations
