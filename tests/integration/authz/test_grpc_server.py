@@ -113,7 +113,11 @@ async def test_a_clean_body_is_allowed_with_its_label(served: Served) -> None:
         (b"\x00\x01\x02\x03" * 100 + b"4111 1111 1111 1111", True, "restricted"),
         (b"\xff\xfe\xfd invalid utf-8 a@example.com", True, "restricted"),
         (b"\xff\xfe\xfd invalid utf-8 a@example.com", False, "restricted"),
-        (b'{"messages": [{"content": "unterminated', True, "public"),
+        (
+            b'{"messages": [{"content": "unterminated',
+            True,
+            "restricted",
+        ),  # looks like JSON, does not parse
         (b'{"messages": [{"content": "unterminated a@example.com', True, "restricted"),
         (os.urandom(MAX_BODY), True, "restricted"),
         (b"x" * (MAX_BODY * 4), True, "restricted"),
