@@ -48,7 +48,6 @@ from tiermesh.agents.authz.detectors import DetectorRegistry
 from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded, PolicyRejected
 from tiermesh.agents.authz.floor import (
     DEFAULT_UNINSPECTED_HEADERS,
-    LEVELS,
     Floor,
     RequestFinding,
     effective_level,
@@ -58,6 +57,7 @@ from tiermesh.agents.authz.floor import (
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
 from tiermesh.controlplane.api import MATCH_HEADERS
+from tiermesh.controlplane.api.request_policy import REQUEST_DECISION_PATH, is_request_decision
 from tiermesh.rego import UNDEFINED, PolicyEngine, PolicyError
 
 __all__ = [
@@ -80,8 +80,6 @@ __all__ = [
 
 log = logging.getLogger("tiermesh.agents.authz")
 
-REQUEST_DECISION_PATH: Final = "data.tiermesh.request.decision"
-"""The Rego document that decides a request."""
 RECORD_PATH: Final = "tiermesh/request/decision"
 """``path`` of the decision records (OPA's decision-log spelling of the document)."""
 REQUEST_INPUT_VERSION: Final = "v1"
@@ -95,7 +93,6 @@ OWNED_HEADERS: Final = (MATCH_HEADERS["sensitivity"], BUDGET_HEADER, DECISION_ID
 PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
 """Header Envoy adds to the check request when it sent only part of the body."""
 
-_LEVELS: Final = frozenset(LEVELS)
 _ROUTING_HEADERS: Final = {"sensitivity", "task", "model"}
 _MAX_HEADER_VALUE: Final = 256
 MASKED: Final = "[masked]"
@@ -220,19 +217,7 @@ def build_input(
 
 
 def _valid_decision(value: object) -> dict[str, Any] | None:
-    if not isinstance(value, dict):
-        return None
-    headers = value.get("headers")
-    if (
-        not isinstance(value.get("allow"), bool)
-        or value.get("sensitivity") not in _LEVELS
-        or not isinstance(value.get("budget_exhausted"), bool)
-        or not isinstance(value.get("reason"), str)
-        or not isinstance(headers, dict)
-        or not all(isinstance(v, str) for v in headers.values())
-    ):
-        return None
-    return value
+    return value if is_request_decision(value) else None
 
 
 def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:

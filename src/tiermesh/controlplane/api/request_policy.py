@@ -34,7 +34,7 @@ request settings are invalid: the reconciler serves no such bundle), UNAVAILABLE
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeGuard
 
 from pydantic import Field, StringConstraints, TypeAdapter
 
@@ -47,16 +47,41 @@ __all__ = [
     "MAX_REQUEST_MODULES",
     "MAX_REQUEST_POLICY_BYTES",
     "REQUEST_CONFIG_DOCUMENT",
+    "REQUEST_DECISION_PATH",
     "REQUEST_POLICY_FOLDER",
     "REQUEST_POLICY_METHOD",
+    "SENSITIVITY_LEVELS",
     "BundleRef",
     "RequestConfig",
     "RequestConfigValue",
     "RequestPolicyBundle",
     "RequestPolicyQuery",
+    "is_request_decision",
     "merged_request_config",
     "validate_request_config",
 ]
+
+REQUEST_DECISION_PATH: Final = "data.tiermesh.request.decision"
+"""The Rego document that decides a request on a node (the request policy's entry point)."""
+SENSITIVITY_LEVELS: Final = ("public", "internal", "restricted")
+"""Sensitivity labels, lowest first."""
+
+
+def is_request_decision(value: object) -> TypeGuard[dict[str, Any]]:
+    """Is ``value`` what a request policy must answer: ``{allow: bool, sensitivity: one of
+    SENSITIVITY_LEVELS, budget_exhausted: bool, reason: str, headers: {str: str}}``?"""
+    if not isinstance(value, dict):
+        return False
+    headers = value.get("headers")
+    return (
+        isinstance(value.get("allow"), bool)
+        and value.get("sensitivity") in SENSITIVITY_LEVELS
+        and isinstance(value.get("budget_exhausted"), bool)
+        and isinstance(value.get("reason"), str)
+        and isinstance(headers, dict)
+        and all(isinstance(v, str) for v in headers.values())
+    )
+
 
 REQUEST_POLICY_METHOD: Final = "RequestPolicy"
 """Method name on the registry service: the served bundle's request policy (unary)."""

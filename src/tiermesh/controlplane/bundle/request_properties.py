@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tiermesh.controlplane.api import MATCH_HEADERS, Catalog
+from tiermesh.controlplane.api.request_policy import (
+    REQUEST_DECISION_PATH,
+    SENSITIVITY_LEVELS,
+    is_request_decision,
+)
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.rego import UNDEFINED, PolicyEngine, PolicyError
 
-__all__ = ["REQUEST_DECISION", "property_inputs", "request_property_findings"]
+__all__ = ["property_inputs", "request_property_findings"]
 
-REQUEST_DECISION: Final = "data.tiermesh.request.decision"
-_LEVELS: Final = ("public", "internal", "restricted")
 _SENSITIVITY: Final = MATCH_HEADERS["sensitivity"]
 _CLEAN_PAYLOAD: Final = {
     "sha256": "sha256:" + "0" * 64,
@@ -92,7 +95,7 @@ def property_inputs(catalog: Catalog | None) -> Iterator[_Case]:
     if catalog is not None:
         tenants = [catalog.tenants[0].name, None] if catalog.tenants else [None]
         tasks = [None, catalog.tasks[0].name]
-    declared_labels: Sequence[str | None] = [*_LEVELS, None, "PUBLIC"]
+    declared_labels: Sequence[str | None] = [*SENSITIVITY_LEVELS, None, "PUBLIC"]
     for declared, body, found, tenant, exhausted, task in itertools.product(
         declared_labels, _BODIES, _REQUEST_FINDINGS, tenants, (False, True), tasks
     ):
@@ -128,17 +131,7 @@ def property_inputs(catalog: Catalog | None) -> Iterator[_Case]:
 def _malformed(value: object) -> str | None:
     if value is UNDEFINED:
         return "the decision is undefined"
-    if not isinstance(value, dict):
-        return "the decision is not an object"
-    headers = value.get("headers")
-    if (
-        not isinstance(value.get("allow"), bool)
-        or value.get("sensitivity") not in _LEVELS
-        or not isinstance(value.get("budget_exhausted"), bool)
-        or not isinstance(value.get("reason"), str)
-        or not isinstance(headers, dict)
-        or not all(isinstance(v, str) for v in headers.values())
-    ):
+    if not is_request_decision(value):
         return "the decision is not {allow, sensitivity, budget_exhausted, reason, headers}"
     return None
 
@@ -151,9 +144,10 @@ def _broken(case: _Case, decision: dict[str, Any]) -> Iterator[tuple[str, str]]:
             "personal data or an uninspectable body must make a request restricted",
             f"sensitivity {level!r}",
         )
-    if case.declared in _LEVELS and _LEVELS.index(level) < _LEVELS.index(case.declared):
+    rank = SENSITIVITY_LEVELS.index
+    if case.declared in SENSITIVITY_LEVELS and rank(level) < rank(case.declared):
         yield "a request's declared label must never be lowered", f"sensitivity {level!r}"
-    if case.declared not in _LEVELS and level != "restricted":
+    if case.declared not in SENSITIVITY_LEVELS and level != "restricted":
         yield "a missing or unknown label must make a request restricted", f"sensitivity {level!r}"
     routed = {k.lower(): v for k, v in decision["headers"].items()}.get(_SENSITIVITY)
     if decision["allow"] and routed != level:
@@ -177,7 +171,7 @@ def request_property_findings(
     seen: dict[str, Finding] = {}
     for case in property_inputs(catalog):
         try:
-            value = engine.evaluate(REQUEST_DECISION, case.document)
+            value = engine.evaluate(REQUEST_DECISION_PATH, case.document)
         except PolicyError as exc:
             broken = [("the decision must evaluate for every input", f"error: {exc}")]
         else:
@@ -190,7 +184,7 @@ def request_property_findings(
             if rule not in seen:
                 message = (
                     f"request policy property broken: {rule}; for {case.description} "
-                    f"{REQUEST_DECISION} answered {answer}"
+                    f"{REQUEST_DECISION_PATH} answered {answer}"
                 )
                 seen[rule] = Finding(Stage.PROPERTY, message, where)
     return list(seen.values())

@@ -66,7 +66,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from tiermesh.controlplane.verify.findings import Finding
-from tiermesh.controlplane.verify.inventory import REFUSING_FILTERS, Inventory
+from tiermesh.controlplane.verify.inventory import REFUSING_FILTERS, Inventory, filter_chains
 
 __all__ = ["EXT_AUTHZ", "authz_findings"]
 
@@ -97,13 +97,6 @@ def authz_findings(inventory: Inventory) -> list[Finding]:
             continue
         found.update(_Listener(inventory, name, listener).findings())
     return sorted(found)
-
-
-def _chains(listener: listener_pb2.Listener) -> list[listener_components_pb2.FilterChain]:
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    return chains
 
 
 def _forwards(route: rc.Route) -> bool:
@@ -141,7 +134,7 @@ class _Listener:
         self.found.append(Finding("no-authz", route, "", f"listener '{self.name}' {message}"))
 
     def findings(self) -> list[Finding]:
-        for chain in _chains(self.listener):
+        for chain in filter_chains(self.listener):
             managers: list[hcm_pb2.HttpConnectionManager] = []
             for network_filter in chain.filters:
                 if network_filter.typed_config.type_url in REFUSING_FILTERS:

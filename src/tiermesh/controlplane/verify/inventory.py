@@ -67,6 +67,7 @@ __all__ = [
     "ListenerShape",
     "Mirror",
     "Resolution",
+    "filter_chains",
     "mirror_target",
     "over_ads",
     "route_policies",
@@ -215,7 +216,8 @@ def table_problems(config: route_pb2.RouteConfiguration) -> Iterator[str]:
             yield f"routes virtual host '{host.name}' by a matcher tree"
 
 
-def _chains(listener: listener_pb2.Listener) -> list[listener_components_pb2.FilterChain]:
+def filter_chains(listener: listener_pb2.Listener) -> list[listener_components_pb2.FilterChain]:
+    """Every filter chain of ``listener``, its default chain last."""
     chains = list(listener.filter_chains)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
@@ -236,7 +238,7 @@ def _shape(listener: listener_pb2.Listener) -> ListenerShape:
         problems.append("hands connections to the listener of their original destination")
     if listener.HasField("api_listener"):
         problems.append("is an API listener")
-    for chain in _chains(listener):
+    for chain in filter_chains(listener):
         for network_filter in chain.filters:
             url = network_filter.typed_config.type_url
             if network_filter.HasField("config_discovery"):
