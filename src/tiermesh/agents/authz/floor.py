@@ -14,9 +14,11 @@ So a policy can raise the label, never lower it, and a mistaken ``request.rego``
 send personal data to a cloud tier (:func:`effective_level`).
 
 :func:`inspect_request` runs the detectors over what, besides the body, reaches an
-upstream: the path and query (percent-decoded, up to three rounds, and as sent) and every
-header value except the ones a node never forwards or that carry credentials
-(:data:`DEFAULT_UNINSPECTED_HEADERS`, configurable). Findings name where they were found,
+upstream: the path, the query and every header value except the ones a node never
+forwards or that carry credentials (:data:`DEFAULT_UNINSPECTED_HEADERS`, configurable),
+each as sent and in the forms an escape-decoding reader could see
+(:func:`~.normalize.decoded_forms`: percent-encoding up to three rounds, backslash
+escapes, HTML references). Findings name where they were found,
 never the text. Pure; thread-safe.
 """
 
@@ -25,11 +27,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
-from urllib.parse import unquote, unquote_plus
 
 from tiermesh.agents.authz.body import InspectedBody
 from tiermesh.agents.authz.detectors import DetectorRegistry, default_registry
-from tiermesh.agents.authz.normalize import detection_text
+from tiermesh.agents.authz.normalize import decoded_forms, detection_text
 
 __all__ = [
     "DEFAULT_UNINSPECTED_HEADERS",
@@ -61,7 +62,6 @@ DEFAULT_UNINSPECTED_HEADERS: Final = frozenset(
 routes) and values Envoy or the client library set in fixed shapes. Pseudo-headers
 (``:path`` is scanned as path and query) and ``x-envoy-*`` are never scanned."""
 
-_DECODE_ROUNDS: Final = 3
 _DEFAULT_REGISTRY: Final = default_registry()
 
 
@@ -89,20 +89,9 @@ class Floor:
         return {"sensitivity": self.level, "reasons": list(self.reasons)}
 
 
-def _decoded_forms(text: str, *, plus_is_space: bool = False) -> str:
-    """``text`` and its percent-decoded forms (each round until nothing changes); in a
-    query string ``+`` is a space too."""
-    forms = [text]
-    current = text
-    for _ in range(_DECODE_ROUNDS):
-        if "%" not in current and not (plus_is_space and "+" in current):
-            break
-        decoded = unquote_plus(current) if plus_is_space else unquote(current)
-        if decoded == current:
-            break
-        forms.append(decoded)
-        current = decoded
-    return "\n".join(forms)
+def _with_decoded_forms(text: str) -> str:
+    """``text`` and what an escape-decoding reader could see in it, one per line."""
+    return "\n".join([text, *decoded_forms(text)])
 
 
 def inspect_request(
@@ -116,13 +105,13 @@ def inspect_request(
     detectors = registry or _DEFAULT_REGISTRY
     raw_path, _, query = path.partition("?")
     places: list[tuple[str, str]] = [
-        ("path", _decoded_forms(raw_path)),
-        ("query", _decoded_forms(query, plus_is_space=True)),
+        ("path", _with_decoded_forms(raw_path)),
+        ("query", _with_decoded_forms(query)),
     ]
     for name in sorted(headers):
         if name.startswith((":", "x-envoy-")) or name in uninspected:
             continue
-        places.append((f"header {name}", _decoded_forms(headers[name])))
+        places.append((f"header {name}", _with_decoded_forms(headers[name])))
     found: list[RequestFinding] = []
     for where, text in places:
         if not text:
