@@ -107,17 +107,14 @@ def detection_text(text: str) -> str:
     return _ASTRAL.sub(lambda match: match.group().translate(table), text)
 
 
-_BACKSLASH: Final = re.compile(
-    r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2})"
-    r"|([^0-9A-Za-z\s]))"
+_NUMERIC_ESCAPE: Final = re.compile(
+    r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|x([0-9A-Fa-f]{2}))"
 )
+_PUNCTUATION_ESCAPE: Final = re.compile(r"\\([^0-9A-Za-z\s])")
 
 
 def _unescape_match(match: re.Match[str]) -> str:
-    literal = match.group(5)
-    if literal is not None:
-        return literal
-    digits = next(group for group in match.groups()[:4] if group is not None)
+    digits = next(group for group in match.groups() if group is not None)
     point = int(digits, 16)
     return chr(point) if point <= sys.maxunicode else match.group()
 
@@ -125,9 +122,12 @@ def _unescape_match(match: re.Match[str]) -> str:
 def _backslash_decoded(text: str) -> str:
     """``\\uXXXX``, ``\\u{X…}``, ``\\UXXXXXXXX`` and ``\\xXX`` escapes decoded, and a
     backslash before punctuation dropped (``\\@``, ``\\.``), up to three rounds (an
-    escape inside a JSON string reads ``\\\\u0040`` in the raw body)."""
+    escape inside a JSON string reads ``\\\\u0040`` in the raw body). Punctuation
+    escapes, common in code, are replaced without a Python call per match."""
     for _ in range(_ROUNDS):
-        decoded = _BACKSLASH.sub(_unescape_match, text)
+        decoded = _PUNCTUATION_ESCAPE.sub(r"\1", text)
+        if "\\" in decoded:
+            decoded = _NUMERIC_ESCAPE.sub(_unescape_match, decoded)
         if decoded == text or "\\" not in decoded:
             return decoded
         text = decoded
