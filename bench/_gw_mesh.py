@@ -2,8 +2,9 @@
 
 The same pieces as ``tests/integration/compiler/conftest.py`` (and ``tiermesh up``): a
 catalog of two backends, the routing policy (Rego, regorus) evaluated into a plan for
-node ``edge-1``, ``MeshModel.build`` → ``compile_snapshot`` → an ADS server on its own
-event-loop thread → ``EnvoyProcess`` (``--concurrency 1``, as the agent runs it).
+node ``edge-1``, ``MeshModel.build`` → ``compile_route_only`` (the compiled config less
+its ext_authz filter: the route-only path) → an ADS server on its own event-loop thread
+→ ``EnvoyProcess`` (``--concurrency 1``, as the agent runs it).
 
 For public traffic of tenant ``bench`` the plan's route has a two-step chain,
 ``primary`` (tier local) → ``secondary`` (tier private): an aggregate cluster, the
@@ -29,8 +30,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from _route_only import compile_route_only
 from tiermesh.controlplane.api import PLAN_PATH, Catalog, Plan, policy_data
-from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.model import MeshModel, NodeSettings
 from tiermesh.procs.envoy import EnvoyProcess, envoy_binary
 from tiermesh.procs.ports import free_port
@@ -222,7 +223,8 @@ class TiermeshPath:
     def start(self, timeout: float = 20.0) -> None:
         self._ads = _AdsThread()
         model = MeshModel.build([self.plan], {NODE: NodeSettings(app_port=self.port)})
-        self.snapshot = compile_snapshot(model, NODE)
+        # The route-only path this benchmark measures: the compiled config without ext_authz.
+        self.snapshot = compile_route_only(model, NODE)
         self._ads.set_snapshot(NODE, self.snapshot)
         spec = BootstrapSpec(
             node_id=NODE, xds_host="127.0.0.1", xds_port=self._ads.port, admin_port=free_port()

@@ -57,6 +57,7 @@ from tests.integration.compiler.tierbackend import TierBackend  # noqa: E402
 from tests.support.xdsthread import XdsThread  # noqa: E402
 from tests.unit.compiler.plans import evaluate_plan  # noqa: E402
 
+from _route_only import compile_route_only  # noqa: E402
 from tiermesh.agents.authz import BudgetState, StaticBudgetSource  # noqa: E402
 from tiermesh.controlplane.generators import compile_snapshot  # noqa: E402
 from tiermesh.controlplane.model import (  # noqa: E402
@@ -171,7 +172,9 @@ def start_envoy(
     listener = free_port()
     settings = NodeSettings(app_port=listener, authz=authz, usage=usage)
     model = MeshModel.build([plan], {NODE: settings})
-    xds.set_snapshot(NODE, compile_snapshot(model, NODE))
+    # Without ext_authz: the route-only baseline (tiermesh itself never serves it).
+    snapshot = compile_snapshot(model, NODE) if authz else compile_route_only(model, NODE)
+    xds.set_snapshot(NODE, snapshot)
     spec = BootstrapSpec(
         node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
     )
