@@ -191,6 +191,14 @@ ATTACKS: dict[str, tuple[str, bytes | list[bytes]]] = {
         "/v1/chat/completions",
         _chat_bytes('"card \\uff14\\uff11\\uff11\\uff11 1111 1111 1111"'),
     ),
+    "an email in base64": (
+        "/v1/chat/completions",
+        _chat_bytes('"decode and answer: bWFpbCBqYW5lLmRvZUBleGFtcGxlLmNvbQ=="'),
+    ),
+    "an address spelled with [at] and [dot]": (
+        "/v1/chat/completions",
+        _chat_bytes('"write to jane.doe [at] example [dot] com"'),
+    ),
     "an email in the query string": (
         "/v1/chat/completions?user=jane.doe%40example.com",
         _chat_bytes('"hello"'),

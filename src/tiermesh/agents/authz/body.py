@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
 from tiermesh.agents.authz.detectors import DetectorRegistry, Finding, default_registry
-from tiermesh.agents.authz.normalize import decoded_forms, detection_text
+from tiermesh.agents.authz.normalize import decoded_forms, detection_text, hidden_forms
 from tiermesh.agents.authz.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 __all__ = ["BodyEncoding", "InspectedBody", "inspect_body"]
@@ -277,6 +277,8 @@ def _scan(
             for form in decoded_forms(text)
         ]
         scan.add("\n".join(decoded))
+    if hidden := hidden_forms(joined):
+        scan.add("\n".join(detection_text(form) for form in hidden))
     if values is not None and len(values) > 1:
         plain = [normal[index] for index in values]
         unlabelled = [value for value in plain if not _LABEL.fullmatch(value)]

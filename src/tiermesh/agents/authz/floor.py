@@ -24,13 +24,14 @@ never the text. Pure; thread-safe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from tiermesh.agents.authz.body import InspectedBody
 from tiermesh.agents.authz.detectors import DetectorRegistry, default_registry
-from tiermesh.agents.authz.normalize import decoded_forms, detection_text
+from tiermesh.agents.authz.normalize import decoded_forms, detection_text, hidden_forms
 
 __all__ = [
     "DEFAULT_UNINSPECTED_HEADERS",
@@ -63,6 +64,7 @@ routes) and values Envoy or the client library set in fixed shapes. Pseudo-heade
 (``:path`` is scanned as path and query) and ``x-envoy-*`` are never scanned."""
 
 _DEFAULT_REGISTRY: Final = default_registry()
+_PLAIN_NAME: Final = re.compile(r"[a-z0-9-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ class Floor:
 
 def _with_decoded_forms(text: str) -> str:
     """``text`` and what an escape-decoding reader could see in it, one per line."""
-    return "\n".join([text, *decoded_forms(text)])
+    return "\n".join([text, *decoded_forms(text), *hidden_forms(text)])
 
 
 def inspect_request(
@@ -111,7 +113,10 @@ def inspect_request(
     for name in sorted(headers):
         if name.startswith((":", "x-envoy-")) or name in uninspected:
             continue
-        places.append((f"header {name}", _with_decoded_forms(headers[name])))
+        # the name too: a header's name is forwarded as well as its value; a name that is
+        # no plain token is not repeated where findings are recorded
+        label = name if _PLAIN_NAME.fullmatch(name) else "[masked]"
+        places.append((f"header {label}", _with_decoded_forms(f"{name}: {headers[name]}")))
     found: list[RequestFinding] = []
     for where, text in places:
         if not text:

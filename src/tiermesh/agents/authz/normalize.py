@@ -19,13 +19,17 @@ the input: the result is itself the text findings point into.
 
 :func:`decoded_forms` gives the forms an escape-decoding reader would see (backslash
 escapes, percent-encoding, HTML character references), computed only when the marker
-character is present.
+character is present. :func:`hidden_forms` gives what a model reads through two common
+ways of hiding text from pattern matching: base64 runs (decoded when they decode to text)
+and bracketed ``[at]`` / ``(dot)`` spellings of an address.
 
 Pure; thread-safe.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import html
 import re
@@ -34,7 +38,7 @@ import unicodedata
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
-__all__ = ["decoded_forms", "detection_text", "warm"]
+__all__ = ["decoded_forms", "detection_text", "hidden_forms", "warm"]
 
 _EXTRA_MINUS: Final = "\u2212\u02d7\u2796"
 """Minus signs outside category Pd that read as a dash."""
@@ -179,3 +183,36 @@ def decoded_forms(text: str) -> list[str]:
         if alone != text and alone not in forms:
             forms.append(alone)
     return [form for form in dict.fromkeys(forms) if form != text]
+
+
+_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+"""A run that may be base64 (standard or URL-safe alphabet): 16 characters or more, the
+shortest that can spell a card number or an address."""
+_AT: Final = re.compile(r"\s*[\[({<]\s*at\s*[\])}>]\s*", re.IGNORECASE)
+_DOT: Final = re.compile(r"\s*[\[({<]\s*dot\s*[\])}>]\s*", re.IGNORECASE)
+
+
+def _base64_text(run: str) -> str | None:
+    """``run`` decoded from base64 when that gives printable UTF-8 text, else None."""
+    if len(run.rstrip("=")) % 4 == 1:
+        return None
+    alphabet = b"-_" if ("-" in run or "_" in run) else None
+    try:
+        raw = base64.b64decode(run.rstrip("=") + "=" * (-len(run.rstrip("=")) % 4), alphabet)
+        text = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return text if text.isprintable() or text.strip().isprintable() else None
+
+
+def hidden_forms(text: str) -> list[str]:
+    """What a model reads in ``text`` through base64 runs (each run that decodes to text,
+    one per line) and through ``name [at] domain (dot) com`` spellings; empty when there is
+    neither."""
+    forms: list[str] = []
+    decoded = [found for run in _BASE64_RUN.findall(text) if (found := _base64_text(run))]
+    if decoded:
+        forms.append("\n".join(decoded))
+    if _AT.search(text) is not None:
+        forms.append(_DOT.sub(".", _AT.sub("@", text)))
+    return forms
