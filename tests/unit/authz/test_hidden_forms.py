@@ -56,3 +56,15 @@ def test_a_base64_header_value_and_a_header_name_are_read() -> None:
     assert {f.where for f in inspect_request("/v1/models", {"x-ref": encoded})} == {"header x-ref"}
     found = inspect_request("/v1/models", {"x-jane.doe@example.com": "1"})
     assert {f.where for f in found} == {"header [masked]"}, "the name is not recorded"
+
+
+@pytest.mark.parametrize(
+    "text", ["card 4111.1111.1111.1111", "card 4111/1111/1111/1111", "pay 5500-0000-0000-0004"]
+)
+def test_a_card_written_with_dots_or_slashes_is_found(text: str) -> None:
+    assert kinds(text) == {"payment_card"}
+
+
+@pytest.mark.parametrize("text", ["v 4111.1111-1111 1111", "hosts 192.168.100.200 10.0.0.1"])
+def test_mixed_separators_and_addresses_are_no_card(text: str) -> None:
+    assert "payment_card" not in kinds(text)

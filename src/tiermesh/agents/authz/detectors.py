@@ -15,10 +15,10 @@ Built-in detectors (:data:`DEFAULT_DETECTORS`, in this order):
   digits is not a phone number (too many false positives: ids, amounts, timestamps).
 - ``iban`` — two letters, two check digits, the BBAN; length checked against the country
   table (:data:`IBAN_LENGTHS`) and the ISO 7064 mod-97 check; spaces every four allowed.
-- ``payment_card`` — 13-19 digits, optionally in groups separated by one space or dash,
-  passing the Luhn check, with a known issuer prefix (Visa 4, Mastercard 51-55/2221-2720,
-  Amex 34/37, Discover 6011/65/644-649, JCB 3528-3589, Diners 36/38/300-305, UnionPay 62,
-  Maestro 50/56-58/67).
+- ``payment_card`` — 13-19 digits, optionally in groups separated by one space, dash, dot
+  or slash (one kind throughout), passing the Luhn check, with a known issuer prefix
+  (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37, Discover 6011/65/644-649, JCB
+  3528-3589, Diners 36/38/300-305, UnionPay 62, Maestro 50/56-58/67).
 - ``us_ssn`` — ``AAA-GG-SSSS`` (dashes or spaces required, so 9-digit ids do not match),
   excluding area 000, 666 and 900-999, group 00 and serial 0000.
 - ``uk_nino`` — UK National Insurance number: two prefix letters (not D, F, I, Q, U, V;
@@ -354,20 +354,25 @@ _CARD_PREFIX: Final = re.compile(
 )
 
 
+_DIGITS: Final = frozenset(string.digits)
+_NO_SEPARATORS: Final = str.maketrans("", "", " -./")
+
+
 class PaymentCardDetector(_Windowed):
-    """``payment_card``: 13-19 digits (groups split by one space or dash), issuer prefix
-    and Luhn check."""
+    """``payment_card``: 13-19 digits (groups split by one space, dash, dot or slash, the
+    same one throughout), issuer prefix and Luhn check."""
 
     kind: Final = "payment_card"
-    _inside = frozenset(string.digits + " -")
-    _pattern: Final = _bounded(r"\d", r"\d{3}(?:[ -]?\d{2,6}){2,4}(?:[ -]?\d{1,4})?")
+    _inside = frozenset(string.digits + " -./")
+    _pattern: Final = _bounded(r"\d", r"\d{3}(?:[ ./-]?\d{2,6}){2,4}(?:[ ./-]?\d{1,4})?")
 
     def _spans(self, text: str, windows: Iterable[Span]) -> Iterator[Span]:
         for match in _scan(self._pattern, text, windows):
             raw = match.group()
-            if " " in raw and "-" in raw:
+            separators = set(raw) - _DIGITS
+            if len(separators) > 1:
                 continue
-            digits = raw.replace(" ", "").replace("-", "")
+            digits = raw.translate(_NO_SEPARATORS)
             if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn_valid(digits):
                 yield match.span()
 
