@@ -183,16 +183,24 @@ async def test_a_clean_request_keeps_its_label_and_its_path(
     assert entry.result["floor"] == {"sensitivity": "public", "reasons": []}
 
 
-def test_credentials_and_envoy_headers_are_not_scanned() -> None:
+def test_credentials_are_not_scanned() -> None:
     found = inspect_request(
         "/v1/models",
         {
             "authorization": "Bearer 4111111111111111",
-            "x-envoy-original-path": "/a@b.example.com",
-            ":authority": "jane.doe@example.com",
+            "x-envoy-auth-partial-body": "false",
+            ":method": "POST",
         },
     )
     assert found == ()
+
+
+def test_headers_envoy_forwards_are_scanned_whatever_their_prefix() -> None:
+    found = inspect_request(
+        "/v1/models",
+        {"x-envoy-note": "jane.doe@example.com", ":authority": "jane.doe@example.com"},
+    )
+    assert {f.where for f in found} == {"header x-envoy-note", "header :authority"}
 
 
 async def test_replaying_a_raised_decision_with_the_same_policy_changes_nothing(

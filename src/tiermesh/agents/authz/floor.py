@@ -57,14 +57,16 @@ DEFAULT_UNINSPECTED_HEADERS: Final = frozenset(
         "x-request-id",
         "x-forwarded-proto",
         "x-tiermesh-decision-id",
+        "x-envoy-auth-partial-body",
     }
 )
 """Headers whose values are not scanned: credentials (replaced by a provider key on cloud
-routes) and values Envoy or the client library set in fixed shapes. Pseudo-headers
-(``:path`` is scanned as path and query) and ``x-envoy-*`` are never scanned."""
+routes) and values Envoy or the client library set in fixed shapes. Pseudo-headers other
+than ``:authority`` are not scanned (``:path`` is, as path and query); ``x-envoy-*``
+headers are, since Envoy forwards a client's own upstream."""
 
 _DEFAULT_REGISTRY: Final = default_registry()
-_PLAIN_NAME: Final = re.compile(r"[a-z0-9-]{1,64}")
+_PLAIN_NAME: Final = re.compile(r":?[a-z0-9-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,7 @@ def inspect_request(
         ("query", _with_decoded_forms(query)),
     ]
     for name in sorted(headers):
-        if name.startswith((":", "x-envoy-")) or name in uninspected:
+        if (name.startswith(":") and name != ":authority") or name in uninspected:
             continue
         # the name too: a header's name is forwarded as well as its value; a name that is
         # no plain token is not repeated where findings are recorded
