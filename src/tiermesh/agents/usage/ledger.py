@@ -2,13 +2,13 @@
 
 :class:`Prices` maps a backend to its catalog price and a tenant to its monthly budget.
 :class:`UsageLedger` adds each answered request's tokens and cost to its tenant and
-rewrites the budget file (``{"<tenant>": {"spent_usd": x, "limit_usd": y}, …}``, the
-format :class:`~tiermesh.agents.authz.JsonFileBudgetSource` reads) atomically: a temporary
-file in the same directory, then ``os.replace``, so a reader sees the old or the new file,
-never a partial one. ext_authz therefore marks a tenant exhausted from the first request
-checked after the file shows the answer that brought ``spent_usd`` to ``limit_usd`` or
-above (the totals change a moment before the file: :meth:`UsageLedger.record` writes
-after it counts).
+rewrites the budget file (``{"<tenant>": {"spent_usd": x, "limit_usd": y, "month": m},
+…}``, the format :class:`~tiermesh.agents.authz.JsonFileBudgetSource` reads, which ignores
+``month``) atomically: a temporary file in the same directory, then ``os.replace``, so a
+reader sees the old or the new file, never a partial one. ext_authz therefore marks a
+tenant exhausted from the first request checked after the file shows the answer that
+brought ``spent_usd`` to ``limit_usd`` or above (the totals change a moment before the
+file: :meth:`UsageLedger.record` writes after it counts).
 
 Spend is kept in integer micro-dollars (no float drift over many small requests). On
 construction the ledger takes the ``spent_usd`` already in the file (this month's, see
