@@ -10,14 +10,20 @@ request's ``model`` picks how the events are written:
 - ``"split"``: every event in two writes 50 ms apart, so Envoy reads it in two chunks;
 - ``"together"``: the whole stream in one write;
 - ``"slow"``: the content at once, the usage event and ``[DONE]`` :data:`SLOW_S` later;
-- ``"sized"``: an SSE answer with ``content-length`` instead of chunks.
+- ``"sized"``: an SSE answer with ``content-length`` instead of chunks;
+- ``"nousage"``: never the usage chunk, even when asked (a server that ignores
+  ``stream_options``);
+- ``"cut"``: the first two events, then the connection closes mid-stream.
 
-A body that is not JSON gets a JSON answer with usage.
+A request body comes with ``content-length`` or chunked (``transfer-encoding``, as Envoy
+forwards an upload without a length). A body that is not JSON gets a JSON answer with
+usage.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -64,7 +70,7 @@ def stream_events(request: dict[str, Any]) -> list[bytes]:
     """The SSE events an OpenAI-compatible server sends for ``request``."""
     head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     options = request.get("stream_options") or {}
-    asked = options.get("include_usage") is True
+    asked = options.get("include_usage") is True and request.get("model") != "nousage"
     extra: dict[str, Any] = {"usage": None} if asked else {}
     events = [
         _event(head | {"choices": [{"index": 0, "delta": {"content": w}}]} | extra) for w in WORDS
@@ -86,9 +92,23 @@ def stream_events(request: dict[str, Any]) -> list[bytes]:
 class _Handler(ChatHandler):
     server: _Server
 
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0], 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+
     def do_POST(self) -> None:  # noqa: N802 - the HTTP method handler's name
         length = self.headers.get("content-length")
-        body = self.rfile.read(int(length or 0))
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = self._read_chunked()
+        else:
+            body = self.rfile.read(int(length or 0))
         owner = self.server.owner
         owner.received.append(Received(body, None if length is None else int(length)))
         try:
@@ -114,6 +134,13 @@ class _Handler(ChatHandler):
                 self._chunk(event[:half])
                 time.sleep(0.05)
                 self._chunk(event[half:])
+        elif mode == "cut":
+            for event in events[:2]:
+                self._chunk(event)
+            time.sleep(0.05)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         elif mode == "slow":
             done = 2 if request.get("stream_options") else 1
             self._chunk(b"".join(events[:-done]))

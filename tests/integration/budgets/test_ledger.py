@@ -50,8 +50,8 @@ def test_totals_per_tenant_and_the_budget_file_ext_authz_reads(tmp_path: Path) -
     assert ledger.totals("acme") == TenantUsage(165, 180_000)
     assert ledger.totals("nobody") == TenantUsage()
     assert json.loads(path.read_text()) == {
-        "acme": {"spent_usd": 0.18, "limit_usd": 0.1},
-        "globex": {"spent_usd": 0.0, "limit_usd": 100.0},
+        "acme": {"spent_usd": 0.18, "limit_usd": 0.1, "month": ledger.month},
+        "globex": {"spent_usd": 0.0, "limit_usd": 100.0, "month": ledger.month},
         "ops": {"spent_usd": 1, "limit_usd": 2},
     }
     assert [p.name for p in tmp_path.iterdir()] == ["budget.json"], "no temporary left"

@@ -1,7 +1,8 @@
 """Streams are charged whether or not the client asked for usage, in a real Envoy with
 the compiled config: the usage filter asks the backend for the usage chunk
 (``stream_options.include_usage``), accounts it, and removes it from the client's
-stream when the client had not asked; request bodies it cannot read pass untouched."""
+stream when the client had not asked; request bodies it cannot read pass untouched, and
+their streams are charged an estimate (see test_every_answer_charged.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.integration.budgets.openai_backend import (
     stream_events,
     stream_mesh,
 )
-from tiermesh.agents.usage import TenantUsage
+from tiermesh.agents.usage import TenantUsage, estimate
 
 pytestmark = pytest.mark.envoy
 
@@ -247,6 +248,7 @@ def test_a_body_over_the_bound_passes_untouched(bounded_mesh: StreamMesh) -> Non
     at_bound["padding"] = "x" * (SMALL_BOUND - len(encode(at_bound)))
     over = at_bound | {"padding": at_bound["padding"] + "x"}
     received = []
+    before = bounded_mesh.agent.totals(TENANT)
     for sent in (at_bound, over):
         reply = bounded_mesh.send(HEADERS, encode(sent))
         assert reply.status == 200, reply.body
@@ -260,5 +262,14 @@ def test_a_body_over_the_bound_passes_untouched(bounded_mesh: StreamMesh) -> Non
     ]
     assert json.loads(received[0].body)["stream_options"] == ASK
     assert received[1].body == encode(over)
-    # The documented bound: that stream carries no usage, and is not charged.
+    # The documented bound: that stream carries no usage, and is charged an estimate.
     assert '"choices": []' not in reply.body
+    prompt, completion = estimate(len(encode(over)), len(reply.body.encode()))
+    deadline = time.monotonic() + 10
+    while bounded_mesh.agent.totals(TENANT).estimated_tokens < before.estimated_tokens + 1:
+        assert time.monotonic() < deadline, bounded_mesh.agent.totals(TENANT)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    after = bounded_mesh.agent.totals(TENANT)
+    assert after.estimated_tokens - before.estimated_tokens == prompt + completion
+    assert after.tokens - before.tokens == TOKENS + prompt + completion

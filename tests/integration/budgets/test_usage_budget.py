@@ -41,7 +41,8 @@ def test_tokens_and_cost_of_a_json_answer_are_counted_for_its_tenant(
     assert (totals.tokens, totals.cost_micro) == (TOKENS, COST_MICRO)
     assert budget_mesh.agent.totals("acme").tokens == 0
     budget = json.loads(budget_mesh.agent.budget_file.read_text())
-    assert budget["globex"] == {"spent_usd": 0.18, "limit_usd": 100.0}
+    month = budget_mesh.agent.ledger.month
+    assert budget["globex"] == {"spent_usd": 0.18, "limit_usd": 100.0, "month": month}
 
 
 def test_a_stream_is_counted_from_its_last_usage_chunk_and_passes_through_whole(

@@ -183,4 +183,5 @@ async def test_the_ledger_prices_follow_the_catalog_and_keep_totals(node: Node) 
     node.ledger.record([Usage("acme", "cloud-eu", 1000, 0)])
     assert node.ledger.totals("acme").cost_micro == 3000 + 1_000_000
     document = json.loads(node.ledger.path.read_text())
-    assert document["acme"] == {"spent_usd": 1.003, "limit_usd": 100.0}
+    month = node.ledger.month
+    assert document["acme"] == {"spent_usd": 1.003, "limit_usd": 100.0, "month": month}

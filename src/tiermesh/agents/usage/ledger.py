@@ -2,18 +2,37 @@
 
 :class:`Prices` maps a backend to its catalog price and a tenant to its monthly budget.
 :class:`UsageLedger` adds each answered request's tokens and cost to its tenant and
-rewrites the budget file (``{"<tenant>": {"spent_usd": x, "limit_usd": y}, …}``, the
-format :class:`~tiermesh.agents.authz.JsonFileBudgetSource` reads) atomically: a temporary
-file in the same directory, then ``os.replace``, so a reader sees the old or the new file,
-never a partial one. ext_authz therefore marks a tenant exhausted from the first request
-checked after the file shows the answer that brought ``spent_usd`` to ``limit_usd`` or
-above (the totals change a moment before the file: :meth:`UsageLedger.record` writes
-after it counts).
+rewrites the budget file (``{"<tenant>": {"spent_usd": x, "limit_usd": y, "month": m},
+…}``, the format :class:`~tiermesh.agents.authz.JsonFileBudgetSource` reads, which ignores
+``month``) atomically: a temporary file in the same directory, then ``os.replace``, so a
+reader sees the old or the new file, never a partial one. ext_authz therefore marks a
+tenant exhausted from the first request checked after the file shows the answer that
+brought ``spent_usd`` to ``limit_usd`` or above (the totals change a moment before the
+file: :meth:`UsageLedger.record` writes after it counts).
 
 Spend is kept in integer micro-dollars (no float drift over many small requests). On
-construction the ledger takes the ``spent_usd`` already in the file, so totals survive an
-agent restart; entries of tenants the catalog does not know are kept as they are. Monthly
-reset is not done here (an operator or the control plane rewrites the file).
+construction the ledger takes the ``spent_usd`` already in the file (this month's, see
+below), so totals survive an agent restart; entries of tenants the catalog does not know
+are kept as they are.
+
+Estimates: a :class:`Usage` with ``estimated`` set (the access log could not read the
+answer's ``usage``; see :mod:`tiermesh.agents.usage.server`) is charged like any other,
+and :class:`TenantUsage` keeps how much of the tenant's total was estimated
+(``estimated_tokens``, ``estimated_cost_micro``: parts of ``tokens`` and ``cost_micro``,
+not added to them). Reports to the control plane carry the sums only.
+
+Monthly budgets reset at the month boundary: spend is kept per calendar month in UTC, by
+the ``clock`` the ledger is given (:func:`utc_now` by default). The first call that finds a
+new month (a record, an acknowledgement, a price change, a read of totals) starts every
+tenant's local total at zero and forgets the old month's mesh totals; the next write shows
+zero spend, so an exhausted tenant gets its routes back from the first request checked
+after it. Each catalog tenant's file entry names its month (``"month": "2026-12"``); at
+start, an entry of another month is not taken (the new month starts at zero), an entry
+without one (an operator's file, or one written before this field) is taken as this
+month's. Reports pending or unacknowledged at the boundary are sent as they are. The mesh
+totals acknowledgements bring are the control plane's counters, which must be reset at
+the boundary there too (not done by this ledger): until they are, the first
+acknowledgement of the new month brings the old month's mesh spend back into the file.
 
 Reporting to the control plane: every delta :meth:`UsageLedger.record` accounts also goes
 to an outbox. :meth:`UsageLedger.next_report` seals what is pending into a
@@ -31,20 +50,20 @@ collecting in the pending set (at most one entry per tenant).
 Mesh-wide spend in the budget file: each acknowledgement carries the mesh-wide totals of
 the reported tenants (every node's acknowledged reports added up), remembered as the
 tenant's *mesh total* M. The file then says, for each catalog tenant,
-``spent_usd = max(L, M + U)`` where L is this node's own total (what it accounted since
-the file started, the file's value at start included) and U what this node accounted but
-the control plane has not acknowledged yet (pending and unacknowledged reports). Why this
-is sound: M counts every acknowledged report, this node's included, so M + U covers all of
-this node's spend and all of the others' up to the moment M was read; a report applied
-whose acknowledgement is still on the way is in both M and U (an over-count until the
-acknowledgement lands: the fallback comes early, never late). Other nodes' spend since
-then arrives with the next acknowledgement, about one report interval later. Taking the
-max with L keeps the file at least at this node's own spend when the control plane has
-never answered (an unreachable control plane degrades to per-node budgets, as before),
-and a mesh total that drops (a counter reset) is followed as it is. Tenants never
-acknowledged use L alone. A node hears a tenant's mesh total only in answers to its own
-reports of that tenant, so its file lags for a tenant it has not served lately; the
-routes do not, because the control plane re-plans every node when a tenant's combined
+``spent_usd = max(L, M + U)`` where L is this node's own total this month (what it
+accounted since the file started, the file's value at start included) and U what this node
+accounted but the control plane has not acknowledged yet (pending and unacknowledged
+reports). Why this is sound: M counts every acknowledged report, this node's included, so
+M + U covers all of this node's spend and all of the others' up to the moment M was read;
+a report applied whose acknowledgement is still on the way is in both M and U (an
+over-count until the acknowledgement lands: the fallback comes early, never late). Other
+nodes' spend since then arrives with the next acknowledgement, about one report interval
+later. Taking the max with L keeps the file at least at this node's own spend when the
+control plane has never answered (an unreachable control plane degrades to per-node
+budgets, as before), and a mesh total that drops (a counter reset) is followed as it is.
+Tenants never acknowledged use L alone. A node hears a tenant's mesh total only in answers
+to its own reports of that tenant, so its file lags for a tenant it has not served lately;
+the routes do not, because the control plane re-plans every node when a tenant's combined
 spend crosses its budget.
 """
 
@@ -57,8 +76,9 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -72,7 +92,16 @@ from tiermesh.controlplane.api import (
     UsageReport,
 )
 
-__all__ = ["MAX_UNACKNOWLEDGED", "Prices", "TenantUsage", "Usage", "UsageLedger", "cost_micro"]
+__all__ = [
+    "MAX_UNACKNOWLEDGED",
+    "Prices",
+    "TenantUsage",
+    "Usage",
+    "UsageLedger",
+    "cost_micro",
+    "month_of",
+    "utc_now",
+]
 
 log = logging.getLogger("tiermesh.agent.usage")
 
@@ -81,6 +110,18 @@ MAX_UNACKNOWLEDGED: Final = 32
 
 _REPORTABLE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Tenant names a report may carry (the catalog's ``Name`` rule); others are never sent."""
+
+
+def utc_now() -> datetime:
+    """The ledger's default clock."""
+    return datetime.now(UTC)
+
+
+def month_of(moment: datetime) -> str:
+    """The calendar month in UTC of ``moment`` (naive: taken as UTC), as ``YYYY-MM``."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment.month:02d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +133,20 @@ class Usage:
     """The answering backend (endpoint metadata); None when Envoy did not name one."""
     prompt_tokens: int
     completion_tokens: int
+    estimated: bool = False
+    """The counts are an estimate: the answer's ``usage`` could not be read."""
 
 
 @dataclass(frozen=True, slots=True)
 class TenantUsage:
-    """A tenant's totals since the ledger (or its file) started."""
+    """A tenant's totals this month since the ledger (or its file) started."""
 
     tokens: int = 0
     cost_micro: int = 0
+    estimated_tokens: int = 0
+    """The part of ``tokens`` charged from estimates."""
+    estimated_cost_micro: int = 0
+    """The part of ``cost_micro`` charged from estimates."""
 
     @property
     def spent_usd(self) -> float:
@@ -138,9 +185,16 @@ class Prices:
         return cost_micro(usage.prompt_tokens, usage.completion_tokens, price)
 
 
-def _add(table: dict[str, TenantUsage], tenant: str, tokens: int, cost: int) -> None:
+def _add(
+    table: dict[str, TenantUsage], tenant: str, tokens: int, cost: int, estimated: bool = False
+) -> None:
     before = table.get(tenant, TenantUsage())
-    table[tenant] = TenantUsage(before.tokens + tokens, before.cost_micro + cost)
+    table[tenant] = TenantUsage(
+        before.tokens + tokens,
+        before.cost_micro + cost,
+        before.estimated_tokens + (tokens if estimated else 0),
+        before.estimated_cost_micro + (cost if estimated else 0),
+    )
 
 
 class UsageLedger:
@@ -152,14 +206,22 @@ class UsageLedger:
     call them through ``asyncio.to_thread`` (the usage server and the registry session do),
     so the fsync never stalls the ext_authz checks served on the same loop. Writes are
     serialized and the newest state wins: a write that finds a newer one already on disk
-    is skipped. ``epoch`` names this ledger's report sequence (default: random).
+    is skipped. ``epoch`` names this ledger's report sequence (default: random); ``clock``
+    tells the month (module doc) and is called under the ledger's lock: it must be fast.
     """
 
     def __init__(
-        self, budget_file: str | Path, prices: Prices, *, epoch: str | None = None
+        self,
+        budget_file: str | Path,
+        prices: Prices,
+        *,
+        epoch: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._path = Path(budget_file)
         self._prices = prices
+        self._clock = clock
+        self._month = month_of(clock())
         self._totals: dict[str, TenantUsage] = {}
         self._foreign: dict[str, object] = {}
         self._pending: dict[str, TenantUsage] = {}
@@ -185,10 +247,29 @@ class UsageLedger:
     def path(self) -> Path:
         return self._path
 
-    def totals(self, tenant: str) -> TenantUsage:
-        """The tenant's totals (zero for a tenant never seen)."""
+    @property
+    def month(self) -> str:
+        """The month (``YYYY-MM``, UTC) the totals are of, as of the last call."""
         with self._lock:
+            return self._month
+
+    def totals(self, tenant: str) -> TenantUsage:
+        """The tenant's totals this month (zero for a tenant never seen)."""
+        with self._lock:
+            self._roll()
             return self._totals.get(tenant, TenantUsage())
+
+    def _roll(self) -> bool:
+        """Start a new month when the clock shows one (under ``_lock``); True if it did."""
+        month = month_of(self._clock())
+        if month == self._month:
+            return False
+        log.info("month %s starts: tenants' spend starts at zero (was %s)", month, self._month)
+        self._month = month
+        self._totals.clear()
+        self._mesh.clear()
+        self._generation += 1
+        return True
 
     def record(self, entries: Iterable[Usage]) -> dict[str, TenantUsage]:
         """Add ``entries`` and rewrite the budget file once. Returns the deltas per tenant
@@ -200,11 +281,12 @@ class UsageLedger:
         """
         deltas: dict[str, TenantUsage] = {}
         with self._lock:
+            rolled = self._roll()
             for usage in entries:
                 tokens = usage.prompt_tokens + usage.completion_tokens
                 cost = self._prices.cost(usage)
                 for table in (self._totals, deltas):
-                    _add(table, usage.tenant, tokens, cost)
+                    _add(table, usage.tenant, tokens, cost, usage.estimated)
             for tenant, delta in deltas.items():
                 if _REPORTABLE.match(tenant):
                     _add(self._pending, tenant, delta.tokens, delta.cost_micro)
@@ -213,7 +295,7 @@ class UsageLedger:
                                 tenant)  # fmt: skip
             if deltas:
                 self._generation += 1
-        if deltas:
+        if deltas or rolled:
             self._write()
         return deltas
 
@@ -228,11 +310,12 @@ class UsageLedger:
             LedgerWriteFailed: the file could not be written (the new prices apply anyway).
         """
         with self._lock:
+            self._roll()
             for name in [n for n in self._foreign if n in prices.budgets]:
                 entry = self._foreign.pop(name)
-                spent = entry.get("spent_usd") if isinstance(entry, dict) else None
-                if name not in self._totals and isinstance(spent, int | float):
-                    self._totals[name] = TenantUsage(0, round(float(spent) * 1_000_000))
+                spent = self._spent_entry(entry)
+                if name not in self._totals and spent is not None:
+                    self._totals[name] = TenantUsage(0, spent)
             self._prices = prices
             self._generation += 1
         self._write()
@@ -280,6 +363,7 @@ class UsageLedger:
         with self._lock:
             if ack.epoch != self._epoch or self._sent.pop(ack.seq, None) is None:
                 return False
+            self._roll()
             for tenant, total in ack.totals.items():
                 self._mesh[tenant] = total.cost_micro
             self._generation += 1
@@ -319,17 +403,27 @@ class UsageLedger:
         if not isinstance(document, dict):
             return
         for name, entry in document.items():
-            spent = entry.get("spent_usd") if isinstance(entry, dict) else None
-            if name in self._prices.budgets and isinstance(spent, int | float):
-                self._totals[name] = TenantUsage(0, round(float(spent) * 1_000_000))
+            spent = self._spent_entry(entry)
+            if name in self._prices.budgets and spent is not None:
+                self._totals[name] = TenantUsage(0, spent)
             elif name not in self._prices.budgets:
                 self._foreign[name] = entry
+
+    def _spent_entry(self, entry: object) -> int | None:
+        """Micro-dollars a file entry says were spent this month; None for an entry without
+        a number or of another month (module doc)."""
+        if not isinstance(entry, dict):
+            return None
+        spent, month = entry.get("spent_usd"), entry.get("month", self._month)
+        if not isinstance(spent, int | float) or isinstance(spent, bool) or month != self._month:
+            return None
+        return round(float(spent) * 1_000_000)
 
     def _document(self) -> dict[str, object]:
         document: dict[str, object] = dict(self._foreign)
         for name, limit in sorted(self._prices.budgets.items()):
             spent = self._spent_micro(name) / 1_000_000
-            document[name] = {"spent_usd": spent, "limit_usd": limit}
+            document[name] = {"spent_usd": spent, "limit_usd": limit, "month": self._month}
         return document
 
     def _write(self) -> None:

@@ -3,10 +3,30 @@
 Envoy's ``envoy.access_loggers.http_grpc`` (compiled by the control plane when the node
 registers a ``usage_port``) streams one entry per request. :func:`usage_from_entry` takes
 tenant (request header ``x-tiermesh-tenant``), answering backend (custom tag
-``tiermesh.backend``) and the token counts (dynamic metadata ``tiermesh.usage``); entries
-without a tenant or without usage (local replies, answers without ``usage``) are skipped.
-Each message's entries go to :meth:`UsageLedger.record` together. A failing ledger write
-is logged and the stream goes on: accounting never breaks Envoy's logger.
+``tiermesh.backend``) and the token counts (dynamic metadata ``tiermesh.usage``, which
+the usage Lua filter sets from the answer's ``usage``). Each message's entries go to
+:meth:`UsageLedger.record` together. A failing ledger write is logged and the stream goes
+on: accounting never breaks Envoy's logger.
+
+Every answer is charged. Where the entry carries no usage although a backend answered a
+completion (a ``POST`` to a path ending in ``/completions`` with a 2xx status and an
+upstream address), the usage could not be read: a stream the filter could not ask for
+usage (a chunked or HTTP/2 upload without ``content-length``, a body over the filter's
+bound), a backend that ignores ``include_usage``, a stream cut before its usage chunk, a
+``usage`` object the filter missed. Such an entry is charged an estimate
+(:func:`estimate`, ``Usage.estimated`` set): the request body's bytes as prompt tokens and
+the answer body's bytes as completion tokens, :data:`CHARS_PER_TOKEN` bytes a token (the
+rate of ext_authz's request estimate). Why these numbers: Envoy counts both byte totals
+itself (``request_body_bytes``, ``response_body_bytes``), so they cover the whole body
+whatever its framing, ext_authz's bound included, and no client can forge them, with no
+header to carry between filters and nothing to strip before the upstream. They count JSON
+and SSE framing as text, so the estimate is high (a streamed answer's framing is most of
+its bytes): it errs towards the budget, never away from it. A client that wants exact
+charges asks for usage (``"stream_options": {"include_usage": true}``), which it then also
+receives. Entries without a tenant, local replies (no upstream: ext_authz's denials,
+no route), other paths and methods, and non-2xx answers are not charged; nor is a request
+whose client left before the answer's headers (status 0), though its backend may have
+started work.
 """
 
 from __future__ import annotations
@@ -16,13 +36,21 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from tiermesh.agents.authz.tokens import CHARS_PER_TOKEN
 from tiermesh.agents.usage.errors import UsageError
 from tiermesh.agents.usage.ledger import Usage, UsageLedger
 
-__all__ = ["AccessLogService", "start_usage_server", "usage_from_entry"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "AccessLogService",
+    "estimate",
+    "start_usage_server",
+    "usage_from_entry",
+]
 
 log = logging.getLogger("tiermesh.agent.usage")
 
@@ -31,24 +59,48 @@ BACKEND_TAG = "tiermesh.backend"
 METADATA_NAMESPACE = "tiermesh.usage"
 
 
-def usage_from_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> Usage | None:
-    """The usage one access-log entry reports, or None (see the module doc)."""
-    tenant = entry.request.request_headers.get(TENANT_HEADER, "")
-    common = entry.common_properties
-    fields = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
-    if not tenant or fields is None:
-        return None
-    prompt = fields.fields.get("prompt_tokens")
-    completion = fields.fields.get("completion_tokens")
-    if prompt is None or completion is None:
-        return None
-    backend = common.custom_tags.get(BACKEND_TAG) or None
-    return Usage(
-        tenant,
-        backend,
-        max(0, int(prompt.number_value)),
-        max(0, int(completion.number_value)),
+def estimate(request_body_bytes: int, response_body_bytes: int) -> tuple[int, int]:
+    """(prompt, completion) tokens estimated from the bodies' sizes: each rounded up from
+    bytes / :data:`CHARS_PER_TOKEN` (module doc)."""
+    return (
+        -(-max(0, request_body_bytes) // CHARS_PER_TOKEN),
+        -(-max(0, response_body_bytes) // CHARS_PER_TOKEN),
     )
+
+
+def _answered_completion(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+    """A backend answered a completion request with a 2xx status."""
+    request = entry.request
+    if request.request_method != base_pb2.POST:
+        return False
+    if not request.path.split("?", 1)[0].endswith("/completions"):
+        return False
+    status = int(entry.response.response_code.value)
+    return 200 <= status < 300 and bool(entry.common_properties.HasField("upstream_remote_address"))
+
+
+def usage_from_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> Usage | None:
+    """The usage one access-log entry reports, an estimate where a backend answered and
+    its usage could not be read, or None (see the module doc)."""
+    tenant = entry.request.request_headers.get(TENANT_HEADER, "")
+    if not tenant:
+        return None
+    common = entry.common_properties
+    backend = common.custom_tags.get(BACKEND_TAG) or None
+    fields = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
+    prompt = fields.fields.get("prompt_tokens") if fields is not None else None
+    completion = fields.fields.get("completion_tokens") if fields is not None else None
+    if prompt is not None and completion is not None:
+        return Usage(
+            tenant,
+            backend,
+            max(0, int(prompt.number_value)),
+            max(0, int(completion.number_value)),
+        )
+    if not _answered_completion(entry):
+        return None
+    guessed = estimate(entry.request.request_body_bytes, entry.response.response_body_bytes)
+    return Usage(tenant, backend, *guessed, estimated=True)
 
 
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]

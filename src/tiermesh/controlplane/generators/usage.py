@@ -20,8 +20,10 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   ``tiermesh.usage`` metadata. Envoy updates ``content-length`` with the new body. The
   JSON scan is lexical (strings, nesting, whitespace, ``\\u`` escapes in key names, last
   duplicate wins); a body that does not scan, is bigger, has no ``content-length``
-  (chunked upload) or is not on such a path passes untouched, and such a stream stays
-  uncharged unless the client asked. ext_authz sees the body as the client sent it.
+  (chunked upload, HTTP/2 without it) or is not on such a path passes untouched: unless the
+  client asked, such a stream carries no usage, and the agent's usage server charges it an
+  estimate from the request's and the answer's body bytes, which the access log reports
+  (:mod:`tiermesh.agents.usage.server`). ext_authz sees the body as the client sent it.
 
   *Answers.* On a 2xx answer whose ``content-type`` is JSON or ``text/event-stream`` it
   streams the body (``bodyChunks``: the client gets each chunk as it comes) and searches
@@ -49,7 +51,9 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   with request header ``x-tiermesh-tenant``, custom tags :data:`BACKEND_TAG` and
   :data:`TIER_TAG` from the answering endpoint's metadata (``tiermesh: {backend, tier}``;
   through an aggregate cluster this names the member that answered) and the dynamic
-  metadata above (``common_properties.metadata``). Entries are sent at most
+  metadata above (``common_properties.metadata``); Envoy adds the method, path, status,
+  upstream address and both body sizes, which the server needs to estimate an answer
+  without usage. Entries are sent at most
   ``flush_interval_ms`` after the request ends; a dead server loses entries and never
   fails a request.
 
