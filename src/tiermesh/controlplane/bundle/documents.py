@@ -217,7 +217,7 @@ def _check_request_config(
             setting = value.get(key)
             if key in problems or setting is None:
                 continue
-            if isinstance(setting, bool) or not isinstance(setting, types):
+            if isinstance(setting, bool) != (bool in types) or not isinstance(setting, types):
                 problems[key] = f"must be {kind}, not {type(setting).__name__} {setting!r:.40}"
     located = [
         Finding(
