@@ -68,7 +68,11 @@ def ports(up: Up) -> dict[str, int]:
         deadline = time.monotonic() + READY_WITHIN_S
         last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
         while time.monotonic() < deadline:
-            last = chat_text(port, up.keyed(RESTRICTED_REASONING), CLEAN, timeout=30)
+            try:
+                last = chat_text(port, up.keyed(RESTRICTED_REASONING), CLEAN, timeout=30)
+            except OSError:  # the node's Envoy has no listener yet
+                time.sleep(0.3)
+                continue
             if _kept_off_the_cloud(*last):
                 break
             time.sleep(0.3)
