@@ -161,3 +161,19 @@ async def test_without_keys_required_the_header_still_names_the_tenant(rig: Rig)
     (entry,) = rig.sink.entries
     assert entry.input["tenant"] == "acme"
     assert "credential" not in entry.input
+
+
+async def test_the_nodes_own_reentry_is_decided_on_the_tenant_already_set(rig: Rig) -> None:
+    rig.authorizer.use_policy(rig.engine, bundle_revision="b1", keys=REQUIRED)
+    rig.authorizer.trust_reentry("X-Tiermesh-Cascade-Token", "s3cret-token")
+    step = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
+
+    reentered = await rig.authorizer.decide(
+        check({**step, "x-tiermesh-cascade-token": "s3cret-token"})
+    )
+    forged = await rig.authorizer.decide(check({**step, "x-tiermesh-cascade-token": "guess"}))
+
+    assert reentered.status == 200
+    assert forged.status == 401
+    assert rig.sink.entries[0].input["tenant"] == "acme"
+    assert "credential" not in rig.sink.entries[0].input

@@ -32,7 +32,10 @@ and routed as the key's tenant — ``x-tiermesh-tenant`` is overwritten, whateve
 sent — and the key headers (``authorization``, ``x-api-key``) are removed before the
 request goes upstream (a cloud route then gets only the provider's key). A missing key
 where one is required, or a malformed, unknown or revoked one, is answered 401 with the
-problem in a JSON body and recorded without asking the policy; nothing is routed.
+problem in a JSON body and recorded without asking the policy; nothing is routed. The
+node's own re-entries (a cascade step the node's handler sends back through the app
+listener, carrying the handler's secret: :meth:`Authorizer.trust_reentry`) are not
+authenticated again: their ``x-tiermesh-tenant`` is the one the first decision set.
 
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
@@ -40,6 +43,7 @@ new one should first pass :func:`probe_policy`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -316,6 +320,21 @@ class Authorizer:
         self._uninspected = frozenset(name.lower() for name in uninspected_headers)
         normalize.warm()
         self.snapshot_version = snapshot_version
+        self._reentry: tuple[str, bytes] | None = None
+
+    def trust_reentry(self, header: str, secret: str) -> None:
+        """Requests whose ``header`` holds ``secret`` (compared in constant time) come from
+        this node itself (the cascade handler's step requests, whose first pass through
+        here authenticated the caller and set ``x-tiermesh-tenant``): they are decided
+        on that header, without a tenant key. ``secret`` must be random and node-local."""
+        self._reentry = (header.lower(), secret.encode())
+
+    def _reentered(self, headers: Mapping[str, str]) -> bool:
+        if self._reentry is None:
+            return False
+        header, secret = self._reentry
+        sent = headers.get(header)
+        return sent is not None and hmac.compare_digest(sent.encode(), secret)
 
     @property
     def max_body_bytes(self) -> int:
@@ -362,7 +381,11 @@ class Authorizer:
         """
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
-        credential = self._policy.keys.authenticate(request.headers)
+        credential = (
+            None
+            if self._reentered(request.headers)
+            else self._policy.keys.authenticate(request.headers)
+        )
         if credential is not None:
             # The key is neither inspected nor forwarded; the tenant is the key's.
             headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}

@@ -153,6 +153,11 @@ class RequestPolicy:
         self.usage_port: int | None = None
         """The usage server's bound port (None before :meth:`start` or without one)."""
 
+    def trust_reentry(self, header: str, secret: str) -> None:
+        """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
+        assert self._authorizer is not None, "not started"
+        self._authorizer.trust_reentry(header, secret)
+
     async def start(self) -> None:
         """Start every part; raises :class:`StartFailed` (or ``OSError`` for the spool)
         after stopping what started."""
