@@ -192,9 +192,28 @@ class PolicySync:
 
     async def adopt(self, policy: RequestPolicyBundle) -> bool:
         """Load ``policy`` into a new engine, probe it and swap it in; False (logged, the
-        old policy kept) if it is rejected."""
+        old policy kept) if it is rejected. A policy of the bundle in use (same digest: only
+        the tenant keys changed, so the announced ``etcd_revision`` moved) keeps the engine
+        and swaps in the keys alone."""
         ref = policy.bundle
         revision = bundle_revision(ref)
+        if self.current is not None and (ref.revision, ref.sha256) == (
+            self.current.revision,
+            self.current.sha256,
+        ):
+            self._authorizer.use_policy(
+                self._engine,
+                bundle_revision=revision,
+                etcd_revision=ref.etcd_revision,
+                keys=policy_keys(policy, self._request_config),
+            )
+            self.current = ref
+            self.last_error = None
+            log.info("tenant API keys now as of etcd revision %d (%d key(s))",
+                     ref.etcd_revision, len(policy.api_keys or ()))  # fmt: skip
+            async with self._changed:
+                self._changed.notify_all()
+            return True
         try:
             engine = await asyncio.to_thread(self._load, policy, revision)
             try:
