@@ -179,3 +179,21 @@ async def test_a_revocation_is_announced_and_fetched_without_a_new_bundle(rig: R
         await call.write(SessionMessage(goodbye=True))
         await call.done_writing()
         call.cancel()
+
+
+async def test_the_watcher_recovers_from_a_lost_store() -> None:
+    store = MemoryStore()
+    watcher = KeyWatcher(store)
+    await watcher.start()
+    try:
+        store.set_unavailable()
+        await asyncio.sleep(0.05)  # the watch breaks
+        store.set_unavailable(False)
+        created = await store.create_api_key(ACME)
+        async with asyncio.timeout(5):
+            served = await watcher.next_served_keys(0)
+        assert [e.id for e in served.entries] == [ACME.key_id]
+        assert served.revision >= created.mod_revision
+    finally:
+        await watcher.aclose()
+        await store.aclose()
