@@ -5,7 +5,10 @@
 #   shows: PII findings in the body, a token estimate and the tenant's budget. Envoy sets
 #   the returned headers before routing, so the compiled routes match on them.
 #   Input: policies/schemas/request_input.schema.json. Optional settings under
-#   data.request_config: default_tenant (string), max_request_tokens (number).
+#   data.request_config: default_tenant (string), max_request_tokens (number);
+#   require_api_key (boolean) is read by the authz server, which refuses a request
+#   without a valid tenant API key before this policy is asked and sets input.tenant
+#   from the key (input.credential names it).
 #   Mesh-wide values go in the bundle's data/request_config.yaml (a mapping, checked
 #   by tiermesh policy check; none is shipped: unset means no default tenant and no
 #   token limit); a node's authz.request_config in node.yaml overrides them key by key.

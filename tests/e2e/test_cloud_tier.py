@@ -52,7 +52,7 @@ def test_a_public_reasoning_request_is_answered_by_the_cloud_tier(up: Up) -> Non
     assert message["role"] == "assistant"
     assert message["content"].startswith("answered by frontier-eu"), message
     for _ in range(3):
-        status, again, body = chat(up.port, REASONING)
+        status, again, body = chat(up.port, up.keyed(REASONING))
         assert status == 200, body
         assert again["x-tiermesh-tier"] == "cloud", again
 
@@ -61,12 +61,12 @@ def test_restricted_data_never_reaches_the_cloud_tier(up: Up) -> None:
     cloud_answer(up, REASONING)  # the cloud answers public requests of this very route
     declared = {**REASONING, "x-tiermesh-sensitivity": "restricted"}
     for _ in range(3):
-        status, headers, body = chat(up.port, declared)
+        status, headers, body = chat(up.port, up.keyed(declared))
         assert status == 200, body
         assert headers["x-tiermesh-tier"] in {"local", "private"}, headers
         assert "frontier" not in headers.get("x-tiermesh-backend", ""), headers
         assert b"frontier" not in body, body
-    status, headers, body = chat_text(up.port, REASONING, PII)
+    status, headers, body = chat_text(up.port, up.keyed(REASONING), PII)
     assert status == 200, body
     assert headers["x-tiermesh-tier"] in {"local", "private"}, headers
     assert "frontier" not in headers.get("x-tiermesh-backend", ""), headers

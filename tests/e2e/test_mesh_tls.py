@@ -57,7 +57,7 @@ def test_a_restricted_request_reaches_the_private_tier_over_mtls(up: Up) -> None
     deadline = time.monotonic() + PRIVATE_WITHIN_S
     last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
     while time.monotonic() < deadline:
-        last = chat(up.port, RESTRICTED_CODE, timeout=20)
+        last = chat(up.port, up.keyed(RESTRICTED_CODE), timeout=20)
         if last[0] == 200 and last[1].get("x-tiermesh-tier") == "private":
             break
         time.sleep(0.3)
@@ -67,7 +67,7 @@ def test_a_restricted_request_reaches_the_private_tier_over_mtls(up: Up) -> None
     assert _handshakes(up) > 0
     before = _handshakes(up)
     for _ in range(2):
-        status, headers, body = chat(up.port, RESTRICTED_CODE, timeout=20)
+        status, headers, body = chat(up.port, up.keyed(RESTRICTED_CODE), timeout=20)
         assert status == 200, body
         assert headers["x-tiermesh-tier"] == "private", headers
     assert _handshakes(up) >= before

@@ -49,7 +49,7 @@ def _shipped(up: Up, decision_id: str) -> dict[str, object]:
 
 
 def test_pii_declared_public_is_answered_by_a_local_tier(up: Up) -> None:
-    status, headers, body = chat_text(up.port, PUBLIC, PII)
+    status, headers, body = chat_text(up.port, up.keyed(PUBLIC), PII)
     assert status == 200, body
     assert headers.get("x-tiermesh-tier") in {"local", "private"}, headers
     assert headers.get("x-tiermesh-decision-id"), headers
@@ -58,7 +58,7 @@ def test_pii_declared_public_is_answered_by_a_local_tier(up: Up) -> None:
 def test_every_answer_carries_its_decision_id_and_tier(up: Up) -> None:
     seen = set()
     for content in ("hello there", PII, "what is 2 + 2?"):
-        status, headers, body = chat_text(up.port, PUBLIC, content)
+        status, headers, body = chat_text(up.port, up.keyed(PUBLIC), content)
         assert status == 200, body
         assert headers.get("x-tiermesh-tier"), headers
         seen.add(headers["x-tiermesh-decision-id"])
@@ -66,7 +66,7 @@ def test_every_answer_carries_its_decision_id_and_tier(up: Up) -> None:
 
 
 def test_the_decision_is_shipped_signed_and_the_chain_verifies(up: Up) -> None:
-    status, headers, body = chat_text(up.port, PUBLIC, PII)
+    status, headers, body = chat_text(up.port, up.keyed(PUBLIC), PII)
     assert status == 200, body
     decision_id = headers["x-tiermesh-decision-id"]
     record = _shipped(up, decision_id)

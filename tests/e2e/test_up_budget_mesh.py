@@ -49,7 +49,7 @@ def test_edge_spend_reaches_the_control_plane_and_status(up: Up) -> None:
     shown = before
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not shown["exhausted"]:
-        code, headers, body = chat(up.port, TRIAL_HEADERS, timeout=30)
+        code, headers, body = chat(up.port, up.keyed(TRIAL_HEADERS), timeout=30)
         assert code == 200, body
         tiers.append(headers["x-tiermesh-tier"])
         time.sleep(0.5)  # access log → ledger → next report (about a second)
@@ -61,7 +61,7 @@ def test_edge_spend_reaches_the_control_plane_and_status(up: Up) -> None:
     # The crossing re-planned the mesh; later answers come from the local tier.
     assert status(up)["reconcile"]["count"] > reconciles
     for _ in range(3):
-        code, headers, body = chat(up.port, TRIAL_HEADERS, timeout=30)
+        code, headers, body = chat(up.port, up.keyed(TRIAL_HEADERS), timeout=30)
         assert code == 200, body
         assert headers["x-tiermesh-tier"] == "local", headers
     # The edge's budget file carries the mesh total it heard back.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -31,8 +32,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.e2e.agent_support import chat
-from tests.e2e.up_support import Up, cloud_answer, running_up, standins, steer
+from tests.e2e.agent_support import TIERMESH, chat
+from tests.e2e.up_support import CHILD_ENV, Up, cloud_answer, running_up, standins, steer
+from tiermesh.controlplane.api import new_api_key, parse_api_key
 from tiermesh.demo.mesh import CASCADE_HEADERS, TRIAL_BUDGET_USD, TRIAL_HEADERS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
@@ -44,6 +46,8 @@ EU = "frontier-eu"
 HEDGE_S = 6.0
 """frontier-eu's first-byte budget in the shipped catalog."""
 GREEDY = {"temperature": 0, "max_tokens": 16}
+KEY_CHANGE_WITHIN_S = 5.0
+"""How soon a created or revoked tenant key takes effect at the edge (no restart)."""
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +78,77 @@ def _get_models(up: Up, headers: dict[str, str]) -> tuple[int, dict[str, str], b
 
 
 def test_models_are_listed_by_the_tier_a_route_starts_with(up: Up) -> None:
-    status, headers, body = _get_models(up, REASONING)
+    status, headers, body = _get_models(up, up.keyed(REASONING))
     assert status == 200, body
     assert headers["x-tiermesh-tier"] == "cloud"
     assert {m["id"] for m in json.loads(body)["data"]} == {"frontier-large", "frontier-mini"}
     restricted = {**REASONING, "x-tiermesh-sensitivity": "restricted"}
-    status, headers, body = _get_models(up, restricted)
+    status, headers, body = _get_models(up, up.keyed(restricted))
     assert status == 200, body
     assert headers["x-tiermesh-tier"] in LOCAL_TIERS
     assert json.loads(body)["object"] == "list"
 
 
-def test_a_request_without_a_known_tenant_is_refused_naming_why(up: Up) -> None:
+def test_a_request_without_a_valid_tenant_key_is_refused_naming_why(up: Up) -> None:
+    # The mesh requires a tenant key: without one, whatever x-tiermesh-tenant says (none,
+    # an unknown one), the request is refused before the policy looks at the tenant.
     for sent, reason in (
-        ({"x-tiermesh-sensitivity": "public"}, "x-tiermesh-tenant is missing"),
-        ({**REASONING, "x-tiermesh-tenant": "nobody"}, "unknown tenant nobody"),
+        ({"x-tiermesh-sensitivity": "public"}, "no credential"),
+        ({**REASONING, "x-tiermesh-tenant": "nobody"}, "no credential"),
+        ({**REASONING, "authorization": f"Bearer {new_api_key()[0]}"}, "unknown API key"),
     ):
         status, headers, body = chat(up.port, sent)
-        assert status == 403, body
-        assert reason in json.loads(body)["reason"], body
+        assert status == 401, body
+        assert json.loads(body)["reason"] == reason, body
         assert headers["x-tiermesh-decision-id"]
+
+
+def _key_cli(up: Up, *args: str) -> str:
+    etcd = up.mesh["etcd"]
+    done = subprocess.run(
+        [TIERMESH, "key", *args, "--etcd", etcd["endpoint"], "--root", etcd["root"]],
+        capture_output=True, text=True, timeout=60, check=False, env=CHILD_ENV,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _status_with(up: Up, key: str) -> tuple[int, bytes]:
+    sent = {**REASONING, "x-tiermesh-sensitivity": "restricted",
+            "authorization": f"Bearer {key}"}  # fmt: skip
+    status, _, body = chat(up.port, sent, timeout=30)
+    return status, body
+
+
+def _agent_pids(up: Up) -> list[int]:
+    pids = []
+    for process in up.descendants():
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            if "agent" in command and "run" in command and "--config" in command:
+                pids.append(process.pid)
+    return sorted(pids)
+
+
+def test_a_revoked_key_is_refused_within_seconds_without_a_restart(up: Up) -> None:
+    agents = _agent_pids(up)
+    key = _key_cli(up, "create", "--tenant", "globex")
+    parsed = parse_api_key(key)
+    assert parsed is not None
+    deadline = time.monotonic() + KEY_CHANGE_WITHIN_S
+    while (answer := _status_with(up, key))[0] == 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer[0] == 200, answer  # the new key reached the edge without a restart
+
+    _key_cli(up, "revoke", parsed.key_id)
+    revoked = time.monotonic()
+    while (answer := _status_with(up, key))[0] != 401:
+        assert time.monotonic() - revoked < KEY_CHANGE_WITHIN_S, answer
+        time.sleep(0.2)
+    assert json.loads(answer[1])["reason"] == "revoked API key"
+    assert _agent_pids(up) == agents
+    status, _, _ = chat(up.port, up.keyed(REASONING | {"x-tiermesh-sensitivity": "restricted"}))
+    assert status == 200, "the demo keys still work"
 
 
 def test_a_late_cloud_first_byte_is_hedged_to_a_local_tier(up: Up, eu_restored: None) -> None:
@@ -101,7 +156,7 @@ def test_a_late_cloud_first_byte_is_hedged_to_a_local_tier(up: Up, eu_restored: 
     steer(up, EU, first_byte_delay_s=HEDGE_S + 4)
     for stream in (False, True):
         started = time.monotonic()
-        status, headers, body = chat(up.port, REASONING, stream=stream, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(REASONING), stream=stream, timeout=30)
         took = time.monotonic() - started
         assert status == 200, body
         assert headers["x-tiermesh-tier"] in LOCAL_TIERS, headers
@@ -119,7 +174,7 @@ def test_a_cloud_that_went_down_is_replaced_by_a_local_tier(up: Up, eu_restored:
     cloud_answer(up, REASONING)
     steer(up, EU, up=False)
     for _ in range(3):
-        status, headers, body = chat(up.port, REASONING, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(REASONING), timeout=30)
         assert status == 200, body
         assert headers["x-tiermesh-tier"] in LOCAL_TIERS, headers
     steer(up, EU, up=True)
@@ -132,7 +187,7 @@ def test_a_spent_budget_moves_the_tenant_to_the_local_tier_never_429(up: Up) -> 
     tiers: list[str] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(tiers) < 40:
-        status, headers, body = chat(up.port, TRIAL_HEADERS, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(TRIAL_HEADERS), timeout=30)
         assert status == 200, body  # never 429 or 402: a spent budget changes the tier
         tiers.append(headers["x-tiermesh-tier"])
         if tiers[-1] == "local" and "cloud" in tiers:
@@ -144,7 +199,7 @@ def test_a_spent_budget_moves_the_tenant_to_the_local_tier_never_429(up: Up) -> 
     assert spent["limit_usd"] == TRIAL_BUDGET_USD
     assert spent["spent_usd"] >= TRIAL_BUDGET_USD
     for _ in range(3):
-        status, headers, body = chat(up.port, TRIAL_HEADERS, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(TRIAL_HEADERS), timeout=30)
         assert status == 200, body
         assert headers["x-tiermesh-tier"] == "local", headers
     # Other tenants keep their cloud route.
@@ -156,7 +211,7 @@ def test_the_cascade_task_escalates_an_unconfident_local_answer(up: Up) -> None:
     # on every run; its random weights leave it far below the task's min_confidence 0.6.
     for stream in (False, True):
         status, headers, body = chat(
-            up.port, CASCADE_HEADERS, stream=stream, timeout=60, extra=GREEDY
+            up.port, up.keyed(CASCADE_HEADERS), stream=stream, timeout=60, extra=GREEDY
         )
         assert status == 200, body
         assert int(headers["x-tiermesh-cascade-steps"]) >= 2, json.dumps(headers)
@@ -174,7 +229,7 @@ def test_a_failing_cloud_is_ejected_and_skipped(up: Up, eu_restored: None) -> No
     steer(up, EU, failure_status=503)
     tiers = []
     for _ in range(8):
-        status, headers, body = chat(up.port, REASONING, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(REASONING), timeout=30)
         assert status == 200, body
         tiers.append(headers["x-tiermesh-tier"])
     assert set(tiers) <= LOCAL_TIERS, tiers
@@ -182,7 +237,7 @@ def test_a_failing_cloud_is_ejected_and_skipped(up: Up, eu_restored: None) -> No
     # (for the catalog's 60 s ejection time, so this runs after the tests that need it).
     seen = _eu_requests(up)
     for _ in range(5):
-        status, headers, body = chat(up.port, REASONING, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(REASONING), timeout=30)
         assert status == 200, body
         assert headers["x-tiermesh-tier"] in LOCAL_TIERS, headers
     assert _eu_requests(up) == seen
@@ -213,7 +268,7 @@ def _keep_killing(up: Up, stop: threading.Event) -> None:
 
 def test_restricted_data_with_every_local_tier_down_is_503_never_the_cloud(up: Up) -> None:
     restricted = {**REASONING, "x-tiermesh-sensitivity": "restricted"}
-    status, headers, body = chat(up.port, restricted, timeout=30)
+    status, headers, body = chat(up.port, up.keyed(restricted), timeout=30)
     assert status == 200, body
     assert headers["x-tiermesh-tier"] in LOCAL_TIERS
     assert len(_model_servers(up)) == 2
@@ -225,7 +280,7 @@ def test_restricted_data_with_every_local_tier_down_is_503_never_the_cloud(up: U
         time.sleep(1.0)
         statuses = []
         for _ in range(5):
-            status, headers, body = chat(up.port, restricted, timeout=30)
+            status, headers, body = chat(up.port, up.keyed(restricted), timeout=30)
             statuses.append(status)
             assert headers.get("x-tiermesh-tier") != "cloud", headers
             assert b"frontier" not in body
@@ -237,7 +292,7 @@ def test_restricted_data_with_every_local_tier_down_is_503_never_the_cloud(up: U
     # The supervisors bring the model servers back; restricted data is served again.
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        status, headers, _ = chat(up.port, restricted, timeout=30)
+        status, headers, _ = chat(up.port, up.keyed(restricted), timeout=30)
         if status == 200:
             assert headers["x-tiermesh-tier"] in LOCAL_TIERS
             return

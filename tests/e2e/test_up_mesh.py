@@ -42,7 +42,7 @@ def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
     assert sum("envoy" in n for n in names) == 3
     assert any("etcd" in n for n in names)
 
-    status, headers, body = chat(up.port, PUBLIC)
+    status, headers, body = chat(up.port, up.keyed(PUBLIC))
     assert status == 200, body
     assert headers["server"] == "envoy"
     assert json.loads(body)["choices"][0]["message"]["role"] == "assistant"
@@ -60,7 +60,7 @@ def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
 def test_restricted_data_through_the_edge_lands_on_a_local_tier(up: Up) -> None:
     restricted = {**PUBLIC, "x-tiermesh-sensitivity": "restricted"}
     for _ in range(3):
-        status, headers, body = chat(up.port, restricted)
+        status, headers, body = chat(up.port, up.keyed(restricted))
         assert status == 200, body
         assert headers["x-tiermesh-tier"] in {"local", "private"}
     assert headers["x-tiermesh-tier"] == "local"
@@ -81,7 +81,7 @@ def test_killing_the_edge_model_under_load_loses_no_public_request(up: Up) -> No
     for index in range(30):
         if index == killed_at:
             _edge_model(up).kill()
-        status, headers, body = chat(up.port, PUBLIC, timeout=30)
+        status, headers, body = chat(up.port, up.keyed(PUBLIC), timeout=30)
         assert status == 200, f"request {index}: {status} {body[:200]!r}"
         tiers.append(headers["x-tiermesh-tier"])
     assert tiers[:killed_at] == ["local"] * killed_at

@@ -35,7 +35,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 
 def _denied_for_pause(up: Up) -> dict[str, str] | None:
-    status, _, body = chat_text(up.port, HEADERS, "hello", timeout=10)
+    status, _, body = chat_text(up.port, up.keyed(HEADERS), "hello", timeout=10)
     if status != 403:
         return None
     answer = dict(json.loads(body))
@@ -90,5 +90,5 @@ def test_a_pushed_request_policy_changes_decisions_without_an_agent_restart(
     record = _shipped(up, denial["decision_id"])
     assert record["bundle_revision"] == f"sha256:{read_policy_dir(changed).sha256}"
     # Other requests still pass under the new bundle.
-    status, _, body = chat_text(up.port, {**HEADERS, "x-tiermesh-task": "chat"}, "hello")
+    status, _, body = chat_text(up.port, up.keyed({**HEADERS, "x-tiermesh-task": "chat"}), "hello")
     assert status == 200, body

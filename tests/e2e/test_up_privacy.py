@@ -68,7 +68,11 @@ def ports(up: Up) -> dict[str, int]:
         deadline = time.monotonic() + READY_WITHIN_S
         last: tuple[int, dict[str, str], bytes] = (0, {}, b"")
         while time.monotonic() < deadline:
-            last = chat_text(port, RESTRICTED_REASONING, CLEAN, timeout=30)
+            try:
+                last = chat_text(port, up.keyed(RESTRICTED_REASONING), CLEAN, timeout=30)
+            except OSError:  # the node's Envoy has no listener yet
+                time.sleep(0.3)
+                continue
             if _kept_off_the_cloud(*last):
                 break
             time.sleep(0.3)
@@ -81,7 +85,7 @@ def _send_checked(up: Up, port: int, headers: dict[str, str], text: str) -> None
     """Send ``text``; assert the node's request policy decided it, it was kept off the
     cloud and no stand-in received a body."""
     before = cloud_posts(up)
-    status, got, body = chat_text(port, headers, text, timeout=30)
+    status, got, body = chat_text(port, up.keyed(headers), text, timeout=30)
     assert got.get(DECISION), (status, got, body)
     assert _kept_off_the_cloud(status, got, body), (status, got, body)
     assert cloud_posts(up) == before
@@ -221,14 +225,14 @@ def test_an_attackers_encoding_never_reaches_the_cloud_at_any_node(
     path, body = ATTACKS[attack]
     for node, port in ports.items():
         before = cloud_posts(up)
-        status, got, answer = _raw(port, "POST", path, PUBLIC_REASONING, body)
+        status, got, answer = _raw(port, "POST", path, up.keyed(PUBLIC_REASONING), body)
         assert got.get(DECISION), (node, status, got, answer)
         assert _answered_off_the_cloud(status, got, answer), (node, status, got, answer)
         assert cloud_posts(up) == before, node
 
 
 def test_pii_in_a_header_never_reaches_the_cloud_at_any_node(up: Up, ports: dict[str, int]) -> None:
-    headers = {**PUBLIC_REASONING, "x-customer": "jane.doe@example.com"}
+    headers = up.keyed({**PUBLIC_REASONING, "x-customer": "jane.doe@example.com"})
     for node, port in ports.items():
         before = cloud_posts(up)
         status, got, answer = _raw(
@@ -247,7 +251,7 @@ def test_a_path_or_method_outside_the_api_is_answered_on_the_node(
 ) -> None:
     for node, port in ports.items():
         before = cloud_posts(up)
-        got_status, got, answer = _raw(port, method, path, PUBLIC_REASONING, b"")
+        got_status, got, answer = _raw(port, method, path, up.keyed(PUBLIC_REASONING), b"")
         assert got_status == status, (node, got_status, answer)
         assert answer.startswith(b"tiermesh: "), (node, answer)
         assert got.get("x-tiermesh-tier") is None, node
@@ -303,7 +307,7 @@ def test_a_request_policy_that_lowers_sensitivity_cannot_send_pii_to_the_cloud(
     marker = {**PUBLIC_REASONING, "x-tiermesh-task": MARKER_TASK}
     for node, port in ports.items():
         deadline = time.monotonic() + ADOPTED_WITHIN_S
-        while chat_text(port, marker, CLEAN, timeout=30)[0] != 403:
+        while chat_text(port, up.keyed(marker), CLEAN, timeout=30)[0] != 403:
             assert time.monotonic() < deadline, f"{node} did not adopt the pushed policy"
             time.sleep(0.3)
     for node, port in ports.items():

@@ -9,6 +9,7 @@ import typer
 from tiermesh.cli import controlplane_cmd, envoy_cmd, policy_cmd
 from tiermesh.cli.agent_cmd import app as agent_app
 from tiermesh.cli.audit_cmd import app as audit_app
+from tiermesh.cli.key_cmd import app as key_app
 from tiermesh.cli.status_cmd import status
 from tiermesh.cli.token_cmd import app as token_app
 from tiermesh.cli.up_cmd import up
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(envoy_cmd.app, name="envoy")
 app.add_typer(token_app, name="token")
+app.add_typer(key_app, name="key")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.command("up")(up)

@@ -2,7 +2,9 @@
 :mod:`tiermesh.demo.mesh` for what runs where).
 
 Shows progress while things start, then prints the app endpoint (the edge node's app
-listener) and a ready-to-paste curl. Ctrl-C or SIGTERM stops everything and leaves no
+listener) and ready-to-paste curls, each with the demo API key of its tenant
+(``authorization: Bearer tmk_…``: the mesh requires one, and the key, not a header, says
+which tenant a request is). Ctrl-C or SIGTERM stops everything and leaves no
 process behind (exit 0). A start failure stops what was started and prints
 ``tiermesh up failed: <cause>`` (exit 1).
 """
@@ -115,7 +117,7 @@ def _print_ready(mesh: LocalMesh, console: Console) -> None:
             TRIAL_HEADERS,
         ),
     ):
-        headers = " ".join(f"-H '{k}: {v}'" for k, v in sent.items())
+        headers = " ".join(f"-H '{k}: {v}'" for k, v in mesh.with_key(sent).items())
         console.print(f"\n{label}:\n")
         console.print(
             f"  curl -si {mesh.edge.app_url}/v1/chat/completions "
@@ -123,6 +125,14 @@ def _print_ready(mesh: LocalMesh, console: Console) -> None:
             soft_wrap=True,
             highlight=False,
         )
+    etcd = f"--etcd {mesh.etcd.endpoint}" if mesh.etcd is not None else ""
+    console.print(
+        f"\nEvery tenant has a demo API key (mesh.json: api_keys). Without one a request is "
+        f"refused (401). List and revoke keys (a revoked key is refused within seconds):\n\n"
+        f"  tiermesh key list {etcd}\n  tiermesh key revoke KEY_ID {etcd}",
+        soft_wrap=True,
+        highlight=False,
+    )
     if mesh.cloud_control is not None:
         console.print(
             "\nMake the EU cloud slow (the local tier answers once its first byte is late), "

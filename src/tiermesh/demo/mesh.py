@@ -16,7 +16,11 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
 - policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports and
   the cloud backends naming their key (:mod:`~tiermesh.demo.catalog`), pushed with
   ``tiermesh policy push``. Tenant ``initech`` gets a budget of
-  :data:`TRIAL_BUDGET_USD`, which a few cloud answers spend.
+  :data:`TRIAL_BUDGET_USD`, which a few cloud answers spend. The bundle's
+  ``data/request_config.yaml`` sets ``require_api_key: true``: every request must carry a
+  tenant API key. Once the bundle is pushed, ``tiermesh key create`` makes one demo key per
+  catalog tenant; the keys are in ``mesh.json`` (``api_keys``, the state dir is the
+  owner's only) and in the printed requests (``authorization: Bearer …``).
 - nodes: ``edge-1`` (local, llama.cpp), ``private-1`` (private, llama.cpp), ``cloud-gw-1``
   (cloud, no model): each a child ``tiermesh agent run`` with a node.yaml and a join token.
   Every node runs the request-time policy (``authz`` in node.yaml: the same ``policies/``
@@ -75,6 +79,7 @@ __all__ = [
 ]
 
 TRUST_DOMAIN: Final = "tiermesh.local"
+TENANT_HEADER: Final = "x-tiermesh-tenant"
 DEMO_HEADERS: Final = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
 """Headers of the printed example request."""
 CLOUD_HEADERS: Final = {**DEMO_HEADERS, "x-tiermesh-task": "reasoning"}
@@ -167,6 +172,8 @@ class LocalMesh:
         self.root = "/tiermesh/v1/"
         self.audit_address = ""
         """The control plane's audit collector (``HOST:PORT``), once it started."""
+        self.api_keys: dict[str, str] = {}
+        """Tenant -> its demo API key (``tmk_…``), once created."""
 
     @property
     def edge(self) -> MeshNode:
@@ -214,13 +221,17 @@ class LocalMesh:
         step("control plane")
         await self._start_plane()
 
-        step("policy bundle and join tokens")
+        step("policy bundle, tenant API keys and join tokens")
         policies = self._write_policies()
-        tokens = await asyncio.gather(
-            self._tiermesh_once("policy push", ["policy", "push", str(policies)]),
+        # Keys are checked against the pushed catalog, so the push comes first.
+        await self._tiermesh_once("policy push", ["policy", "push", str(policies)])
+        tenants = _catalog_tenants(policies)
+        made = await asyncio.gather(
+            *(self._key(tenant) for tenant in tenants),
             *(self._token(node) for node in self.nodes),
         )
-        for node, token in zip(self.nodes, tokens[1:], strict=True):
+        self.api_keys = {t: key.strip() for t, key in zip(tenants, made, strict=False)}
+        for node, token in zip(self.nodes, made[len(tenants) :], strict=True):
             (self.state_dir / f"{node.id}.token").write_text(token.strip() + "\n")
 
         step("node agents (edge, private, cloud gateway): identity, model, Envoy")
@@ -305,6 +316,16 @@ class LocalMesh:
             f"token for {node.id}", ["token", "create", "--node-id", node.id]
         )
 
+    async def _key(self, tenant: str) -> str:
+        return await self._tiermesh_once(f"key for {tenant}", ["key", "create", "--tenant", tenant])
+
+    def with_key(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` with the demo key of their ``x-tiermesh-tenant`` (``acme`` when they
+        name none) as ``authorization: Bearer``; the tenant header itself is left as it is
+        (the key decides the tenant)."""
+        tenant = headers.get(TENANT_HEADER, "acme")
+        return {**headers, "authorization": f"Bearer {self.api_keys[tenant]}"}
+
     def _write_policies(self) -> Path:
         target = self.state_dir / "policies"
         shutil.rmtree(target, ignore_errors=True)
@@ -324,7 +345,12 @@ class LocalMesh:
                 eu.port, tls=True, credential=credential_name("frontier-eu")
             ),
         }
-        return write_demo_policies(target, endpoints, budgets={TRIAL_TENANT: TRIAL_BUDGET_USD})
+        written = write_demo_policies(target, endpoints, budgets={TRIAL_TENANT: TRIAL_BUDGET_USD})
+        (written / "data" / "request_config.yaml").write_text(
+            "# Written by `tiermesh up`: every request must carry a tenant API key.\n"
+            "require_api_key: true\n"
+        )
+        return written
 
     def _write_node_yaml(self, node: MeshNode) -> Path:
         p = self.plane_ports
@@ -373,7 +399,7 @@ class LocalMesh:
         deadline = time.monotonic() + _SERVE_S
         last = "no answer"
         while time.monotonic() < deadline:
-            status, detail = probe(self.edge.app_port)
+            status, detail = probe(self.edge.app_port, self.with_key(DEMO_HEADERS))
             if status == 200:
                 return
             last = f"HTTP {status}: {detail}" if status else detail
@@ -404,6 +430,10 @@ class LocalMesh:
             "cloud_standins": {name: s.base_url for name, s in self.standins.items()},
             "cloud_control": self.cloud_control.url if self.cloud_control else None,
             "etcd": {"endpoint": self.etcd.endpoint if self.etcd else None, "root": self.root},
+            "api_keys": {
+                tenant: {"id": key.split("_")[1], "key": key}
+                for tenant, key in self.api_keys.items()
+            },
         }
 
     # -- stop ------------------------------------------------------------------------------
@@ -434,13 +464,19 @@ async def _each(stop: Callable[[Child], Awaitable[Any]], children: list[Child]) 
     await asyncio.gather(*(stop(child) for child in children), return_exceptions=True)
 
 
-def probe(port: int) -> tuple[int, str]:
-    """One small public chat request through 127.0.0.1:``port``: (status, detail)."""
+def _catalog_tenants(policies: Path) -> list[str]:
+    catalog = yaml.safe_load((policies / "data" / "catalog.yaml").read_text())
+    return [str(tenant["name"]) for tenant in catalog["tenants"]]
+
+
+def probe(port: int, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One small public chat request through 127.0.0.1:``port`` with ``headers`` (default
+    :data:`DEMO_HEADERS`): (status, detail)."""
     body = {"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
     request = urllib.request.Request(
         f"http://{LOOPBACK}:{port}/v1/chat/completions",
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", **DEMO_HEADERS},
+        headers={"content-type": "application/json", **(headers or DEMO_HEADERS)},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -114,13 +115,23 @@ def local_only_restricted(catalog: Catalog) -> Catalog:
 
 @pytest.fixture
 def authz_mesh(tmp_path: Path) -> Iterator[AuthzMesh]:
+    with run_authz_mesh(tmp_path) as mesh:
+        yield mesh
+
+
+@contextlib.contextmanager
+def run_authz_mesh(
+    tmp_path: Path, adjust: Callable[[Catalog], Catalog] = local_only_restricted
+) -> Iterator[AuthzMesh]:
+    """Backends, the authz server and Envoy on the small catalog passed through
+    ``adjust``; routes served before it yields."""
     backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
     budget = StaticBudgetSource({"acme": BudgetState.of(1, 100)})
     spool = tmp_path / "spool"
     authz = AuthzThread(spool, budget, MAX_BODY)
     xds = XdsThread()
     try:
-        catalog = local_only_restricted(small_catalog({n: b.port for n, b in backends.items()}))
+        catalog = adjust(small_catalog({n: b.port for n, b in backends.items()}))
         plan = evaluate_plan(catalog)
         listener = free_port()
         settings = NodeSettings(
@@ -138,6 +149,7 @@ def authz_mesh(tmp_path: Path) -> Iterator[AuthzMesh]:
             wait_routes_served(listener, probe, lambda status: status == 200)
             for backend in backends.values():
                 backend.models.clear()
+                backend.requests.clear()
             yield mesh
     finally:
         xds.close()

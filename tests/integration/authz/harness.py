@@ -15,6 +15,7 @@ from tests.unit.decisionlog.helpers import identity_for, new_ca
 from tiermesh.agents.authz import (
     Authorizer,
     DecisionLogSink,
+    KeyTable,
     StaticBudgetSource,
     load_request_policy,
     start_authz_server,
@@ -53,10 +54,18 @@ class AuthzThread:
         load_request_policy(self.engine, POLICY_DIR, {"request_config": REQUEST_CONFIG})
         self.log = DecisionLog(self.spool, StaticSigner(identity_for(new_ca())))
         await self.log.start()
-        authorizer = Authorizer(
+        self.authorizer = Authorizer(
             self.engine, DecisionLogSink(self.log), self.budget, max_body_bytes=self.max_body_bytes
         )
-        self.server, self.port = await start_authz_server(authorizer)
+        self.server, self.port = await start_authz_server(self.authorizer)
+
+    def use_keys(self, keys: KeyTable) -> None:
+        """Authenticate later requests with ``keys`` (as a fetched policy would)."""
+
+        async def swap() -> None:
+            self.authorizer.use_policy(self.engine, bundle_revision=None, keys=keys)
+
+        self.run(swap())
 
     def stop_server(self) -> None:
         async def stop() -> None:

@@ -29,6 +29,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         if not health:
             owner.models.append(self.headers.get("x-tiermesh-upstream-model"))
+            owner.requests.append({k.lower(): v for k, v in self.headers.items()})
             if owner.delay_s:
                 time.sleep(owner.delay_s)
         body = owner.name.encode()
@@ -78,6 +79,8 @@ class TierBackend:
         self.delay_s = 0.0
         self.body_delay_s = 0.0
         self.models: list[str | None] = []
+        self.requests: list[dict[str, str]] = []
+        """The headers of each request answered (health checks excluded)."""
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
         self._server = _Server(("127.0.0.1", 0), _Handler)

@@ -9,7 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from tiermesh.controlplane.store import (
+    API_KEYS_PREFIX,
     DEFAULT_MAX_REQUEST_BYTES,
+    ApiKeyRecord,
     BundleConflict,
     BundleTooLarge,
     BundleTooManyFiles,
@@ -22,6 +24,7 @@ from tiermesh.controlplane.store import (
     MemoryStore,
     Store,
     StoreUnavailable,
+    UnknownApiKey,
     WatchCompacted,
     WatchEvent,
     WatchStream,
@@ -343,6 +346,71 @@ async def test_usage_rejects_negative_increments(store: Store) -> None:
     assert (await store.get_usage("acme")).revision == 0
 
 
+# -- tenant API keys -------------------------------------------------------------------------
+
+KEY = ApiKeyRecord("0123456789abcdef", "acme", "ab" * 32, "2026-01-02T03:04:05+00:00")
+
+
+async def test_api_key_round_trips_and_is_listed_by_id(store: Store) -> None:
+    other = ApiKeyRecord("00000000000000ff", "globex", "cd" * 32, "2026-01-02T03:04:06+00:00")
+    created = await store.create_api_key(KEY)
+    await store.create_api_key(other)
+
+    listed = await store.list_api_keys()
+
+    assert created == KEY
+    assert created.mod_revision > 0
+    assert listed == (other, KEY)
+    assert [k.mod_revision for k in listed][1] == created.mod_revision
+    assert not listed[1].revoked
+
+
+async def test_creating_an_existing_key_id_is_refused_and_writes_nothing(store: Store) -> None:
+    first = await store.create_api_key(KEY)
+    with pytest.raises(KeyExists):
+        await store.create_api_key(ApiKeyRecord(KEY.key_id, "globex", "ee" * 32, "later"))
+    assert await store.list_api_keys() == (KEY,)
+    assert (await store.list_api_keys())[0].mod_revision == first.mod_revision
+
+
+async def test_revoking_marks_the_key_once_and_keeps_it_listed(store: Store) -> None:
+    await store.create_api_key(KEY)
+    revoked = await store.revoke_api_key(KEY.key_id, "2026-02-01T00:00:00+00:00")
+    again = await store.revoke_api_key(KEY.key_id, "2026-03-01T00:00:00+00:00")
+
+    assert revoked.revoked
+    assert revoked.revoked_at == "2026-02-01T00:00:00+00:00"
+    assert again == revoked
+    assert again.mod_revision == revoked.mod_revision
+    assert await store.list_api_keys() == (revoked,)
+
+
+async def test_revoking_an_unknown_key_raises_and_writes_nothing(store: Store) -> None:
+    before = (await store.read_prefix("")).revision
+    with pytest.raises(UnknownApiKey) as caught:
+        await store.revoke_api_key("0123456789abcdef", "2026-02-01T00:00:00+00:00")
+    assert caught.value.key_id == "0123456789abcdef"
+    assert (await store.read_prefix("")).revision == before
+
+
+async def test_api_key_changes_are_seen_by_a_watch_on_their_prefix(store: Store) -> None:
+    start = (await store.read_prefix(API_KEYS_PREFIX)).revision
+    async with store.watch(API_KEYS_PREFIX, after_revision=start) as stream:
+        created = await store.create_api_key(KEY)
+        revoked = await store.revoke_api_key(KEY.key_id, "2026-02-01T00:00:00+00:00")
+        events = await collect(stream, 2)
+    assert [(e.kind, e.key, e.revision) for e in events] == [
+        (EventKind.PUT, f"{API_KEYS_PREFIX}{KEY.key_id}", created.mod_revision),
+        (EventKind.PUT, f"{API_KEYS_PREFIX}{KEY.key_id}", revoked.mod_revision),
+    ]
+
+
+async def test_api_key_ids_are_validated(store: Store) -> None:
+    with pytest.raises(InvalidKey):
+        await store.create_api_key(ApiKeyRecord("a/b", "acme", "ab" * 32, "now"))
+    assert await store.list_api_keys() == ()
+
+
 # -- small generic keys ----------------------------------------------------------------------
 
 
@@ -366,7 +434,7 @@ async def test_get_put_delete_round_trip(store: Store) -> None:
 
 
 async def test_generic_keys_cannot_touch_reserved_namespaces(store: Store) -> None:
-    for key in ("bundle/meta", "nodes/edge-1", "usage/acme"):
+    for key in ("bundle/meta", "nodes/edge-1", "usage/acme", "apikeys/0123456789abcdef"):
         with pytest.raises(InvalidKey, match="reserved"):
             await store.put(key, b"forged")
     assert (await store.read_prefix("")).entries == ()

@@ -26,7 +26,13 @@ from tiermesh.agents.identity import Backoff
 from tiermesh.agents.identity.join_client import NodeApiCallError
 from tiermesh.agents.runtime.policy_sync import PolicySync, bundle_revision
 from tiermesh.agents.usage import Prices, Usage, UsageLedger
-from tiermesh.controlplane.api import BundleRef, RequestPolicyBundle, parse_catalog
+from tiermesh.controlplane.api import (
+    ApiKeyEntry,
+    BundleRef,
+    RequestPolicyBundle,
+    new_api_key,
+    parse_catalog,
+)
 from tiermesh.rego import RegorusEngine
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
@@ -185,3 +191,34 @@ async def test_the_ledger_prices_follow_the_catalog_and_keep_totals(node: Node) 
     document = json.loads(node.ledger.path.read_text())
     month = node.ledger.month
     assert document["acme"] == {"spent_usd": 1.003, "limit_usd": 100.0, "month": month}
+
+
+async def test_a_key_change_of_the_bundle_in_use_swaps_only_the_keys(node: Node) -> None:
+    key, parsed = new_api_key()
+    entry = ApiKeyEntry(id=parsed.key_id, tenant="acme", sha256=parsed.digest)
+    keyed = policy(1).model_copy(
+        update={
+            "bundle": ref(1).model_copy(update={"etcd_revision": 150}),
+            "api_keys": (entry,),
+            "request_config": {"require_api_key": True},
+        }
+    )
+    assert await node.sync.adopt(keyed)
+    assert node.sync.swaps == 0, "the engine was kept"
+    assert node.sync.current == keyed.bundle
+    assert node.authorizer.keys.required
+    assert await node.decide() == ("deny", bundle_revision(ref(1)), 150)  # no key: 401
+    assert node.sink.entries[-1].result["status"] == 401
+
+    revoked = keyed.model_copy(
+        update={
+            "bundle": ref(1).model_copy(update={"etcd_revision": 151}),
+            "api_keys": (entry.model_copy(update={"revoked": True}),),
+        }
+    )
+    assert await node.sync.adopt(revoked)
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    verdict = await node.authorizer.decide(
+        CheckInput("POST", "/v1/chat", {"authorization": f"Bearer {key}"}, body)
+    )
+    assert json.loads(verdict.denial_body())["reason"] == "revoked API key"

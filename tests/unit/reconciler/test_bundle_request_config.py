@@ -47,6 +47,10 @@ def test_an_empty_document_is_no_setting(engine: PolicyEngine) -> None:
     assert check("# nothing set yet\n", engine).ok
 
 
+def test_require_api_key_is_a_boolean_setting(engine: PolicyEngine) -> None:
+    assert check("require_api_key: true\n", engine).ok
+
+
 @pytest.mark.parametrize(
     ("settings", "line", "message"),
     [
@@ -54,6 +58,8 @@ def test_an_empty_document_is_no_setting(engine: PolicyEngine) -> None:
          "max_request_tokens: must be a number, not str '5'"),
         ("max_request_tokens: true\n", 1, "max_request_tokens: must be a number, not bool"),
         ("default_tenant: 7\n", 1, "default_tenant: must be a string, not int 7"),
+        ("require_api_key: 'yes'\n", 1, "require_api_key: must be a boolean, not str"),
+        ("require_api_key: 1\n", 1, "require_api_key: must be a boolean, not int 1"),
         ("a: 1\nlimits: [1, 2]\n", 2, "limits: must be a string"),
         ("unset: null\n", 1, "unset: must be a string"),
         ("'not a name': 1\n", 1, "not a name: not a setting name"),

@@ -25,6 +25,13 @@ from tiermesh.agents.authz.budget import (
     JsonFileBudgetSource,
     StaticBudgetSource,
 )
+from tiermesh.agents.authz.credentials import (
+    CREDENTIAL_HEADERS,
+    Authenticated,
+    KeyTable,
+    Refused,
+    key_table,
+)
 from tiermesh.agents.authz.decide import (
     DECISION_ID_HEADER,
     DEFAULT_MAX_BODY_BYTES,
@@ -71,6 +78,7 @@ from tiermesh.agents.authz.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "CREDENTIAL_HEADERS",
     "DECISION_ID_HEADER",
     "DEFAULT_DETECTORS",
     "DEFAULT_MAX_BODY_BYTES",
@@ -78,6 +86,7 @@ __all__ = [
     "RECORD_PATH",
     "REQUEST_DECISION_PATH",
     "REQUEST_INPUT_VERSION",
+    "Authenticated",
     "AuthorizationService",
     "Authorizer",
     "AuthzError",
@@ -94,9 +103,11 @@ __all__ = [
     "Finding",
     "InspectedBody",
     "JsonFileBudgetSource",
+    "KeyTable",
     "MemorySink",
     "Outcome",
     "PolicyRejected",
+    "Refused",
     "StaticBudgetSource",
     "Verdict",
     "build_input",
@@ -106,6 +117,7 @@ __all__ = [
     "detection_text",
     "estimate_tokens",
     "inspect_body",
+    "key_table",
     "load_request_policy",
     "max_message_bytes",
     "probe_policy",

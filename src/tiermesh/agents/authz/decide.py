@@ -26,24 +26,43 @@ Only headers named ``x-tiermesh-*`` with printable values are taken from the pol
 headers the server owns (:data:`OWNED_HEADERS`) that the decision does not set are removed
 from the request, so a caller cannot pre-set them.
 
+**The tenant is who the credential says** (:mod:`.credentials`): with a valid tenant API
+key the request is decided, recorded (``input.credential``: the key's id, never the key)
+and routed as the key's tenant — ``x-tiermesh-tenant`` is overwritten, whatever the caller
+sent — and the key headers (``authorization``, ``x-api-key``) are removed before the
+request goes upstream (a cloud route then gets only the provider's key). A missing key
+where one is required, or a malformed, unknown or revoked one, is answered 401 with the
+problem in a JSON body and recorded without asking the policy; nothing is routed. The
+node's own re-entries (a cascade step the node's handler sends back through the app
+listener, carrying the handler's secret: :meth:`Authorizer.trust_reentry`) are not
+authenticated again: their ``x-tiermesh-tenant`` is the one the first decision set.
+
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
 from tiermesh.agents.authz import normalize
 from tiermesh.agents.authz.body import InspectedBody, inspect_body
 from tiermesh.agents.authz.budget import UNKNOWN, BudgetSource, BudgetState
+from tiermesh.agents.authz.credentials import (
+    CREDENTIAL_HEADERS,
+    NO_KEYS,
+    Authenticated,
+    KeyTable,
+    Refused,
+)
 from tiermesh.agents.authz.detectors import DetectorRegistry
 from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded, PolicyRejected
 from tiermesh.agents.authz.floor import (
@@ -103,6 +122,7 @@ _PLAIN_PATH: Final = re.compile(r"/[A-Za-z0-9._/-]{0,255}")
 _PLAIN_CONTENT_TYPE: Final = re.compile(r"[A-Za-z0-9._+/=; -]{1,128}")
 
 Outcome: TypeAlias = Literal["allow", "deny", "error"]
+_UNAUTHENTICATED: Final = 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +139,8 @@ class CheckInput:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to answer: ``status`` 200 (allow), 403 (policy denial) or 503 (no decision)."""
+    """What to answer: ``status`` 200 (allow), 401 (no valid tenant key), 403 (policy
+    denial) or 503 (no decision)."""
 
     decision_id: uuid.UUID
     outcome: Outcome
@@ -134,9 +155,10 @@ class Verdict:
 
     def denial_body(self) -> bytes:
         """The JSON body of a denied answer: error, reason and decision id (no input)."""
+        error = "request denied" if self.outcome == "deny" else "no decision"
         return json.dumps(
             {
-                "error": "request denied" if self.outcome == "deny" else "no decision",
+                "error": "unauthenticated" if self.status == _UNAUTHENTICATED else error,
                 "reason": self.decision.get("reason", ""),
                 "decision_id": str(self.decision_id),
             }
@@ -236,6 +258,7 @@ class _Policy:
     engine: PolicyEngine
     bundle_revision: str | None
     etcd_revision: int | None
+    keys: KeyTable = NO_KEYS
 
 
 _PROBE = CheckInput(
@@ -285,10 +308,11 @@ class Authorizer:
         etcd_revision: int | None = None,
         snapshot_version: str | None = None,
         uninspected_headers: Collection[str] = DEFAULT_UNINSPECTED_HEADERS,
+        keys: KeyTable = NO_KEYS,
     ) -> None:
         if max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
-        self._policy = _Policy(engine, bundle_revision, etcd_revision)
+        self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
         self._sink = sink
         self._budget = budget
         self._max_body = max_body_bytes
@@ -296,6 +320,21 @@ class Authorizer:
         self._uninspected = frozenset(name.lower() for name in uninspected_headers)
         normalize.warm()
         self.snapshot_version = snapshot_version
+        self._reentry: tuple[str, bytes] | None = None
+
+    def trust_reentry(self, header: str, secret: str) -> None:
+        """Requests whose ``header`` holds ``secret`` (compared in constant time) come from
+        this node itself (the cascade handler's step requests, whose first pass through
+        here authenticated the caller and set ``x-tiermesh-tenant``): they are decided
+        on that header, without a tenant key. ``secret`` must be random and node-local."""
+        self._reentry = (header.lower(), secret.encode())
+
+    def _reentered(self, headers: Mapping[str, str]) -> bool:
+        if self._reentry is None:
+            return False
+        header, secret = self._reentry
+        sent = headers.get(header)
+        return sent is not None and hmac.compare_digest(sent.encode(), secret)
 
     @property
     def max_body_bytes(self) -> int:
@@ -312,20 +351,26 @@ class Authorizer:
         policy read from local files)."""
         return self._policy.etcd_revision
 
+    @property
+    def keys(self) -> KeyTable:
+        """The tenant keys later requests are authenticated with."""
+        return self._policy.keys
+
     def use_policy(
         self,
         engine: PolicyEngine,
         *,
         bundle_revision: str | None,
         etcd_revision: int | None = None,
+        keys: KeyTable = NO_KEYS,
     ) -> PolicyEngine:
         """Decide later requests with ``engine``, stamped with ``bundle_revision`` and
-        ``etcd_revision``; returns the engine it replaces (the caller may close it now: a
-        decision takes its engine and stamps together, then evaluates without awaiting, so
-        none is left using the old one). Does not check ``engine``: see
-        :func:`probe_policy`."""
+        ``etcd_revision``, authenticating them with ``keys``; returns the engine it
+        replaces (the caller may close it now: a decision takes its engine and stamps
+        together, then evaluates without awaiting, so none is left using the old one).
+        Does not check ``engine``: see :func:`probe_policy`."""
         previous = self._policy.engine
-        self._policy = _Policy(engine, bundle_revision, etcd_revision)
+        self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
         return previous
 
     async def decide(self, request: CheckInput) -> Verdict:
@@ -336,6 +381,17 @@ class Authorizer:
         """
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
+        credential = (
+            None
+            if self._reentered(request.headers)
+            else self._policy.keys.authenticate(request.headers)
+        )
+        if credential is not None:
+            # The key is neither inspected nor forwarded; the tenant is the key's.
+            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
+            if isinstance(credential, Authenticated):
+                headers[MATCH_HEADERS["tenant"]] = credential.tenant
+            request = replace(request, headers=headers)
         declared = _declared_length(request.headers)
         body = inspect_body(
             request.body,
@@ -354,20 +410,27 @@ class Authorizer:
             content_encoding=request.headers.get("content-encoding"),
         )
         inspected = time.perf_counter_ns()
-        budget = await self._budget_state(request.headers.get(MATCH_HEADERS["tenant"]))
+        refused = credential if isinstance(credential, Refused) else None
+        tenant = request.headers.get(MATCH_HEADERS["tenant"])
+        budget = UNKNOWN if refused else await self._budget_state(tenant)
         document = build_input(request, body, budget, declared, request_findings=found, floor=floor)
+        if credential is not None and (presented := credential.to_json()) is not None:
+            document["credential"] = presented
         evaluating = time.perf_counter_ns()
         policy = self._policy
-        outcome, answer = self._evaluate(policy.engine, document)
+        if refused is None:
+            outcome, answer = self._evaluate(policy.engine, document)
+        else:
+            outcome, answer = "deny", _unauthenticated_decision(refused.problem, floor)
         finished = time.perf_counter_ns()
         decision = _with_floor(answer, floor)
-        status = {"allow": 200, "deny": 403, "error": 503}[outcome]
+        status = _UNAUTHENTICATED if refused else {"allow": 200, "deny": 403, "error": 503}[outcome]
         entry = DecisionEntry(
             path=RECORD_PATH,
             input=document,
             result={
                 **decision,
-                "policy_answer": answer,
+                "policy_answer": None if refused else answer,
                 "floor": floor.to_json(),
                 "outcome": outcome,
                 "status": status,
@@ -390,14 +453,19 @@ class Authorizer:
         set_headers = _safe_headers(decision.get("headers", {})) if outcome == "allow" else {}
         if outcome == "allow":
             set_headers[MATCH_HEADERS["sensitivity"]] = decision["sensitivity"]
+            if isinstance(credential, Authenticated):
+                set_headers[MATCH_HEADERS["tenant"]] = credential.tenant
         set_headers[DECISION_ID_HEADER] = str(decision_id)
+        removed = tuple(h for h in OWNED_HEADERS if h not in set_headers)
+        if isinstance(credential, Authenticated):
+            removed += CREDENTIAL_HEADERS
         return Verdict(
             decision_id=decision_id,
             outcome=outcome,
             status=status,
             decision=decision,
             set_headers=set_headers,
-            remove_headers=tuple(h for h in OWNED_HEADERS if h not in set_headers),
+            remove_headers=removed,
         )
 
     async def _budget_state(self, tenant: str | None) -> BudgetState:
@@ -437,6 +505,19 @@ def _with_floor(answer: dict[str, Any], floor: Floor) -> dict[str, Any]:
         reasons = "; ".join(floor.reasons) or "as declared"
         decision["reason"] = f"{answer['reason']}; raised to {level} by inspection ({reasons})"
     return decision
+
+
+def _unauthenticated_decision(problem: str, floor: Floor) -> dict[str, Any]:
+    """What a request without a valid tenant key is recorded with: the policy is not
+    asked, the floor still labels what it carried, the reason is the problem alone (what
+    the 401 body says)."""
+    return {
+        "allow": False,
+        "sensitivity": effective_level(floor, "public"),
+        "budget_exhausted": False,
+        "reason": problem,
+        "headers": {},
+    }
 
 
 def _error_decision(reason: str) -> dict[str, Any]:

@@ -102,7 +102,9 @@ def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
             ),
         )
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+        status=status_pb2.Status(
+            code=code_pb2.UNAUTHENTICATED if verdict.status == 401 else code_pb2.PERMISSION_DENIED
+        ),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=verdict.status),
             headers=[

@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 from tiermesh.agents.cascade.confidence import answer_confidence, choice_confidence, strip_logprobs
-from tiermesh.agents.cascade.handler import STEPS_HEADER, CascadeHandler
+from tiermesh.agents.cascade.handler import STEPS_HEADER, TOKEN_HEADER, CascadeHandler
 
 __all__ = [
     "STEPS_HEADER",
+    "TOKEN_HEADER",
     "CascadeHandler",
     "answer_confidence",
     "choice_confidence",

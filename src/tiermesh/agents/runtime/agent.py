@@ -32,7 +32,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from tiermesh.agents.cascade import CascadeHandler
+from tiermesh.agents.cascade import TOKEN_HEADER, CascadeHandler
 from tiermesh.agents.config import AgentConfig, split_hostport
 from tiermesh.agents.identity import (
     LocalSdsServer,
@@ -152,6 +152,9 @@ class NodeAgent:
                 config.envoy.app_port, host=host, port=port, token=secrets.token_urlsafe(32)
             )
             await self.cascade.start()
+            if self.requests is not None and self.cascade.token is not None:
+                # Its step requests re-enter the app listener without the caller's key.
+                self.requests.trust_reentry(TOKEN_HEADER, self.cascade.token)
         self.bootstrap_path = write_bootstrap(config)
 
         if model_path is not None:

@@ -15,6 +15,12 @@ The policy's ``data.request_config`` is the bundle's settings (``data/request_co
 overridden key by key by the node's ``authz.request_config``, so a push changes a setting
 on every node that does not set it itself.
 
+The tenant API keys come with the policy (``api_keys``) and are swapped in with it; the
+setting ``require_api_key`` of the merged ``data.request_config`` decides whether a request
+without one is refused (:mod:`tiermesh.agents.authz.credentials`). A key created or
+revoked is announced like a bundle (a new ``etcd_revision``), so it takes effect on the
+next fetch, without a restart.
+
 Decisions made with a fetched policy carry ``bundle_revision`` ``sha256:<bundle sha256>``
 and ``etcd_revision`` of the bundle (:class:`~tiermesh.controlplane.api.BundleRef`).
 """
@@ -31,8 +37,10 @@ import grpc
 
 from tiermesh.agents.authz import (
     Authorizer,
+    KeyTable,
     PolicyRejected,
     build_request_engine,
+    key_table,
     probe_policy,
 )
 from tiermesh.agents.identity import Backoff, SvidStore
@@ -56,6 +64,7 @@ __all__ = [
     "RequestPolicySource",
     "bundle_data",
     "bundle_revision",
+    "policy_keys",
 ]
 
 log = logging.getLogger("tiermesh.agent")
@@ -87,6 +96,13 @@ def bundle_data(
     if policy.catalog is not None:
         data["catalog"] = policy.catalog.model_dump(mode="json")
     return data
+
+
+def policy_keys(policy: RequestPolicyBundle, request_config: dict[str, Any]) -> KeyTable:
+    """The tenant keys ``policy`` authenticates requests with, ``required`` per the
+    bundle's settings overridden by ``request_config`` (the node's)."""
+    merged = merged_request_config(policy.request_config, request_config)
+    return key_table(policy.api_keys, merged)
 
 
 class NodeApiPolicySource:
@@ -176,9 +192,28 @@ class PolicySync:
 
     async def adopt(self, policy: RequestPolicyBundle) -> bool:
         """Load ``policy`` into a new engine, probe it and swap it in; False (logged, the
-        old policy kept) if it is rejected."""
+        old policy kept) if it is rejected. A policy of the bundle in use (same digest: only
+        the tenant keys changed, so the announced ``etcd_revision`` moved) keeps the engine
+        and swaps in the keys alone."""
         ref = policy.bundle
         revision = bundle_revision(ref)
+        if self.current is not None and (ref.revision, ref.sha256) == (
+            self.current.revision,
+            self.current.sha256,
+        ):
+            self._authorizer.use_policy(
+                self._engine,
+                bundle_revision=revision,
+                etcd_revision=ref.etcd_revision,
+                keys=policy_keys(policy, self._request_config),
+            )
+            self.current = ref
+            self.last_error = None
+            log.info("tenant API keys now as of etcd revision %d (%d key(s))",
+                     ref.etcd_revision, len(policy.api_keys or ()))  # fmt: skip
+            async with self._changed:
+                self._changed.notify_all()
+            return True
         try:
             engine = await asyncio.to_thread(self._load, policy, revision)
             try:
@@ -200,7 +235,10 @@ class PolicySync:
             )
             return False
         old = self._authorizer.use_policy(
-            engine, bundle_revision=revision, etcd_revision=ref.etcd_revision
+            engine,
+            bundle_revision=revision,
+            etcd_revision=ref.etcd_revision,
+            keys=policy_keys(policy, self._request_config),
         )
         self._engine = engine
         old.close()

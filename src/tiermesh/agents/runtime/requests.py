@@ -48,8 +48,10 @@ from tiermesh.agents.authz import (
     Authorizer,
     DecisionLogSink,
     JsonFileBudgetSource,
+    KeyTable,
     PolicyRejected,
     build_request_engine,
+    key_table,
     request_policy_modules,
     start_authz_server,
 )
@@ -64,6 +66,7 @@ from tiermesh.agents.runtime.policy_sync import (
     RequestPolicySource,
     bundle_data,
     bundle_revision,
+    policy_keys,
 )
 from tiermesh.agents.usage import Prices, UsageLedger, start_usage_server
 from tiermesh.controlplane.api import BundleRef, Catalog
@@ -150,6 +153,11 @@ class RequestPolicy:
         self.usage_port: int | None = None
         """The usage server's bound port (None before :meth:`start` or without one)."""
 
+    def trust_reentry(self, header: str, secret: str) -> None:
+        """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
+        assert self._authorizer is not None, "not started"
+        self._authorizer.trust_reentry(header, secret)
+
     async def start(self) -> None:
         """Start every part; raises :class:`StartFailed` (or ``OSError`` for the spool)
         after stopping what started."""
@@ -159,8 +167,10 @@ class RequestPolicy:
             await self.stop()
             raise
 
-    async def _initial(self) -> tuple[PolicyEngine, str, BundleRef | None, dict[str, Any]]:
-        """The first policy: (engine, revision, served bundle or None, data)."""
+    async def _initial(
+        self,
+    ) -> tuple[PolicyEngine, str, BundleRef | None, dict[str, Any], KeyTable]:
+        """The first policy: (engine, revision, served bundle or None, data, tenant keys)."""
         config = self._config
         why: str
         try:
@@ -181,7 +191,8 @@ class RequestPolicy:
             else:
                 log.info("request policy from bundle revision %d (%s)",
                          served.bundle.revision, revision)  # fmt: skip
-                return engine, revision, served.bundle, data
+                keys = policy_keys(served, dict(config.authz.request_config))
+                return engine, revision, served.bundle, data, keys
         if config.authz.policy_dir is None:
             raise StartFailed(
                 "the request policy",
@@ -195,11 +206,13 @@ class RequestPolicy:
             engine = build_request_engine(RegorusEngine, modules, data, revision=revision)
         except PolicyRejected as exc:
             raise StartFailed("the request policy", str(exc)) from exc
-        return engine, revision, None, data
+        settings = data["request_config"]
+        keys = key_table(None, settings if isinstance(settings, dict) else {})
+        return engine, revision, None, data, keys
 
     async def _start(self) -> None:
         config = self._config
-        engine, revision, served, data = await self._initial()
+        engine, revision, served, data, keys = await self._initial()
         self._log = decisions = DecisionLog(config.decision_dir, StoreSigner(self._store))
         try:
             await decisions.start()
@@ -213,6 +226,7 @@ class RequestPolicy:
             bundle_revision=revision,
             etcd_revision=served.etcd_revision if served is not None else None,
             uninspected_headers=config.authz.uninspected_headers,
+            keys=keys,
         )
         self.sync = PolicySync(
             self._authorizer,

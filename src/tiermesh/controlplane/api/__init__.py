@@ -12,7 +12,8 @@ plane and tools can share these models without pulling in each other.
   the registry session (:class:`SessionMessage`, :class:`SessionReply`);
   :class:`RegisteredNode` — what the control plane stores for it.
 - :class:`RequestPolicyBundle` — the served bundle's request policy a node fetches
-  (:class:`RequestPolicyQuery`) when a :class:`BundleRef` is announced.
+  (:class:`RequestPolicyQuery`) when a :class:`BundleRef` is announced;
+  :class:`ApiKeyEntry` — a tenant API key's digest in it (:func:`parse_api_key`).
 - :class:`DecisionRecord` — one audited decision, hash-chained and signed;
   :class:`ShipRequest` / :class:`ShipResponse` — how nodes ship them.
 """
@@ -106,14 +107,26 @@ from tiermesh.controlplane.api.resilience import (
 )
 from tiermesh.controlplane.api.schemas import SCHEMA_MODELS, render_schemas
 from tiermesh.controlplane.api.surface import OPENAI_API, ApiEndpoint, HttpMethod
+from tiermesh.controlplane.api.tenant_keys import (
+    API_KEY_PREFIX,
+    MAX_API_KEYS,
+    ApiKeyEntry,
+    ParsedKey,
+    key_digest,
+    new_api_key,
+    parse_api_key,
+    verify_digest,
+)
 from tiermesh.controlplane.api.usage import TenantUsage, Usage
 
 __all__ = [
+    "API_KEY_PREFIX",
     "AUDIT_SERVICE",
     "CATALOG_VERSION",
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
     "MATCH_HEADERS",
+    "MAX_API_KEYS",
     "MAX_REQUEST_MODULES",
     "MAX_REQUEST_POLICY_BYTES",
     "MAX_SESSION_MESSAGE_BYTES",
@@ -132,6 +145,7 @@ __all__ = [
     "SESSION_METHOD",
     "SHIP_METHOD",
     "ApiEndpoint",
+    "ApiKeyEntry",
     "Backend",
     "BackendPlan",
     "BackendResilience",
@@ -157,6 +171,7 @@ __all__ = [
     "NodeLoad",
     "NodeRegistration",
     "OutlierDetection",
+    "ParsedKey",
     "Plan",
     "PlanInput",
     "RateLimit",
@@ -186,7 +201,10 @@ __all__ = [
     "audit_method_path",
     "canonical_bytes",
     "endpoint_owner",
+    "key_digest",
     "load_catalog",
+    "new_api_key",
+    "parse_api_key",
     "parse_catalog",
     "policy_data",
     "record_hash",
@@ -194,4 +212,5 @@ __all__ = [
     "registry_method_path",
     "render_schemas",
     "signature_valid",
+    "verify_digest",
 ]

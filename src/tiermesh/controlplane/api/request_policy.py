@@ -40,6 +40,7 @@ from pydantic import Field, StringConstraints, TypeAdapter
 
 from tiermesh.controlplane.api._base import Contract
 from tiermesh.controlplane.api.catalog import Catalog
+from tiermesh.controlplane.api.tenant_keys import ApiKeyEntries
 
 __all__ = [
     "MAX_REQUEST_CONFIG_KEYS",
@@ -50,6 +51,7 @@ __all__ = [
     "REQUEST_DECISION_PATH",
     "REQUEST_POLICY_FOLDER",
     "REQUEST_POLICY_METHOD",
+    "REQUIRE_API_KEY_SETTING",
     "SENSITIVITY_LEVELS",
     "BundleRef",
     "RequestConfig",
@@ -98,6 +100,13 @@ MAX_REQUEST_POLICY_BYTES: Final = 1 << 20
 REQUEST_CONFIG_DOCUMENT: Final = "request_config"
 """Stem of the bundle's optional request settings (``data/request_config.yaml``, ``.yml``
 or ``.json``): the request policy's ``data.request_config``."""
+
+REQUIRE_API_KEY_SETTING: Final = "require_api_key"
+"""The request setting that turns tenant authentication on: with ``true`` in the node's
+merged ``data.request_config``, a request without a valid tenant API key is refused (401)
+before the policy is asked. Off by default so meshes that predate keys keep deciding on the
+``x-tiermesh-tenant`` header; a request that does present a key is authenticated either
+way (a wrong one is refused, a valid one names the tenant)."""
 
 MAX_REQUEST_CONFIG_KEYS: Final = 64
 """Most settings one ``request_config`` may hold."""
@@ -194,3 +203,11 @@ class RequestPolicyBundle(Contract):
     when the bundle has no such document; the control plane then leaves the field out of
     the answer, so nodes older than the field still read it (they refuse unknown fields,
     and so refuse a bundle whose settings they could not apply)."""
+    api_keys: ApiKeyEntries | None = None
+    """The tenants' API keys (digests only, revoked ones included; module
+    :mod:`tiermesh.controlplane.api.tenant_keys`), as the control plane last read them from
+    the store. None when no key was ever created; the control plane then leaves the field
+    out, so nodes older than the field still read the answer. A key change is announced
+    like a bundle change: the announced :class:`BundleRef`'s ``etcd_revision`` becomes the
+    store revision of the change (when later than the bundle's), so every node fetches
+    again within a session round trip."""

@@ -10,6 +10,8 @@ kind ``plan`` (:mod:`~tiermesh.controlplane.audit.plans`) compare the candidate 
 (so a record that kept only the digest replays too); they are counted under the tenant
 ``(plans)``, changes shown as ``{plan_sha256, summary}`` and without a cost. A policy that
 needs input the masking removed will see it missing — that is part of what replay shows.
+A request record whose ``policy_answer`` is null (refused for its credential, 401, before
+the policy was asked) has nothing to compare and is counted as skipped.
 
 **Cost rule.** A change gets a cost delta only when all of this is known:
 
@@ -155,6 +157,9 @@ def replay(
     for record in records:
         if record.kind == "plan":
             _replay_plan(record, evaluate, report)
+            continue
+        if isinstance(record.result, dict) and record.result.get("policy_answer", {}) is None:
+            report.skipped += 1
             continue
         tenant = facets(record).tenant or _NO_TENANT
         summary = report.tenants.setdefault(tenant, TenantSummary(tenant))

@@ -11,7 +11,8 @@ Bundle path → meaning:
 - ``data/request_config.*`` (optional) → the request policy's mesh-wide settings, a
   mapping of names to scalars validated as a
   :data:`~tiermesh.controlplane.api.request_policy.RequestConfig` (and the known settings
-  by type: ``default_tenant`` a string, ``max_request_tokens`` a number); not loaded
+  by type: ``default_tenant`` a string, ``max_request_tokens`` a number,
+  ``require_api_key`` a boolean); not loaded
   into the engine here (the nodes' request policy reads it, merged with each node's own
   settings), so the bundle's Rego tests do not depend on a mesh's settings;
 - anything else (``schemas/*.json``) is not loaded into the engine.
@@ -61,8 +62,10 @@ _NODES = TypeAdapter(tuple[NodeInfo, ...])
 _KNOWN_SETTINGS: dict[str, tuple[str, tuple[type, ...]]] = {
     "default_tenant": ("a string", (str,)),
     "max_request_tokens": ("a number", (int, float)),
+    "require_api_key": ("a boolean", (bool,)),
 }
-"""Settings request.rego reads, and the type it needs (it ignores any other type)."""
+"""Settings request.rego (or, for ``require_api_key``, the authz server) reads, and the
+type it needs (it ignores any other type)."""
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _SUBJECT = re.compile(r"^(tenant|backend) ([a-z0-9][a-z0-9_-]*):")
 
@@ -214,7 +217,7 @@ def _check_request_config(
             setting = value.get(key)
             if key in problems or setting is None:
                 continue
-            if isinstance(setting, bool) or not isinstance(setting, types):
+            if isinstance(setting, bool) != (bool in types) or not isinstance(setting, types):
                 problems[key] = f"must be {kind}, not {type(setting).__name__} {setting!r:.40}"
     located = [
         Finding(

@@ -32,6 +32,7 @@ from tiermesh.controlplane.api.request_policy import (
     validate_request_config,
 )
 from tiermesh.controlplane.nodeapi.errors import NoRequestPolicy, RequestPolicyTooLarge
+from tiermesh.controlplane.nodeapi.keys import NO_KEYS, ServedKeys, announced_ref
 from tiermesh.controlplane.store import Bundle
 
 __all__ = ["RequestPolicies", "ServedBundles", "bundle_ref", "request_policy_of"]
@@ -103,9 +104,10 @@ def _request_config(
     return None
 
 
-def request_policy_of(bundle: Bundle) -> RequestPolicyBundle:
-    """The request policy of ``bundle`` (module doc of
-    :mod:`tiermesh.controlplane.api.request_policy`). Pure.
+def request_policy_of(bundle: Bundle, keys: ServedKeys = NO_KEYS) -> RequestPolicyBundle:
+    """The request policy of ``bundle`` served with the tenant API ``keys`` (module doc of
+    :mod:`tiermesh.controlplane.api.request_policy`); its ``bundle`` is
+    :func:`~tiermesh.controlplane.nodeapi.keys.announced_ref`. Pure.
 
     Raises:
         NoRequestPolicy: the bundle has no ``request/*.rego`` (or is no bundle at all).
@@ -124,11 +126,12 @@ def request_policy_of(bundle: Bundle) -> RequestPolicyBundle:
             bundle.revision, f"{len(modules)} modules (at most {MAX_REQUEST_MODULES})"
         )
     return RequestPolicyBundle(
-        bundle=bundle_ref(bundle),
+        bundle=announced_ref(bundle, keys),
         provenance=dict(bundle.provenance),
         modules=modules,
         catalog=_catalog(bundle.files),
         request_config=_request_config(bundle.revision, bundle.files),
+        api_keys=keys.entries if keys.revision else None,
     )
 
 
@@ -138,20 +141,23 @@ class RequestPolicies:
 
     def __init__(self, limit_bytes: int = MAX_REQUEST_POLICY_BYTES) -> None:
         self._limit = limit_bytes
-        self._key: tuple[int, str] | None = None
+        self._key: tuple[int, str, int, int] | None = None
         self._encoded = b""
         self.encodings = 0
         """How many times a policy was cut and encoded (statistics)."""
 
-    def encoded(self, bundle: Bundle) -> bytes:
-        """The JSON answer for ``bundle``. Raises like :func:`request_policy_of`, and
-        ``RequestPolicyTooLarge`` for an answer over the byte limit."""
-        key = (bundle.revision, bundle.sha256)
+    def encoded(self, bundle: Bundle, keys: ServedKeys = NO_KEYS) -> bytes:
+        """The JSON answer for ``bundle`` with ``keys``. Raises like
+        :func:`request_policy_of`, and ``RequestPolicyTooLarge`` for an answer over the
+        byte limit."""
+        key = (bundle.revision, bundle.sha256, bundle.etcd_revision, keys.revision)
         if key != self._key:
-            policy = request_policy_of(bundle)
-            # Left out when absent: nodes older than the field refuse unknown fields.
-            absent = {"request_config"} if policy.request_config is None else None
-            encoded = policy.model_dump_json(exclude=absent).encode()
+            policy = request_policy_of(bundle, keys)
+            # Left out when absent: nodes older than the fields refuse unknown fields.
+            absent = {
+                name for name in ("request_config", "api_keys") if getattr(policy, name) is None
+            }
+            encoded = policy.model_dump_json(exclude=absent or None).encode()
             self.encodings += 1
             if len(encoded) > self._limit:
                 raise RequestPolicyTooLarge(

@@ -43,6 +43,11 @@ node's SVID decides what lands there.
   store call: the reconciler already watches the bundle. Replies of one session are
   written one at a time. Without ``bundles`` nothing is announced and ``RequestPolicy``
   answers NOT_FOUND.
+- Tenant API keys: with ``keys`` (:class:`~tiermesh.controlplane.nodeapi.keys.KeyWatcher`)
+  the request policy carries the served key digests, and a key change is announced like a
+  bundle change (the announced ref's ``etcd_revision`` moves on; module doc of
+  :mod:`tiermesh.controlplane.nodeapi.keys`), so a revoked key is refused on every node
+  within a session round trip and a fetch.
 
 Task safety: construct and serve on the event loop that owns ``store``. Each session runs
 as its own set of tasks; sessions share nothing but the store and the service's memory of
@@ -87,7 +92,8 @@ from tiermesh.controlplane.nodeapi.errors import (
     UndecodableRequest,
     status_for,
 )
-from tiermesh.controlplane.nodeapi.policy import RequestPolicies, ServedBundles, bundle_ref
+from tiermesh.controlplane.nodeapi.keys import NO_KEYS, ServedKeys, ServedKeysSource, announced_ref
+from tiermesh.controlplane.nodeapi.policy import RequestPolicies, ServedBundles
 from tiermesh.controlplane.store import LeaseExpired, NodeLease, Store, StoreError, keep_alive
 
 __all__ = [
@@ -191,6 +197,7 @@ class _Session:
         self.lease: NodeLease | None = None
         self._document: RegisteredNode | None = None
         self._reply: SessionReply | None = None
+        self._announced: tuple[int, int] = (0, 0)
         self._pending: NodeLoad | None = None
         self._load_ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -239,7 +246,9 @@ class _Session:
             self.lease.lease_id,
         )
         served = self._service.bundles.served_bundle if self._service.bundles else None
+        keys = self._service.served_keys()
         async with self._reply_lock:
+            self._announced = (served.revision if served is not None else 0, keys.revision)
             self._reply = SessionReply(
                 node_id=self.node_id,
                 spiffe_id=self.spiffe_id,
@@ -247,7 +256,7 @@ class _Session:
                 load_interval_s=self._service.load_interval_s,
                 revision=revision,
                 usage_reports=True,
-                bundle=bundle_ref(served) if served is not None else None,
+                bundle=announced_ref(served, keys) if served is not None else None,
             )
             await self._context.write(self._reply)
 
@@ -260,16 +269,38 @@ class _Session:
             await self._context.write(self._reply.model_copy(update={"usage": ack}))
 
     async def _announce(self, bundles: ServedBundles) -> None:
-        """Send a reply naming each newly served bundle, for the session's lifetime."""
+        """Send a reply naming each newly served bundle or key set, for the session's
+        lifetime."""
         while True:
             assert self._reply is not None
-            known = self._reply.bundle.revision if self._reply.bundle is not None else 0
-            bundle = await bundles.next_served_bundle(known)
+            bundle_revision, keys_revision = self._announced
+            waits: list[asyncio.Task[object]] = [
+                asyncio.create_task(bundles.next_served_bundle(bundle_revision))
+            ]
+            if self._service.keys is not None:
+                waits.append(
+                    asyncio.create_task(self._service.keys.next_served_keys(keys_revision))
+                )
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            bundle = bundles.served_bundle
+            keys = self._service.served_keys()
+            self._announced = (bundle.revision if bundle is not None else 0, keys.revision)
+            if bundle is None:
+                continue
+            ref = announced_ref(bundle, keys)
             async with self._reply_lock:
-                self._reply = self._reply.model_copy(update={"bundle": bundle_ref(bundle)})
+                if ref == self._reply.bundle:
+                    continue
+                self._reply = self._reply.model_copy(update={"bundle": ref})
                 await self._context.write(self._reply)
             ANNOUNCEMENTS.inc()
-            log.debug("node %s told of bundle revision %d", self.node_id, bundle.revision)
+            log.debug("node %s told of bundle revision %d (etcd revision %d)",
+                      self.node_id, ref.revision, ref.etcd_revision)  # fmt: skip
 
     async def _revision(self) -> int:
         key = f"nodes/{self.node_id}"
@@ -376,7 +407,8 @@ class NodeRegistryService:
 
     ``store`` is the only place registrations go; ``trust_domain`` is the SVIDs' trust
     domain; ``clock`` stamps ``registered_at``/``load_at``; ``bundles`` says which bundle
-    is served (module doc: bundle announcements). Raises
+    is served (module doc: bundle announcements); ``keys`` which tenant API keys are
+    (module doc: tenant API keys). Raises
     ``InvalidTrustDomainError`` for a bad ``trust_domain`` and ValueError for a
     ``lease_ttl_s`` under 2 s (a third of it is the refresh period, etcd's floor is 1 s) or
     a negative interval.
@@ -392,6 +424,7 @@ class NodeRegistryService:
         first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
         clock: Clock = utc_now,
         bundles: ServedBundles | None = None,
+        keys: ServedKeysSource | None = None,
     ) -> None:
         validate_trust_domain(trust_domain)
         if lease_ttl_s < 2:
@@ -405,6 +438,7 @@ class NodeRegistryService:
         self.first_message_timeout_s = first_message_timeout_s
         self.clock: Clock = clock
         self.bundles = bundles
+        self.keys = keys
         self.request_policies = RequestPolicies()
         """The encoded request policy of the served bundle (one encoding per bundle)."""
         self._usage_applied: dict[str, tuple[str, int]] = {}
@@ -463,7 +497,11 @@ class NodeRegistryService:
         bundle = self.bundles.served_bundle if self.bundles is not None else None
         if bundle is None:
             raise NoRequestPolicy("the control plane serves no bundle yet")
-        return self.request_policies.encoded(bundle)
+        return self.request_policies.encoded(bundle, self.served_keys())
+
+    def served_keys(self) -> ServedKeys:
+        """The tenant API keys served now (none without ``keys``)."""
+        return self.keys.served_keys if self.keys is not None else NO_KEYS
 
     async def _request_policy(
         self,

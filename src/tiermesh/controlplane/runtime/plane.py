@@ -48,6 +48,7 @@ from tiermesh.controlplane.nodeapi import (
     NodeRegistryService,
     start_node_api,
 )
+from tiermesh.controlplane.nodeapi.keys import KeyWatcher
 from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult, default_compiler
 from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
@@ -117,6 +118,7 @@ class ControlPlane:
         self._node_api: NodeApiServer | None = None
         self._directory: NodeDirectory | None = None
         self._reconciler: Reconciler | None = None
+        self._keys: KeyWatcher | None = None
         self._admin: AdminServer | None = None
         self._audit_store: AuditStore | None = None
         self._audit: AuditCollectorServer | None = None
@@ -189,12 +191,15 @@ class ControlPlane:
         )
         await self._reconciler.start()
 
+        self._keys = KeyWatcher(store)
+        await self._keys.start()
         registry = NodeRegistryService(
             store,
             config.trust_domain,
             lease_ttl_s=config.lease_ttl_s,
             load_interval_s=config.load_interval_s,
             bundles=self._reconciler,
+            keys=self._keys,
         )
         try:
             self._node_api = await start_node_api(
@@ -294,6 +299,7 @@ class ControlPlane:
         ads_server, self._ads_server = self._ads_server, None
         audit, self._audit = self._audit, None
         reconciler, self._reconciler = self._reconciler, None
+        keys, self._keys = self._keys, None
         directory, self._directory = self._directory, None
         store, self._store = self._store, None
         steps: list[tuple[str, Any]] = [
@@ -302,6 +308,7 @@ class ControlPlane:
             ("ADS", ads_server.stop(grace_s) if ads_server else None),
             ("audit collector", audit.stop(grace_s) if audit else None),
             ("reconciler", reconciler.aclose() if reconciler else None),
+            ("API key watch", keys.aclose() if keys else None),
             ("node directory", directory.aclose() if directory else None),
             ("etcd client", store.aclose() if store else None),
         ]

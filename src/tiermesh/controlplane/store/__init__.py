@@ -23,13 +23,15 @@ from tiermesh.controlplane.store.errors import (
     StoreError,
     StoreRequestFailed,
     StoreUnavailable,
+    UnknownApiKey,
     WatchCompacted,
 )
 from tiermesh.controlplane.store.etcd import EtcdStore
-from tiermesh.controlplane.store.keys import ROOT, KeyLayout
+from tiermesh.controlplane.store.keys import API_KEYS_PREFIX, ROOT, KeyLayout
 from tiermesh.controlplane.store.leases import keep_alive
 from tiermesh.controlplane.store.memory import ManualClock, MemoryStore
 from tiermesh.controlplane.store.models import (
+    ApiKeyRecord,
     Bundle,
     Entry,
     EventKind,
@@ -43,9 +45,11 @@ from tiermesh.controlplane.store.models import (
 from tiermesh.controlplane.store.protocol import Store, WatchStream
 
 __all__ = [
+    "API_KEYS_PREFIX",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MAX_TXN_OPS",
     "ROOT",
+    "ApiKeyRecord",
     "Bundle",
     "BundleConflict",
     "BundleCorrupt",
@@ -69,6 +73,7 @@ __all__ = [
     "StoreError",
     "StoreRequestFailed",
     "StoreUnavailable",
+    "UnknownApiKey",
     "Usage",
     "WatchCompacted",
     "WatchEvent",

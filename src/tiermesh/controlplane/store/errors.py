@@ -19,6 +19,7 @@ __all__ = [
     "StoreError",
     "StoreRequestFailed",
     "StoreUnavailable",
+    "UnknownApiKey",
     "WatchCompacted",
 ]
 
@@ -156,3 +157,11 @@ class ContentionExhausted(StoreError):
         self.key = key
         self.attempts = attempts
         super().__init__(f"gave up updating {key!r} after {attempts} conflicting attempts")
+
+
+class UnknownApiKey(StoreError):
+    """No tenant API key record has this id; nothing was written."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"no API key with id {key_id!r}")

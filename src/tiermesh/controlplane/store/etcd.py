@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, NoReturn, Self
@@ -27,7 +28,9 @@ from tiermesh.controlplane.store.bundle import (
 )
 from tiermesh.controlplane.store.codec import (
     check_increments,
+    decode_api_key,
     decode_usage,
+    encode_api_key,
     encode_usage,
     registration_bytes,
 )
@@ -39,10 +42,12 @@ from tiermesh.controlplane.store.errors import (
     StoreError,
     StoreRequestFailed,
     StoreUnavailable,
+    UnknownApiKey,
     WatchCompacted,
 )
 from tiermesh.controlplane.store.keys import ROOT, KeyLayout, prefix_range_end
 from tiermesh.controlplane.store.models import (
+    ApiKeyRecord,
     Bundle,
     Entry,
     EventKind,
@@ -342,6 +347,58 @@ class EtcdStore:
         if current is None:
             return Usage(tenant)
         return decode_usage(tenant, bytes(current.value), int(current.mod_revision))
+
+    # -- tenant API keys ---------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        full = self.layout.api_key(record.key_id)
+        key = full.encode()
+        tx = self._tx
+        with self._translate("create_api_key"):
+            ok, responses = await self._txn(
+                [tx.version(key) == 0], [tx.put(key, encode_api_key(record))], []
+            )
+        if not ok:
+            raise KeyExists(self.layout.relative(full))
+        revision = int(responses[0].response_put.header.revision)
+        return dataclasses.replace(record, mod_revision=revision)
+
+    async def list_api_keys(self) -> tuple[ApiKeyRecord, ...]:
+        prefix = self.layout.api_keys_prefix
+        with self._translate("list_api_keys"):
+            found = await self._client.get_prefix(prefix.encode())
+        return tuple(
+            decode_api_key(
+                kv.key.decode().removeprefix(prefix), bytes(kv.value), int(kv.mod_revision)
+            )
+            for kv in found
+        )
+
+    async def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        full = self.layout.api_key(key_id)
+        key = full.encode()
+        tx = self._tx
+        with self._translate("revoke_api_key"):
+            current = await self._client.get(key)
+        for _ in range(self._max_cas_attempts):
+            if current is None:
+                raise UnknownApiKey(key_id)
+            record = decode_api_key(key_id, bytes(current.value), int(current.mod_revision))
+            if record.revoked:
+                return record
+            record = dataclasses.replace(record, revoked_at=revoked_at)
+            with self._translate("revoke_api_key"):
+                ok, responses = await self._txn(
+                    [tx.mod(key) == int(current.mod_revision)],
+                    [tx.put(key, encode_api_key(record))],
+                    [tx.get(key)],
+                )
+            if ok:
+                revision = int(responses[0].response_put.header.revision)
+                return dataclasses.replace(record, mod_revision=revision)
+            rows = responses[0]
+            current = rows[0][1] if rows else None
+        raise ContentionExhausted(full, self._max_cas_attempts)
 
     # -- small generic keys ------------------------------------------------------------------
 

@@ -6,11 +6,13 @@ Layout under a root (``/tiermesh/v1/`` in production; tests use a unique root ea
     <root>bundle/files/<path>    one Rego module or data document per key
     <root>nodes/<node-id>        node registration JSON, bound to the node's lease
     <root>usage/<tenant>         JSON: {"tokens": int, "cost_micro": int}
+    <root>apikeys/<key-id>       JSON: tenant, sha256 of the key, created_at, revoked_at
     <root><anything else>        small keys owned by other components (join tokens, CA)
 
-Callers of the generic key API pass keys relative to the root; the three namespaces above
+Callers of the generic key API pass keys relative to the root; the four namespaces above
 are reserved for the typed API so their invariants (one-transaction bundles, lease-bound
-registrations, CAS counters) cannot be bypassed.
+registrations, CAS counters, create-once keys that are only ever revoked) cannot be
+bypassed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import Final
 
 from tiermesh.controlplane.store.errors import InvalidKey
 
-__all__ = ["RESERVED_NAMESPACES", "ROOT", "KeyLayout", "prefix_range_end"]
+__all__ = ["API_KEYS_PREFIX", "RESERVED_NAMESPACES", "ROOT", "KeyLayout", "prefix_range_end"]
 
 ROOT: Final = "/tiermesh/v1/"
-RESERVED_NAMESPACES: Final = ("bundle/", "nodes/", "usage/")
+API_KEYS_PREFIX: Final = "apikeys/"
+"""Relative prefix of the tenant API key records (read and watch it with ``read_prefix`` /
+``watch``; write only through the typed methods)."""
+RESERVED_NAMESPACES: Final = ("bundle/", "nodes/", "usage/", API_KEYS_PREFIX)
 _MAX_NAME = 253
 _MAX_KEY = 1024
 
@@ -61,7 +66,14 @@ def _check_path(kind: str, path: str) -> str:
 class KeyLayout:
     """Maps tiermesh's names to full etcd keys under one root. Immutable; safe to share."""
 
-    __slots__ = ("bundle_files_prefix", "bundle_meta", "bundle_prefix", "nodes_prefix", "root")
+    __slots__ = (
+        "api_keys_prefix",
+        "bundle_files_prefix",
+        "bundle_meta",
+        "bundle_prefix",
+        "nodes_prefix",
+        "root",
+    )
 
     def __init__(self, root: str = ROOT) -> None:
         if not (root.startswith("/") and root.endswith("/")) or "//" in root:
@@ -71,6 +83,7 @@ class KeyLayout:
         self.bundle_meta = f"{root}bundle/meta"
         self.bundle_files_prefix = f"{root}bundle/files/"
         self.nodes_prefix = f"{root}nodes/"
+        self.api_keys_prefix = f"{root}{API_KEYS_PREFIX}"
 
     def __repr__(self) -> str:
         return f"KeyLayout({self.root!r})"
@@ -86,6 +99,10 @@ class KeyLayout:
     def usage(self, tenant: str) -> str:
         """Key of one tenant's usage counters."""
         return f"{self.root}usage/" + _check_name("tenant", tenant)
+
+    def api_key(self, key_id: str) -> str:
+        """Key of one tenant API key record."""
+        return self.api_keys_prefix + _check_name("key id", key_id)
 
     def generic(self, key: str) -> str:
         """Full key for a generic (non-reserved) relative key such as ``tokens/join/abc``.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
 
@@ -28,7 +28,9 @@ from tiermesh.controlplane.store.bundle import (
 )
 from tiermesh.controlplane.store.codec import (
     check_increments,
+    decode_api_key,
     decode_usage,
+    encode_api_key,
     encode_usage,
     registration_bytes,
 )
@@ -36,10 +38,12 @@ from tiermesh.controlplane.store.errors import (
     KeyExists,
     LeaseExpired,
     StoreUnavailable,
+    UnknownApiKey,
     WatchCompacted,
 )
 from tiermesh.controlplane.store.keys import ROOT, KeyLayout
 from tiermesh.controlplane.store.models import (
+    ApiKeyRecord,
     Bundle,
     Entry,
     EventKind,
@@ -344,6 +348,37 @@ class MemoryStore:
         if current is None:
             return Usage(tenant)
         return decode_usage(tenant, current.value, current.mod_revision)
+
+    # -- tenant API keys ---------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        key = self.layout.api_key(record.key_id)
+        await self._enter()
+        if key in self._data:
+            raise KeyExists(self.layout.relative(key))
+        revision = self._apply(puts=[(key, encode_api_key(record), 0)], deletes=())
+        return replace(record, mod_revision=revision)
+
+    async def list_api_keys(self) -> tuple[ApiKeyRecord, ...]:
+        await self._enter()
+        prefix = self.layout.api_keys_prefix
+        return tuple(
+            decode_api_key(key.removeprefix(prefix), v.value, v.mod_revision)
+            for key, v in self._range(prefix)
+        )
+
+    async def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        key = self.layout.api_key(key_id)
+        await self._enter()
+        current = self._data.get(key)
+        if current is None:
+            raise UnknownApiKey(key_id)
+        record = decode_api_key(key_id, current.value, current.mod_revision)
+        if record.revoked:
+            return record
+        record = replace(record, revoked_at=revoked_at)
+        revision = self._apply(puts=[(key, encode_api_key(record), 0)], deletes=())
+        return replace(record, mod_revision=revision)
 
     # -- small generic keys ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TypeAlias, TypeVar
 
 __all__ = [
+    "ApiKeyRecord",
     "Bundle",
     "Entry",
     "EventKind",
@@ -137,3 +138,24 @@ class Usage:
     tokens: int = 0
     cost_micro: int = 0
     revision: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """One tenant API key as stored: its digest, never the key.
+
+    ``sha256`` is `tiermesh.controlplane.api.key_digest` of the key; ``created_at`` and
+    ``revoked_at`` are ISO 8601 UTC timestamps (``revoked_at`` None: live);
+    ``mod_revision`` is the record's last change.
+    """
+
+    key_id: str
+    tenant: str
+    sha256: str
+    created_at: str
+    revoked_at: str | None = None
+    mod_revision: int = field(default=0, compare=False)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

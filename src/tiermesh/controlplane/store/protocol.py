@@ -9,7 +9,8 @@ Shared contracts:
 - Task safety: every method may be called concurrently from many tasks of the event loop the
   store was opened on. Not thread-safe; never share a store across event loops.
 - Keys: generic keys and watch prefixes are relative to the store's root; ``bundle/``,
-  ``nodes/`` and ``usage/`` are written only through the typed methods (`InvalidKey`).
+  ``nodes/``, ``usage/`` and ``apikeys/`` are written only through the typed methods
+  (`InvalidKey`).
 - Revisions: one store-wide counter that grows by one per write transaction, as in etcd.
 - Errors: every method may raise `StoreUnavailable` (the store cannot be reached; a write may or
   may not have happened) and `InvalidKey`; other errors are listed per method. All are
@@ -25,6 +26,7 @@ from typing import Protocol, Self
 from pydantic import BaseModel
 
 from tiermesh.controlplane.store.models import (
+    ApiKeyRecord,
     Bundle,
     Entry,
     JsonScalar,
@@ -150,6 +152,31 @@ class Store(Protocol):
 
     async def get_usage(self, tenant: str) -> Usage:
         """A tenant's counters; zeros with revision 0 if nothing was ever added."""
+        ...
+
+    # -- tenant API keys ------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """Store a new key record (``apikeys/<key_id>``); returns it with its revision.
+
+        Raises `KeyExists` (nothing written) if a record with that id exists, `InvalidKey`
+        for an id that cannot be a key name.
+        """
+        ...
+
+    async def list_api_keys(self) -> tuple[ApiKeyRecord, ...]:
+        """Every key record, revoked ones included, by id, read atomically."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, revoked_at: str) -> ApiKeyRecord:
+        """Mark a key revoked at ``revoked_at`` (compare-and-swap on the record); returns
+        the record after. Idempotent: an already revoked key keeps its first ``revoked_at``
+        and nothing is written. Records are never deleted, so a node can tell a revoked key
+        from an unknown one.
+
+        Raises `UnknownApiKey` (nothing written) if no record has ``key_id``,
+        `ContentionExhausted` if concurrent writers keep winning.
+        """
         ...
 
     # -- small generic keys ---------------------------------------------------------------
