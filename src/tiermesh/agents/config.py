@@ -178,8 +178,8 @@ class AuthzConfig(_Section):
     uninspected_headers: tuple[str, ...] = tuple(sorted(DEFAULT_UNINSPECTED_HEADERS))
     """Request headers whose values the PII detectors skip; every other header's value is
     inspected (it is forwarded upstream), as are the path and query string. The default
-    skips only credentials and fixed-shape values (``authorization``, ``content-length``,
-    ...); pseudo-headers other than ``:authority`` are never scanned."""
+    skips only fixed-shape values (``content-length``, ``x-request-id``, ...);
+    pseudo-headers other than ``:authority`` are never scanned."""
     request_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """This node's overrides of ``data.request_config`` (``default_tenant``,
     ``max_request_tokens``). The policy sees the served bundle's settings

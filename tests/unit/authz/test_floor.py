@@ -183,16 +183,21 @@ async def test_a_clean_request_keeps_its_label_and_its_path(
     assert entry.result["floor"] == {"sensitivity": "public", "reasons": []}
 
 
-def test_credentials_are_not_scanned() -> None:
+def test_fixed_shape_headers_are_not_scanned() -> None:
     found = inspect_request(
         "/v1/models",
         {
-            "authorization": "Bearer 4111111111111111",
+            "content-length": "4111111111111111",
             "x-envoy-auth-partial-body": "false",
             ":method": "POST",
         },
     )
     assert found == ()
+
+
+def test_a_credential_header_is_scanned_since_it_may_be_forwarded() -> None:
+    found = inspect_request("/v1/models", {"authorization": "Bearer jane.doe@example.com"})
+    assert {f.where for f in found} == {"header authorization"}
 
 
 def test_headers_envoy_forwards_are_scanned_whatever_their_prefix() -> None:

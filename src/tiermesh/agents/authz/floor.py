@@ -51,8 +51,6 @@ _RANK: Final[dict[str, int]] = {level: rank for rank, level in enumerate(LEVELS)
 
 DEFAULT_UNINSPECTED_HEADERS: Final = frozenset(
     {
-        "authorization",
-        "proxy-authorization",
         "content-length",
         "x-request-id",
         "x-forwarded-proto",
@@ -60,8 +58,10 @@ DEFAULT_UNINSPECTED_HEADERS: Final = frozenset(
         "x-envoy-auth-partial-body",
     }
 )
-"""Headers whose values are not scanned: credentials (replaced by a provider key on cloud
-routes) and values Envoy or the client library set in fixed shapes. Pseudo-headers other
+"""Headers whose values are not scanned: values Envoy or the client library set in fixed
+shapes. Credentials are scanned like any header unless they are a tenant key, which is
+taken off the request before it is inspected or forwarded: a header a client fills is
+forwarded upstream unless something removes it. Pseudo-headers other
 than ``:authority`` are not scanned (``:path`` is, as path and query); ``x-envoy-*``
 headers are, since Envoy forwards a client's own upstream."""
 
