@@ -350,8 +350,8 @@ class LocalMesh:
         # caller's word (and the control plane compiles it to answer 503).
         document["authz"] = {"enabled": True, "policy_dir": str(self.state_dir / "policies")}
         if node.tier == "local":
-            document["authz"]["usage_listen"] = f"{LOOPBACK}:0"
-            document["cascade_listen"] = f"{LOOPBACK}:0"
+            document["authz"]["usage_listen"] = "unix"
+            document["cascade_listen"] = "unix"
         if node.model is not None:
             document["model_server"] = {
                 "kind": "llama_cpp",
