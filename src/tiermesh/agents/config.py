@@ -129,7 +129,12 @@ class EnvoyConfig(_Section):
     run: bool = True
     """Start and supervise Envoy (false: a sidecar container runs it from
     ``bootstrap_path``; the agent only writes the bootstrap and serves SDS)."""
-    admin_address: HostPort = "127.0.0.1:9901"
+    admin_address: ServiceListen = UNIX
+    """Where Envoy's admin interface listens: ``unix`` (default: the socket
+    ``<state_dir>/envoy-admin.sock``, mode 0600), ``unix:/path``, or ``HOST:PORT``. The
+    admin interface has no authentication (its config dump holds the cascade token and
+    route secrets; ``/quitquitquit`` and ``/runtime_modify`` are open), so on a port any
+    local process can read or stop the node's Envoy."""
     app_port: int = Field(default=10000, ge=1, le=65535)
     """Port of the app listener (compiled on 127.0.0.1): apps send requests here."""
     mode: Literal["sotw", "delta"] = "sotw"
@@ -278,6 +283,13 @@ class AgentConfig(_Section):
         if listen == UNIX:
             return self.state_dir / f"{service}.sock"
         return Path(listen.removeprefix(UNIX + ":"))
+
+    @property
+    def envoy_admin_socket(self) -> Path | None:
+        """The Unix socket of Envoy's admin interface, or None when it is on a port."""
+        if not is_unix(self.envoy.admin_address):
+            return None
+        return self.service_socket("envoy-admin", self.envoy.admin_address)
 
     @property
     def workload_socket(self) -> Path:

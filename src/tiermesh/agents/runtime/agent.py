@@ -141,7 +141,8 @@ class NodeAgent:
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (config.state_dir / "logs").mkdir(exist_ok=True)
         if config.envoy.run:
-            _require_free("the Envoy admin", config.envoy.admin_address)
+            if config.envoy_admin_socket is None:
+                _require_free("the Envoy admin", config.envoy.admin_address)
             _require_free("the app listener", f"127.0.0.1:{config.envoy.app_port}")
         if config.model_server.kind == "llama_cpp":
             _require_free("the model server", config.model_server.listen)
