@@ -5,7 +5,10 @@ refused, so a typo fails at start with the field's path instead of being ignored
 Relative paths are taken relative to the file's directory. :func:`load_config` reads and
 checks it and raises :class:`ConfigError`, whose message names every bad field.
 
-Addresses are ``HOST:PORT``. The control plane has three ports (see ``tiermesh controlplane
+Addresses are ``HOST:PORT``; the node-local services Envoy calls (ext_authz, the usage
+log, the cascade handler) and Envoy's admin take ``unix`` (their socket in the state dir,
+mode 0600: the default for ext_authz and admin) or ``unix:/path`` instead, since any local
+process can call a loopback port. The control plane has three ports (see ``tiermesh controlplane
 run``): ADS (mTLS with the node's SVID), the node API (mTLS: renew, registry session) and
 the join port (TLS, one-time token). Several replicas may be listed; the agent tries them in
 order (its Envoy gets the first ADS address).
