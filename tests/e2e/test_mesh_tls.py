@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 
 from tests.e2e.agent_support import chat
 from tests.e2e.up_support import Up, running_up
+from tiermesh.procs.envoy import admin_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
 # ``code`` (complexity 3) is beyond the edge model (max 1); acme keeps restricted data off
@@ -34,9 +34,11 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 def _handshakes(up: Up) -> int:
     private = up.mesh["nodes"]["private-1"]
-    admin = f"http://127.0.0.1:{private['envoy_admin']}/stats?filter=ssl%5C.handshake%24"
-    with urllib.request.urlopen(admin, timeout=10) as answer:
-        text = answer.read().decode()
+    status, body = admin_request(
+        private["envoy_admin"], "/stats?filter=ssl%5C.handshake%24", timeout=10
+    )
+    assert status == 200
+    text = body.decode()
     found = re.search(rf"^listener\.[0-9.]+_{private['mesh_port']}\.ssl\.handshake: (\d+)$",
                       text, re.MULTILINE)  # fmt: skip
     assert found, f"no handshake counter of the mesh listener in:\n{text}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -55,6 +56,43 @@ def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
     nodes = {n["id"]: n for n in json.loads(shown.stdout)["nodes"]}
     assert set(nodes) == {"edge-1", "private-1", "cloud-gw-1"}
     assert nodes["edge-1"]["inference_url"] == f"http://127.0.0.1:{up.port}"
+
+
+def _listening_tcp_ports(process: psutil.Process) -> set[int]:
+    return {
+        c.laddr.port for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+    }
+
+
+def test_node_local_services_are_on_private_unix_sockets(up: Up) -> None:
+    """Loopback is not a trust boundary: every node's ext_authz (and the edge's usage log
+    and cascade handler) is registered as a Unix socket, Envoy's admin is one too, each of
+    mode 0600; no agent listens on TCP and each Envoy only on its app and mesh ports."""
+    mesh = up.mesh
+    shown = subprocess.run(
+        [TIERMESH, "status", "--admin", mesh["control_plane"]["admin_url"], "--json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    registrations = {n["id"]: n["registration"] for n in json.loads(shown.stdout)["nodes"]}
+    services = {"edge-1": ("authz", "usage", "cascade"), "private-1": ("authz",),
+                "cloud-gw-1": ("authz",)}  # fmt: skip
+    node_ports: set[int | None] = set()
+    for node_id, node in mesh["nodes"].items():
+        registration = registrations[node_id]
+        sockets = [Path(registration[f"{name}_socket"]) for name in services[node_id]]
+        sockets.append(Path(node["envoy_admin"]))
+        for path in sockets:
+            assert stat.S_ISSOCK(path.lstat().st_mode), path
+            assert stat.S_IMODE(path.lstat().st_mode) == 0o600, path
+        assert registration["authz_port"] is None
+        assert registration["usage_port"] is None
+        assert registration["cascade_port"] is None
+        assert _listening_tcp_ports(psutil.Process(node["agent_pid"])) == set(), node_id
+        node_ports |= {int(node["app_url"].rsplit(":", 1)[1]), node["mesh_port"]}
+    envoys = [p for p in up.descendants() if "envoy" in p.name()]
+    assert len(envoys) == 3
+    for envoy in envoys:
+        assert _listening_tcp_ports(envoy) <= node_ports, envoy.cmdline()
 
 
 def test_restricted_data_through_the_edge_lands_on_a_local_tier(up: Up) -> None:

@@ -5,7 +5,10 @@ refused, so a typo fails at start with the field's path instead of being ignored
 Relative paths are taken relative to the file's directory. :func:`load_config` reads and
 checks it and raises :class:`ConfigError`, whose message names every bad field.
 
-Addresses are ``HOST:PORT``. The control plane has three ports (see ``tiermesh controlplane
+Addresses are ``HOST:PORT``; the node-local services Envoy calls (ext_authz, the usage
+log, the cascade handler) and Envoy's admin take ``unix`` (their socket in the state dir,
+mode 0600: the default for ext_authz and admin) or ``unix:/path`` instead, since any local
+process can call a loopback port. The control plane has three ports (see ``tiermesh controlplane
 run``): ADS (mTLS with the node's SVID), the node API (mTLS: renew, registry session) and
 the join port (TLS, one-time token). Several replicas may be listed; the agent tries them in
 order (its Envoy gets the first ADS address).
@@ -14,7 +17,7 @@ order (its Envoy gets the first ADS address).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +27,7 @@ from tiermesh.controlplane.api import NodeEndpoint
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
 
 __all__ = [
+    "UNIX",
     "AgentConfig",
     "AuthzConfig",
     "ConfigError",
@@ -32,12 +36,31 @@ __all__ = [
     "IdentityConfig",
     "ModelServerConfig",
     "NodeConfig",
+    "ServiceListen",
+    "is_unix",
     "load_config",
     "split_hostport",
 ]
 
 HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")]
 """``HOST:PORT``."""
+
+UNIX: Final = "unix"
+"""A node-local service's listen address meaning: the Unix socket
+``<state_dir>/<service>.sock`` (mode 0600), see :meth:`AgentConfig.service_socket`."""
+
+ServiceListen = Annotated[
+    str, Field(pattern=r"^(?:unix(?::/[^\x00]+)?|\[?[A-Za-z0-9_.:-]+\]?:\d{1,5})$")
+]
+"""Where a node-local service listens: ``unix`` (its socket in the state dir; the default
+and the safe choice), ``unix:/abs/path`` (a socket elsewhere, e.g. a directory shared with
+an Envoy container; keep it private to the node's user) or ``HOST:PORT`` (loopback TCP,
+for setups that need a port: any local process can then call the service)."""
+
+
+def is_unix(listen: str) -> bool:
+    """Whether ``listen`` (a :data:`ServiceListen`) names a Unix socket."""
+    return listen == UNIX or listen.startswith(UNIX + ":")
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -109,7 +132,12 @@ class EnvoyConfig(_Section):
     run: bool = True
     """Start and supervise Envoy (false: a sidecar container runs it from
     ``bootstrap_path``; the agent only writes the bootstrap and serves SDS)."""
-    admin_address: HostPort = "127.0.0.1:9901"
+    admin_address: ServiceListen = UNIX
+    """Where Envoy's admin interface listens: ``unix`` (default: the socket
+    ``<state_dir>/envoy-admin.sock``, mode 0600), ``unix:/path``, or ``HOST:PORT``. The
+    admin interface has no authentication (its config dump holds the cascade token and
+    route secrets; ``/quitquitquit`` and ``/runtime_modify`` are open), so on a port any
+    local process can read or stop the node's Envoy."""
     app_port: int = Field(default=10000, ge=1, le=65535)
     """Port of the app listener (compiled on 127.0.0.1): apps send requests here."""
     mode: Literal["sotw", "delta"] = "sotw"
@@ -152,10 +180,11 @@ class AuthzConfig(_Section):
     request policy forwards nothing, since nothing would check what the caller declared.
 
     When enabled the agent serves ``envoy.service.auth.v3.Authorization`` on ``listen``
-    (loopback, plaintext gRPC; port 0 picks a free one) and registers its port, so the
-    control plane compiles the ext_authz filter into the node's app listener (fail closed).
-    Every decision is appended to a signed, hash-chained log in ``<state_dir>/decisions``
-    and shipped to the control plane's audit collector on the node API (mTLS).
+    (plaintext gRPC; by default the Unix socket ``<state_dir>/authz.sock``, mode 0600) and
+    registers it, so the control plane compiles the ext_authz filter into the node's app
+    listener (fail closed). Every decision is appended to a signed, hash-chained log in
+    ``<state_dir>/decisions`` and shipped to the control plane's audit collector on the node
+    API (mTLS).
 
     The policy is the control plane's: the served bundle's ``request/*.rego``, catalog and
     request settings (``data.request_config``: the bundle's, then ``request_config`` below
@@ -173,8 +202,11 @@ class AuthzConfig(_Section):
     the control plane has no bundle or cannot be reached at start (then the request policy
     is ``<policy_dir>/request/*.rego`` and ``data.catalog`` is ``<policy_dir>/data/
     catalog.yaml``, until the control plane announces a bundle)."""
-    listen: HostPort = "127.0.0.1:0"
-    """Where the authz server listens; keep it on loopback (only this node's Envoy calls)."""
+    listen: ServiceListen = UNIX
+    """Where the authz server listens: ``unix`` (default), the socket
+    ``<state_dir>/authz.sock`` of mode 0600, registered as ``authz_socket``; or
+    ``HOST:PORT`` on loopback (port 0 picks a free one), registered as ``authz_port``,
+    which any local process can call (forging decision records in the node's chain)."""
     uninspected_headers: tuple[str, ...] = tuple(sorted(DEFAULT_UNINSPECTED_HEADERS))
     """Request headers whose values the PII detectors skip; every other header's value is
     inspected (it is forwarded upstream), as are the path and query string. The default
@@ -191,10 +223,12 @@ class AuthzConfig(_Section):
     """Tenants' budget state, JSON ``{"<tenant>": {"spent_usd": x, "limit_usd": y}}``
     (default ``<state_dir>/budget.json``; missing: every budget unknown). Re-read when it
     changes, until the control plane pushes spend."""
-    usage_listen: HostPort | None = None
-    """Where the usage server listens (``envoy.service.accesslog.v3.AccessLogService``;
-    keep it on loopback, port 0 picks a free one), or None: no usage accounting. When set
-    the agent registers its port, the compiled app listener logs each answer's token
+    usage_listen: ServiceListen | None = None
+    """Where the usage server listens (``envoy.service.accesslog.v3.AccessLogService``):
+    ``unix`` (the socket ``<state_dir>/usage.sock``, mode 0600; use it: on a TCP port any
+    local process could charge forged usage to any tenant) or ``HOST:PORT`` on loopback
+    (port 0 picks a free one), or None: no usage accounting. When set the agent registers
+    its socket (or port), the compiled app listener logs each answer's token
     usage there, and the agent adds the tenant's tokens and spend (``data.catalog``
     prices) to ``budget_file``, which ext_authz reads: a tenant whose spend reaches its
     ``monthly_budget_usd`` takes its budget fallback."""
@@ -215,10 +249,12 @@ class AgentConfig(_Section):
     """How often a load report is sent on the registry session."""
     authz: AuthzConfig = AuthzConfig()
     """Request-time policy (on unless disabled; without it the app listener answers 503)."""
-    cascade_listen: HostPort | None = None
-    """Where the confidence cascade handler listens (plaintext HTTP; keep it on loopback,
-    only this node's Envoy calls it; port 0 picks a free one), or None: no handler. With
-    it the agent registers its port and routes of ``cascade`` tasks are compiled to it."""
+    cascade_listen: ServiceListen | None = None
+    """Where the confidence cascade handler listens (plaintext HTTP): ``unix`` (the socket
+    ``<state_dir>/cascade.sock``, mode 0600; use it: on a TCP port any local process could
+    call the handler directly, past the cascade route's rate limit) or ``HOST:PORT`` on
+    loopback (port 0 picks a free one), or None: no handler. With it the agent registers
+    its socket (or port) and routes of ``cascade`` tasks are compiled to it."""
     mesh_listen: HostPort | None = None
     """Node-to-node mTLS: where other nodes reach this node's model server through Envoy
     (port 0: the agent picks a free one), or None: no inbound mTLS listener. Needs a
@@ -240,6 +276,23 @@ class AgentConfig(_Section):
     @property
     def state_dir(self) -> Path:
         return self.identity.state_dir
+
+    def service_socket(self, service: str, listen: str) -> Path:
+        """The Unix socket of node-local ``service`` (``authz``, ``usage``, ``cascade``)
+        listening on ``listen`` (:func:`is_unix`): ``<state_dir>/<service>.sock`` for
+        ``unix``, the path of ``unix:/path``. The socket's mode is 0600 and the state dir's
+        0700, so the boundary is the node's Unix user: run the agent and Envoy as the node's
+        service user and nothing else as it."""
+        if listen == UNIX:
+            return self.state_dir / f"{service}.sock"
+        return Path(listen.removeprefix(UNIX + ":"))
+
+    @property
+    def envoy_admin_socket(self) -> Path | None:
+        """The Unix socket of Envoy's admin interface, or None when it is on a port."""
+        if not is_unix(self.envoy.admin_address):
+            return None
+        return self.service_socket("envoy-admin", self.envoy.admin_address)
 
     @property
     def workload_socket(self) -> Path:

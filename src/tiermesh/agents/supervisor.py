@@ -40,6 +40,7 @@ __all__ = [
     "SupervisorError",
     "SupervisorStatus",
     "http_health_check",
+    "open_stream",
 ]
 
 _log = logging.getLogger(__name__)
@@ -439,19 +440,30 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+async def open_stream(
+    target: tuple[str, int] | Path,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to ``target``: ``(host, port)`` over TCP, a path as a Unix socket."""
+    if isinstance(target, Path):
+        return await asyncio.open_unix_connection(str(target))
+    return await asyncio.open_connection(*target)
+
+
 def http_health_check(
-    host: str, port: int, path: str = "/", *, timeout_s: float = 2.0
+    target: tuple[str, int] | Path, path: str = "/", *, timeout_s: float = 2.0
 ) -> HealthCheck:
-    """A `HealthCheck` that is healthy when ``GET http://host:port/path`` answers 2xx.
+    """A `HealthCheck` that is healthy when ``GET path`` at ``target`` (``(host, port)``,
+    or the path of a Unix socket) answers 2xx.
 
     Plain HTTP/1.1 over asyncio streams: no client library, no proxy settings.
     """
+    host = "localhost" if isinstance(target, Path) else f"{target[0]}:{target[1]}"
 
     async def check() -> bool:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await open_stream(target)
             try:
-                request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+                request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                 writer.write(request.encode())
                 await writer.drain()
                 status_line = await reader.readline()

@@ -47,7 +47,8 @@ async def _serve(agent: NodeAgent) -> None:
     model = f" model={agent.model.base_url}" if agent.model is not None else ""
     typer.echo(
         f"agent ready: node={config.node.id} spiffe_id={spiffe_id} "
-        f"app=http://127.0.0.1:{config.envoy.app_port} admin={config.envoy.admin_address}"
+        f"app=http://127.0.0.1:{config.envoy.app_port} "
+        f"admin={config.envoy_admin_socket or config.envoy.admin_address}"
         f"{model}"
     )
     await stop.wait()

@@ -128,7 +128,6 @@ class MeshNode:
     residency: tuple[str, ...]
     app_port: int
     model: str | None
-    admin_port: int = field(default_factory=free_port)
     model_port: int = field(default_factory=free_port)
     mesh_port: int = field(default_factory=free_port)
     """The node's inbound mTLS listener (only with a model server)."""
@@ -368,7 +367,7 @@ class LocalMesh:
             },
             "identity": {"state_dir": str(self.state_dir / node.id),
                          "join_token_file": str(self.state_dir / f"{node.id}.token")},
-            "envoy": {"admin_address": f"{LOOPBACK}:{node.admin_port}",
+            "envoy": {"admin_address": "unix",
                       "app_port": node.app_port, "drain_s": 1},
             "model_server": {"kind": "none"},
         }  # fmt: skip
@@ -376,8 +375,8 @@ class LocalMesh:
         # caller's word (and the control plane compiles it to answer 503).
         document["authz"] = {"enabled": True, "policy_dir": str(self.state_dir / "policies")}
         if node.tier == "local":
-            document["authz"]["usage_listen"] = f"{LOOPBACK}:0"
-            document["cascade_listen"] = f"{LOOPBACK}:0"
+            document["authz"]["usage_listen"] = "unix"
+            document["cascade_listen"] = "unix"
         if node.model is not None:
             document["model_server"] = {
                 "kind": "llama_cpp",
@@ -420,7 +419,7 @@ class LocalMesh:
                 n.id: {
                     "tier": n.tier,
                     "app_url": n.app_url,
-                    "envoy_admin": n.admin_port,
+                    "envoy_admin": str(self.state_dir / n.id / "envoy-admin.sock"),
                     "model_port": n.model_port if n.model else None,
                     "mesh_port": n.mesh_port if n.model else None,
                     "agent_pid": n.agent.proc.pid if n.agent else None,

@@ -2,24 +2,60 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["EnvoyError", "EnvoyProcess", "envoy_binary"]
+__all__ = ["EnvoyError", "EnvoyProcess", "admin_request", "envoy_binary"]
 
 STOP_GRACE_S = 5.0
 
 
 class EnvoyError(RuntimeError):
     """Envoy could not be found, would not start, or did not become ready."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_request(
+    admin: int | str, path: str, *, method: str = "GET", timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """``method path`` on an Envoy admin interface: a port on 127.0.0.1, or the path of its
+    Unix socket. Returns the status and body; raises ``OSError`` when it does not answer."""
+    connection: http.client.HTTPConnection = (
+        _UnixConnection(admin, timeout)
+        if isinstance(admin, str)
+        else http.client.HTTPConnection("127.0.0.1", admin, timeout=timeout)
+    )
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"admin {admin}: {exc}") from exc
+    finally:
+        connection.close()
 
 
 def envoy_binary() -> Path:
@@ -39,7 +75,8 @@ def envoy_binary() -> Path:
 
 
 class EnvoyProcess:
-    """One Envoy started from a bootstrap document, with an admin port on loopback.
+    """One Envoy started from a bootstrap document, with its admin interface on a loopback
+    port or a Unix socket (``admin.address.pipe``; :attr:`admin` is then its path).
 
     Owns its process (stopped by PID: SIGTERM, then SIGKILL after ``STOP_GRACE_S``) and
     the files it writes under ``workdir`` (bootstrap and log). Not thread-safe.
@@ -59,7 +96,15 @@ class EnvoyProcess:
         self.name = name
         self.log_level = log_level
         self.concurrency = concurrency
-        self.admin_port = int(bootstrap["admin"]["address"]["socket_address"]["port_value"])
+        address = bootstrap["admin"]["address"]
+        self.admin: int | str = (
+            str(address["pipe"]["path"])
+            if "pipe" in address
+            else int(address["socket_address"]["port_value"])
+        )
+        """The admin port on 127.0.0.1, or the path of the admin Unix socket."""
+        self.admin_port = self.admin if isinstance(self.admin, int) else 0
+        """The admin port (0 when admin is on a Unix socket)."""
         self.log_path = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -108,23 +153,21 @@ class EnvoyProcess:
 
     def admin_status(self, path: str) -> int:
         try:
-            with urllib.request.urlopen(self._admin_url(path), timeout=2) as response:  # noqa: S310
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+            return admin_request(self.admin, path, timeout=2)[0]
         except OSError:
             return 0
 
     def admin_json(self, path: str) -> Any:
-        with urllib.request.urlopen(self._admin_url(path), timeout=5) as response:  # noqa: S310
-            return json.loads(response.read())
+        return json.loads(self._admin_ok(path))
 
     def admin_text(self, path: str) -> str:
-        with urllib.request.urlopen(self._admin_url(path), timeout=5) as response:  # noqa: S310
-            return str(response.read().decode())
+        return self._admin_ok(path).decode()
 
-    def _admin_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.admin_port}{path}"
+    def _admin_ok(self, path: str) -> bytes:
+        status, body = admin_request(self.admin, path)
+        if status != 200:
+            raise EnvoyError(f"{self.name} admin {path} answered {status}: {body[:200]!r}")
+        return body
 
     def log_tail(self, lines: int = 30) -> str:
         try:

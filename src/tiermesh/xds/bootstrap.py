@@ -18,9 +18,17 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
-__all__ = ["AdsTls", "BootstrapSpec", "render_bootstrap", "validate_bootstrap"]
+__all__ = [
+    "ADMIN_SOCKET_MODE",
+    "AdsTls",
+    "BootstrapSpec",
+    "render_bootstrap",
+    "validate_bootstrap",
+]
 
 XDS_CLUSTER = "tiermesh_xds"
+ADMIN_SOCKET_MODE = 0o600
+"""Mode of an admin Unix socket: its owner only."""
 _TYPE = "type.googleapis.com/"
 
 # Typed configs inside the bootstrap resolve through the descriptor pool: keep these loaded.
@@ -55,6 +63,11 @@ class BootstrapSpec:
     cluster: str = "tiermesh"
     admin_port: int = 0
     admin_address: str = "127.0.0.1"
+    admin_socket: str | None = None
+    """If set, the admin interface listens on this Unix socket (absolute path, mode
+    :data:`ADMIN_SOCKET_MODE`) instead of ``admin_address:admin_port``: the admin interface
+    is unauthenticated (config dumps hold secrets, ``/quitquitquit`` stops Envoy), so only
+    the socket's owner should reach it."""
     mode: Literal["sotw", "delta"] = "sotw"
     metadata: dict[str, str] = field(default_factory=dict)
     tls: AdsTls | None = None
@@ -64,6 +77,12 @@ class BootstrapSpec:
     listener with an ``internal_listener`` address unless the bootstrap loads it; pushed
     configuration may contain such listeners (e.g. egress listeners that inject cloud API
     keys), so it is on unless a test wants a bare bootstrap."""
+
+
+def _admin_address(spec: BootstrapSpec) -> dict[str, Any]:
+    if spec.admin_socket is not None:
+        return {"pipe": {"path": spec.admin_socket, "mode": ADMIN_SOCKET_MODE}}
+    return {"socket_address": {"address": spec.admin_address, "port_value": spec.admin_port}}
 
 
 def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
@@ -132,14 +151,7 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
             "cluster": spec.cluster,
             "metadata": dict(spec.metadata),
         },
-        "admin": {
-            "address": {
-                "socket_address": {
-                    "address": spec.admin_address,
-                    "port_value": spec.admin_port,
-                }
-            }
-        },
+        "admin": {"address": _admin_address(spec)},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if spec.mode == "delta" else "GRPC",

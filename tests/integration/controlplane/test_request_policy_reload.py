@@ -140,12 +140,12 @@ async def mesh(etcd: EtcdServer, tmp_path: Path) -> AsyncIterator[Mesh]:
         session = RegistrySession(
             svids,
             NodeRegistration(node_id="edge-1", tier="local", region="eu-west", app_port=18080,
-                             authz_port=requests.port),
+                             authz_socket=str(requests.socket)),
             addresses=[api.node_target], server_name=control_plane_dns_name(TD),
             measure=_idle, interval_s=0.2, on_bundle=requests.announce,
         )  # fmt: skip
         running = asyncio.create_task(session.run())
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{requests.port}")
+        channel = grpc.aio.insecure_channel(f"unix:{requests.socket}")
         try:
             await session.wait_registered(5.0)
             yield Mesh(

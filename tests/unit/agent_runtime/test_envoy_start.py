@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tiermesh.agents.config import load_config
-from tiermesh.agents.runtime.envoy import EnvoySidecar, envoy_failure_reason
+from tiermesh.agents.runtime.envoy import EnvoySidecar, agent_bootstrap, envoy_failure_reason
 from tiermesh.agents.runtime.errors import StartFailed
 from tiermesh.procs.envoy import envoy_binary
 
@@ -82,3 +82,22 @@ def test_the_binary_is_checked_when_envoy_is_started(tmp_path: Path) -> None:
     pinned.mkdir()
     with pytest.raises(StartFailed, match=r"is not a file$"):
         EnvoySidecar(config, bootstrap)
+
+
+def test_envoy_admin_is_a_private_unix_socket_by_default(tmp_path: Path) -> None:
+    """Envoy's admin has no authentication (its config dump holds the cascade token,
+    ``/quitquitquit`` stops it): by default it listens on a 0600 socket in the state dir,
+    which the agent's own checks use, never on a port."""
+    config = load_config(_node_yaml(tmp_path))
+    socket = tmp_path / "state" / "envoy-admin.sock"
+    assert config.envoy_admin_socket == socket
+    admin = agent_bootstrap(config)["admin"]["address"]
+    assert admin == {"pipe": {"path": str(socket), "mode": 0o600}}
+    assert EnvoySidecar(config, tmp_path / "b.json").admin == socket
+
+
+def test_envoy_admin_may_stay_on_a_port(tmp_path: Path) -> None:
+    config = load_config(_node_yaml(tmp_path, "admin_address: '127.0.0.1:9902'"))
+    assert config.envoy_admin_socket is None
+    admin = agent_bootstrap(config)["admin"]["address"]
+    assert admin == {"socket_address": {"address": "127.0.0.1", "port_value": 9902}}

@@ -136,8 +136,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 async def start_authz_server(
     authorizer: Authorizer, address: str = "127.0.0.1:0"
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving ``authorizer`` on ``address`` (plaintext; bind it to loopback: Envoy
-    is on the same node). Returns the started server and its port; stop it with
+    """Start serving ``authorizer`` on ``address`` (plaintext; Envoy is on the same node).
+    Prefer ``unix:/path`` in a private directory, made mode 0600 (the agent does): on a
+    loopback port any local process could append forged decisions to the node's chain.
+    Returns the started server and its port (1 for a Unix socket); stop it with
     ``await server.stop(grace)``.
 
     Raises:

@@ -42,20 +42,25 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import uvicorn
 
 from tiermesh.agents.cascade.confidence import answer_confidence, strip_logprobs
+from tiermesh.agents.identity.errors import SocketPathError
+from tiermesh.agents.identity.workload_api import bind_unix_socket_path, release_unix_socket_path
 
 __all__ = [
     "CHAIN_HEADER",
     "CONFIDENCE_HEADER",
     "MAX_STEPS",
+    "SOCKET_MODE",
     "STEPS_HEADER",
     "STEP_HEADER",
     "THRESHOLD_HEADER",
@@ -63,6 +68,8 @@ __all__ = [
     "CascadeHandler",
 ]
 
+SOCKET_MODE: Final = 0o600
+"""Mode of the handler's Unix socket: only the node's own user may call it."""
 STEP_HEADER = "x-tiermesh-cascade-step"
 """Set on each step request; equals the compiler's ``names.CASCADE_STEP_HEADER``."""
 TOKEN_HEADER = "x-tiermesh-cascade-token"  # noqa: S105 - a header name
@@ -108,9 +115,29 @@ class _Reply:
     body: bytes
 
 
+def _unix_listener(path: Path) -> socket.socket:
+    """A stream socket bound at ``path`` with mode :data:`SOCKET_MODE`, set before it
+    listens so that no connection is accepted under a laxer mode."""
+    try:
+        bind_unix_socket_path(path)
+    except SocketPathError as exc:
+        raise RuntimeError(str(exc)) from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+    except OSError:
+        sock.close()
+        release_unix_socket_path(path)
+        raise
+    return sock
+
+
 class CascadeHandler:
-    """The HTTP server on ``host:port`` (``port=0``: a free one, see :attr:`port`) that
-    walks cascades through the Envoy app listener at ``envoy_host:envoy_port``.
+    """The HTTP server on ``host:port`` (``port=0``: a free one, see :attr:`port`), or on
+    the Unix socket ``socket_path`` when given (mode 0600, created on start and removed on
+    stop; only processes of the same Unix user can call it), that walks cascades through
+    the Envoy app listener at ``envoy_host:envoy_port``.
 
     ``step_timeout_s`` bounds each step request (Envoy's route timeouts apply as well).
     ``token`` is the secret the step requests carry (the one registered as
@@ -126,6 +153,7 @@ class CascadeHandler:
         envoy_host: str = "127.0.0.1",
         step_timeout_s: float = 120.0,
         token: str | None = None,
+        socket_path: Path | None = None,
     ) -> None:
         self.envoy_host = envoy_host
         self.envoy_port = envoy_port
@@ -133,12 +161,14 @@ class CascadeHandler:
         self.step_timeout_s = step_timeout_s
         self._port = port
         self._token = token
+        self.socket_path = socket_path
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        """The bound port (after :meth:`start`, the real one when 0 was asked)."""
+        """The bound port (after :meth:`start`, the real one when 0 was asked; 0 on a
+        Unix socket)."""
         return self._port
 
     @property
@@ -147,11 +177,19 @@ class CascadeHandler:
         return self._token
 
     async def start(self) -> None:
-        """Bind and serve; returns once the server accepts connections."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
-        self._port = int(sock.getsockname()[1])
+        """Bind and serve; returns once the server accepts connections.
+
+        Raises:
+            RuntimeError: the socket path cannot be used, or the server did not start.
+        """
+        if self.socket_path is not None:
+            sock = _unix_listener(self.socket_path)
+            self._port = 0
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self._port))
+            self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self._app,
             interface="asgi3",
@@ -168,7 +206,8 @@ class CascadeHandler:
         while not self._server.started:
             if self._task.done() or time.monotonic() > deadline:
                 await self.stop()
-                raise RuntimeError(f"cascade handler did not start on {self.host}:{self._port}")
+                where = self.socket_path or f"{self.host}:{self._port}"
+                raise RuntimeError(f"cascade handler did not start on {where}")
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
@@ -180,6 +219,8 @@ class CascadeHandler:
                 await self._task
         self._server = None
         self._task = None
+        if self.socket_path is not None:
+            release_unix_socket_path(self.socket_path)
 
     async def __aenter__(self) -> CascadeHandler:
         await self.start()

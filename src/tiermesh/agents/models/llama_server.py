@@ -237,7 +237,7 @@ class LlamaServer:
         supervisor = Supervisor(
             spec,
             policy=self.policy,
-            health_check=http_health_check(self.host, self._port, "/v1/models"),
+            health_check=http_health_check((self.host, self._port), "/v1/models"),
         )
         self._supervisor = supervisor
         await supervisor.start()

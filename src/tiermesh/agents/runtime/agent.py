@@ -5,9 +5,9 @@ Start order (each step needs the ones before): ports checked free → SVID (save
 → rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
 (on unless ``authz.enabled: false``, which leaves the node's app listener answering 503:
 the served bundle's request policy fetched from the control plane, ext_authz server on
-loopback, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) → Envoy
+its Unix socket, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) → Envoy
 bootstrap written → model server healthy → Envoy answering its admin port → registry
-session accepted (with ``authz_port``, so the compiled listener checks every request, and
+session accepted (with ``authz_socket``, so the compiled listener checks every request, and
 ``mesh_port`` when ``mesh_listen`` is set; the session also carries the usage ledger's
 reports, brings back mesh-wide spend and announces new bundles, whose request policy then
 replaces the running one).
@@ -33,7 +33,7 @@ import socket
 from pathlib import Path
 
 from tiermesh.agents.cascade import TOKEN_HEADER, CascadeHandler
-from tiermesh.agents.config import AgentConfig, split_hostport
+from tiermesh.agents.config import AgentConfig, is_unix, split_hostport
 from tiermesh.agents.identity import (
     LocalSdsServer,
     SvidRotator,
@@ -68,6 +68,29 @@ def _require_free(what: str, address: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(what, address) from None
             raise StartFailed(what, f"cannot bind {address}: {exc.strerror}") from exc
+
+
+async def _start_cascade(config: AgentConfig) -> CascadeHandler:
+    """The cascade handler on ``cascade_listen``, started, with a new secret: only this
+    handler's step requests match step routes."""
+    assert config.cascade_listen is not None
+    token = secrets.token_urlsafe(32)
+    if is_unix(config.cascade_listen):
+        socket_path = config.service_socket("cascade", config.cascade_listen)
+        handler = CascadeHandler(config.envoy.app_port, token=token, socket_path=socket_path)
+    else:
+        host, port = split_hostport(config.cascade_listen)
+        handler = CascadeHandler(config.envoy.app_port, host=host, port=port, token=token)
+    try:
+        await handler.start()
+    except RuntimeError as exc:
+        raise StartFailed("the cascade handler", str(exc)) from exc
+    return handler
+
+
+def _path(socket: Path | None) -> str | None:
+    """A socket's absolute path as registered."""
+    return None if socket is None else str(socket.absolute())
 
 
 def _mesh_port(config: AgentConfig) -> int | None:
@@ -118,7 +141,8 @@ class NodeAgent:
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (config.state_dir / "logs").mkdir(exist_ok=True)
         if config.envoy.run:
-            _require_free("the Envoy admin", config.envoy.admin_address)
+            if config.envoy_admin_socket is None:
+                _require_free("the Envoy admin", config.envoy.admin_address)
             _require_free("the app listener", f"127.0.0.1:{config.envoy.app_port}")
         if config.model_server.kind == "llama_cpp":
             _require_free("the model server", config.model_server.listen)
@@ -146,12 +170,7 @@ class NodeAgent:
                 "authz.enabled is false: this node's app listener answers every request 503"
             )
         if config.cascade_listen is not None:
-            host, port = split_hostport(config.cascade_listen)
-            # A new secret per start: only this handler's step requests match step routes.
-            self.cascade = CascadeHandler(
-                config.envoy.app_port, host=host, port=port, token=secrets.token_urlsafe(32)
-            )
-            await self.cascade.start()
+            self.cascade = await _start_cascade(config)
             if self.requests is not None and self.cascade.token is not None:
                 # Its step requests re-enter the app listener without the caller's key.
                 self.requests.trust_reentry(TOKEN_HEADER, self.cascade.token)
@@ -174,6 +193,7 @@ class NodeAgent:
             self.envoy = EnvoySidecar(config, self.bootstrap_path)
             await self.envoy.start()
 
+        requests, cascade = self.requests, self.cascade
         registration = NodeRegistration(
             node_id=config.node.id,
             tier=config.node.tier,
@@ -182,9 +202,12 @@ class NodeAgent:
             app_port=config.envoy.app_port,
             endpoints=config.registered_endpoints(),
             labels=config.node.labels,
-            authz_port=self.requests.port if self.requests is not None else None,
-            usage_port=self.requests.usage_port if self.requests is not None else None,
-            cascade_port=self.cascade.port if self.cascade is not None else None,
+            authz_port=requests.port if requests is not None else None,
+            authz_socket=_path(requests.socket if requests is not None else None),
+            usage_port=requests.usage_port if requests is not None else None,
+            usage_socket=_path(requests.usage_socket if requests is not None else None),
+            cascade_port=cascade.port if cascade is not None and cascade.port else None,
+            cascade_socket=_path(cascade.socket_path if cascade is not None else None),
             cascade_token=self.cascade.token if self.cascade is not None else None,
             mesh_port=mesh_port,
         )

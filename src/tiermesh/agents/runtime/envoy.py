@@ -29,6 +29,7 @@ from tiermesh.agents.supervisor import (
     Supervisor,
     SupervisorError,
     http_health_check,
+    open_stream,
 )
 from tiermesh.procs.envoy import EnvoyError, envoy_binary
 from tiermesh.xds import BootstrapSpec, render_bootstrap, validate_bootstrap
@@ -71,13 +72,17 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
     with an API key into internal egress listeners, which Envoy refuses without it.
     """
     host, port = split_hostport(config.control_plane.ads[0])
-    admin_host, admin_port = split_hostport(config.envoy.admin_address)
+    admin_socket = config.envoy_admin_socket
+    admin_host, admin_port = (
+        ("127.0.0.1", 0) if admin_socket is not None else split_hostport(config.envoy.admin_address)
+    )
     spec = BootstrapSpec(
         node_id=config.node.id,
         xds_host=host,
         xds_port=port,
         admin_address=admin_host,
         admin_port=admin_port,
+        admin_socket=None if admin_socket is None else str(admin_socket.absolute()),
         mode=config.envoy.mode,
         metadata={"tier": config.node.tier, "region": config.node.region},
         internal_listeners=True,
@@ -143,8 +148,11 @@ class EnvoySidecar:
 
     def __init__(self, config: AgentConfig, bootstrap: Path) -> None:
         self._config = config
-        host, port = split_hostport(config.envoy.admin_address)
-        self.admin = (host, port)
+        socket = config.envoy_admin_socket
+        self.admin: tuple[str, int] | Path = (
+            socket if socket is not None else split_hostport(config.envoy.admin_address)
+        )
+        """Envoy's admin interface: its Unix socket, or ``(host, port)``."""
         spec = ProcessSpec(
             name=f"envoy[{config.node.id}]",
             argv=_envoy_argv(_checked_binary(config), bootstrap, config),
@@ -152,7 +160,7 @@ class EnvoySidecar:
         )
         policy = RestartPolicy(start_timeout_s=_READY_TIMEOUT_S, stop_grace_s=5.0)
         self.supervisor = Supervisor(
-            spec, policy=policy, health_check=http_health_check(host, port, "/server_info")
+            spec, policy=policy, health_check=http_health_check(self.admin, "/server_info")
         )
 
     async def start(self) -> None:
@@ -172,9 +180,9 @@ class EnvoySidecar:
         reason = envoy_failure_reason(self.supervisor.log_tail(200))
         if reason is None:
             if isinstance(exc, HealthTimeoutError):
-                host, port = self.admin
                 reason = (
-                    f"its admin endpoint {host}:{port} did not answer within {exc.timeout_s:g}s"
+                    f"its admin endpoint {_where(self.admin)} did not answer within "
+                    f"{exc.timeout_s:g}s"
                 )
             elif isinstance(exc, ChildExitedError):
                 reason = exc.reason
@@ -184,10 +192,10 @@ class EnvoySidecar:
 
     async def admin_post(self, path: str) -> int:
         """POST to the admin endpoint; the HTTP status (0 when it did not answer)."""
-        host, port = self.admin
+        host = _host(self.admin)
         try:
             async with asyncio.timeout(2.0):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await open_stream(self.admin)
                 request = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
                 writer.write((request + "Connection: close\r\n\r\n").encode())
                 await writer.drain()
@@ -201,10 +209,10 @@ class EnvoySidecar:
 
     async def admin_get(self, path: str) -> str:
         """GET from the admin endpoint; the body ('' when it did not answer)."""
-        host, port = self.admin
+        host = _host(self.admin)
         try:
             async with asyncio.timeout(2.0):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await open_stream(self.admin)
                 writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
                 await writer.drain()
                 data = await reader.read()
@@ -225,6 +233,14 @@ class EnvoySidecar:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+
+
+def _host(admin: tuple[str, int] | Path) -> str:
+    return "localhost" if isinstance(admin, Path) else admin[0]
+
+
+def _where(admin: tuple[str, int] | Path) -> str:
+    return str(admin) if isinstance(admin, Path) else f"{admin[0]}:{admin[1]}"
 
 
 def _checked_binary(config: AgentConfig) -> Path:

@@ -2,7 +2,8 @@
 
 :class:`RequestPolicy` starts, in order: the request policy loaded into a regorus engine
 and probed (see Where the policy comes from) → the decision log in ``<state_dir>/decisions``
-(signed with the node's current SVID) → the authz gRPC server on loopback → the usage
+(signed with the node's current SVID) → the authz gRPC server (on the Unix socket
+``<state_dir>/authz.sock``, mode 0600, unless ``authz.listen`` names a port) → the usage
 server when ``authz.usage_listen`` is set (access logs → tokens and spend per tenant, at
 ``data.catalog`` prices, into the budget file the authz server reads; :attr:`ledger` is
 also what the agent's registry session reports to the control plane and takes mesh-wide
@@ -38,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -55,10 +57,11 @@ from tiermesh.agents.authz import (
     request_policy_modules,
     start_authz_server,
 )
-from tiermesh.agents.config import AgentConfig
+from tiermesh.agents.config import AgentConfig, is_unix
 from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StoreSigner
 from tiermesh.agents.identity import SvidStore
 from tiermesh.agents.identity.join_client import NodeApiCallError
+from tiermesh.agents.runtime._sockets import release_socket, start_grpc_on_socket
 from tiermesh.agents.runtime.errors import StartFailed
 from tiermesh.agents.runtime.policy_sync import (
     NodeApiPolicySource,
@@ -148,10 +151,16 @@ class RequestPolicy:
         self.ledger: UsageLedger | None = None
         """The usage ledger (None before :meth:`start` or without a usage server); use it
         on the agent's event loop only."""
-        self.port = 0
-        """The authz server's bound port (0 before :meth:`start`)."""
+        self.port: int | None = None
+        """The authz server's bound port (None before :meth:`start` or on a socket)."""
+        self.socket: Path | None = None
+        """The authz server's Unix socket (None before :meth:`start` or on a port)."""
         self.usage_port: int | None = None
-        """The usage server's bound port (None before :meth:`start` or without one)."""
+        """The usage server's bound port (None before :meth:`start`, without one or on a
+        socket)."""
+        self.usage_socket: Path | None = None
+        """The usage server's Unix socket (None before :meth:`start`, without one or on a
+        port)."""
 
     def trust_reentry(self, header: str, secret: str) -> None:
         """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
@@ -236,10 +245,15 @@ class RequestPolicy:
             request_config=dict(config.authz.request_config),
             current=served,
         )
+        authorizer = self._authorizer
         try:
-            self._server, self.port = await start_authz_server(
-                self._authorizer, config.authz.listen
-            )
+            if is_unix(config.authz.listen):
+                self.socket = config.service_socket("authz", config.authz.listen)
+                self._server = await start_grpc_on_socket(
+                    lambda address: start_authz_server(authorizer, address), self.socket
+                )
+            else:
+                self._server, self.port = await start_authz_server(authorizer, config.authz.listen)
         except RuntimeError as exc:
             raise StartFailed("the authz server", str(exc)) from exc
         if config.authz.usage_listen is not None:
@@ -255,7 +269,7 @@ class RequestPolicy:
             self._shipping = asyncio.create_task(self._shipper.run(), name="decision-shipper")
         else:
             log.warning("no control_plane.audit address: decisions stay in %s", decisions.directory)
-        log.info("request policy served on %s port %d", config.authz.listen, self.port)
+        log.info("request policy served on %s", self.socket or f"port {self.port}")
 
     async def _start_usage(self, config: AgentConfig, data: dict[str, Any]) -> None:
         assert config.authz.usage_listen is not None
@@ -264,14 +278,20 @@ class RequestPolicy:
         except ValueError as exc:
             raise StartFailed("the usage server", f"no usable catalog: {exc}") from exc
         ledger = UsageLedger(config.budget_file, Prices.from_catalog(catalog))
+        listen = config.authz.usage_listen
         try:
-            self._usage, self.usage_port = await start_usage_server(
-                ledger, config.authz.usage_listen
-            )
+            if is_unix(listen):
+                self.usage_socket = config.service_socket("usage", listen)
+                self._usage = await start_grpc_on_socket(
+                    lambda address: start_usage_server(ledger, address), self.usage_socket
+                )
+            else:
+                self._usage, self.usage_port = await start_usage_server(ledger, listen)
         except RuntimeError as exc:
             raise StartFailed("the usage server", str(exc)) from exc
         self.ledger = ledger
-        log.info("usage accounted on port %d into %s", self.usage_port, ledger.path)
+        where = self.usage_socket or f"port {self.usage_port}"
+        log.info("usage accounted on %s into %s", where, ledger.path)
 
     def announce(self, bundle: BundleRef) -> None:
         """The control plane serves ``bundle`` (from the registry session): follow it."""
@@ -288,9 +308,11 @@ class RequestPolicy:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(0.5)
+        release_socket(self.socket)
         usage, self._usage = self._usage, None
         if usage is not None:
             await usage.stop(0.5)
+        release_socket(self.usage_socket)
         syncing, self._syncing = self._syncing, None
         if syncing is not None:
             syncing.cancel()

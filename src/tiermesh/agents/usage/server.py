@@ -133,8 +133,10 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 async def start_usage_server(
     ledger: UsageLedger, address: str = "127.0.0.1:0"
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving ``ledger`` on ``address`` (plaintext; bind it to loopback: Envoy is on
-    the same node). Returns the started server and its port; stop it with
+    """Start serving ``ledger`` on ``address`` (plaintext; Envoy is on the same node).
+    Prefer ``unix:/path`` in a private directory, made mode 0600 (the agent does): on a
+    loopback port any local process could charge forged usage to any tenant. Returns the
+    started server and its port (1 for a Unix socket); stop it with
     ``await server.stop(grace)``.
 
     Raises:

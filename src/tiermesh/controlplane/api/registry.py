@@ -63,6 +63,7 @@ __all__ = [
     "MAX_ENDPOINTS",
     "MAX_LABELS",
     "MAX_SESSION_MESSAGE_BYTES",
+    "MAX_SOCKET_PATH",
     "MAX_USAGE_AMOUNT",
     "MAX_USAGE_TENANTS",
     "NODE_REGISTRY_SERVICE",
@@ -74,6 +75,7 @@ __all__ = [
     "RegisteredNode",
     "SessionMessage",
     "SessionReply",
+    "UnixSocketPath",
     "UsageAck",
     "UsageDelta",
     "UsageReport",
@@ -159,6 +161,15 @@ class NodeEndpoint(Contract):
         return self
 
 
+MAX_SOCKET_PATH: Final = 107
+"""Longest Unix socket path, in bytes (``sun_path`` is 108 bytes with the final NUL)."""
+
+UnixSocketPath = Annotated[
+    str, StringConstraints(min_length=2, max_length=MAX_SOCKET_PATH, pattern=r"^/[^\x00]*$")
+]
+"""An absolute path of a Unix socket (ASCII length checked; at most :data:`MAX_SOCKET_PATH`)."""
+
+
 class NodeRegistration(Contract):
     """What a node claims about itself: its id, placement, app port and its own endpoints."""
 
@@ -209,6 +220,20 @@ class NodeRegistration(Contract):
     node's mTLS session and is stored with the registration; status output redacts it and
     nothing logs it. Without it (older agents) step routes match the step header alone.
     Added within ``v1`` like ``authz_port``."""
+    authz_socket: UnixSocketPath | None = None
+    """Unix socket of the node's ext_authz server (absolute path, the same gRPC service as
+    ``authz_port``), or None. Loopback is not a trust boundary: any local process can call a
+    TCP port, so agents serve node-local services on sockets of mode 0600 in their state
+    directory and register those instead; only the node's own Unix user (its agent and
+    Envoy) can connect. When both are set the socket wins and the port is ignored; a node
+    that sets neither has no request-time policy. Added within ``v1`` like ``authz_port``
+    (agents that register ports keep working)."""
+    usage_socket: UnixSocketPath | None = None
+    """Unix socket of the node's access-log server, or None; wins over ``usage_port`` like
+    ``authz_socket``. Added within ``v1`` like ``authz_port``."""
+    cascade_socket: UnixSocketPath | None = None
+    """Unix socket of the node's cascade handler (plaintext HTTP/1.1), or None; wins over
+    ``cascade_port`` like ``authz_socket``. Added within ``v1`` like ``authz_port``."""
     mesh_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the node's inbound mTLS listener (all addresses), or None: no node-to-node
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,

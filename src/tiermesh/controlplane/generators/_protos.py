@@ -9,7 +9,10 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
-__all__ = ["ads", "is_ip", "ms", "pack", "static_assignment"]
+__all__ = ["SOCKET_MODE", "ads", "is_ip", "ms", "pack", "static_assignment"]
+
+SOCKET_MODE = 0o600
+"""Mode of the node-local services' Unix sockets: only the node's own user connects."""
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -41,12 +44,18 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def static_assignment(name: str, host: str, port: int) -> endpoint_pb2.ClusterLoadAssignment:
-    """The load assignment of a STATIC cluster ``name`` with the one address ``host:port``
-    (the node's own services: authz, usage, the cascade handler)."""
-    address = address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
-    )
+def static_assignment(
+    name: str, host: str, port: int, socket: str | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The load assignment of a STATIC cluster ``name`` with one address: the Unix socket
+    ``socket`` (Envoy ``pipe``) when given, else ``host:port`` (the node's own services:
+    authz, usage, the cascade handler)."""
+    if socket is not None:
+        address = address_pb2.Address(pipe=address_pb2.Pipe(path=socket, mode=SOCKET_MODE))
+    else:
+        address = address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+        )
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=address)
     )

@@ -154,7 +154,9 @@ def cascade_cluster(settings: CascadeSettings, connect_timeout_ms: int) -> clust
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=ms(connect_timeout_ms),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        load_assignment=static_assignment(names.CASCADE_CLUSTER, settings.host, settings.port),
+        load_assignment=static_assignment(
+            names.CASCADE_CLUSTER, settings.host, settings.port, settings.socket
+        ),
     )
 
 

@@ -408,5 +408,7 @@ def usage_cluster(settings: UsageSettings, connect_timeout_ms: int) -> cluster_p
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=ms(connect_timeout_ms),
         typed_extension_protocol_options={_HTTP_OPTIONS: pack(options)},
-        load_assignment=static_assignment(USAGE_CLUSTER, settings.host, settings.port),
+        load_assignment=static_assignment(
+            USAGE_CLUSTER, settings.host, settings.port, settings.socket
+        ),
     )

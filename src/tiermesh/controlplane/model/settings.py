@@ -26,18 +26,21 @@ class AuthzSettings:
     upstream is contacted.
     """
 
-    port: int
-    """TCP port of the authz server (plaintext gRPC; it runs on the node)."""
+    port: int = 0
+    """TCP port of the authz server (plaintext gRPC; it runs on the node); 0 with
+    ``socket``."""
     host: str = "127.0.0.1"
     """IP address of the authz server; loopback, since it runs beside Envoy."""
+    socket: str | None = None
+    """Absolute path of the authz server's Unix socket, or None: ``host:port``. Set, the
+    cluster's one endpoint is this socket (Envoy ``Address.pipe``) and ``port`` is 0."""
     max_body_bytes: int = 64 * 1024
     """Bytes of a request body Envoy buffers and sends with each check."""
     timeout_ms: int = 500
     """Deadline of one check; past it the request fails closed."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"authz port {self.port} is not a TCP port")
+        _check_address("authz", self.port, self.socket)
         if self.max_body_bytes < 0:
             raise ValueError("authz max_body_bytes must be >= 0")
         if self.timeout_ms <= 0:
@@ -55,10 +58,14 @@ class UsageSettings:
     fails a request.
     """
 
-    port: int
-    """TCP port of the access-log server (plaintext gRPC; it runs on the node)."""
+    port: int = 0
+    """TCP port of the access-log server (plaintext gRPC; it runs on the node); 0 with
+    ``socket``."""
     host: str = "127.0.0.1"
     """IP address of the access-log server; loopback, since it runs beside Envoy."""
+    socket: str | None = None
+    """Absolute path of the access-log server's Unix socket, or None (as
+    :attr:`AuthzSettings.socket`)."""
     flush_interval_ms: int = 200
     """How long Envoy may hold finished entries before it sends them."""
     scan_bytes: int = 512
@@ -67,8 +74,7 @@ class UsageSettings:
     more than one chunk plus this."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"usage port {self.port} is not a TCP port")
+        _check_address("usage", self.port, self.socket)
         if self.flush_interval_ms <= 0:
             raise ValueError("usage flush_interval_ms must be positive")
         if not 64 <= self.scan_bytes <= 65536:
@@ -129,8 +135,8 @@ class CascadeSettings:
     answers with the first confident answer, or the last step's.
     """
 
-    port: int
-    """TCP port of the handler."""
+    port: int = 0
+    """TCP port of the handler; 0 with ``socket``."""
     host: str = "127.0.0.1"
     """IP address of the handler; loopback, since it runs beside Envoy."""
     token: str | None = field(default=None, repr=False)
@@ -138,10 +144,12 @@ class CascadeSettings:
     requests carrying it, and every route of the node removes it before going upstream.
     None (an agent older than the token): step routes match the step header alone. Goes
     only into this node's own routes; never logged (hidden from ``repr``)."""
+    socket: str | None = None
+    """Absolute path of the handler's Unix socket, or None (as
+    :attr:`AuthzSettings.socket`)."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"cascade port {self.port} is not a TCP port")
+        _check_address("cascade", self.port, self.socket)
         if self.token is not None and not self.token:
             raise ValueError("cascade token must not be empty")
 
@@ -186,3 +194,14 @@ class MeshTlsSettings:
                 raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
         object.__setattr__(self, "local_backends", tuple(sorted(self.local_backends)))
         object.__setattr__(self, "allowed_peers", tuple(sorted(self.allowed_peers)))
+
+
+def _check_address(service: str, port: int, socket: str | None) -> None:
+    """A node-local service is reached on exactly one of a TCP port and a Unix socket."""
+    if socket is None:
+        if not 0 < port < 65536:
+            raise ValueError(f"{service} port {port} is not a TCP port")
+    elif not socket.startswith("/"):
+        raise ValueError(f"{service} socket {socket!r} is not an absolute path")
+    elif port != 0:
+        raise ValueError(f"{service} has both a socket and port {port}; give one")

@@ -106,9 +106,10 @@ class NodeDirectory:
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
-        the registration carries ``authz_port``; none otherwise), its access-log server
-        (:class:`UsageSettings` when it carries ``usage_port``), its cascade handler
-        (:class:`CascadeSettings` when it carries ``cascade_port``, with its
+        the registration carries ``authz_socket`` or ``authz_port``, the socket first;
+        none otherwise), its access-log server (:class:`UsageSettings` when it carries
+        ``usage_socket`` or ``usage_port``), its cascade handler (:class:`CascadeSettings`
+        when it carries ``cascade_socket`` or ``cascade_port``, with its
         ``cascade_token``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, has a model server endpoint
         and the directory knows the trust domain; any node of the trust domain may call it),
@@ -124,16 +125,23 @@ class NodeDirectory:
             with self._lock:
                 document = self._nodes.get(node_id)
         port = document.app_port if document is not None else DEFAULT_APP_PORT
-        authz_port = document.authz_port if document is not None else None
-        authz = None if authz_port is None else AuthzSettings(port=authz_port)
-        usage_port = document.usage_port if document is not None else None
-        usage = None if usage_port is None else UsageSettings(port=usage_port)
-        cascade_port = document.cascade_port if document is not None else None
-        cascade = (
-            None
-            if cascade_port is None or document is None
-            else CascadeSettings(port=cascade_port, token=document.cascade_token)
-        )
+        authz: AuthzSettings | None = None
+        usage: UsageSettings | None = None
+        cascade: CascadeSettings | None = None
+        if document is not None:
+            if document.authz_socket is not None:
+                authz = AuthzSettings(socket=document.authz_socket)
+            elif document.authz_port is not None:
+                authz = AuthzSettings(port=document.authz_port)
+            if document.usage_socket is not None:
+                usage = UsageSettings(socket=document.usage_socket)
+            elif document.usage_port is not None:
+                usage = UsageSettings(port=document.usage_port)
+            token = document.cascade_token
+            if document.cascade_socket is not None:
+                cascade = CascadeSettings(socket=document.cascade_socket, token=token)
+            elif document.cascade_port is not None:
+                cascade = CascadeSettings(port=document.cascade_port, token=token)
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
@@ -216,4 +224,5 @@ def _ports(node: RegisteredNode) -> tuple[object, ...]:
     everything but the cascade token, which :meth:`NodeDirectory._apply` compares apart."""
     model = next(((e.host, e.port) for e in node.endpoints if not e.tls), None)
     return (node.app_port, node.authz_port, node.usage_port, node.cascade_port,
-            node.mesh_port, model)  # fmt: skip
+            node.mesh_port, model, node.authz_socket, node.usage_socket,
+            node.cascade_socket)  # fmt: skip
