@@ -258,9 +258,10 @@ class AgentConfig(_Section):
     mesh_listen: HostPort | None = None
     """Node-to-node mTLS: where other nodes reach this node's model server through Envoy
     (port 0: the agent picks a free one), or None: no inbound mTLS listener. Needs a
-    ``llama_cpp`` model server. The agent registers the port; the compiled listener binds
-    it on every address, requires a client SVID of a node of the trust domain (from the
-    local SDS) and forwards to the model server. It also makes the node present its SVID
+    ``llama_cpp`` model server. The agent registers the host (an IP address; a name is
+    resolved once at start) and the port; the compiled listener binds exactly that
+    address, requires a client SVID of a node the control plane admits (from the local
+    SDS) and forwards to the model server. It also makes the node present its SVID
     to other nodes' TLS backends with a ``spiffe_id``."""
 
     @model_validator(mode="after")

@@ -38,14 +38,25 @@ async def settings(value: bytes, trust_domain: str | None = TD) -> MeshTlsSettin
 
 
 async def test_mesh_port_compiles_an_inbound_listener_to_the_model_server() -> None:
-    mesh = await settings(registered(mesh_port=8443))
+    mesh = await settings(registered(mesh_port=8443, mesh_host="10.0.0.5"))
     assert mesh == MeshTlsSettings(
-        inbound_port=8443, model_port=8081, trust_domain=TD, model_host="127.0.0.1"
+        inbound_port=8443,
+        inbound_address="10.0.0.5",
+        model_port=8081,
+        trust_domain=TD,
+        model_host="127.0.0.1",
     )
     assert mesh.allowed_peers == ()
     assert (mesh.sds_cluster, mesh.svid_secret, mesh.bundle_secret) == (
         "tiermesh_sds", "tiermesh_svid", "tiermesh_trust_bundle",
     )  # fmt: skip
+
+
+async def test_a_port_only_registration_binds_every_address() -> None:
+    """Agents older than ``mesh_host`` registered the port alone; that meant 0.0.0.0."""
+    mesh = await settings(registered(mesh_port=8443))
+    assert mesh is not None
+    assert (mesh.inbound_address, mesh.inbound_port) == ("0.0.0.0", 8443)
 
 
 async def test_a_specific_model_address_is_kept() -> None:

@@ -8,8 +8,8 @@ the served bundle's request policy fetched from the control plane, ext_authz ser
 its Unix socket, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) → Envoy
 bootstrap written → model server healthy → Envoy answering its admin port → registry
 session accepted (with ``authz_socket``, so the compiled listener checks every request, and
-``mesh_port`` when ``mesh_listen`` is set; the session also carries the usage ledger's
-reports, brings back mesh-wide spend and announces new bundles, whose request policy then
+``mesh_host``/``mesh_port`` when ``mesh_listen`` is set; the session also carries the usage
+ledger's reports, brings back mesh-wide spend and announces new bundles, whose request policy then
 replaces the running one).
 A failing step raises an :class:`~tiermesh.agents.runtime.errors.AgentError` (or a
 model-server error) naming its cause, after everything already started was stopped.
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import ipaddress
 import logging
 import re
 import secrets
@@ -93,21 +94,26 @@ def _path(socket: Path | None) -> str | None:
     return None if socket is None else str(socket.absolute())
 
 
-def _mesh_port(config: AgentConfig) -> int | None:
-    """The inbound mTLS port to register (``mesh_listen``; port 0: a free one, probed on
-    its host and left for Envoy to bind), or None: no mesh listener or no model server."""
+def _mesh_listen(config: AgentConfig) -> tuple[str, int] | None:
+    """The inbound mTLS address to register (``mesh_listen``: its host as an IP address, a
+    name resolved once here; port 0: a free one, probed on that host and left for Envoy to
+    bind), or None: no mesh listener or no model server."""
     if config.mesh_listen is None:
         return None
     if config.model_server.kind != "llama_cpp":
         log.warning("mesh_listen is set but the node has no model server; not registered")
         return None
     host, port = split_hostport(config.mesh_listen)
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        address = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0])
     if port:
         _require_free("the mesh listener", config.mesh_listen)
-        return port
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+        return address, port
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.bind((address, 0))
+        return address, int(probe.getsockname()[1])
 
 
 class NodeAgent:
@@ -146,7 +152,7 @@ class NodeAgent:
             _require_free("the app listener", f"127.0.0.1:{config.envoy.app_port}")
         if config.model_server.kind == "llama_cpp":
             _require_free("the model server", config.model_server.listen)
-        mesh_port = _mesh_port(config)
+        mesh = _mesh_listen(config)
         model_path = self._model_path()
 
         material = await first_identity(config, now=dt.datetime.now(dt.UTC))
@@ -209,7 +215,8 @@ class NodeAgent:
             cascade_port=cascade.port if cascade is not None and cascade.port else None,
             cascade_socket=_path(cascade.socket_path if cascade is not None else None),
             cascade_token=self.cascade.token if self.cascade is not None else None,
-            mesh_port=mesh_port,
+            mesh_port=None if mesh is None else mesh[1],
+            mesh_host=None if mesh is None else mesh[0],
         )
         self.session = RegistrySession(
             self.store,

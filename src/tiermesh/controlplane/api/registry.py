@@ -50,10 +50,11 @@ INVALID_ARGUMENT, and none of its tenants is counted.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Final, Literal, Self
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
 
 from tiermesh.controlplane.api._base import Contract, Name, Tier
 from tiermesh.controlplane.api.request_policy import BundleRef
@@ -235,7 +236,7 @@ class NodeRegistration(Contract):
     """Unix socket of the node's cascade handler (plaintext HTTP/1.1), or None; wins over
     ``cascade_port`` like ``authz_socket``. Added within ``v1`` like ``authz_port``."""
     mesh_port: int | None = Field(default=None, ge=1, le=65535)
-    """Port of the node's inbound mTLS listener (all addresses), or None: no node-to-node
+    """Port of the node's inbound mTLS listener (on ``mesh_host``), or None: no node-to-node
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,
     reached on loopback unless its host is a specific IP address), the control plane
     compiles a listener on this port that requires a client SVID of a node of the trust
@@ -243,6 +244,16 @@ class NodeRegistration(Contract):
     backends present its SVID. Both take their certificates from the agent's local SDS
     (cluster ``tiermesh_sds``, secrets ``tiermesh_svid`` and ``tiermesh_trust_bundle``).
     Added within ``v1`` like ``authz_port``."""
+    mesh_host: str | None = Field(default=None, max_length=45)
+    """IP address the inbound mTLS listener binds (the host of the agent's ``mesh_listen``),
+    or None: every address (``0.0.0.0``), which is how registrations older than this field
+    (port only) are read. Ignored without ``mesh_port``. Added within ``v1`` like
+    ``authz_port``."""
+
+    @field_validator("mesh_host")
+    @classmethod
+    def _ip_address(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

@@ -34,6 +34,9 @@ __all__ = ["NodeDirectory"]
 
 log = logging.getLogger("tiermesh.controlplane.nodes")
 _FETCH_TIMEOUT_S = 10.0
+DEFAULT_MESH_HOST = "0.0.0.0"
+"""Where the inbound mTLS listener of a registration without ``mesh_host`` (an agent older
+than the field) binds: every address, as before the field existed."""
 
 
 def _decode(node_id: str, value: bytes) -> RegisteredNode | None:
@@ -111,7 +114,8 @@ class NodeDirectory:
         ``usage_socket`` or ``usage_port``), its cascade handler (:class:`CascadeSettings`
         when it carries ``cascade_socket`` or ``cascade_port``, with its
         ``cascade_token``), its inbound mTLS listener
-        (:class:`MeshTlsSettings` when it carries ``mesh_port``, has a model server endpoint
+        (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
+        :data:`DEFAULT_MESH_HOST`, has a model server endpoint
         and the directory knows the trust domain; any node of the trust domain may call it),
         the trust bundle and the credentials given at construction. Call from a worker
         thread."""
@@ -161,6 +165,7 @@ class NodeDirectory:
             return None
         return MeshTlsSettings(
             inbound_port=node.mesh_port,
+            inbound_address=node.mesh_host or DEFAULT_MESH_HOST,
             model_port=model.port,
             trust_domain=self._trust_domain,
             model_host=_model_host(model.host),
@@ -224,5 +229,5 @@ def _ports(node: RegisteredNode) -> tuple[object, ...]:
     everything but the cascade token, which :meth:`NodeDirectory._apply` compares apart."""
     model = next(((e.host, e.port) for e in node.endpoints if not e.tls), None)
     return (node.app_port, node.authz_port, node.usage_port, node.cascade_port,
-            node.mesh_port, model, node.authz_socket, node.usage_socket,
+            node.mesh_port, node.mesh_host, model, node.authz_socket, node.usage_socket,
             node.cascade_socket)  # fmt: skip
