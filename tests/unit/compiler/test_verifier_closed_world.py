@@ -54,7 +54,12 @@ FULL_SETTINGS = NodeSettings(
     authz=AuthzSettings(port=9191),
     usage=UsageSettings(port=9192),
     cascade=CascadeSettings(port=9193, token="t0ken-0123456789abcdef0123456789"),
-    mesh=MeshTlsSettings(inbound_port=8443, model_port=18081, trust_domain="tiermesh.local"),
+    mesh=MeshTlsSettings(
+        inbound_port=8443,
+        model_port=18081,
+        trust_domain="tiermesh.local",
+        allowed_peers=("spiffe://tiermesh.local/node/gpu-1",),
+    ),
     credentials={KEY_SECRET: "sk-test"},
 )
 """Every node feature: ext_authz, usage log, cascade handler, mesh mTLS, an API key."""

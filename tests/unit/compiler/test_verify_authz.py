@@ -32,7 +32,12 @@ from tiermesh.xds import typeurls
 
 APP = names.APP_LISTENER
 PUBLIC = "acme.public.*.*"
-MESH = MeshTlsSettings(inbound_port=18100, model_port=18001, trust_domain="tiermesh.test")
+MESH = MeshTlsSettings(
+    inbound_port=18100,
+    model_port=18001,
+    trust_domain="tiermesh.test",
+    allowed_peers=("spiffe://tiermesh.test/node/gpu-1",),
+)
 
 
 @pytest.fixture

@@ -1,16 +1,29 @@
-"""Node-to-node mTLS settings from a registration's ``mesh_port`` (NodeDirectory)."""
+"""Node-to-node mTLS settings from a registration's ``mesh_host``/``mesh_port`` and the
+other registrations (NodeDirectory): where the inbound listener binds, whom it admits."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import replace
 
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+
+from tests.unit.compiler.plans import TEST_BUNDLE, demo_catalog, evaluate_plan
 from tiermesh.controlplane.api import NodeEndpoint, RegisteredNode
-from tiermesh.controlplane.model import MeshTlsSettings
+from tiermesh.controlplane.generators.mesh_tls import mesh_clusters, mesh_listeners
+from tiermesh.controlplane.model import MeshTlsSettings, NodeModel, NodeSettings
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.store.memory import MemoryStore
 
 TD = "mesh.test"
+
+
+def compiled(settings: NodeSettings) -> NodeModel:
+    """A node model with ``settings`` (the mesh generators read only the settings)."""
+    return NodeModel.build(
+        evaluate_plan(demo_catalog()), replace(settings, trust_bundle_pem=TEST_BUNDLE)
+    )
 
 
 def registered(**fields: object) -> bytes:
@@ -81,5 +94,93 @@ async def test_a_moved_mesh_port_triggers_a_recompile() -> None:
     try:
         await store.update_node(lease, registered(mesh_port=9443))
         await asyncio.wait_for(changed.wait(), 5)
+    finally:
+        await directory.aclose()
+
+
+def other(node_id: str, tier: str) -> bytes:
+    return registered(
+        node_id=node_id,
+        tier=tier,
+        endpoints=(),
+        spiffe_id=f"spiffe://{TD}/node/{node_id}",
+    )
+
+
+async def directory_with(*others: tuple[str, str]) -> tuple[MemoryStore, NodeDirectory]:
+    store = MemoryStore()
+    await store.register_node("gpu-1", registered(mesh_port=8443, mesh_host="10.0.0.5"), ttl_s=60)
+    for node_id, tier in others:
+        await store.register_node(node_id, other(node_id, tier), ttl_s=60)
+    directory = NodeDirectory(store, "", trust_domain=TD)
+    await directory.start()
+    return store, directory
+
+
+async def test_the_listener_admits_exactly_the_other_non_cloud_nodes() -> None:
+    _, directory = await directory_with(
+        ("edge-1", "local"), ("private-2", "private"), ("cloud-gw-1", "cloud")
+    )
+    try:
+        settings = await asyncio.to_thread(directory.settings_for, "gpu-1")
+    finally:
+        await directory.aclose()
+    assert settings.mesh is not None
+    assert settings.mesh.allowed_peers == (
+        f"spiffe://{TD}/node/edge-1", f"spiffe://{TD}/node/private-2",
+    )  # fmt: skip
+
+    # Compiled: exact URI SAN matchers of those IDs and nothing else (no prefix, so no
+    # other SVID of the trust domain, the cloud gateway's least of all).
+    node = compiled(settings)
+    (listener,) = mesh_listeners(node)
+    bound = listener.address.socket_address
+    assert (bound.address, bound.port_value) == ("10.0.0.5", 8443)
+    context = tls_pb2.DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(context)
+    assert context.require_client_certificate.value
+    validation = context.common_tls_context.combined_validation_context.default_validation_context
+    matchers = [
+        (m.san_type, m.matcher.WhichOneof("match_pattern"), m.matcher.exact)
+        for m in validation.match_typed_subject_alt_names
+    ]
+    uri = common_pb2.SubjectAltNameMatcher.URI
+    assert matchers == [
+        (uri, "exact", f"spiffe://{TD}/node/edge-1"),
+        (uri, "exact", f"spiffe://{TD}/node/private-2"),
+    ]
+
+
+async def test_a_node_alone_or_among_cloud_nodes_gets_no_inbound_listener() -> None:
+    _, directory = await directory_with(("cloud-gw-1", "cloud"))
+    try:
+        settings = await asyncio.to_thread(directory.settings_for, "gpu-1")
+    finally:
+        await directory.aclose()
+    assert settings.mesh is not None
+    assert settings.mesh.allowed_peers == ()
+    node = compiled(settings)
+    assert mesh_listeners(node) == []
+    assert mesh_clusters(node) == []
+
+
+async def test_a_node_joining_or_leaving_recompiles_whom_listeners_admit() -> None:
+    store = MemoryStore()
+    await store.register_node("gpu-1", registered(mesh_port=8443), ttl_s=60)
+    changed = asyncio.Event()
+    directory = NodeDirectory(store, "", trust_domain=TD, on_settings_changed=changed.set)
+    await directory.start()
+    try:
+        lease = await store.register_node("edge-1", other("edge-1", "local"), ttl_s=60)
+        await asyncio.wait_for(changed.wait(), 5)
+        settings = await asyncio.to_thread(directory.settings_for, "gpu-1")
+        assert settings.mesh is not None
+        assert settings.mesh.allowed_peers == (f"spiffe://{TD}/node/edge-1",)
+        changed.clear()
+        await store.revoke_lease(lease)
+        await asyncio.wait_for(changed.wait(), 5)
+        settings = await asyncio.to_thread(directory.settings_for, "gpu-1")
+        assert settings.mesh is not None
+        assert settings.mesh.allowed_peers == ()
     finally:
         await directory.aclose()

@@ -239,8 +239,9 @@ class NodeRegistration(Contract):
     """Port of the node's inbound mTLS listener (on ``mesh_host``), or None: no node-to-node
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,
     reached on loopback unless its host is a specific IP address), the control plane
-    compiles a listener on this port that requires a client SVID of a node of the trust
-    domain and forwards to that model server; the node's clusters to other nodes' TLS
+    compiles a listener on this port that requires the client SVID of a node it admits
+    (each other registered node of the trust domain that is not of the ``cloud`` tier,
+    matched exactly) and forwards to that model server; the node's clusters to other nodes' TLS
     backends present its SVID. Both take their certificates from the agent's local SDS
     (cluster ``tiermesh_sds``, secrets ``tiermesh_svid`` and ``tiermesh_trust_bundle``).
     Added within ``v1`` like ``authz_port``."""

@@ -8,11 +8,11 @@ node's SVID and private key never pass through the control plane, and the trust 
 the one the agent rotates with it. The snapshot therefore references secrets it does not
 hold, which is correct (its consistency check follows ADS-served secrets only).
 
-- **Inbound** (:func:`mesh_listeners`): a listener on ``inbound_port`` that requires a
-  client certificate chaining to the trust bundle whose URI SAN is one of
-  ``allowed_peers`` (or, when that is empty, any node id of the trust domain:
-  ``spiffe://<td>/node/``), routing every request to the node's model server
-  (:func:`mesh_clusters`).
+- **Inbound** (:func:`mesh_listeners`): a listener on ``inbound_address:inbound_port``
+  that requires a client certificate chaining to the trust bundle whose URI SAN is
+  exactly one of ``allowed_peers`` (never a prefix: another SVID of the trust domain, a
+  cloud gateway's say, fails the handshake), routing every request to the node's model
+  server (:func:`mesh_clusters`). With no allowed peer neither is compiled.
 - **Outbound** (:func:`mesh_transport_socket`): a backend cluster with TLS and a
   ``spiffe_id`` presents the node's SVID and accepts only a peer whose URI SAN is exactly
   that ``spiffe_id``, so a request sent to the wrong node fails at the handshake.
@@ -112,15 +112,16 @@ def mesh_transport_socket(node: NodeModel, upstream: Upstream) -> base_pb2.Trans
     return base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=pack(context))
 
 
-def _peer_matchers(mesh: MeshTlsSettings) -> list[string_pb2.StringMatcher]:
-    if mesh.allowed_peers:
-        return [string_pb2.StringMatcher(exact=peer) for peer in mesh.allowed_peers]
-    return [string_pb2.StringMatcher(prefix=f"spiffe://{mesh.trust_domain}/node/")]
+def _inbound(node: NodeModel) -> MeshTlsSettings | None:
+    """The node's mesh settings when it has an inbound listener (some peer may call)."""
+    mesh = node.settings.mesh
+    return mesh if mesh is not None and mesh.allowed_peers else None
 
 
 def mesh_listeners(node: NodeModel) -> list[listener_pb2.Listener]:
-    """The inbound mTLS listener, or nothing when the node has no mesh settings."""
-    mesh = node.settings.mesh
+    """The inbound mTLS listener, or nothing when the node has no mesh settings or no
+    allowed peer."""
+    mesh = _inbound(node)
     if mesh is None:
         return []
     manager = hcm_pb2.HttpConnectionManager(
@@ -150,7 +151,9 @@ def mesh_listeners(node: NodeModel) -> list[listener_pb2.Listener]:
         ],
     )
     context = tls_pb2.DownstreamTlsContext(
-        common_tls_context=_common(mesh, _peer_matchers(mesh)),
+        common_tls_context=_common(
+            mesh, [string_pb2.StringMatcher(exact=peer) for peer in mesh.allowed_peers]
+        ),
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
     return [
@@ -179,8 +182,9 @@ def mesh_listeners(node: NodeModel) -> list[listener_pb2.Listener]:
 
 
 def mesh_clusters(node: NodeModel) -> list[cluster_pb2.Cluster]:
-    """The cluster to the node's model server (plain HTTP on the node), when it has one."""
-    mesh = node.settings.mesh
+    """The cluster to the node's model server (plain HTTP on the node), when it has an
+    inbound listener."""
+    mesh = _inbound(node)
     if mesh is None:
         return []
     endpoint = endpoint_components_pb2.LbEndpoint(

@@ -171,9 +171,11 @@ class MeshTlsSettings:
     local_backends: tuple[str, ...] = ()
     """Catalog names of the backends this node serves behind the inbound listener."""
     allowed_peers: tuple[str, ...] = ()
-    """SPIFFE IDs that may call the inbound listener; empty: any node of the trust domain."""
+    """SPIFFE IDs that may call the inbound listener, matched exactly against the client
+    certificate's URI SAN; empty: no node may, and no inbound listener is compiled."""
     inbound_address: str = "0.0.0.0"
-    """Address of the inbound listener."""
+    """Address of the inbound listener (the control plane sets the node's registered
+    ``mesh_host``)."""
     model_host: str = "127.0.0.1"
     """IP address of the model server; loopback, since it runs beside Envoy."""
     sds_cluster: str = "tiermesh_sds"

@@ -57,7 +57,9 @@ class NodeDirectory:
     (:meth:`settings_for`); None: never compiled.
 
     ``on_settings_changed`` is called (on the event loop) when a node's app or authz port
-    changes after it was first seen, so a reconcile that raced the change can be redone.
+    changes after it was first seen, so a reconcile that raced the change can be redone,
+    and (with ``trust_domain``) when a node appears, leaves or changes tier or SPIFFE ID,
+    since that changes whom every mesh listener admits (:meth:`mesh_callers`).
 
     Task and thread safety: :meth:`start`, :meth:`aclose` and :attr:`nodes` belong to the
     event loop that owns ``store``. :meth:`settings_for` may be called from any other
@@ -115,19 +117,20 @@ class NodeDirectory:
         when it carries ``cascade_socket`` or ``cascade_port``, with its
         ``cascade_token``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
-        :data:`DEFAULT_MESH_HOST`, has a model server endpoint
-        and the directory knows the trust domain; any node of the trust domain may call it),
-        the trust bundle and the credentials given at construction. Call from a worker
-        thread."""
+        :data:`DEFAULT_MESH_HOST`, has a model server endpoint and the directory knows the
+        trust domain; only the nodes of :meth:`mesh_callers` may call it), the trust
+        bundle and the credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
+            everyone = dict(self._nodes)
         if not known and self._loop is not None:
             fetch = asyncio.run_coroutine_threadsafe(self._store.list_nodes(), self._loop)
             records = fetch.result(timeout=_FETCH_TIMEOUT_S)
             self._replace({record.node_id: record.registration for record in records})
             with self._lock:
                 document = self._nodes.get(node_id)
+                everyone = dict(self._nodes)
         port = document.app_port if document is not None else DEFAULT_APP_PORT
         authz: AuthzSettings | None = None
         usage: UsageSettings | None = None
@@ -152,11 +155,38 @@ class NodeDirectory:
             authz=authz,
             usage=usage,
             cascade=cascade,
-            mesh=None if document is None else self._mesh(document),
+            mesh=None if document is None else self._mesh(document, everyone),
             credentials=self._credentials,
         )
 
-    def _mesh(self, node: RegisteredNode) -> MeshTlsSettings | None:
+    def mesh_callers(
+        self, node_id: str, nodes: Mapping[str, RegisteredNode | None]
+    ) -> tuple[str, ...]:
+        """SPIFFE IDs that may call ``node_id``'s inbound mTLS listener: every other
+        registered node of the trust domain that is not of the ``cloud`` tier.
+
+        The compiler sees one node's plan at a time, so which nodes' plans route to this
+        node's model server is not known when it compiles; the registrations are. A node
+        that may route to a backend on another node is a node of the mesh, and a cloud
+        gateway must never reach a local or private model server, whatever a plan says.
+        Registrations not in the registry's shape (None) are never admitted."""
+        if self._trust_domain is None:
+            return ()
+        prefix = f"spiffe://{self._trust_domain}/"
+        return tuple(
+            sorted(
+                node.spiffe_id
+                for other, node in nodes.items()
+                if node is not None
+                and other != node_id
+                and node.tier != "cloud"
+                and node.spiffe_id.startswith(prefix)
+            )
+        )
+
+    def _mesh(
+        self, node: RegisteredNode, nodes: Mapping[str, RegisteredNode | None]
+    ) -> MeshTlsSettings | None:
         if node.mesh_port is None or self._trust_domain is None:
             return None
         model = next((e for e in node.endpoints if not e.tls), None)
@@ -169,6 +199,7 @@ class NodeDirectory:
             model_port=model.port,
             trust_domain=self._trust_domain,
             model_host=_model_host(model.host),
+            allowed_peers=self.mesh_callers(node.node_id, nodes),
         )
 
     def _replace(self, records: Mapping[str, bytes]) -> None:
@@ -200,9 +231,15 @@ class NodeDirectory:
             before = self._nodes.get(node_id)
             if kind is EventKind.DELETE:
                 self._nodes.pop(node_id, None)
-                return
-            after = _decode(node_id, value)
-            self._nodes[node_id] = after
+                after = None
+            else:
+                after = _decode(node_id, value)
+                self._nodes[node_id] = after
+        if self._trust_domain is not None and _caller(before) != _caller(after):
+            # The callers every mesh listener admits changed (see mesh_callers).
+            log.info("mesh callers changed with node %s", node_id)
+            self._on_changed()
+            return
         if before is None or after is None:
             return
         if _ports(before) != _ports(after):
@@ -222,6 +259,11 @@ def _model_host(host: str) -> str:
     except ValueError:
         return "127.0.0.1"
     return "127.0.0.1" if address.is_unspecified else str(address)
+
+
+def _caller(node: RegisteredNode | None) -> tuple[str, str] | None:
+    """What of a registration decides whether other nodes' mesh listeners admit it."""
+    return None if node is None else (node.spiffe_id, node.tier)
 
 
 def _ports(node: RegisteredNode) -> tuple[object, ...]:
