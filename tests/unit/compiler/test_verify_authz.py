@@ -14,7 +14,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2
 
 from tests.integration.flows.conftest import KEY_NAME, NODE, flow_catalog
@@ -332,6 +333,67 @@ def test_the_mesh_listener_without_client_certificates_needs_ext_authz(
     chain.transport_socket.typed_config.Pack(context)
     (finding,) = _no_authz(resources, catalog)
     assert finding.message.startswith(f"listener '{MESH_LISTENER}' forwards requests without")
+
+
+def _widen_mesh_admission(
+    resources: Resources, change: Callable[[tls_pb2.DownstreamTlsContext], None]
+) -> None:
+    chain = resources[typeurls.LISTENER][MESH_LISTENER].filter_chains[0]
+    context = tls_pb2.DownstreamTlsContext()
+    chain.transport_socket.typed_config.Unpack(context)
+    change(context)
+    chain.transport_socket.typed_config.Pack(context)
+
+
+def _trust_domain_prefix(context: tls_pb2.DownstreamTlsContext) -> None:
+    validation = context.common_tls_context.combined_validation_context
+    sans = validation.default_validation_context.match_typed_subject_alt_names
+    del sans[:]
+    sans.add(
+        san_type=common_pb2.SubjectAltNameMatcher.URI,
+        matcher=string_pb2.StringMatcher(prefix="spiffe://tiermesh.test/node/"),
+    )
+
+
+def _no_sans(context: tls_pb2.DownstreamTlsContext) -> None:
+    validation = context.common_tls_context.combined_validation_context
+    del validation.default_validation_context.match_typed_subject_alt_names[:]
+
+
+def _a_dns_san(context: tls_pb2.DownstreamTlsContext) -> None:
+    validation = context.common_tls_context.combined_validation_context
+    validation.default_validation_context.match_typed_subject_alt_names[
+        0
+    ].san_type = common_pb2.SubjectAltNameMatcher.DNS
+
+
+def test_the_compiled_mesh_listener_admits_only_exact_spiffe_ids(
+    resources: Resources, catalog: Catalog
+) -> None:
+    assert _findings(resources, catalog) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (_trust_domain_prefix, "matches URI SANs by prefix, not exactly"),
+        (_no_sans, "matches no subject alternative name"),
+        (_a_dns_san, "matches a subject alternative name other than a URI"),
+    ],
+)
+def test_a_mesh_listener_admitting_any_svid_of_the_trust_domain_is_a_finding(
+    resources: Resources,
+    catalog: Catalog,
+    change: Callable[[tls_pb2.DownstreamTlsContext], None],
+    says: str,
+) -> None:
+    _widen_mesh_admission(resources, change)
+    found = _no_authz(resources, catalog)
+    assert found
+    assert found[0].message == (
+        f"listener '{MESH_LISTENER}' demands a client certificate but {says}: any SVID of "
+        "the trust bundle may pass, not only the named peers"
+    )
 
 
 def test_the_mesh_listener_forwarding_off_the_node_needs_ext_authz(

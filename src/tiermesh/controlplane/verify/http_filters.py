@@ -38,11 +38,14 @@ refuse connections, :data:`~.inventory.REFUSING_FILTERS`): nothing HTTP-level ru
   mesh_tls`) is not an app listener: it takes requests only from other mesh nodes, whose
   own app listener ran ext_authz before sending, and hands them to this node's model
   server. It is recognised by shape, not by name: every filter chain demands a client
-  certificate (``require_client_certificate``) whose URI SAN is matched
-  (``match_typed_subject_alt_names`` non-empty), and every forwarding route's cluster is
-  a ``STATIC`` cluster whose endpoints are all loopback addresses (a service on this
-  node, never another node or a cloud). A listener that misses either part needs
-  ext_authz like any other.
+  certificate (``require_client_certificate``) whose URI SAN must equal one of a list of
+  SPIFFE IDs (``match_typed_subject_alt_names`` non-empty, every matcher a ``URI``
+  matcher with ``exact``, no custom certificate validator, untrusted chains not
+  accepted), and every forwarding route's cluster is a ``STATIC`` cluster whose endpoints
+  are all loopback addresses (a service on this node, never another node or a cloud). A
+  listener that misses either part needs ext_authz like any other; one that demands a
+  client certificate but admits by prefix, pattern or any other SAN type (any SVID of the
+  trust domain, a cloud gateway's included) is named as such as well.
 
 Findings are of kind ``no-authz``; each names the listener (and the route, virtual host
 or route configuration where one is at fault).
@@ -61,7 +64,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -163,7 +166,14 @@ class _Listener:
     ) -> bool:
         """Does ``chain`` take only authenticated mesh peers and forward only to this node?"""
         forwarding = [f for f in chain.filters if f.typed_config.type_url not in REFUSING_FILTERS]
-        if not _peer_authenticated(chain) or len(managers) != len(forwarding):
+        admission = _peer_admission(chain)
+        if admission is None or len(managers) != len(forwarding):
+            return False
+        if admission:
+            self.add(
+                f"demands a client certificate but {admission}: any SVID of the trust "
+                "bundle may pass, not only the named peers"
+            )
             return False
         for manager in managers:
             tables = self.tables(manager)
@@ -268,20 +278,40 @@ class _Listener:
                             self.add(f"→ route '{name}' {problem}", route=name)
 
 
-def _peer_authenticated(chain: listener_components_pb2.FilterChain) -> bool:
-    """Does ``chain`` demand a client certificate with a matched URI SAN?"""
+def _peer_admission(chain: listener_components_pb2.FilterChain) -> str | None:
+    """How ``chain`` admits client certificates: None when it does not demand one, ``""``
+    when only exact URI SANs pass, else what widens it."""
     socket = chain.transport_socket
     if socket.typed_config.type_url != _DOWNSTREAM_TLS_URL:
-        return False
+        return None
     context = tls_pb2.DownstreamTlsContext()
     socket.typed_config.Unpack(context)
+    if not context.require_client_certificate.value:
+        return None
     common = context.common_tls_context
     validation = common.combined_validation_context.default_validation_context
     if common.HasField("validation_context"):
         validation = common.validation_context
-    return bool(
-        context.require_client_certificate.value and validation.match_typed_subject_alt_names
-    )
+    return _widening(validation)
+
+
+def _widening(validation: common_pb2.CertificateValidationContext) -> str:
+    """What lets a certificate of the trust bundle pass ``validation`` without its URI SAN
+    being exactly one of the named ones; ``""``: nothing."""
+    matchers = validation.match_typed_subject_alt_names
+    if not matchers:
+        return "matches no subject alternative name"
+    if validation.HasField("custom_validator_config"):
+        return f"runs certificate validator '{validation.custom_validator_config.name}'"
+    if validation.trust_chain_verification != validation.VERIFY_TRUST_CHAIN:
+        return "accepts untrusted certificate chains"
+    for matcher in matchers:
+        kind = matcher.matcher.WhichOneof("match_pattern")
+        if matcher.san_type != common_pb2.SubjectAltNameMatcher.URI:
+            return "matches a subject alternative name other than a URI"
+        if kind != "exact" or not matcher.matcher.exact or matcher.matcher.ignore_case:
+            return f"matches URI SANs by {kind or 'nothing'}, not exactly"
+    return ""
 
 
 def _routes(table: route_pb2.RouteConfiguration) -> Iterator[tuple[rc.VirtualHost, rc.Route]]:
