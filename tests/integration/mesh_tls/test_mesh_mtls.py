@@ -1,11 +1,13 @@
 """Node A's restricted request reaches node B's model server over mTLS, with certificates
 from each node's own local SDS server and config compiled from plans (both app listeners
-behind the real request policy); a peer with the wrong SPIFFE ID, or a client without a
-certificate, gets nowhere."""
+behind the real request policy); a peer with the wrong SPIFFE ID, a client without a
+certificate, or one with a valid SVID of the trust domain that B does not admit (the cloud
+gateway's), gets nowhere."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 import socket
 import ssl
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.integration.compiler.conftest import NODE, Reply, eventually, small_catalog
 from tests.integration.compiler.tierbackend import TierBackend
@@ -26,10 +30,12 @@ from tests.support.xdsthread import XdsThread
 from tests.unit.agent_identity.casource import TRUST_DOMAIN, CaSource, make_ca
 from tests.unit.compiler.plans import EDGE_NODE, evaluate_plan
 from tiermesh.agents.identity import LocalSdsServer, SvidRotator, SvidStore, with_sds_cluster
-from tiermesh.controlplane.api import Catalog
+from tiermesh.controlplane.api import Catalog, RegisteredNode
 from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.identity import LocalCertificateAuthority
 from tiermesh.controlplane.model import MeshModel, MeshTlsSettings, NodeSettings
+from tiermesh.controlplane.runtime.nodes import NodeDirectory
+from tiermesh.controlplane.store.memory import MemoryStore
 from tiermesh.controlplane.verify import verify_snapshot
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.ports import free_port
@@ -40,6 +46,30 @@ pytestmark = pytest.mark.envoy
 GPU_NODE = "gpu-1"
 GPU_ID = f"spiffe://{TRUST_DOMAIN}/node/{GPU_NODE}"
 EDGE_ID = f"spiffe://{TRUST_DOMAIN}/node/{NODE}"
+CLOUD_NODE = "cloud-gw-1"
+
+
+def _registered(node_id: str, tier: str) -> RegisteredNode:
+    return RegisteredNode(
+        node_id=node_id,
+        tier=tier,  # type: ignore[arg-type]
+        region="eu-west",
+        app_port=10000,
+        spiffe_id=f"spiffe://{TRUST_DOMAIN}/node/{node_id}",
+        registered_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+
+
+ADMITTED = NodeDirectory(MemoryStore(), "", trust_domain=TRUST_DOMAIN).mesh_callers(
+    GPU_NODE,
+    {
+        NODE: _registered(NODE, "local"),
+        GPU_NODE: _registered(GPU_NODE, "private"),
+        CLOUD_NODE: _registered(CLOUD_NODE, "cloud"),
+    },
+)
+"""Whom node B's inbound listener admits, as the control plane computes it: the edge node,
+never the cloud gateway (nor B itself)."""
 RESTRICTED = {
     "x-tiermesh-tenant": "acme",
     "x-tiermesh-sensitivity": "restricted",
@@ -159,7 +189,7 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
                     model_port=backend.port,
                     trust_domain=TRUST_DOMAIN,
                     local_backends=("gpu",),
-                    allowed_peers=(EDGE_ID,),
+                    allowed_peers=ADMITTED,
                     inbound_address="127.0.0.1",
                 ),
             ),
@@ -279,3 +309,61 @@ async def test_a_client_without_a_certificate_cannot_reach_the_inbound_listener(
     answer = await asyncio.to_thread(plain_tls)
     assert answer.startswith("refused") or answer == "", answer
     assert len(nodes.backend.models) == seen
+
+
+def _svid_files(ca: LocalCertificateAuthority, node_id: str, where: Path) -> tuple[Path, Path]:
+    """A valid SVID of ``node_id`` from the mesh's own CA, as PEM chain and key files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca.issue_for_key(key.public_key(), node_id)
+    chain, key_file = where / f"{node_id}.pem", where / f"{node_id}.key"
+    chain.write_bytes(issued.chain_pem())
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return chain, key_file
+
+
+def _call_inbound(nodes: TwoNodes, svid: tuple[Path, Path]) -> str:
+    """One request straight to node B's inbound listener, presenting ``svid``."""
+    context = ssl.create_default_context(cadata=nodes.ca.bundle().to_pem().decode())
+    context.check_hostname = False
+    context.load_cert_chain(*svid)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", nodes.inbound), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+            )
+            return tls.recv(1024).decode(errors="replace")
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused: {exc!r}"
+
+
+async def test_only_the_admitted_node_svid_reaches_the_model_not_the_cloud_gateways(
+    nodes: TwoNodes, tmp_path: Path
+) -> None:
+    assert ADMITTED == (EDGE_ID,)
+    await asyncio.to_thread(
+        eventually, lambda: nodes.request(RESTRICTED).status == 200, 20, "mesh up"
+    )
+    seen = len(nodes.backend.models)
+
+    edge = await asyncio.to_thread(_call_inbound, nodes, _svid_files(nodes.ca, NODE, tmp_path))
+    assert edge.startswith("HTTP/1.1 200"), edge
+    assert len(nodes.backend.models) == seen + 1
+
+    # A valid SVID of the same trust domain, from the same CA: refused at the handshake.
+    cloud = _svid_files(nodes.ca, CLOUD_NODE, tmp_path)
+    answers = [await asyncio.to_thread(_call_inbound, nodes, cloud) for _ in range(2)]
+    assert all(a.startswith("refused") or a == "" for a in answers), answers
+    assert len(nodes.backend.models) == seen + 1, "the cloud gateway reached B's model"
+    failed = await asyncio.to_thread(
+        counter, nodes.gpu.envoy, f"listener.127.0.0.1_{nodes.inbound}.ssl.fail_verify_san"
+    )
+    assert failed >= 2
