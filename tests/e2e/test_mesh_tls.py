@@ -1,13 +1,16 @@
 """Node-to-node mTLS in the running mesh (``tiermesh up``): a restricted request the plan
 sends to the private tier crosses from the edge's Envoy to the private node's inbound
 mTLS listener (the edge presents its SVID, the private node its own, pinned by SAN), and
-the private node's Envoy counts the handshakes on that listener."""
+the private node's Envoy counts the handshakes on that listener, which binds the address
+of the node's ``mesh_listen`` and admits the edge's SPIFFE ID, never the cloud gateway's."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -73,3 +76,35 @@ def test_a_restricted_request_reaches_the_private_tier_over_mtls(up: Up) -> None
         assert status == 200, body
         assert headers["x-tiermesh-tier"] == "private", headers
     assert _handshakes(up) >= before
+
+
+def _listeners(admin: str) -> dict[str, Any]:
+    status, body = admin_request(admin, "/config_dump?resource=dynamic_listeners", timeout=10)
+    assert status == 200
+    return {
+        entry["name"]: entry["active_state"]["listener"]
+        for entry in json.loads(body)["configs"]
+        if "active_state" in entry
+    }
+
+
+def test_the_private_mesh_listener_binds_mesh_listen_and_admits_the_edge_alone(up: Up) -> None:
+    private = up.mesh["nodes"]["private-1"]
+    # Whom it admits follows the registrations: settled once every node has registered.
+    deadline = time.monotonic() + PRIVATE_WITHIN_S
+    listeners = _listeners(private["envoy_admin"])
+    while "tiermesh_mesh_in" not in listeners and time.monotonic() < deadline:
+        time.sleep(0.5)
+        listeners = _listeners(private["envoy_admin"])
+    mesh = listeners["tiermesh_mesh_in"]
+    assert mesh["address"]["socket_address"] == {
+        "address": "127.0.0.1", "port_value": private["mesh_port"],
+    }  # fmt: skip
+    (chain,) = mesh["filter_chains"]
+    context = chain["transport_socket"]["typed_config"]
+    assert context["require_client_certificate"] is True
+    validation = context["common_tls_context"]["combined_validation_context"]
+    sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
+    assert sans == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://tiermesh.local/node/edge-1"}}
+    ]
