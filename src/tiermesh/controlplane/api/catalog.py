@@ -236,7 +236,10 @@ class Tenant(Contract):
     """Residencies its data may be processed in; backends elsewhere are never used."""
     monthly_budget_usd: float = Field(ge=0)
     """Monthly spend limit. Once ``data.usage[name].spent_usd`` reaches it, routes
-    prefer the cheap tiers (local, private); requests are not refused."""
+    prefer the cheap tiers (local, private); requests are not refused. A month is a
+    calendar month in UTC for every tenant (there is no time zone or reset-day setting):
+    spend starts at zero at 00:00 UTC on the 1st, on every node and in the control
+    plane's counters (:data:`~tiermesh.controlplane.api.registry.UsageMonth`)."""
     allowed_tiers: tuple[Tier, ...] = Field(min_length=1)
     """Tiers it may use at all."""
     restricted_tiers: tuple[Literal["local", "private"], ...] = ("local",)
