@@ -248,7 +248,8 @@ class Tenant(Contract):
     default_sensitivity: Sensitivity = "internal"
     """Sensitivity the request-time policy assumes when it cannot classify a request."""
     rate_limit: RateLimit | None = None
-    """Its token bucket; unset falls back to ``defaults.rate_limit``."""
+    """Its token bucket; unset falls back to ``defaults.rate_limit``. One bucket per node
+    across all of the tenant's routes (and connections), not one per route."""
     resilience: RouteResilience | None = None
     """Overrides of per-request settings on every route of this tenant (applied
     after the backend's overrides)."""
