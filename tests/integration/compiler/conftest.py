@@ -3,6 +3,7 @@ that runs the real request policy (ext_authz) in front of its routes."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.request
@@ -56,9 +57,19 @@ def _tier_defaults(timeout_ms: int) -> dict[str, Any]:
     }
 
 
-def small_catalog(ports: dict[str, int]) -> Catalog:
+def small_catalog(ports: dict[str, int], tenants: tuple[dict[str, Any], ...] = ()) -> Catalog:
     """One backend per tier (``edge`` local, ``gpu`` private cleared for restricted,
-    ``cloud``), one EU tenant ``acme`` whose restricted data may use local and private."""
+    ``cloud``), one EU tenant ``acme`` whose restricted data may use local and private,
+    plus ``tenants`` (each ``name`` and fields over acme's; one named ``acme`` changes
+    acme)."""
+    base: dict[str, Any] = {
+        "name": "acme",
+        "residency": ["eu"],
+        "monthly_budget_usd": 100,
+        "allowed_tiers": ["local", "private", "cloud"],
+        "restricted_tiers": ["local", "private"],
+    }
+    named = {tenant["name"]: tenant for tenant in tenants}
 
     def backend(name: str, tier: str, complexity: int, **extra: Any) -> dict[str, Any]:
         return {
@@ -87,13 +98,8 @@ def small_catalog(ports: dict[str, int]) -> Catalog:
                 backend("cloud", "cloud", 5),
             ],
             "tenants": [
-                {
-                    "name": "acme",
-                    "residency": ["eu"],
-                    "monthly_budget_usd": 100,
-                    "allowed_tiers": ["local", "private", "cloud"],
-                    "restricted_tiers": ["local", "private"],
-                }
+                {**base, **named.pop("acme", {})},
+                *({**base, **tenant} for tenant in named.values()),
             ],
             "aliases": [{"name": "fast", "models": ["edge-model", "gpu-model"]}],
             "tasks": [
@@ -175,11 +181,21 @@ def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str =
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    with serving(tmp_path) as mesh:
+        yield mesh
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, tenants: tuple[dict[str, Any], ...] = (), probe_tenant: str = "acme"
+) -> Iterator[Mesh]:
+    """A running Envoy serving :func:`small_catalog` with ``tenants``; ready once a request
+    of ``probe_tenant`` is answered."""
     backends = {name: TierBackend(name) for name in ("edge", "gpu", "cloud")}
     xds = XdsThread()
     try:
         with running_authz(tmp_path / "decisions") as authz:
-            catalog = small_catalog({name: b.port for name, b in backends.items()})
+            catalog = small_catalog({name: b.port for name, b in backends.items()}, tenants)
             plan = evaluate_plan(catalog)
             listener = free_port()
             settings = NodeSettings(app_port=listener, authz=authz_settings(authz))
@@ -191,7 +207,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
             with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
                 envoy.wait_ready(timeout=20)
                 mesh = Mesh(backends, plan, listener, envoy)
-                probe = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
+                probe = {"x-tiermesh-tenant": probe_tenant, "x-tiermesh-sensitivity": "public"}
                 eventually(lambda: mesh.request(probe).status == 200, what="routes served")
                 for backend in backends.values():
                     backend.models.clear()

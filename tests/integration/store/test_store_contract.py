@@ -329,21 +329,45 @@ async def test_keep_alive_holds_a_lease_until_cancelled_or_lost(harness: Harness
 
 async def test_concurrent_usage_increments_all_count_once(store: Store) -> None:
     results = await asyncio.gather(
-        *(store.add_usage("acme", tokens=7, cost_micro=1500) for _ in range(20))
+        *(store.add_usage("acme", month="2026-12", tokens=7, cost_micro=1500) for _ in range(20))
     )
 
-    usage = await store.get_usage("acme")
+    usage = await store.get_usage("acme", month="2026-12")
     assert (usage.tokens, usage.cost_micro) == (140, 30_000)
     # Every increment saw a distinct prior state: the returned totals are 7, 14, ..., 140.
     assert sorted(r.tokens for r in results) == [7 * i for i in range(1, 21)]
     assert usage.revision == max(r.revision for r in results)
-    assert (await store.get_usage("other")).tokens == 0
+    assert (await store.get_usage("other", month="2026-12")).tokens == 0
+
+
+async def test_usage_counters_are_per_month_and_past_months_are_kept(store: Store) -> None:
+    await store.add_usage("acme", month="2026-12", tokens=5, cost_micro=500)
+    assert (await store.get_usage("acme", month="2027-01")).cost_micro == 0
+
+    january = await store.add_usage("acme", month="2027-01", tokens=1, cost_micro=10)
+    assert (january.tokens, january.cost_micro) == (1, 10)
+    # A late report of December after the boundary is December's.
+    december = await store.add_usage("acme", month="2026-12", tokens=2, cost_micro=200)
+    assert (december.tokens, december.cost_micro) == (7, 700)
+    assert (await store.get_usage("acme", month="2027-01")).cost_micro == 10
+
+    keys = [entry.key for entry in (await store.read_prefix("usage/")).entries]
+    assert keys == ["usage/2026-12/acme", "usage/2027-01/acme"]
+
+
+@pytest.mark.parametrize("month", ["2026-13", "2026-1", "26-12", "", "2026-12/x"])
+async def test_usage_refuses_a_malformed_month(store: Store, month: str) -> None:
+    with pytest.raises(InvalidKey):
+        await store.add_usage("acme", month=month, tokens=1)
+    with pytest.raises(InvalidKey):
+        await store.get_usage("acme", month=month)
+    assert (await store.read_prefix("usage/")).entries == ()
 
 
 async def test_usage_rejects_negative_increments(store: Store) -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
-        await store.add_usage("acme", tokens=-1)
-    assert (await store.get_usage("acme")).revision == 0
+        await store.add_usage("acme", month="2026-12", tokens=-1)
+    assert (await store.get_usage("acme", month="2026-12")).revision == 0
 
 
 # -- tenant API keys -------------------------------------------------------------------------
@@ -434,7 +458,7 @@ async def test_get_put_delete_round_trip(store: Store) -> None:
 
 
 async def test_generic_keys_cannot_touch_reserved_namespaces(store: Store) -> None:
-    for key in ("bundle/meta", "nodes/edge-1", "usage/acme", "apikeys/0123456789abcdef"):
+    for key in ("bundle/meta", "nodes/edge-1", "usage/2026-12/acme", "apikeys/0123456789abcdef"):
         with pytest.raises(InvalidKey, match="reserved"):
             await store.put(key, b"forged")
     assert (await store.read_prefix("")).entries == ()

@@ -7,6 +7,10 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 
@@ -15,6 +19,7 @@ from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan, TenantUsage
 from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, refusal_body
 from tiermesh.controlplane.generators.clusters import chain_cluster
+from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeSettings, PlanMismatch, UnknownNode
 from tiermesh.xds import typeurls
 
@@ -100,10 +105,7 @@ def test_a_chain_route_fails_over_through_an_aggregate(edge_model: MeshModel) ->
     assert retry["retryOn"] == "5xx,connect-failure,refused-stream,reset,retriable-status-codes"
     assert retry["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert retry["retryBackOff"] == {"baseInterval": "0.100s", "maxInterval": "4s"}
-    limit = MessageToDict(
-        by_name["acme.public.chat.*"].typed_per_filter_config["envoy.filters.http.local_ratelimit"]
-    )
-    assert limit["tokenBucket"] == {"maxTokens": 100, "tokensPerFill": 50, "fillInterval": "1s"}
+    assert not by_name["acme.public.chat.*"].typed_per_filter_config
 
 
 def test_single_step_routes_use_the_backend_cluster(edge_model: MeshModel) -> None:
@@ -149,6 +151,37 @@ def test_listener_and_endpoints(edge_model: MeshModel) -> None:
     assert names == ["edge-smollm", "frontier-eu", "frontier-us"]  # gpu-1.internal is DNS
     (secret,) = GENERATORS[typeurls.SECRET](edge_model, EDGE)
     assert secret.validation_context.trusted_ca.inline_string == TEST_BUNDLE
+
+
+def test_rate_limits_are_one_bucket_per_tenant_in_the_listener(edge_model: MeshModel) -> None:
+    (listener,) = GENERATORS[typeurls.LISTENER](edge_model, EDGE)
+    (chain,) = listener.filter_chains
+    manager = hcm_pb2.HttpConnectionManager()
+    chain.filters[0].typed_config.Unpack(manager)
+    (limiter,) = [f for f in manager.http_filters if f.name == RATE_LIMIT_FILTER]
+    config = local_rate_limit_pb2.LocalRateLimit()
+    limiter.typed_config.Unpack(config)
+    assert not config.local_rate_limit_per_downstream_connection
+    assert not config.HasField("token_bucket")  # requests of no limited tenant pass
+    assert config.filter_enabled.default_value.numerator == 100
+    assert config.filter_enforced.default_value.numerator == 100
+    (policy,) = config.rate_limits
+    (action,) = policy.actions
+    header = action.request_headers
+    assert (header.header_name, header.descriptor_key) == ("x-tiermesh-tenant", "tiermesh_tenant")
+    buckets = {
+        d.entries[0].value: MessageToDict(d.token_bucket)
+        for d in config.descriptors
+        if [e.key for e in d.entries] == ["tiermesh_tenant"]
+    }
+    assert len(buckets) == len(config.descriptors)
+    # acme sets its own limit; the others take the catalog default.
+    assert buckets == {
+        "acme": {"maxTokens": 100, "tokensPerFill": 50, "fillInterval": "1s"},
+        "globex": {"maxTokens": 40, "tokensPerFill": 20, "fillInterval": "1s"},
+        "initech": {"maxTokens": 40, "tokensPerFill": 20, "fillInterval": "1s"},
+    }
+    assert not any(r.typed_per_filter_config for r in envoy_routes(edge_model))
 
 
 def test_a_spent_budget_needs_no_budget_routes(catalog: Catalog) -> None:

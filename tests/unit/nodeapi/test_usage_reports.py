@@ -31,7 +31,18 @@ from tiermesh.controlplane.nodeapi import (
 from tiermesh.controlplane.store import MemoryStore, Usage
 
 TD = "mesh.example"
+DECEMBER = dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC)
 Call = grpc.aio.StreamStreamCall[SessionMessage, SessionReply]
+
+
+@dataclass
+class Wall:
+    """The registry service's clock (it picks the month of a report that names none)."""
+
+    now: dt.datetime = DECEMBER
+
+    def __call__(self) -> dt.datetime:
+        return self.now
 
 
 @dataclass
@@ -40,6 +51,7 @@ class Rig:
     store: MemoryStore
     service: NodeRegistryService
     api: NodeApiServer
+    wall: Wall
 
     def channel(self, node_id: str) -> grpc.aio.Channel:
         return node_api_channel(self.ca, self.api, TD, node_id)
@@ -49,7 +61,8 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     ca = LocalCertificateAuthority.create(CaConfig(TD))
     store = MemoryStore()
-    service = NodeRegistryService(store, TD, load_interval_s=0.05)
+    wall = Wall()
+    service = NodeRegistryService(store, TD, load_interval_s=0.05, clock=wall)
     api = await start_node_api(
         NodeIdentityService(ca, JoinTokens(store)),
         certificate=issue_server_certificate(ca, now=dt.datetime.now(dt.UTC)),
@@ -57,7 +70,7 @@ async def rig() -> AsyncIterator[Rig]:
         registry=service,
     )
     try:
-        yield Rig(ca, store, service, api)
+        yield Rig(ca, store, service, api, wall)
     finally:
         await api.stop(grace=None)
         await store.aclose()
@@ -71,11 +84,14 @@ def registration(node_id: str) -> SessionMessage:
     )
 
 
-def usage(seq: int, epoch: str = "e1", **tenants: tuple[int, int]) -> SessionMessage:
+def usage(
+    seq: int, epoch: str = "e1", month: str | None = None, **tenants: tuple[int, int]
+) -> SessionMessage:
     return SessionMessage(
         usage=UsageReport(
             epoch=epoch,
             seq=seq,
+            month=month,
             tenants={t: UsageDelta(tokens=a, cost_micro=b) for t, (a, b) in tenants.items()},
         )
     )
@@ -108,7 +124,7 @@ async def test_reports_of_two_nodes_add_up_and_are_answered_with_mesh_totals(rig
         await first.write(usage(1, acme=(100, 4000)))
         ack = (await reply(first)).usage
         assert ack is not None
-        assert (ack.seq, ack.applied) == (1, True)
+        assert (ack.seq, ack.applied, ack.month) == (1, True, "2026-12")
         assert ack.totals["acme"].cost_micro == 4000
 
         await second.write(usage(1, acme=(50, 1000), initech=(10, 7)))
@@ -122,7 +138,7 @@ async def test_reports_of_two_nodes_add_up_and_are_answered_with_mesh_totals(rig
         for call in (first, second):
             await call.write(SessionMessage(goodbye=True))
             assert await call.code() == grpc.StatusCode.OK
-    assert await rig.store.get_usage("acme") == Usage("acme", 150, 5000)
+    assert await rig.store.get_usage("acme", month="2026-12") == Usage("acme", 150, 5000)
 
 
 async def test_a_re_sent_report_counts_once_even_on_a_new_session(rig: Rig) -> None:
@@ -145,7 +161,39 @@ async def test_a_re_sent_report_counts_once_even_on_a_new_session(rig: Rig) -> N
         await reply(call)
         await call.write(usage(1, "e2", acme=(1, 1)))
         assert (await reply(call)).usage.applied is True  # type: ignore[union-attr]
-    assert await rig.store.get_usage("acme") == Usage("acme", 11, 101)
+    assert await rig.store.get_usage("acme", month="2026-12") == Usage("acme", 11, 101)
+
+
+async def test_reports_are_charged_to_their_month_across_the_boundary(rig: Rig) -> None:
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel)
+        await call.write(registration("edge-1"))
+        await reply(call)
+        await call.write(usage(1, month="2026-12", acme=(10, 900)))
+        december = (await reply(call)).usage
+        assert december is not None
+        assert (december.month, december.totals["acme"].cost_micro) == ("2026-12", 900)
+
+        rig.wall.now = DECEMBER + dt.timedelta(minutes=2)  # 2027-01-01 00:01 UTC
+        # Spend of the new month starts at zero ...
+        await call.write(usage(2, month="2027-01", acme=(1, 5)))
+        january = (await reply(call)).usage
+        assert january is not None
+        assert (january.month, january.totals["acme"].cost_micro) == ("2027-01", 5)
+        # ... a report of December sent after the boundary is December's ...
+        await call.write(usage(3, month="2026-12", acme=(1, 100)))
+        late = (await reply(call)).usage
+        assert late is not None
+        assert (late.month, late.totals["acme"].cost_micro) == ("2026-12", 1000)
+        # ... and one naming no month (an older agent) is the control plane's month's.
+        await call.write(usage(4, acme=(1, 1)))
+        unnamed = (await reply(call)).usage
+        assert unnamed is not None
+        assert (unnamed.month, unnamed.totals["acme"].cost_micro) == ("2027-01", 6)
+        await call.write(SessionMessage(goodbye=True))
+        assert await call.code() == grpc.StatusCode.OK
+    assert await rig.store.get_usage("acme", month="2026-12") == Usage("acme", 11, 1000)
+    assert await rig.store.get_usage("acme", month="2027-01") == Usage("acme", 2, 6)
 
 
 @pytest.mark.parametrize(
@@ -158,8 +206,9 @@ async def test_a_re_sent_report_counts_once_even_on_a_new_session(rig: Rig) -> N
         b'{"usage": {"epoch": "e1", "seq": 1, "tenants": {'
         + b", ".join(b'"t%d": {"tokens": 1}' % i for i in range(257))
         + b"}}}",
+        b'{"usage": {"epoch": "e1", "seq": 1, "month": "2026-13", "tenants": {"acme": {}}}}',
     ],
-    ids=["empty-tenant", "negative", "no-tenants", "too-many"],
+    ids=["empty-tenant", "negative", "no-tenants", "too-many", "bad-month"],
 )
 async def test_a_bad_report_is_refused_and_counts_nothing(rig: Rig, payload: bytes) -> None:
     async with rig.channel("edge-1") as channel:
@@ -170,7 +219,7 @@ async def test_a_bad_report_is_refused_and_counts_nothing(rig: Rig, payload: byt
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "usage.tenants" in (info.value.details() or "")
+    assert "usage." in (info.value.details() or "")
     assert (await rig.store.read_prefix("usage/")).entries == ()
     assert await rig.store.list_nodes() == ()  # the refusal ended the session
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +17,9 @@ from tiermesh.rego import RegorusEngine
 from tiermesh.xds import SnapshotCache
 
 DEBOUNCE_S = 0.1
+MONTH_CHECK_S = 60.0
+MONTH = "2026-12"
+"""The usage month of the rig's wall clock until a test moves it."""
 STATIC = NodeInfo(id="static-1", tier="local", region="eu-west")
 
 
@@ -24,6 +28,8 @@ class Rig:
 
     def __init__(self) -> None:
         self.clock = ManualClock()
+        self.now = datetime(2026, 12, 31, 22, 0, tzinfo=UTC)
+        """The reconciler's wall clock (it picks the usage month); tests may move it."""
         self.store = MemoryStore(clock=self.clock)
         self.cache = SnapshotCache()
         self.compiler = FakeCompiler()
@@ -36,6 +42,8 @@ class Rig:
             clock=self.clock,
             static_nodes=[STATIC],
             retry_s=1.0,
+            wall_clock=lambda: self.now,
+            month_check_s=MONTH_CHECK_S,
         )
 
     async def push(self, files: dict[str, bytes] | None = None) -> int:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.unit.reconciler.conftest import DEBOUNCE_S, STATIC, Rig
+from tests.unit.reconciler.conftest import DEBOUNCE_S, MONTH, STATIC, Rig
 from tiermesh.controlplane.api import NodeLoad, RegisteredNode, Tier
 from tiermesh.controlplane.reconciler import ReconcileResult, registration_digest
 from tiermesh.controlplane.store import NodeLease
@@ -198,7 +198,7 @@ async def test_usage_below_the_budget_triggers_nothing_and_is_read_by_the_next_r
 ) -> None:
     leases = await started(rig)
     count = rig.reconciler.reconcile_count
-    await rig.store.add_usage("acme", cost_micro=60_000_000)  # the budget is 100 USD
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=60_000_000)  # the budget is 100 USD
     await quiet(rig)
     assert rig.reconciler.reconcile_count == count
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.unit.reconciler.conftest import STATIC, Rig
+from tests.unit.reconciler.conftest import MONTH, STATIC, Rig
 from tests.unit.reconciler.fake_compiler import FakeCompiler
 from tests.unit.reconciler.policyfiles import node_registration, policy_files, rego_files
 from tiermesh.controlplane.bundle import Stage
@@ -203,7 +203,7 @@ async def test_store_outage_keeps_snapshots_and_retries(rig: Rig) -> None:
 
 async def test_spent_budget_reaches_the_policy(rig: Rig) -> None:
     await rig.push()
-    await rig.store.add_usage("acme", cost_micro=150_000_000)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=150_000_000)
     await rig.reconciler.start()
     result = await rig.settle()
     assert result.ok

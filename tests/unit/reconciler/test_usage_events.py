@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
 
-from tests.unit.reconciler.conftest import Rig
+from tests.unit.reconciler.conftest import MONTH, MONTH_CHECK_S, Rig
 from tests.unit.reconciler.policyfiles import SMALL_CATALOG, policy_files
 from tests.unit.reconciler.test_node_events import changed, quiet, started
 from tiermesh.cli.status_cmd import _render_tenants
@@ -25,8 +26,10 @@ async def test_reports_below_the_budget_schedule_nothing(rig: Rig) -> None:
     await started(rig)
     count = rig.reconciler.reconcile_count
     for _ in range(9):
-        await rig.store.add_usage("acme", tokens=1000, cost_micro=BUDGET_MICRO // 10)
-    await rig.store.add_usage("other", cost_micro=10 * BUDGET_MICRO)  # no budget: never
+        await rig.store.add_usage("acme", month=MONTH, tokens=1000, cost_micro=BUDGET_MICRO // 10)
+    await rig.store.add_usage(
+        "other", month=MONTH, cost_micro=10 * BUDGET_MICRO
+    )  # no budget: never
     await quiet(rig)
     assert rig.reconciler.reconcile_count == count
     assert rig.reconciler.unchanged_usage_events == 10
@@ -37,11 +40,13 @@ async def test_reports_below_the_budget_schedule_nothing(rig: Rig) -> None:
 async def test_crossing_the_budget_reconciles_once_and_compiles_the_fallback(rig: Rig) -> None:
     await started(rig)
     count = rig.reconciler.reconcile_count
-    await rig.store.add_usage("acme", cost_micro=BUDGET_MICRO - 1)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=BUDGET_MICRO - 1)
     await quiet(rig)
     assert rig.reconciler.reconcile_count == count
 
-    await rig.store.add_usage("acme", cost_micro=1)  # exactly the budget: exhausted (>=)
+    await rig.store.add_usage(
+        "acme", month=MONTH, cost_micro=1
+    )  # exactly the budget: exhausted (>=)
     crossed = await changed(rig, count)
     assert crossed.ok, crossed.errors
     assert exhausted(crossed.warnings)
@@ -50,7 +55,7 @@ async def test_crossing_the_budget_reconciles_once_and_compiles_the_fallback(rig
 
     # Further spend past the budget changes nothing the policy decides.
     for _ in range(5):
-        await rig.store.add_usage("acme", cost_micro=BUDGET_MICRO)
+        await rig.store.add_usage("acme", month=MONTH, cost_micro=BUDGET_MICRO)
     await quiet(rig)
     assert rig.reconciler.reconcile_count == crossed.number
     assert rig.reconciler.budget_crossings == 1
@@ -58,15 +63,43 @@ async def test_crossing_the_budget_reconciles_once_and_compiles_the_fallback(rig
 
 async def test_a_deleted_counter_reconciles_back(rig: Rig) -> None:
     await started(rig)
-    await rig.store.add_usage("acme", cost_micro=2 * BUDGET_MICRO)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=2 * BUDGET_MICRO)
     crossed = await changed(rig, rig.reconciler.reconcile_count)
     assert exhausted(crossed.warnings)
 
-    # No Store method resets a counter yet (a monthly reset would); delete it underneath.
-    rig.store._apply(puts=(), deletes=[rig.store.layout.usage("acme")])
+    # No Store method deletes a counter; delete it underneath.
+    rig.store._apply(puts=(), deletes=[rig.store.layout.usage("acme", MONTH)])
     reset = await changed(rig, crossed.number)
     assert not exhausted(reset.warnings)
     assert rig.reconciler.exhausted_tenants == frozenset()
+
+
+async def test_a_budget_spent_last_month_is_back_after_the_month_boundary(rig: Rig) -> None:
+    await started(rig)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=2 * BUDGET_MICRO)
+    crossed = await changed(rig, rig.reconciler.reconcile_count)
+    assert exhausted(crossed.warnings)
+
+    rig.now = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)
+    rig.clock.advance(MONTH_CHECK_S)
+    january = await changed(rig, crossed.number)
+    assert january.ok, january.errors
+    assert not exhausted(january.warnings)
+    assert rig.reconciler.exhausted_tenants == frozenset()
+    assert rig.reconciler.tenant_spend == {}
+
+    # A node's late report of December is December's: January stays unspent.
+    unchanged = rig.reconciler.unchanged_usage_events
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=BUDGET_MICRO)
+    await quiet(rig)
+    assert rig.reconciler.reconcile_count == january.number
+    assert rig.reconciler.unchanged_usage_events == unchanged + 1
+    # December's counter is kept for audit.
+    assert (await rig.store.get_usage("acme", month=MONTH)).cost_micro == 3 * BUDGET_MICRO
+
+    await rig.store.add_usage("acme", month="2027-01", cost_micro=BUDGET_MICRO)
+    spent = await changed(rig, january.number)
+    assert exhausted(spent.warnings)
 
 
 @pytest.mark.parametrize("budget", ["60", "160"])
@@ -74,7 +107,7 @@ async def test_a_new_budget_in_the_bundle_is_what_later_crossings_compare_with(
     rig: Rig, budget: str
 ) -> None:
     await started(rig)
-    await rig.store.add_usage("acme", cost_micro=BUDGET_MICRO // 2)  # 50 USD
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=BUDGET_MICRO // 2)  # 50 USD
     await quiet(rig)
     count = rig.reconciler.reconcile_count
     catalog = SMALL_CATALOG.replace("monthly_budget_usd: 100", f"monthly_budget_usd: {budget}")
@@ -82,7 +115,9 @@ async def test_a_new_budget_in_the_bundle_is_what_later_crossings_compare_with(
     pushed = await changed(rig, count)
     assert not exhausted(pushed.warnings)
 
-    await rig.store.add_usage("acme", cost_micro=BUDGET_MICRO // 2 + 1)  # 100.000001 USD
+    await rig.store.add_usage(
+        "acme", month=MONTH, cost_micro=BUDGET_MICRO // 2 + 1
+    )  # 100.000001 USD
     await quiet(rig)
     if budget == "60":
         assert rig.reconciler.reconcile_count > pushed.number
@@ -93,8 +128,8 @@ async def test_a_new_budget_in_the_bundle_is_what_later_crossings_compare_with(
 
 async def test_status_shows_each_tenants_mesh_wide_spend_against_its_budget(rig: Rig) -> None:
     await started(rig)
-    await rig.store.add_usage("acme", cost_micro=40_000_000)
-    await rig.store.add_usage("stray", cost_micro=1_500)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=40_000_000)
+    await rig.store.add_usage("stray", month=MONTH, cost_micro=1_500)
     async with asyncio.timeout(5):
         while rig.reconciler.unchanged_usage_events < 2:  # noqa: ASYNC110 - a counter
             await asyncio.sleep(0.001)
@@ -118,7 +153,7 @@ async def test_status_shows_each_tenants_mesh_wide_spend_against_its_budget(rig:
     assert "within budget" in shown
     assert "not in catalog" in shown
 
-    await rig.store.add_usage("acme", cost_micro=60_000_000)
+    await rig.store.add_usage("acme", month=MONTH, cost_micro=60_000_000)
     await changed(rig, rig.reconciler.reconcile_count)
     document = status_document(
         trust_domain="tiermesh.test",

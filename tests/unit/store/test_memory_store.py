@@ -76,9 +76,9 @@ async def test_simulated_outage_fails_calls_and_recovers() -> None:
     store = MemoryStore()
     store.set_unavailable()
     with pytest.raises(StoreUnavailable, match="memory"):
-        await store.get_usage("acme")
+        await store.get_usage("acme", month="2026-12")
     store.set_unavailable(False)
-    assert (await store.add_usage("acme", tokens=1)).tokens == 1
+    assert (await store.add_usage("acme", month="2026-12", tokens=1)).tokens == 1
 
 
 async def test_closed_store_refuses_calls_and_ends_open_watches() -> None:

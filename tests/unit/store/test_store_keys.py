@@ -14,7 +14,8 @@ def test_production_layout() -> None:
     assert layout.bundle_meta == "/tiermesh/v1/bundle/meta"
     assert layout.bundle_file("policies/a.rego") == "/tiermesh/v1/bundle/files/policies/a.rego"
     assert layout.node("edge-1") == "/tiermesh/v1/nodes/edge-1"
-    assert layout.usage("acme") == "/tiermesh/v1/usage/acme"
+    assert layout.usage("acme", "2026-12") == "/tiermesh/v1/usage/2026-12/acme"
+    assert layout.usage_month_prefix("2027-01") == "/tiermesh/v1/usage/2027-01/"
     assert layout.generic("tokens/join/x") == "/tiermesh/v1/tokens/join/x"
     assert layout.prefix("") == "/tiermesh/v1/"
     assert layout.relative("/tiermesh/v1/ca/bundle") == "ca/bundle"
@@ -32,7 +33,7 @@ def test_node_ids_and_tenants_are_single_printable_segments(name: str) -> None:
     with pytest.raises(InvalidKey):
         layout.node(name)
     with pytest.raises(InvalidKey):
-        layout.usage(name)
+        layout.usage(name, "2026-12")
 
 
 @pytest.mark.parametrize("key", ["bundle/meta", "nodes/x", "usage/acme", "/abs", "a/../b", "a//b"])

@@ -100,3 +100,50 @@ def test_the_old_months_mesh_totals_are_forgotten(tmp_path: Path) -> None:
     ledger.record([Usage("globex", "cloud", 0, 0)])
     assert ledger.spent_micro("acme") == 0
     assert entry(path, "acme")["spent_usd"] == 0.0
+
+
+def test_reports_name_their_month_and_pending_deltas_stay_in_theirs(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    ledger = UsageLedger(tmp_path / "budget.json", PRICES, epoch="e", clock=clock)
+    ledger.record([ANSWER])
+    sent = ledger.next_report()
+    assert sent is not None
+    assert sent.month == "2026-12"
+    ledger.record([ANSWER])  # still December, pending at the boundary
+
+    clock.now = datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    ledger.record([Usage("acme", "cloud", 1000, 0)])
+    december = ledger.next_report()
+    january = ledger.next_report()
+    assert december is not None
+    assert january is not None
+    assert (december.month, december.tenants["acme"].cost_micro) == ("2026-12", 180_000)
+    assert (january.month, january.tenants["acme"].cost_micro) == ("2027-01", 1_000_000)
+    assert ledger.next_report() is None
+    # Only January's unacknowledged spend counts against January.
+    assert ledger.unreported("acme") == 1_000_000
+    assert [r.month for r in ledger.unacknowledged()] == ["2026-12", "2026-12", "2027-01"]
+
+
+def test_an_acknowledgement_of_last_months_report_brings_no_mesh_total(tmp_path: Path) -> None:
+    path = tmp_path / "budget.json"
+    clock = Clock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    ledger = UsageLedger(path, PRICES, epoch="e", clock=clock)
+    ledger.record([ANSWER])
+    report = ledger.next_report()
+    assert report is not None
+
+    clock.now = datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    december = {"acme": UsageTotal(tokens=10_000, cost_micro=5_000_000)}
+    ack = UsageAck(epoch="e", seq=report.seq, applied=True, totals=december, month="2026-12")
+    assert ledger.acknowledge(ack)
+    assert ledger.spent_micro("acme") == 0
+    assert entry(path, "acme") == {"spent_usd": 0.0, "limit_usd": 0.1, "month": "2027-01"}
+
+    ledger.record([Usage("acme", "cloud", 10, 0)])
+    january = ledger.next_report()
+    assert january is not None
+    totals = {"acme": UsageTotal(tokens=30, cost_micro=30_000)}
+    ack = UsageAck(epoch="e", seq=january.seq, applied=True, totals=totals, month="2027-01")
+    assert ledger.acknowledge(ack)
+    assert ledger.spent_micro("acme") == 30_000

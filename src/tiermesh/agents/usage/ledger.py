@@ -29,10 +29,15 @@ zero spend, so an exhausted tenant gets its routes back from the first request c
 after it. Each catalog tenant's file entry names its month (``"month": "2026-12"``); at
 start, an entry of another month is not taken (the new month starts at zero), an entry
 without one (an operator's file, or one written before this field) is taken as this
-month's. Reports pending or unacknowledged at the boundary are sent as they are. The mesh
-totals acknowledgements bring are the control plane's counters, which must be reset at
-the boundary there too (not done by this ledger): until they are, the first
-acknowledgement of the new month brings the old month's mesh spend back into the file.
+month's. Every report names the month its deltas were accounted in
+(``UsageReport.month``): deltas still pending at the boundary are sealed into reports of
+the old month (sent before the new month's), and reports unacknowledged then are re-sent
+as they are, so the control plane charges them to the old month's counters. The control
+plane keeps its counters per month too and says which month an acknowledgement's totals
+are of (``UsageAck.month``); the ledger takes mesh totals only of its current month, so
+an acknowledgement of last month's report never brings last month's mesh spend into the
+file (one without a month, from an older control plane, is taken as the current one's).
+Only reports of the current month count in U.
 
 Reporting to the control plane: every delta :meth:`UsageLedger.record` accounts also goes
 to an outbox. :meth:`UsageLedger.next_report` seals what is pending into a
@@ -225,6 +230,8 @@ class UsageLedger:
         self._totals: dict[str, TenantUsage] = {}
         self._foreign: dict[str, object] = {}
         self._pending: dict[str, TenantUsage] = {}
+        self._earlier: dict[str, dict[str, TenantUsage]] = {}
+        """Deltas of months before ``_month`` still to report: month -> tenant -> delta."""
         self._sent: dict[int, UsageReport] = {}
         self._mesh: dict[str, int] = {}
         self._epoch = epoch if epoch is not None else secrets.token_hex(8)
@@ -265,6 +272,11 @@ class UsageLedger:
         if month == self._month:
             return False
         log.info("month %s starts: tenants' spend starts at zero (was %s)", month, self._month)
+        if self._pending:
+            earlier = self._earlier.setdefault(self._month, {})
+            for tenant, delta in self._pending.items():
+                _add(earlier, tenant, delta.tokens, delta.cost_micro)
+            self._pending = {}
         self._month = month
         self._totals.clear()
         self._mesh.clear()
@@ -325,26 +337,31 @@ class UsageLedger:
     def next_report(self) -> UsageReport | None:
         """Seal the pending deltas (at most :data:`MAX_USAGE_TENANTS` tenants; the rest stay
         pending) into a new report, kept until acknowledged. None when nothing is pending or
-        :data:`MAX_UNACKNOWLEDGED` reports wait already."""
+        :data:`MAX_UNACKNOWLEDGED` reports wait already. A report holds one month's deltas
+        and names it; deltas of a month that ended go first."""
         with self._lock:
             return self._seal()
 
     def _seal(self) -> UsageReport | None:
-        if not self._pending or len(self._sent) >= MAX_UNACKNOWLEDGED:
+        self._roll()
+        month, pending = min(self._earlier.items(), default=(self._month, self._pending))
+        if not pending or len(self._sent) >= MAX_UNACKNOWLEDGED:
             return None
         tenants: dict[str, UsageDelta] = {}
-        for tenant in sorted(self._pending)[:MAX_USAGE_TENANTS]:
-            delta = self._pending[tenant]
+        for tenant in sorted(pending)[:MAX_USAGE_TENANTS]:
+            delta = pending[tenant]
             tokens = min(delta.tokens, MAX_USAGE_AMOUNT)
             cost = min(delta.cost_micro, MAX_USAGE_AMOUNT)
             tenants[tenant] = UsageDelta(tokens=tokens, cost_micro=cost)
             rest = TenantUsage(delta.tokens - tokens, delta.cost_micro - cost)
             if rest == TenantUsage():
-                del self._pending[tenant]
+                del pending[tenant]
             else:
-                self._pending[tenant] = rest
+                pending[tenant] = rest
+        if not pending:
+            self._earlier.pop(month, None)
         self._seq += 1
-        report = UsageReport(epoch=self._epoch, seq=self._seq, tenants=tenants)
+        report = UsageReport(epoch=self._epoch, seq=self._seq, tenants=tenants, month=month)
         self._sent[report.seq] = report
         return report
 
@@ -364,8 +381,9 @@ class UsageLedger:
             if ack.epoch != self._epoch or self._sent.pop(ack.seq, None) is None:
                 return False
             self._roll()
-            for tenant, total in ack.totals.items():
-                self._mesh[tenant] = total.cost_micro
+            if ack.month is None or ack.month == self._month:
+                for tenant, total in ack.totals.items():
+                    self._mesh[tenant] = total.cost_micro
             self._generation += 1
         self._write()
         return True
@@ -377,7 +395,11 @@ class UsageLedger:
 
     def _unreported(self, tenant: str) -> int:
         pending = self._pending.get(tenant, TenantUsage()).cost_micro
-        sent = sum(r.tenants[tenant].cost_micro for r in self._sent.values() if tenant in r.tenants)
+        sent = sum(
+            r.tenants[tenant].cost_micro
+            for r in self._sent.values()
+            if tenant in r.tenants and r.month in (None, self._month)
+        )
         return pending + sent
 
     def spent_micro(self, tenant: str) -> int:

@@ -82,10 +82,12 @@ from tiermesh.controlplane.api.registry import (
     SessionReply,
     UsageAck,
     UsageDelta,
+    UsageMonth,
     UsageReport,
     UsageTotal,
     endpoint_owner,
     registry_method_path,
+    usage_month,
 )
 from tiermesh.controlplane.api.request_policy import (
     MAX_REQUEST_MODULES,
@@ -196,6 +198,7 @@ __all__ = [
     "Usage",
     "UsageAck",
     "UsageDelta",
+    "UsageMonth",
     "UsageReport",
     "UsageTotal",
     "audit_method_path",
@@ -212,5 +215,6 @@ __all__ = [
     "registry_method_path",
     "render_schemas",
     "signature_valid",
+    "usage_month",
     "verify_digest",
 ]

@@ -236,7 +236,10 @@ class Tenant(Contract):
     """Residencies its data may be processed in; backends elsewhere are never used."""
     monthly_budget_usd: float = Field(ge=0)
     """Monthly spend limit. Once ``data.usage[name].spent_usd`` reaches it, routes
-    prefer the cheap tiers (local, private); requests are not refused."""
+    prefer the cheap tiers (local, private); requests are not refused. A month is a
+    calendar month in UTC for every tenant (there is no time zone or reset-day setting):
+    spend starts at zero at 00:00 UTC on the 1st, on every node and in the control
+    plane's counters (:data:`~tiermesh.controlplane.api.registry.UsageMonth`)."""
     allowed_tiers: tuple[Tier, ...] = Field(min_length=1)
     """Tiers it may use at all."""
     restricted_tiers: tuple[Literal["local", "private"], ...] = ("local",)
@@ -245,7 +248,8 @@ class Tenant(Contract):
     default_sensitivity: Sensitivity = "internal"
     """Sensitivity the request-time policy assumes when it cannot classify a request."""
     rate_limit: RateLimit | None = None
-    """Its token bucket; unset falls back to ``defaults.rate_limit``."""
+    """Its token bucket; unset falls back to ``defaults.rate_limit``. One bucket per node
+    across all of the tenant's routes (and connections), not one per route."""
     resilience: RouteResilience | None = None
     """Overrides of per-request settings on every route of this tenant (applied
     after the backend's overrides)."""

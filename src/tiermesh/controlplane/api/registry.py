@@ -18,7 +18,8 @@ A session, node → control plane (:class:`SessionMessage`):
    a new registration of the same node (re-checked, rewritten, answered again), or, when
    the reply said ``usage_reports``, a :class:`UsageReport`: per-tenant spend the node
    accounted since its last report. The control plane adds each tenant's delta to the
-   mesh-wide counters (``usage/<tenant>``, the policy's ``data.usage``) and answers with a
+   mesh-wide counters of the report's month (``usage/<YYYY-MM>/<tenant>``, the policy's
+   ``data.usage`` is the current month's) and answers with a
    :class:`SessionReply` whose ``usage`` (:class:`UsageAck`) carries the mesh-wide totals of
    the reported tenants. Delivery is at least once: the node re-sends a report until it is
    acknowledged, on a new session if need be; a control plane skips a report it already
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
@@ -79,10 +81,12 @@ __all__ = [
     "UnixSocketPath",
     "UsageAck",
     "UsageDelta",
+    "UsageMonth",
     "UsageReport",
     "UsageTotal",
     "endpoint_owner",
     "registry_method_path",
+    "usage_month",
 ]
 
 REGISTRY_VERSION: Final = "v1"
@@ -106,6 +110,19 @@ MAX_LABELS: Final = 32
 MAX_USAGE_TENANTS: Final = 256
 """Most tenants one :class:`UsageReport` may carry (a node with more splits its deltas
 over several reports)."""
+
+UsageMonth = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+"""A calendar month in UTC, ``YYYY-MM``: the period usage counters and monthly budgets
+cover. The catalog has no time zone or reset day; a month starts at 00:00 UTC on its
+first day everywhere in the mesh."""
+
+
+def usage_month(moment: datetime) -> str:
+    """The :data:`UsageMonth` of ``moment`` (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment.month:02d}"
+
 
 MAX_USAGE_AMOUNT: Final = 10**15
 """Largest token count or micro-dollar amount one report may add for one tenant
@@ -315,15 +332,19 @@ class UsageReport(Contract):
     tenants: dict[Name, UsageDelta] = Field(min_length=1, max_length=MAX_USAGE_TENANTS)
     """Tenant name (a catalog name: ``[a-z0-9][a-z0-9_-]{0,62}``) -> its delta; at least
     one, at most :data:`MAX_USAGE_TENANTS`."""
+    month: UsageMonth | None = None
+    """The month (:data:`UsageMonth`) the deltas were spent in: they are added to that
+    month's counters even when the report arrives after the month ended. Absent (a node
+    from before this field): the control plane's current month. Added within ``v1``."""
 
 
 class UsageTotal(Contract):
     """A tenant's mesh-wide counters (every node's acknowledged reports added up)."""
 
     tokens: int = Field(ge=0)
-    """Tokens this month."""
+    """Tokens in the acknowledgement's month."""
     cost_micro: int = Field(ge=0)
-    """Spend this month in micro-dollars; the policy's ``data.usage[t].spent_usd`` is this
+    """Spend in that month in micro-dollars; the policy's ``data.usage[t].spent_usd`` is this
     divided by 10^6."""
 
 
@@ -338,7 +359,13 @@ class UsageAck(Contract):
     """True: this answer's report was added now. False: it had been applied before (a
     re-send) and was not added again."""
     totals: dict[str, UsageTotal]
-    """Mesh-wide totals of each tenant the report named, read after adding it."""
+    """Mesh-wide totals of each tenant the report named, read after adding it: those of
+    ``month``."""
+    month: UsageMonth | None = None
+    """The month the report's deltas were added to and ``totals`` are of (the report's
+    ``month``, or the control plane's current one when the report named none). A node
+    takes ``totals`` only for the month it is accounting now. Added within ``v1``: a
+    control plane from before this field sends none."""
 
 
 class SessionMessage(Contract):

@@ -46,9 +46,8 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
   the node forwards nothing rather than trust it (the verifier refuses a listener that
   forwards without ext_authz). The table keeps its name, so RDS and the reconciler see
   an ordinary route update when the node registers an authz server.
-- **Rate limit**: the tenant's token bucket in the route's ``typed_per_filter_config``
-  for ``envoy.filters.http.local_ratelimit``. Envoy keeps one bucket per route config,
-  so the limit holds per route, not across all of a tenant's routes.
+- **Rate limit**: not on routes. A tenant's limit is one token bucket across all of its
+  routes, in the listener's local rate-limit filter (:mod:`.listeners`).
 """
 
 from __future__ import annotations
@@ -58,16 +57,13 @@ from collections.abc import Iterator, Sequence
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import string_pb2
-from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
-from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RateLimit, RoutePlan
+from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan
 from tiermesh.controlplane.generators import api_surface, cascade
 from tiermesh.controlplane.generators._protos import ms, pack
-from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
 
 __all__ = [
@@ -147,24 +143,6 @@ def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
     return policy
 
 
-def _rate_limit(tenant: str, limit: RateLimit) -> local_rate_limit_pb2.LocalRateLimit:
-    always = base_pb2.RuntimeFractionalPercent(
-        default_value=percent_pb2.FractionalPercent(
-            numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED
-        )
-    )
-    return local_rate_limit_pb2.LocalRateLimit(
-        stat_prefix=f"tenant_{tenant}",
-        token_bucket=token_bucket_pb2.TokenBucket(
-            max_tokens=limit.max_tokens,
-            tokens_per_fill=wrappers_pb2.UInt32Value(value=limit.tokens_per_fill),
-            fill_interval=ms(limit.fill_interval_ms),
-        ),
-        filter_enabled=always,
-        filter_enforced=always,
-    )
-
-
 def _route(
     node: NodeModel,
     plan_route: RoutePlan,
@@ -188,10 +166,6 @@ def _route(
             retry_policy=_retry_policy(steps),
         )
     )
-    if plan_route.rate_limit is not None:
-        route.typed_per_filter_config[RATE_LIMIT_FILTER].Pack(
-            _rate_limit(plan_route.match.tenant, plan_route.rate_limit)
-        )
     return route
 
 

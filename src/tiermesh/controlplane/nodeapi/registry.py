@@ -25,10 +25,13 @@ node's SVID decides what lands there.
   newest report is the one written.
 - Usage reports are applied in the order they arrive, one ``Store.add_usage`` per tenant
   (a tenant whose delta is all zeros is only read), then answered with the mesh-wide
-  totals of the reported tenants. The contract has already refused malformed reports
-  (INVALID_ARGUMENT, nothing counted). Duplicates: the service remembers, per node, the
-  newest (``epoch``, ``seq``) it applied, and answers a report at or below it with
-  ``applied=False`` and the current totals, adding nothing. That memory is this
+  totals of the reported tenants. Counters are per UTC calendar month: a report is added
+  to the month it names (a report of last month sent after the boundary is charged to
+  last month), one naming none to the month of ``clock``; the answer names that month.
+  The contract has already refused malformed reports (INVALID_ARGUMENT, nothing
+  counted). Duplicates: the service remembers, per node, the newest (``epoch``, ``seq``)
+  it applied, and answers a report at or below it with ``applied=False`` and the current
+  totals, adding nothing. That memory is this
   process's only: a report applied just before the session broke is counted again if
   it is re-sent to another replica or after a restart, and one whose store writes failed
   half-way (UNAVAILABLE) has its first tenants counted again when re-sent. Both
@@ -78,6 +81,7 @@ from tiermesh.controlplane.api.registry import (
     UsageAck,
     UsageReport,
     UsageTotal,
+    usage_month,
 )
 from tiermesh.controlplane.api.request_policy import REQUEST_POLICY_METHOD, RequestPolicyQuery
 from tiermesh.controlplane.identity.ca import Clock, utc_now
@@ -448,16 +452,17 @@ class NodeRegistryService:
         """Add ``report`` (from ``node_id``) to the store's usage counters once per this
         service's memory of it (module doc), and return the answer to send. Raises
         ``StoreError`` if the store fails (tenants before the failing one stay added)."""
+        month = report.month if report.month is not None else usage_month(self.clock())
         async with self._usage_locks.setdefault(node_id, asyncio.Lock()):
             last = self._usage_applied.get(node_id)
             duplicate = last is not None and last[0] == report.epoch and report.seq <= last[1]
             totals: dict[str, UsageTotal] = {}
             for tenant, delta in sorted(report.tenants.items()):
                 if duplicate or (delta.tokens == 0 and delta.cost_micro == 0):
-                    usage = await self.store.get_usage(tenant)
+                    usage = await self.store.get_usage(tenant, month=month)
                 else:
                     usage = await self.store.add_usage(
-                        tenant, tokens=delta.tokens, cost_micro=delta.cost_micro
+                        tenant, month=month, tokens=delta.tokens, cost_micro=delta.cost_micro
                     )
                 totals[tenant] = UsageTotal(tokens=usage.tokens, cost_micro=usage.cost_micro)
             if not duplicate:
@@ -471,7 +476,9 @@ class NodeRegistryService:
             len(totals),
             " (duplicate, not added)" if duplicate else "",
         )
-        return UsageAck(epoch=report.epoch, seq=report.seq, applied=not duplicate, totals=totals)
+        return UsageAck(
+            epoch=report.epoch, seq=report.seq, applied=not duplicate, totals=totals, month=month
+        )
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register ``Session`` and ``RequestPolicy`` on ``server``."""

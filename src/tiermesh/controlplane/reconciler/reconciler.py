@@ -16,10 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final, Protocol, Self, runtime_checkable
 
-from tiermesh.controlplane.api import NodeInfo, TenantUsage
+from tiermesh.controlplane.api import NodeInfo, TenantUsage, usage_month
 from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.registration import (
@@ -92,10 +93,23 @@ def _spent_usd(value: bytes) -> float | None:
     return max(cost_micro, 0) / _MICRO
 
 
-def _usage(entries: Sequence[tuple[str, bytes]]) -> dict[str, TenantUsage]:
+def _usage_tenant(key: str, month: str) -> str | None:
+    """The tenant of usage counter ``key`` (``usage/<month>/<tenant>``) when the counter is
+    of ``month``; None for another month's counter or a key of another shape."""
+    counter_month, _, tenant = key.removeprefix(USAGE_PREFIX).partition("/")
+    return tenant if counter_month == month and tenant and "/" not in tenant else None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _usage(entries: Sequence[tuple[str, bytes]], month: str) -> dict[str, TenantUsage]:
     usage: dict[str, TenantUsage] = {}
     for key, value in entries:
-        tenant = key.removeprefix(USAGE_PREFIX)
+        tenant = _usage_tenant(key, month)
+        if tenant is None:
+            continue
         spent = _spent_usd(value)
         if spent is None:
             log.warning("usage counter of tenant %r is unreadable; counted as 0", tenant)
@@ -138,8 +152,9 @@ class Reconciler:
     snapshot the watch started from (:meth:`start`, and the resync after a compacted
     watch), kept up to date by the watch's own events.
 
-    Usage events: nodes report spend every few seconds, so a ``usage/<tenant>`` change
-    schedules a reconcile only when it moves the tenant across its catalog
+    Usage events: nodes report spend every few seconds, so a ``usage/<month>/<tenant>``
+    change of the current month (other months' changes are dropped and counted as
+    unchanged) schedules a reconcile only when it moves the tenant across its catalog
     ``monthly_budget_usd`` in either direction (a counter reset or delete moves it back)
     compared with what the latest reconcile read; every other change is dropped before the
     debounce and counted in :attr:`unchanged_usage_events`, crossings in
@@ -150,6 +165,13 @@ class Reconciler:
     the next reconcile something else triggers. Budgets come from the catalog of the
     latest evaluated bundle (none before the first reconcile, which reads usage anyway).
     Reconciles for any other reason read all current counters.
+
+    Month boundaries: counters are per UTC calendar month (``usage/<YYYY-MM>/<tenant>``,
+    see :func:`~tiermesh.controlplane.api.usage_month`) and ``data.usage`` is the current
+    month's, by ``wall_clock``. Every ``month_check_s`` (on ``clock``) the reconciler
+    checks whether the month changed since the latest reconcile read the counters, and
+    if so schedules one: spend starts at zero, so tenants whose budget was spent last
+    month get their normal chains back. Past months' counters stay in the store.
 
     Debounce: the first event starts a quiet period of ``debounce_s``; every further
     event restarts it, but a reconcile starts at most ``max_delay_s`` after the first.
@@ -176,6 +198,8 @@ class Reconciler:
         refuse_violations: bool = True,
         retry_s: float = 1.0,
         on_plans: PlansHook | None = None,
+        wall_clock: Callable[[], datetime] = _utc_now,
+        month_check_s: float = 60.0,
     ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
@@ -190,6 +214,9 @@ class Reconciler:
         self._refuse_violations = refuse_violations
         self._retry_s = retry_s
         self._on_plans = on_plans
+        self._wall_clock = wall_clock
+        self._month_check_s = month_check_s
+        self._usage_month = usage_month(wall_clock())
         self._outcome: BundleOutcome | None = None
         self._unhealthy: frozenset[str] = frozenset()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile")
@@ -328,6 +355,7 @@ class Reconciler:
                 self._watch(USAGE_PREFIX, usage_rev, changes=self._usage_crossed),
                 name="watch-usage",
             ),
+            asyncio.create_task(self._month_boundaries(), name="month-boundaries"),
         ]
 
     async def aclose(self) -> None:
@@ -378,10 +406,22 @@ class Reconciler:
         self._node_digests[event.key] = digest
         return True
 
+    async def _month_boundaries(self) -> None:
+        """Poke the loop once ``wall_clock`` is in another month than the latest reconcile
+        read the counters of (class doc: Month boundaries)."""
+        while True:
+            await self._clock.sleep(self._month_check_s)
+            if usage_month(self._wall_clock()) != self._usage_month:
+                log.info("a new usage month began; reconciling with its counters")
+                self._poke()
+
     def _usage_crossed(self, event: WatchEvent) -> bool:
         """Whether ``event`` moves its tenant across its budget compared with the latest
         reconcile (class doc: Usage events)."""
-        tenant = event.key.removeprefix(USAGE_PREFIX)
+        tenant = _usage_tenant(event.key, usage_month(self._wall_clock()))
+        if tenant is None:
+            self._unchanged_usage_events += 1
+            return False
         budget = self._budgets.get(tenant)
         read = None if event.kind is EventKind.DELETE else _spent_usd(event.value)
         spent = read or 0.0
@@ -504,7 +544,8 @@ class Reconciler:
     ) -> tuple[Bundle, list[NodeInfo], list[str], dict[str, TenantUsage], frozenset[str]]:
         bundle = await self._store.get_bundle()
         records = await self._store.list_nodes()
-        usage_snapshot = await self._store.read_prefix(USAGE_PREFIX)
+        month = usage_month(self._wall_clock())
+        usage_snapshot = await self._store.read_prefix(f"{USAGE_PREFIX}{month}/")
         nodes = {node.id: node for node in self._static_nodes}
         skipped: list[str] = []
         unhealthy: set[str] = set()
@@ -518,7 +559,8 @@ class Reconciler:
             nodes[record.node_id] = registration.node
             if not registration.healthy:
                 unhealthy.add(record.node_id)
-        usage = _usage([(entry.key, entry.value) for entry in usage_snapshot.entries])
+        usage = _usage([(entry.key, entry.value) for entry in usage_snapshot.entries], month)
+        self._usage_month = month
         return bundle, [nodes[n] for n in sorted(nodes)], skipped, usage, frozenset(unhealthy)
 
     def _note_health(self, unhealthy: frozenset[str]) -> None:

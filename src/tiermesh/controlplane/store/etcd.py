@@ -315,8 +315,10 @@ class EtcdStore:
 
     # -- usage counters ----------------------------------------------------------------------
 
-    async def add_usage(self, tenant: str, *, tokens: int = 0, cost_micro: int = 0) -> Usage:
-        key = self.layout.usage(tenant).encode()
+    async def add_usage(
+        self, tenant: str, *, month: str, tokens: int = 0, cost_micro: int = 0
+    ) -> Usage:
+        key = self.layout.usage(tenant, month).encode()
         check_increments(tokens, cost_micro)
         tx = self._tx
         with self._translate("add_usage"):
@@ -338,10 +340,10 @@ class EtcdStore:
                 return Usage(tenant, new_tokens, new_cost, revision)
             rows = responses[0]
             current = rows[0][1] if rows else None
-        raise ContentionExhausted(self.layout.usage(tenant), self._max_cas_attempts)
+        raise ContentionExhausted(self.layout.usage(tenant, month), self._max_cas_attempts)
 
-    async def get_usage(self, tenant: str) -> Usage:
-        key = self.layout.usage(tenant).encode()
+    async def get_usage(self, tenant: str, *, month: str) -> Usage:
+        key = self.layout.usage(tenant, month).encode()
         with self._translate("get_usage"):
             current = await self._client.get(key)
         if current is None:

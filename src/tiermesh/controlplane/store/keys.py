@@ -5,7 +5,9 @@ Layout under a root (``/tiermesh/v1/`` in production; tests use a unique root ea
     <root>bundle/meta            JSON: bundle revision, sha256, file list, provenance
     <root>bundle/files/<path>    one Rego module or data document per key
     <root>nodes/<node-id>        node registration JSON, bound to the node's lease
-    <root>usage/<tenant>         JSON: {"tokens": int, "cost_micro": int}
+    <root>usage/<YYYY-MM>/<tenant>  JSON: {"tokens": int, "cost_micro": int}, one counter
+                                 per tenant and UTC calendar month; past months are kept
+                                 (for audit) and never written again by the typed API
     <root>apikeys/<key-id>       JSON: tenant, sha256 of the key, created_at, revoked_at
     <root><anything else>        small keys owned by other components (join tokens, CA)
 
@@ -17,6 +19,7 @@ bypassed.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from tiermesh.controlplane.store.errors import InvalidKey
@@ -29,6 +32,7 @@ API_KEYS_PREFIX: Final = "apikeys/"
 ``watch``; write only through the typed methods)."""
 RESERVED_NAMESPACES: Final = ("bundle/", "nodes/", "usage/", API_KEYS_PREFIX)
 _MAX_NAME = 253
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 _MAX_KEY = 1024
 
 
@@ -96,9 +100,15 @@ class KeyLayout:
         """Key of one node's registration."""
         return self.nodes_prefix + _check_name("node id", node_id)
 
-    def usage(self, tenant: str) -> str:
-        """Key of one tenant's usage counters."""
-        return f"{self.root}usage/" + _check_name("tenant", tenant)
+    def usage(self, tenant: str, month: str) -> str:
+        """Key of one tenant's usage counters of ``month`` (``YYYY-MM``)."""
+        return self.usage_month_prefix(month) + _check_name("tenant", tenant)
+
+    def usage_month_prefix(self, month: str) -> str:
+        """Full prefix of every tenant's counters of ``month`` (``YYYY-MM``)."""
+        if not isinstance(month, str) or not _MONTH.fullmatch(month):
+            raise InvalidKey(str(month), "usage month must be YYYY-MM")
+        return f"{self.root}usage/{month}/"
 
     def api_key(self, key_id: str) -> str:
         """Key of one tenant API key record."""

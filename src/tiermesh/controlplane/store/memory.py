@@ -331,8 +331,10 @@ class MemoryStore:
 
     # -- usage counters ----------------------------------------------------------------------
 
-    async def add_usage(self, tenant: str, *, tokens: int = 0, cost_micro: int = 0) -> Usage:
-        key = self.layout.usage(tenant)
+    async def add_usage(
+        self, tenant: str, *, month: str, tokens: int = 0, cost_micro: int = 0
+    ) -> Usage:
+        key = self.layout.usage(tenant, month)
         check_increments(tokens, cost_micro)
         await self._enter()
         current = self._data.get(key)
@@ -341,8 +343,8 @@ class MemoryStore:
         revision = self._apply(puts=[(key, encode_usage(new_tokens, new_cost), 0)], deletes=())
         return Usage(tenant, new_tokens, new_cost, revision)
 
-    async def get_usage(self, tenant: str) -> Usage:
-        key = self.layout.usage(tenant)
+    async def get_usage(self, tenant: str, *, month: str) -> Usage:
+        key = self.layout.usage(tenant, month)
         await self._enter()
         current = self._data.get(key)
         if current is None:

@@ -141,17 +141,25 @@ class Store(Protocol):
 
     # -- usage counters -------------------------------------------------------------------
 
-    async def add_usage(self, tenant: str, *, tokens: int = 0, cost_micro: int = 0) -> Usage:
-        """Atomically add to a tenant's counters; returns the counters after this addition.
+    async def add_usage(
+        self, tenant: str, *, month: str, tokens: int = 0, cost_micro: int = 0
+    ) -> Usage:
+        """Atomically add to a tenant's counters of ``month`` (``YYYY-MM``, a UTC calendar
+        month: each month's counters start at zero); returns them after this addition.
+
+        The caller names the month (the one the spend happened in), so spend reported after
+        a boundary is still charged to its own month. Past months' counters are kept.
 
         Concurrent additions from any number of tasks or processes all count exactly once.
-        Raises ValueError for negative amounts, `ContentionExhausted` if the compare-and-swap
-        loop keeps losing (nothing of this call was written then).
+        Raises ValueError for negative amounts, `InvalidKey` for a malformed month or
+        tenant, `ContentionExhausted` if the compare-and-swap loop keeps losing (nothing of
+        this call was written then).
         """
         ...
 
-    async def get_usage(self, tenant: str) -> Usage:
-        """A tenant's counters; zeros with revision 0 if nothing was ever added."""
+    async def get_usage(self, tenant: str, *, month: str) -> Usage:
+        """A tenant's counters of ``month`` (``YYYY-MM``); zeros with revision 0 if nothing
+        was added in that month."""
         ...
 
     # -- tenant API keys ------------------------------------------------------------------
