@@ -213,7 +213,9 @@ class EnvoySidecar:
         try:
             async with asyncio.timeout(2.0):
                 reader, writer = await open_stream(self.admin)
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                # HTTP/1.1: Envoy's admin answers HTTP/1.0 with 426 Upgrade Required
+                request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                writer.write(request.encode())
                 await writer.drain()
                 data = await reader.read()
                 writer.close()
@@ -221,7 +223,7 @@ class EnvoySidecar:
                     await writer.wait_closed()
         except (OSError, TimeoutError):
             return ""
-        return data.partition(b"\r\n\r\n")[2].decode(errors="replace")
+        return http_body(data).decode(errors="replace")
 
     async def drain(self) -> None:
         """Stop taking new work: health check failing, listeners draining; then wait."""
@@ -233,6 +235,34 @@ class EnvoySidecar:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+
+
+def http_body(response: bytes) -> bytes:
+    """The body of a whole HTTP/1.1 ``response`` read to its close: de-chunked when its
+    ``transfer-encoding`` is chunked; empty unless the status is 200."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.split(b"\r\n")
+    parts = status_line.split()
+    if len(parts) < 2 or parts[1] != b"200":
+        return b""
+    chunked = any(
+        line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+        for line in header_lines
+    )
+    if not chunked:
+        return body
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
 
 
 def _host(admin: tuple[str, int] | Path) -> str:
