@@ -27,11 +27,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
 
 from tiermesh.agents.authz.body import InspectedBody
 from tiermesh.agents.authz.detectors import DetectorRegistry, default_registry
 from tiermesh.agents.authz.normalize import decoded_forms, detection_text, hidden_forms
+from tiermesh.controlplane.api import Sensitivity
+from tiermesh.controlplane.api.request_policy import SENSITIVITY_LEVELS
 
 __all__ = [
     "DEFAULT_UNINSPECTED_HEADERS",
@@ -44,8 +46,8 @@ __all__ = [
     "sensitivity_floor",
 ]
 
-Level: TypeAlias = Literal["public", "internal", "restricted"]
-LEVELS: Final[tuple[Level, ...]] = ("public", "internal", "restricted")
+Level: TypeAlias = Sensitivity
+LEVELS: Final = SENSITIVITY_LEVELS
 """Sensitivity labels, lowest first."""
 _RANK: Final[dict[str, int]] = {level: rank for rank, level in enumerate(LEVELS)}
 

@@ -34,11 +34,11 @@ request settings are invalid: the reconciler serves no such bundle), UNAVAILABLE
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal, TypeGuard
+from typing import Annotated, Any, Final, Literal, TypeGuard, get_args
 
 from pydantic import Field, StringConstraints, TypeAdapter
 
-from tiermesh.controlplane.api._base import Contract
+from tiermesh.controlplane.api._base import Contract, Sensitivity
 from tiermesh.controlplane.api.catalog import Catalog
 from tiermesh.controlplane.api.tenant_keys import ApiKeyEntries
 
@@ -65,7 +65,7 @@ __all__ = [
 
 REQUEST_DECISION_PATH: Final = "data.tiermesh.request.decision"
 """The Rego document that decides a request on a node (the request policy's entry point)."""
-SENSITIVITY_LEVELS: Final = ("public", "internal", "restricted")
+SENSITIVITY_LEVELS: Final[tuple[Sensitivity, ...]] = get_args(Sensitivity)
 """Sensitivity labels, lowest first."""
 
 
