@@ -24,6 +24,7 @@ from tiermesh.agents.batch.errors import (
     InvalidBatchInput,
     QueueUnavailable,
 )
+from tiermesh.agents.batch.http import SOCKET_MODE, BatchHttpServer, batch_app
 from tiermesh.agents.batch.lines import (
     MAX_LINES,
     AuthorizerDecider,
@@ -44,8 +45,10 @@ from tiermesh.agents.batch.worker import (
 
 __all__ = [
     "MAX_LINES",
+    "SOCKET_MODE",
     "AuthorizerDecider",
     "BatchError",
+    "BatchHttpServer",
     "BatchLine",
     "BatchNotFound",
     "BatchService",
@@ -64,6 +67,7 @@ __all__ = [
     "ModelClient",
     "QueueSettings",
     "QueueUnavailable",
+    "batch_app",
     "consumer_name",
     "error_file_id",
     "output_file_id",
