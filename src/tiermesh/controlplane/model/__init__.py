@@ -19,6 +19,7 @@ from tiermesh.controlplane.model.mesh import (
 )
 from tiermesh.controlplane.model.settings import (
     AuthzSettings,
+    BatchSettings,
     CascadeSettings,
     MeshTlsSettings,
     NodeSettings,
@@ -27,6 +28,7 @@ from tiermesh.controlplane.model.settings import (
 
 __all__ = [
     "AuthzSettings",
+    "BatchSettings",
     "CascadeSettings",
     "Chain",
     "MeshModel",
