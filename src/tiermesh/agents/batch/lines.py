@@ -126,6 +126,10 @@ class AuthorizerDecider:
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
+    @property
+    def authorizer(self) -> Authorizer:
+        return self._authorizer
+
     async def decide(self, line: BatchLine, tenant: str, declared: str | None) -> LineDecision:
         headers = {"content-type": "application/json", "content-length": str(len(line.raw))}
         if declared is not None:

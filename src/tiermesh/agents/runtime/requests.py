@@ -162,6 +162,13 @@ class RequestPolicy:
         """The usage server's Unix socket (None before :meth:`start`, without one or on a
         port)."""
 
+    @property
+    def authorizer(self) -> Authorizer:
+        """The node's authorizer (after :meth:`start`), for node-local services that decide
+        parts of requests it admitted (the batch lane's lines); use it on this loop."""
+        assert self._authorizer is not None, "not started"
+        return self._authorizer
+
     def trust_reentry(self, header: str, secret: str) -> None:
         """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
         assert self._authorizer is not None, "not started"
