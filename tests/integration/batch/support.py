@@ -45,7 +45,13 @@ class ModelStandin:
                 pass
 
             def do_GET(self) -> None:
-                body = json.dumps({"in_flight": standin.in_flight}).encode()
+                report = {
+                    "in_flight": standin.in_flight,
+                    "queue_depth": 0,
+                    "tokens_per_s": 0.0,
+                    "completion_tokens_total": sum(standin.seen.values()),
+                }
+                body = json.dumps(report).encode()
                 self._send(200, body)
 
             def do_POST(self) -> None:
@@ -61,6 +67,7 @@ class ModelStandin:
                     answer = {
                         "object": "chat.completion",
                         "choices": [{"message": {"role": "assistant", "content": f"re {marker}"}}],
+                        "usage": {"completion_tokens": 1},
                     }
                     self._send(200, json.dumps(answer).encode())
                 finally:

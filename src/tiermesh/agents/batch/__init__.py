@@ -39,6 +39,7 @@ from tiermesh.agents.batch.worker import (
     BatchWorker,
     HttpModelClient,
     InteractiveLoad,
+    LoadSample,
     ModelAnswer,
     ModelClient,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "JobQueue",
     "LineDecider",
     "LineDecision",
+    "LoadSample",
     "ModelAnswer",
     "ModelClient",
     "QueueSettings",

@@ -19,8 +19,16 @@ pulls one job at a time. For each job it
 An unreachable model, or an answer of 429 or 5xx, is retried by redelivery (``nak`` with
 a delay) until the consumer's delivery limit; the last attempt's outcome is the result.
 
-**Interactive load first.** With an :class:`InteractiveLoad`, the worker does not pull a
-job while the model server has requests in flight other than its own.
+**Interactive load first.** With an :class:`InteractiveLoad`, the worker pulls a job only
+once the model server has been free of interactive work for ``quiet_s``: no request in
+flight but its own, and no completion tokens generated but its own jobs' (so requests
+that start and end between two looks are seen too). The model server answers one request
+at a time, so an interactive request that arrives while a job runs waits for that job;
+the quiet window keeps jobs out of an interactive session's gaps.
+
+**Pulling.** Most restricted class first; a class with jobs waiting (the consumer's
+``num_pending``) is fetched at once, and when none has any, each is waited on in turn for
+a share of ``fetch_timeout_s`` (that is how a redelivery is picked up).
 
 Task safety: :meth:`run` is one task on one event loop; :meth:`stop` ends it after the
 job in hand.
@@ -53,7 +61,14 @@ from tiermesh.controlplane.api.batch import (
     tier_may_run,
 )
 
-__all__ = ["BatchWorker", "HttpModelClient", "InteractiveLoad", "ModelAnswer", "ModelClient"]
+__all__ = [
+    "BatchWorker",
+    "HttpModelClient",
+    "InteractiveLoad",
+    "LoadSample",
+    "ModelAnswer",
+    "ModelClient",
+]
 
 log = logging.getLogger("tiermesh.agents.batch")
 
@@ -76,10 +91,20 @@ class ModelClient(Protocol):
     async def call(self, job: JobRecord, tier: Tier) -> ModelAnswer: ...
 
 
-class InteractiveLoad(Protocol):
-    """Requests the local model server has in flight now (this worker's own included)."""
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """What the local model server reports now: requests in flight and completion tokens
+    generated since it started (this worker's own included in both)."""
 
-    async def in_flight(self) -> int: ...
+    in_flight: int
+    completion_tokens_total: int
+
+
+class InteractiveLoad(Protocol):
+    """The local model server's load; raises ``OSError``/``aiohttp.ClientError`` or returns
+    None when it cannot tell (the worker then does not hold back)."""
+
+    async def sample(self) -> LoadSample | None: ...
 
 
 class HttpModelClient:
@@ -128,13 +153,17 @@ class BatchWorker:
         model: ModelClient,
         *,
         load: InteractiveLoad | None = None,
+        quiet_s: float = 0.5,
         fetch_timeout_s: float = 0.5,
     ) -> None:
         self._queue = queue
         self.tier = tier
         self._model = model
         self._load = load
+        self._quiet_s = quiet_s
         self._fetch_timeout = fetch_timeout_s
+        self._own_tokens = 0
+        self._last_sample: LoadSample | None = None
         self._stopping = asyncio.Event()
         self._running = 0
         self.ran = 0
@@ -151,7 +180,10 @@ class BatchWorker:
         """Pull and run jobs until :meth:`stop`."""
         js = self._queue.js
         subs = [
-            await js.pull_subscribe_bind(durable=consumer_name(c), stream=JOB_STREAM)
+            (
+                consumer_name(c),
+                await js.pull_subscribe_bind(durable=consumer_name(c), stream=JOB_STREAM),
+            )
             for c in classes_for_tier(self.tier)
         ]
         try:
@@ -163,40 +195,69 @@ class BatchWorker:
                     # nothing anywhere: the fetches already waited
                     continue
         finally:
-            for sub in subs:
+            for _, sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _interactive_now(self) -> bool:
+        """Whether the model server shows interactive work since the last look."""
+        assert self._load is not None
+        try:
+            sample = await self._load.sample()
+        except (TimeoutError, OSError, aiohttp.ClientError):
+            sample = None
+        if sample is None:
+            return False
+        last, self._last_sample = self._last_sample, sample
+        own, self._own_tokens = self._own_tokens, 0
+        if sample.in_flight - self._running > 0:
+            return True
+        if last is None:
+            return False
+        return sample.completion_tokens_total - last.completion_tokens_total > own
 
     async def _wait_for_quiet(self) -> None:
         if self._load is None:
             return
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = quiet_since = loop.time()
+        seen = False
         while not self._stopping.is_set():
-            try:
-                others = await self._load.in_flight() - self._running
-            except (TimeoutError, OSError, aiohttp.ClientError):
-                others = 0
-            if others <= 0:
+            if await self._interactive_now():
+                seen, quiet_since = True, loop.time()
+            elif not seen or loop.time() - quiet_since >= self._quiet_s:
                 break
             await asyncio.sleep(_IDLE_POLL_S)
         self.paused_s += loop.time() - started
 
-    async def _pull_one(self, subs: list[JetStreamContext.PullSubscription]) -> bool:
-        wait = self._fetch_timeout / max(1, len(subs))
-        for sub in subs:
+    async def _pull_one(self, subs: list[tuple[str, JetStreamContext.PullSubscription]]) -> bool:
+        js = self._queue.js
+        for name, sub in subs:
             try:
-                msgs = await sub.fetch(1, timeout=wait)
-            except (TimeoutError, nats.errors.TimeoutError):
+                info = await js.consumer_info(JOB_STREAM, name)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("reading consumer %s failed: %s", name, exc)
                 continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("fetching jobs failed: %s", exc)
-                await asyncio.sleep(wait)
-                continue
-            for msg in msgs:
-                await self._handle(msg)
-            return True
+            if info.num_pending and await self._fetch(sub, self._fetch_timeout):
+                return True
+        wait = self._fetch_timeout / max(1, len(subs))
+        for _, sub in subs:
+            if await self._fetch(sub, wait):
+                return True
         return False
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, wait_s: float) -> bool:
+        try:
+            msgs = await sub.fetch(1, timeout=wait_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return False
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("fetching jobs failed: %s", exc)
+            await asyncio.sleep(wait_s)
+            return False
+        for msg in msgs:
+            await self._handle(msg)
+        return bool(msgs)
 
     async def _handle(self, msg: Msg) -> None:
         attempt = int(msg.metadata.num_delivered or 1)
@@ -255,6 +316,10 @@ class BatchWorker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+        if answer is not None and answer.body is not None:
+            usage = answer.body.get("usage")
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            self._own_tokens += tokens if isinstance(tokens, int) else 0
         last = attempt >= self._queue.settings.max_deliver
         retry = answer is None or answer.status in _RETRY_STATUSES
         if retry and not last:

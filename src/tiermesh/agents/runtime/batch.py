@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 
@@ -27,10 +26,11 @@ from tiermesh.agents.batch import (
     BatchWorker,
     HttpModelClient,
     JobQueue,
+    LoadSample,
     QueueSettings,
 )
 from tiermesh.agents.config import AgentConfig, BatchConfig
-from tiermesh.agents.models.load import LOAD_PATH
+from tiermesh.agents.models.load import LOAD_PATH, LoadReport
 from tiermesh.agents.runtime.errors import StartFailed
 
 __all__ = ["BatchLane", "ModelServerLoad"]
@@ -40,22 +40,22 @@ log = logging.getLogger("tiermesh.agent")
 
 class ModelServerLoad:
     """:class:`~tiermesh.agents.batch.InteractiveLoad` read from a model server's
-    ``/tiermesh/load`` (``in_flight``); 0 when it does not answer within a second."""
+    ``/tiermesh/load`` (:class:`~tiermesh.agents.models.load.LoadReport`); None when it
+    does not answer well within a second."""
 
     def __init__(self, base_url: str) -> None:
         self._url = base_url.rstrip("/") + LOAD_PATH
         self._session: aiohttp.ClientSession | None = None
 
-    async def in_flight(self) -> int:
+    async def sample(self) -> LoadSample | None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         try:
             async with self._session.get(self._url) as response:
-                report = json.loads(await response.read())
+                report = LoadReport.from_json(await response.read())
         except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
-            return 0
-        value = report.get("in_flight", 0) if isinstance(report, dict) else 0
-        return value if isinstance(value, int) else 0
+            return None
+        return LoadSample(report.in_flight, report.completion_tokens_total)
 
     async def close(self) -> None:
         if self._session is not None:
