@@ -7,13 +7,14 @@ it: :class:`BatchService` deciding every line with the shipped request policy on
 (decisions in memory), a :class:`BatchWorker` of the local tier calling the model server
 directly and yielding to interactive requests (the server's ``/tiermesh/load``).
 
-The interactive client is a closed loop on its own thread (one request in flight, a
+The interactive client is a closed loop in its own process (one request in flight, a
 think time between requests, keep-alive), POSTing chat completions of ``max_tokens``
 tokens to the model server. Each round measures, in this order:
 
 1. **interactive alone**: ``--requests`` requests, no batch;
-2. **interactive + batch**: the same while a batch of ``--jobs`` lines (same size of
-   answer) runs; jobs/s over the batch from submission to its last result;
+2. **interactive + batch**: a batch of ``--jobs`` lines (same size of answer) is submitted
+   (lines accepted per second: decided and stored), then the same series runs while the
+   batch runs; jobs/s over the batch from submission to its last result;
 3. **batch alone**: another batch of ``--jobs`` lines, no interactive load (jobs/s).
 
 A round's p99 change is (2) over (1); the headline is the median over ``--rounds``.
@@ -120,29 +121,60 @@ def _jsonl(count: int, max_tokens: int, tag: str) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-async def _run_batch(service: BatchService, count: int, max_tokens: int, tag: str) -> float:
-    """Submit a batch and wait for it; jobs/s from submission to its last result."""
+async def _submit(
+    service: BatchService, count: int, max_tokens: int, tag: str
+) -> tuple[str, float, float]:
+    """Submit a batch: its id, when it was submitted and its lines accepted per second
+    (each decided and stored by JetStream)."""
     file = await service.create_file("acme", _jsonl(count, max_tokens, tag), filename="b.jsonl")
     started = time.perf_counter()
     view = await service.create_batch(
         "acme", input_file_id=file.id, endpoint="/v1/chat/completions", declared="public"
     )
+    return view.record.id, started, count / (time.perf_counter() - started)
+
+
+async def _finish(service: BatchService, batch_id: str, started: float, count: int) -> float:
+    """Wait for a batch; jobs/s from its submission to its last result."""
+    view = await service.batch("acme", batch_id)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        view = await service.batch("acme", view.record.id)
+        view = await service.batch("acme", batch_id)
         if view.status == "completed":
             break
         await asyncio.sleep(0.05)
     if view.status != "completed" or view.counts.completed != count:
-        raise SystemExit(f"batch {tag} did not complete: {view.to_json()}")
+        raise SystemExit(f"batch {batch_id} did not complete: {view.to_json()}")
     return count / (time.perf_counter() - started)
 
 
 async def _interactive(port: int, args: argparse.Namespace) -> Interactive:
-    client = Interactive(port, args.requests, args.think_ms / 1000, args.max_tokens)
-    client.start()
-    await asyncio.to_thread(client.join, 900)
+    """A series from a client in its own process (as an app is): it does not share this
+    process's interpreter lock with the batch lane."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--client",
+        str(port),
+        "--requests",
+        str(args.requests),
+        "--think-ms",
+        str(args.think_ms),
+        "--max-tokens",
+        str(args.max_tokens),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 900)
+    found = json.loads(out)
+    client = Interactive(port, 0, 0, 0)
+    client.latencies, client.errors = found["latencies"], found["errors"]
     return client
+
+
+def _client_main(args: argparse.Namespace) -> None:
+    client = Interactive(args.client, args.requests, args.think_ms / 1000, args.max_tokens)
+    client.run()
+    print(json.dumps({"latencies": client.latencies, "errors": client.errors}))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -165,13 +197,17 @@ async def main(args: argparse.Namespace) -> None:
                 warm.join(60)
                 for r in range(args.rounds):
                     alone = await _interactive(model.port, args)
-                    batch = asyncio.create_task(
-                        _run_batch(service, args.jobs, args.max_tokens, f"r{r}a")
+                    mixed_id, mixed_at, accepted = await _submit(
+                        service, args.jobs, args.max_tokens, f"r{r}a"
                     )
                     mixed = await _interactive(model.port, args)
-                    mixed_jobs = await batch
-                    solo_jobs = await _run_batch(service, args.jobs, args.max_tokens, f"r{r}b")
+                    mixed_jobs = await _finish(service, mixed_id, mixed_at, args.jobs)
+                    solo_id, solo_at, _ = await _submit(
+                        service, args.jobs, args.max_tokens, f"r{r}b"
+                    )
+                    solo_jobs = await _finish(service, solo_id, solo_at, args.jobs)
                     row = {
+                        "accepted": accepted,
                         "alone_p50": _pct(alone.latencies, 0.5),
                         "alone_p99": _pct(alone.latencies, 0.99),
                         "mixed_p50": _pct(mixed.latencies, 0.5),
@@ -210,24 +246,29 @@ def _write(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:
         f"Interactive: one client, closed loop, {args.requests} requests per series, "
         f"{args.think_ms} ms think time, max_tokens {args.max_tokens}. Batch: {args.jobs} "
         "lines of the same size per batch, each decided by the shipped request policy "
-        "(regorus, decisions kept in memory), one local-tier worker that pulls no job while "
-        "the model server has other requests in flight. Written by `bench/batch_lane.py`.",
+        "(regorus, decisions kept in memory), one local-tier worker that pulls a job only "
+        "once the model server has been free of interactive requests for 0.5 s. The "
+        "interactive series starts once the batch is accepted. Jobs/s run from submission to "
+        "the batch's last result. Written by `bench/batch_lane.py`.",
         "",
         "| round | interactive p50 alone | p50 with batch | p99 alone | p99 with batch | "
-        "p99 change | jobs/s with interactive | jobs/s batch alone |",
-        "|---|---|---|---|---|---|---|---|",
+        "p99 change | lines accepted/s | jobs/s with interactive | jobs/s batch alone |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rounds, 1):
         lines.append(
             f"| {i} | {r['alone_p50']:.1f} ms | {r['mixed_p50']:.1f} ms | "
             f"{r['alone_p99']:.1f} ms | {r['mixed_p99']:.1f} ms | {r['p99_change']:+.1f} % | "
-            f"{r['mixed_jobs']:.1f} | {r['solo_jobs']:.1f} |"
+            f"{r['accepted']:.0f} | {r['mixed_jobs']:.1f} | {r['solo_jobs']:.1f} |"
         )
     lines += [
         f"| **median** | {med('alone_p50'):.1f} ms | {med('mixed_p50'):.1f} ms | "
         f"{med('alone_p99'):.1f} ms | {med('mixed_p99'):.1f} ms | "
-        f"**{med('p99_change'):+.1f} %** | {med('mixed_jobs'):.1f} | {med('solo_jobs'):.1f} |",
+        f"**{med('p99_change'):+.1f} %** | {med('accepted'):.0f} | {med('mixed_jobs'):.1f} | "
+        f"{med('solo_jobs'):.1f} |",
         "",
+        "Each median is taken per column (the p99 change's median is over the rounds' own "
+        "changes, not the change of the two medians).",
         f"Target: interactive p99 with a batch running within +10 % of p99 alone. Interactive "
         f"errors: {sum(int(r['errors']) for r in rounds)}.",
         "",
@@ -243,4 +284,9 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--think-ms", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=8)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.client:
+        _client_main(parsed)
+    else:
+        asyncio.run(main(parsed))

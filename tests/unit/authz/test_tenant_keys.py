@@ -177,3 +177,18 @@ async def test_the_nodes_own_reentry_is_decided_on_the_tenant_already_set(rig: R
     assert forged.status == 401
     assert rig.sink.entries[0].input["tenant"] == "acme"
     assert "credential" not in rig.sink.entries[0].input
+
+
+async def test_a_part_of_an_admitted_request_is_decided_as_the_tenant_given(rig: Rig) -> None:
+    # a batch line: the node admitted the submission with acme's key; the line carries no
+    # key of its own, and whatever tenant or key it names is not the one decided
+    rig.authorizer.use_policy(rig.engine, bundle_revision="b1", keys=REQUIRED)
+    headers = {"x-tiermesh-tenant": "broke", "x-tiermesh-sensitivity": "public",
+               **bearer(BROKE_KEY)}  # fmt: skip
+    verdict = await rig.authorizer.decide(check(headers), tenant="acme")
+    assert (verdict.outcome, verdict.status) == ("allow", 200)
+    (entry,) = rig.sink.entries
+    assert entry.input["tenant"] == "acme"
+    assert "credential" not in entry.input
+    assert entry.input["budget"]["exhausted"] is False  # acme's budget, not broke's
+    assert BROKE.secret not in json.dumps(entry.input)

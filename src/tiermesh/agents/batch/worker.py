@@ -73,7 +73,9 @@ __all__ = [
 log = logging.getLogger("tiermesh.agents.batch")
 
 _RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
-_IDLE_POLL_S: Final = 0.05
+_IDLE_POLL_S: Final = 0.1
+"""Between two looks at the model server's load while holding off (each look is a request
+the model server answers too)."""
 
 
 @dataclass(frozen=True, slots=True)
