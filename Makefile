@@ -46,7 +46,7 @@ deps: os-deps $(STAMP)
 # their own). apt-get runs only when one is missing.
 os-deps:
 	@if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
-		|| ! command -v nats-server >/dev/null 2>&1; then \
+		|| ! { command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null 2>&1; then \
 		echo "installing OS packages: etcd-server curl nats-server"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl nats-server >/dev/null; \

@@ -20,6 +20,7 @@ __all__ = ["NatsNotInstalled", "NatsServer", "NatsStartError"]
 
 _LOG_TAIL_BYTES: Final = 4000
 _START_ATTEMPTS: Final = 3
+_SBIN: Final = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 class NatsNotInstalled(RuntimeError):
@@ -68,7 +69,8 @@ class NatsServer:
         ready_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
     ) -> None:
-        found = shutil.which(binary)
+        # Debian installs it in /usr/sbin, which an unprivileged user's PATH often lacks.
+        found = shutil.which(binary) or shutil.which(binary, path=_SBIN)
         if found is None:
             raise NatsNotInstalled(binary)
         self.binary = found
