@@ -37,6 +37,12 @@ node's own re-entries (a cascade step the node's handler sends back through the 
 listener, carrying the handler's secret: :meth:`Authorizer.trust_reentry`) are not
 authenticated again: their ``x-tiermesh-tenant`` is the one the first decision set.
 
+**Cascade steps are chosen here, not by a header match**: an allowed re-entry's verdict
+carries its ``x-tiermesh-cascade-step`` as dynamic metadata
+(:data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA`), which is what the compiled
+per-step routes match on. A client's own step header sets nothing, so it can never pick a
+step, and the secret itself appears in no route, registration or config dump.
+
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
 """
@@ -75,7 +81,7 @@ from tiermesh.agents.authz.floor import (
 )
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
-from tiermesh.controlplane.api import MATCH_HEADERS
+from tiermesh.controlplane.api import CASCADE_STEP_HEADER, CASCADE_STEP_METADATA, MATCH_HEADERS
 from tiermesh.controlplane.api.request_policy import REQUEST_DECISION_PATH, is_request_decision
 from tiermesh.rego import UNDEFINED, PolicyEngine, PolicyError
 
@@ -120,6 +126,7 @@ that may carry personal data."""
 _PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PLAIN_PATH: Final = re.compile(r"/[A-Za-z0-9._/-]{0,255}")
 _PLAIN_CONTENT_TYPE: Final = re.compile(r"[A-Za-z0-9._+/=; -]{1,128}")
+_STEP_INDEX: Final = re.compile(r"[0-9]{1,2}")
 
 Outcome: TypeAlias = Literal["allow", "deny", "error"]
 _UNAUTHENTICATED: Final = 401
@@ -148,6 +155,9 @@ class Verdict:
     decision: dict[str, Any]
     set_headers: dict[str, str] = field(default_factory=dict)
     remove_headers: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Dynamic metadata for the routes (namespace ``CASCADE_STEP_METADATA[0]``); only on
+    an allowed verdict."""
 
     @property
     def allowed(self) -> bool:
@@ -381,11 +391,8 @@ class Authorizer:
         """
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
-        credential = (
-            None
-            if self._reentered(request.headers)
-            else self._policy.keys.authenticate(request.headers)
-        )
+        reentered = self._reentered(request.headers)
+        credential = None if reentered else self._policy.keys.authenticate(request.headers)
         if credential is not None:
             # The key is neither inspected nor forwarded; the tenant is the key's.
             headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
@@ -459,6 +466,12 @@ class Authorizer:
         removed = tuple(h for h in OWNED_HEADERS if h not in set_headers)
         if isinstance(credential, Authenticated):
             removed += CREDENTIAL_HEADERS
+        step = request.headers.get(CASCADE_STEP_HEADER, "")
+        metadata = (
+            {CASCADE_STEP_METADATA[1]: step}
+            if outcome == "allow" and reentered and _STEP_INDEX.fullmatch(step)
+            else {}
+        )
         return Verdict(
             decision_id=decision_id,
             outcome=outcome,
@@ -466,6 +479,7 @@ class Authorizer:
             decision=decision,
             set_headers=set_headers,
             remove_headers=removed,
+            metadata=metadata,
         )
 
     async def _budget_state(self, tenant: str | None) -> BudgetState:

@@ -6,7 +6,8 @@ Mapping of a :class:`~tiermesh.agents.authz.decide.Verdict` to a ``CheckResponse
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (effective ``x-tiermesh-sensitivity``, ``x-tiermesh-budget:
   exhausted`` when spent, a default ``x-tiermesh-tenant`` when the policy gives one, and
   ``x-tiermesh-decision-id``), owned headers the decision does not set removed, and
-  ``x-tiermesh-decision-id`` added to the response to the client;
+  ``x-tiermesh-decision-id`` added to the response to the client, and the verdict's
+  metadata (a cascade step) as the response's ``dynamic_metadata``;
 - deny → ``PERMISSION_DENIED`` with a 403 ``DeniedHttpResponse`` and a JSON body naming the
   reason and decision id; a policy failure → the same with 503;
 - a decision that could not be recorded → the RPC fails with ``UNAVAILABLE`` (nothing is
@@ -27,6 +28,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from tiermesh.agents.authz.decide import (
@@ -89,6 +91,14 @@ def _option(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+def _struct(values: dict[str, str]) -> struct_pb2.Struct | None:
+    if not values:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
 def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     """The ``CheckResponse`` of ``verdict`` (see the module docstring)."""
     decision_id = str(verdict.decision_id)
@@ -100,6 +110,7 @@ def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
                 headers_to_remove=list(verdict.remove_headers),
                 response_headers_to_add=[_option(DECISION_ID_HEADER, decision_id)],
             ),
+            dynamic_metadata=_struct(verdict.metadata),
         )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(

@@ -178,7 +178,8 @@ class NodeAgent:
         if config.cascade_listen is not None:
             self.cascade = await _start_cascade(config)
             if self.requests is not None and self.cascade.token is not None:
-                # Its step requests re-enter the app listener without the caller's key.
+                # Its step requests re-enter the app listener without the caller's key; ext_authz
+                # recognises them and names their step to the routes.
                 self.requests.trust_reentry(TOKEN_HEADER, self.cascade.token)
         self.bootstrap_path = write_bootstrap(config)
 
@@ -214,7 +215,6 @@ class NodeAgent:
             usage_socket=_path(requests.usage_socket if requests is not None else None),
             cascade_port=cascade.port if cascade is not None and cascade.port else None,
             cascade_socket=_path(cascade.socket_path if cascade is not None else None),
-            cascade_token=self.cascade.token if self.cascade is not None else None,
             mesh_port=None if mesh is None else mesh[1],
             mesh_host=None if mesh is None else mesh[0],
         )

@@ -56,6 +56,8 @@ from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
 from tiermesh.controlplane.api.loader import load_catalog, parse_catalog
 from tiermesh.controlplane.api.plan import (
+    CASCADE_STEP_HEADER,
+    CASCADE_STEP_METADATA,
     MATCH_HEADERS,
     PLAN_PATH,
     PLAN_VERSION,
@@ -124,6 +126,8 @@ from tiermesh.controlplane.api.usage import TenantUsage, Usage
 __all__ = [
     "API_KEY_PREFIX",
     "AUDIT_SERVICE",
+    "CASCADE_STEP_HEADER",
+    "CASCADE_STEP_METADATA",
     "CATALOG_VERSION",
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",

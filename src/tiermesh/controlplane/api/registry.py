@@ -230,14 +230,10 @@ class NodeRegistration(Contract):
     cascade_token: str | None = Field(
         default=None, min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", repr=False
     )
-    """Secret the cascade handler sets on its step requests (header
-    ``x-tiermesh-cascade-token``), or None. With it, and ``cascade_port``, the compiled
-    per-step routes match only requests carrying it, so a client cannot pick a step of a
-    chain by setting the step header; the header is removed before any request goes
-    upstream. The agent draws a new one per start (URL-safe base64). It travels over the
-    node's mTLS session and is stored with the registration; status output redacts it and
-    nothing logs it. Without it (older agents) step routes match the step header alone.
-    Added within ``v1`` like ``authz_port``."""
+    """Ignored; accepted so that older agents still register. Agents used to send their
+    cascade handler's secret here for the per-step routes to match; those routes now
+    match ext_authz's metadata (:data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA`)
+    and the secret never leaves the node. The control plane does not store it."""
     authz_socket: UnixSocketPath | None = None
     """Unix socket of the node's ext_authz server (absolute path, the same gRPC service as
     ``authz_port``), or None. Loopback is not a trust boundary: any local process can call a

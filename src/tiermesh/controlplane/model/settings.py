@@ -139,19 +139,12 @@ class CascadeSettings:
     """TCP port of the handler; 0 with ``socket``."""
     host: str = "127.0.0.1"
     """IP address of the handler; loopback, since it runs beside Envoy."""
-    token: str | None = field(default=None, repr=False)
-    """The handler's secret (``x-tiermesh-cascade-token``): per-step routes match only
-    requests carrying it, and every route of the node removes it before going upstream.
-    None (an agent older than the token): step routes match the step header alone. Goes
-    only into this node's own routes; never logged (hidden from ``repr``)."""
     socket: str | None = None
     """Absolute path of the handler's Unix socket, or None (as
     :attr:`AuthzSettings.socket`)."""
 
     def __post_init__(self) -> None:
         _check_address("cascade", self.port, self.socket)
-        if self.token is not None and not self.token:
-            raise ValueError("cascade token must not be empty")
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,8 +114,7 @@ class NodeDirectory:
         the registration carries ``authz_socket`` or ``authz_port``, the socket first;
         none otherwise), its access-log server (:class:`UsageSettings` when it carries
         ``usage_socket`` or ``usage_port``), its cascade handler (:class:`CascadeSettings`
-        when it carries ``cascade_socket`` or ``cascade_port``, with its
-        ``cascade_token``), its inbound mTLS listener
+        when it carries ``cascade_socket`` or ``cascade_port``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
         :data:`DEFAULT_MESH_HOST`, has a model server endpoint and the directory knows the
         trust domain; only the nodes of :meth:`mesh_callers` may call it), the trust
@@ -144,11 +143,10 @@ class NodeDirectory:
                 usage = UsageSettings(socket=document.usage_socket)
             elif document.usage_port is not None:
                 usage = UsageSettings(port=document.usage_port)
-            token = document.cascade_token
             if document.cascade_socket is not None:
-                cascade = CascadeSettings(socket=document.cascade_socket, token=token)
+                cascade = CascadeSettings(socket=document.cascade_socket)
             elif document.cascade_port is not None:
-                cascade = CascadeSettings(port=document.cascade_port, token=token)
+                cascade = CascadeSettings(port=document.cascade_port)
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
@@ -244,10 +242,6 @@ class NodeDirectory:
             return
         if _ports(before) != _ports(after):
             log.info("node %s moved its ports %s → %s", node_id, _ports(before), _ports(after))
-            self._on_changed()
-        elif before.cascade_token != after.cascade_token:
-            # A restarted agent's handler has a new secret; the value is never logged.
-            log.info("node %s has a new cascade token", node_id)
             self._on_changed()
 
 
