@@ -135,9 +135,13 @@ class EnvoyConfig(_Section):
     admin_address: ServiceListen = UNIX
     """Where Envoy's admin interface listens: ``unix`` (default: the socket
     ``<state_dir>/envoy-admin.sock``, mode 0600), ``unix:/path``, or ``HOST:PORT``. The
-    admin interface has no authentication (its config dump holds the cascade token and
-    route secrets; ``/quitquitquit`` and ``/runtime_modify`` are open), so on a port any
-    local process can read or stop the node's Envoy."""
+    admin interface has no authentication (``/quitquitquit``, ``/runtime_modify`` and
+    ``/healthcheck/fail`` are open, and its dumps show the node's whole configuration), so
+    on a port any local process can read or stop the node's Envoy."""
+    ready_address: HostPort | None = None
+    """``HOST:PORT`` of a listener that answers ``GET /ready`` (200 once Envoy has its
+    first configuration, 503 while draining) and nothing else, for container health
+    checks that cannot reach the admin socket; None: no such listener."""
     app_port: int = Field(default=10000, ge=1, le=65535)
     """Port of the app listener (compiled on 127.0.0.1): apps send requests here."""
     mode: Literal["sotw", "delta"] = "sotw"
