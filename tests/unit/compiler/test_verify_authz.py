@@ -388,9 +388,7 @@ def test_a_mesh_listener_disabling_its_check_is_a_finding(
     resources: Resources, catalog: Catalog
 ) -> None:
     manager = _manager(resources, MESH_LISTENER)
-    manager.route_config.virtual_hosts[0].typed_per_filter_config[EXT_AUTHZ].CopyFrom(
-        _disabled()
-    )
+    manager.route_config.virtual_hosts[0].typed_per_filter_config[EXT_AUTHZ].CopyFrom(_disabled())
     _set_manager(resources, manager, MESH_LISTENER)
     (finding,) = _no_authz(resources, catalog)
     assert finding.message == (

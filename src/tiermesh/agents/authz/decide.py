@@ -43,6 +43,11 @@ carries its ``x-tiermesh-cascade-step`` as dynamic metadata
 per-step routes match on. A client's own step header sets nothing, so it can never pick a
 step, and the secret itself appears in no route, registration or config dump.
 
+**Requests from other nodes** (``CheckInput.hop == "mesh"``, set only from the mesh
+listener's own configuration) are decided by the rules of :mod:`.mesh_hop`: the caller is
+the peer node (``input.peer``), the tenant the sending node set, no tenant key; floor,
+policy and record as on any request.
+
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
 """
@@ -79,6 +84,7 @@ from tiermesh.agents.authz.floor import (
     inspect_request,
     sensitivity_floor,
 )
+from tiermesh.agents.authz.mesh_hop import peer_document, peer_problem, without_credentials
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
 from tiermesh.controlplane.api import CASCADE_STEP_HEADER, CASCADE_STEP_METADATA, MATCH_HEADERS
@@ -142,6 +148,11 @@ class CheckInput:
     headers: Mapping[str, str]
     body: bytes = b""
     partial: bool = False
+    hop: Literal["app", "mesh"] = "app"
+    """``mesh``: the check came from the node-to-node inbound listener (its configuration
+    says so, never the client); see :mod:`.mesh_hop`."""
+    peer: str = ""
+    """The verified client certificate's URI SAN (Envoy's source principal) of a mesh hop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,8 +402,11 @@ class Authorizer:
         """
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
-        reentered = self._reentered(request.headers)
-        credential = None if reentered else self._policy.keys.authenticate(request.headers)
+        mesh = request.hop == "mesh"
+        if mesh:  # the sending node authenticated the app; no tenant key crosses the mesh
+            request = replace(request, headers=without_credentials(request.headers))
+        reentered = not mesh and self._reentered(request.headers)
+        credential = None if mesh or reentered else self._policy.keys.authenticate(request.headers)
         if credential is not None:
             # The key is neither inspected nor forwarded; the tenant is the key's.
             headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
@@ -423,12 +437,14 @@ class Authorizer:
         document = build_input(request, body, budget, declared, request_findings=found, floor=floor)
         if credential is not None and (presented := credential.to_json()) is not None:
             document["credential"] = presented
+        # Refused without asking the policy: a bad tenant key, or a mesh hop with no peer.
+        denial = refused.problem if refused else _peer(request, document) if mesh else None
         evaluating = time.perf_counter_ns()
         policy = self._policy
-        if refused is None:
+        if denial is None:
             outcome, answer = self._evaluate(policy.engine, document)
         else:
-            outcome, answer = "deny", _unauthenticated_decision(refused.problem, floor)
+            outcome, answer = "deny", _unauthenticated_decision(denial, floor)
         finished = time.perf_counter_ns()
         decision = _with_floor(answer, floor)
         status = _UNAUTHENTICATED if refused else {"allow": 200, "deny": 403, "error": 503}[outcome]
@@ -437,7 +453,7 @@ class Authorizer:
             input=document,
             result={
                 **decision,
-                "policy_answer": None if refused else answer,
+                "policy_answer": None if denial else answer,
                 "floor": floor.to_json(),
                 "outcome": outcome,
                 "status": status,
@@ -464,7 +480,7 @@ class Authorizer:
                 set_headers[MATCH_HEADERS["tenant"]] = credential.tenant
         set_headers[DECISION_ID_HEADER] = str(decision_id)
         removed = tuple(h for h in OWNED_HEADERS if h not in set_headers)
-        if isinstance(credential, Authenticated):
+        if mesh or isinstance(credential, Authenticated):
             removed += CREDENTIAL_HEADERS
         step = request.headers.get(CASCADE_STEP_HEADER, "")
         metadata = (
@@ -505,6 +521,13 @@ class Authorizer:
             log.error("request policy answer is %s", what)
             return "error", _error_decision(f"policy answer is {what}")
         return ("allow" if decision["allow"] else "deny"), decision
+
+
+def _peer(request: CheckInput, document: dict[str, Any]) -> str | None:
+    """Put the mesh hop's ``input.peer`` into ``document``; why the peer is unusable, or
+    None (:mod:`.mesh_hop`)."""
+    document["peer"] = peer_document(request.peer, request.headers, DECISION_ID_HEADER)
+    return peer_problem(request.peer)
 
 
 def _with_floor(answer: dict[str, Any], floor: Floor) -> dict[str, Any]:
