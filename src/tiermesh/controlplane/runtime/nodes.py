@@ -117,8 +117,9 @@ class NodeDirectory:
         when it carries ``cascade_socket`` or ``cascade_port``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
         :data:`DEFAULT_MESH_HOST`, has a model server endpoint and the directory knows the
-        trust domain; only the nodes of :meth:`mesh_callers` may call it), the trust
-        bundle and the credentials given at construction. Call from a worker thread."""
+        trust domain; its ``allowed_peers`` are the candidates of :meth:`mesh_callers`,
+        which the compiler narrows to the nodes whose plans call it), the trust bundle and
+        the credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
@@ -160,14 +161,16 @@ class NodeDirectory:
     def mesh_callers(
         self, node_id: str, nodes: Mapping[str, RegisteredNode | None]
     ) -> tuple[str, ...]:
-        """SPIFFE IDs that may call ``node_id``'s inbound mTLS listener: every other
-        registered node of the trust domain that is not of the ``cloud`` tier.
+        """SPIFFE IDs that may be admitted to ``node_id``'s inbound mTLS listener: every
+        other registered node of the trust domain that is not of the ``cloud`` tier.
 
-        The compiler sees one node's plan at a time, so which nodes' plans route to this
-        node's model server is not known when it compiles; the registrations are. A node
-        that may route to a backend on another node is a node of the mesh, and a cloud
-        gateway must never reach a local or private model server, whatever a plan says.
-        Registrations not in the registry's shape (None) are never admitted."""
+        These are candidates, an upper bound: the compiler
+        (:class:`~tiermesh.controlplane.reconciler.wiring.MeshCompiler`) sees every
+        node's plan before it compiles any, and admits only the candidates whose plans
+        have a backend pinned to this node's SPIFFE ID
+        (:func:`~tiermesh.controlplane.model.admitted_peers`). A cloud gateway must never
+        reach a local or private model server, whatever a plan says, so it is never a
+        candidate. Registrations not in the registry's shape (None) are never admitted."""
         if self._trust_domain is None:
             return ()
         prefix = f"spiffe://{self._trust_domain}/"
