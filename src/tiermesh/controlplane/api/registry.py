@@ -253,9 +253,11 @@ class NodeRegistration(Contract):
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,
     reached on loopback unless its host is a specific IP address), the control plane
     compiles a listener on this port that requires the client SVID of a node it admits
-    (each other registered node of the trust domain that is not of the ``cloud`` tier,
-    matched exactly) and forwards to that model server; the node's clusters to other nodes' TLS
-    backends present its SVID. Both take their certificates from the agent's local SDS
+    (each other registered node of the trust domain, not of the ``cloud`` tier, whose plan
+    has a backend pinned to this node's SPIFFE ID; matched exactly), runs the node's
+    ext_authz on every request (a mesh hop: decided and recorded here) and forwards what it
+    allows to that model server; the node's clusters to other nodes' TLS backends present
+    its SVID. Both take their certificates from the agent's local SDS
     (cluster ``tiermesh_sds``, secrets ``tiermesh_svid`` and ``tiermesh_trust_bundle``).
     Added within ``v1`` like ``authz_port``."""
     mesh_host: str | None = Field(default=None, max_length=45)
