@@ -512,3 +512,21 @@ async def test_what_a_peer_forges_is_decided_over_and_recorded(
     assert seen["x-tiermesh-sensitivity"] == "restricted"
     for gone in ("x-tiermesh-budget", "x-tiermesh-cascade-token", "authorization"):
         assert gone not in seen, gone
+
+
+async def test_the_callers_health_checks_pass_as_probes(nodes: TwoNodes) -> None:
+    """Envoy's health checks carry no tenant: B decides them as probes, so A counts B up."""
+    await asyncio.to_thread(
+        eventually,
+        lambda: counter(nodes.edge.envoy, "cluster.gpu.health_check.success") >= 1,
+        20,
+        "A's health check of B passed",
+    )
+    assert (
+        await asyncio.to_thread(counter, nodes.edge.envoy, "cluster.gpu.health_check.failure") == 0
+    )
+    probes = [r for r in _records(nodes.gpu_authz) if r.input.get("peer", {}).get("probe")]
+    assert probes, "B recorded no probe"
+    assert probes[0].input["peer"]["spiffe_id"] == EDGE_ID
+    assert probes[0].input["request"] == {"method": "GET", "path": "/health"}
+    assert (probes[0].result["outcome"], probes[0].result["policy_answer"]) == ("allow", None)

@@ -15,7 +15,12 @@ from tests.unit.authz.test_tenant_keys import ACME, ACME_KEY, REQUIRED, bearer
 from tiermesh.agents.authz import CREDENTIAL_HEADERS, DECISION_ID_HEADER, CheckInput
 from tiermesh.agents.authz.mesh_hop import peer_problem
 from tiermesh.agents.authz.server import to_check_input, to_check_response
-from tiermesh.controlplane.api import MESH_HOP_CONTEXT, MESH_HOP_KEY
+from tiermesh.controlplane.api import (
+    MESH_HOP_CONTEXT,
+    MESH_HOP_KEY,
+    MESH_PROBE_CONTEXT,
+    MESH_PROBE_KEY,
+)
 
 EDGE_ID = "spiffe://tiermesh.test/node/edge-1"
 PATH = "/v1/chat/completions"
@@ -175,3 +180,57 @@ async def test_a_mesh_hop_without_a_spiffe_peer_is_denied_unasked(
 
 def test_a_well_formed_peer_passes() -> None:
     assert peer_problem(EDGE_ID) is None
+
+
+# -- a peer's health check -----------------------------------------------------------------
+
+
+def test_a_probe_is_marked_only_on_a_mesh_hop() -> None:
+    probe = _check(dict(MESH_PROBE_CONTEXT), EDGE_ID)
+    assert (probe.hop, probe.probe) == ("mesh", True)
+    app = _check({MESH_PROBE_KEY: "health"}, EDGE_ID)
+    assert (app.hop, app.probe) == ("app", False)
+
+
+def probe(method: str = "GET", path: str = "/health", body: bytes = b"") -> CheckInput:
+    return CheckInput(method, path, {}, body, hop="mesh", peer=EDGE_ID, probe=True)
+
+
+async def test_a_health_probe_is_allowed_without_tenant_or_policy_and_recorded(
+    keyed: Rig,
+) -> None:
+    verdict = await keyed.authorizer.decide(probe())
+    assert (verdict.outcome, verdict.status) == ("allow", 200)
+    (entry,) = keyed.sink.entries
+    assert entry.input["peer"] == {"spiffe_id": EDGE_ID, "probe": True}
+    assert entry.result["reason"] == "health probe of a mesh peer"
+    assert entry.result["policy_answer"] is None
+    jsonschema.validate(entry.input, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        probe(method="POST"),
+        probe(body=b"{}"),
+        probe(path="/health?email=jane@example.com"),
+    ],
+    ids=["post", "body", "query"],
+)
+async def test_anything_but_a_bare_get_on_a_probe_route_is_denied(
+    keyed: Rig, request_: CheckInput
+) -> None:
+    verdict = await keyed.authorizer.decide(request_)
+    assert (verdict.outcome, verdict.status) == ("deny", 403)
+    assert verdict.decision["reason"] == "a probe route takes only a GET without body or query"
+
+
+async def test_a_probe_without_a_peer_is_denied(keyed: Rig) -> None:
+    request_ = CheckInput("GET", "/health", {}, b"", hop="mesh", peer="", probe=True)
+    verdict = await keyed.authorizer.decide(request_)
+    assert verdict.status == 403
+
+
+async def test_the_probe_flag_means_nothing_on_the_app_listener(keyed: Rig) -> None:
+    verdict = await keyed.authorizer.decide(CheckInput("GET", "/health", {}, b"", probe=True))
+    assert verdict.status == 401  # a tenant key is still required

@@ -4,6 +4,7 @@ the body, and nothing turns it off; a node without ext_authz forwards nothing.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from envoy.config.listener.v3 import listener_components_pb2
@@ -22,9 +23,13 @@ from tests.integration.flows.conftest import KEY_NAME, NODE, flow_catalog
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tests.unit.compiler.mutate import Resources, decode, rebuild, route
 from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
-from tiermesh.controlplane.api import MESH_HOP_CONTEXT, Catalog, Plan
+from tiermesh.controlplane.api import MESH_HOP_CONTEXT, MESH_PROBE_CONTEXT, Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot
-from tiermesh.controlplane.generators.mesh_tls import MESH_LISTENER, MESH_NO_AUTHZ_ROUTE
+from tiermesh.controlplane.generators.mesh_tls import (
+    MESH_LISTENER,
+    MESH_NO_AUTHZ_ROUTE,
+    MESH_PROBE_ROUTE,
+)
 from tiermesh.controlplane.generators.routes import NO_AUTHZ_ROUTE, no_authz_body
 from tiermesh.controlplane.model import (
     MeshModel,
@@ -481,3 +486,33 @@ def test_the_mesh_listener_forwarding_to_a_cloud_is_a_restricted_egress_finding(
     assert _no_authz(resources, catalog) == []
     kinds = {(f.kind, f.cluster) for f in _findings(resources, catalog)}
     assert ("restricted-egress", "frontier-eu") in kinds
+
+
+def test_probe_routes_take_only_a_get_of_each_path_marked_as_a_probe(
+    edge_plan: Plan, catalog: Catalog
+) -> None:
+    mesh = replace(MESH, probe_paths=("/v1/models", "/health"))
+    settings = replace(EDGE_SETTINGS, mesh=mesh)
+    snapshot = compile_and_verify(MeshModel.build([edge_plan], {EDGE: settings}), EDGE, catalog)
+    (host,) = _manager(decode(snapshot), MESH_LISTENER).route_config.virtual_hosts
+    *probes, rest = host.routes
+    assert [p.name for p in probes] == [
+        f"{MESH_PROBE_ROUTE}/health",
+        f"{MESH_PROBE_ROUTE}/v1/models",
+    ]
+    for probe, path in zip(probes, ("/health", "/v1/models"), strict=True):
+        assert probe.match.path == path
+        (method,) = probe.match.headers
+        assert (method.name, method.string_match.exact) == (":method", "GET")
+        assert probe.route.cluster == rest.route.cluster
+        per_route = ext_authz_pb2.ExtAuthzPerRoute()
+        probe.typed_per_filter_config[EXT_AUTHZ].Unpack(per_route)
+        assert dict(per_route.check_settings.context_extensions) == MESH_PROBE_CONTEXT
+    assert rest.match.prefix == "/"
+    assert verify_snapshot(snapshot, catalog) == []
+
+
+@pytest.mark.parametrize("path", ["health", "/health?x=1", "/a#b"])
+def test_a_probe_path_must_be_a_bare_absolute_path(path: str) -> None:
+    with pytest.raises(ValueError, match="is not an absolute path"):
+        replace(MESH, probe_paths=(path,))

@@ -16,7 +16,13 @@ from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, demo_catalog, eva
 from tests.unit.reconciler.policyfiles import SMALL_CATALOG, node_registration, policy_files
 from tiermesh.controlplane.api import Endpoint, Plan, Tier
 from tiermesh.controlplane.generators.mesh_tls import MESH_LISTENER
-from tiermesh.controlplane.model import MeshTlsSettings, NodeSettings, admitted_peers, plan_callers
+from tiermesh.controlplane.model import (
+    MeshTlsSettings,
+    NodeSettings,
+    admitted_peers,
+    plan_callers,
+    plan_probe_paths,
+)
 from tiermesh.controlplane.reconciler import CompileCache, Reconciler, default_compiler
 from tiermesh.controlplane.store import MemoryStore
 from tiermesh.rego import RegorusEngine
@@ -180,3 +186,19 @@ async def test_an_unbound_compiler_admits_no_peer() -> None:
     # Binding unhealthy nodes keeps the plans' callers.
     again = bound.with_unhealthy_nodes({"edge-1"})
     assert again.settings_for("gpu-1").mesh.allowed_peers == (sid("edge-1"),)  # type: ignore[union-attr]
+
+
+def test_probe_paths_are_the_health_checks_the_callers_plans_run() -> None:
+    edge = plan_of("edge-1", "local", pinned=GPU)
+    path = edge.backends[0].health_check.path
+    cloud = plan_of("cloud-gw-1", "cloud", pinned=GPU)
+    assert dict(plan_probe_paths([edge, cloud])) == {GPU: {path}}
+    compiler = default_compiler(settings_for, cache=CompileCache(0))
+    gpu = plan_of("gpu-1", "private", pinned=None)
+    mesh = compiler.with_plans({"edge-1": edge, "gpu-1": gpu}).settings_for("gpu-1").mesh
+    assert mesh is not None
+    assert (mesh.allowed_peers, mesh.probe_paths) == ((sid("edge-1"),), (path,))
+    # Without a caller there is neither a peer nor a probe.
+    alone = compiler.with_plans({"gpu-1": gpu}).settings_for("gpu-1").mesh
+    assert alone is not None
+    assert (alone.allowed_peers, alone.probe_paths) == ((), ())

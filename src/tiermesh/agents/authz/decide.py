@@ -84,7 +84,13 @@ from tiermesh.agents.authz.floor import (
     inspect_request,
     sensitivity_floor,
 )
-from tiermesh.agents.authz.mesh_hop import peer_document, peer_problem, without_credentials
+from tiermesh.agents.authz.mesh_hop import (
+    peer_document,
+    peer_problem,
+    probe_decision,
+    probe_problem,
+    without_credentials,
+)
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
 from tiermesh.controlplane.api import CASCADE_STEP_HEADER, CASCADE_STEP_METADATA, MATCH_HEADERS
@@ -153,6 +159,8 @@ class CheckInput:
     says so, never the client); see :mod:`.mesh_hop`."""
     peer: str = ""
     """The verified client certificate's URI SAN (Envoy's source principal) of a mesh hop."""
+    probe: bool = False
+    """A mesh hop on a probe route (a peer's health check); ignored on the app listener."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,7 +450,7 @@ class Authorizer:
         evaluating = time.perf_counter_ns()
         policy = self._policy
         if denial is None:
-            outcome, answer = self._evaluate(policy.engine, document)
+            outcome, answer = self._answer(policy.engine, document, probe=mesh and request.probe)
         else:
             outcome, answer = "deny", _unauthenticated_decision(denial, floor)
         finished = time.perf_counter_ns()
@@ -453,7 +461,7 @@ class Authorizer:
             input=document,
             result={
                 **decision,
-                "policy_answer": None if denial else answer,
+                "policy_answer": None if denial or (mesh and request.probe) else answer,
                 "floor": floor.to_json(),
                 "outcome": outcome,
                 "status": status,
@@ -507,6 +515,13 @@ class Authorizer:
             log.warning("budget unknown for this request: %s", exc)
             return UNKNOWN
 
+    def _answer(
+        self, engine: PolicyEngine, document: dict[str, Any], *, probe: bool
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """The policy's answer; a mesh peer's health probe is answered in code
+        (:mod:`.mesh_hop`)."""
+        return ("allow", probe_decision()) if probe else self._evaluate(engine, document)
+
     def _evaluate(
         self, engine: PolicyEngine, document: dict[str, Any]
     ) -> tuple[Outcome, dict[str, Any]]:
@@ -527,7 +542,9 @@ def _peer(request: CheckInput, document: dict[str, Any]) -> str | None:
     """Put the mesh hop's ``input.peer`` into ``document``; why the peer is unusable, or
     None (:mod:`.mesh_hop`)."""
     document["peer"] = peer_document(request.peer, request.headers, DECISION_ID_HEADER)
-    return peer_problem(request.peer)
+    if request.probe:
+        document["peer"]["probe"] = True
+    return peer_problem(request.peer) or (probe_problem(request) if request.probe else None)
 
 
 def _with_floor(answer: dict[str, Any], floor: Floor) -> dict[str, Any]:

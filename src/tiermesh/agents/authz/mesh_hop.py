@@ -24,6 +24,13 @@ such a request (:meth:`~tiermesh.agents.authz.decide.Authorizer.decide`):
   never survive; the sending node's decision id is kept in the record as
   ``input.peer.decision_id`` only when it is a UUID (a link between the two nodes'
   records, not an identity).
+- **A peer's health check is a probe.** Envoy's active health checks carry no tenant, so
+  the request policy would refuse them and every caller would count this node down. The
+  mesh listener's probe routes (``GET`` of exactly a health-check path a caller's plan
+  names) mark their checks as probes; a probe is allowed in code, without the policy, when
+  it is a ``GET`` with no body and no query (anything else on a probe route is denied
+  403), and recorded like any decision (``input.peer.probe``, ``result.probe``; its
+  ``policy_answer`` is null, so ``tiermesh audit replay`` does not compare it).
 - **Nothing is charged here.** The sending node's app listener accounts the answer's
   tokens; the mesh listener has no usage filter or access log (see
   :mod:`tiermesh.controlplane.generators.mesh_tls`).
@@ -35,11 +42,21 @@ import contextlib
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tiermesh.agents.authz.credentials import CREDENTIAL_HEADERS
 
-__all__ = ["MAX_PEER_ID", "peer_document", "peer_problem", "without_credentials"]
+if TYPE_CHECKING:
+    from tiermesh.agents.authz.decide import CheckInput
+
+__all__ = [
+    "MAX_PEER_ID",
+    "peer_document",
+    "peer_problem",
+    "probe_decision",
+    "probe_problem",
+    "without_credentials",
+]
 
 MAX_PEER_ID: Final = 2048
 """Longest SPIFFE ID accepted as a peer (the SPIFFE URI limit)."""
@@ -69,3 +86,22 @@ def peer_document(peer: str, headers: Mapping[str, str], decision_header: str) -
 def without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` without the tenant credential headers (lowercase names)."""
     return {name: value for name, value in headers.items() if name not in CREDENTIAL_HEADERS}
+
+
+def probe_problem(request: CheckInput) -> str | None:
+    """Why a check on a probe route is not a health probe (``GET``, no body, no query)."""
+    if request.method != "GET" or request.body or "?" in request.path:
+        return "a probe route takes only a GET without body or query"
+    return None
+
+
+def probe_decision() -> dict[str, Any]:
+    """The decision a health probe is answered with (the floor still labels it)."""
+    return {
+        "allow": True,
+        "sensitivity": "restricted",
+        "budget_exhausted": False,
+        "reason": "health probe of a mesh peer",
+        "headers": {},
+        "probe": True,
+    }

@@ -17,7 +17,8 @@ Mapping of a :class:`~tiermesh.agents.authz.decide.Verdict` to a ``CheckResponse
 A check whose ``context_extensions`` carry the mesh listener's mark
 (:data:`~tiermesh.controlplane.api.MESH_HOP_CONTEXT`, set by the compiled configuration,
 never by a client) is a mesh hop, its peer the check's ``attributes.source.principal``
-(the verified client certificate's URI SAN); see :mod:`.mesh_hop`.
+(the verified client certificate's URI SAN), and a probe when they also carry the probe
+mark (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`); see :mod:`.mesh_hop`.
 
 The body is read from ``raw_body`` (Envoy's ``pack_as_bytes``) or ``body``; Envoy marks a
 cut body with ``x-envoy-auth-partial-body: true``. A message larger than
@@ -44,7 +45,7 @@ from tiermesh.agents.authz.decide import (
     Verdict,
 )
 from tiermesh.agents.authz.errors import DecisionNotRecorded
-from tiermesh.controlplane.api import MESH_HOP, MESH_HOP_KEY
+from tiermesh.controlplane.api import MESH_HOP, MESH_HOP_KEY, MESH_PROBE, MESH_PROBE_KEY
 
 __all__ = [
     "HEADER_ROOM_BYTES",
@@ -76,7 +77,8 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
         headers.setdefault(str(entry.key).lower(), value)
     body = bytes(http.raw_body) if http.raw_body else str(http.body).encode("utf-8", "replace")
-    mesh = request.attributes.context_extensions.get(MESH_HOP_KEY) == MESH_HOP
+    context = request.attributes.context_extensions
+    mesh = context.get(MESH_HOP_KEY) == MESH_HOP
     return CheckInput(
         method=str(http.method) or "GET",
         path=str(http.path) or "/",
@@ -85,6 +87,7 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         partial=_said_partial(headers.get(PARTIAL_BODY_HEADER, "")),
         hop="mesh" if mesh else "app",
         peer=str(request.attributes.source.principal) if mesh else "",
+        probe=mesh and context.get(MESH_PROBE_KEY) == MESH_PROBE,
     )
 
 

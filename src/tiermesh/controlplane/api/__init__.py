@@ -55,7 +55,14 @@ from tiermesh.controlplane.api.decision import (
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
 from tiermesh.controlplane.api.loader import load_catalog, parse_catalog
-from tiermesh.controlplane.api.mesh_hop import MESH_HOP, MESH_HOP_CONTEXT, MESH_HOP_KEY
+from tiermesh.controlplane.api.mesh_hop import (
+    MESH_HOP,
+    MESH_HOP_CONTEXT,
+    MESH_HOP_KEY,
+    MESH_PROBE,
+    MESH_PROBE_CONTEXT,
+    MESH_PROBE_KEY,
+)
 from tiermesh.controlplane.api.plan import (
     CASCADE_STEP_HEADER,
     CASCADE_STEP_METADATA,
@@ -144,6 +151,9 @@ __all__ = [
     "MESH_HOP",
     "MESH_HOP_CONTEXT",
     "MESH_HOP_KEY",
+    "MESH_PROBE",
+    "MESH_PROBE_CONTEXT",
+    "MESH_PROBE_KEY",
     "NODE_REGISTRY_SERVICE",
     "OPENAI_API",
     "PLAN_PATH",

@@ -13,14 +13,23 @@ mesh hop.
 What a mesh hop changes in the decision (see ``tiermesh.agents.authz.decide``): the caller
 is the peer node, the tenant is the ``x-tiermesh-tenant`` the sending node's own ext_authz
 set (it authenticated the app), and no tenant key is asked for; the privacy floor, the
-request policy and the durable decision record are as on any request.
+request policy and the durable decision record are as on any request. A peer's health
+check on an exact probe path (:data:`MESH_PROBE_CONTEXT`) is the one request decided
+without the policy.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MESH_HOP", "MESH_HOP_CONTEXT", "MESH_HOP_KEY"]
+__all__ = [
+    "MESH_HOP",
+    "MESH_HOP_CONTEXT",
+    "MESH_HOP_KEY",
+    "MESH_PROBE",
+    "MESH_PROBE_CONTEXT",
+    "MESH_PROBE_KEY",
+]
 
 MESH_HOP_KEY: Final = "tiermesh_hop"
 """The ``context_extensions`` key naming the hop a check is for."""
@@ -29,3 +38,13 @@ MESH_HOP: Final = "mesh"
 MESH_HOP_CONTEXT: Final = {MESH_HOP_KEY: MESH_HOP}
 """The ``context_extensions`` of every check on the mesh listener (read-only by
 convention: copy it before changing anything)."""
+MESH_PROBE_KEY: Final = "tiermesh_probe"
+"""The ``context_extensions`` key marking a check as a peer's active health check."""
+MESH_PROBE: Final = "health"
+"""Its value on the mesh listener's probe routes."""
+MESH_PROBE_CONTEXT: Final = {MESH_HOP_KEY: MESH_HOP, MESH_PROBE_KEY: MESH_PROBE}
+"""The ``context_extensions`` of checks on the mesh listener's probe routes: a ``GET`` of
+exactly a health-check path that a caller's plan checks this node's backend on. Envoy's
+health checker sends no tenant, so the request policy would refuse every probe and the
+callers would count the node down; such a check is decided in code instead (allowed when
+it is a ``GET`` without body or query, denied otherwise) and recorded as a probe."""

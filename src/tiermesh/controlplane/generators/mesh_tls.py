@@ -17,7 +17,11 @@ hold, which is correct (its consistency check follows ADS-served secrets only).
   mesh hop (:data:`~tiermesh.controlplane.api.MESH_HOP_CONTEXT` in the virtual host's
   ``context_extensions``, which only this configuration sets; Envoy adds the verified
   peer's SPIFFE ID as the check's source principal); what it allows goes to the node's
-  model server (:func:`mesh_clusters`), with the cascade token removed. A node without an
+  model server (:func:`mesh_clusters`), with the cascade token removed. The callers'
+  active health checks (``GET`` of exactly a path of ``probe_paths``) take probe routes
+  whose checks are marked as probes
+  (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`): they carry no tenant, and are
+  decided in code rather than refused by the request policy. A node without an
   ext_authz server answers every mesh request 503, as its app listener does. There is no
   usage filter and no access log on it: the sending node's app listener charged the
   tenant for this request, and charging here too would count it twice. With no allowed
@@ -28,6 +32,8 @@ hold, which is correct (its consistency check follows ADS-served secrets only).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2
@@ -41,9 +47,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
-from tiermesh.controlplane.api import MESH_HOP_CONTEXT
+from tiermesh.controlplane.api import MESH_HOP_CONTEXT, MESH_PROBE_CONTEXT
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.generators.authz import EXT_AUTHZ_FILTER, authz_filter
 from tiermesh.controlplane.model import MeshTlsSettings, NodeModel, Upstream, names
@@ -52,6 +58,7 @@ __all__ = [
     "MESH_LISTENER",
     "MESH_LOCAL_CLUSTER",
     "MESH_NO_AUTHZ_ROUTE",
+    "MESH_PROBE_ROUTE",
     "mesh_clusters",
     "mesh_listeners",
     "mesh_transport_socket",
@@ -62,6 +69,8 @@ MESH_LISTENER = "tiermesh_mesh_in"
 """Name of the inbound mTLS listener."""
 MESH_LOCAL_CLUSTER = "tiermesh_mesh_local"
 """Name of the cluster from the inbound listener to the node's own model server."""
+MESH_PROBE_ROUTE = "tiermesh/mesh-probe"
+"""Name prefix of the probe routes (the path follows)."""
 MESH_NO_AUTHZ_ROUTE = "tiermesh/mesh-no-authz"
 """The one route of a mesh listener on a node without an ext_authz server: 503."""
 
@@ -150,20 +159,40 @@ def _mesh_routes(node: NodeModel) -> route_components_pb2.VirtualHost:
             ),
         )
         return route_components_pb2.VirtualHost(name="mesh_in", domains=["*"], routes=[refuse])
-    check = ext_authz_pb2.ExtAuthzPerRoute(
-        check_settings=ext_authz_pb2.CheckSettings(context_extensions=dict(MESH_HOP_CONTEXT))
-    )
+    mesh = node.settings.mesh
+    probes = [] if mesh is None else [_probe_route(path) for path in mesh.probe_paths]
     return route_components_pb2.VirtualHost(
         name="mesh_in",
         domains=["*"],
         routes=[
+            *probes,
             route_components_pb2.Route(
                 match=route_components_pb2.RouteMatch(prefix="/"),
                 route=route_components_pb2.RouteAction(cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)),
                 request_headers_to_remove=[names.CASCADE_TOKEN_HEADER],
-            )
+            ),
         ],
-        typed_per_filter_config={EXT_AUTHZ_FILTER: pack(check)},
+        typed_per_filter_config={EXT_AUTHZ_FILTER: _check(MESH_HOP_CONTEXT)},
+    )
+
+
+def _check(context: Mapping[str, str]) -> any_pb2.Any:
+    """The per-route ext_authz settings that mark a check with ``context``."""
+    settings = ext_authz_pb2.CheckSettings(context_extensions=dict(context))
+    return pack(ext_authz_pb2.ExtAuthzPerRoute(check_settings=settings))
+
+
+def _probe_route(path: str) -> route_components_pb2.Route:
+    """A caller's health check: ``GET`` of exactly ``path``, its check marked as a probe."""
+    get = route_components_pb2.HeaderMatcher(
+        name=":method", string_match=string_pb2.StringMatcher(exact="GET")
+    )
+    return route_components_pb2.Route(
+        name=f"{MESH_PROBE_ROUTE}{path}",
+        match=route_components_pb2.RouteMatch(path=path, headers=[get]),
+        route=route_components_pb2.RouteAction(cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)),
+        request_headers_to_remove=[names.CASCADE_TOKEN_HEADER],
+        typed_per_filter_config={EXT_AUTHZ_FILTER: _check(MESH_PROBE_CONTEXT)},
     )
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from tiermesh.controlplane.model import names
-from tiermesh.controlplane.model.callers import admitted_peers, plan_callers
+from tiermesh.controlplane.model.callers import admitted_peers, plan_callers, plan_probe_paths
 from tiermesh.controlplane.model.errors import ModelError, PlanMismatch, UnknownNode
 from tiermesh.controlplane.model.mesh import (
     Chain,
@@ -45,4 +45,5 @@ __all__ = [
     "backends_hosted_by",
     "names",
     "plan_callers",
+    "plan_probe_paths",
 ]

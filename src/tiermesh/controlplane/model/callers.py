@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from tiermesh.controlplane.api import BackendPlan, Plan
 
-__all__ = ["admitted_peers", "plan_callers"]
+__all__ = ["admitted_peers", "plan_callers", "plan_probe_paths"]
 
 
 def _pinned(backends: tuple[BackendPlan, ...]) -> frozenset[str]:
@@ -40,6 +40,22 @@ def plan_callers(plans: Iterable[Plan]) -> Mapping[str, frozenset[str]]:
         for callee in seen[1]:
             callers.setdefault(callee, set()).add(plan.node.id)
     return MappingProxyType({callee: frozenset(ids) for callee, ids in callers.items()})
+
+
+def plan_probe_paths(plans: Iterable[Plan]) -> Mapping[str, frozenset[str]]:
+    """Callee SPIFFE ID → the health-check paths the callers' plans check its pinned
+    backends on (those without a query: a probe route matches the path alone). Pure."""
+    paths: dict[str, set[str]] = {}
+    seen: set[int] = set()
+    for plan in plans:
+        if plan.node.tier == "cloud" or id(plan.backends) in seen:
+            continue
+        seen.add(id(plan.backends))
+        for backend in plan.backends:
+            path = backend.health_check.path
+            if backend.spiffe_id and backend.endpoint.tls and "?" not in path and "#" not in path:
+                paths.setdefault(backend.spiffe_id, set()).add(path)
+    return MappingProxyType({callee: frozenset(found) for callee, found in paths.items()})
 
 
 def admitted_peers(

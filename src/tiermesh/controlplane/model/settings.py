@@ -166,6 +166,10 @@ class MeshTlsSettings:
     allowed_peers: tuple[str, ...] = ()
     """SPIFFE IDs that may call the inbound listener, matched exactly against the client
     certificate's URI SAN; empty: no node may, and no inbound listener is compiled."""
+    probe_paths: tuple[str, ...] = ()
+    """Health-check paths the callers' plans check this node's backends on (``GET``, no
+    query): each gets a probe route on the inbound listener whose check is decided as a
+    probe (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`)."""
     inbound_address: str = "0.0.0.0"
     """Address of the inbound listener (the control plane sets the node's registered
     ``mesh_host``)."""
@@ -189,6 +193,10 @@ class MeshTlsSettings:
                 raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
         object.__setattr__(self, "local_backends", tuple(sorted(self.local_backends)))
         object.__setattr__(self, "allowed_peers", tuple(sorted(self.allowed_peers)))
+        for path in self.probe_paths:
+            if not path.startswith("/") or "?" in path or "#" in path:
+                raise ValueError(f"mesh probe path {path!r} is not an absolute path")
+        object.__setattr__(self, "probe_paths", tuple(sorted(set(self.probe_paths))))
 
 
 def _check_address(service: str, port: int, socket: str | None) -> None:

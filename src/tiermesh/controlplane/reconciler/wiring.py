@@ -24,6 +24,7 @@ from tiermesh.controlplane.model import (
     admitted_peers,
     backends_hosted_by,
     plan_callers,
+    plan_probe_paths,
 )
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import Snapshot
@@ -235,6 +236,15 @@ class CompileCache:
                 self._entries.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """Who calls whom in one pass's plans (callee SPIFFE ID → caller node ids, and →
+    the health-check paths the callers check it on)."""
+
+    callers: Mapping[str, frozenset[str]]
+    probes: Mapping[str, frozenset[str]]
+
+
 class MeshCompiler:
     """The control plane's compiler (see :func:`default_compiler`), for one set of
     unhealthy nodes and one pass's plans.
@@ -256,20 +266,20 @@ class MeshCompiler:
     Each instance is a pure function of ``(plan, catalog)``, safe from any thread.
     """
 
-    __slots__ = ("_cache", "_callers", "_hosted", "_settings", "unhealthy_nodes")
+    __slots__ = ("_cache", "_calls", "_hosted", "_settings", "unhealthy_nodes")
 
     def __init__(
         self,
         settings_for: Callable[[str], NodeSettings],
         cache: CompileCache,
         unhealthy_nodes: Set[str] = frozenset(),
-        callers: Mapping[str, frozenset[str]] | None = None,
+        calls: _Calls | None = None,
     ) -> None:
         self._settings = settings_for
         self._cache = cache
         self.unhealthy_nodes: frozenset[str] = frozenset(unhealthy_nodes)
         """Nodes whose backends are served unhealthy."""
-        self._callers = callers
+        self._calls = calls
         # (catalog, its backends hosted by unhealthy_nodes) of the latest call: one
         # reconcile compiles every node against one catalog.
         self._hosted: tuple[Catalog, frozenset[str]] | None = None
@@ -278,26 +288,29 @@ class MeshCompiler:
         """This compiler for the unhealthy ``node_ids`` (same settings, cache, plans)."""
         if frozenset(node_ids) == self.unhealthy_nodes:
             return self
-        return MeshCompiler(self._settings, self._cache, node_ids, self._callers)
+        return MeshCompiler(self._settings, self._cache, node_ids, self._calls)
 
     def with_plans(self, plans: Mapping[str, Plan]) -> MeshCompiler:
         """This compiler for one pass whose plans are ``plans`` (same settings, cache and
         unhealthy nodes): each node's inbound listener admits the nodes whose plans call
-        it."""
-        callers = plan_callers(plans.values())
-        return MeshCompiler(self._settings, self._cache, self.unhealthy_nodes, callers)
+        it, and has a probe route for each health-check path their plans check it on."""
+        calls = _Calls(plan_callers(plans.values()), plan_probe_paths(plans.values()))
+        return MeshCompiler(self._settings, self._cache, self.unhealthy_nodes, calls)
 
     def settings_for(self, node_id: str) -> NodeSettings:
-        """``node_id``'s settings, its mesh peers narrowed to the callers of this pass."""
+        """``node_id``'s settings, its mesh peers narrowed to the callers of this pass
+        (and its probe paths theirs)."""
         settings = self._settings(node_id)
         mesh = settings.mesh
         if mesh is None or not mesh.allowed_peers:
             return settings
-        callers = self._callers if self._callers is not None else {}
-        peers = admitted_peers(mesh.allowed_peers, node_id, mesh.trust_domain, callers)
-        if peers == mesh.allowed_peers:
+        calls = self._calls if self._calls is not None else _Calls({}, {})
+        peers = admitted_peers(mesh.allowed_peers, node_id, mesh.trust_domain, calls.callers)
+        own = f"spiffe://{mesh.trust_domain}/node/{node_id}"
+        probes = tuple(sorted(calls.probes.get(own, ()))) if peers else ()
+        if (peers, probes) == (mesh.allowed_peers, mesh.probe_paths):
             return settings
-        return replace(settings, mesh=replace(mesh, allowed_peers=peers))
+        return replace(settings, mesh=replace(mesh, allowed_peers=peers, probe_paths=probes))
 
     def _unhealthy(self, plan: Plan, catalog: Catalog) -> frozenset[str]:
         """The names of ``plan``'s backends hosted by an unhealthy node."""
