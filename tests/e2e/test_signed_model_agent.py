@@ -7,8 +7,10 @@ signer in ``tiermesh status``."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,36 @@ def _model(node: dict[str, Any]) -> dict[str, Any]:
     return (node.get("load") or {}).get("model") or {}
 
 
+def _host_flags(ports: NodePorts) -> str:
+    """The health flags of the edge model's host in the node's Envoy (admin /clusters)."""
+    url = f"http://127.0.0.1:{ports.admin}/clusters"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    host = f"::127.0.0.1:{ports.model}::health_flags::"
+    return " ".join(line.split(host, 1)[1] for line in lines if host in line)
+
+
+def _until_flags(ports: NodePorts, needle: str, limit_s: float = 30.0) -> str:
+    deadline = time.monotonic() + limit_s
+    while needle not in (flags := _host_flags(ports)):
+        assert time.monotonic() < deadline, f"host flags never showed {needle!r}: {flags!r}"
+        time.sleep(0.3)
+    return flags
+
+
+def _audited(plane: Running, limit_s: float = 30.0) -> list[dict[str, Any]]:
+    """The model_verification records the control plane's audit collector holds."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        shown = tiermesh("audit", "query", "--db", str(plane.data_dir / "audit.sqlite3"),
+                         "--kind", "model_verification", "--json")  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        records = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()]
+        if len(records) >= 2 or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _verification_records(spool: Path) -> list[dict[str, Any]]:
     chains = load_signers(spool)
     found = []
@@ -117,6 +149,11 @@ def test_an_untrusted_model_is_not_served_until_the_catalog_trusts_its_signer(
     token = join_token(plane, NODE, tmp_path)
     config = node_yaml(tmp_path / "node.yaml", plane, node_id=NODE, tier="local",
                        ports=ports, token=token, model=str(model))  # fmt: skip
+    audit = re.search(r"audit=(\S+)", plane.ready_line)
+    assert audit is not None, plane.ready_line
+    document = yaml.safe_load(config.read_text())
+    document["control_plane"]["audit"] = [audit.group(1)]
+    config.write_text(yaml.safe_dump(document))
     agent = AgentProc.start(config)
     try:
         agent.wait_ready()
@@ -124,6 +161,8 @@ def test_an_untrusted_model_is_not_served_until_the_catalog_trusts_its_signer(
         node = _until_status(plane, lambda n: _model(n).get("outcome") == "refused")
         assert node["health"] == "unhealthy"
         assert _model(node)["reason"] == "untrusted_signer"
+        # The control plane serves the backend's endpoint unhealthy: Envoy routes around it.
+        _until_flags(ports, "/failed_eds_health")
         status, headers, _ = chat(ports.app, RESTRICTED)
         assert status == 503
         assert headers.get("x-tiermesh-tier") != "cloud"
@@ -138,9 +177,15 @@ def test_an_untrusted_model_is_not_served_until_the_catalog_trusts_its_signer(
         assert _model(node)["digest"].startswith("sha256:")
         headers = eventually_ok(ports.app, PUBLIC)
         assert headers["x-tiermesh-tier"] == "local"
+        assert "failed_eds_health" not in _host_flags(ports)
 
         records = _verification_records(tmp_path / f"{NODE}-state" / "decisions")
         assert [(r["outcome"], r["reason"]) for r in records] == [
+            ("refused", "untrusted_signer"),
+            ("verified", None),
+        ]
+        audited = _audited(plane)
+        assert [(r["result"]["outcome"], r["result"]["reason"]) for r in audited] == [
             ("refused", "untrusted_signer"),
             ("verified", None),
         ]
