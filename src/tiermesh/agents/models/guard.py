@@ -187,7 +187,8 @@ class ModelGuard:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         async with self._lock:
-            await self._stop_server()
+            self._running = False
+            await self.server.stop()
 
     # -- internals ---------------------------------------------------------------------------
 

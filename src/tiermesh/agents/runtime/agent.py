@@ -366,19 +366,15 @@ class NodeAgent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        guard, self.model_guard = self.model_guard, None
-        if guard is not None:
-            try:
-                await guard.stop()
-            except Exception:
-                log.exception("stopping the model guard failed")
         envoy, self.envoy = self.envoy, None
+        guard, self.model_guard = self.model_guard, None
         model, self.model = self.model, None
         cascade, self.cascade = self.cascade, None
         requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
-        for name, part in (("Envoy", envoy), ("model server", model),
+        # The guard stops its watch, then the model server (it owns it while it runs).
+        for name, part in (("Envoy", envoy), ("model server", guard or model),
                            ("cascade handler", cascade),
                            ("request policy", requests), ("SDS", sds),
                            ("Workload API", workload)):  # fmt: skip
