@@ -61,6 +61,7 @@ def sign_model(
 
     Raises:
         ModelMissingError: no such model.
+        ModelSignatureError: a signature path inside a model directory, or unwritable.
         BadKeyError: the key (or certificate) is unreadable, encrypted without
             ``password``, not EC on P-256/384/521, or does not match the certificate;
             a certificate without its ``chain`` (at least the issuing CA).
@@ -69,6 +70,9 @@ def sign_model(
     signature = Path(signature) if signature is not None else default_signature_path(path)
     if not path.exists():
         raise ModelMissingError(path)
+    if path.is_dir() and signature.resolve().is_relative_to(path.resolve()):
+        # It would be hashed as a file of the model and fail every verification.
+        raise ModelSignatureError(path, f"the signature {signature} cannot be inside the model")
     for file in (private_key, certificate, *chain):
         if file is not None and not Path(file).is_file():
             raise BadKeyError(Path(file), "no such key or certificate file")

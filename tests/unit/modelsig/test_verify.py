@@ -17,6 +17,7 @@ from tiermesh.modelsig import (
     CertificateSigner,
     KeySigner,
     ModelMissingError,
+    ModelSignatureError,
     SignatureInvalidError,
     SignatureMissingError,
     UntrustedSignerError,
@@ -195,3 +196,11 @@ def test_certificate_signing_needs_its_chain(model: Path, tmp_path: Path) -> Non
     pki = issue(tmp_path, "spiffe://mesh.test/signer/models")
     with pytest.raises(BadKeyError, match="needs the issuing CA"):
         sign_model(model, private_key=pki.key, certificate=pki.cert)
+
+
+def test_a_signature_inside_a_model_directory_is_refused(make_key, tmp_path: Path) -> None:
+    folder = tmp_path / "model-dir"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"w")
+    with pytest.raises(ModelSignatureError, match="cannot be inside the model"):
+        sign_model(folder, private_key=make_key().private, signature=folder / "model.sig")
