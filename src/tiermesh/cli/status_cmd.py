@@ -96,7 +96,10 @@ def _model_line(model: dict[str, Any] | None) -> str:
     if model.get("outcome") == "unverified":
         return "\nmodel unsigned (no signature demanded)"
     digest = str(model.get("digest") or "")
-    return f"\nmodel {digest[:19]}… signed by {model.get('signer')}"
+    signer = str(model.get("signer") or "")
+    if signer.startswith("key:sha256:"):
+        signer = signer[:27] + "…"  # the key's hash; --json has it whole
+    return f"\nmodel {digest[:19]}… signed by {signer}"
 
 
 def _render(document: dict[str, Any], console: Console) -> None:
