@@ -136,9 +136,13 @@ class EnvoyConfig(_Section):
     admin_address: ServiceListen = UNIX
     """Where Envoy's admin interface listens: ``unix`` (default: the socket
     ``<state_dir>/envoy-admin.sock``, mode 0600), ``unix:/path``, or ``HOST:PORT``. The
-    admin interface has no authentication (its config dump holds the cascade token and
-    route secrets; ``/quitquitquit`` and ``/runtime_modify`` are open), so on a port any
-    local process can read or stop the node's Envoy."""
+    admin interface has no authentication (``/quitquitquit``, ``/runtime_modify`` and
+    ``/healthcheck/fail`` are open, and its dumps show the node's whole configuration), so
+    on a port any local process can read or stop the node's Envoy."""
+    ready_address: HostPort | None = None
+    """``HOST:PORT`` of a listener that answers ``GET /ready`` (200 once Envoy has its
+    first configuration, 503 while draining) and nothing else, for container health
+    checks that cannot reach the admin socket; None: no such listener."""
     app_port: int = Field(default=10000, ge=1, le=65535)
     """Port of the app listener (compiled on 127.0.0.1): apps send requests here."""
     mode: Literal["sotw", "delta"] = "sotw"
@@ -169,6 +173,16 @@ class ModelServerConfig(_Section):
     ready_timeout_s: float = Field(default=60.0, gt=0)
     endpoint_name: str = "llama"
     """The registered endpoint is ``<node-id>.<endpoint_name>`` at ``listen``."""
+    signature: Path | None = None
+    """The model's OpenSSF model-signing signature (default: ``<model>.sig`` beside it)."""
+    trusted_keys: tuple[Path, ...] = ()
+    """EC public keys (PEM files) trusted to sign the model, besides the ``signers`` the
+    catalog names for the backends this node hosts (``Backend.node``)."""
+    require_signature: bool = False
+    """Serve the model only with a valid signature even when no signer is named (then
+    nothing verifies, and nothing is served). With signers named it is demanded anyway."""
+    verify_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the model file and its signature are checked for changes (one stat)."""
 
 
 class AuthzConfig(_Section):

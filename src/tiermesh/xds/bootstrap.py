@@ -14,9 +14,16 @@ from typing import Any, Literal
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
+from envoy.extensions.filters.http.health_check.v3 import health_check_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
+
+from tiermesh.xds.ready_listener import ready_listener
 
 __all__ = [
     "ADMIN_SOCKET_MODE",
@@ -36,6 +43,9 @@ _TYPED_CONFIGS = (
     http_protocol_options_pb2.HttpProtocolOptions,
     tls_pb2.UpstreamTlsContext,
     internal_listener_pb2.InternalListener,
+    http_connection_manager_pb2.HttpConnectionManager,
+    health_check_pb2.HealthCheck,
+    router_pb2.Router,
 )
 
 INTERNAL_LISTENER_EXTENSION = "envoy.bootstrap.internal_listener"
@@ -77,6 +87,10 @@ class BootstrapSpec:
     listener with an ``internal_listener`` address unless the bootstrap loads it; pushed
     configuration may contain such listeners (e.g. egress listeners that inject cloud API
     keys), so it is on unless a test wants a bare bootstrap."""
+    ready_address: tuple[str, int] | None = None
+    """If set, a static listener on this ``(host, port)`` answers ``GET /ready`` and
+    nothing else (:mod:`.ready_listener`): a health check for containers that cannot
+    reach the admin socket."""
 
 
 def _admin_address(spec: BootstrapSpec) -> dict[str, Any]:
@@ -97,7 +111,8 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     stream wants a single address (a new connection takes the latest DNS answer; an
     open stream is not cut when the answer changes). With
     ``spec.internal_listeners`` the document carries ``bootstrap_extensions`` loading the
-    internal-listener extension; without it the key is absent.
+    internal-listener extension; without it the key is absent. With
+    ``spec.ready_address`` it has one static listener, the readiness one.
     """
     ads_source = {
         "ads": {},
@@ -164,6 +179,8 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
         },
         "static_resources": {"clusters": [xds_cluster]},
     }
+    if spec.ready_address is not None:
+        document["static_resources"]["listeners"] = [ready_listener(*spec.ready_address)]
     if spec.internal_listeners:
         document["bootstrap_extensions"] = [
             {

@@ -26,12 +26,13 @@ from tests.integration.flows.conftest import KEY_NAME, NODE, envoy_with, flow_ca
 from tests.integration.flows.harness import LoopThread
 from tests.support.authz import authz_settings, running_authz
 from tests.unit.compiler.plans import evaluate_plan
-from tiermesh.agents.cascade import CascadeHandler
+from tiermesh.agents.cascade import TOKEN_HEADER, CascadeHandler
 from tiermesh.agents.models import LlamaServer
 from tiermesh.controlplane.api import Plan
 from tiermesh.controlplane.model import CascadeSettings, MeshModel, NodeSettings
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.demo.cloud_standin import CloudStandin
+from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.ports import free_port
 
 
@@ -123,6 +124,7 @@ class CascadeMesh:
     handler: CascadeHandler
     plan: Plan
     listener: int
+    envoy: EnvoyProcess
     recorder: Recorder | None = None
 
     def send(
@@ -179,16 +181,18 @@ def cascade_mesh(
             catalog = flow_catalog(edge_port, cloud.port, min_confidence)
             plan = evaluate_plan(catalog)
             with running_authz(tmp_path / "decisions") as authz:
+                assert handler.token is not None
+                authz.trust_reentry(TOKEN_HEADER, handler.token)
                 settings = NodeSettings(
                     app_port=listener,
                     authz=authz_settings(authz),
                     credentials={KEY_NAME: cloud.api_key},
-                    cascade=CascadeSettings(port=handler.port, token=handler.token),
+                    cascade=CascadeSettings(port=handler.port),
                 )
                 model = MeshModel.build([plan], {NODE: settings})
                 snapshot = compile_and_verify(model, NODE, catalog)
-                with envoy_with(snapshot, tmp_path / "envoy"):
-                    mesh = CascadeMesh(edge_server, cloud, handler, plan, listener, recorder)
+                with envoy_with(snapshot, tmp_path / "envoy") as (envoy, _):
+                    mesh = CascadeMesh(edge_server, cloud, handler, plan, listener, envoy, recorder)
                     eventually(lambda: mesh.triage().status == 200, what="cascade answering")
                     yield mesh
         finally:

@@ -99,3 +99,20 @@ def test_a_client_token_header_never_reaches_a_backend(cascade_mesh: CascadeFact
         assert answer.tier == "local"
         assert mesh.recorder.seen
         assert all("x-tiermesh-cascade-token" not in seen for seen in mesh.recorder.seen)
+
+
+def test_no_secret_of_the_handler_is_in_envoys_config(cascade_mesh: CascadeFactory) -> None:
+    """The step routes match ext_authz's metadata: the handler's secret is in no route,
+    so Envoy's config_dump (and the xDS it came from) cannot give it away."""
+    with cascade_mesh(UNREACHABLE) as mesh:
+        token = mesh.handler.token
+        assert token is not None
+        answer = mesh.triage()
+        assert answer.status == 200, answer.body
+        assert answer.tier == "cloud"  # both steps were routed by the metadata
+        dump = mesh.envoy.admin_text("/config_dump?include_eds")
+        assert "tiermesh_cascade_step" in dump  # the step routes are there...
+        assert token not in dump  # ...and match no secret
+        # The provider key the cloud step was sent with is an SDS secret, shown redacted.
+        assert mesh.cloud.api_key not in dump
+        assert "[redacted]" in dump

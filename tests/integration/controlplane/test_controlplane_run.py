@@ -5,6 +5,7 @@ status`` shows it; SIGTERM stops it. And start-up failures that name what to fix
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+import aetcd
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -31,8 +33,14 @@ from tests.integration.compiler.tierbackend import TierBackend
 from tests.integration.controlplane.conftest import open_session
 from tests.support.authz import start_authz
 from tiermesh.agents.identity.join_client import join
-from tiermesh.controlplane.api import NodeRegistration, SessionMessage, SessionReply
+from tiermesh.controlplane.api import (
+    NodeRegistration,
+    SessionMessage,
+    SessionReply,
+    usage_month,
+)
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
+from tiermesh.controlplane.store import EtcdStore
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import free_port
@@ -80,13 +88,16 @@ def _lines(stream: Any, out: Queue[str]) -> None:
 _PORT_ATTEMPTS = 3
 
 
-def start_plane(tmp_path: Path, etcd: str, *extra: str, ready_s: float = 30) -> Running:
-    """A started ``tiermesh controlplane run``. Its ports are picked free, then bound by the
-    child: when another process took one in between (other test runs on the machine), it
-    starts again on new ports."""
+def start_plane(
+    tmp_path: Path, etcd: str, *extra: str, ready_s: float = 30, root: str | None = None
+) -> Running:
+    """A started ``tiermesh controlplane run`` (under key ``root``, default a new one). Its
+    ports are picked free, then bound by the child: when another process took one in
+    between (other test runs on the machine), it starts again on new ports."""
+    root = root or f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         try:
-            return _start_plane(tmp_path, etcd, extra, ready_s, attempt)
+            return _start_plane(tmp_path, etcd, extra, ready_s, attempt, root)
         except _PortTaken:
             if attempt == _PORT_ATTEMPTS:
                 raise
@@ -98,12 +109,11 @@ class _PortTaken(AssertionError):
 
 
 def _start_plane(
-    tmp_path: Path, etcd: str, extra: tuple[str, ...], ready_s: float, attempt: int
+    tmp_path: Path, etcd: str, extra: tuple[str, ...], ready_s: float, attempt: int, root: str
 ) -> Running:
     ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
     secret = tmp_path / "ca-passphrase"
     secret.write_text("correct horse battery staple\n")
-    root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
     data_dir = tmp_path / ("cp-data" if attempt == 1 else f"cp-data-{attempt}")
     command = [
         TIERMESH, "controlplane", "run", "--etcd", etcd, "--trust-domain", TD,
@@ -324,6 +334,31 @@ async def test_a_joined_node_registers_and_its_envoy_gets_the_pushed_bundle(
     assert took < STOP_BOUND_S
     _, err = plane.proc.communicate(timeout=5)
     assert "control plane stopped" in err
+
+
+async def test_spend_counted_before_monthly_budgets_is_kept_across_the_upgrade(
+    tmp_path: Path, etcd: EtcdServer
+) -> None:
+    """A counter an older control plane kept (``usage/<tenant>``) is this month's spend
+    once the new one starts, not forgotten (which would hand the tenant a fresh budget)."""
+    root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
+    host, port = etcd.endpoint.rsplit(":", 1)
+    legacy = aetcd.Client(host=host, port=int(port))
+    try:
+        await legacy.put(f"{root}usage/acme".encode(), b'{"tokens": 12, "cost_micro": 3400000}')
+    finally:
+        await legacy.close()
+    running = start_plane(tmp_path, etcd.endpoint, root=root)
+    try:
+        async with EtcdStore(etcd.endpoint, root=root) as store:
+            month = usage_month(dt.datetime.now(dt.UTC))
+            usage = await store.get_usage("acme", month=month)
+            assert (usage.tokens, usage.cost_micro) == (12, 3_400_000)
+            keys = [entry.key for entry in (await store.read_prefix("usage/")).entries]
+            assert keys == [f"usage/{month}/acme"]
+    finally:
+        running.proc.kill()
+        running.proc.communicate(timeout=10)
 
 
 def test_unreachable_etcd_is_named(tmp_path: Path) -> None:

@@ -265,3 +265,21 @@ async def test_load_writes_are_rate_limited_and_keep_the_newest(registry: Regist
         assert document.load_at is not None
         assert json.loads(document.model_dump_json())["load"]["tokens_per_s"] == 10.0 + reports - 1
         await call.done_writing()
+
+
+async def test_an_older_agents_cascade_token_is_not_stored(registry: Registry) -> None:
+    """Agents once registered their cascade handler's secret; the control plane still
+    accepts such a registration but keeps the secret out of etcd."""
+    secret = "older-agent-secret-0123456789abcdef"
+    message = registration()
+    assert message.registration is not None
+    legacy = message.registration.model_copy(update={"cascade_token": secret, "cascade_port": 9})
+    async with registry.channel(NODE) as channel:
+        call = open_session(channel)
+        await call.write(SessionMessage(registration=legacy))
+        await next_reply(call)
+        (record,) = await registry.store.list_nodes()
+        assert secret.encode() not in record.registration
+        assert RegisteredNode.model_validate_json(record.registration).cascade_port == 9
+        await call.write(SessionMessage(goodbye=True))
+        await read_all(call)

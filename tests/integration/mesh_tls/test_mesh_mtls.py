@@ -1,19 +1,24 @@
 """Node A's restricted request reaches node B's model server over mTLS, with certificates
 from each node's own local SDS server and config compiled from plans (both app listeners
-behind the real request policy); a peer with the wrong SPIFFE ID, a client without a
-certificate, or one with a valid SVID of the trust domain that B does not admit (the cloud
-gateway's), gets nowhere."""
+behind the real request policy, each node with its own ext_authz server and decision log);
+B's inbound listener runs B's ext_authz on every request, which decides and records it as
+a mesh hop (the peer's SPIFFE ID, the tenant A set). A peer with the wrong SPIFFE ID, a
+client without a certificate, a node of the trust domain whose plan does not call B, or
+the cloud gateway (valid SVIDs of the same CA), gets nowhere; a request B's policy denies
+never reaches B's model server."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import shutil
 import socket
 import ssl
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +28,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.integration.authz.harness import AuthzThread
 from tests.integration.compiler.conftest import NODE, Reply, eventually, small_catalog
 from tests.integration.compiler.tierbackend import TierBackend
 from tests.support.authz import authz_settings, start_authz
 from tests.support.xdsthread import XdsThread
 from tests.unit.agent_identity.casource import TRUST_DOMAIN, CaSource, make_ca
 from tests.unit.compiler.plans import EDGE_NODE, evaluate_plan
+from tiermesh.agents.decisionlog import read_spool
 from tiermesh.agents.identity import LocalSdsServer, SvidRotator, SvidStore, with_sds_cluster
-from tiermesh.controlplane.api import Catalog, RegisteredNode
-from tiermesh.controlplane.generators import compile_snapshot
+from tiermesh.controlplane.api import Catalog, DecisionRecord, Plan, RegisteredNode
 from tiermesh.controlplane.identity import LocalCertificateAuthority
-from tiermesh.controlplane.model import MeshModel, MeshTlsSettings, NodeSettings
+from tiermesh.controlplane.model import MeshTlsSettings, NodeSettings
+from tiermesh.controlplane.reconciler import CompileCache, default_compiler
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.store.memory import MemoryStore
 from tiermesh.controlplane.verify import verify_snapshot
@@ -47,6 +54,8 @@ GPU_NODE = "gpu-1"
 GPU_ID = f"spiffe://{TRUST_DOMAIN}/node/{GPU_NODE}"
 EDGE_ID = f"spiffe://{TRUST_DOMAIN}/node/{NODE}"
 CLOUD_NODE = "cloud-gw-1"
+IDLE_NODE = "edge-2"
+"""A registered local node whose plan does not call B: a candidate, never admitted."""
 
 
 def _registered(node_id: str, tier: str) -> RegisteredNode:
@@ -60,16 +69,17 @@ def _registered(node_id: str, tier: str) -> RegisteredNode:
     )
 
 
-ADMITTED = NodeDirectory(MemoryStore(), "", trust_domain=TRUST_DOMAIN).mesh_callers(
+CANDIDATES = NodeDirectory(MemoryStore(), "", trust_domain=TRUST_DOMAIN).mesh_callers(
     GPU_NODE,
     {
         NODE: _registered(NODE, "local"),
+        IDLE_NODE: _registered(IDLE_NODE, "local"),
         GPU_NODE: _registered(GPU_NODE, "private"),
         CLOUD_NODE: _registered(CLOUD_NODE, "cloud"),
     },
 )
-"""Whom node B's inbound listener admits, as the control plane computes it: the edge node,
-never the cloud gateway (nor B itself)."""
+"""Whom the registry lets node B admit at most: the other non-cloud nodes (never the
+cloud gateway, nor B itself). The compiler narrows it to the callers in the plans."""
 RESTRICTED = {
     "x-tiermesh-tenant": "acme",
     "x-tiermesh-sensitivity": "restricted",
@@ -104,6 +114,9 @@ class TwoNodes:
     ca: LocalCertificateAuthority
     catalog: Catalog
     snapshots: dict[str, Any]
+    admitted: tuple[str, ...]
+    edge_authz: AuthzThread
+    gpu_authz: AuthzThread
 
     def request(self, headers: dict[str, str]) -> Reply:
         request = urllib.request.Request(
@@ -159,21 +172,28 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
     backend = TierBackend("gpu")
     others = {name: TierBackend(name) for name in ("edge", "cloud")}
     xds = XdsThread()
-    # One request policy server for both nodes' Envoys (each node runs its own in a mesh).
-    authz = start_authz(tmp_path / "decisions")
+    # Each node runs its own request policy server and decision log.
+    edge_authz = start_authz(tmp_path / "edge-decisions")
+    gpu_authz = start_authz(tmp_path / "gpu-decisions")
     edge_store, edge_sds = await _start_sds(ca, NODE, sock_dir / "edge.sock")
     gpu_store, gpu_sds = await _start_sds(ca, gpu_presents, sock_dir / "gpu.sock")
     try:
         inbound = free_port()
         ports = {"gpu": backend.port, **{n: b.port for n, b in others.items()}}
         catalog = mesh_catalog(ports, inbound)
-        edge_plan = evaluate_plan(catalog)
-        gpu_plan = evaluate_plan(catalog, {**EDGE_NODE, "id": GPU_NODE, "tier": "private"})
+        plans: dict[str, Plan] = {
+            NODE: evaluate_plan(catalog),
+            GPU_NODE: evaluate_plan(catalog, {**EDGE_NODE, "id": GPU_NODE, "tier": "private"}),
+            # Its plan reaches the GPU backend on loopback, not over the mesh: no caller.
+            IDLE_NODE: evaluate_plan(small_catalog(ports), {**EDGE_NODE, "id": IDLE_NODE}),
+            # Its plan pins the GPU backend, but a cloud node is never a caller.
+            CLOUD_NODE: evaluate_plan(catalog, {**EDGE_NODE, "id": CLOUD_NODE, "tier": "cloud"}),
+        }
         app = {NODE: free_port(), GPU_NODE: free_port()}
         settings = {
             NODE: NodeSettings(
                 app_port=app[NODE],
-                authz=authz_settings(authz),
+                authz=authz_settings(edge_authz),
                 mesh=MeshTlsSettings(
                     inbound_port=free_port(),
                     model_port=others["edge"].port,
@@ -183,19 +203,21 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
             ),
             GPU_NODE: NodeSettings(
                 app_port=app[GPU_NODE],
-                authz=authz_settings(authz),
+                authz=authz_settings(gpu_authz),
                 mesh=MeshTlsSettings(
                     inbound_port=inbound,
                     model_port=backend.port,
                     trust_domain=TRUST_DOMAIN,
                     local_backends=("gpu",),
-                    allowed_peers=ADMITTED,
+                    allowed_peers=CANDIDATES,
                     inbound_address="127.0.0.1",
                 ),
             ),
         }
-        model = MeshModel.build([edge_plan, gpu_plan], settings)
-        snapshots = {node: compile_snapshot(model, node) for node in (NODE, GPU_NODE)}
+        # As the control plane compiles: every plan first, then each node, verified.
+        compiler = default_compiler(settings.__getitem__, cache=CompileCache(0)).with_plans(plans)
+        admitted = compiler.settings_for(GPU_NODE).mesh.allowed_peers  # type: ignore[union-attr]
+        snapshots = {node: compiler(plans[node], catalog) for node in (NODE, GPU_NODE)}
         for node, snapshot in snapshots.items():
             xds.set_snapshot(node, snapshot)
 
@@ -223,12 +245,16 @@ async def _two_nodes(tmp_path: Path, sock_dir: Path, gpu_presents: str) -> Async
                     ca,
                     catalog,
                     snapshots,
+                    admitted,
+                    edge_authz,
+                    gpu_authz,
                 )
     finally:
         await edge_sds.stop()
         await gpu_sds.stop()
         xds.close()
-        await asyncio.to_thread(authz.close)
+        await asyncio.to_thread(edge_authz.close)
+        await asyncio.to_thread(gpu_authz.close)
         backend.stop()
         for other in others.values():
             other.stop()
@@ -327,28 +353,66 @@ def _svid_files(ca: LocalCertificateAuthority, node_id: str, where: Path) -> tup
     return chain, key_file
 
 
-def _call_inbound(nodes: TwoNodes, svid: tuple[Path, Path]) -> str:
-    """One request straight to node B's inbound listener, presenting ``svid``."""
+ACME_PUBLIC = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
+
+
+def _call_inbound(
+    nodes: TwoNodes,
+    svid: tuple[Path, Path],
+    headers: dict[str, str] | None = None,
+    body: bytes = b"{}",
+) -> str:
+    """One request straight to node B's inbound listener, presenting ``svid``: the
+    answer's head and body (until the server closes, at most 64 KiB), or ``refused: …``."""
     context = ssl.create_default_context(cadata=nodes.ca.bundle().to_pem().decode())
     context.check_hostname = False
     context.load_cert_chain(*svid)
+    lines = [f"{k}: {v}" for k, v in (ACME_PUBLIC if headers is None else headers).items()]
+    head = "\r\n".join(
+        [
+            "POST /v1/chat/completions HTTP/1.1",
+            "host: x",
+            "connection: close",
+            "content-type: application/json",
+            f"content-length: {len(body)}",
+            *lines,
+        ]
+    )
     try:
         with (
             socket.create_connection(("127.0.0.1", nodes.inbound), timeout=5) as raw,
             context.wrap_socket(raw) as tls,
         ):
-            tls.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
-            )
-            return tls.recv(1024).decode(errors="replace")
+            tls.sendall(head.encode() + b"\r\n\r\n" + body)
+            answer = b""
+            for _ in range(64):
+                chunk = tls.recv(1024)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.decode(errors="replace")
     except (ssl.SSLError, ConnectionError) as exc:
         return f"refused: {exc!r}"
 
 
-async def test_only_the_admitted_node_svid_reaches_the_model_not_the_cloud_gateways(
+def _header(answer: str, name: str) -> str | None:
+    head = answer.split("\r\n\r\n", 1)[0]
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def _records(authz: AuthzThread) -> list[DecisionRecord]:
+    return [spooled.record for spooled in read_spool(authz.spool)]
+
+
+async def test_only_the_nodes_whose_plans_call_b_get_through_not_the_cloud_gateway(
     nodes: TwoNodes, tmp_path: Path
 ) -> None:
-    assert ADMITTED == (EDGE_ID,)
+    assert (EDGE_ID, f"spiffe://{TRUST_DOMAIN}/node/{IDLE_NODE}") == CANDIDATES
+    assert nodes.admitted == (EDGE_ID,)
     await asyncio.to_thread(
         eventually, lambda: nodes.request(RESTRICTED).status == 200, 20, "mesh up"
     )
@@ -358,12 +422,111 @@ async def test_only_the_admitted_node_svid_reaches_the_model_not_the_cloud_gatew
     assert edge.startswith("HTTP/1.1 200"), edge
     assert len(nodes.backend.models) == seen + 1
 
-    # A valid SVID of the same trust domain, from the same CA: refused at the handshake.
-    cloud = _svid_files(nodes.ca, CLOUD_NODE, tmp_path)
-    answers = [await asyncio.to_thread(_call_inbound, nodes, cloud) for _ in range(2)]
-    assert all(a.startswith("refused") or a == "" for a in answers), answers
-    assert len(nodes.backend.models) == seen + 1, "the cloud gateway reached B's model"
+    # Valid SVIDs of the same trust domain, from the same CA: a registered node whose plan
+    # does not call B, and the cloud gateway: refused at the handshake.
+    for outsider in (IDLE_NODE, CLOUD_NODE):
+        svid = _svid_files(nodes.ca, outsider, tmp_path)
+        answers = [await asyncio.to_thread(_call_inbound, nodes, svid) for _ in range(2)]
+        assert all(a.startswith("refused") or a == "" for a in answers), (outsider, answers)
+    assert len(nodes.backend.models) == seen + 1, "an outsider reached B's model"
     failed = await asyncio.to_thread(
         counter, nodes.gpu.envoy, f"listener.127.0.0.1_{nodes.inbound}.ssl.fail_verify_san"
     )
-    assert failed >= 2
+    assert failed >= 4
+
+
+async def test_a_mesh_hop_is_decided_and_recorded_on_the_receiving_node(nodes: TwoNodes) -> None:
+    reply = await asyncio.to_thread(
+        eventually,
+        lambda: (r := nodes.request(RESTRICTED)).status == 200 and r,
+        20,
+        "restricted request answered",
+    )
+    assert reply.backend == "gpu"
+    sent = {str(r.decision_id): r for r in _records(nodes.edge_authz)}
+    hops = [r for r in _records(nodes.gpu_authz) if r.input.get("peer")]
+    assert hops, "node B recorded no mesh hop"
+    hop = hops[-1]
+    assert hop.input["peer"]["spiffe_id"] == EDGE_ID
+    assert hop.input["tenant"] == "acme"  # as node A's ext_authz set it
+    assert "credential" not in hop.input
+    assert hop.result["outcome"] == "allow"
+    assert hop.result["sensitivity"] == "restricted"
+    # The link to node A's record of the same request; A's records are no mesh hops.
+    assert hop.input["peer"]["decision_id"] in sent
+    assert all("peer" not in r.input for r in sent.values())
+    # B's model server saw B's decision id, not A's.
+    assert nodes.backend.requests[-1]["x-tiermesh-decision-id"] == str(hop.decision_id)
+
+
+async def test_a_mesh_hop_b_denies_never_reaches_bs_model(nodes: TwoNodes, tmp_path: Path) -> None:
+    await asyncio.to_thread(
+        eventually, lambda: nodes.request(RESTRICTED).status == 200, 20, "mesh up"
+    )
+    seen = len(nodes.backend.models)
+    svid = _svid_files(nodes.ca, NODE, tmp_path)
+    # No tenant: the sending node would have set one; B's policy refuses.
+    answer = await asyncio.to_thread(
+        _call_inbound, nodes, svid, {"x-tiermesh-sensitivity": "public"}
+    )
+    assert answer.startswith("HTTP/1.1 403"), answer
+    assert "no tenant" in answer
+    assert len(nodes.backend.models) == seen
+    denied = _records(nodes.gpu_authz)[-1]
+    assert (denied.result["outcome"], denied.result["status"]) == ("deny", 403)
+    assert denied.input["peer"]["spiffe_id"] == EDGE_ID
+    assert str(denied.decision_id) == _header(answer, "x-tiermesh-decision-id")
+
+
+async def test_what_a_peer_forges_is_decided_over_and_recorded(
+    nodes: TwoNodes, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(
+        eventually, lambda: nodes.request(RESTRICTED).status == 200, 20, "mesh up"
+    )
+    forged = str(uuid.uuid4())
+    prompt = "mail jane.doe@example.com the card 4111 1111 1111 1111"
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
+    answer = await asyncio.to_thread(
+        _call_inbound,
+        nodes,
+        _svid_files(nodes.ca, NODE, tmp_path),
+        {
+            **ACME_PUBLIC,  # personal data labelled public
+            "x-tiermesh-budget": "exhausted",
+            "x-tiermesh-decision-id": forged,
+            "x-tiermesh-cascade-token": "guessed-token-value-0000",
+            "authorization": "Bearer tmk_0123456789abcdef_notakey",
+        },
+        body,
+    )
+    # A local model may answer restricted data; the record says it was restricted.
+    assert answer.startswith("HTTP/1.1 200"), answer
+    record = _records(nodes.gpu_authz)[-1]
+    assert record.result["sensitivity"] == "restricted"
+    assert record.result["floor"]["sensitivity"] == "restricted"
+    assert record.input["peer"] == {"spiffe_id": EDGE_ID, "decision_id": forged}
+    assert prompt not in json.dumps(record.input)
+    seen = nodes.backend.requests[-1]
+    assert seen["x-tiermesh-decision-id"] == str(record.decision_id) != forged
+    assert seen["x-tiermesh-sensitivity"] == "restricted"
+    for gone in ("x-tiermesh-budget", "x-tiermesh-cascade-token", "authorization"):
+        assert gone not in seen, gone
+
+
+async def test_the_callers_health_checks_pass_as_probes(nodes: TwoNodes) -> None:
+    """Envoy's health checks carry no tenant: B decides them as probes, so A counts B up."""
+    await asyncio.to_thread(
+        eventually,
+        lambda: counter(nodes.edge.envoy, "cluster.gpu.health_check.success") >= 1,
+        20,
+        "A's health check of B passed",
+    )
+    assert (
+        await asyncio.to_thread(counter, nodes.edge.envoy, "cluster.gpu.health_check.failure") == 0
+    )
+    probes = [r for r in _records(nodes.gpu_authz) if r.input.get("peer", {}).get("probe")]
+    assert probes, "B recorded no probe"
+    assert probes[0].input["peer"]["spiffe_id"] == EDGE_ID
+    assert probes[0].input["request"] == {"method": "GET", "path": "/health"}
+    assert (probes[0].result["outcome"], probes[0].result["policy_answer"]) == ("allow", None)

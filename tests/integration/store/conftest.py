@@ -68,6 +68,15 @@ class Harness:
             while not await check():  # noqa: ASYNC110 - polling another process's state
                 await asyncio.sleep(0.05)
 
+    async def put_raw(self, key: str, value: bytes) -> None:
+        """Write ``key`` (relative to the root) bypassing the typed API: what an older
+        version of tiermesh left behind in a namespace the typed API now guards."""
+        store: Any = self.store
+        if self.server is None:
+            store._apply(puts=[(self.root + key, value, 0)], deletes=())
+        else:
+            await store._client.put((self.root + key).encode(), value)
+
     async def aclose(self) -> None:
         for store in self._stores:
             await store.aclose()

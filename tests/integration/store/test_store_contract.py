@@ -364,6 +364,37 @@ async def test_usage_refuses_a_malformed_month(store: Store, month: str) -> None
     assert (await store.read_prefix("usage/")).entries == ()
 
 
+async def test_counters_from_before_months_are_adopted_once(harness: Harness, store: Store) -> None:
+    """Counters kept before usage was per month (``usage/<tenant>``) are folded into the
+    month the upgrade happens in, each move atomic; a second adoption finds nothing."""
+    await harness.put_raw("usage/acme", b'{"tokens": 40, "cost_micro": 4000}')
+    await harness.put_raw("usage/globex", b'{"tokens": 1, "cost_micro": 7}')
+    await harness.put_raw("usage/broken", b"not json")
+    await store.add_usage("acme", month="2026-12", tokens=2, cost_micro=200)
+    await store.add_usage("acme", month="2026-11", tokens=9, cost_micro=900)
+
+    adopted = await store.adopt_legacy_usage(month="2026-12")
+
+    assert [(u.tenant, u.tokens, u.cost_micro) for u in adopted] == [
+        ("acme", 42, 4200),
+        ("globex", 1, 7),
+    ]
+    assert all(u.revision > 0 for u in adopted)
+    assert (await store.get_usage("acme", month="2026-12")).cost_micro == 4200
+    assert (await store.get_usage("acme", month="2026-11")).cost_micro == 900
+    keys = [entry.key for entry in (await store.read_prefix("usage/")).entries]
+    assert keys == [
+        "usage/2026-11/acme",
+        "usage/2026-12/acme",
+        "usage/2026-12/globex",
+        "usage/broken",  # unreadable: left for a person to look at
+    ]
+    assert await store.adopt_legacy_usage(month="2026-12") == ()
+    assert (await store.get_usage("acme", month="2026-12")).cost_micro == 4200
+    with pytest.raises(InvalidKey):
+        await store.adopt_legacy_usage(month="2026-13")
+
+
 async def test_usage_rejects_negative_increments(store: Store) -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         await store.add_usage("acme", month="2026-12", tokens=-1)

@@ -18,6 +18,7 @@ from tiermesh.agents.authz import (
     Refused,
     key_table,
 )
+from tiermesh.agents.authz.server import to_check_response
 from tiermesh.controlplane.api import ApiKeyEntry, new_api_key
 
 ACME_KEY, ACME = new_api_key()
@@ -177,6 +178,63 @@ async def test_the_nodes_own_reentry_is_decided_on_the_tenant_already_set(rig: R
     assert forged.status == 401
     assert rig.sink.entries[0].input["tenant"] == "acme"
     assert "credential" not in rig.sink.entries[0].input
+
+
+async def test_only_the_nodes_own_step_request_names_a_cascade_step(rig: Rig) -> None:
+    """The per-step routes match ext_authz's metadata: a step request carrying the secret
+    gets its step; a client's step header (no secret, a wrong one, or a denied request)
+    gets none, so it can never pick a step of a chain."""
+    rig.authorizer.use_policy(rig.engine, bundle_revision="b1", keys=OPTIONAL)
+    rig.authorizer.trust_reentry("x-tiermesh-cascade-token", "s3cret-token")
+    step = {
+        "x-tiermesh-tenant": "acme",
+        "x-tiermesh-sensitivity": "public",
+        "x-tiermesh-cascade-step": "1",
+    }
+    own = await rig.authorizer.decide(check({**step, "x-tiermesh-cascade-token": "s3cret-token"}))
+    client = await rig.authorizer.decide(check(step))
+    guessed = await rig.authorizer.decide(check({**step, "x-tiermesh-cascade-token": "guess"}))
+    odd = await rig.authorizer.decide(
+        check(
+            {
+                **step,
+                "x-tiermesh-cascade-step": "1 or 2",
+                "x-tiermesh-cascade-token": "s3cret-token",
+            }
+        )
+    )
+    denied = await rig.authorizer.decide(
+        check({"x-tiermesh-cascade-step": "0", "x-tiermesh-cascade-token": "s3cret-token"})
+    )
+
+    assert own.status == 200
+    assert own.metadata == {"tiermesh_cascade_step": "1"}
+    assert (client.status, client.metadata) == (200, {})
+    assert (guessed.status, guessed.metadata) == (200, {})
+    assert (odd.status, odd.metadata) == (200, {})
+    assert denied.status == 403
+    assert denied.metadata == {}
+
+
+async def test_the_step_travels_as_ext_authz_dynamic_metadata(rig: Rig) -> None:
+    rig.authorizer.use_policy(rig.engine, bundle_revision="b1", keys=OPTIONAL)
+    rig.authorizer.trust_reentry("x-tiermesh-cascade-token", "s3cret-token")
+    verdict = await rig.authorizer.decide(
+        check(
+            {
+                "x-tiermesh-tenant": "acme",
+                "x-tiermesh-sensitivity": "public",
+                "x-tiermesh-cascade-step": "0",
+                "x-tiermesh-cascade-token": "s3cret-token",
+            }
+        )
+    )
+    response = to_check_response(verdict)
+    assert dict(response.dynamic_metadata) == {"tiermesh_cascade_step": "0"}
+    plain = await rig.authorizer.decide(
+        check({"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"})
+    )
+    assert not to_check_response(plain).HasField("dynamic_metadata")
 
 
 async def test_a_part_of_an_admitted_request_is_decided_as_the_tenant_given(rig: Rig) -> None:

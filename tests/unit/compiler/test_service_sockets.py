@@ -26,7 +26,6 @@ from tiermesh.controlplane.store.memory import MemoryStore
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import typeurls
 
-TOKEN = "s3cret-token_0123456789abcdefABCDEF"
 STATE = "/var/lib/tiermesh/edge-1"
 
 
@@ -50,7 +49,7 @@ def _socket_settings(catalog: Catalog) -> NodeSettings:
         trust_bundle_pem=EDGE_SETTINGS.trust_bundle_pem,
         authz=AuthzSettings(socket=f"{STATE}/authz.sock"),
         usage=UsageSettings(socket=f"{STATE}/usage.sock"),
-        cascade=CascadeSettings(socket=f"{STATE}/cascade.sock", token=TOKEN),
+        cascade=CascadeSettings(socket=f"{STATE}/cascade.sock"),
         credentials={b.credential.secret: "placeholder" for b in catalog.backends if b.credential},
     )
 
@@ -100,7 +99,6 @@ async def test_sockets_win_over_ports_and_a_moved_socket_recompiles() -> None:
         usage_port=9292,
         usage_socket=f"{STATE}/usage.sock",
         cascade_socket=f"{STATE}/cascade.sock",
-        cascade_token=TOKEN,
     )
     lease = await store.register_node(EDGE, first.model_dump_json().encode(), ttl_s=60)
     changed = asyncio.Event()
@@ -110,7 +108,7 @@ async def test_sockets_win_over_ports_and_a_moved_socket_recompiles() -> None:
         settings = await asyncio.to_thread(directory.settings_for, EDGE)
         assert settings.authz == AuthzSettings(socket=f"{STATE}/authz.sock")
         assert settings.usage == UsageSettings(socket=f"{STATE}/usage.sock")
-        assert settings.cascade == CascadeSettings(socket=f"{STATE}/cascade.sock", token=TOKEN)
+        assert settings.cascade == CascadeSettings(socket=f"{STATE}/cascade.sock")
         second = first.model_copy(update={"authz_socket": "/run/other/authz.sock"})
         await store.update_node(lease, second.model_dump_json().encode())
         await asyncio.wait_for(changed.wait(), 5)

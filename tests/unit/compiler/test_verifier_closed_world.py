@@ -53,7 +53,7 @@ FULL_SETTINGS = NodeSettings(
     trust_bundle_pem=EDGE_SETTINGS.trust_bundle_pem,
     authz=AuthzSettings(port=9191),
     usage=UsageSettings(port=9192),
-    cascade=CascadeSettings(port=9193, token="t0ken-0123456789abcdef0123456789"),
+    cascade=CascadeSettings(port=9193),
     mesh=MeshTlsSettings(
         inbound_port=8443,
         model_port=18081,

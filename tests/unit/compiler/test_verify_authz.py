@@ -4,6 +4,7 @@ the body, and nothing turns it off; a node without ext_authz forwards nothing.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from envoy.config.listener.v3 import listener_components_pb2
@@ -22,11 +23,21 @@ from tests.integration.flows.conftest import KEY_NAME, NODE, flow_catalog
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tests.unit.compiler.mutate import Resources, decode, rebuild, route
 from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
-from tiermesh.controlplane.api import Catalog, Plan
+from tiermesh.controlplane.api import MESH_HOP_CONTEXT, MESH_PROBE_CONTEXT, Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot
-from tiermesh.controlplane.generators.mesh_tls import MESH_LISTENER
+from tiermesh.controlplane.generators.mesh_tls import (
+    MESH_LISTENER,
+    MESH_NO_AUTHZ_ROUTE,
+    MESH_PROBE_ROUTE,
+)
 from tiermesh.controlplane.generators.routes import NO_AUTHZ_ROUTE, no_authz_body
-from tiermesh.controlplane.model import MeshModel, MeshTlsSettings, NodeSettings, names
+from tiermesh.controlplane.model import (
+    MeshModel,
+    MeshTlsSettings,
+    NodeSettings,
+    UsageSettings,
+    names,
+)
 from tiermesh.controlplane.verify import Finding, compile_and_verify, verify_snapshot
 from tiermesh.controlplane.verify.http_filters import EXT_AUTHZ
 from tiermesh.xds import typeurls
@@ -323,7 +334,51 @@ def test_an_egress_listener_is_exempt_only_as_an_internal_listener() -> None:
     )
 
 
-def test_the_mesh_listener_without_client_certificates_needs_ext_authz(
+def test_the_compiled_mesh_listener_runs_ext_authz_first_marked_as_a_mesh_hop(
+    edge_plan: Plan, catalog: Catalog
+) -> None:
+    settings = NodeSettings(
+        app_port=10000,
+        trust_bundle_pem=TEST_BUNDLE,
+        authz=EDGE_SETTINGS.authz,
+        usage=UsageSettings(port=18002),
+        mesh=MESH,
+    )
+    snapshot = compile_and_verify(MeshModel.build([edge_plan], {EDGE: settings}), EDGE, catalog)
+    resources = decode(snapshot)
+    assert _manager(resources).access_log  # the app listener charges
+    manager = _manager(resources, MESH_LISTENER)
+    assert [f.name for f in manager.http_filters] == [EXT_AUTHZ, "envoy.filters.http.router"]
+    app_check, mesh_check = ext_authz_pb2.ExtAuthz(), ext_authz_pb2.ExtAuthz()
+    _manager(resources).http_filters[0].typed_config.Unpack(app_check)
+    manager.http_filters[0].typed_config.Unpack(mesh_check)
+    assert mesh_check == app_check  # the same server, body, deadline, fail-closed
+    (host,) = manager.route_config.virtual_hosts
+    per_route = ext_authz_pb2.ExtAuthzPerRoute()
+    host.typed_per_filter_config[EXT_AUTHZ].Unpack(per_route)
+    assert dict(per_route.check_settings.context_extensions) == MESH_HOP_CONTEXT
+    assert not per_route.disabled
+    assert not per_route.check_settings.disable_request_body_buffering
+    # Nothing on it charges a tenant: the sending node's app listener did.
+    assert not manager.access_log
+    (route_,) = host.routes
+    assert list(route_.request_headers_to_remove) == [names.CASCADE_TOKEN_HEADER]
+
+
+def test_the_mesh_listener_is_not_exempt_from_ext_authz(
+    resources: Resources, catalog: Catalog
+) -> None:
+    """Exact peers and a loopback model cluster no longer excuse a missing check."""
+    manager = _manager(resources, MESH_LISTENER)
+    del manager.http_filters[0]
+    _set_manager(resources, manager, MESH_LISTENER)
+    (finding,) = _no_authz(resources, catalog)
+    assert finding.message.startswith(
+        f"listener '{MESH_LISTENER}' forwards requests without {EXT_AUTHZ} as its first"
+    )
+
+
+def test_the_mesh_listener_without_client_certificates_still_passes_on_its_check(
     resources: Resources, catalog: Catalog
 ) -> None:
     chain = resources[typeurls.LISTENER][MESH_LISTENER].filter_chains[0]
@@ -331,8 +386,34 @@ def test_the_mesh_listener_without_client_certificates_needs_ext_authz(
     chain.transport_socket.typed_config.Unpack(context)
     context.require_client_certificate.value = False
     chain.transport_socket.typed_config.Pack(context)
+    assert _no_authz(resources, catalog) == []
+
+
+def test_a_mesh_listener_disabling_its_check_is_a_finding(
+    resources: Resources, catalog: Catalog
+) -> None:
+    manager = _manager(resources, MESH_LISTENER)
+    manager.route_config.virtual_hosts[0].typed_per_filter_config[EXT_AUTHZ].CopyFrom(_disabled())
+    _set_manager(resources, manager, MESH_LISTENER)
     (finding,) = _no_authz(resources, catalog)
-    assert finding.message.startswith(f"listener '{MESH_LISTENER}' forwards requests without")
+    assert finding.message == (
+        f"listener '{MESH_LISTENER}' → virtual host 'mesh_in' disables ext_authz "
+        "(ExtAuthzPerRoute disabled)"
+    )
+
+
+def test_the_mesh_listener_of_a_node_without_authz_answers_503(
+    edge_plan: Plan, catalog: Catalog
+) -> None:
+    settings = NodeSettings(app_port=10000, trust_bundle_pem=TEST_BUNDLE, mesh=MESH)
+    snapshot = compile_and_verify(MeshModel.build([edge_plan], {EDGE: settings}), EDGE, catalog)
+    manager = _manager(decode(snapshot), MESH_LISTENER)
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    (host,) = manager.route_config.virtual_hosts
+    (refusal,) = host.routes
+    assert refusal.name == MESH_NO_AUTHZ_ROUTE
+    assert refusal.direct_response.status == 503
+    assert not refusal.HasField("route")
 
 
 def _widen_mesh_admission(
@@ -396,11 +477,42 @@ def test_a_mesh_listener_admitting_any_svid_of_the_trust_domain_is_a_finding(
     )
 
 
-def test_the_mesh_listener_forwarding_off_the_node_needs_ext_authz(
+def test_the_mesh_listener_forwarding_to_a_cloud_is_a_restricted_egress_finding(
     resources: Resources, catalog: Catalog
 ) -> None:
     manager = _manager(resources, MESH_LISTENER)
     manager.route_config.virtual_hosts[0].routes[0].route.cluster = "frontier-eu"
     _set_manager(resources, manager, MESH_LISTENER)
-    (finding,) = _no_authz(resources, catalog)
-    assert finding.message.startswith(f"listener '{MESH_LISTENER}' forwards requests without")
+    assert _no_authz(resources, catalog) == []
+    kinds = {(f.kind, f.cluster) for f in _findings(resources, catalog)}
+    assert ("restricted-egress", "frontier-eu") in kinds
+
+
+def test_probe_routes_take_only_a_get_of_each_path_marked_as_a_probe(
+    edge_plan: Plan, catalog: Catalog
+) -> None:
+    mesh = replace(MESH, probe_paths=("/v1/models", "/health"))
+    settings = replace(EDGE_SETTINGS, mesh=mesh)
+    snapshot = compile_and_verify(MeshModel.build([edge_plan], {EDGE: settings}), EDGE, catalog)
+    (host,) = _manager(decode(snapshot), MESH_LISTENER).route_config.virtual_hosts
+    *probes, rest = host.routes
+    assert [p.name for p in probes] == [
+        f"{MESH_PROBE_ROUTE}/health",
+        f"{MESH_PROBE_ROUTE}/v1/models",
+    ]
+    for probe, path in zip(probes, ("/health", "/v1/models"), strict=True):
+        assert probe.match.path == path
+        (method,) = probe.match.headers
+        assert (method.name, method.string_match.exact) == (":method", "GET")
+        assert probe.route.cluster == rest.route.cluster
+        per_route = ext_authz_pb2.ExtAuthzPerRoute()
+        probe.typed_per_filter_config[EXT_AUTHZ].Unpack(per_route)
+        assert dict(per_route.check_settings.context_extensions) == MESH_PROBE_CONTEXT
+    assert rest.match.prefix == "/"
+    assert verify_snapshot(snapshot, catalog) == []
+
+
+@pytest.mark.parametrize("path", ["health", "/health?x=1", "/a#b"])
+def test_a_probe_path_must_be_a_bare_absolute_path(path: str) -> None:
+    with pytest.raises(ValueError, match="is not an absolute path"):
+        replace(MESH, probe_paths=(path,))

@@ -366,8 +366,25 @@ def test_node_bootstraps_resolve_host_names_with_dns(
         assert clusters["tiermesh_xds"]["type"] == "LOGICAL_DNS", path.name
         tls = clusters["tiermesh_xds"]["transport_socket"]["typed_config"]
         assert tls["sni"] == config.control_plane.tls_server_name, path.name
-        admin = document["admin"]["address"]["socket_address"]["address"]
-        assert _is_ip(admin), f"{path.name}: Envoy's admin address must be an IP literal"
+        admin = document["admin"]["address"]
+        assert "socket_address" not in admin, f"{path.name}: Envoy's admin is on a port"
+        assert admin["pipe"]["mode"] == 0o600, path.name
+        assert admin["pipe"]["path"].startswith("/run/tiermesh/"), path.name
+
+
+def test_envoy_health_checks_use_the_ready_listener_not_admin(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The sidecar's health check dials the ready listener each node's bootstrap compiles
+    (the admin interface is on a private socket and answers nothing on a port)."""
+    for name, (path, config) in _agents(compose, services).items():
+        document = agent_bootstrap(config)
+        (listener,) = document["static_resources"]["listeners"]
+        address = listener["address"]["socket_address"]
+        envoy = services[name.replace("-agent", "-envoy")]
+        command = " ".join(envoy["healthcheck"]["test"])
+        assert f"/dev/tcp/{address['address']}/{address['port_value']}" in command, path.name
+        assert "GET /ready " in command, path.name
 
 
 def _is_ip(host: str) -> bool:

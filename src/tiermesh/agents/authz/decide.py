@@ -37,6 +37,17 @@ node's own re-entries (a cascade step the node's handler sends back through the 
 listener, carrying the handler's secret: :meth:`Authorizer.trust_reentry`) are not
 authenticated again: their ``x-tiermesh-tenant`` is the one the first decision set.
 
+**Cascade steps are chosen here, not by a header match**: an allowed re-entry's verdict
+carries its ``x-tiermesh-cascade-step`` as dynamic metadata
+(:data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA`), which is what the compiled
+per-step routes match on. A client's own step header sets nothing, so it can never pick a
+step, and the secret itself appears in no route, registration or config dump.
+
+**Requests from other nodes** (``CheckInput.hop == "mesh"``, set only from the mesh
+listener's own configuration) are decided by the rules of :mod:`.mesh_hop`: the caller is
+the peer node (``input.peer``), the tenant the sending node set, no tenant key; floor,
+policy and record as on any request.
+
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
 """
@@ -73,9 +84,16 @@ from tiermesh.agents.authz.floor import (
     inspect_request,
     sensitivity_floor,
 )
+from tiermesh.agents.authz.mesh_hop import (
+    peer_document,
+    peer_problem,
+    probe_decision,
+    probe_problem,
+    without_credentials,
+)
 from tiermesh.agents.authz.sink import DecisionSink
 from tiermesh.agents.decisionlog import DecisionEntry
-from tiermesh.controlplane.api import MATCH_HEADERS
+from tiermesh.controlplane.api import CASCADE_STEP_HEADER, CASCADE_STEP_METADATA, MATCH_HEADERS
 from tiermesh.controlplane.api.request_policy import REQUEST_DECISION_PATH, is_request_decision
 from tiermesh.rego import UNDEFINED, PolicyEngine, PolicyError
 
@@ -120,6 +138,7 @@ that may carry personal data."""
 _PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PLAIN_PATH: Final = re.compile(r"/[A-Za-z0-9._/-]{0,255}")
 _PLAIN_CONTENT_TYPE: Final = re.compile(r"[A-Za-z0-9._+/=; -]{1,128}")
+_STEP_INDEX: Final = re.compile(r"[0-9]{1,2}")
 
 Outcome: TypeAlias = Literal["allow", "deny", "error"]
 _UNAUTHENTICATED: Final = 401
@@ -135,6 +154,13 @@ class CheckInput:
     headers: Mapping[str, str]
     body: bytes = b""
     partial: bool = False
+    hop: Literal["app", "mesh"] = "app"
+    """``mesh``: the check came from the node-to-node inbound listener (its configuration
+    says so, never the client); see :mod:`.mesh_hop`."""
+    peer: str = ""
+    """The verified client certificate's URI SAN (Envoy's source principal) of a mesh hop."""
+    probe: bool = False
+    """A mesh hop on a probe route (a peer's health check); ignored on the app listener."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +174,9 @@ class Verdict:
     decision: dict[str, Any]
     set_headers: dict[str, str] = field(default_factory=dict)
     remove_headers: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Dynamic metadata for the routes (namespace ``CASCADE_STEP_METADATA[0]``); only on
+    an allowed verdict."""
 
     @property
     def allowed(self) -> bool:
@@ -373,6 +402,27 @@ class Authorizer:
         self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
         return previous
 
+    def _credential(
+        self, request: CheckInput, mesh: bool, tenant: str | None
+    ) -> tuple[CheckInput, Authenticated | Refused | None, bool]:
+        """``request`` as it is decided, its tenant key's verdict (None: none checked) and
+        whether it re-entered from the cascade handler. A key is neither inspected nor
+        forwarded; the tenant is the key's."""
+        if mesh:  # the sending node authenticated the app; no tenant key crosses the mesh
+            request = replace(request, headers=without_credentials(request.headers))
+        elif tenant is not None:  # a part of a request this node admitted (a batch line)
+            headers = {**without_credentials(request.headers), MATCH_HEADERS["tenant"]: tenant}
+            request = replace(request, headers=headers)
+        reentered = not mesh and tenant is None and self._reentered(request.headers)
+        unchecked = mesh or reentered or tenant is not None
+        credential = None if unchecked else self._policy.keys.authenticate(request.headers)
+        if credential is not None:
+            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
+            if isinstance(credential, Authenticated):
+                headers[MATCH_HEADERS["tenant"]] = credential.tenant
+            request = replace(request, headers=headers)
+        return request, credential, reentered
+
     async def decide(self, request: CheckInput, *, tenant: str | None = None) -> Verdict:
         """Decide ``request`` and return once the decision is durable.
 
@@ -385,20 +435,8 @@ class Authorizer:
         """
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
-        if tenant is not None:
-            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
-            request = replace(request, headers={**headers, MATCH_HEADERS["tenant"]: tenant})
-        credential = (
-            None
-            if tenant is not None or self._reentered(request.headers)
-            else self._policy.keys.authenticate(request.headers)
-        )
-        if credential is not None:
-            # The key is neither inspected nor forwarded; the tenant is the key's.
-            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
-            if isinstance(credential, Authenticated):
-                headers[MATCH_HEADERS["tenant"]] = credential.tenant
-            request = replace(request, headers=headers)
+        mesh = request.hop == "mesh"
+        request, credential, reentered = self._credential(request, mesh, tenant)
         declared = _declared_length(request.headers)
         body = inspect_body(
             request.body,
@@ -423,12 +461,14 @@ class Authorizer:
         document = build_input(request, body, budget, declared, request_findings=found, floor=floor)
         if credential is not None and (presented := credential.to_json()) is not None:
             document["credential"] = presented
+        # Refused without asking the policy: a bad tenant key, or a mesh hop with no peer.
+        denial = refused.problem if refused else _peer(request, document) if mesh else None
         evaluating = time.perf_counter_ns()
         policy = self._policy
-        if refused is None:
-            outcome, answer = self._evaluate(policy.engine, document)
+        if denial is None:
+            outcome, answer = self._answer(policy.engine, document, probe=mesh and request.probe)
         else:
-            outcome, answer = "deny", _unauthenticated_decision(refused.problem, floor)
+            outcome, answer = "deny", _unauthenticated_decision(denial, floor)
         finished = time.perf_counter_ns()
         decision = _with_floor(answer, floor)
         status = _UNAUTHENTICATED if refused else {"allow": 200, "deny": 403, "error": 503}[outcome]
@@ -437,7 +477,7 @@ class Authorizer:
             input=document,
             result={
                 **decision,
-                "policy_answer": None if refused else answer,
+                "policy_answer": None if denial or (mesh and request.probe) else answer,
                 "floor": floor.to_json(),
                 "outcome": outcome,
                 "status": status,
@@ -464,8 +504,14 @@ class Authorizer:
                 set_headers[MATCH_HEADERS["tenant"]] = credential.tenant
         set_headers[DECISION_ID_HEADER] = str(decision_id)
         removed = tuple(h for h in OWNED_HEADERS if h not in set_headers)
-        if isinstance(credential, Authenticated):
+        if mesh or isinstance(credential, Authenticated):
             removed += CREDENTIAL_HEADERS
+        step = request.headers.get(CASCADE_STEP_HEADER, "")
+        metadata = (
+            {CASCADE_STEP_METADATA[1]: step}
+            if outcome == "allow" and reentered and _STEP_INDEX.fullmatch(step)
+            else {}
+        )
         return Verdict(
             decision_id=decision_id,
             outcome=outcome,
@@ -473,6 +519,7 @@ class Authorizer:
             decision=decision,
             set_headers=set_headers,
             remove_headers=removed,
+            metadata=metadata,
         )
 
     async def _budget_state(self, tenant: str | None) -> BudgetState:
@@ -483,6 +530,13 @@ class Authorizer:
         except AuthzError as exc:
             log.warning("budget unknown for this request: %s", exc)
             return UNKNOWN
+
+    def _answer(
+        self, engine: PolicyEngine, document: dict[str, Any], *, probe: bool
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """The policy's answer; a mesh peer's health probe is answered in code
+        (:mod:`.mesh_hop`)."""
+        return ("allow", probe_decision()) if probe else self._evaluate(engine, document)
 
     def _evaluate(
         self, engine: PolicyEngine, document: dict[str, Any]
@@ -498,6 +552,15 @@ class Authorizer:
             log.error("request policy answer is %s", what)
             return "error", _error_decision(f"policy answer is {what}")
         return ("allow" if decision["allow"] else "deny"), decision
+
+
+def _peer(request: CheckInput, document: dict[str, Any]) -> str | None:
+    """Put the mesh hop's ``input.peer`` into ``document``; why the peer is unusable, or
+    None (:mod:`.mesh_hop`)."""
+    document["peer"] = peer_document(request.peer, request.headers, DECISION_ID_HEADER)
+    if request.probe:
+        document["peer"]["probe"] = True
+    return peer_problem(request.peer) or (probe_problem(request) if request.probe else None)
 
 
 def _with_floor(answer: dict[str, Any], floor: Floor) -> dict[str, Any]:

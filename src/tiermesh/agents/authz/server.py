@@ -6,12 +6,19 @@ Mapping of a :class:`~tiermesh.agents.authz.decide.Verdict` to a ``CheckResponse
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (effective ``x-tiermesh-sensitivity``, ``x-tiermesh-budget:
   exhausted`` when spent, a default ``x-tiermesh-tenant`` when the policy gives one, and
   ``x-tiermesh-decision-id``), owned headers the decision does not set removed, and
-  ``x-tiermesh-decision-id`` added to the response to the client;
+  ``x-tiermesh-decision-id`` added to the response to the client, and the verdict's
+  metadata (a cascade step) as the response's ``dynamic_metadata``;
 - deny → ``PERMISSION_DENIED`` with a 403 ``DeniedHttpResponse`` and a JSON body naming the
   reason and decision id; a policy failure → the same with 503;
 - a decision that could not be recorded → the RPC fails with ``UNAVAILABLE`` (nothing is
   answered; Envoy's ``status_on_error`` applies and ``failure_mode_allow: false`` keeps the
   request from any upstream).
+
+A check whose ``context_extensions`` carry the mesh listener's mark
+(:data:`~tiermesh.controlplane.api.MESH_HOP_CONTEXT`, set by the compiled configuration,
+never by a client) is a mesh hop, its peer the check's ``attributes.source.principal``
+(the verified client certificate's URI SAN), and a probe when they also carry the probe
+mark (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`); see :mod:`.mesh_hop`.
 
 The body is read from ``raw_body`` (Envoy's ``pack_as_bytes``) or ``body``; Envoy marks a
 cut body with ``x-envoy-auth-partial-body: true``. A message larger than
@@ -27,6 +34,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from tiermesh.agents.authz.decide import (
@@ -37,6 +45,7 @@ from tiermesh.agents.authz.decide import (
     Verdict,
 )
 from tiermesh.agents.authz.errors import DecisionNotRecorded
+from tiermesh.controlplane.api import MESH_HOP, MESH_HOP_KEY, MESH_PROBE, MESH_PROBE_KEY
 
 __all__ = [
     "HEADER_ROOM_BYTES",
@@ -68,12 +77,17 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
         headers.setdefault(str(entry.key).lower(), value)
     body = bytes(http.raw_body) if http.raw_body else str(http.body).encode("utf-8", "replace")
+    context = request.attributes.context_extensions
+    mesh = context.get(MESH_HOP_KEY) == MESH_HOP
     return CheckInput(
         method=str(http.method) or "GET",
         path=str(http.path) or "/",
         headers=headers,
         body=body,
         partial=_said_partial(headers.get(PARTIAL_BODY_HEADER, "")),
+        hop="mesh" if mesh else "app",
+        peer=str(request.attributes.source.principal) if mesh else "",
+        probe=mesh and context.get(MESH_PROBE_KEY) == MESH_PROBE,
     )
 
 
@@ -89,6 +103,14 @@ def _option(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+def _struct(values: dict[str, str]) -> struct_pb2.Struct | None:
+    if not values:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
 def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     """The ``CheckResponse`` of ``verdict`` (see the module docstring)."""
     decision_id = str(verdict.decision_id)
@@ -100,6 +122,7 @@ def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
                 headers_to_remove=list(verdict.remove_headers),
                 response_headers_to_add=[_option(DECISION_ID_HEADER, decision_id)],
             ),
+            dynamic_metadata=_struct(verdict.metadata),
         )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(

@@ -4,9 +4,11 @@ Envoy sends a cascade route's requests here with two headers it set itself
 (``x-tiermesh-cascade-chain``: the number of steps, ``x-tiermesh-cascade-min-confidence``:
 the threshold). For ``i`` in ``0 .. chain-1`` the handler sends the request back to the
 node's app listener with ``x-tiermesh-cascade-step: i`` and, when the handler has a secret
-(``token``, registered with the control plane), ``x-tiermesh-cascade-token: <secret>``;
-the compiled per-step route, which matches both, sends it to step ``i``'s cluster (so
-mTLS, API keys, breakers apply) without those two headers. A client's own step or token
+(``token``, drawn per start and handed to the node's ext_authz server in-process, never
+registered or compiled), ``x-tiermesh-cascade-token: <secret>``; ext_authz recognises the
+secret and tells the routes the step (dynamic metadata), and the compiled per-step route
+sends the request to step ``i``'s cluster (so mTLS, API keys, breakers apply) without
+those two headers. A client's own step or token
 header is dropped from the step requests. Every step but the last
 is asked with ``logprobs: true`` (and ``top_logprobs`` at least 1) and without streaming;
 its answer is served when its status is 2xx and its confidence
@@ -140,8 +142,9 @@ class CascadeHandler:
     the Envoy app listener at ``envoy_host:envoy_port``.
 
     ``step_timeout_s`` bounds each step request (Envoy's route timeouts apply as well).
-    ``token`` is the secret the step requests carry (the one registered as
-    ``cascade_token``), or None for step routes that match the step header alone.
+    ``token`` is the secret the step requests carry (give it to the node's ext_authz
+    server, :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry`), or None: then
+    every request with a step header is taken for the handler's own.
     """
 
     def __init__(
@@ -173,7 +176,7 @@ class CascadeHandler:
 
     @property
     def token(self) -> str | None:
-        """The secret the step requests carry (register it as ``cascade_token``)."""
+        """The secret the step requests carry (for the node's ext_authz server only)."""
         return self._token
 
     async def start(self) -> None:

@@ -86,6 +86,11 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
         mode=config.envoy.mode,
         metadata={"tier": config.node.tier, "region": config.node.region},
         internal_listeners=True,
+        ready_address=(
+            None
+            if config.envoy.ready_address is None
+            else split_hostport(config.envoy.ready_address)
+        ),
     )
     document = with_sds_cluster(render_bootstrap(spec), f"unix:{config.sds_socket}")
     xds = document["static_resources"]["clusters"][0]

@@ -51,6 +51,7 @@ from tiermesh.controlplane.api import (
     MAX_REQUEST_POLICY_BYTES,
     REQUEST_POLICY_METHOD,
     BundleRef,
+    Catalog,
     RequestPolicyBundle,
     RequestPolicyQuery,
     registry_method_path,
@@ -178,6 +179,8 @@ class PolicySync:
         """Why the latest fetch or load failed (None after a success)."""
         self.swaps = 0
         """How many times a new policy was swapped in."""
+        self.on_catalog: Callable[[Catalog], None] | None = None
+        """Called with each swapped-in bundle's catalog (exceptions are logged)."""
         self._wanted: BundleRef | None = None
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -253,6 +256,7 @@ class PolicySync:
             len(policy.modules),
         )
         self._new_prices(policy)
+        self._new_catalog(policy)
         async with self._changed:
             self._changed.notify_all()
         return True
@@ -269,6 +273,14 @@ class PolicySync:
         except Exception as exc:  # noqa: BLE001 - accounting never undoes a policy swap
             log.warning("usage prices of bundle revision %d not written: %s",
                         policy.bundle.revision, exc)  # fmt: skip
+
+    def _new_catalog(self, policy: RequestPolicyBundle) -> None:
+        if self.on_catalog is None or policy.catalog is None:
+            return
+        try:
+            self.on_catalog(policy.catalog)
+        except Exception:
+            log.exception("the catalog of bundle revision %d was not taken", policy.bundle.revision)
 
     async def wait_current(self, predicate: Callable[[BundleRef | None], bool]) -> None:
         """Return once ``predicate(current)`` holds (tests, tools)."""

@@ -29,6 +29,7 @@ from tiermesh.controlplane.api.catalog import (
     Defaults,
     Endpoint,
     ModelAlias,
+    ModelSigner,
     RouteResilience,
     TaskType,
     Tenant,
@@ -55,7 +56,17 @@ from tiermesh.controlplane.api.decision import (
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
 from tiermesh.controlplane.api.loader import load_catalog, parse_catalog
+from tiermesh.controlplane.api.mesh_hop import (
+    MESH_HOP,
+    MESH_HOP_CONTEXT,
+    MESH_HOP_KEY,
+    MESH_PROBE,
+    MESH_PROBE_CONTEXT,
+    MESH_PROBE_KEY,
+)
 from tiermesh.controlplane.api.plan import (
+    CASCADE_STEP_HEADER,
+    CASCADE_STEP_METADATA,
     MATCH_HEADERS,
     PLAN_PATH,
     PLAN_VERSION,
@@ -74,6 +85,7 @@ from tiermesh.controlplane.api.registry import (
     NODE_REGISTRY_SERVICE,
     REGISTRY_VERSION,
     SESSION_METHOD,
+    ModelAttestation,
     NodeEndpoint,
     NodeLoad,
     NodeRegistration,
@@ -124,6 +136,8 @@ from tiermesh.controlplane.api.usage import TenantUsage, Usage
 __all__ = [
     "API_KEY_PREFIX",
     "AUDIT_SERVICE",
+    "CASCADE_STEP_HEADER",
+    "CASCADE_STEP_METADATA",
     "CATALOG_VERSION",
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
@@ -136,6 +150,12 @@ __all__ = [
     "MAX_SHIP_RECORDS",
     "MAX_USAGE_AMOUNT",
     "MAX_USAGE_TENANTS",
+    "MESH_HOP",
+    "MESH_HOP_CONTEXT",
+    "MESH_HOP_KEY",
+    "MESH_PROBE",
+    "MESH_PROBE_CONTEXT",
+    "MESH_PROBE_KEY",
     "NODE_REGISTRY_SERVICE",
     "OPENAI_API",
     "PLAN_PATH",
@@ -167,6 +187,8 @@ __all__ = [
     "Hedge",
     "HttpMethod",
     "ModelAlias",
+    "ModelAttestation",
+    "ModelSigner",
     "Name",
     "NodeEndpoint",
     "NodeInfo",

@@ -43,6 +43,7 @@ __all__ = [
     "Defaults",
     "Endpoint",
     "ModelAlias",
+    "ModelSigner",
     "RouteResilience",
     "TaskType",
     "Tenant",
@@ -163,6 +164,10 @@ class Defaults(Contract):
     """Task assumed for requests without a (known) task header."""
     max_chain_length: int = Field(default=4, ge=1, le=16)
     """Longest fallback chain a route gets."""
+    require_signed_models: tuple[Sensitivity, ...] = ()
+    """Sensitivities whose traffic only backends with ``signers`` may serve (their node
+    verifies the model's signature before serving it), e.g. ``[restricted]``; routes for
+    that traffic leave every other backend out. Empty: no such demand."""
 
     @model_validator(mode="after")
     def _all_tiers(self) -> Defaults:
@@ -186,6 +191,35 @@ class Credential(Contract):
     """Request header that carries the key (lower case)."""
     prefix: str = "Bearer "
     """Text put before the key in the header value."""
+
+
+_PEM_PUBLIC_KEY = r"^\s*-----BEGIN PUBLIC KEY-----[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----\s*$"
+_PEM_CERTIFICATES = (
+    r"^\s*(-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+$"
+)
+
+
+class ModelSigner(Contract):
+    """One signer whose signature on a backend's model file its node accepts: an EC public
+    key (P-256/384/521, PEM), or a certificate identity (a URI SAN such as a SPIFFE ID, or an
+    e-mail SAN) in a code-signing certificate issued under ``roots``. Exactly one of
+    ``public_key`` and ``certificate_identity``."""
+
+    public_key: str | None = Field(default=None, pattern=_PEM_PUBLIC_KEY)
+    """A trusted EC public key, PEM (``-----BEGIN PUBLIC KEY-----``)."""
+    certificate_identity: str | None = Field(default=None, min_length=1, max_length=2048)
+    """A trusted identity in the signing certificate's SAN (URI or e-mail)."""
+    roots: str | None = Field(default=None, pattern=_PEM_CERTIFICATES)
+    """PEM CA certificates the signing certificate must chain to (with
+    ``certificate_identity`` only)."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSigner:
+        if (self.public_key is None) == (self.certificate_identity is None):
+            raise ValueError("a signer names exactly one of public_key and certificate_identity")
+        if (self.certificate_identity is None) != (self.roots is None):
+            raise ValueError("certificate_identity and roots go together")
+        return self
 
 
 class Backend(Contract):
@@ -225,6 +259,11 @@ class Backend(Contract):
     """Overrides of the tier defaults for this backend."""
     credential: Credential | None = None
     """API key Envoy injects into requests to it (external APIs); null sends none."""
+    signers: tuple[ModelSigner, ...] = Field(default=(), max_length=32)
+    """Who may sign the model file its node serves for it. Non-empty: the hosting node
+    (``node``) verifies the file's signature against these before starting the model
+    server and on every change, and serves nothing (reports the backend unhealthy) while
+    it is missing, invalid or by anyone else. Empty: no signature is demanded."""
 
 
 class Tenant(Contract):

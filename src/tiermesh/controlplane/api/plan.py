@@ -53,6 +53,16 @@ MATCH_HEADERS: dict[str, str] = {
 }
 """Request header each :class:`RouteMatch` field is matched against."""
 
+CASCADE_STEP_HEADER = "x-tiermesh-cascade-step"
+"""Request header the node's cascade handler sets on each step it asks (``0`` is the
+first). Routes never match on it: a client may send it too."""
+CASCADE_STEP_METADATA = ("envoy.filters.http.ext_authz", "tiermesh_cascade_step")
+"""Where the per-step routes of a cascade look for their step: the dynamic metadata
+(namespace, key) that the node's ext_authz server emits, holding the step's index as a
+string, only for a step request that carries the handler's per-start secret. Neither a
+client nor any configuration can set it, so the secret never leaves the agent process:
+not in the registration, not over xDS, not in Envoy's config_dump."""
+
 
 class NodeInfo(Contract):
     """The node a plan is compiled for, as it registered."""

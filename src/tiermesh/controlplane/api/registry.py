@@ -72,6 +72,7 @@ __all__ = [
     "NODE_REGISTRY_SERVICE",
     "REGISTRY_VERSION",
     "SESSION_METHOD",
+    "ModelAttestation",
     "NodeEndpoint",
     "NodeLoad",
     "NodeRegistration",
@@ -230,14 +231,10 @@ class NodeRegistration(Contract):
     cascade_token: str | None = Field(
         default=None, min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", repr=False
     )
-    """Secret the cascade handler sets on its step requests (header
-    ``x-tiermesh-cascade-token``), or None. With it, and ``cascade_port``, the compiled
-    per-step routes match only requests carrying it, so a client cannot pick a step of a
-    chain by setting the step header; the header is removed before any request goes
-    upstream. The agent draws a new one per start (URL-safe base64). It travels over the
-    node's mTLS session and is stored with the registration; status output redacts it and
-    nothing logs it. Without it (older agents) step routes match the step header alone.
-    Added within ``v1`` like ``authz_port``."""
+    """Ignored; accepted so that older agents still register. Agents used to send their
+    cascade handler's secret here for the per-step routes to match; those routes now
+    match ext_authz's metadata (:data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA`)
+    and the secret never leaves the node. The control plane does not store it."""
     authz_socket: UnixSocketPath | None = None
     """Unix socket of the node's ext_authz server (absolute path, the same gRPC service as
     ``authz_port``), or None. Loopback is not a trust boundary: any local process can call a
@@ -261,9 +258,11 @@ class NodeRegistration(Contract):
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,
     reached on loopback unless its host is a specific IP address), the control plane
     compiles a listener on this port that requires the client SVID of a node it admits
-    (each other registered node of the trust domain that is not of the ``cloud`` tier,
-    matched exactly) and forwards to that model server; the node's clusters to other nodes' TLS
-    backends present its SVID. Both take their certificates from the agent's local SDS
+    (each other registered node of the trust domain, not of the ``cloud`` tier, whose plan
+    has a backend pinned to this node's SPIFFE ID; matched exactly), runs the node's
+    ext_authz on every request (a mesh hop: decided and recorded here) and forwards what it
+    allows to that model server; the node's clusters to other nodes' TLS backends present
+    its SVID. Both take their certificates from the agent's local SDS
     (cluster ``tiermesh_sds``, secrets ``tiermesh_svid`` and ``tiermesh_trust_bundle``).
     Added within ``v1`` like ``authz_port``."""
     mesh_host: str | None = Field(default=None, max_length=45)
@@ -290,6 +289,21 @@ class NodeRegistration(Contract):
         return tuple(e.name for e in self.endpoints if endpoint_owner(e.name) != self.node_id)
 
 
+class ModelAttestation(Contract):
+    """What the node's agent last concluded about its model file's signature."""
+
+    outcome: Literal["verified", "unverified", "refused"]
+    """``verified``: a trusted signer signed these bytes, served; ``unverified``: no
+    signature demanded, served; ``refused``: not served (see ``reason``)."""
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """The signed model digest (model-signing's subject digest) when verified."""
+    signer: str | None = Field(default=None, max_length=2100)
+    """The trusted signer that vouched for it (``key:sha256:…`` or ``cert:<identity>``)."""
+    reason: str | None = Field(default=None, max_length=64)
+    """Why it is refused: ``signature_missing``, ``signature_invalid``,
+    ``untrusted_signer``, ``model_changed``, ``server_failed`` …"""
+
+
 class NodeLoad(Contract):
     """A node's live load, as its agent measures it."""
 
@@ -305,6 +319,9 @@ class NodeLoad(Contract):
     """False when the agent sees its model server failing its health check. While the
     latest report says False, the control plane serves the endpoints of every catalog
     backend the node hosts (``Backend.node``) as ``UNHEALTHY`` to every node's Envoy."""
+    model: ModelAttestation | None = None
+    """The model file's signature check (None: the node runs no model server, or an agent
+    that predates signatures). A refused model also reports ``healthy`` False."""
 
 
 class UsageDelta(Contract):

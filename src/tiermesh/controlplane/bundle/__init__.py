@@ -4,13 +4,14 @@
 - :func:`check_bundle` → :class:`CheckReport` (Rego, catalog, schemas, tests, plans,
   violations, compile and verify), problems as ``file:line: message`` :class:`Finding`;
 - :func:`evaluate_bundle` → :class:`BundleOutcome`, the pipeline the reconciler runs;
-- :class:`Compiler`, the injected plan → snapshot step.
+- :class:`Compiler`, the injected plan → snapshot step (:class:`PlanAwareCompiler`: one
+  that sees every node's plan first).
 """
 
 from __future__ import annotations
 
 from tiermesh.controlplane.bundle.check import CheckReport, check_bundle
-from tiermesh.controlplane.bundle.compiler import Compiler, compile_findings
+from tiermesh.controlplane.bundle.compiler import Compiler, PlanAwareCompiler, compile_findings
 from tiermesh.controlplane.bundle.documents import (
     CATALOG_DOCUMENT,
     NODES_DOCUMENT,
@@ -49,6 +50,7 @@ __all__ = [
     "Documents",
     "Finding",
     "LocalBundle",
+    "PlanAwareCompiler",
     "Stage",
     "check_bundle",
     "check_nodes",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Protocol, runtime_checkable
 
 from tiermesh.controlplane.api import Catalog, Plan
 from tiermesh.xds import Snapshot
 
-__all__ = ["Compiler", "compile_findings"]
+__all__ = ["Compiler", "PlanAwareCompiler", "compile_findings"]
 
 
 class Compiler(Protocol):
@@ -23,6 +23,19 @@ class Compiler(Protocol):
     """
 
     def __call__(self, plan: Plan, catalog: Catalog, /) -> Snapshot: ...
+
+
+@runtime_checkable
+class PlanAwareCompiler(Compiler, Protocol):
+    """A :class:`Compiler` whose output for one node depends on the other nodes' plans
+    (whom a node's inbound mTLS listener admits depends on whose plans call it).
+
+    :func:`~tiermesh.controlplane.bundle.evaluate_bundle` evaluates every node's plan
+    first, binds them with :meth:`with_plans`, and only then compiles each node."""
+
+    def with_plans(self, plans: Mapping[str, Plan], /) -> Compiler:
+        """This compiler for one evaluation pass whose plans (by node id) are ``plans``."""
+        ...
 
 
 def compile_findings(exc: BaseException) -> list[str]:

@@ -30,7 +30,7 @@ from tiermesh.controlplane.api import (
     PlanInput,
     TenantUsage,
 )
-from tiermesh.controlplane.bundle.compiler import Compiler, compile_findings
+from tiermesh.controlplane.bundle.compiler import Compiler, PlanAwareCompiler, compile_findings
 from tiermesh.controlplane.bundle.documents import (
     Documents,
     catalog_line,
@@ -241,7 +241,10 @@ def evaluate_bundle(
     bundle's own ``data.usage`` (absent: nobody has spent anything). Plan violations are
     errors unless ``refuse_violations`` is False (then warnings). ``compiler`` None skips
     compiling; a compiler raising ``NotImplementedError`` is reported once and skipped.
-    The engine is left loaded for the caller (to run tests); the caller closes it.
+    Every node is planned before any is compiled, and a
+    :class:`~tiermesh.controlplane.bundle.compiler.PlanAwareCompiler` is first bound to
+    all of those plans (``with_plans``). The engine is left loaded for the caller (to run
+    tests); the caller closes it.
     """
     documents = read_documents(files)
     errors: list[Finding] = list(documents.findings)
@@ -274,6 +277,7 @@ def evaluate_bundle(
     plans: dict[str, Plan] = {}
     snapshots: dict[str, Snapshot] = {}
     shapes = _PlanShapes()
+    # Every plan first: a node's snapshot may depend on the others' (PlanAwareCompiler).
     for node in nodes:
         plan, shape, problems = _evaluate_plan(engine, node, shapes)
         errors += problems
@@ -296,16 +300,19 @@ def evaluate_bundle(
             Finding(Stage.PLAN, message, node=node.id)
             for message in shapes.problems(plan, shape, catalog)
         ]
+    if isinstance(compiler, PlanAwareCompiler):
+        compiler = compiler.with_plans(MappingProxyType(plans))
+    for node_id, plan in plans.items():
         if compiler is None:
-            continue
+            break
         try:
-            snapshots[node.id] = compiler(plan, catalog)
+            snapshots[node_id] = compiler(plan, catalog)
         except NotImplementedError as exc:
             errors.append(Finding(Stage.COMPILE, f"cannot compile snapshots: {exc}"))
             compiler = None
         except Exception as exc:  # noqa: BLE001 - any compiler failure is a finding
             errors += [
-                Finding(Stage.COMPILE, message, node=node.id) for message in compile_findings(exc)
+                Finding(Stage.COMPILE, message, node=node_id) for message in compile_findings(exc)
             ]
     return BundleOutcome(
         documents,

@@ -6,15 +6,16 @@ and with a chain of two or more steps) compiles, per variant of the route (plain
 ``/unclassified``, ``/budget``), to:
 
 - one **step route** per chain step, :func:`~tiermesh.controlplane.model.names.cascade_step_route`,
-  matching the variant's headers plus ``x-tiermesh-cascade-step: <i>`` and, when the
-  handler registered a secret (:attr:`CascadeSettings.token`),
-  ``x-tiermesh-cascade-token: <secret>`` (exact), and sending to that step's own backend
-  cluster (its breaker, outlier detection, TLS and API key apply), with the step's timeout
-  and retries. With the secret, a client that sets the step header itself matches no step
-  route and gets the cascade as designed; step routes then remove both headers before
-  going upstream. Step routes carry no rate limit: the client's request was counted once
-  on the cascade route. They are ordinary routes, so the verifier checks them like any
-  other.
+  matching the variant's headers plus the dynamic metadata
+  :data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA` equal to ``<i>``, and sending
+  to that step's own backend cluster (its breaker, outlier detection, TLS and API key
+  apply), with the step's timeout and retries. Only the node's ext_authz server sets that
+  metadata, and only for a step request carrying the handler's per-start secret (which it
+  knows in-process; the secret is in no route, registration or config dump). A client
+  that sets the step header itself matches no step route and gets the cascade as
+  designed. Step routes remove the step and secret headers before going upstream and
+  carry no rate limit: the client's request was counted once on the cascade route. They
+  are ordinary routes, so the verifier checks them like any other.
 - the **cascade route** itself (the variant's name), after its step routes: it sends to
   :data:`~tiermesh.controlplane.model.names.CASCADE_CLUSTER` (the handler on loopback) and
   overwrites two request headers the handler reads: the chain's length and the
@@ -40,9 +41,9 @@ from collections.abc import Sequence
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
-from tiermesh.controlplane.api import ChainStep, RoutePlan
+from tiermesh.controlplane.api import CASCADE_STEP_METADATA, ChainStep, RoutePlan
 from tiermesh.controlplane.generators._protos import ms, static_assignment
 from tiermesh.controlplane.model import CascadeSettings, NodeModel, names
 
@@ -50,7 +51,7 @@ __all__ = [
     "cascade_cluster",
     "cascade_clusters",
     "node_uses_cascade",
-    "step_matchers",
+    "step_matcher",
     "step_route",
     "strip_token",
     "to_handler",
@@ -105,39 +106,32 @@ def to_handler(
     return route
 
 
-def _exact(header: str, value: str) -> rc.HeaderMatcher:
-    return rc.HeaderMatcher(name=header, string_match=string_pb2.StringMatcher(exact=value))
+def step_matcher(step: int) -> metadata_pb2.MetadataMatcher:
+    """The dynamic-metadata matcher of step ``step``'s routes: the node's ext_authz server
+    said this is the handler's own request for step ``step`` (module docstring)."""
+    namespace, key = CASCADE_STEP_METADATA
+    return metadata_pb2.MetadataMatcher(
+        filter=namespace,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
+        value=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=str(step))),
+    )
 
 
-def step_matchers(settings: CascadeSettings, step: int) -> list[rc.HeaderMatcher]:
-    """Matchers the per-step routes of step ``step`` add to their variant's: the step
-    header and, when ``settings`` has one, the handler's secret."""
-    matchers = [_exact(names.CASCADE_STEP_HEADER, str(step))]
-    if settings.token is not None:
-        matchers.append(_exact(names.CASCADE_TOKEN_HEADER, settings.token))
-    return matchers
-
-
-def step_route(settings: CascadeSettings, route: rc.Route) -> rc.Route:
-    """Make ``route`` (a step's route, already matching :func:`step_matchers`) a step
-    route: no rate limit and, with a secret, the step and token headers removed before
-    going upstream. Modifies and returns ``route``."""
+def step_route(route: rc.Route) -> rc.Route:
+    """Make ``route`` (a step's route, already matching :func:`step_matcher`) a step
+    route: no rate limit, and the step and secret headers removed before going upstream.
+    Modifies and returns ``route``."""
     route.ClearField("typed_per_filter_config")
-    if settings.token is not None:
-        route.request_headers_to_remove.extend(
-            [names.CASCADE_STEP_HEADER, names.CASCADE_TOKEN_HEADER]
-        )
+    route.request_headers_to_remove.extend([names.CASCADE_STEP_HEADER, names.CASCADE_TOKEN_HEADER])
     return route
 
 
 def strip_token(node: NodeModel, route: rc.Route) -> rc.Route:
-    """Remove the token header before ``route`` goes upstream, when ``node``'s handler has
-    a secret and ``route`` forwards somewhere other than the handler (which reads it).
+    """Remove the secret header before ``route`` goes upstream, when ``node`` has a cascade
+    handler and ``route`` forwards somewhere other than the handler (which reads it).
     Modifies and returns ``route``."""
-    settings = node.settings.cascade
     if (
-        settings is None
-        or settings.token is None
+        node.settings.cascade is None
         or not route.HasField("route")
         or route.route.cluster == names.CASCADE_CLUSTER
         or names.CASCADE_TOKEN_HEADER in route.request_headers_to_remove

@@ -11,8 +11,21 @@ hold, which is correct (its consistency check follows ADS-served secrets only).
 - **Inbound** (:func:`mesh_listeners`): a listener on ``inbound_address:inbound_port``
   that requires a client certificate chaining to the trust bundle whose URI SAN is
   exactly one of ``allowed_peers`` (never a prefix: another SVID of the trust domain, a
-  cloud gateway's say, fails the handshake), routing every request to the node's model
-  server (:func:`mesh_clusters`). With no allowed peer neither is compiled.
+  cloud gateway's say, fails the handshake). Requests on it are decided and recorded like
+  any other: the node's ext_authz filter (:func:`~.authz.authz_filter`, the same server,
+  body and fail-closed settings as the app listener's) runs first, its check marked as a
+  mesh hop (:data:`~tiermesh.controlplane.api.MESH_HOP_CONTEXT` in the virtual host's
+  ``context_extensions``, which only this configuration sets; Envoy adds the verified
+  peer's SPIFFE ID as the check's source principal); what it allows goes to the node's
+  model server (:func:`mesh_clusters`), with the cascade token removed. The callers'
+  active health checks (``GET`` of exactly a path of ``probe_paths``) take probe routes
+  whose checks are marked as probes
+  (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`): they carry no tenant, and are
+  decided in code rather than refused by the request policy. A node without an
+  ext_authz server answers every mesh request 503, as its app listener does. There is no
+  usage filter and no access log on it: the sending node's app listener charged the
+  tenant for this request, and charging here too would count it twice. With no allowed
+  peer neither listener nor cluster is compiled.
 - **Outbound** (:func:`mesh_transport_socket`): a backend cluster with TLS and a
   ``spiffe_id`` presents the node's SVID and accepts only a peer whose URI SAN is exactly
   that ``spiffe_id``, so a request sent to the wrong node fails at the handshake.
@@ -20,25 +33,32 @@ hold, which is correct (its consistency check follows ADS-served secrets only).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
+from tiermesh.controlplane.api import MESH_HOP_CONTEXT, MESH_PROBE_CONTEXT
 from tiermesh.controlplane.generators._protos import ms, pack
-from tiermesh.controlplane.model import MeshTlsSettings, NodeModel, Upstream
+from tiermesh.controlplane.generators.authz import EXT_AUTHZ_FILTER, authz_filter
+from tiermesh.controlplane.model import MeshTlsSettings, NodeModel, Upstream, names
 
 __all__ = [
     "MESH_LISTENER",
     "MESH_LOCAL_CLUSTER",
+    "MESH_NO_AUTHZ_ROUTE",
+    "MESH_PROBE_ROUTE",
     "mesh_clusters",
     "mesh_listeners",
     "mesh_transport_socket",
@@ -49,6 +69,10 @@ MESH_LISTENER = "tiermesh_mesh_in"
 """Name of the inbound mTLS listener."""
 MESH_LOCAL_CLUSTER = "tiermesh_mesh_local"
 """Name of the cluster from the inbound listener to the node's own model server."""
+MESH_PROBE_ROUTE = "tiermesh/mesh-probe"
+"""Name prefix of the probe routes (the path follows)."""
+MESH_NO_AUTHZ_ROUTE = "tiermesh/mesh-no-authz"
+"""The one route of a mesh listener on a node without an ext_authz server: 503."""
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
 
@@ -118,37 +142,78 @@ def _inbound(node: NodeModel) -> MeshTlsSettings | None:
     return mesh if mesh is not None and mesh.allowed_peers else None
 
 
+def _mesh_routes(node: NodeModel) -> route_components_pb2.VirtualHost:
+    """Every request to the model server, the ext_authz check marked as a mesh hop; on a
+    node without an ext_authz server, every request answered 503 (nothing forwarded
+    uninspected)."""
+    if node.settings.authz is None:
+        refuse = route_components_pb2.Route(
+            name=MESH_NO_AUTHZ_ROUTE,
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            direct_response=route_components_pb2.DirectResponseAction(
+                status=503,
+                body=base_pb2.DataSource(
+                    inline_string="tiermesh: this node runs no request-time policy, so it "
+                    "forwards nothing from other nodes\n"
+                ),
+            ),
+        )
+        return route_components_pb2.VirtualHost(name="mesh_in", domains=["*"], routes=[refuse])
+    mesh = node.settings.mesh
+    probes = [] if mesh is None else [_probe_route(path) for path in mesh.probe_paths]
+    return route_components_pb2.VirtualHost(
+        name="mesh_in",
+        domains=["*"],
+        routes=[
+            *probes,
+            route_components_pb2.Route(
+                match=route_components_pb2.RouteMatch(prefix="/"),
+                route=route_components_pb2.RouteAction(cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)),
+                request_headers_to_remove=[names.CASCADE_TOKEN_HEADER],
+            ),
+        ],
+        typed_per_filter_config={EXT_AUTHZ_FILTER: _check(MESH_HOP_CONTEXT)},
+    )
+
+
+def _check(context: Mapping[str, str]) -> any_pb2.Any:
+    """The per-route ext_authz settings that mark a check with ``context``."""
+    settings = ext_authz_pb2.CheckSettings(context_extensions=dict(context))
+    return pack(ext_authz_pb2.ExtAuthzPerRoute(check_settings=settings))
+
+
+def _probe_route(path: str) -> route_components_pb2.Route:
+    """A caller's health check: ``GET`` of exactly ``path``, its check marked as a probe."""
+    get = route_components_pb2.HeaderMatcher(
+        name=":method", string_match=string_pb2.StringMatcher(exact="GET")
+    )
+    return route_components_pb2.Route(
+        name=f"{MESH_PROBE_ROUTE}{path}",
+        match=route_components_pb2.RouteMatch(path=path, headers=[get]),
+        route=route_components_pb2.RouteAction(cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)),
+        request_headers_to_remove=[names.CASCADE_TOKEN_HEADER],
+        typed_per_filter_config={EXT_AUTHZ_FILTER: _check(MESH_PROBE_CONTEXT)},
+    )
+
+
 def mesh_listeners(node: NodeModel) -> list[listener_pb2.Listener]:
-    """The inbound mTLS listener, or nothing when the node has no mesh settings or no
-    allowed peer."""
+    """The inbound mTLS listener (see the module docstring), or nothing when the node has
+    no mesh settings or no allowed peer."""
     mesh = _inbound(node)
     if mesh is None:
         return []
+    authz = node.settings.authz
+    filters = [] if authz is None else [authz_filter(authz)]
+    filters.append(
+        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    )
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="tiermesh_mesh",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_pb2.RouteConfiguration(
-            name=MESH_LISTENER,
-            virtual_hosts=[
-                route_components_pb2.VirtualHost(
-                    name="mesh_in",
-                    domains=["*"],
-                    routes=[
-                        route_components_pb2.Route(
-                            match=route_components_pb2.RouteMatch(prefix="/"),
-                            route=route_components_pb2.RouteAction(
-                                cluster=MESH_LOCAL_CLUSTER, timeout=ms(0)
-                            ),
-                        )
-                    ],
-                )
-            ],
+            name=MESH_LISTENER, virtual_hosts=[_mesh_routes(node)]
         ),
-        http_filters=[
-            hcm_pb2.HttpFilter(
-                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
-            )
-        ],
+        http_filters=filters,
     )
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=_common(

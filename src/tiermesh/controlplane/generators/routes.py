@@ -205,19 +205,15 @@ def _variant(
 ) -> Iterator[rc.Route]:
     """One variant of a plan route: its chain route, or its cascade (:mod:`.cascade`)."""
     route = _route(node, plan_route, name, steps, headers)
-    settings = node.settings.cascade
-    if settings is None or not cascade.uses_cascade(node, plan_route, steps):
+    if not cascade.uses_cascade(node, plan_route, steps):
         yield cascade.strip_token(node, route)
         return
     for index, step in enumerate(steps):
         step_route = _route(
-            node,
-            plan_route,
-            names.cascade_step_route(name, index),
-            [step],
-            [*headers, *cascade.step_matchers(settings, index)],
+            node, plan_route, names.cascade_step_route(name, index), [step], headers
         )
-        yield cascade.step_route(settings, step_route)
+        step_route.match.dynamic_metadata.append(cascade.step_matcher(index))
+        yield cascade.step_route(step_route)
     yield cascade.to_handler(route, plan_route, steps)
 
 

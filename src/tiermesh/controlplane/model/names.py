@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tiermesh.controlplane import api as _api
+
 __all__ = [
     "APP_LISTENER",
     "APP_ROUTES",
@@ -52,13 +54,14 @@ UNMATCHED_ROUTE = "tiermesh/unmatched"
 """The app route table's last route: a request no plan route matches gets a 404 naming why."""
 CASCADE_CLUSTER = "tiermesh|cascade"
 """Cluster of the node's confidence cascade handler (loopback, on the node)."""
-CASCADE_STEP_HEADER = "x-tiermesh-cascade-step"
+CASCADE_STEP_HEADER = _api.CASCADE_STEP_HEADER
 """Request header the cascade handler sets on each step it asks (``0`` is the first);
-the per-step routes match on it."""
+removed by the per-step routes, which match on ext_authz's metadata instead
+(:data:`~tiermesh.controlplane.api.CASCADE_STEP_METADATA`)."""
 CASCADE_TOKEN_HEADER = "x-tiermesh-cascade-token"  # noqa: S105 - a header name
-"""Request header the cascade handler sets on each step it asks: the node's secret
-(:attr:`~tiermesh.controlplane.model.CascadeSettings.token`); the per-step routes match
-on it, and no route lets it go upstream."""
+"""Request header the cascade handler sets on each step it asks: its per-start secret,
+known only to the agent process (its ext_authz server checks it); no route lets it go
+upstream."""
 CASCADE_CHAIN_HEADER = "x-tiermesh-cascade-chain"
 """Request header a cascade route adds for the handler: how many steps its chain has."""
 CASCADE_THRESHOLD_HEADER = "x-tiermesh-cascade-min-confidence"

@@ -143,19 +143,12 @@ class CascadeSettings:
     """TCP port of the handler; 0 with ``socket``."""
     host: str = "127.0.0.1"
     """IP address of the handler; loopback, since it runs beside Envoy."""
-    token: str | None = field(default=None, repr=False)
-    """The handler's secret (``x-tiermesh-cascade-token``): per-step routes match only
-    requests carrying it, and every route of the node removes it before going upstream.
-    None (an agent older than the token): step routes match the step header alone. Goes
-    only into this node's own routes; never logged (hidden from ``repr``)."""
     socket: str | None = None
     """Absolute path of the handler's Unix socket, or None (as
     :attr:`AuthzSettings.socket`)."""
 
     def __post_init__(self) -> None:
         _check_address("cascade", self.port, self.socket)
-        if self.token is not None and not self.token:
-            raise ValueError("cascade token must not be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +183,10 @@ class MeshTlsSettings:
     allowed_peers: tuple[str, ...] = ()
     """SPIFFE IDs that may call the inbound listener, matched exactly against the client
     certificate's URI SAN; empty: no node may, and no inbound listener is compiled."""
+    probe_paths: tuple[str, ...] = ()
+    """Health-check paths the callers' plans check this node's backends on (``GET``, no
+    query): each gets a probe route on the inbound listener whose check is decided as a
+    probe (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`)."""
     inbound_address: str = "0.0.0.0"
     """Address of the inbound listener (the control plane sets the node's registered
     ``mesh_host``)."""
@@ -213,6 +210,10 @@ class MeshTlsSettings:
                 raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
         object.__setattr__(self, "local_backends", tuple(sorted(self.local_backends)))
         object.__setattr__(self, "allowed_peers", tuple(sorted(self.allowed_peers)))
+        for path in self.probe_paths:
+            if not path.startswith("/") or "?" in path or "#" in path:
+                raise ValueError(f"mesh probe path {path!r} is not an absolute path")
+        object.__setattr__(self, "probe_paths", tuple(sorted(set(self.probe_paths))))
 
 
 def _check_address(service: str, port: int, socket: str | None) -> None:

@@ -221,6 +221,8 @@ class _Session:
         return RegisteredNode.model_validate(
             {
                 **registration.model_dump(),
+                # Accepted from older agents, never kept: the secret stays on the node.
+                "cascade_token": None,
                 "spiffe_id": self.spiffe_id,
                 "registered_at": self._service.clock(),
                 "load": previous.load if previous else None,

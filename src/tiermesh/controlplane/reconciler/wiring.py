@@ -11,8 +11,8 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Set
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, replace
 
 from tiermesh.controlplane.api import BackendPlan, Catalog, Plan, RoutePlan
 from tiermesh.controlplane.bundle import Compiler
@@ -21,7 +21,10 @@ from tiermesh.controlplane.model import (
     AuthzSettings,
     MeshModel,
     NodeSettings,
+    admitted_peers,
     backends_hosted_by,
+    plan_callers,
+    plan_probe_paths,
 )
 from tiermesh.controlplane.verify import compile_and_verify
 from tiermesh.xds import Snapshot
@@ -233,39 +236,81 @@ class CompileCache:
                 self._entries.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """Who calls whom in one pass's plans (callee SPIFFE ID → caller node ids, and →
+    the health-check paths the callers check it on)."""
+
+    callers: Mapping[str, frozenset[str]]
+    probes: Mapping[str, frozenset[str]]
+
+
 class MeshCompiler:
     """The control plane's compiler (see :func:`default_compiler`), for one set of
-    unhealthy nodes.
+    unhealthy nodes and one pass's plans.
 
     Calling it compiles as if every node in :attr:`unhealthy_nodes` (all nodes reporting
     their model server down) were down: the catalog backends they host
     (``Backend.node``) are served with ``UNHEALTHY`` endpoints. :meth:`with_unhealthy_nodes`
     gives the compiler of another set, sharing settings and cache; the reconciler asks
-    for it once per reconcile. Each instance is a pure function of ``(plan, catalog)``,
-    safe from any thread.
+    for it once per reconcile.
+
+    Mesh admission: a node's inbound mTLS listener admits only the peers its settings
+    allow (the registry's candidates) whose plans in this pass call it
+    (:func:`~tiermesh.controlplane.model.plan_callers`, bound by :meth:`with_plans`, which
+    :func:`~tiermesh.controlplane.bundle.evaluate_bundle` calls once every plan is
+    known). A compiler not bound to plans knows no caller and admits no peer, so no
+    inbound listener is compiled. A plan change that adds or removes a caller changes the
+    callee's settings, hence its snapshot: the callee's listener is pushed again.
+
+    Each instance is a pure function of ``(plan, catalog)``, safe from any thread.
     """
 
-    __slots__ = ("_cache", "_hosted", "_settings", "unhealthy_nodes")
+    __slots__ = ("_cache", "_calls", "_hosted", "_settings", "unhealthy_nodes")
 
     def __init__(
         self,
         settings_for: Callable[[str], NodeSettings],
         cache: CompileCache,
         unhealthy_nodes: Set[str] = frozenset(),
+        calls: _Calls | None = None,
     ) -> None:
         self._settings = settings_for
         self._cache = cache
         self.unhealthy_nodes: frozenset[str] = frozenset(unhealthy_nodes)
         """Nodes whose backends are served unhealthy."""
+        self._calls = calls
         # (catalog, its backends hosted by unhealthy_nodes) of the latest call: one
         # reconcile compiles every node against one catalog.
         self._hosted: tuple[Catalog, frozenset[str]] | None = None
 
     def with_unhealthy_nodes(self, node_ids: Set[str]) -> MeshCompiler:
-        """This compiler for the unhealthy ``node_ids`` (same settings, same cache)."""
+        """This compiler for the unhealthy ``node_ids`` (same settings, cache, plans)."""
         if frozenset(node_ids) == self.unhealthy_nodes:
             return self
-        return MeshCompiler(self._settings, self._cache, node_ids)
+        return MeshCompiler(self._settings, self._cache, node_ids, self._calls)
+
+    def with_plans(self, plans: Mapping[str, Plan]) -> MeshCompiler:
+        """This compiler for one pass whose plans are ``plans`` (same settings, cache and
+        unhealthy nodes): each node's inbound listener admits the nodes whose plans call
+        it, and has a probe route for each health-check path their plans check it on."""
+        calls = _Calls(plan_callers(plans.values()), plan_probe_paths(plans.values()))
+        return MeshCompiler(self._settings, self._cache, self.unhealthy_nodes, calls)
+
+    def settings_for(self, node_id: str) -> NodeSettings:
+        """``node_id``'s settings, its mesh peers narrowed to the callers of this pass
+        (and its probe paths theirs)."""
+        settings = self._settings(node_id)
+        mesh = settings.mesh
+        if mesh is None or not mesh.allowed_peers:
+            return settings
+        calls = self._calls if self._calls is not None else _Calls({}, {})
+        peers = admitted_peers(mesh.allowed_peers, node_id, mesh.trust_domain, calls.callers)
+        own = f"spiffe://{mesh.trust_domain}/node/{node_id}"
+        probes = tuple(sorted(calls.probes.get(own, ()))) if peers else ()
+        if (peers, probes) == (mesh.allowed_peers, mesh.probe_paths):
+            return settings
+        return replace(settings, mesh=replace(mesh, allowed_peers=peers, probe_paths=probes))
 
     def _unhealthy(self, plan: Plan, catalog: Catalog) -> frozenset[str]:
         """The names of ``plan``'s backends hosted by an unhealthy node."""
@@ -282,7 +327,7 @@ class MeshCompiler:
 
     def __call__(self, plan: Plan, catalog: Catalog, /) -> Snapshot:
         node_id = plan.node.id
-        node_settings = self._settings(node_id)
+        node_settings = self.settings_for(node_id)
         unhealthy = self._unhealthy(plan, catalog)
         memo = self._cache
         snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog, unhealthy=unhealthy)

@@ -115,13 +115,13 @@ class NodeDirectory:
         the registration carries ``authz_socket`` or ``authz_port``, the socket first;
         none otherwise), its access-log server (:class:`UsageSettings` when it carries
         ``usage_socket`` or ``usage_port``), its cascade handler (:class:`CascadeSettings`
-        when it carries ``cascade_socket`` or ``cascade_port``, with its
-        ``cascade_token``), its batch service (:class:`BatchSettings` when it carries
-        ``batch_socket``), its inbound mTLS listener
+        when it carries ``cascade_socket`` or ``cascade_port``), its batch service
+        (:class:`BatchSettings` when it carries ``batch_socket``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
         :data:`DEFAULT_MESH_HOST`, has a model server endpoint and the directory knows the
-        trust domain; only the nodes of :meth:`mesh_callers` may call it), the trust
-        bundle and the credentials given at construction. Call from a worker thread."""
+        trust domain; its ``allowed_peers`` are the candidates of :meth:`mesh_callers`,
+        which the compiler narrows to the nodes whose plans call it), the trust bundle and
+        the credentials given at construction. Call from a worker thread."""
         with self._lock:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
@@ -149,11 +149,10 @@ class NodeDirectory:
                 usage = UsageSettings(socket=document.usage_socket)
             elif document.usage_port is not None:
                 usage = UsageSettings(port=document.usage_port)
-            token = document.cascade_token
             if document.cascade_socket is not None:
-                cascade = CascadeSettings(socket=document.cascade_socket, token=token)
+                cascade = CascadeSettings(socket=document.cascade_socket)
             elif document.cascade_port is not None:
-                cascade = CascadeSettings(port=document.cascade_port, token=token)
+                cascade = CascadeSettings(port=document.cascade_port)
         return NodeSettings(
             app_port=port,
             trust_bundle_pem=self._bundle,
@@ -168,14 +167,16 @@ class NodeDirectory:
     def mesh_callers(
         self, node_id: str, nodes: Mapping[str, RegisteredNode | None]
     ) -> tuple[str, ...]:
-        """SPIFFE IDs that may call ``node_id``'s inbound mTLS listener: every other
-        registered node of the trust domain that is not of the ``cloud`` tier.
+        """SPIFFE IDs that may be admitted to ``node_id``'s inbound mTLS listener: every
+        other registered node of the trust domain that is not of the ``cloud`` tier.
 
-        The compiler sees one node's plan at a time, so which nodes' plans route to this
-        node's model server is not known when it compiles; the registrations are. A node
-        that may route to a backend on another node is a node of the mesh, and a cloud
-        gateway must never reach a local or private model server, whatever a plan says.
-        Registrations not in the registry's shape (None) are never admitted."""
+        These are candidates, an upper bound: the compiler
+        (:class:`~tiermesh.controlplane.reconciler.wiring.MeshCompiler`) sees every
+        node's plan before it compiles any, and admits only the candidates whose plans
+        have a backend pinned to this node's SPIFFE ID
+        (:func:`~tiermesh.controlplane.model.admitted_peers`). A cloud gateway must never
+        reach a local or private model server, whatever a plan says, so it is never a
+        candidate. Registrations not in the registry's shape (None) are never admitted."""
         if self._trust_domain is None:
             return ()
         prefix = f"spiffe://{self._trust_domain}/"
@@ -250,10 +251,6 @@ class NodeDirectory:
             return
         if _ports(before) != _ports(after):
             log.info("node %s moved its ports %s → %s", node_id, _ports(before), _ports(after))
-            self._on_changed()
-        elif before.cascade_token != after.cascade_token:
-            # A restarted agent's handler has a new secret; the value is never logged.
-            log.info("node %s has a new cascade token", node_id)
             self._on_changed()
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from tiermesh.controlplane.api import usage_month
 from tiermesh.controlplane.audit import (
     AuditCollector,
     AuditCollectorServer,
@@ -77,6 +78,21 @@ async def _connect(config: ControlPlaneConfig) -> EtcdStore:
         log.info("connected to etcd at %s", store.endpoint)
         return store
     raise EtcdUnreachable(config.etcd, "; ".join(problems))
+
+
+async def _adopt_legacy_usage(store: EtcdStore) -> None:
+    """Fold usage counters kept before budgets were per month into this month's, so an
+    upgrade in the middle of a month does not hand every tenant a fresh budget."""
+    month = usage_month(dt.datetime.now(dt.UTC))
+    for usage in await store.adopt_legacy_usage(month=month):
+        log.warning(
+            "usage counter of tenant %s from before monthly budgets added to %s: now %d tokens,"
+            " $%.6f",
+            usage.tenant,
+            month,
+            usage.tokens,
+            usage.cost_micro / 1e6,
+        )
 
 
 def _check_free(what: str, address: HostPort) -> None:
@@ -152,6 +168,7 @@ class ControlPlane:
         )
         bundle = ca.bundle()
         self._write_files(certificate, bundle.to_pem())
+        await _adopt_legacy_usage(store)
         for what, address in (
             ("ADS (--listen)", config.ads),
             ("the node API (--node-api)", config.node_api),

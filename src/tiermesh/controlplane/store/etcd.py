@@ -350,6 +350,52 @@ class EtcdStore:
             return Usage(tenant)
         return decode_usage(tenant, bytes(current.value), int(current.mod_revision))
 
+    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+        self.layout.usage_month_prefix(month)  # a malformed month fails before anything
+        with self._translate("adopt_legacy_usage"):
+            found = await self._client.get_prefix(self.layout.usage_prefix.encode())
+        adopted: list[Usage] = []
+        for kv in found:
+            key = bytes(kv.key).decode()
+            tenant = self.layout.legacy_usage_tenant(key)
+            if tenant is not None and (usage := await self._adopt(tenant, key, month)):
+                adopted.append(usage)
+        return tuple(sorted(adopted, key=lambda usage: usage.tenant))
+
+    async def _adopt(self, tenant: str, legacy: str, month: str) -> Usage | None:
+        """Move one old counter into ``month``'s (one transaction, both keys guarded)."""
+        old_key, key = legacy.encode(), self.layout.usage(tenant, month).encode()
+        tx = self._tx
+        for _ in range(self._max_cas_attempts):
+            with self._translate("adopt_legacy_usage"):
+                old, current = await self._client.get(old_key), await self._client.get(key)
+            if old is None:
+                return None  # another caller moved it
+            try:
+                moved = decode_usage(tenant, bytes(old.value), int(old.mod_revision))
+            except StoreRequestFailed:
+                return None  # left in place, as documented
+            before = (
+                Usage(tenant)
+                if current is None
+                else decode_usage(tenant, bytes(current.value), int(current.mod_revision))
+            )
+            guards = [
+                tx.mod(old_key) == int(old.mod_revision),
+                tx.version(key) == 0
+                if current is None
+                else tx.mod(key) == int(current.mod_revision),
+            ]
+            tokens, cost = before.tokens + moved.tokens, before.cost_micro + moved.cost_micro
+            with self._translate("adopt_legacy_usage"):
+                ok, responses = await self._txn(
+                    guards, [tx.put(key, encode_usage(tokens, cost)), tx.delete(old_key)], []
+                )
+            if ok:
+                revision = int(responses[0].response_put.header.revision)
+                return Usage(tenant, tokens, cost, revision)
+        raise ContentionExhausted(self.layout.usage(tenant, month), self._max_cas_attempts)
+
     # -- tenant API keys ---------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:

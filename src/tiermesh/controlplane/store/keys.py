@@ -104,6 +104,22 @@ class KeyLayout:
         """Key of one tenant's usage counters of ``month`` (``YYYY-MM``)."""
         return self.usage_month_prefix(month) + _check_name("tenant", tenant)
 
+    @property
+    def usage_prefix(self) -> str:
+        """Full prefix of every usage counter, of every month."""
+        return f"{self.root}usage/"
+
+    def legacy_usage_tenant(self, key: str) -> str | None:
+        """The tenant of a counter kept before usage was per month (full key
+        ``<root>usage/<tenant>``), or None for any other key."""
+        rest = key.removeprefix(self.usage_prefix)
+        if rest == key or "/" in rest:
+            return None
+        try:
+            return _check_name("tenant", rest)
+        except InvalidKey:
+            return None
+
     def usage_month_prefix(self, month: str) -> str:
         """Full prefix of every tenant's counters of ``month`` (``YYYY-MM``)."""
         if not isinstance(month, str) or not _MONTH.fullmatch(month):

@@ -37,6 +37,7 @@ from tiermesh.controlplane.store.codec import (
 from tiermesh.controlplane.store.errors import (
     KeyExists,
     LeaseExpired,
+    StoreRequestFailed,
     StoreUnavailable,
     UnknownApiKey,
     WatchCompacted,
@@ -350,6 +351,26 @@ class MemoryStore:
         if current is None:
             return Usage(tenant)
         return decode_usage(tenant, current.value, current.mod_revision)
+
+    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+        self.layout.usage_month_prefix(month)  # a malformed month fails before anything
+        await self._enter()
+        adopted: list[Usage] = []
+        for key, value in self._range(self.layout.usage_prefix):
+            tenant = self.layout.legacy_usage_tenant(key)
+            if tenant is None:
+                continue
+            try:
+                old = decode_usage(tenant, value.value, value.mod_revision)
+            except StoreRequestFailed:
+                continue
+            target = self.layout.usage(tenant, month)
+            current = self._data.get(target)
+            before = decode_usage(tenant, current.value if current else None, 0)
+            tokens, cost = before.tokens + old.tokens, before.cost_micro + old.cost_micro
+            revision = self._apply(puts=[(target, encode_usage(tokens, cost), 0)], deletes=[key])
+            adopted.append(Usage(tenant, tokens, cost, revision))
+        return tuple(adopted)
 
     # -- tenant API keys ---------------------------------------------------------------------
 

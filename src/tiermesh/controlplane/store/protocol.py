@@ -162,6 +162,19 @@ class Store(Protocol):
         was added in that month."""
         ...
 
+    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+        """Fold counters kept before usage was per month (``usage/<tenant>``, no month)
+        into ``month``'s, deleting each old key in the same transaction as the addition;
+        returns the month counters it changed, sorted by tenant.
+
+        Each tenant's move is atomic (both keys compare-and-swapped), so a crash or a
+        concurrent caller neither loses nor double-counts spend, and a second call finds
+        nothing to move. An old counter whose value does not parse is left in place (and
+        not returned). Raises `InvalidKey` for a malformed month, `ContentionExhausted` as
+        :meth:`add_usage`.
+        """
+        ...
+
     # -- tenant API keys ------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:

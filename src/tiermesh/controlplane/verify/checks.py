@@ -14,6 +14,9 @@ table (and every TCP proxy, which carries anything):
   the node's loopback address must have a ``spiffe_id`` the cluster's TLS pins the peer
   to. Mirroring (route table, virtual host, route or cluster level) on such a route is a
   finding.
+- **Signed models** — with sensitivities named in ``defaults.require_signed_models``, a
+  route reachable by one of them (a missing header counts as ``restricted``; a TCP proxy
+  always is) reaches only backends that name ``signers``.
 - **Residency** — a route pinned to a tenant (exact ``x-tiermesh-tenant``; else every
   tenant) reaches only backends whose residency is one of the tenant's.
 - **Existence** — route configs, clusters and EDS assignments referenced exist; every
@@ -91,6 +94,8 @@ class _Reach(NamedTuple):
     place: str
     restricted: bool
     tenants: Sequence[Tenant | None]
+    signed_only: bool = False
+    """Traffic that only backends with ``signers`` may serve can come this way."""
 
 
 def _where(reach: _Reach, leaf: Leaf) -> tuple[str, str]:
@@ -108,6 +113,7 @@ class _Checker:
             key = endpoint_address(backend.endpoint.host, backend.endpoint.port)
             self.by_address.setdefault(key, []).append(backend)
         self.tenants = {t.name: t for t in catalog.tenants}
+        self.signed_only = frozenset(catalog.defaults.require_signed_models)
         self.findings: set[Finding] = set()
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
 
@@ -180,7 +186,10 @@ class _Checker:
                 self.add("mirror", name, cluster, f"{place} mirrors restricted traffic to {what}")
             if not cluster:
                 self.add("unverifiable", name, "", f"{place} mirrors to {what}")
-        reach = _Reach(name, place, restricted, tenants)
+        signed_only = any(may_match(headers, _SENSITIVITY, s) for s in self.signed_only) or (
+            "restricted" in self.signed_only and may_match(headers, _SENSITIVITY, None)
+        )
+        reach = _Reach(name, place, restricted, tenants, signed_only)
         for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
             self.cluster(reach, cluster)
 
@@ -204,7 +213,13 @@ class _Checker:
                 continue  # followed from the clusters that send to it
             for config in shape.inline:
                 self.table(config, name)
-            reach = _Reach(f"{name}/tcp_proxy", f"listener '{name}' (TCP proxy)", True, everyone)
+            reach = _Reach(
+                f"{name}/tcp_proxy",
+                f"listener '{name}' (TCP proxy)",
+                True,
+                everyone,
+                bool(self.signed_only),
+            )
             for cluster in dict.fromkeys(shape.tcp):
                 self.cluster(reach, cluster)
 
@@ -262,6 +277,15 @@ class _Checker:
             if problem is not None:
                 where, via = _where(reach, leaf)
                 self.add("peer-identity", route, leaf.cluster, f"{where}{via} {problem}")
+        if reach.signed_only and not backend.signers:
+            where, via = _where(reach, leaf)
+            self.add(
+                "unsigned-model",
+                route,
+                leaf.cluster,
+                f"{where}{via} reaches backend '{backend.name}', which names no model "
+                f"signers, with traffic that require_signed_models keeps on signed models",
+            )
         for tenant in reach.tenants:
             if restricted and not cleared_for_restricted(backend, tenant):
                 where, via = _where(reach, leaf)

@@ -34,18 +34,15 @@ refuse connections, :data:`~.inventory.REFUSING_FILTERS`): nothing HTTP-level ru
 - *Internal listeners* (``internal_listener`` set): the compiler's per-backend egress
   listeners, reachable only from the app listener's clusters, so every request on them
   already passed the app listener's ext_authz.
-- *The node-to-node inbound mTLS listener* (:mod:`~tiermesh.controlplane.generators.
-  mesh_tls`) is not an app listener: it takes requests only from other mesh nodes, whose
-  own app listener ran ext_authz before sending, and hands them to this node's model
-  server. It is recognised by shape, not by name: every filter chain demands a client
-  certificate (``require_client_certificate``) whose URI SAN must equal one of a list of
-  SPIFFE IDs (``match_typed_subject_alt_names`` non-empty, every matcher a ``URI``
-  matcher with ``exact``, no custom certificate validator, untrusted chains not
-  accepted), and every forwarding route's cluster is a ``STATIC`` cluster whose endpoints
-  are all loopback addresses (a service on this node, never another node or a cloud). A
-  listener that misses either part needs ext_authz like any other; one that demands a
-  client certificate but admits by prefix, pattern or any other SAN type (any SVID of the
-  trust domain, a cloud gateway's included) is named as such as well.
+
+The node-to-node inbound mTLS listener (:mod:`~tiermesh.controlplane.generators.mesh_tls`)
+is **not** exempt: requests from other nodes reach this node's model server, so they are
+inspected, decided and recorded here like any other (its ext_authz check is marked as a
+mesh hop, which changes who the caller is, never whether the check runs). A chain that
+demands a client certificate (``require_client_certificate``) is also judged on whom it
+admits: one that matches no subject alternative name, or any SAN other than exact URI
+SANs, or runs a custom certificate validator, or accepts untrusted chains lets any SVID of
+the trust bundle in (a cloud gateway's included), and is named as such.
 
 Findings are of kind ``no-authz``; each names the listener (and the route, virtual host
 or route configuration where one is at fault).
@@ -53,10 +50,8 @@ or route configuration where one is at fault).
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -106,24 +101,6 @@ def _forwards(route: rc.Route) -> bool:
     return bool(route.HasField("route"))
 
 
-def _targets(route: rc.Route) -> list[str] | None:
-    """Clusters a forwarding route names, or None when they are not known in advance."""
-    action = route.route
-    specifier = action.WhichOneof("cluster_specifier")
-    if specifier == "cluster":
-        return [action.cluster]
-    if specifier == "weighted_clusters":
-        return [c.name for c in action.weighted_clusters.clusters]
-    return None
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _Listener:
     """One non-internal listener, judged chain by chain."""
 
@@ -151,63 +128,15 @@ class _Listener:
                 manager = hcm_pb2.HttpConnectionManager()
                 network_filter.typed_config.Unpack(manager)
                 managers.append(manager)
-            if self._mesh_peer_chain(chain, managers):
-                continue
+            admission = _peer_admission(chain)
+            if admission:
+                self.add(
+                    f"demands a client certificate but {admission}: any SVID of the trust "
+                    "bundle may pass, not only the named peers"
+                )
             for manager in managers:
                 self.manager(manager)
         return self.found
-
-    # -- the exemption of the inbound mTLS listener -------------------------------------
-
-    def _mesh_peer_chain(
-        self,
-        chain: listener_components_pb2.FilterChain,
-        managers: Sequence[hcm_pb2.HttpConnectionManager],
-    ) -> bool:
-        """Does ``chain`` take only authenticated mesh peers and forward only to this node?"""
-        forwarding = [f for f in chain.filters if f.typed_config.type_url not in REFUSING_FILTERS]
-        admission = _peer_admission(chain)
-        if admission is None or len(managers) != len(forwarding):
-            return False
-        if admission:
-            self.add(
-                f"demands a client certificate but {admission}: any SVID of the trust "
-                "bundle may pass, not only the named peers"
-            )
-            return False
-        for manager in managers:
-            tables = self.tables(manager)
-            if tables is None:
-                return False
-            for table in tables:
-                for _, route in _routes(table):
-                    if _forwards(route) and not self._to_this_node(route):
-                        return False
-        return True
-
-    def _to_this_node(self, route: rc.Route) -> bool:
-        targets = _targets(route)
-        if not targets:
-            return False
-        for name in targets:
-            cluster = self.inventory.clusters.get(name)
-            if (
-                cluster is None
-                or cluster.HasField("cluster_type")
-                or cluster.type != cluster_pb2.Cluster.STATIC
-            ):
-                return False
-            addresses = [
-                lb.endpoint.address
-                for locality in cluster.load_assignment.endpoints
-                for lb in locality.lb_endpoints
-            ]
-            if not addresses or not all(
-                a.HasField("socket_address") and _loopback(a.socket_address.address)
-                for a in addresses
-            ):
-                return False
-        return True
 
     # -- one HTTP connection manager ------------------------------------------------------
 
