@@ -73,6 +73,7 @@ __all__ = [
 log = logging.getLogger("tiermesh.agents.batch")
 
 _RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+_CONFIRM_S: Final = 0.01
 _IDLE_POLL_S: Final = 0.1
 """Between two looks at the model server's load while holding off (each look is a request
 the model server answers too)."""
@@ -165,7 +166,9 @@ class BatchWorker:
         self._quiet_s = quiet_s
         self._fetch_timeout = fetch_timeout_s
         self._own_tokens = 0
-        self._last_sample: LoadSample | None = None
+        """Completion tokens of this worker's own answers, since it started."""
+        self._baseline: int | None = None
+        self._others_max = 0
         self._stopping = asyncio.Event()
         self._running = 0
         self.ran = 0
@@ -201,22 +204,38 @@ class BatchWorker:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _interactive_now(self) -> bool:
-        """Whether the model server shows interactive work since the last look."""
+    async def _sample(self) -> LoadSample | None:
         assert self._load is not None
         try:
-            sample = await self._load.sample()
+            return await self._load.sample()
         except (TimeoutError, OSError, aiohttp.ClientError):
-            sample = None
+            return None
+
+    async def _interactive_now(self) -> bool:
+        """Whether the model server shows interactive work since the last look.
+
+        Two signals, each safe against the server finishing its bookkeeping of this
+        worker's own answer a moment after the worker has it: requests in flight beyond
+        the worker's own, seen on two looks :data:`_CONFIRM_S` apart; and completion
+        tokens beyond its own answers' since it started, counted only when that total
+        exceeds its highest value so far (the server may count an own answer late)."""
+        sample = await self._sample()
         if sample is None:
             return False
-        last, self._last_sample = self._last_sample, sample
-        own, self._own_tokens = self._own_tokens, 0
-        if sample.in_flight - self._running > 0:
-            return True
-        if last is None:
+        if sample.in_flight > self._running:
+            await asyncio.sleep(_CONFIRM_S)
+            again = await self._sample()
+            if again is not None and again.in_flight > self._running:
+                return True
+            sample = again or sample
+        if self._baseline is None:
+            self._baseline = sample.completion_tokens_total
             return False
-        return sample.completion_tokens_total - last.completion_tokens_total > own
+        others = sample.completion_tokens_total - self._baseline - self._own_tokens
+        if others > self._others_max:
+            self._others_max = others
+            return True
+        return False
 
     async def _wait_for_quiet(self) -> None:
         if self._load is None:
