@@ -118,8 +118,10 @@ def test_a_report_may_carry_answer_counts_alone_but_not_nothing() -> None:
     counts = AnswerCounts(by_tier={"local": 3}, first_choice=3)
     report = UsageReport(epoch="e", seq=1, answers=counts)
     decoded = SessionMessage.model_validate_json(SessionMessage(usage=report).model_dump_json())
-    assert decoded.usage is not None and decoded.usage.answers == counts
-    assert counts.total() == 3 and not counts.is_empty()
+    assert decoded.usage is not None
+    assert decoded.usage.answers == counts
+    assert counts.total() == 3
+    assert not counts.is_empty()
     with pytest.raises(ValidationError, match="at least one tenant or answer counts"):
         UsageReport(epoch="e", seq=1)
 

@@ -252,8 +252,11 @@ async def test_answer_counts_reach_the_callback_once_and_answers_alone_are_a_rep
         await call.write(answers_only)  # a re-send: not counted again
         again = (await reply(call)).usage
         await call.write(SessionMessage(goodbye=True))
-    assert first is not None and first.applied and first.totals == {}
-    assert again is not None and not again.applied
+    assert first is not None
+    assert first.applied
+    assert first.totals == {}
+    assert again is not None
+    assert not again.applied
     assert seen == [("edge-1", counts)]
 
 

@@ -133,7 +133,7 @@ CHAIN = "chain|frontier-eu|private-llama|edge-llama"
         "cascade-step",
         "client-left",
         "odd-header",
-    ],  # fmt: skip
+    ],
 )
 def test_classify(logged: accesslog_pb2.HTTPAccessLogEntry, expected: Answer | None) -> None:
     assert classify(logged) == expected
@@ -152,7 +152,8 @@ def test_the_tally_adds_up_and_starts_again_after_take() -> None:
         fallback_reasons={"retry": 1},
         refused={"401": 2},
     )
-    assert tally.take() is None and not tally.pending()
+    assert tally.take() is None
+    assert not tally.pending()
 
 
 def test_refusal_statuses_are_bounded() -> None:
@@ -160,7 +161,8 @@ def test_refusal_statuses_are_bounded() -> None:
     tally.add([Answer(400 + i % 100, None) for i in range(200)])
     counts = tally.take()
     assert counts is not None
-    assert len(counts.refused) <= 64 and sum(counts.refused.values()) == 200
+    assert len(counts.refused) <= 64
+    assert sum(counts.refused.values()) == 200
 
 
 def test_reports_carry_answers_only_when_asked(tmp_path: Path) -> None:
@@ -168,7 +170,8 @@ def test_reports_carry_answers_only_when_asked(tmp_path: Path) -> None:
     ledger.answers.add([Answer(200, "local"), Answer(429, None)])
     assert ledger.next_report() is None  # nothing but answers, and the plane takes none
     report = ledger.next_report(answers=True)
-    assert report is not None and report.tenants == {}
+    assert report is not None
+    assert report.tenants == {}
     assert report.answers == AnswerCounts(by_tier={"local": 1}, first_choice=1,
                                           refused={"429": 1})  # fmt: skip
     assert ledger.next_report(answers=True) is None
