@@ -24,11 +24,14 @@ def entry(
     attempts: int = 1,
     steps: str = "",
     upstream: bool = True,
+    budget: str = "",
 ) -> accesslog_pb2.HTTPAccessLogEntry:
     logged = accesslog_pb2.HTTPAccessLogEntry()
     logged.request.request_method = base_pb2.POST
     logged.request.path = "/v1/chat/completions"
     logged.response.response_code.value = status
+    if budget:
+        logged.request.request_headers["x-tiermesh-budget"] = budget
     if tier_header:
         logged.response.response_headers["x-tiermesh-tier"] = tier_header
     if steps:
@@ -92,6 +95,16 @@ CHAIN = "chain|frontier-eu|private-llama|edge-llama"
         (
             entry(
                 200,
+                tier_header="local",
+                backend="edge-llama",
+                cluster="chain|edge-llama",
+                budget="exhausted",
+            ),
+            Answer(200, "local", True, "budget"),
+        ),
+        (
+            entry(
+                200,
                 tier_header="private",
                 steps="2",
                 cluster="tiermesh|cascade",
@@ -125,6 +138,7 @@ CHAIN = "chain|frontier-eu|private-llama|edge-llama"
         "unavailable",
         "single",
         "budget",
+        "budget-replanned",
         "cascade-escalated",
         "cascade-first",
         "5xx-from-tier",

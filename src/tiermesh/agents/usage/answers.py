@@ -17,7 +17,10 @@ None:
   in the chain, first to last:
 
   1. a cascade answer (``x-tiermesh-cascade-steps`` above 1): fallback, ``cascade``;
-  2. a budget fallback route (route name ending ``/budget``): fallback, ``budget``;
+  2. a request of a tenant whose budget is spent (ext_authz set ``x-tiermesh-budget:
+     exhausted``, which selects the ``<route>/budget`` fallback route, or the control plane
+     has re-planned the tenant's routes onto its fallback chain), or a budget fallback
+     route (route name ending ``/budget``): fallback, ``budget``;
   3. a chain (upstream cluster ``chain|<first>|…``) answered by a backend other than its
      first (backend tag): fallback, ``retry`` when Envoy tried more than once, else
      ``unavailable`` (the first step was ejected or unhealthy and never tried);
@@ -46,6 +49,8 @@ BACKEND_TAG: Final = "tiermesh.backend"
 TIER_TAG: Final = "tiermesh.tier"
 CHAIN_PREFIX: Final = "chain|"
 BUDGET_SUFFIX: Final = "/budget"
+BUDGET_HEADER: Final = "x-tiermesh-budget"
+BUDGET_EXHAUSTED: Final = "exhausted"
 CASCADE_STEP_ROUTE: Final = re.compile(r"/cascade/[0-9]+$")
 _TIERS: Final[frozenset[str]] = frozenset(get_args(Tier))
 
@@ -100,7 +105,8 @@ def _fallback_reason(entry: accesslog_pb2.HTTPAccessLogEntry) -> FallbackReason 
     common = entry.common_properties
     if _steps(entry.response.response_headers.get(STEPS_HEADER, "")) > 1:
         return "cascade"
-    if common.route_name.endswith(BUDGET_SUFFIX):
+    exhausted = entry.request.request_headers.get(BUDGET_HEADER, "") == BUDGET_EXHAUSTED
+    if exhausted or common.route_name.endswith(BUDGET_SUFFIX):
         return "budget"
     cluster = common.upstream_cluster
     backend = common.custom_tags.get(BACKEND_TAG, "")
@@ -145,6 +151,11 @@ class AnswerTally:
         """Something was counted since the last :meth:`take`."""
         with self._lock:
             return bool(self._by_tier or self._refused)
+
+    def seen(self) -> int:
+        """Requests counted (answered or refused) since the last :meth:`take`."""
+        with self._lock:
+            return sum(self._by_tier.values()) + sum(self._refused.values())
 
     def take(self) -> AnswerCounts | None:
         """The counts since the last call, and start again from zero; None when nothing

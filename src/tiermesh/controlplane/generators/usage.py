@@ -53,7 +53,8 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   through an aggregate cluster this names the member that answered) and the dynamic
   metadata above (``common_properties.metadata``); Envoy adds the method, path, status,
   upstream address and both body sizes, which the server needs to estimate an answer
-  without usage, and the route name, upstream cluster, try count and the answer's
+  without usage, and the route name, upstream cluster, try count, the request's
+  ``x-tiermesh-budget`` (as ext_authz set it) and the answer's
   ``x-tiermesh-tier`` and ``x-tiermesh-cascade-steps`` headers, from which it counts
   answers by tier and chain position (:mod:`tiermesh.agents.usage.answers`). Entries are
   sent at most ``flush_interval_ms`` after the request ends; a dead server loses entries and never
@@ -393,7 +394,7 @@ def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
             buffer_flush_interval=ms(settings.flush_interval_ms),
             custom_tags=[_host_tag(BACKEND_TAG, "backend"), _host_tag(TIER_TAG, "tier")],
         ),
-        additional_request_headers_to_log=[TENANT_HEADER],
+        additional_request_headers_to_log=[TENANT_HEADER, names.BUDGET_HEADER],
         additional_response_headers_to_log=[names.TIER_HEADER, names.CASCADE_STEPS_HEADER],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
