@@ -25,6 +25,7 @@ def entry(
     steps: str = "",
     upstream: bool = True,
     budget: str = "",
+    first: str = "",
 ) -> accesslog_pb2.HTTPAccessLogEntry:
     logged = accesslog_pb2.HTTPAccessLogEntry()
     logged.request.request_method = base_pb2.POST
@@ -44,6 +45,8 @@ def entry(
         common.custom_tags["tiermesh.tier"] = tier_tag
     if backend:
         common.custom_tags["tiermesh.backend"] = backend
+    if first:
+        common.custom_tags["tiermesh.first"] = first
     if upstream:
         common.upstream_remote_address.CopyFrom(
             address_pb2.Address(
@@ -95,6 +98,27 @@ CHAIN = "chain|frontier-eu|private-llama|edge-llama"
         (
             entry(
                 200,
+                tier_header="private",
+                backend="private-llama",
+                cluster="private-llama",
+                first="frontier-eu",
+            ),
+            Answer(200, "private", True, "unavailable"),
+        ),
+        (
+            entry(
+                200,
+                tier_header="cloud",
+                backend="frontier-eu",
+                cluster="frontier-eu",
+                first="frontier-eu",
+                attempts=2,
+            ),
+            Answer(200, "cloud"),
+        ),
+        (
+            entry(
+                200,
                 tier_header="local",
                 backend="edge-llama",
                 cluster="chain|edge-llama",
@@ -138,6 +162,8 @@ CHAIN = "chain|frontier-eu|private-llama|edge-llama"
         "unavailable",
         "single",
         "budget",
+        "member-cluster-first-tag",
+        "first-retried-on-itself",
         "budget-replanned",
         "cascade-escalated",
         "cascade-first",

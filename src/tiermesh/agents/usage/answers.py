@@ -21,9 +21,11 @@ None:
      exhausted``, which selects the ``<route>/budget`` fallback route, or the control plane
      has re-planned the tenant's routes onto its fallback chain), or a budget fallback
      route (route name ending ``/budget``): fallback, ``budget``;
-  3. a chain (upstream cluster ``chain|<first>|…``) answered by a backend other than its
-     first (backend tag): fallback, ``retry`` when Envoy tried more than once, else
-     ``unavailable`` (the first step was ejected or unhealthy and never tried);
+  3. a chain route answered by a backend (backend tag) other than its first step's (the
+     route's first-backend tag; else, from an older control plane, the first member of an
+     upstream cluster named ``chain|<first>|…``): fallback, ``retry`` when Envoy tried
+     more than once, else ``unavailable`` (the first step was ejected or unhealthy and
+     never tried);
   4. anything else (one-step routes, the first step of a chain, a cascade served by its
      first step): first choice.
 
@@ -47,6 +49,7 @@ TIER_HEADER: Final = "x-tiermesh-tier"
 STEPS_HEADER: Final = "x-tiermesh-cascade-steps"
 BACKEND_TAG: Final = "tiermesh.backend"
 TIER_TAG: Final = "tiermesh.tier"
+FIRST_TAG: Final = "tiermesh.first"
 CHAIN_PREFIX: Final = "chain|"
 BUDGET_SUFFIX: Final = "/budget"
 BUDGET_HEADER: Final = "x-tiermesh-budget"
@@ -108,11 +111,12 @@ def _fallback_reason(entry: accesslog_pb2.HTTPAccessLogEntry) -> FallbackReason 
     exhausted = entry.request.request_headers.get(BUDGET_HEADER, "") == BUDGET_EXHAUSTED
     if exhausted or common.route_name.endswith(BUDGET_SUFFIX):
         return "budget"
-    cluster = common.upstream_cluster
     backend = common.custom_tags.get(BACKEND_TAG, "")
-    if not cluster.startswith(CHAIN_PREFIX) or not backend:
-        return None
-    if backend == cluster[len(CHAIN_PREFIX) :].split("|", 1)[0]:
+    first = common.custom_tags.get(FIRST_TAG, "")
+    cluster = common.upstream_cluster
+    if not first and cluster.startswith(CHAIN_PREFIX):
+        first = cluster[len(CHAIN_PREFIX) :].split("|", 1)[0]
+    if not first or not backend or backend == first:
         return None
     return "retry" if common.upstream_request_attempt_count > 1 else "unavailable"
 

@@ -72,6 +72,11 @@ td[data-figure] { font-variant-numeric: tabular-nums; }
 .bar { width: 12px; height: 100%; display: flex; flex-direction: column-reverse; }
 .seg.local { background: #66bb6a; } .seg.private { background: #42a5f5; }
 .seg.cloud { background: #ab47bc; }
+.legend { margin: .6em 0 0; font-size: 12px; color: #5b6475; }
+.key { margin-left: .6em; } .key::before { content: ""; display: inline-block; width: .8em;
+  height: .8em; margin-right: .25em; vertical-align: -1px; }
+.key.local::before { background: #66bb6a; } .key.private::before { background: #42a5f5; }
+.key.cloud::before { background: #ab47bc; }
 .reasons { margin: .4em 0 0; padding-left: 1.2em; font-size: 13px; }
 .decisions td.reason { max-width: 36em; overflow-wrap: anywhere; font-size: 12px; }
 .outcome-deny td { color: #c62828; }

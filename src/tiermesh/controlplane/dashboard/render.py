@@ -139,7 +139,11 @@ def _minutes(traffic: Mapping[str, Any]) -> str:
         )
         label = f"{m.get('minute', '')[11:16]}: {m.get('answers', 0)} answers"
         bars.append(f'<div class="bar" title="{e(label)}">{segments}</div>')
-    return f'<div class="minutes" aria-label="answers per minute">{"".join(bars)}</div>'
+    legend = "".join(f'<span class="key {tier}">{tier}</span>' for tier in _TIERS)
+    return (
+        f'<p class="legend">answers per minute, last {len(minutes)} min: {legend}</p>'
+        f'<div class="minutes" aria-label="answers per minute">{"".join(bars)}</div>'
+    )
 
 
 def _traffic(view: Mapping[str, Any]) -> str:

@@ -48,7 +48,8 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   :data:`HOLD_BYTES`.
 - **Access log** (:func:`usage_access_log`), on the app listener's connection manager:
   ``envoy.access_loggers.http_grpc`` to :data:`USAGE_CLUSTER`, one entry per request,
-  with request header ``x-tiermesh-tenant``, custom tags :data:`BACKEND_TAG` and
+  with request header ``x-tiermesh-tenant``, custom tag :data:`FIRST_TAG` from the
+  route's metadata, custom tags :data:`BACKEND_TAG` and
   :data:`TIER_TAG` from the answering endpoint's metadata (``tiermesh: {backend, tier}``;
   through an aggregate cluster this names the member that answered) and the dynamic
   metadata above (``common_properties.metadata``); Envoy adds the method, path, status,
@@ -91,6 +92,7 @@ from tiermesh.controlplane.model import UsageSettings, names
 __all__ = [
     "ADDED_KEY",
     "BACKEND_TAG",
+    "FIRST_TAG",
     "HOLD_BYTES",
     "LOG_NAME",
     "LUA_FILTER",
@@ -118,6 +120,9 @@ BACKEND_TAG = "tiermesh.backend"
 """Custom tag: the answering endpoint's backend name."""
 TIER_TAG = "tiermesh.tier"
 """Custom tag: the answering endpoint's tier."""
+FIRST_TAG = "tiermesh.first"
+"""Custom tag: the backend of the route's first chain step (route metadata; absent on
+routes of one step)."""
 ADDED_KEY = "include_usage_added"
 """Key in :data:`METADATA_NAMESPACE`, ``true`` when the filter asked a stream for usage."""
 MAX_BODY_BYTES = 64 * 1024
@@ -382,6 +387,18 @@ def _host_tag(tag: str, key: str) -> custom_tag_pb2.CustomTag:
     )
 
 
+def _route_tag(tag: str, key: str) -> custom_tag_pb2.CustomTag:
+    return custom_tag_pb2.CustomTag(
+        tag=tag,
+        metadata=custom_tag_pb2.CustomTag.Metadata(
+            kind=metadata_pb2.MetadataKind(route=metadata_pb2.MetadataKind.Route()),
+            metadata_key=metadata_pb2.MetadataKey(
+                key=names.ROUTE_METADATA, path=[metadata_pb2.MetadataKey.PathSegment(key=key)]
+            ),
+        ),
+    )
+
+
 def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
     """The HTTP gRPC access log to :data:`USAGE_CLUSTER` (see the module doc)."""
     config = als_pb2.HttpGrpcAccessLogConfig(
@@ -392,7 +409,11 @@ def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
             ),
             transport_api_version=config_source_pb2.V3,
             buffer_flush_interval=ms(settings.flush_interval_ms),
-            custom_tags=[_host_tag(BACKEND_TAG, "backend"), _host_tag(TIER_TAG, "tier")],
+            custom_tags=[
+                _host_tag(BACKEND_TAG, "backend"),
+                _host_tag(TIER_TAG, "tier"),
+                _route_tag(FIRST_TAG, names.FIRST_BACKEND_KEY),
+            ],
         ),
         additional_request_headers_to_log=[TENANT_HEADER, names.BUDGET_HEADER],
         additional_response_headers_to_log=[names.TIER_HEADER, names.CASCADE_STEPS_HEADER],
