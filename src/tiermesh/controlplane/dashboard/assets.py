@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["SCRIPT", "STYLESHEET"]
+__all__ = ["ICON", "SCRIPT", "STYLESHEET"]
 
 SCRIPT: Final = """\
 "use strict";
@@ -78,9 +78,19 @@ td[data-figure] { font-variant-numeric: tabular-nums; }
 .key.local::before { background: #66bb6a; } .key.private::before { background: #42a5f5; }
 .key.cloud::before { background: #ab47bc; }
 .reasons { margin: .4em 0 0; padding-left: 1.2em; font-size: 13px; }
+.decisions td.id { font: 12px ui-monospace, monospace; color: #5b6475; }
 .decisions td.reason { max-width: 36em; overflow-wrap: anywhere; font-size: 12px; }
 .outcome-deny td { color: #c62828; }
 dl.provenance { display: grid; grid-template-columns: max-content 1fr; gap: .1em 1em;
   margin: 0; font-size: 13px; }
 dl.provenance dt { color: #5b6475; }
 """
+
+ICON: Final = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#1d2330"/>'
+    '<rect x="3" y="9" width="2" height="4" fill="#66bb6a"/>'
+    '<rect x="7" y="6" width="2" height="7" fill="#42a5f5"/>'
+    '<rect x="11" y="3" width="2" height="10" fill="#ab47bc"/></svg>'
+)
+"""The page's icon (so the browser asks for nothing the server lacks)."""

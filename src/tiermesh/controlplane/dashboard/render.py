@@ -206,11 +206,16 @@ def _audit_line(audit: Mapping[str, Any]) -> str:
 
 
 def _decisions(view: Mapping[str, Any]) -> str:
-    columns = ("time", "node", "tenant", "sensitivity", "tier", "outcome", "reason")
-    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    columns = ("time", "node", "tenant", "sensitivity", "outcome", "reason")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in (*columns, "decision")) + "</tr>"
     rows = [
         _row(
-            [_td(d.get(c), cls="reason" if c == "reason" else None) for c in columns],
+            [
+                *(_td(d.get(c), cls="reason" if c == "reason" else None) for c in columns),
+                f'<td class="id" title="{e(d.get("decision_id"))}" '
+                f'data-decision-id="{e(d.get("decision_id"))}">'
+                f"{e(str(d.get('decision_id'))[:8])}</td>",
+            ],
             cls=f"outcome-{d.get('outcome')}",
         )
         for d in view.get("decisions") or ()
@@ -244,6 +249,7 @@ def page(view: Mapping[str, Any], *, poll_ms: int = 2000) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>tiermesh — {domain}</title>"
+        '<link rel="icon" href="/favicon.svg">'
         '<link rel="stylesheet" href="/dashboard.css"></head>'
         f'<body data-poll-ms="{int(poll_ms)}">'
         f'<header><h1>tiermesh</h1><span class="domain">{domain}</span>'

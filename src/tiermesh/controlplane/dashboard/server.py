@@ -5,7 +5,7 @@ Routes (GET or HEAD; anything else 405, unknown paths 404):
 - ``/`` — the page (:func:`.render.page`), server-rendered;
 - ``/api/dashboard`` — ``{"view": <dashboard document>, "html": <main content>}``, JSON,
   what the page's script polls and ``tiermesh top`` reads;
-- ``/dashboard.js``, ``/dashboard.css`` — the page's only assets;
+- ``/dashboard.js``, ``/dashboard.css``, ``/favicon.svg`` — the page's only assets;
 - ``/healthz`` — ``ok`` (no authentication: it says nothing).
 
 Authentication (:mod:`.auth`): none on loopback; elsewhere every route but ``/healthz``
@@ -58,6 +58,7 @@ _SECURITY_HEADERS: Final = (
 _ASSETS: Final = {
     "/dashboard.js": ("text/javascript; charset=utf-8", assets.SCRIPT.encode()),
     "/dashboard.css": ("text/css; charset=utf-8", assets.STYLESHEET.encode()),
+    "/favicon.svg": ("image/svg+xml", assets.ICON.encode()),
 }
 
 ViewSource = Callable[[], Awaitable[dict[str, Any]]]
