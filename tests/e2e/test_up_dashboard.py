@@ -1,8 +1,9 @@
 """The dashboard of a running ``tiermesh up``, while the mesh takes known traffic: each
 figure moves by exactly what was sent (a cloud answer, a restricted request, a PII
 request, a cascade escalation, a local fallback after the cloud is stopped, an exhausted
-budget, a refused request), a real headless chromium shows it to a person (screenshots in
-bench/results/), and ``status``, ``top`` and ``audit`` find the mesh without flags.
+budget, a refused request; the cloud answer's price moves its tenant's spend), a real
+headless chromium shows it to a person (screenshots in bench/results/), and ``status``,
+``top`` and ``audit`` find the mesh without flags.
 
 Figures reach the control plane with the nodes' usage reports (about a second after the
 access log, which Envoy flushes within a second), so each step waits for the exact delta
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from playwright.sync_api import expect
 
 from tests.e2e.agent_support import TIERMESH, chat, chat_text
@@ -34,6 +36,7 @@ from tests.e2e.up_support import (
     steer,
 )
 from tests.support.browser import chromium_path, headless_chromium
+from tiermesh.agents.usage.ledger import cost_micro
 from tiermesh.demo.mesh import CASCADE_HEADERS, TRIAL_HEADERS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd, pytest.mark.envoy, pytest.mark.model]
@@ -127,12 +130,38 @@ def test_up_prints_the_dashboard_url(up: Up) -> None:
     assert str(state_file(up.state)) in printed.replace("\n", "")
 
 
-def test_a_cloud_answer_is_one_first_choice_cloud_answer(up: Up) -> None:
+def spent_micro(up: Up, tenant: str) -> int:
+    """The tenant's mesh-wide spend the dashboard shows, in micro-dollars."""
+    (row,) = [t for t in view(up)["tenants"] if t["name"] == tenant]
+    return round(float(row["spent_usd"]) * 1_000_000)
+
+
+def price(up: Up, backend: str) -> tuple[float, float]:
+    """The pushed catalog's (input, output) USD per 1000 tokens of ``backend``."""
+    catalog = yaml.safe_load((up.state / "policies" / "data" / "catalog.yaml").read_text())
+    (found,) = [b for b in catalog["backends"] if b["name"] == backend]
+    cost = found["cost_per_1k_tokens"]
+    return float(cost["input"]), float(cost["output"])
+
+
+def test_a_cloud_answer_is_one_first_choice_cloud_answer_and_its_price(up: Up) -> None:
     cloud_answer(up, REASONING)  # the cloud tier is reachable (its secrets arrived)
     before = settled(up)
+    spent = spent_micro(up, "acme")
     status, headers, body = chat(up.port, up.keyed(REASONING), timeout=30)
     assert (status, headers["x-tiermesh-tier"]) == (200, "cloud"), body
     expect_delta(up, before, lambda d: d == answered("cloud", first=1))
+    usage = json.loads(body)["usage"]
+    charged = cost_micro(
+        usage["prompt_tokens"], usage["completion_tokens"], price(up, headers["x-tiermesh-backend"])
+    )
+    assert charged > 0
+    deadline = time.monotonic() + DELTA_BOUND_S
+    while time.monotonic() < deadline and spent_micro(up, "acme") - spent != charged:
+        time.sleep(0.3)
+    assert spent_micro(up, "acme") - spent == charged
+    time.sleep(QUIET_S)
+    assert spent_micro(up, "acme") - spent == charged  # and nothing more
 
 
 def _local(change: dict[str, int], tier: str) -> bool:
