@@ -60,6 +60,7 @@ from tiermesh.agents.authz.errors import (
     DecisionNotRecorded,
     PolicyRejected,
 )
+from tiermesh.agents.authz.jwt_claims import JwtTrust
 from tiermesh.agents.authz.normalize import detection_text
 from tiermesh.agents.authz.policy import (
     build_request_engine,
@@ -103,6 +104,7 @@ __all__ = [
     "Finding",
     "InspectedBody",
     "JsonFileBudgetSource",
+    "JwtTrust",
     "KeyTable",
     "MemorySink",
     "Outcome",

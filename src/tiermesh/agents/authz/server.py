@@ -13,8 +13,11 @@ Mapping of a :class:`~tiermesh.agents.authz.decide.Verdict` to a ``CheckResponse
   answered; Envoy's ``status_on_error`` applies and ``failure_mode_allow: false`` keeps the
   request from any upstream).
 
-The body is read from ``raw_body`` (Envoy's ``pack_as_bytes``) or ``body``; Envoy marks a
-cut body with ``x-envoy-auth-partial-body: true``. A message larger than
+The ``jwt_authn`` filter's verdict comes from the request's metadata context (namespace
+``envoy.filters.http.jwt_authn``, which the compiled ext_authz filter asks Envoy to send);
+only Envoy writes it, never the client. The body is read from ``raw_body`` (Envoy's
+``pack_as_bytes``) or ``body``; Envoy marks a cut body with
+``x-envoy-auth-partial-body: true``. A message larger than
 :func:`max_message_bytes` is refused by gRPC itself (``RESOURCE_EXHAUSTED``).
 """
 
@@ -27,6 +30,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from tiermesh.agents.authz.decide import (
@@ -37,6 +41,7 @@ from tiermesh.agents.authz.decide import (
     Verdict,
 )
 from tiermesh.agents.authz.errors import DecisionNotRecorded
+from tiermesh.controlplane.api.tenant_jwt import JWT_METADATA_NAMESPACE
 
 __all__ = [
     "HEADER_ROOM_BYTES",
@@ -68,12 +73,14 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
         headers.setdefault(str(entry.key).lower(), value)
     body = bytes(http.raw_body) if http.raw_body else str(http.body).encode("utf-8", "replace")
+    jwt = request.attributes.metadata_context.filter_metadata.get(JWT_METADATA_NAMESPACE)
     return CheckInput(
         method=str(http.method) or "GET",
         path=str(http.path) or "/",
         headers=headers,
         body=body,
         partial=_said_partial(headers.get(PARTIAL_BODY_HEADER, "")),
+        jwt_metadata={} if jwt is None else json_format.MessageToDict(jwt),
     )
 
 

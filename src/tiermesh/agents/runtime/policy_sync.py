@@ -99,10 +99,11 @@ def bundle_data(
 
 
 def policy_keys(policy: RequestPolicyBundle, request_config: dict[str, Any]) -> KeyTable:
-    """The tenant keys ``policy`` authenticates requests with, ``required`` per the
-    bundle's settings overridden by ``request_config`` (the node's)."""
+    """The tenant keys (and the catalog's JWT issuers) ``policy`` authenticates requests
+    with, ``required`` per the bundle's settings overridden by ``request_config`` (the
+    node's)."""
     merged = merged_request_config(policy.request_config, request_config)
-    return key_table(policy.api_keys, merged)
+    return key_table(policy.api_keys, merged, policy.catalog)
 
 
 class NodeApiPolicySource:
