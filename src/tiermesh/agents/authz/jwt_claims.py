@@ -37,6 +37,7 @@ from tiermesh.controlplane.api import API_KEY_PREFIX, Catalog, JwtIssuer
 from tiermesh.controlplane.api.tenant_jwt import (
     JWT_FAILURE_PREFIX,
     JWT_PAYLOAD_PREFIX,
+    MISSING_MESSAGE,
     UNKNOWN_ISSUER_MESSAGE,
 )
 
@@ -127,29 +128,37 @@ def _entries(metadata: Mapping[str, Any], prefix: str) -> dict[str, Mapping[str,
     }
 
 
-def _unknown_issuer(failure: Mapping[str, Any]) -> bool:
-    return failure.get("message") == UNKNOWN_ISSUER_MESSAGE
+def _not_this_token(failure: Mapping[str, Any]) -> bool:
+    """Is ``failure`` a provider's ``not my issuer`` (or ``no token``), not a verdict on the
+    token?"""
+    return failure.get("message") in {UNKNOWN_ISSUER_MESSAGE, MISSING_MESSAGE}
 
 
-def _unsigned(token: str) -> bool:
-    """Does the (unverified) header of ``token`` say ``alg: none``?"""
-    head = token.split(".", 1)[0]
+def _unverified_part(token: str, index: int) -> dict[str, Any]:
+    """Part ``index`` (0 header, 1 claims) of ``token``, decoded but NOT verified: only for
+    naming a problem, never for deciding who the request is. Empty when unreadable."""
+    parts = token.split(".")
+    if len(parts) <= index:
+        return {}
+    text = parts[index]
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (ValueError, binascii.Error):
-        return False
-    return isinstance(header, dict) and str(header.get("alg", "")).lower() == "none"
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _problem(failures: Mapping[str, Mapping[str, Any]], token: str) -> str:
     """The problem of a token every provider refused."""
-    if _unsigned(token):
+    if str(_unverified_part(token, 0).get("alg", "")).lower() == "none":
         return "unsigned JWT (alg none)"
-    relevant = [f for f in failures.values() if not _unknown_issuer(f)]
+    relevant = [f for f in failures.values() if not _not_this_token(f)]
     if not relevant:
         return "JWT issuer not accepted"
     message = str(relevant[0].get("message", ""))
     lowered = message.lower()
+    if "verification fail" in lowered and "exp" not in _unverified_part(token, 1):
+        return "JWT without expiry"
     for fragment, problem in _PROBLEMS:
         if fragment in lowered:
             return problem
@@ -209,7 +218,7 @@ def _from_payloads(
     """A verified token's claims, unless another token (or provider) of the request
     failed, or two issuers claimed it."""
     token_failures = {
-        name: f for name, f in failures.items() if name in payloads or not _unknown_issuer(f)
+        name: f for name, f in failures.items() if name in payloads or not _not_this_token(f)
     }
     if token_failures:
         return RefusedJwt(_problem(token_failures, ""))

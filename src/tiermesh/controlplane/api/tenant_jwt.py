@@ -11,7 +11,9 @@ In it, for issuer ``<name>``:
   why that provider refused the token (every provider but the token issuer's says
   ``Jwt issuer is not configured``: :data:`UNKNOWN_ISSUER_MESSAGE`).
 
-No entry at all: the request carried no ``authorization: Bearer`` token.
+No entry, or only :data:`MISSING_MESSAGE` refusals: the request carried no
+``authorization: Bearer`` token. Envoy refuses a token without ``exp`` with the message of
+a bad signature (``Jwt verification fails``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "JWT_FAILURE_PREFIX",
     "JWT_METADATA_NAMESPACE",
     "JWT_PAYLOAD_PREFIX",
+    "MISSING_MESSAGE",
     "UNKNOWN_ISSUER_MESSAGE",
 ]
 
@@ -33,3 +36,5 @@ JWT_FAILURE_PREFIX: Final = "failure/"
 """Key prefix of a provider's refusal; the issuer's catalog name follows."""
 UNKNOWN_ISSUER_MESSAGE: Final = "Jwt issuer is not configured"
 """Envoy's refusal of a token whose ``iss`` is not the provider's issuer."""
+MISSING_MESSAGE: Final = "Jwt is missing"
+"""Envoy's refusal when the request carries no token at all."""
