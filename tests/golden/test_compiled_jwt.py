@@ -35,7 +35,16 @@ ISSUERS = [
         "name": "ci",
         "issuer": "ci-runner",
         "audiences": ["tiermesh"],
-        "local_jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qY", "kid": "ci-1"}]},
+        "local_jwks": {
+            "keys": [
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg",
+                    "kid": "ci-1",
+                }
+            ]
+        },
     },
 ]
 

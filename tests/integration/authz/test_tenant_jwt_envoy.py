@@ -12,6 +12,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.integration.authz.conftest import AuthzMesh, Reply, run_authz_mesh
 from tests.integration.authz.test_tenant_keys_envoy import (
@@ -238,3 +240,44 @@ def test_a_rotated_key_set_is_fetched_again(jwt_mesh: JwtMesh) -> None:
         time.sleep(0.25)
     assert statuses[-1] == 200, statuses
     assert jwt_mesh.jwks.fetches > fetched
+
+
+def test_keys_that_cannot_be_fetched_refuse_the_token(jwt_mesh: JwtMesh) -> None:
+    jwt_mesh.jwks.stop()  # the 1 s cache runs out; the refetch fails
+    deadline = time.monotonic() + 15
+    reply = jwt_mesh.send(jwt_mesh.token("globex"))
+    while reply.status == 200 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        reply = jwt_mesh.send(jwt_mesh.token("globex"))
+    assert reply.status == 401, reply.body
+    assert json.loads(reply.body)["reason"] == "JWKS unavailable"
+
+
+def test_an_inline_key_set_verifies_tokens_in_envoy(tmp_path: Path) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**json.loads(ECAlgorithm.to_jwk(private.public_key())), "kid": "ci-1"}
+
+    def adjust(catalog: Catalog) -> Catalog:
+        catalog = with_local_only_globex(catalog)
+        issuer = {
+            "name": "ci",
+            "issuer": "ci-runner",
+            "audiences": [AUDIENCE],
+            "local_jwks": {"keys": [jwk]},
+        }
+        return Catalog.model_validate({**catalog.model_dump(mode="json"), "jwt_issuers": [issuer]})
+
+    def token(key: ec.EllipticCurvePrivateKey) -> str:
+        claims = {"iss": "ci-runner", "aud": AUDIENCE, "sub": "job-7", "tenant": "globex",
+                  "exp": int(time.time()) + 60}  # fmt: skip
+        return jwt.encode(claims, key, "ES256", headers={"kid": "ci-1"})
+
+    with run_authz_mesh(tmp_path, adjust) as mesh:
+        mesh.authz.use_keys(KeyTable((), required=True, jwt=JwtTrust.of(mesh.catalog)))
+        good = mesh.send({**PUBLIC_REASONING, "authorization": f"Bearer {token(private)}"}, CLEAN)
+        assert (good.status, good.backend) == (200, "edge")
+        forged = token(ec.generate_private_key(ec.SECP256R1()))
+        bad = mesh.send({**PUBLIC_REASONING, "authorization": f"Bearer {forged}"}, CLEAN)
+        assert bad.status == 401
+        assert json.loads(bad.body)["reason"] == "JWT signature invalid"
+        assert mesh.reached() == 1

@@ -28,7 +28,8 @@ APP = names.APP_LISTENER
 JWT = "envoy.filters.http.jwt_authn"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 REMOTE = "https://login.example.com/.well-known/jwks.json"
-INLINE = {"keys": [{"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ", "kid": "k1"}]}
+ED25519_X = "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"  # of the private key bytes 0..31
+INLINE = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED25519_X, "kid": "k1"}]}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_every_provider_hands_its_verdict_on_and_never_forwards_the_token(
     assert idp.remote_jwks.http_uri.timeout.ToMilliseconds() == 1500
     assert idp.remote_jwks.cache_duration.seconds == 60
     assert ci.local_jwks.inline_string == (
-        '{"keys":[{"crv":"P-256","kid":"k1","kty":"EC","x":"eA","y":"eQ"}]}'
+        f'{{"keys":[{{"crv":"Ed25519","kid":"k1","kty":"OKP","x":"{ED25519_X}"}}]}}'
     )
     assert ci.clock_skew_seconds == 5
     (rule,) = config.rules
