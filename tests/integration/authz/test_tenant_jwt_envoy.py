@@ -5,6 +5,9 @@ naming an unknown tenant is a 401 with a decision record, and no backend is reac
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
@@ -281,3 +285,20 @@ def test_an_inline_key_set_verifies_tokens_in_envoy(tmp_path: Path) -> None:
         assert bad.status == 401
         assert json.loads(bad.body)["reason"] == "JWT signature invalid"
         assert mesh.reached() == 1
+
+
+def test_a_token_hmac_signed_with_the_public_key_is_refused(jwt_mesh: JwtMesh) -> None:
+    """The algorithm-confusion forgery: HS256 keyed with the issuer's public key."""
+    public = jwt_mesh.key.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    def part(value: dict[str, object]) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "org": "acme",
+              "exp": int(time.time()) + 60}  # fmt: skip
+    signed = part({"alg": "HS256", "kid": jwt_mesh.key.kid}) + b"." + part(claims)
+    mac = hmac.new(public, signed, hashlib.sha256).digest()
+    token = (signed + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+    _assert_refused(jwt_mesh, token, "JWT signed by an unknown key")
