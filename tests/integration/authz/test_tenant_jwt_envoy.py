@@ -232,7 +232,7 @@ def test_a_rotated_key_set_is_fetched_again(jwt_mesh: JwtMesh) -> None:
     assert jwt_mesh.send(jwt_mesh.token("globex")).status == 200
     fetched = jwt_mesh.jwks.fetches
     assert fetched >= 1
-    new_key = SigningKey()
+    old_key, new_key = jwt_mesh.key, SigningKey()
     jwt_mesh.jwks.publish(new_key)
     jwt_mesh.key = new_key
     deadline = time.monotonic() + 15
@@ -244,6 +244,10 @@ def test_a_rotated_key_set_is_fetched_again(jwt_mesh: JwtMesh) -> None:
         time.sleep(0.25)
     assert statuses[-1] == 200, statuses
     assert jwt_mesh.jwks.fetches > fetched
+    jwt_mesh.key = old_key  # retired: no longer in the key set
+    for backend in jwt_mesh.mesh.backends.values():
+        backend.models.clear()
+    _assert_refused(jwt_mesh, jwt_mesh.token("acme"), "JWT signed by an unknown key")
 
 
 def test_keys_that_cannot_be_fetched_refuse_the_token(jwt_mesh: JwtMesh) -> None:
