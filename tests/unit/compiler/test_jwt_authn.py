@@ -4,6 +4,7 @@ lets exactly that filter (in that shape) precede ext_authz."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -269,3 +270,13 @@ def test_keys_fetched_through_a_backend_cluster_are_a_finding(
     )
     messages = [f.message for f in verify_snapshot(rebuild(resources), jwt_catalog)]
     assert f"JWKS cluster '{backend}' is not the JWKS cluster of a catalog JWT issuer" in messages
+
+
+def test_a_node_without_authz_gets_no_jwt_filter_nor_jwks_cluster(
+    edge_plan: Plan, jwt_catalog: Catalog
+) -> None:
+    settings = dataclasses.replace(EDGE_SETTINGS, authz=None)
+    model = MeshModel.build([edge_plan], {EDGE: settings}, jwt_issuers=jwt_catalog.jwt_issuers)
+    r = decode(compile_and_verify(model, EDGE, jwt_catalog))
+    assert JWT not in [f.name for f in _manager(r).http_filters]
+    assert not [name for name in r[typeurls.CLUSTER] if name.startswith("jwks|")]
