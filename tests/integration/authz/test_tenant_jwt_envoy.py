@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -306,3 +307,25 @@ def test_a_token_hmac_signed_with_the_public_key_is_refused(jwt_mesh: JwtMesh) -
     mac = hmac.new(public, signed, hashlib.sha256).digest()
     token = (signed + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
     _assert_refused(jwt_mesh, token, "JWT signed by an unknown key")
+
+
+def test_two_authorization_headers_are_refused(jwt_mesh: JwtMesh) -> None:
+    """However Envoy and the check see two ``authorization`` headers (one JWT and a key of
+    another tenant, or two tokens), the request is refused, never routed."""
+    token = jwt_mesh.token("acme")
+    for values in ([token, GLOBEX_KEY], [GLOBEX_KEY, token], [token, token]):
+        connection = http.client.HTTPConnection("127.0.0.1", jwt_mesh.mesh.listener, timeout=10)
+        try:
+            connection.putrequest("POST", "/v1/chat/completions")
+            headers = {"content-type": "application/json", "content-length": str(len(CLEAN))}
+            for name, value in {**headers, **PUBLIC_REASONING}.items():
+                connection.putheader(name, value)
+            for value in values:
+                connection.putheader("authorization", f"Bearer {value}")
+            connection.endheaders(CLEAN)
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        assert response.status == 401, values
+    assert jwt_mesh.mesh.reached() == 0
