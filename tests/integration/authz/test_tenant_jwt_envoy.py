@@ -11,7 +11,7 @@ import hmac
 import http.client
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jwt
@@ -38,7 +38,7 @@ AUDIENCE = "tiermesh-apps"
 GLOBEX_KEY, GLOBEX = new_api_key()
 
 
-def with_issuer(jwks_uri: str, cache_s: int) -> object:
+def with_issuer(jwks_uri: str, cache_s: int) -> Callable[[Catalog], Catalog]:
     """The two-tenant catalog with one JWT issuer whose key set Envoy fetches from
     ``jwks_uri``, kept ``cache_s`` seconds."""
 
@@ -83,7 +83,7 @@ def jwt_mesh(tmp_path: Path) -> Iterator[JwtMesh]:
     jwks = JwksServer(key)
     try:
         adjust = with_issuer(jwks.uri, cache_s=1)
-        with run_authz_mesh(tmp_path, adjust) as mesh:  # type: ignore[arg-type]
+        with run_authz_mesh(tmp_path, adjust) as mesh:
             mesh.authz.use_keys(
                 KeyTable(
                     (ApiKeyEntry(id=GLOBEX.key_id, tenant="globex", sha256=GLOBEX.digest),),
