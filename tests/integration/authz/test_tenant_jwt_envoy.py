@@ -329,3 +329,14 @@ def test_two_authorization_headers_are_refused(jwt_mesh: JwtMesh) -> None:
             connection.close()
         assert response.status == 401, values
     assert jwt_mesh.mesh.reached() == 0
+
+
+def test_the_scheme_may_be_bearer_in_lower_case(jwt_mesh: JwtMesh) -> None:
+    token = jwt_mesh.token("globex")
+    lower = jwt_mesh.mesh.send({**PUBLIC_REASONING, "authorization": f"bearer {token}"}, CLEAN)
+    assert (lower.status, lower.backend) == (200, "edge")
+    (seen,) = jwt_mesh.mesh.backends["edge"].requests
+    assert "authorization" not in seen
+    shouted = jwt_mesh.mesh.send({**PUBLIC_REASONING, "authorization": f"BEARER {token}"}, CLEAN)
+    assert shouted.status == 401
+    assert json.loads(shouted.body)["reason"] == "unverified JWT"

@@ -155,6 +155,16 @@ def test_a_token_no_issuer_owns_is_refused_as_a_foreign_issuer() -> None:
     assert verify_jwt(TRUST, metadata, bearer(token())) == RefusedJwt("JWT issuer not accepted")
 
 
+def test_a_token_envoy_did_not_read_is_unverified() -> None:
+    """``BEARER <jwt>``: the bearer value is a JWT but every provider found none."""
+    metadata = {
+        "failure/idp": {"message": MISSING_MESSAGE},
+        "failure/partner": {"message": MISSING_MESSAGE},
+    }
+    headers = {"authorization": f"BEARER {token()}"}
+    assert verify_jwt(TRUST, metadata, headers) == RefusedJwt("unverified JWT")
+
+
 def test_unsigned_and_expiry_less_tokens_are_named_from_the_unverified_token() -> None:
     unsigned = token({"alg": "none"})
     malformed = refused("Jwt is not in the form of Header.Payload.Signature")

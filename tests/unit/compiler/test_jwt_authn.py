@@ -114,7 +114,8 @@ def test_every_provider_hands_its_verdict_on_and_never_forwards_the_token(
         assert provider.payload_in_metadata == f"payload/{name}"
         assert provider.failed_status_in_metadata == f"failure/{name}"
         assert [(h.name, h.value_prefix) for h in provider.from_headers] == [
-            ("authorization", "Bearer ")
+            ("authorization", "Bearer "),
+            ("authorization", "bearer "),
         ]
     assert (idp.issuer, list(idp.audiences)) == ("https://login.example.com/", ["tiermesh"])
     assert idp.remote_jwks.http_uri.uri == REMOTE
@@ -209,6 +210,10 @@ def _query(config: jwt_pb2.JwtAuthentication) -> None:
     config.providers["idp"].from_params.append("token")
 
 
+def _other_header(config: jwt_pb2.JwtAuthentication) -> None:
+    config.providers["ci"].from_headers.add(name="x-tiermesh-tenant")
+
+
 def _no_verdict(config: jwt_pb2.JwtAuthentication) -> None:
     config.providers["idp"].failed_status_in_metadata = ""
 
@@ -226,6 +231,7 @@ def _route_cache(config: jwt_pb2.JwtAuthentication) -> None:
         (_strict, "may answer a request itself"),
         (_query, "provider 'idp' reads tokens from query parameters or cookies"),
         (_no_verdict, "provider 'idp' does not hand its verdict to ext_authz"),
+        (_other_header, "provider 'ci' reads tokens from other headers than authorization"),
         (_route_cache, "provider 'idp' re-matches the route"),
     ],
 )

@@ -154,7 +154,9 @@ def _problem(failures: Mapping[str, Mapping[str, Any]], token: str) -> str:
         return "unsigned JWT (alg none)"
     relevant = [f for f in failures.values() if not _not_this_token(f)]
     if not relevant:
-        return "JWT issuer not accepted"
+        # Every issuer disowned it, or Envoy did not read it (an odd spelling of Bearer).
+        owners = [f for f in failures.values() if f.get("message") == UNKNOWN_ISSUER_MESSAGE]
+        return "JWT issuer not accepted" if owners else "unverified JWT"
     message = str(relevant[0].get("message", ""))
     lowered = message.lower()
     if "verification fail" in lowered and "exp" not in _unverified_part(token, 1):

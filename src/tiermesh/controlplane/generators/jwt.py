@@ -13,9 +13,11 @@ the filter left in the request's dynamic metadata (namespace :data:`JWT_AUTHN_FI
   provider refused the token (``Jwt issuer is not configured`` from every issuer but the
   token's own).
 
-Tokens are read from ``authorization: Bearer <token>`` only. A verified token is removed
-from the request (``forward: false``), so it never reaches an upstream; a refused one is
-left for ext_authz to see (and the request goes nowhere). Every token must carry ``exp``.
+Tokens are read from ``authorization: Bearer <token>`` only (the scheme spelled ``Bearer``
+or ``bearer``: :data:`BEARER_PREFIXES`; Envoy matches it case-sensitively). A verified
+token is removed from the request (``forward: false``), so it never reaches an upstream; a
+refused one is left for ext_authz to see (and the request goes nowhere). Every token must
+carry ``exp``.
 
 A remote key set is fetched by Envoy through a cluster of its own (:func:`jwks_clusters`,
 named :func:`~tiermesh.controlplane.model.names.jwks_cluster`): STATIC for an IP address,
@@ -51,6 +53,7 @@ from tiermesh.controlplane.generators._protos import is_ip, ms, pack
 from tiermesh.controlplane.model import names
 
 __all__ = [
+    "BEARER_PREFIXES",
     "FAILURE_PREFIX",
     "JWT_AUTHN_FILTER",
     "PAYLOAD_PREFIX",
@@ -64,6 +67,8 @@ PAYLOAD_PREFIX = JWT_PAYLOAD_PREFIX
 """Dynamic-metadata key prefix of a verified token's claims (then the issuer's name)."""
 FAILURE_PREFIX = JWT_FAILURE_PREFIX
 """Dynamic-metadata key prefix of a provider's refusal (then the issuer's name)."""
+BEARER_PREFIXES = ("Bearer ", "bearer ")
+"""The ``authorization`` value prefixes tokens are read after (Envoy's match is exact)."""
 
 
 def _provider(issuer: JwtIssuer) -> jwt_pb2.JwtProvider:
@@ -72,7 +77,10 @@ def _provider(issuer: JwtIssuer) -> jwt_pb2.JwtProvider:
         audiences=list(issuer.audiences),
         require_expiration=True,
         forward=False,
-        from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix="Bearer ")],
+        from_headers=[
+            jwt_pb2.JwtHeader(name="authorization", value_prefix=prefix)
+            for prefix in BEARER_PREFIXES
+        ],
         payload_in_metadata=PAYLOAD_PREFIX + issuer.name,
         failed_status_in_metadata=FAILURE_PREFIX + issuer.name,
         clock_skew_seconds=issuer.clock_skew_s,

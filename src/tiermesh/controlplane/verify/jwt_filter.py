@@ -8,7 +8,7 @@ a ``jwt_authn`` filter that cannot route, forward or add anything is accepted th
 - configured inline (``typed_config`` of type ``JwtAuthentication``), not ``disabled``;
 - every provider: ``forward: false`` (the token never goes upstream), no
   ``forward_payload_header``, no ``claim_to_headers``, no ``clear_route_cache``, tokens
-  only from ``authorization: Bearer``, and its verdict written for ext_authz
+  only from ``authorization: Bearer`` (or ``bearer``), and its verdict written for ext_authz
   (``payload_in_metadata``, ``failed_status_in_metadata``);
 - no ``filter_state_rules`` and no ``requirement_map``; every rule's requirement lets a
   request through whatever its token (``requires_any`` ending in
@@ -39,6 +39,7 @@ __all__ = ["JWT_AUTHN", "jwks_cluster_problems", "jwt_filter_problem", "used_jwk
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 """The only HTTP filter name allowed before ext_authz."""
 _JWT_URL = "type.googleapis.com/" + jwt_pb2.JwtAuthentication.DESCRIPTOR.full_name
+_BEARER = frozenset({("authorization", "Bearer "), ("authorization", "bearer ")})
 _HCM_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 
 
@@ -53,8 +54,8 @@ def _provider_problem(name: str, provider: jwt_pb2.JwtProvider) -> str | None:
         "reads tokens from query parameters or cookies": bool(
             provider.from_params or provider.from_cookies
         ),
-        "reads tokens from other headers than authorization: Bearer": headers
-        != [("authorization", "Bearer ")],
+        "reads tokens from other headers than authorization: Bearer": not headers
+        or not set(headers) <= _BEARER,
         "does not hand its verdict to ext_authz (payload and failed-status metadata)": not (
             provider.payload_in_metadata and provider.failed_status_in_metadata
         ),
