@@ -340,3 +340,16 @@ def test_the_scheme_may_be_bearer_in_lower_case(jwt_mesh: JwtMesh) -> None:
     shouted = jwt_mesh.mesh.send({**PUBLIC_REASONING, "authorization": f"BEARER {token}"}, CLEAN)
     assert shouted.status == 401
     assert json.loads(shouted.body)["reason"] == "unverified JWT"
+
+
+def test_envoy_takes_an_https_jwks_cluster(tmp_path: Path) -> None:
+    """The TLS cluster of an ``https`` key set (system roots, the host as SAN) is config
+    Envoy accepts; here the host does not resolve, so a token's keys are unavailable."""
+    adjust = with_issuer("https://jwks.invalid/.well-known/jwks.json", cache_s=60)
+    with run_authz_mesh(tmp_path, adjust) as mesh:  # routes served: CDS and LDS accepted
+        mesh.authz.use_keys(KeyTable((), required=True, jwt=JwtTrust.of(mesh.catalog)))
+        token = SigningKey().token({"iss": ISSUER, "aud": AUDIENCE, "sub": "s", "org": "acme"})
+        reply = mesh.send({**PUBLIC_REASONING, "authorization": f"Bearer {token}"}, CLEAN)
+        assert reply.status == 401
+        assert json.loads(reply.body)["reason"] == "JWKS unavailable"
+        assert mesh.reached() == 0
