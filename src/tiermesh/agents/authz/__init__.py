@@ -9,6 +9,9 @@
   on the durable decision log; :class:`MemorySink` for tests).
 - :class:`Authorizer` — inspect, estimate, ask the budget, evaluate
   ``data.tiermesh.request.decision``, record, answer (:class:`Verdict`).
+- :class:`KeyTable` — who a request is: its tenant API key (:mod:`.credentials`) or a JWT
+  Envoy's ``jwt_authn`` verified against a catalog issuer (:class:`JwtTrust`,
+  :mod:`.jwt_claims`).
 - :func:`build_request_engine` — a new engine with a request policy that loaded and
   answered :func:`probe_policy`; :meth:`Authorizer.use_policy` swaps it in.
 - :func:`start_authz_server` — ``envoy.service.auth.v3.Authorization/Check`` on grpc.aio.
