@@ -238,6 +238,16 @@ _cleared(backend, sensitivity) if {
 	_sensitivity_rank[_clearance(backend)] >= _sensitivity_rank[sensitivity]
 }
 
+# Sensitivities whose traffic only backends with signers may serve: their node
+# verifies the model's signature before serving it and reports unsigned models unhealthy.
+_requires_signature(sensitivity) if {
+	sensitivity in object.get(data.catalog.defaults, "require_signed_models", [])
+}
+
+_signed_enough(_, sensitivity) if not _requires_signature(sensitivity)
+
+_signed_enough(backend, _) if count(object.get(backend, "signers", [])) > 0
+
 # A local backend serves its own node only (every node when it names none).
 _on_this_node(backend) if backend.tier != "local"
 
@@ -278,6 +288,7 @@ _eligible := {[tenant.name, sensitivity, alias]: eligible |
 		backend.tier in tiers
 		residency.permits(tenant, backend)
 		_cleared(backend, sensitivity)
+		_signed_enough(backend, sensitivity)
 	]
 	some alias in _alias_names
 	models := _model_for[alias]

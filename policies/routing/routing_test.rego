@@ -315,3 +315,19 @@ test_tenant_rate_limit_overrides_the_default if {
 test_no_plan_without_a_node if {
 	not routing.plan with data.catalog as _catalog([_box], [], [_classify]) with input as {}
 }
+
+# With require_signed_models naming restricted, restricted routes keep only backends
+# whose catalog entry names signers; other sensitivities are untouched.
+test_restricted_traffic_only_to_signed_backends_when_required if {
+	tenant := object.union(_tenant("acme", ["eu", "onprem"], ["local", "private", "cloud"]), {"restricted_tiers": ["local", "private"]})
+	signed_gpu := object.union(_gpu, {"signers": [{"public_key": "k", "certificate_identity": null, "roots": null}]})
+	base := _catalog([_box, signed_gpu], [tenant], [_classify])
+	demanding := object.union(base, {"defaults": object.union(base.defaults, {"require_signed_models": ["restricted"]})})
+	chains := [[[step.backend | some step in _route_named(plan, name).chain] |
+		some name in ["acme.restricted.classify.*", "acme.internal.classify.*"]
+	] |
+		some catalog in [base, demanding]
+		plan := routing.plan with data.catalog as catalog with data.usage as {} with input as _node("n1")
+	]
+	chains == [[["box", "gpu"], ["box", "gpu"]], [["gpu"], ["box", "gpu"]]]
+}

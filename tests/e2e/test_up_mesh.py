@@ -57,6 +57,21 @@ def test_up_starts_in_bounded_time_and_prints_the_endpoint(up: Up) -> None:
     assert set(nodes) == {"edge-1", "private-1", "cloud-gw-1"}
     assert nodes["edge-1"]["inference_url"] == f"http://127.0.0.1:{up.port}"
 
+    # Both model nodes serve the model signed with the key `up` made at start.
+    signer = up.mesh["model_signature"]["signer"]
+    deadline = time.monotonic() + 15
+    while True:
+        shown = subprocess.run(
+            [TIERMESH, "status", "--admin", up.mesh["control_plane"]["admin_url"], "--json"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        nodes = {n["id"]: n for n in json.loads(shown.stdout)["nodes"]}
+        models = [(nodes[n].get("load") or {}).get("model") or {} for n in ("edge-1", "private-1")]
+        if all(m.get("outcome") == "verified" for m in models) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(m.get("outcome"), m.get("signer")) for m in models] == [("verified", signer)] * 2
+
 
 def _listening_tcp_ports(process: psutil.Process) -> set[int]:
     return {

@@ -172,6 +172,16 @@ class ModelServerConfig(_Section):
     ready_timeout_s: float = Field(default=60.0, gt=0)
     endpoint_name: str = "llama"
     """The registered endpoint is ``<node-id>.<endpoint_name>`` at ``listen``."""
+    signature: Path | None = None
+    """The model's OpenSSF model-signing signature (default: ``<model>.sig`` beside it)."""
+    trusted_keys: tuple[Path, ...] = ()
+    """EC public keys (PEM files) trusted to sign the model, besides the ``signers`` the
+    catalog names for the backends this node hosts (``Backend.node``)."""
+    require_signature: bool = False
+    """Serve the model only with a valid signature even when no signer is named (then
+    nothing verifies, and nothing is served). With signers named it is demanded anyway."""
+    verify_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the model file and its signature are checked for changes (one stat)."""
 
 
 class AuthzConfig(_Section):

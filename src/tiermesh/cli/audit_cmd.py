@@ -68,14 +68,14 @@ SinceOpt = Annotated[
     str | None, typer.Option("--since", help="From this time: RFC 3339, or 30m / 2h / 7d ago.")
 ]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this time (as --since).")]
-_KINDS = ("request", "plan")
+_KINDS = ("request", "plan", "model_verification")
 
 
 def _kind(text: str | None, *, allow_all: bool = False) -> DecisionKind | None:
     if text is None or (allow_all and text == "all"):
         return None
     if text not in _KINDS:
-        choices = "request, plan or all" if allow_all else "request or plan"
+        choices = ", ".join(_KINDS) + (" or all" if allow_all else "")
         raise typer.BadParameter(choices, param_hint="--kind")
     return cast("DecisionKind", text)
 
@@ -206,7 +206,11 @@ def query(
     node: Annotated[str | None, typer.Option("--node", help="The node's SPIFFE ID.")] = None,
     kind: Annotated[
         str | None,
-        typer.Option("--kind", help="request (ext_authz verdicts) or plan (routing plans)."),
+        typer.Option(
+            "--kind",
+            help="request (ext_authz verdicts), plan (routing plans) or model_verification "
+            "(a node's model signature checks).",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
     as_json: JsonOpt = False,
@@ -377,7 +381,9 @@ def replay_cmd(
     until: UntilOpt = None,
     engine_name: Annotated[str, typer.Option("--engine", help="regorus or opa.")] = "regorus",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Changed rows shown.")] = 50,
-    kind: Annotated[str, typer.Option("--kind", help="request, plan or all (both kinds).")] = "all",
+    kind: Annotated[
+        str, typer.Option("--kind", help="request, plan, model_verification or all.")
+    ] = "all",
     as_json: JsonOpt = False,
     fail_on_change: Annotated[
         bool, typer.Option("--fail-on-change", help="Exit 1 when any decision changes.")

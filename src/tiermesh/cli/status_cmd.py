@@ -89,7 +89,23 @@ def _health_cell(node: dict[str, Any]) -> str:
             f"\n{load['in_flight']} in flight, {load['queue_depth']} queued, "
             f"{load.get('tokens_per_s', 0.0):.1f} tok/s"
         )
+        text += _model_line(load.get("model"))
     return text
+
+
+def _model_line(model: dict[str, Any] | None) -> str:
+    """The model's signature check: digest and signer, or why it is not served."""
+    if not model:
+        return ""
+    if model.get("outcome") == "refused":
+        return f"\n[red]model refused: {model.get('reason')}[/red]"
+    if model.get("outcome") == "unverified":
+        return "\nmodel unsigned (no signature demanded)"
+    digest = str(model.get("digest") or "")
+    signer = str(model.get("signer") or "")
+    if signer.startswith("key:sha256:"):
+        signer = signer[:27] + "…"  # the key's hash; --json has it whole
+    return f"\nmodel {digest[:19]}… signed by {signer}"
 
 
 def _render(document: dict[str, Any], console: Console) -> None:

@@ -34,6 +34,10 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
   enable node-to-node mTLS (``mesh_listen``): the catalog's private backend is the private
   node's mTLS listener, pinned to ``spiffe://tiermesh.local/node/private-1``, and the edge
   presents its own SVID to it.
+- model signing: a P-256 key made at each start signs the local model (the tiny GGUF or
+  SmolLM2; key and signature in ``model-signing/`` of the state dir,
+  :mod:`~tiermesh.demo.signing`), and the catalog's local and private backends name that
+  key as their only signer, so each node verifies the model before llama.cpp starts.
 
 :class:`LocalMesh` owns every process and thread it starts; :meth:`LocalMesh.stop` stops
 them all in reverse order whatever failed (agents first, so their goodbyes reach the
@@ -63,6 +67,7 @@ from tiermesh.agents.models import SMOLLM2_INSTALL, smollm2_available
 from tiermesh.demo.catalog import DemoEndpoint, write_demo_policies
 from tiermesh.demo.children import Child, ChildFailed, tiermesh_command
 from tiermesh.demo.cloud_standin import CloudStandin
+from tiermesh.demo.signing import SignedModel, sign_demo_model, trust_signer
 from tiermesh.demo.standin_control import StandinControl
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import LOOPBACK, free_port
@@ -175,6 +180,8 @@ class LocalMesh:
         """The control plane's audit collector (``HOST:PORT``), once it started."""
         self.api_keys: dict[str, str] = {}
         """Tenant -> its demo API key (``tmk_…``), once created."""
+        self.signed: SignedModel | None = None
+        """The local model, signed with a key made at start (once signed)."""
 
     @property
     def edge(self) -> MeshNode:
@@ -226,6 +233,9 @@ class LocalMesh:
 
         step("control plane")
         await self._start_plane()
+
+        step("model signing key; the local model signed with it")
+        self.signed = await asyncio.to_thread(sign_demo_model, self.state_dir, self.model)
 
         step("policy bundle, tenant API keys and join tokens")
         policies = self._write_policies()
@@ -353,6 +363,9 @@ class LocalMesh:
             ),
         }
         written = write_demo_policies(target, endpoints, budgets={TRIAL_TENANT: TRIAL_BUDGET_USD})
+        if self.signed is not None:
+            # The nodes serve the model only while this start's key vouches for its bytes.
+            trust_signer(written, ("edge-smollm", "onprem-gpu"), self.signed.public_key)
         (written / "data" / "request_config.yaml").write_text(
             "# Written by `tiermesh up`: every request must carry a tenant API key.\n"
             "require_api_key: true\n"
@@ -393,6 +406,9 @@ class LocalMesh:
                 "listen": f"{LOOPBACK}:{node.model_port}",
                 "n_threads": 1,
             }
+            if self.signed is not None:
+                document["model_server"]["model"] = str(self.signed.model)
+                document["model_server"]["signature"] = str(self.signed.signature)
             document["mesh_listen"] = f"{LOOPBACK}:{node.mesh_port}"
         path = self.state_dir / f"{node.id}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -437,6 +453,14 @@ class LocalMesh:
             },
             "cloud_standins": {name: s.base_url for name, s in self.standins.items()},
             "cloud_control": self.cloud_control.url if self.cloud_control else None,
+            "model_signature": None
+            if self.signed is None
+            else {
+                "model": str(self.signed.model),
+                "signature": str(self.signed.signature),
+                "public_key": str(self.signed.public_key),
+                "signer": self.signed.signer,
+            },
             "etcd": {"endpoint": self.etcd.endpoint if self.etcd else None, "root": self.root},
             "api_keys": {
                 tenant: {"id": key.split("_")[1], "key": key}

@@ -17,12 +17,12 @@ from tiermesh.cli.main import app
 def test_policy_test_passes_and_fails(policy_dir: Path) -> None:
     result = invoke("policy", "test", str(policy_dir))
     assert result.exit_code == 0, result.output
-    assert "regorus: 48 passed, 0 failed" in result.output
+    assert "regorus: 49 passed, 0 failed" in result.output
     (policy_dir / "extra_test.rego").write_text("package extra_test\n\ntest_no if {\n\t1 == 2\n}\n")
     result = invoke("policy", "test", str(policy_dir), "--engine", "all")
     assert result.exit_code == 1
-    assert "regorus: 48 passed, 1 failed" in result.output
-    assert "opa: 48 passed, 1 failed" in result.output or "opa: skipped" in result.output
+    assert "regorus: 49 passed, 1 failed" in result.output
+    assert "opa: 49 passed, 1 failed" in result.output or "opa: skipped" in result.output
 
 
 def test_policy_test_reports_syntax_errors(policy_dir: Path) -> None:

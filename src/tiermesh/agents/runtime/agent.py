@@ -42,12 +42,15 @@ from tiermesh.agents.identity import (
     WorkloadApiServer,
 )
 from tiermesh.agents.models import LlamaServer, smollm2_path, write_tiny_gguf
+from tiermesh.agents.models.guard import ModelGuard, VerificationOutcome
 from tiermesh.agents.runtime.envoy import EnvoySidecar, sds_names, write_bootstrap
 from tiermesh.agents.runtime.errors import ControlPlaneUnreachable, PortInUse, StartFailed
 from tiermesh.agents.runtime.identity import NodeApiSource, first_identity, svid_files
+from tiermesh.agents.runtime.model_trust import node_trust, verification_entry
 from tiermesh.agents.runtime.requests import RequestPolicy
 from tiermesh.agents.runtime.session import RegistrySession
-from tiermesh.controlplane.api import NodeLoad, NodeRegistration
+from tiermesh.controlplane.api import Catalog, ModelAttestation, NodeLoad, NodeRegistration
+from tiermesh.modelsig import TrustedSigner
 
 __all__ = ["NodeAgent"]
 
@@ -127,6 +130,8 @@ class NodeAgent:
         self.workload_api: WorkloadApiServer | None = None
         self.sds: LocalSdsServer | None = None
         self.model: LlamaServer | None = None
+        self.model_guard: ModelGuard | None = None
+        """Verifies the model file's signature before and while ``model`` serves it."""
         self.envoy: EnvoySidecar | None = None
         self.session: RegistrySession | None = None
         self.requests: RequestPolicy | None = None
@@ -195,7 +200,8 @@ class NodeAgent:
                 workdir=config.state_dir / "logs",
                 ready_timeout_s=config.model_server.ready_timeout_s,
             )
-            await self.model.start()
+            self.model_guard = self._guard(self.model, model_path)
+            await self.model_guard.start()
         if config.envoy.run:
             self.envoy = EnvoySidecar(config, self.bootstrap_path)
             await self.envoy.start()
@@ -235,6 +241,62 @@ class NodeAgent:
             why = self.session.last_error or "no reply"
             raise ControlPlaneUnreachable("the registry session", [why]) from None
 
+    def _trust(self, catalog: Catalog | None) -> tuple[tuple[TrustedSigner, ...], bool]:
+        model = self.config.model_server
+        try:
+            return node_trust(
+                catalog,
+                self.config.node.id,
+                trusted_keys=model.trusted_keys,
+                require_signature=model.require_signature,
+            )
+        except ValueError as exc:
+            raise StartFailed("the model server", str(exc)) from None
+
+    def _guard(self, server: LlamaServer, model_path: Path) -> ModelGuard:
+        """The model server behind its signature check (see
+        :mod:`~tiermesh.agents.models.guard`), trusting what the catalog names for this
+        node's backends; a new bundle's catalog replaces the trust."""
+        requests = self.requests
+        signers, required = self._trust(requests.catalog if requests is not None else None)
+        guard = ModelGuard(
+            server,
+            model_path,
+            signers=signers,
+            required=required,
+            signature=self.config.model_server.signature,
+            on_outcome=self._record_verification,
+            poll_interval_s=self.config.model_server.verify_interval_s,
+        )
+        if requests is not None:
+
+            def follow(catalog: Catalog) -> None:
+                try:
+                    new_signers, new_required = self._trust(catalog)
+                except StartFailed as exc:
+                    log.error("model signers of the new catalog not taken: %s", exc)
+                    return
+                guard.set_trust(new_signers, required=new_required)
+
+            requests.on_catalog(follow)
+        return guard
+
+    async def _record_verification(self, outcome: VerificationOutcome) -> None:
+        """A signed ``model_verification`` record in the decision log (when it runs)."""
+        if self.requests is None:
+            log.info("model verification (no decision log): %s", outcome.to_json())
+            return
+        await self.requests.record(verification_entry(outcome))
+
+    def _model_attestation(self) -> ModelAttestation | None:
+        guard = self.model_guard
+        last = guard.last if guard is not None else None
+        if last is None:
+            return None
+        return ModelAttestation(
+            outcome=last.outcome, digest=last.digest, signer=last.signer, reason=last.reason
+        )
+
     def _model_path(self) -> Path | None:
         model = self.config.model_server
         if model.kind == "none":
@@ -258,6 +320,8 @@ class NodeAgent:
         if self.model is not None:
             status = self.model.status
             healthy = status is not None and status.healthy
+            if self.model_guard is not None:
+                healthy = healthy and self.model_guard.serving
             served = await self.model.read_load()
             if served is not None:
                 queue_depth, tokens_per_s = served.queue_depth, served.tokens_per_s
@@ -278,6 +342,7 @@ class NodeAgent:
             queue_depth=queue_depth,
             tokens_per_s=tokens_per_s,
             healthy=healthy,
+            model=self._model_attestation(),
         )
 
     async def drain(self) -> None:
@@ -302,12 +367,14 @@ class NodeAgent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         envoy, self.envoy = self.envoy, None
+        guard, self.model_guard = self.model_guard, None
         model, self.model = self.model, None
         cascade, self.cascade = self.cascade, None
         requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
-        for name, part in (("Envoy", envoy), ("model server", model),
+        # The guard stops its watch, then the model server (it owns it while it runs).
+        for name, part in (("Envoy", envoy), ("model server", guard or model),
                            ("cascade handler", cascade),
                            ("request policy", requests), ("SDS", sds),
                            ("Workload API", workload)):  # fmt: skip

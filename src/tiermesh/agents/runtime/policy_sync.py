@@ -15,9 +15,10 @@ The policy's ``data.request_config`` is the bundle's settings (``data/request_co
 overridden key by key by the node's ``authz.request_config``, so a push changes a setting
 on every node that does not set it itself.
 
-The tenant API keys come with the policy (``api_keys``) and are swapped in with it; the
-setting ``require_api_key`` of the merged ``data.request_config`` decides whether a request
-without one is refused (:mod:`tiermesh.agents.authz.credentials`). A key created or
+The tenant API keys come with the policy (``api_keys``) and are swapped in with it, as are
+the catalog's JWT issuers; the setting ``require_credential`` (or ``require_api_key``) of
+the merged ``data.request_config`` decides whether a request without a credential is
+refused (:mod:`tiermesh.agents.authz.credentials`). A key created or
 revoked is announced like a bundle (a new ``etcd_revision``), so it takes effect on the
 next fetch, without a restart.
 
@@ -51,6 +52,7 @@ from tiermesh.controlplane.api import (
     MAX_REQUEST_POLICY_BYTES,
     REQUEST_POLICY_METHOD,
     BundleRef,
+    Catalog,
     RequestPolicyBundle,
     RequestPolicyQuery,
     registry_method_path,
@@ -99,10 +101,11 @@ def bundle_data(
 
 
 def policy_keys(policy: RequestPolicyBundle, request_config: dict[str, Any]) -> KeyTable:
-    """The tenant keys ``policy`` authenticates requests with, ``required`` per the
-    bundle's settings overridden by ``request_config`` (the node's)."""
+    """The tenant keys (and the catalog's JWT issuers) ``policy`` authenticates requests
+    with, ``required`` per the bundle's settings overridden by ``request_config`` (the
+    node's)."""
     merged = merged_request_config(policy.request_config, request_config)
-    return key_table(policy.api_keys, merged)
+    return key_table(policy.api_keys, merged, policy.catalog)
 
 
 class NodeApiPolicySource:
@@ -178,6 +181,8 @@ class PolicySync:
         """Why the latest fetch or load failed (None after a success)."""
         self.swaps = 0
         """How many times a new policy was swapped in."""
+        self.on_catalog: Callable[[Catalog], None] | None = None
+        """Called with each swapped-in bundle's catalog (exceptions are logged)."""
         self._wanted: BundleRef | None = None
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -253,6 +258,7 @@ class PolicySync:
             len(policy.modules),
         )
         self._new_prices(policy)
+        self._new_catalog(policy)
         async with self._changed:
             self._changed.notify_all()
         return True
@@ -269,6 +275,14 @@ class PolicySync:
         except Exception as exc:  # noqa: BLE001 - accounting never undoes a policy swap
             log.warning("usage prices of bundle revision %d not written: %s",
                         policy.bundle.revision, exc)  # fmt: skip
+
+    def _new_catalog(self, policy: RequestPolicyBundle) -> None:
+        if self.on_catalog is None or policy.catalog is None:
+            return
+        try:
+            self.on_catalog(policy.catalog)
+        except Exception:
+            log.exception("the catalog of bundle revision %d was not taken", policy.bundle.revision)
 
     async def wait_current(self, predicate: Callable[[BundleRef | None], bool]) -> None:
         """Return once ``predicate(current)`` holds (tests, tools)."""

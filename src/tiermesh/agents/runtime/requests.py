@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,7 +59,14 @@ from tiermesh.agents.authz import (
     start_authz_server,
 )
 from tiermesh.agents.config import AgentConfig, is_unix
-from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StoreSigner
+from tiermesh.agents.decisionlog import (
+    DecisionEntry,
+    DecisionLog,
+    DecisionLogClosed,
+    GrpcShipClient,
+    Shipper,
+    StoreSigner,
+)
 from tiermesh.agents.identity import SvidStore
 from tiermesh.agents.identity.join_client import NodeApiCallError
 from tiermesh.agents.runtime._sockets import release_socket, start_grpc_on_socket
@@ -117,6 +125,16 @@ def policy_data(config: AgentConfig) -> tuple[dict[str, str], dict[str, Any]]:
     return modules, data
 
 
+def _catalog(data: dict[str, Any]) -> Catalog | None:
+    """The local policy's catalog, for its JWT issuers; None (no JWT accepted) when it has
+    none or it is not a valid catalog."""
+    try:
+        return Catalog.model_validate(data["catalog"]) if "catalog" in data else None
+    except ValidationError as exc:
+        log.warning("no JWT issuers from the local catalog, it is not valid: %s", exc)
+        return None
+
+
 def _revision(modules: dict[str, str], data: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for name in sorted(modules):
@@ -161,6 +179,26 @@ class RequestPolicy:
         self.usage_socket: Path | None = None
         """The usage server's Unix socket (None before :meth:`start`, without one or on a
         port)."""
+        self.catalog: Catalog | None = None
+        """The catalog of the policy deciding now (None before :meth:`start`, or when the
+        policy's catalog is not a valid one)."""
+        self._catalog_listeners: list[Callable[[Catalog], None]] = []
+
+    def on_catalog(self, listener: Callable[[Catalog], None]) -> None:
+        """Call ``listener`` with every later bundle's catalog, on the agent's loop."""
+        self._catalog_listeners.append(listener)
+
+    def _catalog_changed(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        for listener in self._catalog_listeners:
+            listener(catalog)
+
+    async def record(self, entry: DecisionEntry) -> None:
+        """Append ``entry`` to the node's decision log (signed, chained, shipped).
+        Raises ``DecisionLogError`` when the log is not running or the append fails."""
+        if self._log is None:
+            raise DecisionLogClosed(self._config.decision_dir)
+        await self._log.append(entry)
 
     def trust_reentry(self, header: str, secret: str) -> None:
         """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
@@ -216,7 +254,7 @@ class RequestPolicy:
         except PolicyRejected as exc:
             raise StartFailed("the request policy", str(exc)) from exc
         settings = data["request_config"]
-        keys = key_table(None, settings if isinstance(settings, dict) else {})
+        keys = key_table(None, settings if isinstance(settings, dict) else {}, _catalog(data))
         return engine, revision, None, data, keys
 
     async def _start(self) -> None:
@@ -259,6 +297,9 @@ class RequestPolicy:
         if config.authz.usage_listen is not None:
             await self._start_usage(config, data)
             self.sync.ledger = self.ledger
+        with contextlib.suppress(ValueError):
+            self.catalog = Catalog.model_validate(data.get("catalog"))
+        self.sync.on_catalog = self._catalog_changed
         self._syncing = asyncio.create_task(self.sync.run(), name="request-policy-sync")
         cp = config.control_plane
         if cp.audit:

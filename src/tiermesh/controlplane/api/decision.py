@@ -82,8 +82,10 @@ MAX_SHIP_BYTES: Final = 16 * 1024 * 1024
 GENESIS_HASH: Final = "0" * 64
 """``prev_hash`` of a node's first record (``seq`` 0)."""
 
-DecisionKind: TypeAlias = Literal["request", "plan"]
-"""``request``: a request-time verdict (ext_authz); ``plan``: a compile-time routing plan."""
+DecisionKind: TypeAlias = Literal["request", "plan", "model_verification"]
+"""``request``: a request-time verdict (ext_authz); ``plan``: a compile-time routing plan;
+``model_verification``: a node's check of its model file's signature (served or refused,
+and why)."""
 
 _HEX64 = r"^[0-9a-f]{64}$"
 _CHAIN_FIELDS = frozenset({"hash", "signature"})

@@ -75,6 +75,7 @@ __all__ = [
     "SESSION_METHOD",
     "AnswerCounts",
     "FallbackReason",
+    "ModelAttestation",
     "NodeEndpoint",
     "NodeLoad",
     "NodeRegistration",
@@ -287,6 +288,21 @@ class NodeRegistration(Contract):
         return tuple(e.name for e in self.endpoints if endpoint_owner(e.name) != self.node_id)
 
 
+class ModelAttestation(Contract):
+    """What the node's agent last concluded about its model file's signature."""
+
+    outcome: Literal["verified", "unverified", "refused"]
+    """``verified``: a trusted signer signed these bytes, served; ``unverified``: no
+    signature demanded, served; ``refused``: not served (see ``reason``)."""
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """The signed model digest (model-signing's subject digest) when verified."""
+    signer: str | None = Field(default=None, max_length=2100)
+    """The trusted signer that vouched for it (``key:sha256:…`` or ``cert:<identity>``)."""
+    reason: str | None = Field(default=None, max_length=64)
+    """Why it is refused: ``signature_missing``, ``signature_invalid``,
+    ``untrusted_signer``, ``model_changed``, ``server_failed`` …"""
+
+
 class NodeLoad(Contract):
     """A node's live load, as its agent measures it."""
 
@@ -302,6 +318,9 @@ class NodeLoad(Contract):
     """False when the agent sees its model server failing its health check. While the
     latest report says False, the control plane serves the endpoints of every catalog
     backend the node hosts (``Backend.node``) as ``UNHEALTHY`` to every node's Envoy."""
+    model: ModelAttestation | None = None
+    """The model file's signature check (None: the node runs no model server, or an agent
+    that predates signatures). A refused model also reports ``healthy`` False."""
 
 
 class UsageDelta(Contract):

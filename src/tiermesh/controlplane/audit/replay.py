@@ -158,6 +158,9 @@ def replay(
         if record.kind == "plan":
             _replay_plan(record, evaluate, report)
             continue
+        if record.kind == "model_verification":  # decided by signatures, not by policy
+            report.skipped += 1
+            continue
         if isinstance(record.result, dict) and record.result.get("policy_answer", {}) is None:
             report.skipped += 1
             continue

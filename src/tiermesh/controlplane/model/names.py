@@ -32,6 +32,8 @@ __all__ = [
     "credential_secret",
     "egress_cluster",
     "egress_listener",
+    "jwks_cluster",
+    "jwt_provider",
     "upstream_cluster",
 ]
 
@@ -101,3 +103,13 @@ def credential_secret(backend: str) -> str:
 def cascade_step_route(route: str, step: int) -> str:
     """Route that sends step ``step`` (from 0) of cascade route ``route`` to its cluster."""
     return f"{route}/cascade/{step}"
+
+
+def jwt_provider(issuer: str) -> str:
+    """Name of the ``jwt_authn`` provider of one catalog JWT issuer: the issuer's name."""
+    return issuer
+
+
+def jwks_cluster(issuer: str) -> str:
+    """Cluster Envoy fetches one JWT issuer's remote key set through."""
+    return f"jwks|{issuer}"

@@ -14,6 +14,9 @@ table (and every TCP proxy, which carries anything):
   the node's loopback address must have a ``spiffe_id`` the cluster's TLS pins the peer
   to. Mirroring (route table, virtual host, route or cluster level) on such a route is a
   finding.
+- **Signed models** — with sensitivities named in ``defaults.require_signed_models``, a
+  route reachable by one of them (a missing header counts as ``restricted``; a TCP proxy
+  always is) reaches only backends that name ``signers``.
 - **Residency** — a route pinned to a tenant (exact ``x-tiermesh-tenant``; else every
   tenant) reaches only backends whose residency is one of the tenant's.
 - **Existence** — route configs, clusters and EDS assignments referenced exist; every
@@ -62,6 +65,7 @@ from tiermesh.controlplane.verify.inventory import (
     route_targets,
     table_problems,
 )
+from tiermesh.controlplane.verify.jwt_filter import jwks_cluster_problems, used_jwks_clusters
 from tiermesh.controlplane.verify.matching import exact_value, may_match
 from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.xds import Snapshot
@@ -91,6 +95,8 @@ class _Reach(NamedTuple):
     place: str
     restricted: bool
     tenants: Sequence[Tenant | None]
+    signed_only: bool = False
+    """Traffic that only backends with ``signers`` may serve can come this way."""
 
 
 def _where(reach: _Reach, leaf: Leaf) -> tuple[str, str]:
@@ -108,6 +114,7 @@ class _Checker:
             key = endpoint_address(backend.endpoint.host, backend.endpoint.port)
             self.by_address.setdefault(key, []).append(backend)
         self.tenants = {t.name: t for t in catalog.tenants}
+        self.signed_only = frozenset(catalog.defaults.require_signed_models)
         self.findings: set[Finding] = set()
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
 
@@ -180,7 +187,10 @@ class _Checker:
                 self.add("mirror", name, cluster, f"{place} mirrors restricted traffic to {what}")
             if not cluster:
                 self.add("unverifiable", name, "", f"{place} mirrors to {what}")
-        reach = _Reach(name, place, restricted, tenants)
+        signed_only = any(may_match(headers, _SENSITIVITY, s) for s in self.signed_only) or (
+            "restricted" in self.signed_only and may_match(headers, _SENSITIVITY, None)
+        )
+        reach = _Reach(name, place, restricted, tenants, signed_only)
         for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
             self.cluster(reach, cluster)
 
@@ -204,7 +214,13 @@ class _Checker:
                 continue  # followed from the clusters that send to it
             for config in shape.inline:
                 self.table(config, name)
-            reach = _Reach(f"{name}/tcp_proxy", f"listener '{name}' (TCP proxy)", True, everyone)
+            reach = _Reach(
+                f"{name}/tcp_proxy",
+                f"listener '{name}' (TCP proxy)",
+                True,
+                everyone,
+                bool(self.signed_only),
+            )
             for cluster in dict.fromkeys(shape.tcp):
                 self.cluster(reach, cluster)
 
@@ -262,6 +278,15 @@ class _Checker:
             if problem is not None:
                 where, via = _where(reach, leaf)
                 self.add("peer-identity", route, leaf.cluster, f"{where}{via} {problem}")
+        if reach.signed_only and not backend.signers:
+            where, via = _where(reach, leaf)
+            self.add(
+                "unsigned-model",
+                route,
+                leaf.cluster,
+                f"{where}{via} reaches backend '{backend.name}', which names no model "
+                f"signers, with traffic that require_signed_models keeps on signed models",
+            )
         for tenant in reach.tenants:
             if restricted and not cleared_for_restricted(backend, tenant):
                 where, via = _where(reach, leaf)
@@ -312,8 +337,19 @@ class _Checker:
         checks). Each is still held to the existence invariant and its shapes: every
         endpoint a catalog backend's, nothing unmodelled.
         """
-        for name in sorted(self.inventory.clusters.keys() - self.inventory.reached - NODE_SERVICES):
+        jwks = self.jwks_clusters()
+        unrouted = self.inventory.clusters.keys() - self.inventory.reached - NODE_SERVICES - jwks
+        for name in sorted(unrouted):
             self.cluster(_Reach("", f"unrouted cluster '{name}'", False, [None]), name)
+
+    def jwks_clusters(self) -> frozenset[str]:
+        """The clusters ``jwt_authn`` fetches key sets through, each checked to be the JWKS
+        endpoint of a catalog issuer (:mod:`.jwt_filter`); a route that reaches one is
+        judged like any other."""
+        used = used_jwks_clusters(self.inventory.listeners.values())
+        for name, problem in jwks_cluster_problems(used, self.inventory.clusters, self.catalog):
+            self.add("unverifiable", "", name, f"JWKS cluster '{name}' {problem}")
+        return used
 
     def node_services(self) -> None:
         """Every node-local service cluster has endpoints only on the node."""

@@ -18,6 +18,7 @@ FindingKind: TypeAlias = Literal[
     "peer-identity",
     "no-authz",
     "node-service",
+    "unsigned-model",
 ]
 """- ``restricted-egress``: restricted traffic can reach a backend not cleared for it.
 - ``residency``: a tenant's route can reach a backend outside the tenant's residency.
@@ -28,6 +29,8 @@ FindingKind: TypeAlias = Literal[
   route action or endpoint kind, a per-endpoint transport, a cluster no route reaches
   that is no node-local service, an internal listener no cluster sends to.
 - ``unknown-endpoint``: an endpoint address is no catalog backend's.
+- ``unsigned-model``: traffic of a sensitivity in the catalog's
+  ``defaults.require_signed_models`` can reach a backend that names no ``signers``.
 - ``mislabelled``: cluster metadata names another backend/tier than its endpoints are.
 - ``missing``: a referenced listener route config, cluster or assignment does not exist.
 - ``peer-identity``: restricted traffic can reach a backend with a SPIFFE ID (on another
