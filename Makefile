@@ -41,13 +41,16 @@ bench: deps bench-os-deps
 
 deps: os-deps $(STAMP)
 
-# OS packages: etcd (tests start their own on loopback) and curl (the HTTP/2 request-edge
-# tests drive Envoy with it). apt-get runs only when one is missing.
+# OS packages: etcd (tests start their own on loopback), curl (the HTTP/2 request-edge
+# tests drive Envoy with it) and chromium (the dashboard's browser tests drive Debian's
+# build with Playwright; no browser download works here). apt-get runs only when one is
+# missing.
 os-deps:
-	@if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then \
-		echo "installing OS packages: etcd-server curl"; \
+	@if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
+		|| ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing OS packages: etcd-server curl chromium"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl chromium >/dev/null; \
 	fi
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on

@@ -22,6 +22,8 @@ __all__ = [
     "CASCADE_STEP_HEADER",
     "CASCADE_THRESHOLD_HEADER",
     "CASCADE_TOKEN_HEADER",
+    "FIRST_BACKEND_KEY",
+    "ROUTE_METADATA",
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
     "UNMATCHED_ROUTE",
@@ -47,6 +49,10 @@ BUDGET_HEADER = "x-tiermesh-budget"
 """Request header the request-time policy sets once the tenant's budget is spent."""
 BUDGET_EXHAUSTED = "exhausted"
 """Value of :data:`BUDGET_HEADER` that selects a route's budget fallback chain."""
+ROUTE_METADATA = "tiermesh"
+"""Route metadata namespace of compiled chain routes."""
+FIRST_BACKEND_KEY = "first_backend"
+"""Key in :data:`ROUTE_METADATA`: the backend of the route's first chain step."""
 TIER_HEADER = "x-tiermesh-tier"
 """Response header naming the tier of the backend that answered."""
 UNMATCHED_ROUTE = "tiermesh/unmatched"
