@@ -6,9 +6,10 @@
 #   the returned headers before routing, so the compiled routes match on them.
 #   Input: policies/schemas/request_input.schema.json. Optional settings under
 #   data.request_config: default_tenant (string), max_request_tokens (number);
-#   require_api_key (boolean) is read by the authz server, which refuses a request
-#   without a valid tenant API key before this policy is asked and sets input.tenant
-#   from the key (input.credential names it).
+#   require_credential (or its older name require_api_key, boolean) is read by the
+#   authz server, which refuses a request without a valid credential (a tenant API key,
+#   or a JWT Envoy verified against a catalog issuer) before this policy is asked and
+#   sets input.tenant from it (input.credential names it: kind api_key or jwt).
 #   Mesh-wide values go in the bundle's data/request_config.yaml (a mapping, checked
 #   by tiermesh policy check; none is shipped: unset means no default tenant and no
 #   token limit); a node's authz.request_config in node.yaml overrides them key by key.

@@ -72,6 +72,11 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> l
     raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(lines)}")
 
 
+def state_file(state: Path) -> Path:
+    """The ``tiermesh up`` state file of the mesh whose state dir is ``state``."""
+    return state.with_name(state.name + "-up.json")
+
+
 @contextlib.contextmanager
 def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
     """``tiermesh up`` with its state in ``state``, ready when it prints its prompt.
@@ -81,9 +86,12 @@ def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
     """
     port = free_port()
     started = time.monotonic()
+    # Each mesh records itself in its own state file (not the user's, which a person's
+    # `tiermesh up` may be using); `state_file(state)` names it.
+    env = {**CHILD_ENV, "TIERMESH_STATE_FILE": str(state_file(state))}
     proc = subprocess.Popen(
         [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CHILD_ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
         lines = wait_for_line(proc, "Press Ctrl-C", START_BOUND_S)

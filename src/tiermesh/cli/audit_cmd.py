@@ -1,7 +1,8 @@
 """``tiermesh audit …``: read, verify and replay the decision audit trail.
 
-Sources: ``--db PATH`` is the control plane's audit database (default ``$TIERMESH_AUDIT_DB``
-or ``./audit.sqlite3``); ``--spool DIR`` is a node's decision-log spool (read-only: nothing
+Sources: ``--db PATH`` is the control plane's audit database (default ``$TIERMESH_AUDIT_DB``,
+else the running ``tiermesh up``'s (its state file, :mod:`tiermesh.cli.up_state`), else
+``./audit.sqlite3``); ``--spool DIR`` is a node's decision-log spool (read-only: nothing
 is repaired or shipped). Exit codes: 0 success, 1 a verification failed or changes were
 found where ``--fail-on-change`` asks, 2 bad usage or an unreadable source.
 """
@@ -13,13 +14,10 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
-from cryptography import x509
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +28,7 @@ from tiermesh.agents.decisionlog import (
     read_spool,
     verify,
 )
+from tiermesh.cli.up_state import NotRunning, read_running
 from tiermesh.controlplane.api import DecisionRecord
 from tiermesh.controlplane.api.decision import DecisionKind
 from tiermesh.controlplane.audit import (
@@ -39,7 +38,9 @@ from tiermesh.controlplane.audit import (
     ChainProblem,
     ReplayReport,
     replay,
+    signer_keys,
     verify_chain,
+    verify_store,
 )
 from tiermesh.controlplane.bundle import BundleReadError, Stage, read_documents, read_policy_dir
 from tiermesh.rego import UNDEFINED, OpaLibraryEngine, PolicyError, RegorusEngine
@@ -53,7 +54,11 @@ _POLL_S = 0.5
 
 DbOpt = Annotated[
     Path | None,
-    typer.Option("--db", help=f"Audit database (default ${_DB_ENV} or ./audit.sqlite3)."),
+    typer.Option(
+        "--db",
+        help=f"Audit database (default ${_DB_ENV}, else the running `tiermesh up`'s, else"
+        " ./audit.sqlite3).",
+    ),
 ]
 SpoolOpt = Annotated[
     Path | None, typer.Option("--spool", help="A node's decision-log spool directory.")
@@ -107,14 +112,24 @@ def _time_option(text: str | None, name: str) -> dt.datetime | None:
         raise typer.BadParameter(str(exc), param_hint=name) from exc
 
 
-def _db_path(db: Path | None) -> Path:
-    return db or Path(os.environ.get(_DB_ENV, "audit.sqlite3"))
+def _db_path(db: Path | None) -> tuple[Path, NotRunning | None]:
+    """``--db``, else ``$TIERMESH_AUDIT_DB``, else the running ``tiermesh up``'s database,
+    else ``./audit.sqlite3`` (with why no ``up`` was found)."""
+    if db is not None:
+        return db, None
+    if os.environ.get(_DB_ENV):
+        return Path(os.environ[_DB_ENV]), None
+    try:
+        return Path(read_running().audit_db), None
+    except NotRunning as exc:
+        return Path("audit.sqlite3"), exc
 
 
 def _open_store(db: Path | None) -> AuditStore:
-    path = _db_path(db)
+    path, missing = _db_path(db)
     if not path.is_file():
-        _fail(f"no audit database at {path}")
+        hint = f"; {missing}" if missing is not None else ""
+        _fail(f"no audit database at {path}{hint}")
     try:
         return AuditStore(path)
     except AuditError as exc:
@@ -217,13 +232,6 @@ def query(
         _emit((row.record for row in store.query(filters)), as_json)
 
 
-def _key_lookup(signers: dict[str, str]) -> dict[str, object]:
-    return {
-        fingerprint: x509.load_pem_x509_certificates(pem.encode())[0].public_key()
-        for fingerprint, pem in signers.items()
-    }
-
-
 def _report(problems: list[ChainProblem], checked: int, nodes: int) -> None:
     if problems:
         for problem in problems:
@@ -239,7 +247,7 @@ def _verify_spool(spool: Path, bundle: Path | None) -> None:
         typer.echo(f"FAIL {exc}", err=True)
         raise typer.Exit(code=1) from exc
     signers = load_signers(spool)
-    keys = _key_lookup(signers)
+    keys = signer_keys(signers)
     by_id = {item.record.decision_id: item.signer for item in items}
     records = [item.record for item in items]
     pruned = bool(records) and records[0].seq > 0
@@ -262,29 +270,12 @@ def _verify_spool(spool: Path, bundle: Path | None) -> None:
 
 def _verify_db(db: Path | None) -> None:
     with _open_store(db) as store:
-        keys = _key_lookup(store.signers())
-        problems: list[ChainProblem] = []
-        checked = 0
-        nodes = store.nodes()
-        for node in nodes:
-            try:
-                rows = list(store.chain(node))
-            except ValidationError as exc:
-                typer.echo(f"FAIL node {node}: a stored record is unreadable: {exc}", err=True)
-                raise typer.Exit(code=1) from exc
-            signer_of = {row.record.decision_id: row.signer for row in rows}
-            checked += len(rows)
-            # A node's own chain names only that node; the control plane's chain of plan
-            # records names the node each plan was made for.
-            own = not rows or rows[0].record.node_spiffe_id == node
-            problem = verify_chain(
-                (row.record for row in rows),
-                key_for=lambda r, s=signer_of: keys.get(s[r.decision_id]),  # type: ignore[misc]
-                one_node=own,
-            )
-            if problem is not None:
-                problems.append(problem if own else replace(problem, node_spiffe_id=node))
-    _report(problems, checked, len(nodes))
+        outcome = verify_store(store)
+    for chain in outcome.unreadable:
+        typer.echo(f"FAIL node {chain}: a stored record is unreadable", err=True)
+    if outcome.unreadable:
+        raise typer.Exit(code=1)
+    _report(list(outcome.problems), outcome.checked, outcome.chains)
 
 
 @app.command("verify")

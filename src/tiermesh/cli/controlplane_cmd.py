@@ -1,9 +1,10 @@
 """``tiermesh controlplane run``: one control-plane replica in the foreground.
 
-Prints one line ``control plane ready: ads=… node-api=… join=… admin=… audit=…`` on stdout once
-every port listens, serves until SIGINT or SIGTERM, then stops cleanly (exit 0). Start-up
-problems print one ``error: …`` line naming what to fix (the etcd endpoint, the address in
-use, the passphrase file, the credentials file) and exit 1.
+Prints one line ``control plane ready: ads=… node-api=… join=… admin=… audit=…`` (and
+`` dashboard=http://…/`` with ``--dashboard``) on stdout once every port listens, serves
+until SIGINT or SIGTERM, then stops cleanly (exit 0). Start-up problems print one
+``error: …`` line naming what to fix (the etcd endpoint, the address in use, the
+passphrase file, the credentials file, an unsafe dashboard address) and exit 1.
 
 ``--credentials-file FILE`` holds the cloud API keys: a YAML (or JSON) mapping of secret
 name (what a catalog backend's ``credential.secret`` names) to key, e.g.
@@ -12,6 +13,12 @@ group or world permission bits; ``chmod 600``), else the control plane refuses t
 Keys are served to nodes as SDS generic secrets; they are never printed, logged or
 reported by the admin server. Without the option no keys are known, and a plan with a
 credentialed backend is refused (the last good snapshot stays).
+
+``--dashboard HOST:PORT`` serves the read-only web dashboard
+(:mod:`tiermesh.controlplane.dashboard`). On a loopback address it asks for nothing; on any
+other it needs ``--dashboard-token-file FILE`` (mode 0600, one token of at least 16
+characters, sent as ``Authorization: Bearer`` or as the basic-auth password), and without
+one the control plane refuses to start.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import typer
 import yaml
 
 from tiermesh.cli.envoy_cmd import parse_hostport
+from tiermesh.controlplane.dashboard import DashboardError, check_bind, read_token_file
 from tiermesh.controlplane.identity import IdentityError
 from tiermesh.controlplane.runtime import (
     ControlPlane,
@@ -117,6 +125,7 @@ async def _serve(plane: ControlPlane) -> None:
     typer.echo(
         f"control plane ready: ads={a['ads']} node-api={a['node_api']} "
         f"join={a['join']} admin={a['admin']} audit={a['audit']}"
+        + (f" dashboard={a['dashboard']}" if "dashboard" in a else "")
     )
     await plane.serve(stop)
 
@@ -160,6 +169,22 @@ def run(
             help="YAML/JSON map of secret name to cloud API key; mode 0600 (owner only).",
         ),
     ] = None,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(
+            "--dashboard",
+            help="Serve the read-only web dashboard on HOST:PORT (loopback unless a token"
+            " file is given).",
+        ),
+    ] = None,
+    dashboard_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--dashboard-token-file",
+            help="File (mode 0600) holding the token the dashboard asks for: bearer token,"
+            " or basic-auth password.",
+        ),
+    ] = None,
 ) -> None:
     """Run one control-plane replica until SIGINT/SIGTERM."""
     endpoints = tuple(
@@ -177,6 +202,16 @@ def run(
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
     logging.getLogger("tiermesh").setLevel(level)
     credentials = {} if credentials_file is None else read_credentials(credentials_file)
+    dashboard_at = None if dashboard is None else parse_listen(dashboard, "--dashboard")
+    token = None
+    try:
+        if dashboard_token_file is not None:
+            token = read_token_file(dashboard_token_file)
+        if dashboard_at is not None:
+            check_bind(dashboard_at.host, dashboard_at.port, token)
+    except DashboardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
     try:
         config = ControlPlaneConfig(
             etcd=endpoints,
@@ -191,6 +226,8 @@ def run(
             admin=admin_at,
             audit=audit_at,
             credentials=credentials,
+            dashboard=dashboard_at,
+            dashboard_token=token,
         )
         asyncio.run(_serve(ControlPlane(config)))
     except (ControlPlaneError, IdentityError, StoreError) as exc:

@@ -13,6 +13,7 @@ from tiermesh.cli.key_cmd import app as key_app
 from tiermesh.cli.model_cmd import app as model_app
 from tiermesh.cli.status_cmd import status
 from tiermesh.cli.token_cmd import app as token_app
+from tiermesh.cli.top_cmd import top
 from tiermesh.cli.up_cmd import up
 
 __all__ = ["app", "main"]
@@ -32,6 +33,7 @@ app.command("up")(up)
 app.add_typer(controlplane_cmd.app, name="controlplane")
 app.add_typer(agent_app, name="agent")
 app.command("status")(status)
+app.command("top")(top)
 
 
 def main() -> None:

@@ -6,6 +6,10 @@ a table per node: SPIFFE ID, health, xDS state per type (ACKed version, or what 
 or NACKed), route summary and inference URL; then each tenant's mesh-wide spend against its
 monthly budget (``tenants``). Exit 1 with one ``error:`` line when the admin
 server cannot be reached.
+
+Without ``--admin`` it reads the control plane of the running ``tiermesh up`` (its state
+file, :mod:`tiermesh.cli.up_state`), else the default admin address, and says so when
+neither answers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["fetch_status", "status"]
+from tiermesh.cli.up_state import NotRunning, read_running
+
+__all__ = ["DEFAULT_ADMIN", "fetch_status", "find_admin", "status"]
 
 DEFAULT_ADMIN = "http://127.0.0.1:18003"
 _TYPES = ("listeners", "routes", "clusters", "endpoints", "secrets")
@@ -155,18 +161,37 @@ def _render_tenants(tenants: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def find_admin(admin: str | None) -> tuple[str, NotRunning | None]:
+    """The admin URL to read: ``admin`` if given, else the running ``tiermesh up``'s (its
+    state file), else :data:`DEFAULT_ADMIN` together with why no ``up`` was found."""
+    if admin is not None:
+        return admin, None
+    try:
+        return read_running().admin_url, None
+    except NotRunning as exc:
+        return DEFAULT_ADMIN, exc
+
+
 def status(
     admin: Annotated[
-        str, typer.Option("--admin", help="The control plane's admin URL.")
-    ] = DEFAULT_ADMIN,
+        str | None,
+        typer.Option(
+            "--admin",
+            help="The control plane's admin URL (default: the running `tiermesh up`'s, else "
+            f"{DEFAULT_ADMIN}).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON document.")] = False,
 ) -> None:
     """Show nodes, their SPIFFE IDs, health, xDS state and routes, and tenants' spend."""
+    url, missing = find_admin(admin)
     try:
-        document = fetch_status(admin)
+        document = fetch_status(url)
     except (OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        typer.echo(f"error: cannot read status from {admin}: {reason}", err=True)
+        typer.echo(f"error: cannot read status from {url}: {reason}", err=True)
+        if missing is not None:
+            typer.echo(f"  {missing}; give --admin URL for another control plane", err=True)
         raise typer.Exit(code=1) from exc
     if as_json:
         typer.echo(json.dumps(document, indent=2, sort_keys=True))

@@ -2,17 +2,21 @@
 :mod:`tiermesh.demo.mesh` for what runs where).
 
 Shows progress while things start, then prints the app endpoint (the edge node's app
-listener) and ready-to-paste curls, each with the demo API key of its tenant
+listener), the dashboard URL and ready-to-paste curls, each with the demo API key of its tenant
 (``authorization: Bearer tmk_…``: the mesh requires one, and the key, not a header, says
 which tenant a request is). Ctrl-C or SIGTERM stops everything and leaves no
-process behind (exit 0). A start failure stops what was started and prints
+process behind (exit 0). While it runs, the state file of :mod:`tiermesh.cli.up_state`
+names its admin URL, dashboard URL and audit database, for ``status``, ``top`` and
+``audit``. A start failure stops what was started and prints
 ``tiermesh up failed: <cause>`` (exit 1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +24,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tiermesh.cli.up_state import UpState, remove_state, write_state
 from tiermesh.demo.mesh import (
     CASCADE_HEADERS,
     CLOUD_HEADERS,
@@ -85,22 +90,44 @@ async def _run(mesh: LocalMesh, console: Console) -> None:
         starting.result()
         for finished in done:
             console.print(f"[green]✓[/green] {finished}", highlight=False)
-    _print_ready(mesh, console)
+    state = _record(mesh)
+    _print_ready(mesh, console, state)
     try:
         await stop.wait()
     finally:
+        remove_state(os.getpid())
         with console.status("stopping (agents drain and say goodbye)…"):
             await mesh.stop()
         console.print("stopped; nothing left running.")
 
 
-def _print_ready(mesh: LocalMesh, console: Console) -> None:
+def _record(mesh: LocalMesh) -> Path:
+    """Leave the state file that ``status``, ``top`` and ``audit`` find the mesh by."""
+    return write_state(
+        UpState(
+            pid=os.getpid(),
+            started_at=dt.datetime.now(dt.UTC).isoformat(),
+            admin_url=mesh.admin_url,
+            dashboard_url=mesh.dashboard_url,
+            audit_db=str(mesh.audit_db),
+            state_dir=str(mesh.state_dir),
+            etcd=mesh.etcd.endpoint if mesh.etcd is not None else None,
+        )
+    )
+
+
+def _print_ready(mesh: LocalMesh, console: Console, state: Path) -> None:
     for node in mesh.nodes:
         model = f", llama.cpp on 127.0.0.1:{node.model_port}" if node.model else ""
         console.print(f"  {node.id:<11} {node.tier:<8} app {node.app_url}{model}", highlight=False)
-    console.print(f"  control plane admin {mesh.admin_url}  (tiermesh status --admin …)",
-                  highlight=False)  # fmt: skip
+    console.print(f"  control plane admin {mesh.admin_url}", highlight=False)
     console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.edge.app_url}[/bold]")
+    console.print(f"Dashboard: [bold]{mesh.dashboard_url}[/bold]", highlight=False)
+    console.print(
+        f"`tiermesh status`, `tiermesh top` and `tiermesh audit` find this mesh through {state}",
+        soft_wrap=True,
+        highlight=False,
+    )
     body = json.dumps({"model": "local", "max_tokens": 32,
                        "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     for label, sent in (

@@ -177,7 +177,9 @@ class LocalMesh:
         self.etcd: EtcdServer | None = None
         self.nats: NatsServer | None = None
         self.plane: Child | None = None
-        self.plane_ports = {name: free_port() for name in ("ads", "node", "join", "admin")}
+        self.plane_ports = {
+            name: free_port() for name in ("ads", "node", "join", "admin", "dashboard")
+        }
         self.standins: dict[str, CloudStandin] = {}
         self.cloud_control: StandinControl | None = None
         self.root = "/tiermesh/v1/"
@@ -195,6 +197,11 @@ class LocalMesh:
     @property
     def admin_url(self) -> str:
         return f"http://{LOOPBACK}:{self.plane_ports['admin']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The control plane's web dashboard (loopback, no authentication)."""
+        return f"http://{LOOPBACK}:{self.plane_ports['dashboard']}/"
 
     # -- start -----------------------------------------------------------------------------
 
@@ -295,6 +302,7 @@ class LocalMesh:
                 "--credentials-file", str(credentials),
                 "--listen", f"{LOOPBACK}:{p['ads']}", "--node-api", f"{LOOPBACK}:{p['node']}",
                 "--join", f"{LOOPBACK}:{p['join']}", "--admin", f"{LOOPBACK}:{p['admin']}",
+                "--dashboard", f"{LOOPBACK}:{p['dashboard']}",
                 "--root", self.root, "--lease-ttl", "5",
             ],
             self.state_dir / "logs" / "controlplane.log",
@@ -447,6 +455,7 @@ class LocalMesh:
             "state_dir": str(self.state_dir),
             "control_plane": {
                 "admin_url": self.admin_url,
+                "dashboard_url": self.dashboard_url,
                 "ports": dict(self.plane_ports),
                 "audit": self.audit_address,
                 "audit_db": str(self.audit_db),

@@ -45,6 +45,7 @@ class AuthzMesh:
     listener: int
     authz: AuthzThread
     spool: Path
+    catalog: Catalog
 
     def chain(self, route: str) -> list[str]:
         (match,) = [r for r in self.plan.routes if r.name == route]
@@ -137,14 +138,14 @@ def run_authz_mesh(
         settings = NodeSettings(
             app_port=listener, authz=AuthzSettings(port=authz.port, max_body_bytes=MAX_BODY)
         )
-        model = MeshModel.build([plan], {NODE: settings})
+        model = MeshModel.build([plan], {NODE: settings}, jwt_issuers=catalog.jwt_issuers)
         xds.set_snapshot(NODE, compile_and_verify(model, NODE, catalog))
         spec = BootstrapSpec(
             node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
         )
         with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
             envoy.wait_ready(timeout=20)
-            mesh = AuthzMesh(backends, plan, listener, authz, spool)
+            mesh = AuthzMesh(backends, plan, listener, authz, spool, catalog)
             probe = {"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"}
             wait_routes_served(listener, probe, lambda status: status == 200)
             for backend in backends.values():

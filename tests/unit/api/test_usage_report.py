@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from tiermesh.controlplane.api import (
     MAX_USAGE_AMOUNT,
     MAX_USAGE_TENANTS,
+    AnswerCounts,
     NodeLoad,
     SessionMessage,
     SessionReply,
@@ -111,3 +112,38 @@ def test_a_reply_with_an_ack() -> None:
         usage=ack,
     )
     assert SessionReply.model_validate_json(reply.model_dump_json()).usage == ack
+
+
+def test_a_report_may_carry_answer_counts_alone_but_not_nothing() -> None:
+    counts = AnswerCounts(by_tier={"local": 3}, first_choice=3)
+    report = UsageReport(epoch="e", seq=1, answers=counts)
+    decoded = SessionMessage.model_validate_json(SessionMessage(usage=report).model_dump_json())
+    assert decoded.usage is not None
+    assert decoded.usage.answers == counts
+    assert counts.total() == 3
+    assert not counts.is_empty()
+    with pytest.raises(ValidationError, match="at least one tenant or answer counts"):
+        UsageReport(epoch="e", seq=1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"by_tier": {"edge": 1}},
+        {"by_tier": {"local": -1}},
+        {"fallback_reasons": {"because": 1}},
+        {"refused": {"abc": 1}},
+        {"refused": {"200x": 1}},
+    ],
+)
+def test_answer_counts_refuse_unknown_keys_and_negative_numbers(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        AnswerCounts.model_validate(bad)
+
+
+def test_a_reply_from_an_older_control_plane_offers_no_answer_reports() -> None:
+    reply = SessionReply.model_validate(
+        {"node_id": "n", "spiffe_id": "spiffe://td/node/n", "lease_ttl_s": 10,
+         "load_interval_s": 1.0, "revision": 1, "usage_reports": True}
+    )  # fmt: skip
+    assert reply.answer_reports is False

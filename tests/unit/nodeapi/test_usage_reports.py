@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.svids import node_api_channel
 from tiermesh.controlplane.api import (
+    AnswerCounts,
     NodeRegistration,
     SessionMessage,
     SessionReply,
@@ -219,7 +220,7 @@ async def test_a_bad_report_is_refused_and_counts_nothing(rig: Rig, payload: byt
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "usage." in (info.value.details() or "")
+    assert "usage" in (info.value.details() or "")
     assert (await rig.store.read_prefix("usage/")).entries == ()
     assert await rig.store.list_nodes() == ()  # the refusal ended the session
 
@@ -232,3 +233,36 @@ async def test_a_report_before_the_registration_is_refused(rig: Rig) -> None:
             await call.read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await rig.store.read_prefix("usage/")).entries == ()
+
+
+async def test_answer_counts_reach_the_callback_once_and_answers_alone_are_a_report(
+    rig: Rig,
+) -> None:
+    seen: list[tuple[str, AnswerCounts]] = []
+    rig.service.on_answers = lambda node, counts: seen.append((node, counts))
+    counts = AnswerCounts(by_tier={"cloud": 2, "local": 1}, first_choice=2, fallback=1,
+                          fallback_reasons={"retry": 1}, refused={"401": 1})  # fmt: skip
+    answers_only = SessionMessage(usage=UsageReport(epoch="e1", seq=1, answers=counts))
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel)
+        await call.write(registration("edge-1"))
+        assert (await reply(call)).answer_reports is True
+        await call.write(answers_only)
+        first = (await reply(call)).usage
+        await call.write(answers_only)  # a re-send: not counted again
+        again = (await reply(call)).usage
+        await call.write(SessionMessage(goodbye=True))
+    assert first is not None
+    assert first.applied
+    assert first.totals == {}
+    assert again is not None
+    assert not again.applied
+    assert seen == [("edge-1", counts)]
+
+
+async def test_without_a_callback_the_reply_does_not_offer_answer_reports(rig: Rig) -> None:
+    async with rig.channel("edge-1") as channel:
+        call = open_session(channel)
+        await call.write(registration("edge-1"))
+        assert (await reply(call)).answer_reports is False
+        await call.write(SessionMessage(goodbye=True))

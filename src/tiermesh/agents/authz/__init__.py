@@ -9,6 +9,9 @@
   on the durable decision log; :class:`MemorySink` for tests).
 - :class:`Authorizer` — inspect, estimate, ask the budget, evaluate
   ``data.tiermesh.request.decision``, record, answer (:class:`Verdict`).
+- :class:`KeyTable` — who a request is: its tenant API key (:mod:`.credentials`) or a JWT
+  Envoy's ``jwt_authn`` verified against a catalog issuer (:class:`JwtTrust`,
+  :mod:`.jwt_claims`).
 - :func:`build_request_engine` — a new engine with a request policy that loaded and
   answered :func:`probe_policy`; :meth:`Authorizer.use_policy` swaps it in.
 - :func:`start_authz_server` — ``envoy.service.auth.v3.Authorization/Check`` on grpc.aio.
@@ -60,6 +63,7 @@ from tiermesh.agents.authz.errors import (
     DecisionNotRecorded,
     PolicyRejected,
 )
+from tiermesh.agents.authz.jwt_claims import JwtTrust
 from tiermesh.agents.authz.normalize import detection_text
 from tiermesh.agents.authz.policy import (
     build_request_engine,
@@ -103,6 +107,7 @@ __all__ = [
     "Finding",
     "InspectedBody",
     "JsonFileBudgetSource",
+    "JwtTrust",
     "KeyTable",
     "MemorySink",
     "Outcome",

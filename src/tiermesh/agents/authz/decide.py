@@ -27,12 +27,15 @@ headers the server owns (:data:`OWNED_HEADERS`) that the decision does not set a
 from the request, so a caller cannot pre-set them.
 
 **The tenant is who the credential says** (:mod:`.credentials`): with a valid tenant API
-key the request is decided, recorded (``input.credential``: the key's id, never the key)
-and routed as the key's tenant — ``x-tiermesh-tenant`` is overwritten, whatever the caller
-sent — and the key headers (``authorization``, ``x-api-key``) are removed before the
-request goes upstream (a cloud route then gets only the provider's key). A missing key
-where one is required, or a malformed, unknown or revoked one, is answered 401 with the
-problem in a JSON body and recorded without asking the policy; nothing is routed. The
+key, or a JWT Envoy verified against a catalog issuer (:mod:`.jwt_claims`), the request is
+decided, recorded (``input.credential``: the key's id, or the JWT's issuer and subject,
+never the key or token) and routed as the credential's tenant — ``x-tiermesh-tenant`` is
+overwritten, whatever the caller sent — and the credential headers (``authorization``,
+``x-api-key``) are removed before the request goes upstream (a cloud route then gets only
+the provider's key). A missing credential where one is required, or a malformed, unknown
+or revoked key, or a JWT that is expired, not yet valid, wrongly signed, for another
+audience or issuer, unsigned, malformed or naming an unknown tenant, is answered 401 with
+the problem in a JSON body and recorded without asking the policy; nothing is routed. The
 node's own re-entries (a cascade step the node's handler sends back through the app
 listener, carrying the handler's secret: :meth:`Authorizer.trust_reentry`) are not
 authenticated again: their ``x-tiermesh-tenant`` is the one the first decision set.
@@ -147,7 +150,8 @@ _UNAUTHENTICATED: Final = 401
 @dataclass(frozen=True, slots=True)
 class CheckInput:
     """One request as the authz server sees it: lowercase header names, the body bytes
-    Envoy sent, and whether Envoy cut them (``partial``)."""
+    Envoy sent, whether Envoy cut them (``partial``), and what Envoy's ``jwt_authn`` filter
+    left in the request's metadata (``jwt_metadata``, see :mod:`.jwt_claims`)."""
 
     method: str
     path: str
@@ -161,6 +165,7 @@ class CheckInput:
     """The verified client certificate's URI SAN (Envoy's source principal) of a mesh hop."""
     probe: bool = False
     """A mesh hop on a probe route (a peer's health check); ignored on the app listener."""
+    jwt_metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +420,11 @@ class Authorizer:
             request = replace(request, headers=headers)
         reentered = not mesh and tenant is None and self._reentered(request.headers)
         unchecked = mesh or reentered or tenant is not None
-        credential = None if unchecked else self._policy.keys.authenticate(request.headers)
+        credential = (
+            None
+            if unchecked
+            else self._policy.keys.authenticate(request.headers, request.jwt_metadata)
+        )
         if credential is not None:
             headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
             if isinstance(credential, Authenticated):

@@ -20,8 +20,11 @@ never by a client) is a mesh hop, its peer the check's ``attributes.source.princ
 (the verified client certificate's URI SAN), and a probe when they also carry the probe
 mark (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`); see :mod:`.mesh_hop`.
 
-The body is read from ``raw_body`` (Envoy's ``pack_as_bytes``) or ``body``; Envoy marks a
-cut body with ``x-envoy-auth-partial-body: true``. A message larger than
+The ``jwt_authn`` filter's verdict comes from the request's metadata context (namespace
+``envoy.filters.http.jwt_authn``, which the compiled ext_authz filter asks Envoy to send);
+only Envoy writes it, never the client. The body is read from ``raw_body`` (Envoy's
+``pack_as_bytes``) or ``body``; Envoy marks a cut body with
+``x-envoy-auth-partial-body: true``. A message larger than
 :func:`max_message_bytes` is refused by gRPC itself (``RESOURCE_EXHAUSTED``).
 """
 
@@ -34,7 +37,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from tiermesh.agents.authz.decide import (
@@ -46,6 +49,7 @@ from tiermesh.agents.authz.decide import (
 )
 from tiermesh.agents.authz.errors import DecisionNotRecorded
 from tiermesh.controlplane.api import MESH_HOP, MESH_HOP_KEY, MESH_PROBE, MESH_PROBE_KEY
+from tiermesh.controlplane.api.tenant_jwt import JWT_METADATA_NAMESPACE
 
 __all__ = [
     "HEADER_ROOM_BYTES",
@@ -79,6 +83,7 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     body = bytes(http.raw_body) if http.raw_body else str(http.body).encode("utf-8", "replace")
     context = request.attributes.context_extensions
     mesh = context.get(MESH_HOP_KEY) == MESH_HOP
+    jwt = request.attributes.metadata_context.filter_metadata.get(JWT_METADATA_NAMESPACE)
     return CheckInput(
         method=str(http.method) or "GET",
         path=str(http.path) or "/",
@@ -88,6 +93,7 @@ def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         hop="mesh" if mesh else "app",
         peer=str(request.attributes.source.principal) if mesh else "",
         probe=mesh and context.get(MESH_PROBE_KEY) == MESH_PROBE,
+        jwt_metadata={} if jwt is None else json_format.MessageToDict(jwt),
     )
 
 

@@ -15,9 +15,10 @@ The policy's ``data.request_config`` is the bundle's settings (``data/request_co
 overridden key by key by the node's ``authz.request_config``, so a push changes a setting
 on every node that does not set it itself.
 
-The tenant API keys come with the policy (``api_keys``) and are swapped in with it; the
-setting ``require_api_key`` of the merged ``data.request_config`` decides whether a request
-without one is refused (:mod:`tiermesh.agents.authz.credentials`). A key created or
+The tenant API keys come with the policy (``api_keys``) and are swapped in with it, as are
+the catalog's JWT issuers; the setting ``require_credential`` (or ``require_api_key``) of
+the merged ``data.request_config`` decides whether a request without a credential is
+refused (:mod:`tiermesh.agents.authz.credentials`). A key created or
 revoked is announced like a bundle (a new ``etcd_revision``), so it takes effect on the
 next fetch, without a restart.
 
@@ -100,10 +101,11 @@ def bundle_data(
 
 
 def policy_keys(policy: RequestPolicyBundle, request_config: dict[str, Any]) -> KeyTable:
-    """The tenant keys ``policy`` authenticates requests with, ``required`` per the
-    bundle's settings overridden by ``request_config`` (the node's)."""
+    """The tenant keys (and the catalog's JWT issuers) ``policy`` authenticates requests
+    with, ``required`` per the bundle's settings overridden by ``request_config`` (the
+    node's)."""
     merged = merged_request_config(policy.request_config, request_config)
-    return key_table(policy.api_keys, merged)
+    return key_table(policy.api_keys, merged, policy.catalog)
 
 
 class NodeApiPolicySource:

@@ -125,6 +125,16 @@ def policy_data(config: AgentConfig) -> tuple[dict[str, str], dict[str, Any]]:
     return modules, data
 
 
+def _catalog(data: dict[str, Any]) -> Catalog | None:
+    """The local policy's catalog, for its JWT issuers; None (no JWT accepted) when it has
+    none or it is not a valid catalog."""
+    try:
+        return Catalog.model_validate(data["catalog"]) if "catalog" in data else None
+    except ValidationError as exc:
+        log.warning("no JWT issuers from the local catalog, it is not valid: %s", exc)
+        return None
+
+
 def _revision(modules: dict[str, str], data: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for name in sorted(modules):
@@ -251,7 +261,7 @@ class RequestPolicy:
         except PolicyRejected as exc:
             raise StartFailed("the request policy", str(exc)) from exc
         settings = data["request_config"]
-        keys = key_table(None, settings if isinstance(settings, dict) else {})
+        keys = key_table(None, settings if isinstance(settings, dict) else {}, _catalog(data))
         return engine, revision, None, data, keys
 
     async def _start(self) -> None:

@@ -58,8 +58,10 @@ class UsageOutbox(Protocol):
     ``acknowledge`` in a worker thread (it writes a file): implementations must be
     thread-safe."""
 
-    def next_report(self) -> UsageReport | None:
-        """A new report to send now, kept until acknowledged; None: nothing to send."""
+    def next_report(self, *, answers: bool = False) -> UsageReport | None:
+        """A new report to send now, kept until acknowledged; None: nothing to send.
+        ``answers``: the control plane takes answer counts (``answer_reports``); called
+        with it only then."""
         ...
 
     def unacknowledged(self) -> Sequence[UsageReport]:
@@ -197,7 +199,10 @@ class RegistrySession:
                 call.cancel()
 
     async def _report_usage(self, call: Any, usage: UsageOutbox | None) -> None:
-        report = usage.next_report() if usage is not None else None
+        report = None
+        if usage is not None:
+            takes_answers = self.reply is not None and self.reply.answer_reports
+            report = usage.next_report(answers=True) if takes_answers else usage.next_report()
         if report is not None:
             await call.write(SessionMessage(usage=report))
 

@@ -52,6 +52,13 @@ reported (they are in this node's file total, see below). At most
 :data:`MAX_UNACKNOWLEDGED` reports wait for an answer; while that many do, deltas keep
 collecting in the pending set (at most one entry per tenant).
 
+Answer counts: the ledger also holds an :class:`~tiermesh.agents.usage.answers.AnswerTally`
+(``answers``), which the usage server feeds with every access-log entry's
+:class:`~tiermesh.agents.usage.answers.Answer`. ``next_report(answers=True)`` (for a
+control plane that takes them) moves its counts into the sealed report, which then
+carries them through re-sends like its deltas; it seals a report for answers alone when no
+tenant has a delta.
+
 Mesh-wide spend in the budget file: each acknowledgement carries the mesh-wide totals of
 the reported tenants (every node's acknowledged reports added up), remembered as the
 tenant's *mesh total* M. The file then says, for each catalog tenant,
@@ -87,6 +94,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from tiermesh.agents.usage.answers import AnswerTally
 from tiermesh.agents.usage.errors import LedgerWriteFailed
 from tiermesh.controlplane.api import (
     MAX_USAGE_AMOUNT,
@@ -238,6 +246,8 @@ class UsageLedger:
         self._seq = 0
         self._lock = threading.Lock()
         """Guards every table above."""
+        self.answers = AnswerTally()
+        """Answers counted since the last report that carried them (module doc)."""
         self._write_lock = threading.Lock()
         """Serializes file writes; taken without ``_lock`` held."""
         self._generation = 0
@@ -334,18 +344,21 @@ class UsageLedger:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def next_report(self) -> UsageReport | None:
+    def next_report(self, *, answers: bool = False) -> UsageReport | None:
         """Seal the pending deltas (at most :data:`MAX_USAGE_TENANTS` tenants; the rest stay
         pending) into a new report, kept until acknowledged. None when nothing is pending or
         :data:`MAX_UNACKNOWLEDGED` reports wait already. A report holds one month's deltas
-        and names it; deltas of a month that ended go first."""
+        and names it; deltas of a month that ended go first. ``answers``: also move the
+        answer counts into it (module doc)."""
         with self._lock:
-            return self._seal()
+            return self._seal(answers)
 
-    def _seal(self) -> UsageReport | None:
+    def _seal(self, with_answers: bool) -> UsageReport | None:
         self._roll()
         month, pending = min(self._earlier.items(), default=(self._month, self._pending))
-        if not pending or len(self._sent) >= MAX_UNACKNOWLEDGED:
+        if len(self._sent) >= MAX_UNACKNOWLEDGED:
+            return None
+        if not pending and not (with_answers and self.answers.pending()):
             return None
         tenants: dict[str, UsageDelta] = {}
         for tenant in sorted(pending)[:MAX_USAGE_TENANTS]:
@@ -361,7 +374,10 @@ class UsageLedger:
         if not pending:
             self._earlier.pop(month, None)
         self._seq += 1
-        report = UsageReport(epoch=self._epoch, seq=self._seq, tenants=tenants, month=month)
+        counts = self.answers.take() if with_answers else None
+        report = UsageReport(
+            epoch=self._epoch, seq=self._seq, tenants=tenants, month=month, answers=counts
+        )
         self._sent[report.seq] = report
         return report
 

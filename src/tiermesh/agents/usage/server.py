@@ -27,6 +27,10 @@ receives. Entries without a tenant, local replies (no upstream: ext_authz's deni
 no route), other paths and methods, and non-2xx answers are not charged; nor is a request
 whose client left before the answer's headers (status 0), though its backend may have
 started work.
+
+Every entry is also classified (:func:`~tiermesh.agents.usage.answers.classify`: which
+tier answered, first choice or fallback, or refused) into the ledger's answer tally, which
+rides on the next usage report.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from tiermesh.agents.authz.tokens import CHARS_PER_TOKEN
+from tiermesh.agents.usage.answers import classify
 from tiermesh.agents.usage.errors import UsageError
 from tiermesh.agents.usage.ledger import Usage, UsageLedger
 
@@ -118,7 +123,11 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         ],
     ) -> als_pb2.StreamAccessLogsResponse:
         async for message in request_iterator:
-            entries = [usage_from_entry(e) for e in message.http_logs.log_entry]
+            logged = message.http_logs.log_entry
+            counted = [a for a in map(classify, logged) if a is not None]
+            if counted:
+                self._ledger.answers.add(counted)
+            entries = [usage_from_entry(e) for e in logged]
             found = [u for u in entries if u is not None]
             if not found:
                 continue

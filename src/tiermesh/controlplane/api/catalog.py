@@ -8,6 +8,10 @@ Cross-references (unique names, aliases naming served models, tenants' tiers)
 are checked when a ``Catalog`` is built; :func:`reference_problems` reports
 them with field paths for :func:`~tiermesh.controlplane.api.load_catalog`.
 
+Tenants may be authenticated by JWTs that Envoy's ``jwt_authn`` filter verifies against the
+issuers named in ``jwt_issuers`` (:class:`JwtIssuer`): the tenant is the verified token's
+``tenant_claim``, which must name a catalog tenant (and one the issuer may name).
+
 Endpoints are part of a backend's identity: the verifier maps every compiled endpoint
 back to a backend by address (:func:`endpoint_address`), so no two backends may share
 one, and a ``local`` or ``private`` backend must be either on its node's loopback
@@ -20,8 +24,9 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, JsonValue, ValidationInfo, field_validator, model_validator
 
 from tiermesh.controlplane.api._base import Contract, Name, Sensitivity, Tier
 from tiermesh.controlplane.api.errors import CatalogProblem
@@ -42,8 +47,10 @@ __all__ = [
     "Credential",
     "Defaults",
     "Endpoint",
+    "JwtIssuer",
     "ModelAlias",
     "ModelSigner",
+    "RemoteJwks",
     "RouteResilience",
     "TaskType",
     "Tenant",
@@ -51,6 +58,7 @@ __all__ = [
     "TokenCost",
     "endpoint_address",
     "is_loopback",
+    "jwks_address",
     "reference_problems",
 ]
 
@@ -320,6 +328,121 @@ class TaskType(Contract):
     chain answers instead. Null: the first answer that arrives is served."""
 
 
+def jwks_address(uri: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a JWKS ``uri`` (``http://`` or ``https://``; the scheme's
+    default port when none is given). Raises ``ValueError`` naming what is wrong."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError("the scheme must be https (or http to a loopback address)")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the URL names no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the URL may not carry credentials")
+    if parts.fragment:
+        raise ValueError("the URL may not have a fragment")
+    tls = parts.scheme == "https"
+    if not tls and not is_loopback(host):
+        raise ValueError(
+            f"plain http is allowed only to a loopback IP address, not {host!r}: "
+            "keys fetched in the clear could be swapped on the way"
+        )
+    return host, port or (443 if tls else 80), tls
+
+
+class RemoteJwks(Contract):
+    """A JWKS that Envoy fetches itself, through a cluster the compiler generates for it."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    """Where the key set is served: ``https://…`` (the server's certificate is checked
+    against the node's system CAs and the URL's host), or ``http://`` to a loopback IP
+    address only."""
+    cache_duration_s: int = Field(default=300, ge=1, le=86_400)
+    """How long Envoy keeps a fetched key set before fetching it again (new keys of a
+    rotation are accepted at most this long after they are published)."""
+    fetch_timeout_ms: int = Field(default=2_000, ge=50, le=60_000)
+    """Deadline of one fetch; a request whose token needs keys that could not be fetched
+    is refused (``JWKS unavailable``)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        jwks_address(value)
+        return value
+
+
+class JwtIssuer(Contract):
+    """One issuer of JWTs that authenticate tenants (Envoy's ``jwt_authn`` verifies them).
+
+    A token is accepted when it is signed by a key of the issuer's key set (``remote_jwks``
+    or ``local_jwks``: exactly one), its ``iss`` is ``issuer``, its ``aud`` names one of
+    ``audiences``, it carries ``exp`` and is within ``exp``/``nbf`` (``clock_skew_s``
+    either way). The request is then the tenant its ``tenant_claim`` names; that tenant
+    must be in the catalog (and in ``tenants`` when it is set), else the request is refused.
+    """
+
+    name: Name
+    """Unique issuer name; the Envoy provider and JWKS cluster names are derived from it."""
+    issuer: str = Field(min_length=1, max_length=512)
+    """The exact ``iss`` of its tokens, e.g. ``https://login.example.com/``."""
+    audiences: tuple[str, ...] = Field(min_length=1)
+    """Accepted ``aud`` values; a token must name at least one."""
+    remote_jwks: RemoteJwks | None = None
+    """The key set fetched by Envoy."""
+    local_jwks: dict[str, JsonValue] | None = None
+    """The key set inline (a JWKS document: ``{keys: [{kty: …, …}]}``); public keys only."""
+    tenant_claim: str | tuple[str, ...] = Field(default="tenant")
+    """The claim naming the tenant: a top-level claim name (``tenant``, ``org_id``, or a
+    namespaced one such as ``https://example.com/tenant``), or a list of names for a nested
+    one (``[org, id]`` reads ``{"org": {"id": …}}``). Its value must be a string."""
+    tenants: tuple[Name, ...] | None = None
+    """The tenants this issuer may name; null: any catalog tenant."""
+    clock_skew_s: int = Field(default=60, ge=0, le=600)
+    """Seconds of clock difference tolerated on ``exp`` and ``nbf``."""
+
+    @field_validator("tenant_claim")
+    @classmethod
+    def _claim(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        path = (value,) if isinstance(value, str) else value
+        if not path or any(not part or len(part) > 256 for part in path):
+            raise ValueError("tenant_claim must be a non-empty claim name (or list of names)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_set(self) -> JwtIssuer:
+        if (self.remote_jwks is None) == (self.local_jwks is None):
+            raise ValueError(f"issuer {self.name!r} needs exactly one of remote_jwks, local_jwks")
+        if self.local_jwks is not None:
+            keys = self.local_jwks.get("keys")
+            if (
+                not isinstance(keys, list)
+                or not keys
+                or not all(isinstance(k, dict) and isinstance(k.get("kty"), str) for k in keys)
+            ):
+                raise ValueError(
+                    f"issuer {self.name!r}: local_jwks must be a JWKS document "
+                    "({keys: [{kty: ..., ...}, ...]}) with at least one key"
+                )
+            private = sorted(
+                {f for k in keys if isinstance(k, dict) for f in ("d", "p", "q", "k") if f in k}
+            )
+            if private:
+                raise ValueError(
+                    f"issuer {self.name!r}: local_jwks holds secret key material "
+                    f"({', '.join(private)}): give public keys only"
+                )
+        return self
+
+    @property
+    def claim_path(self) -> tuple[str, ...]:
+        """``tenant_claim`` as a path of claim names."""
+        return (self.tenant_claim,) if isinstance(self.tenant_claim, str) else self.tenant_claim
+
+
 class Catalog(Contract):
     """The whole catalog document."""
 
@@ -338,6 +461,9 @@ class Catalog(Contract):
     api: tuple[ApiEndpoint, ...] = Field(default=OPENAI_API, min_length=1)
     """The paths and methods routed to model servers (default: the OpenAI-compatible
     surface); any other request is answered 404/405 on the node and never forwarded."""
+    jwt_issuers: tuple[JwtIssuer, ...] = ()
+    """Issuers whose JWTs authenticate tenants (``authorization: Bearer <JWT>``), besides
+    tenant API keys. Empty: no JWT is accepted and no ``jwt_authn`` filter is compiled."""
 
     @model_validator(mode="after")
     def _unique_api_paths(self) -> Catalog:
@@ -401,6 +527,22 @@ def _unpinned(index: int, backend: Backend) -> CatalogProblem | None:
     return None
 
 
+def _issuer_problems(catalog: Catalog) -> Iterable[CatalogProblem]:
+    tenants = {t.name for t in catalog.tenants}
+    seen: dict[str, str] = {}
+    for i, issuer in enumerate(catalog.jwt_issuers):
+        first = seen.setdefault(issuer.issuer, issuer.name)
+        if first != issuer.name:
+            yield CatalogProblem(
+                f"jwt_issuers[{i}].issuer",
+                f"issuer {issuer.name!r} has the same issuer {issuer.issuer!r} as {first!r}: "
+                "a token could not tell which one verified it",
+            )
+        for t, tenant in enumerate(issuer.tenants or ()):
+            if tenant not in tenants:
+                yield CatalogProblem(f"jwt_issuers[{i}].tenants[{t}]", f"unknown tenant {tenant!r}")
+
+
 def reference_problems(catalog: Catalog) -> list[CatalogProblem]:
     """Cross-reference problems of a catalog, each with its field path; empty when sound.
 
@@ -408,13 +550,16 @@ def reference_problems(catalog: Catalog) -> list[CatalogProblem]:
     (:func:`endpoint_address`); every ``local`` or ``private`` backend on a loopback IP
     address or with a ``spiffe_id`` and TLS; the default task exists; every alias model
     is served by some backend; no cloud backend cleared for restricted data; tenants'
-    ``restricted_tiers`` within their ``allowed_tiers``.
+    ``restricted_tiers`` within their ``allowed_tiers``; JWT issuers with distinct
+    ``issuer`` values, naming only catalog tenants.
     """
     problems: list[CatalogProblem] = []
     problems += _duplicates("backends", [b.name for b in catalog.backends])
     problems += _duplicates("tenants", [t.name for t in catalog.tenants])
     problems += _duplicates("aliases", [a.name for a in catalog.aliases])
     problems += _duplicates("tasks", [t.name for t in catalog.tasks])
+    problems += _duplicates("jwt_issuers", [i.name for i in catalog.jwt_issuers])
+    problems += _issuer_problems(catalog)
     problems += _shared_endpoints(catalog.backends)
     problems += [
         problem

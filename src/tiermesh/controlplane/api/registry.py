@@ -63,6 +63,7 @@ from tiermesh.controlplane.api.request_policy import BundleRef
 
 __all__ = [
     "ENDPOINT_NAME_RULE",
+    "MAX_ANSWER_KEYS",
     "MAX_ENDPOINTS",
     "MAX_LABELS",
     "MAX_SESSION_MESSAGE_BYTES",
@@ -72,6 +73,8 @@ __all__ = [
     "NODE_REGISTRY_SERVICE",
     "REGISTRY_VERSION",
     "SESSION_METHOD",
+    "AnswerCounts",
+    "FallbackReason",
     "ModelAttestation",
     "NodeEndpoint",
     "NodeLoad",
@@ -333,6 +336,52 @@ class UsageDelta(Contract):
     """Their cost at catalog prices, in micro-dollars (USD x 10^6)."""
 
 
+MAX_ANSWER_KEYS: Final = 64
+"""Most keys each table of one :class:`AnswerCounts` may hold."""
+
+FallbackReason = Literal["retry", "unavailable", "budget", "cascade"]
+"""Why an answer came from a step after the first choice of its route:
+
+- ``retry``: the first try failed or was late (Envoy's retry moved down the chain);
+- ``unavailable``: the first step was skipped without a try (ejected or unhealthy);
+- ``budget``: the tenant's budget was spent, its route's budget fallback chain answered;
+- ``cascade``: a cascade route's first answer was not confident enough and a later step's
+  answer was served."""
+
+_Count = Annotated[int, Field(ge=0, le=MAX_USAGE_AMOUNT)]
+
+
+class AnswerCounts(Contract):
+    """How a node's app listener answered since the node's previous report, counted by its
+    agent from Envoy's access log (:mod:`tiermesh.agents.usage.answers`). Added within
+    ``v1``: sent only to a control plane whose :class:`SessionReply` said
+    ``answer_reports``."""
+
+    by_tier: dict[Tier, _Count] = Field(default_factory=dict)
+    """Answers a backend gave, by the tier of the backend that answered."""
+    first_choice: _Count = 0
+    """Answers from the first step of the route that matched."""
+    fallback: _Count = 0
+    """Answers from a later step (or a budget fallback chain); ``first_choice + fallback``
+    is the sum of ``by_tier``."""
+    fallback_reasons: dict[FallbackReason, _Count] = Field(default_factory=dict)
+    """``fallback`` split by :data:`FallbackReason` where the entry shows why; the rest
+    (a later step answered and the entry does not say why) is not in this table."""
+    refused: dict[Annotated[str, StringConstraints(pattern=r"^[1-5][0-9][0-9]$")], _Count] = Field(
+        default_factory=dict, max_length=MAX_ANSWER_KEYS
+    )
+    """Requests answered by the node itself with no backend (ext_authz's denials, 401,
+    404, 429, a 503 with every allowed tier down), by HTTP status."""
+
+    def total(self) -> int:
+        """Answers given by a backend."""
+        return sum(self.by_tier.values())
+
+    def is_empty(self) -> bool:
+        """Nothing was counted."""
+        return not self.by_tier and not self.refused
+
+
 class UsageReport(Contract):
     """Spend a node accounted from its Envoy's access log, to add to the mesh-wide counters.
 
@@ -350,13 +399,25 @@ class UsageReport(Contract):
     seq: int = Field(ge=1)
     """Report number within ``epoch``: 1, 2, 3, ... in the order the node sends them; it
     spans the agent's sessions, so a report re-sent after a reconnect keeps its number."""
-    tenants: dict[Name, UsageDelta] = Field(min_length=1, max_length=MAX_USAGE_TENANTS)
-    """Tenant name (a catalog name: ``[a-z0-9][a-z0-9_-]{0,62}``) -> its delta; at least
-    one, at most :data:`MAX_USAGE_TENANTS`."""
+    tenants: dict[Name, UsageDelta] = Field(default_factory=dict, max_length=MAX_USAGE_TENANTS)
+    """Tenant name (a catalog name: ``[a-z0-9][a-z0-9_-]{0,62}``) -> its delta; at most
+    :data:`MAX_USAGE_TENANTS`. At least one unless ``answers`` is set."""
     month: UsageMonth | None = None
     """The month (:data:`UsageMonth`) the deltas were spent in: they are added to that
     month's counters even when the report arrives after the month ended. Absent (a node
     from before this field): the control plane's current month. Added within ``v1``."""
+    answers: AnswerCounts | None = None
+    """How the node answered since its previous report (:class:`AnswerCounts`), or None.
+    Counted once with the report: a re-sent report the control plane skips is not counted
+    again. Added within ``v1``: a node sets it only for a control plane whose reply said
+    ``answer_reports`` (an older one refuses the unknown field), and may then send a report
+    with answers and no tenants."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if not self.tenants and self.answers is None:
+            raise ValueError("a usage report needs at least one tenant or answer counts")
+        return self
 
 
 class UsageTotal(Contract):
@@ -437,6 +498,9 @@ class SessionReply(Contract):
     usage: UsageAck | None = None
     """Set only on the answer to a usage report. Added within ``v1``: a node that sends no
     usage reports never gets one."""
+    answer_reports: bool = False
+    """True: this control plane takes :class:`UsageReport` ``answers`` (and reports that
+    carry answers but no tenant). Added within ``v1``; an older control plane omits it."""
     bundle: BundleRef | None = None
     """The bundle the control plane serves (None: none yet, or an older control plane).
     When it changes the control plane sends a reply of its own, unasked (``usage`` None,

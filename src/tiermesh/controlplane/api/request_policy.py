@@ -52,6 +52,7 @@ __all__ = [
     "REQUEST_POLICY_FOLDER",
     "REQUEST_POLICY_METHOD",
     "REQUIRE_API_KEY_SETTING",
+    "REQUIRE_CREDENTIAL_SETTING",
     "SENSITIVITY_LEVELS",
     "BundleRef",
     "RequestConfig",
@@ -107,6 +108,11 @@ merged ``data.request_config``, a request without a valid tenant API key is refu
 before the policy is asked. Off by default so meshes that predate keys keep deciding on the
 ``x-tiermesh-tenant`` header; a request that does present a key is authenticated either
 way (a wrong one is refused, a valid one names the tenant)."""
+
+REQUIRE_CREDENTIAL_SETTING: Final = "require_credential"
+"""The general name of :data:`REQUIRE_API_KEY_SETTING`: with either ``true``, a request
+without a valid credential — a tenant API key or a JWT of a catalog issuer — is refused
+(401). ``require_api_key`` keeps working and means the same (any credential kind)."""
 
 MAX_REQUEST_CONFIG_KEYS: Final = 64
 """Most settings one ``request_config`` may hold."""

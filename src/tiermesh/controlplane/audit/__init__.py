@@ -3,6 +3,7 @@
 - :class:`AuditCollector` (+ :func:`start_audit_collector`): the mTLS gRPC service nodes
   ship their signed records to; a node may ship only its own.
 - :class:`AuditStore`: the SQLite database, queried with :class:`AuditQuery`.
+- :func:`verify_store`: every chain of a database verified (:class:`StoreVerification`).
 - :func:`verify_chain`: names the first record of a node's chain that was edited, deleted,
   re-linked or wrongly signed (:class:`ChainProblem`).
 - :class:`PlanRecorder`: the control plane's own signed chain of compile-time plans.
@@ -53,6 +54,11 @@ from tiermesh.controlplane.audit.store import (
     AuditStore,
     StoredRecord,
 )
+from tiermesh.controlplane.audit.verify_store import (
+    StoreVerification,
+    signer_keys,
+    verify_store,
+)
 
 __all__ = [
     "DEFAULT_DB_NAME",
@@ -75,6 +81,7 @@ __all__ = [
     "ReplayChange",
     "ReplayReport",
     "Signer",
+    "StoreVerification",
     "StoredRecord",
     "TenantSummary",
     "UndecodableShipment",
@@ -85,8 +92,10 @@ __all__ = [
     "rego_path",
     "replay",
     "signature_valid",
+    "signer_keys",
     "start_audit_collector",
     "status_for",
     "token_estimate",
     "verify_chain",
+    "verify_store",
 ]

@@ -5,14 +5,15 @@ Bundle path → meaning:
 - ``*.rego`` → a Rego module named by its path;
 - ``data/<stem>.(yaml|yml|json)`` → the document ``data.<stem>`` (two files with one stem
   are an error); ``data/catalog.*`` is required and validated as a
-  :class:`~tiermesh.controlplane.api.Catalog`;
+  :class:`~tiermesh.controlplane.api.Catalog` (inline JWKS keys as Envoy loads them,
+  :mod:`.jwks`);
 - ``data/nodes.*`` (optional) → the nodes a check plans for, a list of
   :class:`~tiermesh.controlplane.api.NodeInfo` objects;
 - ``data/request_config.*`` (optional) → the request policy's mesh-wide settings, a
   mapping of names to scalars validated as a
   :data:`~tiermesh.controlplane.api.request_policy.RequestConfig` (and the known settings
   by type: ``default_tenant`` a string, ``max_request_tokens`` a number,
-  ``require_api_key`` a boolean); not loaded
+  ``require_api_key`` and ``require_credential`` booleans); not loaded
   into the engine here (the nodes' request policy reads it, merged with each node's own
   settings), so the bundle's Rego tests do not depend on a mesh's settings;
 - anything else (``schemas/*.json``) is not loaded into the engine.
@@ -40,6 +41,7 @@ from tiermesh.controlplane.api.request_policy import (
 )
 from tiermesh.controlplane.bundle._yaml_lines import field_line
 from tiermesh.controlplane.bundle.findings import Finding, Stage
+from tiermesh.controlplane.bundle.jwks import inline_jwks_problems
 from tiermesh.controlplane.bundle.reader import DATA_SUFFIXES
 from tiermesh.rego import JSONValue
 
@@ -63,9 +65,10 @@ _KNOWN_SETTINGS: dict[str, tuple[str, tuple[type, ...]]] = {
     "default_tenant": ("a string", (str,)),
     "max_request_tokens": ("a number", (int, float)),
     "require_api_key": ("a boolean", (bool,)),
+    "require_credential": ("a boolean", (bool,)),
 }
-"""Settings request.rego (or, for ``require_api_key``, the authz server) reads, and the
-type it needs (it ignores any other type)."""
+"""Settings request.rego (or, for ``require_api_key`` and ``require_credential``, the
+authz server) reads, and the type it needs (it ignores any other type)."""
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _SUBJECT = re.compile(r"^(tenant|backend) ([a-z0-9][a-z0-9_-]*):")
 
@@ -162,12 +165,15 @@ def _catalog(
         return None
     text = texts[path]
     try:
-        return parse_catalog(text, file=path)
+        catalog = parse_catalog(text, file=path)
+        if problems := inline_jwks_problems(catalog):
+            raise CatalogError(path, problems)
     except CatalogError as exc:
         for problem in exc.problems:
             line = field_line(text, problem.field)
             findings.append(Finding(Stage.CATALOG, str(problem), path, line))
         return None
+    return catalog
 
 
 def _request_config_problems(value: object, exc: ValidationError) -> dict[str, str]:

@@ -29,10 +29,13 @@ EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def authz_filter(settings: AuthzSettings) -> hcm_pb2.HttpFilter:
+def authz_filter(
+    settings: AuthzSettings, *, metadata_namespaces: tuple[str, ...] = ()
+) -> hcm_pb2.HttpFilter:
     """The ext_authz filter: gRPC v3 to :data:`~names.AUTHZ_CLUSTER`, the body (raw bytes,
     cut at ``max_body_bytes`` and marked partial), route re-matched after the check,
-    fail closed with 503."""
+    fail closed with 503. ``metadata_namespaces``: the request's dynamic metadata the check
+    carries (the ``jwt_authn`` filter's verdict, :mod:`.jwt`)."""
     config = ext_authz_pb2.ExtAuthz(
         grpc_service=grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=names.AUTHZ_CLUSTER),
@@ -48,6 +51,7 @@ def authz_filter(settings: AuthzSettings) -> hcm_pb2.HttpFilter:
         failure_mode_allow=False,
         status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
         stat_prefix="tiermesh",
+        metadata_context_namespaces=list(metadata_namespaces),
     )
     return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=pack(config))
 

@@ -42,6 +42,7 @@ from tiermesh.controlplane.generators.authz import authz_cluster
 from tiermesh.controlplane.generators.batch import batch_clusters
 from tiermesh.controlplane.generators.cascade import cascade_clusters
 from tiermesh.controlplane.generators.endpoints import internal_assignment, load_assignment
+from tiermesh.controlplane.generators.jwt import jwks_clusters
 from tiermesh.controlplane.generators.mesh_tls import (
     mesh_clusters,
     mesh_transport_socket,
@@ -241,7 +242,8 @@ def _with_mesh_tls(node: NodeModel, upstream: Upstream, timeout: int) -> cluster
 def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
     """Every backend cluster, then every chain's aggregate, each sorted by name, then the
     egress cluster of each credentialed backend, then the authz server's cluster when the
-    node has one (:mod:`.authz`), then the access-log server's (:mod:`.usage`)."""
+    node has one (:mod:`.authz`), then the access-log server's (:mod:`.usage`), then (with
+    the authz server) the remote JWKS clusters of the catalog's JWT issuers (:mod:`.jwt`)."""
     node = model.node(node_id)
     timeout = node.settings.connect_timeout_ms
     authz = node.settings.authz
@@ -260,4 +262,5 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
         *cascade_clusters(node),
         *batch_clusters(node),
         *mesh_clusters(node),
+        *([] if authz is None else jwks_clusters(model.jwt_issuers, timeout)),
     ]

@@ -18,13 +18,14 @@ from tiermesh.controlplane.api import MATCH_HEADERS, RateLimit
 from tiermesh.controlplane.generators._protos import ads, ms, pack
 from tiermesh.controlplane.generators.authz import authz_filter
 from tiermesh.controlplane.generators.egress import egress_listener
+from tiermesh.controlplane.generators.jwt import JWT_AUTHN_FILTER, jwt_filter
 from tiermesh.controlplane.generators.mesh_tls import mesh_listeners
 from tiermesh.controlplane.generators.usage import (
     MAX_BODY_BYTES,
     usage_access_log,
     usage_filter,
 )
-from tiermesh.controlplane.model import MeshModel, NodeModel, names
+from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeModel, names
 
 __all__ = ["RATE_LIMIT_FILTER", "TENANT_DESCRIPTOR", "generate", "tenant_rate_limits"]
 
@@ -84,11 +85,22 @@ def _rate_limit_filter(node: NodeModel) -> local_rate_limit_pb2.LocalRateLimit:
     )
 
 
+def _authz_filters(model: MeshModel, settings: AuthzSettings) -> list[hcm_pb2.HttpFilter]:
+    """ext_authz, preceded by ``jwt_authn`` (whose verdict the check carries) when the
+    catalog names JWT issuers (:mod:`.jwt`)."""
+    if not model.jwt_issuers:
+        return [authz_filter(settings)]
+    return [
+        jwt_filter(model.jwt_issuers),
+        authz_filter(settings, metadata_namespaces=(JWT_AUTHN_FILTER,)),
+    ]
+
+
 def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     """The app listener: HTTP connection manager, routes over RDS (ADS), and filters
-    [ext_authz →] local rate limit (one bucket per limited tenant, see below) →
-    [usage Lua →] router, with a gRPC access log when ``settings.usage`` is set
-    (:mod:`.usage`).
+    [[jwt_authn →] ext_authz →] local rate limit (one bucket per limited tenant, see
+    below) → [usage Lua →] router, with a gRPC access log when ``settings.usage`` is set
+    (:mod:`.usage`); ``jwt_authn`` only when the catalog names JWT issuers (:mod:`.jwt`).
 
     ext_authz (only with ``settings.authz``) comes first, so both the rate-limit bucket
     and the route are those of the headers it set. Rate limits are per tenant, not per
@@ -105,7 +117,7 @@ def generate(model: MeshModel, node_id: str) -> list[listener_pb2.Listener]:
     """
     node = model.node(node_id)
     settings = node.settings
-    filters = [] if settings.authz is None else [authz_filter(settings.authz)]
+    filters = [] if settings.authz is None else _authz_filters(model, settings.authz)
     filters.append(
         hcm_pb2.HttpFilter(
             name=RATE_LIMIT_FILTER,

@@ -34,6 +34,9 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 - **Answering tier**: the virtual host adds response header ``x-tiermesh-tier`` from the
   answering endpoint's metadata (``%UPSTREAM_METADATA(tiermesh:tier)%``): through an
   aggregate cluster it names the member that answered. Local replies (503, 429) get none.
+- **First choice**: a chain route of several steps carries route metadata
+  ``tiermesh: {first_backend: <its first step's backend>}``, which the usage access log
+  reports, so a node can tell a first-choice answer from a fallback.
 - **Model rewrite**: not compiled. A step's ``model`` differs per route, and Envoy offers
   no per-(route, member) request header through an aggregate; the plan's per-step model
   stays for the request-time layer.
@@ -167,6 +170,10 @@ def _route(
             retry_policy=_retry_policy(steps),
         )
     )
+    if len(steps) > 1:
+        route.metadata.filter_metadata[names.ROUTE_METADATA].update(
+            {names.FIRST_BACKEND_KEY: steps[0].backend}
+        )
     return route
 
 

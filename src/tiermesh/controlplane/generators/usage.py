@@ -48,13 +48,17 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   :data:`HOLD_BYTES`.
 - **Access log** (:func:`usage_access_log`), on the app listener's connection manager:
   ``envoy.access_loggers.http_grpc`` to :data:`USAGE_CLUSTER`, one entry per request,
-  with request header ``x-tiermesh-tenant``, custom tags :data:`BACKEND_TAG` and
+  with request header ``x-tiermesh-tenant``, custom tag :data:`FIRST_TAG` from the
+  route's metadata, custom tags :data:`BACKEND_TAG` and
   :data:`TIER_TAG` from the answering endpoint's metadata (``tiermesh: {backend, tier}``;
   through an aggregate cluster this names the member that answered) and the dynamic
   metadata above (``common_properties.metadata``); Envoy adds the method, path, status,
   upstream address and both body sizes, which the server needs to estimate an answer
-  without usage. Entries are sent at most
-  ``flush_interval_ms`` after the request ends; a dead server loses entries and never
+  without usage, and the route name, upstream cluster, try count, the request's
+  ``x-tiermesh-budget`` (as ext_authz set it) and the answer's
+  ``x-tiermesh-tier`` and ``x-tiermesh-cascade-steps`` headers, from which it counts
+  answers by tier and chain position (:mod:`tiermesh.agents.usage.answers`). Entries are
+  sent at most ``flush_interval_ms`` after the request ends; a dead server loses entries and never
   fails a request.
 
 Verified with Envoy 1.40 (tests/integration/budgets): JSON and SSE answers through an
@@ -83,11 +87,12 @@ from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 
 from tiermesh.controlplane.generators._protos import ms, pack, static_assignment
-from tiermesh.controlplane.model import UsageSettings
+from tiermesh.controlplane.model import UsageSettings, names
 
 __all__ = [
     "ADDED_KEY",
     "BACKEND_TAG",
+    "FIRST_TAG",
     "HOLD_BYTES",
     "LOG_NAME",
     "LUA_FILTER",
@@ -115,6 +120,9 @@ BACKEND_TAG = "tiermesh.backend"
 """Custom tag: the answering endpoint's backend name."""
 TIER_TAG = "tiermesh.tier"
 """Custom tag: the answering endpoint's tier."""
+FIRST_TAG = "tiermesh.first"
+"""Custom tag: the backend of the route's first chain step (route metadata; absent on
+routes of one step)."""
 ADDED_KEY = "include_usage_added"
 """Key in :data:`METADATA_NAMESPACE`, ``true`` when the filter asked a stream for usage."""
 MAX_BODY_BYTES = 64 * 1024
@@ -379,6 +387,18 @@ def _host_tag(tag: str, key: str) -> custom_tag_pb2.CustomTag:
     )
 
 
+def _route_tag(tag: str, key: str) -> custom_tag_pb2.CustomTag:
+    return custom_tag_pb2.CustomTag(
+        tag=tag,
+        metadata=custom_tag_pb2.CustomTag.Metadata(
+            kind=metadata_pb2.MetadataKind(route=metadata_pb2.MetadataKind.Route()),
+            metadata_key=metadata_pb2.MetadataKey(
+                key=names.ROUTE_METADATA, path=[metadata_pb2.MetadataKey.PathSegment(key=key)]
+            ),
+        ),
+    )
+
+
 def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
     """The HTTP gRPC access log to :data:`USAGE_CLUSTER` (see the module doc)."""
     config = als_pb2.HttpGrpcAccessLogConfig(
@@ -389,9 +409,14 @@ def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
             ),
             transport_api_version=config_source_pb2.V3,
             buffer_flush_interval=ms(settings.flush_interval_ms),
-            custom_tags=[_host_tag(BACKEND_TAG, "backend"), _host_tag(TIER_TAG, "tier")],
+            custom_tags=[
+                _host_tag(BACKEND_TAG, "backend"),
+                _host_tag(TIER_TAG, "tier"),
+                _route_tag(FIRST_TAG, names.FIRST_BACKEND_KEY),
+            ],
         ),
-        additional_request_headers_to_log=[TENANT_HEADER],
+        additional_request_headers_to_log=[TENANT_HEADER, names.BUDGET_HEADER],
+        additional_response_headers_to_log=[names.TIER_HEADER, names.CASCADE_STEPS_HEADER],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
 

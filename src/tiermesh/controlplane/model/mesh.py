@@ -16,6 +16,7 @@ from tiermesh.controlplane.api import (
     BackendPlan,
     Catalog,
     ChainStep,
+    JwtIssuer,
     Plan,
 )
 from tiermesh.controlplane.model import names
@@ -149,11 +150,15 @@ class MeshModel:
 
     ``api`` is the catalog's API surface (:data:`~tiermesh.controlplane.api.OPENAI_API` by
     default): the only paths and methods the nodes route.
+
+    ``jwt_issuers`` are the catalog's JWT issuers: nodes with a request-time policy verify
+    tokens of them in Envoy (``jwt_authn``) before ext_authz; empty compiles no such filter.
     """
 
     nodes: Mapping[str, NodeModel]
     unhealthy_backends: frozenset[str] = frozenset()
     api: tuple[ApiEndpoint, ...] = OPENAI_API
+    jwt_issuers: tuple[JwtIssuer, ...] = ()
 
     @classmethod
     def build(
@@ -163,6 +168,7 @@ class MeshModel:
         *,
         unhealthy_backends: Set[str] = frozenset(),
         api: Sequence[ApiEndpoint] = OPENAI_API,
+        jwt_issuers: Sequence[JwtIssuer] = (),
     ) -> MeshModel:
         """One model from the evaluated plans (one per node), each node's settings and the
         backends reported unhealthy (see :func:`backends_hosted_by`).
@@ -179,7 +185,10 @@ class MeshModel:
                 raise PlanMismatch(node_id, "no node settings (app listener port)")
             nodes[node_id] = NodeModel.build(plan, settings[node_id])
         return cls(
-            MappingProxyType(dict(sorted(nodes.items()))), frozenset(unhealthy_backends), tuple(api)
+            MappingProxyType(dict(sorted(nodes.items()))),
+            frozenset(unhealthy_backends),
+            tuple(api),
+            tuple(jwt_issuers),
         )
 
     def node(self, node_id: str) -> NodeModel:

@@ -23,6 +23,8 @@ __all__ = [
     "CASCADE_STEP_HEADER",
     "CASCADE_THRESHOLD_HEADER",
     "CASCADE_TOKEN_HEADER",
+    "FIRST_BACKEND_KEY",
+    "ROUTE_METADATA",
     "TIER_HEADER",
     "TRUST_BUNDLE_SECRET",
     "UNMATCHED_ROUTE",
@@ -31,6 +33,8 @@ __all__ = [
     "credential_secret",
     "egress_cluster",
     "egress_listener",
+    "jwks_cluster",
+    "jwt_provider",
     "upstream_cluster",
 ]
 
@@ -48,6 +52,10 @@ BUDGET_HEADER = "x-tiermesh-budget"
 """Request header the request-time policy sets once the tenant's budget is spent."""
 BUDGET_EXHAUSTED = "exhausted"
 """Value of :data:`BUDGET_HEADER` that selects a route's budget fallback chain."""
+ROUTE_METADATA = "tiermesh"
+"""Route metadata namespace of compiled chain routes."""
+FIRST_BACKEND_KEY = "first_backend"
+"""Key in :data:`ROUTE_METADATA`: the backend of the route's first chain step."""
 TIER_HEADER = "x-tiermesh-tier"
 """Response header naming the tier of the backend that answered."""
 UNMATCHED_ROUTE = "tiermesh/unmatched"
@@ -98,3 +106,13 @@ def credential_secret(backend: str) -> str:
 def cascade_step_route(route: str, step: int) -> str:
     """Route that sends step ``step`` (from 0) of cascade route ``route`` to its cluster."""
     return f"{route}/cascade/{step}"
+
+
+def jwt_provider(issuer: str) -> str:
+    """Name of the ``jwt_authn`` provider of one catalog JWT issuer: the issuer's name."""
+    return issuer
+
+
+def jwks_cluster(issuer: str) -> str:
+    """Cluster Envoy fetches one JWT issuer's remote key set through."""
+    return f"jwks|{issuer}"

@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,6 +73,7 @@ from pydantic import ValidationError
 from tiermesh.controlplane.api.registry import (
     NODE_REGISTRY_SERVICE,
     SESSION_METHOD,
+    AnswerCounts,
     NodeLoad,
     NodeRegistration,
     RegisteredNode,
@@ -262,6 +263,7 @@ class _Session:
                 load_interval_s=self._service.load_interval_s,
                 revision=revision,
                 usage_reports=True,
+                answer_reports=self._service.on_answers is not None,
                 bundle=announced_ref(served, keys) if served is not None else None,
             )
             await self._context.write(self._reply)
@@ -414,7 +416,8 @@ class NodeRegistryService:
     ``store`` is the only place registrations go; ``trust_domain`` is the SVIDs' trust
     domain; ``clock`` stamps ``registered_at``/``load_at``; ``bundles`` says which bundle
     is served (module doc: bundle announcements); ``keys`` which tenant API keys are
-    (module doc: tenant API keys). Raises
+    (module doc: tenant API keys); ``on_answers`` takes the answer counts of applied usage
+    reports (:attr:`on_answers`). Raises
     ``InvalidTrustDomainError`` for a bad ``trust_domain`` and ValueError for a
     ``lease_ttl_s`` under 2 s (a third of it is the refresh period, etcd's floor is 1 s) or
     a negative interval.
@@ -431,6 +434,7 @@ class NodeRegistryService:
         clock: Clock = utc_now,
         bundles: ServedBundles | None = None,
         keys: ServedKeysSource | None = None,
+        on_answers: Callable[[str, AnswerCounts], None] | None = None,
     ) -> None:
         validate_trust_domain(trust_domain)
         if lease_ttl_s < 2:
@@ -447,6 +451,10 @@ class NodeRegistryService:
         self.keys = keys
         self.request_policies = RequestPolicies()
         """The encoded request policy of the served bundle (one encoding per bundle)."""
+        self.on_answers = on_answers
+        """Called (node id, counts) on the event loop with the answer counts of each usage
+        report applied (never for a skipped re-send); must not block or raise. None: the
+        sessions' replies do not offer ``answer_reports``."""
         self._usage_applied: dict[str, tuple[str, int]] = {}
         self._usage_locks: dict[str, asyncio.Lock] = {}
 
@@ -469,6 +477,8 @@ class NodeRegistryService:
                 totals[tenant] = UsageTotal(tokens=usage.tokens, cost_micro=usage.cost_micro)
             if not duplicate:
                 self._usage_applied[node_id] = (report.epoch, report.seq)
+                if report.answers is not None and self.on_answers is not None:
+                    self.on_answers(node_id, report.answers)
         USAGE_REPORTS.labels("duplicate" if duplicate else "applied").inc()
         log.debug(
             "node %s usage report %s/%d: %d tenant(s)%s",

@@ -333,7 +333,11 @@ class MeshCompiler:
         snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog, unhealthy=unhealthy)
         if snapshot is None:
             model = MeshModel.build(
-                [plan], {node_id: node_settings}, unhealthy_backends=unhealthy, api=catalog.api
+                [plan],
+                {node_id: node_settings},
+                unhealthy_backends=unhealthy,
+                api=catalog.api,
+                jwt_issuers=catalog.jwt_issuers,
             )
             snapshot = compile_and_verify(model, node_id, catalog)
             memo.put(

@@ -12,6 +12,7 @@ from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
 from tiermesh.controlplane.runtime.errors import (
     ControlPlaneError,
+    DashboardRefused,
     DataDirError,
     EtcdUnreachable,
     PortInUse,
@@ -26,6 +27,7 @@ __all__ = [
     "ControlPlane",
     "ControlPlaneConfig",
     "ControlPlaneError",
+    "DashboardRefused",
     "DataDirError",
     "EtcdUnreachable",
     "HostPort",

@@ -53,6 +53,12 @@ class ControlPlaneConfig:
     port because shipped batches (up to 16 MiB) are far larger than the node API accepts.
     Port 0 by default: the bound address is reported as ``addresses["audit"]`` in the
     status document, where agents' ``control_plane.audit`` is taken from."""
+    dashboard: HostPort | None = None
+    """The read-only web dashboard (:mod:`tiermesh.controlplane.dashboard`), or None: not
+    served. Beyond loopback it needs ``dashboard_token``."""
+    dashboard_token: str | None = field(default=None, repr=False, hash=False)
+    """The token the dashboard asks for (bearer, or basic-auth password); None: no
+    authentication, which only a loopback ``dashboard`` may have."""
     root: str = ROOT
     etcd_timeout_s: float = 5.0
     lease_ttl_s: int = 10

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ControlPlaneError", "DataDirError", "EtcdUnreachable", "PortInUse"]
+__all__ = [
+    "ControlPlaneError",
+    "DashboardRefused",
+    "DataDirError",
+    "EtcdUnreachable",
+    "PortInUse",
+]
 
 
 class ControlPlaneError(Exception):
@@ -37,3 +43,12 @@ class DataDirError(ControlPlaneError):
         self.path = path
         self.detail = detail
         super().__init__(f"data directory problem at {path}: {detail}")
+
+
+class DashboardRefused(ControlPlaneError):
+    """The dashboard's settings are unsafe or unusable (e.g. beyond loopback without a
+    token); the message says what to change."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)

@@ -6,7 +6,9 @@ Start order (each step needs the one before): etcd client → shared CA
 addresses are checked → node directory → reconciler → node API (join, renew, registry) →
 ADS over mTLS with the SPIFFE node authorizer → audit collector (mTLS, its own port;
 records stored in ``<data_dir>/audit.sqlite3``, read by ``tiermesh audit --db``) →
-admin. The audit database is opened before the reconciler: every node's evaluated plan
+admin → dashboard (when configured; :mod:`tiermesh.controlplane.dashboard`, fed by the
+status document, the answer counts nodes report (:class:`LiveTraffic`) and the audit
+database). The audit database is opened before the reconciler: every node's evaluated plan
 is recorded there, signed with the server key, in the chain ``spiffe://<td>/controlplane``
 (:class:`~tiermesh.controlplane.audit.PlanRecorder`). :meth:`ControlPlane.stop` undoes
 it in reverse. Stopping cancels the open registry sessions without revoking their leases,
@@ -39,6 +41,14 @@ from tiermesh.controlplane.audit import (
     start_audit_collector,
 )
 from tiermesh.controlplane.bundle import BundleOutcome
+from tiermesh.controlplane.dashboard import (
+    AuditWatcher,
+    DashboardError,
+    DashboardServer,
+    check_bind,
+    dashboard_document,
+    start_dashboard,
+)
 from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
 from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
@@ -53,9 +63,15 @@ from tiermesh.controlplane.nodeapi.keys import KeyWatcher
 from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult, default_compiler
 from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
-from tiermesh.controlplane.runtime.errors import DataDirError, EtcdUnreachable, PortInUse
+from tiermesh.controlplane.runtime.errors import (
+    DashboardRefused,
+    DataDirError,
+    EtcdUnreachable,
+    PortInUse,
+)
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import status_document
+from tiermesh.controlplane.runtime.traffic import LiveTraffic
 from tiermesh.controlplane.store import EtcdStore, StoreUnavailable
 from tiermesh.rego import RegorusEngine
 from tiermesh.xds import AdsServer, SnapshotCache, start_server
@@ -139,6 +155,10 @@ class ControlPlane:
         self._audit_store: AuditStore | None = None
         self._audit: AuditCollectorServer | None = None
         self._plans: PlanRecorder | None = None
+        self.traffic = LiveTraffic()
+        """Answer counts the nodes report (the status document's ``traffic``)."""
+        self._dashboard: DashboardServer | None = None
+        self._audit_watch: AuditWatcher | None = None
 
     @property
     def reconciler(self) -> Reconciler:
@@ -160,6 +180,11 @@ class ControlPlane:
 
     async def _start(self) -> None:
         config = self.config
+        if config.dashboard is not None:
+            try:  # before anything starts: an unsafe dashboard is a configuration error
+                check_bind(config.dashboard.host, config.dashboard.port, config.dashboard_token)
+            except DashboardError as exc:
+                raise DashboardRefused(str(exc)) from exc
         self._store = store = await _connect(config)
         ca_store = EtcdCaStore(store, config.ca_passphrase)
         self._ca = ca = await ca_store.create_or_load(CaConfig(config.trust_domain))
@@ -175,6 +200,7 @@ class ControlPlane:
             ("joins (--join)", config.join),
             ("the admin server (--admin)", config.admin),
             ("the audit collector", config.audit),
+            *((("the dashboard (--dashboard)", config.dashboard),) if config.dashboard else ()),
         ):
             _check_free(what, address)
 
@@ -217,6 +243,7 @@ class ControlPlane:
             load_interval_s=config.load_interval_s,
             bundles=self._reconciler,
             keys=self._keys,
+            on_answers=self.traffic.add,
         )
         try:
             self._node_api = await start_node_api(
@@ -265,7 +292,21 @@ class ControlPlane:
             "admin": self._admin.url,
             "audit": str(HostPort(config.audit.host, self._audit.port)),
         }
+        if config.dashboard is not None:
+            await self._start_dashboard(config.dashboard, self._audit_store)
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_dashboard(self, address: HostPort, audit: AuditStore) -> None:
+        self._audit_watch = AuditWatcher(audit)
+        try:
+            self._dashboard = await start_dashboard(
+                address.host, address.port, self.dashboard_view, token=self.config.dashboard_token
+            )
+        except DashboardError as exc:
+            raise DashboardRefused(str(exc)) from exc
+        except OSError as exc:
+            raise PortInUse("the dashboard (--dashboard)", str(address), str(exc)) from exc
+        self.addresses["dashboard"] = self._dashboard.url
 
     def _write_files(self, certificate: ServerCertificate, bundle_pem: bytes) -> None:
         folder = self.config.data_dir
@@ -292,7 +333,7 @@ class ControlPlane:
         control plane's event loop."""
         assert self._ads is not None, "not started"
         assert self._directory is not None, "not started"
-        return status_document(
+        document = status_document(
             trust_domain=self.config.trust_domain,
             addresses=self.addresses,
             registrations=self._directory.nodes,
@@ -300,6 +341,15 @@ class ControlPlane:
             cache=self._cache,
             reconciler=self.reconciler,
         )
+        document["traffic"] = self.traffic.document()
+        return document
+
+    async def dashboard_view(self) -> dict[str, Any]:
+        """The dashboard's document (:func:`~tiermesh.controlplane.dashboard.dashboard_document`);
+        call on the control plane's event loop."""
+        assert self._audit_watch is not None, "no dashboard"
+        audit = await self._audit_watch.summary()
+        return dashboard_document(self.status(), audit, now=dt.datetime.now(dt.UTC))
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then :meth:`stop`."""
@@ -311,6 +361,7 @@ class ControlPlane:
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop everything that started, newest first. Idempotent; never raises for a part
         that fails to stop (logged)."""
+        dashboard, self._dashboard = self._dashboard, None
         admin, self._admin = self._admin, None
         node_api, self._node_api = self._node_api, None
         ads_server, self._ads_server = self._ads_server, None
@@ -320,6 +371,7 @@ class ControlPlane:
         directory, self._directory = self._directory, None
         store, self._store = self._store, None
         steps: list[tuple[str, Any]] = [
+            ("dashboard", dashboard.aclose() if dashboard else None),
             ("admin", admin.aclose() if admin else None),
             ("node API", node_api.stop(grace_s) if node_api else None),
             ("ADS", ads_server.stop(grace_s) if ads_server else None),

@@ -65,6 +65,7 @@ from tiermesh.controlplane.verify.inventory import (
     route_targets,
     table_problems,
 )
+from tiermesh.controlplane.verify.jwt_filter import jwks_cluster_problems, used_jwks_clusters
 from tiermesh.controlplane.verify.matching import exact_value, may_match
 from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.xds import Snapshot
@@ -336,8 +337,19 @@ class _Checker:
         checks). Each is still held to the existence invariant and its shapes: every
         endpoint a catalog backend's, nothing unmodelled.
         """
-        for name in sorted(self.inventory.clusters.keys() - self.inventory.reached - NODE_SERVICES):
+        jwks = self.jwks_clusters()
+        unrouted = self.inventory.clusters.keys() - self.inventory.reached - NODE_SERVICES - jwks
+        for name in sorted(unrouted):
             self.cluster(_Reach("", f"unrouted cluster '{name}'", False, [None]), name)
+
+    def jwks_clusters(self) -> frozenset[str]:
+        """The clusters ``jwt_authn`` fetches key sets through, each checked to be the JWKS
+        endpoint of a catalog issuer (:mod:`.jwt_filter`); a route that reaches one is
+        judged like any other."""
+        used = used_jwks_clusters(self.inventory.listeners.values())
+        for name, problem in jwks_cluster_problems(used, self.inventory.clusters, self.catalog):
+            self.add("unverifiable", "", name, f"JWKS cluster '{name}' {problem}")
+        return used
 
     def node_services(self) -> None:
         """Every node-local service cluster has endpoints only on the node."""

@@ -8,7 +8,9 @@ routes match on. Without it a route trusts whatever sensitivity the caller decla
 forward (any route with a ``route`` action; RDS tables looked up in the snapshot, inline
 ``route_config`` read in place; a missing RDS table or ``scoped_routes`` counts as
 forwarding, since what it holds is unknown), have as its **first** HTTP filter
-``envoy.filters.http.ext_authz``, configured inline (no ``config_discovery``), not
+``envoy.filters.http.ext_authz`` — or second, right after a ``jwt_authn`` filter in the
+shape the compiler emits (:mod:`.jwt_filter`), which only verifies tokens for it and
+never forwards, routes or answers — configured inline (no ``config_discovery``), not
 ``disabled``, with:
 
 - ``failure_mode_allow: false`` — a dead or failing server lets nothing through;
@@ -65,6 +67,7 @@ from google.protobuf.message import Message
 
 from tiermesh.controlplane.verify.findings import Finding
 from tiermesh.controlplane.verify.inventory import REFUSING_FILTERS, Inventory, filter_chains
+from tiermesh.controlplane.verify.jwt_filter import JWT_AUTHN, jwt_filter_problem
 
 __all__ = ["EXT_AUTHZ", "authz_findings"]
 
@@ -166,6 +169,11 @@ class _Listener:
             self.per_filter(table)
 
     def chain(self, filters: list[hcm_pb2.HttpFilter], where: str) -> None:
+        if len(filters) > 1 and filters[0].name == JWT_AUTHN and filters[1].name == EXT_AUTHZ:
+            problem, _ = jwt_filter_problem(filters[0])
+            if problem is not None:
+                self.add(f"runs {JWT_AUTHN} before ext_authz{where}, which {problem}")
+            filters = filters[1:]
         if not filters or filters[0].name != EXT_AUTHZ:
             first = f"'{filters[0].name}'" if filters else "none"
             self.add(
