@@ -5,6 +5,8 @@
 - :func:`parse_lines` / :class:`LineDecider` — a batch's lines, each decided like a
   request (:class:`AuthorizerDecider`: floor, request policy, decision log).
 - :class:`BatchService` — create files and batches, show, cancel, serve result files.
+- :class:`GivenUpJobs` — fails the line of a job delivered ``max_deliver`` times without
+  an outcome, so its batch completes.
 - :class:`BatchWorker` — a tier's worker: pulls only the job classes its tier may run,
   re-checks each job's tier (fail closed), yields to interactive load, writes each result
   once, acknowledges after.
@@ -24,6 +26,7 @@ from tiermesh.agents.batch.errors import (
     InvalidBatchInput,
     QueueUnavailable,
 )
+from tiermesh.agents.batch.given_up import MAX_DELIVERIES_ADVISORY, GivenUpJobs
 from tiermesh.agents.batch.http import SOCKET_MODE, BatchHttpServer, batch_app
 from tiermesh.agents.batch.lines import (
     MAX_LINES,
@@ -45,6 +48,7 @@ from tiermesh.agents.batch.worker import (
 )
 
 __all__ = [
+    "MAX_DELIVERIES_ADVISORY",
     "MAX_LINES",
     "SOCKET_MODE",
     "AuthorizerDecider",
@@ -58,6 +62,7 @@ __all__ = [
     "BatchWorker",
     "FileMeta",
     "FileNotFound",
+    "GivenUpJobs",
     "HttpModelClient",
     "InteractiveLoad",
     "InvalidBatchInput",

@@ -18,6 +18,8 @@ pulls one job at a time. For each job it
 
 An unreachable model, or an answer of 429 or 5xx, is retried by redelivery (``nak`` with
 a delay) until the consumer's delivery limit; the last attempt's outcome is the result.
+A job whose every delivery died with its worker is failed by
+:class:`~tiermesh.agents.batch.GivenUpJobs`.
 
 **Interactive load first.** With an :class:`InteractiveLoad`, the worker pulls a job only
 once the model server has been free of interactive work for ``quiet_s``: no request in

@@ -2,7 +2,8 @@
 
 Started after the request policy (its lines are decided by the node's authorizer) and
 before the registry session (which registers ``batch_socket``): connects to JetStream and
-serves ``/v1/files`` and ``/v1/batches`` on its Unix socket. Once the model server is up,
+serves ``/v1/files`` and ``/v1/batches`` on its Unix socket, and fails the lines of jobs
+JetStream gave up on (:class:`~tiermesh.agents.batch.GivenUpJobs`). Once the model server is up,
 :meth:`BatchLane.start_worker` runs (with ``worker``) a worker of the node's tier that
 calls the node's model server and yields to its interactive requests. ``stop`` ends the
 worker after the job in hand, closes the server, then the connection; idempotent.
@@ -24,6 +25,7 @@ from tiermesh.agents.batch import (
     BatchHttpServer,
     BatchService,
     BatchWorker,
+    GivenUpJobs,
     HttpModelClient,
     JobQueue,
     LoadSample,
@@ -72,6 +74,7 @@ class BatchLane:
         self.queue: JobQueue | None = None
         self.server: BatchHttpServer | None = None
         self.worker: BatchWorker | None = None
+        self._given_up: GivenUpJobs | None = None
         self._model: HttpModelClient | None = None
         self._load: ModelServerLoad | None = None
         self._running: asyncio.Task[None] | None = None
@@ -108,6 +111,8 @@ class BatchLane:
                 service, self.socket, max_upload_bytes=settings.max_file_bytes
             )
             await self.server.start()
+            self._given_up = GivenUpJobs(self.queue)
+            await self._given_up.start()
         except (BatchError, OSError) as exc:
             await self.stop()
             raise StartFailed("the batch lane", str(exc)) from exc
@@ -144,6 +149,9 @@ class BatchLane:
                         closing.stop() if isinstance(closing, BatchHttpServer) else closing.close()
                     )
         self.server = self._model = self._load = None
+        if self._given_up is not None:
+            await self._given_up.stop()
+            self._given_up = None
         if self.queue is not None:
             await self.queue.close()
             self.queue = None
