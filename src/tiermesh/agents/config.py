@@ -272,9 +272,8 @@ class BatchConfig(_Section):
     max_deliver: int = Field(default=5, ge=1, le=100)
     """Deliveries of one job before its last outcome is its result."""
     max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
-    """Largest input file accepted."""
-    restricted_tiers: tuple[Literal["local", "private"], ...] = ("local", "private")
-    """Tiers restricted lines may run on (on-prem only; never cloud)."""
+    """Largest input file accepted. Where a line may run comes from the catalog: the
+    tenant's ``allowed_tiers`` and, for restricted lines, its ``restricted_tiers``."""
 
 
 class AgentConfig(_Section):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tiermesh.agents.authz import Authorizer, MemorySink, StaticBudgetSource, load_request_policy
-from tiermesh.agents.batch import AuthorizerDecider
+from tiermesh.agents.batch import LOCAL_ONLY, AuthorizerDecider, TenantTiers
 from tiermesh.procs.ports import LOOPBACK
 from tiermesh.rego import RegorusEngine
 
@@ -103,6 +103,15 @@ def real_decider() -> tuple[AuthorizerDecider, MemorySink, RegorusEngine]:
     sink = MemorySink()
     authorizer = Authorizer(engine, sink, StaticBudgetSource({}))
     return AuthorizerDecider(authorizer), sink, engine
+
+
+ACME_TIERS = TenantTiers(allowed=("local", "private", "cloud"), restricted=("local", "private"))
+"""acme's tiers in the shipped catalog: restricted data may use the on-prem GPU."""
+
+
+def acme_tiers(tenant: str) -> TenantTiers:
+    """The shipped catalog's acme; any other tenant the local tier only."""
+    return ACME_TIERS if tenant == "acme" else LOCAL_ONLY
 
 
 def jsonl(lines: list[dict[str, Any]]) -> bytes:

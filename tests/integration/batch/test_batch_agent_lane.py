@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.batch.support import ModelStandin, chat_line, jsonl, real_decider
+from tests.integration.batch.support import ROOT, ModelStandin, chat_line, jsonl, real_decider
 from tiermesh.agents.batch import (
     BatchService,
     BatchWorker,
@@ -26,6 +26,7 @@ from tiermesh.agents.batch import (
 )
 from tiermesh.agents.config import AgentConfig
 from tiermesh.agents.runtime.batch import BatchLane, ModelServerLoad
+from tiermesh.controlplane.api import load_catalog
 from tiermesh.procs.nats import NatsServer
 
 pytestmark = pytest.mark.skipif(
@@ -74,7 +75,8 @@ async def test_the_lane_serves_on_its_socket_and_its_worker_runs_the_nodes_tier(
     assert config.batch is not None
     decider, sink, engine = real_decider()
     lane = BatchLane(config, config.batch)
-    await lane.start(decider.authorizer)
+    catalog = load_catalog(ROOT / "policies" / "data" / "catalog.yaml")  # acme: private too
+    await lane.start(decider.authorizer, lambda: catalog)
     try:
         assert lane.socket == state / "batch.sock"
         assert stat.S_IMODE(lane.socket.stat().st_mode) == 0o600

@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.batch.support import (
     ModelStandin,
+    acme_tiers,
     chat_line,
     jsonl,
     real_decider,
@@ -24,6 +25,7 @@ from tests.integration.batch.support import (
 )
 from tiermesh.agents.authz import MemorySink
 from tiermesh.agents.batch import (
+    CATALOG_DEFAULTS,
     BatchService,
     BatchWorker,
     HttpModelClient,
@@ -74,7 +76,7 @@ def decided() -> Iterator[tuple[object, MemorySink]]:
 
 @pytest.fixture
 def service(queue: JobQueue, decided: tuple[object, MemorySink]) -> BatchService:
-    return BatchService(queue, decided[0])  # type: ignore[arg-type]
+    return BatchService(queue, decided[0], tenant_tiers=acme_tiers)  # type: ignore[arg-type]
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
@@ -186,6 +188,24 @@ async def test_a_restricted_job_is_never_run_by_a_cloud_worker(
     assert pii.succeeded
 
 
+async def test_a_tenants_restricted_lines_run_only_on_the_tiers_its_catalog_entry_allows(
+    queue: JobQueue, standin: ModelStandin, decided: tuple[object, MemorySink]
+) -> None:
+    # the catalog's default for restricted data: the local tier only (no private GPU)
+    service = BatchService(queue, decided[0], tenant_tiers=CATALOG_DEFAULTS)  # type: ignore[arg-type]
+    batch_id = await submit(service, [chat_line("pii-0", EMAIL_TEXT)], "public")
+    async with running_worker(queue, "private", standin.url):
+        await asyncio.sleep(ACK_WAIT_S * 2)
+    assert standin.seen == {}
+    assert await queue.result(batch_id, 0) is None
+    async with running_worker(queue, "local", standin.url) as local:
+        await until(lambda: finished(service, batch_id), 20, "the local worker")
+    assert local.ran == 1
+    result = await queue.result(batch_id, 0)
+    assert result is not None
+    assert result.tier == "local"
+
+
 async def _has_result(queue: JobQueue, batch_id: str, *lines: int) -> bool:
     return all([await queue.result(batch_id, line) is not None for line in lines])
 
@@ -260,7 +280,7 @@ async def test_no_accepted_job_is_lost_when_the_queue_server_restarts(
 ) -> None:
     settings = QueueSettings(url=nats_server.url, ack_wait_s=ACK_WAIT_S)
     first = await JobQueue.connect(settings)
-    service = BatchService(first, decided[0])  # type: ignore[arg-type]
+    service = BatchService(first, decided[0], tenant_tiers=acme_tiers)  # type: ignore[arg-type]
     lines = [chat_line(f"r-{i}", f"item {i}") for i in range(20)]
     batch_id = await submit(service, lines, "public")
     await first.close()
@@ -268,7 +288,7 @@ async def test_no_accepted_job_is_lost_when_the_queue_server_restarts(
     second = await JobQueue.connect(settings)
     try:
         assert await second.queued() == 20
-        service = BatchService(second, decided[0])  # type: ignore[arg-type]
+        service = BatchService(second, decided[0], tenant_tiers=acme_tiers)  # type: ignore[arg-type]
         async with running_worker(second, "cloud", standin.url):
             await until(lambda: finished(service, batch_id), 30, "every job after the restart")
         view = await service.batch(TENANT, batch_id)

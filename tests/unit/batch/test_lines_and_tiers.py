@@ -57,11 +57,19 @@ def test_an_endpoint_outside_the_batch_surface_is_refused() -> None:
 
 
 def test_job_classes_and_the_tiers_that_take_them() -> None:
-    assert job_class("public", ("local",)) == "cloud"
-    assert job_class("internal", ("local",)) == "cloud"
-    assert job_class("restricted", ("local",)) == "local"
-    assert job_class("restricted", ("local", "private")) == "private"
-    assert job_class("restricted", ("local", "private", "cloud")) == "private"  # type: ignore[arg-type]
+    every = ("local", "private", "cloud")
+    assert job_class("public", every, ("local",)) == "cloud"
+    assert job_class("internal", every, ("local",)) == "cloud"
+    assert job_class("restricted", every, ("local",)) == "local"
+    assert job_class("restricted", every, ("local", "private")) == "private"
+    assert job_class("restricted", every, every) == "private"  # never cloud
+    # a tenant not allowed the cloud (or private) tier: its public lines stay below it
+    assert job_class("public", ("local", "private"), ("local",)) == "private"
+    assert job_class("public", ("local", "cloud"), ("local",)) == "local"
+    assert job_class("restricted", ("local",), ("local", "private")) == "local"
+    # no class fits a tenant without the local tier
+    assert job_class("public", ("cloud",), ()) is None
+    assert job_class("restricted", every, ()) is None
     assert classes_for_tier("local") == ("local", "private", "cloud")
     assert classes_for_tier("private") == ("private", "cloud")
     assert classes_for_tier("cloud") == ("cloud",)

@@ -37,7 +37,15 @@ from tiermesh.agents.batch.lines import (
     parse_lines,
 )
 from tiermesh.agents.batch.queue import FileMeta, JobQueue, QueueSettings, consumer_name
-from tiermesh.agents.batch.service import BatchService, BatchView, error_file_id, output_file_id
+from tiermesh.agents.batch.service import (
+    CATALOG_DEFAULTS,
+    LOCAL_ONLY,
+    BatchService,
+    BatchView,
+    TenantTiers,
+    error_file_id,
+    output_file_id,
+)
 from tiermesh.agents.batch.worker import (
     BatchWorker,
     HttpModelClient,
@@ -48,6 +56,8 @@ from tiermesh.agents.batch.worker import (
 )
 
 __all__ = [
+    "CATALOG_DEFAULTS",
+    "LOCAL_ONLY",
     "MAX_DELIVERIES_ADVISORY",
     "MAX_LINES",
     "SOCKET_MODE",
@@ -74,6 +84,7 @@ __all__ = [
     "ModelClient",
     "QueueSettings",
     "QueueUnavailable",
+    "TenantTiers",
     "batch_app",
     "consumer_name",
     "error_file_id",

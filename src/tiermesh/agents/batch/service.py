@@ -3,8 +3,10 @@
 - :meth:`~BatchService.create_file` stores an uploaded JSONL file (the tenant's).
 - :meth:`~BatchService.create_batch` reads the file, decides every line
   (:class:`~.lines.LineDecider`: one audited decision each), queues each allowed line as
-  a job on its class's subject and answers with the batch id at once; a refused line gets
-  its failed result right away and is never queued.
+  a job on its class's subject — the widest class the tenant's tiers allow for the line's
+  sensitivity (:class:`TenantTiers`, from the catalog) — and answers with the batch id at
+  once; a refused line, or one no class fits, gets its failed result right away and is
+  never queued.
 - :meth:`~BatchService.batch` shows a batch: status and counts are computed from the
   written results, so they hold whichever worker wrote them and whenever.
 - :meth:`~BatchService.cancel` marks the batch cancelled, drops its queued jobs and
@@ -24,6 +26,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,12 +50,39 @@ from tiermesh.controlplane.api.batch import (
     tiers_of_class,
 )
 
-__all__ = ["BatchService", "BatchView", "error_file_id", "output_file_id"]
+__all__ = [
+    "CATALOG_DEFAULTS",
+    "LOCAL_ONLY",
+    "BatchService",
+    "BatchView",
+    "TenantTiers",
+    "error_file_id",
+    "output_file_id",
+]
 
 _DECIDE_CONCURRENCY: Final = 32
 _SENSITIVITIES: Final = ("public", "internal", "restricted")
 _WINDOWS: Final = ("24h",)
 _CANCELLED: Final = "batch_cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantTiers:
+    """A tenant's tiers as its catalog entry gives them: all it may use, and those its
+    restricted data may use."""
+
+    allowed: tuple[Tier, ...]
+    restricted: tuple[Tier, ...]
+
+
+LOCAL_ONLY: Final = TenantTiers(allowed=("local",), restricted=("local",))
+"""What a tenant the catalog does not name may use."""
+
+
+def CATALOG_DEFAULTS(tenant: str) -> TenantTiers:  # noqa: N802 - a constant lookup
+    """Every tier, and the catalog's default for restricted data (``local``): for callers
+    without a catalog (tests, benchmarks)."""
+    return TenantTiers(allowed=("local", "private", "cloud"), restricted=("local",))
 
 
 def output_file_id(batch_id: str) -> str:
@@ -106,11 +136,11 @@ class BatchService:
         queue: JobQueue,
         decider: LineDecider,
         *,
-        restricted_tiers: tuple[Tier, ...] = ("local", "private"),
+        tenant_tiers: Callable[[str], TenantTiers] = CATALOG_DEFAULTS,
     ) -> None:
         self._queue = queue
         self._decider = decider
-        self._restricted_tiers = restricted_tiers
+        self._tenant_tiers = tenant_tiers
 
     # -- files --------------------------------------------------------------------------------
 
@@ -236,7 +266,19 @@ class BatchService:
             await self._queue.write_result(record.id, refused)
             return
         sensitivity: Sensitivity = decision.sensitivity  # type: ignore[assignment]
-        job_cls = job_class(sensitivity, self._restricted_tiers)
+        tiers = self._tenant_tiers(record.tenant)
+        job_cls = job_class(sensitivity, tiers.allowed, tiers.restricted)
+        if job_cls is None:
+            refused = JobResult(
+                custom_id=line.custom_id,
+                line=line.line,
+                error={
+                    "code": "no_tier",
+                    "message": f"no worker tier the tenant allows for {sensitivity} data",
+                },
+            )
+            await self._queue.write_result(record.id, refused)
+            return
         job = JobRecord(
             batch_id=record.id,
             line=line.line,

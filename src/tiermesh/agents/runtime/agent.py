@@ -256,7 +256,8 @@ class NodeAgent:
             if self.requests is None:
                 raise StartFailed("the batch lane", "it needs authz (each line is decided)")
             self.batch = BatchLane(config, config.batch)
-            await self.batch.start(self.requests.authorizer)
+            requests = self.requests
+            await self.batch.start(requests.authorizer, lambda: requests.catalog)
 
     def _trust(self, catalog: Catalog | None) -> tuple[tuple[TrustedSigner, ...], bool]:
         model = self.config.model_server

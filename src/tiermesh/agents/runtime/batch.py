@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from tiermesh.agents.authz import Authorizer
 from tiermesh.agents.batch import (
+    LOCAL_ONLY,
     AuthorizerDecider,
     BatchError,
     BatchHttpServer,
@@ -30,10 +32,12 @@ from tiermesh.agents.batch import (
     JobQueue,
     LoadSample,
     QueueSettings,
+    TenantTiers,
 )
 from tiermesh.agents.config import AgentConfig, BatchConfig
 from tiermesh.agents.models.load import LOAD_PATH, LoadReport
 from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.controlplane.api import Catalog
 
 __all__ = ["BatchLane", "ModelServerLoad"]
 
@@ -91,8 +95,20 @@ class BatchLane:
             return f"http://{self._config.model_server.listen}"
         return None
 
-    async def start(self, authorizer: Authorizer) -> None:
-        """Raises :class:`StartFailed` when JetStream or the socket is not usable."""
+    async def start(
+        self, authorizer: Authorizer, catalog: Callable[[], Catalog | None] = lambda: None
+    ) -> None:
+        """Raises :class:`StartFailed` when JetStream or the socket is not usable.
+        ``catalog`` gives the node's current catalog (tenants' tiers); a tenant it does
+        not name, or no catalog, may use the local tier only."""
+
+        def tenant_tiers(tenant: str) -> TenantTiers:
+            found = catalog()
+            entry = next((t for t in found.tenants if t.name == tenant), None) if found else None
+            if entry is None:
+                return LOCAL_ONLY
+            return TenantTiers(allowed=entry.allowed_tiers, restricted=entry.restricted_tiers)
+
         settings = self._settings
         queue_settings = QueueSettings(
             url=settings.nats_url,
@@ -105,7 +121,7 @@ class BatchLane:
             service = BatchService(
                 self.queue,
                 AuthorizerDecider(authorizer),
-                restricted_tiers=settings.restricted_tiers,
+                tenant_tiers=tenant_tiers,
             )
             self.server = BatchHttpServer(
                 service, self.socket, max_upload_bytes=settings.max_file_bytes

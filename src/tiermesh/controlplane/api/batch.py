@@ -5,13 +5,17 @@ into one **job** per line. Each line is decided like a request (its own audited 
 its sensitivity fixes the **job class**, the widest tier that may run it, and so the
 JetStream subject it is queued on (:func:`job_subject`):
 
-=============  =====================================  ==========================
+=============  =====================================  ===================================
 class          who may take it                        jobs
-=============  =====================================  ==========================
+=============  =====================================  ===================================
 ``local``      local-tier workers only                restricted, tenant allows only local
-``private``    local and private workers (on-prem)    restricted
-``cloud``      any worker                             public, internal
-=============  =====================================  ==========================
+``private``    local and private workers (on-prem)    restricted (tenant allows private)
+``cloud``      any worker                             public, internal (tenant allows all)
+=============  =====================================  ===================================
+
+The class is the widest whose tiers the tenant's catalog entry allows for that
+sensitivity (:func:`job_class`): a tenant not allowed the cloud tier gets ``private`` (or
+``local``) for its public lines too.
 
 A worker subscribes only to the classes its tier may take (:func:`classes_for_tier`) and
 re-checks each job's recorded sensitivity and allowed tiers before running it
@@ -21,6 +25,7 @@ one published on the wrong subject.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Final, Literal, TypeAlias
 
 from pydantic import Field
@@ -74,12 +79,20 @@ def classes_for_tier(tier: Tier) -> tuple[JobClass, ...]:
     return tuple(c for c, tiers in _TIERS_OF_CLASS.items() if tier in tiers)
 
 
-def job_class(sensitivity: Sensitivity, restricted_tiers: tuple[Tier, ...]) -> JobClass:
-    """The class of a job routed with ``sensitivity`` for a tenant whose restricted data may
-    use ``restricted_tiers`` (``cloud`` there is ignored: restricted is never cloud)."""
-    if sensitivity != "restricted":
-        return "cloud"
-    return "private" if "private" in restricted_tiers else "local"
+def job_class(
+    sensitivity: Sensitivity, allowed_tiers: Collection[str], restricted_tiers: Collection[str]
+) -> JobClass | None:
+    """The widest class all of whose tiers a line routed with ``sensitivity`` may use: the
+    tenant's ``allowed_tiers``, and for restricted data also its ``restricted_tiers``
+    (never ``cloud``, whatever they say). None when no class fits (the tenant may not use
+    the local tier): such a line is not queued."""
+    permitted = set(allowed_tiers)
+    if sensitivity == "restricted":
+        permitted &= set(restricted_tiers) - {"cloud"}
+    for candidate in ("cloud", "private", "local"):
+        if set(_TIERS_OF_CLASS[candidate]) <= permitted:
+            return candidate
+    return None
 
 
 def job_subject(job_class: JobClass, batch_id: str) -> str:
