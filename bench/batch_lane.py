@@ -36,6 +36,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -244,6 +245,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         engine.close()
         await model.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     _write(args, rounds, solo)
 
 
