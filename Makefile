@@ -42,15 +42,16 @@ bench: deps bench-os-deps
 deps: os-deps $(STAMP)
 
 # OS packages: etcd (tests start their own on loopback), curl (the HTTP/2 request-edge
-# tests drive Envoy with it) and chromium (the dashboard's browser tests drive Debian's
-# build with Playwright; no browser download works here). apt-get runs only when one is
-# missing.
+# tests drive Envoy with it), chromium (the dashboard's browser tests drive Debian's build
+# with Playwright; no browser download works here) and nats-server (JetStream, the batch
+# lane's queue; tests start their own). apt-get runs only when one is missing.
 os-deps:
 	@if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
-		|| ! command -v chromium >/dev/null 2>&1; then \
-		echo "installing OS packages: etcd-server curl chromium"; \
+		|| ! command -v chromium >/dev/null 2>&1 \
+		|| ! { command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null 2>&1; then \
+		echo "installing OS packages: etcd-server curl chromium nats-server"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl chromium >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl chromium nats-server >/dev/null; \
 	fi
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on

@@ -30,6 +30,7 @@ __all__ = [
     "UNIX",
     "AgentConfig",
     "AuthzConfig",
+    "BatchConfig",
     "ConfigError",
     "ControlPlaneConfig",
     "EnvoyConfig",
@@ -248,6 +249,33 @@ class AuthzConfig(_Section):
     ``monthly_budget_usd`` takes its budget fallback."""
 
 
+class BatchConfig(_Section):
+    """The batch lane on this node (see :mod:`tiermesh.agents.batch`): the OpenAI Batch
+    API (``/v1/files``, ``/v1/batches``) behind the node's Envoy and ext_authz, jobs queued
+    on NATS JetStream, and (``worker``) a worker of this node's tier."""
+
+    nats_url: str = Field(pattern=r"^(?:nats|tls)://[^\s]+$")
+    """The JetStream server (``nats://HOST:PORT``); jobs, results and files live there."""
+    listen: Annotated[str, Field(pattern=r"^unix(?::/[^\x00]+)?$")] = UNIX
+    """The service's Unix socket: ``unix`` (``<state_dir>/batch.sock``, mode 0600) or
+    ``unix:/abs/path``. No TCP port: any local process could submit as any tenant."""
+    worker: bool = True
+    """Run a worker of this node's tier: it takes only the job classes the tier may run."""
+    model_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """Where the worker sends jobs (the node's Envoy or a model server); default the
+    node's own ``llama_cpp`` model server. A node with neither runs no worker."""
+    yield_to_interactive: bool = True
+    """The worker pulls no job while the node's model server has requests in flight other
+    than its own (read from the server's ``/tiermesh/load``)."""
+    ack_wait_s: float = Field(default=30.0, gt=0, le=3600)
+    """A job not acknowledged (nor heartbeated) for this long goes to another worker."""
+    max_deliver: int = Field(default=5, ge=1, le=100)
+    """Deliveries of one job before its last outcome is its result."""
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    """Largest input file accepted. Where a line may run comes from the catalog: the
+    tenant's ``allowed_tiers`` and, for restricted lines, its ``restricted_tiers``."""
+
+
 class AgentConfig(_Section):
     """One node agent's whole configuration."""
 
@@ -269,6 +297,9 @@ class AgentConfig(_Section):
     call the handler directly, past the cascade route's rate limit) or ``HOST:PORT`` on
     loopback (port 0 picks a free one), or None: no handler. With it the agent registers
     its socket (or port) and routes of ``cascade`` tasks are compiled to it."""
+    batch: BatchConfig | None = None
+    """The batch lane, or None (the default): no ``/v1/files`` or ``/v1/batches`` on this
+    node. Needs ``authz`` (each line is decided by the node's authorizer)."""
     mesh_listen: HostPort | None = None
     """Node-to-node mTLS: where other nodes reach this node's model server through Envoy
     (port 0: the agent picks a free one), or None: no inbound mTLS listener. Needs a

@@ -160,6 +160,18 @@ def _print_ready(mesh: LocalMesh, console: Console, state: Path) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    if mesh.nats is not None:
+        auth = " ".join(f"-H '{k}: {v}'" for k, v in mesh.with_key(DEMO_HEADERS).items())
+        console.print(
+            "\nBulk work: the OpenAI Batch API on the same endpoint (each line decided like a "
+            "request; restricted lines run on-prem only; queue on JetStream at "
+            f"{mesh.nats.url}):\n\n"
+            f"  curl -s {mesh.edge.app_url}/v1/files {auth} -F purpose=batch -F file=@in.jsonl\n"
+            f"  curl -s {mesh.edge.app_url}/v1/batches {auth} -H 'content-type: application/json'"
+            """ -d '{"input_file_id": "FILE_ID", "endpoint": "/v1/chat/completions"}'""",
+            soft_wrap=True,
+            highlight=False,
+        )
     if mesh.cloud_control is not None:
         console.print(
             "\nMake the EU cloud slow (the local tier answers once its first byte is late), "

@@ -5,6 +5,11 @@ stand-ins.
 Layout (everything on 127.0.0.1, free ports except the edge app port):
 
 - etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir).
+- the batch lane's queue: a child nats-server with JetStream
+  (:class:`~tiermesh.procs.nats.NatsServer`, its own temp store), when ``nats-server`` is
+  installed; the nodes with a model server (edge, private) then run the batch lane
+  (``batch`` in node.yaml): ``/v1/files`` and ``/v1/batches`` on their app listeners and a
+  worker of their tier each.
 - cloud stand-ins ``frontier-us`` and ``frontier-eu``: in-process HTTPS servers
   (:class:`~tiermesh.demo.cloud_standin.CloudStandin`) demanding an API key each, steered
   over HTTP (slow, failing, down) through :class:`~tiermesh.demo.standin_control.
@@ -70,6 +75,7 @@ from tiermesh.demo.cloud_standin import CloudStandin
 from tiermesh.demo.signing import SignedModel, sign_demo_model, trust_signer
 from tiermesh.demo.standin_control import StandinControl
 from tiermesh.procs.etcd import EtcdServer
+from tiermesh.procs.nats import NatsNotInstalled, NatsServer
 from tiermesh.procs.ports import LOOPBACK, free_port
 
 __all__ = [
@@ -169,6 +175,7 @@ class LocalMesh:
             MeshNode("cloud-gw-1", "cloud", ("eu",), free_port(), None),
         ]
         self.etcd: EtcdServer | None = None
+        self.nats: NatsServer | None = None
         self.plane: Child | None = None
         self.plane_ports = {
             name: free_port() for name in ("ads", "node", "join", "admin", "dashboard")
@@ -221,6 +228,17 @@ class LocalMesh:
             await asyncio.to_thread(self.etcd.start)
         except Exception as exc:
             raise MeshError(f"etcd failed to start: {exc}") from exc
+
+        step("batch queue (nats-server with JetStream)")
+        try:
+            self.nats = NatsServer()
+        except NatsNotInstalled:
+            self.nats = None  # no batch lane; everything else runs
+        else:
+            try:
+                await asyncio.to_thread(self.nats.start)
+            except Exception as exc:
+                raise MeshError(f"nats-server failed to start: {exc}") from exc
 
         step("cloud stand-ins")
         for name in STANDINS:
@@ -410,6 +428,8 @@ class LocalMesh:
                 document["model_server"]["model"] = str(self.signed.model)
                 document["model_server"]["signature"] = str(self.signed.signature)
             document["mesh_listen"] = f"{LOOPBACK}:{node.mesh_port}"
+            if self.nats is not None:
+                document["batch"] = {"nats_url": self.nats.url}
         path = self.state_dir / f"{node.id}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
@@ -462,6 +482,7 @@ class LocalMesh:
                 "signer": self.signed.signer,
             },
             "etcd": {"endpoint": self.etcd.endpoint if self.etcd else None, "root": self.root},
+            "batch_queue": self.nats.url if self.nats else None,
             "api_keys": {
                 tenant: {"id": key.split("_")[1], "key": key}
                 for tenant, key in self.api_keys.items()
@@ -485,6 +506,9 @@ class LocalMesh:
         for standin in self.standins.values():
             standin.stop()
         self.standins = {}
+        nats, self.nats = self.nats, None
+        if nats is not None:
+            await asyncio.to_thread(nats.stop)
         etcd, self.etcd = self.etcd, None
         if etcd is not None:
             await asyncio.to_thread(etcd.stop)

@@ -235,3 +235,18 @@ async def test_the_step_travels_as_ext_authz_dynamic_metadata(rig: Rig) -> None:
         check({"x-tiermesh-tenant": "acme", "x-tiermesh-sensitivity": "public"})
     )
     assert not to_check_response(plain).HasField("dynamic_metadata")
+
+
+async def test_a_part_of_an_admitted_request_is_decided_as_the_tenant_given(rig: Rig) -> None:
+    # a batch line: the node admitted the submission with acme's key; the line carries no
+    # key of its own, and whatever tenant or key it names is not the one decided
+    rig.authorizer.use_policy(rig.engine, bundle_revision="b1", keys=REQUIRED)
+    headers = {"x-tiermesh-tenant": "broke", "x-tiermesh-sensitivity": "public",
+               **bearer(BROKE_KEY)}  # fmt: skip
+    verdict = await rig.authorizer.decide(check(headers), tenant="acme")
+    assert (verdict.outcome, verdict.status) == ("allow", 200)
+    (entry,) = rig.sink.entries
+    assert entry.input["tenant"] == "acme"
+    assert "credential" not in entry.input
+    assert entry.input["budget"]["exhausted"] is False  # acme's budget, not broke's
+    assert BROKE.secret not in json.dumps(entry.input)

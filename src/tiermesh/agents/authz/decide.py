@@ -407,8 +407,37 @@ class Authorizer:
         self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
         return previous
 
-    async def decide(self, request: CheckInput) -> Verdict:
+    def _credential(
+        self, request: CheckInput, mesh: bool, tenant: str | None
+    ) -> tuple[CheckInput, Authenticated | Refused | None, bool]:
+        """``request`` as it is decided, its tenant key's verdict (None: none checked) and
+        whether it re-entered from the cascade handler. A key is neither inspected nor
+        forwarded; the tenant is the key's."""
+        if mesh:  # the sending node authenticated the app; no tenant key crosses the mesh
+            request = replace(request, headers=without_credentials(request.headers))
+        elif tenant is not None:  # a part of a request this node admitted (a batch line)
+            headers = {**without_credentials(request.headers), MATCH_HEADERS["tenant"]: tenant}
+            request = replace(request, headers=headers)
+        reentered = not mesh and tenant is None and self._reentered(request.headers)
+        unchecked = mesh or reentered or tenant is not None
+        credential = (
+            None
+            if unchecked
+            else self._policy.keys.authenticate(request.headers, request.jwt_metadata)
+        )
+        if credential is not None:
+            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
+            if isinstance(credential, Authenticated):
+                headers[MATCH_HEADERS["tenant"]] = credential.tenant
+            request = replace(request, headers=headers)
+        return request, credential, reentered
+
+    async def decide(self, request: CheckInput, *, tenant: str | None = None) -> Verdict:
         """Decide ``request`` and return once the decision is durable.
+
+        ``tenant``: the request is a part of one this node already authenticated (a batch
+        job's line, submitted through the app listener): it is decided as that tenant,
+        without a key, whatever its headers say. Only node-local callers pass it.
 
         Raises:
             DecisionNotRecorded: the sink failed; the request must not be answered.
@@ -416,20 +445,7 @@ class Authorizer:
         started = time.perf_counter_ns()
         decision_id = uuid.uuid4()
         mesh = request.hop == "mesh"
-        if mesh:  # the sending node authenticated the app; no tenant key crosses the mesh
-            request = replace(request, headers=without_credentials(request.headers))
-        reentered = not mesh and self._reentered(request.headers)
-        credential = (
-            None
-            if mesh or reentered
-            else self._policy.keys.authenticate(request.headers, request.jwt_metadata)
-        )
-        if credential is not None:
-            # The key is neither inspected nor forwarded; the tenant is the key's.
-            headers = {k: v for k, v in request.headers.items() if k not in CREDENTIAL_HEADERS}
-            if isinstance(credential, Authenticated):
-                headers[MATCH_HEADERS["tenant"]] = credential.tenant
-            request = replace(request, headers=headers)
+        request, credential, reentered = self._credential(request, mesh, tenant)
         declared = _declared_length(request.headers)
         body = inspect_body(
             request.body,

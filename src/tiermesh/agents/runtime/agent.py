@@ -5,9 +5,11 @@ Start order (each step needs the ones before): ports checked free → SVID (save
 → rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
 (on unless ``authz.enabled: false``, which leaves the node's app listener answering 503:
 the served bundle's request policy fetched from the control plane, ext_authz server on
-its Unix socket, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) → Envoy
-bootstrap written → model server healthy → Envoy answering its admin port → registry
-session accepted (with ``authz_socket``, so the compiled listener checks every request, and
+its Unix socket, decision log, shipper; see :mod:`~tiermesh.agents.runtime.requests`) →
+cascade handler → batch lane (with ``batch``: :mod:`~tiermesh.agents.runtime.batch`) → Envoy
+bootstrap written → model server healthy → Envoy answering its admin port → the batch
+worker → registry session accepted (with ``authz_socket``, so the compiled listener checks
+every request, ``batch_socket`` when ``batch`` is set, and
 ``mesh_host``/``mesh_port`` when ``mesh_listen`` is set; the session also carries the usage
 ledger's reports, brings back mesh-wide spend and announces new bundles, whose request policy then
 replaces the running one).
@@ -43,6 +45,7 @@ from tiermesh.agents.identity import (
 )
 from tiermesh.agents.models import LlamaServer, smollm2_path, write_tiny_gguf
 from tiermesh.agents.models.guard import ModelGuard, VerificationOutcome
+from tiermesh.agents.runtime.batch import BatchLane
 from tiermesh.agents.runtime.envoy import EnvoySidecar, sds_names, write_bootstrap
 from tiermesh.agents.runtime.errors import ControlPlaneUnreachable, PortInUse, StartFailed
 from tiermesh.agents.runtime.identity import NodeApiSource, first_identity, svid_files
@@ -136,6 +139,7 @@ class NodeAgent:
         self.session: RegistrySession | None = None
         self.requests: RequestPolicy | None = None
         self.cascade: CascadeHandler | None = None
+        self.batch: BatchLane | None = None
         self.bootstrap_path: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -180,12 +184,7 @@ class NodeAgent:
             log.warning(
                 "authz.enabled is false: this node's app listener answers every request 503"
             )
-        if config.cascade_listen is not None:
-            self.cascade = await _start_cascade(config)
-            if self.requests is not None and self.cascade.token is not None:
-                # Its step requests re-enter the app listener without the caller's key; ext_authz
-                # recognises them and names their step to the routes.
-                self.requests.trust_reentry(TOKEN_HEADER, self.cascade.token)
+        await self._start_services()
         self.bootstrap_path = write_bootstrap(config)
 
         if model_path is not None:
@@ -205,6 +204,8 @@ class NodeAgent:
         if config.envoy.run:
             self.envoy = EnvoySidecar(config, self.bootstrap_path)
             await self.envoy.start()
+        if self.batch is not None:
+            self.batch.start_worker()
 
         requests, cascade = self.requests, self.cascade
         registration = NodeRegistration(
@@ -221,6 +222,7 @@ class NodeAgent:
             usage_socket=_path(requests.usage_socket if requests is not None else None),
             cascade_port=cascade.port if cascade is not None and cascade.port else None,
             cascade_socket=_path(cascade.socket_path if cascade is not None else None),
+            batch_socket=_path(self.batch.socket if self.batch is not None else None),
             mesh_port=None if mesh is None else mesh[1],
             mesh_host=None if mesh is None else mesh[0],
         )
@@ -240,6 +242,22 @@ class NodeAgent:
         except TimeoutError:
             why = self.session.last_error or "no reply"
             raise ControlPlaneUnreachable("the registry session", [why]) from None
+
+    async def _start_services(self) -> None:
+        """The cascade handler and the batch lane, both after the request policy."""
+        config = self.config
+        if config.cascade_listen is not None:
+            self.cascade = await _start_cascade(config)
+            if self.requests is not None and self.cascade.token is not None:
+                # Its step requests re-enter the app listener without the caller's key; ext_authz
+                # recognises them and names their step to the routes.
+                self.requests.trust_reentry(TOKEN_HEADER, self.cascade.token)
+        if config.batch is not None:
+            if self.requests is None:
+                raise StartFailed("the batch lane", "it needs authz (each line is decided)")
+            self.batch = BatchLane(config, config.batch)
+            requests = self.requests
+            await self.batch.start(requests.authorizer, lambda: requests.catalog)
 
     def _trust(self, catalog: Catalog | None) -> tuple[tuple[TrustedSigner, ...], bool]:
         model = self.config.model_server
@@ -370,12 +388,13 @@ class NodeAgent:
         guard, self.model_guard = self.model_guard, None
         model, self.model = self.model, None
         cascade, self.cascade = self.cascade, None
+        batch, self.batch = self.batch, None
         requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
         # The guard stops its watch, then the model server (it owns it while it runs).
         for name, part in (("Envoy", envoy), ("model server", guard or model),
-                           ("cascade handler", cascade),
+                           ("cascade handler", cascade), ("batch lane", batch),
                            ("request policy", requests), ("SDS", sds),
                            ("Workload API", workload)):  # fmt: skip
             if part is None:

@@ -200,6 +200,13 @@ class RequestPolicy:
             raise DecisionLogClosed(self._config.decision_dir)
         await self._log.append(entry)
 
+    @property
+    def authorizer(self) -> Authorizer:
+        """The node's authorizer (after :meth:`start`), for node-local services that decide
+        parts of requests it admitted (the batch lane's lines); use it on this loop."""
+        assert self._authorizer is not None, "not started"
+        return self._authorizer
+
     def trust_reentry(self, header: str, secret: str) -> None:
         """See :meth:`~tiermesh.agents.authz.Authorizer.trust_reentry` (after :meth:`start`)."""
         assert self._authorizer is not None, "not started"

@@ -252,6 +252,10 @@ class NodeRegistration(Contract):
     cascade_socket: UnixSocketPath | None = None
     """Unix socket of the node's cascade handler (plaintext HTTP/1.1), or None; wins over
     ``cascade_port`` like ``authz_socket``. Added within ``v1`` like ``authz_port``."""
+    batch_socket: UnixSocketPath | None = None
+    """Unix socket of the node's batch service (``/v1/files``, ``/v1/batches``; plaintext
+    HTTP/1.1), or None: the node compiles no batch route. Added within ``v1`` like
+    ``authz_port``."""
     mesh_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the node's inbound mTLS listener (on ``mesh_host``), or None: no node-to-node
     mTLS. With it, and a model server among ``endpoints`` (the first one without ``tls``,

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from tiermesh.controlplane.api._base import Contract
 
-__all__ = ["OPENAI_API", "ApiEndpoint", "HttpMethod"]
+__all__ = ["BATCH_API", "BATCH_ID_PATTERN", "OPENAI_API", "ApiEndpoint", "HttpMethod"]
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -37,3 +37,20 @@ OPENAI_API: tuple[ApiEndpoint, ...] = (
 )
 """The OpenAI-compatible surface every backend serves: chat completions, completions,
 embeddings, responses and the model list."""
+
+BATCH_ID_PATTERN = r"[A-Za-z0-9_-]+"
+"""What ``{id}`` in a :data:`BATCH_API` path stands for (file and batch ids)."""
+
+BATCH_API: tuple[tuple[HttpMethod, str], ...] = (
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/{id}"),
+    ("GET", "/v1/files/{id}/content"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("POST", "/v1/batches/{id}/cancel"),
+)
+"""The OpenAI Batch API, as (method, path) with ``{id}`` standing for
+:data:`BATCH_ID_PATTERN` (file and batch ids). Served only by the node's own batch
+service, on nodes that run one, never by a backend: these paths are not part of
+:data:`OPENAI_API` (nor of a catalog's ``api``), so no backend route or provider key
+ever sees them."""

@@ -39,6 +39,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from tiermesh.controlplane.generators._protos import ads, is_ip, ms, pack
 from tiermesh.controlplane.generators.authz import authz_cluster
+from tiermesh.controlplane.generators.batch import batch_clusters
 from tiermesh.controlplane.generators.cascade import cascade_clusters
 from tiermesh.controlplane.generators.endpoints import internal_assignment, load_assignment
 from tiermesh.controlplane.generators.jwt import jwks_clusters
@@ -259,6 +260,7 @@ def generate(model: MeshModel, node_id: str) -> list[cluster_pb2.Cluster]:
         *([] if authz is None else [authz_cluster(authz, timeout)]),
         *([] if usage is None else [usage_cluster(usage, timeout)]),
         *cascade_clusters(node),
+        *batch_clusters(node),
         *mesh_clusters(node),
         *([] if authz is None else jwks_clusters(model.jwt_issuers, timeout)),
     ]

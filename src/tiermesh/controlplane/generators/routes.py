@@ -3,7 +3,8 @@
 Mapping (each decision is tested against a real Envoy in tests/integration/compiler):
 
 - **API surface first**: the table starts with :func:`.api_surface.guard_routes`: a path
-  or method outside the catalog's ``api`` is answered 404/405 and never forwarded.
+  or method outside the catalog's ``api`` is answered 404/405 and never forwarded. Only
+  the node's batch routes (:mod:`.batch`, on a node with a batch service) come before it.
 
 - Match: an exact header matcher on ``x-tiermesh-<field>`` for each field of the plan
   route's match that is not ``*``.
@@ -65,7 +66,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan
-from tiermesh.controlplane.generators import api_surface, cascade
+from tiermesh.controlplane.generators import api_surface, batch, cascade
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
 
@@ -243,7 +244,7 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     node = model.node(node_id)
     if node.settings.authz is None:
         return [_fail_closed_without_authz()]
-    routes = api_surface.guard_routes(model.api)
+    routes = [*batch.batch_routes(node), *api_surface.guard_routes(model.api)]
     routes += [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
     routes.append(
         rc.Route(

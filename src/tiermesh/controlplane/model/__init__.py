@@ -22,6 +22,7 @@ from tiermesh.controlplane.model.mesh import (
 )
 from tiermesh.controlplane.model.settings import (
     AuthzSettings,
+    BatchSettings,
     CascadeSettings,
     MeshTlsSettings,
     NodeSettings,
@@ -30,6 +31,7 @@ from tiermesh.controlplane.model.settings import (
 
 __all__ = [
     "AuthzSettings",
+    "BatchSettings",
     "CascadeSettings",
     "Chain",
     "MeshModel",

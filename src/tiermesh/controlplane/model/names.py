@@ -14,6 +14,7 @@ __all__ = [
     "APP_LISTENER",
     "APP_ROUTES",
     "AUTHZ_CLUSTER",
+    "BATCH_CLUSTER",
     "BUDGET_EXHAUSTED",
     "BUDGET_HEADER",
     "CASCADE_CHAIN_HEADER",
@@ -43,6 +44,8 @@ APP_ROUTES = "tiermesh-app"
 """The RouteConfiguration of the app listener (served over RDS)."""
 AUTHZ_CLUSTER = "tiermesh|authz"
 """Cluster of the node's ext_authz server (``|`` keeps it apart from backend names)."""
+BATCH_CLUSTER = "tiermesh|batch"
+"""Cluster of the node's batch service (``/v1/files``, ``/v1/batches``) on its Unix socket."""
 TRUST_BUNDLE_SECRET = "tiermesh-spiffe-bundle"  # noqa: S105 - a resource name, not a secret
 """SDS secret holding the SPIFFE trust bundle upstream SAN checks validate against."""
 BUDGET_HEADER = "x-tiermesh-budget"

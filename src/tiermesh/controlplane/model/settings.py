@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 __all__ = [
     "AuthzSettings",
+    "BatchSettings",
     "CascadeSettings",
     "MeshTlsSettings",
     "NodeSettings",
@@ -112,6 +113,9 @@ class NodeSettings:
     cascade: CascadeSettings | None = None
     """The node's confidence cascade handler; None compiles routes of ``cascade`` tasks
     as plain failover chains."""
+    batch: BatchSettings | None = None
+    """The node's batch service; None compiles no ``/v1/files`` or ``/v1/batches`` route
+    (those paths are then outside the API surface: 404)."""
     mesh: MeshTlsSettings | None = None
     """Node-to-node mTLS (certificates from the agent's local SDS): an inbound listener
     in front of the node's model server, and client certificates on clusters to other
@@ -145,6 +149,19 @@ class CascadeSettings:
 
     def __post_init__(self) -> None:
         _check_address("cascade", self.port, self.socket)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """The node agent's batch service (HTTP/1.1, plaintext) on a Unix socket of mode 0600:
+    the app listener sends :data:`~tiermesh.controlplane.api.surface.BATCH_API` requests
+    there, after ext_authz (see :mod:`tiermesh.controlplane.generators.batch`)."""
+
+    socket: str
+    """Absolute path of the service's Unix socket."""
+
+    def __post_init__(self) -> None:
+        _check_address("batch", 0, self.socket)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tiermesh.controlplane.api import RegisteredNode
 from tiermesh.controlplane.model import (
     AuthzSettings,
+    BatchSettings,
     CascadeSettings,
     MeshTlsSettings,
     NodeSettings,
@@ -114,7 +115,8 @@ class NodeDirectory:
         the registration carries ``authz_socket`` or ``authz_port``, the socket first;
         none otherwise), its access-log server (:class:`UsageSettings` when it carries
         ``usage_socket`` or ``usage_port``), its cascade handler (:class:`CascadeSettings`
-        when it carries ``cascade_socket`` or ``cascade_port``), its inbound mTLS listener
+        when it carries ``cascade_socket`` or ``cascade_port``), its batch service
+        (:class:`BatchSettings` when it carries ``batch_socket``), its inbound mTLS listener
         (:class:`MeshTlsSettings` when it carries ``mesh_port``, on ``mesh_host`` or else
         :data:`DEFAULT_MESH_HOST`, has a model server endpoint and the directory knows the
         trust domain; its ``allowed_peers`` are the candidates of :meth:`mesh_callers`,
@@ -135,7 +137,10 @@ class NodeDirectory:
         authz: AuthzSettings | None = None
         usage: UsageSettings | None = None
         cascade: CascadeSettings | None = None
+        batch: BatchSettings | None = None
         if document is not None:
+            if document.batch_socket is not None:
+                batch = BatchSettings(socket=document.batch_socket)
             if document.authz_socket is not None:
                 authz = AuthzSettings(socket=document.authz_socket)
             elif document.authz_port is not None:
@@ -154,6 +159,7 @@ class NodeDirectory:
             authz=authz,
             usage=usage,
             cascade=cascade,
+            batch=batch,
             mesh=None if document is None else self._mesh(document, everyone),
             credentials=self._credentials,
         )
@@ -269,4 +275,4 @@ def _ports(node: RegisteredNode) -> tuple[object, ...]:
     model = next(((e.host, e.port) for e in node.endpoints if not e.tls), None)
     return (node.app_port, node.authz_port, node.usage_port, node.cascade_port,
             node.mesh_port, node.mesh_host, model, node.authz_socket, node.usage_socket,
-            node.cascade_socket)  # fmt: skip
+            node.cascade_socket, node.batch_socket)  # fmt: skip

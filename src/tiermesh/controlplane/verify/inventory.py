@@ -93,12 +93,18 @@ REFUSING_FILTERS = frozenset(
 anywhere: allowed beside the connection manager or TCP proxy."""
 
 NODE_SERVICES = frozenset(
-    {names.AUTHZ_CLUSTER, USAGE_CLUSTER, names.CASCADE_CLUSTER, MESH_LOCAL_CLUSTER}
+    {
+        names.AUTHZ_CLUSTER,
+        USAGE_CLUSTER,
+        names.CASCADE_CLUSTER,
+        names.BATCH_CLUSTER,
+        MESH_LOCAL_CLUSTER,
+    }
 )
 """Clusters of the node's own services beside Envoy: the ext_authz server, the usage
-access-log server, the cascade handler and (behind the inbound mTLS listener) the node's
-model server. Filters and the inbound listener reach them, not only app routes; their
-endpoints must be on the node (loopback IP addresses or Unix sockets)."""
+access-log server, the cascade handler, the batch service and (behind the inbound mTLS
+listener) the node's model server. Filters and the inbound listener reach them, not only
+app routes; their endpoints must be on the node (loopback IP addresses or Unix sockets)."""
 
 _MODELLED_TYPES = frozenset(
     {
