@@ -26,6 +26,7 @@ from tiermesh.agents.batch import (
 )
 from tiermesh.agents.config import AgentConfig
 from tiermesh.agents.runtime.batch import BatchLane, ModelServerLoad
+from tiermesh.agents.usage import Prices, UsageLedger
 from tiermesh.controlplane.api import load_catalog
 from tiermesh.procs.nats import NatsServer
 
@@ -66,6 +67,15 @@ def _config(state: Path, nats_url: str, model_url: str) -> AgentConfig:
     )
 
 
+async def _charged(ledger: UsageLedger, tenant: str, tokens: int) -> None:
+    """The worker charges after writing a result, a moment after the batch shows done."""
+    for _ in range(100):  # at most ~5 s
+        if ledger.totals(tenant).tokens >= tokens:
+            break
+        await asyncio.sleep(0.05)
+    assert ledger.totals(tenant).tokens == tokens
+
+
 async def test_the_lane_serves_on_its_socket_and_its_worker_runs_the_nodes_tier(
     tmp_path: Path, nats_server: NatsServer, standin: ModelStandin
 ) -> None:
@@ -76,7 +86,8 @@ async def test_the_lane_serves_on_its_socket_and_its_worker_runs_the_nodes_tier(
     decider, sink, engine = real_decider()
     lane = BatchLane(config, config.batch)
     catalog = load_catalog(ROOT / "policies" / "data" / "catalog.yaml")  # acme: private too
-    await lane.start(decider.authorizer, lambda: catalog)
+    ledger = UsageLedger(tmp_path / "budget.json", Prices.from_catalog(catalog))
+    await lane.start(decider.authorizer, lambda: catalog, ledger=ledger)
     try:
         assert lane.socket == state / "batch.sock"
         assert stat.S_IMODE(lane.socket.stat().st_mode) == 0o600
@@ -104,6 +115,10 @@ async def test_the_lane_serves_on_its_socket_and_its_worker_runs_the_nodes_tier(
         # the restricted line ran here: a private worker may take on-prem jobs
         assert standin.seen["mail jane.doe@example.com"] == 1
         assert len(sink.entries) == 2
+        # Each answered line is charged to its tenant once, like an interactive answer
+        # (the stand-in reports one completion token per answer).
+        await _charged(ledger, "acme", 2)
+        assert ledger.totals("globex").tokens == 0
     finally:
         await lane.stop()
         engine.close()

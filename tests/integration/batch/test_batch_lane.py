@@ -34,8 +34,9 @@ from tiermesh.agents.batch import (
     QueueSettings,
     output_file_id,
 )
+from tiermesh.agents.batch.worker import Charge
 from tiermesh.controlplane.api import Tier
-from tiermesh.controlplane.api.batch import JobRecord, job_subject
+from tiermesh.controlplane.api.batch import JobRecord, JobResult, job_subject
 from tiermesh.procs.nats import NatsServer
 
 pytestmark = pytest.mark.skipif(
@@ -89,9 +90,11 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: st
 
 
 @contextlib.asynccontextmanager
-async def running_worker(queue: JobQueue, tier: Tier, upstream: str) -> AsyncIterator[BatchWorker]:
+async def running_worker(
+    queue: JobQueue, tier: Tier, upstream: str, charge: Charge | None = None
+) -> AsyncIterator[BatchWorker]:
     model = HttpModelClient(upstream)
-    worker = BatchWorker(queue, tier, model, fetch_timeout_s=0.3)
+    worker = BatchWorker(queue, tier, model, fetch_timeout_s=0.3, charge=charge)
     task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -142,6 +145,24 @@ async def test_batch_runs_and_results_are_fetched_with_one_audited_decision_per_
     # another tenant sees nothing of it
     with pytest.raises(Exception, match="no batch"):
         await service.batch("globex", batch_id)
+
+
+async def test_each_answered_line_is_charged_to_its_tenant_once(
+    service: BatchService, queue: JobQueue, standin: ModelStandin
+) -> None:
+    """A line whose result another worker already wrote (a redelivery) is not charged
+    again; every other answered line is charged once, with its answer's tokens."""
+    charged: list[tuple[str, str, int, int]] = []
+
+    async def charge(job: JobRecord, prompt: int, completion: int) -> None:
+        charged.append((job.tenant, job.custom_id, prompt, completion))
+
+    batch_id = await submit(service, [chat_line(f"c-{i}", f"ask {i}") for i in range(3)], "public")
+    already = JobResult(custom_id="c-1", line=1, status_code=200, body={}, tier="cloud")
+    assert (await queue.write_result(batch_id, already)).written
+    async with running_worker(queue, "cloud", standin.url, charge):
+        await until(lambda: finished(service, batch_id), 20, "the batch to complete")
+    assert sorted(charged) == [(TENANT, "c-0", 0, 1), (TENANT, "c-2", 0, 1)]
 
 
 async def test_a_restricted_job_is_never_run_by_a_cloud_worker(

@@ -14,7 +14,11 @@ pulls one job at a time. For each job it
    worker while this one lives, and a dead worker's job is redelivered after the ack wait;
 4. writes the result with create-if-absent (:meth:`~.queue.JobQueue.write_result`) and
    only then acknowledges: a worker that dies in between leaves a job that is redelivered
-   and whose second result is discarded — every line is finished once.
+   and whose second result is discarded — every line is finished once;
+5. charges the job's tenant for the answer's ``usage`` (:data:`Charge`) when its result
+   was the one written, so a line is charged at most once, like an interactive answer on
+   the node's usage ledger. A worker that dies between the write and the charge leaves
+   that one line uncharged (never charged twice).
 
 An unreachable model, or an answer of 429 or 5xx, is retried by redelivery (``nak`` with
 a delay) until the consumer's delivery limit; the last attempt's outcome is the result.
@@ -42,7 +46,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -148,6 +152,15 @@ class HttpModelClient:
             self._session = None
 
 
+Charge = Callable[[JobRecord, int, int], Awaitable[None]]
+"""Charge a job's tenant for ``(prompt_tokens, completion_tokens)`` of its answer."""
+
+
+def _tokens(usage: object, name: str) -> int:
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 class BatchWorker:
     """See the module docstring. Does not own the queue, the model client or the load."""
 
@@ -160,8 +173,10 @@ class BatchWorker:
         load: InteractiveLoad | None = None,
         quiet_s: float = 0.5,
         fetch_timeout_s: float = 0.5,
+        charge: Charge | None = None,
     ) -> None:
         self._queue = queue
+        self._charge = charge
         self.tier = tier
         self._model = model
         self._load = load
@@ -365,7 +380,18 @@ class BatchWorker:
                 tier=self.tier,
                 attempts=attempt,
             )
-        await self._queue.write_result(job.batch_id, result)
+        written = await self._queue.write_result(job.batch_id, result)
+        if written.written and self._charge is not None and answer is not None:
+            usage = None if answer.body is None else answer.body.get("usage")
+            prompt, completion = (
+                _tokens(usage, "prompt_tokens"),
+                _tokens(usage, "completion_tokens"),
+            )
+            if prompt or completion:
+                try:
+                    await self._charge(job, prompt, completion)
+                except Exception:  # a ledger that cannot write must not lose the result
+                    log.exception("batch line %s.%d not charged", job.batch_id, job.line)
         await msg.ack()
 
     async def _heartbeat(self, msg: Msg) -> None:

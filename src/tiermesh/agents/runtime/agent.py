@@ -257,7 +257,9 @@ class NodeAgent:
                 raise StartFailed("the batch lane", "it needs authz (each line is decided)")
             self.batch = BatchLane(config, config.batch)
             requests = self.requests
-            await self.batch.start(requests.authorizer, lambda: requests.catalog)
+            await self.batch.start(
+                requests.authorizer, lambda: requests.catalog, ledger=requests.ledger
+            )
 
     def _trust(self, catalog: Catalog | None) -> tuple[tuple[TrustedSigner, ...], bool]:
         model = self.config.model_server

@@ -37,7 +37,9 @@ from tiermesh.agents.batch import (
 from tiermesh.agents.config import AgentConfig, BatchConfig
 from tiermesh.agents.models.load import LOAD_PATH, LoadReport
 from tiermesh.agents.runtime.errors import StartFailed
+from tiermesh.agents.usage import Usage, UsageLedger
 from tiermesh.controlplane.api import Catalog
+from tiermesh.controlplane.api.batch import JobRecord
 
 __all__ = ["BatchLane", "ModelServerLoad"]
 
@@ -82,6 +84,8 @@ class BatchLane:
         self._model: HttpModelClient | None = None
         self._load: ModelServerLoad | None = None
         self._running: asyncio.Task[None] | None = None
+        self._ledger: UsageLedger | None = None
+        self._catalog: Callable[[], Catalog | None] = lambda: None
 
     @property
     def socket(self) -> Path:
@@ -96,11 +100,17 @@ class BatchLane:
         return None
 
     async def start(
-        self, authorizer: Authorizer, catalog: Callable[[], Catalog | None] = lambda: None
+        self,
+        authorizer: Authorizer,
+        catalog: Callable[[], Catalog | None] = lambda: None,
+        ledger: UsageLedger | None = None,
     ) -> None:
         """Raises :class:`StartFailed` when JetStream or the socket is not usable.
         ``catalog`` gives the node's current catalog (tenants' tiers); a tenant it does
-        not name, or no catalog, may use the local tier only."""
+        not name, or no catalog, may use the local tier only. ``ledger`` is the node's
+        usage ledger: the worker charges each answered line's tokens to its tenant there,
+        priced as the catalog's backend on this node (None: nothing is charged)."""
+        self._ledger, self._catalog = ledger, catalog
 
         def tenant_tiers(tenant: str) -> TenantTiers:
             found = catalog()
@@ -144,11 +154,29 @@ class BatchLane:
             if settings.yield_to_interactive and self._config.model_server.kind == "llama_cpp":
                 self._load = ModelServerLoad(f"http://{self._config.model_server.listen}")
             self.worker = BatchWorker(
-                self.queue, self._config.node.tier, self._model, load=self._load
+                self.queue,
+                self._config.node.tier,
+                self._model,
+                load=self._load,
+                charge=None if self._ledger is None else self._charge,
             )
             self._running = asyncio.create_task(self.worker.run(), name="batch-worker")
         elif settings.worker:
             log.warning("batch.worker is set but the node has no model server: no worker")
+
+    def _backend(self) -> str | None:
+        """The catalog backend this node's model server is (first one naming the node)."""
+        found = self._catalog()
+        node = self._config.node.id
+        return next((b.name for b in found.backends if b.node == node), None) if found else None
+
+    async def _charge(self, job: JobRecord, prompt_tokens: int, completion_tokens: int) -> None:
+        ledger = self._ledger
+        if ledger is None:
+            return
+        usage = Usage(job.tenant, self._backend(), prompt_tokens, completion_tokens)
+        # The ledger fsyncs its budget file: off the loop that answers ext_authz.
+        await asyncio.to_thread(ledger.record, [usage])
 
     async def stop(self) -> None:
         if self.worker is not None:
