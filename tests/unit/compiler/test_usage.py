@@ -14,7 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from tests.unit.compiler.conftest import EDGE_SETTINGS
-from tiermesh.controlplane.api import Plan
+from tiermesh.controlplane.api import Plan, telemetry
 from tiermesh.controlplane.generators import GENERATORS
 from tiermesh.controlplane.generators.usage import (
     ADDED_KEY,
@@ -44,6 +44,9 @@ def test_the_source_carries_its_bounds_and_names() -> None:
         "MAX_BODY": str(MAX_BODY_BYTES),
         "NAMESPACE": f'"{METADATA_NAMESPACE}"',
         "ADDED": f'"{ADDED_KEY}"',
+        "OVERHEAD_US": f'"{telemetry.OVERHEAD_US_HEADER}"',
+        "OVERHEAD_MS": f'"{telemetry.OVERHEAD_HEADER}"',
+        "MODEL": """'"model"%s*:%s*"([%w%._:/@+%-]+)"'""",
     }
     assert constants(lua_source(SETTINGS, max_body_bytes=1024))["MAX_BODY"] == "1024"
     assert AuthzSettings(port=1).max_body_bytes == MAX_BODY_BYTES
