@@ -101,9 +101,11 @@ def mesh(tmp_path: Path) -> Iterator[MetricsMesh]:
         )
         model = MeshModel.build([evaluate_plan(catalog)], {NODE: settings})
         xds.set_snapshot(NODE, compile_and_verify(model, NODE, catalog))
+        admin = free_port()
         spec = BootstrapSpec(
-            node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=free_port()
+            node_id=NODE, xds_host="127.0.0.1", xds_port=xds.port, admin_port=admin
         )
+        metrics.watch_envoy(("127.0.0.1", admin))
         with EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE) as envoy:
             envoy.wait_ready(timeout=20)
             wait_routes_served(listener, NOBODY, lambda status: status != 503)
@@ -163,12 +165,17 @@ def test_a_cloud_answer_moves_every_genai_histogram_once(mesh: MetricsMesh) -> N
             "tiermesh_sensitivity_decisions_total",
             {"declared": "public", "floor": "public", "effective": "public"},
         ),
+        # Envoy's own count, re-exposed as it is.
+        ("envoy_cluster_upstream_rq_total", {"envoy_cluster_name": "cloud"}),
+        ("tiermesh_envoy_stats_up", {}),
     )
     answer = mesh.send(headers("globex", "public"), chat("Explain Fermat's little theorem"))
     assert (answer.status, answer.headers.get("x-tiermesh-tier")) == (200, "cloud")
     mesh.wait_logged(logged)
     # A JSON answer: no streamed chunk, so no time to first chunk.
-    assert deltas.after() == [1, 1, PROMPT_TOKENS, COMPLETION_TOKENS, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    expected = [1, 1, PROMPT_TOKENS, COMPLETION_TOKENS, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0]
+    assert deltas.after() == expected
+    assert mesh.total("tiermesh_envoy_stats_up") == 1
     overhead = answer.headers.get(telemetry.OVERHEAD_HEADER, "")
     assert re.fullmatch(r"[0-9]+\.[0-9]{3}", overhead), answer.headers
     assert telemetry.OVERHEAD_US_HEADER not in {k.lower() for k in answer.headers}
