@@ -24,6 +24,7 @@ from tests.integration.compiler.conftest import NODE
 from tests.support.xdsthread import XdsThread
 from tests.unit.compiler.plans import evaluate_plan
 from tiermesh.agents.metrics import NodeMetrics
+from tiermesh.agents.metrics.envoy_stats import envoy_families
 from tiermesh.agents.usage import Prices
 from tiermesh.controlplane.api import telemetry
 from tiermesh.controlplane.model import AuthzSettings, MeshModel, NodeSettings, UsageSettings
@@ -33,6 +34,10 @@ from tiermesh.procs.ports import free_port
 from tiermesh.xds import BootstrapSpec, render_bootstrap
 
 pytestmark = pytest.mark.envoy
+
+ENVOY_STATS = (
+    Path(__file__).resolve().parents[2] / "unit" / "metrics" / "entries" / "envoy_stats.prom"
+)
 
 Labels = dict[str, str]
 
@@ -176,6 +181,10 @@ def test_a_cloud_answer_moves_every_genai_histogram_once(mesh: MetricsMesh) -> N
     expected = [1, 1, PROMPT_TOKENS, COMPLETION_TOKENS, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0]
     assert deltas.after() == expected
     assert mesh.total("tiermesh_envoy_stats_up") == 1
+    # The dashboard test reads Envoy's metric names from a captured copy: still what Envoy says.
+    live = {f.name for f in mesh.metrics.registry.collect() if f.name.startswith("envoy_")}
+    captured = {f.name for f in envoy_families(ENVOY_STATS.read_text(encoding="utf-8"))}
+    assert live == captured
     overhead = answer.headers.get(telemetry.OVERHEAD_HEADER, "")
     assert re.fullmatch(r"[0-9]+\.[0-9]{3}", overhead), answer.headers
     assert telemetry.OVERHEAD_US_HEADER not in {k.lower() for k in answer.headers}

@@ -36,7 +36,8 @@ STATS_FILTER: Final = (
     r"|outlier_detection\.ejections_active|outlier_detection\.ejections_enforced_total"
     r"|outlier_detection\.ejections_enforced_consecutive_5xx"
     r"|circuit_breakers\.default\.rq_open)"
-    r"|http\.[^.]+\.ext_authz\.(ok|denied|error|failure_mode_allowed)"
+    r"|http\.[^.]+\.ext_authz\.([^.]+\.)?(ok|denied|error|failure_mode_allowed)"
+    r"|http\.[^.]+\.(.+\.)?http_local_rate_limit\.rate_limited"
     r"|http\.[^.]+\.downstream_rq_[0-9]xx)$"
 )
 """Envoy stat names (before Envoy's Prometheus renaming) that are re-exposed."""
