@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 
 # The control plane's metric modules register in the default registry when imported.
-import tiermesh.controlplane.metrics  # noqa: F401
-import tiermesh.controlplane.nodeapi.registry  # noqa: F401
+import tiermesh.controlplane.metrics
+import tiermesh.controlplane.nodeapi.registry
 import tiermesh.xds.status  # noqa: F401
 from tests.unit.compose.conftest import COMPOSE_DIR
 from tests.unit.compose.test_cli_agreement import _control_planes
