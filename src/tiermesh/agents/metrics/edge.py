@@ -289,12 +289,30 @@ class _Bounded:
             return value
 
 
+_CACHED_LABEL_SETS: Final = 4096
+"""Label sets whose histogram children are kept (beyond: looked up each time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _GenAiChildren:
+    client_duration: Histogram
+    client_first_chunk: Histogram
+    client_per_chunk: Histogram
+    server_duration: Histogram
+    server_first_token: Histogram
+    server_per_token: Histogram
+    input_tokens: Histogram
+    output_tokens: Histogram
+
+
 class EdgeMetrics:
     """The metrics of :mod:`this module <tiermesh.agents.metrics.edge>`, registered in
     ``registry`` (one per agent; registering two in one registry raises ``ValueError``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = GENAI_LABELS
+        self._cache: dict[tuple[str, ...], _GenAiChildren] = {}
+        self._cache_lock = threading.Lock()
         self._request_model = _Bounded(MAX_MODELS)
         self._response_model = _Bounded(MAX_MODELS)
 
@@ -400,9 +418,10 @@ class EdgeMetrics:
             facts.tenant,
             facts.route,
         )
+        h = self._children(values)
         t = facts.timings
         if (end := t.get("time_to_last_downstream_tx_byte")) is not None:
-            self.client_duration.labels(*values).observe(end)
+            h.client_duration.observe(end)
         if not answered:
             return
         where, reason = position(facts)
@@ -415,20 +434,40 @@ class EdgeMetrics:
         output = facts.output_tokens
         first_out = t.get("time_to_first_downstream_tx_byte")
         if facts.stream and ok and first_out is not None:
-            self.client_first_chunk.labels(*values).observe(first_out)
+            h.client_first_chunk.observe(first_out)
             if output is not None and output > 1 and end is not None:
-                self.client_per_chunk.labels(*values).observe((end - first_out) / (output - 1))
+                h.client_per_chunk.observe((end - first_out) / (output - 1))
         if facts.input_tokens is not None and output is not None:
-            self.token_usage.labels(*values, names.TOKEN_INPUT).observe(facts.input_tokens)
-            self.token_usage.labels(*values, names.TOKEN_OUTPUT).observe(output)
+            h.input_tokens.observe(facts.input_tokens)
+            h.output_tokens.observe(output)
         if cascade or sent is None:
             return
         first_in = t.get("time_to_first_upstream_rx_byte")
         last_in = t.get("time_to_last_upstream_rx_byte")
         if last_in is not None:
-            self.server_duration.labels(*values).observe(max(0.0, last_in - sent))
+            h.server_duration.observe(max(0.0, last_in - sent))
         if first_in is not None and ok:
-            self.server_first_token.labels(*values).observe(max(0.0, first_in - sent))
+            h.server_first_token.observe(max(0.0, first_in - sent))
             if last_in is not None and output is not None and output > 1:
-                gap = max(0.0, last_in - first_in) / (output - 1)
-                self.server_per_token.labels(*values).observe(gap)
+                h.server_per_token.observe(max(0.0, last_in - first_in) / (output - 1))
+
+    def _children(self, values: tuple[str, ...]) -> _GenAiChildren:
+        """The GenAI histograms' children for one label set (looked up once, then kept:
+        ``labels()`` costs more than the observations)."""
+        found = self._cache.get(values)
+        if found is not None:
+            return found
+        found = _GenAiChildren(
+            client_duration=self.client_duration.labels(*values),
+            client_first_chunk=self.client_first_chunk.labels(*values),
+            client_per_chunk=self.client_per_chunk.labels(*values),
+            server_duration=self.server_duration.labels(*values),
+            server_first_token=self.server_first_token.labels(*values),
+            server_per_token=self.server_per_token.labels(*values),
+            input_tokens=self.token_usage.labels(*values, names.TOKEN_INPUT),
+            output_tokens=self.token_usage.labels(*values, names.TOKEN_OUTPUT),
+        )
+        with self._cache_lock:
+            if len(self._cache) < _CACHED_LABEL_SETS:
+                self._cache[values] = found
+        return found
