@@ -56,17 +56,27 @@ class Edge:
             if sample == name and all(found.get(k) == v for k, v in labels.items())
         )
 
-    def logged(self, before: float, count: int, limit_s: float = 20) -> None:
-        """Until ``count`` more access-log entries than ``before`` were counted, then
-        that none more arrives."""
+    def settled(self, limit_s: float = 20) -> float:
+        """The access-log entries counted, once no more arrived for a second (Envoy
+        flushes its access log every 200 ms)."""
         deadline = time.monotonic() + limit_s
+        last = self.total("tiermesh_edge_requests_total")
         while time.monotonic() < deadline:
-            if self.total("tiermesh_edge_requests_total") >= before + count:
-                time.sleep(0.5)
-                assert self.total("tiermesh_edge_requests_total") == before + count
-                return
+            time.sleep(1.0)
+            now = self.total("tiermesh_edge_requests_total")
+            if now == last:
+                return now
+            last = now
+        raise AssertionError(f"access-log entries still arriving after {limit_s} s")
+
+    def logged(self, before: float, count: int, limit_s: float = 20) -> None:
+        """Until ``count`` more access-log entries than ``before`` were counted, and no
+        more after that."""
+        deadline = time.monotonic() + limit_s
+        while self.total("tiermesh_edge_requests_total") < before + count:
+            assert time.monotonic() < deadline, f"{count} entries not counted in {limit_s} s"
             time.sleep(0.1)
-        raise AssertionError(f"{count} entries not counted within {limit_s} s")
+        assert self.settled() == before + count
 
 
 class Deltas:
@@ -87,7 +97,7 @@ class Deltas:
 def test_a_cloud_answer_moves_each_genai_histogram_once(up: Up) -> None:
     cloud_answer(up, REASONING)  # the cloud route is warm
     edge = Edge(up)
-    logged = edge.total("tiermesh_edge_requests_total")
+    logged = edge.settled()
     cloud = {"tier": "cloud", "tenant": "acme"}
     moved = Deltas(edge, [
         ("tiermesh_answers_total", {**cloud, "position": "first", "reason": "none"}),
@@ -112,7 +122,7 @@ def test_a_stopped_cloud_is_counted_as_a_fallback_to_a_local_tier(up: Up) -> Non
     edge = Edge(up)
     steer(up, EU, up=False)
     try:
-        logged = edge.total("tiermesh_edge_requests_total")
+        logged = edge.settled()
         moved = Deltas(edge, [
             ("tiermesh_answers_total", {"tenant": "acme", "position": "fallback"}),
             ("tiermesh_answers_total", {"tenant": "acme", "tier": "cloud"}),
@@ -129,7 +139,7 @@ def test_a_stopped_cloud_is_counted_as_a_fallback_to_a_local_tier(up: Up) -> Non
 
 def test_restricted_and_pii_requests_count_their_sensitivity_and_findings(up: Up) -> None:
     edge = Edge(up)
-    logged = edge.total("tiermesh_edge_requests_total")
+    logged = edge.settled()
     moved = Deltas(edge, [
         ("tiermesh_sensitivity_decisions_total",
          {"declared": "restricted", "floor": "restricted", "effective": "restricted"}),
@@ -166,7 +176,7 @@ def test_an_exhausted_budget_is_counted_as_a_budget_fallback(up: Up) -> None:
     assert edge.total("tiermesh_tenant_spent_usd", tenant="initech") >= edge.total(
         "tiermesh_tenant_budget_usd", tenant="initech"
     )
-    logged = edge.total("tiermesh_edge_requests_total")
+    logged = edge.settled()
     moved = Deltas(edge, [
         ("tiermesh_answers_total", {"tenant": "initech", "position": "fallback",
                                     "reason": "budget"}),
@@ -181,7 +191,7 @@ def test_an_exhausted_budget_is_counted_as_a_budget_fallback(up: Up) -> None:
 
 def test_a_cascade_escalation_is_one_answer_and_its_steps(up: Up) -> None:
     edge = Edge(up)
-    logged = edge.total("tiermesh_edge_requests_total")
+    logged = edge.settled()
     moved = Deltas(edge, [
         ("tiermesh_answers_total", {"position": "fallback", "reason": "cascade_confidence"}),
         ("tiermesh_answers_total", {}),

@@ -145,6 +145,11 @@ def test_the_budget_route_and_a_cascade_count_as_their_own_fallbacks() -> None:
     budget.common_properties.route_name = "acme.public.reasoning.*/budget"
     budget.common_properties.upstream_request_attempt_count = 1
     assert position(read_entry(budget)) == ("fallback", "budget")
+    # Re-planned for its spent budget, the tenant's route starts with the fallback chain;
+    # ext_authz's mark on the request still names why.
+    replanned = entry("cloud_json")
+    replanned.request.request_headers["x-tiermesh-budget"] = "exhausted"
+    assert position(read_entry(replanned)) == ("fallback", "budget")
     cascade = entry("cloud_json")
     cascade.response.response_headers["x-tiermesh-cascade-steps"] = "2"
     assert position(read_entry(cascade)) == ("fallback", "cascade_confidence")

@@ -49,8 +49,11 @@ tiermesh figures (Prometheus names in :data:`EDGE_METRICS`):
 - ``tiermesh_edge_requests_total{route, code, answered}``: every entry.
 - ``tiermesh_answers_total{tier, backend, route, tenant, position, reason}``: answered
   GenAI entries. ``position`` is ``first`` when the backend is the route's first chain
-  step, else ``fallback``; ``reason`` says why: ``budget`` (the route's budget variant
-  answered), ``cascade_confidence`` (the cascade asked more than one step),
+  step, else ``fallback``; ``reason`` says why: ``budget`` (the tenant is past its
+  budget: ext_authz marked the request ``x-tiermesh-budget: exhausted``, or the route's
+  budget variant answered; once the control plane re-plans the tenant its chain starts
+  with the budget fallback, which still counts as a fallback), ``cascade_confidence``
+  (the cascade asked more than one step),
   ``first_byte_deadline`` (an earlier attempt used up the first step's first-byte
   deadline), ``upstream_error`` (an earlier attempt failed sooner: 5xx, reset, refused
   connection), ``unavailable`` (one attempt, yet not the first step: it was ejected,
@@ -107,6 +110,7 @@ MAX_MODELS: Final = 64
 TENANT_HEADER: Final = "x-tiermesh-tenant"
 SENSITIVITY_HEADER: Final = "x-tiermesh-sensitivity"
 MODEL_HEADER: Final = "x-tiermesh-model"
+BUDGET_HEADER: Final = "x-tiermesh-budget"
 TIER_HEADER: Final = "x-tiermesh-tier"
 STEPS_HEADER: Final = "x-tiermesh-cascade-steps"
 BACKEND_TAG: Final = "tiermesh.backend"
@@ -163,6 +167,8 @@ class EntryFacts:
     request_model: str
     response_model: str
     sensitivity: str
+    budget_exhausted: bool
+    """ext_authz marked the tenant past its budget (``x-tiermesh-budget: exhausted``)."""
     stream: bool
     cascade_steps: int
     step: int | None
@@ -232,6 +238,7 @@ def read_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> EntryFacts:
         ),
         response_model=model.string_value if model is not None else "",
         sensitivity=request.request_headers.get(SENSITIVITY_HEADER, ""),
+        budget_exhausted=request.request_headers.get(BUDGET_HEADER) == "exhausted",
         stream="event-stream" in response.response_headers.get("content-type", ""),
         cascade_steps=int(steps) if steps.isdigit() else 0,
         step=int(step.group("step")) if step else None,
@@ -255,7 +262,7 @@ def read_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> EntryFacts:
 
 def position(facts: EntryFacts) -> tuple[str, str]:
     """(``first`` | ``fallback``, reason) of an answered entry (module doc)."""
-    if facts.route.endswith("/budget") or "/budget/" in facts.route:
+    if facts.budget_exhausted or facts.route.endswith("/budget") or "/budget/" in facts.route:
         return "fallback", "budget"
     if facts.cascade_steps:
         return ("fallback", "cascade_confidence") if facts.cascade_steps > 1 else ("first", "none")
