@@ -12,7 +12,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from google.protobuf import text_format
 
 from tiermesh.agents.metrics import NodeMetrics, read_entry
-from tiermesh.agents.metrics.edge import MAX_MODELS, position
+from tiermesh.agents.metrics.edge import MAX_MODELS, MAX_TENANTS, position
 from tiermesh.controlplane.api import telemetry
 
 ENTRIES = Path(__file__).parent / "entries"
@@ -225,3 +225,25 @@ def test_a_partial_entry_does_not_raise() -> None:
     assert (facts.status, facts.answered, facts.operation) == (0, False, None)
     assert value(metrics, "tiermesh_edge_requests_total", code="0") == 1
     assert samples(metrics, "gen_ai_") == {}
+
+
+def test_a_refused_requests_tenant_is_not_a_label_and_tenants_are_bounded() -> None:
+    metrics = NodeMetrics()
+    refused = entry("restricted_fail_closed")
+    refused.common_properties.response_flags.unauthorized_details.reason = (
+        accesslog_pb2.ResponseFlags.Unauthorized.EXTERNAL_SERVICE
+    )
+    refused.request.request_headers["x-tiermesh-tenant"] = "made-up-by-the-client"
+    assert metrics.edge.observe(refused).tenant == ""
+    for index in range(MAX_TENANTS + 3):
+        claimed = entry("denied_unknown_tenant")
+        claimed.request.request_headers["x-tiermesh-tenant"] = f"t{index}"
+        metrics.edge.observe(claimed)
+    tenants = {
+        s.labels["tenant"]
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "gen_ai_client_operation_duration_seconds_count"
+    }
+    assert len(tenants) == MAX_TENANTS + 2  # "", the kept ones, "other"
+    assert {"", "other"} <= tenants

@@ -69,8 +69,9 @@ tiermesh figures (Prometheus names in :data:`EDGE_METRICS`):
   ``x-tiermesh-overhead-ms`` header reports.
 - ``tiermesh_cascade_steps_total{route, step, tier, backend, code}``.
 
-Label values a client can choose (models) are bounded: :data:`MAX_MODELS` distinct values
-each, then ``other``.
+Label values a client can choose are bounded: models to :data:`MAX_MODELS` distinct
+values each, tenants to :data:`MAX_TENANTS` (a request ext_authz refused has tenant ``""``:
+its tenant header is only the client's claim), then ``other``.
 
 Thread safety: :meth:`EdgeMetrics.observe` may be called from any thread
 (prometheus-client's metrics are thread-safe; the model bounds take a lock).
@@ -80,7 +81,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from envoy.config.core.v3 import base_pb2
@@ -99,6 +100,7 @@ __all__ = [
     "EDGE_METRICS",
     "GENAI_LABELS",
     "MAX_MODELS",
+    "MAX_TENANTS",
     "EdgeMetrics",
     "EntryFacts",
     "read_entry",
@@ -106,6 +108,8 @@ __all__ = [
 
 MAX_MODELS: Final = 64
 """Distinct model label values kept per attribute; later ones are ``other``."""
+MAX_TENANTS: Final = 1024
+"""Distinct tenant label values kept; later ones are ``other``."""
 
 TENANT_HEADER: Final = "x-tiermesh-tenant"
 SENSITIVITY_HEADER: Final = "x-tiermesh-sensitivity"
@@ -321,6 +325,7 @@ class EdgeMetrics:
         self._cache: dict[tuple[str, ...], _GenAiChildren] = {}
         self._cache_lock = threading.Lock()
         self._request_model = _Bounded(MAX_MODELS)
+        self._tenant = _Bounded(MAX_TENANTS)
         self._response_model = _Bounded(MAX_MODELS)
 
         def histogram(
@@ -386,6 +391,8 @@ class EdgeMetrics:
     def observe(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> EntryFacts:
         """Count one entry (module doc); returns what was read from it."""
         facts = read_entry(entry)
+        tenant = "" if facts.authz_denied or not facts.tenant else self._tenant(facts.tenant)
+        facts = replace(facts, tenant=tenant)
         answered = facts.answered
         self.requests.labels(
             facts.route, str(facts.status), "upstream" if answered else "local"
