@@ -20,6 +20,9 @@ never by a client) is a mesh hop, its peer the check's ``attributes.source.princ
 (the verified client certificate's URI SAN), and a probe when they also carry the probe
 mark (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`); see :mod:`.mesh_hop`.
 
+An optional observer (the node's metrics, :mod:`tiermesh.agents.metrics.authz`) is told
+of every check once its verdict is durable, before the answer goes to Envoy.
+
 The ``jwt_authn`` filter's verdict comes from the request's metadata context (namespace
 ``envoy.filters.http.jwt_authn``, which the compiled ext_authz filter asks Envoy to send);
 only Envoy writes it, never the client. The body is read from ``raw_body`` (Envoy's
