@@ -6,8 +6,8 @@ tenant (request header ``x-tiermesh-tenant``), answering backend (custom tag
 ``tiermesh.backend``) and the token counts (dynamic metadata ``tiermesh.usage``, which
 the usage Lua filter sets from the answer's ``usage``). Each message's entries go to
 :meth:`UsageLedger.record` together, after each went to the optional ``observer`` (the
-node's metrics, :mod:`tiermesh.agents.metrics.edge`). A failing ledger write is logged and the stream goes
-on: accounting never breaks Envoy's logger.
+node's metrics, :mod:`tiermesh.agents.metrics.edge`). A failing ledger write is logged and
+the stream goes on: accounting never breaks Envoy's logger.
 
 Every answer is charged. Where the entry carries no usage although a backend answered a
 completion (a ``POST`` to a path ending in ``/completions`` with a 2xx status and an
