@@ -206,3 +206,33 @@ def test_a_cascade_escalation_is_one_answer_and_its_steps(up: Up) -> None:
     assert asked >= 2, headers
     edge.logged(logged, 1 + asked)  # the client's request and each step's
     assert moved.after() == [1, 1, asked, 1]
+
+
+def scrape(url: str) -> list[tuple[str, Labels, float]]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return [
+        (s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def test_the_node_state_and_the_control_plane_are_measured(up: Up) -> None:
+    now = time.time()
+    edge = {name: value for name, labels, value in Edge(up).read() if not labels}
+    assert edge["tiermesh_envoy_stats_up"] == 1
+    assert now < edge["tiermesh_svid_expiry_timestamp_seconds"] < now + 7 * 86400
+    assert edge["tiermesh_decisionlog_undurable_records"] >= 0
+    assert "tiermesh_decisionlog_ship_backlog_records" in edge
+    plane = scrape(up.mesh["control_plane"]["admin_url"] + "/metrics")
+    nodes = {labels["node"]: value for name, labels, value in plane
+             if name == "tiermesh_node_svid_expiry_timestamp_seconds"}  # fmt: skip
+    assert set(nodes) == set(up.mesh["nodes"]), nodes
+    assert all(now < expiry for expiry in nodes.values())
+    totals: dict[str, float] = {}
+    for name, _, value in plane:
+        totals[name] = totals.get(name, 0.0) + value
+    assert totals["tiermesh_xds_connected_nodes"] == len(up.mesh["nodes"])
+    assert totals["tiermesh_xds_push_ack_seconds_count"] > 0
+    assert totals["tiermesh_reconcile_duration_seconds_count"] > 0
