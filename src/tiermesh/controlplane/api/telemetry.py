@@ -19,7 +19,8 @@ sides import them from here, so a rename breaks neither silently.
 - **Overhead header**: every app route table adds :data:`OVERHEAD_US_HEADER` (Envoy's own
   timing: from the request's first byte to the first byte sent to the answering upstream,
   in microseconds); the usage filter replaces it with :data:`OVERHEAD_HEADER` in
-  milliseconds with three decimals. Local replies (ext_authz's denials, a route's 404 or
+  milliseconds with three decimals (a node without the usage filter sends the
+  microseconds as they are). Local replies (ext_authz's denials, a route's 404 or
   503) carry neither: no upstream was asked (measured through Envoy 1.40).
 """
 
