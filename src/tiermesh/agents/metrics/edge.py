@@ -120,7 +120,6 @@ STEPS_HEADER: Final = "x-tiermesh-cascade-steps"
 BACKEND_TAG: Final = "tiermesh.backend"
 TIER_TAG: Final = "tiermesh.tier"
 USAGE_NAMESPACE: Final = "tiermesh.usage"
-CASCADE_CLUSTER: Final = "tiermesh|cascade"
 
 _OPERATIONS: Final = (
     ("/chat/completions", "chat"),
