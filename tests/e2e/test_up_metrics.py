@@ -193,7 +193,7 @@ def test_a_cascade_escalation_is_one_answer_and_its_steps(up: Up) -> None:
     edge = Edge(up)
     logged = edge.settled()
     moved = Deltas(edge, [
-        ("tiermesh_answers_total", {"position": "fallback", "reason": "cascade_confidence"}),
+        ("tiermesh_answers_total", {"position": "fallback", "reason": "cascade"}),
         ("tiermesh_answers_total", {}),
         ("tiermesh_cascade_steps_total", {}),
         ("gen_ai_client_operation_duration_seconds_count", {"tenant": "acme"}),

@@ -152,7 +152,7 @@ def test_the_budget_route_and_a_cascade_count_as_their_own_fallbacks() -> None:
     assert position(read_entry(replanned)) == ("fallback", "budget")
     cascade = entry("cloud_json")
     cascade.response.response_headers["x-tiermesh-cascade-steps"] = "2"
-    assert position(read_entry(cascade)) == ("fallback", "cascade_confidence")
+    assert position(read_entry(cascade)) == ("fallback", "cascade")
     cascade.response.response_headers["x-tiermesh-cascade-steps"] = "1"
     assert position(read_entry(cascade)) == ("first", "none")
 

@@ -52,13 +52,15 @@ tiermesh figures (Prometheus names in :data:`EDGE_METRICS`):
   step, else ``fallback``; ``reason`` says why: ``budget`` (the tenant is past its
   budget: ext_authz marked the request ``x-tiermesh-budget: exhausted``, or the route's
   budget variant answered; once the control plane re-plans the tenant its chain starts
-  with the budget fallback, which still counts as a fallback), ``cascade_confidence``
-  (the cascade asked more than one step),
+  with the budget fallback, which still counts as a fallback), ``cascade`` (the cascade
+  asked more than one step),
   ``first_byte_deadline`` (an earlier attempt used up the first step's first-byte
   deadline), ``upstream_error`` (an earlier attempt failed sooner: 5xx, reset, refused
   connection), ``unavailable`` (one attempt, yet not the first step: it was ejected,
   unhealthy or its circuit breaker was full; Envoy's own counters, re-exposed, say which),
-  ``none`` for a first-choice answer.
+  ``none`` for a first-choice answer. The reasons are those of the answer counts the node
+  reports to the control plane (:mod:`tiermesh.agents.usage.answers`), with its
+  ``retry`` told apart into ``first_byte_deadline`` and ``upstream_error``.
 - ``tiermesh_fail_closed_total{route, cause}``: a 503 local reply to a restricted (or
   unlabelled) request: ``no_healthy_upstream`` (every permitted backend ejected or
   unhealthy), ``unreachable`` (attempts failed: connection refused or reset, timeouts),
@@ -268,7 +270,7 @@ def position(facts: EntryFacts) -> tuple[str, str]:
     if facts.budget_exhausted or facts.route.endswith("/budget") or "/budget/" in facts.route:
         return "fallback", "budget"
     if facts.cascade_steps:
-        return ("fallback", "cascade_confidence") if facts.cascade_steps > 1 else ("first", "none")
+        return ("fallback", "cascade") if facts.cascade_steps > 1 else ("first", "none")
     if not facts.first_backend or facts.backend == facts.first_backend:
         return "first", "none"
     if facts.attempts > 1:

@@ -299,11 +299,16 @@ class ControlPlane:
             "admin": self._admin.url,
             "audit": str(HostPort(config.audit.host, self._audit.port)),
         }
+        await self._start_optional(config)
+        log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_optional(self, config: ControlPlaneConfig) -> None:
+        """The dashboard and the metrics server, each when configured."""
         if config.dashboard is not None:
+            assert self._audit_store is not None, "the audit store opens first"
             await self._start_dashboard(config.dashboard, self._audit_store)
         if config.metrics is not None:
             self._start_metrics(config.metrics)
-        log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
 
     def _start_metrics(self, address: HostPort) -> None:
         try:
