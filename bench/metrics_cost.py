@@ -159,7 +159,10 @@ def one_round(
             break
         shift = index % len(order)
         for scenario, kind in order[shift:] + order[:shift]:
-            samples[scenario, kind].append(fetch(connections[scenario], kind))
+            try:
+                samples[scenario, kind].append(fetch(connections[scenario], kind))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{scenario}, request {index}: {exc}") from exc
     return {f"{s}/{k}": summary(values) for (s, k), values in samples.items()}
 
 
