@@ -309,6 +309,13 @@ class AgentConfig(_Section):
     SDS) and forwards to the model server. It also makes the node present its SVID
     to other nodes' TLS backends with a ``spiffe_id``."""
 
+    metrics_listen: HostPort | Literal["off"] = "127.0.0.1:0"
+    """Where the node's Prometheus ``/metrics`` is served (GenAI and tiermesh metrics,
+    Envoy's own counters; see :mod:`tiermesh.agents.metrics`): ``HOST:PORT`` (default:
+    a free loopback port, logged at start; name a port for a scraper), or ``off``. It
+    carries no prompt text, only counts, timings and the names of tenants, routes,
+    backends and models: bind it to loopback or a network only the scraper reaches."""
+
     @model_validator(mode="after")
     def _own_endpoints(self) -> Self:
         foreign = [e.name for e in self.endpoints if e.name.split(".", 1)[0] != self.node.id]

@@ -153,6 +153,10 @@ def run(
     admin: Annotated[
         str, typer.Option("--admin", help="Read-only status/metrics HTTP, loopback HOST:PORT.")
     ] = "127.0.0.1:18003",
+    metrics: Annotated[
+        str | None,
+        typer.Option("--metrics", help="Prometheus /metrics alone (no status), HOST:PORT."),
+    ] = None,
     audit: Annotated[
         str,
         typer.Option("--audit", help="Decision-record collector (mTLS) HOST:PORT; 0 = any port."),
@@ -195,6 +199,7 @@ def run(
     join_at = parse_listen(join, "--join")
     admin_at = parse_listen(admin, "--admin")
     audit_at = parse_listen(audit, "--audit")
+    metrics_at = None if metrics is None else parse_listen(metrics, "--metrics")
     if lease_ttl < 2:
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--lease-ttl")
     level = getattr(logging, log_level.upper(), None)
@@ -225,6 +230,7 @@ def run(
             join=join_at,
             admin=admin_at,
             audit=audit_at,
+            metrics=metrics_at,
             credentials=credentials,
             dashboard=dashboard_at,
             dashboard_token=token,

@@ -142,6 +142,8 @@ class MeshNode:
     model_port: int = field(default_factory=free_port)
     mesh_port: int = field(default_factory=free_port)
     """The node's inbound mTLS listener (only with a model server)."""
+    metrics_port: int = field(default_factory=free_port)
+    """The agent's Prometheus ``/metrics`` (``metrics_url`` in ``mesh.json``)."""
     agent: Child | None = None
 
     @property
@@ -409,6 +411,7 @@ class LocalMesh:
             "envoy": {"admin_address": "unix",
                       "app_port": node.app_port, "drain_s": 1},
             "model_server": {"kind": "none"},
+            "metrics_listen": f"{LOOPBACK}:{node.metrics_port}",
         }  # fmt: skip
         # Every node's app listener runs ext_authz: without it the node would route on the
         # caller's word (and the control plane compiles it to answer 503).
@@ -467,6 +470,7 @@ class LocalMesh:
                     "envoy_admin": str(self.state_dir / n.id / "envoy-admin.sock"),
                     "model_port": n.model_port if n.model else None,
                     "mesh_port": n.mesh_port if n.model else None,
+                    "metrics_url": f"http://{LOOPBACK}:{n.metrics_port}/metrics",
                     "agent_pid": n.agent.proc.pid if n.agent else None,
                 }
                 for n in self.nodes

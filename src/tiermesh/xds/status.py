@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from envoy.config.core.v3 import base_pb2
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "Callbacks",
@@ -28,6 +28,14 @@ ACKS = Counter("tiermesh_xds_acks", "Discovery responses ACKed", ["type", "mode"
 NACKS = Counter("tiermesh_xds_nacks", "Discovery responses NACKed", ["type", "mode"])
 REJECTED = Counter("tiermesh_xds_rejected_requests", "Requests that closed a stream", ["reason"])
 STREAMS = Gauge("tiermesh_xds_connected_streams", "Open ADS streams", ["mode"])
+NODES = Gauge("tiermesh_xds_connected_nodes", "Nodes with at least one open ADS stream")
+PUSH_ACK = Histogram(
+    "tiermesh_xds_push_ack",
+    "A response sent to the client's ACK of it",
+    ["type", "mode"],
+    unit="seconds",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +115,15 @@ class StatusRegistry:
     def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
         old = self._nodes.get(node.id)
         streams = (old.streams if old else 0) + 1
+        if streams == 1:
+            NODES.inc()
         types = dict(old.types) if old else {}
         self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, time.time(), types)
 
     def stream_closed(self, node_id: str) -> None:
         old = self._nodes[node_id]
+        if old.streams == 1:
+            NODES.dec()
         self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=time.time())
 
     def update_type(self, node_id: str, type_url: str, **changes: object) -> TypeStatus:

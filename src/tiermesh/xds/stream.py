@@ -29,6 +29,7 @@ from tiermesh.xds.snapshot import Snapshot
 from tiermesh.xds.status import (
     ACKS,
     NACKS,
+    PUSH_ACK,
     PUSHES,
     STREAMS,
     Callbacks,
@@ -113,6 +114,8 @@ class StreamBase(Generic[R]):
         self._change_pending = False
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._unsubscribe: Callable[[], None] | None = None
+        self._sent_at: dict[str, float] = {}
+        """Per type: when the response now awaiting its ACK was sent (monotonic)."""
 
     @property
     def node_id(self) -> str:
@@ -237,6 +240,8 @@ class StreamBase(Generic[R]):
         elif verdict in (Verdict.ACK, Verdict.RESUBSCRIBE):
             status.update_type(node_id, type_url, acked_version=sent_version)
             ACKS.labels(short, self.mode).inc()
+            if verdict is Verdict.ACK and (sent_at := self._sent_at.pop(type_url, None)):
+                PUSH_ACK.labels(short, self.mode).observe(time.monotonic() - sent_at)
             self._safely(lambda cb: cb.on_ack(node_id, type_url, sent_version))
         elif verdict is Verdict.NACK:
             assert error is not None
@@ -247,6 +252,7 @@ class StreamBase(Generic[R]):
             )
             status.update_type(node_id, type_url, nack_count=count + 1, last_nack=nack)
             NACKS.labels(short, self.mode).inc()
+            self._sent_at.pop(type_url, None)
             log.warning(
                 "xds NACK node=%s type=%s version=%s: %s",
                 node_id,
@@ -261,6 +267,7 @@ class StreamBase(Generic[R]):
     def sent(self, type_url: str, version: str, nonce: str, names: Sequence[str]) -> None:
         self.env.status.update_type(self.node_id, type_url, sent_version=version)
         PUSHES.labels(typeurls.SHORT_NAMES[type_url], self.mode).inc()
+        self._sent_at[type_url] = time.monotonic()
         node_id = self.node_id
         self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce, names))
 

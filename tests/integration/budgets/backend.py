@@ -3,7 +3,9 @@ JSON with ``usage``, or an SSE stream whose last chunk carries it (``"stream": t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -81,6 +83,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     owner: UsageBackend
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        with self.owner.lock:
+            self.owner.connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.owner.lock:
+            self.owner.connections.discard(request)
+        super().shutdown_request(request)
+
 
 class UsageBackend:
     """An HTTP server on 127.0.0.1 (free port). ``requests`` lists the tenant header of
@@ -89,6 +102,8 @@ class UsageBackend:
     def __init__(self, name: str) -> None:
         self.name = name
         self.requests: list[str | None] = []
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self.port = int(self._server.server_address[1])
@@ -96,6 +111,13 @@ class UsageBackend:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving and cut the keep-alive connections Envoy pools, as a crashed
+        server would (later connections are refused)."""
         self._server.shutdown()
         self._server.server_close()
+        with self.lock:
+            open_connections = list(self.connections)
+        for connection in open_connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)

@@ -21,6 +21,7 @@ from tiermesh.agents.authz import (
     start_authz_server,
 )
 from tiermesh.agents.decisionlog import DecisionLog, StaticSigner
+from tiermesh.agents.metrics import NodeMetrics
 from tiermesh.agents.usage import Prices, TenantUsage, UsageLedger, start_usage_server
 from tiermesh.rego import RegorusEngine
 
@@ -29,7 +30,8 @@ class BudgetThread:
     """Authz server, its decision log, the usage ledger and the access-log server.
     ``close`` releases everything and joins the thread."""
 
-    def __init__(self, state: Path, prices: Prices) -> None:
+    def __init__(self, state: Path, prices: Prices, metrics: NodeMetrics | None = None) -> None:
+        self.metrics = metrics
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -60,9 +62,17 @@ class BudgetThread:
         authorizer = Authorizer(
             self.engine, DecisionLogSink(self.log), JsonFileBudgetSource(self.budget_file)
         )
-        server, self.authz_port = await start_authz_server(authorizer)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.state.ledger = self.ledger
+            metrics.state.spool = self.log
+        server, self.authz_port = await start_authz_server(
+            authorizer, observer=metrics.authz.observe if metrics else None
+        )
         self.servers.append(server)
-        server, self.usage_port = await start_usage_server(self.ledger)
+        server, self.usage_port = await start_usage_server(
+            self.ledger, observer=metrics.edge.observe if metrics else None
+        )
         self.servers.append(server)
 
     def close(self) -> None:

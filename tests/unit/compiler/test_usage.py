@@ -14,10 +14,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from tests.unit.compiler.conftest import EDGE_SETTINGS
-from tiermesh.controlplane.api import Plan
+from tiermesh.controlplane.api import Plan, telemetry
 from tiermesh.controlplane.generators import GENERATORS
 from tiermesh.controlplane.generators.usage import (
     ADDED_KEY,
+    FIRST_TAG,
     HOLD_BYTES,
     LUA_FILTER,
     MAX_BODY_BYTES,
@@ -25,7 +26,7 @@ from tiermesh.controlplane.generators.usage import (
     lua_source,
     usage_filter,
 )
-from tiermesh.controlplane.model import AuthzSettings, MeshModel, UsageSettings
+from tiermesh.controlplane.model import AuthzSettings, MeshModel, UsageSettings, names
 from tiermesh.xds import typeurls
 
 SETTINGS = UsageSettings(port=9101, scan_bytes=300)
@@ -44,6 +45,9 @@ def test_the_source_carries_its_bounds_and_names() -> None:
         "MAX_BODY": str(MAX_BODY_BYTES),
         "NAMESPACE": f'"{METADATA_NAMESPACE}"',
         "ADDED": f'"{ADDED_KEY}"',
+        "OVERHEAD_US": f'"{telemetry.OVERHEAD_US_HEADER}"',
+        "OVERHEAD_MS": f'"{telemetry.OVERHEAD_HEADER}"',
+        "MODEL": """'"model"%s*:%s*"([%w%._:/@+%-]+)"'""",
     }
     assert constants(lua_source(SETTINGS, max_body_bytes=1024))["MAX_BODY"] == "1024"
     assert AuthzSettings(port=1).max_body_bytes == MAX_BODY_BYTES
@@ -88,3 +92,11 @@ def test_one_lua_filter_right_before_the_router_only_with_usage(edge_plan: Plan)
     assert names[-2:] == [LUA_FILTER, "envoy.filters.http.router"]
     assert names[0] == "envoy.filters.http.ext_authz", "the policy sees the client's body"
     assert LUA_FILTER not in app_filters(MeshModel.build([edge_plan], {"edge-1": EDGE_SETTINGS}))
+
+
+def test_the_telemetry_contract_names_what_the_compiler_writes() -> None:
+    # Agents read these from tiermesh.controlplane.api.telemetry (they may not import the
+    # control plane's model); the compiler writes them from its names.
+    assert telemetry.ROUTE_METADATA_NAMESPACE == names.ROUTE_METADATA
+    assert telemetry.FIRST_BACKEND_KEY == names.FIRST_BACKEND_KEY
+    assert telemetry.FIRST_BACKEND_TAG == FIRST_TAG

@@ -182,6 +182,12 @@ class Verdict:
     metadata: dict[str, str] = field(default_factory=dict)
     """Dynamic metadata for the routes (namespace ``CASCADE_STEP_METADATA[0]``); only on
     an allowed verdict."""
+    floor: Floor | None = None
+    """The sensitivity floor computed in code (for the node's metrics)."""
+    declared: str | None = None
+    """The caller's own ``x-tiermesh-sensitivity`` (None: it sent none)."""
+    findings: tuple[tuple[str, str, int], ...] = ()
+    """Personal data found: (kind, where: ``body``/``path``/``query``/``header``, count)."""
 
     @property
     def allowed(self) -> bool:
@@ -529,6 +535,12 @@ class Authorizer:
             set_headers=set_headers,
             remove_headers=removed,
             metadata=metadata,
+            floor=floor,
+            declared=request.headers.get(MATCH_HEADERS["sensitivity"]),
+            findings=(
+                *((f.kind, "body", f.count) for f in body.findings),
+                *((f.kind, f.where.split(" ", 1)[0], f.count) for f in found),
+            ),
         )
 
     async def _budget_state(self, tenant: str | None) -> BudgetState:

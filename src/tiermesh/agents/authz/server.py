@@ -20,6 +20,9 @@ never by a client) is a mesh hop, its peer the check's ``attributes.source.princ
 (the verified client certificate's URI SAN), and a probe when they also carry the probe
 mark (:data:`~tiermesh.controlplane.api.MESH_PROBE_CONTEXT`); see :mod:`.mesh_hop`.
 
+An optional observer (the node's metrics, :mod:`tiermesh.agents.metrics.authz`) is told
+of every check once its verdict is durable, before the answer goes to Envoy.
+
 The ``jwt_authn`` filter's verdict comes from the request's metadata context (namespace
 ``envoy.filters.http.jwt_authn``, which the compiled ext_authz filter asks Envoy to send);
 only Envoy writes it, never the client. The body is read from ``raw_body`` (Envoy's
@@ -31,7 +34,9 @@ only Envoy writes it, never the client. The body is read from ``raw_body`` (Envo
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+import time
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -54,6 +59,7 @@ from tiermesh.controlplane.api.tenant_jwt import JWT_METADATA_NAMESPACE
 __all__ = [
     "HEADER_ROOM_BYTES",
     "AuthorizationService",
+    "CheckObserver",
     "max_message_bytes",
     "start_authz_server",
     "to_check_input",
@@ -145,25 +151,47 @@ def to_check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     )
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """The gRPC servicer; one :class:`Authorizer` decides. Runs on the server's loop."""
+CheckObserver = Callable[[Verdict | None, float, Literal["app", "mesh"]], None]
+"""Told of every check once decided: the verdict (None: it could not be recorded), the
+seconds from decoded request to durable verdict, and the hop. Runs on the server's loop
+before the answer is sent: it must be quick and must not raise."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """The gRPC servicer; one :class:`Authorizer` decides, ``observer`` (optional) is told
+    of each check. Runs on the server's loop."""
+
+    def __init__(self, authorizer: Authorizer, observer: CheckObserver | None = None) -> None:
         self._authorizer = authorizer
+        self._observer = observer
 
     async def Check(  # noqa: N802 - the gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
+        check = to_check_input(request)
+        started = time.perf_counter()
         try:
-            verdict = await self._authorizer.decide(to_check_input(request))
+            verdict = await self._authorizer.decide(check)
         except DecisionNotRecorded as exc:
             log.error("%s; failing the check", exc)
+            self._observe(None, started, check.hop)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "decision could not be recorded")
+        self._observe(verdict, started, check.hop)
         return to_check_response(verdict)
+
+    def _observe(
+        self, verdict: Verdict | None, started: float, hop: Literal["app", "mesh"]
+    ) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(verdict, time.perf_counter() - started, hop)
+        except Exception:
+            log.exception("the check observer failed")
 
 
 async def start_authz_server(
-    authorizer: Authorizer, address: str = "127.0.0.1:0"
+    authorizer: Authorizer, address: str = "127.0.0.1:0", observer: CheckObserver | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ``authorizer`` on ``address`` (plaintext; Envoy is on the same node).
     Prefer ``unix:/path`` in a private directory, made mode 0600 (the agent does): on a
@@ -182,7 +210,7 @@ async def start_authz_server(
         ]
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationService(authorizer), server
+        AuthorizationService(authorizer, observer), server
     )
     port = server.add_insecure_port(address)
     if port == 0:

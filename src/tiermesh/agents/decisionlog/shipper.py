@@ -70,6 +70,11 @@ class Shipper:
         self.failures = 0
         """Consecutive failed deliveries (0 after a success)."""
 
+    @property
+    def last_acknowledged(self) -> int | None:
+        """The last seq the control plane acknowledged as last read (None: not read yet)."""
+        return self._acked
+
     async def acknowledged_seq(self) -> int:
         """The last seq the control plane acknowledged (-1 for none), from the cursor."""
         if self._acked is None:

@@ -1,7 +1,9 @@
 """One node agent: identity, local servers, model server, Envoy and the registry session,
 started in order and stopped in reverse.
 
-Start order (each step needs the ones before): ports checked free → SVID (saved or joined)
+Start order (each step needs the ones before): ports checked free → the metrics server
+(``metrics_listen``, unless ``off``; :mod:`tiermesh.agents.metrics`, fed by the ext_authz
+and usage servers, reading Envoy's counters once Envoy runs) → SVID (saved or joined)
 → rotation task → Workload API (unix socket) → local SDS (unix socket) → request policy
 (on unless ``authz.enabled: false``, which leaves the node's app listener answering 503:
 the served bundle's request policy fetched from the control plane, ext_authz server on
@@ -43,6 +45,7 @@ from tiermesh.agents.identity import (
     SvidStore,
     WorkloadApiServer,
 )
+from tiermesh.agents.metrics import MetricsUnavailable, NodeMetrics
 from tiermesh.agents.models import LlamaServer, smollm2_path, write_tiny_gguf
 from tiermesh.agents.models.guard import ModelGuard, VerificationOutcome
 from tiermesh.agents.runtime.batch import BatchLane
@@ -141,6 +144,9 @@ class NodeAgent:
         self.cascade: CascadeHandler | None = None
         self.batch: BatchLane | None = None
         self.bootstrap_path: Path | None = None
+        self.metrics: NodeMetrics | None = None
+        """The node's metrics (None when ``metrics_listen`` is ``off``); its ``url`` is
+        where ``/metrics`` is served once started."""
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -163,6 +169,7 @@ class NodeAgent:
             _require_free("the model server", config.model_server.listen)
         mesh = _mesh_listen(config)
         model_path = self._model_path()
+        self._start_metrics()
 
         material = await first_identity(config, now=dt.datetime.now(dt.UTC))
         self.store.update(material)
@@ -178,7 +185,7 @@ class NodeAgent:
         self.sds = LocalSdsServer(self.store, f"unix:{config.sds_socket}", names=sds_names(config))
         await self.sds.start()
         if config.authz.enabled:
-            self.requests = RequestPolicy(config, self.store)
+            self.requests = RequestPolicy(config, self.store, metrics=self.metrics)
             await self.requests.start()
         else:
             log.warning(
@@ -204,6 +211,8 @@ class NodeAgent:
         if config.envoy.run:
             self.envoy = EnvoySidecar(config, self.bootstrap_path)
             await self.envoy.start()
+            if self.metrics is not None:
+                self.metrics.watch_envoy(self.envoy.admin)
         if self.batch is not None:
             self.batch.start_worker()
 
@@ -317,6 +326,22 @@ class NodeAgent:
             outcome=last.outcome, digest=last.digest, signer=last.signer, reason=last.reason
         )
 
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics_listen
+        if listen == "off":
+            return
+        self.metrics = NodeMetrics()
+        try:
+            url = self.metrics.serve(*split_hostport(listen))
+        except MetricsUnavailable as exc:
+            raise StartFailed("the metrics server", str(exc)) from exc
+        self.metrics.state.svid_expiry = self._svid_expiry
+        log.info("metrics served on %s", url)
+
+    def _svid_expiry(self) -> dt.datetime | None:
+        current = self.store.current
+        return None if current is None else current.not_after
+
     def _model_path(self) -> Path | None:
         model = self.config.model_server
         if model.kind == "none":
@@ -394,6 +419,9 @@ class NodeAgent:
         requests, self.requests = self.requests, None
         sds, self.sds = self.sds, None
         workload, self.workload_api = self.workload_api, None
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         # The guard stops its watch, then the model server (it owns it while it runs).
         for name, part in (("Envoy", envoy), ("model server", guard or model),
                            ("cascade handler", cascade), ("batch lane", batch),

@@ -69,6 +69,7 @@ from tiermesh.agents.decisionlog import (
 )
 from tiermesh.agents.identity import SvidStore
 from tiermesh.agents.identity.join_client import NodeApiCallError
+from tiermesh.agents.metrics import NodeMetrics
 from tiermesh.agents.runtime._sockets import release_socket, start_grpc_on_socket
 from tiermesh.agents.runtime.errors import StartFailed
 from tiermesh.agents.runtime.policy_sync import (
@@ -149,10 +150,16 @@ class RequestPolicy:
     the node API of ``config.control_plane``)."""
 
     def __init__(
-        self, config: AgentConfig, store: SvidStore, *, source: RequestPolicySource | None = None
+        self,
+        config: AgentConfig,
+        store: SvidStore,
+        *,
+        source: RequestPolicySource | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._metrics = metrics
         cp = config.control_plane
         self._source: RequestPolicySource = source or NodeApiPolicySource(
             store, cp.node_api, cp.tls_server_name
@@ -291,14 +298,20 @@ class RequestPolicy:
             current=served,
         )
         authorizer = self._authorizer
+        metrics = self._metrics
+        observe = metrics.authz.observe if metrics is not None else None
+        if metrics is not None:
+            metrics.state.spool = decisions
         try:
             if is_unix(config.authz.listen):
                 self.socket = config.service_socket("authz", config.authz.listen)
                 self._server = await start_grpc_on_socket(
-                    lambda address: start_authz_server(authorizer, address), self.socket
+                    lambda address: start_authz_server(authorizer, address, observe), self.socket
                 )
             else:
-                self._server, self.port = await start_authz_server(authorizer, config.authz.listen)
+                self._server, self.port = await start_authz_server(
+                    authorizer, config.authz.listen, observe
+                )
         except RuntimeError as exc:
             raise StartFailed("the authz server", str(exc)) from exc
         if config.authz.usage_listen is not None:
@@ -313,7 +326,9 @@ class RequestPolicy:
             client = GrpcShipClient(
                 cp.audit[0], self._store.require, server_name=cp.tls_server_name
             )
-            self._shipper = Shipper(decisions, client)
+            self._shipper = shipper = Shipper(decisions, client)
+            if metrics is not None:
+                metrics.state.acknowledged = lambda: shipper.last_acknowledged
             self._shipping = asyncio.create_task(self._shipper.run(), name="decision-shipper")
         else:
             log.warning("no control_plane.audit address: decisions stay in %s", decisions.directory)
@@ -327,14 +342,19 @@ class RequestPolicy:
             raise StartFailed("the usage server", f"no usable catalog: {exc}") from exc
         ledger = UsageLedger(config.budget_file, Prices.from_catalog(catalog))
         listen = config.authz.usage_listen
+        metrics = self._metrics
+        observe = metrics.edge.observe if metrics is not None else None
+        if metrics is not None:
+            metrics.state.ledger = ledger
         try:
             if is_unix(listen):
                 self.usage_socket = config.service_socket("usage", listen)
                 self._usage = await start_grpc_on_socket(
-                    lambda address: start_usage_server(ledger, address), self.usage_socket
+                    lambda address: start_usage_server(ledger, address, observe),
+                    self.usage_socket,
                 )
             else:
-                self._usage, self.usage_port = await start_usage_server(ledger, listen)
+                self._usage, self.usage_port = await start_usage_server(ledger, listen, observe)
         except RuntimeError as exc:
             raise StartFailed("the usage server", str(exc)) from exc
         self.ledger = ledger

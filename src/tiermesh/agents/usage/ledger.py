@@ -418,6 +418,13 @@ class UsageLedger:
         )
         return pending + sent
 
+    def budgets(self) -> dict[str, tuple[int, float]]:
+        """Each catalog tenant's spend as the budget file says it (micro-dollars, see
+        :meth:`spent_micro`) and its monthly budget in USD, this month."""
+        with self._lock:
+            self._roll()
+            return {t: (self._spent_micro(t), b) for t, b in self._prices.budgets.items()}
+
     def spent_micro(self, tenant: str) -> int:
         """What the budget file says the tenant spent, in micro-dollars:
         ``max(L, M + U)`` (module doc)."""

@@ -5,8 +5,9 @@ registers a ``usage_port``) streams one entry per request. :func:`usage_from_ent
 tenant (request header ``x-tiermesh-tenant``), answering backend (custom tag
 ``tiermesh.backend``) and the token counts (dynamic metadata ``tiermesh.usage``, which
 the usage Lua filter sets from the answer's ``usage``). Each message's entries go to
-:meth:`UsageLedger.record` together. A failing ledger write is logged and the stream goes
-on: accounting never breaks Envoy's logger.
+:meth:`UsageLedger.record` together, after each went to the optional ``observer`` (the
+node's metrics, :mod:`tiermesh.agents.metrics.edge`). A failing ledger write is logged and
+the stream goes on: accounting never breaks Envoy's logger.
 
 Every answer is charged. Where the entry carries no usage although a backend answered a
 completion (a ``POST`` to a path ending in ``/completions`` with a 2xx status and an
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -52,6 +53,7 @@ from tiermesh.agents.usage.ledger import Usage, UsageLedger
 __all__ = [
     "CHARS_PER_TOKEN",
     "AccessLogService",
+    "EntryObserver",
     "estimate",
     "start_usage_server",
     "usage_from_entry",
@@ -108,12 +110,30 @@ def usage_from_entry(entry: accesslog_pb2.HTTPAccessLogEntry) -> Usage | None:
     return Usage(tenant, backend, *guessed, estimated=True)
 
 
+EntryObserver = Callable[[accesslog_pb2.HTTPAccessLogEntry], object]
+"""Told of every HTTP entry as it arrives, before accounting (the node's metrics). Runs on
+the server's loop: it must be quick; an exception it raises is logged and ignored."""
+
+
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     """Feeds every stream's HTTP entries to one :class:`UsageLedger`, whose writes run in a
-    worker thread (the ledger is thread-safe)."""
+    worker thread (the ledger is thread-safe), and to ``observer`` (optional)."""
 
-    def __init__(self, ledger: UsageLedger) -> None:
+    def __init__(self, ledger: UsageLedger, observer: EntryObserver | None = None) -> None:
         self._ledger = ledger
+        self._observer = observer
+
+    async def _observe(self, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry]) -> None:
+        """Each entry to the observer, yielding to the loop between entries: a batch of
+        them never holds up the ext_authz checks served on the same loop."""
+        if self._observer is None:
+            return
+        for entry in entries:
+            try:
+                self._observer(entry)
+            except Exception:
+                log.exception("the access-log observer failed")
+            await asyncio.sleep(0)
 
     async def StreamAccessLogs(  # noqa: N802 - the gRPC method name
         self,
@@ -124,6 +144,7 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
     ) -> als_pb2.StreamAccessLogsResponse:
         async for message in request_iterator:
             logged = message.http_logs.log_entry
+            await self._observe(logged)
             counted = [a for a in map(classify, logged) if a is not None]
             if counted:
                 self._ledger.answers.add(counted)
@@ -140,7 +161,7 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 
 
 async def start_usage_server(
-    ledger: UsageLedger, address: str = "127.0.0.1:0"
+    ledger: UsageLedger, address: str = "127.0.0.1:0", observer: EntryObserver | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ``ledger`` on ``address`` (plaintext; Envoy is on the same node).
     Prefer ``unix:/path`` in a private directory, made mode 0600 (the agent does): on a
@@ -152,7 +173,7 @@ async def start_usage_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogService(ledger), server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogService(ledger, observer), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot bind the usage server to {address}")

@@ -35,8 +35,11 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
   answering endpoint's metadata (``%UPSTREAM_METADATA(tiermesh:tier)%``): through an
   aggregate cluster it names the member that answered. Local replies (503, 429) get none.
 - **First choice**: a chain route of several steps carries route metadata
-  ``tiermesh: {first_backend: <its first step's backend>}``, which the usage access log
-  reports, so a node can tell a first-choice answer from a fallback.
+  ``tiermesh: {first_backend: <its first step's backend>, first_byte_ms: <its first-byte
+  deadline, when it has one>}``, which the usage access log reports, so a node can tell a
+  first-choice answer from a fallback, and a late first byte from a failed one.
+- **Overhead** (:mod:`tiermesh.controlplane.api.telemetry`): the virtual host adds
+  ``x-tiermesh-overhead-us`` (:data:`OVERHEAD_FROM_TIMING`).
 - **Model rewrite**: not compiled. A step's ``model`` differs per route, and Envoy offers
   no per-(route, member) request header through an aggregate; the plan's per-step model
   stays for the request-time layer.
@@ -65,7 +68,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import previous_prio
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
-from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan
+from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan, telemetry
 from tiermesh.controlplane.generators import api_surface, batch, cascade
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
@@ -73,6 +76,7 @@ from tiermesh.controlplane.model import MeshModel, NodeModel, names
 __all__ = [
     "ALWAYS_RETRY_ON",
     "NO_AUTHZ_ROUTE",
+    "OVERHEAD_FROM_TIMING",
     "TIER_FROM_ENDPOINT",
     "generate",
     "no_authz_body",
@@ -85,6 +89,11 @@ ALWAYS_RETRY_ON = ("connect-failure", "refused-stream", "reset")
 
 TIER_FROM_ENDPOINT = "%UPSTREAM_METADATA(tiermesh:tier)%"
 """Value of the ``x-tiermesh-tier`` response header: the answering endpoint's tier."""
+
+OVERHEAD_FROM_TIMING = "%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:us)%"
+"""Value of the ``x-tiermesh-overhead-us`` response header: microseconds from the
+request's first byte to the first byte sent to the answering upstream (Envoy's own
+timestamps; the usage filter turns it into ``x-tiermesh-overhead-ms``)."""
 
 NO_AUTHZ_ROUTE = "tiermesh/no-authz"
 """The only route of a node without ext_authz: it answers every request 503."""
@@ -171,9 +180,11 @@ def _route(
         )
     )
     if len(steps) > 1:
-        route.metadata.filter_metadata[names.ROUTE_METADATA].update(
-            {names.FIRST_BACKEND_KEY: steps[0].backend}
-        )
+        first = steps[0]
+        facts = {names.FIRST_BACKEND_KEY: first.backend}
+        if first.hedge is not None:
+            facts[telemetry.FIRST_BYTE_MS_KEY] = str(first.hedge.per_try_timeout_ms)
+        route.metadata.filter_metadata[names.ROUTE_METADATA].update(facts)
     return route
 
 
@@ -265,10 +276,12 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
                     routes=routes,
                     response_headers_to_add=[
                         base_pb2.HeaderValueOption(
-                            header=base_pb2.HeaderValue(
-                                key=names.TIER_HEADER, value=TIER_FROM_ENDPOINT
-                            ),
+                            header=base_pb2.HeaderValue(key=key, value=value),
                             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                        )
+                        for key, value in (
+                            (names.TIER_HEADER, TIER_FROM_ENDPOINT),
+                            (telemetry.OVERHEAD_US_HEADER, OVERHEAD_FROM_TIMING),
                         )
                     ],
                 )

@@ -46,6 +46,15 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   Events end with a blank line (``\\n\\n``, ``\\r\\n\\r\\n``); a usage event that also carries
   choices is left in. Memory is bounded by one chunk plus ``scan_bytes`` plus
   :data:`HOLD_BYTES`.
+  *Telemetry.* On every answer (any status) the filter replaces the route table's
+  ``x-tiermesh-overhead-us`` by ``x-tiermesh-overhead-ms`` (the same figure in
+  milliseconds, three decimals): Envoy's time from the request's first byte to the first
+  byte it sent to the answering upstream — ext_authz (with its durable record), these
+  filters, the upstream connection and any earlier attempts of a fallback chain; not the
+  model's time, and not the few microseconds Envoy takes to relay the answer. It also
+  keeps the first ``"model": "…"`` of the request body it read (``request_model``) and of
+  the answer's first chunk (``response_model``) in ``tiermesh.usage`` metadata, for the
+  node's GenAI metrics; one pattern match each, no JSON decoding.
 - **Access log** (:func:`usage_access_log`), on the app listener's connection manager:
   ``envoy.access_loggers.http_grpc`` to :data:`USAGE_CLUSTER`, one entry per request,
   with request header ``x-tiermesh-tenant``, custom tag :data:`FIRST_TAG` from the
@@ -57,8 +66,11 @@ Only for nodes whose :class:`~tiermesh.controlplane.model.UsageSettings` is set.
   without usage, and the route name, upstream cluster, try count, the request's
   ``x-tiermesh-budget`` (as ext_authz set it) and the answer's
   ``x-tiermesh-tier`` and ``x-tiermesh-cascade-steps`` headers, from which it counts
-  answers by tier and chain position (:mod:`tiermesh.agents.usage.answers`). Entries are
-  sent at most ``flush_interval_ms`` after the request ends; a dead server loses entries and never
+  answers by tier and chain position (:mod:`tiermesh.agents.usage.answers`); for the
+  node's metrics also the route's first-byte deadline (route metadata, see :mod:`.routes`),
+  the request's ``x-tiermesh-sensitivity`` and ``x-tiermesh-model`` and the answer's
+  ``content-type`` (:mod:`tiermesh.controlplane.api.telemetry`). Entries are sent at most
+  ``flush_interval_ms`` after the request ends; a dead server loses entries and never
   fails a request.
 
 Verified with Envoy 1.40 (tests/integration/budgets): JSON and SSE answers through an
@@ -86,6 +98,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upst
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 
+from tiermesh.controlplane.api import telemetry
 from tiermesh.controlplane.generators._protos import ms, pack, static_assignment
 from tiermesh.controlplane.model import UsageSettings, names
 
@@ -137,6 +150,9 @@ local HOLD = __HOLD__
 local MAX_BODY = __MAX_BODY__
 local NAMESPACE = "__NAMESPACE__"
 local ADDED = "__ADDED__"
+local OVERHEAD_US = "__OVERHEAD_US__"
+local OVERHEAD_MS = "__OVERHEAD_MS__"
+local MODEL = '"model"%s*:%s*"([%w%._:/@+%-]+)"'
 
 local function find_usage(text)
   local prompt, completion = nil, nil
@@ -269,7 +285,12 @@ function envoy_on_request(handle)
   if size == nil or size < 2 or size > MAX_BODY then return end
   local body = handle:body()
   if body == nil then return end
-  local asked = ask_usage(body:getBytes(0, body:length()))
+  local bytes = body:getBytes(0, body:length())
+  local model = string.match(bytes, MODEL)
+  if model ~= nil then
+    handle:streamInfo():dynamicMetadata():set(NAMESPACE, "request_model", model)
+  end
+  local asked = ask_usage(bytes)
   if asked == nil then return end
   body:setBytes(asked)
   handle:streamInfo():dynamicMetadata():set(NAMESPACE, ADDED, true)
@@ -313,6 +334,12 @@ end
 
 function envoy_on_response(handle)
   local headers = handle:headers()
+  local overhead = headers:get(OVERHEAD_US)
+  if overhead ~= nil then
+    headers:remove(OVERHEAD_US)
+    local us = tonumber(overhead)
+    if us ~= nil then headers:replace(OVERHEAD_MS, string.format("%.3f", us / 1000)) end
+  end
   local status = headers:get(":status") or ""
   if string.sub(status, 1, 1) ~= "2" then return end
   local kind = headers:get("content-type") or ""
@@ -324,10 +351,11 @@ function envoy_on_response(handle)
     strip = ours ~= nil and ours[ADDED] == true
   end
   local carry, held = "", ""
-  local prompt, completion = nil, nil
+  local prompt, completion, model = nil, nil, nil
   for chunk in handle:bodyChunks() do
     local bytes = chunk:getBytes(0, chunk:length())
     local text = carry .. bytes
+    if model == nil then model = string.match(text, MODEL) or false end
     local p, c = find_usage(text)
     if p ~= nil then prompt, completion = p, c end
     if #text > SCAN then carry = string.sub(text, -SCAN) else carry = text end
@@ -341,6 +369,9 @@ function envoy_on_response(handle)
     local metadata = handle:streamInfo():dynamicMetadata()
     metadata:set(NAMESPACE, "prompt_tokens", prompt)
     metadata:set(NAMESPACE, "completion_tokens", completion)
+  end
+  if model then
+    handle:streamInfo():dynamicMetadata():set(NAMESPACE, "__RESPONSE_MODEL__", model)
   end
 end
 """
@@ -357,6 +388,9 @@ def lua_source(settings: UsageSettings, max_body_bytes: int = MAX_BODY_BYTES) ->
         "__MAX_BODY__": str(max_body_bytes),
         "__NAMESPACE__": METADATA_NAMESPACE,
         "__ADDED__": ADDED_KEY,
+        "__OVERHEAD_US__": telemetry.OVERHEAD_US_HEADER,
+        "__OVERHEAD_MS__": telemetry.OVERHEAD_HEADER,
+        "__RESPONSE_MODEL__": telemetry.RESPONSE_MODEL_KEY,
     }
     source = _LUA
     for placeholder, value in values.items():
@@ -413,10 +447,19 @@ def usage_access_log(settings: UsageSettings) -> accesslog_pb2.AccessLog:
                 _host_tag(BACKEND_TAG, "backend"),
                 _host_tag(TIER_TAG, "tier"),
                 _route_tag(FIRST_TAG, names.FIRST_BACKEND_KEY),
+                _route_tag(telemetry.FIRST_BYTE_MS_TAG, telemetry.FIRST_BYTE_MS_KEY),
             ],
         ),
-        additional_request_headers_to_log=[TENANT_HEADER, names.BUDGET_HEADER],
-        additional_response_headers_to_log=[names.TIER_HEADER, names.CASCADE_STEPS_HEADER],
+        additional_request_headers_to_log=[
+            TENANT_HEADER,
+            names.BUDGET_HEADER,
+            *telemetry.LOGGED_REQUEST_HEADERS,
+        ],
+        additional_response_headers_to_log=[
+            names.TIER_HEADER,
+            names.CASCADE_STEPS_HEADER,
+            *telemetry.LOGGED_RESPONSE_HEADERS,
+        ],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
 

@@ -44,6 +44,7 @@ from tiermesh.controlplane.identity.spiffe_id import NodeIdentity
 from tiermesh.controlplane.identity.tokens import JoinTokens
 from tiermesh.controlplane.identity.verify import verify_svid
 from tiermesh.controlplane.identity.xds_auth import server_credentials
+from tiermesh.controlplane.metrics import note_issued
 from tiermesh.controlplane.nodeapi.errors import (
     PeerNotAuthenticated,
     UndecodableRequest,
@@ -129,7 +130,9 @@ class NodeIdentityService:
         csr = request.csr_pem.encode()
         check_csr(load_csr(csr), NodeIdentity(self._ca.trust_domain, node_id))
         consumed = await self._tokens.consume(request.token)
-        return self._ca.issue(csr, consumed, ttl=self._ttl)
+        issued = self._ca.issue(csr, consumed, ttl=self._ttl)
+        note_issued(issued.node_id, issued.certificate.not_valid_after_utc.timestamp(), "join")
+        return issued
 
     def renew(self, request: RenewRequest, peer_chain: bytes | None) -> IssuedSvid:
         """A fresh SVID for the node that ``peer_chain`` (the client's verified TLS chain)
@@ -145,7 +148,9 @@ class NodeIdentityService:
         verified = verify_svid(peer_chain, self._ca.bundle(), now=self._clock())
         if verified.node_id is None:
             raise PeerNotAuthenticated(f"{verified.spiffe_id!r} is not a node SVID")
-        return self._ca.issue(request.csr_pem.encode(), verified.node_id, ttl=self._ttl)
+        issued = self._ca.issue(request.csr_pem.encode(), verified.node_id, ttl=self._ttl)
+        note_issued(issued.node_id, issued.certificate.not_valid_after_utc.timestamp(), "renew")
+        return issued
 
     async def _join(self, request: JoinRequest | _Undecodable, context: Context) -> SvidResponse:
         try:

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from tiermesh.controlplane.api import NodeInfo, TenantUsage, usage_month
 from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
+from tiermesh.controlplane.metrics import note_reconcile
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
@@ -523,6 +524,7 @@ class Reconciler:
             started_at = self._clock.now()
             began = time.perf_counter()
             result = await self._reconcile(self._count, started_at, began, events)
+            note_reconcile(result.ok, result.duration_s)
             outcome, self._outcome = self._outcome, None
             if self._on_plans is not None and outcome is not None:
                 try:

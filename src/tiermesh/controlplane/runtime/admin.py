@@ -6,6 +6,9 @@ Routes (GET or HEAD only; anything else is 405, unknown paths 404):
 - ``/metrics`` — Prometheus text exposition of the default registry;
 - ``/healthz`` — ``ok``.
 
+:class:`MetricsServer` serves ``/metrics`` alone (``--metrics``), for scrapers that must
+not see ``/status``.
+
 One request per connection (``Connection: close``), request head at most 8 KiB and read
 within 5 s. There is no authentication: bind it to loopback. Runs on the event loop it was
 started on, so the status callback may read loop-bound state.
@@ -20,9 +23,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-__all__ = ["AdminServer", "start_admin"]
+__all__ = ["AdminServer", "MetricsServer", "start_admin"]
 
 log = logging.getLogger("tiermesh.controlplane.admin")
 _MAX_HEAD: Final = 8 * 1024
@@ -75,6 +78,28 @@ def _route(method: str, path: str, status: Callable[[], dict[str, Any]]) -> byte
     if path == "/healthz":
         return _response(200, "text/plain", b"ok\n", head=head)
     return _response(404, "text/plain", b"not found\n", head=head)
+
+
+class MetricsServer:
+    """prometheus-client's ``/metrics`` server (its own thread) over the default registry;
+    :meth:`close` stops it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host)
+        self.host = host
+        self.port = int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/metrics``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and join the thread. Idempotent."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 async def start_admin(host: str, port: int, status: Callable[[], dict[str, Any]]) -> AdminServer:

@@ -48,6 +48,10 @@ class ControlPlaneConfig:
     node_api: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18001))
     join: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18002))
     admin: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 18003))
+    metrics: HostPort | None = None
+    """Where to serve Prometheus ``/metrics`` alone (``--metrics``), for a scraper on
+    another host; None: metrics only on the admin server. It serves no status document,
+    only counts and timings (node ids as labels)."""
     audit: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 0))
     """The audit collector (mTLS, node SVIDs; ``tiermesh.audit.v1.Collector``). Its own
     port because shipped batches (up to 16 MiB) are far larger than the node API accepts.

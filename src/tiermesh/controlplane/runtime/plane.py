@@ -61,7 +61,7 @@ from tiermesh.controlplane.nodeapi import (
 )
 from tiermesh.controlplane.nodeapi.keys import KeyWatcher
 from tiermesh.controlplane.reconciler import Reconciler, ReconcileResult, default_compiler
-from tiermesh.controlplane.runtime.admin import AdminServer, start_admin
+from tiermesh.controlplane.runtime.admin import AdminServer, MetricsServer, start_admin
 from tiermesh.controlplane.runtime.config import ControlPlaneConfig, HostPort
 from tiermesh.controlplane.runtime.errors import (
     DashboardRefused,
@@ -132,6 +132,20 @@ def _write_private(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
+def _check_ports(config: ControlPlaneConfig) -> None:
+    """Every port the replica will bind is free (a clear error before anything starts)."""
+    for what, address in (
+        ("ADS (--listen)", config.ads),
+        ("the node API (--node-api)", config.node_api),
+        ("joins (--join)", config.join),
+        ("the admin server (--admin)", config.admin),
+        ("the audit collector", config.audit),
+        *((("the dashboard (--dashboard)", config.dashboard),) if config.dashboard else ()),
+        *((("the metrics server (--metrics)", config.metrics),) if config.metrics else ()),
+    ):
+        _check_free(what, address)
+
+
 class ControlPlane:
     """One replica. ``await start()`` brings everything up or raises (leaving nothing
     running): `EtcdUnreachable`, `PortInUse`, `DataDirError`, identity errors
@@ -152,6 +166,7 @@ class ControlPlane:
         self._reconciler: Reconciler | None = None
         self._keys: KeyWatcher | None = None
         self._admin: AdminServer | None = None
+        self._metrics: MetricsServer | None = None
         self._audit_store: AuditStore | None = None
         self._audit: AuditCollectorServer | None = None
         self._plans: PlanRecorder | None = None
@@ -194,15 +209,7 @@ class ControlPlane:
         bundle = ca.bundle()
         self._write_files(certificate, bundle.to_pem())
         await _adopt_legacy_usage(store)
-        for what, address in (
-            ("ADS (--listen)", config.ads),
-            ("the node API (--node-api)", config.node_api),
-            ("joins (--join)", config.join),
-            ("the admin server (--admin)", config.admin),
-            ("the audit collector", config.audit),
-            *((("the dashboard (--dashboard)", config.dashboard),) if config.dashboard else ()),
-        ):
-            _check_free(what, address)
+        _check_ports(config)
 
         self._directory = NodeDirectory(
             store,
@@ -292,9 +299,23 @@ class ControlPlane:
             "admin": self._admin.url,
             "audit": str(HostPort(config.audit.host, self._audit.port)),
         }
-        if config.dashboard is not None:
-            await self._start_dashboard(config.dashboard, self._audit_store)
+        await self._start_optional(config)
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_optional(self, config: ControlPlaneConfig) -> None:
+        """The dashboard and the metrics server, each when configured."""
+        if config.dashboard is not None:
+            assert self._audit_store is not None, "the audit store opens first"
+            await self._start_dashboard(config.dashboard, self._audit_store)
+        if config.metrics is not None:
+            self._start_metrics(config.metrics)
+
+    def _start_metrics(self, address: HostPort) -> None:
+        try:
+            self._metrics = MetricsServer(address.host, address.port)
+        except OSError as exc:
+            raise PortInUse("the metrics server (--metrics)", str(address), str(exc)) from exc
+        self.addresses["metrics"] = self._metrics.url
 
     async def _start_dashboard(self, address: HostPort, audit: AuditStore) -> None:
         self._audit_watch = AuditWatcher(audit)
@@ -363,6 +384,9 @@ class ControlPlane:
         that fails to stop (logged)."""
         dashboard, self._dashboard = self._dashboard, None
         admin, self._admin = self._admin, None
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            metrics.close()
         node_api, self._node_api = self._node_api, None
         ads_server, self._ads_server = self._ads_server, None
         audit, self._audit = self._audit, None

@@ -1,0 +1,62 @@
+"""The control plane's own Prometheus metrics (the process default registry, served on
+``/metrics`` of the admin server, ``tiermesh controlplane run --admin``).
+
+Besides the xDS library's (:mod:`tiermesh.xds.status`: responses sent, ACKed and NACKed
+per type, open streams, connected nodes, push→ACK latency) and the node registry's
+(:mod:`tiermesh.controlplane.nodeapi.registry`), these:
+
+- ``tiermesh_reconcile_duration_seconds{outcome}``: one reconcile, store read → every
+  node's snapshot set (``ok`` / ``failed``);
+- ``tiermesh_node_svid_expiry_timestamp_seconds{node}``: the notAfter of the last SVID
+  this replica issued to each node (join or renewal);
+- ``tiermesh_svids_issued_total{how}``: SVIDs issued, by ``join`` / ``renew``.
+
+Thread safety: prometheus-client's metrics are thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CONTROL_PLANE_METRICS",
+    "RECONCILE_SECONDS",
+    "SVIDS_ISSUED",
+    "SVID_EXPIRY",
+    "note_issued",
+    "note_reconcile",
+]
+
+RECONCILE_SECONDS: Final = Histogram(
+    "tiermesh_reconcile_duration",
+    "One reconcile: store read to every node's snapshot set",
+    ["outcome"],
+    unit="seconds",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SVID_EXPIRY: Final = Gauge(
+    "tiermesh_node_svid_expiry_timestamp_seconds",
+    "notAfter of the last SVID issued to the node",
+    ["node"],
+)
+SVIDS_ISSUED: Final = Counter("tiermesh_svids_issued", "SVIDs issued", ["how"])
+
+CONTROL_PLANE_METRICS: Final = (
+    "tiermesh_reconcile_duration_seconds",
+    "tiermesh_node_svid_expiry_timestamp_seconds",
+    "tiermesh_svids_issued",
+)
+"""Prometheus names registered here (counters without their ``_total``)."""
+
+
+def note_reconcile(ok: bool, seconds: float) -> None:
+    """Observe one reconcile."""
+    RECONCILE_SECONDS.labels("ok" if ok else "failed").observe(seconds)
+
+
+def note_issued(node_id: str, not_after_timestamp: float, how: Literal["join", "renew"]) -> None:
+    """Record an SVID issued to ``node_id``."""
+    SVID_EXPIRY.labels(node_id).set(not_after_timestamp)
+    SVIDS_ISSUED.labels(how).inc()
