@@ -218,6 +218,14 @@ def scrape(url: str) -> list[tuple[str, Labels, float]]:
     ]
 
 
+def test_up_prints_where_to_scrape(up: Up) -> None:
+    printed = "".join(up.lines).replace("\n", "")
+    edge_url = up.mesh["nodes"]["edge-1"]["metrics_url"]
+    assert f"curl -s {edge_url}" in printed
+    assert f"curl -s {up.mesh['control_plane']['admin_url']}/metrics" in printed
+    assert any(name.startswith("gen_ai_") for name, _, _ in scrape(edge_url))
+
+
 def test_the_node_state_and_the_control_plane_are_measured(up: Up) -> None:
     now = time.time()
     edge = {name: value for name, labels, value in Edge(up).read() if not labels}

@@ -124,6 +124,12 @@ def _print_ready(mesh: LocalMesh, console: Console, state: Path) -> None:
     console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.edge.app_url}[/bold]")
     console.print(f"Dashboard: [bold]{mesh.dashboard_url}[/bold]", highlight=False)
     console.print(
+        f"Metrics (Prometheus): curl -s {mesh.edge.metrics_url}"
+        f"  (control plane: curl -s {mesh.admin_url}/metrics)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
         f"`tiermesh status`, `tiermesh top` and `tiermesh audit` find this mesh through {state}",
         soft_wrap=True,
         highlight=False,

@@ -150,6 +150,11 @@ class MeshNode:
     def app_url(self) -> str:
         return f"http://{LOOPBACK}:{self.app_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """The agent's Prometheus endpoint."""
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
 
 def ensure_free(port: int, what: str) -> None:
     """Raise :class:`MeshError` if ``port`` on loopback is taken."""
@@ -470,7 +475,7 @@ class LocalMesh:
                     "envoy_admin": str(self.state_dir / n.id / "envoy-admin.sock"),
                     "model_port": n.model_port if n.model else None,
                     "mesh_port": n.mesh_port if n.model else None,
-                    "metrics_url": f"http://{LOOPBACK}:{n.metrics_port}/metrics",
+                    "metrics_url": n.metrics_url,
                     "agent_pid": n.agent.proc.pid if n.agent else None,
                 }
                 for n in self.nodes
