@@ -82,7 +82,8 @@ def _listening_tcp_ports(process: psutil.Process) -> set[int]:
 def test_node_local_services_are_on_private_unix_sockets(up: Up) -> None:
     """Loopback is not a trust boundary: every node's ext_authz (and the edge's usage log
     and cascade handler) is registered as a Unix socket, Envoy's admin is one too, each of
-    mode 0600; no agent listens on TCP and each Envoy only on its app and mesh ports."""
+    mode 0600; no agent listens on TCP but for its read-only metrics endpoint, and each
+    Envoy only on its app and mesh ports."""
     mesh = up.mesh
     shown = subprocess.run(
         [TIERMESH, "status", "--admin", mesh["control_plane"]["admin_url"], "--json"],
@@ -102,7 +103,10 @@ def test_node_local_services_are_on_private_unix_sockets(up: Up) -> None:
         assert registration["authz_port"] is None
         assert registration["usage_port"] is None
         assert registration["cascade_port"] is None
-        assert _listening_tcp_ports(psutil.Process(node["agent_pid"])) == set(), node_id
+        # The one TCP port an agent may have is its read-only Prometheus endpoint.
+        metrics_port = int(node["metrics_url"].rsplit(":", 1)[1].split("/", 1)[0])
+        agent_ports = _listening_tcp_ports(psutil.Process(node["agent_pid"]))
+        assert agent_ports <= {metrics_port}, node_id
         node_ports |= {int(node["app_url"].rsplit(":", 1)[1]), node["mesh_port"]}
     envoys = [p for p in up.descendants() if "envoy" in p.name()]
     assert len(envoys) == 3
