@@ -284,6 +284,10 @@ class NodePlanner:
     def catalog(self) -> Catalog:
         return self._catalog
 
+    @property
+    def documents(self) -> Documents:
+        return self._documents
+
     def _evaluate(self, node: NodeInfo) -> tuple[Plan | None, _Shape | None, list[Finding]]:
         self.classes.evaluations += 1
         plan, shape, problems = _evaluate_plan(self._engine, node, self._shapes)
