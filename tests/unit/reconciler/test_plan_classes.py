@@ -7,7 +7,7 @@ from __future__ import annotations
 from tests.unit.reconciler.policyfiles import POLICY_DIR, rego_files
 from tiermesh.controlplane.api import NodeInfo, Tier
 from tiermesh.controlplane.bundle import evaluate_bundle, evaluate_plan
-from tiermesh.controlplane.bundle.plan_classes import CLASS_NODE_ID, named_strings
+from tiermesh.controlplane.bundle.plan_classes import CLASS_NODE_ID, ProbeMemo, named_strings
 from tiermesh.rego import JSONValue, RegorusEngine, Undefined
 
 
@@ -96,3 +96,26 @@ def test_a_policy_reading_the_id_otherwise_is_evaluated_per_node() -> None:
 def test_named_strings_are_every_key_and_string_value() -> None:
     data: dict[str, JSONValue] = {"catalog": {"backends": [{"node": "edge-1", "port": 1}]}}
     assert named_strings(data) == frozenset({"catalog", "backends", "node", "edge-1", "port"})
+
+
+def test_a_probe_memo_spares_later_passes_of_the_same_code_the_check() -> None:
+    memo = ProbeMemo()
+    first, second = RegorusEngine(), RegorusEngine()
+    try:
+        outcome = evaluate_bundle(demo_files(), first, nodes=FLEET, probe_memo=memo)
+        assert outcome.planner is not None
+        assert outcome.planner.classes.evaluations == 9
+        files = demo_files()
+        files["data/catalog.yaml"] = files["data/catalog.yaml"].replace(
+            b"port: 9102", b"port: 9109"
+        )
+        again = evaluate_bundle(files, second, nodes=FLEET, probe_memo=memo)
+        assert again.ok, again.errors
+        assert again.planner is not None
+        # Once per class, and edge-1; the plans are still those of each node.
+        assert again.planner.classes.evaluations == 5
+        assert dict(again.plans) == per_node(second)
+        assert dict(again.plans) != dict(outcome.plans)
+    finally:
+        first.close()
+        second.close()

@@ -42,7 +42,12 @@ from tiermesh.controlplane.bundle.documents import (
 )
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.plan_checks import plan_problems
-from tiermesh.controlplane.bundle.plan_classes import PlanClasses, named_strings
+from tiermesh.controlplane.bundle.plan_classes import (
+    PlanClasses,
+    ProbeMemo,
+    modules_digest,
+    named_strings,
+)
 from tiermesh.rego import (
     UNDEFINED,
     JSONValue,
@@ -269,6 +274,7 @@ class NodePlanner:
         catalog: Catalog,
         *,
         refuse_violations: bool = True,
+        probe_memo: ProbeMemo | None = None,
     ) -> None:
         self._engine = engine
         self._documents = documents
@@ -278,7 +284,9 @@ class NodePlanner:
         # id(routes) → (routes, shape): the shape of a class plan's body (the tuple is
         # held, so its id cannot be reused while the entry lives).
         self._body_shapes: dict[int, tuple[tuple[RoutePlan, ...], _Shape | None]] = {}
-        self.classes = PlanClasses(named_strings(documents.data))
+        self.classes = PlanClasses(
+            named_strings(documents.data), modules_digest(documents.modules), probe_memo
+        )
 
     @property
     def catalog(self) -> Catalog:
@@ -302,6 +310,14 @@ class NodePlanner:
             known = self._body_shapes.get(id(derived.routes))
             shape = known[1] if known is not None and known[0] is derived.routes else None
             return derived, shape, []
+        if classes.needs_probe(node) and classes.checked_before(node):
+            template, _shape, failed = self._evaluate(classes.stand_in(node))
+            classes.adopt(node, None if failed else template)
+            derived = classes.plan_for(node)
+            if derived is not None:
+                known = self._body_shapes.get(id(derived.routes))
+                shape = known[1] if known is not None and known[0] is derived.routes else None
+                return derived, shape, []
         real, shape, problems = self._evaluate(node)
         if classes.needs_probe(node):
             template = None
@@ -346,6 +362,7 @@ def evaluate_bundle(
     compiler: Compiler | None = None,
     usage: Mapping[str, TenantUsage] | None = None,
     refuse_violations: bool = True,
+    probe_memo: ProbeMemo | None = None,
 ) -> BundleOutcome:
     """Run the pipeline over ``files`` with an empty ``engine`` (it is loaded here).
 
@@ -356,8 +373,11 @@ def evaluate_bundle(
     compiling; a compiler raising ``NotImplementedError`` is reported once and skipped.
     Every node is planned before any is compiled, and a
     :class:`~tiermesh.controlplane.bundle.compiler.PlanAwareCompiler` is first bound to
-    all of those plans (``with_plans``). The engine is left loaded for the caller (to run
-    tests); the caller closes it.
+    all of those plans (``with_plans``). ``probe_memo`` carries the node classes'
+    first-member checks from earlier passes (module
+    :mod:`~tiermesh.controlplane.bundle.plan_classes`; None: every class is checked in
+    this pass). The engine is left loaded for the caller (to run tests); the caller
+    closes it.
     """
     documents = read_documents(files)
     errors: list[Finding] = list(documents.findings)
@@ -389,7 +409,9 @@ def evaluate_bundle(
         return BundleOutcome(documents, tuple(nodes), {}, {}, tuple(errors), (), loaded)
     plans: dict[str, Plan] = {}
     snapshots: dict[str, Snapshot] = {}
-    planner = NodePlanner(engine, documents, catalog, refuse_violations=refuse_violations)
+    planner = NodePlanner(
+        engine, documents, catalog, refuse_violations=refuse_violations, probe_memo=probe_memo
+    )
     # Every plan first: a node's snapshot may depend on the others' (PlanAwareCompiler).
     for node in nodes:
         planned = planner.plan(node)

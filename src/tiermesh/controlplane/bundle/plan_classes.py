@@ -13,14 +13,28 @@ on its first member: that member is also evaluated for real, and only when its r
 plan equals the one derived from the class's plan do the other members share it;
 otherwise (a policy that puts the id into a route, hashes it for a canary, or fails
 for the stand-in) every member of that class is evaluated on its own, as without
-classes. A node whose id is a string anywhere in the data documents (a key or a value:
+classes. A :class:`ProbeMemo` carried from pass to pass (the reconciler keeps one)
+remembers which classes passed that check under which policy code (the Rego modules'
+digest): a later pass with the same modules and other data (a catalog push) evaluates
+such a class once, for the class alone. A class that failed is checked again.
+
+The check is a guard, not a proof: a policy that treats one particular node id
+specially without the data naming it (an id written into the Rego itself) passes it
+when that node is not its class's first member. The contract for routing policies is
+therefore: read ``input.node.id`` only to compare it with ids the data holds, or to
+echo it into messages.
+
+A node whose id is a string anywhere in the data documents (a key or a value:
 ``backend.node``, a per-node setting) is a class of its own.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,7 +42,14 @@ from typing import Final
 from tiermesh.controlplane.api import NodeInfo, Plan
 from tiermesh.rego import JSONValue
 
-__all__ = ["CLASS_NODE_ID", "ClassKey", "PlanClasses", "named_strings"]
+__all__ = [
+    "CLASS_NODE_ID",
+    "ClassKey",
+    "PlanClasses",
+    "ProbeMemo",
+    "modules_digest",
+    "named_strings",
+]
 
 CLASS_NODE_ID: Final = f"plan-class-{secrets.token_hex(12)}"
 """The id a class's plan is evaluated with: a valid node name no bundle can know (random
@@ -40,6 +61,40 @@ _WALK_LIMIT: Final = 1_000_000
 
 ClassKey = tuple[str, str, tuple[str, ...]]
 """(tier, region, residency): what a node's plan depends on besides a named id."""
+
+
+def modules_digest(modules: Mapping[str, str]) -> bytes:
+    """SHA-256 over the Rego modules (path and text, in path order)."""
+    digest = hashlib.sha256()
+    for path, text in sorted(modules.items()):
+        for part in (path, text):
+            data = part.encode()
+            digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.digest()
+
+
+class ProbeMemo:
+    """Which classes passed the first-member check under which policy code (see the
+    module doc). Bounded (least recently used beyond ``size``); thread-safe."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._passed: OrderedDict[tuple[bytes, ClassKey], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def passed(self, modules: bytes, key: ClassKey) -> bool:
+        with self._lock:
+            if (modules, key) not in self._passed:
+                return False
+            self._passed.move_to_end((modules, key))
+            return True
+
+    def note(self, modules: bytes, key: ClassKey) -> None:
+        with self._lock:
+            self._passed[(modules, key)] = None
+            self._passed.move_to_end((modules, key))
+            while len(self._passed) > self._size:
+                self._passed.popitem(last=False)
 
 
 class _State(enum.Enum):
@@ -109,6 +164,10 @@ class PlanClasses:
 
     named: frozenset[str] | None
     """Strings of the data documents (see :func:`named_strings`); None: no sharing."""
+    modules: bytes = b""
+    """:func:`modules_digest` of the pass's policy code."""
+    memo: ProbeMemo | None = None
+    """Classes checked by earlier passes; None: check every class in this pass."""
     _classes: dict[ClassKey, _Class] = field(default_factory=dict)
     evaluations: int = 0
     shared: int = 0
@@ -134,11 +193,23 @@ class PlanClasses:
         """Whether ``node`` is the first member of a shareable class not yet decided."""
         return self.shares(node) and class_key(node) not in self._classes
 
+    def checked_before(self, node: NodeInfo) -> bool:
+        """Whether ``node``'s class passed the check in an earlier pass of this code."""
+        return self.memo is not None and self.memo.passed(self.modules, class_key(node))
+
+    def adopt(self, node: NodeInfo, template: Plan | None) -> None:
+        """Settle a class checked before from its ``template`` alone (None: it failed
+        for the stand-in, so its members are evaluated one by one)."""
+        state = _State.SHARED if template is not None else _State.PER_NODE
+        self._classes[class_key(node)] = _Class(state, template)
+
     def decide(self, node: NodeInfo, real: Plan | None, template: Plan | None) -> None:
         """Settle ``node``'s class from its first member's ``real`` plan and the class's
         ``template`` (None when either failed): shared only when the plan derived from
         the template equals the real one."""
         shared = real is not None and template is not None and instantiate(template, node) == real
+        if shared and self.memo is not None:
+            self.memo.note(self.modules, class_key(node))
         self._classes[class_key(node)] = _Class(
             _State.SHARED if shared else _State.PER_NODE, template if shared else None, 1
         )

@@ -30,6 +30,7 @@ from tiermesh.controlplane.bundle import (
     compile_findings,
     evaluate_bundle,
 )
+from tiermesh.controlplane.bundle.plan_classes import ProbeMemo
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.incremental import (
     FleetState,
@@ -273,6 +274,7 @@ class Reconciler:
         self._full = True
         self._node_changes: dict[str, bytes | None] = {}
         self._fleet: FleetState | None = None
+        self._probe_memo = ProbeMemo()
         self._incremental_count = 0
         self.last_error: ReconcileError | None = None
         """Why the latest reconcile was refused; None once one succeeds."""
@@ -679,6 +681,7 @@ class Reconciler:
                 compiler=self._bound_compiler(unhealthy),
                 usage=usage,
                 refuse_violations=self._refuse_violations,
+                probe_memo=self._probe_memo,
             )
         except BaseException:
             engine.close()
