@@ -306,3 +306,39 @@ async def test_a_bundle_push_after_node_events_reconciles_every_node(rig: Rig) -
     assert result.bundle_revision == 2
     assert rig.reconciler.incremental_count == count
     assert set(result.published) == {"edge-1", "edge-2", "static-1"}
+
+
+async def test_settings_changed_recompiles_the_node_and_its_callees(rig: Rig) -> None:
+    await start(
+        rig,
+        {
+            "edge-1": ("local", "eu-west"),
+            "edge-2": ("local", "eu-west"),
+            "gpu-1": ("private", "eu-west"),
+        },
+    )
+    count = rig.reconciler.incremental_count
+    # A port moved where the registration digest does not see it: told by name.
+    rig.fleet.ports["edge-1"] = 10300
+    rig.reconciler.settings_changed("edge-1")
+    result = await rig.settle()
+    assert result.ok, result.errors
+    assert rig.reconciler.incremental_count == count + 1
+    # edge-1's snapshot changed; gpu-1 (which edge-1's plan calls) was compiled again
+    # and is unchanged; edge-2 was not touched.
+    assert result.published == ("edge-1",)
+    _, expected = await rig.full()
+    assert rig.versions(rig.cache) == expected
+    # gpu-1 becomes a mesh node: only a callee's own settings tell.
+    rig.fleet.mesh = {"gpu-1"}
+    rig.fleet.ports["gpu-1"] = 10400
+    rig.reconciler.settings_changed("gpu-1")
+    second = await rig.settle()
+    assert second.published == ("gpu-1",)
+    _, expected = await rig.full()
+    assert rig.versions(rig.cache) == expected
+    # None: every node's settings may have changed; a full reconcile.
+    rig.reconciler.settings_changed()
+    third = await rig.settle()
+    assert third.ok
+    assert rig.reconciler.incremental_count == count + 2

@@ -31,10 +31,12 @@ from tiermesh.controlplane.bundle import (
     evaluate_bundle,
 )
 from tiermesh.controlplane.bundle.plan_classes import ProbeMemo
+from tiermesh.controlplane.model import plan_callers
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
 from tiermesh.controlplane.reconciler.incremental import (
     FleetState,
     Replanned,
+    callee_node_id,
     fleet_state,
     health_touched,
     mesh_touched,
@@ -273,6 +275,7 @@ class Reconciler:
         self._served_bundle: Bundle | None = None
         self._full = True
         self._node_changes: dict[str, bytes | None] = {}
+        self._settings_changed: set[str] = set()
         self._fleet: FleetState | None = None
         self._probe_memo = ProbeMemo()
         self._incremental_count = 0
@@ -435,6 +438,18 @@ class Reconciler:
     def _poke(self) -> None:
         self._events += 1
         self._wake.set()
+
+    def settings_changed(self, node_id: str | None = None) -> None:
+        """Schedule a reconcile because compiler settings changed outside the store's
+        registrations as the reconciler read them: of ``node_id`` alone (its snapshot and
+        those of the nodes its plan calls over the mesh, whose listeners admit it, are
+        compiled again; the next reconcile stays incremental when it may), or of every
+        node (None: a full reconcile). Call on the event loop."""
+        if node_id is None:
+            self._full = True
+        else:
+            self._settings_changed.add(node_id)
+        self._poke()
 
     def _needs_full(self, _event: WatchEvent) -> bool:
         """A bundle event: the next reconcile plans every node."""
@@ -600,9 +615,11 @@ class Reconciler:
                 if fleet is None:
                     self._full = False
                     self._node_changes = {}
+                    self._settings_changed = set()
                     result = await self._reconcile(self._count, started_at, began, events)
                 else:
                     changes, self._node_changes = self._node_changes, {}
+                    settings, self._settings_changed = self._settings_changed, set()
                     result = await self._reconcile_nodes(
                         fleet,
                         self._count,
@@ -610,6 +627,7 @@ class Reconciler:
                         began=began,
                         events=events,
                         changes=changes,
+                        settings=settings,
                     )
                     self._incremental_count += 1
             except BaseException:
@@ -850,25 +868,36 @@ class Reconciler:
         began: float,
         events: int,
         changes: Mapping[str, bytes | None],
+        settings: Set[str] = frozenset(),
     ) -> ReconcileResult:
-        """Re-plan and recompile only what ``changes`` touch (class doc: Node events)."""
+        """Re-plan and recompile only what ``changes`` touch, and recompile the nodes of
+        ``settings`` and their callees (class doc: Node events)."""
         bundle = fleet.bundle
         nodes, unhealthy, skipped, replan = self._apply_changes(fleet, changes)
         node_ids = tuple(sorted(nodes))
         self._note_health(unhealthy)
         loop = asyncio.get_running_loop()
+        touched = set(changes) | set(settings)
+        for node_id in settings:
+            plan = fleet.plans.get(node_id)
+            if plan is not None:
+                touched |= {
+                    callee
+                    for spiffe in plan_callers([plan])
+                    if (callee := callee_node_id(spiffe)) is not None
+                }
         replanned = await loop.run_in_executor(
-            self._executor, self._replan, fleet, nodes, unhealthy, replan, frozenset(changes)
+            self._executor, self._replan, fleet, nodes, unhealthy, replan, frozenset(touched)
         )
         warnings = {**fleet.warnings, **replanned.warnings}
-        touched = sorted(replanned.snapshots.keys() | {node.id for node in replan})
+        outcome_ids = sorted(replanned.snapshots.keys() | {node.id for node in replan})
         self._outcome = BundleOutcome(
             fleet.planner.documents,
-            tuple(nodes[node_id] for node_id in touched if node_id in nodes),
-            MappingProxyType({n: replanned.plans[n] for n in touched if n in replanned.plans}),
+            tuple(nodes[node_id] for node_id in outcome_ids if node_id in nodes),
+            MappingProxyType({n: replanned.plans[n] for n in outcome_ids if n in replanned.plans}),
             MappingProxyType(replanned.snapshots),
             replanned.errors,
-            tuple(w for node_id in touched for w in warnings.get(node_id, ())),
+            tuple(w for node_id in outcome_ids for w in warnings.get(node_id, ())),
             True,
         )
         all_warnings = fleet.other_warnings + tuple(
