@@ -230,6 +230,12 @@ def run(
     return out
 
 
+def _bytes(value: float) -> str:
+    """RSS growth per route; a negative one (the allocator gave memory back meanwhile)
+    measures nothing."""
+    return f"{value:.0f} B" if value >= 0 else "n/a (RSS fell)"
+
+
 def report(results: list[RouteNumbers]) -> list[str]:
     lines = [
         "## Route scale: one node, a real Envoy",
@@ -266,6 +272,6 @@ def report(results: list[RouteNumbers]) -> list[str]:
         ) if n.stages else "-"  # fmt: skip
         lines.append(
             f"| {n.plan_routes} / {n.envoy_routes} | {n.rds_bytes} | {served} | {recon} "
-            f"| {split} | {n.rss_per_route:.0f} B | {verdict} | {n.status} |"
+            f"| {split} | {_bytes(n.rss_per_route)} | {verdict} | {n.status} |"
         )
     return lines
