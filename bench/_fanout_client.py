@@ -1,7 +1,7 @@
 """Simulated Envoy ADS clients for ``bench/xds_fanout.py``: one worker process, many nodes.
 
 Each node is its own ADS stream with its own node id and subscribes the way Envoy does:
-CDS wildcard, then EDS for the clusters it got, then LDS wildcard, then RDS for the route
+CDS wildcard, then EDS for the EDS clusters it got, then LDS wildcard, then RDS for the route
 names its listeners reference. It ACKs every response with the response's nonce and
 remembers, per type, the version it ACKed last and when (``time.monotonic()``, which all
 processes on one Linux machine share).
@@ -87,8 +87,14 @@ class NodeState:
     """How the last failed stream ended."""
 
 
+def _eds_name(cluster: cluster_pb2.Cluster) -> str | None:
+    """The name Envoy asks EDS for: EDS clusters only (not aggregate, DNS or static)."""
+    return cluster.name if cluster.type == cluster_pb2.Cluster.EDS else None
+
+
 def _cluster_names(packed: Any) -> list[str]:
-    return [cluster_pb2.Cluster.FromString(r.value).name for r in packed]
+    names = (_eds_name(cluster_pb2.Cluster.FromString(r.value)) for r in packed)
+    return [name for name in names if name is not None]
 
 
 def _route_names(listeners: Any) -> set[str]:
@@ -184,7 +190,7 @@ async def run_delta(call: Any, state: NodeState) -> None:
             mine.pop(name, None)
         for item in response.resources:
             if type_url == CDS:
-                mine[item.name] = cluster_pb2.Cluster.FromString(item.resource.value).name
+                mine[item.name] = _eds_name(cluster_pb2.Cluster.FromString(item.resource.value))
             elif type_url == LDS:
                 listener = listener_pb2.Listener.FromString(item.resource.value)
                 mine[item.name] = _route_names([listener])
@@ -193,7 +199,7 @@ async def run_delta(call: Any, state: NodeState) -> None:
         state.acked[type_url] = (response.system_version_info, time.monotonic())
         await call.write(DeltaRequest(type_url=type_url, response_nonce=response.nonce))
         if type_url == CDS:
-            await subscribe(EDS, set(held[CDS].values()))
+            await subscribe(EDS, {name for name in held[CDS].values() if name is not None})
         elif type_url == EDS and LDS not in subscribed:
             await subscribe(LDS, set())
         elif type_url == LDS:

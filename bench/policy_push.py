@@ -1,14 +1,16 @@
 """Time from a policy push (the etcd CAS) to every node's snapshot set and ACKed.
 
 One process runs etcd (loopback, test settings), an EtcdStore, the reconciler, a
-SnapshotCache and the ADS server, plus N simulated SotW ADS clients (CDS wildcard, then
-EDS for the clusters they got, ACKing every response as Envoy does). N nodes are
+SnapshotCache and the ADS server, plus N simulated SotW ADS clients that subscribe as
+Envoy does to all four types (CDS wildcard, EDS for the clusters they got, LDS wildcard,
+RDS for the route tables their listeners name) and ACK every response. N nodes are
 registered in etcd. Each round pushes a bundle whose catalog moves one backend's port
 (a new EDS version for every node) and records:
 
 - ``cas``: the push_bundle call (one etcd transaction);
 - ``set``: from before the CAS until the reconciler has set every node's snapshot;
-- ``acked``: from before the CAS until every client has ACKed the new EDS version;
+- ``acked``: from before the CAS until every client has ACKed all four types of its new
+  snapshot (the route tables included: they are sent at least once per client);
 - ``reconcile``: the reconcile's own duration (read store, evaluate, compile, set).
 
 The compiler is the real one (plan -> mesh model -> generators -> verifier:
@@ -40,6 +42,10 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
 from envoy.config.core.v3 import base_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2  # noqa: E402
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # noqa: E402
 from tests.unit.reconciler.fake_compiler import FakeCompiler  # noqa: E402
 from tests.unit.reconciler.policyfiles import (  # noqa: E402
@@ -92,47 +98,77 @@ class Client:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _route_names(response: Any) -> list[str]:
+    """The route tables an LDS response's HTTP connection managers read over RDS."""
+    names: set[str] = set()
+    for packed in response.resources:
+        listener = listener_pb2.Listener.FromString(packed.value)
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                if network_filter.typed_config.type_url.endswith("HttpConnectionManager"):
+                    manager = hcm_pb2.HttpConnectionManager.FromString(
+                        network_filter.typed_config.value
+                    )
+                    if manager.HasField("rds"):
+                        names.add(manager.rds.route_config_name)
+    return sorted(names)
+
+
 async def run_client(target: str, client: Client) -> None:
+    """Envoy's SotW sequence: CDS wildcard, EDS for its EDS clusters, LDS wildcard, RDS
+    for the route tables its listeners name; every response ACKed."""
     async with grpc.aio.insecure_channel(target) as channel:
         call: Any = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         node = base_pb2.Node(id=client.node_id, cluster="bench")
         await call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=typeurls.CLUSTER))
-        eds_names: list[str] = []
+        names: dict[str, list[str]] = {typeurls.CLUSTER: []}
+        """type URL → the resource names requested (present once subscribed)."""
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:
                 return
-            new_names = eds_names
+            follow: tuple[str, list[str]] | None = None
             if response.type_url == typeurls.CLUSTER:
                 clusters = [cluster_pb2.Cluster.FromString(r.value) for r in response.resources]
                 # As Envoy does: endpoints only for EDS clusters (not aggregate or DNS ones).
-                new_names = sorted(c.name for c in clusters if c.type == cluster_pb2.Cluster.EDS)
+                wanted = sorted(c.name for c in clusters if c.type == cluster_pb2.Cluster.EDS)
+                if wanted != names.get(typeurls.ENDPOINT):
+                    follow = (typeurls.ENDPOINT, wanted)
+            elif response.type_url == typeurls.ENDPOINT and typeurls.LISTENER not in names:
+                follow = (typeurls.LISTENER, [])
+            elif response.type_url == typeurls.LISTENER:
+                wanted = _route_names(response)
+                if wanted != names.get(typeurls.ROUTE):
+                    follow = (typeurls.ROUTE, wanted)
             await call.write(
                 discovery_pb2.DiscoveryRequest(
                     type_url=response.type_url,
                     version_info=response.version_info,
                     response_nonce=response.nonce,
-                    resource_names=[] if response.type_url == typeurls.CLUSTER else eds_names,
+                    resource_names=names.get(response.type_url, []),
                 )
             )
             client.acked[response.type_url] = response.version_info
             client.changed.set()
-            if new_names != eds_names:
-                eds_names = new_names
+            if follow is not None:
+                names[follow[0]] = follow[1]
                 await call.write(
-                    discovery_pb2.DiscoveryRequest(
-                        type_url=typeurls.ENDPOINT, resource_names=eds_names
-                    )
+                    discovery_pb2.DiscoveryRequest(type_url=follow[0], resource_names=follow[1])
                 )
 
 
+TYPES = (typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE)
+
+
 async def all_acked(clients: list[Client], cache: SnapshotCache, timeout_s: float) -> None:
+    """Until every client ACKed all four types of its current snapshot."""
     async with asyncio.timeout(timeout_s):
         for client in clients:
             while True:
                 snapshot = cache.get_snapshot(client.node_id)
-                want = snapshot.type_version(typeurls.ENDPOINT) if snapshot else None
-                if want is not None and client.acked.get(typeurls.ENDPOINT) == want:
+                if snapshot is not None and all(
+                    client.acked.get(t) == snapshot.type_version(t) for t in TYPES
+                ):
                     break
                 client.changed.clear()
                 await client.changed.wait()
@@ -232,9 +268,10 @@ def main() -> None:
     lines = [
         "# Policy push: etcd CAS → snapshots set → ACKed by every node",
         "",
-        f"{args.nodes} registered nodes, each with a simulated SotW ADS client (CDS + EDS, ACKs",
-        "every response) on loopback, in one process with etcd, the reconciler and the ADS",
-        "server. Each round moves one backend's port, so every node gets a new EDS version.",
+        f"{args.nodes} registered nodes, each with a simulated SotW ADS client (CDS, EDS, LDS",
+        "and RDS, as Envoy subscribes; ACKs every response) on loopback, in one process",
+        "with etcd, the reconciler and the ADS server. Each round moves one backend's",
+        "port, so every node gets a new EDS version.",
         "Times in seconds from before the push's CAS; median / max over the rounds.",
         "",
         "| compiler | catalog | rounds | CAS | all snapshots set | all ACKed | reconcile |",
@@ -247,24 +284,22 @@ def main() -> None:
         lines.append(f"| {compiler_name} | {catalog_name} | {rounds} | {cells} |")
     lines += [
         "",
-        "The reconcile evaluates the routing policy (regorus) for every node, validates",
-        "and checks each plan, and compiles and verifies snapshots, on one worker thread",
+        "The reconcile evaluates the routing policy (regorus) per node class, validates",
+        "and checks each plan body, and compiles and verifies snapshots, on one worker thread",
         "(debounce 0.05 s); the ADS server and the 100 clients share the process and its",
         "2 CPUs. No catalog has plan violations, so bundles are refused on violations as",
         "in production (`refuse_violations=True`).",
         "",
         "Every `node-NNN` here has the same tier, region and residency and no catalog",
-        "backend is pinned to it, so the policy gives them plans that differ only in",
-        "`node` and in the node id inside `warnings`. The reconcile still evaluates the",
-        "policy once per node (nothing says what a policy reads of its input), but a plan",
-        "body (`routes`, `backends`) equal to one already seen in the pass is validated",
-        "and checked once, and the real compiler keeps verified snapshots by (routes,",
-        "backends, node settings) under one catalog, so all 100 nodes share one snapshot",
-        "object (compiled and verified once per push) and the ADS server encodes each",
-        "response once. What is left per node is the policy evaluation itself: regorus",
-        "~6.6 ms plus ~1.2-1.7 ms `json.loads` of the 200 KB decision, inside the engine.",
-        "The stand-in compiler names resources after the node, so it gets no such cache",
-        "and its rows show the plan-body sharing alone.",
+        "backend is pinned to it: one node class. The policy is evaluated once for the",
+        "class (and, the first time a policy code is seen, once more for its first member,",
+        "to check that sharing gives that node's own plan; `controlplane/bundle/",
+        "plan_classes.py`), and every node's plan is the class's plan with its id swapped",
+        "in. The real compiler keeps verified snapshots by (routes, backends, node",
+        "settings) under one catalog, so all nodes share one snapshot object (compiled and",
+        "verified once per push) and the ADS server encodes each response once. The",
+        "stand-in compiler names resources after the node, so it compiles every node.",
+        "A fleet of several classes, 1 000-5 000 nodes, joins and events: `fleet_scale.md`.",
         "",
     ]
     lines += STAGES

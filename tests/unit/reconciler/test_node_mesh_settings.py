@@ -98,6 +98,30 @@ async def test_a_moved_mesh_port_triggers_a_recompile() -> None:
         await directory.aclose()
 
 
+async def test_a_named_callback_hears_which_node_changed() -> None:
+    store = MemoryStore()
+    lease = await store.register_node("gpu-1", registered(mesh_port=8443), ttl_s=60)
+    named: asyncio.Queue[str] = asyncio.Queue()
+    everything = asyncio.Event()
+    directory = NodeDirectory(
+        store,
+        "",
+        trust_domain=TD,
+        on_settings_changed=everything.set,
+        on_node_settings_changed=named.put_nowait,
+    )
+    await directory.start()
+    try:
+        await store.update_node(lease, registered(mesh_port=9443))
+        assert await asyncio.wait_for(named.get(), 5) == "gpu-1"
+        # A node joining changes whom mesh listeners may admit: named too.
+        await store.register_node("edge-7", other("edge-7", "local"), ttl_s=60)
+        assert await asyncio.wait_for(named.get(), 5) == "edge-7"
+        assert not everything.is_set()
+    finally:
+        await directory.aclose()
+
+
 def other(node_id: str, tier: str) -> bytes:
     return registered(
         node_id=node_id,

@@ -5,11 +5,13 @@ documents → catalog → engine.load → per node: plan → plan checks and vio
 compile and verify. Every problem becomes a :class:`Finding`; nothing raises for a bad
 bundle. Synchronous and CPU-bound: run it on a worker thread, never on the event loop.
 
-The policy is evaluated for every node (its input is the node, and nothing says what a
-policy reads of it), but nodes in the same situation get plans whose ``routes`` and
-``backends`` (nearly all of a plan) are equal: within one pass those are validated and
-checked once and then shared, so such nodes hand the compiler equal, even identical,
-tuples (see :class:`_PlanShapes`).
+The policy is evaluated once per node class (tier, region, residency; a node the data
+names is a class of its own) and the class's plan shared by its members, after
+checking on the class's first member that sharing gives the very plan evaluating would
+(:mod:`~tiermesh.controlplane.bundle.plan_classes`; a class failing that check is
+evaluated node by node). Plans whose ``routes`` and ``backends`` (nearly all of a plan)
+are equal are validated and checked once per pass and then shared, so such nodes hand
+the compiler equal, even identical, tuples (see :class:`_PlanShapes`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tiermesh.controlplane.api import (
     NodeInfo,
     Plan,
     PlanInput,
+    RoutePlan,
     TenantUsage,
 )
 from tiermesh.controlplane.bundle.compiler import Compiler, PlanAwareCompiler, compile_findings
@@ -39,6 +42,12 @@ from tiermesh.controlplane.bundle.documents import (
 )
 from tiermesh.controlplane.bundle.findings import Finding, Stage
 from tiermesh.controlplane.bundle.plan_checks import plan_problems
+from tiermesh.controlplane.bundle.plan_classes import (
+    PlanClasses,
+    ProbeMemo,
+    modules_digest,
+    named_strings,
+)
 from tiermesh.rego import (
     UNDEFINED,
     JSONValue,
@@ -49,7 +58,14 @@ from tiermesh.rego import (
 )
 from tiermesh.xds import Snapshot
 
-__all__ = ["BundleOutcome", "evaluate_bundle", "evaluate_plan", "load_engine"]
+__all__ = [
+    "BundleOutcome",
+    "NodePlanner",
+    "PlannedNode",
+    "evaluate_bundle",
+    "evaluate_plan",
+    "load_engine",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +83,9 @@ class BundleOutcome:
     errors: tuple[Finding, ...]
     warnings: tuple[Finding, ...] = field(default=())
     engine_loaded: bool = False
+    planner: NodePlanner | None = None
+    """The pass's planner, bound to its engine (usable while the caller keeps the engine
+    open and on the engine's thread): plans further nodes exactly as this pass did."""
 
     @property
     def ok(self) -> bool:
@@ -225,6 +244,116 @@ def _evaluate_plan(
     return plan, shape, []
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedNode:
+    """One node's plan (None when it could not be made) and what planning it found."""
+
+    plan: Plan | None
+    errors: tuple[Finding, ...]
+    warnings: tuple[Finding, ...]
+
+
+class NodePlanner:
+    """Plans nodes against one loaded engine, documents and catalog (one pass).
+
+    A node's plan comes from its class's plan when the class shares one
+    (:mod:`~tiermesh.controlplane.bundle.plan_classes`), else from evaluating the policy
+    for it; either way it is the plan evaluating the policy for that node gives (checked
+    on each class's first member). Plan bodies are validated and checked once per pass
+    (:class:`_PlanShapes`). Findings: plan errors, violations (errors unless
+    ``refuse_violations`` is False, then warnings), the plan's warnings and plan check
+    problems, each naming the node.
+
+    Not thread-safe: use on the engine's thread only.
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        documents: Documents,
+        catalog: Catalog,
+        *,
+        refuse_violations: bool = True,
+        probe_memo: ProbeMemo | None = None,
+    ) -> None:
+        self._engine = engine
+        self._documents = documents
+        self._catalog = catalog
+        self._refuse = refuse_violations
+        self._shapes = _PlanShapes()
+        # id(routes) → (routes, shape): the shape of a class plan's body (the tuple is
+        # held, so its id cannot be reused while the entry lives).
+        self._body_shapes: dict[int, tuple[tuple[RoutePlan, ...], _Shape | None]] = {}
+        self.classes = PlanClasses(
+            named_strings(documents.data), modules_digest(documents.modules), probe_memo
+        )
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
+    def documents(self) -> Documents:
+        return self._documents
+
+    def _evaluate(self, node: NodeInfo) -> tuple[Plan | None, _Shape | None, list[Finding]]:
+        self.classes.evaluations += 1
+        plan, shape, problems = _evaluate_plan(self._engine, node, self._shapes)
+        if plan is not None:
+            self._body_shapes.setdefault(id(plan.routes), (plan.routes, shape))
+        return plan, shape, problems
+
+    def _plan(self, node: NodeInfo) -> tuple[Plan | None, _Shape | None, list[Finding]]:
+        classes = self.classes
+        derived = classes.plan_for(node)
+        if derived is not None:
+            known = self._body_shapes.get(id(derived.routes))
+            shape = known[1] if known is not None and known[0] is derived.routes else None
+            return derived, shape, []
+        if classes.needs_probe(node) and classes.checked_before(node):
+            template, _shape, failed = self._evaluate(classes.stand_in(node))
+            classes.adopt(node, None if failed else template)
+            derived = classes.plan_for(node)
+            if derived is not None:
+                known = self._body_shapes.get(id(derived.routes))
+                shape = known[1] if known is not None and known[0] is derived.routes else None
+                return derived, shape, []
+        real, shape, problems = self._evaluate(node)
+        if classes.needs_probe(node):
+            template = None
+            if real is not None and not problems:
+                template, _shape, failed = self._evaluate(classes.stand_in(node))
+                template = None if failed else template
+            classes.decide(node, real, template)
+        return real, shape, problems
+
+    def plan(self, node: NodeInfo) -> PlannedNode:
+        """``node``'s plan and findings (see the class doc)."""
+        plan, shape, problems = self._plan(node)
+        errors = list(problems)
+        warnings: list[Finding] = []
+        if plan is None:
+            return PlannedNode(None, tuple(errors), ())
+        documents = self._documents
+        violations = [
+            Finding(
+                Stage.VIOLATION,
+                message,
+                documents.catalog_file,
+                catalog_line(documents, message),
+                node.id,
+            )
+            for message in plan.violations
+        ]
+        (errors if self._refuse else warnings).extend(violations)
+        warnings += [Finding(Stage.PLAN, message, node=node.id) for message in plan.warnings]
+        errors += [
+            Finding(Stage.PLAN, message, node=node.id)
+            for message in self._shapes.problems(plan, shape, self._catalog)
+        ]
+        return PlannedNode(plan, tuple(errors), tuple(warnings))
+
+
 def evaluate_bundle(
     files: Mapping[str, bytes],
     engine: PolicyEngine,
@@ -233,6 +362,7 @@ def evaluate_bundle(
     compiler: Compiler | None = None,
     usage: Mapping[str, TenantUsage] | None = None,
     refuse_violations: bool = True,
+    probe_memo: ProbeMemo | None = None,
 ) -> BundleOutcome:
     """Run the pipeline over ``files`` with an empty ``engine`` (it is loaded here).
 
@@ -243,8 +373,11 @@ def evaluate_bundle(
     compiling; a compiler raising ``NotImplementedError`` is reported once and skipped.
     Every node is planned before any is compiled, and a
     :class:`~tiermesh.controlplane.bundle.compiler.PlanAwareCompiler` is first bound to
-    all of those plans (``with_plans``). The engine is left loaded for the caller (to run
-    tests); the caller closes it.
+    all of those plans (``with_plans``). ``probe_memo`` carries the node classes'
+    first-member checks from earlier passes (module
+    :mod:`~tiermesh.controlplane.bundle.plan_classes`; None: every class is checked in
+    this pass). The engine is left loaded for the caller (to run tests); the caller
+    closes it.
     """
     documents = read_documents(files)
     errors: list[Finding] = list(documents.findings)
@@ -276,30 +409,16 @@ def evaluate_bundle(
         return BundleOutcome(documents, tuple(nodes), {}, {}, tuple(errors), (), loaded)
     plans: dict[str, Plan] = {}
     snapshots: dict[str, Snapshot] = {}
-    shapes = _PlanShapes()
+    planner = NodePlanner(
+        engine, documents, catalog, refuse_violations=refuse_violations, probe_memo=probe_memo
+    )
     # Every plan first: a node's snapshot may depend on the others' (PlanAwareCompiler).
     for node in nodes:
-        plan, shape, problems = _evaluate_plan(engine, node, shapes)
-        errors += problems
-        if plan is None:
-            continue
-        plans[node.id] = plan
-        violations = [
-            Finding(
-                Stage.VIOLATION,
-                message,
-                documents.catalog_file,
-                catalog_line(documents, message),
-                node.id,
-            )
-            for message in plan.violations
-        ]
-        (errors if refuse_violations else warnings).extend(violations)
-        warnings += [Finding(Stage.PLAN, message, node=node.id) for message in plan.warnings]
-        errors += [
-            Finding(Stage.PLAN, message, node=node.id)
-            for message in shapes.problems(plan, shape, catalog)
-        ]
+        planned = planner.plan(node)
+        errors += planned.errors
+        warnings += planned.warnings
+        if planned.plan is not None:
+            plans[node.id] = planned.plan
     if isinstance(compiler, PlanAwareCompiler):
         compiler = compiler.with_plans(MappingProxyType(plans))
     for node_id, plan in plans.items():
@@ -322,4 +441,5 @@ def evaluate_bundle(
         tuple(errors),
         tuple(warnings),
         loaded,
+        planner,
     )

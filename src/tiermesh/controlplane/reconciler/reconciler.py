@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,9 +21,27 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from tiermesh.controlplane.api import NodeInfo, TenantUsage, usage_month
-from tiermesh.controlplane.bundle import BundleOutcome, Compiler, Finding, Stage, evaluate_bundle
+from tiermesh.controlplane.bundle import (
+    BundleOutcome,
+    Compiler,
+    Finding,
+    PlanAwareCompiler,
+    Stage,
+    compile_findings,
+    evaluate_bundle,
+)
+from tiermesh.controlplane.bundle.plan_classes import ProbeMemo
 from tiermesh.controlplane.metrics import note_reconcile
+from tiermesh.controlplane.model import plan_callers
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
+from tiermesh.controlplane.reconciler.incremental import (
+    FleetState,
+    Replanned,
+    callee_node_id,
+    fleet_state,
+    health_touched,
+    mesh_touched,
+)
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
     read_registration,
@@ -34,6 +52,7 @@ from tiermesh.controlplane.store import (
     Bundle,
     EventKind,
     JsonScalar,
+    NodeRecord,
     Store,
     StoreError,
     WatchCompacted,
@@ -153,6 +172,22 @@ class Reconciler:
     snapshot the watch started from (:meth:`start`, and the resync after a compacted
     watch), kept up to date by the watch's own events.
 
+    Node events alone (a join, a leave, a health flip, new ports) are reconciled
+    incrementally once a full reconcile has succeeded: the changed registrations are
+    read from the events themselves (no store read), only the nodes whose plan input
+    changed are planned (from their node class's plan when it shares one, see
+    :mod:`~tiermesh.controlplane.bundle.plan_classes`, with the engine the full
+    reconcile loaded, kept for this), and only the nodes the change touches are
+    compiled, verified and set (:mod:`~tiermesh.controlplane.reconciler.incremental`:
+    the changed nodes, the callees whose mesh callers or probe paths changed, and with a
+    :class:`HealthAwareCompiler` the users of backends hosted by a node whose health
+    flipped); every other snapshot is the one a full reconcile would give, so it stays.
+    The result lists every node, as a full one does; ``on_plans`` sees only the touched
+    nodes. A bundle event, a budget crossing, a month boundary, a compacted or failed
+    watch, a refused reconcile and :meth:`reconcile_now` make the next reconcile full.
+    Usage counters are those the latest full reconcile read (budget crossings trigger a
+    full one, so for the shipped policy nothing else of them matters).
+
     Usage events: nodes report spend every few seconds, so a ``usage/<month>/<tenant>``
     change of the current month (other months' changes are dropped and counted as
     unchanged) schedules a reconcile only when it moves the tenant across its catalog
@@ -239,6 +274,12 @@ class Reconciler:
         self._serving_sha256 = ""
         self._serving_provenance: Mapping[str, JsonScalar] = MappingProxyType({})
         self._served_bundle: Bundle | None = None
+        self._full = True
+        self._node_changes: dict[str, bytes | None] = {}
+        self._settings_changed: set[str] = set()
+        self._fleet: FleetState | None = None
+        self._probe_memo = ProbeMemo()
+        self._incremental_count = 0
         self.last_error: ReconcileError | None = None
         """Why the latest reconcile was refused; None once one succeeds."""
         self.last_result: ReconcileResult | None = None
@@ -278,6 +319,12 @@ class Reconciler:
     @property
     def reconcile_count(self) -> int:
         return self._count
+
+    @property
+    def incremental_count(self) -> int:
+        """Reconciles that re-planned only the nodes node events touched (see Node
+        events), since construction."""
+        return self._incremental_count
 
     @property
     def unchanged_node_events(self) -> int:
@@ -342,7 +389,10 @@ class Reconciler:
         self._wake.set()
         self._tasks = [
             asyncio.create_task(self._loop(), name="reconcile-loop"),
-            asyncio.create_task(self._watch(BUNDLE_PREFIX, bundle_rev), name="watch-bundle"),
+            asyncio.create_task(
+                self._watch(BUNDLE_PREFIX, bundle_rev, changes=self._needs_full),
+                name="watch-bundle",
+            ),
             asyncio.create_task(
                 self._watch(
                     NODES_PREFIX,
@@ -367,6 +417,7 @@ class Reconciler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._drop_fleet()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- waiting ----------------------------------------------------------------------------
@@ -389,22 +440,49 @@ class Reconciler:
         self._events += 1
         self._wake.set()
 
+    def settings_changed(self, node_id: str | None = None) -> None:
+        """Schedule a reconcile because compiler settings changed outside the store's
+        registrations as the reconciler read them: of ``node_id`` alone (its snapshot and
+        those of the nodes its plan calls over the mesh, whose listeners admit it, are
+        compiled again; the next reconcile stays incremental when it may), or of every
+        node (None: a full reconcile). Call on the event loop."""
+        if node_id is None:
+            self._full = True
+        else:
+            self._settings_changed.add(node_id)
+        self._poke()
+
+    def _needs_full(self, _event: WatchEvent) -> bool:
+        """A bundle event: the next reconcile plans every node."""
+        self._full = True
+        return True
+
+    def _drop_fleet(self) -> None:
+        """Forget the incremental state (the next reconcile is full); closes its engine."""
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.engine.close()
+
     def _remember_nodes(self, nodes: PrefixSnapshot) -> None:
         """Start comparing node events against ``nodes`` (read at the watch's revision)."""
+        self._full = True
         self._node_digests = {
             entry.key: registration_digest(entry.value) for entry in nodes.entries
         }
 
     def _node_changed(self, event: WatchEvent) -> bool:
         """Whether ``event`` changes what a reconcile reads of its node; remembers it."""
+        node_id = event.key.removeprefix(NODES_PREFIX)
         if event.kind is EventKind.DELETE:
             self._node_digests.pop(event.key, None)
+            self._node_changes[node_id] = None
             return True
         digest = registration_digest(event.value)
         if self._node_digests.get(event.key) == digest:
             self._unchanged_node_events += 1
             return False
         self._node_digests[event.key] = digest
+        self._node_changes[node_id] = event.value
         return True
 
     async def _month_boundaries(self) -> None:
@@ -414,6 +492,7 @@ class Reconciler:
             await self._clock.sleep(self._month_check_s)
             if usage_month(self._wall_clock()) != self._usage_month:
                 log.info("a new usage month began; reconciling with its counters")
+                self._full = True
                 self._poke()
 
     def _usage_crossed(self, event: WatchEvent) -> bool:
@@ -432,6 +511,7 @@ class Reconciler:
             self._spent[tenant] = read
         if budget is not None and (spent >= budget) != (tenant in self._exhausted):
             self._budget_crossings += 1
+            self._full = True
             log.info(
                 "tenant %s: spend %.6f USD %s its budget of %g USD; reconciling",
                 tenant,
@@ -479,6 +559,7 @@ class Reconciler:
                             self._poke()
             except WatchCompacted:
                 log.warning("watch on %s compacted; resyncing", prefix)
+                self._full = True
                 with contextlib.suppress(StoreError):
                     current = await self._store.read_prefix(prefix)
                     revision = current.revision
@@ -490,6 +571,7 @@ class Reconciler:
                     "watch on %s failed (%s); retrying in %.1f s", prefix, exc, self._retry_s
                 )
                 await self._clock.sleep(self._retry_s)
+                self._full = True
                 self._poke()
 
     async def _loop(self) -> None:
@@ -506,7 +588,7 @@ class Reconciler:
             self._wake.clear()
             coalesced = self._events
             self._events = 0
-            result = await self.reconcile_now(events=coalesced)
+            result = await self._run(coalesced, incremental=True)
             if result.store_failed:
                 await self._clock.sleep(self._retry_s)
                 self._wake.set()
@@ -519,11 +601,41 @@ class Reconciler:
         Never raises for a bad bundle or an unreachable store: see the result and
         :attr:`last_error`.
         """
+        return await self._run(events, incremental=False)
+
+    async def _run(self, events: int, *, incremental: bool) -> ReconcileResult:
+        """One reconcile under the lock: of the node changes gathered since the latest
+        one when ``incremental`` and the fleet state allows it (class doc: Node events),
+        else full."""
         async with self._lock:
             self._count += 1
             started_at = self._clock.now()
             began = time.perf_counter()
-            result = await self._reconcile(self._count, started_at, began, events)
+            fleet = self._fleet if incremental and not self._full else None
+            try:
+                if fleet is None:
+                    self._full = False
+                    self._node_changes = {}
+                    self._settings_changed = set()
+                    result = await self._reconcile(self._count, started_at, began, events)
+                else:
+                    changes, self._node_changes = self._node_changes, {}
+                    settings, self._settings_changed = self._settings_changed, set()
+                    result = await self._reconcile_nodes(
+                        fleet,
+                        self._count,
+                        started_at=started_at,
+                        began=began,
+                        events=events,
+                        changes=changes,
+                        settings=settings,
+                    )
+                    self._incremental_count += 1
+            except BaseException:
+                self._full = True
+                raise
+            if not result.ok:
+                self._full = True
             note_reconcile(result.ok, result.duration_s)
             outcome, self._outcome = self._outcome, None
             if self._on_plans is not None and outcome is not None:
@@ -578,22 +690,29 @@ class Reconciler:
         nodes: Sequence[NodeInfo],
         usage: Mapping[str, TenantUsage],
         unhealthy: frozenset[str],
-    ) -> BundleOutcome:
-        compiler: Compiler = self._compiler
-        if isinstance(compiler, HealthAwareCompiler):
-            compiler = compiler.with_unhealthy_nodes(unhealthy)
+    ) -> tuple[BundleOutcome, PolicyEngine]:
+        """The evaluation, and its engine still loaded (the caller closes it)."""
         engine = self._engine_factory()
         try:
-            return evaluate_bundle(
+            outcome = evaluate_bundle(
                 files,
                 engine,
                 nodes=nodes,
-                compiler=compiler,
+                compiler=self._bound_compiler(unhealthy),
                 usage=usage,
                 refuse_violations=self._refuse_violations,
+                probe_memo=self._probe_memo,
             )
-        finally:
+        except BaseException:
             engine.close()
+            raise
+        return outcome, engine
+
+    def _bound_compiler(self, unhealthy: frozenset[str]) -> Compiler:
+        compiler: Compiler = self._compiler
+        if isinstance(compiler, HealthAwareCompiler):
+            compiler = compiler.with_unhealthy_nodes(unhealthy)
+        return compiler
 
     async def _reconcile(
         self, number: int, started_at: float, began: float, events: int
@@ -624,8 +743,9 @@ class Reconciler:
             self._note_budgets(None, usage)
             return result(True)
         loop = asyncio.get_running_loop()
+        self._drop_fleet()
         try:
-            outcome = await loop.run_in_executor(
+            outcome, engine = await loop.run_in_executor(
                 self._executor, self._evaluate, bundle.files, nodes, usage, unhealthy
             )
         except PolicyError as exc:
@@ -633,12 +753,16 @@ class Reconciler:
             return result(False, errors=(Finding(Stage.REGO, f"policy engine: {exc}"),))
         self._outcome = outcome
         self._note_budgets(outcome, usage)
-        if not outcome.ok:
-            return result(False, errors=outcome.errors, warnings=outcome.warnings)
         missing = [node for node in node_ids if node not in outcome.snapshots]
-        if missing:
+        if not outcome.ok or missing or outcome.planner is None:
+            engine.close()
+            if not outcome.ok:
+                return result(False, errors=outcome.errors, warnings=outcome.warnings)
             finding = Finding(Stage.COMPILE, f"no snapshot compiled for nodes {missing}")
             return result(False, errors=(finding,), warnings=outcome.warnings)
+        self._fleet = fleet_state(
+            bundle, usage, engine, outcome, unhealthy=unhealthy, skipped=skipped
+        )
         published = [
             node for node in node_ids if self._cache.set_snapshot(node, outcome.snapshots[node])
         ]
@@ -656,4 +780,167 @@ class Reconciler:
             self._served_bundle = bundle
         return result(
             True, published=tuple(published), removed=tuple(removed), warnings=outcome.warnings
+        )
+
+    # -- node events alone -------------------------------------------------------------------
+
+    def _apply_changes(
+        self, fleet: FleetState, changes: Mapping[str, bytes | None]
+    ) -> tuple[dict[str, NodeInfo], frozenset[str], set[str], list[NodeInfo]]:
+        """The nodes, unhealthy set and skipped registrations after ``changes`` (node id →
+        registration, None: deleted), read as :meth:`_read_state` reads them; and the
+        nodes whose plan input changed or that have no plan yet."""
+        static = {node.id: node for node in self._static_nodes}
+        nodes = dict(fleet.nodes)
+        unhealthy = set(fleet.unhealthy)
+        skipped = set(fleet.skipped)
+        replan: list[NodeInfo] = []
+        for node_id, value in changes.items():
+            unhealthy.discard(node_id)
+            skipped.discard(node_id)
+            nodes.pop(node_id, None)
+            if node_id in static:
+                nodes[node_id] = static[node_id]
+            if value is not None:
+                try:
+                    registration = read_registration(NodeRecord(node_id, value, 0, 0))
+                except InvalidRegistration as exc:
+                    log.warning("%s; the node gets no snapshot", exc)
+                    skipped.add(node_id)
+                else:
+                    nodes[node_id] = registration.node
+                    if not registration.healthy:
+                        unhealthy.add(node_id)
+            node = nodes.get(node_id)
+            if node is not None and (
+                node_id not in fleet.plans or fleet.nodes.get(node_id) != node
+            ):
+                replan.append(node)
+        return nodes, frozenset(unhealthy), skipped, replan
+
+    def _replan(
+        self,
+        fleet: FleetState,
+        nodes: Mapping[str, NodeInfo],
+        unhealthy: frozenset[str],
+        replan: Sequence[NodeInfo],
+        touched: Set[str],
+    ) -> Replanned:
+        """Plan ``replan`` and compile every node the change touches (module
+        :mod:`~tiermesh.controlplane.reconciler.incremental`); on the worker thread."""
+        plans = {node_id: plan for node_id, plan in fleet.plans.items() if node_id in nodes}
+        errors: list[Finding] = []
+        warnings: dict[str, tuple[Finding, ...]] = {}
+        for node in replan:
+            planned = fleet.planner.plan(node)
+            errors += planned.errors
+            warnings[node.id] = planned.warnings
+            if planned.plan is not None:
+                plans[node.id] = planned.plan
+            else:
+                plans.pop(node.id, None)
+        mesh, callers, probes = mesh_touched(fleet.callers, fleet.probes, plans.values())
+        recompile = (set(touched) | mesh) & nodes.keys()
+        if isinstance(self._compiler, HealthAwareCompiler):
+            recompile |= health_touched(fleet.catalog, plans, unhealthy ^ fleet.unhealthy)
+        compiler = self._bound_compiler(unhealthy)
+        if isinstance(compiler, PlanAwareCompiler):
+            compiler = compiler.with_plans(MappingProxyType(plans))
+        snapshots: dict[str, Snapshot] = {}
+        if not errors:
+            for node_id in sorted(recompile):
+                plan = plans.get(node_id)
+                if plan is None:
+                    continue
+                try:
+                    snapshots[node_id] = compiler(plan, fleet.catalog)
+                except Exception as exc:  # noqa: BLE001 - any compiler failure is a finding
+                    errors += [
+                        Finding(Stage.COMPILE, message, node=node_id)
+                        for message in compile_findings(exc)
+                    ]
+        return Replanned(plans, snapshots, tuple(errors), warnings, callers, probes)
+
+    async def _reconcile_nodes(
+        self,
+        fleet: FleetState,
+        number: int,
+        *,
+        started_at: float,
+        began: float,
+        events: int,
+        changes: Mapping[str, bytes | None],
+        settings: Set[str] = frozenset(),
+    ) -> ReconcileResult:
+        """Re-plan and recompile only what ``changes`` touch, and recompile the nodes of
+        ``settings`` and their callees (class doc: Node events)."""
+        bundle = fleet.bundle
+        nodes, unhealthy, skipped, replan = self._apply_changes(fleet, changes)
+        node_ids = tuple(sorted(nodes))
+        self._note_health(unhealthy)
+        loop = asyncio.get_running_loop()
+        touched = set(changes) | set(settings)
+        for node_id in settings:
+            plan = fleet.plans.get(node_id)
+            if plan is not None:
+                touched |= {
+                    callee
+                    for spiffe in plan_callers([plan])
+                    if (callee := callee_node_id(spiffe)) is not None
+                }
+        replanned = await loop.run_in_executor(
+            self._executor, self._replan, fleet, nodes, unhealthy, replan, frozenset(touched)
+        )
+        warnings = {**fleet.warnings, **replanned.warnings}
+        outcome_ids = sorted(replanned.snapshots.keys() | {node.id for node in replan})
+        self._outcome = BundleOutcome(
+            fleet.planner.documents,
+            tuple(nodes[node_id] for node_id in outcome_ids if node_id in nodes),
+            MappingProxyType({n: replanned.plans[n] for n in outcome_ids if n in replanned.plans}),
+            MappingProxyType(replanned.snapshots),
+            replanned.errors,
+            tuple(w for node_id in outcome_ids for w in warnings.get(node_id, ())),
+            True,
+        )
+        all_warnings = fleet.other_warnings + tuple(
+            w for node_id in node_ids for w in warnings.get(node_id, ())
+        )
+        base = ReconcileResult(
+            number, True, bundle.revision, bundle.sha256, bundle.etcd_revision, node_ids,
+            skipped=tuple(sorted(skipped)), started_at=started_at, events=events,
+            provenance=MappingProxyType(dict(bundle.provenance)),
+            unhealthy=tuple(sorted(unhealthy)), warnings=all_warnings,
+        )  # fmt: skip
+        missing = [n for n in node_ids if n not in replanned.plans]
+        if replanned.errors or missing:
+            errors = replanned.errors or (
+                Finding(Stage.COMPILE, f"no snapshot compiled for nodes {missing}"),
+            )
+            return replace(base, ok=False, errors=errors, duration_s=time.perf_counter() - began)
+        published = [
+            node_id
+            for node_id, snapshot in sorted(replanned.snapshots.items())
+            if self._cache.set_snapshot(node_id, snapshot)
+        ]
+        for node_id, snapshot in replanned.snapshots.items():
+            self._published[node_id] = snapshot.version
+        removed = sorted(set(self._published) - set(node_ids))
+        for node_id in removed:
+            self._cache.clear_snapshot(node_id)
+            del self._published[node_id]
+        fleet.nodes = dict(nodes)
+        fleet.unhealthy = unhealthy
+        fleet.skipped = skipped
+        fleet.plans = replanned.plans
+        fleet.snapshots = {
+            **{n: s for n, s in fleet.snapshots.items() if n in nodes},
+            **replanned.snapshots,
+        }
+        fleet.warnings = {n: w for n, w in warnings.items() if n in nodes}
+        fleet.callers, fleet.probes = replanned.callers, replanned.probes
+        return replace(
+            base,
+            published=tuple(published),
+            removed=tuple(removed),
+            duration_s=time.perf_counter() - began,
         )

@@ -60,7 +60,11 @@ class NodeDirectory:
     ``on_settings_changed`` is called (on the event loop) when a node's app or authz port
     changes after it was first seen, so a reconcile that raced the change can be redone,
     and (with ``trust_domain``) when a node appears, leaves or changes tier or SPIFFE ID,
-    since that changes whom every mesh listener admits (:meth:`mesh_callers`).
+    since that changes whom every mesh listener admits (:meth:`mesh_callers`). With
+    ``on_node_settings_changed`` those calls name the node instead (its own settings
+    changed, or whether it is a mesh candidate: only the listeners of the nodes its plan
+    calls can admit it differently); ``on_settings_changed`` is then called only after a
+    reload (a failed watch), when any node may have changed.
 
     Task and thread safety: :meth:`start`, :meth:`aclose` and :attr:`nodes` belong to the
     event loop that owns ``store``. :meth:`settings_for` may be called from any other
@@ -74,6 +78,7 @@ class NodeDirectory:
         trust_bundle_pem: str,
         *,
         on_settings_changed: Callable[[], None] = lambda: None,
+        on_node_settings_changed: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
         credentials: Mapping[str, str] | None = None,
         trust_domain: str | None = None,
@@ -83,6 +88,7 @@ class NodeDirectory:
         self._bundle = trust_bundle_pem
         self._credentials: Mapping[str, str] = MappingProxyType(dict(credentials or {}))
         self._on_changed = on_settings_changed
+        self._on_node_changed = on_node_settings_changed
         self._retry_s = retry_s
         self._nodes: dict[str, RegisteredNode | None] = {}
         self._lock = threading.Lock()
@@ -245,12 +251,18 @@ class NodeDirectory:
         if self._trust_domain is not None and _caller(before) != _caller(after):
             # The callers every mesh listener admits changed (see mesh_callers).
             log.info("mesh callers changed with node %s", node_id)
-            self._on_changed()
+            self._changed(node_id)
             return
         if before is None or after is None:
             return
         if _ports(before) != _ports(after):
             log.info("node %s moved its ports %s → %s", node_id, _ports(before), _ports(after))
+            self._changed(node_id)
+
+    def _changed(self, node_id: str) -> None:
+        if self._on_node_changed is not None:
+            self._on_node_changed(node_id)
+        else:
             self._on_changed()
 
 

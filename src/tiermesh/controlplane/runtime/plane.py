@@ -215,6 +215,7 @@ class ControlPlane:
             store,
             bundle.to_pem().decode(),
             on_settings_changed=self._resettle,
+            on_node_settings_changed=self._resettle_node,
             credentials=config.credentials,
             trust_domain=config.trust_domain,
         )
@@ -342,6 +343,10 @@ class ControlPlane:
     async def _record_plans(self, result: ReconcileResult, outcome: BundleOutcome) -> None:
         if self._plans is not None and self._reconciler is not None:
             await self._plans.record(result, outcome, self._reconciler.published)
+
+    def _resettle_node(self, node_id: str) -> None:
+        if self._reconciler is not None:
+            self._reconciler.settings_changed(node_id)
 
     def _resettle(self) -> None:
         if self._reconciler is not None:
