@@ -123,6 +123,10 @@ class EtcdCluster:
             raise RuntimeError(f"etcd member {index} is not running")
         return member.proc.pid
 
+    def data_dir(self, index: int) -> Path:
+        """Member ``index``'s data dir (kept across `restart`, deleted by `close`)."""
+        return self._member(index).dir / "data"
+
     def running(self, index: int) -> bool:
         return self._member(index).running
 
@@ -188,7 +192,7 @@ class EtcdCluster:
         cmd = [
             self.binary,
             f"--name={member.name}",
-            f"--data-dir={member.dir / 'data'}",
+            f"--data-dir={self.data_dir(self._members.index(member))}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={member.peer_url}",

@@ -75,6 +75,8 @@ class EtcdWatch:
         self._events: AsyncIterator[Any] | None = None
         self._pending: asyncio.Task[Any] | None = None
         self._failing_since: float | None = None
+        self.reopened = 0
+        """How many times the watch was re-opened after its member failed."""
         self._entered = False
         self._closed = False
 
@@ -220,6 +222,7 @@ class EtcdWatch:
                 problems = {} if failed is None else {failed: detail}
                 raise self._pool.unavailable(problems, "watch found no member that answered")
             await self._open()
+            self.reopened += 1
         except StoreError:
             await self.aclose()
             raise
