@@ -234,39 +234,41 @@ async def test_a_watch_sees_every_numbered_key_exactly_once_while_members_die(
 ) -> None:
     start = (await store.read_prefix("ca/")).revision
     events: list[WatchEvent] = []
-    async with EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher:
-        async with watcher.watch("ca/", after_revision=start) as stream:
+    async with (
+        EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher,
+        watcher.watch("ca/", after_revision=start) as stream,
+    ):
 
-            async def consume() -> None:
-                async for event in stream:
-                    events.append(event)
+        async def consume() -> None:
+            async for event in stream:
+                events.append(event)
 
-            consumer = asyncio.create_task(consume())
-            chaos_done = asyncio.Event()
-            writer = asyncio.create_task(write_numbered(store, chaos_done))
-            try:
-                # The watch's member, then the leader: killed, given time, brought back.
-                for round_ in range(4):
-                    await asyncio.sleep(0.5)
-                    if round_ % 2 == 0 and stream.member is not None:
-                        victim = member_of(cluster, stream.member)
-                    else:
-                        victim = await asyncio.to_thread(cluster.wait_for_leader)
-                    await asyncio.to_thread(cluster.kill, victim)
-                    await asyncio.sleep(1.0)
-                    await asyncio.to_thread(cluster.restart, victim)
+        consumer = asyncio.create_task(consume())
+        chaos_done = asyncio.Event()
+        writer = asyncio.create_task(write_numbered(store, chaos_done))
+        try:
+            # The watch's member, then the leader: killed, given time, brought back.
+            for round_ in range(4):
                 await asyncio.sleep(0.5)
-                chaos_done.set()
-                written = await writer
-                async with asyncio.timeout(3 * TIMEOUT_S):
-                    while len(events) < written:  # noqa: ASYNC110 - the consumer fills it
-                        await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)  # room for a repeated event to show up
-            finally:
-                consumer.cancel()
-                writer.cancel()
-                await asyncio.gather(consumer, writer, return_exceptions=True)
-            reopened = stream.reopened
+                if round_ % 2 == 0 and stream.member is not None:
+                    victim = member_of(cluster, stream.member)
+                else:
+                    victim = await asyncio.to_thread(cluster.wait_for_leader)
+                await asyncio.to_thread(cluster.kill, victim)
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(cluster.restart, victim)
+            await asyncio.sleep(0.5)
+            chaos_done.set()
+            written = await writer
+            async with asyncio.timeout(3 * TIMEOUT_S):
+                while len(events) < written:  # noqa: ASYNC110 - the consumer fills it
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # room for a repeated event to show up
+        finally:
+            consumer.cancel()
+            writer.cancel()
+            await asyncio.gather(consumer, writer, return_exceptions=True)
+        reopened = stream.reopened
 
     assert written > 50
     assert [event.key for event in events] == [f"ca/{n:04d}" for n in range(written)]
@@ -279,21 +281,23 @@ async def test_a_watch_follows_when_its_member_freezes(
     cluster: EtcdCluster, store: EtcdStore
 ) -> None:
     start = (await store.read_prefix("ca/")).revision
-    async with EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher:
-        async with watcher.watch("ca/", after_revision=start) as stream:
-            await store.put("ca/first", b"1")
-            (first,) = await collect(stream, 1, TIMEOUT_S)
-            frozen = member_of(cluster, stream.member or "")
-            cluster.pause(frozen)
-            try:
-                others = [e for i, e in enumerate(cluster.endpoints) if i != frozen]
-                async with EtcdStore(others) as writer:
-                    await writer.put("ca/second", b"2")
-                started = time.monotonic()
-                (second,) = await collect(stream, 1, 2 * TIMEOUT_S)
-                assert time.monotonic() - started < TIMEOUT_S
-            finally:
-                cluster.resume(frozen)
+    async with (
+        EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher,
+        watcher.watch("ca/", after_revision=start) as stream,
+    ):
+        await store.put("ca/first", b"1")
+        (first,) = await collect(stream, 1, TIMEOUT_S)
+        frozen = member_of(cluster, stream.member or "")
+        cluster.pause(frozen)
+        try:
+            others = [e for i, e in enumerate(cluster.endpoints) if i != frozen]
+            async with EtcdStore(others) as writer:
+                await writer.put("ca/second", b"2")
+            started = time.monotonic()
+            (second,) = await collect(stream, 1, 2 * TIMEOUT_S)
+            assert time.monotonic() - started < TIMEOUT_S
+        finally:
+            cluster.resume(frozen)
     assert (first.key, second.key) == ("ca/first", "ca/second")
     assert stream.reopened >= 1
     assert stream.member is None or member_of(cluster, stream.member) != frozen
@@ -303,20 +307,22 @@ async def test_compaction_while_a_watch_fails_over_raises_watch_compacted(
     cluster: EtcdCluster, store: EtcdStore
 ) -> None:
     start = (await store.read_prefix("ca/")).revision
-    async with EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher:
-        async with watcher.watch("ca/", after_revision=start) as stream:
-            await store.put("ca/first", b"1")
-            await collect(stream, 1, TIMEOUT_S)
-            frozen = member_of(cluster, stream.member or "")
-            cluster.pause(frozen)
-            try:
-                others = [e for i, e in enumerate(cluster.endpoints) if i != frozen]
-                async with EtcdStore(others) as writer:
-                    for n in range(3):
-                        last = await writer.put("ca/later", str(n).encode())
-                    await writer.compact(last)
-                with pytest.raises(WatchCompacted) as caught:
-                    await collect(stream, 1, 2 * TIMEOUT_S)
-            finally:
-                cluster.resume(frozen)
+    async with (
+        EtcdStore(cluster.endpoints, timeout_s=TIMEOUT_S) as watcher,
+        watcher.watch("ca/", after_revision=start) as stream,
+    ):
+        await store.put("ca/first", b"1")
+        await collect(stream, 1, TIMEOUT_S)
+        frozen = member_of(cluster, stream.member or "")
+        cluster.pause(frozen)
+        try:
+            others = [e for i, e in enumerate(cluster.endpoints) if i != frozen]
+            async with EtcdStore(others) as writer:
+                for n in range(3):
+                    last = await writer.put("ca/later", str(n).encode())
+                await writer.compact(last)
+            with pytest.raises(WatchCompacted) as caught:
+                await collect(stream, 1, 2 * TIMEOUT_S)
+        finally:
+            cluster.resume(frozen)
     assert caught.value.compacted_revision == last
