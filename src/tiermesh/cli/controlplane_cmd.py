@@ -27,7 +27,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from tiermesh.cli.envoy_cmd import parse_hostport
+from tiermesh.cli.envoy_cmd import parse_etcd
 from tiermesh.controlplane.identity import IdentityError
 from tiermesh.controlplane.runtime import (
     ControlPlane,
@@ -162,9 +162,7 @@ def run(
     ] = None,
 ) -> None:
     """Run one control-plane replica until SIGINT/SIGTERM."""
-    endpoints = tuple(
-        "{}:{}".format(*parse_hostport(part.strip(), "--etcd")) for part in etcd.split(",")
-    )
+    endpoints = tuple(parse_etcd(etcd).split(","))
     ads_at = parse_listen(listen, "--listen")
     node_at = parse_listen(node_api, "--node-api")
     join_at = parse_listen(join, "--join")

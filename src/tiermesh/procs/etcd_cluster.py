@@ -262,16 +262,29 @@ class EtcdCluster:
         member = self._member(index)
         return member.running and not member.paused and self._healthy(member)
 
-    def _status(self, member: _Member) -> tuple[str, str] | None:
-        """``(member id, leader id)`` from the member's maintenance status, or None."""
+    def _status(self, member: _Member) -> tuple[str, str, int] | None:
+        """``(member id, leader id, raft term)`` from the member's maintenance status, or
+        None when it does not answer."""
         try:
             body = self._request(member, "POST", "/v3/maintenance/status", b"{}")
             doc = json.loads(body)
             member_id, leader_id = str(doc["header"]["member_id"]), str(doc.get("leader", "0"))
+            term = int(doc.get("raftTerm", 0))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         member.id = member_id
-        return member_id, leader_id
+        return member_id, leader_id, term
+
+    def raft_term(self) -> int:
+        """The highest raft term a running member reports (each election raises it), or 0
+        when none answers: a way to count elections."""
+        terms = [
+            status[2]
+            for member in self._members
+            if member.running and not member.paused
+            if (status := self._status(member)) is not None
+        ]
+        return max(terms, default=0)
 
     def leader(self) -> int | None:
         """Index of the member that the running, unpaused members agree leads, or None when
