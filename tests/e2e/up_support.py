@@ -73,16 +73,17 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> l
 
 
 @contextlib.contextmanager
-def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
+def running_up(state: Path, *, graceful: bool = True, args: tuple[str, ...] = ()) -> Iterator[Up]:
     """``tiermesh up`` with its state in ``state``, ready when it prints its prompt.
 
     On exit it is stopped with Ctrl-C (``graceful``) and killed with everything under it
-    if that does not end it within 30 s (or at once when not ``graceful``).
+    if that does not end it within 30 s (or at once when not ``graceful``). ``args`` are
+    added to the command line (``--ha``).
     """
     port = free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
+        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CHILD_ENV,
     )  # fmt: skip
     try:

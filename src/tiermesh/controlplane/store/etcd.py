@@ -181,11 +181,18 @@ class EtcdStore:
         )
 
     async def _txn(
-        self, operation: str, compare: list[Any], success: list[Any], failure: list[Any]
+        self,
+        operation: str,
+        compare: list[Any],
+        success: list[Any],
+        failure: list[Any],
+        *,
+        retry: Retry = Retry.IF_UNSENT,
     ) -> Any:
-        return await self._write(
+        return await self._pool.call(
             operation,
             lambda c: c.transaction(compare=compare, success=success, failure=failure),
+            retry=retry,
         )
 
     # -- policy bundle -----------------------------------------------------------------------
@@ -264,7 +271,12 @@ class EtcdStore:
         lease = await self._read("register_node", lambda c: c.lease(ttl_s))
         lease_id = int(lease.id)
         try:
-            await self._write("register_node", lambda c: c.put(key, value, lease=lease_id))
+            # Repeatable: the node's own key, set to the same value under the same lease.
+            await self._pool.call(
+                "register_node",
+                lambda c: c.put(key, value, lease=lease_id),
+                retry=Retry.ALWAYS,
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._read("register_node", lambda c: c.revoke_lease(lease_id))
@@ -279,6 +291,7 @@ class EtcdStore:
             [_LeaseIs(key, lease.lease_id)],
             [self._tx.put(key, value, lease=lease.lease_id)],
             [],
+            retry=Retry.ALWAYS,  # the same value again under the same lease: repeatable
         )
         if not ok:
             raise LeaseExpired(lease.lease_id, lease.node_id)

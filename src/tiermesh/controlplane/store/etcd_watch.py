@@ -128,6 +128,8 @@ class EtcdWatch:
         self._member = self._pool.index_of(client)
         self._watch = watch
         self._events = aiter(watch)
+        if self._closed:  # closed from another task while this one re-opened it
+            await self._drop_stream()
         self._dropping = self._delivered_at_resume
 
     async def _next_raw(self) -> Any:

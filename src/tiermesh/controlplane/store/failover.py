@@ -8,11 +8,13 @@ the call is tried again there if that is safe (`Retry`) and its deadline allows.
 
 Retry policy, by what a repeat could do:
 
-* `Retry.ALWAYS` — reads, watches, lease grants, keep-alives and revocations. Repeating
+* `Retry.ALWAYS` — reads, watches, lease grants, keep-alives and revocations, and a node
+  writing its own registration (its own key, the same value, under its own lease). Repeating
   them changes nothing (a grant whose answer was lost leaves an orphan lease with no keys,
-  which expires after its TTL).
-* `Retry.IF_UNSENT` — every write of a key: plain puts and deletes, and compare-and-swap
-  transactions too. They are repeated only when the failure shows the request never
+  which expires after its TTL; a registration written twice shows as a second watch event
+  with the same value).
+* `Retry.IF_UNSENT` — every other write of a key: plain puts and deletes, and
+  compare-and-swap transactions too. They are repeated only when the failure shows the request never
   reached the cluster (the connection could not be made, or the member said it has no
   leader). After a failure that leaves the outcome unknown (a deadline, a stream reset in
   flight, "request timed out") a blind repeat could apply a write twice: a usage increment
