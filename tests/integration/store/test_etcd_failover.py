@@ -21,6 +21,7 @@ from tiermesh.controlplane.store import (
     WatchEvent,
     keep_alive,
 )
+from tiermesh.controlplane.store.etcd_watch import EtcdWatch
 from tiermesh.procs.etcd_cluster import EtcdCluster
 
 pytestmark = pytest.mark.etcd
@@ -229,9 +230,11 @@ async def collect(
     return events
 
 
-async def test_a_watch_sees_every_numbered_key_exactly_once_while_members_die(
-    cluster: EtcdCluster, store: EtcdStore
-) -> None:
+async def numbered_under(
+    cluster: EtcdCluster, store: EtcdStore, chaos: Callable[[EtcdWatch], Awaitable[None]]
+) -> tuple[list[WatchEvent], int, int]:
+    """Numbered keys written and watched while ``chaos(stream)`` runs: (events seen,
+    keys written, times the watch re-opened)."""
     start = (await store.read_prefix("ca/")).revision
     events: list[WatchEvent] = []
     async with (
@@ -247,16 +250,7 @@ async def test_a_watch_sees_every_numbered_key_exactly_once_while_members_die(
         chaos_done = asyncio.Event()
         writer = asyncio.create_task(write_numbered(store, chaos_done))
         try:
-            # The watch's member, then the leader: killed, given time, brought back.
-            for round_ in range(4):
-                await asyncio.sleep(0.5)
-                if round_ % 2 == 0 and stream.member is not None:
-                    victim = member_of(cluster, stream.member)
-                else:
-                    victim = await asyncio.to_thread(cluster.wait_for_leader)
-                await asyncio.to_thread(cluster.kill, victim)
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(cluster.restart, victim)
+            await chaos(stream)
             await asyncio.sleep(0.5)
             chaos_done.set()
             written = await writer
@@ -268,13 +262,49 @@ async def test_a_watch_sees_every_numbered_key_exactly_once_while_members_die(
             consumer.cancel()
             writer.cancel()
             await asyncio.gather(consumer, writer, return_exceptions=True)
-        reopened = stream.reopened
+        return events, written, stream.reopened
 
+
+def assert_exactly_once(events: list[WatchEvent], written: int) -> None:
     assert written > 50
     assert [event.key for event in events] == [f"ca/{n:04d}" for n in range(written)]
     revisions = [event.revision for event in events]
     assert revisions == sorted(set(revisions))
+
+
+async def test_a_watch_sees_every_numbered_key_exactly_once_while_members_die(
+    cluster: EtcdCluster, store: EtcdStore
+) -> None:
+    async def chaos(stream: EtcdWatch) -> None:
+        # The watch's member, then the leader: killed, given time, brought back.
+        for round_ in range(4):
+            await asyncio.sleep(0.5)
+            if round_ % 2 == 0 and stream.member is not None:
+                victim = member_of(cluster, stream.member)
+            else:
+                victim = await asyncio.to_thread(cluster.wait_for_leader)
+            await asyncio.to_thread(cluster.kill, victim)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(cluster.restart, victim)
+
+    events, written, reopened = await numbered_under(cluster, store, chaos)
+    assert_exactly_once(events, written)
     assert reopened >= 2  # its own member died twice
+
+
+async def test_a_rolling_restart_of_every_member_loses_and_repeats_nothing(
+    cluster: EtcdCluster, store: EtcdStore
+) -> None:
+    async def chaos(stream: EtcdWatch) -> None:
+        for index in range(3):
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(cluster.stop, index)
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.restart, index)
+
+    events, written, reopened = await numbered_under(cluster, store, chaos)
+    assert_exactly_once(events, written)
+    assert reopened >= 1  # its member was among those restarted
 
 
 async def test_a_watch_follows_when_its_member_freezes(
