@@ -78,11 +78,12 @@ def state_file(state: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
+def running_up(state: Path, *, graceful: bool = True, args: tuple[str, ...] = ()) -> Iterator[Up]:
     """``tiermesh up`` with its state in ``state``, ready when it prints its prompt.
 
     On exit it is stopped with Ctrl-C (``graceful``) and killed with everything under it
-    if that does not end it within 30 s (or at once when not ``graceful``).
+    if that does not end it within 30 s (or at once when not ``graceful``). ``args`` are
+    added to the command line (``--ha``).
     """
     port = free_port()
     started = time.monotonic()
@@ -90,7 +91,7 @@ def running_up(state: Path, *, graceful: bool = True) -> Iterator[Up]:
     # `tiermesh up` may be using); `state_file(state)` names it.
     env = {**CHILD_ENV, "TIERMESH_STATE_FILE": str(state_file(state))}
     proc = subprocess.Popen(
-        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state)],
+        [TIERMESH, "up", "--port", str(port), "--state-dir", str(state), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:

@@ -34,7 +34,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from tiermesh.cli.envoy_cmd import parse_hostport
+from tiermesh.cli.envoy_cmd import parse_etcd
 from tiermesh.controlplane.dashboard import DashboardError, check_bind, read_token_file
 from tiermesh.controlplane.identity import IdentityError
 from tiermesh.controlplane.runtime import (
@@ -191,9 +191,7 @@ def run(
     ] = None,
 ) -> None:
     """Run one control-plane replica until SIGINT/SIGTERM."""
-    endpoints = tuple(
-        "{}:{}".format(*parse_hostport(part.strip(), "--etcd")) for part in etcd.split(",")
-    )
+    endpoints = tuple(parse_etcd(etcd).split(","))
     ads_at = parse_listen(listen, "--listen")
     node_at = parse_listen(node_api, "--node-api")
     join_at = parse_listen(join, "--join")

@@ -10,7 +10,7 @@ import typer
 
 from tiermesh.xds import BootstrapSpec, render_bootstrap, validate_bootstrap
 
-__all__ = ["app", "parse_hostport"]
+__all__ = ["app", "parse_etcd", "parse_hostport"]
 
 app = typer.Typer(no_args_is_help=True, help="Envoy bootstrap and helpers.")
 
@@ -23,6 +23,14 @@ def parse_hostport(value: str, option: str) -> tuple[str, int]:
             f"expected HOST:PORT with a port 1-65535, got {value!r}", param_hint=option
         )
     return host.strip("[]"), int(port_text)
+
+
+def parse_etcd(value: str, option: str = "--etcd") -> str:
+    """``HOST:PORT[,HOST:PORT…]`` (members of one etcd cluster) → the normalised comma list
+    `EtcdStore` takes; a clear ``typer.BadParameter`` names the option otherwise."""
+    return ",".join(
+        "{}:{}".format(*parse_hostport(part.strip(), option)) for part in value.split(",")
+    )
 
 
 def _metadata(pairs: list[str]) -> dict[str, str]:

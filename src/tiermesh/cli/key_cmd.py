@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tiermesh.cli.envoy_cmd import parse_hostport
+from tiermesh.cli.envoy_cmd import parse_etcd
 from tiermesh.controlplane.identity.api_keys import ApiKeyError, TenantKeys
 from tiermesh.controlplane.store import ROOT, ApiKeyRecord, EtcdStore, StoreError, UnknownApiKey
 
@@ -21,13 +21,12 @@ __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, help="Tenant API keys.")
 
-_Etcd = Annotated[str, typer.Option("--etcd", help="etcd endpoint as HOST:PORT.")]
+_Etcd = Annotated[str, typer.Option("--etcd", help="etcd endpoint(s): HOST:PORT[,HOST:PORT…].")]
 _Root = Annotated[str, typer.Option("--root", help="tiermesh's key prefix in etcd.")]
 
 
 def _endpoint(etcd: str) -> str:
-    host, port = parse_hostport(etcd, "--etcd")
-    return f"{host}:{port}"
+    return parse_etcd(etcd)
 
 
 async def _create(endpoint: str, root: str, tenant: str) -> tuple[str, ApiKeyRecord]:

@@ -93,7 +93,7 @@ class PolicyCli:
 DirArg = Annotated[
     Path, typer.Argument(help="Policy directory (Rego, data/*.yaml|json, schemas/*.json).")
 ]
-EtcdOpt = Annotated[str, typer.Option("--etcd", help="etcd endpoint HOST:PORT.")]
+EtcdOpt = Annotated[str, typer.Option("--etcd", help="etcd endpoint(s): HOST:PORT[,HOST:PORT…].")]
 RootOpt = Annotated[str, typer.Option("--root", help="Key prefix of this mesh in etcd.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="etcd call deadline, seconds.")]
 SkipCompileOpt = Annotated[

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from tiermesh.cli.envoy_cmd import parse_hostport
+from tiermesh.cli.envoy_cmd import parse_etcd
 from tiermesh.controlplane.identity import InvalidNodeIdError, validate_node_id
 from tiermesh.controlplane.identity.tokens import MAX_TOKEN_TTL, JoinTokens
 from tiermesh.controlplane.store import ROOT, EtcdStore, StoreError
@@ -51,7 +51,7 @@ async def _create(endpoint: str, root: str, node_id: str, ttl: dt.timedelta) -> 
 @app.command("create")
 def create(
     node_id: Annotated[str, typer.Option("--node-id", help="The node the token may join as.")],
-    etcd: Annotated[str, typer.Option("--etcd", help="etcd endpoint as HOST:PORT.")],
+    etcd: Annotated[str, typer.Option("--etcd", help="etcd endpoint(s): HOST:PORT[,HOST:PORT…].")],
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 30m, 1h, 3600s … (max 7d).")] = "1h",
     root: Annotated[str, typer.Option("--root", help="tiermesh's key prefix in etcd.")] = ROOT,
 ) -> None:
@@ -64,8 +64,7 @@ def create(
         lifetime = parse_ttl(ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ttl") from exc
-    host, port = parse_hostport(etcd, "--etcd")
-    endpoint = f"{host}:{port}"
+    endpoint = parse_etcd(etcd)
     try:
         token = asyncio.run(_create(endpoint, root, node_id, lifetime))
     except StoreError as exc:

@@ -49,12 +49,18 @@ def up(
             "--state-dir", help="Keep configs, logs and mesh.json here (else a temp dir)."
         ),
     ] = None,
+    ha: Annotated[
+        bool,
+        typer.Option(
+            "--ha", help="Run etcd as a 3-member cluster (loopback) instead of one member."
+        ),
+    ] = False,
 ) -> None:
     """Start etcd, the control plane and an edge/private/cloud mesh on 127.0.0.1 until Ctrl-C."""
     if model not in ("tiny", "smollm2"):
         raise typer.BadParameter(f"expected tiny or smollm2, got {model!r}", param_hint="--model")
     console = Console()
-    mesh = LocalMesh(app_port=port, model=model, state_dir=state_dir)
+    mesh = LocalMesh(app_port=port, model=model, state_dir=state_dir, ha=ha)
     try:
         asyncio.run(_run(mesh, console))
     except MeshError as exc:
@@ -111,7 +117,7 @@ def _record(mesh: LocalMesh) -> Path:
             dashboard_url=mesh.dashboard_url,
             audit_db=str(mesh.audit_db),
             state_dir=str(mesh.state_dir),
-            etcd=mesh.etcd.endpoint if mesh.etcd is not None else None,
+            etcd=mesh.etcd_endpoint if mesh.etcd is not None else None,
         )
     )
 
@@ -158,7 +164,7 @@ def _print_ready(mesh: LocalMesh, console: Console, state: Path) -> None:
             soft_wrap=True,
             highlight=False,
         )
-    etcd = f"--etcd {mesh.etcd.endpoint}" if mesh.etcd is not None else ""
+    etcd = f"--etcd {mesh.etcd_endpoint}" if mesh.etcd is not None else ""
     console.print(
         f"\nEvery tenant has a demo API key (mesh.json: api_keys). Without one a request is "
         f"refused (401). List and revoke keys (a revoked key is refused within seconds):\n\n"

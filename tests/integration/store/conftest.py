@@ -1,7 +1,8 @@
 """Fixtures for the Store contract suite: one harness per implementation.
 
-The etcd harness shares one session-scoped server (loopback, free ports, no fsync) and gives
-every test its own key root, so tests cannot see each other's keys.
+The etcd harnesses share one session-scoped server (loopback, free ports, no fsync) or one
+session-scoped 3-member cluster (the store is given every member's endpoint) and give every
+test its own key root, so tests cannot see each other's keys.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import pytest
 from tiermesh.controlplane.store import EtcdStore, ManualClock, MemoryStore, Store
 from tiermesh.controlplane.store.memory import MEMORY_ENDPOINT
 from tiermesh.procs.etcd import EtcdServer
+from tiermesh.procs.etcd_cluster import EtcdCluster
 
 
 class Harness:
     """A store under test plus the knobs the contract needs that differ per implementation."""
 
-    def __init__(self, kind: str, server: EtcdServer | None) -> None:
+    def __init__(self, kind: str, server: EtcdServer | EtcdCluster | None) -> None:
         self.kind = kind
         self.server = server
         self.root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
@@ -31,7 +33,12 @@ class Harness:
 
     @property
     def endpoint(self) -> str:
-        return MEMORY_ENDPOINT if self.server is None else self.server.endpoint
+        """What the store is given: one endpoint, or a cluster's comma list."""
+        if self.server is None:
+            return MEMORY_ENDPOINT
+        if isinstance(self.server, EtcdCluster):
+            return ",".join(self.server.endpoints)
+        return self.server.endpoint
 
     async def new_store(self, **limits: int) -> Store:
         """Another store with its own limits (etcd: same data; memory: a fresh fake)."""
@@ -39,7 +46,7 @@ class Harness:
         if self.server is None:
             store = MemoryStore(root=self.root, clock=self.clock, **limits)
         else:
-            store = EtcdStore(self.server.endpoint, root=self.root, **limits)
+            store = EtcdStore(self.endpoint, root=self.root, **limits)
             await store.connect()
         self._stores.append(store)
         return store  # type: ignore[no-any-return]
@@ -88,9 +95,25 @@ def etcd_server() -> Iterator[EtcdServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    with EtcdCluster.for_tests() as cluster:
+        yield cluster
+
+
+_SERVERS = {"memory": None, "etcd": "etcd_server", "etcd-cluster": "etcd_cluster"}
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("etcd-cluster", marks=pytest.mark.etcd),
+    ]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    server = request.getfixturevalue("etcd_server") if request.param == "etcd" else None
+    fixture = _SERVERS[request.param]
+    server = None if fixture is None else request.getfixturevalue(fixture)
     harness = Harness(request.param, server)
     harness.store = await harness.new_store()
     yield harness

@@ -31,12 +31,13 @@ class HostPort:
 class ControlPlaneConfig:
     """Settings of one control-plane replica. Immutable.
 
-    ``etcd`` lists endpoints of one etcd cluster (``HOST:PORT``); the first that answers is
-    used for the process's life. ``ads`` is the xDS port (mTLS), ``node_api`` the node port
-    (mTLS: renew, registry) and ``join`` the join port (TLS, join tokens); ``admin`` the
-    read-only HTTP status and metrics server, which has no authentication and belongs on
-    loopback; ``audit`` the decision-record collector (mTLS). ``data_dir`` receives the
-    server certificate (key mode 0600) and the audit database (``audit.sqlite3``). ``ca_passphrase``
+    ``etcd`` lists endpoints of one etcd cluster (``HOST:PORT``); the store uses them all,
+    moving to another member whenever the one in use fails. ``ads`` is the xDS port (mTLS),
+    ``node_api`` the node port (mTLS: renew, registry) and ``join`` the join port (TLS, join
+    tokens); ``admin`` the read-only HTTP status and metrics server, which has no
+    authentication and belongs on loopback; ``audit`` the decision-record collector (mTLS).
+    ``data_dir`` receives the server certificate (key mode 0600) and the audit database
+    (``audit.sqlite3``). ``ca_passphrase``
     decrypts the CA shared through etcd (every replica needs the same one).
     """
 

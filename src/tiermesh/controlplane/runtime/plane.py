@@ -82,18 +82,15 @@ log = logging.getLogger("tiermesh.controlplane")
 
 
 async def _connect(config: ControlPlaneConfig) -> EtcdStore:
-    problems: list[str] = []
-    for endpoint in config.etcd:
-        store = EtcdStore(endpoint, root=config.root, timeout_s=config.etcd_timeout_s)
-        try:
-            await store.connect()
-        except StoreUnavailable as exc:
-            problems.append(f"{endpoint}: {exc.detail}")
-            await store.aclose()
-            continue
-        log.info("connected to etcd at %s", store.endpoint)
-        return store
-    raise EtcdUnreachable(config.etcd, "; ".join(problems))
+    """One store over every configured member: it follows them for the process's life."""
+    store = EtcdStore(config.etcd, root=config.root, timeout_s=config.etcd_timeout_s)
+    try:
+        await store.connect()
+    except StoreUnavailable as exc:
+        await store.aclose()
+        raise EtcdUnreachable(config.etcd, exc.detail) from exc
+    log.info("connected to etcd at %s (members: %s)", store.endpoint, ", ".join(store.endpoints))
+    return store
 
 
 async def _adopt_legacy_usage(store: EtcdStore) -> None:

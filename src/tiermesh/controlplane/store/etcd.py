@@ -1,4 +1,4 @@
-"""The `Store` on a real etcd v3 server, through aetcd (asyncio gRPC).
+"""The `Store` on a real etcd v3 cluster (one member or several), through aetcd (asyncio gRPC).
 
 aetcd is the only gRPC etcd client allowed in a tiermesh process: two etcd client libraries
 in one process crash on duplicate protobuf symbols (DEPENDENCIES.md).
@@ -6,16 +6,14 @@ in one process crash on duplicate protobuf symbols (DEPENDENCIES.md).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
-from typing import Any, Final, NoReturn, Self
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, Self, TypeVar
 
 import aetcd
+import aetcd.client
 import aetcd.rpc
-import grpc
 from pydantic import BaseModel
 
 from tiermesh.controlplane.store.bundle import (
@@ -39,40 +37,28 @@ from tiermesh.controlplane.store.errors import (
     ContentionExhausted,
     KeyExists,
     LeaseExpired,
-    StoreError,
     StoreRequestFailed,
-    StoreUnavailable,
     UnknownApiKey,
-    WatchCompacted,
 )
-from tiermesh.controlplane.store.keys import ROOT, KeyLayout, prefix_range_end
+from tiermesh.controlplane.store.etcd_watch import DEFAULT_PROBE_INTERVAL_S, EtcdWatch
+from tiermesh.controlplane.store.failover import MemberPool, Retry, parse_endpoints
+from tiermesh.controlplane.store.keys import ROOT, KeyLayout
 from tiermesh.controlplane.store.models import (
     ApiKeyRecord,
     Bundle,
     Entry,
-    EventKind,
     JsonScalar,
     NodeLease,
     NodeRecord,
     Snapshot,
     Usage,
-    WatchEvent,
 )
 
 __all__ = ["DEFAULT_TIMEOUT_S", "EtcdStore"]
 
 DEFAULT_TIMEOUT_S: Final = 5.0
-_UNAVAILABLE_CODES: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
-_CANCEL_TIMEOUT_S: Final = 1.0
 
-
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, sep, port = endpoint.removeprefix("http://").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint must be 'host:port', got {endpoint!r}")
-    return host, int(port)
+T = TypeVar("T")
 
 
 class _LeaseIs:
@@ -92,35 +78,66 @@ class _LeaseIs:
 
 
 class EtcdStore:
-    """A `Store` on one etcd endpoint (``"127.0.0.1:2379"``).
+    """A `Store` on an etcd cluster: one endpoint (``"127.0.0.1:2379"``) or several (a
+    sequence, or a comma list ``"h:p,h:p,h:p"``), all members of the same cluster.
 
-    Owns one gRPC channel, opened by ``async with`` (or `connect`) and closed by `aclose`;
-    bound to the event loop that opened it. Every call has a deadline of ``timeout_s``; a
-    refused connection, an expired deadline or a broken stream raise `StoreUnavailable`
-    naming the endpoint. ``max_request_bytes`` and ``max_txn_ops`` must not exceed the
-    server's ``--max-request-bytes`` and ``--max-txn-ops``; bundle pushes over them are
-    refused before anything is sent.
+    Owns one gRPC channel per member, opened by ``async with`` (or `connect`) and closed by
+    `aclose`; bound to the event loop that opened it. Calls go to one member at a time
+    (`endpoint` names it); when it fails a call, the store moves on to the next member and
+    repeats the call there when that is safe: reads, watches and lease calls always, writes
+    only when the request provably never reached the cluster (`failover` explains why).
+    Every call has a deadline of ``timeout_s`` over all its tries, one try at most
+    ``attempt_timeout_s`` (default: ``timeout_s`` for one endpoint, half of it for several,
+    so a frozen member leaves time for another). When no member serves a call, or a write's
+    outcome is unknown, it raises `StoreUnavailable` naming every endpoint. Watches follow
+    the members too (`EtcdWatch`; ``watch_probe_s`` is how long a silent watch waits before
+    checking its member).
+    ``max_request_bytes`` and ``max_txn_ops`` must not exceed the server's
+    ``--max-request-bytes`` and ``--max-txn-ops``; bundle pushes over them are refused before
+    anything is sent.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoints: str | Sequence[str],
         *,
         root: str = ROOT,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempt_timeout_s: float | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
         max_cas_attempts: int = 100,
+        watch_probe_s: float = DEFAULT_PROBE_INTERVAL_S,
     ) -> None:
-        host, port = _split_endpoint(endpoint)
-        self.endpoint = f"{host}:{port}"
+        parsed = parse_endpoints(endpoints)
+        if attempt_timeout_s is None:
+            attempt_timeout_s = timeout_s if len(parsed) == 1 else timeout_s / 2
         self.layout = KeyLayout(root)
         self._max_request_bytes = max_request_bytes
         self._max_txn_ops = max_txn_ops
         self._max_cas_attempts = max_cas_attempts
-        self._client: Any = aetcd.Client(host=host, port=port, timeout=timeout_s)
-        self._tx: Any = self._client.transactions
-        self._closed = False
+        self._watch_probe_s = watch_probe_s
+        self._pool = MemberPool(parsed, timeout_s=timeout_s, attempt_timeout_s=attempt_timeout_s)
+        self._tx: Any = aetcd.client.Transactions()
+
+    @property
+    def endpoint(self) -> str:
+        """The member calls go to now."""
+        return self._pool.endpoint
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every member this store may use, in the order given."""
+        return self._pool.endpoints
+
+    @property
+    def _closed(self) -> bool:
+        return self._pool.closed
+
+    @property
+    def _client(self) -> Any:
+        """The current member's aetcd client (for tests that write around the typed API)."""
+        return self._pool.client(self._pool.current)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -130,52 +147,29 @@ class EtcdStore:
         await self.aclose()
 
     async def connect(self) -> None:
-        """Open the channel and check that the server answers; raises `StoreUnavailable`."""
-        with self._translate("connect"):
-            await self._client.connect()
-            await self._client.get(self.layout.bundle_meta.encode())
+        """Check that a member answers (trying each); raises `StoreUnavailable`."""
+        await self._read("connect", lambda c: c.get(self.layout.bundle_meta.encode()))
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(aetcd.ClientError, grpc.RpcError, TimeoutError):
-            await self._client.close()
+        await self._pool.aclose()
 
     async def compact(self, revision: int) -> None:
-        """Discard history before ``revision`` on the whole server (all roots).
+        """Discard history before ``revision`` on the whole cluster (all roots).
 
         An operations tool, not part of `Store`: watches that start or lag before it get
         `WatchCompacted`.
         """
-        with self._translate("compact"):
-            await self._client.compact(revision, physical=True)
+        await self._write("compact", lambda c: c.compact(revision, physical=True))
 
     # -- internals -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translate(self, operation: str) -> Iterator[None]:
-        """Map aetcd / gRPC failures of ``operation`` to `StoreError` subclasses."""
-        if self._closed:
-            raise StoreUnavailable(self.endpoint, "store is closed")
-        try:
-            yield
-        except StoreError:
-            raise
-        except (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError) as exc:
-            raise StoreUnavailable(self.endpoint, str(exc) or type(exc).__name__) from exc
-        except aetcd.ClientError as exc:
-            raise StoreRequestFailed(operation, str(exc) or type(exc).__name__) from exc
-        except grpc.aio.AioRpcError as exc:
-            self._raise_rpc(operation, exc)
-        except TimeoutError as exc:
-            raise StoreUnavailable(self.endpoint, f"{operation} timed out") from exc
+    async def _read(self, operation: str, attempt: Callable[[Any], Awaitable[T]]) -> T:
+        """A call that may be repeated on another member whatever happened."""
+        return await self._pool.call(operation, attempt, retry=Retry.ALWAYS)
 
-    def _raise_rpc(self, operation: str, exc: grpc.aio.AioRpcError) -> NoReturn:
-        detail = f"{exc.code().name}: {exc.details()}"
-        if exc.code() in _UNAVAILABLE_CODES:
-            raise StoreUnavailable(self.endpoint, detail) from exc
-        raise StoreRequestFailed(operation, detail) from exc
+    async def _write(self, operation: str, attempt: Callable[[Any], Awaitable[T]]) -> T:
+        """A call that is repeated on another member only if it never reached the cluster."""
+        return await self._pool.call(operation, attempt, retry=Retry.IF_UNSENT)
 
     def _entry(self, kv: Any) -> Entry:
         return Entry(
@@ -186,14 +180,27 @@ class EtcdStore:
             int(kv.lease),
         )
 
-    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
-        return await self._client.transaction(compare=compare, success=success, failure=failure)
+    async def _txn(
+        self,
+        operation: str,
+        compare: list[Any],
+        success: list[Any],
+        failure: list[Any],
+        *,
+        retry: Retry = Retry.IF_UNSENT,
+    ) -> Any:
+        return await self._pool.call(
+            operation,
+            lambda c: c.transaction(compare=compare, success=success, failure=failure),
+            retry=retry,
+        )
 
     # -- policy bundle -----------------------------------------------------------------------
 
     async def get_bundle(self) -> Bundle:
-        with self._translate("get_bundle"):
-            found = await self._client.get_prefix(self.layout.bundle_prefix.encode())
+        found = await self._read(
+            "get_bundle", lambda c: c.get_prefix(self.layout.bundle_prefix.encode())
+        )
         meta: bytes | None = None
         files: dict[str, bytes] = {}
         for kv in found:
@@ -220,8 +227,9 @@ class EtcdStore:
             **limits,
         )
         meta_key = self.layout.bundle_meta
-        with self._translate("push_bundle"):
-            found = await self._client.get_prefix(self.layout.bundle_prefix.encode())
+        found = await self._read(
+            "push_bundle", lambda c: c.get_prefix(self.layout.bundle_prefix.encode())
+        )
         meta_kv: Any = None
         stored: list[str] = []
         for kv in found:
@@ -241,8 +249,9 @@ class EtcdStore:
         success = [tx.delete(key.encode()) for key in plan.deletes]
         success += [tx.put(key.encode(), value) for key, value in plan.puts]
         success.append(tx.put(meta_key.encode(), plan.meta_value))
-        with self._translate("push_bundle"):
-            ok, responses = await self._txn([guard], success, [tx.get(meta_key.encode())])
+        ok, responses = await self._txn(
+            "push_bundle", [guard], success, [tx.get(meta_key.encode())]
+        )
         if not ok:
             rows = responses[0]
             actual = BundleMeta.decode(bytes(rows[0][0])).revision if rows else 0
@@ -259,50 +268,51 @@ class EtcdStore:
         value = registration_bytes(registration)
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
-        with self._translate("register_node"):
-            lease = await self._client.lease(ttl_s)
+        lease = await self._read("register_node", lambda c: c.lease(ttl_s))
         lease_id = int(lease.id)
         try:
-            with self._translate("register_node"):
-                await self._client.put(key, value, lease=lease_id)
+            # Repeatable: the node's own key, set to the same value under the same lease.
+            await self._pool.call(
+                "register_node",
+                lambda c: c.put(key, value, lease=lease_id),
+                retry=Retry.ALWAYS,
+            )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._client.revoke_lease(lease_id)
+                await self._read("register_node", lambda c: c.revoke_lease(lease_id))
             raise
         return NodeLease(node_id, lease_id, int(lease.ttl))
 
     async def update_node(self, lease: NodeLease, registration: bytes | BaseModel) -> int:
         key = self.layout.node(lease.node_id).encode()
         value = registration_bytes(registration)
-        with self._translate("update_node"):
-            ok, responses = await self._txn(
-                [_LeaseIs(key, lease.lease_id)],
-                [self._tx.put(key, value, lease=lease.lease_id)],
-                [],
-            )
+        ok, responses = await self._txn(
+            "update_node",
+            [_LeaseIs(key, lease.lease_id)],
+            [self._tx.put(key, value, lease=lease.lease_id)],
+            [],
+            retry=Retry.ALWAYS,  # the same value again under the same lease: repeatable
+        )
         if not ok:
             raise LeaseExpired(lease.lease_id, lease.node_id)
         return int(responses[0].response_put.header.revision)
 
     async def refresh_lease(self, lease: NodeLease) -> int:
-        with self._translate("refresh_lease"):
-            reply = await self._client.refresh_lease(lease.lease_id)
+        reply = await self._read("refresh_lease", lambda c: c.refresh_lease(lease.lease_id))
         if reply is None or int(reply.TTL) <= 0:
             raise LeaseExpired(lease.lease_id, lease.node_id)
         return int(reply.TTL)
 
     async def revoke_lease(self, lease: NodeLease) -> None:
         try:
-            with self._translate("revoke_lease"):
-                await self._client.revoke_lease(lease.lease_id)
+            await self._read("revoke_lease", lambda c: c.revoke_lease(lease.lease_id))
         except StoreRequestFailed as exc:
             if "lease not found" not in exc.detail:
                 raise
 
     async def list_nodes(self) -> tuple[NodeRecord, ...]:
         prefix = self.layout.nodes_prefix
-        with self._translate("list_nodes"):
-            found = await self._client.get_prefix(prefix.encode())
+        found = await self._read("list_nodes", lambda c: c.get_prefix(prefix.encode()))
         return tuple(
             NodeRecord(
                 kv.key.decode().removeprefix(prefix),
@@ -321,8 +331,7 @@ class EtcdStore:
         key = self.layout.usage(tenant, month).encode()
         check_increments(tokens, cost_micro)
         tx = self._tx
-        with self._translate("add_usage"):
-            current = await self._client.get(key)
+        current = await self._read("add_usage", lambda c: c.get(key))
         for _ in range(self._max_cas_attempts):
             if current is None:
                 before = Usage(tenant)
@@ -331,10 +340,12 @@ class EtcdStore:
                 before = decode_usage(tenant, bytes(current.value), int(current.mod_revision))
                 guard = tx.mod(key) == int(current.mod_revision)
             new_tokens, new_cost = before.tokens + tokens, before.cost_micro + cost_micro
-            with self._translate("add_usage"):
-                ok, responses = await self._txn(
-                    [guard], [tx.put(key, encode_usage(new_tokens, new_cost))], [tx.get(key)]
-                )
+            ok, responses = await self._txn(
+                "add_usage",
+                [guard],
+                [tx.put(key, encode_usage(new_tokens, new_cost))],
+                [tx.get(key)],
+            )
             if ok:
                 revision = int(responses[0].response_put.header.revision)
                 return Usage(tenant, new_tokens, new_cost, revision)
@@ -344,16 +355,16 @@ class EtcdStore:
 
     async def get_usage(self, tenant: str, *, month: str) -> Usage:
         key = self.layout.usage(tenant, month).encode()
-        with self._translate("get_usage"):
-            current = await self._client.get(key)
+        current = await self._read("get_usage", lambda c: c.get(key))
         if current is None:
             return Usage(tenant)
         return decode_usage(tenant, bytes(current.value), int(current.mod_revision))
 
     async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
         self.layout.usage_month_prefix(month)  # a malformed month fails before anything
-        with self._translate("adopt_legacy_usage"):
-            found = await self._client.get_prefix(self.layout.usage_prefix.encode())
+        found = await self._read(
+            "adopt_legacy_usage", lambda c: c.get_prefix(self.layout.usage_prefix.encode())
+        )
         adopted: list[Usage] = []
         for kv in found:
             key = bytes(kv.key).decode()
@@ -367,8 +378,8 @@ class EtcdStore:
         old_key, key = legacy.encode(), self.layout.usage(tenant, month).encode()
         tx = self._tx
         for _ in range(self._max_cas_attempts):
-            with self._translate("adopt_legacy_usage"):
-                old, current = await self._client.get(old_key), await self._client.get(key)
+            old = await self._read("adopt_legacy_usage", lambda c: c.get(old_key))
+            current = await self._read("adopt_legacy_usage", lambda c: c.get(key))
             if old is None:
                 return None  # another caller moved it
             try:
@@ -387,10 +398,12 @@ class EtcdStore:
                 else tx.mod(key) == int(current.mod_revision),
             ]
             tokens, cost = before.tokens + moved.tokens, before.cost_micro + moved.cost_micro
-            with self._translate("adopt_legacy_usage"):
-                ok, responses = await self._txn(
-                    guards, [tx.put(key, encode_usage(tokens, cost)), tx.delete(old_key)], []
-                )
+            ok, responses = await self._txn(
+                "adopt_legacy_usage",
+                guards,
+                [tx.put(key, encode_usage(tokens, cost)), tx.delete(old_key)],
+                [],
+            )
             if ok:
                 revision = int(responses[0].response_put.header.revision)
                 return Usage(tenant, tokens, cost, revision)
@@ -402,10 +415,9 @@ class EtcdStore:
         full = self.layout.api_key(record.key_id)
         key = full.encode()
         tx = self._tx
-        with self._translate("create_api_key"):
-            ok, responses = await self._txn(
-                [tx.version(key) == 0], [tx.put(key, encode_api_key(record))], []
-            )
+        ok, responses = await self._txn(
+            "create_api_key", [tx.version(key) == 0], [tx.put(key, encode_api_key(record))], []
+        )
         if not ok:
             raise KeyExists(self.layout.relative(full))
         revision = int(responses[0].response_put.header.revision)
@@ -413,8 +425,7 @@ class EtcdStore:
 
     async def list_api_keys(self) -> tuple[ApiKeyRecord, ...]:
         prefix = self.layout.api_keys_prefix
-        with self._translate("list_api_keys"):
-            found = await self._client.get_prefix(prefix.encode())
+        found = await self._read("list_api_keys", lambda c: c.get_prefix(prefix.encode()))
         return tuple(
             decode_api_key(
                 kv.key.decode().removeprefix(prefix), bytes(kv.value), int(kv.mod_revision)
@@ -426,8 +437,7 @@ class EtcdStore:
         full = self.layout.api_key(key_id)
         key = full.encode()
         tx = self._tx
-        with self._translate("revoke_api_key"):
-            current = await self._client.get(key)
+        current = await self._read("revoke_api_key", lambda c: c.get(key))
         for _ in range(self._max_cas_attempts):
             if current is None:
                 raise UnknownApiKey(key_id)
@@ -435,12 +445,12 @@ class EtcdStore:
             if record.revoked:
                 return record
             record = dataclasses.replace(record, revoked_at=revoked_at)
-            with self._translate("revoke_api_key"):
-                ok, responses = await self._txn(
-                    [tx.mod(key) == int(current.mod_revision)],
-                    [tx.put(key, encode_api_key(record))],
-                    [tx.get(key)],
-                )
+            ok, responses = await self._txn(
+                "revoke_api_key",
+                [tx.mod(key) == int(current.mod_revision)],
+                [tx.put(key, encode_api_key(record))],
+                [tx.get(key)],
+            )
             if ok:
                 revision = int(responses[0].response_put.header.revision)
                 return dataclasses.replace(record, mod_revision=revision)
@@ -452,126 +462,47 @@ class EtcdStore:
 
     async def get(self, key: str) -> Entry | None:
         full = self.layout.generic(key).encode()
-        with self._translate("get"):
-            found = await self._client.get(full)
+        found = await self._read("get", lambda c: c.get(full))
         return None if found is None else self._entry(found)
 
     async def put(self, key: str, value: bytes) -> int:
         full = self.layout.generic(key).encode()
-        with self._translate("put"):
-            result = await self._client.put(full, bytes(value))
+        result = await self._write("put", lambda c: c.put(full, bytes(value)))
         return int(result.header.revision)
 
     async def put_if_absent(self, key: str, value: bytes) -> int:
         full = self.layout.generic(key).encode()
         tx = self._tx
-        with self._translate("put_if_absent"):
-            ok, responses = await self._txn([tx.version(full) == 0], [tx.put(full, value)], [])
+        ok, responses = await self._txn(
+            "put_if_absent", [tx.version(full) == 0], [tx.put(full, value)], []
+        )
         if not ok:
             raise KeyExists(key)
         return int(responses[0].response_put.header.revision)
 
     async def delete(self, key: str) -> bool:
         full = self.layout.generic(key).encode()
-        with self._translate("delete"):
-            result = await self._client.delete(full)
+        result = await self._write("delete", lambda c: c.delete(full))
         return result is not None
 
     async def delete_if_value(self, key: str, expected: bytes) -> bool:
         full = self.layout.generic(key).encode()
         tx = self._tx
-        with self._translate("delete_if_value"):
-            ok, responses = await self._txn(
-                [tx.value(full) == bytes(expected)], [tx.delete(full)], []
-            )
+        ok, responses = await self._txn(
+            "delete_if_value", [tx.value(full) == bytes(expected)], [tx.delete(full)], []
+        )
         return bool(ok) and int(responses[0].response_delete_range.deleted) == 1
 
     async def read_prefix(self, prefix: str) -> Snapshot:
         full = self.layout.prefix(prefix).encode()
-        with self._translate("read_prefix"):
-            found = await self._client.get_prefix(full)
+        found = await self._read("read_prefix", lambda c: c.get_prefix(full))
         return Snapshot(int(found.header.revision), tuple(self._entry(kv) for kv in found))
 
-    def watch(self, prefix: str, *, after_revision: int) -> _EtcdWatch:
-        return _EtcdWatch(self, self.layout.prefix(prefix), after_revision)
-
-
-class _EtcdWatch:
-    """`WatchStream` over one etcd watch on the store's shared watch stream."""
-
-    def __init__(self, store: EtcdStore, full_prefix: str, after_revision: int) -> None:
-        self._store = store
-        self._prefix = full_prefix.encode()
-        self._after = after_revision
-        self._watch: Any = None
-        self._events: AsyncIterator[Any] | None = None
-        self._closed = False
-
-    async def __aenter__(self) -> Self:
-        if self._watch is not None or self._closed:
-            raise RuntimeError("a watch stream can be entered once")
-        try:
-            with self._store._translate("watch"):
-                self._watch = await self._store._client.watch(
-                    self._prefix,
-                    range_end=prefix_range_end(self._prefix),
-                    start_revision=self._after + 1,
-                )
-        except StoreRequestFailed as exc:
-            self._raise_compacted(exc.__cause__)
-            raise
-        self._events = aiter(self._watch)
-        return self
-
-    def _raise_compacted(self, cause: BaseException | None) -> None:
-        if isinstance(cause, aetcd.RevisionCompactedError):
-            self._closed = True
-            raise WatchCompacted(self._after, int(cause.compacted_revision)) from cause
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> AsyncIterator[WatchEvent]:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self._closed or self._store._closed:
-            self._closed = True
-            raise StopAsyncIteration
-        if self._events is None:
-            raise RuntimeError("enter the watch stream (async with) before iterating it")
-        try:
-            with self._store._translate("watch"):
-                event = await anext(self._events)
-        except StopAsyncIteration:
-            self._closed = True
-            raise
-        except StoreRequestFailed as exc:
-            await self.aclose()
-            self._raise_compacted(exc.__cause__)
-            raise
-        except StoreError:
-            await self.aclose()
-            raise
-        kind = EventKind.PUT if event.kind == "PUT" else EventKind.DELETE
-        key = self._store.layout.relative(event.kv.key.decode())
-        value = bytes(event.kv.value) if kind is EventKind.PUT else b""
-        return WatchEvent(kind, key, value, int(event.kv.mod_revision))
-
-    async def aclose(self) -> None:
-        if self._closed and self._watch is None:
-            return
-        self._closed = True
-        watch, self._watch = self._watch, None
-        events, self._events = self._events, None
-        if watch is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.cancel(), _CANCEL_TIMEOUT_S)
-        if events is not None and hasattr(events, "aclose"):
-            with contextlib.suppress(Exception):
-                await events.aclose()
+    def watch(self, prefix: str, *, after_revision: int) -> EtcdWatch:
+        return EtcdWatch(
+            self._pool,
+            self.layout,
+            self.layout.prefix(prefix),
+            after_revision,
+            probe_interval_s=self._watch_probe_s,
+        )
