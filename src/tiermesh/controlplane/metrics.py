@@ -25,6 +25,7 @@ __all__ = [
     "RECONCILE_SECONDS",
     "SVIDS_ISSUED",
     "SVID_EXPIRY",
+    "issued_expiries",
     "note_issued",
     "note_reconcile",
 ]
@@ -56,7 +57,18 @@ def note_reconcile(ok: bool, seconds: float) -> None:
     RECONCILE_SECONDS.labels("ok" if ok else "failed").observe(seconds)
 
 
+_ISSUED: dict[str, float] = {}
+
+
 def note_issued(node_id: str, not_after_timestamp: float, how: Literal["join", "renew"]) -> None:
     """Record an SVID issued to ``node_id``."""
     SVID_EXPIRY.labels(node_id).set(not_after_timestamp)
     SVIDS_ISSUED.labels(how).inc()
+    _ISSUED[node_id] = not_after_timestamp
+
+
+def issued_expiries() -> dict[str, float]:
+    """Node -> notAfter (POSIX seconds) of the last SVID this replica issued it; a node
+    that joined and last renewed through another replica, or before a restart, is not
+    in it. A copy."""
+    return dict(_ISSUED)

@@ -108,3 +108,18 @@ def test_an_empty_mesh_renders() -> None:
     assert "No node has registered." in text
     assert "No request decision recorded yet." in text
     assert "chain not verified yet" in text
+
+
+async def test_a_node_shows_when_its_svid_expires(tmp_path: Path) -> None:
+    db = await signed_db(tmp_path, [])
+    with AuditStore(db) as store:
+        audit = await AuditWatcher(store).summary()
+    status = status_document(**_traffic())
+    status["nodes"][0]["svid_expires_at"] = "2026-12-07T18:00:00+00:00"
+    view = dashboard_document(status, audit, now=NOW)
+    edge, cloud = view["nodes"]
+    assert edge["svid_expires_at"] == "2026-12-07T18:00:00+00:00"
+    assert cloud["svid_expires_at"] is None
+    html = main(view)
+    assert "verified<br><small>until 2026-12-07T18:00Z</small>" in html
+    assert '<td class="svid registered">registered</td>' in html

@@ -72,6 +72,14 @@ def _xds_cell(rows: Iterable[Mapping[str, Any]]) -> str:
     return f"<td>{badges or '—'}</td>"
 
 
+def _svid_cell(node: Mapping[str, Any]) -> str:
+    """The SVID state and, when this replica issued it, when it expires (UTC)."""
+    state = node.get("svid")
+    expires = node.get("svid_expires_at")
+    until = "" if not expires else f"<br><small>until {e(str(expires)[:16])}Z</small>"
+    return f'<td class="svid {e(state)}">{e(state)}{until}</td>'
+
+
 def _nodes(view: Mapping[str, Any]) -> str:
     head = (
         "<tr><th>node</th><th>tier</th><th>region</th><th>health</th><th>SVID</th>"
@@ -84,7 +92,7 @@ def _nodes(view: Mapping[str, Any]) -> str:
                 _td(n.get("tier")),
                 _td(n.get("region")),
                 _td(n.get("health"), cls=f"health {n.get('health')}"),
-                _td(n.get("svid"), cls=f"svid {n.get('svid')}"),
+                _svid_cell(n),
                 _xds_cell(n.get("xds") or ()),
                 _td(n.get("answers"), figure=f"node-answers-{n.get('id')}"),
                 _td(n.get("fallback"), figure=f"node-fallback-{n.get('id')}"),

@@ -20,7 +20,9 @@ xDS ``state`` per type: ``ACK`` (the version sent is acknowledged), ``NACK`` (th
 answer to it was a rejection), ``pending`` (sent, no answer yet) or ``-`` (nothing sent).
 ``svid``: ``verified`` when the node is registered (the node API accepts a registration
 only over mTLS with the node's own SVID) and its xDS stream is up (ADS also demands it),
-``registered`` without a stream, ``none`` otherwise. Decision fields are the audit
+``registered`` without a stream, ``none`` otherwise; ``svid_expires_at`` is the notAfter
+of the SVID this replica last issued the node (ISO-8601, null when another replica or an
+earlier run issued it). Decision fields are the audit
 record's masked facets (the decision log holds no prompt text and masks values that could
 carry personal data), cut to :data:`MAX_FIELD_CHARS`; they are still attacker-influenced
 text and every renderer must escape them.
@@ -131,6 +133,7 @@ def _node(entry: Mapping[str, Any], traffic: Mapping[str, Any]) -> dict[str, Any
         "health": entry.get("health", "unknown"),
         "spiffe_id": entry.get("spiffe_id"),
         "svid": svid,
+        "svid_expires_at": entry.get("svid_expires_at"),
         "connected": connected,
         "xds": rows,
         "answers": int(answered.get("answers") or 0),

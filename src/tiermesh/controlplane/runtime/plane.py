@@ -53,6 +53,7 @@ from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertifica
 from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
 from tiermesh.controlplane.identity.tokens import JoinTokens
 from tiermesh.controlplane.identity.xds_auth import server_credentials, spiffe_node_authorizer
+from tiermesh.controlplane.metrics import issued_expiries
 from tiermesh.controlplane.nodeapi import (
     NodeApiServer,
     NodeIdentityService,
@@ -363,6 +364,7 @@ class ControlPlane:
             xds=self._ads.status.all(),
             cache=self._cache,
             reconciler=self.reconciler,
+            svid_expiry=issued_expiries(),
         )
         document["traffic"] = self.traffic.document()
         return document

@@ -10,6 +10,7 @@ that owns the ADS status registry). The document is JSON (version ``v1``)::
                    "nodes": [...], "skipped": [...]},
      "nodes": [{"id", "spiffe_id", "registered": bool, "registration": {…} | null,
                 "health": "healthy" | "unhealthy" | "unknown", "load": {…} | null,
+                "svid_expires_at": ISO-8601 | null,
                 "inference_url": "http://127.0.0.1:<app_port>" | null,
                 "xds": {"connected": bool, "streams": int, "mode": str | null,
                         "types": {"listeners": {"sent": str, "acked": str, "nacks": int,
@@ -28,6 +29,7 @@ mesh-wide counter (every node's reported spend) as the reconciler last saw it,
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,8 +130,12 @@ def status_document(
     xds: Sequence[NodeStatus],
     cache: SnapshotCache,
     reconciler: Reconciler,
+    svid_expiry: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The status document (module doc) of one control-plane replica, JSON-ready."""
+    """The status document (module doc) of one control-plane replica, JSON-ready.
+    ``svid_expiry``: node -> notAfter (POSIX seconds) of the SVID this replica last issued
+    it (``svid_expires_at``; null for a node not in it)."""
+    expiry = svid_expiry or {}
     by_id = {status.node_id: status for status in xds}
     node_ids = sorted(set(registrations) | set(by_id) | set(cache.keys()))
     nodes = []
@@ -150,6 +156,9 @@ def status_document(
                     **document.load.model_dump(mode="json", exclude={"version"}),
                     "at": document.load_at.isoformat() if document.load_at else None,
                 },
+                "svid_expires_at": None
+                if node_id not in expiry
+                else dt.datetime.fromtimestamp(expiry[node_id], dt.UTC).isoformat(),
                 "inference_url": None
                 if document is None
                 else f"http://127.0.0.1:{document.app_port}",
