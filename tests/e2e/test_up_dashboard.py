@@ -53,7 +53,18 @@ DELTA_BOUND_S = 30.0
 QUIET_S = 3.0
 """Longer than an access-log flush plus a usage report interval: what has not arrived by
 then was not sent."""
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+SHOTS_ENV = "TIERMESH_SCREENSHOTS"
+"""Set it to a folder (``bench/results`` to refresh the README's screenshots) and the
+dashboard tests save what the browser showed there; unset, into the test's own temp dir,
+so a test run never changes tracked files."""
+
+
+def shots(up: Up) -> Path:
+    """Where this run's screenshots go (:data:`SHOTS_ENV`)."""
+    folder = Path(os.environ.get(SHOTS_ENV) or up.state.parent / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 Figures = Counter[str]
 
@@ -203,8 +214,7 @@ def test_restricted_and_pii_requests_are_answered_locally_and_shown_as_decisions
         expect(shown).to_contain_text("restricted")
         expect(page.locator("#decisions")).not_to_contain_text("jane.doe")
         if kind == "pii":
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            page.locator("#decisions").screenshot(path=str(RESULTS / "dashboard-decisions.png"))
+            page.locator("#decisions").screenshot(path=str(shots(up) / "dashboard-decisions.png"))
 
 
 def test_a_cascade_escalation_is_one_cascade_fallback(up: Up) -> None:
@@ -262,7 +272,6 @@ def test_a_request_without_a_key_is_one_refusal(up: Up) -> None:
 def test_a_person_sees_it_in_a_browser_and_the_commands_find_the_mesh(up: Up) -> None:
     figures = settled(up)
     document = view(up)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     with headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 1360, "height": 1000})
         problems: list[str] = []
@@ -290,9 +299,10 @@ def test_a_person_sees_it_in_a_browser_and_the_commands_find_the_mesh(up: Up) ->
         revision = str(document["policy"]["revision"])
         expect(page.locator('[data-figure="policy-revision"]')).to_have_text(revision)
         expect(page.locator("#live")).to_have_text("live", timeout=10_000)  # a poll came back
-        page.screenshot(path=str(RESULTS / "dashboard.png"), full_page=True)
-        page.locator("#traffic").screenshot(path=str(RESULTS / "dashboard-tier-use.png"))
-        page.locator("#mesh").screenshot(path=str(RESULTS / "dashboard-mesh.png"))
+        folder = shots(up)
+        page.screenshot(path=str(folder / "dashboard.png"), full_page=True)
+        page.locator("#traffic").screenshot(path=str(folder / "dashboard-tier-use.png"))
+        page.locator("#mesh").screenshot(path=str(folder / "dashboard-mesh.png"))
         assert problems == []
 
     env = {**os.environ, **CHILD_ENV, "TIERMESH_STATE_FILE": str(state_file(up.state))}

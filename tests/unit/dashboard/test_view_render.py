@@ -121,5 +121,5 @@ async def test_a_node_shows_when_its_svid_expires(tmp_path: Path) -> None:
     assert edge["svid_expires_at"] == "2026-12-07T18:00:00+00:00"
     assert cloud["svid_expires_at"] is None
     html = main(view)
-    assert "verified<br><small>until 2026-12-07T18:00Z</small>" in html
+    assert "verified<br><small>until 2026-12-07 18:00 UTC</small>" in html
     assert '<td class="svid registered">registered</td>' in html

@@ -76,7 +76,8 @@ def _svid_cell(node: Mapping[str, Any]) -> str:
     """The SVID state and, when this replica issued it, when it expires (UTC)."""
     state = node.get("svid")
     expires = node.get("svid_expires_at")
-    until = "" if not expires else f"<br><small>until {e(str(expires)[:16])}Z</small>"
+    when = str(expires)[:16].replace("T", " ")
+    until = "" if not expires else f"<br><small>until {e(when)} UTC</small>"
     return f'<td class="svid {e(state)}">{e(state)}{until}</td>'
 
 
