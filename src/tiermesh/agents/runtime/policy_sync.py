@@ -211,6 +211,7 @@ class PolicySync:
                 bundle_revision=revision,
                 etcd_revision=ref.etcd_revision,
                 keys=policy_keys(policy, self._request_config),
+                modules=policy.modules,
             )
             self.current = ref
             self.last_error = None
@@ -244,6 +245,7 @@ class PolicySync:
             bundle_revision=revision,
             etcd_revision=ref.etcd_revision,
             keys=policy_keys(policy, self._request_config),
+            modules=policy.modules,
         )
         self._engine = engine
         old.close()
