@@ -258,3 +258,14 @@ def test_a_custom_detector_is_filtered_to_matches_across_seams() -> None:
     assert registry.detect_across(text, [6]) == registry.detect(text)
     assert registry.detect_across(text, [2, 20]) == []
     assert registry.detect_across(text, []) == []
+
+
+def test_skipped_kinds_are_not_looked_for_and_the_rest_unchanged() -> None:
+    registry = default_registry()
+    text = "mail a@example.com or call +44 20 7946 0958"
+    everything = registry.detect(text)
+    assert [f.kind for f in everything] == ["email", "phone"]
+    assert registry.detect(text, skip={"email"}) == everything[1:]
+    joined = "a@exam" + "ple.com"
+    assert [f.kind for f in registry.detect_across(joined, [6])] == ["email"]
+    assert registry.detect_across(joined, [6], skip={"email"}) == []

@@ -47,7 +47,7 @@ import bisect
 import re
 import string
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -460,20 +460,25 @@ class DetectorRegistry:
         """A new registry without the detector of ``kind`` (no error when absent)."""
         return DetectorRegistry(d for d in self._detectors if d.kind != kind)
 
-    def detect(self, text: str) -> list[Finding]:
-        """One :class:`Finding` per kind with at least one match, in registry order."""
+    def detect(self, text: str, *, skip: Container[str] = ()) -> list[Finding]:
+        """One :class:`Finding` per kind with at least one match, in registry order; the
+        detectors of the kinds in ``skip`` are not run."""
         findings: list[Finding] = []
         for detector in self._detectors:
+            if detector.kind in skip:
+                continue
             spans = tuple(detector.find(text))
             if spans:
                 findings.append(Finding(detector.kind, len(spans), spans))
         return findings
 
-    def detect_across(self, text: str, seams: Sequence[int]) -> list[Finding]:
+    def detect_across(
+        self, text: str, seams: Sequence[int], *, skip: Container[str] = ()
+    ) -> list[Finding]:
         """Like :meth:`detect`, keeping only matches that cross a seam (``start < seam <
         end`` for one of ``seams``, sorted offsets into ``text``): for a text made by
         joining parts, what no part shows on its own. Built-in detectors scan only near the
-        seams; others scan the whole text."""
+        seams; others scan the whole text. The kinds in ``skip`` are not looked for."""
         findings: list[Finding] = []
         if not seams:
             return findings
@@ -481,6 +486,8 @@ class DetectorRegistry:
         for seam in seams:
             beside.setdefault(text[seam - 1 : seam + 1], []).append(seam)
         for detector in self._detectors:
+            if detector.kind in skip:
+                continue
             if isinstance(detector, _Windowed):
                 spans = tuple(detector.find_across(text, seams, beside))
             else:
