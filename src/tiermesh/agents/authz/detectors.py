@@ -44,6 +44,7 @@ text (``tests/unit/authz/test_detectors.py`` checks this against reference patte
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import string
 import threading
@@ -471,6 +472,26 @@ class DetectorRegistry:
             if spans:
                 findings.append(Finding(detector.kind, len(spans), spans))
         return findings
+
+    def detect_each(self, texts: Sequence[str]) -> list[list[Finding]]:
+        """:meth:`detect` of each of ``texts``, spans relative to that text.
+
+        With only built-in detectors, in one pass over the texts joined by ``"\\n"``: no
+        built-in pattern holds a line break or reads one as a letter, digit or joiner, so
+        a match never spans two texts and a text's edge reads as a line break does."""
+        if not all(isinstance(d, _Windowed) for d in self._detectors) or len(texts) < 2:
+            return [self.detect(text) for text in texts]
+        starts = list(itertools.accumulate((len(text) + 1 for text in texts[:-1]), initial=0))
+        counts: list[dict[str, list[Span]]] = [{} for _ in texts]
+        for finding in self.detect("\n".join(texts)):
+            for start, end in finding.spans:
+                index = bisect.bisect_right(starts, start) - 1
+                offset = starts[index]
+                counts[index].setdefault(finding.kind, []).append((start - offset, end - offset))
+        return [
+            [Finding(kind, len(spans), tuple(spans)) for kind, spans in found.items()]
+            for found in counts
+        ]
 
     def detect_across(
         self, text: str, seams: Sequence[int], *, skip: Container[str] = ()
