@@ -25,7 +25,8 @@ The backends set ``TCP_NODELAY`` on their connections (see :func:`nodelay_backen
 without it every keep-alive answer of ``http.server`` (headers and body in two writes)
 stalls ~40 ms on Nagle + Envoy's delayed ACK, whichever listener it goes through.
 
-Bounded by ``--count`` and ``--seconds`` per case. Writes ``bench/results/ext_authz.md``.
+Bounded by ``--count`` and ``--seconds`` per case. Writes ``bench/results/ext_authz.md``;
+the notes after :data:`NOTES_MARKER` in it are kept.
 ``bench/edge_path.py`` (+ usage accounting) reuses the Envoy, request and percentile
 helpers here.
 
@@ -317,9 +318,16 @@ def main() -> None:
         }
         started: list[tuple[XdsThread, EnvoyProcess]] = []
         try:
-            direct_rows = [
-                direct_rounds(servers, c, args.count, args.seconds, args.rounds) for c in (1, 16)
-            ]
+            direct_rows = []
+            for concurrency in (1, 16):
+                before = {name: (a.log.next_seq, a.log.commits) for name, a in servers.items()}
+                rows = direct_rounds(servers, concurrency, args.count, args.seconds, args.rounds)
+                for name, authz in servers.items():
+                    records, commits = before[name]
+                    rows[name]["per_commit"] = (authz.log.next_seq - records) / max(
+                        1, authz.log.commits - commits
+                    )
+                direct_rows.append(rows)
             plan = evaluate_plan(small_catalog({n: b.port for n, b in backends.items()}))
             xds, envoy, plain = start_envoy(workdir, "plain", plan, None)
             started.append((xds, envoy))
@@ -385,11 +393,11 @@ def report(
         "",
         "## Direct gRPC Check calls (alternating servers)",
         "",
-        "| concurrency | server | calls | decisions/s | p50 ms | p99 ms |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| concurrency | server | calls | decisions/s | p50 ms | p99 ms | records per fsync |",
+        "|---:|---|---:|---:|---:|---:|---:|",
         *(
             f"| {r['concurrency']} | {name} | {r['calls']} | {r['per_s']:.0f} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['per_commit']:.1f} |"
             for rows in direct_rows
             for name, r in rows.items()
         ),
@@ -429,8 +437,14 @@ def report(
         "",
     ]
     text = "\n".join(lines)
-    path.write_text(text, encoding="utf-8")
     print(text)
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    _, marker, notes = previous.partition(NOTES_MARKER)
+    path.write_text(text + "\n" + marker + notes if marker else text, encoding="utf-8")
+
+
+NOTES_MARKER = "<!-- notes below are kept when the benchmark rewrites this file -->"
+"""What follows this line in the results file (profiles, earlier runs) survives a rerun."""
 
 
 if __name__ == "__main__":

@@ -167,3 +167,25 @@ async def test_without_modules_every_request_is_evaluated(rig: Rig) -> None:
     first = await rig.authorizer.decide(request)
     second = await rig.authorizer.decide(request)
     assert first.decision == second.decision
+
+
+async def test_an_answer_that_is_no_decision_is_never_cached(rig: Rig) -> None:
+    policy = {
+        "p.rego": "package tiermesh.request\n"
+        'decision := {"allow": true, "sensitivity": "public", "budget_exhausted": false,'
+        ' "reason": "r", "headers": {}} if input.tenant == "acme"\n'
+    }
+    engine = RegorusEngine()  # not probed: a plain request gets no decision either
+    engine.load(policy, {})
+    try:
+        rig.authorizer.use_policy(engine, bundle_revision="b4", modules=policy)
+        request = chat("hello there", tenant="other", sensitivity="public")
+        for _ in range(2):
+            assert (await rig.authorizer.decide(request)).status == 503
+        cache = rig.authorizer.cache
+        assert cache is not None
+        assert (cache.hits, cache.misses, len(cache)) == (0, 2, 0)
+        assert cache.references == (("tenant",),)
+    finally:
+        rig.authorizer.use_policy(rig.engine, bundle_revision=None)
+        engine.close()
