@@ -10,7 +10,7 @@ to a function, indexed with brackets, replaced with ``with``), a non-determinist
 side-effecting builtin (:data:`IMPURE_BUILTINS`), or modules regorus does not parse.
 
 :class:`DecisionCache` keys an answer by the canonical JSON of the input document's
-values at those references (an absent one keyed apart from every JSON value), so two
+values at those references (an absent one keyed apart from every value), so two
 inputs that share a key are indistinguishable to the policy. ``data`` (request settings,
 catalog) is fixed for an engine: a cache belongs to one engine and dies with it; a new
 policy or catalog comes with a new engine and a new cache. A budget crossing changes
@@ -50,10 +50,6 @@ IMPURE_BUILTINS: Final = frozenset(
 )
 """Builtins whose answer (or effect) is not a function of their arguments alone (the
 clock, randomness, the network, output)."""
-
-_ABSENT: Final = {"$tiermesh:absent": True}
-"""Stands for a missing reference in a key; no JSON input holds this exact object at a
-place the policy reads and also lacks it, so absent and present never share a key."""
 
 Reference = tuple[str, ...]
 
@@ -142,13 +138,15 @@ class DecisionCache:
             self._answers.popitem(last=False)
 
 
-def _lookup(document: Mapping[str, Any], path: Reference) -> Any:
+def _lookup(document: Mapping[str, Any], path: Reference) -> list[Any]:
+    """``[value]`` at ``path``, or ``[]`` when ``document`` has nothing there (so an absent
+    place and any value, ``null`` included, never share a key)."""
     node: Any = document
     for part in path:
         if not isinstance(node, Mapping) or part not in node:
-            return _ABSENT
+            return []
         node = node[part]
-    return node
+    return [node]
 
 
 def _walk(tree: Any) -> Iterator[dict[str, Any]]:
