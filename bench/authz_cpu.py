@@ -6,13 +6,17 @@ Each server (shipped request policy on regorus, durable decision log in a temp d
 this tree is always there as ``cache on`` and ``cache off``). This process sends
 ``Check`` calls with the benchmark's chat body (one email) to one server at a time: one
 round is ``--count`` calls to each server in turn at concurrency ``--concurrency``, for
-``--rounds`` rounds, so every server sees the same machine noise. For each server: the
+``--rounds`` rounds (each server first in turn), so every server sees the same machine
+noise. For each server: the
 server process's CPU time (user + system, every thread: gRPC, event loop, the decision
 log's writer) per call, and the calls' p50/p90/p99 latency (the client's side of the
 gRPC call; no Envoy) and calls/s. Medians over rounds; CPU also as min-max.
 
+With ``--noop``, a server that answers OK without deciding or recording runs beside
+them: what the gRPC server alone costs.
+
     .venv/bin/python bench/authz_cpu.py [--tree before=/path/to/main] [--count 1000]
-        [--rounds 5] [--concurrency 1]
+        [--rounds 5] [--concurrency 1] [--noop]
 """
 
 from __future__ import annotations
@@ -68,6 +72,31 @@ def serve(spool: Path, cache: bool) -> None:
     asyncio.run(run())
 
 
+def serve_noop() -> None:
+    """A ``Check`` server on ``grpc.aio`` that answers OK without deciding or recording:
+    the floor the gRPC server itself puts under every decision."""
+    import grpc  # noqa: PLC0415
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # noqa: PLC0415
+    from google.rpc import code_pb2, status_pb2  # noqa: PLC0415
+
+    answer = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+
+    class Noop(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+        async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return answer
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Noop(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(None)
+
+    asyncio.run(run())
+
+
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of process ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -113,15 +142,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--noop", action="store_true", help="add a server that only says OK")
     args = parser.parse_args()
+    if args.serve is not None and args.noop:
+        serve_noop()
+        return
     if args.serve is not None:
         sys.path[:0] = [str(Path.cwd() / "src"), str(Path.cwd())]
         serve(args.serve, args.cache)
         return
-    servers: list[tuple[str, Path, bool]] = [
+    servers: list[tuple[str, Path, bool | None]] = [
         (name, Path(path), False) for name, path in (t.split("=", 1) for t in args.tree)
     ]
     servers += [("this tree, cache off", ROOT, False), ("this tree, cache on", ROOT, True)]
+    if args.noop:
+        servers.append(("gRPC only: answers OK, no decision, no record", ROOT, None))
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tiermesh-authz-cpu-") as tmp:
@@ -130,8 +165,9 @@ def main() -> None:
             for index, (name, tree, cache) in enumerate(servers):
                 command = [sys.executable, __file__, "--serve", f"{tmp}/spool-{index}"]
                 env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}:{tree}"}
+                flags = ["--noop"] if cache is None else ["--cache"] if cache else []
                 child = subprocess.Popen(
-                    [*command, *(["--cache"] if cache else [])],
+                    [*command, *flags],
                     cwd=tree,
                     env=env,
                     stdin=subprocess.PIPE,
@@ -139,8 +175,9 @@ def main() -> None:
                 )
                 assert child.stdout is not None
                 children.append((name, child, int(child.stdout.readline())))
-            for _ in range(args.rounds):
-                for name, child, port in children:
+            for round_index in range(args.rounds):
+                first = round_index % len(children)  # each server leads a round in turn
+                for name, child, port in children[first:] + children[:first]:
                     user, system = _cpu_seconds(child.pid)
                     latencies, elapsed = asyncio.run(_calls(port, args.count, args.concurrency))
                     user_after, system_after = _cpu_seconds(child.pid)

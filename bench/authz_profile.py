@@ -1,7 +1,8 @@
 """Where an ext_authz decision's CPU goes: py-spy on the authz server, alone in its process.
 
-The server (shipped request policy on regorus, durable decision log in a temp dir, the
-benchmark's chat body with one email) runs in a child process; this process sends
+The server of ``--tree`` (default: this one; shipped request policy on regorus, durable
+decision log in a temp dir, the benchmark's chat body with one email; with the decision
+cache where the tree has one, unless ``--no-cache``) runs in a child process; this process sends
 ``Check`` calls one at a time over gRPC for ``--seconds`` while ``py-spy record`` samples
 the child (``--format raw``: collapsed stacks). The summary is the share of samples per
 function, inclusive (the function or anything it called is on the stack) and self (it is
@@ -31,21 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
-from tests.integration.authz.harness import AuthzThread  # noqa: E402
 
+from authz_cpu import serve  # noqa: E402
 from ext_authz import check_request  # noqa: E402
-from tiermesh.agents.authz import BudgetState, StaticBudgetSource  # noqa: E402
-
-
-def serve(spool: Path, cache: bool) -> None:
-    """Run the authz server until stdin closes; print its port."""
-    budget = StaticBudgetSource({"acme": BudgetState.of(1, 100)})
-    authz = AuthzThread(spool, budget, 64 * 1024, decision_cache=cache)
-    print(authz.port, flush=True)
-    try:
-        sys.stdin.read()
-    finally:
-        authz.close()
 
 
 def drive(port: int, seconds: float) -> int:
@@ -105,9 +94,11 @@ def main() -> None:
     parser.add_argument("--gil", action="store_true", help="sample only the GIL holder")
     parser.add_argument("--native", action="store_true", help="C and Rust frames too")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the source tree to profile")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
+        sys.path[:0] = [str(Path.cwd() / "src"), str(Path.cwd())]
         serve(args.serve, cache=not args.no_cache)
         return
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -116,7 +107,14 @@ def main() -> None:
         child_args = [sys.executable, __file__, "--serve", str(work / "spool")]
         if args.no_cache:
             child_args.append("--no-cache")
-        child = subprocess.Popen(child_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        tree = args.tree.resolve()
+        child = subprocess.Popen(
+            child_args,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": f"{tree / 'src'}:{tree}"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         try:
             assert child.stdout is not None
             port = int(child.stdout.readline())
