@@ -189,3 +189,10 @@ async def test_an_answer_that_is_no_decision_is_never_cached(rig: Rig) -> None:
     finally:
         rig.authorizer.use_policy(rig.engine, bundle_revision=None)
         engine.close()
+
+
+def test_the_references_of_a_set_of_modules_are_parsed_once() -> None:
+    modules = request_policy_modules(REQUEST_POLICY)
+    first = input_references(modules)
+    assert first is not None
+    assert input_references(dict(reversed(list(modules.items())))) is first
