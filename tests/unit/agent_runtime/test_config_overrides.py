@@ -41,7 +41,7 @@ def test_without_overrides_the_file_decides(node_yaml: Path) -> None:
 def test_overrides_replace_node_id_and_join_token_file(
     node_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node_yaml.write_text(NODE_YAML.split("endpoints:")[0])
+    node_yaml.write_text(NODE_YAML.split("endpoints:", maxsplit=1)[0])
     monkeypatch.chdir(tmp_path)
     config = load_config(node_yaml, node_id="edge-box-7", join_token_file=Path("t/edge-box-7"))
     assert config.node.id == "edge-box-7"
