@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -644,4 +645,128 @@ def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
     if admitted_to_plane != facing:
         problems.append(f"nodes may reach only {sorted(map(str, admitted_to_plane))} of the "
                         f"control plane's {sorted(facing)}")  # fmt: skip
+    return problems
+
+
+_SHELL_OPERATORS = (">", "<", "|", "&", ";", "2>", ")")
+_SAMPLE_SHELL = {"box": "box-1"}
+
+
+def readme_commands(text: str) -> list[list[str]]:
+    """The shell lines of the ```sh blocks in ``text`` (one shell session), continuations
+    joined, split into words (shlex), with ``NAME=value`` variables set by earlier lines
+    (and ``$box`` as ``box-1``) expanded."""
+    variables = dict(_SAMPLE_SHELL)
+
+    def expand(word: str) -> str:
+        return re.sub(
+            r"\$\{?([A-Za-z_]+)\}?", lambda m: variables.get(m.group(1), m.group(0)), word
+        )
+
+    lines: list[list[str]] = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = [expand(w) for w in shlex.split(line, comments=True)]
+            if len(words) == 1 and re.fullmatch(r"[A-Z_]+=\S+", words[0]):
+                name, _, value = words[0].partition("=")
+                variables[name] = value
+            elif words:
+                lines.append(words)
+    return lines
+
+
+def tiermesh_argv(words: list[str]) -> list[str] | None:
+    """The arguments of the ``tiermesh`` this line runs (alone, or after ``kubectl exec …
+    --``), up to the first shell operator; None when it runs none."""
+    for i, word in enumerate(words):
+        if word == "tiermesh" and (i == 0 or words[i - 1] in ("--", "do")):
+            rest = words[i + 1 :]
+            cut = next((j for j, w in enumerate(rest) if w.startswith(_SHELL_OPERATORS)), None)
+            return rest if cut is None else rest[:cut]
+    return None
+
+
+def _from_files(words: list[str]) -> dict[str, str]:
+    return dict(
+        w.removeprefix("--from-file=").split("=", 1)
+        for w in words
+        if w.startswith("--from-file=") and "=" in w.removeprefix("--from-file=")
+    )
+
+
+def check_readme(docs: list[dict[str, Any]], text: str) -> list[str]:
+    """deploy/README.md's commands: every tiermesh line parses with the real CLI, its
+    ``--etcd`` names the members; every Secret and ConfigMap the pods mount but the
+    manifests do not hold is created, with the keys the pods read; a join token is made for
+    the private node, the cloud gateway and (per box) the edge nodes; the bundle is copied
+    from where the control plane writes it."""
+    problems = []
+    lines = readme_commands(text)
+    params = controlplane_params(docs)
+    token_nodes = set()
+    for words in lines:
+        argv = tiermesh_argv(words)
+        if argv is None:
+            continue
+        if any("$" in word for word in argv):
+            problems.append(f"`tiermesh {' '.join(argv)}`: an unset variable")
+        try:
+            path, parsed = parse_cli(argv)
+        except cli_errors.UsageError as exc:
+            problems.append(f"`tiermesh {' '.join(argv)}`: {exc.format_message()}")
+            continue
+        if path == ("token", "create"):
+            token_nodes.add(parsed["node_id"])
+            if parsed["etcd"] != params["etcd"]:
+                problems.append(f"token create --etcd {parsed['etcd']}, not the members")
+    created: dict[tuple[str, str], dict[str, str]] = {}
+    for words in lines:
+        for kind in ("secret", "configmap"):
+            if words[:1] == ["kubectl"] and f"create {kind}" in " ".join(words):
+                name = words[words.index("generic") + 1] if kind == "secret" else (
+                    words[words.index("configmap") + 1]
+                )  # fmt: skip
+                created[(kind, name)] = _from_files(words)
+    defined = {("secret", d["metadata"]["name"]) for d in of_kind(docs, "Secret")} | {
+        ("configmap", d["metadata"]["name"]) for d in of_kind(docs, "ConfigMap")
+    }
+    for workload in workloads(docs):
+        for volume in pod_spec(workload).get("volumes", []):
+            for kind, key in (("secret", "secretName"), ("configmap", "name")):
+                source = volume.get("secret" if kind == "secret" else "configMap")
+                if source is None or (kind, source[key]) in defined:
+                    continue
+                if (kind, source[key]) not in created:
+                    problems.append(f"nothing creates the {kind} {source[key]}")
+    plane = controlplane_container(docs)
+    needed = set()
+    for init in containers(docs):
+        if init.init and init.workload is plane.workload:
+            needed |= set(_installed(init))
+    if set(created.get(("secret", "tiermesh-controlplane"), {})) != needed:
+        problems.append(f"the Secret tiermesh-controlplane must hold {sorted(needed)}")
+    for agent in agent_containers(docs):
+        config = node_config(docs, agent)
+        bundle = config.control_plane.trust_bundle_file
+        held = agent.volume_at(bundle) if bundle else None
+        if (
+            held
+            and bundle
+            and bundle.name not in created.get(("configmap", held[1]["configMap"]["name"]), {})
+        ):
+            problems.append(f"{agent.name}: no {bundle.name} in {held[1]['configMap']['name']}")
+        token = config.identity.join_token_file
+        held = agent.volume_at(token) if token else None
+        if held and token and "secret" in held[1]:
+            keys = set(created.get(("secret", held[1]["secret"]["secretName"]), {}))
+            if "--node-id" not in agent.args() and token.name not in keys:
+                problems.append(f"{agent.name}: no key {token.name} in the join Secret")
+        if config.node.id not in token_nodes:
+            problems.append(f"no `tiermesh token create` for {config.node.id}")
+    data_dir = str(params["data_dir"])
+    if not any(
+        words[-2:] == ["cat", f"{data_dir}/bundle.pem"] or f"{data_dir}/bundle.pem" in words
+        for words in lines
+    ):
+        problems.append(f"the bundle is not copied from {data_dir}/bundle.pem")
     return problems
