@@ -642,6 +642,19 @@ def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
                     )
                     if not allowed:
                         problems.append(f"{name}: etcd's client port open to {peer}")
+    metrics_ports: set[str | int] = set()
+    for agent in agent_containers(docs):
+        listen = node_config(docs, agent).metrics_listen
+        if listen != "off":
+            metrics_ports.add(split_hostport(listen)[1])
+    for policy in policies:
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if selector and all(selects(selector, labels) for labels in node_labels):
+            for rule in policy["spec"].get("ingress", []):
+                admitted = sorted(map(str, _rule_ports(rule)))
+                if _rule_ports(rule) - metrics_ports:
+                    name = policy["metadata"]["name"]
+                    problems.append(f"{name}: nodes admit {admitted}, not only /metrics")
     if admitted_to_plane != facing:
         problems.append(f"nodes may reach only {sorted(map(str, admitted_to_plane))} of the "
                         f"control plane's {sorted(facing)}")  # fmt: skip

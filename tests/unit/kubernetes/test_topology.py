@@ -115,6 +115,8 @@ def test_the_network_policy_check_catches_openings(docs: list[dict[str, Any]]) -
     etcd["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] = {
         "app.kubernetes.io/component": "node"
     }
+    nodes = find(docs, "NetworkPolicy", "tiermesh-nodes")
+    nodes["spec"]["ingress"][0]["ports"] = [{"port": 9463}]
     deny = find(docs, "NetworkPolicy", "tiermesh-default-deny-ingress")
     docs.remove(deny)
     problems = checks.check_network_policies(docs)
@@ -124,4 +126,5 @@ def test_the_network_policy_check_catches_openings(docs: list[dict[str, Any]]) -
     )
     assert any("tiermesh-etcd: etcd's client port open to" in p for p in problems), problems
     assert any("nodes may reach only" in p for p in problems), problems
+    assert "tiermesh-nodes: nodes admit ['9463'], not only /metrics" in problems
     assert len(of_kind(docs, "NetworkPolicy")) == 4
