@@ -8,6 +8,7 @@ import ipaddress
 import re
 import shlex
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -256,6 +257,20 @@ def check_controlplane_files(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def _loaded_agents(
+    docs: list[dict[str, Any]], problems: list[str]
+) -> Iterator[tuple[Container, AgentConfig]]:
+    """Each agent container with its loaded node.yaml; one that does not load is added to
+    ``problems`` (naming the container and every bad field) and skipped."""
+    for agent in agent_containers(docs):
+        try:
+            config = node_config(docs, agent)
+        except (ConfigError, AssertionError) as exc:
+            problems.append(f"{agent.name}: {exc}")
+            continue
+        yield agent, config
+
+
 def _envoy_of(docs: list[dict[str, Any]], agent: Container) -> Container:
     (envoy,) = [
         c
@@ -279,12 +294,7 @@ def check_node_configs(docs: list[dict[str, Any]]) -> list[str]:
     agents = agent_containers(docs)
     if len(agents) != 3:
         problems.append(f"{len(agents)} node workloads; compose runs edge, private, cloud")
-    for agent in agents:
-        try:
-            config = node_config(docs, agent)
-        except (ConfigError, AssertionError) as exc:
-            problems.append(f"{agent.name}: {exc}")
-            continue
+    for agent, config in _loaded_agents(docs, problems):
         ids.append(config.node.id)
         plane = config.control_plane
         if plane.trust_domain != params["trust_domain"]:
@@ -310,12 +320,7 @@ def check_node_volumes(docs: list[dict[str, Any]]) -> list[str]:
     Unix socket directly in a mounted directory (an emptyDir starts empty, and the agent
     creates no socket directories), and what Envoy reads on a volume it shares."""
     problems = []
-    for agent in agent_containers(docs):
-        try:
-            config = node_config(docs, agent)
-        except (ConfigError, AssertionError) as exc:
-            problems.append(f"{agent.name}: {exc}")
-            continue
+    for agent, config in _loaded_agents(docs, problems):
         envoy = _envoy_of(docs, agent)
         token = config.identity.join_token_file
         held = None if token is None else agent.volume_at(token)
@@ -349,12 +354,7 @@ def check_node_sidecars(docs: list[dict[str, Any]]) -> list[str]:
     starts after it, as compose's depends_on does); Envoy runs that bootstrap and its probes
     GET /ready on the ready listener each node's bootstrap compiles."""
     problems = []
-    for agent in agent_containers(docs):
-        try:
-            config = node_config(docs, agent)
-        except (ConfigError, AssertionError) as exc:
-            problems.append(f"{agent.name}: {exc}")
-            continue
+    for agent, config in _loaded_agents(docs, problems):
         if not agent.sidecar:
             problems.append(f"{agent.name}: not an init container with restartPolicy Always")
         startup = agent.probes().get("startupProbe", {}).get("exec", {}).get("command")
