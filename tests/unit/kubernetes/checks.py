@@ -102,11 +102,8 @@ def check_images_match_compose(docs: list[dict[str, Any]], compose: dict[str, An
     problems = []
     for container in containers(docs):
         image = container.image
-        role = (
-            "etcd" if "etcd" in image.rsplit(":", 1)[0]
-            else "envoy" if "envoy" in image.rsplit(":", 1)[0]
-            else "tiermesh"
-        )  # fmt: skip
+        repository = image.rsplit(":", 1)[0]
+        role = next((r for r in ("etcd", "envoy") if r in repository), "tiermesh")
         if image != expected[role]:
             problems.append(f"{container.name}: {image}, compose runs {expected[role]}")
     return problems
@@ -150,8 +147,9 @@ def check_controlplane_ports(docs: list[dict[str, Any]]) -> list[str]:
             continue
         address = parse_listen(params[option], option)
         if ports.get(port_name) != address.port:
-            problems.append(f"--{option} {params[option]}: containerPort {port_name} is "
-                            f"{ports.get(port_name)}")  # fmt: skip
+            problems.append(
+                f"--{option} {params[option]}: containerPort {port_name} is {ports.get(port_name)}"
+            )
         if address.host != "0.0.0.0":
             problems.append(f"--{option} {params[option]} is not reachable from other pods")
     admin = parse_listen(params["admin"], "--admin")
@@ -171,8 +169,9 @@ def check_controlplane_ports(docs: list[dict[str, Any]]) -> list[str]:
             elif number == admin.port:
                 problems.append(f"Service {service['metadata']['name']} exposes the admin port")
             elif port["port"] != number:
-                problems.append(f"Service {service['metadata']['name']} maps {port['port']} "
-                                f"to {number}")  # fmt: skip
+                problems.append(
+                    f"Service {service['metadata']['name']} maps {port['port']} to {number}"
+                )
     facing = {PORT_NAMES[o] for o in NODE_FIELDS.values()}
     service = find(docs, "Service", CONTROLPLANE)
     if {p["name"] for p in service["spec"]["ports"]} != facing:
@@ -305,8 +304,9 @@ def check_node_configs(docs: list[dict[str, Any]]) -> list[str]:
             if not addresses or {p for _, p in addresses} != {port}:
                 problems.append(f"{agent.name}: control_plane.{field} {addresses}, not :{port}")
             if not {h for h, _ in addresses} <= hosts:
-                problems.append(f"{agent.name}: control_plane.{field} names a host not in "
-                                f"{sorted(hosts)}")  # fmt: skip
+                problems.append(
+                    f"{agent.name}: control_plane.{field} names a host not in {sorted(hosts)}"
+                )
         if config.envoy.run:
             problems.append(f"{agent.name}: envoy.run must be false (the envoy container runs it)")
     if len(set(ids)) != len(ids):
@@ -408,8 +408,10 @@ def check_metrics_annotations(docs: list[dict[str, Any]]) -> list[str]:
         ):
             problems.append(f"{name}: not annotated for scraping /metrics")
         if name not in serving or notes.get("prometheus.io/port") != str(serving[name]):
-            problems.append(f"{name}: prometheus.io/port {notes.get('prometheus.io/port')}, "
-                            f"/metrics is on {serving.get(name)}")  # fmt: skip
+            problems.append(
+                f"{name}: prometheus.io/port {notes.get('prometheus.io/port')}, "
+                f"/metrics is on {serving.get(name)}"
+            )
     return problems
 
 
@@ -421,9 +423,11 @@ def _flag(args: list[str], flag: str) -> str:
 
 def _spread_by_host(workload: dict[str, Any]) -> bool:
     terms = (
-        pod_spec(workload).get("affinity", {}).get("podAntiAffinity", {})
+        pod_spec(workload)
+        .get("affinity", {})
+        .get("podAntiAffinity", {})
         .get("requiredDuringSchedulingIgnoredDuringExecution", [])
-    )  # fmt: skip
+    )
     return any(
         t.get("topologyKey") == "kubernetes.io/hostname"
         and selects(t.get("labelSelector", {}).get("matchLabels", {"": ""}), pod_labels(workload))
@@ -504,12 +508,11 @@ def check_services_select_pods(docs: list[dict[str, Any]]) -> list[str]:
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for workload in selected:
-                names = {
-                    n for c in containers(docs) if c.workload is workload for n in c.ports()
-                }  # fmt: skip
+                names = {n for c in containers(docs) if c.workload is workload for n in c.ports()}
                 if isinstance(target, str) and target not in names:
-                    problems.append(f"Service {name}: {workload['metadata']['name']} has no "
-                                    f"port {target}")  # fmt: skip
+                    problems.append(
+                        f"Service {name}: {workload['metadata']['name']} has no port {target}"
+                    )
     return problems
 
 
@@ -590,8 +593,10 @@ def check_secrets(docs: list[dict[str, Any]]) -> list[str]:
         for volume in pod_spec(workload).get("volumes", []):
             secret = volume.get("secret")
             if secret is not None and int(secret.get("defaultMode", 0o644)) & 0o007:
-                problems.append(f"{workload['metadata']['name']}: Secret {secret['secretName']}"
-                                " files are world-readable")  # fmt: skip
+                problems.append(
+                    f"{workload['metadata']['name']}: Secret {secret['secretName']}"
+                    " files are world-readable"
+                )
     return problems
 
 
@@ -656,8 +661,10 @@ def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
                     name = policy["metadata"]["name"]
                     problems.append(f"{name}: nodes admit {admitted}, not only /metrics")
     if admitted_to_plane != facing:
-        problems.append(f"nodes may reach only {sorted(map(str, admitted_to_plane))} of the "
-                        f"control plane's {sorted(facing)}")  # fmt: skip
+        problems.append(
+            f"nodes may reach only {sorted(map(str, admitted_to_plane))} of the "
+            f"control plane's {sorted(facing)}"
+        )
     return problems
 
 
@@ -736,9 +743,11 @@ def check_readme(docs: list[dict[str, Any]], text: str) -> list[str]:
     for words in lines:
         for kind in ("secret", "configmap"):
             if words[:1] == ["kubectl"] and f"create {kind}" in " ".join(words):
-                name = words[words.index("generic") + 1] if kind == "secret" else (
-                    words[words.index("configmap") + 1]
-                )  # fmt: skip
+                name = (
+                    words[words.index("generic") + 1]
+                    if kind == "secret"
+                    else (words[words.index("configmap") + 1])
+                )
                 created[(kind, name)] = _from_files(words)
     defined = {("secret", d["metadata"]["name"]) for d in of_kind(docs, "Secret")} | {
         ("configmap", d["metadata"]["name"]) for d in of_kind(docs, "ConfigMap")
