@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tiermesh.agents.config import ConfigError, load_config
+from tiermesh.cli.main import app
 
 NODE_YAML = """\
 version: v1
@@ -58,3 +60,14 @@ def test_an_overridden_node_id_is_checked_like_the_files(node_yaml: Path) -> Non
 def test_the_files_endpoints_must_belong_to_the_overridden_node(node_yaml: Path) -> None:
     with pytest.raises(ConfigError, match="do not belong to node 'edge-box-7'"):
         load_config(node_yaml, node_id="edge-box-7")
+
+
+def test_agent_run_refuses_an_overridden_node_id_that_breaks_the_schema(node_yaml: Path) -> None:
+    """The CLI passes --node-id through the same check: exit 2, naming the field, before
+    anything starts."""
+    result = CliRunner().invoke(
+        app, ["agent", "run", "--config", str(node_yaml), "--node-id", "Box_1"]
+    )
+    assert result.exit_code == 2
+    assert "node.id" in result.output
+    assert "invalid agent config" in result.output

@@ -216,6 +216,7 @@ def _installed(init: Container) -> dict[str, tuple[str, str]]:
     if (
         command[:1] != ["install"]
         or "-t" not in command
+        or "-m" not in command
         or command[command.index("-m") + 1] != "0400"
     ):
         return {}
