@@ -165,6 +165,17 @@ def run(
     lease_ttl: Annotated[
         int, typer.Option("--lease-ttl", help="Seconds a lost node stays registered.")
     ] = 10,
+    server_cert_ttl: Annotated[
+        float,
+        typer.Option(
+            "--server-cert-ttl",
+            help="Seconds the control plane's own certificate is valid (renewed at 2/3).",
+        ),
+    ] = 86_400.0,
+    svid_ttl: Annotated[
+        float | None,
+        typer.Option("--svid-ttl", help="Seconds node SVIDs are valid (default: one hour)."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
     credentials_file: Annotated[
         Path | None,
@@ -223,6 +234,8 @@ def run(
             ca_passphrase=_passphrase(ca_passphrase_file),
             root=root,
             lease_ttl_s=lease_ttl,
+            server_cert_ttl_s=server_cert_ttl,
+            svid_ttl_s=svid_ttl,
             ads=ads_at,
             node_api=node_at,
             join=join_at,
@@ -233,6 +246,9 @@ def run(
             dashboard=dashboard_at,
             dashboard_token=token,
         )
+    except ValueError as exc:  # a lifetime out of range
+        raise typer.BadParameter(str(exc)) from exc
+    try:
         asyncio.run(_serve(ControlPlane(config)))
     except (ControlPlaneError, IdentityError, StoreError) as exc:
         typer.echo(f"error: {exc}", err=True)
