@@ -45,7 +45,7 @@ from tiermesh.controlplane.runtime import (
 )
 from tiermesh.controlplane.store import ROOT, StoreError
 
-__all__ = ["app", "parse_listen", "read_credentials"]
+__all__ = ["app", "parse_listen", "read_credentials", "read_passphrase"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the tiermesh control plane.")
 
@@ -60,7 +60,9 @@ def parse_listen(value: str, option: str) -> HostPort:
     return HostPort(host.strip("[]"), int(port_text))
 
 
-def _passphrase(path: Path) -> bytes:
+def read_passphrase(path: Path) -> bytes:
+    """The CA passphrase in ``path`` (trailing newline dropped); ``typer.BadParameter``
+    naming ``--ca-passphrase-file`` when unreadable or empty."""
     try:
         secret = path.read_bytes().rstrip(b"\r\n")
     except OSError as exc:
@@ -231,7 +233,7 @@ def run(
             etcd=endpoints,
             trust_domain=trust_domain,
             data_dir=data_dir,
-            ca_passphrase=_passphrase(ca_passphrase_file),
+            ca_passphrase=read_passphrase(ca_passphrase_file),
             root=root,
             lease_ttl_s=lease_ttl,
             server_cert_ttl_s=server_cert_ttl,

@@ -9,6 +9,7 @@ holds an ADS stream to one of them.
 2. A CA rollover started through one replica reaches another replica's servers without
    restarting it: it trusts SVIDs of the old and the new CA, issues from the new one, and
    the node renews its SVID there while its Envoy keeps its ADS stream.
+3. ``tiermesh ca rotate`` (straight to etcd) reaches a running replica the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.e2e.agent_support import AgentProc, NodePorts, join_token, node_yaml, push_demo
-from tests.integration.controlplane.test_controlplane_run import TD, Running, start_plane
+from tests.integration.controlplane.test_controlplane_run import TD, Running, start_plane, tiermesh
 from tests.support.server_tls import accepts, presented
 from tests.support.svids import issue_svid
 from tiermesh.controlplane.identity import CaGeneration
@@ -274,3 +275,40 @@ async def test_a_rollover_through_one_replica_reaches_another_and_its_node(
         log = await asyncio.to_thread(stop, other, agent)
     assert "(CA state loaded from the store): serial=" in log
     assert "trust bundle generation 2 (2 roots)" in log
+
+
+async def test_tiermesh_ca_rotate_reaches_a_running_replica(
+    tmp_path: Path, etcd: EtcdServer
+) -> None:
+    plane = start_plane(tmp_path, etcd.endpoint)
+    try:
+        before = status(plane)["identity"]
+        secret = tmp_path / "ca-passphrase"  # what start_plane wrote
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not the passphrase\n")
+        common = ("--etcd", plane.etcd, "--root", plane.root, "--trust-domain", TD)
+        refused = await asyncio.to_thread(
+            tiermesh, "ca", "rotate", *common, "--ca-passphrase-file", str(wrong)
+        )
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error: ")
+        assert "passphrase" in refused.stderr
+
+        rotated = await asyncio.to_thread(
+            tiermesh, "ca", "rotate", *common, "--ca-passphrase-file", str(secret)
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        new_id = rotated.stdout.strip()
+        assert "rolled over (state 2)" in rotated.stderr
+
+        def followed() -> dict[str, Any] | None:
+            identity: dict[str, Any] = status(plane)["identity"]
+            return identity if identity["trust_bundle"]["generation"] == 2 else None
+
+        after = await eventually(followed, "the replica followed")
+        assert after["trust_bundle"]["roots"] == [*before["trust_bundle"]["roots"], new_id]
+        assert after["trust_bundle"]["signing_generation"] == new_id
+        assert after["server_certificate"]["serial"] != before["server_certificate"]["serial"]
+        assert plane.proc.poll() is None
+    finally:
+        await asyncio.to_thread(stop, plane, None)
