@@ -312,3 +312,23 @@ async def test_tiermesh_ca_rotate_reaches_a_running_replica(
         assert plane.proc.poll() is None
     finally:
         await asyncio.to_thread(stop, plane, None)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--server-cert-ttl", "0.5", "server certificate lifetime must be 1 s to 30 days"),
+        ("--svid-ttl", "100000", "SVID lifetime must be 1 s to 24 hours"),
+    ],
+)
+def test_a_lifetime_out_of_range_is_named(
+    tmp_path: Path, option: str, value: str, named: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    result = tiermesh(
+        "controlplane", "run", "--etcd", f"127.0.0.1:{free_port()}", "--trust-domain", TD,
+        "--data-dir", str(tmp_path / "d"), "--ca-passphrase-file", str(secret), option, value,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert named in " ".join(result.stderr.split())
