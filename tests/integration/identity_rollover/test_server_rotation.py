@@ -130,6 +130,7 @@ async def test_a_rollover_through_one_replica_reaches_the_other(
     one, other = [await replica.start() for replica in replicas]
     old = other.ca.current.active
     old_svid = issue_svid(one.ca.current, "edge-1")
+    other_svid = x509.load_pem_x509_certificates(issue_svid(other.ca.current, "edge-9")[0])[0]
     before = other.certificate
     assert other.status()["trust_bundle"]["generation"] == 1
 
@@ -154,6 +155,18 @@ async def test_a_rollover_through_one_replica_reaches_the_other(
     assert new_svid.generation_id == new.id
     verify_svid(old_svid[0], other.ca.bundle(), now=utc_now())
     verify_svid(new_svid.chain, other.ca.bundle(), now=utc_now())
+    # Issuance records survive the hand-over: the rotating replica saved its own with the
+    # new state, the other merged its own into what it loaded. Either holds back a
+    # retirement of the old root while an SVID they issued lives.
+    second = dt.timedelta(seconds=1)
+    kept = other.ca.current.retirable_at(old.id)
+    assert kept is not None
+    assert dt.timedelta(0) <= kept - other_svid.not_valid_after_utc < second
+    saved = await EtcdCaStore(replicas[0].store, PASSPHRASE).load(CONFIG)
+    first_svid = x509.load_pem_x509_certificates(old_svid[0])[0]
+    stored = saved.retirable_at(old.id)
+    assert stored is not None
+    assert dt.timedelta(0) <= stored - first_svid.not_valid_after_utc < second
     on_disk = x509.load_pem_x509_certificates((replicas[1].folder / "bundle.pem").read_bytes())
     assert {c.serial_number for c in on_disk} == {old.root.serial_number, new.root.serial_number}
 

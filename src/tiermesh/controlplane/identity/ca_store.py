@@ -32,6 +32,7 @@ from typing import Final
 from tiermesh.controlplane.identity.bundle import TrustBundle
 from tiermesh.controlplane.identity.ca import CaConfig, Clock, LocalCertificateAuthority, utc_now
 from tiermesh.controlplane.identity.errors import KeyStoreError
+from tiermesh.controlplane.identity.generation import CaState
 from tiermesh.controlplane.identity.keystore import export_encrypted, load_encrypted
 from tiermesh.controlplane.store import ContentionExhausted, KeyExists, Store
 
@@ -193,12 +194,18 @@ class EtcdCaStore:
             return seq
 
     async def rotate(
-        self, config: CaConfig, *, clock: Clock = utc_now, attempts: int = _ROTATE_ATTEMPTS
+        self,
+        config: CaConfig,
+        *,
+        clock: Clock = utc_now,
+        attempts: int = _ROTATE_ATTEMPTS,
+        usage: CaState | None = None,
     ) -> LocalCertificateAuthority:
         """Roll the shared CA over: load the newest state, make a new generation the signer
         (the old roots stay in the bundle) and save it. Every replica watching the store
         picks the new state up. A save that loses a race to another writer is redone on the
-        winner's state, at most ``attempts`` times.
+        winner's state, at most ``attempts`` times. ``usage``: the rotating replica's own
+        CA state, whose issuance records are saved with it (``CaState.with_usage_of``).
 
         Returns the saved CA (its ``active`` is the new generation).
 
@@ -210,6 +217,8 @@ class EtcdCaStore:
         conflict: CaStateConflict | None = None
         for _ in range(max(1, attempts)):
             ca = await self.load(config, clock=clock)
+            if usage is not None:
+                ca = LocalCertificateAuthority(config, ca.state().with_usage_of(usage), clock=clock)
             generation = ca.rotate()
             try:
                 seq = await self.save(ca)

@@ -218,7 +218,9 @@ class ServerRotation:
         Raises:
             CaStateConflict, StoreError, and the load errors of :meth:`EtcdCaStore.load`.
         """
-        ca = await self._ca_store.rotate(self._ca_config, clock=self._clock)
+        ca = await self._ca_store.rotate(
+            self._ca_config, clock=self._clock, usage=self.ca.current.state()
+        )
         await self._serve("CA rolled over here", ca)
         return ca.active
 
@@ -316,7 +318,9 @@ class ServerRotation:
     async def _reload(self, seq: int) -> None:
         """Serve the store's newest CA state; a failure is logged and the held one kept."""
         try:
-            ca = await self._ca_store.load(self._ca_config, clock=self._clock)
+            loaded = await self._ca_store.load(self._ca_config, clock=self._clock)
+            state = loaded.state().with_usage_of(self.ca.current.state())
+            ca = LocalCertificateAuthority(self._ca_config, state, clock=self._clock)
             await self._serve("CA state loaded from the store", ca)
         except IdentityError as exc:
             log.error(

@@ -25,8 +25,9 @@ new bundle from its next handshake on, without a restart, while open streams kee
 document's ``identity`` section shows the served certificate and bundle generation.
 
 Known limits: plan records stay signed with the key of the first server certificate (the
-audit chain names that signer once); issuance records of SVIDs this replica signed reach
-the store only with its next CA save, so another replica's retirement may not wait for them.
+audit chain names that signer once); the issuance records of SVIDs a replica signed reach
+etcd only when that replica rolls the CA over (a replica adopting another's state keeps
+its own), so a retirement saved elsewhere may not wait for them: retire with care.
 """
 
 from __future__ import annotations
