@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.e2e.agent_support import AgentProc, NodePorts, join_token, node_yaml, push_demo
-from tests.integration.controlplane.test_controlplane_run import TD, Running, start_plane, tiermesh
+from tests.integration.controlplane.test_controlplane_run import (
+    TD,
+    Running,
+    eventually,
+    start_plane,
+    tiermesh,
+)
 from tests.support.server_tls import accepts, presented
 from tests.support.svids import issue_svid
 from tiermesh.controlplane.identity import CaGeneration
@@ -54,16 +59,6 @@ def status(plane: Running) -> dict[str, Any]:
     with urllib.request.urlopen(plane.admin + "/status", timeout=5) as response:
         document: dict[str, Any] = json.loads(response.read())
     return document
-
-
-async def eventually(check: Callable[[], Any], what: str, limit_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not {what} within {limit_s}s")
 
 
 def node_acked(plane: Running) -> dict[str, Any] | None:
@@ -119,6 +114,29 @@ def start_agent(plane: Running, folder: Path) -> tuple[AgentProc, NodePorts]:
     return agent, ports
 
 
+async def push_reaches_node(plane: Running, folder: Path) -> None:
+    """Push a bundle with other backends; wait until the node ACKed what it brought."""
+    versions = (await eventually(lambda: node_acked(plane), WAIT_S, "ACKed"))["xds"]["types"]
+    await asyncio.to_thread(push_demo, plane, folder, catalog())
+
+    def pushed() -> bool:
+        node = node_acked(plane)
+        return node is not None and node["xds"]["types"] != versions
+
+    await eventually(pushed, WAIT_S, "the pushed bundle ACKed")
+
+
+async def followed(plane: Running, generation: int) -> dict[str, Any]:
+    """The replica's identity status once it serves CA state ``generation``."""
+
+    def serving() -> dict[str, Any] | None:
+        identity: dict[str, Any] = status(plane)["identity"]
+        return identity if identity["trust_bundle"]["generation"] == generation else None
+
+    found: dict[str, Any] = await eventually(serving, WAIT_S, f"serving CA state {generation}")
+    return found
+
+
 def stop(plane: Running, agent: AgentProc | None) -> str:
     """Kill both; the control plane's log (stderr)."""
     if agent is not None and agent.proc.poll() is None:
@@ -136,7 +154,7 @@ async def test_a_short_lived_server_certificate_renews_under_a_running_node(
     agent: AgentProc | None = None
     try:
         agent, node_ports = await asyncio.to_thread(start_agent, plane, tmp_path)
-        await eventually(lambda: node_acked(plane), "the node's Envoy ACKed its config")
+        await eventually(lambda: node_acked(plane), WAIT_S, "the node's Envoy ACKed its config")
         cx_before = await asyncio.to_thread(ads_connections, node_ports.admin)
         assert cx_before[1] == 1
 
@@ -156,7 +174,7 @@ async def test_a_short_lived_server_certificate_renews_under_a_running_node(
             serial = int(status(plane)["identity"]["server_certificate"]["serial"], 16)
             return serial if serial != first else None
 
-        second = await eventually(renewed, "renewed")
+        second = await eventually(renewed, WAIT_S, "renewed")
         for name, port in ports.items():
             shown = await asyncio.to_thread(presented, port, roots, client)
             assert shown.serial_number != first, name
@@ -166,14 +184,7 @@ async def test_a_short_lived_server_certificate_renews_under_a_running_node(
         # opened under it, and a bundle pushed now still reaches its Envoy over that stream.
         wait_s = (first_end - dt.datetime.now(dt.UTC)).total_seconds() + 0.5
         await asyncio.sleep(max(0.0, wait_s))
-        versions = (await eventually(lambda: node_acked(plane), "ACKed"))["xds"]["types"]
-        await asyncio.to_thread(push_demo, plane, tmp_path / "policies-1", catalog())
-
-        def pushed() -> bool:
-            node = node_acked(plane)
-            return node is not None and node["xds"]["types"] != versions
-
-        await eventually(pushed, "the pushed bundle ACKed over the old stream")
+        await push_reaches_node(plane, tmp_path / "policies-1")
         assert await asyncio.to_thread(ads_connections, node_ports.admin) == cx_before
         assert await accepts(ports["node"], roots, client, TD)
         node = {n["id"]: n for n in status(plane)["nodes"]}[NODE]
@@ -211,7 +222,7 @@ async def test_a_rollover_through_one_replica_reaches_another_and_its_node(
     await one.start()
     try:
         agent, node_ports = await asyncio.to_thread(start_agent, other, tmp_path)
-        await eventually(lambda: node_acked(other), "the node's Envoy ACKed its config")
+        await eventually(lambda: node_acked(other), WAIT_S, "the node's Envoy ACKed its config")
         cx_before = await asyncio.to_thread(ads_connections, node_ports.admin)
         old = one.ca.active
         old_svid = issue_svid(one.ca, "edge-2")
@@ -222,11 +233,7 @@ async def test_a_rollover_through_one_replica_reaches_another_and_its_node(
 
         new = await one.rotate_ca()
 
-        def followed() -> dict[str, Any] | None:
-            identity: dict[str, Any] = status(other)["identity"]
-            return identity if identity["trust_bundle"]["generation"] == 2 else None
-
-        after = await eventually(followed, "the other replica followed the rollover")
+        after = await followed(other, 2)
         assert after["trust_bundle"]["roots"] == [old.id, new.id]
         assert after["trust_bundle"]["signing_generation"] == new.id
         serial = int(after["server_certificate"]["serial"], 16)
@@ -256,17 +263,10 @@ async def test_a_rollover_through_one_replica_reaches_another_and_its_node(
             chain = x509.load_pem_x509_certificates(chain_file.read_bytes())
             return len(chain) > 1 and chain[1] == new.intermediate
 
-        await eventually(renewed_from_new_ca, "the node renewed from the new CA")
+        await eventually(renewed_from_new_ca, WAIT_S, "the node renewed from the new CA")
         # Its Envoy kept the ADS stream it opened before the rollover; a bundle pushed now
         # reaches it over that stream.
-        versions = (await eventually(lambda: node_acked(other), "ACKed"))["xds"]["types"]
-        await asyncio.to_thread(push_demo, other, tmp_path / "policies-1", catalog())
-
-        def pushed() -> bool:
-            node = node_acked(other)
-            return node is not None and node["xds"]["types"] != versions
-
-        await eventually(pushed, "the pushed bundle ACKed over the old stream")
+        await push_reaches_node(other, tmp_path / "policies-1")
         assert await asyncio.to_thread(ads_connections, node_ports.admin) == cx_before
         assert other.proc.poll() is None  # never restarted
         assert agent.proc.poll() is None
@@ -301,11 +301,7 @@ async def test_tiermesh_ca_rotate_reaches_a_running_replica(
         new_id = rotated.stdout.strip()
         assert "rolled over (state 2)" in rotated.stderr
 
-        def followed() -> dict[str, Any] | None:
-            identity: dict[str, Any] = status(plane)["identity"]
-            return identity if identity["trust_bundle"]["generation"] == 2 else None
-
-        after = await eventually(followed, "the replica followed")
+        after = await followed(plane, 2)
         assert after["trust_bundle"]["roots"] == [*before["trust_bundle"]["roots"], new_id]
         assert after["trust_bundle"]["signing_generation"] == new_id
         assert after["server_certificate"]["serial"] != before["server_certificate"]["serial"]

@@ -38,12 +38,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from tiermesh.atomic_files import replace_file
 from tiermesh.controlplane.identity.bundle import TrustBundle
 from tiermesh.controlplane.identity.ca import CaConfig, Clock, LocalCertificateAuthority, utc_now
 from tiermesh.controlplane.identity.ca_store import CA_STATE_PREFIX, EtcdCaStore, state_seq
@@ -86,21 +85,6 @@ def signing_generation(
     return ca.active
 
 
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_server_files(folder: Path, certificate: ServerCertificate, bundle: TrustBundle) -> None:
     """Write ``server-key.pem``, ``server-chain.pem`` and ``bundle.pem`` to ``folder``
     (created 0700 if missing), each replaced atomically. The key is written first, so
@@ -112,9 +96,9 @@ def write_server_files(folder: Path, certificate: ServerCertificate, bundle: Tru
     """
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _replace(folder / "server-key.pem", certificate.key_pem(), _KEY_MODE)
-        _replace(folder / "server-chain.pem", certificate.chain_pem(), _PUBLIC_MODE)
-        _replace(folder / "bundle.pem", bundle.to_pem(), _PUBLIC_MODE)
+        replace_file(folder / "server-key.pem", certificate.key_pem(), _KEY_MODE)
+        replace_file(folder / "server-chain.pem", certificate.chain_pem(), _PUBLIC_MODE)
+        replace_file(folder / "bundle.pem", bundle.to_pem(), _PUBLIC_MODE)
     except OSError as exc:
         raise ServerFilesError(str(folder), exc.strerror or str(exc)) from exc
 
