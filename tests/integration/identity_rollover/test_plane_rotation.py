@@ -305,6 +305,11 @@ async def test_tiermesh_ca_rotate_reaches_a_running_replica(
         assert after["trust_bundle"]["roots"] == [*before["trust_bundle"]["roots"], new_id]
         assert after["trust_bundle"]["signing_generation"] == new_id
         assert after["server_certificate"]["serial"] != before["server_certificate"]["serial"]
+        shown = await asyncio.to_thread(tiermesh, "status", "--admin", plane.admin)
+        assert shown.returncode == 0, shown.stderr
+        text = " ".join(shown.stdout.split())
+        assert f"server certificate {after['server_certificate']['serial'][:12]}… until" in text
+        assert "trust bundle of CA state 2, 2 root(s)" in text
         assert plane.proc.poll() is None
     finally:
         await asyncio.to_thread(stop, plane, None)
