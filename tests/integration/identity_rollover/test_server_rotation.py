@@ -181,3 +181,40 @@ async def test_a_rollover_through_one_replica_reaches_the_other(
                          "followed the retirement")  # fmt: skip
         assert replica.bundle.fingerprints == (new.id,)
         replica.certificate.certificate.verify_directly_issued_by(new.intermediate)
+
+
+async def test_a_renewal_the_ca_cannot_sign_is_retried_until_a_rollover_heals_it(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An intermediate of three seconds runs out under a two-second server certificate:
+    renewals fail (logged, retried with backoff, the loop keeps going) until a rollover
+    brings a generation that can sign."""
+    seconds = dt.timedelta(seconds=1)
+    brief = CaConfig(
+        TD, root_ttl=3 * seconds, intermediate_ttl=3 * seconds, svid_ttl=seconds,
+        max_svid_ttl=seconds, backdate=dt.timedelta(0),
+    )  # fmt: skip
+    ca_store = EtcdCaStore(store, PASSPHRASE)
+    rotation = ServerRotation(
+        store, ca_store, brief, await ca_store.create_or_load(brief),
+        data_dir=tmp_path / "cp", ttl=2 * seconds, retry_s=0.05,
+    )  # fmt: skip
+    caplog.set_level("ERROR", logger="tiermesh.identity")
+    await rotation.start()
+    try:
+        first_generation = rotation.ca.current.active
+        await eventually(
+            lambda: "server certificate renewal failed (2 in a row)" in caplog.text,
+            "renewals failing once the intermediate ran out",
+        )
+        assert "the signing intermediate expired at" in caplog.text
+        new = await rotation.rotate_ca()
+        assert new.id != first_generation.id
+        rotation.certificate.certificate.verify_directly_issued_by(new.intermediate)
+        renewals = rotation.status()["server_certificate"]["renewals"]
+        await eventually(
+            lambda: rotation.status()["server_certificate"]["renewals"] > renewals,
+            "renewing on time again",
+        )
+    finally:
+        await rotation.aclose()

@@ -9,7 +9,9 @@ issues with (a :class:`~.shared_ca.SharedCa`). Once started it:
 - follows the shared CA in the store (a watch on ``ca/state/``, :mod:`.ca_store`): when
   any replica saves a newer state (a rollover, a retirement), it loads it, swaps the CA,
   renews the server certificate and trusts the new bundle from the next handshake on.
-  Connections already open keep running; a broken watch is read again after ``retry_s``.
+  Connections already open keep running; a broken watch is read again after ``retry_s``,
+  a failed renewal retried after ``retry_s``, doubling up to a minute (the certificate
+  still has a third of its life when the first renewal is due).
 
 Which generation signs the server certificate: the *oldest* held one whose intermediate
 outlives the new certificate, else the active one. During a rollover's overlap every
@@ -70,6 +72,7 @@ log = logging.getLogger("tiermesh.identity")
 RENEW_FRACTION: Final = 2 / 3
 """The share of a server certificate's life after which it is renewed."""
 
+_MAX_RETRY_S: Final = 60.0
 _KEY_MODE: Final = 0o600
 _PUBLIC_MODE: Final = 0o644
 
@@ -330,6 +333,7 @@ class ServerRotation:
                 after = await self._catch_up()
 
     async def _renew_on_time(self) -> None:
+        failures = 0
         while True:
             self._renewed.clear()
             wait_s = (self.renew_at - self._clock()).total_seconds()
@@ -341,6 +345,16 @@ class ServerRotation:
                     continue  # renewed meanwhile (a CA change): a new deadline
             try:
                 await self.renew("renewal due")
-            except IdentityError as exc:
-                log.error("server certificate renewal failed: %s; retrying", exc)
-                await asyncio.sleep(self._retry_s)
+            except Exception as exc:  # the loop must outlive any one failure
+                failures += 1
+                delay_s = min(self._retry_s * 2 ** min(failures - 1, 10), _MAX_RETRY_S)
+                log.error(
+                    "server certificate renewal failed (%d in a row): %s; retrying in %.1fs",
+                    failures,
+                    exc,
+                    delay_s,
+                    exc_info=not isinstance(exc, IdentityError),
+                )
+                await asyncio.sleep(delay_s)
+            else:
+                failures = 0
