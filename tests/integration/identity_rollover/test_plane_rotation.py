@@ -36,6 +36,8 @@ from tests.integration.controlplane.test_controlplane_run import (
 )
 from tests.support.server_tls import accepts, presented
 from tests.support.svids import issue_svid
+from tiermesh.controlplane.api.join import control_plane_spiffe_id
+from tiermesh.controlplane.audit import AuditStore
 from tiermesh.controlplane.identity import CaGeneration
 from tiermesh.controlplane.runtime import ControlPlane, ControlPlaneConfig, HostPort
 from tiermesh.demo.catalog import DemoEndpoint
@@ -137,6 +139,20 @@ async def followed(plane: Running, generation: int) -> dict[str, Any]:
     return found
 
 
+def plan_signers(db: Path) -> list[tuple[dt.datetime, x509.Certificate]]:
+    """Each plan record's time and the certificate of the key that signed it."""
+    with AuditStore(db) as audit:
+        chains = audit.signers()
+        return [
+            (stored.record.timestamp, first_of(chains[stored.signer]))
+            for stored in audit.chain(control_plane_spiffe_id(TD))
+        ]
+
+
+def first_of(chain_pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(chain_pem.encode())[0]
+
+
 def stop(plane: Running, agent: AgentProc | None) -> str:
     """Kill both; the control plane's log (stderr)."""
     if agent is not None and agent.proc.poll() is None:
@@ -186,6 +202,12 @@ async def test_a_short_lived_server_certificate_renews_under_a_running_node(
         await asyncio.sleep(max(0.0, wait_s))
         await push_reaches_node(plane, tmp_path / "policies-1")
         assert await asyncio.to_thread(ads_connections, node_ports.admin) == cx_before
+        # The plans recorded for that push are signed with a certificate valid then.
+        signed = await asyncio.to_thread(plan_signers, plane.data_dir / "audit.sqlite3")
+        assert len(signed) >= 2
+        assert signed[-1][0] > first_end
+        for made, signer in signed:
+            assert signer.not_valid_before_utc <= made <= signer.not_valid_after_utc
         assert await accepts(ports["node"], roots, client, TD)
         node = {n["id"]: n for n in status(plane)["nodes"]}[NODE]
         assert node["registered"] is True

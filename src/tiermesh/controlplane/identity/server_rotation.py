@@ -111,7 +111,8 @@ class ServerRotation:
 
     ``ca`` is the CA ``ca_store`` loaded; ``ttl`` the server certificate's lifetime;
     ``on_bundle_changed`` is called on the event loop with the new bundle whenever the
-    held roots change (it must not raise). :meth:`start` before use; :meth:`aclose` stops
+    held roots change, ``on_renewed`` with every certificate issued after the first (neither
+    may raise). :meth:`start` before use; :meth:`aclose` stops
     following (idempotent). The certificate, credentials and CA stay usable after it.
     """
 
@@ -126,6 +127,7 @@ class ServerRotation:
         ttl: dt.timedelta = DEFAULT_SERVER_TTL,
         extra_dns_names: Sequence[str] = (),
         on_bundle_changed: Callable[[TrustBundle], None] | None = None,
+        on_renewed: Callable[[ServerCertificate], None] | None = None,
         clock: Clock = utc_now,
         retry_s: float = 1.0,
     ) -> None:
@@ -138,6 +140,7 @@ class ServerRotation:
         self._ttl = ttl
         self._dns_names = tuple(extra_dns_names)
         self._on_bundle_changed = on_bundle_changed
+        self._on_renewed = on_renewed
         self._clock = clock
         self._retry_s = retry_s
         self._credentials: LiveCredentials | None = None
@@ -234,6 +237,8 @@ class ServerRotation:
             material = self.credentials.update(certificate, bundle)
             self._renewals += 1
             self._renewed.set()
+            if self._on_renewed is not None:
+                self._on_renewed(certificate)
             if bundle.fingerprints != before.bundle.fingerprints and self._on_bundle_changed:
                 self._on_bundle_changed(bundle)
             try:

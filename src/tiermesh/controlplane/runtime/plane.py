@@ -24,10 +24,11 @@ new bundle from its next handshake on, without a restart, while open streams kee
 :meth:`ControlPlane.rotate_ca` rolls the shared CA over from this replica; the status
 document's ``identity`` section shows the served certificate and bundle generation.
 
-Known limits: plan records stay signed with the key of the first server certificate (the
-audit chain names that signer once); the issuance records of SVIDs a replica signed reach
-etcd only when that replica rolls the CA over (a replica adopting another's state keeps
-its own), so a retirement saved elsewhere may not wait for them: retire with care.
+Plan records are signed with the key of the certificate served at the time.
+
+Known limits: the issuance records of SVIDs a replica signed reach etcd only when that
+replica rolls the CA over (a replica adopting another's state keeps its own), so a
+retirement saved elsewhere may not wait for them: retire with care.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from tiermesh.controlplane.identity import (
     ServerFilesError,
     TrustBundle,
 )
+from tiermesh.controlplane.identity.server_cert import ServerCertificate
 from tiermesh.controlplane.identity.server_rotation import ServerRotation
 from tiermesh.controlplane.identity.tokens import JoinTokens
 from tiermesh.controlplane.identity.xds_auth import spiffe_node_authorizer
@@ -329,6 +331,7 @@ class ControlPlane:
             ttl=dt.timedelta(seconds=config.server_cert_ttl_s),
             extra_dns_names=config.server_dns_names,
             on_bundle_changed=self._bundle_changed,
+            on_renewed=self._certificate_renewed,
         )
         try:
             await identity.start()
@@ -362,6 +365,11 @@ class ControlPlane:
         except OSError as exc:
             raise PortInUse("the dashboard (--dashboard)", str(address), str(exc)) from exc
         self.addresses["dashboard"] = self._dashboard.url
+
+    def _certificate_renewed(self, certificate: ServerCertificate) -> None:
+        if self._plans is not None:
+            chain = (certificate.certificate, certificate.intermediate)
+            self._plans.use_signer(certificate.private_key, chain)
 
     def _bundle_changed(self, bundle: TrustBundle) -> None:
         if self._directory is not None:
