@@ -59,23 +59,30 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Create the venv and install the hash-pinned requirements (``--require-hashes``)."""
+    """Create the venv and install the hash-pinned requirements into it with ``uv``
+    (``--require-hashes``; the ``uv`` of tiermesh's own venv, pinned in
+    ``requirements/bootstrap.txt``). pip 23 refuses this file: it resolves an extra
+    (``pydantic[email]``) as a requirement of its own, unpinned."""
+    uv = Path(sys.executable).with_name("uv")
+    if not uv.is_file():
+        raise RuntimeError(f"no uv beside {sys.executable}: run `make deps` first")
     if not (VENV / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
         [
-            str(VENV / "bin" / "python"),
-            "-m",
+            str(uv),
             "pip",
             "install",
-            "--disable-pip-version-check",
             "--quiet",
             "--require-hashes",
+            "--python",
+            str(VENV / "bin" / "python"),
             "-r",
             str(REQUIREMENTS),
         ],
         check=True,
         timeout=1800,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
     )
 
 

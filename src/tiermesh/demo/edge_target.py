@@ -21,8 +21,12 @@ the demo's:
   ``onprem-gpu`` (tier private) on 127.0.0.1:``fallback_port``, both plain HTTP (the demo
   reaches the private backend through its node's mTLS listener);
 - no rate limit: a peer benchmark measures the gateway's throughput, not a tenant quota;
-- both backends' circuit breakers are :data:`BENCH_CIRCUIT_BREAKER` (the shipped edge
-  backend admits one request at a time, which is what llama.cpp serves).
+- both backends' capacity is :data:`BENCH_CAPACITY` and their circuit breakers
+  :data:`BENCH_CIRCUIT_BREAKER` (the shipped edge backend admits one request at a time,
+  which is what llama.cpp serves; a fake upstream serves hundreds);
+- both backends are health-checked every second (:data:`BENCH_HEALTH_CHECK`; shipped: 5
+  and 10 s), so that backends a harness starts after the node are found within a second
+  or two, as the route-only benchmark path finds its own.
 
 The measured traffic is :data:`TARGET_HEADERS` (tenant ``acme``, public, task
 ``classify``), whose chain is ``edge-smollm`` → ``onprem-gpu`` → ``frontier-eu``: the
@@ -44,7 +48,14 @@ import yaml
 from tiermesh.demo.catalog import EDGE_BACKEND, PRIVATE_BACKEND, DemoEndpoint
 from tiermesh.demo.mesh import LocalMesh, MeshError, MeshNode, Step, ensure_free, probe
 
-__all__ = ["BENCH_CIRCUIT_BREAKER", "TARGET_HEADERS", "TARGET_MODEL", "EdgeTarget"]
+__all__ = [
+    "BENCH_CAPACITY",
+    "BENCH_CIRCUIT_BREAKER",
+    "BENCH_HEALTH_CHECK",
+    "TARGET_HEADERS",
+    "TARGET_MODEL",
+    "EdgeTarget",
+]
 
 TARGET_HEADERS: Final = {
     "x-tiermesh-tenant": "acme",
@@ -61,6 +72,15 @@ BENCH_CIRCUIT_BREAKER: Final = {
     "max_retries": 64,
 }
 """Circuit breaker of both backends (the route-only benchmark path uses the same)."""
+BENCH_CAPACITY: Final = 256
+"""Concurrent requests each backend is said to serve (caps the breaker's max_requests)."""
+BENCH_HEALTH_CHECK: Final = {
+    "interval_ms": 1000,
+    "timeout_ms": 500,
+    "unhealthy_threshold": 2,
+    "healthy_threshold": 1,
+}
+"""Active health-check timing of both backends (the route-only benchmark path's)."""
 ROUTER_UNANSWERED: Final = ("no healthy upstream", "upstream connect error")
 """Bodies of Envoy's own 503 when the route's backends do not answer (yet)."""
 _READY_S: Final = 60.0
@@ -139,13 +159,17 @@ class EdgeTarget(LocalMesh):
 
 
 def peer_catalog(demo: dict[str, Any]) -> dict[str, Any]:
-    """``demo`` (the parsed demo catalog) without rate limits and with
-    :data:`BENCH_CIRCUIT_BREAKER` on both on-box backends; ``demo`` is not changed."""
+    """``demo`` (the parsed demo catalog) without rate limits and with the bench capacity,
+    circuit breaker and health checks on both on-box backends (module docstring);
+    ``demo`` itself is not changed."""
     catalog = yaml.safe_load(yaml.safe_dump(demo))
     catalog.setdefault("defaults", {})["rate_limit"] = None
     for tenant in catalog["tenants"]:
         tenant.pop("rate_limit", None)
     for backend in catalog["backends"]:
         if backend["name"] in (EDGE_BACKEND, PRIVATE_BACKEND):
-            backend.setdefault("resilience", {})["circuit_breaker"] = dict(BENCH_CIRCUIT_BREAKER)
+            backend["capacity"] = BENCH_CAPACITY
+            resilience = backend.setdefault("resilience", {})
+            resilience["circuit_breaker"] = dict(BENCH_CIRCUIT_BREAKER)
+            resilience["health_check"] = dict(BENCH_HEALTH_CHECK)
     return dict(catalog)
