@@ -254,6 +254,10 @@ class TiermeshPath:
             time.sleep(0.05)
         raise RuntimeError(f"Envoy route not served by tier {tier} in {timeout}s: {last}")
 
+    def route_count(self) -> int:
+        """Routes in the plan compiled into this Envoy."""
+        return len(self.plan.routes)
+
     def route_summary(self) -> dict[str, Any]:
         """What the compiled route and clusters say (for the report)."""
         snapshot = self.snapshot
