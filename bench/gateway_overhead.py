@@ -45,6 +45,7 @@ Writes ``bench/results/gateway.md`` and prints it.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -331,6 +332,8 @@ class Failover:
     stats: dict[str, int]
     tiers: list[str]
     """Tiers (``x-tiermesh-tier``) that answered after the kill."""
+    statuses: dict[int, int]
+    """Failed requests by HTTP status (0: connection error or client timeout)."""
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -439,7 +442,7 @@ def failover(
         requests=len(records),
         errors=len(failed),
         errors_after_kill=sum(1 for r in failed if r[1] >= kill_ns),
-        recovered_ms=max(((r[1] - kill_ns) / 1e6 for r in failed), default=0.0),
+        recovered_ms=max(((r[1] - kill_ns) / 1e6 for r in failed if r[1] >= kill_ns), default=0.0),
         first_secondary_ms=(min(secondary_ends) - kill_ns) / 1e6 if secondary_ends else None,
         primary_out_ms=primary_out_ms,
         rps_before=len(before) / max(1e-9, (kill_ns - first_ns) / 1e9),
@@ -450,6 +453,7 @@ def failover(
         p99_after_ms=_percentile(ms(later), 0.99),
         stats=stats,
         tiers=sorted({str(r[3]) for r in after if r[2] == 200}),
+        statuses=dict(sorted(collections.Counter(int(r[2]) for r in failed).items())),
     )
 
 
@@ -702,9 +706,13 @@ def render(
             "request after the kill (0 = never failed). *Step 2* = first 200 answered by "
             "tier `private` (`x-tiermesh-tier`, upstream B). *A out* = Envoy's admin "
             f"`/clusters` first shows `{PRIMARY}` failed (outlier ejection or health check), "
-            "polled every 10 ms. *Tiers after* = the tiers that answered after the kill.",
+            "polled every 10 ms. *Tiers after* = the tiers that answered after the kill. "
+            "*Errors* = before / after the kill, and by status (503: Envoy's "
+            "`status_on_error` when ext_authz does not answer within its 500 ms timeout, or "
+            "no backend answered; 0 = connection error or client timeout).",
             "",
-            "| concurrency | requests | errors | recovered ms | step 2 after ms | A out after ms "
+            "| concurrency | requests | errors before / after (by status) | recovered ms "
+            "| step 2 after ms | A out after ms "
             "| req/s before / after | p99 before ms | p99 in 1st s ms | max in 1st s ms "
             "| p99 later ms | tiers after |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -712,8 +720,10 @@ def render(
         for f in fails:
             step2 = "—" if f.first_secondary_ms is None else f"{f.first_secondary_ms:.1f}"
             out = "—" if f.primary_out_ms is None else f"{f.primary_out_ms:.0f}"
+            by_status = ", ".join(f"{k}: {v}" for k, v in f.statuses.items()) or "none"
             lines.append(
-                f"| {f.concurrency} | {f.requests:,} | {f.errors} | {f.recovered_ms:.1f} | "
+                f"| {f.concurrency} | {f.requests:,} | {f.errors - f.errors_after_kill} / "
+                f"{f.errors_after_kill} ({by_status}) | {f.recovered_ms:.1f} | "
                 f"{step2} | {out} | {f.rps_before:,.0f} / {f.rps_after:,.0f} | "
                 f"{f.p99_before_ms:.2f} | {f.p99_kill_ms:.2f} | {f.max_kill_ms:.2f} | "
                 f"{f.p99_after_ms:.2f} | {', '.join(f.tiers)} |"
