@@ -26,10 +26,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
+from _gw_owned import Owned
 from tiermesh.procs.envoy import admin_request
 
 PEER_TARGET = Path(__file__).with_name("peer_target.py")
@@ -63,7 +63,7 @@ def _pump(stream: Iterable[str], into: queue.Queue[str]) -> None:
         into.put(line)
 
 
-class EdgePath:
+class EdgePath(Owned):
     """See the module docstring. ``port``, ``headers``, ``model``, ``state_dir`` and
     ``pid`` are what the child printed. Not thread-safe."""
 
@@ -182,16 +182,3 @@ class EdgePath:
                 process.stdout.close()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> EdgePath:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from _gw_owned import Owned
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.ports import free_port
 
@@ -102,7 +102,7 @@ def plain_bootstrap(port: int, admin_port: int, upstream_port: int) -> dict[str,
     }
 
 
-class PlainEnvoy:
+class PlainEnvoy(Owned):
     """A plain Envoy on 127.0.0.1:``port`` in front of ``upstream_port``; owns its process
     and temp dir (``close`` stops it by PID and removes the dir). Not thread-safe."""
 
@@ -118,22 +118,12 @@ class PlainEnvoy:
             raise RuntimeError("plain Envoy not started")
         return self.envoy.pid
 
+    def start(self) -> None:
+        self.envoy.start()
+        self.envoy.wait_ready(timeout=20)
+
     def close(self) -> None:
         try:
             self.envoy.stop()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> PlainEnvoy:
-        try:
-            self.envoy.start()
-            self.envoy.wait_ready(timeout=20)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

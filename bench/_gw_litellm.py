@@ -23,8 +23,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from _gw_owned import Owned
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements" / "bench-litellm.txt"
@@ -138,7 +139,7 @@ def config(primary_port: int, secondary_port: int, retries: int) -> dict[str, An
     }
 
 
-class LiteLLMProxy:
+class LiteLLMProxy(Owned):
     """``litellm --config cfg --host 127.0.0.1 --port P --num_workers 1`` as a child in its
     own session; stopped by PID (SIGTERM, then SIGKILL on the process group it leads).
     Owns a temp dir for its config and log. Not thread-safe."""
@@ -223,16 +224,3 @@ class LiteLLMProxy:
             self.stop()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> LiteLLMProxy:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -28,13 +28,13 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 import yaml
 from google.protobuf import json_format
 
+from _gw_owned import Owned
 from _route_only import compile_route_only
 from tiermesh.controlplane.api import PLAN_PATH, Catalog, Plan, policy_data
 from tiermesh.controlplane.model import MeshModel, NodeSettings
@@ -231,7 +231,7 @@ class _AdsThread:
         self.loop.close()
 
 
-class TiermeshPath:
+class TiermeshPath(Owned):
     """Plan → snapshot → ADS → Envoy for two upstream ports; owns the ADS thread, Envoy
     (stopped by PID) and a temp dir. ``port`` is the app listener. ``catalog`` defaults to
     :func:`bench_catalog`, ``headers`` (the measured traffic) to :data:`HEADERS`. Not
@@ -326,16 +326,3 @@ class TiermeshPath:
             if self._ads is not None:
                 self._ads.close()
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> TiermeshPath:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

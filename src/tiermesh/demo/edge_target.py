@@ -39,14 +39,13 @@ ext_authz and reaches Envoy's router, answered or not, and serves once they list
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
 from tiermesh.demo.catalog import EDGE_BACKEND, PRIVATE_BACKEND, DemoEndpoint
-from tiermesh.demo.mesh import LocalMesh, MeshError, MeshNode, Step, ensure_free, probe
+from tiermesh.demo.mesh import LocalMesh, MeshError, MeshNode, Step, ensure_free
 
 __all__ = [
     "BENCH_CAPACITY",
@@ -83,7 +82,6 @@ BENCH_HEALTH_CHECK: Final = {
 """Active health-check timing of both backends (the route-only benchmark path's)."""
 ROUTER_UNANSWERED: Final = ("no healthy upstream", "upstream connect error")
 """Bodies of Envoy's own 503 when the route's backends do not answer (yet)."""
-_READY_S: Final = 60.0
 
 
 class EdgeTarget(LocalMesh):
@@ -147,15 +145,12 @@ class EdgeTarget(LocalMesh):
 
     def _wait_routing(self) -> None:
         """Wait until a keyed request passes ext_authz and reaches Envoy's router."""
-        deadline = time.monotonic() + _READY_S
-        last = "no answer"
-        while time.monotonic() < deadline:
-            status, detail = probe(self.edge.app_port, self.headers())
-            if status == 200 or (status == 503 and detail.startswith(ROUTER_UNANSWERED)):
-                return
-            last = f"HTTP {status}: {detail}" if status else detail
-            time.sleep(0.2)
-        raise MeshError(f"the edge app listener did not route within {_READY_S:g}s ({last})")
+        self._wait_serving(self.headers(), _routed, "route")
+
+
+def _routed(status: int, detail: str) -> bool:
+    """Whether an answer came from a backend or from Envoy's router finding none."""
+    return status == 200 or (status == 503 and detail.startswith(ROUTER_UNANSWERED))
 
 
 def peer_catalog(demo: dict[str, Any]) -> dict[str, Any]:

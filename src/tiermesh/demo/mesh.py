@@ -490,16 +490,23 @@ class LocalMesh:
         assert node.agent is not None
         return node.agent
 
-    def _wait_serving(self) -> None:
+    def _wait_serving(
+        self,
+        headers: dict[str, str] | None = None,
+        accept: Callable[[int, str], bool] = lambda status, _detail: status == 200,
+        what: str = "serve",
+    ) -> None:
+        """Probe the edge app listener with ``headers`` (default: the demo request with its
+        key) until ``accept(status, detail)``; :class:`MeshError` after :data:`_SERVE_S`."""
         deadline = time.monotonic() + _SERVE_S
         last = "no answer"
         while time.monotonic() < deadline:
-            status, detail = probe(self.edge.app_port, self.with_key(DEMO_HEADERS))
-            if status == 200:
+            status, detail = probe(self.edge.app_port, headers or self.with_key(DEMO_HEADERS))
+            if accept(status, detail):
                 return
             last = f"HTTP {status}: {detail}" if status else detail
             time.sleep(0.2)
-        raise MeshError(f"the edge app listener did not serve within {_SERVE_S:g}s ({last})")
+        raise MeshError(f"the edge app listener did not {what} within {_SERVE_S:g}s ({last})")
 
     def describe(self) -> dict[str, Any]:
         """Where everything listens (written to ``mesh.json`` in the state dir)."""
