@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from _gw_owned import Owned
+from _gw_owned import Owned, log_tail
 from tiermesh.procs.envoy import admin_request
 
 PEER_TARGET = Path(__file__).with_name("peer_target.py")
@@ -159,10 +159,7 @@ class EdgePath(Owned):
         return {p.pid: component(p, self.pid) for p in [root, *root.children(recursive=True)]}
 
     def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, chars)
 
     def close(self) -> None:
         process, self.process = self.process, None

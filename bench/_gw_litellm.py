@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _gw_owned import Owned
+from _gw_owned import Owned, log_tail
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements" / "bench-litellm.txt"
@@ -202,10 +202,7 @@ class LiteLLMProxy(Owned):
         raise RuntimeError(f"litellm not serving after {timeout}s ({last}):\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, chars)
 
     def stop(self) -> None:
         process, self.process = self.process, None
