@@ -169,6 +169,8 @@ class Cell:
         return float(statistics.median(self.cpu_us)) if self.cpu_us else float("nan")
 
     def part(self, component: str) -> float:
+        if not self.parts_us:
+            return float("nan")
         return float(statistics.median(p.get(component, 0.0) for p in self.parts_us))
 
 
@@ -201,13 +203,14 @@ def measure(
                 used = spent(before, cpu_seconds(where.processes))
                 cell = cells[target, level]
                 cell.runs.append(result)
-                per = 1e6 / max(1, result.requests)
+                # A round that answered nothing has no CPU per request (left out).
+                per = 1e6 / result.requests if result.requests else float("nan")
                 parts: dict[str, float] = {}
                 for pid, seconds_used in used.items():
                     name = where.processes[pid]
                     parts[name] = parts.get(name, 0.0) + seconds_used * per
-                cell.parts_us.append(parts)
-                if where.processes:
+                if where.processes and result.requests:
+                    cell.parts_us.append(parts)
                     cell.cpu_us.append(sum(parts.values()))
                 print(
                     f"  round {number + 1}/{rounds} c={level:<3} {target:<11} "
