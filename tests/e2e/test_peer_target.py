@@ -134,11 +134,17 @@ def test_peer_target_serves_fails_over_and_leaves_nothing(
         assert alive(tree) == []
         assert not state.exists()
     finally:
+        # After a failure: the target's own stop first (it removes its state dir), then
+        # SIGKILL for whatever is left.
         if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait(timeout=10)
+            left = psutil.Process(proc.pid).children(recursive=True)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            tree += left
         for child in alive(tree):
             child.kill()
         assert proc.stdout is not None
