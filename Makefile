@@ -36,8 +36,10 @@ imports: deps
 pytest: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Every benchmark but the peer target (a server an external harness starts with its own
+# ports); gateway_overhead.py installs LiteLLM into bench/.venv-litellm when missing.
 bench: deps bench-os-deps
-	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
+	@for b in bench/*.py; do case $$b in bench/_*|bench/peer_target.py) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
 
 deps: os-deps $(STAMP)
 
