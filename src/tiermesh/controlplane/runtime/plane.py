@@ -2,7 +2,9 @@
 stopped as a unit.
 
 Start order (each step needs the one before): etcd client → shared CA
-(``EtcdCaStore.create_or_load``) → server certificate written to the data dir → the listen
+(``EtcdCaStore.create_or_load``) → server certificate issued and written to the data dir,
+kept current from then on (:class:`~tiermesh.controlplane.identity.server_rotation.
+ServerRotation`) → the listen
 addresses are checked → node directory → reconciler → node API (join, renew, registry) →
 ADS over mTLS with the SPIFFE node authorizer → audit collector (mTLS, its own port;
 records stored in ``<data_dir>/audit.sqlite3``, read by ``tiermesh audit --db``) →
@@ -14,8 +16,19 @@ is recorded there, signed with the server key, in the chain ``spiffe://<td>/cont
 it in reverse. Stopping cancels the open registry sessions without revoking their leases,
 so registrations survive a restart for one lease TTL and nodes reconnect without a flap.
 
-Known limits: the server certificate (one day) and the trust bundle are fixed at start;
-restart the replica after a CA rotation and within a day.
+Certificates rotate while the replica runs: the server certificate (one day by default,
+``server_cert_ttl_s``) is renewed at two thirds of its life and after every change of the
+shared CA, which every replica follows through an etcd watch; each TLS port (ADS, node
+API, join, audit collector) presents the new certificate and verifies clients against the
+new bundle from its next handshake on, without a restart, while open streams keep theirs.
+:meth:`ControlPlane.rotate_ca` rolls the shared CA over from this replica; the status
+document's ``identity`` section shows the served certificate and bundle generation.
+
+Plan records are signed with the key of the certificate served at the time.
+
+Known limits: the issuance records of SVIDs a replica signed reach etcd only when that
+replica rolls the CA over (a replica adopting another's state keeps its own), so a
+retirement saved elsewhere may not wait for them: retire with care.
 """
 
 from __future__ import annotations
@@ -24,9 +37,7 @@ import asyncio
 import datetime as dt
 import errno
 import logging
-import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -49,10 +60,18 @@ from tiermesh.controlplane.dashboard import (
     dashboard_document,
     start_dashboard,
 )
-from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
-from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
+from tiermesh.controlplane.identity import (
+    CaConfig,
+    CaGeneration,
+    EtcdCaStore,
+    LocalCertificateAuthority,
+    ServerFilesError,
+    TrustBundle,
+)
+from tiermesh.controlplane.identity.server_cert import ServerCertificate
+from tiermesh.controlplane.identity.server_rotation import ServerRotation
 from tiermesh.controlplane.identity.tokens import JoinTokens
-from tiermesh.controlplane.identity.xds_auth import server_credentials, spiffe_node_authorizer
+from tiermesh.controlplane.identity.xds_auth import spiffe_node_authorizer
 from tiermesh.controlplane.metrics import issued_expiries
 from tiermesh.controlplane.nodeapi import (
     NodeApiServer,
@@ -123,11 +142,8 @@ def _check_free(what: str, address: HostPort) -> None:
             raise PortInUse(what, str(address), detail) from exc
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    path.chmod(0o600)
+def _seconds(value: float | None) -> dt.timedelta | None:
+    return None if value is None else dt.timedelta(seconds=value)
 
 
 def _check_ports(config: ControlPlaneConfig) -> None:
@@ -155,7 +171,7 @@ class ControlPlane:
         self.config = config
         self.addresses: dict[str, str] = {}
         self._store: EtcdStore | None = None
-        self._ca: LocalCertificateAuthority | None = None
+        self._identity: ServerRotation | None = None
         self._cache = SnapshotCache()
         self._ads: AdsServer | None = None
         self._ads_server: grpc.aio.Server | None = None
@@ -180,8 +196,15 @@ class ControlPlane:
 
     @property
     def ca(self) -> LocalCertificateAuthority:
-        assert self._ca is not None, "not started"
-        return self._ca
+        """The CA this replica issues with now (it follows the shared CA in etcd)."""
+        assert self._identity is not None, "not started"
+        return self._identity.ca.current
+
+    async def rotate_ca(self) -> CaGeneration:
+        """Roll the shared CA over from this replica; every replica follows (module doc).
+        Returns the new signing generation. Raises ``CaStateConflict`` or ``StoreError``."""
+        assert self._identity is not None, "not started"
+        return await self._identity.rotate_ca()
 
     async def start(self) -> None:
         """Start every part (module doc); on failure, stop what started and re-raise."""
@@ -199,13 +222,8 @@ class ControlPlane:
             except DashboardError as exc:
                 raise DashboardRefused(str(exc)) from exc
         self._store = store = await _connect(config)
-        ca_store = EtcdCaStore(store, config.ca_passphrase)
-        self._ca = ca = await ca_store.create_or_load(CaConfig(config.trust_domain))
-        certificate = issue_server_certificate(
-            ca, now=dt.datetime.now(dt.UTC), extra_dns_names=config.server_dns_names
-        )
-        bundle = ca.bundle()
-        self._write_files(certificate, bundle.to_pem())
+        self._identity = identity = await self._start_identity(store)
+        certificate, bundle, ca = identity.certificate, identity.bundle, identity.ca
         await _adopt_legacy_usage(store)
         _check_ports(config)
 
@@ -253,9 +271,8 @@ class ControlPlane:
         )
         try:
             self._node_api = await start_node_api(
-                NodeIdentityService(ca, JoinTokens(store)),
-                certificate=certificate,
-                bundle=bundle,
+                NodeIdentityService(ca, JoinTokens(store), svid_ttl=_seconds(config.svid_ttl_s)),
+                credentials=identity.credentials,
                 host=config.node_api.host,
                 join_port=config.join.port,
                 node_port=config.node_api.port,
@@ -270,7 +287,7 @@ class ControlPlane:
         self._ads = AdsServer(self._cache, authorize=spiffe_node_authorizer(config.trust_domain))
         try:
             self._ads_server, ads_port = await start_server(
-                self._ads, str(config.ads), credentials=server_credentials(certificate, bundle)
+                self._ads, str(config.ads), credentials=identity.credentials.server_credentials()
             )
         except RuntimeError as exc:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
@@ -278,8 +295,7 @@ class ControlPlane:
         try:
             self._audit = await start_audit_collector(
                 AuditCollector(self._audit_store, ca.bundle),
-                certificate=certificate,
-                bundle=bundle,
+                credentials=identity.credentials,
                 host=config.audit.host,
                 port=config.audit.port,
             )
@@ -300,6 +316,28 @@ class ControlPlane:
         }
         await self._start_optional(config)
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_identity(self, store: EtcdStore) -> ServerRotation:
+        """The shared CA, and the server certificate and bundle that follow it."""
+        config = self.config
+        ca_store = EtcdCaStore(store, config.ca_passphrase)
+        ca_config = CaConfig(config.trust_domain)
+        identity = ServerRotation(
+            store,
+            ca_store,
+            ca_config,
+            await ca_store.create_or_load(ca_config),
+            data_dir=config.data_dir,
+            ttl=dt.timedelta(seconds=config.server_cert_ttl_s),
+            extra_dns_names=config.server_dns_names,
+            on_bundle_changed=self._bundle_changed,
+            on_renewed=self._certificate_renewed,
+        )
+        try:
+            await identity.start()
+        except ServerFilesError as exc:
+            raise DataDirError(exc.folder, exc.detail) from exc
+        return identity
 
     async def _start_optional(self, config: ControlPlaneConfig) -> None:
         """The dashboard and the metrics server, each when configured."""
@@ -328,15 +366,14 @@ class ControlPlane:
             raise PortInUse("the dashboard (--dashboard)", str(address), str(exc)) from exc
         self.addresses["dashboard"] = self._dashboard.url
 
-    def _write_files(self, certificate: ServerCertificate, bundle_pem: bytes) -> None:
-        folder = self.config.data_dir
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_private(folder / "server-key.pem", certificate.key_pem())
-            (folder / "server-chain.pem").write_bytes(certificate.chain_pem())
-            (folder / "bundle.pem").write_bytes(bundle_pem)
-        except OSError as exc:
-            raise DataDirError(str(folder), exc.strerror or str(exc)) from exc
+    def _certificate_renewed(self, certificate: ServerCertificate) -> None:
+        if self._plans is not None:
+            chain = (certificate.certificate, certificate.intermediate)
+            self._plans.use_signer(certificate.private_key, chain)
+
+    def _bundle_changed(self, bundle: TrustBundle) -> None:
+        if self._directory is not None:
+            self._directory.set_trust_bundle(bundle.to_pem().decode())
 
     async def _record_plans(self, result: ReconcileResult, outcome: BundleOutcome) -> None:
         if self._plans is not None and self._reconciler is not None:
@@ -367,6 +404,8 @@ class ControlPlane:
             svid_expiry=issued_expiries(),
         )
         document["traffic"] = self.traffic.document()
+        if self._identity is not None:
+            document["identity"] = self._identity.status()
         return document
 
     async def dashboard_view(self) -> dict[str, Any]:
@@ -397,6 +436,7 @@ class ControlPlane:
         reconciler, self._reconciler = self._reconciler, None
         keys, self._keys = self._keys, None
         directory, self._directory = self._directory, None
+        identity = self._identity  # kept: ``ca`` stays readable after a stop
         store, self._store = self._store, None
         steps: list[tuple[str, Any]] = [
             ("dashboard", dashboard.aclose() if dashboard else None),
@@ -407,6 +447,7 @@ class ControlPlane:
             ("reconciler", reconciler.aclose() if reconciler else None),
             ("API key watch", keys.aclose() if keys else None),
             ("node directory", directory.aclose() if directory else None),
+            ("server certificate rotation", identity.aclose() if identity else None),
             ("etcd client", store.aclose() if store else None),
         ]
         for name, step in steps:
