@@ -154,7 +154,7 @@ async def route_round(
             return numbers
         snapshot = cache.get_snapshot(NODE.id)
         assert snapshot is not None
-        numbers.rds_bytes = len(snapshot.sotw_body(typeurls.ROUTE, None))
+        numbers.rds_bytes = len(snapshot.sotw_body(typeurls.ROUTE, None).body)
         bootstrap = render_bootstrap(
             BootstrapSpec(node_id=NODE.id, xds_host="127.0.0.1", xds_port=port,
                           admin_port=free_port())

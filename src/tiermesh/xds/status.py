@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from envoy.config.core.v3 import base_pb2
@@ -96,41 +96,99 @@ class Callbacks:
         """The client rejected a response; it keeps serving its last good config."""
 
 
+@dataclass(slots=True)
+class _TypeState:
+    """The registry's own, mutable record of one type (readers get a :class:`TypeStatus`)."""
+
+    sent_version: str = ""
+    acked_version: str = ""
+    nack_count: int = 0
+    last_nack: NackRecord | None = None
+    missing: frozenset[str] = frozenset()
+
+    def frozen(self) -> TypeStatus:
+        return TypeStatus(
+            self.sent_version, self.acked_version, self.nack_count, self.last_nack, self.missing
+        )
+
+
+@dataclass(slots=True)
+class _NodeState:
+    node_id: str
+    cluster: str
+    mode: Mode
+    streams: int
+    last_change: float
+    types: dict[str, _TypeState] = field(default_factory=dict)
+
+    def frozen(self) -> NodeStatus:
+        types = {type_url: state.frozen() for type_url, state in self.types.items()}
+        return NodeStatus(
+            self.node_id, self.cluster, self.mode, self.streams, self.last_change, types
+        )
+
+
+_TYPE_FIELDS = frozenset(TypeStatus.__dataclass_fields__)
+
+
 class StatusRegistry:
     """Latest known xDS state of every node that ever connected to this server.
 
     Not thread-safe; used from the server's event loop. Status outlives streams so an
-    operator can see a node that disconnected and what it last ACKed.
+    operator can see a node that disconnected and what it last ACKed. Readers
+    (:meth:`get`, :meth:`all`) get frozen copies that later updates leave as they are;
+    updates change the registry's own records in place (every response and every ACK
+    of every stream updates one, so an update must not copy a node's state).
     """
 
     def __init__(self) -> None:
-        self._nodes: dict[str, NodeStatus] = {}
+        self._nodes: dict[str, _NodeState] = {}
 
     def get(self, node_id: str) -> NodeStatus | None:
-        return self._nodes.get(node_id)
+        state = self._nodes.get(node_id)
+        return state.frozen() if state is not None else None
 
     def all(self) -> list[NodeStatus]:
-        return [self._nodes[k] for k in sorted(self._nodes)]
+        return [self._nodes[k].frozen() for k in sorted(self._nodes)]
+
+    def type_status(self, node_id: str, type_url: str) -> TypeStatus | None:
+        """``node_id``'s status of ``type_url`` (None: the node or the type is unknown)."""
+        node = self._nodes.get(node_id)
+        state = node.types.get(type_url) if node is not None else None
+        return state.frozen() if state is not None else None
+
+    def missing(self, node_id: str, type_url: str) -> frozenset[str] | None:
+        """The names last recorded missing for ``node_id``'s ``type_url`` (None: never
+        recorded); cheaper than :meth:`type_status` (no copy)."""
+        node = self._nodes.get(node_id)
+        state = node.types.get(type_url) if node is not None else None
+        return state.missing if state is not None else None
 
     def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
         old = self._nodes.get(node.id)
         streams = (old.streams if old else 0) + 1
         if streams == 1:
             NODES.inc()
-        types = dict(old.types) if old else {}
-        self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, time.time(), types)
+        types = old.types if old else {}
+        self._nodes[node.id] = _NodeState(node.id, node.cluster, mode, streams, time.time(), types)
 
     def stream_closed(self, node_id: str) -> None:
-        old = self._nodes[node_id]
-        if old.streams == 1:
+        state = self._nodes[node_id]
+        if state.streams == 1:
             NODES.dec()
-        self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=time.time())
+        state.streams -= 1
+        state.last_change = time.time()
 
-    def update_type(self, node_id: str, type_url: str, **changes: object) -> TypeStatus:
-        old = self._nodes[node_id]
-        current = old.types.get(type_url, TypeStatus())
-        new = replace(current, **changes)  # type: ignore[arg-type]
-        types = dict(old.types)
-        types[type_url] = new
-        self._nodes[node_id] = replace(old, types=types, last_change=time.time())
-        return new
+    def update_type(self, node_id: str, type_url: str, **changes: object) -> None:
+        """Set fields of ``node_id``'s :class:`TypeStatus` for ``type_url`` (``KeyError``
+        for a node that never opened a stream, ``TypeError`` for an unknown field)."""
+        unknown = changes.keys() - _TYPE_FIELDS
+        if unknown:
+            raise TypeError(f"TypeStatus has no field {sorted(unknown)[0]!r}")
+        node = self._nodes[node_id]
+        state = node.types.get(type_url)
+        if state is None:
+            state = node.types[type_url] = _TypeState()
+        for name, value in changes.items():
+            setattr(state, name, value)
+        node.last_change = time.time()
