@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import itertools
 import json
 import multiprocessing as mp
@@ -236,6 +237,23 @@ def instrument_globals() -> None:
     gate.verify_snapshot = STAGES.wrap("verify", gate.verify_snapshot)  # type: ignore[attr-defined]
     NodePlanner.plan = STAGES.wrap("evaluate", NodePlanner.plan)  # type: ignore[method-assign]
     RegorusEngine.load = STAGES.wrap("engine load", RegorusEngine.load)  # type: ignore[method-assign]
+    gc.callbacks.append(_time_full_collections)
+
+
+_gc_began = 0.0
+
+
+def _time_full_collections(phase: str, info: dict[str, int]) -> None:
+    """Count the pauses of full (generation 2) garbage collections as stage ``gc``, on
+    whichever thread they happen."""
+    global _gc_began  # noqa: PLW0603 - one process-wide callback
+    if info.get("generation") != 2:
+        return
+    if phase == "start":
+        _gc_began = time.perf_counter()
+    else:
+        STAGES.seconds["gc"] += time.perf_counter() - _gc_began
+        STAGES.calls["gc"] += 1
 
 
 class AckTracker(Callbacks):
@@ -481,8 +499,9 @@ async def scenario(server: EtcdServer, fleet: Fleet, args: argparse.Namespace) -
         grpc_server, port = await start_server(ads, "127.0.0.1:0", options=options)
         instrument(store, cache)
         reconciler = Reconciler(
-            store, RegorusEngine, bench_compiler(), cache, debounce_s=args.debounce
-        )
+            store, RegorusEngine, bench_compiler(), cache, debounce_s=args.debounce,
+            freeze_heap=args.freeze_heap,
+        )  # fmt: skip
         bare_compiler = bench_compiler()
         await reconciler.start()
         revision = (await store.push_bundle(bundle(fleet, 0), expected_revision=0)).revision
@@ -647,8 +666,8 @@ def report(
         "last ACK (the fan-out: the ADS server's sends share the event loop and the CPUs):",
         "",
         "| nodes | CAS -> reconcile start | read | engine load | evaluate | compile | verify "
-        "| publish | reconcile end -> last ACK |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| publish | reconcile end -> last ACK | full GC pauses, CAS -> last ACK |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in results:
 
@@ -659,7 +678,8 @@ def report(
         lines.append(
             f"| {n.nodes} | {_med([r['start'] for r in n.push]):.3f} | {stage('read')} "
             f"| {stage('engine load')} | {stage('evaluate')} "
-            f"| {stage('compile')} | {stage('verify')} | {stage('publish')} | {tail:.3f} |"
+            f"| {stage('compile')} | {stage('verify')} | {stage('publish')} | {tail:.3f} "
+            f"| {stage('gc')} |"
         )
     lines += [
         "",
@@ -722,7 +742,8 @@ def report(
         f"{os.cpu_count()} CPUs, load average before the run {args.load_before:.2f}. "
         "Command: `.venv/bin/python bench/fleet_scale.py "
         f"--nodes {args.nodes} --classes {args.classes} --local-nodes {args.local_nodes} "
-        f"--rounds {args.rounds} --joins {args.joins} --workers {args.workers}`.",
+        f"--rounds {args.rounds} --joins {args.joins} --workers {args.workers}"
+        f"{'' if args.freeze_heap else ' --no-freeze-heap'}`.",
         "",
     ]
     return "\n".join(lines)
@@ -743,6 +764,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--routes", default="2000,16000", help="route-scale targets with a real Envoy ('' skips)"
     )
     parser.add_argument("--route-rounds", type=int, default=3)
+    parser.add_argument(
+        "--freeze-heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Reconciler(freeze_heap=...): keep served state out of full GCs",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 1 <= args.classes <= len(TIERS) * len(REGIONS) * len(RESIDENCIES):

@@ -35,6 +35,7 @@ from tiermesh.controlplane.bundle.plan_classes import ClassKey, ProbeMemo, class
 from tiermesh.controlplane.metrics import note_reconcile
 from tiermesh.controlplane.model import plan_callers
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
+from tiermesh.controlplane.reconciler.heap import FrozenHeap
 from tiermesh.controlplane.reconciler.incremental import (
     FleetState,
     Replanned,
@@ -224,6 +225,11 @@ class Reconciler:
 
     ``on_plans`` (see :data:`PlansHook`) sees each evaluation, e.g. to audit the plans.
 
+    Heap: with ``freeze_heap``, what is alive after each successful reconcile (plans,
+    snapshots, the server's streams) is kept out of later full garbage collections
+    (:class:`~tiermesh.controlplane.reconciler.heap.FrozenHeap`; process-wide, so for
+    the one control plane of a process); :meth:`aclose` unfreezes it.
+
     Task safety: use from the event loop that owns ``store`` and ``cache``; one
     :meth:`start` per instance. :meth:`aclose` stops the watches and the loop.
     """
@@ -244,6 +250,7 @@ class Reconciler:
         on_plans: PlansHook | None = None,
         wall_clock: Callable[[], datetime] = _utc_now,
         month_check_s: float = 60.0,
+        freeze_heap: bool = False,
     ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
@@ -289,6 +296,7 @@ class Reconciler:
         self._fleet: FleetState | None = None
         self._probe_memo = ProbeMemo()
         self._incremental_count = 0
+        self._heap = FrozenHeap() if freeze_heap else None
         self.last_error: ReconcileError | None = None
         """Why the latest reconcile was refused; None once one succeeds."""
         self.last_result: ReconcileResult | None = None
@@ -428,6 +436,8 @@ class Reconciler:
                 await task
         self._drop_fleet()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._heap is not None:
+            self._heap.release()
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -662,6 +672,8 @@ class Reconciler:
                 raise
             if not result.ok:
                 self._full = True
+            elif self._heap is not None:
+                self._heap.settle()
             note_reconcile(result.ok, result.duration_s)
             outcome, self._outcome = self._outcome, None
             if self._on_plans is not None and outcome is not None:
