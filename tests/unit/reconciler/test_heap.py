@@ -60,6 +60,20 @@ def test_a_frozen_cycle_is_reclaimed_after_the_thaw() -> None:
     assert alive() is None
 
 
+def test_no_automatic_collection_while_held() -> None:
+    heap = FrozenHeap()
+    with heap.hold():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with heap.hold():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
+
+
 def test_thaw_every_must_be_positive() -> None:
     with pytest.raises(ValueError, match="thaw_every"):
         FrozenHeap(thaw_every=0)

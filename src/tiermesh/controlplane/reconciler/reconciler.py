@@ -630,50 +630,20 @@ class Reconciler:
             self._count += 1
             started_at = self._clock.now()
             began = time.perf_counter()
-            fleet = self._fleet if incremental and not self._full else None
-            if (
-                fleet is not None
-                and self._usage_changed
-                and (
-                    self._node_changes
-                    or self._settings_changed
-                    or usage_month(self._wall_clock()) != self._usage_month
-                )
-            ):
-                fleet = None  # spend and nodes changed together, or a new month: full
+            heap = self._heap
             try:
-                if fleet is None:
-                    self._full = False
-                    self._node_changes = {}
-                    self._settings_changed = set()
-                    self._usage_changed = False
-                    result = await self._reconcile(self._count, started_at, began, events)
-                elif self._usage_changed:
-                    self._usage_changed = False
-                    result = await self._reconcile_usage(
-                        fleet, self._count, started_at=started_at, began=began, events=events
-                    )
-                    self._incremental_count += 1
-                else:
-                    changes, self._node_changes = self._node_changes, {}
-                    settings, self._settings_changed = self._settings_changed, set()
-                    result = await self._reconcile_nodes(
-                        fleet,
-                        self._count,
-                        started_at=started_at,
-                        began=began,
-                        events=events,
-                        changes=changes,
-                        settings=settings,
-                    )
-                    self._incremental_count += 1
+                with heap.hold() if heap is not None else contextlib.nullcontext():
+                    result = await self._dispatch(
+                        self._count, incremental=incremental, started_at=started_at,
+                        began=began, events=events,
+                    )  # fmt: skip
+                    if result.ok and heap is not None:
+                        heap.settle()
             except BaseException:
                 self._full = True
                 raise
             if not result.ok:
                 self._full = True
-            elif self._heap is not None:
-                self._heap.settle()
             note_reconcile(result.ok, result.duration_s)
             outcome, self._outcome = self._outcome, None
             if self._on_plans is not None and outcome is not None:
@@ -690,6 +660,40 @@ class Reconciler:
         async with self._done:
             self._done.notify_all()
         return result
+
+    async def _dispatch(
+        self, number: int, *, incremental: bool, started_at: float, began: float, events: int
+    ) -> ReconcileResult:
+        """The reconcile ``_run`` does: full, after a budget crossing, or of node events."""
+        fleet = self._fleet if incremental and not self._full else None
+        if (
+            fleet is not None
+            and self._usage_changed
+            and (
+                self._node_changes
+                or self._settings_changed
+                or usage_month(self._wall_clock()) != self._usage_month
+            )
+        ):
+            fleet = None  # spend and nodes changed together, or a new month: full
+        if fleet is None:
+            self._full = False
+            self._node_changes = {}
+            self._settings_changed = set()
+            self._usage_changed = False
+            return await self._reconcile(number, started_at, began, events)
+        self._incremental_count += 1
+        if self._usage_changed:
+            self._usage_changed = False
+            return await self._reconcile_usage(
+                fleet, number, started_at=started_at, began=began, events=events
+            )
+        changes, self._node_changes = self._node_changes, {}
+        settings, self._settings_changed = self._settings_changed, set()
+        return await self._reconcile_nodes(
+            fleet, number, started_at=started_at, began=began, events=events,
+            changes=changes, settings=settings,
+        )  # fmt: skip
 
     async def _read_state(
         self,
