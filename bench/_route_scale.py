@@ -140,7 +140,9 @@ async def route_round(
         )
         cache = SnapshotCache()
         grpc_server, port = await start_server(AdsServer(cache), "127.0.0.1:0")
-        reconciler = Reconciler(store, RegorusEngine, compiler, cache, debounce_s=0.01)
+        reconciler = Reconciler(
+            store, RegorusEngine, compiler, cache, debounce_s=0.01, freeze_heap=True
+        )
         await reconciler.start()
         rss0 = psutil.Process().memory_info().rss
         revision = (

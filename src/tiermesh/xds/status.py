@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from envoy.config.core.v3 import base_pb2
@@ -96,99 +96,68 @@ class Callbacks:
         """The client rejected a response; it keeps serving its last good config."""
 
 
-@dataclass(slots=True)
-class _TypeState:
-    """The registry's own, mutable record of one type (readers get a :class:`TypeStatus`)."""
-
-    sent_version: str = ""
-    acked_version: str = ""
-    nack_count: int = 0
-    last_nack: NackRecord | None = None
-    missing: frozenset[str] = frozenset()
-
-    def frozen(self) -> TypeStatus:
-        return TypeStatus(
-            self.sent_version, self.acked_version, self.nack_count, self.last_nack, self.missing
-        )
-
-
-@dataclass(slots=True)
-class _NodeState:
-    node_id: str
-    cluster: str
-    mode: Mode
-    streams: int
-    last_change: float
-    types: dict[str, _TypeState] = field(default_factory=dict)
-
-    def frozen(self) -> NodeStatus:
-        types = {type_url: state.frozen() for type_url, state in self.types.items()}
-        return NodeStatus(
-            self.node_id, self.cluster, self.mode, self.streams, self.last_change, types
-        )
-
-
-_TYPE_FIELDS = frozenset(TypeStatus.__dataclass_fields__)
-
-
 class StatusRegistry:
     """Latest known xDS state of every node that ever connected to this server.
 
     Not thread-safe; used from the server's event loop. Status outlives streams so an
     operator can see a node that disconnected and what it last ACKed. Readers
-    (:meth:`get`, :meth:`all`) get frozen copies that later updates leave as they are;
-    updates change the registry's own records in place (every response and every ACK
-    of every stream updates one, so an update must not copy a node's state).
+    (:meth:`get`, :meth:`all`) get frozen copies that later updates leave as they are.
+    Every response and every ACK of every stream updates one type of one node, so an
+    update replaces that one :class:`TypeStatus` and never copies the node's status.
     """
 
     def __init__(self) -> None:
-        self._nodes: dict[str, _NodeState] = {}
+        self._nodes: dict[str, NodeStatus] = {}
+        """The node's status as of its latest stream open or close (``types`` unused)."""
+        self._types: dict[str, dict[str, TypeStatus]] = {}
+        self._changed: dict[str, float] = {}
 
     def get(self, node_id: str) -> NodeStatus | None:
-        state = self._nodes.get(node_id)
-        return state.frozen() if state is not None else None
+        node = self._nodes.get(node_id)
+        if node is None:
+            return None
+        return replace(node, types=dict(self._types[node_id]), last_change=self._changed[node_id])
 
     def all(self) -> list[NodeStatus]:
-        return [self._nodes[k].frozen() for k in sorted(self._nodes)]
+        return [status for k in sorted(self._nodes) if (status := self.get(k)) is not None]
 
     def type_status(self, node_id: str, type_url: str) -> TypeStatus | None:
         """``node_id``'s status of ``type_url`` (None: the node or the type is unknown)."""
-        node = self._nodes.get(node_id)
-        state = node.types.get(type_url) if node is not None else None
-        return state.frozen() if state is not None else None
+        return self._types.get(node_id, {}).get(type_url)
 
     def missing(self, node_id: str, type_url: str) -> frozenset[str] | None:
         """The names last recorded missing for ``node_id``'s ``type_url`` (None: never
-        recorded); cheaper than :meth:`type_status` (no copy)."""
-        node = self._nodes.get(node_id)
-        state = node.types.get(type_url) if node is not None else None
-        return state.missing if state is not None else None
+        recorded)."""
+        status = self.type_status(node_id, type_url)
+        return status.missing if status is not None else None
 
     def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
         old = self._nodes.get(node.id)
         streams = (old.streams if old else 0) + 1
         if streams == 1:
             NODES.inc()
-        types = old.types if old else {}
-        self._nodes[node.id] = _NodeState(node.id, node.cluster, mode, streams, time.time(), types)
+        now = time.time()
+        self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, now)
+        self._types.setdefault(node.id, {})
+        self._changed[node.id] = now
 
     def stream_closed(self, node_id: str) -> None:
-        state = self._nodes[node_id]
-        if state.streams == 1:
+        old = self._nodes[node_id]
+        if old.streams == 1:
             NODES.dec()
-        state.streams -= 1
-        state.last_change = time.time()
+        now = time.time()
+        self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=now)
+        self._changed[node_id] = now
 
-    def update_type(self, node_id: str, type_url: str, **changes: object) -> None:
-        """Set fields of ``node_id``'s :class:`TypeStatus` for ``type_url`` (``KeyError``
-        for a node that never opened a stream, ``TypeError`` for an unknown field)."""
-        unknown = changes.keys() - _TYPE_FIELDS
-        if unknown:
-            raise TypeError(f"TypeStatus has no field {sorted(unknown)[0]!r}")
-        node = self._nodes[node_id]
-        state = node.types.get(type_url)
-        if state is None:
-            state = node.types[type_url] = _TypeState()
-        for name, value in changes.items():
-            setattr(state, name, value)
-        node.last_change = time.time()
+    def update_type(self, node_id: str, type_url: str, **changes: object) -> TypeStatus:
+        """Set fields of ``node_id``'s :class:`TypeStatus` for ``type_url``; the new one
+        (``KeyError`` for a node that never opened a stream, ``TypeError`` for an unknown
+        field)."""
+        types = self._types[node_id]
+        new = replace(types.get(type_url, _NO_STATUS), **changes)  # type: ignore[arg-type]
+        types[type_url] = new
+        self._changed[node_id] = time.time()
+        return new
+
+
+_NO_STATUS = TypeStatus()
