@@ -641,8 +641,8 @@ def report(
         "",
         "One process: etcd (loopback), EtcdStore, the reconciler with the real compiler",
         "(`default_compiler`: plan -> mesh model -> generators -> verifier, every snapshot",
-        f"verified; health- and plan-aware) and the ADS server; {args.workers} client worker "
-        "processes run",
+        f"verified; health- and plan-aware; `freeze_heap={args.freeze_heap}`) and the ADS server;",
+        f"{args.workers} client worker processes run",
         "one SotW ADS stream per node,",
         "subscribing as Envoy does to CDS, EDS, LDS and RDS and ACKing every response.",
         f"Fleet: node i of class i mod {args.classes} among (tier, region, residency);",
