@@ -615,6 +615,8 @@ NOTES = [
     "  successful one is moved to the permanent generation (`gc.freeze`), so later",
     "  collections walk only what is new; the heap thaws every 64 reconciles. Freezing",
     "  alone left three full collections of 0.5-1.4 s inside one 5 000-node reconcile.",
+    "  The control plane's runtime (`runtime/plane.py`) does not pass `freeze_heap=True`",
+    "  yet: a one-argument change left to whoever owns that file this round.",
     "- Measured and not kept: one Rego query evaluating the plans of all 18 classes",
     "  (`[p | some n in input.nodes; p := data.tiermesh.routing.plan with input.node as",
     "  n]`): 0.19-0.24 s against 0.24-0.25 s for 18 separate queries, within noise;",
