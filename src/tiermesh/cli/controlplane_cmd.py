@@ -247,6 +247,7 @@ def run(
             credentials=credentials,
             dashboard=dashboard_at,
             dashboard_token=token,
+            freeze_heap=True,  # the only control plane of this process
         )
     except ValueError as exc:  # a lifetime out of range
         raise typer.BadParameter(str(exc)) from exc

@@ -69,6 +69,11 @@ class ControlPlaneConfig:
     lease_ttl_s: int = 10
     load_interval_s: float = 1.0
     debounce_s: float = 0.1
+    freeze_heap: bool = False
+    """Keep the served state out of full garbage collections
+    (:class:`~tiermesh.controlplane.reconciler.heap.FrozenHeap`). Process-wide, so only for
+    the one control plane of a process: ``tiermesh controlplane run`` turns it on; tests
+    that run several replicas in one process leave it off."""
     server_dns_names: tuple[str, ...] = ("localhost",)
     """Extra DNS SANs of the server certificate besides ``controlplane.<trust-domain>``."""
     server_cert_ttl_s: float = 86_400.0

@@ -255,6 +255,7 @@ class ControlPlane:
             self._cache,
             debounce_s=config.debounce_s,
             on_plans=self._record_plans,
+            freeze_heap=config.freeze_heap,
         )
         await self._reconciler.start()
 
