@@ -21,12 +21,13 @@ from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, refus
 from tiermesh.controlplane.generators.clusters import chain_cluster
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeSettings, PlanMismatch, UnknownNode
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import typeurls
 
 
 def envoy_routes(model: MeshModel) -> list[Any]:
     (config,) = GENERATORS[typeurls.ROUTE](model, EDGE)
-    return list(config.virtual_hosts[0].routes)
+    return host_routes(config.virtual_hosts[0])
 
 
 def headers_of(route: Any) -> dict[str, Any]:
