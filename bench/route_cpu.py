@@ -179,15 +179,20 @@ def _host(resources: Resources) -> rc.VirtualHost:
 
 def _route_lists(host: rc.VirtualHost) -> Iterator[tuple[Any, rc.RouteList]]:
     """Each route list of ``host`` with where to write it back: the ``routes`` field, or
-    each RouteList action of its tenant dispatch tree."""
+    each RouteList action of its dispatch tree (at any depth)."""
     if not host.HasField("matcher"):
         yield host, rc.RouteList(routes=host.routes)
         return
-    tree = host.matcher
-    for on_match in [*tree.matcher_tree.exact_match_map.map.values(), tree.on_no_match]:
-        routes = rc.RouteList()
-        on_match.action.typed_config.Unpack(routes)
-        yield on_match, routes
+    pending = [host.matcher]
+    while pending:
+        node = pending.pop()
+        for on_match in [*node.matcher_tree.exact_match_map.map.values(), node.on_no_match]:
+            if on_match.HasField("matcher"):
+                pending.append(on_match.matcher)
+                continue
+            routes = rc.RouteList()
+            on_match.action.typed_config.Unpack(routes)
+            yield on_match, routes
 
 
 def _edit_routes(resources: Resources, edit: Callable[[rc.Route], None]) -> None:
@@ -319,7 +324,7 @@ def _drop_request_id(resources: Resources, request: dict[str, str]) -> None:
 
 Variant = Callable[[Resources, dict[str, str]], None]
 VARIANTS: dict[str, tuple[str, Variant]] = {
-    "-dispatch": ("the same table as one route list (no tenant dispatch)", _undispatched),
+    "-dispatch": ("the same table as one route list (no dispatch)", _undispatched),
     "-table": ("route table cut to the guard, the matched route and the 404", _drop_route_table),
     "-guard": ("API-surface guard routes (regex on :path, :method) removed", _drop_guard),
     "-resp-headers": (

@@ -33,15 +33,35 @@ def _host(plan: Plan) -> rc.VirtualHost:
     return host
 
 
-def _lists(host: rc.VirtualHost) -> dict[str, list[rc.Route]]:
-    tree = host.matcher
-    found: dict[str, list[rc.Route]] = {}
-    entries = [*tree.matcher_tree.exact_match_map.map.items(), ("", tree.on_no_match)]
+def _lists(
+    matcher: matcher_pb2.Matcher, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], list[rc.Route]]:
+    """Every route list of a dispatch tree by its path of values ("" for on_no_match)."""
+    found: dict[tuple[str, ...], list[rc.Route]] = {}
+    entries = [*matcher.matcher_tree.exact_match_map.map.items(), ("", matcher.on_no_match)]
     for key, on_match in entries:
+        if on_match.HasField("matcher"):
+            found.update(_lists(on_match.matcher, (*path, key)))
+            continue
         route_list = rc.RouteList()
         assert on_match.action.typed_config.Unpack(route_list)
-        found[key] = list(route_list.routes)
+        found[(*path, key)] = list(route_list.routes)
     return found
+
+
+def _pick(
+    lists: dict[tuple[str, ...], list[rc.Route]], request: dict[str, str | None]
+) -> list[rc.Route]:
+    """The list Envoy's tree takes for ``request``."""
+    path: tuple[str, ...] = ()
+    for header in dispatch.DISPATCH_HEADERS:
+        if any(key[: len(path)] == path and len(key) > len(path) for key in lists):
+            value = request.get(header) or ""
+            known = {
+                key[len(path)] for key in lists if key[: len(path)] == path and len(key) > len(path)
+            }
+            path = (*path, value if value in known else "")
+    return lists[path]
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +74,39 @@ def flat(edge_plan: Plan) -> list[rc.Route]:
     return list(host.routes)
 
 
-def test_the_demo_table_is_one_route_list_per_tenant(edge_plan: Plan, flat: list[rc.Route]) -> None:
+def test_the_demo_table_is_one_route_list_per_tenant_and_sensitivity(
+    edge_plan: Plan, flat: list[rc.Route]
+) -> None:
     host = _host(edge_plan)
     assert not host.routes
     assert host.matcher.matcher_tree.input.name == TENANT
     header_input = http_inputs_pb2.HttpRequestHeaderMatchInput()
     assert host.matcher.matcher_tree.input.typed_config.Unpack(header_input)
     assert header_input.header_name == TENANT
-    lists = _lists(host)
-    assert sorted(lists) == ["", "acme", "globex", "initech"]
-    for tenant, listed in lists.items():
-        wanted = (None, tenant) if tenant else (None,)
-        assert listed == [r for r in flat if dispatch.pinned_tenant(r) in wanted], tenant
+    lists = _lists(host.matcher)
+    assert sorted({key[0] for key in lists}) == ["", "acme", "globex", "initech"]
+    sensitivity = MATCH_HEADERS["sensitivity"]
+    for key, listed in lists.items():
+        tenant = key[0]
+        wanted = [
+            r
+            for r in flat
+            if dispatch.pinned(r, TENANT) in ((None, tenant) if tenant else (None, ""))
+            and (
+                len(key) < 2
+                or dispatch.pinned(r, sensitivity) in ((None, key[1]) if key[1] else (None, ""))
+            )
+        ]
+        assert listed == wanted, key
         assert listed[-1].name == names.UNMATCHED_ROUTE
-    assert [r.name for r in lists[""]][:1] == ["tiermesh/api-path"]
-    assert len(lists["globex"]) < len(flat) / 2
-    # The verifier's merge gives back the table: the demo's tenants are in name order.
-    assert host_routes(host) == flat
+        assert listed[0].name == "tiermesh/api-path"
+    assert ("acme", "restricted") in lists
+    assert max(len(listed) for listed in lists.values()) < len(flat) / 3
+    # The verifier reads back every route of the table, each once.
+    merged = host_routes(host)
+    assert sorted(r.SerializeToString(deterministic=True) for r in merged) == sorted(
+        r.SerializeToString(deterministic=True) for r in flat
+    )
 
 
 def _path_holds(match: rc.RouteMatch, path: str) -> bool:
@@ -96,7 +132,9 @@ def _first(table: Sequence[rc.Route], request: dict[str, str | None]) -> str:
 
 
 def test_every_request_meets_the_same_first_route(edge_plan: Plan, flat: list[rc.Route]) -> None:
-    lists = _lists(_host(edge_plan))
+    host = _host(edge_plan)
+    lists = _lists(host.matcher)
+    merged = host_routes(host)
     values: dict[str, list[str | None]] = {
         TENANT: ["acme", "globex", "initech", "umbrella", None],
         MATCH_HEADERS["sensitivity"]: ["public", "internal", "restricted", "secret", None],
@@ -109,9 +147,9 @@ def test_every_request_meets_the_same_first_route(edge_plan: Plan, flat: list[rc
     checked = 0
     for combination in itertools.product(*values.values()):
         request = dict(zip(values, combination, strict=True))
-        tenant = request[TENANT]
-        listed = lists[tenant] if tenant in lists else lists[""]
-        assert _first(listed, request) == _first(flat, request), request
+        expected = _first(flat, request)
+        assert _first(_pick(lists, request), request) == expected, request
+        assert _first(merged, request) == expected, request
         checked += 1
     assert checked == 5 * 5 * 4 * 3 * 2 * 2 * 3
 
@@ -123,11 +161,11 @@ def test_small_tables_stay_a_list(edge_plan: Plan) -> None:
     assert len(host.routes) >= 4
 
 
-def test_one_tenant_is_not_dispatched(edge_plan: Plan) -> None:
+def test_one_tenants_table_is_dispatched_by_sensitivity_only(edge_plan: Plan) -> None:
     acme = tuple(r for r in edge_plan.routes if r.match.tenant == "acme")
     host = _host(edge_plan.model_copy(update={"routes": acme}))
-    assert len(host.routes) >= dispatch.DISPATCH_MIN_ROUTES
-    assert not host.HasField("matcher")
+    assert host.matcher.matcher_tree.input.name == MATCH_HEADERS["sensitivity"]
+    assert len(host_routes(host)) >= dispatch.DISPATCH_MIN_ROUTES
 
 
 # ------------------------------------------------------------------------ the verifier
@@ -158,7 +196,8 @@ def test_the_compiled_tree_verifies_clean(catalog: Catalog, edge_model: MeshMode
 
 def test_a_route_in_one_tenants_list_is_verified(catalog: Catalog, edge_model: MeshModel) -> None:
     def change(tables: Tables) -> None:
-        on_match = _app_tree(tables).matcher_tree.exact_match_map.map["acme"]
+        acme = _app_tree(tables).matcher_tree.exact_match_map.map["acme"]
+        on_match = acme.matcher.matcher_tree.exact_match_map.map["restricted"]
         route_list = rc.RouteList()
         assert on_match.action.typed_config.Unpack(route_list)
         (route,) = [r for r in route_list.routes if r.name == RESTRICTED]
@@ -183,14 +222,20 @@ def _query_input(tree: matcher_pb2.Matcher) -> None:
 
 
 def _route_action(tree: matcher_pb2.Matcher) -> None:
+    assert tree.on_no_match.HasField("action")
     tree.on_no_match.action.typed_config.Pack(rc.Route(name="anything"))
 
 
-def _nested(tree: matcher_pb2.Matcher) -> None:
-    inner = matcher_pb2.Matcher()
-    inner.CopyFrom(tree)
-    tree.matcher_tree.exact_match_map.map["acme"].ClearField("action")
-    tree.matcher_tree.exact_match_map.map["acme"].matcher.CopyFrom(inner)
+def _nested_list(tree: matcher_pb2.Matcher) -> None:
+    entry = tree.matcher_tree.exact_match_map.map["acme"]
+    entry.ClearField("matcher")
+    entry.matcher.matcher_list.SetInParent()
+
+
+def _deep_query(tree: matcher_pb2.Matcher) -> None:
+    nested = tree.matcher_tree.exact_match_map.map["initech"].matcher
+    query = http_inputs_pb2.HttpRequestQueryParamMatchInput(query_param="sensitivity")
+    nested.matcher_tree.input.typed_config.Pack(query)
 
 
 def _keep_matching(tree: matcher_pb2.Matcher) -> None:
@@ -204,19 +249,23 @@ def _no_fallback(tree: matcher_pb2.Matcher) -> None:
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        (_prefix_map, "routes by a matcher tree with prefix_match_map"),
+        (_prefix_map, "matcher tree is a prefix_match_map"),
         (
             _query_input,
-            "routes by a matcher tree on input envoy.type.matcher.v3."
-            "HttpRequestQueryParamMatchInput",
+            "matcher tree reads input envoy.type.matcher.v3.HttpRequestQueryParamMatchInput",
         ),
         (
             _route_action,
             "matcher tree on_no_match has an action of type envoy.config.route.v3.Route",
         ),
-        (_nested, "matcher tree entry 'acme' holds a nested matcher"),
+        (_nested_list, "matcher tree entry 'acme' is a matcher list"),
         (_keep_matching, "matcher tree entry 'globex' keeps matching"),
-        (_no_fallback, "has a matcher tree without on_no_match"),
+        (_no_fallback, "matcher tree has no on_no_match"),
+        (
+            _deep_query,
+            "matcher tree entry 'initech' reads input "
+            "envoy.type.matcher.v3.HttpRequestQueryParamMatchInput",
+        ),
     ],
 )
 def test_other_matcher_trees_are_findings(

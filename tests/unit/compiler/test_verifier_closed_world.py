@@ -421,9 +421,9 @@ def test_a_virtual_host_routed_by_a_matcher_tree(plain: Resources, catalog: Cata
 
     found = after(plain, catalog, change)
     assert sorted(messages(found)) == [
-        f"route config '{names.APP_ROUTES}' virtual host 'app' has a matcher with neither list "
-        "nor tree",
         f"route config '{names.APP_ROUTES}' virtual host 'app' has both routes and a matcher tree",
+        f"route config '{names.APP_ROUTES}' virtual host 'app' matcher tree is neither a list "
+        "nor a tree",
     ]
 
 

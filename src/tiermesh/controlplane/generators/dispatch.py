@@ -1,31 +1,35 @@
-"""Tenant dispatch: a large app route table as one route list per tenant.
+"""Dispatch of a large app route table: one route list per tenant, and per sensitivity.
 
 Envoy tries a virtual host's ``routes`` in order and evaluates each route's header
 matchers until one matches, so a request of the last tenant of a 500-route table is
 checked against every route of the tenants before it (each a header lookup, on a table
 too big for the CPU's caches on a busy machine): measured with ``bench/route_cpu.py``,
-that scan is most of what the compiled route path costs beyond a plain Envoy.
+that scan is most of what the route table costs beyond a plain Envoy.
 
-:func:`tenant_dispatch` turns the table into the virtual host's ``matcher``: a tree of one
-node whose input is the request header ``x-tiermesh-tenant`` and whose ``exact_match_map``
-names, per tenant, a ``RouteList`` action; ``on_no_match`` is another ``RouteList``.
+:func:`tenant_dispatch` turns the table into the virtual host's ``matcher``: a tree whose
+first node's input is the request header ``x-tiermesh-tenant`` and whose
+``exact_match_map`` names, per tenant, the tenant's part of the table; ``on_no_match``
+takes every other request. A part that is itself large is dispatched the same way on
+``x-tiermesh-sensitivity`` (:data:`DISPATCH_HEADERS`); the leaves are ``RouteList``
+actions.
 
-- The list of tenant ``T`` is the table, in order, less the routes pinned (by an exact,
-  non-inverted ``x-tiermesh-tenant`` matcher) to another tenant.
-- The ``on_no_match`` list (no tenant header, or a value no route is pinned to) is the
-  table less every pinned route.
+- A route is *pinned* on a header by an exact, non-inverted matcher (to that value) or by
+  ``present_match: false`` (to the header's absence).
+- The part of value ``V`` is the table, in order, less the routes pinned on the header to
+  anything but ``V``. The ``on_no_match`` part (header absent, or a value no route is
+  pinned to) is the table less the routes pinned to a value.
 
-Every route keeps its own match, its tenant matcher included, so the first route of a
-list that matches a request is the first route of the table that matches it: a route a
-list leaves out is pinned to a tenant the request does not carry and could not match.
-The table ends in the catch-all 404, which has no tenant matcher, so every list ends
-with it and no request is left without a route. Envoy's header input joins repeated
-headers with ``,`` as its header matchers do.
+Every route keeps its own match, so the first route of a list that matches a request is
+the first route of the table that matches it: a route a list leaves out is pinned to
+something the request does not carry and could not match. The table ends in the
+catch-all 404, which is pinned to nothing, so every list ends with it and no request is
+left without a route. Envoy's header input joins repeated headers with ``,`` as its
+header matchers do.
 
-Only tables of at least :data:`DISPATCH_MIN_ROUTES` routes with routes pinned to two or
-more tenants are dispatched; smaller ones stay a plain ``routes`` list. The verifier
-models exactly this shape (:mod:`tiermesh.controlplane.verify.route_tree`); any other
-matcher tree is a finding.
+Only parts of at least :data:`DISPATCH_MIN_ROUTES` routes with routes pinned to two or
+more values are dispatched; smaller ones stay a list (a whole table that small stays a
+plain ``routes`` list). The verifier models exactly this shape
+(:mod:`tiermesh.controlplane.verify.route_tree`); any other matcher tree is a finding.
 """
 
 from __future__ import annotations
@@ -40,24 +44,39 @@ from xds.type.matcher.v3 import matcher_pb2
 from tiermesh.controlplane.api import MATCH_HEADERS
 from tiermesh.controlplane.generators._protos import pack
 
-__all__ = ["ANY_TENANT_LIST", "DISPATCH_MIN_ROUTES", "pinned_tenant", "tenant_dispatch"]
+__all__ = [
+    "ABSENT",
+    "ANY_VALUE_LIST",
+    "DISPATCH_HEADERS",
+    "DISPATCH_MIN_ROUTES",
+    "pinned",
+    "pinned_tenant",
+    "tenant_dispatch",
+]
 
 DISPATCH_MIN_ROUTES = 64
-"""Smallest table that is dispatched by tenant; below it the scan costs a few µs."""
+"""Smallest part of a table that is dispatched; below it the scan costs a few µs."""
 
-ANY_TENANT_LIST = "tiermesh/any-tenant"
-"""Name of the ``on_no_match`` route list (requests no tenant's list takes)."""
+DISPATCH_HEADERS = (MATCH_HEADERS["tenant"], MATCH_HEADERS["sensitivity"])
+"""The headers dispatched on, outermost first."""
 
-_TENANT = MATCH_HEADERS["tenant"]
+ANY_VALUE_LIST = "tiermesh/any"
+"""Name of an ``on_no_match`` route list (requests no value's list takes)."""
+
+ABSENT = ""
+"""What :func:`pinned` answers for a route that requires the header to be absent."""
 
 
-def pinned_tenant(route: rc.Route) -> str | None:
-    """The tenant an exact, non-inverted ``x-tiermesh-tenant`` matcher of ``route`` pins
-    it to; None when it has no such matcher."""
+def pinned(route: rc.Route, header: str) -> str | None:
+    """What ``route`` pins ``header`` to: the value of an exact, non-inverted matcher,
+    :data:`ABSENT` for ``present_match: false``, None when it pins nothing."""
     for matcher in route.match.headers:
-        if matcher.name != _TENANT or matcher.invert_match:
+        if matcher.name != header or matcher.invert_match:
             continue
-        if matcher.WhichOneof("header_match_specifier") != "string_match":
+        kind = matcher.WhichOneof("header_match_specifier")
+        if kind == "present_match" and not matcher.present_match:
+            return ABSENT
+        if kind != "string_match":
             continue
         string = matcher.string_match
         if string.WhichOneof("match_pattern") == "exact" and not string.ignore_case:
@@ -65,7 +84,17 @@ def pinned_tenant(route: rc.Route) -> str | None:
     return None
 
 
-def _route_list(name: str, routes: Sequence[rc.Route]) -> matcher_pb2.Matcher.OnMatch:
+def pinned_tenant(route: rc.Route) -> str | None:
+    """The tenant ``route`` is pinned to (:func:`pinned` on ``x-tiermesh-tenant``)."""
+    return pinned(route, DISPATCH_HEADERS[0])
+
+
+def _leaf(
+    name: str, routes: Sequence[rc.Route], headers: Sequence[str]
+) -> matcher_pb2.Matcher.OnMatch:
+    nested = _dispatch(routes, headers)
+    if nested is not None:
+        return matcher_pb2.Matcher.OnMatch(matcher=nested)
     return matcher_pb2.Matcher.OnMatch(
         action=extension_pb2.TypedExtensionConfig(
             name=name, typed_config=pack(rc.RouteList(routes=routes))
@@ -73,26 +102,32 @@ def _route_list(name: str, routes: Sequence[rc.Route]) -> matcher_pb2.Matcher.On
     )
 
 
-def tenant_dispatch(routes: Sequence[rc.Route]) -> matcher_pb2.Matcher | None:
-    """The tenant dispatch tree of the table ``routes`` (module docstring), or None when
-    the table stays a plain list."""
-    pinned = [pinned_tenant(route) for route in routes]
-    tenants = list(dict.fromkeys(t for t in pinned if t is not None))
-    if len(routes) < DISPATCH_MIN_ROUTES or len(tenants) < 2:
+def _dispatch(routes: Sequence[rc.Route], headers: Sequence[str]) -> matcher_pb2.Matcher | None:
+    if not headers:
         return None
-    lists = {
-        tenant: _route_list(
-            tenant, [r for r, t in zip(routes, pinned, strict=True) if t in (None, tenant)]
+    header, rest = headers[0], headers[1:]
+    pins = [pinned(route, header) for route in routes]
+    values = list(dict.fromkeys(p for p in pins if p))
+    if len(routes) < DISPATCH_MIN_ROUTES or len(values) < 2:
+        return _dispatch(routes, rest)
+    parts = {
+        value: _leaf(
+            value, [r for r, p in zip(routes, pins, strict=True) if p in (None, value)], rest
         )
-        for tenant in tenants
+        for value in values
     }
-    header = http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=_TENANT)
+    rest_of_table = [r for r, p in zip(routes, pins, strict=True) if p in (None, ABSENT)]
+    source = http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header)
     return matcher_pb2.Matcher(
         matcher_tree=matcher_pb2.Matcher.MatcherTree(
-            input=extension_pb2.TypedExtensionConfig(name=_TENANT, typed_config=pack(header)),
-            exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(map=lists),
+            input=extension_pb2.TypedExtensionConfig(name=header, typed_config=pack(source)),
+            exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(map=parts),
         ),
-        on_no_match=_route_list(
-            ANY_TENANT_LIST, [r for r, t in zip(routes, pinned, strict=True) if t is None]
-        ),
+        on_no_match=_leaf(ANY_VALUE_LIST, rest_of_table, rest),
     )
+
+
+def tenant_dispatch(routes: Sequence[rc.Route]) -> matcher_pb2.Matcher | None:
+    """The dispatch tree of the table ``routes`` (module docstring), or None when the
+    table stays a plain list."""
+    return _dispatch(routes, DISPATCH_HEADERS)
