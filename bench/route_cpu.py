@@ -85,6 +85,8 @@ BODY = json.dumps(
     separators=(",", ":"),
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CPU_TARGET = 1.2
+"""Issue 16: the compiled route path costs at most this many times a plain Envoy's CPU."""
 RATE = {"tokens_per_fill": 1_000_000, "fill_interval_ms": 1000, "max_tokens": 1_000_000}
 """Every tenant's bucket in the measured catalog: the same filter and descriptors as
 shipped, too big to refuse the closed loop."""
@@ -360,51 +362,46 @@ ANSWERING_BACKEND = "frontier-eu"
 """The backend that answers the measured request (the first chain member with hosts)."""
 
 
+def _loopback(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
 def plain_bootstrap(port: int, upstream_port: int, admin_port: int) -> dict[str, Any]:
     """A minimal static Envoy: one listener, one route, one cluster (the comparison)."""
-    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-    manager = (
-        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-        ".HttpConnectionManager"
-    )
-    return {
-        "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+    types = "type.googleapis.com/envoy.extensions.filters."
+    manager = {
+        "@type": types + "network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "plain",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "plain",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ]
         },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": types + "http.router.v3.Router"},
+            }
+        ],
+    }
+    endpoint = {"endpoint": {"address": _loopback(upstream_port)}}
+    return {
+        "admin": {"address": _loopback(admin_port)},
         "static_resources": {
             "listeners": [
                 {
                     "name": "plain",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "address": _loopback(port),
                     "filter_chains": [
                         {
                             "filters": [
                                 {
                                     "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": manager,
-                                        "stat_prefix": "plain",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "plain",
-                                                    "domains": ["*"],
-                                                    "routes": [
-                                                        {
-                                                            "match": {"prefix": "/"},
-                                                            "route": {"cluster": "upstream"},
-                                                        }
-                                                    ],
-                                                }
-                                            ]
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {"@type": router},
-                                            }
-                                        ],
-                                    },
+                                    "typed_config": manager,
                                 }
                             ]
                         }
@@ -418,22 +415,7 @@ def plain_bootstrap(port: int, upstream_port: int, admin_port: int) -> dict[str,
                     "connect_timeout": "1s",
                     "load_assignment": {
                         "cluster_name": "upstream",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": upstream_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
+                        "endpoints": [{"lb_endpoints": [endpoint]}],
                     },
                 }
             ],
@@ -663,6 +645,23 @@ def report(
             f"| {target.median(rps):,.0f} ({rlow:,.0f}-{rhigh:,.0f}) | {rps_ratio:.2f} "
             f"| {target.median(lambda run: run.wrk.p50_us) / 1000:.3f} "
             f"| {sum(run.wrk.errors for run in target.runs)} |"
+        )
+    by_name = {target.name: target for target in bench.targets}
+    shipped = by_name["shipped"]
+    ratio = _ratio(shipped, plain, cpu)[0]
+    verdict = "met" if ratio <= CPU_TARGET else "not met"
+    lines += [
+        "",
+        f"Result of this run: `shipped` costs {ratio:.2f}x a plain Envoy's CPU per request "
+        f"(median of per-round ratios; target <= {CPU_TARGET}x: {verdict}) and serves "
+        f"{_ratio(shipped, plain, rps)[0]:.2f}x its req/s.",
+    ]
+    if "baseline" in by_name:
+        change = _ratio(shipped, by_name["baseline"], cpu)
+        lines.append(
+            f"Against `baseline` in the same rounds: {change[0]:.2f}x its CPU per request "
+            f"(per-round {change[1]:.2f}-{change[2]:.2f}), "
+            f"{_ratio(shipped, by_name['baseline'], rps)[0]:.2f}x its req/s."
         )
     lines += [
         "",

@@ -99,12 +99,16 @@ def _merged(matcher: matcher_pb2.Matcher) -> list[rc.Route]:
     that part (parts by key); a route of a part that is not the next anchor counts as the
     part's own, so nothing a part holds is left out."""
     anchors = _on_match_routes(matcher.on_no_match)
-    position = {_key(route): index for index, route in enumerate(anchors)}
+    # Routes are compared whole, but only those named like an anchor are serialized.
+    named: dict[str, dict[bytes, int]] = {}
+    for index, route in enumerate(anchors):
+        named.setdefault(route.name, {}).setdefault(_key(route), index)
     segments: list[list[rc.Route]] = [[] for _ in range(len(anchors) + 1)]
     for _value, on_match in sorted(matcher.matcher_tree.exact_match_map.map.items()):
         next_anchor = 0
         for route in _on_match_routes(on_match):
-            index = position.get(_key(route), -1)
+            same_name = named.get(route.name)
+            index = -1 if same_name is None else same_name.get(_key(route), -1)
             if index >= next_anchor:
                 next_anchor = index + 1
             else:
