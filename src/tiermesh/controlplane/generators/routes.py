@@ -53,10 +53,9 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
   the node forwards nothing rather than trust it (the verifier refuses a listener that
   forwards without ext_authz). The table keeps its name, so RDS and the reconciler see
   an ordinary route update when the node registers an authz server.
-- **Dispatch**: a table of many routes is served as the virtual host's ``matcher``, one
-  route list per tenant (and, within a large tenant part, per sensitivity), so a request
-  is checked against its own part of the table only (:mod:`.dispatch`); the first match
-  is the same.
+- **Dispatch**: a table of many routes of several tenants is served as the virtual
+  host's ``matcher``, one route list per tenant, so a request is checked against its
+  tenant's part of the table only (:mod:`.dispatch`); the first match is the same.
 - **Rate limit**: not on routes. A tenant's limit is one token bucket across all of its
   routes, in the listener's local rate-limit filter (:mod:`.listeners`).
 """
