@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
@@ -19,6 +20,7 @@ from tiermesh.controlplane.api import MATCH_HEADERS, Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot, dispatch, routes
 from tiermesh.controlplane.model import MeshModel, names
 from tiermesh.controlplane.verify import Finding, verify_snapshot
+from tiermesh.controlplane.verify.http_filters import EXT_AUTHZ
 from tiermesh.controlplane.verify.matching import may_match
 from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import Snapshot, typeurls
@@ -229,6 +231,23 @@ def test_a_route_in_one_tenants_list_is_verified(catalog: Catalog, edge_model: M
         ("restricted-egress", RESTRICTED, "frontier-us"),
         ("residency", RESTRICTED, "frontier-us"),
     }
+
+
+def test_ext_authz_disabled_on_a_route_in_one_tenants_list_is_a_finding(
+    catalog: Catalog, edge_model: MeshModel
+) -> None:
+    public = "globex.public.*.*"
+
+    def change(tables: Tables) -> None:
+        on_match = _app_tree(tables).matcher_tree.exact_match_map.map["globex"]
+        route_list = rc.RouteList()
+        assert on_match.action.typed_config.Unpack(route_list)
+        (route,) = [r for r in route_list.routes if r.name == public]
+        route.typed_per_filter_config[EXT_AUTHZ].Pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+        on_match.action.typed_config.Pack(route_list)
+
+    found = _verify_after(catalog, edge_model, change)
+    assert [(f.kind, f.route) for f in found] == [("no-authz", public)]
 
 
 def _prefix_map(tree: matcher_pb2.Matcher) -> None:
