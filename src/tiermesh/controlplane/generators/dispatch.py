@@ -114,20 +114,28 @@ def _dispatch(routes: Sequence[rc.Route], headers: Sequence[str]) -> matcher_pb2
     values = list(dict.fromkeys(p for p in pins if p))
     if len(routes) < DISPATCH_MIN_ROUTES or len(values) < 2:
         return _dispatch(routes, rest)
-    parts = {
-        value: _leaf(
-            value, [r for r, p in zip(routes, pins, strict=True) if p in (None, value)], rest
-        )
-        for value in values
-    }
-    rest_of_table = [r for r, p in zip(routes, pins, strict=True) if p in (None, ABSENT)]
+    # One pass: a route pinned to a value joins that value's part; one pinned to nothing
+    # joins every part (linear in routes plus shared routes x values, not routes x values).
+    parts: dict[str, list[rc.Route]] = {value: [] for value in values}
+    unpinned: list[rc.Route] = []
+    for route, pin in zip(routes, pins, strict=True):
+        if pin is None:
+            for part in parts.values():
+                part.append(route)
+            unpinned.append(route)
+        elif pin == ABSENT:
+            unpinned.append(route)
+        else:
+            parts[pin].append(route)
     source = http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header)
     return matcher_pb2.Matcher(
         matcher_tree=matcher_pb2.Matcher.MatcherTree(
             input=extension_pb2.TypedExtensionConfig(name=header, typed_config=pack(source)),
-            exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(map=parts),
+            exact_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(
+                map={value: _leaf(value, part, rest) for value, part in parts.items()}
+            ),
         ),
-        on_no_match=_leaf(ANY_VALUE_LIST, rest_of_table, rest),
+        on_no_match=_leaf(ANY_VALUE_LIST, unpinned, rest),
     )
 
 

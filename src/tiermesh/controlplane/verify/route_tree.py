@@ -17,6 +17,7 @@ verifier reports it as unverifiable instead of guessing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -69,6 +70,20 @@ def _node_problems(matcher: matcher_pb2.Matcher, where: str) -> Iterator[str]:
         yield from _on_match_problems(matcher.on_no_match, f"{where} on_no_match")
 
 
+@functools.lru_cache(maxsize=4)
+def _read_tree(encoded: bytes) -> tuple[tuple[str, ...], tuple[rc.Route, ...]]:
+    """(problems, merged routes) of one encoded matcher tree. The verifier asks for a
+    table's routes several times per snapshot; a tree of 1 000 tenants' lists takes
+    longer to decode than to check, so each distinct tree is read once."""
+    matcher = matcher_pb2.Matcher.FromString(encoded)
+    problems = tuple(_node_problems(matcher, "matcher tree"))
+    return problems, () if problems else tuple(_merged(matcher))
+
+
+def _tree(host: rc.VirtualHost) -> tuple[tuple[str, ...], tuple[rc.Route, ...]]:
+    return _read_tree(bytes(host.matcher.SerializeToString(deterministic=True)))
+
+
 def tree_problems(host: rc.VirtualHost) -> Iterator[str]:
     """What in ``host``'s matcher tree the verifier does not model (phrases after
     ``virtual host 'name'``, each naming where in the tree); nothing for a host without a
@@ -77,7 +92,7 @@ def tree_problems(host: rc.VirtualHost) -> Iterator[str]:
         return
     if host.routes:
         yield "has both routes and a matcher tree"
-    yield from _node_problems(host.matcher, "matcher tree")
+    yield from _tree(host)[0]
 
 
 def _on_match_routes(on_match: matcher_pb2.Matcher.OnMatch) -> list[rc.Route]:
@@ -126,9 +141,10 @@ def host_routes(host: rc.VirtualHost) -> list[rc.Route]:
     matcher tree merged, node by node, into a table that Envoy serves the same way.
     Routes pinned to different values of a node's header match disjoint requests, so
     their relative order changes nothing. Only a tree without :func:`tree_problems` is
-    read; another yields no routes (it is reported instead)."""
+    read; another yields no routes (it is reported instead). The routes of a tree are
+    shared between calls: read them, do not change them."""
     if not host.HasField("matcher"):
         return list(host.routes)
-    if any(True for _ in tree_problems(host)):
+    if host.routes:
         return []
-    return _merged(host.matcher)
+    return list(_tree(host)[1])
