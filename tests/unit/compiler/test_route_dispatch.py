@@ -355,3 +355,24 @@ def test_the_pinned_tenant_is_read_from_exact_matchers_only() -> None:
     folded = rc.HeaderMatcher(name=TENANT, string_match={"exact": "acme", "ignore_case": True})
     assert dispatch.pinned_tenant(route(folded)) is None
     assert re.fullmatch(r"x-tiermesh-tenant", TENANT)
+
+
+def test_status_counts_a_dispatched_table_by_its_routes(
+    edge_model: MeshModel, flat: list[rc.Route]
+) -> None:
+    """``tiermesh status`` reports a node's route count; a table dispatched by tenant has
+    no ``routes`` of its own, and is counted as the table it serves."""
+    from tiermesh.controlplane.runtime.status import _snapshot_summary  # noqa: PLC0415
+
+    snapshot = compile_snapshot(edge_model, EDGE)
+    summary = _snapshot_summary(snapshot)
+    assert summary is not None
+    configs = [snapshot.resource(typeurls.ROUTE, n) for n in snapshot.names(typeurls.ROUTE)]
+    others = sum(
+        len(host.routes)
+        for config in configs
+        if isinstance(config, route_pb2.RouteConfiguration)
+        for host in config.virtual_hosts
+        if not host.HasField("matcher")
+    )
+    assert summary["routes"] == len(flat) + others
