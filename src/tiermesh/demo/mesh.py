@@ -84,7 +84,7 @@ from tiermesh.demo.standin_control import StandinControl
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.etcd_cluster import EtcdCluster
 from tiermesh.procs.nats import NatsNotInstalled, NatsServer
-from tiermesh.procs.ports import LOOPBACK, free_port
+from tiermesh.procs.ports import LOOPBACK, free_port, reserve_port
 
 __all__ = [
     "CASCADE_HEADERS",
@@ -190,6 +190,7 @@ class LocalMesh:
         self.ha = ha
         self.keep_state = state_dir is not None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tiermesh-up-"))
+        reserve_port(app_port)  # bound only when the edge's Envoy is up
         self.nodes = [
             MeshNode("edge-1", "local", ("eu",), app_port, model),
             MeshNode("private-1", "private", ("onprem",), free_port(), model),

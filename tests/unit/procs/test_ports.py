@@ -17,7 +17,7 @@ def _ephemeral_low() -> int:
 
 
 @pytest.mark.skipif(
-    ports._server_ports() is None,
+    ports.server_ports() is None,
     reason="this machine's ephemeral port range leaves no room below it (or is unreadable)",
 )
 def test_ports_come_from_below_the_ephemeral_range_and_do_not_repeat() -> None:
@@ -43,3 +43,48 @@ def test_without_a_known_range_the_kernel_picks(monkeypatch: pytest.MonkeyPatch)
     port = free_port()
     with socket.socket() as sock:
         sock.bind((LOOPBACK, port))
+
+
+needs_range = pytest.mark.skipif(
+    ports.server_ports() is None,
+    reason="this machine's ephemeral port range leaves no room below it (or is unreadable)",
+)
+
+
+@needs_range
+def test_a_port_range_from_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    full = ports.server_ports()
+    assert full is not None
+    first = full.start + 100
+    monkeypatch.setenv(ports.PORT_RANGE_ENV, f"{first}-{first + 49}")
+    given = [free_port() for _ in range(40)]
+    assert len(set(given)) == len(given)
+    assert all(first <= port <= first + 49 for port in given)
+
+
+@needs_range
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("20000", "expected LOW-HIGH"), ("a-b", "expected LOW-HIGH"), ("19000-19999", "within"),
+     ("25000-24000", "within")],
+)  # fmt: skip
+def test_a_bad_port_range_is_named(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(ports.PORT_RANGE_ENV, value)
+    with pytest.raises(ValueError, match=problem) as raised:
+        free_port()
+    assert ports.PORT_RANGE_ENV in str(raised.value)
+
+
+@needs_range
+def test_a_reserved_port_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    full = ports.server_ports()
+    assert full is not None
+    first = full.start + 200
+    monkeypatch.setenv(ports.PORT_RANGE_ENV, f"{first}-{first + 9}")
+    monkeypatch.setattr(ports, "_reserved", set())
+    ports.reserve_port(first + 3)
+    given = {free_port() for _ in range(30)}
+    assert first + 3 not in given
+    assert given <= set(range(first, first + 10))
