@@ -165,6 +165,16 @@ def run(
     lease_ttl: Annotated[
         int, typer.Option("--lease-ttl", help="Seconds a lost node stays registered.")
     ] = 10,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            "--replica",
+            help="This replica's name among several over one etcd (names its plan chain).",
+        ),
+    ] = None,
+    leader_ttl: Annotated[
+        int, typer.Option("--leader-ttl", help="Seconds of the leader lease (at least 2).")
+    ] = 5,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
     credentials_file: Annotated[
         Path | None,
@@ -200,6 +210,8 @@ def run(
     metrics_at = None if metrics is None else parse_listen(metrics, "--metrics")
     if lease_ttl < 2:
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--lease-ttl")
+    if leader_ttl < 2:
+        raise typer.BadParameter("must be at least 2 seconds", param_hint="--leader-ttl")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
@@ -223,6 +235,8 @@ def run(
             ca_passphrase=_passphrase(ca_passphrase_file),
             root=root,
             lease_ttl_s=lease_ttl,
+            replica=replica,
+            leader_ttl_s=leader_ttl,
             ads=ads_at,
             node_api=node_at,
             join=join_at,
