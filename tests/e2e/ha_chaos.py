@@ -55,13 +55,16 @@ from tiermesh.demo.mesh import CLOUD_HEADERS, DEMO_HEADERS, TRUST_DOMAIN, LocalM
 from tiermesh.procs.envoy import admin_request
 from tiermesh.procs.etcd_cluster import EtcdCluster
 
-__all__ = ["ChaosReport", "FaultResult", "run_chaos"]
+__all__ = ["ChaosReport", "FaultResult", "describe", "run_chaos"]
 
 RESTRICTED = {"x-tiermesh-tenant": "globex", "x-tiermesh-task": "reasoning",
               "x-tiermesh-sensitivity": "restricted"}  # fmt: skip
 """A request globex's plan would send to the cloud were it public."""
 LOCAL_TIERS = frozenset({"local", "private"})
 PUSH_WITHIN_S = 5.0
+LEADER_WITHIN_S = 8.0
+"""A leader killed or paused is replaced within its lease TTL (5 s) and the followers'
+one-second retry, plus the time to notice on a loaded machine."""
 _PUSH_GIVE_UP_S = 30.0
 _TIMEOUT_RE = re.compile(rb"timeout_ms: (\d+)")
 
@@ -75,6 +78,10 @@ class FaultResult:
     """Fault → the edge serving a bundle pushed right after it (None: not within 30 s)."""
     leader_before: str | None = None
     leader_after: str | None = None
+    leaders_after: int = 0
+    """Replicas that said they lead once the fault was over (one, never two)."""
+    leader_moved_s: float | None = None
+    """When the fault took the leader: fault → another replica leads."""
     edge_replica_before: int | None = None
     edge_replica_after: int | None = None
     edge_reconnect_s: float | None = None
@@ -164,9 +171,9 @@ def replica_status(mesh: LocalMesh, index: int) -> dict[str, Any] | None:
         return None
 
 
-def leader(mesh: LocalMesh) -> str | None:
-    """The holder the first answering replica names as leader."""
-    for index in range(mesh.replicas):
+def leader(mesh: LocalMesh, only: int | None = None) -> str | None:
+    """The holder the first answering replica (or replica ``only``) names as leader."""
+    for index in range(mesh.replicas) if only is None else (only,):
         status = replica_status(mesh, index)
         if status is not None:
             leadership = status.get("leadership") or {}
@@ -175,14 +182,18 @@ def leader(mesh: LocalMesh) -> str | None:
     return None
 
 
+def edge_on(mesh: LocalMesh, index: int) -> bool:
+    """Whether replica ``index`` says the edge's Envoy streams ADS from it."""
+    status = replica_status(mesh, index)
+    return any(
+        node["id"] == mesh.edge.id and node.get("xds", {}).get("connected")
+        for node in (status or {}).get("nodes", [])
+    )
+
+
 def edge_replica(mesh: LocalMesh) -> int | None:
     """The replica the edge's Envoy streams ADS from (None: none says so)."""
-    for index in range(mesh.replicas):
-        status = replica_status(mesh, index)
-        for node in (status or {}).get("nodes", []):
-            if node["id"] == mesh.edge.id and node.get("xds", {}).get("connected"):
-                return index
-    return None
+    return next((i for i in range(mesh.replicas) if edge_on(mesh, i)), None)
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, step_s: float = 0.05) -> float | None:
@@ -360,9 +371,12 @@ async def _fault(
     inject: Callable[[], Awaitable[None]],
     recover: Callable[[], Awaitable[None]],
     *,
-    hits_edge_replica: int | None = None,
+    replica: int | None = None,
 ) -> FaultResult:
-    """Inject a fault, push at once, measure, recover; the result is appended."""
+    """Inject a fault (on control-plane ``replica``, if it hits one), then at once push and
+    wait, side by side, for the push to be served, for another replica to lead (when the
+    leader was hit) and for the edge to stream from the other replica (when its replica was
+    hit); probe a join and a renewal; recover. The result is appended to ``report``."""
     result = FaultResult(name)
     result.leader_before = await asyncio.to_thread(leader, mesh)
     result.edge_replica_before = await asyncio.to_thread(edge_replica, mesh)
@@ -371,13 +385,23 @@ async def _fault(
     traffic.fault = name
     started = time.monotonic()
     await inject()
-    result.push_served_s = await pusher.push_and_wait(started)
-    if hits_edge_replica is not None and result.edge_replica_before == hits_edge_replica:
-        other = 1 - hits_edge_replica
-        took = await asyncio.to_thread(
-            _wait, lambda: edge_replica(mesh) == other, _PUSH_GIVE_UP_S, 0.1
-        )
-        result.edge_reconnect_s = None if took is None else time.monotonic() - started
+
+    async def since(check: Callable[[], bool]) -> float | None:
+        took = await asyncio.to_thread(_wait, check, _PUSH_GIVE_UP_S, 0.1)
+        return None if took is None else time.monotonic() - started
+
+    async def nothing() -> None:
+        return None
+
+    other = None if replica is None else 1 - replica
+    old = result.leader_before
+    leader_hit = other is not None and _replica_of(mesh, old) == replica
+    edge_hit = other is not None and result.edge_replica_before == replica
+    result.push_served_s, result.leader_moved_s, result.edge_reconnect_s = await asyncio.gather(
+        pusher.push_and_wait(started),
+        since(lambda: leader(mesh, only=other) not in (None, old)) if leader_hit else nothing(),
+        since(lambda: edge_on(mesh, other)) if edge_hit and other is not None else nothing(),
+    )
     result.join_ok, result.renew_ok = await probe.join_and_renew()
     after = await asyncio.to_thread(edge_counters, mesh)
     result.nacks = after["nacks"] - counters["nacks"]
@@ -394,29 +418,41 @@ async def _fault(
     )
     await asyncio.to_thread(_wait, lambda: leader(mesh) is not None, 15, 0.1)
     result.leader_after = await asyncio.to_thread(leader, mesh)
+    result.leaders_after = sum(
+        [bool(await asyncio.to_thread(leader, mesh, i)) for i in range(mesh.replicas)]
+    )
     result.edge_replica_after = await asyncio.to_thread(edge_replica, mesh)
     traffic.fault = "steady"
     report.faults.append(result)
     return result
 
 
-def _restarting_replica(mesh: LocalMesh, index: int) -> Callable[[], Awaitable[None]]:
-    async def restart() -> None:
-        await asyncio.to_thread(mesh.stop_replica, index)
+def _stopping_replica(mesh: LocalMesh, index: int) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        await asyncio.to_thread(mesh.stop_replica, index)  # SIGTERM: a graceful stop
+
+    return stop
+
+
+def _starting_replica(mesh: LocalMesh, index: int) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
         await asyncio.to_thread(mesh.start_replica, index)
 
-    return restart
+    return start
 
 
-def _restarting_member(cluster: EtcdCluster, index: int) -> Callable[[], Awaitable[None]]:
-    async def restart() -> None:
+def _stopping_member(cluster: EtcdCluster, index: int) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        await asyncio.to_thread(cluster.stop, index)
+
+    return stop
+
+
+def _starting_member(cluster: EtcdCluster, index: int) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
         await asyncio.to_thread(cluster.restart, index)
 
-    return restart
-
-
-async def _nothing() -> None:
-    """No recovery step: the fault was a restart."""
+    return start
 
 
 def _replica_of(mesh: LocalMesh, holder: str | None) -> int:
@@ -463,7 +499,7 @@ async def run_chaos(
                 f"kill the leader replica (cp-{victim + 1})",
                 kill_leader,
                 lambda: asyncio.to_thread(mesh.start_replica, victim),
-                hits_edge_replica=victim,
+                replica=victim,
             )
             await steady()
             # 2. the replica the edge streams from dies (if it is not the leader now).
@@ -477,7 +513,7 @@ async def run_chaos(
                     f"kill the edge's replica (cp-{target + 1})",
                     kill_edge_replica,
                     lambda: asyncio.to_thread(mesh.start_replica, target),
-                    hits_edge_replica=target,
+                    replica=target,
                 )
                 await steady()
             # 3. an etcd member that is not the leader, then 4. the etcd leader.
@@ -516,16 +552,24 @@ async def run_chaos(
                 f"SIGSTOP the edge's replica (cp-{paused + 1}) for {pause_s:g} s",
                 pause,
                 resume,
-                hits_edge_replica=paused,
+                replica=paused,
             )
             await steady()
             # 6. everything restarted one by one.
+            # (measured while each is down; it is started again before the next)
             for index in range(mesh.replicas):
-                restart = _restarting_replica(mesh, index)
-                await fault(f"restart replica cp-{index + 1}", restart, _nothing)
+                await fault(
+                    f"restart replica cp-{index + 1}",
+                    _stopping_replica(mesh, index),
+                    _starting_replica(mesh, index),
+                    replica=index,
+                )
             for index in range(3):
-                restart = _restarting_member(cluster, index)
-                await fault(f"restart etcd member {index}", restart, _nothing)
+                await fault(
+                    f"restart etcd member {index}",
+                    _stopping_member(cluster, index),
+                    _starting_member(cluster, index),
+                )
             await steady()
         finally:
             traffic.stop()
@@ -565,3 +609,27 @@ def summary(values: list[float]) -> str:
         f"median {statistics.median(values):.2f} s, min {min(values):.2f}, max {max(values):.2f}"
         f" (n={len(values)})"
     )
+
+
+def describe(report: ChaosReport) -> str:
+    """The report as plain lines (printed by the suite, for a person reading CI output)."""
+    lines = [
+        f"duration {report.duration_s:.0f} s; public {report.public_sent} sent,"
+        f" {len(report.public_failed)} failed; restricted {report.restricted_sent} sent,"
+        f" {report.restricted_off_prem} off-prem, {report.restricted_refused} refused",
+        f"pushes {report.pushes}; steady push served: {summary(report.pushes_served)}",
+        f"audit: {len(report.decisions)} decisions, {report.audit_lost} lost,"
+        f" {report.audit_duplicates} duplicate copies, {report.audit_conflicts} conflicts,"
+        f" chains verified: {report.audit_verified}",
+    ]
+    for fault in report.faults:
+        lines.append(
+            f"- {fault.name}: push served {fault.push_served_s}, edge replica"
+            f" {fault.edge_replica_before}->{fault.edge_replica_after} reconnect"
+            f" {fault.edge_reconnect_s} versions kept {fault.versions_kept}, nacks {fault.nacks},"
+            f" config changes {fault.config_changes}, join {fault.join_ok} renew {fault.renew_ok},"
+            f" leader {fault.leader_before} -> {fault.leader_after}"
+            f" (moved in {fault.leader_moved_s}; {fault.leaders_after} leading after)"
+        )
+    lines.extend(f"  failed: {failure}" for failure in report.public_failed[:20])
+    return "\n".join(lines)

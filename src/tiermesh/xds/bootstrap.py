@@ -27,6 +27,7 @@ from tiermesh.xds.ready_listener import ready_listener
 
 __all__ = [
     "ADMIN_SOCKET_MODE",
+    "ADS_KEEPALIVE_INTERVAL_S",
     "AdsTls",
     "BootstrapSpec",
     "render_bootstrap",
@@ -34,6 +35,13 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
+ADS_KEEPALIVE_INTERVAL_S = 1
+ADS_KEEPALIVE_TIMEOUT_S = 1
+"""HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
+(paused, partitioned, its host frozen) is given up within about two seconds and the stream
+reconnects to another replica. The ADS server must accept pings this often
+(``grpc.http2.min_ping_interval_without_data_ms`` below a second); gRPC core answers them
+without waking the server's Python code."""
 ADMIN_SOCKET_MODE = 0o600
 """Mode of an admin Unix socket: its owner only."""
 _TYPE = "type.googleapis.com/"
@@ -138,7 +146,10 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        "connection_keepalive": {
+                            "interval": f"{ADS_KEEPALIVE_INTERVAL_S}s",
+                            "timeout": f"{ADS_KEEPALIVE_TIMEOUT_S}s",
+                        }
                     }
                 },
             }

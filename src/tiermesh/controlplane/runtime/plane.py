@@ -283,7 +283,11 @@ class ControlPlane:
         self._ads = AdsServer(self._cache, authorize=spiffe_node_authorizer(config.trust_domain))
         try:
             self._ads_server, ads_port = await start_server(
-                self._ads, str(config.ads), credentials=server_credentials(certificate, bundle)
+                self._ads,
+                str(config.ads),
+                credentials=server_credentials(certificate, bundle),
+                # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica.
+                options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
             )
         except RuntimeError as exc:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
