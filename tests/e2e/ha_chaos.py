@@ -107,6 +107,8 @@ class ChaosReport:
     restricted_refused: int = 0
     decisions: set[str] = field(default_factory=set)
     audit_lost: int = 0
+    missing: list[str] = field(default_factory=list)
+    """Up to 50 of the lost decision ids."""
     audit_duplicates: int = 0
     audit_conflicts: int = 0
     audit_verified: bool = False
@@ -427,32 +429,13 @@ async def _fault(
     return result
 
 
-def _stopping_replica(mesh: LocalMesh, index: int) -> Callable[[], Awaitable[None]]:
-    async def stop() -> None:
-        await asyncio.to_thread(mesh.stop_replica, index)  # SIGTERM: a graceful stop
+def _in_thread(function: Callable[..., object], *args: object) -> Callable[[], Awaitable[None]]:
+    """A fault step: ``function(*args)`` (blocking) run on a worker thread."""
 
-    return stop
+    async def step() -> None:
+        await asyncio.to_thread(function, *args)
 
-
-def _starting_replica(mesh: LocalMesh, index: int) -> Callable[[], Awaitable[None]]:
-    async def start() -> None:
-        await asyncio.to_thread(mesh.start_replica, index)
-
-    return start
-
-
-def _stopping_member(cluster: EtcdCluster, index: int) -> Callable[[], Awaitable[None]]:
-    async def stop() -> None:
-        await asyncio.to_thread(cluster.stop, index)
-
-    return stop
-
-
-def _starting_member(cluster: EtcdCluster, index: int) -> Callable[[], Awaitable[None]]:
-    async def start() -> None:
-        await asyncio.to_thread(cluster.restart, index)
-
-    return start
+    return step
 
 
 def _replica_of(mesh: LocalMesh, holder: str | None) -> int:
@@ -492,27 +475,20 @@ async def run_chaos(
             # 1. the leader replica dies.
             victim = _replica_of(mesh, await asyncio.to_thread(leader, mesh))
 
-            async def kill_leader() -> None:
-                await asyncio.to_thread(mesh.stop_replica, victim, signal.SIGKILL)
-
             await fault(
                 f"kill the leader replica (cp-{victim + 1})",
-                kill_leader,
-                lambda: asyncio.to_thread(mesh.start_replica, victim),
+                _in_thread(mesh.stop_replica, victim, signal.SIGKILL),
+                _in_thread(mesh.start_replica, victim),
                 replica=victim,
             )
             await steady()
             # 2. the replica the edge streams from dies (if it is not the leader now).
             target = await asyncio.to_thread(edge_replica, mesh)
             if target is not None:
-
-                async def kill_edge_replica() -> None:
-                    await asyncio.to_thread(mesh.stop_replica, target, signal.SIGKILL)
-
                 await fault(
                     f"kill the edge's replica (cp-{target + 1})",
-                    kill_edge_replica,
-                    lambda: asyncio.to_thread(mesh.start_replica, target),
+                    _in_thread(mesh.stop_replica, target, signal.SIGKILL),
+                    _in_thread(mesh.start_replica, target),
                     replica=target,
                 )
                 await steady()
@@ -521,15 +497,15 @@ async def run_chaos(
             follower = (etcd_leader + 1) % 3
             await fault(
                 "kill an etcd member (follower)",
-                lambda: asyncio.to_thread(cluster.kill, follower),
-                lambda: asyncio.to_thread(cluster.restart, follower),
+                _in_thread(cluster.kill, follower),
+                _in_thread(cluster.restart, follower),
             )
             await steady()
             etcd_leader = await asyncio.to_thread(cluster.wait_for_leader)
             await fault(
                 "kill the etcd leader",
-                lambda: asyncio.to_thread(cluster.kill, etcd_leader),
-                lambda: asyncio.to_thread(cluster.restart, etcd_leader),
+                _in_thread(cluster.kill, etcd_leader),
+                _in_thread(cluster.restart, etcd_leader),
             )
             await steady()
             # 5. partition: the edge's replica is stopped (SIGSTOP) and resumed.
@@ -560,15 +536,15 @@ async def run_chaos(
             for index in range(mesh.replicas):
                 await fault(
                     f"restart replica cp-{index + 1}",
-                    _stopping_replica(mesh, index),
-                    _starting_replica(mesh, index),
+                    _in_thread(mesh.stop_replica, index),  # SIGTERM: a graceful stop
+                    _in_thread(mesh.start_replica, index),
                     replica=index,
                 )
             for index in range(3):
                 await fault(
                     f"restart etcd member {index}",
-                    _stopping_member(cluster, index),
-                    _starting_member(cluster, index),
+                    _in_thread(cluster.stop, index),
+                    _in_thread(cluster.restart, index),
                 )
             await steady()
         finally:
@@ -597,6 +573,7 @@ def _settle_audit(mesh: LocalMesh, report: ChaosReport, timeout_s: float = 60.0)
             break
         time.sleep(1)
     report.audit_lost = len(missing)
+    report.missing = sorted(missing)[:50]
     report.audit_duplicates = duplicates
     report.audit_conflicts = conflicts
     report.audit_verified = ok

@@ -42,6 +42,11 @@ ADS_KEEPALIVE_TIMEOUT_S = 1
 reconnects to another replica. The ADS server must accept pings this often
 (``grpc.http2.min_ping_interval_without_data_ms`` below a second); gRPC core answers them
 without waking the server's Python code."""
+ADS_RETRY_BASE = "0.1s"
+ADS_RETRY_MAX = "2s"
+"""Backoff between attempts to re-open a broken ADS stream (Envoy's default is 0.5 s up to
+30 s): with several replicas an attempt that lands on a dying one is followed at once by
+one on the next endpoint."""
 ADMIN_SOCKET_MODE = 0o600
 """Mode of an admin Unix socket: its owner only."""
 _TYPE = "type.googleapis.com/"
@@ -188,7 +193,17 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
             "ads_config": {
                 "api_type": "DELTA_GRPC" if spec.mode == "delta" else "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {"cluster_name": XDS_CLUSTER},
+                        "retry_policy": {
+                            "retry_back_off": {
+                                "base_interval": ADS_RETRY_BASE,
+                                "max_interval": ADS_RETRY_MAX,
+                            }
+                        },
+                    }
+                ],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": ads_source,

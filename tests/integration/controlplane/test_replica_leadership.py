@@ -11,6 +11,7 @@ for each reconcile, here by reading the fenced mark's holder.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import time
 import uuid
@@ -19,9 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.controlplane.test_controlplane_run import Running, start_plane
+from tests.integration.audit.conftest import signing
+from tests.integration.controlplane.test_controlplane_run import TD, Running, start_plane, tiermesh
+from tests.unit.decisionlog.helpers import entry
+from tiermesh.agents.decisionlog import DecisionLog, GrpcShipClient, Shipper, StaticSigner
+from tiermesh.agents.identity import load_material
+from tiermesh.agents.identity.join_client import join
 from tiermesh.cli.status_cmd import fetch_status
+from tiermesh.controlplane.api.join import control_plane_dns_name
+from tiermesh.controlplane.audit import merge_stores, verify_store
 from tiermesh.controlplane.runtime.leadership import LEADER_KEY, Leadership
 from tiermesh.controlplane.store import EtcdStore, NotLeader
 from tiermesh.procs.etcd import EtcdServer
@@ -78,6 +87,11 @@ def test_one_replica_leads_and_the_other_names_it(replicas: tuple[Running, Runni
     assert second["leader"] is False
     assert second["current_leader"] == first["holder"]
     assert first["holder"].startswith("cp-a/")
+    said = [tiermesh("status", "--admin", plane.admin) for plane in (a, b)]
+    assert [result.returncode for result in said] == [0, 0], said
+    text = [" ".join(result.stdout.split()) for result in said]
+    assert f"this replica ({first['holder']}) leads, term {first['term']}" in text[0]
+    assert f"follows; leader: {first['holder']}" in text[1]
 
 
 def test_a_killed_leader_is_replaced_within_its_lease(replicas: tuple[Running, Running]) -> None:
@@ -139,3 +153,53 @@ async def test_a_stopped_leader_resigns_so_the_next_leads_at_once(etcd: EtcdServ
         assert held.value == b"b/1"
         await b.aclose()
         assert await store_b.get(LEADER_KEY) is None
+
+
+async def test_decisions_go_to_the_other_replica_while_one_is_paused(
+    replicas: tuple[Running, Running], tmp_path: Path
+) -> None:
+    """A node's decision shipper, given both replicas' collectors, keeps shipping while
+    the one it used is frozen (SIGSTOP), and the frozen one's databases merge whole."""
+    a, b = replicas
+    token = tiermesh("token", "create", "--node-id", "edge-1", "--etcd", a.etcd, "--root", a.root)
+    assert token.returncode == 0, token.stderr
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain, bundle = await join(
+        f"127.0.0.1:{a.ports['join']}",
+        token.stdout.strip(),
+        key,
+        trust_bundle_pem=(a.data_dir / "bundle.pem").read_bytes(),
+        server_name=control_plane_dns_name(TD),
+    )
+    material = load_material(key, chain, bundle, now=dt.datetime.now(dt.UTC))
+    collectors = [fetch_status(plane.admin)["addresses"]["audit"] for plane in (a, b)]
+    client = GrpcShipClient(
+        collectors, lambda: material, server_name=control_plane_dns_name(TD), timeout_s=2
+    )
+    async with DecisionLog(tmp_path / "spool", StaticSigner(signing(material))) as log:
+        shipper = Shipper(log, client, prune=False)
+        for index in range(5):
+            await log.append(entry(index))
+        assert await shipper.ship_once() == 5
+        assert client.target == collectors[0]
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            for index in range(5, 10):
+                await log.append(entry(index))
+            started = time.monotonic()
+            async with asyncio.timeout(15):
+                assert await shipper.ship_once() == 5
+            assert time.monotonic() - started < 5
+            assert client.target == collectors[1]
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        for index in range(10, 12):
+            await log.append(entry(index))
+        async with asyncio.timeout(15):
+            assert await shipper.ship_once() == 2
+    databases = [plane.data_dir / "audit.sqlite3" for plane in (a, b)]
+    merged, report = merge_stores(databases)
+    with merged:
+        assert report.records == 12
+        assert [r.record.seq for r in merged.chain(material.spiffe_id)] == list(range(12))
+        assert verify_store(merged).ok

@@ -11,6 +11,9 @@ lost may then be stored by two replicas; readers deduplicate by decision id
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -26,6 +29,8 @@ from tiermesh.controlplane.api.decision import (
 )
 
 __all__ = ["RETRYABLE_CODES", "GrpcShipClient", "ShipClient"]
+
+log = logging.getLogger("tiermesh.agents.decisionlog")
 
 RETRYABLE_CODES = frozenset(
     {
@@ -60,6 +65,18 @@ class ShipClient(Protocol):
 
 _MOVE_ON = frozenset({grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.DEADLINE_EXCEEDED.name})
 """Codes after which the same batch is offered to the next collector at once."""
+
+
+_SLACK_S = 1.0
+_CLOSE_S = 1.0
+
+
+async def _close(channel: grpc.aio.Channel) -> None:
+    """Close ``channel``, waiting at most a second: closing a connection to a frozen peer
+    may wait on it, and the shipper must go on (the channel is dropped either way)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_CLOSE_S):
+            await channel.close(None)
 
 
 class GrpcShipClient:
@@ -101,6 +118,7 @@ class GrpcShipClient:
             except ShipFailed as exc:
                 if exc.code not in _MOVE_ON or step == count - 1:
                     raise
+                log.warning("audit collector %s: %s; trying the next", self._targets[index], exc)
                 continue
             self._first = index
             return response
@@ -117,19 +135,27 @@ class GrpcShipClient:
             ("grpc.ssl_target_name_override", self._server_name),
             ("grpc.max_send_message_length", MAX_SHIP_BYTES),
         ]
-        async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
-            call = channel.unary_unary(
-                audit_method_path(),
-                request_serializer=_encode,
-                response_deserializer=ShipResponse.model_validate_json,
-            )
-            try:
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+        call = channel.unary_unary(
+            audit_method_path(),
+            request_serializer=_encode,
+            response_deserializer=ShipResponse.model_validate_json,
+        )
+        try:
+            # gRPC's deadline, and our own bound on the whole attempt: a collector frozen
+            # mid-call (SIGSTOP, a hung host) must not hold the shipper.
+            async with asyncio.timeout(self._timeout_s + _SLACK_S):
                 response: ShipResponse = await call(request, timeout=self._timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                raise ShipFailed(
-                    f"{code.name}: {exc.details() or ''}",
-                    retryable=code in RETRYABLE_CODES,
-                    code=code.name,
-                ) from exc
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise ShipFailed(
+                f"{code.name}: {exc.details() or ''}",
+                retryable=code in RETRYABLE_CODES,
+                code=code.name,
+            ) from exc
+        except TimeoutError as exc:
+            name = grpc.StatusCode.DEADLINE_EXCEEDED.name
+            raise ShipFailed(f"{name}: no answer from {target}", code=name) from exc
+        finally:
+            await _close(channel)
         return response
