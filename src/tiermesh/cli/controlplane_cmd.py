@@ -169,6 +169,7 @@ def run(
         str | None,
         typer.Option(
             "--replica",
+            envvar="TIERMESH_REPLICA",
             help="This replica's name among several over one etcd (names its plan chain).",
         ),
     ] = None,
