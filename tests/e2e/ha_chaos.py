@@ -105,6 +105,9 @@ class ChaosReport:
     restricted_sent: int = 0
     restricted_off_prem: int = 0
     restricted_refused: int = 0
+    authz_errors: int = 0
+    """ext_authz calls the edge's Envoy counted as errors (timeouts included): each is a
+    fail-closed 503 with an empty body."""
     decisions: set[str] = field(default_factory=set)
     audit_lost: int = 0
     missing: list[str] = field(default_factory=list)
@@ -149,13 +152,15 @@ def edge_counters(mesh: LocalMesh) -> dict[str, int]:
     """NACKs and config changes the edge's Envoy counted so far."""
     status, body = admin_request(_edge_admin(mesh), "/stats?format=json")
     assert status == 200
-    totals = {"nacks": 0, "listener_modified": 0, "cluster_modified": 0}
+    totals = {"nacks": 0, "listener_modified": 0, "cluster_modified": 0, "authz_errors": 0}
     for stat in json.loads(body).get("stats", []):
         name, value = stat.get("name", ""), stat.get("value")
         if not isinstance(value, int):
             continue
         if name.endswith("update_rejected"):
             totals["nacks"] += value
+        elif name.endswith("ext_authz.error"):
+            totals["authz_errors"] += value
         elif name == "listener_manager.listener_modified":
             totals["listener_modified"] = value
         elif name == "cluster_manager.cluster_modified":
@@ -455,6 +460,7 @@ async def run_chaos(
     report = ChaosReport()
     traffic = _Traffic(mesh, report)
     began = time.monotonic()
+    authz_before = (await asyncio.to_thread(edge_counters, mesh))["authz_errors"]
     async with EtcdStore(mesh.etcd_endpoint, root=mesh.root) as store:
         pusher, probe = _Pusher(mesh, store), _Probe(mesh, store)
 
@@ -550,6 +556,8 @@ async def run_chaos(
         finally:
             traffic.stop()
         report.pushes = pusher.count
+        authz_after = (await asyncio.to_thread(edge_counters, mesh))["authz_errors"]
+        report.authz_errors = authz_after - authz_before
     report.duration_s = time.monotonic() - began
     await asyncio.to_thread(_settle_audit, mesh, report)
     return report
@@ -593,7 +601,8 @@ def describe(report: ChaosReport) -> str:
     lines = [
         f"duration {report.duration_s:.0f} s; public {report.public_sent} sent,"
         f" {len(report.public_failed)} failed; restricted {report.restricted_sent} sent,"
-        f" {report.restricted_off_prem} off-prem, {report.restricted_refused} refused",
+        f" {report.restricted_off_prem} off-prem, {report.restricted_refused} refused;"
+        f" ext_authz errors at the edge {report.authz_errors}",
         f"pushes {report.pushes}; steady push served: {summary(report.pushes_served)}",
         f"audit: {len(report.decisions)} decisions, {report.audit_lost} lost,"
         f" {report.audit_duplicates} duplicate copies, {report.audit_conflicts} conflicts,"

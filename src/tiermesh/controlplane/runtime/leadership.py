@@ -61,12 +61,13 @@ def replica_holder(name: str | None = None) -> bytes:
 class Leadership:
     """Campaigns for :data:`LEADER_KEY` for as long as it runs.
 
-    A follower re-campaigns every ``retry_s``. A leader refreshes its lease every
-    ``ttl_s / 3`` and steps down when a refresh says the lease is gone or when no refresh
-    has succeeded for ``2/3`` of the TTL (etcd may expire it soon; the fence would refuse
-    its writes anyway). `fence` is the current fence only while this replica believes it
-    leads; that belief is also bounded by the monotonic clock, so a process resumed after
-    a long pause (SIGSTOP) does not act on a stale term before its next refresh.
+    A follower reads the key every ``retry_s`` and campaigns when it is gone. A leader
+    refreshes its lease every ``ttl_s / 3`` and steps down when a refresh says the lease
+    is gone or when no refresh has succeeded for ``2/3`` of the TTL (etcd may expire it
+    soon; the fence would refuse its writes anyway). `fence` is the current fence only
+    while this replica believes it leads; that belief is also bounded by the monotonic
+    clock, so a process resumed after a long pause (SIGSTOP) does not act on a stale term
+    before its next refresh.
     ``on_elected`` runs (as a task, cancelled on step-down) at the start of each term.
     """
 
@@ -142,21 +143,23 @@ class Leadership:
 
     async def _run(self) -> None:
         while True:
+            fence = None
             try:
-                fence = await self._store.campaign(self._key, self.holder, self._ttl_s)
+                # A read first: campaigning grants (and revokes) a lease, a raft write.
+                if not await self._observe():
+                    fence = await self._store.campaign(self._key, self.holder, self._ttl_s)
             except StoreError as exc:
                 log.warning("campaign for %s failed: %s", self._key, exc)
-                fence = None
             if fence is None:
-                await self._observe()
                 await asyncio.sleep(self._retry_s)
                 continue
             await self._lead(fence)
 
-    async def _observe(self) -> None:
-        with contextlib.suppress(StoreError):
-            entry = await self._store.get(self._key)
-            self.current_holder = None if entry is None else entry.value.decode()
+    async def _observe(self) -> bool:
+        """Read who holds the key (`current_holder`); True if someone does."""
+        entry = await self._store.get(self._key)
+        self.current_holder = None if entry is None else entry.value.decode()
+        return entry is not None
 
     async def _lead(self, fence: Fence) -> None:
         self._fence, self._renewed_at = fence, time.monotonic()
