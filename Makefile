@@ -36,8 +36,10 @@ imports: deps
 pytest: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Every benchmark but the peer target (a server an external harness starts with its own
+# ports); gateway_overhead.py installs LiteLLM into bench/.venv-litellm when missing.
 bench: deps bench-os-deps
-	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
+	@for b in bench/*.py; do case $$b in bench/_*|bench/peer_target.py) continue;; esac; echo "== $$b"; $(BIN)/python $$b; done
 
 deps: os-deps $(STAMP)
 
@@ -45,6 +47,8 @@ deps: os-deps $(STAMP)
 # tests drive Envoy with it), chromium (the dashboard's browser tests drive Debian's build
 # with Playwright; no browser download works here) and nats-server (JetStream, the batch
 # lane's queue; tests start their own). apt-get runs only when one is missing.
+# kubectl (Debian's kubernetes-client, unless one is installed) renders deploy/kubernetes
+# with `kubectl kustomize` in its tests; no cluster is contacted.
 os-deps:
 	@if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
 		|| ! command -v chromium >/dev/null 2>&1 \
@@ -52,6 +56,11 @@ os-deps:
 		echo "installing OS packages: etcd-server curl chromium nats-server"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server curl chromium nats-server >/dev/null; \
+	fi
+	@if ! command -v kubectl >/dev/null 2>&1; then \
+		echo "installing OS packages: kubernetes-client"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; \
 	fi
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on

@@ -23,8 +23,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from _gw_owned import Owned, log_tail
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements" / "bench-litellm.txt"
@@ -59,23 +60,30 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Create the venv and install the hash-pinned requirements (``--require-hashes``)."""
+    """Create the venv and install the hash-pinned requirements into it with ``uv``
+    (``--require-hashes``; the ``uv`` of tiermesh's own venv, pinned in
+    ``requirements/bootstrap.txt``). pip 23 refuses this file: it resolves an extra
+    (``pydantic[email]``) as a requirement of its own, unpinned."""
+    uv = Path(sys.executable).with_name("uv")
+    if not uv.is_file():
+        raise RuntimeError(f"no uv beside {sys.executable}: run `make deps` first")
     if not (VENV / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
         [
-            str(VENV / "bin" / "python"),
-            "-m",
+            str(uv),
             "pip",
             "install",
-            "--disable-pip-version-check",
             "--quiet",
             "--require-hashes",
+            "--python",
+            str(VENV / "bin" / "python"),
             "-r",
             str(REQUIREMENTS),
         ],
         check=True,
         timeout=1800,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
     )
 
 
@@ -131,7 +139,7 @@ def config(primary_port: int, secondary_port: int, retries: int) -> dict[str, An
     }
 
 
-class LiteLLMProxy:
+class LiteLLMProxy(Owned):
     """``litellm --config cfg --host 127.0.0.1 --port P --num_workers 1`` as a child in its
     own session; stopped by PID (SIGTERM, then SIGKILL on the process group it leads).
     Owns a temp dir for its config and log. Not thread-safe."""
@@ -194,10 +202,7 @@ class LiteLLMProxy:
         raise RuntimeError(f"litellm not serving after {timeout}s ({last}):\n{self.tail()}")
 
     def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, chars)
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -216,16 +221,3 @@ class LiteLLMProxy:
             self.stop()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> LiteLLMProxy:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -10,6 +10,10 @@ For public traffic of tenant ``bench`` the plan's route has a two-step chain,
 ``primary`` (tier local) → ``secondary`` (tier private): an aggregate cluster, the
 chain's retry policy (``previous_priorities``), per-try first-byte deadline, circuit
 breakers, outlier detection and active health checks exactly as compiled.
+
+With ``catalog=demo_catalog_at(A, B)`` and the edge path's headers, the same Envoy holds
+the route table the edge path compiles (the demo catalog: 216 routes), still without
+ext_authz: the compiled route alone at the shipped table's size.
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+import yaml
 from google.protobuf import json_format
 
+from _gw_owned import Owned
 from _route_only import compile_route_only
 from tiermesh.controlplane.api import PLAN_PATH, Catalog, Plan, policy_data
 from tiermesh.controlplane.model import MeshModel, NodeSettings
+from tiermesh.demo.catalog import EDGE_BACKEND, PRIVATE_BACKEND, DemoEndpoint, demo_catalog
+from tiermesh.demo.edge_target import peer_catalog
 from tiermesh.procs.envoy import EnvoyProcess, envoy_binary
 from tiermesh.procs.ports import free_port
 from tiermesh.rego import RegorusEngine
@@ -152,18 +159,35 @@ def evaluate_plan(catalog: Catalog) -> Plan:
         engine.close()
 
 
-def public_chain(plan: Plan) -> list[str]:
-    """Backends of the route that public chat of tenant ``bench`` takes, in order."""
+def demo_catalog_at(primary_port: int, secondary_port: int) -> Catalog:
+    """The catalog the edge path (``peer_target.py``) compiles, its on-box backends at
+    ``primary_port`` (``edge-smollm``) and ``secondary_port`` (``onprem-gpu``): the
+    shipped demo catalog with :func:`~tiermesh.demo.edge_target.peer_catalog`'s changes.
+    Its cloud backends stay where the shipped catalog puts them (plain HTTP, no
+    credential): no request of the benchmark reaches them while A or B answers."""
+    shipped = yaml.safe_load((POLICY_DIR / "data" / "catalog.yaml").read_text())
+    endpoints = {
+        EDGE_BACKEND: DemoEndpoint(primary_port, node=NODE),
+        PRIVATE_BACKEND: DemoEndpoint(secondary_port),
+    }
+    return Catalog.model_validate(peer_catalog(demo_catalog(shipped, endpoints)))
+
+
+def public_chain(plan: Plan, headers: dict[str, str]) -> list[str]:
+    """Backends of the route that ``headers``' traffic (any model) takes, in order."""
+    tenant = headers["x-tiermesh-tenant"]
+    task = headers.get("x-tiermesh-task", "chat")
+    sensitivity = headers.get("x-tiermesh-sensitivity", "public")
     for route in plan.routes:
         match = route.match
         if (
-            match.tenant == TENANT
-            and match.sensitivity in ("public", "*")
-            and match.task in ("chat", "*")
+            match.tenant == tenant
+            and match.sensitivity in (sensitivity, "*")
+            and match.task in (task, "*")
             and match.model == "*"
         ):
             return [step.backend for step in route.chain]
-    raise RuntimeError(f"no plan route for public chat of {TENANT}: {plan.routes}")
+    raise RuntimeError(f"no plan route for {headers}: {plan.routes}")
 
 
 def envoy_version() -> str:
@@ -207,14 +231,23 @@ class _AdsThread:
         self.loop.close()
 
 
-class TiermeshPath:
+class TiermeshPath(Owned):
     """Plan → snapshot → ADS → Envoy for two upstream ports; owns the ADS thread, Envoy
-    (stopped by PID) and a temp dir. ``port`` is the app listener. Not thread-safe."""
+    (stopped by PID) and a temp dir. ``port`` is the app listener. ``catalog`` defaults to
+    :func:`bench_catalog`, ``headers`` (the measured traffic) to :data:`HEADERS`. Not
+    thread-safe."""
 
-    def __init__(self, primary_port: int, secondary_port: int) -> None:
-        self.catalog = bench_catalog(primary_port, secondary_port)
+    def __init__(
+        self,
+        primary_port: int,
+        secondary_port: int,
+        catalog: Catalog | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.catalog = catalog or bench_catalog(primary_port, secondary_port)
+        self.headers = headers or HEADERS
         self.plan = evaluate_plan(self.catalog)
-        self.chain = public_chain(self.plan)
+        self.chain = public_chain(self.plan, self.headers)
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="tiermesh-gw-envoy-"))
         self._ads: _AdsThread | None = None
@@ -242,7 +275,7 @@ class TiermeshPath:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{self.port}/v1/chat/completions",
                 data=b'{"model":"bench-model","messages":[]}',
-                headers={"content-type": "application/json", **HEADERS},
+                headers={"content-type": "application/json", **self.headers},
             )
             try:
                 with urllib.request.urlopen(request, timeout=2) as response:
@@ -253,6 +286,10 @@ class TiermeshPath:
                 last = str(exc)
             time.sleep(0.05)
         raise RuntimeError(f"Envoy route not served by tier {tier} in {timeout}s: {last}")
+
+    def route_count(self) -> int:
+        """Routes in the plan compiled into this Envoy."""
+        return len(self.plan.routes)
 
     def route_summary(self) -> dict[str, Any]:
         """What the compiled route and clusters say (for the report)."""
@@ -289,16 +326,3 @@ class TiermeshPath:
             if self._ads is not None:
                 self._ads.close()
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> TiermeshPath:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

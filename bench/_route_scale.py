@@ -140,7 +140,9 @@ async def route_round(
         )
         cache = SnapshotCache()
         grpc_server, port = await start_server(AdsServer(cache), "127.0.0.1:0")
-        reconciler = Reconciler(store, RegorusEngine, compiler, cache, debounce_s=0.01)
+        reconciler = Reconciler(
+            store, RegorusEngine, compiler, cache, debounce_s=0.01, freeze_heap=True
+        )
         await reconciler.start()
         rss0 = psutil.Process().memory_info().rss
         revision = (
@@ -154,7 +156,7 @@ async def route_round(
             return numbers
         snapshot = cache.get_snapshot(NODE.id)
         assert snapshot is not None
-        numbers.rds_bytes = len(snapshot.sotw_body(typeurls.ROUTE, None))
+        numbers.rds_bytes = len(snapshot.sotw_body(typeurls.ROUTE, None).body)
         bootstrap = render_bootstrap(
             BootstrapSpec(node_id=NODE.id, xds_host="127.0.0.1", xds_port=port,
                           admin_port=free_port())

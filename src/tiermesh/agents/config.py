@@ -403,8 +403,17 @@ _PATHS = {
 }
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and check ``path``. Raises :class:`ConfigError`."""
+def load_config(
+    path: Path, *, node_id: str | None = None, join_token_file: Path | None = None
+) -> AgentConfig:
+    """Read and check ``path``. Raises :class:`ConfigError`.
+
+    ``node_id`` and ``join_token_file``, when given, replace ``node.id`` and
+    ``identity.join_token_file`` before the file is checked, so one ``node.yaml`` can serve
+    many nodes (a Kubernetes DaemonSet passes each pod its node's name); they are checked
+    like the file's own values, and a relative ``join_token_file`` is taken relative to the
+    working directory, not the file's.
+    """
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -413,6 +422,10 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(path, [f"not YAML: {exc}"]) from exc
     if not isinstance(document, dict):
         raise ConfigError(path, ["expected a mapping at the top"])
+    if node_id is not None and isinstance(document.get("node"), dict):
+        document["node"]["id"] = node_id
+    if join_token_file is not None and isinstance(document.get("identity"), dict):
+        document["identity"]["join_token_file"] = str(join_token_file.absolute())
     base = path.parent.absolute()
     for section, keys in _PATHS.items():
         part = document.get(section)

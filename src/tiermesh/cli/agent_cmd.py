@@ -5,6 +5,11 @@ node is registered, serves until SIGINT or SIGTERM, then drains (goodbye, Envoy 
 model server stopped) and exits 0. A start-up problem (a broken node.yaml, a model that
 won't load, a port in use, Envoy failing, the control plane unreachable) prints one
 ``error: …`` block naming the cause and exits 1, with everything it started stopped.
+
+``--node-id`` and ``--join-token-file`` replace ``node.id`` and
+``identity.join_token_file`` of the file (see :func:`tiermesh.agents.config.load_config`):
+deploy/kubernetes runs one ``node.yaml`` on every edge box of a DaemonSet and passes each
+pod its Kubernetes node's name and join token.
 """
 
 from __future__ import annotations
@@ -60,6 +65,14 @@ async def _serve(agent: NodeAgent) -> None:
 def run(
     config: Annotated[Path, typer.Option("--config", help="The node's node.yaml.")],
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    node_id: Annotated[
+        str | None,
+        typer.Option("--node-id", help="Replaces node.id (one node.yaml for many nodes)."),
+    ] = None,
+    join_token_file: Annotated[
+        Path | None,
+        typer.Option("--join-token-file", help="Replaces identity.join_token_file."),
+    ] = None,
 ) -> None:
     """Run the node agent until SIGINT/SIGTERM."""
     level = getattr(logging, log_level.upper(), None)
@@ -67,7 +80,7 @@ def run(
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
     logging.getLogger("tiermesh").setLevel(level)
     try:
-        settings = load_config(config)
+        settings = load_config(config, node_id=node_id, join_token_file=join_token_file)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc

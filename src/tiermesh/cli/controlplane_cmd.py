@@ -45,7 +45,7 @@ from tiermesh.controlplane.runtime import (
 )
 from tiermesh.controlplane.store import ROOT, StoreError
 
-__all__ = ["app", "parse_listen", "read_credentials"]
+__all__ = ["app", "parse_listen", "read_credentials", "read_passphrase"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the tiermesh control plane.")
 
@@ -60,7 +60,9 @@ def parse_listen(value: str, option: str) -> HostPort:
     return HostPort(host.strip("[]"), int(port_text))
 
 
-def _passphrase(path: Path) -> bytes:
+def read_passphrase(path: Path) -> bytes:
+    """The CA passphrase in ``path`` (trailing newline dropped); ``typer.BadParameter``
+    naming ``--ca-passphrase-file`` when unreadable or empty."""
     try:
         secret = path.read_bytes().rstrip(b"\r\n")
     except OSError as exc:
@@ -176,6 +178,17 @@ def run(
     leader_ttl: Annotated[
         int, typer.Option("--leader-ttl", help="Seconds of the leader lease (at least 2).")
     ] = 5,
+    server_cert_ttl: Annotated[
+        float,
+        typer.Option(
+            "--server-cert-ttl",
+            help="Seconds the control plane's own certificate is valid (renewed at 2/3).",
+        ),
+    ] = 86_400.0,
+    svid_ttl: Annotated[
+        float | None,
+        typer.Option("--svid-ttl", help="Seconds node SVIDs are valid (default: one hour)."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
     credentials_file: Annotated[
         Path | None,
@@ -233,11 +246,13 @@ def run(
             etcd=endpoints,
             trust_domain=trust_domain,
             data_dir=data_dir,
-            ca_passphrase=_passphrase(ca_passphrase_file),
+            ca_passphrase=read_passphrase(ca_passphrase_file),
             root=root,
             lease_ttl_s=lease_ttl,
             replica=replica,
             leader_ttl_s=leader_ttl,
+            server_cert_ttl_s=server_cert_ttl,
+            svid_ttl_s=svid_ttl,
             ads=ads_at,
             node_api=node_at,
             join=join_at,
@@ -247,7 +262,11 @@ def run(
             credentials=credentials,
             dashboard=dashboard_at,
             dashboard_token=token,
+            freeze_heap=True,  # the only control plane of this process
         )
+    except ValueError as exc:  # a lifetime out of range
+        raise typer.BadParameter(str(exc)) from exc
+    try:
         asyncio.run(_serve(ControlPlane(config)))
     except (ControlPlaneError, IdentityError, StoreError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -9,6 +9,7 @@ import typer
 from tiermesh.cli import controlplane_cmd, envoy_cmd, policy_cmd
 from tiermesh.cli.agent_cmd import app as agent_app
 from tiermesh.cli.audit_cmd import app as audit_app
+from tiermesh.cli.ca_cmd import app as ca_app
 from tiermesh.cli.key_cmd import app as key_app
 from tiermesh.cli.model_cmd import app as model_app
 from tiermesh.cli.status_cmd import status
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(envoy_cmd.app, name="envoy")
 app.add_typer(token_app, name="token")
 app.add_typer(key_app, name="key")
+app.add_typer(ca_app, name="ca")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")

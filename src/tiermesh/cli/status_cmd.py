@@ -26,7 +26,7 @@ from rich.table import Table
 
 from tiermesh.cli.up_state import NotRunning, read_running
 
-__all__ = ["DEFAULT_ADMIN", "fetch_status", "find_admin", "status"]
+__all__ = ["DEFAULT_ADMIN", "fetch_status", "find_admin", "identity_line", "status"]
 
 DEFAULT_ADMIN = "http://127.0.0.1:18003"
 _TYPES = ("listeners", "routes", "clusters", "endpoints", "secrets")
@@ -116,6 +116,20 @@ def _leadership_line(leadership: dict[str, Any]) -> str:
     return f"this replica ({leadership.get('holder')}) follows; leader: {current}"
 
 
+def identity_line(identity: dict[str, Any] | None) -> str | None:
+    """The control plane's own certificate and trust bundle in one line (the status
+    document's ``identity``), or None when it has none (an older control plane)."""
+    if not identity:
+        return None
+    cert = identity["server_certificate"]
+    bundle = identity["trust_bundle"]
+    return (
+        f"server certificate {cert['serial'][:12]}… until {cert['not_after']} (renews at"
+        f" {cert['renew_at']}, {cert['renewals']} renewals) · trust bundle of CA state"
+        f" {bundle['generation']}, {len(bundle['roots'])} root(s)"
+    )
+
+
 def _render(document: dict[str, Any], console: Console) -> None:
     bundle = document.get("bundle", {})
     reconcile = document.get("reconcile", {})
@@ -125,6 +139,8 @@ def _render(document: dict[str, Any], console: Console) -> None:
         f"trust domain [bold]{document.get('trust_domain')}[/bold] · bundle revision "
         f"[bold]{bundle.get('revision', 0)}[/bold] ({_short(bundle.get('sha256', ''))}; {origin})"
     )
+    if (line := identity_line(document.get("identity"))) is not None:
+        console.print(line, highlight=False)
     if reconcile.get("last_error"):
         console.print(f"[red]last reconcile refused:[/red] {reconcile['last_error']}")
     if (leadership := document.get("leadership")) is not None:

@@ -9,7 +9,13 @@ per type, open streams, connected nodes, push→ACK latency) and the node regist
   node's snapshot set (``ok`` / ``failed``);
 - ``tiermesh_node_svid_expiry_timestamp_seconds{node}``: the notAfter of the last SVID
   this replica issued to each node (join or renewal);
-- ``tiermesh_svids_issued_total{how}``: SVIDs issued, by ``join`` / ``renew``.
+- ``tiermesh_svids_issued_total{how}``: SVIDs issued, by ``join`` / ``renew``;
+- ``tiermesh_controlplane_server_cert_expiry_timestamp_seconds``: the notAfter of the
+  certificate this replica's servers present to new handshakes;
+- ``tiermesh_controlplane_trust_bundle_generation``: the shared CA state whose bundle they
+  verify clients with (grows with every rollover or retirement);
+- ``tiermesh_controlplane_server_cert_renewals_total``: server certificates issued after
+  the first (due, or after a CA change).
 
 Thread safety: prometheus-client's metrics are thread-safe.
 """
@@ -23,11 +29,15 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "CONTROL_PLANE_METRICS",
     "RECONCILE_SECONDS",
+    "SERVER_CERT_EXPIRY",
+    "SERVER_CERT_RENEWALS",
     "SVIDS_ISSUED",
     "SVID_EXPIRY",
+    "TRUST_BUNDLE_GENERATION",
     "issued_expiries",
     "note_issued",
     "note_reconcile",
+    "note_server_identity",
 ]
 
 RECONCILE_SECONDS: Final = Histogram(
@@ -43,11 +53,25 @@ SVID_EXPIRY: Final = Gauge(
     ["node"],
 )
 SVIDS_ISSUED: Final = Counter("tiermesh_svids_issued", "SVIDs issued", ["how"])
+SERVER_CERT_EXPIRY: Final = Gauge(
+    "tiermesh_controlplane_server_cert_expiry_timestamp_seconds",
+    "notAfter of the certificate the control plane's servers present",
+)
+TRUST_BUNDLE_GENERATION: Final = Gauge(
+    "tiermesh_controlplane_trust_bundle_generation",
+    "The shared CA state whose trust bundle the control plane's servers verify clients with",
+)
+SERVER_CERT_RENEWALS: Final = Counter(
+    "tiermesh_controlplane_server_cert_renewals", "Server certificates issued after the first"
+)
 
 CONTROL_PLANE_METRICS: Final = (
     "tiermesh_reconcile_duration_seconds",
     "tiermesh_node_svid_expiry_timestamp_seconds",
     "tiermesh_svids_issued",
+    "tiermesh_controlplane_server_cert_expiry_timestamp_seconds",
+    "tiermesh_controlplane_trust_bundle_generation",
+    "tiermesh_controlplane_server_cert_renewals",
 )
 """Prometheus names registered here (counters without their ``_total``)."""
 
@@ -72,3 +96,12 @@ def issued_expiries() -> dict[str, float]:
     that joined and last renewed through another replica, or before a restart, is not
     in it. A copy."""
     return dict(_ISSUED)
+
+
+def note_server_identity(not_after_timestamp: float, bundle_generation: int, reason: str) -> None:
+    """Record a server certificate the replica's servers now present and the CA state
+    whose bundle they trust; ``reason`` ``start`` is the first, not a renewal."""
+    SERVER_CERT_EXPIRY.set(not_after_timestamp)
+    TRUST_BUNDLE_GENERATION.set(bundle_generation)
+    if reason != "start":
+        SERVER_CERT_RENEWALS.inc()

@@ -77,7 +77,12 @@ from typing import Any, Final, Literal
 import yaml
 
 from tiermesh.agents.models import SMOLLM2_INSTALL, smollm2_available
-from tiermesh.demo.catalog import DemoEndpoint, write_demo_policies
+from tiermesh.demo.catalog import (
+    EDGE_BACKEND,
+    PRIVATE_BACKEND,
+    DemoEndpoint,
+    write_demo_policies,
+)
 from tiermesh.demo.children import Child, ChildFailed, tiermesh_command
 from tiermesh.demo.cloud_standin import CloudStandin
 from tiermesh.demo.signing import SignedModel, sign_demo_model, trust_signer
@@ -274,11 +279,7 @@ class LocalMesh:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         step("etcd (3 members)" if self.ha else "etcd")
-        self.etcd = EtcdCluster.for_tests() if self.ha else EtcdServer.for_tests()
-        try:
-            await asyncio.to_thread(self.etcd.start)
-        except Exception as exc:
-            raise MeshError(f"etcd failed to start: {exc}") from exc
+        await self._start_etcd()
 
         step("batch queue (nats-server with JetStream)")
         try:
@@ -292,13 +293,7 @@ class LocalMesh:
                 raise MeshError(f"nats-server failed to start: {exc}") from exc
 
         step("cloud stand-ins")
-        for name in STANDINS:
-            standin = CloudStandin(name=name, models=("frontier-large", "frontier-mini"),
-                                   workdir=self.state_dir / name)  # fmt: skip
-            standin.start()
-            self.standins[name] = standin
-        self.cloud_control = StandinControl(self.standins)
-        self.cloud_control.start()
+        self._start_standins()
 
         step("control plane")
         await self._start_plane()
@@ -307,6 +302,34 @@ class LocalMesh:
         self.signed = await asyncio.to_thread(sign_demo_model, self.state_dir, self.model)
 
         step("policy bundle, tenant API keys and join tokens")
+        await self._push_policies()
+
+        step("node agents (edge, private, cloud gateway): identity, model, Envoy")
+        await self._start_agents()
+
+        step("edge app listener answering")
+        await asyncio.to_thread(self._wait_serving)
+        (self.state_dir / "mesh.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def _start_standins(self) -> None:
+        for name in STANDINS:
+            standin = CloudStandin(name=name, models=("frontier-large", "frontier-mini"),
+                                   workdir=self.state_dir / name)  # fmt: skip
+            standin.start()
+            self.standins[name] = standin
+        self.cloud_control = StandinControl(self.standins)
+        self.cloud_control.start()
+
+    async def _start_etcd(self) -> None:
+        self.etcd = EtcdCluster.for_tests() if self.ha else EtcdServer.for_tests()
+        try:
+            await asyncio.to_thread(self.etcd.start)
+        except Exception as exc:
+            raise MeshError(f"etcd failed to start: {exc}") from exc
+
+    async def _push_policies(self) -> None:
+        """Push :meth:`_write_policies`' bundle, then make one API key per catalog tenant
+        and one join token per node (written beside the node's config)."""
         policies = self._write_policies()
         # Keys are checked against the pushed catalog, so the push comes first.
         await self._tiermesh_once("policy push", ["policy", "push", str(policies)])
@@ -319,7 +342,8 @@ class LocalMesh:
         for node, token in zip(self.nodes, made[len(tenants) :], strict=True):
             (self.state_dir / f"{node.id}.token").write_text(token.strip() + "\n")
 
-        step("node agents (edge, private, cloud gateway): identity, model, Envoy")
+    async def _start_agents(self) -> None:
+        """Start every node's agent and wait until each says it is ready."""
         for node in self.nodes:
             config = self._write_node_yaml(node)
             node.agent = Child(
@@ -331,10 +355,6 @@ class LocalMesh:
             *(asyncio.to_thread(self._agent(n).wait_line, "agent ready", _AGENT_READY_S)
               for n in self.nodes)
         )  # fmt: skip
-
-        step("edge app listener answering")
-        await asyncio.to_thread(self._wait_serving)
-        (self.state_dir / "mesh.json").write_text(json.dumps(self.describe(), indent=2))
 
     async def _start_plane(self) -> None:
         passphrase = self.state_dir / "ca-passphrase"
@@ -436,18 +456,25 @@ class LocalMesh:
         tenant = headers.get(TENANT_HEADER, "acme")
         return {**headers, "authorization": f"Bearer {self.api_keys[tenant]}"}
 
-    def _write_policies(self) -> Path:
-        target = self.state_dir / "policies"
-        shutil.rmtree(target, ignore_errors=True)
-        us, eu = self.standins["frontier-us"], self.standins["frontier-eu"]
-        endpoints = {
-            "edge-smollm": DemoEndpoint(self.edge.model_port, node=self.edge.id),
-            "onprem-gpu": DemoEndpoint(
+    def _onbox_endpoints(self) -> dict[str, DemoEndpoint]:
+        """Where the catalog's local and private backends listen: the edge's llama.cpp and
+        the private node's inbound mTLS listener."""
+        return {
+            EDGE_BACKEND: DemoEndpoint(self.edge.model_port, node=self.edge.id),
+            PRIVATE_BACKEND: DemoEndpoint(
                 self.nodes[1].mesh_port,
                 tls=True,
                 node=self.nodes[1].id,
                 spiffe_id=node_spiffe_id(self.nodes[1].id),
             ),
+        }
+
+    def _write_policies(self) -> Path:
+        target = self.state_dir / "policies"
+        shutil.rmtree(target, ignore_errors=True)
+        us, eu = self.standins["frontier-us"], self.standins["frontier-eu"]
+        endpoints = {
+            **self._onbox_endpoints(),
             "frontier-us": DemoEndpoint(
                 us.port, tls=True, credential=credential_name("frontier-us")
             ),
@@ -458,7 +485,7 @@ class LocalMesh:
         written = write_demo_policies(target, endpoints, budgets={TRIAL_TENANT: TRIAL_BUDGET_USD})
         if self.signed is not None:
             # The nodes serve the model only while this start's key vouches for its bytes.
-            trust_signer(written, ("edge-smollm", "onprem-gpu"), self.signed.public_key)
+            trust_signer(written, (EDGE_BACKEND, PRIVATE_BACKEND), self.signed.public_key)
         (written / "data" / "request_config.yaml").write_text(
             "# Written by `tiermesh up`: every request must carry a tenant API key.\n"
             "require_api_key: true\n"
@@ -514,16 +541,23 @@ class LocalMesh:
         assert node.agent is not None
         return node.agent
 
-    def _wait_serving(self) -> None:
+    def _wait_serving(
+        self,
+        headers: dict[str, str] | None = None,
+        accept: Callable[[int, str], bool] = lambda status, _detail: status == 200,
+        what: str = "serve",
+    ) -> None:
+        """Probe the edge app listener with ``headers`` (default: the demo request with its
+        key) until ``accept(status, detail)``; :class:`MeshError` after :data:`_SERVE_S`."""
         deadline = time.monotonic() + _SERVE_S
         last = "no answer"
         while time.monotonic() < deadline:
-            status, detail = probe(self.edge.app_port, self.with_key(DEMO_HEADERS))
-            if status == 200:
+            status, detail = probe(self.edge.app_port, headers or self.with_key(DEMO_HEADERS))
+            if accept(status, detail):
                 return
             last = f"HTTP {status}: {detail}" if status else detail
             time.sleep(0.2)
-        raise MeshError(f"the edge app listener did not serve within {_SERVE_S:g}s ({last})")
+        raise MeshError(f"the edge app listener did not {what} within {_SERVE_S:g}s ({last})")
 
     def describe(self) -> dict[str, Any]:
         """Where everything listens (written to ``mesh.json`` in the state dir)."""

@@ -12,14 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
 
 from tiermesh.xds import typeurls, wire
 from tiermesh.xds.errors import InconsistentSnapshotError, UnknownTypeUrlError
 from tiermesh.xds.resources import MESSAGE_CLASSES, Reference, references, resource_name
 
-__all__ = ["EncodedResource", "Snapshot"]
+__all__ = ["EncodedResource", "Snapshot", "SotwBody"]
 
 _VERSION_CHARS = 16
 
@@ -70,6 +72,22 @@ class EncodedResource:
 
 
 @dataclass(frozen=True, slots=True)
+class SotwBody:
+    """One SotW response of a snapshot for one subscription, as every stream with that
+    subscription sends it: only the nonce differs per stream.
+
+    ``body`` holds the encoded ``DiscoveryResponse`` fields version, resources (in name
+    order), type URL and one ``ResourceError`` (NOT_FOUND) per subscribed name the
+    snapshot lacks; ``sent`` the names of the resources it carries, ``missing`` those it
+    reports absent.
+    """
+
+    body: bytes
+    sent: tuple[str, ...]
+    missing: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class _TypeSet:
     version: str
     items: Mapping[str, EncodedResource]
@@ -89,7 +107,7 @@ class Snapshot:
 
     _types: Mapping[str, _TypeSet]
     version: str
-    _bodies: dict[tuple[str, frozenset[str] | None], bytes] = field(
+    _bodies: dict[tuple[str, frozenset[str] | None], SotwBody] = field(
         default_factory=dict, repr=False
     )
 
@@ -176,25 +194,39 @@ class Snapshot:
         """A decoded copy of one resource; ``KeyError`` if absent."""
         return self._types[type_url].items[name].decode()
 
-    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> bytes:
-        """Encoded ``DiscoveryResponse`` fields shared by every stream: version, resources, type.
-
-        ``names`` None means every resource (a wildcard subscription); names the snapshot
-        lacks are skipped. The caller appends the per-stream fields (nonce).
-        """
+    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> SotwBody:
+        """The SotW response for a subscription to ``names`` of ``type_url`` (None: every
+        resource, a wildcard subscription), encoded once per snapshot and subscription and
+        shared by every stream that asks for it (see :class:`SotwBody`). The caller
+        appends the per-stream field (nonce)."""
         key = (type_url, names)
         body = self._bodies.get(key)
         if body is None:
             type_set = self._types[type_url]
-            selected = (
-                type_set.items.values()
-                if names is None
-                else (type_set.items[n] for n in sorted(names) if n in type_set.items)
-            )
-            body = (
+            if names is None:
+                sent = type_set.ordered
+                missing: frozenset[str] = frozenset()
+            else:
+                sent = tuple(sorted(names & type_set.names))
+                missing = names - type_set.names
+            body = SotwBody(
                 wire.string_field(1, type_set.version)
-                + b"".join(wire.bytes_field(2, r.any_bytes) for r in selected)
+                + b"".join(wire.bytes_field(2, type_set.items[n].any_bytes) for n in sent)
                 + wire.string_field(4, type_url)
+                + b"".join(wire.bytes_field(7, _not_found(name)) for name in sorted(missing)),
+                sent,
+                missing,
             )
             self._bodies[key] = body
         return body
+
+
+def _not_found(name: str) -> bytes:
+    """An encoded ``ResourceError`` saying that resource ``name`` does not exist."""
+    error = discovery_pb2.ResourceError(
+        resource_name=discovery_pb2.ResourceName(name=name),
+        error_detail=status_pb2.Status(
+            code=code_pb2.NOT_FOUND, message=f"resource {name!r} does not exist"
+        ),
+    )
+    return bytes(error.SerializeToString())

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import code_pb2, status_pb2
 
 from tiermesh.xds import typeurls, wire
 from tiermesh.xds.ackstate import Verdict, classify
@@ -94,26 +92,10 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
 
     def _push(self, snapshot: Snapshot, type_url: str, state: _TypeState) -> bytes:
         nonce = self.next_nonce()
-        body = snapshot.sotw_body(type_url, state.names)
+        shared = snapshot.sotw_body(type_url, state.names)
         if state.names is not None:
-            missing = state.names - snapshot.names(type_url)
-            self.note_missing(type_url, frozenset(missing))
-            body += b"".join(wire.bytes_field(7, _not_found(name)) for name in sorted(missing))
+            self.note_missing(type_url, shared.missing)
         state.sent_nonce = nonce
         state.sent_version = snapshot.type_version(type_url)
-        if state.names is None:
-            sent: Sequence[str] = snapshot.ordered_names(type_url)
-        else:
-            sent = sorted(state.names & snapshot.names(type_url))
-        self.sent(type_url, state.sent_version, nonce, sent)
-        return body + wire.string_field(5, nonce)
-
-
-def _not_found(name: str) -> bytes:
-    error = discovery_pb2.ResourceError(
-        resource_name=discovery_pb2.ResourceName(name=name),
-        error_detail=status_pb2.Status(
-            code=code_pb2.NOT_FOUND, message=f"resource {name!r} does not exist"
-        ),
-    )
-    return bytes(error.SerializeToString())
+        self.sent(type_url, state.sent_version, nonce, shared.sent)
+        return shared.body + wire.string_field(5, nonce)

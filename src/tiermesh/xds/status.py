@@ -100,37 +100,64 @@ class StatusRegistry:
     """Latest known xDS state of every node that ever connected to this server.
 
     Not thread-safe; used from the server's event loop. Status outlives streams so an
-    operator can see a node that disconnected and what it last ACKed.
+    operator can see a node that disconnected and what it last ACKed. Readers
+    (:meth:`get`, :meth:`all`) get frozen copies that later updates leave as they are.
+    Every response and every ACK of every stream updates one type of one node, so an
+    update replaces that one :class:`TypeStatus` and never copies the node's status.
     """
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeStatus] = {}
+        """The node's status as of its latest stream open or close (``types`` unused)."""
+        self._types: dict[str, dict[str, TypeStatus]] = {}
+        self._changed: dict[str, float] = {}
 
     def get(self, node_id: str) -> NodeStatus | None:
-        return self._nodes.get(node_id)
+        node = self._nodes.get(node_id)
+        if node is None:
+            return None
+        return replace(node, types=dict(self._types[node_id]), last_change=self._changed[node_id])
 
     def all(self) -> list[NodeStatus]:
-        return [self._nodes[k] for k in sorted(self._nodes)]
+        return [status for k in sorted(self._nodes) if (status := self.get(k)) is not None]
+
+    def type_status(self, node_id: str, type_url: str) -> TypeStatus | None:
+        """``node_id``'s status of ``type_url`` (None: the node or the type is unknown)."""
+        return self._types.get(node_id, {}).get(type_url)
+
+    def missing(self, node_id: str, type_url: str) -> frozenset[str] | None:
+        """The names last recorded missing for ``node_id``'s ``type_url`` (None: never
+        recorded)."""
+        status = self.type_status(node_id, type_url)
+        return status.missing if status is not None else None
 
     def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
         old = self._nodes.get(node.id)
         streams = (old.streams if old else 0) + 1
         if streams == 1:
             NODES.inc()
-        types = dict(old.types) if old else {}
-        self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, time.time(), types)
+        now = time.time()
+        self._nodes[node.id] = NodeStatus(node.id, node.cluster, mode, streams, now)
+        self._types.setdefault(node.id, {})
+        self._changed[node.id] = now
 
     def stream_closed(self, node_id: str) -> None:
         old = self._nodes[node_id]
         if old.streams == 1:
             NODES.dec()
-        self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=time.time())
+        now = time.time()
+        self._nodes[node_id] = replace(old, streams=old.streams - 1, last_change=now)
+        self._changed[node_id] = now
 
     def update_type(self, node_id: str, type_url: str, **changes: object) -> TypeStatus:
-        old = self._nodes[node_id]
-        current = old.types.get(type_url, TypeStatus())
-        new = replace(current, **changes)  # type: ignore[arg-type]
-        types = dict(old.types)
+        """Set fields of ``node_id``'s :class:`TypeStatus` for ``type_url``; the new one
+        (``KeyError`` for a node that never opened a stream, ``TypeError`` for an unknown
+        field)."""
+        types = self._types[node_id]
+        new = replace(types.get(type_url, _NO_STATUS), **changes)  # type: ignore[arg-type]
         types[type_url] = new
-        self._nodes[node_id] = replace(old, types=types, last_change=time.time())
+        self._changed[node_id] = time.time()
         return new
+
+
+_NO_STATUS = TypeStatus()

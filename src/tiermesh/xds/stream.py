@@ -20,6 +20,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
+from prometheus_client.metrics import MetricWrapperBase
 
 from tiermesh.xds import typeurls
 from tiermesh.xds.ackstate import Verdict
@@ -55,6 +56,20 @@ ServicerContext = grpc.aio.ServicerContext[object, bytes]
 NodeAuthorizer = Callable[[base_pb2.Node, ServicerContext], str | None]
 
 M = TypeVar("M", bound=Message)
+
+
+_W = TypeVar("_W", bound=MetricWrapperBase)
+_CHILDREN: dict[tuple[int, str, str], MetricWrapperBase] = {}
+
+
+def _labelled(metric: _W, short: str, mode: Mode) -> _W:
+    """``metric.labels(short, mode)``, looked up once: every response and every ACK of
+    every stream counts, and ``labels`` takes a lock and builds its key each call."""
+    key = (id(metric), short, mode)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(short, mode)
+    return child  # type: ignore[return-value]  # the child of a metric is of its class
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,19 +254,17 @@ class StreamBase(Generic[R]):
             status.update_type(node_id, type_url, acked_version=claimed_version)
         elif verdict in (Verdict.ACK, Verdict.RESUBSCRIBE):
             status.update_type(node_id, type_url, acked_version=sent_version)
-            ACKS.labels(short, self.mode).inc()
+            _labelled(ACKS, short, self.mode).inc()
             if verdict is Verdict.ACK and (sent_at := self._sent_at.pop(type_url, None)):
-                PUSH_ACK.labels(short, self.mode).observe(time.monotonic() - sent_at)
+                _labelled(PUSH_ACK, short, self.mode).observe(time.monotonic() - sent_at)
             self._safely(lambda cb: cb.on_ack(node_id, type_url, sent_version))
         elif verdict is Verdict.NACK:
             assert error is not None
             nack = NackRecord(sent_version, nonce, error.message, error.code, time.time())
-            current = status.get(node_id)
-            count = (
-                current.types[type_url].nack_count if current and type_url in current.types else 0
-            )
+            current = status.type_status(node_id, type_url)
+            count = current.nack_count if current is not None else 0
             status.update_type(node_id, type_url, nack_count=count + 1, last_nack=nack)
-            NACKS.labels(short, self.mode).inc()
+            _labelled(NACKS, short, self.mode).inc()
             self._sent_at.pop(type_url, None)
             log.warning(
                 "xds NACK node=%s type=%s version=%s: %s",
@@ -266,16 +279,14 @@ class StreamBase(Generic[R]):
 
     def sent(self, type_url: str, version: str, nonce: str, names: Sequence[str]) -> None:
         self.env.status.update_type(self.node_id, type_url, sent_version=version)
-        PUSHES.labels(typeurls.SHORT_NAMES[type_url], self.mode).inc()
+        _labelled(PUSHES, typeurls.SHORT_NAMES[type_url], self.mode).inc()
         self._sent_at[type_url] = time.monotonic()
         node_id = self.node_id
         self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce, names))
 
     def note_missing(self, type_url: str, missing: frozenset[str]) -> None:
         """Log and record requested names the snapshot lacks (once per change of the set)."""
-        current = self.env.status.get(self.node_id)
-        before = current.types[type_url].missing if current and type_url in current.types else None
-        if missing != before:
+        if missing != self.env.status.missing(self.node_id, type_url):
             self.env.status.update_type(self.node_id, type_url, missing=missing)
             if missing:
                 log.warning(

@@ -18,6 +18,7 @@ from tiermesh.agents.authz import (
     KeyTable,
     StaticBudgetSource,
     load_request_policy,
+    request_policy_modules,
     start_authz_server,
 )
 from tiermesh.agents.decisionlog import DecisionLog, StaticSigner
@@ -28,19 +29,28 @@ REQUEST_CONFIG = {"max_request_tokens": 10_000}
 
 
 class AuthzThread:
-    """Engine, durable decision log and gRPC server on one background loop.
+    """Engine, durable decision log and gRPC server on one background loop; the policy's
+    answers are memoized unless ``decision_cache`` is False.
 
     ``stop_server`` takes the server down (the port then refuses connections); ``close``
     releases everything and joins the thread.
     """
 
-    def __init__(self, spool: Path, budget: StaticBudgetSource, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        budget: StaticBudgetSource,
+        max_body_bytes: int,
+        *,
+        decision_cache: bool = True,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.budget = budget
         self.spool = spool
         self.max_body_bytes = max_body_bytes
+        self.modules = request_policy_modules(POLICY_DIR) if decision_cache else None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.run(self._start())
@@ -55,7 +65,11 @@ class AuthzThread:
         self.log = DecisionLog(self.spool, StaticSigner(identity_for(new_ca())))
         await self.log.start()
         self.authorizer = Authorizer(
-            self.engine, DecisionLogSink(self.log), self.budget, max_body_bytes=self.max_body_bytes
+            self.engine,
+            DecisionLogSink(self.log),
+            self.budget,
+            max_body_bytes=self.max_body_bytes,
+            modules=self.modules,
         )
         self.server, self.port = await start_authz_server(self.authorizer)
 
@@ -63,7 +77,9 @@ class AuthzThread:
         """Authenticate later requests with ``keys`` (as a fetched policy would)."""
 
         async def swap() -> None:
-            self.authorizer.use_policy(self.engine, bundle_revision=None, keys=keys)
+            self.authorizer.use_policy(
+                self.engine, bundle_revision=None, keys=keys, modules=self.modules
+            )
 
         self.run(swap())
 

@@ -12,6 +12,7 @@ from tiermesh.controlplane.api import Catalog
 from tiermesh.controlplane.generators import clusters, compile_snapshot, routes
 from tiermesh.controlplane.model import CascadeSettings, MeshModel, NodeSettings, names
 from tiermesh.controlplane.verify import compile_and_verify, verify_snapshot
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import Snapshot
 
 HANDLER = 7777
@@ -31,7 +32,7 @@ def _model(*, cascade: bool) -> tuple[MeshModel, Catalog]:
 def _routes(model: MeshModel) -> dict[str, object]:
     (config,) = routes.generate(model, NODE)
     assert isinstance(config, route_pb2.RouteConfiguration)
-    return {route.name: route for route in config.virtual_hosts[0].routes}
+    return {route.name: route for route in host_routes(config.virtual_hosts[0])}
 
 
 def test_without_cascade_settings_nothing_changes() -> None:

@@ -88,7 +88,7 @@ def test_a_route_table_over_4_mb_is_acked_and_served(
     xds, envoy = envoy_and_xds
     listener = free_port()
     first = big_snapshot(listener, ROUTES, "v1")
-    assert len(first.sotw_body(typeurls.ROUTE, None)) > LIMIT
+    assert len(first.sotw_body(typeurls.ROUTE, None).body) > LIMIT
     xds.set_snapshot(NODE, first)
     envoy.wait_ready(timeout=60)
     wait_acked(xds, first)

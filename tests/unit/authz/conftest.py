@@ -1,4 +1,5 @@
-"""An authorizer on the shipped request policy (regorus), a memory sink and a budget table."""
+"""An authorizer on the shipped request policy (regorus), a memory sink and a budget table;
+its answers are memoized as on a running node."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tiermesh.agents.authz import (
     MemorySink,
     StaticBudgetSource,
     load_request_policy,
+    request_policy_modules,
 )
 from tiermesh.rego import RegorusEngine
 
@@ -34,5 +36,8 @@ def rig() -> Iterator[Rig]:
     load_request_policy(engine, REQUEST_POLICY, {"request_config": {"max_request_tokens": 10_000}})
     sink = MemorySink()
     budget = StaticBudgetSource({"acme": BudgetState.of(1, 100), "broke": BudgetState.of(9, 5)})
-    yield Rig(Authorizer(engine, sink, budget, max_body_bytes=4096), sink, budget, engine)
+    modules = request_policy_modules(REQUEST_POLICY)
+    authorizer = Authorizer(engine, sink, budget, max_body_bytes=4096, modules=modules)
+    assert authorizer.cache is not None
+    yield Rig(authorizer, sink, budget, engine)
     engine.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -258,3 +258,37 @@ def test_a_custom_detector_is_filtered_to_matches_across_seams() -> None:
     assert registry.detect_across(text, [6]) == registry.detect(text)
     assert registry.detect_across(text, [2, 20]) == []
     assert registry.detect_across(text, []) == []
+
+
+def test_skipped_kinds_are_not_looked_for_and_the_rest_unchanged() -> None:
+    registry = default_registry()
+    text = "mail a@example.com or call +44 20 7946 0958"
+    everything = registry.detect(text)
+    assert [f.kind for f in everything] == ["email", "phone"]
+    assert registry.detect(text, skip={"email"}) == everything[1:]
+    joined = "a@exam" + "ple.com"
+    assert [f.kind for f in registry.detect_across(joined, [6])] == ["email"]
+    assert registry.detect_across(joined, [6], skip={"email"}) == []
+
+
+def test_detecting_each_text_in_one_pass_finds_what_each_alone_shows() -> None:
+    texts = [
+        "mail a@example.com",
+        "",
+        "+44 20 7946 0958 or 4111 1111 1111 1111",
+        "AB 12 34 56 C and 123-45-6789",
+        "a@exam",  # with the next one, an email only if they were glued (they are not)
+        "ple.com GB82 WEST 1234 5698 7654 32",
+        "nothing here",
+    ]
+    registry = default_registry()
+    assert registry.detect_each(texts) == [registry.detect(text) for text in texts]
+    custom = registry.with_detector(_AnyDigit())
+    assert custom.detect_each(texts) == [custom.detect(text) for text in texts]
+
+
+class _AnyDigit:
+    kind = "digit"
+
+    def find(self, text: str) -> Iterator[tuple[int, int]]:
+        return (m.span() for m in re.finditer(r"\d", text))

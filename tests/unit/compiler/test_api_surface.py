@@ -17,6 +17,7 @@ from tests.unit.compiler.plans import TEST_AUTHZ, evaluate_plan
 from tiermesh.controlplane.api import OPENAI_API, ApiEndpoint, Catalog, Plan
 from tiermesh.controlplane.generators import api_surface, compile_snapshot, routes
 from tiermesh.controlplane.model import MeshModel, NodeSettings, names
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import typeurls
 
 
@@ -29,7 +30,7 @@ def test_the_route_table_starts_with_the_guard_and_every_forwarding_route_follow
 ) -> None:
     model = MeshModel.build([edge_plan], {EDGE: EDGE_SETTINGS})
     (config,) = routes.generate(model, EDGE)
-    table = list(config.virtual_hosts[0].routes)
+    table = host_routes(config.virtual_hosts[0])
     guard = len(OPENAI_API) + 1
     assert [r.name for r in table[:guard]] == [
         api_surface.PATH_ROUTE,
@@ -60,7 +61,7 @@ def test_a_catalog_surface_replaces_the_default(edge_plan: Plan) -> None:
     api = (ApiEndpoint(path="/v2/generate"),)
     model = MeshModel.build([edge_plan], {EDGE: EDGE_SETTINGS}, api=api)
     (config,) = routes.generate(model, EDGE)
-    first = config.virtual_hosts[0].routes[0]
+    first = host_routes(config.virtual_hosts[0])[0]
     assert re.fullmatch(_regex_of(first.match.headers[0]), "/v2/generate")
     assert first.match.headers[0].invert_match
 

@@ -22,6 +22,7 @@ from tiermesh.controlplane.model import BatchSettings, MeshModel, NodeSettings, 
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.store.memory import MemoryStore
 from tiermesh.controlplane.verify import compile_and_verify
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import typeurls
 
 SOCKET = "/var/lib/tiermesh/edge-1/batch.sock"
@@ -42,7 +43,7 @@ def _compiled(
     snapshot = compile_and_verify(model, EDGE, catalog)
     clusters = {n: r.decode() for n, r in snapshot.encoded(typeurls.CLUSTER).items()}
     (config,) = [r.decode() for r in snapshot.encoded(typeurls.ROUTE).values()]
-    routes = [route.name for route in config.virtual_hosts[0].routes]
+    routes = [route.name for route in host_routes(config.virtual_hosts[0])]
     return routes, clusters, config
 
 
@@ -53,7 +54,7 @@ def test_batch_routes_come_first_and_reach_only_the_services_socket(
     expected = [batch_route(method, path) for method, path in BATCH_API]
     assert routes[: len(expected)] == expected
     assert routes[len(expected)] == PATH_ROUTE
-    for route in config.virtual_hosts[0].routes[: len(expected)]:
+    for route in host_routes(config.virtual_hosts[0])[: len(expected)]:
         assert route.route.cluster == names.BATCH_CLUSTER
         assert not route.route.HasField("retry_policy")
     (endpoint,) = clusters[names.BATCH_CLUSTER].load_assignment.endpoints[0].lb_endpoints

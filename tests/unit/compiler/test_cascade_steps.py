@@ -23,6 +23,7 @@ from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import _registration
 from tiermesh.controlplane.store.memory import MemoryStore
 from tiermesh.controlplane.verify import compile_and_verify
+from tiermesh.controlplane.verify.route_tree import host_routes
 
 TOKEN = "s3cret-token_0123456789abcdefABCDEF"
 STEP, TOKEN_HEADER = names.CASCADE_STEP_HEADER, names.CASCADE_TOKEN_HEADER
@@ -40,7 +41,7 @@ def _settings(**extra: object) -> NodeSettings:
 
 def _table(plan: Plan) -> list[rc.Route]:
     (config,) = routes.generate(MeshModel.build([plan], {EDGE: _settings()}), EDGE)
-    return list(config.virtual_hosts[0].routes)
+    return host_routes(config.virtual_hosts[0])
 
 
 def _step_routes(table: list[rc.Route]) -> list[rc.Route]:

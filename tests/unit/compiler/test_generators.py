@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan, TenantUsage
-from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, refusal_body
+from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, dispatch, refusal_body
 from tiermesh.controlplane.generators.clusters import chain_cluster
 from tiermesh.controlplane.generators.listeners import RATE_LIMIT_FILTER
 from tiermesh.controlplane.model import MeshModel, NodeSettings, PlanMismatch, UnknownNode
@@ -25,7 +25,11 @@ from tiermesh.xds import typeurls
 
 
 def envoy_routes(model: MeshModel) -> list[Any]:
-    (config,) = GENERATORS[typeurls.ROUTE](model, EDGE)
+    """The app route table in the order it is compiled, before dispatch (whose first
+    matches are the same: tests/unit/compiler/test_route_dispatch.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dispatch, "DISPATCH_MIN_ROUTES", 10**9)
+        (config,) = GENERATORS[typeurls.ROUTE](model, EDGE)
     return list(config.virtual_hosts[0].routes)
 
 

@@ -420,8 +420,10 @@ def test_a_virtual_host_routed_by_a_matcher_tree(plain: Resources, catalog: Cata
         host.matcher.on_no_match.action.name = "anywhere"
 
     found = after(plain, catalog, change)
-    assert messages(found) == [
-        f"route config '{names.APP_ROUTES}' routes virtual host 'app' by a matcher tree"
+    assert sorted(messages(found)) == [
+        f"route config '{names.APP_ROUTES}' virtual host 'app' has both routes and a matcher tree",
+        f"route config '{names.APP_ROUTES}' virtual host 'app' matcher tree is neither a list "
+        "nor a tree",
     ]
 
 

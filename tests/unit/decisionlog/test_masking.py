@@ -64,3 +64,17 @@ def test_custom_rules_with_wildcards_and_indexes() -> None:
 def test_malformed_rules_are_refused(text: str) -> None:
     with pytest.raises(MaskingError):
         MaskRule.parse(text)
+
+
+def test_masking_copies_only_what_it_changes() -> None:
+    original = request_input()
+    snapshot = json.dumps(original, sort_keys=True)
+    masked = Masking.from_strings(["erase:/messages/*/content", "hash:/request/body"]).apply(
+        original
+    )
+    assert json.dumps(original, sort_keys=True) == snapshot  # nested places untouched too
+    assert masked["messages"] == [{"role": "user"}]
+    assert masked["request"]["body"] == hash_value(PROMPT)
+    assert masked["findings"] is original["findings"]  # no rule below: shared, not copied
+    untouched = {"tenant": "acme", "findings": []}
+    assert Masking().apply(untouched) is untouched

@@ -5,6 +5,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import code_pb2
 
 from tests.support.resources import mesh
 from tiermesh.xds import InconsistentSnapshotError, Snapshot, UnknownTypeUrlError, typeurls
@@ -69,12 +70,14 @@ def test_versions_are_content_hashes() -> None:
 
 def test_bodies_decode_to_the_resources() -> None:
     snap = mesh({"a": 1, "b": 2})
-    response = discovery_pb2.DiscoveryResponse.FromString(
-        snap.sotw_body(typeurls.ENDPOINT, frozenset({"b", "zz"}))
-    )
+    shared = snap.sotw_body(typeurls.ENDPOINT, frozenset({"b", "zz"}))
+    response = discovery_pb2.DiscoveryResponse.FromString(shared.body)
     assert response.type_url == typeurls.ENDPOINT
     assert response.version_info == snap.type_version(typeurls.ENDPOINT)
     assert len(response.resources) == 1
+    assert (shared.sent, shared.missing) == (("b",), frozenset({"zz"}))
+    assert [e.resource_name.name for e in response.resource_errors] == ["zz"]
+    assert response.resource_errors[0].error_detail.code == code_pb2.NOT_FOUND
     assert snap.resource(typeurls.ENDPOINT, "b") == load_assignment("b", [("127.0.0.1", 2)])
     resource = discovery_pb2.Resource.FromString(snap.encoded(typeurls.CLUSTER)["a"].delta_bytes)
     assert resource.name == "a"
@@ -82,6 +85,17 @@ def test_bodies_decode_to_the_resources() -> None:
     unpacked = cluster_pb2.Cluster()
     resource.resource.Unpack(unpacked)
     assert unpacked == eds_cluster("a")
+
+
+def test_one_response_body_per_subscription_is_shared_by_every_stream() -> None:
+    snap = mesh({"a": 1, "b": 2})
+    wildcard = snap.sotw_body(typeurls.CLUSTER, None)
+    assert snap.sotw_body(typeurls.CLUSTER, None) is wildcard
+    assert wildcard.sent == ("a", "b")
+    assert not wildcard.missing
+    one = snap.sotw_body(typeurls.ENDPOINT, frozenset({"a"}))
+    assert snap.sotw_body(typeurls.ENDPOINT, frozenset({"a"})) is one
+    assert snap.sotw_body(typeurls.ENDPOINT, frozenset({"a", "b"})) is not one
 
 
 def test_snapshot_is_not_changed_by_mutating_inputs() -> None:

@@ -12,6 +12,8 @@
 - :class:`KeyTable` — who a request is: its tenant API key (:mod:`.credentials`) or a JWT
   Envoy's ``jwt_authn`` verified against a catalog issuer (:class:`JwtTrust`,
   :mod:`.jwt_claims`).
+- :class:`DecisionCache` — the request policy's answers memoized on the input parts it
+  provably reads (:func:`input_references`).
 - :func:`build_request_engine` — a new engine with a request policy that loaded and
   answered :func:`probe_policy`; :meth:`Authorizer.use_policy` swaps it in.
 - :func:`start_authz_server` — ``envoy.service.auth.v3.Authorization/Check`` on grpc.aio.
@@ -49,6 +51,7 @@ from tiermesh.agents.authz.decide import (
     build_input,
     probe_policy,
 )
+from tiermesh.agents.authz.decision_cache import DecisionCache, input_references
 from tiermesh.agents.authz.detectors import (
     DEFAULT_DETECTORS,
     Detector,
@@ -99,6 +102,7 @@ __all__ = [
     "BudgetState",
     "BudgetUnavailable",
     "CheckInput",
+    "DecisionCache",
     "DecisionLogSink",
     "DecisionNotRecorded",
     "DecisionSink",
@@ -121,6 +125,7 @@ __all__ = [
     "detect",
     "detection_text",
     "estimate_tokens",
+    "input_references",
     "inspect_body",
     "key_table",
     "load_request_policy",

@@ -244,13 +244,12 @@ class _Scan:
         findings of kinds not found yet; with ``seams``, only matches across them."""
         offset = self.offset
         self.offset += len(text) + 1
+        # A kind already found keeps its first part's finding: its detector is not run again.
         if seams is None:
-            findings = self.registry.detect(text)
+            findings = self.registry.detect(text, skip=self.found)
         else:
-            findings = self.registry.detect_across(text, seams)
+            findings = self.registry.detect_across(text, seams, skip=self.found)
         for finding in findings:
-            if finding.kind in self.found:
-                continue
             spans = tuple((start + offset, end + offset) for start, end in finding.spans)
             self.found[finding.kind] = Finding(finding.kind, finding.count, spans)
 

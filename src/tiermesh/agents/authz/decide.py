@@ -53,6 +53,15 @@ policy and record as on any request.
 
 The policy can be replaced while requests are decided (:meth:`Authorizer.use_policy`); a
 new one should first pass :func:`probe_policy`.
+
+**Answers are memoized** (:mod:`.decision_cache`) when the caller gives the policy's
+modules with its engine and they provably read ``input`` only through dotted references
+and call no impure builtin: a request whose input document has the same values at every
+reference the policy reads gets the answer the engine gave the first such request,
+without evaluating. The cache belongs to the engine (a new policy or catalog is a new
+engine, :meth:`Authorizer.use_policy`, with an empty cache); a budget crossing changes
+``input.budget`` and so the key. Errors are never cached. Everything else (floor,
+record, headers) is computed per request as before.
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ from tiermesh.agents.authz.credentials import (
     KeyTable,
     Refused,
 )
+from tiermesh.agents.authz.decision_cache import DEFAULT_CAPACITY, DecisionCache, input_references
 from tiermesh.agents.authz.detectors import DetectorRegistry
 from tiermesh.agents.authz.errors import AuthzError, DecisionNotRecorded, PolicyRejected
 from tiermesh.agents.authz.floor import (
@@ -299,6 +309,19 @@ class _Policy:
     bundle_revision: str | None
     etcd_revision: int | None
     keys: KeyTable = NO_KEYS
+    cache: DecisionCache | None = None
+
+
+def _cache_for(modules: Mapping[str, str] | None, capacity: int) -> DecisionCache | None:
+    """A cache for an engine holding ``modules`` (None: not given, or not provably pure)."""
+    if modules is None or capacity <= 0:
+        return None
+    references = input_references(modules)
+    if references is None:
+        log.info("request policy answers are not cached: the policy reads input whole or "
+                 "calls an impure builtin")  # fmt: skip
+        return None
+    return DecisionCache(references, capacity)
 
 
 _PROBE = CheckInput(
@@ -349,10 +372,17 @@ class Authorizer:
         snapshot_version: str | None = None,
         uninspected_headers: Collection[str] = DEFAULT_UNINSPECTED_HEADERS,
         keys: KeyTable = NO_KEYS,
+        modules: Mapping[str, str] | None = None,
+        cache_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
+        """``modules``: the Rego ``engine`` holds; given, its answers are memoized (see the
+        module docstring; ``cache_capacity`` 0 turns that off)."""
         if max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
-        self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
+        self._cache_capacity = cache_capacity
+        self._policy = _Policy(
+            engine, bundle_revision, etcd_revision, keys, _cache_for(modules, cache_capacity)
+        )
         self._sink = sink
         self._budget = budget
         self._max_body = max_body_bytes
@@ -403,15 +433,24 @@ class Authorizer:
         bundle_revision: str | None,
         etcd_revision: int | None = None,
         keys: KeyTable = NO_KEYS,
+        modules: Mapping[str, str] | None = None,
     ) -> PolicyEngine:
         """Decide later requests with ``engine``, stamped with ``bundle_revision`` and
         ``etcd_revision``, authenticating them with ``keys``; returns the engine it
         replaces (the caller may close it now: a decision takes its engine and stamps
         together, then evaluates without awaiting, so none is left using the old one).
-        Does not check ``engine``: see :func:`probe_policy`."""
+        ``modules`` (the Rego ``engine`` holds) turns on a new, empty answer cache; the
+        previous one is dropped in any case. Does not check ``engine``: see
+        :func:`probe_policy`."""
         previous = self._policy.engine
-        self._policy = _Policy(engine, bundle_revision, etcd_revision, keys)
+        cache = _cache_for(modules, self._cache_capacity)
+        self._policy = _Policy(engine, bundle_revision, etcd_revision, keys, cache)
         return previous
+
+    @property
+    def cache(self) -> DecisionCache | None:
+        """The current policy's answer cache (None: answers are not memoized)."""
+        return self._policy.cache
 
     def _credential(
         self, request: CheckInput, mesh: bool, tenant: str | None
@@ -481,7 +520,7 @@ class Authorizer:
         evaluating = time.perf_counter_ns()
         policy = self._policy
         if denial is None:
-            outcome, answer = self._answer(policy.engine, document, probe=mesh and request.probe)
+            outcome, answer = self._answer(policy, document, probe=mesh and request.probe)
         else:
             outcome, answer = "deny", _unauthenticated_decision(denial, floor)
         finished = time.perf_counter_ns()
@@ -553,11 +592,26 @@ class Authorizer:
             return UNKNOWN
 
     def _answer(
-        self, engine: PolicyEngine, document: dict[str, Any], *, probe: bool
+        self, policy: _Policy, document: dict[str, Any], *, probe: bool
     ) -> tuple[Outcome, dict[str, Any]]:
-        """The policy's answer; a mesh peer's health probe is answered in code
-        (:mod:`.mesh_hop`)."""
-        return ("allow", probe_decision()) if probe else self._evaluate(engine, document)
+        """The policy's answer, from the cache when it holds one for ``document``; a mesh
+        peer's health probe is answered in code (:mod:`.mesh_hop`)."""
+        if probe:
+            return "allow", probe_decision()
+        cache = policy.cache
+        if cache is None:
+            return self._evaluate(policy.engine, document)
+        try:
+            key = cache.key(document)
+        except (TypeError, ValueError):  # not JSON: let the engine say what it makes of it
+            return self._evaluate(policy.engine, document)
+        cached: tuple[Outcome, dict[str, Any]] | None = cache.get(key)
+        if cached is not None:
+            return cached
+        answer = self._evaluate(policy.engine, document)
+        if answer[0] != "error":
+            cache.put(key, answer)
+        return answer
 
     def _evaluate(
         self, engine: PolicyEngine, document: dict[str, Any]

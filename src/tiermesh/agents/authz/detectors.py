@@ -44,10 +44,11 @@ text (``tests/unit/authz/test_detectors.py`` checks this against reference patte
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import string
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -460,20 +461,45 @@ class DetectorRegistry:
         """A new registry without the detector of ``kind`` (no error when absent)."""
         return DetectorRegistry(d for d in self._detectors if d.kind != kind)
 
-    def detect(self, text: str) -> list[Finding]:
-        """One :class:`Finding` per kind with at least one match, in registry order."""
+    def detect(self, text: str, *, skip: Container[str] = ()) -> list[Finding]:
+        """One :class:`Finding` per kind with at least one match, in registry order; the
+        detectors of the kinds in ``skip`` are not run."""
         findings: list[Finding] = []
         for detector in self._detectors:
+            if detector.kind in skip:
+                continue
             spans = tuple(detector.find(text))
             if spans:
                 findings.append(Finding(detector.kind, len(spans), spans))
         return findings
 
-    def detect_across(self, text: str, seams: Sequence[int]) -> list[Finding]:
+    def detect_each(self, texts: Sequence[str]) -> list[list[Finding]]:
+        """:meth:`detect` of each of ``texts``, spans relative to that text.
+
+        With only built-in detectors, in one pass over the texts joined by ``"\\n"``: no
+        built-in pattern holds a line break or reads one as a letter, digit or joiner, so
+        a match never spans two texts and a text's edge reads as a line break does."""
+        if not all(isinstance(d, _Windowed) for d in self._detectors) or len(texts) < 2:
+            return [self.detect(text) for text in texts]
+        starts = list(itertools.accumulate((len(text) + 1 for text in texts[:-1]), initial=0))
+        counts: list[dict[str, list[Span]]] = [{} for _ in texts]
+        for finding in self.detect("\n".join(texts)):
+            for start, end in finding.spans:
+                index = bisect.bisect_right(starts, start) - 1
+                offset = starts[index]
+                counts[index].setdefault(finding.kind, []).append((start - offset, end - offset))
+        return [
+            [Finding(kind, len(spans), tuple(spans)) for kind, spans in found.items()]
+            for found in counts
+        ]
+
+    def detect_across(
+        self, text: str, seams: Sequence[int], *, skip: Container[str] = ()
+    ) -> list[Finding]:
         """Like :meth:`detect`, keeping only matches that cross a seam (``start < seam <
         end`` for one of ``seams``, sorted offsets into ``text``): for a text made by
         joining parts, what no part shows on its own. Built-in detectors scan only near the
-        seams; others scan the whole text."""
+        seams; others scan the whole text. The kinds in ``skip`` are not looked for."""
         findings: list[Finding] = []
         if not seams:
             return findings
@@ -481,6 +507,8 @@ class DetectorRegistry:
         for seam in seams:
             beside.setdefault(text[seam - 1 : seam + 1], []).append(seam)
         for detector in self._detectors:
+            if detector.kind in skip:
+                continue
             if isinstance(detector, _Windowed):
                 spans = tuple(detector.find_across(text, seams, beside))
             else:

@@ -121,13 +121,13 @@ def inspect_request(
         # no plain token is not repeated where findings are recorded
         label = name if _PLAIN_NAME.fullmatch(name) else "[masked]"
         places.append((f"header {label}", _with_decoded_forms(f"{name}: {headers[name]}")))
-    found: list[RequestFinding] = []
-    for where, text in places:
-        if not text:
-            continue
-        for finding in detectors.detect(detection_text(text)):
-            found.append(RequestFinding(finding.kind, finding.count, where))
-    return tuple(found)
+    places = [(where, text) for where, text in places if text]
+    each = detectors.detect_each([detection_text(text) for _, text in places])
+    return tuple(
+        RequestFinding(finding.kind, finding.count, where)
+        for (where, _), findings in zip(places, each, strict=True)
+        for finding in findings
+    )
 
 
 def _kinds(kinds: Sequence[str]) -> str:

@@ -98,6 +98,7 @@ class Masking:
 
     def __init__(self, rules: Iterable[MaskRule] = DEFAULT_RULES) -> None:
         self._rules = tuple(rules)
+        self._compiled = tuple((rule.segments, rule.action) for rule in self._rules)
 
     @classmethod
     def from_strings(cls, rules: Sequence[str]) -> Masking:
@@ -109,12 +110,12 @@ class Masking:
         return self._rules
 
     def apply(self, value: Any) -> Any:
-        """A masked deep copy of ``value`` (rules applied in order)."""
-        if not self._rules:
-            return value
-        masked = copy.deepcopy(value)
-        for rule in self._rules:
-            masked = _apply(masked, rule.segments, rule.action)
+        """``value`` with the rules applied in order. Copy on write: only the objects and
+        lists on the way to a masked place are copied; the rest (everything, when no rule
+        matches) is shared with ``value``, so neither may be modified afterwards."""
+        masked = value
+        for segments, action in self._compiled:
+            masked = _apply(masked, segments, action)
         return masked
 
 
@@ -131,9 +132,14 @@ def _selected(node: Any, head: str) -> list[Any]:
 
 
 def _apply(node: Any, segments: tuple[str, ...], action: MaskAction) -> Any:
-    """Apply one rule below ``node``; returns the (possibly replaced) node."""
+    """Apply one rule below ``node``; returns ``node`` itself when nothing below it
+    matched, else a shallow copy with the matched places replaced."""
     head, rest = segments[0], segments[1:]
-    for key in _selected(node, head):
+    selected = _selected(node, head)
+    if not selected:
+        return node
+    node = copy.copy(node)
+    for key in selected:
         if rest:
             node[key] = _apply(node[key], rest, action)
         elif action == "erase":

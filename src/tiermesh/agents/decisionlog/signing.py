@@ -96,6 +96,7 @@ class SigningIdentity:
     spiffe_id: str
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     chain: tuple[x509.Certificate, ...]
+    _fingerprint: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         if not isinstance(self.private_key, ec.EllipticCurvePrivateKey) or not isinstance(
@@ -104,11 +105,13 @@ class SigningIdentity:
             raise ValueError("decision records are signed with EC P-256 keys only")
         if not self.chain:
             raise ValueError("a signing identity needs its SVID chain")
+        # Asked on every append: computed once (the DER encoding and its hash cost ~40 us).
+        object.__setattr__(self, "_fingerprint", certificate_fingerprint(self.chain[0]))
 
     @property
     def fingerprint(self) -> str:
         """:func:`certificate_fingerprint` of the leaf."""
-        return certificate_fingerprint(self.chain[0])
+        return self._fingerprint
 
     def chain_pem(self) -> str:
         """The chain as concatenated PEM, leaf first."""

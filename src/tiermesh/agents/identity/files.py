@@ -12,11 +12,11 @@ directories; one writer per directory.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from tiermesh.agents.identity.material import SvidMaterial
+from tiermesh.atomic_files import replace_file
 
 __all__ = ["SvidFiles"]
 
@@ -47,26 +47,11 @@ class SvidFiles:
         """Write all three files. Raises ``OSError`` if the directory is not writable."""
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         os.chmod(self.directory, DIR_MODE)
-        _replace(self.key_path, material.key_pem(), KEY_MODE)
-        _replace(self.bundle_path, material.bundle_pem(), PUBLIC_MODE)
-        _replace(self.chain_path, material.chain_pem(), PUBLIC_MODE)
+        replace_file(self.key_path, material.key_pem(), KEY_MODE)
+        replace_file(self.bundle_path, material.bundle_pem(), PUBLIC_MODE)
+        replace_file(self.chain_path, material.chain_pem(), PUBLIC_MODE)
 
     def remove(self) -> None:
         """Delete the files (not the directory); missing files are fine."""
         for path in (self.chain_path, self.key_path, self.bundle_path):
             path.unlink(missing_ok=True)
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

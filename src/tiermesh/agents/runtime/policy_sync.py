@@ -41,6 +41,7 @@ from tiermesh.agents.authz import (
     KeyTable,
     PolicyRejected,
     build_request_engine,
+    input_references,
     key_table,
     probe_policy,
 )
@@ -211,6 +212,7 @@ class PolicySync:
                 bundle_revision=revision,
                 etcd_revision=ref.etcd_revision,
                 keys=policy_keys(policy, self._request_config),
+                modules=policy.modules,
             )
             self.current = ref
             self.last_error = None
@@ -244,6 +246,7 @@ class PolicySync:
             bundle_revision=revision,
             etcd_revision=ref.etcd_revision,
             keys=policy_keys(policy, self._request_config),
+            modules=policy.modules,
         )
         self._engine = engine
         old.close()
@@ -265,7 +268,9 @@ class PolicySync:
 
     def _load(self, policy: RequestPolicyBundle, revision: str) -> PolicyEngine:
         data = bundle_data(policy, self._request_config)
-        return build_request_engine(self._factory, policy.modules, data, revision=revision)
+        engine = build_request_engine(self._factory, policy.modules, data, revision=revision)
+        input_references(policy.modules)  # parsed here, off the loop, for use_policy's cache
+        return engine
 
     def _new_prices(self, policy: RequestPolicyBundle) -> None:
         if self.ledger is None or policy.catalog is None:

@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -230,8 +230,9 @@ class RequestPolicy:
 
     async def _initial(
         self,
-    ) -> tuple[PolicyEngine, str, BundleRef | None, dict[str, Any], KeyTable]:
-        """The first policy: (engine, revision, served bundle or None, data, tenant keys)."""
+    ) -> tuple[PolicyEngine, str, BundleRef | None, dict[str, Any], KeyTable, Mapping[str, str]]:
+        """The first policy: (engine, revision, served bundle or None, data, tenant keys,
+        the engine's modules)."""
         config = self._config
         why: str
         try:
@@ -253,7 +254,7 @@ class RequestPolicy:
                 log.info("request policy from bundle revision %d (%s)",
                          served.bundle.revision, revision)  # fmt: skip
                 keys = policy_keys(served, dict(config.authz.request_config))
-                return engine, revision, served.bundle, data, keys
+                return engine, revision, served.bundle, data, keys, served.modules
         if config.authz.policy_dir is None:
             raise StartFailed(
                 "the request policy",
@@ -269,11 +270,11 @@ class RequestPolicy:
             raise StartFailed("the request policy", str(exc)) from exc
         settings = data["request_config"]
         keys = key_table(None, settings if isinstance(settings, dict) else {}, _catalog(data))
-        return engine, revision, None, data, keys
+        return engine, revision, None, data, keys, modules
 
     async def _start(self) -> None:
         config = self._config
-        engine, revision, served, data, keys = await self._initial()
+        engine, revision, served, data, keys, modules = await self._initial()
         self._log = decisions = DecisionLog(config.decision_dir, StoreSigner(self._store))
         try:
             await decisions.start()
@@ -288,6 +289,7 @@ class RequestPolicy:
             etcd_revision=served.etcd_revision if served is not None else None,
             uninspected_headers=config.authz.uninspected_headers,
             keys=keys,
+            modules=modules,
         )
         self.sync = PolicySync(
             self._authorizer,

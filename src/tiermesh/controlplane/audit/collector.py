@@ -52,10 +52,10 @@ from tiermesh.controlplane.audit.errors import (
 from tiermesh.controlplane.audit.store import AuditStore
 from tiermesh.controlplane.identity.bundle import TrustBundle
 from tiermesh.controlplane.identity.errors import SvidVerificationError
+from tiermesh.controlplane.identity.live_credentials import LiveCredentials
 from tiermesh.controlplane.identity.peer import peer_chain_pem, peer_spiffe_id
 from tiermesh.controlplane.identity.server_cert import ServerCertificate
 from tiermesh.controlplane.identity.verify import verify_svid
-from tiermesh.controlplane.identity.xds_auth import server_credentials
 
 __all__ = ["AuditCollector", "AuditCollectorServer", "Signer", "start_audit_collector"]
 
@@ -229,16 +229,20 @@ class AuditCollectorServer:
 async def start_audit_collector(
     collector: AuditCollector,
     *,
-    certificate: ServerCertificate,
-    bundle: TrustBundle,
+    certificate: ServerCertificate | None = None,
+    bundle: TrustBundle | None = None,
+    credentials: LiveCredentials | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> AuditCollectorServer:
-    """Serve ``collector`` on an mTLS port trusting ``bundle`` (port 0 picks a free one).
+    """Serve ``collector`` on an mTLS port (port 0 picks a free one) that follows
+    ``credentials``, or else presents ``certificate`` and trusts ``bundle``.
 
     Raises:
         RuntimeError: the port cannot be bound (grpcio's error).
+        ValueError: neither ``credentials`` nor ``certificate`` and ``bundle`` are given.
     """
+    live = LiveCredentials.given(credentials, certificate, bundle)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
@@ -246,6 +250,6 @@ async def start_audit_collector(
         ]
     )
     collector.add_to(server)
-    bound = server.add_secure_port(f"{host}:{port}", server_credentials(certificate, bundle))
+    bound = server.add_secure_port(f"{host}:{port}", live.server_credentials())
     await server.start()
     return AuditCollectorServer(server, host, bound)

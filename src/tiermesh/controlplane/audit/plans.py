@@ -26,8 +26,9 @@ record stays replayable whether or not it holds the whole plan.
 ``spiffe://<td>/controlplane``), numbered and linked exactly as a node's chain is (see
 :mod:`tiermesh.controlplane.api.decision`) and signed with the control plane's server key;
 the store keeps the signing certificate chain under its fingerprint. The chain continues
-across restarts from the last record stored under ``chain_id`` (each restart signs with a
-new server key; every key's certificate is kept).
+across restarts from the last record stored under ``chain_id`` (each restart, and each
+renewal of the server certificate, signs with a new server key; every key's certificate
+is kept).
 
 **No flooding.** A node gets a record only when its ``(outcome, plan_sha256)`` differs
 from that of its last record in the chain (also read back from the store after a
@@ -144,11 +145,29 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    key: ec.EllipticCurvePrivateKey
+    chain_pem: str
+    fingerprint: str
+
+
+def _signer(key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]) -> _Signer:
+    if not isinstance(key.curve, ec.SECP256R1) or not chain:
+        raise ValueError("plan records are signed with an EC P-256 key and its chain")
+    return _Signer(
+        key,
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain).decode(),
+        hashlib.sha256(chain[0].public_bytes(serialization.Encoding.DER)).hexdigest(),
+    )
+
+
 class PlanRecorder:
     """Appends plan records to ``store`` (see the module docstring).
 
     ``key`` (EC P-256) signs; ``chain`` (leaf first) is its certificate chain, stored
     once as the signer of these records. ``trust_domain`` names the nodes' SPIFFE IDs.
+    :meth:`use_signer` moves signing to a renewed key without breaking the chain.
     """
 
     def __init__(
@@ -162,18 +181,10 @@ class PlanRecorder:
         max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES,
         clock: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
-        if not isinstance(key.curve, ec.SECP256R1) or not chain:
-            raise ValueError("plan records are signed with an EC P-256 key and its chain")
+        self._signer = _signer(key, chain)
         self._store = store
         self._chain_id = chain_id
         self._trust_domain = trust_domain
-        self._key = key
-        self._chain_pem = b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in chain
-        ).decode()
-        self._fingerprint = hashlib.sha256(
-            chain[0].public_bytes(serialization.Encoding.DER)
-        ).hexdigest()
         self._max_plan_bytes = max_plan_bytes
         self._now = clock
         self._lock = asyncio.Lock()
@@ -185,6 +196,18 @@ class PlanRecorder:
     @property
     def chain_id(self) -> str:
         return self._chain_id
+
+    def use_signer(
+        self, key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]
+    ) -> None:
+        """Sign every later record with ``key`` (its ``chain`` is stored with the first of
+        them), e.g. after the server certificate was renewed; the chain of records goes on.
+        Any thread; a record being appended keeps the signer it started with.
+
+        Raises:
+            ValueError: ``key`` is not EC P-256 or ``chain`` is empty.
+        """
+        self._signer = _signer(key, chain)
 
     def node_spiffe_id(self, node_id: str) -> str:
         """``spiffe://<trust-domain>/node/<node_id>``."""
@@ -249,6 +272,7 @@ class PlanRecorder:
         self, result: ReconcileResult, outcome: BundleOutcome, serving: Mapping[str, str]
     ) -> list[DecisionRecord]:
         items = self._items(result, outcome, serving)
+        signer = self._signer
         if not self._loaded:
             self._load()
         now = self._now()
@@ -257,14 +281,14 @@ class PlanRecorder:
         for item in items:
             if self._last.get(item.spiffe_id) == (item.outcome, item.digest):
                 continue
-            record = self._sealed(result, item, seq=seq, prev_hash=prev, now=now)
+            record = self._sealed(result, item, signer, seq=seq, prev_hash=prev, now=now)
             records.append(record)
             seq, prev = seq + 1, record.hash
         if not records:
             return []
         self._store.insert(
-            [(r, self._fingerprint) for r in records],
-            {self._fingerprint: self._chain_pem},
+            [(r, signer.fingerprint) for r in records],
+            {signer.fingerprint: signer.chain_pem},
             chain=self._chain_id,
         )
         self._next_seq, self._last_hash = seq, prev
@@ -292,7 +316,14 @@ class PlanRecorder:
         return body
 
     def _sealed(
-        self, result: ReconcileResult, item: _Item, *, seq: int, prev_hash: str, now: dt.datetime
+        self,
+        result: ReconcileResult,
+        item: _Item,
+        signer: _Signer,
+        *,
+        seq: int,
+        prev_hash: str,
+        now: dt.datetime,
     ) -> DecisionRecord:
         record = DecisionRecord(
             decision_id=uuid.uuid4(),
@@ -311,7 +342,7 @@ class PlanRecorder:
             signature="",
         )
         digest = hashlib.sha256(canonical_bytes(record)).digest()
-        signature = self._key.sign(digest, _ECDSA_PREHASHED)
+        signature = signer.key.sign(digest, _ECDSA_PREHASHED)
         return record.model_copy(
             update={"hash": digest.hex(), "signature": base64.b64encode(signature).decode()}
         )

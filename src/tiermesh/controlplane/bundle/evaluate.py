@@ -45,6 +45,7 @@ from tiermesh.controlplane.bundle.plan_checks import plan_problems
 from tiermesh.controlplane.bundle.plan_classes import (
     PlanClasses,
     ProbeMemo,
+    instantiate,
     modules_digest,
     named_strings,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "evaluate_bundle",
     "evaluate_plan",
     "load_engine",
+    "with_usage",
 ]
 
 
@@ -284,6 +286,7 @@ class NodePlanner:
         # id(routes) → (routes, shape): the shape of a class plan's body (the tuple is
         # held, so its id cannot be reused while the entry lives).
         self._body_shapes: dict[int, tuple[tuple[RoutePlan, ...], _Shape | None]] = {}
+        self._lines: dict[str, int | None] = {}
         self.classes = PlanClasses(
             named_strings(documents.data), modules_digest(documents.modules), probe_memo
         )
@@ -296,6 +299,11 @@ class NodePlanner:
     def documents(self) -> Documents:
         return self._documents
 
+    @property
+    def engine(self) -> PolicyEngine:
+        """The loaded engine this planner evaluates with (the caller owns and closes it)."""
+        return self._engine
+
     def _evaluate(self, node: NodeInfo) -> tuple[Plan | None, _Shape | None, list[Finding]]:
         self.classes.evaluations += 1
         plan, shape, problems = _evaluate_plan(self._engine, node, self._shapes)
@@ -303,55 +311,77 @@ class NodePlanner:
             self._body_shapes.setdefault(id(plan.routes), (plan.routes, shape))
         return plan, shape, problems
 
+    def _known_shape(self, plan: Plan) -> _Shape | None:
+        known = self._body_shapes.get(id(plan.routes))
+        return known[1] if known is not None and known[0] is plan.routes else None
+
     def _plan(self, node: NodeInfo) -> tuple[Plan | None, _Shape | None, list[Finding]]:
+        """``node``'s plan, its body's shape, and the findings that prevent it."""
         classes = self.classes
-        derived = classes.plan_for(node)
-        if derived is not None:
-            known = self._body_shapes.get(id(derived.routes))
-            shape = known[1] if known is not None and known[0] is derived.routes else None
-            return derived, shape, []
-        if classes.needs_probe(node) and classes.checked_before(node):
-            template, _shape, failed = self._evaluate(classes.stand_in(node))
-            classes.adopt(node, None if failed else template)
-            derived = classes.plan_for(node)
-            if derived is not None:
-                known = self._body_shapes.get(id(derived.routes))
-                shape = known[1] if known is not None and known[0] is derived.routes else None
-                return derived, shape, []
+        template = classes.template_for(node)
+        if template is None and classes.needs_probe(node) and classes.checked_before(node):
+            stand_in, _shape, failed = self._evaluate(classes.stand_in(node))
+            classes.adopt(node, None if failed else stand_in)
+            template = classes.template_for(node)
+        if template is not None:
+            derived = instantiate(template, node)
+            return derived, self._known_shape(derived), []
         real, shape, problems = self._evaluate(node)
         if classes.needs_probe(node):
-            template = None
+            stand_in = None
             if real is not None and not problems:
-                template, _shape, failed = self._evaluate(classes.stand_in(node))
-                template = None if failed else template
-            classes.decide(node, real, template)
+                stand_in, _shape, failed = self._evaluate(classes.stand_in(node))
+                stand_in = None if failed else stand_in
+            classes.decide(node, real, stand_in)
         return real, shape, problems
+
+    def _catalog_line(self, message: str) -> int | None:
+        """:func:`catalog_line` of ``message``, once per message and pass (a class's
+        members share their messages)."""
+        try:
+            return self._lines[message]
+        except KeyError:
+            line = self._lines[message] = catalog_line(self._documents, message)
+            return line
 
     def plan(self, node: NodeInfo) -> PlannedNode:
         """``node``'s plan and findings (see the class doc)."""
         plan, shape, problems = self._plan(node)
-        errors = list(problems)
-        warnings: list[Finding] = []
         if plan is None:
-            return PlannedNode(None, tuple(errors), ())
-        documents = self._documents
+            return PlannedNode(None, tuple(problems), ())
+        node_id = node.id
+        catalog_file = self._documents.catalog_file
         violations = [
-            Finding(
-                Stage.VIOLATION,
-                message,
-                documents.catalog_file,
-                catalog_line(documents, message),
-                node.id,
-            )
+            Finding(Stage.VIOLATION, message, catalog_file, self._catalog_line(message), node_id)
             for message in plan.violations
         ]
+        errors = list(problems)
+        warnings: list[Finding] = []
         (errors if self._refuse else warnings).extend(violations)
-        warnings += [Finding(Stage.PLAN, message, node=node.id) for message in plan.warnings]
+        warnings += [Finding(Stage.PLAN, message, None, None, node_id) for message in plan.warnings]
         errors += [
-            Finding(Stage.PLAN, message, node=node.id)
+            Finding(Stage.PLAN, message, None, None, node_id)
             for message in self._shapes.problems(plan, shape, self._catalog)
         ]
         return PlannedNode(plan, tuple(errors), tuple(warnings))
+
+
+def with_usage(documents: Documents, usage: Mapping[str, TenantUsage] | None) -> Documents:
+    """``documents`` with ``data.usage`` replaced by ``usage`` (None: the bundle's own,
+    or nobody has spent anything when it has none)."""
+    data = dict(documents.data)
+    if usage is not None:
+        data["usage"] = {name: entry.model_dump(mode="json") for name, entry in usage.items()}
+    else:
+        data.setdefault("usage", {})
+    return Documents(
+        documents.modules,
+        MappingProxyType(data),
+        documents.sources,
+        documents.texts,
+        documents.catalog,
+        documents.findings,
+    )
 
 
 def evaluate_bundle(
@@ -379,22 +409,9 @@ def evaluate_bundle(
     this pass). The engine is left loaded for the caller (to run tests); the caller
     closes it.
     """
-    documents = read_documents(files)
+    documents = with_usage(read_documents(files), usage)
     errors: list[Finding] = list(documents.findings)
     warnings: list[Finding] = []
-    data = dict(documents.data)
-    if usage is not None:
-        data["usage"] = {name: entry.model_dump(mode="json") for name, entry in usage.items()}
-    else:
-        data.setdefault("usage", {})
-    documents = Documents(
-        documents.modules,
-        MappingProxyType(data),
-        documents.sources,
-        documents.texts,
-        documents.catalog,
-        documents.findings,
-    )
     rego_errors = load_engine(engine, documents) if documents.modules else []
     if not documents.modules:
         errors.append(Finding(Stage.REGO, "the bundle holds no Rego modules"))

@@ -47,8 +47,11 @@ __all__ = [
     "ClassKey",
     "PlanClasses",
     "ProbeMemo",
+    "class_key",
+    "instantiate",
     "modules_digest",
     "named_strings",
+    "names_stand_in",
 ]
 
 CLASS_NODE_ID: Final = f"plan-class-{secrets.token_hex(12)}"
@@ -128,7 +131,14 @@ def class_key(node: NodeInfo) -> ClassKey:
     return (node.tier, node.region, tuple(node.residency))
 
 
+def names_stand_in(messages: tuple[str, ...]) -> bool:
+    """Whether any of ``messages`` echoes :data:`CLASS_NODE_ID`."""
+    return any(CLASS_NODE_ID in message for message in messages)
+
+
 def _swap(messages: tuple[str, ...], node_id: str) -> tuple[str, ...]:
+    if not names_stand_in(messages):
+        return messages  # the same tuple: nothing of it names the node
     swapped = tuple(message.replace(CLASS_NODE_ID, node_id) for message in messages)
     return tuple(sorted(swapped)) if list(messages) == sorted(messages) else swapped
 
@@ -136,7 +146,8 @@ def _swap(messages: tuple[str, ...], node_id: str) -> tuple[str, ...]:
 def instantiate(template: Plan, node: NodeInfo) -> Plan:
     """``template`` (a class's plan, made for :data:`CLASS_NODE_ID`) as made for ``node``:
     same ``routes`` and ``backends`` objects, ``node`` replaced, the stand-in id replaced
-    in ``violations`` and ``warnings`` (kept sorted when they were)."""
+    in ``violations`` and ``warnings`` (kept sorted when they were; the template's own
+    tuples when they do not echo the stand-in)."""
     return template.model_copy(
         update={
             "node": node,
@@ -176,10 +187,10 @@ class PlanClasses:
         """Whether ``node`` may be planned from its class's plan at all."""
         return self.named is not None and node.id not in self.named
 
-    def plan_for(self, node: NodeInfo) -> Plan | None:
-        """The class's plan instantiated for ``node`` when the class is known to share;
-        None when ``node`` must be evaluated (first member, or a class that cannot
-        share)."""
+    def template_for(self, node: NodeInfo) -> Plan | None:
+        """The plan of ``node``'s class (made for :data:`CLASS_NODE_ID`) when the class is
+        known to share; None when ``node`` must be evaluated (first member, or a class
+        that cannot share). Counts ``node`` as a member planned from it."""
         if not self.shares(node):
             return None
         entry = self._classes.get(class_key(node))
@@ -187,7 +198,20 @@ class PlanClasses:
             return None
         entry.members += 1
         self.shared += 1
-        return instantiate(entry.template, node)
+        return entry.template
+
+    def template_of(self, node: NodeInfo) -> Plan | None:
+        """The plan ``node``'s class shares in this pass, if ``node`` may share and its
+        class was settled as sharing; None otherwise (counts nothing)."""
+        if not self.shares(node):
+            return None
+        entry = self._classes.get(class_key(node))
+        return entry.template if entry is not None and entry.state is _State.SHARED else None
+
+    def plan_for(self, node: NodeInfo) -> Plan | None:
+        """:meth:`template_for` instantiated for ``node`` (see :func:`instantiate`)."""
+        template = self.template_for(node)
+        return instantiate(template, node) if template is not None else None
 
     def needs_probe(self, node: NodeInfo) -> bool:
         """Whether ``node`` is the first member of a shareable class not yet decided."""

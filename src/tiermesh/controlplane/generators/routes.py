@@ -53,6 +53,9 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
   the node forwards nothing rather than trust it (the verifier refuses a listener that
   forwards without ext_authz). The table keeps its name, so RDS and the reconciler see
   an ordinary route update when the node registers an authz server.
+- **Dispatch**: a table of many routes of several tenants is served as the virtual
+  host's ``matcher``, one route list per tenant, so a request is checked against its
+  tenant's part of the table only (:mod:`.dispatch`); the first match is the same.
 - **Rate limit**: not on routes. A tenant's limit is one token bucket across all of its
   routes, in the listener's local rate-limit filter (:mod:`.listeners`).
 """
@@ -69,7 +72,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan, telemetry
-from tiermesh.controlplane.generators import api_surface, batch, cascade
+from tiermesh.controlplane.generators import api_surface, batch, cascade, dispatch
 from tiermesh.controlplane.generators._protos import ms, pack
 from tiermesh.controlplane.model import MeshModel, NodeModel, names
 
@@ -266,6 +269,7 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
             ),
         )
     )
+    tree = dispatch.tenant_dispatch(routes)
     return [
         route_pb2.RouteConfiguration(
             name=names.APP_ROUTES,
@@ -273,7 +277,8 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
                 rc.VirtualHost(
                     name="app",
                     domains=["*"],
-                    routes=routes,
+                    routes=routes if tree is None else None,
+                    matcher=tree,
                     response_headers_to_add=[
                         base_pb2.HeaderValueOption(
                             header=base_pb2.HeaderValue(key=key, value=value),

@@ -32,6 +32,7 @@ from typing import Final
 from tiermesh.controlplane.identity.bundle import TrustBundle
 from tiermesh.controlplane.identity.ca import CaConfig, Clock, LocalCertificateAuthority, utc_now
 from tiermesh.controlplane.identity.errors import KeyStoreError
+from tiermesh.controlplane.identity.generation import CaState
 from tiermesh.controlplane.identity.keystore import export_encrypted, load_encrypted
 from tiermesh.controlplane.store import ContentionExhausted, KeyExists, Store
 
@@ -42,6 +43,7 @@ __all__ = [
     "CaStateConflict",
     "EtcdCaStore",
     "read_shared_bundle",
+    "state_seq",
 ]
 
 log = logging.getLogger("tiermesh.identity")
@@ -56,6 +58,7 @@ _SEQ_DIGITS = 12
 _SEQ_KEY = re.compile(rf"{re.escape(CA_STATE_PREFIX)}(\d{{{_SEQ_DIGITS}}})")
 _BUNDLE_HEADER = re.compile(rb"tiermesh-ca-state: (\d+)\n")
 _PUBLISH_ATTEMPTS = 20
+_ROTATE_ATTEMPTS = 5
 
 
 class CaNotFoundError(KeyStoreError):
@@ -82,6 +85,13 @@ class CaStateConflict(KeyStoreError):
 
 def _state_key(seq: int) -> str:
     return f"{CA_STATE_PREFIX}{seq:0{_SEQ_DIGITS}d}"
+
+
+def state_seq(key: str) -> int | None:
+    """The state number of a ``ca/state/<seq>`` key (relative to the store root), or
+    ``None`` for any other key."""
+    found = _SEQ_KEY.fullmatch(key)
+    return None if found is None else int(found.group(1))
 
 
 def _bundle_document(seq: int, bundle: TrustBundle) -> bytes:
@@ -182,6 +192,45 @@ class EtcdCaStore:
             await self._publish_bundle(seq, ca.bundle())
             await self._prune(seq)
             return seq
+
+    async def rotate(
+        self,
+        config: CaConfig,
+        *,
+        clock: Clock = utc_now,
+        attempts: int = _ROTATE_ATTEMPTS,
+        usage: CaState | None = None,
+    ) -> LocalCertificateAuthority:
+        """Roll the shared CA over: load the newest state, make a new generation the signer
+        (the old roots stay in the bundle) and save it. Every replica watching the store
+        picks the new state up. A save that loses a race to another writer is redone on the
+        winner's state, at most ``attempts`` times. ``usage``: the rotating replica's own
+        CA state, whose issuance records are saved with it (``CaState.with_usage_of``).
+
+        Returns the saved CA (its ``active`` is the new generation).
+
+        Raises:
+            CaStateConflict: every attempt lost a race.
+            CaNotFoundError, WrongPassphraseError, KeyStoreFormatError,
+            InvalidCaConfigError: as :meth:`load`.
+        """
+        conflict: CaStateConflict | None = None
+        for _ in range(max(1, attempts)):
+            ca = await self.load(config, clock=clock)
+            if usage is not None:
+                ca = LocalCertificateAuthority(config, ca.state().with_usage_of(usage), clock=clock)
+            generation = ca.rotate()
+            try:
+                seq = await self.save(ca)
+            except CaStateConflict as exc:
+                conflict = exc
+                continue
+            log.info(
+                "rolled the shared CA over: generation %s signs (state %d)", generation.id, seq
+            )
+            return ca
+        assert conflict is not None
+        raise conflict
 
     async def _load(self, config: CaConfig, clock: Clock) -> LocalCertificateAuthority:
         snapshot = await self._store.read_prefix(CA_STATE_PREFIX)

@@ -30,6 +30,7 @@ __all__ = [
     "MalformedCsrError",
     "MissingSpiffeIdError",
     "RootInUseError",
+    "ServerFilesError",
     "SpiffeIdMismatchError",
     "SvidExpiredError",
     "SvidNotYetValidError",
@@ -285,3 +286,12 @@ class InsecurePermissionsError(KeyStoreError):
         self.mode = mode
         self.expected = expected
         super().__init__(f"{path} has mode {mode:04o}; it must be {expected:04o} (owner only)")
+
+
+class ServerFilesError(IdentityError):
+    """The control plane's certificate, key or bundle could not be written to its folder."""
+
+    def __init__(self, folder: str, detail: str) -> None:
+        self.folder = folder
+        self.detail = detail
+        super().__init__(f"cannot write the server certificate files to {folder}: {detail}")

@@ -139,6 +139,31 @@ class CaState:
         if not self.generations:
             raise KeyStoreFormatError("a CA state needs at least one generation")
 
+    def with_usage_of(self, other: CaState) -> CaState:
+        """This state, each generation's issuance record raised to ``other``'s where
+        ``other`` holds the same generation (the larger count, the later expiry).
+
+        For a replica that adopts a state another replica saved: the SVIDs it issued itself
+        since its last save must still hold back the retirement of their root.
+        Generations only ``other`` holds are not brought back.
+        """
+        theirs = {record.generation.id: record for record in other.generations}
+        merged = []
+        for record in self.generations:
+            seen = theirs.get(record.generation.id)
+            if seen is None:
+                merged.append(record)
+                continue
+            expiries = [e for e in (record.latest_expiry, seen.latest_expiry) if e is not None]
+            merged.append(
+                GenerationRecord(
+                    record.generation,
+                    max(record.issued, seen.issued),
+                    max(expiries, default=None),
+                )
+            )
+        return CaState(self.trust_domain, tuple(merged))
+
 
 def _name(trust_domain: str, role: str) -> x509.Name:
     return x509.Name(

@@ -5,7 +5,8 @@ a trust domain: ``spiffe://<td>/controlplane`` with DNS SAN ``controlplane.<td>`
 grpcio clients check) plus any extra DNS names (``localhost`` for a one-machine mesh).
 Envoy checks the URI SAN (``AdsTls.server_san``). Profile as a node SVID: EC P-256 key made
 here, CA=false, digitalSignature, EKU serverAuth+clientAuth, signed by the active
-intermediate.
+intermediate, or the one the caller names (:mod:`.server_rotation` picks the oldest
+still trusted, so clients holding an older bundle keep verifying it).
 
 The CA does not count these certificates in its issuance record, so
 ``LocalCertificateAuthority.retire`` does not wait for them: issue a new server certificate
@@ -27,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
 from tiermesh.controlplane.identity.ca import LocalCertificateAuthority
 from tiermesh.controlplane.identity.errors import CaExpiredError, InvalidTtlError
-from tiermesh.controlplane.identity.generation import signature_hash
+from tiermesh.controlplane.identity.generation import CaGeneration, signature_hash
 
 __all__ = ["DEFAULT_SERVER_TTL", "ServerCertificate", "issue_server_certificate"]
 
@@ -83,8 +84,10 @@ def issue_server_certificate(
     now: dt.datetime,
     ttl: dt.timedelta = DEFAULT_SERVER_TTL,
     extra_dns_names: Sequence[str] = (),
+    generation: CaGeneration | None = None,
 ) -> ServerCertificate:
-    """Sign a fresh control-plane certificate with ``ca``'s active intermediate.
+    """Sign a fresh control-plane certificate with the intermediate of ``generation`` (one
+    of ``ca``'s; default the active one).
 
     Validity is ``[now - 30 s, now + ttl]``, cut short at the intermediate's expiry.
 
@@ -95,7 +98,8 @@ def issue_server_certificate(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    generation = ca.active
+    if generation is None:
+        generation = ca.active
     inter = generation.intermediate
     inter_end = inter.not_valid_after_utc
     if ttl <= dt.timedelta(0) or ttl > inter_end - inter.not_valid_before_utc:

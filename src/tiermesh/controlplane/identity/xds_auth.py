@@ -26,8 +26,10 @@ def server_credentials(server: ServerCertificate, bundle: TrustBundle) -> grpc.S
     """TLS credentials that present ``server`` and require a client certificate chaining to
     ``bundle``'s roots.
 
-    The roots are fixed when the credentials are made: after a CA rotation or retirement,
-    build new credentials (and restart the port) with the new bundle.
+    Certificate and roots are fixed when the credentials are made; a server that must
+    follow CA rollovers and renewals without a restart takes
+    :meth:`~tiermesh.controlplane.identity.live_credentials.LiveCredentials.server_credentials`
+    instead (the control plane does).
     """
     return grpc.ssl_server_credentials(
         [(server.key_pem(), server.chain_pem())],

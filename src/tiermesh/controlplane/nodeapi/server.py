@@ -38,12 +38,12 @@ from tiermesh.controlplane.api.join import (
 from tiermesh.controlplane.identity.bundle import TrustBundle
 from tiermesh.controlplane.identity.ca import CertificateAuthority, Clock, IssuedSvid, utc_now
 from tiermesh.controlplane.identity.csr import check_csr, load_csr
+from tiermesh.controlplane.identity.live_credentials import LiveCredentials
 from tiermesh.controlplane.identity.peer import peer_chain_pem
 from tiermesh.controlplane.identity.server_cert import ServerCertificate
 from tiermesh.controlplane.identity.spiffe_id import NodeIdentity
 from tiermesh.controlplane.identity.tokens import JoinTokens
 from tiermesh.controlplane.identity.verify import verify_svid
-from tiermesh.controlplane.identity.xds_auth import server_credentials
 from tiermesh.controlplane.metrics import note_issued
 from tiermesh.controlplane.nodeapi.errors import (
     PeerNotAuthenticated,
@@ -224,8 +224,9 @@ class NodeApiServer:
 async def start_node_api(
     service: NodeIdentityService,
     *,
-    certificate: ServerCertificate,
-    bundle: TrustBundle,
+    certificate: ServerCertificate | None = None,
+    bundle: TrustBundle | None = None,
+    credentials: LiveCredentials | None = None,
     host: str = "127.0.0.1",
     join_port: int = 0,
     node_port: int = 0,
@@ -235,12 +236,14 @@ async def start_node_api(
 
     ``registry``, if given, is served too (its sessions need the node port's client SVID).
     Keepalive pings find dead peers of long-lived registry sessions. Port 0 picks a free
-    one. The credentials are fixed at start: after a CA rotation or a new server
-    certificate, start a new server.
+    one. Both ports follow ``credentials`` (a new certificate or bundle applies from the
+    next handshake on); without it they serve ``certificate`` and trust ``bundle``.
 
     Raises:
         RuntimeError: a port cannot be bound (grpcio's error).
+        ValueError: neither ``credentials`` nor ``certificate`` and ``bundle`` are given.
     """
+    live = LiveCredentials.given(credentials, certificate, bundle)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
@@ -252,12 +255,9 @@ async def start_node_api(
     service.add_to(server)
     if registry is not None:
         registry.add_to(server)
-    join_credentials = grpc.ssl_server_credentials(
-        [(certificate.key_pem(), certificate.chain_pem())], require_client_auth=False
+    bound_join = server.add_secure_port(
+        f"{host}:{join_port}", live.server_credentials(require_client_auth=False)
     )
-    bound_join = server.add_secure_port(f"{host}:{join_port}", join_credentials)
-    bound_node = server.add_secure_port(
-        f"{host}:{node_port}", server_credentials(certificate, bundle)
-    )
+    bound_node = server.add_secure_port(f"{host}:{node_port}", live.server_credentials())
     await server.start()
     return NodeApiServer(server, host, bound_join, bound_node)

@@ -30,10 +30,12 @@ from tiermesh.controlplane.bundle import (
     compile_findings,
     evaluate_bundle,
 )
-from tiermesh.controlplane.bundle.plan_classes import ProbeMemo
+from tiermesh.controlplane.bundle.evaluate import NodePlanner, load_engine, with_usage
+from tiermesh.controlplane.bundle.plan_classes import ClassKey, ProbeMemo, class_key
 from tiermesh.controlplane.metrics import note_reconcile
 from tiermesh.controlplane.model import plan_callers
 from tiermesh.controlplane.reconciler.clock import Clock, MonotonicClock
+from tiermesh.controlplane.reconciler.heap import FrozenHeap
 from tiermesh.controlplane.reconciler.incremental import (
     FleetState,
     Replanned,
@@ -183,10 +185,10 @@ class Reconciler:
     :class:`HealthAwareCompiler` the users of backends hosted by a node whose health
     flipped); every other snapshot is the one a full reconcile would give, so it stays.
     The result lists every node, as a full one does; ``on_plans`` sees only the touched
-    nodes. A bundle event, a budget crossing, a month boundary, a compacted or failed
-    watch, a refused reconcile and :meth:`reconcile_now` make the next reconcile full.
-    Usage counters are those the latest full reconcile read (budget crossings trigger a
-    full one, so for the shipped policy nothing else of them matters).
+    nodes. A bundle event, a month boundary, a compacted or failed watch, a refused
+    reconcile, a budget crossing together with node events, and :meth:`reconcile_now`
+    make the next reconcile full. Usage counters are those the latest full reconcile or
+    budget crossing read (for the shipped policy nothing else of them matters).
 
     Usage events: nodes report spend every few seconds, so a ``usage/<month>/<tenant>``
     change of the current month (other months' changes are dropped and counted as
@@ -194,7 +196,14 @@ class Reconciler:
     ``monthly_budget_usd`` in either direction (a counter reset or delete moves it back)
     compared with what the latest reconcile read; every other change is dropped before the
     debounce and counted in :attr:`unchanged_usage_events`, crossings in
-    :attr:`budget_crossings`. The test mirrors the shipped policy
+    :attr:`budget_crossings`. Once a full reconcile has succeeded, a crossing is
+    reconciled without one: the current month's counters are read, a fresh engine is
+    loaded with them, each node class's plan is evaluated once (a node planned alone,
+    once), and only the members of the classes whose plan changed (and the nodes planned
+    alone) are planned, compiled, verified and set again, with the callees whose mesh
+    callers changed; a class whose plan is the same keeps every member's plan and
+    snapshot untouched, so the cost grows with the classes, not the nodes. The test
+    mirrors the shipped policy
     (``policies/budget/budget.rego``: ``exhausted(tenant)`` is ``spent >=
     monthly_budget_usd`` with ``spent`` = ``cost_micro / 10^6``, 0 without a counter); a
     bundle whose policy reads ``data.usage`` differently gets its usage changes only with
@@ -216,6 +225,11 @@ class Reconciler:
 
     ``on_plans`` (see :data:`PlansHook`) sees each evaluation, e.g. to audit the plans.
 
+    Heap: with ``freeze_heap``, what is alive after each successful reconcile (plans,
+    snapshots, the server's streams) is kept out of later full garbage collections
+    (:class:`~tiermesh.controlplane.reconciler.heap.FrozenHeap`; process-wide, so for
+    the one control plane of a process); :meth:`aclose` unfreezes it.
+
     Task safety: use from the event loop that owns ``store`` and ``cache``; one
     :meth:`start` per instance. :meth:`aclose` stops the watches and the loop.
     """
@@ -236,6 +250,7 @@ class Reconciler:
         on_plans: PlansHook | None = None,
         wall_clock: Callable[[], datetime] = _utc_now,
         month_check_s: float = 60.0,
+        freeze_heap: bool = False,
     ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
@@ -277,9 +292,11 @@ class Reconciler:
         self._full = True
         self._node_changes: dict[str, bytes | None] = {}
         self._settings_changed: set[str] = set()
+        self._usage_changed = False
         self._fleet: FleetState | None = None
         self._probe_memo = ProbeMemo()
         self._incremental_count = 0
+        self._heap = FrozenHeap() if freeze_heap else None
         self.last_error: ReconcileError | None = None
         """Why the latest reconcile was refused; None once one succeeds."""
         self.last_result: ReconcileResult | None = None
@@ -419,6 +436,8 @@ class Reconciler:
                 await task
         self._drop_fleet()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._heap is not None:
+            self._heap.release()
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -511,7 +530,7 @@ class Reconciler:
             self._spent[tenant] = read
         if budget is not None and (spent >= budget) != (tenant in self._exhausted):
             self._budget_crossings += 1
-            self._full = True
+            self._usage_changed = True
             log.info(
                 "tenant %s: spend %.6f USD %s its budget of %g USD; reconciling",
                 tenant,
@@ -611,26 +630,15 @@ class Reconciler:
             self._count += 1
             started_at = self._clock.now()
             began = time.perf_counter()
-            fleet = self._fleet if incremental and not self._full else None
+            heap = self._heap
             try:
-                if fleet is None:
-                    self._full = False
-                    self._node_changes = {}
-                    self._settings_changed = set()
-                    result = await self._reconcile(self._count, started_at, began, events)
-                else:
-                    changes, self._node_changes = self._node_changes, {}
-                    settings, self._settings_changed = self._settings_changed, set()
-                    result = await self._reconcile_nodes(
-                        fleet,
-                        self._count,
-                        started_at=started_at,
-                        began=began,
-                        events=events,
-                        changes=changes,
-                        settings=settings,
-                    )
-                    self._incremental_count += 1
+                with heap.hold() if heap is not None else contextlib.nullcontext():
+                    result = await self._dispatch(
+                        self._count, incremental=incremental, started_at=started_at,
+                        began=began, events=events,
+                    )  # fmt: skip
+                    if result.ok and heap is not None:
+                        heap.settle()
             except BaseException:
                 self._full = True
                 raise
@@ -652,6 +660,40 @@ class Reconciler:
         async with self._done:
             self._done.notify_all()
         return result
+
+    async def _dispatch(
+        self, number: int, *, incremental: bool, started_at: float, began: float, events: int
+    ) -> ReconcileResult:
+        """The reconcile ``_run`` does: full, after a budget crossing, or of node events."""
+        fleet = self._fleet if incremental and not self._full else None
+        if (
+            fleet is not None
+            and self._usage_changed
+            and (
+                self._node_changes
+                or self._settings_changed
+                or usage_month(self._wall_clock()) != self._usage_month
+            )
+        ):
+            fleet = None  # spend and nodes changed together, or a new month: full
+        if fleet is None:
+            self._full = False
+            self._node_changes = {}
+            self._settings_changed = set()
+            self._usage_changed = False
+            return await self._reconcile(number, started_at, began, events)
+        self._incremental_count += 1
+        if self._usage_changed:
+            self._usage_changed = False
+            return await self._reconcile_usage(
+                fleet, number, started_at=started_at, began=began, events=events
+            )
+        changes, self._node_changes = self._node_changes, {}
+        settings, self._settings_changed = self._settings_changed, set()
+        return await self._reconcile_nodes(
+            fleet, number, started_at=started_at, began=began, events=events,
+            changes=changes, settings=settings,
+        )  # fmt: skip
 
     async def _read_state(
         self,
@@ -825,14 +867,18 @@ class Reconciler:
         unhealthy: frozenset[str],
         replan: Sequence[NodeInfo],
         touched: Set[str],
+        *,
+        planner: NodePlanner | None = None,
     ) -> Replanned:
-        """Plan ``replan`` and compile every node the change touches (module
-        :mod:`~tiermesh.controlplane.reconciler.incremental`); on the worker thread."""
+        """Plan ``replan`` (with ``planner``, default the fleet's) and compile every node
+        the change touches (module :mod:`~tiermesh.controlplane.reconciler.incremental`);
+        on the worker thread."""
+        planner = planner if planner is not None else fleet.planner
         plans = {node_id: plan for node_id, plan in fleet.plans.items() if node_id in nodes}
         errors: list[Finding] = []
         warnings: dict[str, tuple[Finding, ...]] = {}
         for node in replan:
-            planned = fleet.planner.plan(node)
+            planned = planner.plan(node)
             errors += planned.errors
             warnings[node.id] = planned.warnings
             if planned.plan is not None:
@@ -874,9 +920,7 @@ class Reconciler:
     ) -> ReconcileResult:
         """Re-plan and recompile only what ``changes`` touch, and recompile the nodes of
         ``settings`` and their callees (class doc: Node events)."""
-        bundle = fleet.bundle
         nodes, unhealthy, skipped, replan = self._apply_changes(fleet, changes)
-        node_ids = tuple(sorted(nodes))
         self._note_health(unhealthy)
         loop = asyncio.get_running_loop()
         touched = set(changes) | set(settings)
@@ -891,10 +935,35 @@ class Reconciler:
         replanned = await loop.run_in_executor(
             self._executor, self._replan, fleet, nodes, unhealthy, replan, frozenset(touched)
         )
+        return self._publish_replanned(
+            fleet, replanned, nodes=nodes, unhealthy=unhealthy, skipped=skipped,
+            replan=replan, planner=fleet.planner, number=number, started_at=started_at,
+            began=began, events=events,
+        )  # fmt: skip
+
+    def _publish_replanned(
+        self,
+        fleet: FleetState,
+        replanned: Replanned,
+        *,
+        nodes: Mapping[str, NodeInfo],
+        unhealthy: frozenset[str],
+        skipped: set[str],
+        replan: Sequence[NodeInfo],
+        planner: NodePlanner,
+        number: int,
+        started_at: float,
+        began: float,
+        events: int,
+    ) -> ReconcileResult:
+        """Set the snapshots ``replanned`` compiled (all or none) and bring ``fleet`` up
+        to date with it; the result of the reconcile."""
+        bundle = fleet.bundle
+        node_ids = tuple(sorted(nodes))
         warnings = {**fleet.warnings, **replanned.warnings}
         outcome_ids = sorted(replanned.snapshots.keys() | {node.id for node in replan})
         self._outcome = BundleOutcome(
-            fleet.planner.documents,
+            planner.documents,
             tuple(nodes[node_id] for node_id in outcome_ids if node_id in nodes),
             MappingProxyType({n: replanned.plans[n] for n in outcome_ids if n in replanned.plans}),
             MappingProxyType(replanned.snapshots),
@@ -944,3 +1013,97 @@ class Reconciler:
             removed=tuple(removed),
             duration_s=time.perf_counter() - began,
         )
+
+    # -- a budget crossing ---------------------------------------------------------------
+
+    def _replan_usage(
+        self, fleet: FleetState, usage: Mapping[str, TenantUsage]
+    ) -> tuple[Replanned, NodePlanner | None, list[NodeInfo]]:
+        """Plan the fleet against ``usage`` (class doc: Usage events), on the worker
+        thread: each node class's plan is evaluated once, and only the members of classes
+        whose plan changed (and nodes that plan alone) are planned and compiled again.
+        The planner holds a fresh engine loaded with ``usage``; on errors it is closed and
+        None is returned."""
+        documents = with_usage(fleet.planner.documents, usage)
+        engine = self._engine_factory()
+        try:
+            problems = load_engine(engine, documents)
+            if problems:
+                engine.close()
+                return Replanned({}, {}, tuple(problems), {}, {}, {}), None, []
+            planner = NodePlanner(
+                engine,
+                documents,
+                fleet.catalog,
+                refuse_violations=self._refuse_violations,
+                probe_memo=self._probe_memo,
+            )
+            before = fleet.planner.classes
+            groups: dict[ClassKey, list[NodeInfo]] = {}
+            replan: list[NodeInfo] = []
+            for node in fleet.nodes.values():
+                if before.template_of(node) is None:
+                    replan.append(node)  # planned alone: planned again
+                else:
+                    groups.setdefault(class_key(node), []).append(node)
+            for members in groups.values():
+                first = members[0]
+                planner.plan(first)  # settles the class in this pass
+                if planner.classes.template_of(first) != before.template_of(first):
+                    replan += members
+            replanned = self._replan(
+                fleet,
+                fleet.nodes,
+                fleet.unhealthy,
+                replan,
+                frozenset(node.id for node in replan),
+                planner=planner,
+            )
+        except BaseException:
+            engine.close()
+            raise
+        if replanned.errors:
+            engine.close()
+            return replanned, None, replan
+        return replanned, planner, replan
+
+    async def _reconcile_usage(
+        self, fleet: FleetState, number: int, *, started_at: float, began: float, events: int
+    ) -> ReconcileResult:
+        """Re-plan after a budget crossing: the current month's counters, every class
+        evaluated once, only the classes whose plan changed planned, compiled and set
+        again (class doc: Usage events)."""
+        try:
+            usage_snapshot = await self._store.read_prefix(f"{USAGE_PREFIX}{self._usage_month}/")
+        except StoreError as exc:
+            bundle = fleet.bundle
+            return ReconcileResult(
+                number, False, bundle.revision, bundle.sha256, bundle.etcd_revision, (),
+                errors=(Finding(Stage.READ, f"store: {exc}"),), started_at=started_at,
+                duration_s=time.perf_counter() - began, events=events, store_failed=True,
+            )  # fmt: skip
+        entries = [(entry.key, entry.value) for entry in usage_snapshot.entries]
+        usage = _usage(entries, self._usage_month)
+        loop = asyncio.get_running_loop()
+        try:
+            replanned, planner, replan = await loop.run_in_executor(
+                self._executor, self._replan_usage, fleet, usage
+            )
+        except PolicyError as exc:
+            replanned = Replanned(
+                {}, {}, (Finding(Stage.REGO, f"policy engine: {exc}"),), {}, {}, {}
+            )
+            planner, replan = None, []
+        result = self._publish_replanned(
+            fleet, replanned, nodes=fleet.nodes, unhealthy=fleet.unhealthy,
+            skipped=fleet.skipped, replan=replan,
+            planner=planner if planner is not None else fleet.planner, number=number,
+            started_at=started_at, began=began, events=events,
+        )  # fmt: skip
+        if result.ok and planner is not None:
+            fleet.engine.close()
+            fleet.engine, fleet.planner, fleet.usage = planner.engine, planner, usage
+            self._note_budgets(None, usage)
+        elif planner is not None:
+            planner.engine.close()
+        return result

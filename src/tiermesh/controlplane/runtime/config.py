@@ -80,8 +80,19 @@ class ControlPlaneConfig:
     ``spiffe://<td>/controlplane`` (one replica)."""
     leader_ttl_s: int = 5
     """TTL of the leader lease: a dead leader's once-only work moves on within about this."""
+    freeze_heap: bool = False
+    """Keep the served state out of full garbage collections
+    (:class:`~tiermesh.controlplane.reconciler.heap.FrozenHeap`). Process-wide, so only for
+    the one control plane of a process: ``tiermesh controlplane run`` turns it on; tests
+    that run several replicas in one process leave it off."""
     server_dns_names: tuple[str, ...] = ("localhost",)
     """Extra DNS SANs of the server certificate besides ``controlplane.<trust-domain>``."""
+    server_cert_ttl_s: float = 86_400.0
+    """Lifetime of the server certificate; it is renewed at two thirds of it (and after
+    every CA change). Short values are for tests."""
+    svid_ttl_s: float | None = None
+    """Lifetime of the node SVIDs this replica issues; None: the CA's default (one hour).
+    Nodes renew at half of it."""
     credentials: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
@@ -92,6 +103,10 @@ class ControlPlaneConfig:
     the status document."""
 
     def __post_init__(self) -> None:
+        if not 1.0 <= self.server_cert_ttl_s <= 30 * 86_400:
+            raise ValueError("the server certificate lifetime must be 1 s to 30 days")
+        if self.svid_ttl_s is not None and not 1.0 <= self.svid_ttl_s <= 86_400:
+            raise ValueError("the SVID lifetime must be 1 s to 24 hours")
         if not self.etcd:
             raise ValueError("at least one etcd endpoint is needed")
         if self.replica is not None and not _REPLICA.fullmatch(self.replica):

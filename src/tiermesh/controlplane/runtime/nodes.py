@@ -115,6 +115,16 @@ class NodeDirectory:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def set_trust_bundle(self, trust_bundle_pem: str) -> None:
+        """Hand ``trust_bundle_pem`` to every node's settings from now on (a CA rollover),
+        then ``on_settings_changed``: every node's snapshot is compiled again. Call on the
+        event loop."""
+        with self._lock:
+            if trust_bundle_pem == self._bundle:
+                return
+            self._bundle = trust_bundle_pem
+        self._on_changed()
+
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
         ``DEFAULT_APP_PORT``), its ext_authz server (:class:`AuthzSettings` on loopback when
@@ -132,6 +142,7 @@ class NodeDirectory:
             known = node_id in self._nodes
             document = self._nodes.get(node_id)
             everyone = dict(self._nodes)
+            bundle_pem = self._bundle
         if not known and self._loop is not None:
             fetch = asyncio.run_coroutine_threadsafe(self._store.list_nodes(), self._loop)
             records = fetch.result(timeout=_FETCH_TIMEOUT_S)
@@ -161,7 +172,7 @@ class NodeDirectory:
                 cascade = CascadeSettings(port=document.cascade_port)
         return NodeSettings(
             app_port=port,
-            trust_bundle_pem=self._bundle,
+            trust_bundle_pem=bundle_pem,
             authz=authz,
             usage=usage,
             cascade=cascade,

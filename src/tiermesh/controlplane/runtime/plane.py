@@ -2,7 +2,9 @@
 stopped as a unit.
 
 Start order (each step needs the one before): etcd client → shared CA
-(``EtcdCaStore.create_or_load``) → server certificate written to the data dir → the listen
+(``EtcdCaStore.create_or_load``) → server certificate issued and written to the data dir,
+kept current from then on (:class:`~tiermesh.controlplane.identity.server_rotation.
+ServerRotation`) → the listen
 addresses are checked → node directory → reconciler → node API (join, renew, registry) →
 ADS over mTLS with the SPIFFE node authorizer → audit collector (mTLS, its own port;
 records stored in ``<data_dir>/audit.sqlite3``, read by ``tiermesh audit --db``) →
@@ -18,8 +20,19 @@ etcd. :meth:`ControlPlane.stop` undoes it in reverse. Stopping cancels the open 
 sessions without revoking their leases, so registrations survive a restart for one lease
 TTL and nodes reconnect without a flap.
 
-Known limits: the server certificate (one day) and the trust bundle are fixed at start;
-restart the replica after a CA rotation and within a day.
+Certificates rotate while the replica runs: the server certificate (one day by default,
+``server_cert_ttl_s``) is renewed at two thirds of its life and after every change of the
+shared CA, which every replica follows through an etcd watch; each TLS port (ADS, node
+API, join, audit collector) presents the new certificate and verifies clients against the
+new bundle from its next handshake on, without a restart, while open streams keep theirs.
+:meth:`ControlPlane.rotate_ca` rolls the shared CA over from this replica; the status
+document's ``identity`` section shows the served certificate and bundle generation.
+
+Plan records are signed with the key of the certificate served at the time.
+
+Known limits: the issuance records of SVIDs a replica signed reach etcd only when that
+replica rolls the CA over (a replica adopting another's state keeps its own), so a
+retirement saved elsewhere may not wait for them: retire with care.
 """
 
 from __future__ import annotations
@@ -28,9 +41,7 @@ import asyncio
 import datetime as dt
 import errno
 import logging
-import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -53,10 +64,18 @@ from tiermesh.controlplane.dashboard import (
     dashboard_document,
     start_dashboard,
 )
-from tiermesh.controlplane.identity import CaConfig, EtcdCaStore, LocalCertificateAuthority
-from tiermesh.controlplane.identity.server_cert import ServerCertificate, issue_server_certificate
+from tiermesh.controlplane.identity import (
+    CaConfig,
+    CaGeneration,
+    EtcdCaStore,
+    LocalCertificateAuthority,
+    ServerFilesError,
+    TrustBundle,
+)
+from tiermesh.controlplane.identity.server_cert import ServerCertificate
+from tiermesh.controlplane.identity.server_rotation import ServerRotation
 from tiermesh.controlplane.identity.tokens import JoinTokens
-from tiermesh.controlplane.identity.xds_auth import server_credentials, spiffe_node_authorizer
+from tiermesh.controlplane.identity.xds_auth import spiffe_node_authorizer
 from tiermesh.controlplane.metrics import issued_expiries
 from tiermesh.controlplane.nodeapi import (
     NodeApiServer,
@@ -129,11 +148,8 @@ def _check_free(what: str, address: HostPort) -> None:
             raise PortInUse(what, str(address), detail) from exc
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    path.chmod(0o600)
+def _seconds(value: float | None) -> dt.timedelta | None:
+    return None if value is None else dt.timedelta(seconds=value)
 
 
 def _check_ports(config: ControlPlaneConfig) -> None:
@@ -161,7 +177,7 @@ class ControlPlane:
         self.config = config
         self.addresses: dict[str, str] = {}
         self._store: EtcdStore | None = None
-        self._ca: LocalCertificateAuthority | None = None
+        self._identity: ServerRotation | None = None
         self._cache = SnapshotCache()
         self._ads: AdsServer | None = None
         self._ads_server: grpc.aio.Server | None = None
@@ -187,8 +203,15 @@ class ControlPlane:
 
     @property
     def ca(self) -> LocalCertificateAuthority:
-        assert self._ca is not None, "not started"
-        return self._ca
+        """The CA this replica issues with now (it follows the shared CA in etcd)."""
+        assert self._identity is not None, "not started"
+        return self._identity.ca.current
+
+    async def rotate_ca(self) -> CaGeneration:
+        """Roll the shared CA over from this replica; every replica follows (module doc).
+        Returns the new signing generation. Raises ``CaStateConflict`` or ``StoreError``."""
+        assert self._identity is not None, "not started"
+        return await self._identity.rotate_ca()
 
     async def start(self) -> None:
         """Start every part (module doc); on failure, stop what started and re-raise."""
@@ -206,13 +229,8 @@ class ControlPlane:
             except DashboardError as exc:
                 raise DashboardRefused(str(exc)) from exc
         self._store = store = await _connect(config)
-        ca_store = EtcdCaStore(store, config.ca_passphrase)
-        self._ca = ca = await ca_store.create_or_load(CaConfig(config.trust_domain))
-        certificate = issue_server_certificate(
-            ca, now=dt.datetime.now(dt.UTC), extra_dns_names=config.server_dns_names
-        )
-        bundle = ca.bundle()
-        self._write_files(certificate, bundle.to_pem())
+        self._identity = identity = await self._start_identity(store)
+        certificate, bundle, ca = identity.certificate, identity.bundle, identity.ca
         _check_ports(config)
 
         self._directory = NodeDirectory(
@@ -243,6 +261,7 @@ class ControlPlane:
             self._cache,
             debounce_s=config.debounce_s,
             on_plans=self._record_plans,
+            freeze_heap=config.freeze_heap,
         )
         await self._reconciler.start()
         self._leadership = Leadership(
@@ -266,9 +285,8 @@ class ControlPlane:
         )
         try:
             self._node_api = await start_node_api(
-                NodeIdentityService(ca, JoinTokens(store)),
-                certificate=certificate,
-                bundle=bundle,
+                NodeIdentityService(ca, JoinTokens(store), svid_ttl=_seconds(config.svid_ttl_s)),
+                credentials=identity.credentials,
                 host=config.node_api.host,
                 join_port=config.join.port,
                 node_port=config.node_api.port,
@@ -285,7 +303,7 @@ class ControlPlane:
             self._ads_server, ads_port = await start_server(
                 self._ads,
                 str(config.ads),
-                credentials=server_credentials(certificate, bundle),
+                credentials=identity.credentials.server_credentials(),
                 # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica.
                 options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
             )
@@ -295,8 +313,7 @@ class ControlPlane:
         try:
             self._audit = await start_audit_collector(
                 AuditCollector(self._audit_store, ca.bundle),
-                certificate=certificate,
-                bundle=bundle,
+                credentials=identity.credentials,
                 host=config.audit.host,
                 port=config.audit.port,
             )
@@ -317,6 +334,28 @@ class ControlPlane:
         }
         await self._start_optional(config)
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_identity(self, store: EtcdStore) -> ServerRotation:
+        """The shared CA, and the server certificate and bundle that follow it."""
+        config = self.config
+        ca_store = EtcdCaStore(store, config.ca_passphrase)
+        ca_config = CaConfig(config.trust_domain)
+        identity = ServerRotation(
+            store,
+            ca_store,
+            ca_config,
+            await ca_store.create_or_load(ca_config),
+            data_dir=config.data_dir,
+            ttl=dt.timedelta(seconds=config.server_cert_ttl_s),
+            extra_dns_names=config.server_dns_names,
+            on_bundle_changed=self._bundle_changed,
+            on_renewed=self._certificate_renewed,
+        )
+        try:
+            await identity.start()
+        except ServerFilesError as exc:
+            raise DataDirError(exc.folder, exc.detail) from exc
+        return identity
 
     async def _start_optional(self, config: ControlPlaneConfig) -> None:
         """The dashboard and the metrics server, each when configured."""
@@ -345,15 +384,14 @@ class ControlPlane:
             raise PortInUse("the dashboard (--dashboard)", str(address), str(exc)) from exc
         self.addresses["dashboard"] = self._dashboard.url
 
-    def _write_files(self, certificate: ServerCertificate, bundle_pem: bytes) -> None:
-        folder = self.config.data_dir
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_private(folder / "server-key.pem", certificate.key_pem())
-            (folder / "server-chain.pem").write_bytes(certificate.chain_pem())
-            (folder / "bundle.pem").write_bytes(bundle_pem)
-        except OSError as exc:
-            raise DataDirError(str(folder), exc.strerror or str(exc)) from exc
+    def _certificate_renewed(self, certificate: ServerCertificate) -> None:
+        if self._plans is not None:
+            chain = (certificate.certificate, certificate.intermediate)
+            self._plans.use_signer(certificate.private_key, chain)
+
+    def _bundle_changed(self, bundle: TrustBundle) -> None:
+        if self._directory is not None:
+            self._directory.set_trust_bundle(bundle.to_pem().decode())
 
     @property
     def leadership(self) -> Leadership:
@@ -409,6 +447,8 @@ class ControlPlane:
         document["traffic"] = self.traffic.document()
         if self._leadership is not None:
             document["leadership"] = self._leadership.document()
+        if self._identity is not None:
+            document["identity"] = self._identity.status()
         return document
 
     async def dashboard_view(self) -> dict[str, Any]:
@@ -440,6 +480,7 @@ class ControlPlane:
         reconciler, self._reconciler = self._reconciler, None
         keys, self._keys = self._keys, None
         directory, self._directory = self._directory, None
+        identity = self._identity  # kept: ``ca`` stays readable after a stop
         store, self._store = self._store, None
         steps: list[tuple[str, Any]] = [
             ("dashboard", dashboard.aclose() if dashboard else None),
@@ -451,6 +492,7 @@ class ControlPlane:
             ("reconciler", reconciler.aclose() if reconciler else None),
             ("API key watch", keys.aclose() if keys else None),
             ("node directory", directory.aclose() if directory else None),
+            ("server certificate rotation", identity.aclose() if identity else None),
             ("etcd client", store.aclose() if store else None),
         ]
         for name, step in steps:

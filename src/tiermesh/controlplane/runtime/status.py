@@ -37,6 +37,7 @@ from envoy.config.route.v3 import route_pb2
 
 from tiermesh.controlplane.api import RegisteredNode
 from tiermesh.controlplane.reconciler import Reconciler
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import NodeStatus, Snapshot, SnapshotCache, typeurls
 
 __all__ = ["STATUS_VERSION", "node_spiffe_id", "status_document"]
@@ -62,7 +63,7 @@ def _route_count(snapshot: Snapshot) -> int:
     for name in snapshot.ordered_names(typeurls.ROUTE):
         config = snapshot.resource(typeurls.ROUTE, name)
         assert isinstance(config, route_pb2.RouteConfiguration)
-        count += sum(len(host.routes) for host in config.virtual_hosts)
+        count += sum(len(host_routes(host)) for host in config.virtual_hosts)
     return count
 
 

@@ -68,6 +68,7 @@ from tiermesh.controlplane.verify.inventory import (
 from tiermesh.controlplane.verify.jwt_filter import jwks_cluster_problems, used_jwks_clusters
 from tiermesh.controlplane.verify.matching import exact_value, may_match
 from tiermesh.controlplane.verify.peer_identity import pins_peer
+from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import Snapshot
 
 __all__ = ["cleared_for_restricted", "verify_snapshot"]
@@ -146,7 +147,7 @@ class _Checker:
         shared = list(config.request_mirror_policies)
         for host in config.virtual_hosts:
             inherited = [*shared, *host.request_mirror_policies]
-            for route in host.routes:
+            for route in host_routes(host):
                 self.route(route, host, inherited, listener)
 
     def route(

@@ -68,6 +68,7 @@ from google.protobuf.message import Message
 from tiermesh.controlplane.verify.findings import Finding
 from tiermesh.controlplane.verify.inventory import REFUSING_FILTERS, Inventory, filter_chains
 from tiermesh.controlplane.verify.jwt_filter import JWT_AUTHN, jwt_filter_problem
+from tiermesh.controlplane.verify.route_tree import host_routes
 
 __all__ = ["EXT_AUTHZ", "authz_findings"]
 
@@ -187,19 +188,19 @@ class _Listener:
             self.add(f"has ext_authz{where} {problem}")
 
     def per_filter(self, table: route_pb2.RouteConfiguration) -> None:
-        forwarding = any(_forwards(route) for host in table.virtual_hosts for route in host.routes)
+        forwarding = any(_forwards(route) for _host, route in _routes(table))
         if forwarding and EXT_AUTHZ in table.typed_per_filter_config:
             problem = _per_route_problem(table.typed_per_filter_config[EXT_AUTHZ])
             if problem is not None:
                 self.add(f"→ route config '{table.name}' {problem}")
         for host in table.virtual_hosts:
-            if not any(_forwards(route) for route in host.routes):
+            if not any(_forwards(route) for route in host_routes(host)):
                 continue
             if EXT_AUTHZ in host.typed_per_filter_config:
                 problem = _per_route_problem(host.typed_per_filter_config[EXT_AUTHZ])
                 if problem is not None:
                     self.add(f"→ virtual host '{host.name}' {problem}")
-            for route in host.routes:
+            for route in host_routes(host):
                 if not _forwards(route):
                     continue
                 name = route.name or f"{host.name}[unnamed]"
@@ -253,7 +254,7 @@ def _widening(validation: common_pb2.CertificateValidationContext) -> str:
 
 def _routes(table: route_pb2.RouteConfiguration) -> Iterator[tuple[rc.VirtualHost, rc.Route]]:
     for host in table.virtual_hosts:
-        for route in host.routes:
+        for route in host_routes(host):
             yield host, route
 
 

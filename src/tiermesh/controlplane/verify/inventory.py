@@ -55,6 +55,7 @@ from tiermesh.controlplane.generators.mesh_tls import MESH_LOCAL_CLUSTER
 from tiermesh.controlplane.generators.usage import USAGE_CLUSTER
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding, FindingKind
+from tiermesh.controlplane.verify.route_tree import host_routes, tree_problems
 from tiermesh.xds import Snapshot, typeurls
 
 __all__ = [
@@ -218,8 +219,8 @@ def table_problems(config: route_pb2.RouteConfiguration) -> Iterator[str]:
     if config.HasField("vhds"):
         yield "takes virtual hosts from VHDS"
     for host in config.virtual_hosts:
-        if host.HasField("matcher"):
-            yield f"routes virtual host '{host.name}' by a matcher tree"
+        for problem in tree_problems(host):
+            yield f"virtual host '{host.name}' {problem}"
 
 
 def filter_chains(listener: listener_pb2.Listener) -> list[listener_components_pb2.FilterChain]:
@@ -549,7 +550,7 @@ def _socket_problems(socket: address_pb2.SocketAddress) -> Iterator[str]:
 
 
 def _routes(config: route_pb2.RouteConfiguration) -> Iterable[tuple[rc.VirtualHost, rc.Route]]:
-    return ((host, route) for host in config.virtual_hosts for route in host.routes)
+    return ((host, route) for host in config.virtual_hosts for route in host_routes(host))
 
 
 def _internal_listeners(assignment: endpoint_pb2.ClusterLoadAssignment) -> list[str]:
