@@ -121,7 +121,7 @@ def _key_cli(up: Up, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_up_ha_runs_three_members_and_gives_the_control_plane_all_of_them(up: Up) -> None:
+def test_up_ha_runs_three_members_and_gives_both_replicas_all_of_them(up: Up) -> None:
     members = up.mesh["etcd"]["members"]
     assert len(set(members)) == 3
     assert up.mesh["etcd"]["endpoint"] == ",".join(members)
@@ -131,8 +131,10 @@ def test_up_ha_runs_three_members_and_gives_the_control_plane_all_of_them(up: Up
         for process in up.descendants()
         if "controlplane" in process.cmdline() and "run" in process.cmdline()
     ]
-    assert len(planes) == 1
-    assert planes[0][planes[0].index("--etcd") + 1] == ",".join(members)
+    assert len(planes) == 2  # two replicas, each given every member
+    for plane in planes:
+        assert plane[plane.index("--etcd") + 1] == ",".join(members)
+    assert sorted(plane[plane.index("--replica") + 1] for plane in planes) == ["cp-1", "cp-2"]
 
 
 def test_the_etcd_leader_dies_and_requests_and_key_changes_go_on(up: Up) -> None:

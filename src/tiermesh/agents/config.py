@@ -90,7 +90,8 @@ class ControlPlaneConfig(_Section):
 
     trust_domain: str = Field(min_length=1)
     ads: tuple[HostPort, ...] = Field(min_length=1)
-    """ADS address(es), mTLS; the node's Envoy connects to the first."""
+    """ADS address(es), mTLS: one per control-plane replica. All are endpoints of the
+    Envoy's ADS cluster; a broken stream reconnects to another."""
     node_api: tuple[HostPort, ...] = Field(min_length=1)
     """Node API address(es), mTLS: SVID renewal and the registry session."""
     join: tuple[HostPort, ...] = Field(min_length=1)

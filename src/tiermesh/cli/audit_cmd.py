@@ -2,8 +2,11 @@
 
 Sources: ``--db PATH`` is the control plane's audit database (default ``$TIERMESH_AUDIT_DB``,
 else the running ``tiermesh up``'s (its state file, :mod:`tiermesh.cli.up_state`), else
-``./audit.sqlite3``); ``--spool DIR`` is a node's decision-log spool (read-only: nothing
-is repaired or shipped). Exit codes: 0 success, 1 a verification failed or changes were
+``./audit.sqlite3``); ``--db`` given more than once (one database per control-plane
+replica) reads them as one, each decision id once
+(:func:`~tiermesh.controlplane.audit.merge_stores`; what was merged is said on stderr);
+``--spool DIR`` is a node's decision-log spool (read-only: nothing is repaired or
+shipped). Exit codes: 0 success, 1 a verification failed or changes were
 found where ``--fail-on-change`` asks, 2 bad usage or an unreadable source.
 """
 
@@ -37,6 +40,7 @@ from tiermesh.controlplane.audit import (
     AuditStore,
     ChainProblem,
     ReplayReport,
+    merge_stores,
     replay,
     signer_keys,
     verify_chain,
@@ -53,11 +57,11 @@ _DB_ENV = "TIERMESH_AUDIT_DB"
 _POLL_S = 0.5
 
 DbOpt = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
         "--db",
         help=f"Audit database (default ${_DB_ENV}, else the running `tiermesh up`'s, else"
-        " ./audit.sqlite3).",
+        " ./audit.sqlite3); repeat it to read several replicas' databases as one.",
     ),
 ]
 SpoolOpt = Annotated[
@@ -113,7 +117,7 @@ def _time_option(text: str | None, name: str) -> dt.datetime | None:
 
 
 def _db_path(db: Path | None) -> tuple[Path, NotRunning | None]:
-    """``--db``, else ``$TIERMESH_AUDIT_DB``, else the running ``tiermesh up``'s database,
+    """One ``--db``, else ``$TIERMESH_AUDIT_DB``, else the running ``tiermesh up``'s database,
     else ``./audit.sqlite3`` (with why no ``up`` was found)."""
     if db is not None:
         return db, None
@@ -125,8 +129,10 @@ def _db_path(db: Path | None) -> tuple[Path, NotRunning | None]:
         return Path("audit.sqlite3"), exc
 
 
-def _open_store(db: Path | None) -> AuditStore:
-    path, missing = _db_path(db)
+def _open_store(db: list[Path] | None) -> AuditStore:
+    if db is not None and len(db) > 1:
+        return _merged(db)
+    path, missing = _db_path(db[0] if db else None)
     if not path.is_file():
         hint = f"; {missing}" if missing is not None else ""
         _fail(f"no audit database at {path}{hint}")
@@ -136,7 +142,28 @@ def _open_store(db: Path | None) -> AuditStore:
         _fail(str(exc))
 
 
-def _one_source(db: Path | None, spool: Path | None) -> None:
+def _merged(paths: list[Path]) -> AuditStore:
+    """Several replicas' databases as one in-memory store (module doc)."""
+    for path in paths:
+        if not path.is_file():
+            _fail(f"no audit database at {path}")
+    try:
+        store, report = merge_stores(paths)
+    except AuditError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"merged {len(paths)} databases: {report.records} records,"
+        f" {report.duplicates} duplicate copies dropped, {len(report.conflicts)} conflicting",
+        err=True,
+    )
+    for decision_id in report.conflicts[:20]:
+        typer.echo(
+            f"CONFLICT decision {decision_id}: stored differently in two databases", err=True
+        )
+    return store
+
+
+def _one_source(db: list[Path] | None, spool: Path | None) -> None:
     if db is not None and spool is not None:
         raise typer.BadParameter("give --db or --spool, not both")
 
@@ -183,6 +210,8 @@ def tail(
             _emit(fresh, as_json)
             last = fresh[-1].seq if fresh else last
         return
+    if follow and db is not None and len(db) > 1:
+        _fail("--follow reads one database; give one --db")
     with _open_store(db) as store:
         rows = store.tail(count) if count else []
         _emit((row.record for row in rows), as_json)
@@ -268,7 +297,7 @@ def _verify_spool(spool: Path, bundle: Path | None) -> None:
     _report([problem] if problem else [], len(records), 1 if records else 0)
 
 
-def _verify_db(db: Path | None) -> None:
+def _verify_db(db: list[Path] | None) -> None:
     with _open_store(db) as store:
         outcome = verify_store(store)
     for chain in outcome.unreadable:

@@ -167,6 +167,17 @@ def run(
     lease_ttl: Annotated[
         int, typer.Option("--lease-ttl", help="Seconds a lost node stays registered.")
     ] = 10,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            "--replica",
+            envvar="TIERMESH_REPLICA",
+            help="This replica's name among several over one etcd (names its plan chain).",
+        ),
+    ] = None,
+    leader_ttl: Annotated[
+        int, typer.Option("--leader-ttl", help="Seconds of the leader lease (at least 2).")
+    ] = 5,
     server_cert_ttl: Annotated[
         float,
         typer.Option(
@@ -213,6 +224,8 @@ def run(
     metrics_at = None if metrics is None else parse_listen(metrics, "--metrics")
     if lease_ttl < 2:
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--lease-ttl")
+    if leader_ttl < 2:
+        raise typer.BadParameter("must be at least 2 seconds", param_hint="--leader-ttl")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
@@ -236,6 +249,8 @@ def run(
             ca_passphrase=read_passphrase(ca_passphrase_file),
             root=root,
             lease_ttl_s=lease_ttl,
+            replica=replica,
+            leader_ttl_s=leader_ttl,
             server_cert_ttl_s=server_cert_ttl,
             svid_ttl_s=svid_ttl,
             ads=ads_at,

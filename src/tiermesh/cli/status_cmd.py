@@ -108,6 +108,14 @@ def _model_line(model: dict[str, Any] | None) -> str:
     return f"\nmodel {digest[:19]}… signed by {signer}"
 
 
+def _leadership_line(leadership: dict[str, Any]) -> str:
+    """Whether the replica asked leads, and who does."""
+    if leadership.get("leader"):
+        return f"this replica ({leadership.get('holder')}) leads, term {leadership.get('term')}"
+    current = leadership.get("current_leader") or "nobody yet"
+    return f"this replica ({leadership.get('holder')}) follows; leader: {current}"
+
+
 def identity_line(identity: dict[str, Any] | None) -> str | None:
     """The control plane's own certificate and trust bundle in one line (the status
     document's ``identity``), or None when it has none (an older control plane)."""
@@ -135,6 +143,8 @@ def _render(document: dict[str, Any], console: Console) -> None:
         console.print(line, highlight=False)
     if reconcile.get("last_error"):
         console.print(f"[red]last reconcile refused:[/red] {reconcile['last_error']}")
+    if (leadership := document.get("leadership")) is not None:
+        console.print(_leadership_line(leadership), markup=False)
     table = Table(show_lines=True)
     for column in ("node", "SPIFFE ID", "health", "xDS (acked)", "routes"):
         table.add_column(column)

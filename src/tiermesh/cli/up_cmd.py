@@ -52,7 +52,8 @@ def up(
     ha: Annotated[
         bool,
         typer.Option(
-            "--ha", help="Run etcd as a 3-member cluster (loopback) instead of one member."
+            "--ha",
+            help="Run etcd as a 3-member cluster and two control-plane replicas (loopback).",
         ),
     ] = False,
 ) -> None:
@@ -126,7 +127,14 @@ def _print_ready(mesh: LocalMesh, console: Console, state: Path) -> None:
     for node in mesh.nodes:
         model = f", llama.cpp on 127.0.0.1:{node.model_port}" if node.model else ""
         console.print(f"  {node.id:<11} {node.tier:<8} app {node.app_url}{model}", highlight=False)
-    console.print(f"  control plane admin {mesh.admin_url}", highlight=False)
+    for index in range(mesh.replicas):
+        name = "control plane" if mesh.replicas == 1 else f"control plane cp-{index + 1}"
+        console.print(f"  {name} admin {mesh.replica_admin_url(index)}", highlight=False)
+    if mesh.replicas > 1:
+        databases = " ".join(f"--db {db}" for db in mesh.audit_dbs)
+        console.print(
+            f"  every replica's audit: tiermesh audit verify {databases}", highlight=False
+        )
     console.print(f"\ntiermesh is up. App endpoint: [bold]{mesh.edge.app_url}[/bold]")
     console.print(f"Dashboard: [bold]{mesh.dashboard_url}[/bold]", highlight=False)
     console.print(

@@ -19,7 +19,12 @@ Layout (everything on 127.0.0.1, free ports except the edge app port):
 - control plane: a child ``tiermesh controlplane run`` (a real process, as deployed; its
   data dir, CA passphrase and log under the state dir). The stand-ins' keys reach it in
   ``cloud-credentials.yaml`` (mode 0600, state dir) through ``--credentials-file``, named
-  ``<stand-in>-key``; it serves them to the nodes as SDS secrets.
+  ``<stand-in>-key``; it serves them to the nodes as SDS secrets. With ``ha`` (or
+  ``replicas``) two replicas (``cp-1``, ``cp-2``; data dirs ``controlplane`` and
+  ``controlplane-2``) serve the same etcd, and every node's configuration lists both
+  (ADS, node API, join, audit); each replica's ports are fixed for the mesh's life so
+  :meth:`LocalMesh.stop_replica` / :meth:`LocalMesh.start_replica` can crash and restart
+  one.
 - policy: the shipped ``policies/`` with the catalog's endpoints moved to these ports and
   the cloud backends naming their key (:mod:`~tiermesh.demo.catalog`), pushed with
   ``tiermesh policy push``. Tenant ``initech`` gets a budget of
@@ -58,6 +63,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -185,9 +191,13 @@ class LocalMesh:
         model: str = "tiny",
         state_dir: Path | None = None,
         ha: bool = False,
+        replicas: int | None = None,
     ) -> None:
         self.model = model
         self.ha = ha
+        self.replicas = replicas if replicas is not None else (2 if ha else 1)
+        if self.replicas < 1:
+            raise ValueError(f"at least one control-plane replica is needed, got {self.replicas}")
         self.keep_state = state_dir is not None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="tiermesh-up-"))
         reserve_port(app_port)  # bound only when the edge's Envoy is up
@@ -198,10 +208,15 @@ class LocalMesh:
         ]
         self.etcd: EtcdServer | EtcdCluster | None = None
         self.nats: NatsServer | None = None
-        self.plane: Child | None = None
-        self.plane_ports = {
-            name: free_port() for name in ("ads", "node", "join", "admin", "dashboard")
-        }
+        self.planes: list[Child | None] = [None] * self.replicas
+        """Each control-plane replica's process (None while stopped)."""
+        self.replica_ports = [
+            {name: free_port() for name in ("ads", "node", "join", "admin", "dashboard", "audit")}
+            for _ in range(self.replicas)
+        ]
+        """Each replica's ports, fixed for the mesh's life: a restarted replica listens
+        where the nodes' configuration says."""
+        self.plane_ports = self.replica_ports[0]
         self.standins: dict[str, CloudStandin] = {}
         self.cloud_control: StandinControl | None = None
         self.root = "/tiermesh/v1/"
@@ -225,8 +240,20 @@ class LocalMesh:
         return self.etcd.endpoint
 
     @property
+    def plane(self) -> Child | None:
+        """The first replica's process."""
+        return self.planes[0]
+
+    @property
     def admin_url(self) -> str:
         return f"http://{LOOPBACK}:{self.plane_ports['admin']}"
+
+    def replica_admin_url(self, index: int) -> str:
+        return f"http://{LOOPBACK}:{self.replica_ports[index]['admin']}"
+
+    def replica_data_dir(self, index: int) -> Path:
+        """Replica ``index``'s data dir: ``controlplane``, then ``controlplane-2``, …"""
+        return self.state_dir / ("controlplane" if index == 0 else f"controlplane-{index + 1}")
 
     @property
     def dashboard_url(self) -> str:
@@ -334,26 +361,49 @@ class LocalMesh:
         passphrase = self.state_dir / "ca-passphrase"
         passphrase.write_text(secrets.token_urlsafe(32))
         passphrase.chmod(0o600)
-        credentials = self._write_credentials()
-        p = self.plane_ports
+        self._write_credentials()
+        for index in range(self.replicas):  # one by one: the first creates the shared CA
+            await asyncio.to_thread(self.start_replica, index)
+        self.audit_address = self.audit_addresses[0]
+
+    @property
+    def audit_addresses(self) -> list[str]:
+        """Every replica's audit collector (``HOST:PORT``)."""
+        return [f"{LOOPBACK}:{ports['audit']}" for ports in self.replica_ports]
+
+    def start_replica(self, index: int) -> None:
+        """Start control-plane replica ``index`` (again, after :meth:`stop_replica`) and
+        wait until it is ready. Blocking; raises :class:`ChildFailed`."""
         assert self.etcd is not None
-        self.plane = Child(
-            "control plane",
+        assert self.planes[index] is None, f"replica {index} is running"
+        p = self.replica_ports[index]
+        name = "control plane" if self.replicas == 1 else f"control plane cp-{index + 1}"
+        dashboard = ["--dashboard", f"{LOOPBACK}:{p['dashboard']}"] if index == 0 else []
+        replica = [] if self.replicas == 1 else ["--replica", f"cp-{index + 1}"]
+        child = Child(
+            name,
             [
                 *tiermesh_command(), "controlplane", "run",
                 "--etcd", self.etcd_endpoint, "--trust-domain", TRUST_DOMAIN,
-                "--data-dir", str(self.state_dir / "controlplane"),
-                "--ca-passphrase-file", str(passphrase),
-                "--credentials-file", str(credentials),
+                "--data-dir", str(self.replica_data_dir(index)),
+                "--ca-passphrase-file", str(self.state_dir / "ca-passphrase"),
+                "--credentials-file", str(self.credentials_file),
                 "--listen", f"{LOOPBACK}:{p['ads']}", "--node-api", f"{LOOPBACK}:{p['node']}",
                 "--join", f"{LOOPBACK}:{p['join']}", "--admin", f"{LOOPBACK}:{p['admin']}",
-                "--dashboard", f"{LOOPBACK}:{p['dashboard']}",
-                "--root", self.root, "--lease-ttl", "5",
+                "--audit", f"{LOOPBACK}:{p['audit']}",
+                *dashboard, *replica, "--root", self.root, "--lease-ttl", "5",
             ],
-            self.state_dir / "logs" / "controlplane.log",
+            self.state_dir / "logs" / ("controlplane.log" if index == 0
+                                       else f"controlplane-{index + 1}.log"),
         )  # fmt: skip
-        await asyncio.to_thread(self.plane.wait_line, "control plane ready", _CP_READY_S)
-        self.audit_address = await asyncio.to_thread(self._plane_address, "audit")
+        self.planes[index] = child
+        child.wait_line("control plane ready", _CP_READY_S)
+
+    def stop_replica(self, index: int, sig: int = signal.SIGTERM) -> None:
+        """Stop replica ``index`` (SIGKILL: a crash). Blocking; idempotent."""
+        child, self.planes[index] = self.planes[index], None
+        if child is not None:
+            child.stop(sig)
 
     @property
     def credentials_file(self) -> Path:
@@ -370,14 +420,15 @@ class LocalMesh:
             handle.write(yaml.safe_dump(keys))
         return path
 
-    def _plane_address(self, name: str) -> str:
-        with urllib.request.urlopen(f"{self.admin_url}/status", timeout=10) as answer:  # noqa: S310
-            return str(json.load(answer)["addresses"][name])
-
     @property
     def audit_db(self) -> Path:
-        """The control plane's audit database (``tiermesh audit --db``)."""
+        """The first replica's audit database (``tiermesh audit --db``)."""
         return self.state_dir / "controlplane" / "audit.sqlite3"
+
+    @property
+    def audit_dbs(self) -> list[Path]:
+        """Every replica's audit database (``tiermesh audit --db A --db B``)."""
+        return [self.replica_data_dir(i) / "audit.sqlite3" for i in range(self.replicas)]
 
     async def _tiermesh_once(self, what: str, args: list[str]) -> str:
         assert self.etcd is not None
@@ -443,18 +494,18 @@ class LocalMesh:
         return written
 
     def _write_node_yaml(self, node: MeshNode) -> Path:
-        p = self.plane_ports
+        ports = self.replica_ports
         document: dict[str, Any] = {
             "version": "v1",
             "node": {"id": node.id, "tier": node.tier, "region": "eu-west",
                      "residency": list(node.residency), "labels": {"demo": "tiermesh-up"}},
             "control_plane": {
                 "trust_domain": TRUST_DOMAIN,
-                "ads": [f"{LOOPBACK}:{p['ads']}"],
-                "node_api": [f"{LOOPBACK}:{p['node']}"],
-                "join": [f"{LOOPBACK}:{p['join']}"],
+                "ads": [f"{LOOPBACK}:{p['ads']}" for p in ports],
+                "node_api": [f"{LOOPBACK}:{p['node']}" for p in ports],
+                "join": [f"{LOOPBACK}:{p['join']}" for p in ports],
                 "trust_bundle_file": str(self.state_dir / "controlplane" / "bundle.pem"),
-                "audit": [self.audit_address],
+                "audit": self.audit_addresses,
             },
             "identity": {"state_dir": str(self.state_dir / node.id),
                          "join_token_file": str(self.state_dir / f"{node.id}.token")},
@@ -519,6 +570,15 @@ class LocalMesh:
                 "ports": dict(self.plane_ports),
                 "audit": self.audit_address,
                 "audit_db": str(self.audit_db),
+                "replicas": [
+                    {
+                        "admin_url": self.replica_admin_url(i),
+                        "ports": dict(self.replica_ports[i]),
+                        "audit_db": str(db),
+                        "pid": None if child is None else child.proc.pid,
+                    }
+                    for i, (child, db) in enumerate(zip(self.planes, self.audit_dbs, strict=True))
+                ],
             },
             "nodes": {
                 n.id: {
@@ -564,9 +624,9 @@ class LocalMesh:
         for node in self.nodes:
             node.agent = None
         await _each(lambda child: asyncio.to_thread(child.stop), agents)
-        plane, self.plane = self.plane, None
-        if plane is not None:
-            await asyncio.to_thread(plane.stop)
+        await asyncio.gather(
+            *(asyncio.to_thread(self.stop_replica, i) for i in range(self.replicas))
+        )
         control, self.cloud_control = self.cloud_control, None
         if control is not None:
             control.stop()

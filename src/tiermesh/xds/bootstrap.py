@@ -27,6 +27,7 @@ from tiermesh.xds.ready_listener import ready_listener
 
 __all__ = [
     "ADMIN_SOCKET_MODE",
+    "ADS_KEEPALIVE_INTERVAL_S",
     "AdsTls",
     "BootstrapSpec",
     "render_bootstrap",
@@ -34,6 +35,20 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
+ADS_KEEPALIVE_INTERVAL_S = 5
+ADS_KEEPALIVE_TIMEOUT_S = 3
+"""HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
+(paused, partitioned, its host frozen) is given up within 3-8 seconds and the stream
+reconnects to another replica (Envoy's default would be never; this project had 30 s +
+5 s). Pinging every second was measured to cost an occasional reconnect of a healthy
+stream (the certificate-rotation suite saw one within 20 s), so the interval stays at
+five. The ADS server accepts pings this often
+(``grpc.http2.min_ping_interval_without_data_ms`` set by the control plane)."""
+ADS_RETRY_BASE = "0.1s"
+ADS_RETRY_MAX = "2s"
+"""Backoff between attempts to re-open a broken ADS stream (Envoy's default is 0.5 s up to
+30 s): with several replicas an attempt that lands on a dying one is followed at once by
+one on the next endpoint."""
 ADMIN_SOCKET_MODE = 0o600
 """Mode of an admin Unix socket: its owner only."""
 _TYPE = "type.googleapis.com/"
@@ -70,6 +85,10 @@ class BootstrapSpec:
     xds_host: str
     """The ADS server: an IPv4/IPv6 literal (no brackets) or a host name Envoy resolves."""
     xds_port: int
+    xds_more: tuple[tuple[str, int], ...] = ()
+    """Further ADS servers (other replicas of the control plane), ``(host, port)`` each:
+    every one is an endpoint of the ADS cluster, so a stream that breaks reconnects to
+    another (the cluster's round robin moves on from a server that refuses)."""
     cluster: str = "tiermesh"
     admin_port: int = 0
     admin_address: str = "127.0.0.1"
@@ -105,11 +124,12 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
     The node id arrives on each stream's first message only. Clusters and listeners are
     wildcard subscriptions; Envoy asks for endpoints, routes and secrets by name.
 
-    The ADS cluster is ``STATIC`` when ``spec.xds_host`` is an IP literal. A host name
+    The ADS cluster is ``STATIC`` when every ADS host is an IP literal. One host name
     (``controlplane-1``, ``localhost``) makes it ``LOGICAL_DNS`` with ``V4_PREFERRED``
     lookups: Envoy refuses a static cluster with a name, and the one long-lived gRPC
     stream wants a single address (a new connection takes the latest DNS answer; an
-    open stream is not cut when the answer changes). With
+    open stream is not cut when the answer changes). Several ADS servers with a name
+    among them make it ``STRICT_DNS`` (``LOGICAL_DNS`` takes one endpoint only). With
     ``spec.internal_listeners`` the document carries ``bootstrap_extensions`` loading the
     internal-listener extension; without it the key is absent. With
     ``spec.ready_address`` it has one static listener, the readiness one.
@@ -119,16 +139,24 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
         "resource_api_version": "V3",
         "initial_fetch_timeout": f"{spec.initial_fetch_timeout_s}s",
     }
+    servers = ((spec.xds_host, spec.xds_port), *spec.xds_more)
+    if all(_is_ip(host) for host, _ in servers):
+        kind = "STATIC"
+    else:
+        kind = "LOGICAL_DNS" if len(servers) == 1 else "STRICT_DNS"
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(spec.xds_host) else "LOGICAL_DNS",
+        "type": kind,
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        "connection_keepalive": {
+                            "interval": f"{ADS_KEEPALIVE_INTERVAL_S}s",
+                            "timeout": f"{ADS_KEEPALIVE_TIMEOUT_S}s",
+                        }
                     }
                 },
             }
@@ -140,20 +168,16 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
                     "lb_endpoints": [
                         {
                             "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": spec.xds_host,
-                                        "port_value": spec.xds_port,
-                                    }
-                                }
+                                "address": {"socket_address": {"address": host, "port_value": port}}
                             }
                         }
+                        for host, port in servers
                     ]
                 }
             ],
         },
     }
-    if xds_cluster["type"] == "LOGICAL_DNS":
+    if kind != "STATIC":
         # AUTO (Envoy's default) takes an IPv6 answer first: where /etc/hosts also maps
         # `localhost` to ::1, Envoy would call ::1 while the server listens on 127.0.0.1.
         # V4_PREFERRED takes IPv4 when there is an A record and falls back to IPv6.
@@ -171,7 +195,17 @@ def render_bootstrap(spec: BootstrapSpec) -> dict[str, Any]:
             "ads_config": {
                 "api_type": "DELTA_GRPC" if spec.mode == "delta" else "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {"cluster_name": XDS_CLUSTER},
+                        "retry_policy": {
+                            "retry_back_off": {
+                                "base_interval": ADS_RETRY_BASE,
+                                "max_interval": ADS_RETRY_MAX,
+                            }
+                        },
+                    }
+                ],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": ads_source,

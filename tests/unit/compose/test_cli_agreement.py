@@ -351,10 +351,11 @@ def test_node_bootstraps_resolve_host_names_with_dns(
         document = agent_bootstrap(config)
         validate_bootstrap(document)
         clusters = {c["name"]: c for c in document["static_resources"]["clusters"]}
-        ads_host, ads_port = split_hostport(config.control_plane.ads[0])
+        servers = [split_hostport(address) for address in config.control_plane.ads]
         assert _socket_addresses(clusters["tiermesh_xds"]) == [
-            {"address": ads_host, "port_value": ads_port}
-        ], f"{name}: the ADS cluster points elsewhere"
+            {"address": host, "port_value": port} for host, port in servers
+        ], f"{name}: the ADS cluster does not list every control-plane replica"
+        ads_host = servers[0][0]
         for cluster in clusters.values():
             for address in _socket_addresses(cluster):
                 if not _is_ip(address["address"]):
@@ -363,7 +364,8 @@ def test_node_bootstraps_resolve_host_names_with_dns(
                         f"with host name {address['address']!r}"
                     )
         assert not _is_ip(ads_host), f"{path.name}: compose reaches the control plane by name"
-        assert clusters["tiermesh_xds"]["type"] == "LOGICAL_DNS", path.name
+        expected = "LOGICAL_DNS" if len(servers) == 1 else "STRICT_DNS"
+        assert clusters["tiermesh_xds"]["type"] == expected, path.name
         tls = clusters["tiermesh_xds"]["transport_socket"]["typed_config"]
         assert tls["sni"] == config.control_plane.tls_server_name, path.name
         admin = document["admin"]["address"]

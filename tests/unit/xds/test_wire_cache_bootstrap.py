@@ -126,7 +126,7 @@ def test_ads_cluster_for_an_ip_keeps_its_exact_shape() -> None:
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        "connection_keepalive": {"interval": "5s", "timeout": "3s"}
                     }
                 },
             }
@@ -177,3 +177,34 @@ def test_ads_cluster_for_a_host_name_keeps_tls() -> None:
     [ip_cluster] = by_ip["static_resources"]["clusters"]
     [name_cluster] = by_name["static_resources"]["clusters"]
     assert name_cluster["transport_socket"] == ip_cluster["transport_socket"]
+
+
+def _addresses(cluster: dict[str, Any]) -> list[tuple[str, int]]:
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    return [
+        (e["endpoint"]["address"]["socket_address"]["address"],
+         e["endpoint"]["address"]["socket_address"]["port_value"])
+        for e in endpoints
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hosts", "kind"),
+    [
+        (("127.0.0.1", "127.0.0.2", "::1"), "STATIC"),
+        (("cp-0.tiermesh", "cp-1.tiermesh"), "STRICT_DNS"),
+        (("127.0.0.1", "cp-1.tiermesh"), "STRICT_DNS"),
+    ],
+)
+def test_every_control_plane_replica_is_an_ads_endpoint(hosts: tuple[str, ...], kind: str) -> None:
+    servers = [(host, 18000 + index) for index, host in enumerate(hosts)]
+    document = render_bootstrap(
+        BootstrapSpec(
+            node_id="n", xds_host=servers[0][0], xds_port=servers[0][1], xds_more=tuple(servers[1:])
+        )
+    )
+    validate_bootstrap(document)
+    (cluster,) = document["static_resources"]["clusters"]
+    assert cluster["type"] == kind
+    assert _addresses(cluster) == servers
+    assert ("dns_lookup_family" in cluster) == (kind != "STATIC")

@@ -80,7 +80,9 @@ class SignatureInvalid(DecisionLogError):
 class ShipFailed(DecisionLogError):
     """The control plane did not acknowledge a batch (unreachable, or it refused it)."""
 
-    def __init__(self, reason: str, *, retryable: bool = True) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True, code: str | None = None) -> None:
         self.reason = reason
         self.retryable = retryable
+        self.code = code
+        """The gRPC status code's name, when the collector answered with one."""
         super().__init__(f"shipping failed: {reason}")

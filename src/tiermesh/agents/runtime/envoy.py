@@ -72,6 +72,7 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
     with an API key into internal egress listeners, which Envoy refuses without it.
     """
     host, port = split_hostport(config.control_plane.ads[0])
+    more = tuple(split_hostport(address) for address in config.control_plane.ads[1:])
     admin_socket = config.envoy_admin_socket
     admin_host, admin_port = (
         ("127.0.0.1", 0) if admin_socket is not None else split_hostport(config.envoy.admin_address)
@@ -80,6 +81,7 @@ def agent_bootstrap(config: AgentConfig) -> dict[str, Any]:
         node_id=config.node.id,
         xds_host=host,
         xds_port=port,
+        xds_more=more,
         admin_address=admin_host,
         admin_port=admin_port,
         admin_socket=None if admin_socket is None else str(admin_socket.absolute()),

@@ -325,9 +325,7 @@ class RequestPolicy:
         self._syncing = asyncio.create_task(self.sync.run(), name="request-policy-sync")
         cp = config.control_plane
         if cp.audit:
-            client = GrpcShipClient(
-                cp.audit[0], self._store.require, server_name=cp.tls_server_name
-            )
+            client = GrpcShipClient(cp.audit, self._store.require, server_name=cp.tls_server_name)
             self._shipper = shipper = Shipper(decisions, client)
             if metrics is not None:
                 metrics.state.acknowledged = lambda: shipper.last_acknowledged

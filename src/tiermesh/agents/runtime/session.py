@@ -4,9 +4,11 @@
 :class:`RegistrySession` opens the stream over mTLS with the store's current SVID, sends the
 registration, waits for the :class:`SessionReply`, then sends a :class:`NodeLoad` from
 ``measure`` every ``interval_s``. When the stream breaks (the control plane restarted, the
-network dropped) it reopens it with exponential backoff, trying the addresses in order, and
-registers again. :meth:`goodbye` ends the session gracefully: the control plane revokes the
-lease and the registration disappears at once.
+network dropped) it reopens it at once on the next address (one per control-plane
+replica), then with exponential backoff, trying the addresses in order, and registers
+again; the backoff starts over after every session that registered. :meth:`goodbye` ends
+the session gracefully: the control plane revokes the lease and the registration
+disappears at once.
 
 Usage: with a ``usage`` outbox (the node's
 :class:`~tiermesh.agents.usage.UsageLedger`) and a control plane whose reply says
@@ -129,23 +131,35 @@ class RegistrySession:
         index = 0
         while not self._leaving.is_set():
             address = self._addresses[index % len(self._addresses)]
+            sessions = self.sessions
             try:
                 await self._session(address)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means "reconnect"
+                if self.sessions > sessions:
+                    failures = 0  # it had registered: this is a new outage, not a longer one
                 failures += 1
                 index += 1
                 self.last_error = f"{address}: {_describe(exc)}"
                 if self._leaving.is_set():
                     return
-                delay = self._backoff.delay(failures)
+                delay = self.reopen_delay(failures)
                 log.warning("registry session lost (%s); reopening in %.1fs", self.last_error,
                             delay)  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._leaving.wait()
+
+    def reopen_delay(self, failures: int) -> float:
+        """Seconds before the next attempt after ``failures`` failed ones in a row (the
+        count restarts when a session had registered): with several addresses the first
+        retry goes to the next one at once, since the node's registration lives only one
+        lease TTL without a session; then the backoff."""
+        if failures == 1 and len(self._addresses) > 1:
+            return 0.0
+        return self._backoff.delay(failures - 1 if len(self._addresses) > 1 else failures)
 
     async def _session(self, address: str) -> None:
         material = self._store.require()

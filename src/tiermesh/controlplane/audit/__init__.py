@@ -31,6 +31,7 @@ from tiermesh.controlplane.audit.errors import (
     status_for,
 )
 from tiermesh.controlplane.audit.facets import Facets, facets
+from tiermesh.controlplane.audit.merge import MergeReport, merge_stores
 from tiermesh.controlplane.audit.plans import (
     DEFAULT_MAX_PLAN_BYTES,
     PLAN_RECORD_PATH,
@@ -75,6 +76,7 @@ __all__ = [
     "Facets",
     "ForeignRecord",
     "KeyLookup",
+    "MergeReport",
     "NodeNotAuthenticated",
     "PlanRecorder",
     "RecordRejected",
@@ -88,6 +90,7 @@ __all__ = [
     "decision_cost",
     "facets",
     "input_price",
+    "merge_stores",
     "plan_digest",
     "rego_path",
     "replay",

@@ -88,11 +88,13 @@ class AuditQuery:
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """A record as stored: its row id (arrival order) and its signer's fingerprint."""
+    """A record as stored: its row id (arrival order), its signer's fingerprint and the
+    chain it is filed in (its node's SPIFFE ID, or a control-plane plan chain)."""
 
     rowid: int
     record: DecisionRecord
     signer: str
+    chain: str = ""
 
 
 class AuditStore:
@@ -270,13 +272,13 @@ class AuditStore:
         return dict(rows)
 
     def _select(self, tail: str, params: Sequence[object]) -> list[StoredRecord]:
-        sql = f"SELECT rowid, record, signer FROM records {tail}"  # noqa: S608 - fixed clauses
+        sql = f"SELECT rowid, record, signer, chain FROM records {tail}"  # noqa: S608 - fixed
         with self._lock:
             try:
                 rows = self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise AuditStoreError(self._path, str(exc)) from exc
         return [
-            StoredRecord(rowid, DecisionRecord.model_validate_json(text), signer)
-            for rowid, text, signer in rows
+            StoredRecord(rowid, DecisionRecord.model_validate_json(text), signer, chain)
+            for rowid, text, signer, chain in rows
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,8 @@ from types import MappingProxyType
 from tiermesh.controlplane.store import ROOT
 
 __all__ = ["ControlPlaneConfig", "HostPort"]
+
+_REPLICA = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,14 @@ class ControlPlaneConfig:
     lease_ttl_s: int = 10
     load_interval_s: float = 1.0
     debounce_s: float = 0.1
+    replica: str | None = None
+    """This replica's name among several over the same etcd (``--replica``): it names the
+    leader-election holder and the chain of plan records this replica signs
+    (``spiffe://<td>/controlplane/<replica>``), so the audit databases of several replicas
+    can be read together without two chains of one name. None: host:pid, and the plan chain
+    ``spiffe://<td>/controlplane`` (one replica)."""
+    leader_ttl_s: int = 5
+    """TTL of the leader lease: a dead leader's once-only work moves on within about this."""
     freeze_heap: bool = False
     """Keep the served state out of full garbage collections
     (:class:`~tiermesh.controlplane.reconciler.heap.FrozenHeap`). Process-wide, so only for
@@ -98,6 +109,10 @@ class ControlPlaneConfig:
             raise ValueError("the SVID lifetime must be 1 s to 24 hours")
         if not self.etcd:
             raise ValueError("at least one etcd endpoint is needed")
+        if self.replica is not None and not _REPLICA.fullmatch(self.replica):
+            raise ValueError(f"replica name {self.replica!r}: use 1-63 of a-z 0-9 -")
+        if self.leader_ttl_s < 2:
+            raise ValueError(f"the leader lease needs at least 2 s, got {self.leader_ttl_s}")
         if not self.ca_passphrase:
             raise ValueError("the CA passphrase must not be empty")
         for name, key in self.credentials.items():

@@ -12,9 +12,13 @@ admin → dashboard (when configured; :mod:`tiermesh.controlplane.dashboard`, fe
 status document, the answer counts nodes report (:class:`LiveTraffic`) and the audit
 database). The audit database is opened before the reconciler: every node's evaluated plan
 is recorded there, signed with the server key, in the chain ``spiffe://<td>/controlplane``
-(:class:`~tiermesh.controlplane.audit.PlanRecorder`). :meth:`ControlPlane.stop` undoes
-it in reverse. Stopping cancels the open registry sessions without revoking their leases,
-so registrations survive a restart for one lease TTL and nodes reconnect without a flap.
+(``…/controlplane/<replica>`` with ``--replica``;
+:class:`~tiermesh.controlplane.audit.PlanRecorder`). After the reconciler, the replica
+campaigns for leadership (:mod:`.leadership`): every replica serves; only the leader does
+the once-only work (legacy usage adoption, plan records), each of its writes fenced by
+etcd. :meth:`ControlPlane.stop` undoes it in reverse. Stopping cancels the open registry
+sessions without revoking their leases, so registrations survive a restart for one lease
+TTL and nodes reconnect without a flap.
 
 Certificates rotate while the replica runs: the server certificate (one day by default,
 ``server_cert_ttl_s``) is renewed at two thirds of its life and after every change of the
@@ -89,10 +93,11 @@ from tiermesh.controlplane.runtime.errors import (
     EtcdUnreachable,
     PortInUse,
 )
+from tiermesh.controlplane.runtime.leadership import Leadership, replica_holder
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import status_document
 from tiermesh.controlplane.runtime.traffic import LiveTraffic
-from tiermesh.controlplane.store import EtcdStore, StoreUnavailable
+from tiermesh.controlplane.store import EtcdStore, Fence, NotLeader, StoreUnavailable
 from tiermesh.rego import RegorusEngine
 from tiermesh.xds import AdsServer, SnapshotCache, start_server
 
@@ -113,11 +118,12 @@ async def _connect(config: ControlPlaneConfig) -> EtcdStore:
     return store
 
 
-async def _adopt_legacy_usage(store: EtcdStore) -> None:
+async def _adopt_legacy_usage(store: EtcdStore, fence: Fence) -> None:
     """Fold usage counters kept before budgets were per month into this month's, so an
-    upgrade in the middle of a month does not hand every tenant a fresh budget."""
+    upgrade in the middle of a month does not hand every tenant a fresh budget. Leader
+    work: each move is fenced (`NotLeader` once the term is over)."""
     month = usage_month(dt.datetime.now(dt.UTC))
-    for usage in await store.adopt_legacy_usage(month=month):
+    for usage in await store.adopt_legacy_usage(month=month, fence=fence):
         log.warning(
             "usage counter of tenant %s from before monthly budgets added to %s: now %d tokens,"
             " $%.6f",
@@ -188,6 +194,7 @@ class ControlPlane:
         """Answer counts the nodes report (the status document's ``traffic``)."""
         self._dashboard: DashboardServer | None = None
         self._audit_watch: AuditWatcher | None = None
+        self._leadership: Leadership | None = None
 
     @property
     def reconciler(self) -> Reconciler:
@@ -224,7 +231,6 @@ class ControlPlane:
         self._store = store = await _connect(config)
         self._identity = identity = await self._start_identity(store)
         certificate, bundle, ca = identity.certificate, identity.bundle, identity.ca
-        await _adopt_legacy_usage(store)
         _check_ports(config)
 
         self._directory = NodeDirectory(
@@ -243,7 +249,7 @@ class ControlPlane:
             raise DataDirError(str(config.data_dir), str(exc)) from exc
         self._plans = PlanRecorder(
             self._audit_store,
-            chain_id=certificate.spiffe_id,
+            chain_id=certificate.spiffe_id + (f"/{config.replica}" if config.replica else ""),
             trust_domain=config.trust_domain,
             key=certificate.private_key,
             chain=(certificate.certificate, certificate.intermediate),
@@ -258,6 +264,13 @@ class ControlPlane:
             freeze_heap=config.freeze_heap,
         )
         await self._reconciler.start()
+        self._leadership = Leadership(
+            store,
+            holder=replica_holder(config.replica),
+            ttl_s=config.leader_ttl_s,
+            on_elected=self._elected,
+        )
+        await self._leadership.start()
 
         self._keys = KeyWatcher(store)
         await self._keys.start()
@@ -288,7 +301,11 @@ class ControlPlane:
         self._ads = AdsServer(self._cache, authorize=spiffe_node_authorizer(config.trust_domain))
         try:
             self._ads_server, ads_port = await start_server(
-                self._ads, str(config.ads), credentials=identity.credentials.server_credentials()
+                self._ads,
+                str(config.ads),
+                credentials=identity.credentials.server_credentials(),
+                # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica.
+                options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
             )
         except RuntimeError as exc:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
@@ -376,9 +393,32 @@ class ControlPlane:
         if self._directory is not None:
             self._directory.set_trust_bundle(bundle.to_pem().decode())
 
+    @property
+    def leadership(self) -> Leadership:
+        assert self._leadership is not None, "not started"
+        return self._leadership
+
+    async def _elected(self, fence: Fence) -> None:
+        """Start-of-term leader work (:mod:`.leadership`)."""
+        assert self._store is not None, "not started"
+        await _adopt_legacy_usage(self._store, fence)
+        self._resettle()  # a full reconcile: plans changed while another replica led
+
     async def _record_plans(self, result: ReconcileResult, outcome: BundleOutcome) -> None:
-        if self._plans is not None and self._reconciler is not None:
-            await self._plans.record(result, outcome, self._reconciler.published)
+        """Leader work: plans are recorded once, by the replica whose fenced mark of this
+        reconcile etcd took."""
+        fence = None if self._leadership is None else self._leadership.fence
+        if fence is None or self._plans is None or self._reconciler is None:
+            return
+        assert self._store is not None, "not started"
+        mark = f'{{"reconcile": {result.number}, "etcd_revision": {result.etcd_revision}}}'
+        try:
+            await self._store.put_fenced(fence, "leader/plans", mark.encode())
+        except NotLeader:
+            log.warning("not recording plans of reconcile %d: no longer the leader",
+                        result.number)  # fmt: skip
+            return
+        await self._plans.record(result, outcome, self._reconciler.published)
 
     def _resettle_node(self, node_id: str) -> None:
         if self._reconciler is not None:
@@ -405,6 +445,8 @@ class ControlPlane:
             svid_expiry=issued_expiries(),
         )
         document["traffic"] = self.traffic.document()
+        if self._leadership is not None:
+            document["leadership"] = self._leadership.document()
         if self._identity is not None:
             document["identity"] = self._identity.status()
         return document
@@ -434,6 +476,7 @@ class ControlPlane:
         node_api, self._node_api = self._node_api, None
         ads_server, self._ads_server = self._ads_server, None
         audit, self._audit = self._audit, None
+        leadership, self._leadership = self._leadership, None
         reconciler, self._reconciler = self._reconciler, None
         keys, self._keys = self._keys, None
         directory, self._directory = self._directory, None
@@ -445,6 +488,7 @@ class ControlPlane:
             ("node API", node_api.stop(grace_s) if node_api else None),
             ("ADS", ads_server.stop(grace_s) if ads_server else None),
             ("audit collector", audit.stop(grace_s) if audit else None),
+            ("leadership", leadership.aclose() if leadership else None),
             ("reconciler", reconciler.aclose() if reconciler else None),
             ("API key watch", keys.aclose() if keys else None),
             ("node directory", directory.aclose() if directory else None),

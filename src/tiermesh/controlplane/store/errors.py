@@ -16,6 +16,7 @@ __all__ = [
     "InvalidKey",
     "KeyExists",
     "LeaseExpired",
+    "NotLeader",
     "StoreError",
     "StoreRequestFailed",
     "StoreUnavailable",
@@ -132,6 +133,21 @@ class LeaseExpired(StoreError):
         super().__init__(
             f"lease {lease_id:#x} of node {node_id!r} has expired or was revoked; "
             "register the node again"
+        )
+
+
+class NotLeader(StoreError):
+    """A fenced write was refused: ``key`` is no longer the one ``holder`` created at
+    revision ``token`` (its lease expired, it was revoked, or another holder won since).
+    Nothing of the write was stored."""
+
+    def __init__(self, key: str, holder: bytes, token: int) -> None:
+        self.key = key
+        self.holder = holder
+        self.token = token
+        super().__init__(
+            f"not the leader: {key!r} is no longer held by {holder.decode(errors='replace')!r}"
+            f" at revision {token}; the write was refused"
         )
 
 

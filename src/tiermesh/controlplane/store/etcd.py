@@ -37,6 +37,7 @@ from tiermesh.controlplane.store.errors import (
     ContentionExhausted,
     KeyExists,
     LeaseExpired,
+    NotLeader,
     StoreRequestFailed,
     UnknownApiKey,
 )
@@ -47,6 +48,7 @@ from tiermesh.controlplane.store.models import (
     ApiKeyRecord,
     Bundle,
     Entry,
+    Fence,
     JsonScalar,
     NodeLease,
     NodeRecord,
@@ -360,7 +362,9 @@ class EtcdStore:
             return Usage(tenant)
         return decode_usage(tenant, bytes(current.value), int(current.mod_revision))
 
-    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+    async def adopt_legacy_usage(
+        self, *, month: str, fence: Fence | None = None
+    ) -> tuple[Usage, ...]:
         self.layout.usage_month_prefix(month)  # a malformed month fails before anything
         found = await self._read(
             "adopt_legacy_usage", lambda c: c.get_prefix(self.layout.usage_prefix.encode())
@@ -369,11 +373,13 @@ class EtcdStore:
         for kv in found:
             key = bytes(kv.key).decode()
             tenant = self.layout.legacy_usage_tenant(key)
-            if tenant is not None and (usage := await self._adopt(tenant, key, month)):
+            if tenant is not None and (usage := await self._adopt(tenant, key, month, fence)):
                 adopted.append(usage)
         return tuple(sorted(adopted, key=lambda usage: usage.tenant))
 
-    async def _adopt(self, tenant: str, legacy: str, month: str) -> Usage | None:
+    async def _adopt(
+        self, tenant: str, legacy: str, month: str, fence: Fence | None
+    ) -> Usage | None:
         """Move one old counter into ``month``'s (one transaction, both keys guarded)."""
         old_key, key = legacy.encode(), self.layout.usage(tenant, month).encode()
         tx = self._tx
@@ -396,6 +402,7 @@ class EtcdStore:
                 tx.version(key) == 0
                 if current is None
                 else tx.mod(key) == int(current.mod_revision),
+                *self._fence_guards(fence),
             ]
             tokens, cost = before.tokens + moved.tokens, before.cost_micro + moved.cost_micro
             ok, responses = await self._txn(
@@ -407,6 +414,7 @@ class EtcdStore:
             if ok:
                 revision = int(responses[0].response_put.header.revision)
                 return Usage(tenant, tokens, cost, revision)
+            await self._check_fence(fence)
         raise ContentionExhausted(self.layout.usage(tenant, month), self._max_cas_attempts)
 
     # -- tenant API keys ---------------------------------------------------------------------
@@ -457,6 +465,57 @@ class EtcdStore:
             rows = responses[0]
             current = rows[0][1] if rows else None
         raise ContentionExhausted(full, self._max_cas_attempts)
+
+    # -- leadership --------------------------------------------------------------------------
+
+    def _fence_guards(self, fence: Fence | None) -> list[Any]:
+        if fence is None:
+            return []
+        full = self.layout.generic(fence.key).encode()
+        tx = self._tx
+        return [tx.create(full) == fence.token, tx.value(full) == fence.holder]
+
+    async def _check_fence(self, fence: Fence | None) -> None:
+        """After a refused transaction: raise `NotLeader` if the fence is what failed."""
+        if fence is None:
+            return
+        entry = await self.get(fence.key)
+        if entry is None or entry.create_revision != fence.token or entry.value != fence.holder:
+            raise NotLeader(fence.key, fence.holder, fence.token)
+
+    async def campaign(self, key: str, holder: bytes, ttl_s: int) -> Fence | None:
+        full = self.layout.generic(key).encode()
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
+        granted = await self._read("campaign", lambda c: c.lease(ttl_s))
+        lease_id = int(granted.id)
+        tx = self._tx
+        try:
+            ok, responses = await self._txn(
+                "campaign",
+                [tx.version(full) == 0],
+                [tx.put(full, bytes(holder), lease=lease_id)],
+                [],
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._read("campaign", lambda c: c.revoke_lease(lease_id))
+            raise
+        if not ok:
+            with contextlib.suppress(Exception):
+                await self._read("campaign", lambda c: c.revoke_lease(lease_id))
+            return None
+        token = int(responses[0].response_put.header.revision)
+        return Fence(key, bytes(holder), token, NodeLease(key, lease_id, int(granted.ttl)))
+
+    async def put_fenced(self, fence: Fence, key: str, value: bytes) -> int:
+        full = self.layout.generic(key).encode()
+        ok, responses = await self._txn(
+            "put_fenced", self._fence_guards(fence), [self._tx.put(full, bytes(value))], []
+        )
+        if not ok:
+            raise NotLeader(fence.key, fence.holder, fence.token)
+        return int(responses[0].response_put.header.revision)
 
     # -- small generic keys ------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from tiermesh.controlplane.store.codec import (
 from tiermesh.controlplane.store.errors import (
     KeyExists,
     LeaseExpired,
+    NotLeader,
     StoreRequestFailed,
     StoreUnavailable,
     UnknownApiKey,
@@ -48,6 +49,7 @@ from tiermesh.controlplane.store.models import (
     Bundle,
     Entry,
     EventKind,
+    Fence,
     JsonScalar,
     NodeLease,
     NodeRecord,
@@ -352,7 +354,9 @@ class MemoryStore:
             return Usage(tenant)
         return decode_usage(tenant, current.value, current.mod_revision)
 
-    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+    async def adopt_legacy_usage(
+        self, *, month: str, fence: Fence | None = None
+    ) -> tuple[Usage, ...]:
         self.layout.usage_month_prefix(month)  # a malformed month fails before anything
         await self._enter()
         adopted: list[Usage] = []
@@ -364,6 +368,7 @@ class MemoryStore:
                 old = decode_usage(tenant, value.value, value.mod_revision)
             except StoreRequestFailed:
                 continue
+            self._check_fence(fence)
             target = self.layout.usage(tenant, month)
             current = self._data.get(target)
             before = decode_usage(tenant, current.value if current else None, 0)
@@ -402,6 +407,33 @@ class MemoryStore:
         record = replace(record, revoked_at=revoked_at)
         revision = self._apply(puts=[(key, encode_api_key(record), 0)], deletes=())
         return replace(record, mod_revision=revision)
+
+    # -- leadership --------------------------------------------------------------------------
+
+    def _check_fence(self, fence: Fence | None) -> None:
+        if fence is None:
+            return
+        held = self._data.get(self.layout.generic(fence.key))
+        if held is None or held.create_revision != fence.token or held.value != fence.holder:
+            raise NotLeader(fence.key, fence.holder, fence.token)
+
+    async def campaign(self, key: str, holder: bytes, ttl_s: int) -> Fence | None:
+        full = self.layout.generic(key)
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
+        await self._enter()
+        if full in self._data:
+            return None
+        lease_id = next(self._lease_ids)
+        self._leases[lease_id] = _Lease(key, ttl_s, self.clock.now() + ttl_s)
+        token = self._apply(puts=[(full, bytes(holder), lease_id)], deletes=())
+        return Fence(key, bytes(holder), token, NodeLease(key, lease_id, ttl_s))
+
+    async def put_fenced(self, fence: Fence, key: str, value: bytes) -> int:
+        full = self.layout.generic(key)
+        await self._enter()
+        self._check_fence(fence)
+        return self._apply(puts=[(full, bytes(value), 0)], deletes=())
 
     # -- small generic keys ------------------------------------------------------------------
 

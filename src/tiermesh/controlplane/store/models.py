@@ -13,6 +13,7 @@ __all__ = [
     "Bundle",
     "Entry",
     "EventKind",
+    "Fence",
     "JsonScalar",
     "NodeLease",
     "NodeRecord",
@@ -118,6 +119,24 @@ class NodeLease:
     node_id: str
     lease_id: int
     ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A held leadership (`Store.campaign`): proof that ``holder`` created ``key``.
+
+    ``token`` is the leader key's create revision: it grows with every election, so no
+    two terms share it. Fenced writes (`Store.put_fenced`, ``adopt_legacy_usage(fence=)``)
+    compare both the key's create revision and its value in the same etcd transaction as
+    the write, so a deposed holder's write is refused by the store itself. ``lease`` keeps
+    the key alive: refresh it with `Store.refresh_lease`, give it up with
+    `Store.revoke_lease` (the key goes with it).
+    """
+
+    key: str
+    holder: bytes
+    token: int
+    lease: NodeLease
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from tiermesh.controlplane.store.models import (
     ApiKeyRecord,
     Bundle,
     Entry,
+    Fence,
     JsonScalar,
     NodeLease,
     NodeRecord,
@@ -162,7 +163,9 @@ class Store(Protocol):
         was added in that month."""
         ...
 
-    async def adopt_legacy_usage(self, *, month: str) -> tuple[Usage, ...]:
+    async def adopt_legacy_usage(
+        self, *, month: str, fence: Fence | None = None
+    ) -> tuple[Usage, ...]:
         """Fold counters kept before usage was per month (``usage/<tenant>``, no month)
         into ``month``'s, deleting each old key in the same transaction as the addition;
         returns the month counters it changed, sorted by tenant.
@@ -170,8 +173,10 @@ class Store(Protocol):
         Each tenant's move is atomic (both keys compare-and-swapped), so a crash or a
         concurrent caller neither loses nor double-counts spend, and a second call finds
         nothing to move. An old counter whose value does not parse is left in place (and
-        not returned). Raises `InvalidKey` for a malformed month, `ContentionExhausted` as
-        :meth:`add_usage`.
+        not returned). With ``fence``, every move also compares the leader key (see
+        :meth:`put_fenced`) and `NotLeader` stops the fold at the first refused move (the
+        moves before it stay done). Raises `InvalidKey` for a malformed month,
+        `ContentionExhausted` as :meth:`add_usage`.
         """
         ...
 
@@ -197,6 +202,28 @@ class Store(Protocol):
 
         Raises `UnknownApiKey` (nothing written) if no record has ``key_id``,
         `ContentionExhausted` if concurrent writers keep winning.
+        """
+        ...
+
+    # -- leadership -----------------------------------------------------------------------
+
+    async def campaign(self, key: str, holder: bytes, ttl_s: int) -> Fence | None:
+        """Become the holder of generic ``key`` if nobody holds it: create it with value
+        ``holder``, bound to a new lease of ``ttl_s`` seconds, in one transaction.
+
+        Returns the `Fence` (the caller owns its lease: refresh it more often than every
+        ``ttl_s``, revoke it to resign), or None when the key exists (the new lease is
+        revoked again). Raises ValueError for ``ttl_s < 1``, `InvalidKey`; after
+        `StoreUnavailable` the lease was revoked (best effort) and nothing is held.
+        """
+        ...
+
+    async def put_fenced(self, fence: Fence, key: str, value: bytes) -> int:
+        """Write generic ``key`` only while ``fence`` still holds: the leader key's create
+        revision is ``fence.token`` and its value ``fence.holder``, checked by the store in
+        the write's own transaction. Returns the store revision.
+
+        Raises `NotLeader` (nothing written) when the fence no longer holds.
         """
         ...
 
