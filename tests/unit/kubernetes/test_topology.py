@@ -128,3 +128,13 @@ def test_the_network_policy_check_catches_openings(docs: list[dict[str, Any]]) -
     assert any("nodes may reach only" in p for p in problems), problems
     assert "tiermesh-nodes: nodes admit ['9463'], not only /metrics" in problems
     assert len(of_kind(docs, "NetworkPolicy")) == 4
+
+
+def test_each_control_plane_replica_is_named_by_its_pod(docs: list[dict[str, Any]]) -> None:
+    """Replicas campaign for leadership and sign plan records under ``TIERMESH_REPLICA``
+    (``controlplane run --replica``); one name shared by three pods would make them one
+    holder and one interleaved chain."""
+    plane = find(docs, "StatefulSet", "tiermesh-controlplane")
+    (container,) = (c for c in pod_spec(plane)["containers"] if c["name"] == "controlplane")
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["TIERMESH_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
