@@ -33,6 +33,10 @@ typecheck: deps
 imports: deps
 	$(BIN)/lint-imports
 
+# Test files run on both cores (one worker per core, a file's tests on one worker, so its
+# module fixtures start once); each worker hands out server ports from its own range
+# (tests/conftest.py). PYTEST_ARGS replaces these, e.g. PYTEST_ARGS="tests/unit -x".
+PYTEST_ARGS ?= -n 2 --dist loadfile
 pytest: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
