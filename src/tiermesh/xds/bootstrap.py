@@ -35,14 +35,16 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
-ADS_KEEPALIVE_INTERVAL_S = 5
-ADS_KEEPALIVE_TIMEOUT_S = 3
+ADS_KEEPALIVE_INTERVAL_S = 2
+ADS_KEEPALIVE_TIMEOUT_S = 2
 """HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
-(paused, partitioned, its host frozen) is given up within 3-8 seconds and the stream
-reconnects to another replica (Envoy's default would be never; this project had 30 s +
-5 s). Pinging every second was measured to cost an occasional reconnect of a healthy
-stream (the certificate-rotation suite saw one within 20 s), so the interval stays at
-five. The ADS server accepts pings this often
+(paused, partitioned, its host frozen) is given up within 2-4 seconds and the stream
+reconnects to another replica, so a push is served again within the 5 s a fault may cost
+(Envoy's default would be never; this project had 30 s + 5 s, then 5 s + 3 s, which left
+a paused replica's nodes on it for up to 8 s). A one-second interval with a one-second
+timeout cost an occasional reconnect of a healthy stream under load (the
+certificate-rotation suite saw one within 20 s); two seconds of patience for the answer
+leaves a busy Python server room. The ADS server accepts pings this often
 (``grpc.http2.min_ping_interval_without_data_ms`` set by the control plane)."""
 ADS_RETRY_BASE = "0.1s"
 ADS_RETRY_MAX = "2s"

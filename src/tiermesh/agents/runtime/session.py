@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 
@@ -45,6 +45,19 @@ from tiermesh.controlplane.api import (
 )
 
 __all__ = ["LoadProbe", "RegistrySession", "UsageOutbox"]
+
+
+SESSION_KEEPALIVE: Final = (
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 1_500),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""HTTP/2 PINGs on the registry session: a replica that stops answering (paused,
+partitioned, its host frozen) is left within 2.5 s, before the node's registration lease
+(5 s in ``tiermesh up``, refreshed every third of it) can run out on it, so the session
+re-registers on another replica and no replica drops the node's snapshot. Writes alone
+cannot tell: a frozen server's socket takes load reports until its window is full. The
+node API server accepts pings this often."""
 
 log = logging.getLogger("tiermesh.agent")
 
@@ -166,7 +179,7 @@ class RegistrySession:
         credentials = grpc.ssl_channel_credentials(
             material.bundle_pem(), material.key_pem(), material.chain_pem()
         )
-        options = [("grpc.ssl_target_name_override", self._server_name)]
+        options = [("grpc.ssl_target_name_override", self._server_name), *SESSION_KEEPALIVE]
         async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             method = channel.stream_stream(
                 registry_method_path(),

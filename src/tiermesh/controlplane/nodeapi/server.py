@@ -250,6 +250,10 @@ async def start_node_api(
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
+            # Agents ping their registry session every second to notice a frozen replica
+            # (tiermesh.agents.runtime.session.SESSION_KEEPALIVE); without this the server
+            # would answer such pings with GOAWAY (too many pings).
+            ("grpc.http2.min_ping_interval_without_data_ms", 500),
         ]
     )
     service.add_to(server)
