@@ -35,17 +35,17 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
-ADS_KEEPALIVE_INTERVAL_S = 2
-ADS_KEEPALIVE_TIMEOUT_S = 2
+ADS_KEEPALIVE_INTERVAL_S = 1
+ADS_KEEPALIVE_TIMEOUT_S = 3
 """HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
-(paused, partitioned, its host frozen) is given up within 2-4 seconds and the stream
+(paused, partitioned, its host frozen) is given up within 3-4 seconds and the stream
 reconnects to another replica, so a push is served again within the 5 s a fault may cost
 (Envoy's default would be never; this project had 30 s + 5 s, then 5 s + 3 s, which left
-a paused replica's nodes on it for up to 8 s). A one-second interval with a one-second
-timeout cost an occasional reconnect of a healthy stream under load (the
-certificate-rotation suite saw one within 20 s); two seconds of patience for the answer
-leaves a busy Python server room. The ADS server accepts pings this often
-(``grpc.http2.min_ping_interval_without_data_ms`` set by the control plane)."""
+a paused replica's nodes on it for up to 8 s). The timeout is what a busy replica must be
+allowed: with 2 s, every Envoy of a loaded 2-core test machine left a healthy control
+plane at once (a stall of its event loop), as 1 s had in the certificate-rotation suite.
+The ADS server accepts pings this often (``grpc.http2.min_ping_interval_without_data_ms``
+set by the control plane)."""
 ADS_RETRY_BASE = "0.1s"
 ADS_RETRY_MAX = "2s"
 """Backoff between attempts to re-open a broken ADS stream (Envoy's default is 0.5 s up to
