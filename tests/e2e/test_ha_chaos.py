@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.ha_chaos import LEADER_WITHIN_S, PUSH_WITHIN_S, ChaosReport, describe, run_chaos
+from tests.e2e.ha_chaos import LEADER_WITHIN_S, ChaosReport, describe, push_bound, run_chaos
 from tiermesh.demo.mesh import LocalMesh
 from tiermesh.procs.ports import free_port
 
@@ -47,7 +47,7 @@ def test_public_requests_are_served_through_every_fault(report: ChaosReport) -> 
 
 def test_a_push_is_served_within_the_bound_after_each_fault(report: ChaosReport) -> None:
     late = [(f.name, f.push_served_s) for f in report.faults
-            if f.push_served_s is None or f.push_served_s > PUSH_WITHIN_S]  # fmt: skip
+            if f.push_served_s is None or f.push_served_s > push_bound(f.name)]  # fmt: skip
     assert late == []
 
 
@@ -78,7 +78,8 @@ def test_a_lost_leader_or_edge_replica_is_replaced_within_the_bound(report: Chao
     slow = [
         (f.name, f.leader_moved_s, f.edge_reconnect_s)
         for f in hit
-        if (f.leader_moved_s or 0) > LEADER_WITHIN_S or (f.edge_reconnect_s or 0) > PUSH_WITHIN_S
+        if (f.leader_moved_s or 0) > LEADER_WITHIN_S
+        or (f.edge_reconnect_s or 0) > push_bound(f.name)
     ]
     assert slow == []
 

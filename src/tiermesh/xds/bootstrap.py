@@ -35,17 +35,18 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
-ADS_KEEPALIVE_INTERVAL_S = 1
+ADS_KEEPALIVE_INTERVAL_S = 5
 ADS_KEEPALIVE_TIMEOUT_S = 3
 """HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
-(paused, partitioned, its host frozen) is given up within 3-4 seconds and the stream
-reconnects to another replica, so a push is served again within the 5 s a fault may cost
-(Envoy's default would be never; this project had 30 s + 5 s, then 5 s + 3 s, which left
-a paused replica's nodes on it for up to 8 s). The timeout is what a busy replica must be
-allowed: with 2 s, every Envoy of a loaded 2-core test machine left a healthy control
-plane at once (a stall of its event loop), as 1 s had in the certificate-rotation suite.
-The ADS server accepts pings this often (``grpc.http2.min_ping_interval_without_data_ms``
-set by the control plane)."""
+(paused, partitioned, its host frozen) is given up within 3-8 seconds and the stream
+reconnects to another replica (Envoy's default would be never; this project had 30 s +
+5 s). Tried and measured on this project's 2-core machines: pinging every second cost
+reconnects of healthy streams (twice in the certificate-rotation suite, an Envoy's
+connection count rising during the run), and a 2 s timeout made every Envoy of a loaded
+machine leave a healthy control plane at once during a stall. So a frozen replica costs
+its nodes' pushes up to ~8 s, not the 5 s a killed one costs. The ADS server accepts
+pings this often (``grpc.http2.min_ping_interval_without_data_ms`` set by the control
+plane)."""
 ADS_RETRY_BASE = "0.1s"
 ADS_RETRY_MAX = "2s"
 """Backoff between attempts to re-open a broken ADS stream (Envoy's default is 0.5 s up to
