@@ -67,6 +67,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
+from _gw_envoy import plain_bootstrap
 from _gw_load import WrkResult, run_wrk, wrk_version
 from _gw_mesh import _AdsThread, envoy_version
 from _gw_upstream import Upstream, nginx_version
@@ -360,67 +361,6 @@ def _drop_everything(resources: Resources, request: dict[str, str]) -> None:
 VARIANTS["-all"] = ("every removal above at once", _drop_everything)
 ANSWERING_BACKEND = "frontier-eu"
 """The backend that answers the measured request (the first chain member with hosts)."""
-
-
-def _loopback(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def plain_bootstrap(port: int, upstream_port: int, admin_port: int) -> dict[str, Any]:
-    """A minimal static Envoy: one listener, one route, one cluster (the comparison)."""
-    types = "type.googleapis.com/envoy.extensions.filters."
-    manager = {
-        "@type": types + "network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "plain",
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "plain",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": types + "http.router.v3.Router"},
-            }
-        ],
-    }
-    endpoint = {"endpoint": {"address": _loopback(upstream_port)}}
-    return {
-        "admin": {"address": _loopback(admin_port)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "plain",
-                    "address": _loopback(port),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "upstream",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "upstream",
-                        "endpoints": [{"lb_endpoints": [endpoint]}],
-                    },
-                }
-            ],
-        },
-    }
 
 
 # ---------------------------------------------------------------------- measurement
@@ -740,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.add_envoy(
             "plain",
             "minimal static Envoy: one listener, one route, one cluster",
-            plain_bootstrap(plain_port, answering, free_port()),
+            plain_bootstrap(plain_port, free_port(), answering),
             1,
             plain_port,
         )
