@@ -35,18 +35,18 @@ __all__ = [
 ]
 
 XDS_CLUSTER = "tiermesh_xds"
-ADS_KEEPALIVE_INTERVAL_S = 5
-ADS_KEEPALIVE_TIMEOUT_S = 3
+ADS_KEEPALIVE_INTERVAL_S = 1
+ADS_KEEPALIVE_TIMEOUT_S = 2
 """HTTP/2 PINGs on the ADS connection: a control-plane replica that stops answering
-(paused, partitioned, its host frozen) is given up within 3-8 seconds and the stream
-reconnects to another replica (Envoy's default would be never; this project had 30 s +
-5 s). Tried and measured on this project's 2-core machines: pinging every second cost
-reconnects of healthy streams (twice in the certificate-rotation suite, an Envoy's
-connection count rising during the run), and a 2 s timeout made every Envoy of a loaded
-machine leave a healthy control plane at once during a stall. So a frozen replica costs
-its nodes' pushes up to ~8 s, not the 5 s a killed one costs. The ADS server accepts
-pings this often (``grpc.http2.min_ping_interval_without_data_ms`` set by the control
-plane)."""
+(paused, partitioned, its host frozen) is given up within about 3.2 s (a PING every
+second, jittered by up to 15 %, unanswered for 2 s) and the stream reconnects to another
+replica, so a push is served within the 5 s a killed replica costs (Envoy's default would
+be never). PING ACKs come from gRPC core's own threads, not Python: a replica whose
+interpreter is busy (a long reconcile, a full collection) still answers them. The ADS
+server must accept PINGs this often (``grpc.http2.min_ping_interval_without_data_ms``,
+set by the control plane through :func:`tiermesh.xds.server.server_options`); when it
+did not, it answered every pinging Envoy with a ``too_many_pings`` GOAWAY, which is what
+made faster pinging look like it cost healthy connections."""
 ADS_RETRY_BASE = "0.1s"
 ADS_RETRY_MAX = "2s"
 """Backoff between attempts to re-open a broken ADS stream (Envoy's default is 0.5 s up to

@@ -8,7 +8,8 @@ streams, nonces and ACK state; it sees snapshots only through a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Final
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -32,7 +33,7 @@ from tiermesh.xds.stream import (
     request_decoder,
 )
 
-__all__ = ["SDS_SERVICE", "SERVICE", "AdsServer", "start_server"]
+__all__ = ["SDS_SERVICE", "SERVICE", "AdsServer", "server_options", "start_server"]
 
 log = logging.getLogger("tiermesh.xds")
 
@@ -139,6 +140,31 @@ class AdsServer:
             await context.abort(code, str(exc))
 
 
+_SERVER_DEFAULTS: Final[Mapping[str, int | str]] = {
+    "grpc.so_reuseport": 0,
+    "grpc.keepalive_time_ms": 30_000,
+    # A control-plane restart makes every node reconnect at once. gRPC core refuses calls
+    # the application has not picked up yet beyond these limits (defaults 1 000 / 3 000),
+    # silently and at random; 5 000 nodes overflowed them.
+    "grpc.server.max_pending_requests": PENDING_CALLS,
+    "grpc.server.max_pending_requests_hard_limit": PENDING_CALLS,
+    "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+}
+
+
+def server_options(
+    overrides: Sequence[tuple[str, int | str]] = (),
+) -> list[tuple[str, int | str]]:
+    """The ADS server's channel arguments: the defaults, each replaced by an override of
+    the same name. gRPC core keeps the *first* of two arguments with one name, so appending
+    an override silently does nothing (a control plane that asked to accept Envoy's
+    one-second keepalive PINGs kept the 10 s default and sent every pinging Envoy a
+    ``too_many_pings`` GOAWAY)."""
+    merged = dict(_SERVER_DEFAULTS)
+    merged.update(overrides)
+    return list(merged.items())
+
+
 async def start_server(
     ads: AdsServer,
     address: str,
@@ -153,19 +179,7 @@ async def start_server(
     is off, so a second server cannot silently share a port with the first. ``sds`` also
     serves the snapshots as the standalone SecretDiscoveryService.
     """
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", 30_000),
-            # A control-plane restart makes every node reconnect at once. gRPC core refuses
-            # calls the application has not picked up yet beyond these limits (defaults
-            # 1 000 / 3 000), silently and at random; 5 000 nodes overflowed them.
-            ("grpc.server.max_pending_requests", PENDING_CALLS),
-            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            *options,
-        ]
-    )
+    server = grpc.aio.server(options=server_options(options))
     ads.add_to(server)
     if sds:
         ads.add_sds_to(server)

@@ -126,7 +126,7 @@ def test_ads_cluster_for_an_ip_keeps_its_exact_shape() -> None:
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "5s", "timeout": "3s"}
+                        "connection_keepalive": {"interval": "1s", "timeout": "2s"}
                     }
                 },
             }

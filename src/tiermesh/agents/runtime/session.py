@@ -50,15 +50,19 @@ __all__ = ["LoadProbe", "RegistrySession", "UsageOutbox"]
 SESSION_KEEPALIVE: Final = (
     ("grpc.keepalive_time_ms", 1_000),
     ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.http2.ping_timeout_ms", 2_000),
     ("grpc.http2.max_pings_without_data", 0),
 )
 """HTTP/2 PINGs on the registry session: a replica that stops answering (paused,
 partitioned, its host frozen) is left within 3 s, about when the node's registration
 lease (5 s in ``tiermesh up``, refreshed every third of it) could first run out on it, and
 the session registers again on another replica at once. Writes alone cannot tell: a
-frozen server's socket takes load reports until its window is full, and the node stayed
-unregistered until the frozen replica woke up. Two seconds of patience leave a busy
-replica room. The node API server accepts pings this often."""
+frozen server's socket takes load reports until its window is full. ``ping_timeout_ms``
+is what bounds the wait for a PING's ACK in grpcio (1.85): ``keepalive_timeout_ms`` alone
+leaves gRPC core's 60 s default in force, and the node stayed unregistered until the
+frozen replica woke up. Two seconds of patience leave a busy replica room (ACKs come from
+gRPC core's threads, not the replica's interpreter). The node API server accepts pings
+this often."""
 
 log = logging.getLogger("tiermesh.agent")
 

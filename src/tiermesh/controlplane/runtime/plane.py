@@ -304,7 +304,8 @@ class ControlPlane:
                 self._ads,
                 str(config.ads),
                 credentials=identity.credentials.server_credentials(),
-                # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica.
+                # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica
+                # (replaces the server's 10 s default: see server_options).
                 options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
             )
         except RuntimeError as exc:

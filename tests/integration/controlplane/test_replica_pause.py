@@ -1,0 +1,187 @@
+"""A node beside two real ``tiermesh controlplane run`` replicas when the one it talks to
+is paused (SIGSTOP: a frozen host, or a partition, as the node sees it).
+
+A frozen process keeps its sockets open and the kernel keeps taking bytes for it, so only
+HTTP/2 PINGs can tell. Both of the node's long-lived streams must ping and give the frozen
+replica up, and neither may be sent away by a healthy replica for pinging:
+
+- the agent's registry session (gRPC's ``ping_timeout_ms`` defaults to 60 s and holds
+  every PING, keepalive ones included, so without it the session waited for the replica
+  to wake up and the node's registration ran out meanwhile);
+- Envoy's ADS connection (the ADS server used to keep its 10 s minimum PING interval
+  whatever the control plane asked for, and sent a ``too_many_pings`` GOAWAY to every
+  Envoy that pinged faster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.integration.controlplane.test_controlplane_run import TD, Running, tiermesh
+from tests.integration.controlplane.test_replica_leadership import replicas  # noqa: F401
+from tiermesh.agents.identity import SvidStore, load_material
+from tiermesh.agents.identity.join_client import join
+from tiermesh.agents.runtime.session import RegistrySession
+from tiermesh.cli.status_cmd import fetch_status
+from tiermesh.controlplane.api import NodeLoad, NodeRegistration
+from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
+from tiermesh.procs.envoy import EnvoyProcess
+from tiermesh.procs.ports import free_port
+from tiermesh.xds import AdsTls, BootstrapSpec, render_bootstrap
+from tiermesh.xds.bootstrap import ADS_KEEPALIVE_INTERVAL_S, ADS_KEEPALIVE_TIMEOUT_S
+
+pytestmark = [pytest.mark.etcd, pytest.mark.envoy]
+
+NODE = "edge-1"
+LEFT_WITHIN_S = ADS_KEEPALIVE_INTERVAL_S * 1.15 + ADS_KEEPALIVE_TIMEOUT_S + 2.0
+"""A PING sent (interval, jittered up to 15 %) and not answered (timeout), then the
+reconnect on a loaded 2-core machine."""
+SESSION_LEFT_WITHIN_S = 6.0
+"""The registry session pings every second and gives up after two (SESSION_KEEPALIVE)."""
+
+
+async def _idle() -> NodeLoad:
+    return NodeLoad()
+
+
+async def _joined(plane: Running, folder: Path) -> tuple[SvidStore, AdsTls]:
+    """``NODE`` joins through ``plane``; its SVID as the agent holds it and as Envoy reads it."""
+    token = tiermesh("token", "create", "--node-id", NODE, "--etcd", plane.etcd,
+                     "--root", plane.root)  # fmt: skip
+    assert token.returncode == 0, token.stderr
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain, bundle = await join(
+        f"127.0.0.1:{plane.ports['join']}",
+        token.stdout.strip(),
+        key,
+        trust_bundle_pem=(plane.data_dir / "bundle.pem").read_bytes(),
+        server_name=control_plane_dns_name(TD),
+    )
+    svids = SvidStore()
+    svids.update(load_material(key, chain, bundle, now=dt.datetime.now(dt.UTC)))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    await asyncio.to_thread(_write_svid, folder, chain, key_pem, bundle)
+    tls = AdsTls(
+        cert_chain=str(folder / "chain.pem"),
+        private_key=str(folder / "key.pem"),
+        trusted_ca=str(folder / "bundle.pem"),
+        server_san=control_plane_spiffe_id(TD),
+    )
+    return svids, tls
+
+
+def _write_svid(folder: Path, chain: bytes, key_pem: bytes, bundle: bytes) -> None:
+    folder.mkdir()
+    (folder / "chain.pem").write_bytes(chain)
+    (folder / "key.pem").write_bytes(key_pem)
+    (folder / "key.pem").chmod(0o600)
+    (folder / "bundle.pem").write_bytes(bundle)
+
+
+def _streams_from(plane: Running) -> int:
+    """ADS streams ``plane`` says ``NODE`` has open with it (0 when it does not answer)."""
+    try:
+        document = fetch_status(plane.admin, timeout_s=1)
+    except (OSError, ValueError):  # a paused replica does not answer
+        return 0
+    for node in document.get("nodes", []):
+        if node["id"] == NODE:
+            return int((node.get("xds") or {}).get("streams") or 0)
+    return 0
+
+
+def _ads_connections(envoy: EnvoyProcess) -> int:
+    """Connections Envoy has opened to the ADS cluster so far."""
+    stats = envoy.admin_json("/stats?format=json&filter=tiermesh_xds.upstream_cx_total")
+    return sum(int(s["value"]) for s in stats["stats"] if s["name"].endswith("upstream_cx_total"))
+
+
+def _polled(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Seconds until ``check()`` held (polled every 50 ms); fails naming ``what``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s:.1f} s: {what}")
+
+
+async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    return await asyncio.to_thread(_polled, check, timeout_s, what)
+
+
+async def test_the_registry_session_leaves_a_paused_replica(
+    replicas: tuple[Running, Running],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    a, b = replicas
+    svids, _ = await _joined(a, tmp_path / "svid")
+    session = RegistrySession(
+        svids,
+        NodeRegistration(node_id=NODE, tier="local", region="eu-west", app_port=free_port()),
+        addresses=[f"127.0.0.1:{a.ports['node']}", f"127.0.0.1:{b.ports['node']}"],
+        server_name=control_plane_dns_name(TD),
+        measure=_idle,
+        interval_s=0.5,
+    )
+    running = asyncio.create_task(session.run())
+    try:
+        await session.wait_registered(10)
+        assert session.sessions == 1
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            took = await _until(
+                lambda: session.sessions == 2, SESSION_LEFT_WITHIN_S, "registered on b"
+            )
+            assert session.last_error is None  # registered again, on b
+            assert took < SESSION_LEFT_WITHIN_S
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_envoy_keeps_a_healthy_replica_and_leaves_a_paused_one(
+    replicas: tuple[Running, Running],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    a, b = replicas
+    _, tls = await _joined(a, tmp_path / "svid")
+    spec = BootstrapSpec(
+        node_id=NODE, xds_host="127.0.0.1", xds_port=a.ports["ads"],
+        xds_more=(("127.0.0.1", b.ports["ads"]),), admin_port=free_port(), tls=tls,
+    )  # fmt: skip
+    envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
+    envoy.start()
+    try:
+        await _until(lambda: _streams_from(a) + _streams_from(b) == 1, 20, "Envoy streams ADS")
+        first = a if _streams_from(a) else b
+        other = b if first is a else a
+        # Idle, pinging every ADS_KEEPALIVE_INTERVAL_S: a healthy replica keeps it.
+        await asyncio.sleep(ADS_KEEPALIVE_INTERVAL_S * 6)
+        assert await asyncio.to_thread(_ads_connections, envoy) == 1
+        assert _streams_from(first) == 1
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            took = await _until(
+                lambda: _streams_from(other) == 1, LEFT_WITHIN_S, "Envoy on the other replica"
+            )
+            assert took < LEFT_WITHIN_S
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+    finally:
+        await asyncio.to_thread(envoy.stop)
