@@ -42,6 +42,7 @@ from tests.e2e.ha_chaos import (  # noqa: E402
 from tiermesh.agents.decisionlog import read_spool  # noqa: E402
 from tiermesh.demo.mesh import LocalMesh  # noqa: E402
 from tiermesh.procs.ports import free_port  # noqa: E402
+from tiermesh.xds.bootstrap import ADS_KEEPALIVE_INTERVAL_S, ADS_KEEPALIVE_TIMEOUT_S  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ha.md"
 
@@ -132,6 +133,9 @@ def render(runs: list[tuple[ChaosReport, list[tuple[str, float, float]], list[st
         "Envoy holding the new routes. `leader moved` / `edge moved`: from the fault to",
         "another replica leading / to the edge streaming from the other replica (only when",
         "the fault hit that replica). Faults are signals to the real processes' PIDs.",
+        f"Envoy pings its ADS replica every {ADS_KEEPALIVE_INTERVAL_S:g} s and leaves it after"
+        f" {ADS_KEEPALIVE_TIMEOUT_S:g} s without an answer; the agent's registry session pings"
+        " every 1 s and leaves after 2 s.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other work; load"
         f" average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min).",
@@ -172,6 +176,8 @@ def render(runs: list[tuple[ChaosReport, list[tuple[str, float, float]], list[st
             f"- ext_authz errors (timeouts included) counted by the edge's Envoy:"
             f" {report.authz_errors} (each a fail-closed 503 with an empty body)",
             f"- pushes: {report.pushes}; steady ones served in {summary(report.pushes_served)}",
+            f"- ADS connections the edge's Envoy opened with no fault in progress:"
+            f" **{report.steady_ads_reconnects}**",
             f"- audit: {len(report.decisions)} decisions answered, **{report.audit_lost} lost**,"
             f" {report.audit_duplicates} duplicate copies dropped by the merge,"
             f" {report.audit_conflicts} conflicts, chains verified across both databases:"
@@ -228,6 +234,7 @@ def _summary(
     )
     kept = [f.versions_kept for r in reports for f in r.faults if f.versions_kept is not None]
     nacks = sum(f.nacks for r in reports for f in r.faults)
+    spurious = sum(r.steady_ads_reconnects for r in reports)
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
@@ -241,6 +248,8 @@ def _summary(
         f"- leader replaced <= {LEADER_WITHIN_S:g} s: {verdict(slow_leader == 0)}.",
         f"- edge reconnects to the other replica with the same versions and no NACK:"
         f" {verdict(all(kept) and nacks == 0)} ({len(kept)} reconnects, {nacks} NACKs).",
+        f"- a healthy replica keeps the edge (ADS reconnects with no fault in progress):"
+        f" {verdict(spurious == 0)} ({spurious}).",
         f"- public requests failed: {failed} of {sent} ({verdict(failed == 0)}); ext_authz errors"
         f" counted by the edge's Envoy over the same runs: {authz}.",
         f"- restricted requests served off-prem: {off_prem} ({verdict(off_prem == 0)}).",

@@ -28,6 +28,7 @@ from tiermesh.xds.ready_listener import ready_listener
 __all__ = [
     "ADMIN_SOCKET_MODE",
     "ADS_KEEPALIVE_INTERVAL_S",
+    "ADS_KEEPALIVE_TIMEOUT_S",
     "AdsTls",
     "BootstrapSpec",
     "render_bootstrap",
