@@ -42,6 +42,7 @@ import datetime as dt
 import errno
 import logging
 import socket
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import grpc
@@ -146,6 +147,13 @@ def _check_free(what: str, address: HostPort) -> None:
         except OSError as exc:
             detail = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
             raise PortInUse(what, str(address), detail) from exc
+
+
+async def _all(steps: Sequence[Awaitable[object]]) -> None:
+    """Await ``steps`` side by side; the first failure is raised once every one ended."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _seconds(value: float | None) -> dt.timedelta | None:
@@ -483,12 +491,16 @@ class ControlPlane:
         directory, self._directory = self._directory, None
         identity = self._identity  # kept: ``ca`` stays readable after a stop
         store, self._store = self._store, None
+        # The gRPC servers drain side by side: each waits out the whole grace for its
+        # long-lived streams, and a node moves to another replica only once its stream
+        # ends, so one after another would hold every Envoy three graces.
+        servers = [
+            server.stop(grace_s) for server in (node_api, ads_server, audit) if server is not None
+        ]
         steps: list[tuple[str, Any]] = [
             ("dashboard", dashboard.aclose() if dashboard else None),
             ("admin", admin.aclose() if admin else None),
-            ("node API", node_api.stop(grace_s) if node_api else None),
-            ("ADS", ads_server.stop(grace_s) if ads_server else None),
-            ("audit collector", audit.stop(grace_s) if audit else None),
+            ("node API, ADS and audit collector", _all(servers) if servers else None),
             ("leadership", leadership.aclose() if leadership else None),
             ("reconciler", reconciler.aclose() if reconciler else None),
             ("API key watch", keys.aclose() if keys else None),
