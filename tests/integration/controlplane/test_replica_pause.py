@@ -1,5 +1,5 @@
 """A node beside two real ``tiermesh controlplane run`` replicas when the one it talks to
-is paused (SIGSTOP: a frozen host, or a partition, as the node sees it).
+is paused (SIGSTOP: a frozen host, as the node sees it), or is cut off from etcd.
 
 A frozen process keeps its sockets open and the kernel keeps taking bytes for it, so only
 HTTP/2 PINGs can tell. Both of the node's long-lived streams must ping and give the frozen
@@ -19,22 +19,34 @@ import asyncio
 import datetime as dt
 import signal
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.controlplane.test_controlplane_run import TD, Running, tiermesh
-from tests.integration.controlplane.test_replica_leadership import replicas  # noqa: F401
+from tests.integration.controlplane.test_controlplane_run import (
+    TD,
+    Running,
+    start_plane,
+    tiermesh,
+)
+from tests.integration.controlplane.test_replica_leadership import (  # noqa: F401
+    LEADER_TTL,
+    replicas,
+)
+from tests.support.tcp_cut import CuttableLink
 from tiermesh.agents.identity import SvidStore, load_material
 from tiermesh.agents.identity.join_client import join
 from tiermesh.agents.runtime.session import RegistrySession
 from tiermesh.cli.status_cmd import fetch_status
 from tiermesh.controlplane.api import NodeLoad, NodeRegistration
 from tiermesh.controlplane.api.join import control_plane_dns_name, control_plane_spiffe_id
+from tiermesh.controlplane.runtime.etcd_reach import CUT_OFF_S
 from tiermesh.procs.envoy import EnvoyProcess
+from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import free_port
 from tiermesh.xds import AdsTls, BootstrapSpec, render_bootstrap
 from tiermesh.xds.bootstrap import ADS_KEEPALIVE_INTERVAL_S, ADS_KEEPALIVE_TIMEOUT_S
@@ -45,6 +57,9 @@ NODE = "edge-1"
 LEFT_WITHIN_S = ADS_KEEPALIVE_INTERVAL_S * 1.15 + ADS_KEEPALIVE_TIMEOUT_S + 2.0
 """A PING sent (interval, jittered up to 15 %) and not answered (timeout), then the
 reconnect on a loaded 2-core machine."""
+CUT_OFF_LEFT_WITHIN_S = CUT_OFF_S + 1.0 + 2.0
+"""Cut off counted after ``CUT_OFF_S`` without an answer (checked every second), then the
+reconnect on a loaded machine."""
 SESSION_LEFT_WITHIN_S = 6.0
 """The registry session pings every second and gives up after two (SESSION_KEEPALIVE)."""
 
@@ -183,5 +198,73 @@ async def test_envoy_keeps_a_healthy_replica_and_leaves_a_paused_one(
             assert took < LEFT_WITHIN_S
         finally:
             first.proc.send_signal(signal.SIGCONT)
+    finally:
+        await asyncio.to_thread(envoy.stop)
+
+
+@pytest.fixture
+def linked_replicas(
+    tmp_path: Path, etcd: EtcdServer
+) -> Iterator[tuple[tuple[Running, CuttableLink], tuple[Running, CuttableLink]]]:
+    """Two replicas, each reaching etcd only through a link of its own that can be cut."""
+    host, _, port = etcd.endpoint.rpartition(":")
+    root = f"/test-{uuid.uuid4().hex}/tiermesh/v1/"
+    links: list[CuttableLink] = []
+    started: list[Running] = []
+    try:
+        for name in ("cp-a", "cp-b"):
+            link = CuttableLink(host, int(port))
+            links.append(link)
+            folder = tmp_path / name
+            folder.mkdir()
+            extra = ("--replica", name, "--leader-ttl", str(LEADER_TTL))
+            started.append(start_plane(folder, link.address, *extra, root=root))
+        yield (started[0], links[0]), (started[1], links[1])
+    finally:
+        for plane in started:
+            plane.proc.kill()
+            plane.proc.communicate(timeout=10)
+        for link in links:
+            link.close()
+
+
+def _etcd_reachable(plane: Running) -> bool | None:
+    try:
+        document = fetch_status(plane.admin, timeout_s=1)
+    except (OSError, ValueError):
+        return None
+    return bool(document["etcd"]["reachable"])
+
+
+async def test_envoy_leaves_a_replica_cut_off_from_etcd(
+    linked_replicas: tuple[tuple[Running, CuttableLink], tuple[Running, CuttableLink]],
+    tmp_path: Path,
+) -> None:
+    """A replica cut off from etcd still answers Envoy's PINGs; it ends its ADS streams, so
+    the push made meanwhile reaches its nodes through the other replica."""
+    (a, link_a), (b, link_b) = linked_replicas
+    _, tls = await _joined(a, tmp_path / "svid")
+    spec = BootstrapSpec(
+        node_id=NODE, xds_host="127.0.0.1", xds_port=a.ports["ads"],
+        xds_more=(("127.0.0.1", b.ports["ads"]),), admin_port=free_port(), tls=tls,
+    )  # fmt: skip
+    envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
+    envoy.start()
+    try:
+        await _until(lambda: _streams_from(a) + _streams_from(b) == 1, 20, "Envoy streams ADS")
+        first, link, other = (a, link_a, b) if _streams_from(a) else (b, link_b, a)
+        assert _etcd_reachable(first) is True
+        link.cut()
+        try:
+            took = await _until(
+                lambda: _streams_from(other) == 1, CUT_OFF_LEFT_WITHIN_S, "Envoy on the other"
+            )
+            assert took < CUT_OFF_LEFT_WITHIN_S
+            assert _etcd_reachable(first) is False
+            assert _streams_from(first) == 0
+        finally:
+            link.heal()
+        await _until(lambda: _etcd_reachable(first) is True, 10, "etcd reachable again")
+        assert _streams_from(other) == 1  # a move back would be a needless reconnect
     finally:
         await asyncio.to_thread(envoy.stop)

@@ -94,7 +94,8 @@ from tiermesh.controlplane.runtime.errors import (
     EtcdUnreachable,
     PortInUse,
 )
-from tiermesh.controlplane.runtime.leadership import Leadership, replica_holder
+from tiermesh.controlplane.runtime.etcd_reach import EtcdReach
+from tiermesh.controlplane.runtime.leadership import LEADER_KEY, Leadership, replica_holder
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import status_document
 from tiermesh.controlplane.runtime.traffic import LiveTraffic
@@ -189,6 +190,7 @@ class ControlPlane:
         self._cache = SnapshotCache()
         self._ads: AdsServer | None = None
         self._ads_server: grpc.aio.Server | None = None
+        self._reach: EtcdReach | None = None
         self._node_api: NodeApiServer | None = None
         self._directory: NodeDirectory | None = None
         self._reconciler: Reconciler | None = None
@@ -308,14 +310,7 @@ class ControlPlane:
 
         self._ads = AdsServer(self._cache, authorize=spiffe_node_authorizer(config.trust_domain))
         try:
-            self._ads_server, ads_port = await start_server(
-                self._ads,
-                str(config.ads),
-                credentials=identity.credentials.server_credentials(),
-                # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica
-                # (replaces the server's 10 s default: see server_options).
-                options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
-            )
+            self._ads_server, ads_port = await self._start_ads(str(config.ads))
         except RuntimeError as exc:
             raise PortInUse("ADS (--listen)", str(config.ads), str(exc)) from exc
 
@@ -342,7 +337,40 @@ class ControlPlane:
             "audit": str(HostPort(config.audit.host, self._audit.port)),
         }
         await self._start_optional(config)
+        self._reach = EtcdReach(
+            lambda: store.get(LEADER_KEY), on_cut_off=self._shed_ads, on_back=self._etcd_back
+        )
+        await self._reach.start()
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
+
+    async def _start_ads(self, address: str) -> tuple[grpc.aio.Server, int]:
+        assert self._ads is not None, "started in order"
+        assert self._identity is not None, "started in order"
+        return await start_server(
+            self._ads,
+            address,
+            credentials=self._identity.credentials.server_credentials(),
+            # Envoys ping every ADS_KEEPALIVE_INTERVAL_S to notice a frozen replica
+            # (replaces the server's 10 s default: see server_options).
+            options=[("grpc.http2.min_ping_interval_without_data_ms", 500)],
+        )
+
+    async def _shed_ads(self, _detail: str) -> None:
+        """Cut off from etcd (:mod:`.etcd_reach`): end every ADS stream, so the nodes
+        reconnect and Envoy's round robin takes them to another replica; then serve new
+        streams again at once on the same address."""
+        server, self._ads_server = self._ads_server, None
+        if server is None:
+            return
+        await server.stop(0)
+        try:
+            self._ads_server, _ = await self._start_ads(self.addresses["ads"])
+        except RuntimeError:
+            log.exception("ADS could not listen again on %s", self.addresses["ads"])
+
+    async def _etcd_back(self) -> None:
+        """etcd answers again: reconcile everything from what it holds now."""
+        self._resettle()
 
     async def _start_identity(self, store: EtcdStore) -> ServerRotation:
         """The shared CA, and the server certificate and bundle that follow it."""
@@ -458,6 +486,8 @@ class ControlPlane:
             document["leadership"] = self._leadership.document()
         if self._identity is not None:
             document["identity"] = self._identity.status()
+        if self._reach is not None:
+            document["etcd"] = self._reach.document()
         return document
 
     async def dashboard_view(self) -> dict[str, Any]:
@@ -477,6 +507,9 @@ class ControlPlane:
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop everything that started, newest first. Idempotent; never raises for a part
         that fails to stop (logged)."""
+        reach, self._reach = self._reach, None
+        if reach is not None:
+            await reach.aclose()
         dashboard, self._dashboard = self._dashboard, None
         admin, self._admin = self._admin, None
         metrics, self._metrics = self._metrics, None
