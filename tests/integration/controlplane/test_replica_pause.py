@@ -11,6 +11,10 @@ replica up, and neither may be sent away by a healthy replica for pinging:
 - Envoy's ADS connection (the ADS server used to keep its 10 s minimum PING interval
   whatever the control plane asked for, and sent a ``too_many_pings`` GOAWAY to every
   Envoy that pinged faster).
+
+A replica cut off from etcd (its link black-holed) is the opposite case: it answers every
+PING, so it must end its ADS streams itself for its Envoys to move to a replica that still
+sees the pushes.
 """
 
 from __future__ import annotations
