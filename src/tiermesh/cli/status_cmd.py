@@ -145,6 +145,12 @@ def _render(document: dict[str, Any], console: Console) -> None:
         console.print(f"[red]last reconcile refused:[/red] {reconcile['last_error']}")
     if (leadership := document.get("leadership")) is not None:
         console.print(_leadership_line(leadership), markup=False)
+    etcd = document.get("etcd")
+    if etcd is not None and not etcd.get("reachable", True):
+        console.print(
+            f"[red]cut off from etcd[/red] for {etcd.get('last_answer_s_ago')} s"
+            f" ({etcd.get('problem')}): its nodes were sent to the other replicas"
+        )
     table = Table(show_lines=True)
     for column in ("node", "SPIFFE ID", "health", "xDS (acked)", "routes"):
         table.add_column(column)

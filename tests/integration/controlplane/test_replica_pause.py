@@ -266,6 +266,9 @@ async def test_envoy_leaves_a_replica_cut_off_from_etcd(
             assert took < CUT_OFF_LEFT_WITHIN_S
             assert _etcd_reachable(first) is False
             assert _streams_from(first) == 0
+            shown = await asyncio.to_thread(tiermesh, "status", "--admin", first.admin)
+            assert shown.returncode == 0, shown.stderr
+            assert "cut off from etcd" in shown.stdout
         finally:
             link.heal()
         await _until(lambda: _etcd_reachable(first) is True, 10, "etcd reachable again")
