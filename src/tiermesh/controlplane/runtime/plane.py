@@ -526,9 +526,12 @@ class ControlPlane:
         store, self._store = self._store, None
         # The gRPC servers drain side by side: each waits out the whole grace for its
         # long-lived streams, and a node moves to another replica only once its stream
-        # ends, so one after another would hold every Envoy three graces.
+        # ends, so one after another would hold every Envoy three graces. ADS streams
+        # never finish on their own: they end at once, and the Envoys move now.
         servers = [
-            server.stop(grace_s) for server in (node_api, ads_server, audit) if server is not None
+            server.stop(grace)
+            for server, grace in ((node_api, grace_s), (ads_server, 0.0), (audit, grace_s))
+            if server is not None
         ]
         steps: list[tuple[str, Any]] = [
             ("dashboard", dashboard.aclose() if dashboard else None),
