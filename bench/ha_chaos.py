@@ -135,7 +135,11 @@ def render(runs: list[tuple[ChaosReport, list[tuple[str, float, float]], list[st
         "the fault hit that replica). Faults are signals to the real processes' PIDs.",
         f"Envoy pings its ADS replica every {ADS_KEEPALIVE_INTERVAL_S:g} s and leaves it after"
         f" {ADS_KEEPALIVE_TIMEOUT_S:g} s without an answer; the agent's registry session pings"
-        " every 1 s and leaves after 2 s.",
+        " every 1 s and leaves after 2 s. The pause stands for a frozen host; a replica cut"
+        " off from etcd while its nodes still reach it is a test of its own"
+        " (`tests/integration/controlplane/test_replica_pause.py`: it ends its ADS streams"
+        " after 3 s without an answer from etcd, and its Envoy is on the other replica"
+        " within 6 s).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other work; load"
         f" average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min).",
