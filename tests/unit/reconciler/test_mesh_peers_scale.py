@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, SupportsIndex, overload
 
+import pytest
+
 from tiermesh.controlplane.model import MeshTlsSettings, NodeSettings, admitted_peers
 from tiermesh.controlplane.reconciler import CompileCache
 from tiermesh.controlplane.reconciler.wiring import MeshCompiler, _Calls
@@ -95,3 +97,9 @@ def test_a_candidate_listed_twice_is_admitted_as_admitted_peers_does() -> None:
     assert found is not None
     assert found.allowed_peers == admitted_peers(peers, "gpu", TD, callers)
     assert found.allowed_peers == (sid("b"), sid("b"), sid("c"))
+
+
+def test_a_peer_outside_the_trust_domain_is_refused_by_name() -> None:
+    peers = (sid("a"), "spiffe://elsewhere.test/node/b", sid("c"))
+    with pytest.raises(ValueError, match=r"'spiffe://elsewhere.test/node/b' is outside mesh.test"):
+        MeshTlsSettings(inbound_port=8443, model_port=8081, trust_domain=TD, allowed_peers=peers)
