@@ -34,6 +34,13 @@ is kept).
 from that of its last record in the chain (also read back from the store after a
 restart): re-evaluating an unchanged bundle adds nothing.
 
+**Cost.** The members of a node class share their plan's ``routes`` and ``backends``
+tuples (:mod:`~tiermesh.controlplane.bundle.plan_classes`); those are serialised once
+per reconcile and their canonical JSON reused in every member's ``plan_sha256``, ``plan``
+and record hash (:class:`_PlanTexts`), so recording N nodes of C classes serialises C
+route tables, not N. The bytes hashed and signed are exactly :func:`plan_digest`'s and
+:func:`~tiermesh.controlplane.api.decision.canonical_bytes`'.
+
 Task safety: :meth:`PlanRecorder.record` may be awaited from one event loop; calls are
 serialised. Hashing, signing and the durable insert run on a worker thread.
 """
@@ -44,10 +51,12 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import heapq
+import itertools
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from cryptography import x509
@@ -87,9 +96,65 @@ PlanOutcome = Literal["published", "refused"]
 
 
 def _canonical(value: Any) -> bytes:
+    return _text(value).encode()
+
+
+def _text(value: Any, known: Mapping[int, tuple[object, str]] | None = None) -> str:
+    """The canonical JSON text of ``value`` (keys sorted, no whitespace, UTF-8 as is).
+
+    ``known`` maps ``id(obj)`` to ``(obj, its canonical text)`` for objects already
+    serialised: inside dicts, such an object is written from there instead of again. The
+    text is the same as without ``known``: a dict's canonical form is its keys in order,
+    each with its value's canonical form."""
+    if known:
+        hit = known.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+            members = (f"{_text(key)}:{_text(value[key], known)}" for key in sorted(value))
+            return "{" + ",".join(members) + "}"
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    )
+
+
+_SHARED_FIELDS: Final = ("routes", "backends")
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    routes: tuple[Any, ...]
+    backends: tuple[Any, ...]
+    dumped: dict[str, Any]
+    """``routes`` and ``backends`` as :meth:`Plan.model_dump` (JSON mode) gives them."""
+    known: dict[int, tuple[object, str]]
+    """Their canonical texts, for :func:`_text`."""
+
+
+class _PlanTexts:
+    """Plans as JSON and canonical text, each plan body serialised once (module doc).
+
+    A plan body is the pair of ``routes`` and ``backends`` tuples, recognised by identity
+    (the tuples are held, so their ids cannot be reused while the entry lives). One
+    instance per recorded reconcile; not thread-safe."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[int, int], _Body] = {}
+
+    def dump(self, plan: Plan) -> tuple[dict[str, Any], dict[int, tuple[object, str]]]:
+        """``plan.model_dump(mode="json")``, equal in value, its body's lists shared with
+        every plan of the same body; and the canonical texts known for :func:`_text`."""
+        key = (id(plan.routes), id(plan.backends))
+        body = self._bodies.get(key)
+        if body is not None and body.routes is plan.routes and body.backends is plan.backends:
+            dumped = plan.model_dump(mode="json", exclude=set(_SHARED_FIELDS))
+            dumped.update(body.dumped)
+            return dumped, body.known
+        dumped = plan.model_dump(mode="json")
+        shared = {name: dumped[name] for name in _SHARED_FIELDS}
+        known = {id(value): (value, _text(value)) for value in shared.values()}
+        self._bodies[key] = _Body(plan.routes, plan.backends, shared, known)
+        return dumped, known
 
 
 def plan_digest(plan: Plan | Any) -> str:
@@ -139,6 +204,31 @@ class _Item:
     digest: str | None
     snapshot_version: str | None
     errors: tuple[str, ...]
+    dumped: dict[str, Any] | None = None
+    """``plan`` as JSON (see :class:`_PlanTexts`)."""
+    size: int = 0
+    """Bytes of ``plan``'s canonical JSON."""
+    known: Mapping[int, tuple[object, str]] | None = None
+    """Canonical texts of parts of ``dumped`` (``dumped`` itself among them)."""
+
+
+def _errors_by_node(findings: Sequence[Finding]) -> Callable[[str], tuple[str, ...]]:
+    """For a node id: the texts of ``findings`` that name it or no node, in order, at most
+    :data:`_MAX_ERRORS` (the findings are sorted out once, not once per node)."""
+    general: list[tuple[int, str]] = []
+    by_node: dict[str, list[tuple[int, str]]] = {}
+    for index, finding in enumerate(findings):
+        entry = (index, str(finding))
+        if finding.node is None:
+            general.append(entry)
+        else:
+            by_node.setdefault(finding.node, []).append(entry)
+
+    def errors(node_id: str) -> tuple[str, ...]:
+        merged: Iterator[tuple[int, str]] = heapq.merge(general, by_node.get(node_id, ()))
+        return tuple(text for _index, text in itertools.islice(merged, _MAX_ERRORS))
+
+    return errors
 
 
 def _utc_now() -> dt.datetime:
@@ -235,24 +325,28 @@ class PlanRecorder:
         self, result: ReconcileResult, outcome: BundleOutcome, serving: Mapping[str, str]
     ) -> list[_Item]:
         kind: PlanOutcome = "published" if result.ok else "refused"
-        findings: tuple[Finding, ...] = result.errors if not result.ok else ()
+        errors = _errors_by_node(result.errors if not result.ok else ())
+        texts = _PlanTexts()
         items = []
         for node in outcome.nodes:
             plan = outcome.plans.get(node.id)
             snapshot = outcome.snapshots.get(node.id) if result.ok else None
             version = snapshot.version if snapshot is not None else serving.get(node.id)
-            errors = tuple(str(f) for f in findings if f.node in (None, node.id))[:_MAX_ERRORS]
-            items.append(
-                _Item(
-                    node,
-                    self.node_spiffe_id(node.id),
-                    kind,
-                    plan,
-                    plan_digest(plan) if plan is not None else None,
-                    version,
-                    errors,
-                )
+            item = _Item(
+                node, self.node_spiffe_id(node.id), kind, plan, None, version, errors(node.id)
             )
+            if plan is not None:
+                dumped, known = texts.dump(plan)
+                data = _text(dumped, known).encode()
+                known = {**known, id(dumped): (dumped, data.decode())}
+                item = replace(
+                    item,
+                    digest=hashlib.sha256(data).hexdigest(),
+                    dumped=dumped,
+                    size=len(data),
+                    known=known,
+                )
+            items.append(item)
         return items
 
     # -- on the worker thread ---------------------------------------------------------
@@ -306,10 +400,9 @@ class PlanRecorder:
             "bundle": result.bundle_revision,
             "provenance": dict(result.provenance),
         }
-        if plan is not None:
-            dumped = plan.model_dump(mode="json")
-            if len(_canonical(dumped)) <= self._max_plan_bytes:
-                body["plan"] = dumped
+        if plan is not None and item.dumped is not None:
+            if item.size <= self._max_plan_bytes:
+                body["plan"] = item.dumped
             body["summary"] = _summary(plan)
         if item.outcome == "refused":
             body["errors"] = list(item.errors)
@@ -325,11 +418,12 @@ class PlanRecorder:
         prev_hash: str,
         now: dt.datetime,
     ) -> DecisionRecord:
+        body = self._result(result, item)
         record = DecisionRecord(
             decision_id=uuid.uuid4(),
             path=PLAN_RECORD_PATH,
             input=PlanInput(node=item.node).model_dump(mode="json"),
-            result=self._result(result, item),
+            result=body,
             timestamp=now,
             bundle_revision=result.bundle_sha256 or None,
             etcd_revision=result.etcd_revision,
@@ -341,8 +435,21 @@ class PlanRecorder:
             hash=GENESIS_HASH,
             signature="",
         )
-        digest = hashlib.sha256(canonical_bytes(record)).digest()
+        digest = hashlib.sha256(_record_bytes(record, body, item.known)).digest()
         signature = signer.key.sign(digest, _ECDSA_PREHASHED)
         return record.model_copy(
             update={"hash": digest.hex(), "signature": base64.b64encode(signature).decode()}
         )
+
+
+def _record_bytes(
+    record: DecisionRecord, result: Any, known: Mapping[int, tuple[object, str]] | None
+) -> bytes:
+    """:func:`~tiermesh.controlplane.api.decision.canonical_bytes` of ``record``, whose
+    ``result`` is the JSON value ``result``, with the texts ``known`` reused; without
+    any, computed by ``canonical_bytes`` itself."""
+    if not known:
+        return canonical_bytes(record)
+    fields = record.model_dump(mode="json", exclude={"hash", "signature", "result"})
+    fields["result"] = result
+    return _text(fields, known).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -205,9 +206,12 @@ class MeshTlsSettings:
                 raise ValueError(f"mesh {what} port {port} is not a TCP port")
         if not self.trust_domain or "/" in self.trust_domain:
             raise ValueError(f"mesh trust domain {self.trust_domain!r} is not a trust domain")
-        for peer in self.allowed_peers:
-            if not peer.startswith(f"spiffe://{self.trust_domain}/"):
-                raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
+        # Checked in C (map), not peer by peer in Python: the registry's candidates are
+        # every other node of the fleet, and each node's settings hold them all.
+        prefix = f"spiffe://{self.trust_domain}/"
+        if not all(map(str.startswith, self.allowed_peers, itertools.repeat(prefix))):
+            peer = next(p for p in self.allowed_peers if not p.startswith(prefix))
+            raise ValueError(f"allowed peer {peer!r} is outside {self.trust_domain}")
         object.__setattr__(self, "local_backends", tuple(sorted(self.local_backends)))
         object.__setattr__(self, "allowed_peers", tuple(sorted(self.allowed_peers)))
         for path in self.probe_paths:

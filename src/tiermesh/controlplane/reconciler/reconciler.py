@@ -46,6 +46,7 @@ from tiermesh.controlplane.reconciler.incremental import (
 )
 from tiermesh.controlplane.reconciler.registration import (
     InvalidRegistration,
+    Registration,
     read_registration,
     registration_digest,
 )
@@ -291,6 +292,8 @@ class Reconciler:
         self._served_bundle: Bundle | None = None
         self._full = True
         self._node_changes: dict[str, bytes | None] = {}
+        # node id → (registration, what it reads as), of the latest full read.
+        self._registrations: dict[str, tuple[bytes, Registration]] = {}
         self._settings_changed: set[str] = set()
         self._usage_changed = False
         self._fleet: FleetState | None = None
@@ -705,13 +708,20 @@ class Reconciler:
         nodes = {node.id: node for node in self._static_nodes}
         skipped: list[str] = []
         unhealthy: set[str] = set()
+        # A registration read as before is not decoded again (a push re-reads every one).
+        known, self._registrations = self._registrations, {}
         for record in records:
-            try:
-                registration = read_registration(record)
-            except InvalidRegistration as exc:
-                log.warning("%s; the node gets no snapshot", exc)
-                skipped.append(record.node_id)
-                continue
+            cached = known.get(record.node_id)
+            if cached is not None and cached[0] == record.registration:
+                registration = cached[1]
+            else:
+                try:
+                    registration = read_registration(record)
+                except InvalidRegistration as exc:
+                    log.warning("%s; the node gets no snapshot", exc)
+                    skipped.append(record.node_id)
+                    continue
+            self._registrations[record.node_id] = (record.registration, registration)
             nodes[record.node_id] = registration.node
             if not registration.healthy:
                 unhealthy.add(record.node_id)

@@ -7,6 +7,7 @@ control plane starting a :class:`~tiermesh.controlplane.reconciler.Reconciler`) 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import threading
@@ -20,8 +21,8 @@ from tiermesh.controlplane.identity import CaConfig, LocalCertificateAuthority
 from tiermesh.controlplane.model import (
     AuthzSettings,
     MeshModel,
+    MeshTlsSettings,
     NodeSettings,
-    admitted_peers,
     backends_hosted_by,
     plan_callers,
     plan_probe_paths,
@@ -236,6 +237,27 @@ class CompileCache:
                 self._entries.popitem(last=False)
 
 
+def _admitted(
+    mesh: MeshTlsSettings, node_id: str, callers: Mapping[str, frozenset[str]]
+) -> tuple[str, ...]:
+    """:func:`~tiermesh.controlplane.model.admitted_peers` of ``mesh.allowed_peers``,
+    found from the node's callers rather than by walking every candidate:
+    ``allowed_peers`` is sorted (:class:`MeshTlsSettings` keeps it so), so each caller is
+    looked up by bisection, and a node's cost grows with its callers, not with the
+    fleet (the registry's candidates are every other non-cloud node)."""
+    candidates = mesh.allowed_peers
+    prefix = f"spiffe://{mesh.trust_domain}/node/"
+    found: list[str] = []
+    for caller in callers.get(prefix + node_id, frozenset()):
+        if caller == node_id:
+            continue
+        peer = prefix + caller
+        low = bisect.bisect_left(candidates, peer)
+        high = bisect.bisect_right(candidates, peer, lo=low)
+        found += [peer] * (high - low)
+    return tuple(sorted(found))
+
+
 @dataclass(frozen=True, slots=True)
 class _Calls:
     """Who calls whom in one pass's plans (callee SPIFFE ID → caller node ids, and →
@@ -305,7 +327,7 @@ class MeshCompiler:
         if mesh is None or not mesh.allowed_peers:
             return settings
         calls = self._calls if self._calls is not None else _Calls({}, {})
-        peers = admitted_peers(mesh.allowed_peers, node_id, mesh.trust_domain, calls.callers)
+        peers = _admitted(mesh, node_id, calls.callers)
         own = f"spiffe://{mesh.trust_domain}/node/{node_id}"
         probes = tuple(sorted(calls.probes.get(own, ()))) if peers else ()
         if (peers, probes) == (mesh.allowed_peers, mesh.probe_paths):

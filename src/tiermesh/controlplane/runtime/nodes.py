@@ -9,11 +9,13 @@ trust bundle and the operator's cloud API keys.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from pydantic import ValidationError
@@ -38,6 +40,24 @@ _FETCH_TIMEOUT_S = 10.0
 DEFAULT_MESH_HOST = "0.0.0.0"
 """Where the inbound mTLS listener of a registration without ``mesh_host`` (an agent older
 than the field) binds: every address, as before the field existed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """The mesh candidates of one set of registrations (see
+    :meth:`NodeDirectory.mesh_callers`): their SPIFFE IDs, sorted, and the SPIFFE ID of
+    each node that is one."""
+
+    peers: tuple[str, ...]
+    by_node: Mapping[str, str]
+
+    def without(self, node_id: str) -> tuple[str, ...]:
+        """The candidates other than ``node_id``'s own entry."""
+        own = self.by_node.get(node_id)
+        if own is None:
+            return self.peers
+        index = bisect.bisect_left(self.peers, own)
+        return self.peers[:index] + self.peers[index + 1 :]
 
 
 def _decode(node_id: str, value: bytes) -> RegisteredNode | None:
@@ -66,9 +86,14 @@ class NodeDirectory:
     calls can admit it differently); ``on_settings_changed`` is then called only after a
     reload (a failed watch), when any node may have changed.
 
+    Cost: the registrations are scanned for mesh candidates once per change of them
+    (:attr:`candidate_builds` counts it), and each node's settings are built once per
+    change and then returned as the same object, so a reconcile asking for every node's
+    settings costs time linear in the nodes, not quadratic.
+
     Task and thread safety: :meth:`start`, :meth:`aclose` and :attr:`nodes` belong to the
     event loop that owns ``store``. :meth:`settings_for` may be called from any other
-    thread (the reconciler's worker): it reads a copy under a lock, and on a miss fetches
+    thread (the reconciler's worker): it reads under a lock, and on a miss fetches
     the registrations through the loop (it must never be called on the loop itself).
     """
 
@@ -92,6 +117,12 @@ class NodeDirectory:
         self._retry_s = retry_s
         self._nodes: dict[str, RegisteredNode | None] = {}
         self._lock = threading.Lock()
+        # Derived from _nodes and _bundle, dropped (under the lock) whenever either changes.
+        self._candidates: _Candidates | None = None
+        self._settings: dict[str, NodeSettings] = {}
+        self._generation = 0
+        self.candidate_builds = 0
+        """Times the registrations were scanned for mesh candidates (statistics)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -123,7 +154,14 @@ class NodeDirectory:
             if trust_bundle_pem == self._bundle:
                 return
             self._bundle = trust_bundle_pem
+            self._forget_derived()
         self._on_changed()
+
+    def _forget_derived(self) -> None:
+        # Caller holds the lock.
+        self._candidates = None
+        self._settings = {}
+        self._generation += 1
 
     def settings_for(self, node_id: str) -> NodeSettings:
         """The compiler settings of ``node_id``: its registered app port (else
@@ -139,17 +177,31 @@ class NodeDirectory:
         which the compiler narrows to the nodes whose plans call it), the trust bundle and
         the credentials given at construction. Call from a worker thread."""
         with self._lock:
+            cached = self._settings.get(node_id)
+            if cached is not None:
+                return cached
             known = node_id in self._nodes
-            document = self._nodes.get(node_id)
-            everyone = dict(self._nodes)
-            bundle_pem = self._bundle
         if not known and self._loop is not None:
             fetch = asyncio.run_coroutine_threadsafe(self._store.list_nodes(), self._loop)
             records = fetch.result(timeout=_FETCH_TIMEOUT_S)
             self._replace({record.node_id: record.registration for record in records})
-            with self._lock:
-                document = self._nodes.get(node_id)
-                everyone = dict(self._nodes)
+        with self._lock:
+            generation = self._generation
+            document = self._nodes.get(node_id)
+            bundle_pem = self._bundle
+            candidates = self._current_candidates() if document is not None else None
+        settings = self._build_settings(document, bundle_pem, candidates)
+        with self._lock:
+            if self._generation == generation:
+                self._settings[node_id] = settings
+        return settings
+
+    def _build_settings(
+        self,
+        document: RegisteredNode | None,
+        bundle_pem: str,
+        candidates: _Candidates | None,
+    ) -> NodeSettings:
         port = document.app_port if document is not None else DEFAULT_APP_PORT
         authz: AuthzSettings | None = None
         usage: UsageSettings | None = None
@@ -177,9 +229,30 @@ class NodeDirectory:
             usage=usage,
             cascade=cascade,
             batch=batch,
-            mesh=None if document is None else self._mesh(document, everyone),
+            mesh=None
+            if document is None or candidates is None
+            else self._mesh(document, candidates),
             credentials=self._credentials,
         )
+
+    def _current_candidates(self) -> _Candidates:
+        # Caller holds the lock.
+        if self._candidates is None:
+            self._candidates = self._scan(self._nodes)
+        return self._candidates
+
+    def _scan(self, nodes: Mapping[str, RegisteredNode | None]) -> _Candidates:
+        """The mesh candidates among ``nodes`` (see :meth:`mesh_callers`)."""
+        self.candidate_builds += 1
+        if self._trust_domain is None:
+            return _Candidates((), {})
+        prefix = f"spiffe://{self._trust_domain}/"
+        by_node = {
+            other: node.spiffe_id
+            for other, node in nodes.items()
+            if node is not None and node.tier != "cloud" and node.spiffe_id.startswith(prefix)
+        }
+        return _Candidates(tuple(sorted(by_node.values())), by_node)
 
     def mesh_callers(
         self, node_id: str, nodes: Mapping[str, RegisteredNode | None]
@@ -194,23 +267,9 @@ class NodeDirectory:
         (:func:`~tiermesh.controlplane.model.admitted_peers`). A cloud gateway must never
         reach a local or private model server, whatever a plan says, so it is never a
         candidate. Registrations not in the registry's shape (None) are never admitted."""
-        if self._trust_domain is None:
-            return ()
-        prefix = f"spiffe://{self._trust_domain}/"
-        return tuple(
-            sorted(
-                node.spiffe_id
-                for other, node in nodes.items()
-                if node is not None
-                and other != node_id
-                and node.tier != "cloud"
-                and node.spiffe_id.startswith(prefix)
-            )
-        )
+        return self._scan(nodes).without(node_id)
 
-    def _mesh(
-        self, node: RegisteredNode, nodes: Mapping[str, RegisteredNode | None]
-    ) -> MeshTlsSettings | None:
+    def _mesh(self, node: RegisteredNode, candidates: _Candidates) -> MeshTlsSettings | None:
         if node.mesh_port is None or self._trust_domain is None:
             return None
         model = next((e for e in node.endpoints if not e.tls), None)
@@ -223,13 +282,14 @@ class NodeDirectory:
             model_port=model.port,
             trust_domain=self._trust_domain,
             model_host=_model_host(model.host),
-            allowed_peers=self.mesh_callers(node.node_id, nodes),
+            allowed_peers=candidates.without(node.node_id),
         )
 
     def _replace(self, records: Mapping[str, bytes]) -> None:
         decoded = {node_id: _decode(node_id, value) for node_id, value in records.items()}
         with self._lock:
             self._nodes = decoded
+            self._forget_derived()
 
     async def _reload(self) -> int:
         snapshot = await self._store.read_prefix(NODES_PREFIX)
@@ -259,6 +319,7 @@ class NodeDirectory:
             else:
                 after = _decode(node_id, value)
                 self._nodes[node_id] = after
+            self._forget_derived()
         if self._trust_domain is not None and _caller(before) != _caller(after):
             # The callers every mesh listener admits changed (see mesh_callers).
             log.info("mesh callers changed with node %s", node_id)
