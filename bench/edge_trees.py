@@ -173,7 +173,7 @@ def main() -> int:
                 measure(name, trees[name], upstreams, args, results[name])
     finally:
         for upstream in upstreams:
-            upstream.stop()
+            upstream.close()
     load_after = " ".join(f"{v:.2f}" for v in os.getloadavg())
     text = report(results, args, (load_before, load_after))
     if args.out is not None:
