@@ -67,7 +67,18 @@ class EdgePath(Owned):
     """See the module docstring. ``port``, ``headers``, ``model``, ``state_dir`` and
     ``pid`` are what the child printed. Not thread-safe."""
 
-    def __init__(self, primary_port: int, fallback_port: int) -> None:
+    def __init__(
+        self,
+        primary_port: int,
+        fallback_port: int,
+        *,
+        peer_target: Path = PEER_TARGET,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``peer_target`` and ``env`` (the child's environment; default: this one's)
+        start the node of another source tree (``edge_trees.py``)."""
+        self.peer_target = peer_target
+        self.env = env
         self.primary_port = primary_port
         self.fallback_port = fallback_port
         self._dir = Path(tempfile.mkdtemp(prefix="tiermesh-gw-edge-"))
@@ -87,11 +98,16 @@ class EdgePath(Owned):
     def start(self) -> float:
         """Start the child and wait until it serves; returns the seconds that took."""
         started = time.monotonic()
-        command = [sys.executable, str(PEER_TARGET), "--primary-port", str(self.primary_port)]
+        command = [sys.executable, str(self.peer_target), "--primary-port", str(self.primary_port)]
         command += ["--fallback-port", str(self.fallback_port)]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+                env=self.env,
             )
         printed = self._read_ready()
         self.port = int(printed["TARGET_URL"].rsplit(":", 1)[1])

@@ -7,6 +7,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.unit.decisionlog.helpers import entry, identity_for, new_ca, segment_
 from tiermesh.agents.decisionlog import (
     DecisionLog,
     DecisionLogClosed,
+    Shipper,
     SpoolCorruptedError,
     StaticSigner,
     load_signers,
@@ -21,6 +23,7 @@ from tiermesh.agents.decisionlog import (
     verify,
 )
 from tiermesh.agents.decisionlog.spool import SpoolReader, data_end
+from tiermesh.controlplane.api import ShipRequest, ShipResponse
 from tiermesh.controlplane.audit import verify_chain
 from tiermesh.controlplane.identity import LocalCertificateAuthority
 
@@ -185,3 +188,50 @@ async def test_the_active_segment_is_preallocated_and_trimmed_on_close(
         assert log.next_seq == 5
         assert (await log.append(entry(5))).seq == 5
     assert assert_spool_verifies(copy, ca) == 6
+
+
+async def test_the_durable_tail_in_memory_is_what_the_spool_holds(
+    tmp_path: Path, signer: StaticSigner
+) -> None:
+    async with DecisionLog(tmp_path / "spool", signer, recent=5) as log:
+        assert log.recent(-1, 10) == []  # nothing durable yet
+        await asyncio.gather(*(log.append(entry(i)) for i in range(8)))
+        on_disk = list(read_spool(tmp_path / "spool"))
+        assert log.recent(2, 10) == on_disk[3:]  # seqs 3..7: the last five
+        assert log.recent(4, 2) == on_disk[5:7]
+        assert log.recent(7, 10) == []  # caught up
+        assert log.recent(1, 10) is None  # seq 2 fell out: the spool must be read
+    async with DecisionLog(tmp_path / "spool", signer, recent=5) as log:
+        assert log.recent(3, 10) is None  # a restarted log holds no tail yet
+        assert log.recent(7, 10) == []
+
+
+async def test_the_shipper_takes_the_tail_from_memory_and_the_rest_from_the_spool(
+    tmp_path: Path, signer: StaticSigner
+) -> None:
+    shipped: list[ShipRequest] = []
+
+    class Collector:
+        async def ship(self, request: ShipRequest) -> ShipResponse:
+            shipped.append(request)
+            return ShipResponse(accepted=len(request.records), duplicates=0)
+
+    async with DecisionLog(tmp_path / "spool", signer, recent=4) as log:
+        for index in range(10):
+            await log.append(entry(index))
+        shipper = Shipper(log, Collector(), batch=3, prune=False)
+        reads: list[int] = []
+        read = SpoolReader.read
+
+        def counted(reader: SpoolReader, after: int, limit: int, durable: int) -> list[Any]:
+            reads.append(after)
+            return read(reader, after, limit, durable)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SpoolReader, "read", counted)
+            while await shipper.ship_once():
+                pass
+    assert [r.seq for request in shipped for r in request.records] == list(range(10))
+    assert reads == [-1, 2]  # seqs 0..5 from the spool; 6..9 (the last four) from memory
+    on_disk = [s.record for s in read_spool(tmp_path / "spool")]
+    assert [r.records for r in shipped] == [tuple(on_disk[i : i + 3]) for i in range(0, 10, 3)]

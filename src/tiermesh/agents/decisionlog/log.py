@@ -29,6 +29,11 @@ already grow with concurrency on their own, and on the disks measured
 (``bench/results/audit.md``) a 2 ms window cost throughput and added its own length to the
 latency tail. A disk whose fsync is much slower than signing may still gain from one.
 
+**The durable tail in memory.** The last ``recent`` durable records (each with its
+signer's fingerprint) stay in memory once their batch is on disk, so the shipper can send
+them without reading the spool back and parsing every line again (:meth:`DecisionLog.recent`;
+the spool stays the source after a restart or when the shipper falls further behind).
+
 Recovery (:meth:`DecisionLog.start`) reads every segment and checks the chain (seq, links,
 hashes; not signatures). A torn last line — a crash in the middle of a write — is cut off
 and the chain continues from the last complete record; that record had not been
@@ -41,6 +46,7 @@ chain continues from the last good record. The agent keeps running.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import itertools
 import logging
@@ -59,6 +65,7 @@ from tiermesh.agents.decisionlog.errors import (
 from tiermesh.agents.decisionlog.masking import Masking
 from tiermesh.agents.decisionlog.signing import DecisionEntry, Signer, SigningIdentity, seal
 from tiermesh.agents.decisionlog.spool import (
+    SpooledRecord,
     SpoolPaths,
     data_end,
     encode_line,
@@ -70,7 +77,13 @@ from tiermesh.agents.decisionlog.spool import (
 )
 from tiermesh.controlplane.api.decision import GENESIS_HASH, DecisionRecord
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "PREALLOCATE_BYTES", "DecisionLog", "QuarantinedSegment"]
+__all__ = [
+    "DEFAULT_RECENT",
+    "DEFAULT_SEGMENT_BYTES",
+    "PREALLOCATE_BYTES",
+    "DecisionLog",
+    "QuarantinedSegment",
+]
 
 log = logging.getLogger("tiermesh.agents.decisionlog")
 
@@ -79,6 +92,9 @@ DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
 PREALLOCATE_BYTES = 1024 * 1024
 """How far ahead of its data the active segment is filled with zeros."""
+
+DEFAULT_RECENT = 2048
+"""Durable records kept in memory for the shipper (a few of its batches)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +166,12 @@ class DecisionLog:
         max_batch: int = 4096,
         masking: Masking | None = None,
         clock: Callable[[], dt.datetime] = _utc_now,
+        recent: int = DEFAULT_RECENT,
     ) -> None:
-        if fsync_batch_ms < 0 or segment_bytes <= 0 or max_batch <= 0:
-            raise ValueError("fsync_batch_ms >= 0, segment_bytes > 0 and max_batch > 0")
+        if fsync_batch_ms < 0 or segment_bytes <= 0 or max_batch <= 0 or recent < 0:
+            raise ValueError(
+                "fsync_batch_ms >= 0, segment_bytes > 0, max_batch > 0 and recent >= 0"
+            )
         self._paths = SpoolPaths(Path(directory))
         self._signer = signer
         self._batch_s = fsync_batch_ms / 1000
@@ -179,6 +198,7 @@ class DecisionLog:
         self._active_size = 0
         self._allocated = 0
         self._quarantined: tuple[QuarantinedSegment, ...] = ()
+        self._recent: collections.deque[SpooledRecord] = collections.deque(maxlen=recent)
 
     @property
     def directory(self) -> Path:
@@ -274,6 +294,19 @@ class DecisionLog:
         self._wake.set()
         return await future
 
+    def recent(self, after_seq: int, limit: int) -> list[SpooledRecord] | None:
+        """Up to ``limit`` durable records with seq > ``after_seq``, in seq order, from the
+        durable tail kept in memory (module docstring): ``[]`` when none is durable yet;
+        None when the tail does not reach back to ``after_seq + 1`` (read the spool then).
+        Never blocks."""
+        want = after_seq + 1
+        if want > self._durable_seq or limit <= 0:
+            return []
+        if not self._recent or want < self._recent[0].record.seq:
+            return None
+        start = want - self._recent[0].record.seq
+        return list(itertools.islice(self._recent, start, start + limit))
+
     async def wait_durable(self, after_seq: int) -> None:
         """Return once a record with seq > ``after_seq`` is durable (bound it with
         ``asyncio.timeout``)."""
@@ -324,6 +357,10 @@ class DecisionLog:
                     item.future.set_exception(error)
             if sealed.records:
                 self._commits += 1
+                self._recent.extend(
+                    SpooledRecord(record, item.identity.fingerprint)
+                    for item, record in sealed.records
+                )
                 self._durable_seq = sealed.records[-1][1].seq
                 self._durable.set()
                 self._durable = asyncio.Event()

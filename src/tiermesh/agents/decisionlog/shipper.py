@@ -1,7 +1,10 @@
 """Shipping the spool to the control plane, at least once, across crashes and outages.
 
-:class:`Shipper` reads records after the cursor (``cursor.json``: the last seq the control
-plane acknowledged), sends them in batches, and moves the cursor only after the collector
+:class:`Shipper` takes the records after the cursor (``cursor.json``: the last seq the
+control plane acknowledged) from the log's durable tail in memory
+(:meth:`~tiermesh.agents.decisionlog.DecisionLog.recent`) or, when that does not reach back
+far enough (after a restart or a long outage), reads them from the spool; it sends them in
+batches, and moves the cursor only after the collector
 answered that every record of the batch is stored. So a crash at any point re-sends at most
 the batch in flight, and the collector's deduplication by ``decision_id`` makes that
 harmless. When the control plane is down or refuses a batch, the same batch is retried
@@ -90,9 +93,11 @@ class Shipper:
             SpoolCorruptedError: a spool line or the cursor file is unreadable.
         """
         acked = await self.acknowledged_seq()
-        spooled = await asyncio.to_thread(
-            self._reader.read, acked, self._batch, self._log.durable_seq
-        )
+        spooled = self._log.recent(acked, self._batch)
+        if spooled is None:  # behind the durable tail in memory: read the spool back
+            spooled = await asyncio.to_thread(
+                self._reader.read, acked, self._batch, self._log.durable_seq
+            )
         if not spooled:
             return 0
         fingerprints = sorted({item.signer for item in spooled})

@@ -54,6 +54,7 @@ from tiermesh.controlplane.api.decision import (
     canonical_bytes,
     record_hash,
     signature_valid,
+    signature_valid_for_hash,
 )
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
@@ -247,6 +248,7 @@ __all__ = [
     "registry_method_path",
     "render_schemas",
     "signature_valid",
+    "signature_valid_for_hash",
     "usage_month",
     "verify_digest",
 ]

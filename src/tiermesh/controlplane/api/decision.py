@@ -43,6 +43,7 @@ from typing import Any, Final, Literal, TypeAlias
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pydantic import AwareDatetime, Field, field_validator
 
 from tiermesh.controlplane.api._base import Contract
@@ -62,6 +63,7 @@ __all__ = [
     "canonical_bytes",
     "record_hash",
     "signature_valid",
+    "signature_valid_for_hash",
 ]
 
 DECISION_LOG_VERSION: Final = "v1"
@@ -163,6 +165,22 @@ def signature_valid(record: DecisionRecord, public_key: object) -> bool:
     try:
         signature = base64.b64decode(record.signature, validate=True)
         public_key.verify(signature, canonical_bytes(record), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def signature_valid_for_hash(record: DecisionRecord, public_key: object) -> bool:
+    """:func:`signature_valid` for a record whose ``hash`` the caller has already checked
+    against its content (``record_hash(record) == record.hash``): the signature is checked
+    against that digest instead of the canonical bytes made again. Given a record whose
+    hash was not checked, the answer says nothing about its content."""
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        signature = base64.b64decode(record.signature, validate=True)
+        digest = bytes.fromhex(record.hash)
+        public_key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except (InvalidSignature, ValueError):
         return False
     return True
