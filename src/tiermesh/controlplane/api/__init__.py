@@ -6,7 +6,8 @@ plane and tools can share these models without pulling in each other.
 - :class:`Catalog` — backends, tenants, aliases, task types (``data.catalog``);
   :func:`load_catalog` reads one from YAML.
 - :class:`PlanInput` / :class:`Plan` — input and decision of the compile-time
-  routing policy at :data:`PLAN_PATH`.
+  routing policy at :data:`PLAN_PATH`; :class:`CompactPlan` — the same decision with its
+  repeated parts once, at :data:`COMPACT_PLAN_PATH`.
 - :class:`TenantUsage` — spend counters (``data.usage``).
 - :class:`NodeRegistration` / :class:`NodeLoad` — what a node registers and reports over
   the registry session (:class:`SessionMessage`, :class:`SessionReply`);
@@ -38,6 +39,13 @@ from tiermesh.controlplane.api.catalog import (
     TierDefaults,
     TokenCost,
     reference_problems,
+)
+from tiermesh.controlplane.api.compact_plan import (
+    COMPACT_PLAN_PATH,
+    CompactPlan,
+    RouteTemplate,
+    TemplateMatch,
+    TenantRoutes,
 )
 from tiermesh.controlplane.api.decision import (
     AUDIT_SERVICE,
@@ -144,6 +152,7 @@ __all__ = [
     "CASCADE_STEP_HEADER",
     "CASCADE_STEP_METADATA",
     "CATALOG_VERSION",
+    "COMPACT_PLAN_PATH",
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
     "MATCH_HEADERS",
@@ -184,6 +193,7 @@ __all__ = [
     "CatalogProblem",
     "ChainStep",
     "CircuitBreaker",
+    "CompactPlan",
     "ContractError",
     "DecisionKind",
     "DecisionRecord",
@@ -216,13 +226,16 @@ __all__ = [
     "RouteMatch",
     "RoutePlan",
     "RouteResilience",
+    "RouteTemplate",
     "Sensitivity",
     "SessionMessage",
     "SessionReply",
     "ShipRequest",
     "ShipResponse",
     "TaskType",
+    "TemplateMatch",
     "Tenant",
+    "TenantRoutes",
     "TenantUsage",
     "Tier",
     "TierDefaults",
