@@ -1,0 +1,52 @@
+"""Routes whose chains are shared tuples (a plan expanded from the compact plan) compile
+to exactly the configuration of the same plan validated from its full JSON, where no
+two routes share a chain object: the generator's per-chain memo changes nothing."""
+
+from __future__ import annotations
+
+from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
+from tests.unit.compiler.plans import EDGE_NODE, demo_catalog, policy_modules
+from tiermesh.controlplane.api import (
+    COMPACT_PLAN_PATH,
+    PLAN_PATH,
+    CompactPlan,
+    Plan,
+    TenantUsage,
+    policy_data,
+)
+from tiermesh.controlplane.generators import compile_snapshot
+from tiermesh.controlplane.model import MeshModel
+from tiermesh.rego import RegorusEngine
+from tiermesh.xds import typeurls
+
+
+def _plans() -> tuple[Plan, Plan]:
+    catalog = demo_catalog()
+    # acme's budget spent: budget routes, cheap chains and cascades all occur.
+    usage = {"acme": TenantUsage(spent_usd=10_000)}
+    engine = RegorusEngine()
+    try:
+        engine.load(policy_modules(), policy_data(catalog, usage))
+        request = {"node": dict(EDGE_NODE)}
+        full = Plan.model_validate(engine.evaluate(PLAN_PATH, request))
+        compact = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request))
+    finally:
+        engine.close()
+    return full, compact.expand()
+
+
+def test_shared_chains_compile_to_the_same_bytes() -> None:
+    full, expanded = _plans()
+    assert full == expanded
+    shared = {id(route.chain) for route in expanded.routes}
+    assert len(shared) < len(expanded.routes)  # the memo is exercised
+    chained = [route for route in full.routes if route.chain]  # () is one object
+    assert len({id(route.chain) for route in chained}) == len(chained)
+    snapshots = [
+        compile_snapshot(MeshModel.build([plan], {EDGE: EDGE_SETTINGS}), EDGE)
+        for plan in (full, expanded)
+    ]
+    for type_url in (typeurls.ROUTE, typeurls.CLUSTER, typeurls.LISTENER):
+        first, second = (s.sotw_body(type_url, None).body for s in snapshots)
+        assert first == second, type_url
+    assert snapshots[0].version == snapshots[1].version
