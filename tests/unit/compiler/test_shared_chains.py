@@ -16,7 +16,7 @@ from tiermesh.controlplane.api import (
 )
 from tiermesh.controlplane.generators import compile_snapshot
 from tiermesh.controlplane.model import MeshModel
-from tiermesh.rego import RegorusEngine
+from tiermesh.rego import JSONValue, RegorusEngine
 from tiermesh.xds import typeurls
 
 
@@ -27,7 +27,7 @@ def _plans() -> tuple[Plan, Plan]:
     engine = RegorusEngine()
     try:
         engine.load(policy_modules(), policy_data(catalog, usage))
-        request = {"node": dict(EDGE_NODE)}
+        request: JSONValue = {"node": dict(EDGE_NODE)}
         full = Plan.model_validate(engine.evaluate(PLAN_PATH, request))
         compact = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request))
     finally:

@@ -169,10 +169,10 @@ class _Actions:
     reused while the memo lives. Header matchers are kept per (header, value) the same
     way. One instance per call: not shared across nodes or threads."""
 
-    __slots__ = ("_headers", "_node", "_tails")
+    __slots__ = ("_headers", "_tails", "node")
 
     def __init__(self, node: NodeModel) -> None:
-        self._node = node
+        self.node = node
         self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
         self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
 
@@ -192,7 +192,7 @@ class _Actions:
             return known[1]
         tail = rc.Route(
             route=rc.RouteAction(
-                cluster=self._node.target(steps),
+                cluster=self.node.target(steps),
                 timeout=ms(sum(step.timeout_ms for step in steps)),
                 retry_policy=_retry_policy(steps),
             )
@@ -227,7 +227,7 @@ def _route(
     return route
 
 
-def _routes_for(node: NodeModel, actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
+def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
     match = plan_route.match
     headers = [
         actions.exact(MATCH_HEADERS[field], value)
@@ -249,14 +249,13 @@ def _routes_for(node: NodeModel, actions: _Actions, plan_route: RoutePlan) -> It
         budget = actions.exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
         for name, matchers in variants:
             yield from _variant(
-                node, actions, plan_route, f"{name}/budget", fallback, [*matchers, budget]
+                actions, plan_route, f"{name}/budget", fallback, [*matchers, budget]
             )
     for name, matchers in variants:
-        yield from _variant(node, actions, plan_route, name, chain, matchers)
+        yield from _variant(actions, plan_route, name, chain, matchers)
 
 
 def _variant(
-    node: NodeModel,
     actions: _Actions,
     plan_route: RoutePlan,
     name: str,
@@ -264,6 +263,7 @@ def _variant(
     headers: list[rc.HeaderMatcher],
 ) -> Iterator[rc.Route]:
     """One variant of a plan route: its chain route, or its cascade (:mod:`.cascade`)."""
+    node = actions.node
     route = _route(actions, plan_route, name, steps, headers)
     if not cascade.uses_cascade(node, plan_route, steps):
         yield cascade.strip_token(node, route)
@@ -300,7 +300,7 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     routes = [*batch.batch_routes(node), *api_surface.guard_routes(model.api)]
     actions = _Actions(node)
     routes += [
-        route for plan_route in node.plan.routes for route in _routes_for(node, actions, plan_route)
+        route for plan_route in node.plan.routes for route in _routes_for(actions, plan_route)
     ]
     routes.append(
         rc.Route(
