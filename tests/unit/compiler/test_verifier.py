@@ -260,3 +260,19 @@ def test_a_shared_address_is_judged_by_the_least_cleared_backend_wherever_it_is(
         assert ("restricted-egress", RESTRICTED, "edge-smollm") in {
             (f.kind, f.route, f.cluster) for f in found
         }
+
+
+def test_routes_of_one_shape_each_get_their_finding(resources: Resources, catalog: Catalog) -> None:
+    """The checker skips a cluster check only where an equal reach found nothing: two
+    routes of one shape (same tenant, sensitivity, cluster) sent to the cloud are both
+    named, and a sound route of that shape checked before hides neither."""
+    bad = ("acme.restricted.*.*", "acme.restricted.classify.*")
+
+    def change(r: Resources) -> None:
+        for name in bad:
+            route(r, name).route.cluster = "frontier-us"
+
+    found = findings_after(resources, catalog, change)
+    assert {(f.kind, f.route) for f in found if f.kind == "restricted-egress"} == {
+        ("restricted-egress", name) for name in bad
+    }

@@ -142,42 +142,47 @@ class CompactPlan(Contract):
                 found = chains[ids] = tuple(self.steps[step] for step in ids)
             return found
 
-        sets = {
-            name: [
-                (
-                    template,
-                    chain(template.chain),
-                    chain(template.budget_fallback),
-                    "cascade" in template.model_fields_set,
+        # Per template: a route and a match to copy (made for the first tenant taking it;
+        # each copy gets its own name and tenant).
+        prototypes: dict[str, list[tuple[RoutePlan, RouteMatch, str]]] = {}
+        for entry in self.tenants:
+            if entry.routes in prototypes:
+                continue
+            made = prototypes[entry.routes] = []
+            for template in self.route_sets[entry.routes]:
+                match = template.match
+                matched = RouteMatch.model_construct(
+                    tenant=entry.tenant,
+                    sensitivity=match.sensitivity,
+                    task=match.task,
+                    model=match.model,
                 )
-                for template in templates
-            ]
-            for name, templates in self.route_sets.items()
-        }
+                extra: dict[str, Any] = (
+                    {"cascade": template.cascade} if "cascade" in template.model_fields_set else {}
+                )
+                route = RoutePlan.model_construct(
+                    name=f"{entry.tenant}.{template.name}",
+                    match=matched,
+                    chain=chain(template.chain),
+                    fail_closed=template.fail_closed,
+                    budget_exhausted=template.budget_exhausted,
+                    budget_fallback=chain(template.budget_fallback),
+                    rate_limit=template.rate_limit,
+                    **extra,
+                )
+                made.append((route, matched, f".{template.name}"))
         routes: list[RoutePlan] = []
         append = routes.append
-        construct_match = RouteMatch.model_construct
-        construct_route = RoutePlan.model_construct
         for entry in self.tenants:
             tenant = entry.tenant
-            for template, steps, fallback, has_cascade in sets[entry.routes]:
-                match = template.match
-                extra: dict[str, Any] = {"cascade": template.cascade} if has_cascade else {}
+            tenant_update = {"tenant": tenant}
+            for route, matched, suffix in prototypes[entry.routes]:
                 append(
-                    construct_route(
-                        name=f"{tenant}.{template.name}",
-                        match=construct_match(
-                            tenant=tenant,
-                            sensitivity=match.sensitivity,
-                            task=match.task,
-                            model=match.model,
-                        ),
-                        chain=steps,
-                        fail_closed=template.fail_closed,
-                        budget_exhausted=template.budget_exhausted,
-                        budget_fallback=fallback,
-                        rate_limit=template.rate_limit,
-                        **extra,
+                    route.model_copy(
+                        update={
+                            "name": tenant + suffix,
+                            "match": matched.model_copy(update=tenant_update),
+                        }
                     )
                 )
         return Plan.model_construct(
