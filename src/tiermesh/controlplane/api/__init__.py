@@ -65,7 +65,12 @@ from tiermesh.controlplane.api.decision import (
 )
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
-from tiermesh.controlplane.api.loader import load_catalog, parse_catalog
+from tiermesh.controlplane.api.loader import (
+    catalog_from_document,
+    load_catalog,
+    load_yaml,
+    parse_catalog,
+)
 from tiermesh.controlplane.api.mesh_hop import (
     MESH_HOP,
     MESH_HOP_CONTEXT,
@@ -248,9 +253,11 @@ __all__ = [
     "UsageTotal",
     "audit_method_path",
     "canonical_bytes",
+    "catalog_from_document",
     "endpoint_owner",
     "key_digest",
     "load_catalog",
+    "load_yaml",
     "new_api_key",
     "parse_api_key",
     "parse_catalog",

@@ -33,7 +33,13 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from tiermesh.controlplane.api import Catalog, CatalogError, NodeInfo, parse_catalog
+from tiermesh.controlplane.api import (
+    Catalog,
+    CatalogError,
+    NodeInfo,
+    catalog_from_document,
+    load_yaml,
+)
 from tiermesh.controlplane.api.request_policy import (
     MAX_REQUEST_CONFIG_STRING,
     REQUEST_CONFIG_DOCUMENT,
@@ -96,7 +102,7 @@ def _parse_document(path: str, text: str) -> tuple[Any, Finding | None]:
     try:
         if path.endswith(".json"):
             return json.loads(text), None
-        return yaml.safe_load(text), None
+        return load_yaml(text), None
     except json.JSONDecodeError as exc:
         return None, Finding(Stage.DATA, f"invalid JSON: {exc.msg}", path, exc.lineno)
     except yaml.YAMLError as exc:
@@ -143,7 +149,7 @@ def read_documents(files: Mapping[str, bytes]) -> Documents:
         sources[stem] = path
         texts[path] = text
         data[stem] = value
-    catalog = _catalog(sources, texts, findings)
+    catalog = _catalog(sources, texts, data, findings)
     _check_request_config(sources, texts, data, findings)
     # Request-time settings, merged with each node's own there: the compile-time engine
     # (and so the bundle's Rego tests) never sees them.
@@ -154,7 +160,10 @@ def read_documents(files: Mapping[str, bytes]) -> Documents:
 
 
 def _catalog(
-    sources: Mapping[str, str], texts: Mapping[str, str], findings: list[Finding]
+    sources: Mapping[str, str],
+    texts: Mapping[str, str],
+    data: Mapping[str, JSONValue],
+    findings: list[Finding],
 ) -> Catalog | None:
     path = sources.get(CATALOG_DOCUMENT)
     if path is None:
@@ -165,7 +174,7 @@ def _catalog(
         return None
     text = texts[path]
     try:
-        catalog = parse_catalog(text, file=path)
+        catalog = catalog_from_document(data[CATALOG_DOCUMENT], file=path)
         if problems := inline_jwks_problems(catalog):
             raise CatalogError(path, problems)
     except CatalogError as exc:
