@@ -8,10 +8,12 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 
 - Match: an exact header matcher on ``x-tiermesh-<field>`` for each field of the plan
   route's match that is not ``*``.
-- **Missing sensitivity fails closed**: every restricted route is followed by a twin
-  (``<name>/unclassified``) that matches the same tenant/task/model with the
-  ``x-tiermesh-sensitivity`` header *absent* and routes exactly like the restricted
-  route. A request with an unknown sensitivity value matches no plan route.
+- **Missing sensitivity fails closed**: a restricted route matches
+  ``x-tiermesh-sensitivity`` by the regex :data:`RESTRICTED_OR_MISSING` with
+  ``treat_missing_header_as_empty``: the value ``restricted``, an empty value or no header
+  at all. (It was a second route per restricted route, ``<name>/unclassified``, matching
+  the header's absence: one sixth of a big table.) A request with an unknown sensitivity
+  value matches no plan route.
 - **Unmatched**: the last route (``tiermesh/unmatched``) matches everything and answers
   404 with :func:`unmatched_body`, so a request without a tenant, or with a label no route
   knows, is told why instead of getting Envoy's empty 404. Being a route, it also lets the
@@ -68,7 +70,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan, telemetry
@@ -80,10 +82,12 @@ __all__ = [
     "ALWAYS_RETRY_ON",
     "NO_AUTHZ_ROUTE",
     "OVERHEAD_FROM_TIMING",
+    "RESTRICTED_OR_MISSING",
     "TIER_FROM_ENDPOINT",
     "generate",
     "no_authz_body",
     "refusal_body",
+    "restricted_matcher",
     "unmatched_body",
 ]
 
@@ -102,6 +106,10 @@ NO_AUTHZ_ROUTE = "tiermesh/no-authz"
 """The only route of a node without ext_authz: it answers every request 503."""
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
+
+RESTRICTED_OR_MISSING = "restricted|"
+"""The ``x-tiermesh-sensitivity`` regex (RE2, whole value) of restricted routes, matched
+with a missing header taken as empty: ``restricted``, empty, or absent."""
 
 
 def unmatched_body() -> str:
@@ -127,8 +135,16 @@ def _exact(header: str, value: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=header, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _absent(header: str) -> rc.HeaderMatcher:
-    return rc.HeaderMatcher(name=header, present_match=False)
+def restricted_matcher() -> rc.HeaderMatcher:
+    """The ``x-tiermesh-sensitivity`` matcher of every restricted route: the value
+    ``restricted``, an empty value or a missing header (:data:`RESTRICTED_OR_MISSING`)."""
+    return rc.HeaderMatcher(
+        name=_SENSITIVITY,
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=RESTRICTED_OR_MISSING)
+        ),
+        treat_missing_header_as_empty=True,
+    )
 
 
 def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
@@ -184,6 +200,16 @@ class _Actions:
             found = self._headers[key] = _exact(header, value)
         return found
 
+    def sensitivity(self, value: str) -> rc.HeaderMatcher:
+        """The ``x-tiermesh-sensitivity`` matcher of a route for ``value`` data."""
+        if value != "restricted":
+            return self.exact(_SENSITIVITY, value)
+        key = (_SENSITIVITY, "")
+        found = self._headers.get(key)
+        if found is None:
+            found = self._headers[key] = restricted_matcher()
+        return found
+
     def tail(self, steps: Sequence[ChainStep]) -> rc.Route:
         """A route holding only the action and metadata of a chain route over ``steps``
         (not empty); callers merge it, never modify it."""
@@ -230,7 +256,9 @@ def _route(
 def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
     match = plan_route.match
     headers = [
-        actions.exact(MATCH_HEADERS[field], value)
+        actions.sensitivity(value)
+        if field == "sensitivity"
+        else actions.exact(MATCH_HEADERS[field], value)
         for field, value in (
             ("tenant", match.tenant),
             ("sensitivity", match.sensitivity),
@@ -239,20 +267,13 @@ def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
         )
         if value != "*"
     ]
-    variants: list[tuple[str, list[rc.HeaderMatcher]]] = [(plan_route.name, headers)]
-    if match.sensitivity == "restricted":
-        unclassified = [_absent(_SENSITIVITY) if h.name == _SENSITIVITY else h for h in headers]
-        variants.append((f"{plan_route.name}/unclassified", unclassified))
+    name = plan_route.name
     chain = plan_route.chain
     fallback = plan_route.budget_fallback
     if fallback and fallback is not chain and fallback != chain:
         budget = actions.exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
-        for name, matchers in variants:
-            yield from _variant(
-                actions, plan_route, f"{name}/budget", fallback, [*matchers, budget]
-            )
-    for name, matchers in variants:
-        yield from _variant(actions, plan_route, name, chain, matchers)
+        yield from _variant(actions, plan_route, f"{name}/budget", fallback, [*headers, budget])
+    yield from _variant(actions, plan_route, name, chain, headers)
 
 
 def _variant(
