@@ -59,30 +59,34 @@ routes := [route |
 ]
 
 # What a tenant's routes depend on besides its name: its steps' group, its spent
-# budget, its rate limit and the backends eligible per sensitivity and alias.
-# Tenants of one shape share a route set, named after the first of them.
+# budget, its rate limit and the backends eligible per [sensitivity, alias].
+# Tenants of one shape share a route set, named r<i> after the shape's place among
+# the sorted distinct shapes (found by lookup: linear in tenants, not quadratic).
 _shape := {name: [_group[name], _exhausted[name], _rate_limit[name], eligible] |
 	some name in _tenant_order
-	eligible := [_eligible[[name, sensitivity, alias]] |
+	eligible := {[sensitivity, alias]: _eligible[[name, sensitivity, alias]] |
 		some sensitivity in sensitivities
 		some alias in _alias_names
-	]
+	}
 }
 
-_distinct_shapes := {shape | some _, shape in _shape}
+_set_of_shape := {shape: sprintf("r%d", [i]) | some i, shape in sort(_distinct_shapes)}
 
-_shape_named := {shape: min({name | some name, other in _shape; other == shape}) | some shape in _distinct_shapes}
+_distinct_shapes := {value | some _, value in _shape}
 
-_route_set_of := {name: _shape_named[shape] | some name, shape in _shape}
+_route_set_of := {name: _set_of_shape[shape] | some name, shape in _shape}
 
-_set_names := {set_name | some _, set_name in _route_set_of}
+_set_shape := {set_name: shape | some shape, set_name in _set_of_shape}
+
+_set_names := {set_name | some _, set_name in _set_of_shape}
 
 # Route set name -> its routes in match order: named <sensitivity>.<task>.<alias>,
 # matched without the tenant, chains as step ids (keys of _step_defs).
 _route_sets := {set_name: [route |
 	by_sensitivity := _chains[set_name]
-	exhausted := _exhausted[set_name]
-	rate_limit := _rate_limit[set_name]
+	shape := _set_shape[set_name]
+	exhausted := shape[1]
+	rate_limit := shape[2]
 	some sensitivity in sensitivities
 	fail_closed := sensitivity == "restricted"
 	by_alias := by_sensitivity[sensitivity]
@@ -394,20 +398,21 @@ _names := {eligible: {"cheap": cheap, "ordered": ordered, "degraded": degraded} 
 	degraded := {profile: _all_degraded(ordered[profile], task.complexity) | some profile, task in _profiles}
 }
 
-# Tenants whose resilience overrides are equal share their steps: the group of a
-# tenant is the first tenant name (in order) with its overrides. (A step depends on
+# Tenants whose resilience overrides are equal share their steps: a group, named
+# g<i> after the overrides' place among the sorted distinct ones. (A step depends on
 # its tenant only through the overrides, see resilience.request_settings.)
 _overrides := {tenant.name: object.get(tenant, "resilience", null) | some tenant in data.catalog.tenants}
 
-_group_named := {overrides: min({name | some name, other in _overrides; other == overrides}) |
-	some overrides in _distinct_overrides
-}
+_group_of_overrides := {overrides: sprintf("g%d", [i]) | some i, overrides in sort(_distinct_overrides)}
 
 _distinct_overrides := {value | some _, value in _overrides}
 
-_group := {name: _group_named[overrides] | some name, overrides in _overrides}
+_group := {name: _group_of_overrides[overrides] | some name, overrides in _overrides}
 
-_groups := {group | some _, group in _group}
+# Group -> a stand-in tenant holding the group's overrides.
+_group_tenant := {group: {"resilience": overrides} | some overrides, group in _group_of_overrides}
+
+_groups := {group | some _, group in _group_of_overrides}
 
 # Group -> alias -> backend -> degraded -> last -> the id of the chain step (a key
 # of _step_defs): every step a chain of this node can hold, named once.
@@ -430,8 +435,7 @@ _flag := {false: "0", true: "1"}
 
 # Step id -> the chain step.
 _step_defs := {_step_id(group, alias, backend.name, degraded, last): resilience.chain_step(settings, model, degraded, last) |
-	some group in _groups
-	tenant := _tenant_named[group]
+	some group, tenant in _group_tenant
 	some alias, models in _model_for
 	some backend in _here
 	model := models[backend.name]
@@ -440,9 +444,9 @@ _step_defs := {_step_id(group, alias, backend.name, degraded, last): resilience.
 	some last in [false, true]
 }
 
-# Route set (the tenant it is named after) -> sensitivity -> alias -> profile ->
-# the route's chain (the budget fallback when the budget is spent) and its budget
-# fallback, as step ids.
+# Route set -> sensitivity -> alias -> profile -> the route's chain (the budget
+# fallback when the budget is spent) and its budget fallback, as step ids, made from
+# the set's shape.
 _chains := {set_name: {sensitivity: {alias: _profile_chains(set_name, sensitivity, alias) |
 	some alias in _alias_names
 } |
@@ -451,14 +455,16 @@ _chains := {set_name: {sensitivity: {alias: _profile_chains(set_name, sensitivit
 	some set_name in _set_names
 }
 
-_profile_chains(tenant_name, sensitivity, alias) := {profile: chains |
-	names := _names[_eligible[[tenant_name, sensitivity, alias]]]
-	by_alias := _step_table[_group[tenant_name]]
+_profile_chains(set_name, sensitivity, alias) := {profile: chains |
+	shape := _set_shape[set_name]
+	eligible_by := shape[3]
+	names := _names[eligible_by[[sensitivity, alias]]]
+	by_alias := _step_table[shape[0]]
 	steps := by_alias[alias]
 	cheap := names.cheap
 	fallbacks := {complexity: _steps(cheap, steps, complexity) | some complexity in _complexities}
 	ordered_by_profile := names.ordered
-	exhausted := _exhausted[tenant_name]
+	exhausted := shape[1]
 	some profile, task in _profiles
 	fallback := fallbacks[task.complexity]
 	chains := {

@@ -142,12 +142,14 @@ class CompactPlan(Contract):
                 found = chains[ids] = tuple(self.steps[step] for step in ids)
             return found
 
-        # Per template: a route and a match to copy (made for the first tenant taking it;
-        # each copy gets its own name and tenant).
+        # Per template: a route and a match, made for the first tenant taking the set (its
+        # routes are these) and copied for the others (each copy its own name and tenant).
         prototypes: dict[str, list[tuple[RoutePlan, RouteMatch, str]]] = {}
-        for entry in self.tenants:
+        first_taker: dict[str, int] = {}
+        for index, entry in enumerate(self.tenants):
             if entry.routes in prototypes:
                 continue
+            first_taker[entry.routes] = index
             made = prototypes[entry.routes] = []
             for template in self.route_sets[entry.routes]:
                 match = template.match
@@ -173,10 +175,14 @@ class CompactPlan(Contract):
                 made.append((route, matched, f".{template.name}"))
         routes: list[RoutePlan] = []
         append = routes.append
-        for entry in self.tenants:
+        for index, entry in enumerate(self.tenants):
+            made = prototypes[entry.routes]
+            if first_taker[entry.routes] == index:  # the prototypes were made for it
+                routes += [route for route, _matched, _suffix in made]
+                continue
             tenant = entry.tenant
             tenant_update = {"tenant": tenant}
-            for route, matched, suffix in prototypes[entry.routes]:
+            for route, matched, suffix in made:
                 append(
                     route.model_copy(
                         update={
