@@ -4,6 +4,10 @@ two routes share a chain object: the generator's per-chain memo changes nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tests.unit.compiler.plans import EDGE_NODE, demo_catalog, policy_modules
 from tiermesh.controlplane.api import (
@@ -14,8 +18,8 @@ from tiermesh.controlplane.api import (
     TenantUsage,
     policy_data,
 )
-from tiermesh.controlplane.generators import compile_snapshot
-from tiermesh.controlplane.model import MeshModel
+from tiermesh.controlplane.generators import compile_snapshot, routes
+from tiermesh.controlplane.model import CascadeSettings, MeshModel
 from tiermesh.rego import JSONValue, RegorusEngine
 from tiermesh.xds import typeurls
 
@@ -50,3 +54,31 @@ def test_shared_chains_compile_to_the_same_bytes() -> None:
         first, second = (s.sotw_body(type_url, None).body for s in snapshots)
         assert first == second, type_url
     assert snapshots[0].version == snapshots[1].version
+
+
+def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tenants of one shape get routes copied from the first one's (renamed, their own
+    tenant matcher): byte for byte what building each route gives, cascades included."""
+    catalog = demo_catalog()
+    clones = [
+        tenant.model_copy(update={"name": f"{tenant.name}-{i}"})
+        for tenant in catalog.tenants
+        for i in range(2)
+    ]
+    catalog = catalog.model_copy(update={"tenants": (*catalog.tenants, *clones)})
+    engine = RegorusEngine()
+    try:
+        engine.load(policy_modules(), policy_data(catalog, {}))
+        request: JSONValue = {"node": dict(EDGE_NODE)}
+        plan = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request)).expand()
+    finally:
+        engine.close()
+    settings = replace(EDGE_SETTINGS, cascade=CascadeSettings(port=7777))
+    model = MeshModel.build([plan], {EDGE: settings})
+    copied = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
+    monkeypatch.setattr(routes._Actions, "chain_route", routes._Actions._built)
+    built = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
+    assert copied == built
+    assert b"acme-1.public.cascade.fast" in copied

@@ -106,6 +106,7 @@ NO_AUTHZ_ROUTE = "tiermesh/no-authz"
 """The only route of a node without ext_authz: it answers every request 503."""
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
+_TENANT = MATCH_HEADERS["tenant"]
 
 RESTRICTED_OR_MISSING = "restricted|"
 """The ``x-tiermesh-sensitivity`` regex (RE2, whole value) of restricted routes, matched
@@ -185,12 +186,49 @@ class _Actions:
     reused while the memo lives. Header matchers are kept per (header, value) the same
     way. One instance per call: not shared across nodes or threads."""
 
-    __slots__ = ("_headers", "_tails", "node")
+    __slots__ = ("_headers", "_held", "_shapes", "_tails", "node")
 
     def __init__(self, node: NodeModel) -> None:
         self.node = node
         self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
         self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
+        # (ids of the matchers after the tenant's, id of the chain) -> a chain route
+        # of that shape (another tenant's): copied, renamed and given its tenant.
+        self._shapes: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        self._held: list[tuple[list[rc.HeaderMatcher], Sequence[ChainStep]]] = []
+
+    def chain_route(
+        self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``.
+
+        Routes that differ only in name and tenant are many (one per tenant of a route
+        set): the first of a shape is built, the others copy it and set their name and
+        tenant matcher (one C-level copy instead of building each matcher and action).
+        The matcher and chain objects keyed on are held by this memo, so their ids
+        cannot be reused while it lives."""
+        if not headers or headers[0].name != _TENANT:
+            return self._built(name, steps, headers)
+        key = (tuple(id(header) for header in headers[1:]), id(steps))
+        shape = self._shapes.get(key)
+        if shape is None:
+            route = self._built(name, steps, headers)
+            kept = self._shapes[key] = rc.Route()
+            kept.CopyFrom(route)  # callers may change what they get (cascade, token)
+            self._held.append((headers, steps))
+            return route
+        route = rc.Route()
+        route.CopyFrom(shape)
+        route.name = name
+        route.match.headers[0].CopyFrom(headers[0])
+        return route
+
+    def _built(
+        self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
+        route.MergeFrom(self.tail(steps))
+        return route
 
     def exact(self, header: str, value: str) -> rc.HeaderMatcher:
         """:func:`_exact`, one message per (header, value) (the route copies it)."""
@@ -240,16 +278,15 @@ def _route(
     steps: Sequence[ChainStep],
     headers: list[rc.HeaderMatcher],
 ) -> rc.Route:
+    if steps:
+        return actions.chain_route(name, steps, headers)
     route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
-    if not steps:
-        route.direct_response.CopyFrom(
-            rc.DirectResponseAction(
-                status=503,
-                body=base_pb2.DataSource(inline_string=refusal_body(plan_route.name)),
-            )
+    route.direct_response.CopyFrom(
+        rc.DirectResponseAction(
+            status=503,
+            body=base_pb2.DataSource(inline_string=refusal_body(plan_route.name)),
         )
-        return route
-    route.MergeFrom(actions.tail(steps))
+    )
     return route
 
 
