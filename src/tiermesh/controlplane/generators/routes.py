@@ -177,14 +177,16 @@ def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
 
 
 class _Actions:
-    """The forwarding part of chain routes (``route`` action and ``metadata``), built once
-    per chain within one :func:`generate` call and merged into each route that uses it:
-    a table of 16 000 routes has a few dozen distinct chains.
+    """What the chain routes of one :func:`generate` call share, built once: the
+    forwarding part (``route`` action and ``metadata``) per chain, merged into each
+    route that uses it (a table of 16 000 routes has a few dozen distinct chains); header
+    matchers per (header, value); and per route shape (:meth:`chain_route`) a route the
+    next tenant's copies.
 
-    Keyed by the chain tuple's identity (plans expanded from a compact plan share one
-    tuple per chain; other plans just miss); the tuple is held, so its id cannot be
-    reused while the memo lives. Header matchers are kept per (header, value) the same
-    way. One instance per call: not shared across nodes or threads."""
+    Chains are keyed by the tuple's identity (plans expanded from a compact plan share one
+    tuple per chain; other plans just miss); every object whose id is a key is held, so
+    its id cannot be reused while the memo lives. One instance per call: not shared
+    across nodes or threads."""
 
     __slots__ = ("_headers", "_held", "_shapes", "_tails", "node")
 
