@@ -78,7 +78,14 @@ def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     settings = replace(EDGE_SETTINGS, cascade=CascadeSettings(port=7777))
     model = MeshModel.build([plan], {EDGE: settings})
     copied = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
-    monkeypatch.setattr(routes._Actions, "chain_route", routes._Actions._built)
+    actions = routes._Actions
+    monkeypatch.setattr(actions, "chain_route", actions._built)
+    monkeypatch.setattr(
+        actions,
+        "refusal_route",
+        lambda _self, name, plan_route, headers: routes._refusal(name, plan_route, headers),
+    )
     built = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
     assert copied == built
     assert b"acme-1.public.cascade.fast" in copied
+    assert routes.refusal_body("globex-1.restricted.*.smart").encode() in copied

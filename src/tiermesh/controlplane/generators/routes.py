@@ -188,7 +188,7 @@ class _Actions:
     its id cannot be reused while the memo lives. One instance per call: not shared
     across nodes or threads."""
 
-    __slots__ = ("_headers", "_held", "_shapes", "_tails", "node")
+    __slots__ = ("_differ", "_headers", "_held", "_refusals", "_shapes", "_tails", "node")
 
     def __init__(self, node: NodeModel) -> None:
         self.node = node
@@ -198,6 +198,10 @@ class _Actions:
         # of that shape (another tenant's): copied, renamed and given its tenant.
         self._shapes: dict[tuple[tuple[int, ...], int], rc.Route] = {}
         self._held: list[tuple[list[rc.HeaderMatcher], Sequence[ChainStep]]] = []
+        self._refusals: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        self._differ: dict[
+            tuple[int, int], tuple[Sequence[ChainStep], Sequence[ChainStep], bool]
+        ] = {}
 
     def chain_route(
         self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
@@ -231,6 +235,38 @@ class _Actions:
         route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
         route.MergeFrom(self.tail(steps))
         return route
+
+    def refusal_route(
+        self, name: str, plan_route: str, headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        """The route ``name`` of a plan route without any permitted backend: 503 with
+        :func:`refusal_body` of ``plan_route``. Copied between tenants like
+        :meth:`chain_route` (name, tenant matcher and body set per route)."""
+        if not headers or headers[0].name != _TENANT:
+            return _refusal(name, plan_route, headers)
+        key = (tuple(id(header) for header in headers[1:]), 0)
+        shape = self._refusals.get(key)
+        if shape is None:
+            route = _refusal(name, plan_route, headers)
+            kept = self._refusals[key] = rc.Route()
+            kept.CopyFrom(route)
+            return route
+        route = rc.Route()
+        route.CopyFrom(shape)
+        route.name = name
+        route.match.headers[0].CopyFrom(headers[0])
+        route.direct_response.body.inline_string = refusal_body(plan_route)
+        return route
+
+    def differ(self, chain: Sequence[ChainStep], fallback: Sequence[ChainStep]) -> bool:
+        """``fallback != chain``, compared once per pair of chain objects."""
+        if chain is fallback:
+            return False
+        key = (id(chain), id(fallback))
+        known = self._differ.get(key)
+        if known is None or known[0] is not chain or known[1] is not fallback:
+            known = self._differ[key] = (chain, fallback, fallback != chain)
+        return known[2]
 
     def exact(self, header: str, value: str) -> rc.HeaderMatcher:
         """:func:`_exact`, one message per (header, value) (the route copies it)."""
@@ -282,14 +318,17 @@ def _route(
 ) -> rc.Route:
     if steps:
         return actions.chain_route(name, steps, headers)
-    route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
-    route.direct_response.CopyFrom(
-        rc.DirectResponseAction(
-            status=503,
-            body=base_pb2.DataSource(inline_string=refusal_body(plan_route.name)),
-        )
+    return actions.refusal_route(name, plan_route.name, headers)
+
+
+def _refusal(name: str, plan_route: str, headers: list[rc.HeaderMatcher]) -> rc.Route:
+    return rc.Route(
+        name=name,
+        match=rc.RouteMatch(prefix="/", headers=headers),
+        direct_response=rc.DirectResponseAction(
+            status=503, body=base_pb2.DataSource(inline_string=refusal_body(plan_route))
+        ),
     )
-    return route
 
 
 def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
@@ -309,7 +348,7 @@ def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
     name = plan_route.name
     chain = plan_route.chain
     fallback = plan_route.budget_fallback
-    if fallback and fallback is not chain and fallback != chain:
+    if fallback and actions.differ(chain, fallback):
         budget = actions.exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
         yield from _variant(actions, plan_route, f"{name}/budget", fallback, [*headers, budget])
     yield from _variant(actions, plan_route, name, chain, headers)
