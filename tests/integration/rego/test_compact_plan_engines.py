@@ -6,16 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.rego.conftest import LoadPolicies
-from tiermesh.controlplane.api import (
-    COMPACT_PLAN_PATH,
-    PLAN_PATH,
-    Catalog,
-    CompactPlan,
-    NodeInfo,
-    Plan,
-    PlanInput,
-    TenantUsage,
-)
+from tiermesh.controlplane import api
+from tiermesh.controlplane.api import Catalog, NodeInfo
 from tiermesh.rego import JSONValue
 
 
@@ -30,9 +22,9 @@ from tiermesh.rego import JSONValue
 def test_the_compact_plan_expands_to_the_plan(
     load_policies: LoadPolicies, demo_catalog: Catalog, node: NodeInfo
 ) -> None:
-    engine = load_policies(demo_catalog, {"initech": TenantUsage(spent_usd=100)})
-    request: JSONValue = PlanInput(node=node).model_dump(mode="json")
-    plan = Plan.model_validate(engine.evaluate(PLAN_PATH, request))
-    compact = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request))
+    engine = load_policies(demo_catalog, {"initech": api.TenantUsage(spent_usd=100)})
+    request: JSONValue = api.PlanInput(node=node).model_dump(mode="json")
+    plan = api.Plan.model_validate(engine.evaluate(api.PLAN_PATH, request))
+    compact = api.CompactPlan.model_validate(engine.evaluate(api.COMPACT_PLAN_PATH, request))
     assert compact.expand() == plan
     assert any(route.budget_exhausted for route in plan.routes)
