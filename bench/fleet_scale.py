@@ -867,6 +867,18 @@ def report(
     return "\n".join(lines)
 
 
+def replace_section(text: str, section: str) -> str:
+    """``text`` with its markdown section of ``section``'s heading (up to the next ``## ``
+    heading) replaced by ``section``; appended when it has none."""
+    heading = section.splitlines()[0]
+    lines = text.splitlines()
+    if heading not in lines:
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section.splitlines(), "", *lines[end:]]) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,5000", help="fleet sizes, comma-separated")
@@ -882,6 +894,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--routes", default="2000,16000", help="route-scale targets with a real Envoy ('' skips)"
     )
     parser.add_argument("--route-rounds", type=int, default=3)
+    parser.add_argument(
+        "--route-shapes",
+        default="clones,distinct",
+        help=f"tenant shapes of the route scale ({', '.join(_route_scale.SHAPES)})",
+    )
+    parser.add_argument(
+        "--route-scale-only",
+        action="store_true",
+        help="run the route scale alone and replace its section of --out",
+    )
     parser.add_argument(
         "--freeze-heap",
         action=argparse.BooleanOptionalAction,
@@ -904,13 +926,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     instrument_globals()
     results = []
     targets = [int(part) for part in args.routes.split(",") if part.strip()]
+    shapes = tuple(part for part in args.route_shapes.split(",") if part.strip())
+    if unknown := set(shapes) - set(_route_scale.SHAPES):
+        parser.error(f"--route-shapes: unknown {sorted(unknown)}")
+    if args.route_scale_only:
+        with EtcdServer.for_tests() as server:
+            routes = _route_scale.run(
+                server, targets, args.route_rounds, args.timeout, STAGES, shapes
+            )
+        load = (
+            f"Load average (1 min) before the route scale {args.load_before:.2f}, after "
+            f"{os.getloadavg()[0]:.2f} (the 2 cores shared with other work). Command: "
+            "`.venv/bin/python bench/fleet_scale.py --route-scale-only "
+            f"--routes {args.routes} --route-rounds {args.route_rounds} "
+            f"--route-shapes {args.route_shapes}`."
+        )
+        section = "\n".join(_route_scale.report(list(routes), load))
+        args.out.write_text(replace_section(args.out.read_text(), section))
+        print(section)
+        return
     with EtcdServer.for_tests() as server, tempfile.TemporaryDirectory() as audit_dir:
         args.audit_dir = Path(audit_dir)
         for size in sizes:
             fleet = Fleet(size, args.classes, args.local_nodes)
             print(f"fleet of {size} nodes", flush=True)
             results.append(asyncio.run(scenario(server, fleet, args)))
-        routes = _route_scale.run(server, targets, args.route_rounds, args.timeout, STAGES)
+        routes = _route_scale.run(server, targets, args.route_rounds, args.timeout, STAGES, shapes)
     text = report(results, args, routes)
     args.out.write_text(text)
     print(text)

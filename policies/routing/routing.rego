@@ -14,11 +14,25 @@ import data.tiermesh.residency
 import data.tiermesh.resilience
 
 # METADATA
-# description: The Plan for input.node; undefined without a node id.
-plan := {
+# description: |
+#   The Plan for input.node; undefined without a node id. It is compact_plan
+#   expanded: each tenant's route set with the tenant put into every route.
+plan := object.union(object.remove(compact_plan, ["steps", "route_sets", "tenants"]), {"routes": routes})
+
+# METADATA
+# description: |
+#   The Plan for input.node in compact form (what the control plane evaluates),
+#   policies/schemas/compact_plan.schema.json. Tenants whose routes are equal but
+#   for the tenant share one route set: "route_sets" holds each set once (its
+#   routes named and matched without the tenant), "tenants" names each tenant's
+#   set in route order, and "steps" holds every chain step once by id (chains are
+#   lists of step ids). Undefined without a node id.
+compact_plan := {
 	"version": "v1",
 	"node": _node,
-	"routes": routes,
+	"steps": _step_defs,
+	"route_sets": _route_sets,
+	"tenants": [{"tenant": name, "routes": _route_set_of[name]} | some name in _tenant_order],
 	"backends": backends,
 	"violations": sort([msg | some msg in violations]),
 	"warnings": sort([msg | some msg in warnings]),
@@ -34,9 +48,45 @@ sensitivities := ["public", "internal", "restricted"]
 # description: Routes in match order (first match wins).
 routes := [route |
 	some tenant_name in _tenant_order
-	by_sensitivity := _chains[tenant_name]
-	exhausted := _exhausted[tenant_name]
-	rate_limit := _rate_limit[tenant_name]
+	templates := _route_sets[_route_set_of[tenant_name]]
+	some template in templates
+	route := object.union(template, {
+		"name": concat(".", [tenant_name, template.name]),
+		"match": object.union(template.match, {"tenant": tenant_name}),
+		"chain": [_step_defs[id] | some id in template.chain],
+		"budget_fallback": [_step_defs[id] | some id in template.budget_fallback],
+	})
+]
+
+# What a tenant's routes depend on besides its name: its steps' group, its spent
+# budget, its rate limit and the backends eligible per [sensitivity, alias].
+# Tenants of one shape share a route set, named r<i> after the shape's place among
+# the sorted distinct shapes (found by lookup: linear in tenants, not quadratic).
+_shape := {name: [_group[name], _exhausted[name], _rate_limit[name], eligible] |
+	some name in _tenant_order
+	eligible := {[sensitivity, alias]: _eligible[[name, sensitivity, alias]] |
+		some sensitivity in sensitivities
+		some alias in _alias_names
+	}
+}
+
+_set_of_shape := {shape: sprintf("r%d", [i]) | some i, shape in sort(_distinct_shapes)}
+
+_distinct_shapes := {value | some _, value in _shape}
+
+_route_set_of := {name: _set_of_shape[shape] | some name, shape in _shape}
+
+_set_shape := {set_name: shape | some shape, set_name in _set_of_shape}
+
+_set_names := {set_name | some _, set_name in _set_of_shape}
+
+# Route set name -> its routes in match order: named <sensitivity>.<task>.<alias>,
+# matched without the tenant, chains as step ids (keys of _step_defs).
+_route_sets := {set_name: [route |
+	by_sensitivity := _chains[set_name]
+	shape := _set_shape[set_name]
+	exhausted := shape[1]
+	rate_limit := shape[2]
 	some sensitivity in sensitivities
 	fail_closed := sensitivity == "restricted"
 	by_alias := by_sensitivity[sensitivity]
@@ -46,15 +96,17 @@ routes := [route |
 	by_profile := by_alias[alias]
 	chains := by_profile[profile]
 	route := object.union(_cascade_of[task_name], {
-		"name": concat(".", [tenant_name, sensitivity, task_name, alias]),
-		"match": {"tenant": tenant_name, "sensitivity": sensitivity, "task": task_name, "model": alias},
+		"name": concat(".", [sensitivity, task_name, alias]),
+		"match": {"sensitivity": sensitivity, "task": task_name, "model": alias},
 		"chain": chains.chain,
 		"fail_closed": fail_closed,
 		"budget_exhausted": exhausted,
 		"budget_fallback": chains.fallback,
 		"rate_limit": rate_limit,
 	})
-]
+] |
+	some set_name in _set_names
+}
 
 # METADATA
 # description: Every backend named by some chain or budget fallback, by name.
@@ -118,9 +170,10 @@ warnings contains msg if some msg in budget.warnings
 # routes, so no route computes anything. This node's backends are ranked once per
 # task profile (strategy and complexity: all that orders a chain), chain members
 # are picked once per distinct set of eligible backends (_names), every step a
-# chain can hold is made once (_step_table), and the chains of each tenant,
-# sensitivity, alias and profile are assembled once (_chains). A route is a few
-# lookups. Refs index one variable key per step (x := a[k]; y := x[j]): regorus
+# chain can hold is made once per group of tenants with equal resilience overrides
+# (_step_defs, named by _step_table), and the chains and routes are assembled once
+# per route set, shared by the tenants of one shape (_chains, _route_sets). A route
+# is a few lookups. Refs index one variable key per step (x := a[k]; y := x[j]): regorus
 # is many times slower on a chained a[k][j].
 
 _sensitivity_rank := {"public": 0, "internal": 1, "restricted": 2}
@@ -345,38 +398,73 @@ _names := {eligible: {"cheap": cheap, "ordered": ordered, "degraded": degraded} 
 	degraded := {profile: _all_degraded(ordered[profile], task.complexity) | some profile, task in _profiles}
 }
 
-# Tenant -> alias -> backend -> degraded -> last -> the chain step: every step a
-# chain of this node can hold, made once.
-_step_table := {tenant.name: {alias: {backend.name: {degraded: {last: resilience.chain_step(settings, model, degraded, last) | some last in [false, true]} |
-	some degraded in {below | some complexity in _complexities; below := backend.max_complexity < complexity}
+# Tenants whose resilience overrides are equal share their steps: a group, named
+# g<i> after the overrides' place among the sorted distinct ones. (A step depends on
+# its tenant only through the overrides, see resilience.request_settings.)
+_overrides := {tenant.name: object.get(tenant, "resilience", null) | some tenant in data.catalog.tenants}
+
+_group_of_overrides := {overrides: sprintf("g%d", [i]) | some i, overrides in sort(_distinct_overrides)}
+
+_distinct_overrides := {value | some _, value in _overrides}
+
+_group := {name: _group_of_overrides[overrides] | some name, overrides in _overrides}
+
+# Group -> a stand-in tenant holding the group's overrides.
+_group_tenant := {group: {"resilience": overrides} | some overrides, group in _group_of_overrides}
+
+_groups := {group | some _, group in _group_of_overrides}
+
+# Group -> alias -> backend -> degraded -> last -> the id of the chain step (a key
+# of _step_defs): every step a chain of this node can hold, named once.
+_step_table := {group: {alias: {backend.name: {degraded: {last: _step_id(group, alias, backend.name, degraded, last) | some last in [false, true]} |
+	some degraded in _degraded_values(backend)
 } |
 	some backend in _here
-	model := models[backend.name]
-	settings := resilience.request_settings(backend, tenant)
+	_ := models[backend.name]
 } |
 	some alias, models in _model_for
 } |
-	some tenant in data.catalog.tenants
+	some group in _groups
 }
 
-# Tenant -> sensitivity -> alias -> profile -> the route's chain (the budget
-# fallback when the budget is spent) and its budget fallback.
-_chains := {tenant.name: {sensitivity: {alias: _profile_chains(tenant.name, sensitivity, alias) |
+_degraded_values(backend) := {below | some complexity in _complexities; below := backend.max_complexity < complexity}
+
+_step_id(group, alias, backend, degraded, last) := concat("/", [group, alias, backend, _flag[degraded], _flag[last]])
+
+_flag := {false: "0", true: "1"}
+
+# Step id -> the chain step.
+_step_defs := {_step_id(group, alias, backend.name, degraded, last): resilience.chain_step(settings, model, degraded, last) |
+	some group, tenant in _group_tenant
+	some alias, models in _model_for
+	some backend in _here
+	model := models[backend.name]
+	settings := resilience.request_settings(backend, tenant)
+	some degraded in _degraded_values(backend)
+	some last in [false, true]
+}
+
+# Route set -> sensitivity -> alias -> profile -> the route's chain (the budget
+# fallback when the budget is spent) and its budget fallback, as step ids, made from
+# the set's shape.
+_chains := {set_name: {sensitivity: {alias: _profile_chains(set_name, sensitivity, alias) |
 	some alias in _alias_names
 } |
 	some sensitivity in sensitivities
 } |
-	some tenant in data.catalog.tenants
+	some set_name in _set_names
 }
 
-_profile_chains(tenant_name, sensitivity, alias) := {profile: chains |
-	names := _names[_eligible[[tenant_name, sensitivity, alias]]]
-	by_alias := _step_table[tenant_name]
+_profile_chains(set_name, sensitivity, alias) := {profile: chains |
+	shape := _set_shape[set_name]
+	eligible_by := shape[3]
+	names := _names[eligible_by[[sensitivity, alias]]]
+	by_alias := _step_table[shape[0]]
 	steps := by_alias[alias]
 	cheap := names.cheap
 	fallbacks := {complexity: _steps(cheap, steps, complexity) | some complexity in _complexities}
 	ordered_by_profile := names.ordered
-	exhausted := _exhausted[tenant_name]
+	exhausted := shape[1]
 	some profile, task in _profiles
 	fallback := fallbacks[task.complexity]
 	chains := {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiermesh.controlplane.api import Catalog, CatalogError, CatalogProblem, load_catalog
+from tiermesh.controlplane.api import Catalog, CatalogError, CatalogProblem, load_catalog, load_yaml
 
 DEMO = Path(__file__).resolve().parents[3] / "policies" / "data" / "catalog.yaml"
 
@@ -132,3 +132,12 @@ def test_building_a_catalog_in_python_checks_references_too() -> None:
 def test_problem_without_field_is_just_the_message() -> None:
     assert str(CatalogProblem("", "broken")) == "broken"
     assert str(CatalogError("f.yaml", [])) == "f.yaml: invalid catalog"
+
+
+def test_load_yaml_reads_what_safe_load_reads_and_refuses_python_tags() -> None:
+    text = DEMO.read_text(encoding="utf-8")
+    assert load_yaml(text) == yaml.safe_load(text)
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("a: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("a: [1, 2\n")

@@ -53,7 +53,7 @@ def test_same_plan_same_version(edge_plan: Plan, catalog: Catalog) -> None:
     assert changed.type_version(typeurls.CLUSTER) == first.type_version(typeurls.CLUSTER)
 
 
-def test_routes_follow_plan_order_with_twins_and_budget_routes(
+def test_routes_follow_plan_order_with_budget_routes(
     edge_model: MeshModel, edge_plan: Plan
 ) -> None:
     names = [r.name for r in envoy_routes(edge_model)]
@@ -61,13 +61,9 @@ def test_routes_follow_plan_order_with_twins_and_budget_routes(
     assert base == [r.name for r in edge_plan.routes]
     restricted = "acme.restricted.chat.*"  # chain onprem → edge; budget fallback edge → onprem
     at = names.index(restricted)
-    assert names[at - 2 : at + 2] == [
-        f"{restricted}/budget",
-        f"{restricted}/unclassified/budget",
-        restricted,
-        f"{restricted}/unclassified",
-    ]
-    assert not any(n.startswith("acme.public") and "unclassified" in n for n in names)
+    assert names[at - 1 : at + 1] == [f"{restricted}/budget", restricted]
+    assert "/" not in names[at + 1]  # the next plan route (or its budget twin) follows
+    assert not any("unclassified" in n for n in names)  # one route takes restricted and unlabelled
     assert "acme.restricted.classify.*/budget" not in names  # fallback equals the chain
 
 
@@ -81,10 +77,11 @@ def test_header_matchers_are_exact_and_skip_wildcards(edge_model: MeshModel) -> 
         },
         "x-tiermesh-task": {"name": "x-tiermesh-task", "stringMatch": {"exact": "classify"}},
     }
-    twin = headers_of(by_name["acme.restricted.*.*/unclassified"])
-    assert twin["x-tiermesh-sensitivity"] == {
+    restricted = headers_of(by_name["acme.restricted.*.*"])
+    assert restricted["x-tiermesh-sensitivity"] == {
         "name": "x-tiermesh-sensitivity",
-        "presentMatch": False,
+        "stringMatch": {"safeRegex": {"regex": "restricted|"}},
+        "treatMissingHeaderAsEmpty": True,
     }
     budget = headers_of(by_name["acme.public.*.*/budget"])
     assert budget["x-tiermesh-budget"]["stringMatch"] == {"exact": "exhausted"}
@@ -95,7 +92,7 @@ def test_an_empty_chain_answers_503(edge_model: MeshModel) -> None:
     refused = by_name["globex.restricted.*.smart"]
     assert refused.direct_response.status == 503
     assert refused.direct_response.body.inline_string == refusal_body("globex.restricted.*.smart")
-    assert by_name["globex.restricted.*.smart/unclassified"].direct_response.status == 503
+    assert "globex.restricted.*.smart/unclassified" not in by_name
 
 
 def test_a_chain_route_fails_over_through_an_aggregate(edge_model: MeshModel) -> None:

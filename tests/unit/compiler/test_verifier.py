@@ -62,15 +62,30 @@ def test_a_restricted_route_pointed_at_a_cloud_cluster(
 
 
 def test_a_request_without_sensitivity_reaching_the_cloud(
-    resources: Resources, catalog: Catalog
+    resources: Resources, catalog: Catalog, edge_model: MeshModel
 ) -> None:
+    """A public route whose sensitivity matcher also takes a missing header (as the
+    restricted routes' do) carries restricted traffic: sent to the cloud, it is refused."""
+    public = "acme.public.classify.*"
+
     def change(r: Resources) -> None:
-        route(r, f"{RESTRICTED}/unclassified").route.cluster = "frontier-eu"
+        changed = route(r, public)
+        for matcher in changed.match.headers:
+            if matcher.name == "x-tiermesh-sensitivity":
+                matcher.string_match.safe_regex.regex = "public|"
+                matcher.treat_missing_header_as_empty = True
+        changed.route.cluster = "frontier-eu"
 
     found = findings_after(resources, catalog, change)
     assert [(f.kind, f.route, f.cluster) for f in found] == [
-        ("restricted-egress", f"{RESTRICTED}/unclassified", "frontier-eu")
+        ("restricted-egress", public, "frontier-eu")
     ]
+
+    def to_cloud_only(r: Resources) -> None:
+        route(r, public).route.cluster = "frontier-eu"
+
+    fresh = decode(compile_snapshot(edge_model, EDGE))
+    assert findings_after(fresh, catalog, to_cloud_only) == []  # labelled public: allowed
 
 
 def test_a_cloud_endpoint_slipped_into_a_local_cluster(
@@ -118,7 +133,6 @@ def test_an_aggregate_with_a_cloud_member(resources: Resources, catalog: Catalog
     found = findings_after(resources, catalog, change)
     egress = {(f.route, f.cluster) for f in found if f.kind == "restricted-egress"}
     assert (RESTRICTED, "frontier-eu") in egress
-    assert (f"{RESTRICTED}/unclassified", "frontier-eu") in egress
     assert {f.kind for f in found} == {"restricted-egress"}
 
 
@@ -260,3 +274,19 @@ def test_a_shared_address_is_judged_by_the_least_cleared_backend_wherever_it_is(
         assert ("restricted-egress", RESTRICTED, "edge-smollm") in {
             (f.kind, f.route, f.cluster) for f in found
         }
+
+
+def test_routes_of_one_shape_each_get_their_finding(resources: Resources, catalog: Catalog) -> None:
+    """The checker skips a cluster check only where an equal reach found nothing: two
+    routes of one shape (same tenant, sensitivity, cluster) sent to the cloud are both
+    named, and a sound route of that shape checked before hides neither."""
+    bad = ("acme.restricted.*.*", "acme.restricted.classify.*")
+
+    def change(r: Resources) -> None:
+        for name in bad:
+            route(r, name).route.cluster = "frontier-us"
+
+    found = findings_after(resources, catalog, change)
+    assert {(f.kind, f.route) for f in found if f.kind == "restricted-egress"} == {
+        ("restricted-egress", name) for name in bad
+    }

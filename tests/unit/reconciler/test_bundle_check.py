@@ -219,3 +219,23 @@ def test_finding_render() -> None:
     assert finding.render() == "a/b.rego:3: node n1: boom"
     assert finding.render("policies/") == "policies/a/b.rego:3: node n1: boom"
     assert str(Finding(Stage.PLAN, "x")) == "x"
+
+
+def test_plan_problems_of_a_shared_chain_name_every_route(engine: PolicyEngine) -> None:
+    """Routes sharing one chain tuple (as an expanded compact plan has them): a broken
+    chain is reported for each route, a sound one checked once and for none."""
+    catalog = parse_catalog(SMALL_CATALOG)
+    plan = check(policy_files(), engine).plans["edge-1"]
+    first = plan.routes[0]
+    doubled = (*first.chain, first.chain[0])
+    routes = tuple(
+        route.model_copy(update={"chain": doubled if index % 2 else first.chain})
+        for index, route in enumerate(plan.routes)
+    )
+    problems = plan_problems(plan.model_copy(update={"routes": routes}), catalog)
+    backend = first.chain[0].backend
+    assert [problem for problem in problems if "holds backend" in problem] == [
+        f"route {route.name}: chain holds backend {backend} 2 times"
+        for index, route in enumerate(routes)
+        if index % 2
+    ]

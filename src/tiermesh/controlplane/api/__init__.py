@@ -6,7 +6,8 @@ plane and tools can share these models without pulling in each other.
 - :class:`Catalog` — backends, tenants, aliases, task types (``data.catalog``);
   :func:`load_catalog` reads one from YAML.
 - :class:`PlanInput` / :class:`Plan` — input and decision of the compile-time
-  routing policy at :data:`PLAN_PATH`.
+  routing policy at :data:`PLAN_PATH`; :class:`CompactPlan` — the same decision with its
+  repeated parts once, at :data:`COMPACT_PLAN_PATH`.
 - :class:`TenantUsage` — spend counters (``data.usage``).
 - :class:`NodeRegistration` / :class:`NodeLoad` — what a node registers and reports over
   the registry session (:class:`SessionMessage`, :class:`SessionReply`);
@@ -39,6 +40,13 @@ from tiermesh.controlplane.api.catalog import (
     TokenCost,
     reference_problems,
 )
+from tiermesh.controlplane.api.compact_plan import (
+    COMPACT_PLAN_PATH,
+    CompactPlan,
+    RouteTemplate,
+    TemplateMatch,
+    TenantRoutes,
+)
 from tiermesh.controlplane.api.decision import (
     AUDIT_SERVICE,
     DECISION_LOG_VERSION,
@@ -58,7 +66,12 @@ from tiermesh.controlplane.api.decision import (
 )
 from tiermesh.controlplane.api.document import policy_data
 from tiermesh.controlplane.api.errors import CatalogError, CatalogProblem, ContractError
-from tiermesh.controlplane.api.loader import load_catalog, parse_catalog
+from tiermesh.controlplane.api.loader import (
+    catalog_from_document,
+    load_catalog,
+    load_yaml,
+    parse_catalog,
+)
 from tiermesh.controlplane.api.mesh_hop import (
     MESH_HOP,
     MESH_HOP_CONTEXT,
@@ -145,6 +158,7 @@ __all__ = [
     "CASCADE_STEP_HEADER",
     "CASCADE_STEP_METADATA",
     "CATALOG_VERSION",
+    "COMPACT_PLAN_PATH",
     "DECISION_LOG_VERSION",
     "GENESIS_HASH",
     "MATCH_HEADERS",
@@ -185,6 +199,7 @@ __all__ = [
     "CatalogProblem",
     "ChainStep",
     "CircuitBreaker",
+    "CompactPlan",
     "ContractError",
     "DecisionKind",
     "DecisionRecord",
@@ -217,13 +232,16 @@ __all__ = [
     "RouteMatch",
     "RoutePlan",
     "RouteResilience",
+    "RouteTemplate",
     "Sensitivity",
     "SessionMessage",
     "SessionReply",
     "ShipRequest",
     "ShipResponse",
     "TaskType",
+    "TemplateMatch",
     "Tenant",
+    "TenantRoutes",
     "TenantUsage",
     "Tier",
     "TierDefaults",
@@ -236,9 +254,11 @@ __all__ = [
     "UsageTotal",
     "audit_method_path",
     "canonical_bytes",
+    "catalog_from_document",
     "endpoint_owner",
     "key_digest",
     "load_catalog",
+    "load_yaml",
     "new_api_key",
     "parse_api_key",
     "parse_catalog",

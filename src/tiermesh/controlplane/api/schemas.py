@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from tiermesh.controlplane.api.catalog import Catalog
+from tiermesh.controlplane.api.compact_plan import CompactPlan
 from tiermesh.controlplane.api.plan import Plan, PlanInput
 
 __all__ = ["SCHEMA_MODELS", "render_schemas"]
@@ -19,6 +20,7 @@ __all__ = ["SCHEMA_MODELS", "render_schemas"]
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "plan_input.schema.json": PlanInput,
     "plan.schema.json": Plan,
+    "compact_plan.schema.json": CompactPlan,
     "catalog.schema.json": Catalog,
 }
 """File name -> model, for every committed schema."""
@@ -28,12 +30,12 @@ def render_schemas() -> dict[str, str]:
     """File name -> schema text (sorted keys, two-space indent, final newline).
 
     Input schemas are validation-mode schemas (what a producer may send); the
-    plan schema is serialization-mode (what the policy emits).
+    plan schemas are serialization-mode (what the policy emits).
     """
     rendered: dict[str, str] = {}
     for file, model in SCHEMA_MODELS.items():
         mode: Literal["validation", "serialization"] = (
-            "serialization" if model is Plan else "validation"
+            "serialization" if model in (Plan, CompactPlan) else "validation"
         )
         schema = model.model_json_schema(mode=mode)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

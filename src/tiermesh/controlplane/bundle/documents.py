@@ -33,8 +33,13 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from tiermesh.controlplane.api import Catalog, CatalogError, NodeInfo
-from tiermesh.controlplane.api.loader import YAML_LOADER, catalog_from_data
+from tiermesh.controlplane.api import (
+    Catalog,
+    CatalogError,
+    NodeInfo,
+    catalog_from_document,
+    load_yaml,
+)
 from tiermesh.controlplane.api.request_policy import (
     MAX_REQUEST_CONFIG_STRING,
     REQUEST_CONFIG_DOCUMENT,
@@ -97,7 +102,7 @@ def _parse_document(path: str, text: str) -> tuple[Any, Finding | None]:
     try:
         if path.endswith(".json"):
             return json.loads(text), None
-        return yaml.load(text, Loader=YAML_LOADER), None  # noqa: S506 - a safe loader
+        return load_yaml(text), None
     except json.JSONDecodeError as exc:
         return None, Finding(Stage.DATA, f"invalid JSON: {exc.msg}", path, exc.lineno)
     except yaml.YAMLError as exc:
@@ -169,7 +174,7 @@ def _catalog(
         return None
     text = texts[path]
     try:
-        catalog = catalog_from_data(data[CATALOG_DOCUMENT], file=path)
+        catalog = catalog_from_document(data[CATALOG_DOCUMENT], file=path)
         if problems := inline_jwks_problems(catalog):
             raise CatalogError(path, problems)
     except CatalogError as exc:

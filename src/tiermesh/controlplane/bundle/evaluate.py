@@ -11,7 +11,9 @@ checking on the class's first member that sharing gives the very plan evaluating
 (:mod:`~tiermesh.controlplane.bundle.plan_classes`; a class failing that check is
 evaluated node by node). Plans whose ``routes`` and ``backends`` (nearly all of a plan)
 are equal are validated and checked once per pass and then shared, so such nodes hand
-the compiler equal, even identical, tuples (see :class:`_PlanShapes`).
+the compiler equal, even identical, tuples (see :class:`_PlanShapes`). The policy is
+asked for its compact plan (:data:`~tiermesh.controlplane.api.COMPACT_PLAN_PATH`, expanded
+here) and, when it has none, for its plan.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Final
 from pydantic import ValidationError
 
 from tiermesh.controlplane.api import (
+    COMPACT_PLAN_PATH,
     PLAN_PATH,
     Catalog,
+    CompactPlan,
     NodeInfo,
     Plan,
     PlanInput,
@@ -110,41 +114,57 @@ def load_engine(engine: PolicyEngine, documents: Documents) -> list[Finding]:
 
 def _validation_is_fieldwise() -> bool:
     """True when a plan's ``routes`` and ``backends`` validate independently of its other
-    fields: no validator on :class:`Plan` itself (nested models only see their subtree)."""
+    fields: no validator on :class:`Plan` itself (nested models only see their subtree),
+    and the one of :class:`CompactPlan` reads only its body (:data:`_BODY_FIELDS`)."""
     decorators = Plan.__pydantic_decorators__
     return not (
         decorators.validators
         or decorators.field_validators
         or decorators.root_validators
         or decorators.model_validators
-    )
+    ) and set(CompactPlan.__pydantic_decorators__.model_validators) == {"_references_resolve"}
 
 
 _SHAPES_ENABLED: Final = _validation_is_fieldwise()
 _SHARED_FIELDS: Final = ("routes", "backends")
+_BODY_FIELDS: Final = {
+    False: ("routes", "backends"),
+    True: ("steps", "route_sets", "tenants", "backends"),
+}
+"""The body of a decision (False: a plan, True: a compact plan): all of it but the
+node, violations, warnings and version."""
 
 
 @dataclass(slots=True)
 class _Shape:
-    routes_json: JSONValue
-    backends_json: JSONValue
+    body_json: tuple[JSONValue, ...]
     plan: Plan
     problems: tuple[str, ...] | None = None
 
 
-class _PlanShapes:
-    """The plan bodies (``routes`` and ``backends``) validated so far in one pass.
+def _validate(result: JSONValue, compact: bool) -> Plan:
+    """The plan of a decision: validated as it is, or as a compact plan and expanded."""
+    if compact:
+        return CompactPlan.model_validate(result).expand()
+    return Plan.model_validate(result)
 
-    A decision whose body equals (as JSON) one already validated is validated without
-    it: its other fields (``node``, ``violations``, ``warnings``, ``version``) go through
-    :meth:`Plan.model_validate` with empty routes and backends, and the plan then takes
-    the tuples validated before. Sound because validating :class:`Plan` is field by
-    field (checked at import, else this memo is off) and its subtree holds only
-    strings, string literals, numbers, booleans, nulls, lists and objects, whose lax
-    validation maps ``==``-equal inputs (``1 == 1.0 == True`` included) to equal values
-    and the same success; the errors of a failing decision come from a full
-    validation, as without the memo. :func:`plan_problems` reads only routes, backends
-    and the catalog, so its result is kept per body too (one catalog per pass).
+
+class _PlanShapes:
+    """The plan bodies validated so far in one pass.
+
+    A decision whose body (:data:`_BODY_FIELDS`: a plan's ``routes`` and ``backends``, a
+    compact plan's ``steps``, ``route_sets``, ``tenants`` and ``backends``) equals (as
+    JSON) one already validated is validated without it: its other fields (``node``,
+    ``violations``, ``warnings``, ``version``) go through :meth:`Plan.model_validate`
+    with empty routes and backends, and the plan then takes the tuples validated before.
+    Sound because validating :class:`Plan` is field by field and the only validator of
+    :class:`CompactPlan` reads its body alone (both checked at import, else this memo is
+    off), and a body's subtree holds only strings, string literals, numbers, booleans,
+    nulls, lists and objects, whose lax validation maps ``==``-equal inputs (``1 == 1.0
+    == True`` included) to equal values and the same success; the errors of a failing
+    decision come from a full validation, as without the memo. :func:`plan_problems`
+    reads only routes, backends and the catalog, so its result is kept per body too (one
+    catalog per pass).
 
     At most :data:`LIMIT` bodies are kept (later ones are validated every time). Not
     thread-safe: one instance per pass, on the pass's thread.
@@ -153,41 +173,44 @@ class _PlanShapes:
     LIMIT: Final = 64
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[int, str], list[_Shape]] = {}
+        self._buckets: dict[tuple[bool, int, str], list[_Shape]] = {}
         self._count = 0
 
     @staticmethod
-    def _fingerprint(result: dict[str, JSONValue]) -> tuple[int, str] | None:
-        routes, backends = result.get("routes"), result.get("backends")
-        if not isinstance(routes, list) or not isinstance(backends, list):
+    def _fingerprint(result: dict[str, JSONValue], compact: bool) -> tuple[bool, int, str] | None:
+        listed, backends = result.get("tenants" if compact else "routes"), result.get("backends")
+        if not isinstance(listed, list) or not isinstance(backends, list):
             return None
         try:
-            return len(routes), json.dumps(backends, sort_keys=True)
+            return compact, len(listed), json.dumps(backends, sort_keys=True)
         except (TypeError, ValueError):
             return None
 
-    def validate(self, result: JSONValue) -> tuple[Plan, _Shape | None]:
-        """``Plan.model_validate(result)``, equal in value and errors; and its body."""
+    def validate(self, result: JSONValue, *, compact: bool = False) -> tuple[Plan, _Shape | None]:
+        """The plan of ``result`` (a compact plan's expanded), equal in value and errors to
+        validating it; and its body."""
         if not _SHAPES_ENABLED or not isinstance(result, dict):
-            return Plan.model_validate(result), None
-        key = self._fingerprint(result)
+            return _validate(result, compact), None
+        key = self._fingerprint(result, compact)
         if key is None:
-            return Plan.model_validate(result), None
-        routes, backends = result["routes"], result["backends"]
+            return _validate(result, compact), None
+        fields = _BODY_FIELDS[compact]
+        body = tuple(result.get(name) for name in fields)
         bucket = self._buckets.setdefault(key, [])
         for shape in bucket:
-            if shape.routes_json == routes and shape.backends_json == backends:
+            if shape.body_json == body:
+                head_json = {name: value for name, value in result.items() if name not in fields}
                 try:
-                    head = Plan.model_validate({**result, "routes": [], "backends": []})
+                    head = Plan.model_validate({**head_json, "routes": [], "backends": []})
                 except ValidationError:
-                    return Plan.model_validate(result), shape  # raises the full errors
+                    return _validate(result, compact), shape  # raises the full errors
                 shared = {name: getattr(shape.plan, name) for name in _SHARED_FIELDS}
                 return head.model_copy(update=shared), shape
-        plan = Plan.model_validate(result)
+        plan = _validate(result, compact)
         if self._count >= self.LIMIT:
             return plan, None
         self._count += 1
-        shape = _Shape(routes, backends, plan)
+        shape = _Shape(body, plan)
         bucket.append(shape)
         return plan, shape
 
@@ -211,8 +234,12 @@ def _evaluate_plan(
     engine: PolicyEngine, node: NodeInfo, shapes: _PlanShapes
 ) -> tuple[Plan | None, _Shape | None, list[Finding]]:
     request: JSONValue = PlanInput(node=node).model_dump(mode="json")
+    compact = True
     try:
-        result = engine.evaluate(PLAN_PATH, request)
+        result = engine.evaluate(COMPACT_PLAN_PATH, request)
+        if result is UNDEFINED:
+            compact = False
+            result = engine.evaluate(PLAN_PATH, request)
     except PolicyEvalError as exc:
         location = exc.location
         if location is not None and location.file is not None:
@@ -227,7 +254,7 @@ def _evaluate_plan(
     if result is UNDEFINED:
         return None, None, [Finding(Stage.PLAN, f"{PLAN_PATH} is undefined", node=node.id)]
     try:
-        plan, shape = shapes.validate(result)
+        plan, shape = shapes.validate(result, compact=compact)
     except ValidationError as exc:
         return (
             None,
@@ -235,7 +262,7 @@ def _evaluate_plan(
             [
                 Finding(
                     Stage.PLAN,
-                    "decision does not fit the plan schema: "
+                    f"decision does not fit the {'compact ' if compact else ''}plan schema: "
                     + ".".join(str(part) for part in error["loc"])
                     + f": {error['msg']}",
                     node=node.id,

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tiermesh.controlplane.api import Catalog, ChainStep, Plan
+from tiermesh.controlplane.api import Backend, Catalog, ChainStep, Plan
 
 __all__ = ["plan_problems"]
 
 
 def _chain_problems(
-    route: str, label: str, chain: tuple[ChainStep, ...], plan: Plan, catalog: Catalog
+    route: str,
+    label: str,
+    chain: tuple[ChainStep, ...],
+    *,
+    planned: set[str],
+    known: dict[str, Backend],
+    max_length: int,
 ) -> list[str]:
     problems: list[str] = []
-    planned = {backend.name for backend in plan.backends}
-    known = {backend.name: backend for backend in catalog.backends}
     for position, step in enumerate(chain, start=1):
         where = f"route {route}: {label} step {position}"
         backend = known.get(step.backend)
@@ -30,10 +34,9 @@ def _chain_problems(
     for name, count in sorted(Counter(step.backend for step in chain).items()):
         if count > 1:
             problems.append(f"route {route}: {label} holds backend {name} {count} times")
-    if len(chain) > catalog.defaults.max_chain_length:
+    if len(chain) > max_length:
         problems.append(
-            f"route {route}: {label} has {len(chain)} steps, over max_chain_length "
-            f"{catalog.defaults.max_chain_length}"
+            f"route {route}: {label} has {len(chain)} steps, over max_chain_length {max_length}"
         )
     return problems
 
@@ -45,14 +48,29 @@ def plan_problems(plan: Plan, catalog: Catalog) -> list[str]:
     backend listed in ``plan.backends`` with the catalog's tier; no backend twice; no more
     steps than ``defaults.max_chain_length``; a fail-closed route reaches no cloud backend.
     Route names are unique. Empty chains are the policy's own violations, not repeated here.
+
+    A chain object found sound once is not checked again for later routes (whether a
+    chain is sound depends on its steps alone, not on the route or label): the routes of
+    a plan expanded from a compact plan share a few dozen chain tuples.
     """
     problems: list[str] = []
+    planned = {backend.name for backend in plan.backends}
+    known = {backend.name: backend for backend in catalog.backends}
+    max_length = catalog.defaults.max_chain_length
+    sound: set[int] = set()  # ids of chains of plan.routes (held by the plan meanwhile)
     for name, count in sorted(Counter(route.name for route in plan.routes).items()):
         if count > 1:
             problems.append(f"route {name} appears {count} times")
     for route in plan.routes:
         for label, chain in (("chain", route.chain), ("budget fallback", route.budget_fallback)):
-            problems += _chain_problems(route.name, label, chain, plan, catalog)
+            if id(chain) not in sound:
+                found = _chain_problems(
+                    route.name, label, chain, planned=planned, known=known, max_length=max_length
+                )
+                if found:
+                    problems += found
+                else:
+                    sound.add(id(chain))
             if route.fail_closed:
                 problems += [
                     f"route {route.name}: fail-closed {label} reaches cloud backend {step.backend}"

@@ -2,8 +2,8 @@
 
 Envoy cannot judge a response body and ask again, so a plan route with ``cascade`` (on a
 node whose settings name a :class:`~tiermesh.controlplane.model.CascadeSettings` handler,
-and with a chain of two or more steps) compiles, per variant of the route (plain,
-``/unclassified``, ``/budget``), to:
+and with a chain of two or more steps) compiles, per variant of the route (plain and
+``/budget``), to:
 
 - one **step route** per chain step, :func:`~tiermesh.controlplane.model.names.cascade_step_route`,
   matching the variant's headers plus the dynamic metadata

@@ -8,10 +8,12 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 
 - Match: an exact header matcher on ``x-tiermesh-<field>`` for each field of the plan
   route's match that is not ``*``.
-- **Missing sensitivity fails closed**: every restricted route is followed by a twin
-  (``<name>/unclassified``) that matches the same tenant/task/model with the
-  ``x-tiermesh-sensitivity`` header *absent* and routes exactly like the restricted
-  route. A request with an unknown sensitivity value matches no plan route.
+- **Missing sensitivity fails closed**: a restricted route matches
+  ``x-tiermesh-sensitivity`` by the regex :data:`RESTRICTED_OR_MISSING` with
+  ``treat_missing_header_as_empty``: the value ``restricted``, an empty value or no header
+  at all. (It was a second route per restricted route, ``<name>/unclassified``, matching
+  the header's absence: one sixth of a big table.) A request with an unknown sensitivity
+  value matches no plan route.
 - **Unmatched**: the last route (``tiermesh/unmatched``) matches everything and answers
   404 with :func:`unmatched_body`, so a request without a tenant, or with a label no route
   knows, is told why instead of getting Envoy's empty 404. Being a route, it also lets the
@@ -68,7 +70,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from tiermesh.controlplane.api import MATCH_HEADERS, ChainStep, RoutePlan, telemetry
@@ -80,10 +82,12 @@ __all__ = [
     "ALWAYS_RETRY_ON",
     "NO_AUTHZ_ROUTE",
     "OVERHEAD_FROM_TIMING",
+    "RESTRICTED_OR_MISSING",
     "TIER_FROM_ENDPOINT",
     "generate",
     "no_authz_body",
     "refusal_body",
+    "restricted_matcher",
     "unmatched_body",
 ]
 
@@ -102,6 +106,11 @@ NO_AUTHZ_ROUTE = "tiermesh/no-authz"
 """The only route of a node without ext_authz: it answers every request 503."""
 
 _SENSITIVITY = MATCH_HEADERS["sensitivity"]
+_TENANT = MATCH_HEADERS["tenant"]
+
+RESTRICTED_OR_MISSING = "restricted|"
+"""The ``x-tiermesh-sensitivity`` regex (RE2, whole value) of restricted routes, matched
+with a missing header taken as empty: ``restricted``, empty, or absent."""
 
 
 def unmatched_body() -> str:
@@ -127,8 +136,16 @@ def _exact(header: str, value: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=header, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _absent(header: str) -> rc.HeaderMatcher:
-    return rc.HeaderMatcher(name=header, present_match=False)
+def restricted_matcher() -> rc.HeaderMatcher:
+    """The ``x-tiermesh-sensitivity`` matcher of every restricted route: the value
+    ``restricted``, an empty value or a missing header (:data:`RESTRICTED_OR_MISSING`)."""
+    return rc.HeaderMatcher(
+        name=_SENSITIVITY,
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=RESTRICTED_OR_MISSING)
+        ),
+        treat_missing_header_as_empty=True,
+    )
 
 
 def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
@@ -159,42 +176,167 @@ def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
     return policy
 
 
+class _Actions:
+    """What the chain routes of one :func:`generate` call share, built once: the
+    forwarding part (``route`` action and ``metadata``) per chain, merged into each
+    route that uses it (a table of 16 000 routes has a few dozen distinct chains); header
+    matchers per (header, value); and per route shape (:meth:`chain_route`) a route the
+    next tenant's copies.
+
+    Chains are keyed by the tuple's identity (plans expanded from a compact plan share one
+    tuple per chain; other plans just miss); every object whose id is a key is held, so
+    its id cannot be reused while the memo lives. One instance per call: not shared
+    across nodes or threads."""
+
+    __slots__ = ("_differ", "_headers", "_held", "_refusals", "_shapes", "_tails", "node")
+
+    def __init__(self, node: NodeModel) -> None:
+        self.node = node
+        self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
+        self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
+        # (ids of the matchers after the tenant's, id of the chain) -> a chain route
+        # of that shape (another tenant's): copied, renamed and given its tenant.
+        self._shapes: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        self._held: list[tuple[list[rc.HeaderMatcher], Sequence[ChainStep]]] = []
+        self._refusals: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        self._differ: dict[
+            tuple[int, int], tuple[Sequence[ChainStep], Sequence[ChainStep], bool]
+        ] = {}
+
+    def chain_route(
+        self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``.
+
+        Routes that differ only in name and tenant are many (one per tenant of a route
+        set): the first of a shape is built, the others copy it and set their name and
+        tenant matcher (one C-level copy instead of building each matcher and action).
+        The matcher and chain objects keyed on are held by this memo, so their ids
+        cannot be reused while it lives."""
+        if not headers or headers[0].name != _TENANT:
+            return self._built(name, steps, headers)
+        key = (tuple(id(header) for header in headers[1:]), id(steps))
+        shape = self._shapes.get(key)
+        if shape is None:
+            route = self._built(name, steps, headers)
+            kept = self._shapes[key] = rc.Route()
+            kept.CopyFrom(route)  # callers may change what they get (cascade, token)
+            self._held.append((headers, steps))
+            return route
+        route = rc.Route()
+        route.CopyFrom(shape)
+        route.name = name
+        route.match.headers[0].CopyFrom(headers[0])
+        return route
+
+    def _built(
+        self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
+        route.MergeFrom(self.tail(steps))
+        return route
+
+    def refusal_route(
+        self, name: str, plan_route: str, headers: list[rc.HeaderMatcher]
+    ) -> rc.Route:
+        """The route ``name`` of a plan route without any permitted backend: 503 with
+        :func:`refusal_body` of ``plan_route``. Copied between tenants like
+        :meth:`chain_route` (name, tenant matcher and body set per route)."""
+        if not headers or headers[0].name != _TENANT:
+            return _refusal(name, plan_route, headers)
+        key = (tuple(id(header) for header in headers[1:]), 0)
+        shape = self._refusals.get(key)
+        if shape is None:
+            route = _refusal(name, plan_route, headers)
+            kept = self._refusals[key] = rc.Route()
+            kept.CopyFrom(route)
+            return route
+        route = rc.Route()
+        route.CopyFrom(shape)
+        route.name = name
+        route.match.headers[0].CopyFrom(headers[0])
+        route.direct_response.body.inline_string = refusal_body(plan_route)
+        return route
+
+    def differ(self, chain: Sequence[ChainStep], fallback: Sequence[ChainStep]) -> bool:
+        """``fallback != chain``, compared once per pair of chain objects."""
+        if chain is fallback:
+            return False
+        key = (id(chain), id(fallback))
+        known = self._differ.get(key)
+        if known is None or known[0] is not chain or known[1] is not fallback:
+            known = self._differ[key] = (chain, fallback, fallback != chain)
+        return known[2]
+
+    def exact(self, header: str, value: str) -> rc.HeaderMatcher:
+        """:func:`_exact`, one message per (header, value) (the route copies it)."""
+        key = (header, value)
+        found = self._headers.get(key)
+        if found is None:
+            found = self._headers[key] = _exact(header, value)
+        return found
+
+    def sensitivity(self, value: str) -> rc.HeaderMatcher:
+        """The ``x-tiermesh-sensitivity`` matcher of a route for ``value`` data."""
+        if value != "restricted":
+            return self.exact(_SENSITIVITY, value)
+        key = (_SENSITIVITY, "")
+        found = self._headers.get(key)
+        if found is None:
+            found = self._headers[key] = restricted_matcher()
+        return found
+
+    def tail(self, steps: Sequence[ChainStep]) -> rc.Route:
+        """A route holding only the action and metadata of a chain route over ``steps``
+        (not empty); callers merge it, never modify it."""
+        known = self._tails.get(id(steps))
+        if known is not None and known[0] is steps:
+            return known[1]
+        tail = rc.Route(
+            route=rc.RouteAction(
+                cluster=self.node.target(steps),
+                timeout=ms(sum(step.timeout_ms for step in steps)),
+                retry_policy=_retry_policy(steps),
+            )
+        )
+        if len(steps) > 1:
+            first = steps[0]
+            facts = {names.FIRST_BACKEND_KEY: first.backend}
+            if first.hedge is not None:
+                facts[telemetry.FIRST_BYTE_MS_KEY] = str(first.hedge.per_try_timeout_ms)
+            tail.metadata.filter_metadata[names.ROUTE_METADATA].update(facts)
+        self._tails[id(steps)] = (steps, tail)
+        return tail
+
+
 def _route(
-    node: NodeModel,
+    actions: _Actions,
     plan_route: RoutePlan,
     name: str,
     steps: Sequence[ChainStep],
     headers: list[rc.HeaderMatcher],
 ) -> rc.Route:
-    route = rc.Route(name=name, match=rc.RouteMatch(prefix="/", headers=headers))
-    if not steps:
-        route.direct_response.CopyFrom(
-            rc.DirectResponseAction(
-                status=503,
-                body=base_pb2.DataSource(inline_string=refusal_body(plan_route.name)),
-            )
-        )
-        return route
-    route.route.CopyFrom(
-        rc.RouteAction(
-            cluster=node.target(steps),
-            timeout=ms(sum(step.timeout_ms for step in steps)),
-            retry_policy=_retry_policy(steps),
-        )
+    if steps:
+        return actions.chain_route(name, steps, headers)
+    return actions.refusal_route(name, plan_route.name, headers)
+
+
+def _refusal(name: str, plan_route: str, headers: list[rc.HeaderMatcher]) -> rc.Route:
+    return rc.Route(
+        name=name,
+        match=rc.RouteMatch(prefix="/", headers=headers),
+        direct_response=rc.DirectResponseAction(
+            status=503, body=base_pb2.DataSource(inline_string=refusal_body(plan_route))
+        ),
     )
-    if len(steps) > 1:
-        first = steps[0]
-        facts = {names.FIRST_BACKEND_KEY: first.backend}
-        if first.hedge is not None:
-            facts[telemetry.FIRST_BYTE_MS_KEY] = str(first.hedge.per_try_timeout_ms)
-        route.metadata.filter_metadata[names.ROUTE_METADATA].update(facts)
-    return route
 
 
-def _routes_for(node: NodeModel, plan_route: RoutePlan) -> Iterator[rc.Route]:
+def _routes_for(actions: _Actions, plan_route: RoutePlan) -> Iterator[rc.Route]:
     match = plan_route.match
     headers = [
-        _exact(MATCH_HEADERS[field], value)
+        actions.sensitivity(value)
+        if field == "sensitivity"
+        else actions.exact(MATCH_HEADERS[field], value)
         for field, value in (
             ("tenant", match.tenant),
             ("sensitivity", match.sensitivity),
@@ -203,35 +345,31 @@ def _routes_for(node: NodeModel, plan_route: RoutePlan) -> Iterator[rc.Route]:
         )
         if value != "*"
     ]
-    variants: list[tuple[str, list[rc.HeaderMatcher]]] = [(plan_route.name, headers)]
-    if match.sensitivity == "restricted":
-        unclassified = [_absent(_SENSITIVITY) if h.name == _SENSITIVITY else h for h in headers]
-        variants.append((f"{plan_route.name}/unclassified", unclassified))
+    name = plan_route.name
     chain = plan_route.chain
     fallback = plan_route.budget_fallback
-    if fallback and fallback != chain:
-        budget = _exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
-        for name, matchers in variants:
-            yield from _variant(node, plan_route, f"{name}/budget", fallback, [*matchers, budget])
-    for name, matchers in variants:
-        yield from _variant(node, plan_route, name, chain, matchers)
+    if fallback and actions.differ(chain, fallback):
+        budget = actions.exact(names.BUDGET_HEADER, names.BUDGET_EXHAUSTED)
+        yield from _variant(actions, plan_route, f"{name}/budget", fallback, [*headers, budget])
+    yield from _variant(actions, plan_route, name, chain, headers)
 
 
 def _variant(
-    node: NodeModel,
+    actions: _Actions,
     plan_route: RoutePlan,
     name: str,
     steps: Sequence[ChainStep],
     headers: list[rc.HeaderMatcher],
 ) -> Iterator[rc.Route]:
     """One variant of a plan route: its chain route, or its cascade (:mod:`.cascade`)."""
-    route = _route(node, plan_route, name, steps, headers)
+    node = actions.node
+    route = _route(actions, plan_route, name, steps, headers)
     if not cascade.uses_cascade(node, plan_route, steps):
         yield cascade.strip_token(node, route)
         return
     for index, step in enumerate(steps):
         step_route = _route(
-            node, plan_route, names.cascade_step_route(name, index), [step], headers
+            actions, plan_route, names.cascade_step_route(name, index), [step], headers
         )
         step_route.match.dynamic_metadata.append(cascade.step_matcher(index))
         yield cascade.step_route(step_route)
@@ -259,7 +397,10 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     if node.settings.authz is None:
         return [_fail_closed_without_authz()]
     routes = [*batch.batch_routes(node), *api_surface.guard_routes(model.api)]
-    routes += [route for plan_route in node.plan.routes for route in _routes_for(node, plan_route)]
+    actions = _Actions(node)
+    routes += [
+        route for plan_route in node.plan.routes for route in _routes_for(actions, plan_route)
+    ]
     routes.append(
         rc.Route(
             name=names.UNMATCHED_ROUTE,

@@ -118,9 +118,27 @@ class _Checker:
         self.signed_only = frozenset(catalog.defaults.require_signed_models)
         self.findings: set[Finding] = set()
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
+        self._adds = 0
+        # (cluster, restricted, ids of the tenants, signed_only) whose check found nothing.
+        self._sound: set[tuple[str, bool, tuple[int, ...], bool]] = set()
 
     def add(self, kind: str, route: str, cluster: str, message: str) -> None:
+        self._adds += 1
         self.findings.add(Finding(kind, route, cluster, message))  # type: ignore[arg-type]
+
+    def reached(self, reach: _Reach, name: str) -> None:
+        """:meth:`cluster`, skipped where a reach equal in all but its route's name and
+        place found nothing before: what the check finds depends on the rest of the reach
+        alone (the name only goes into messages), and a big table sends thousands of
+        routes of one shape to the same few clusters. The tenants are the checker's own
+        objects (or None), so their ids identify them."""
+        key = (name, reach.restricted, tuple(id(t) for t in reach.tenants), reach.signed_only)
+        if key in self._sound:
+            return
+        before = self._adds
+        self.cluster(reach, name)
+        if self._adds == before:
+            self._sound.add(key)
 
     def run(self) -> list[Finding]:
         for listener, config_name in self.inventory.rds_names():
@@ -193,7 +211,7 @@ class _Checker:
         )
         reach = _Reach(name, place, restricted, tenants, signed_only)
         for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
-            self.cluster(reach, cluster)
+            self.reached(reach, cluster)
 
     def listeners(self) -> None:
         """Every listener's unmodelled shapes; entry listeners' inline routes and TCP

@@ -1,0 +1,91 @@
+"""Routes whose chains are shared tuples (a plan expanded from the compact plan) compile
+to exactly the configuration of the same plan validated from its full JSON, where no
+two routes share a chain object: the generator's per-chain memo changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
+from tests.unit.compiler.plans import EDGE_NODE, demo_catalog, policy_modules
+from tiermesh.controlplane.api import (
+    COMPACT_PLAN_PATH,
+    PLAN_PATH,
+    CompactPlan,
+    Plan,
+    TenantUsage,
+    policy_data,
+)
+from tiermesh.controlplane.generators import compile_snapshot, routes
+from tiermesh.controlplane.model import CascadeSettings, MeshModel
+from tiermesh.rego import JSONValue, RegorusEngine
+from tiermesh.xds import typeurls
+
+
+def _plans() -> tuple[Plan, Plan]:
+    catalog = demo_catalog()
+    # acme's budget spent: budget routes, cheap chains and cascades all occur.
+    usage = {"acme": TenantUsage(spent_usd=10_000)}
+    engine = RegorusEngine()
+    try:
+        engine.load(policy_modules(), policy_data(catalog, usage))
+        request: JSONValue = {"node": dict(EDGE_NODE)}
+        full = Plan.model_validate(engine.evaluate(PLAN_PATH, request))
+        compact = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request))
+    finally:
+        engine.close()
+    return full, compact.expand()
+
+
+def test_shared_chains_compile_to_the_same_bytes() -> None:
+    full, expanded = _plans()
+    assert full == expanded
+    shared = {id(route.chain) for route in expanded.routes}
+    assert len(shared) < len(expanded.routes)  # the memo is exercised
+    chained = [route for route in full.routes if route.chain]  # () is one object
+    assert len({id(route.chain) for route in chained}) == len(chained)
+    snapshots = [
+        compile_snapshot(MeshModel.build([plan], {EDGE: EDGE_SETTINGS}), EDGE)
+        for plan in (full, expanded)
+    ]
+    for type_url in (typeurls.ROUTE, typeurls.CLUSTER, typeurls.LISTENER):
+        first, second = (s.sotw_body(type_url, None).body for s in snapshots)
+        assert first == second, type_url
+    assert snapshots[0].version == snapshots[1].version
+
+
+def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tenants of one shape get routes copied from the first one's (renamed, their own
+    tenant matcher): byte for byte what building each route gives, cascades included."""
+    catalog = demo_catalog()
+    clones = [
+        tenant.model_copy(update={"name": f"{tenant.name}-{i}"})
+        for tenant in catalog.tenants
+        for i in range(2)
+    ]
+    catalog = catalog.model_copy(update={"tenants": (*catalog.tenants, *clones)})
+    engine = RegorusEngine()
+    try:
+        engine.load(policy_modules(), policy_data(catalog, {}))
+        request: JSONValue = {"node": dict(EDGE_NODE)}
+        plan = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request)).expand()
+    finally:
+        engine.close()
+    settings = replace(EDGE_SETTINGS, cascade=CascadeSettings(port=7777))
+    model = MeshModel.build([plan], {EDGE: settings})
+    copied = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
+    actions = routes._Actions
+    monkeypatch.setattr(actions, "chain_route", actions._built)
+    monkeypatch.setattr(
+        actions,
+        "refusal_route",
+        lambda _self, name, plan_route, headers: routes._refusal(name, plan_route, headers),
+    )
+    built = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
+    assert copied == built
+    assert b"acme-1.public.cascade.fast" in copied
+    assert routes.refusal_body("globex-1.restricted.*.smart").encode() in copied
