@@ -142,6 +142,24 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> floa
     return await asyncio.to_thread(_polled, check, timeout_s, what)
 
 
+async def _envoy_on_both(a: Running, b: Running, tmp_path: Path) -> EnvoyProcess:
+    """A real Envoy for ``NODE`` (joined through ``a``) listing both replicas' ADS, once
+    it streams from one of them."""
+    _, tls = await _joined(a, tmp_path / "svid")
+    spec = BootstrapSpec(
+        node_id=NODE, xds_host="127.0.0.1", xds_port=a.ports["ads"],
+        xds_more=(("127.0.0.1", b.ports["ads"]),), admin_port=free_port(), tls=tls,
+    )  # fmt: skip
+    envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
+    envoy.start()
+    try:
+        await _until(lambda: _streams_from(a) + _streams_from(b) == 1, 20, "Envoy streams ADS")
+    except BaseException:
+        await asyncio.to_thread(envoy.stop)
+        raise
+    return envoy
+
+
 async def test_the_registry_session_leaves_a_paused_replica(
     replicas: tuple[Running, Running],  # noqa: F811
     tmp_path: Path,
@@ -179,15 +197,8 @@ async def test_envoy_keeps_a_healthy_replica_and_leaves_a_paused_one(
     tmp_path: Path,
 ) -> None:
     a, b = replicas
-    _, tls = await _joined(a, tmp_path / "svid")
-    spec = BootstrapSpec(
-        node_id=NODE, xds_host="127.0.0.1", xds_port=a.ports["ads"],
-        xds_more=(("127.0.0.1", b.ports["ads"]),), admin_port=free_port(), tls=tls,
-    )  # fmt: skip
-    envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
-    envoy.start()
+    envoy = await _envoy_on_both(a, b, tmp_path)
     try:
-        await _until(lambda: _streams_from(a) + _streams_from(b) == 1, 20, "Envoy streams ADS")
         first = a if _streams_from(a) else b
         other = b if first is a else a
         # Idle, pinging every ADS_KEEPALIVE_INTERVAL_S: a healthy replica keeps it.
@@ -247,15 +258,8 @@ async def test_envoy_leaves_a_replica_cut_off_from_etcd(
     """A replica cut off from etcd still answers Envoy's PINGs; it ends its ADS streams, so
     the push made meanwhile reaches its nodes through the other replica."""
     (a, link_a), (b, link_b) = linked_replicas
-    _, tls = await _joined(a, tmp_path / "svid")
-    spec = BootstrapSpec(
-        node_id=NODE, xds_host="127.0.0.1", xds_port=a.ports["ads"],
-        xds_more=(("127.0.0.1", b.ports["ads"]),), admin_port=free_port(), tls=tls,
-    )  # fmt: skip
-    envoy = EnvoyProcess(render_bootstrap(spec), workdir=tmp_path, name=NODE)
-    envoy.start()
+    envoy = await _envoy_on_both(a, b, tmp_path)
     try:
-        await _until(lambda: _streams_from(a) + _streams_from(b) == 1, 20, "Envoy streams ADS")
         first, link, other = (a, link_a, b) if _streams_from(a) else (b, link_b, a)
         assert _etcd_reachable(first) is True
         link.cut()

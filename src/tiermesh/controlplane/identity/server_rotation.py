@@ -59,6 +59,7 @@ from tiermesh.controlplane.identity.server_cert import (
 from tiermesh.controlplane.identity.shared_ca import SharedCa
 from tiermesh.controlplane.metrics import note_server_identity
 from tiermesh.controlplane.store import EventKind, Store, StoreError
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = [
     "RENEW_FRACTION",
@@ -195,11 +196,7 @@ class ServerRotation:
     async def aclose(self) -> None:
         """Stop following the store and the clock. Idempotent."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
     async def rotate_ca(self) -> CaGeneration:
         """Roll the shared CA over (:meth:`EtcdCaStore.rotate`) and serve the result here at

@@ -28,6 +28,7 @@ from tiermesh.controlplane.store import (
     StoreError,
 )
 from tiermesh.controlplane.store.codec import decode_api_key
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = ["NO_KEYS", "KeyWatcher", "ServedKeys", "ServedKeysSource", "announced_ref"]
 
@@ -104,10 +105,7 @@ class KeyWatcher:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def _read(self, *, first: bool = False) -> int:
         snapshot = await self._store.read_prefix(API_KEYS_PREFIX)

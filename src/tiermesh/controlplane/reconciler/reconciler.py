@@ -63,6 +63,7 @@ from tiermesh.controlplane.store import (
 )
 from tiermesh.controlplane.store import Snapshot as PrefixSnapshot
 from tiermesh.rego import PolicyEngine, PolicyError
+from tiermesh.tasks import cancel_and_wait
 from tiermesh.xds import Snapshot
 
 __all__ = [
@@ -432,11 +433,7 @@ class Reconciler:
     async def aclose(self) -> None:
         """Stop watching and reconciling. Idempotent; snapshots already set stay set."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self._drop_fleet()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._heap is not None:

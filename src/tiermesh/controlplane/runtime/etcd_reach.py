@@ -15,11 +15,12 @@ gone for every replica, e.g. for an Envoy that restarts during the outage).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = ["CUT_OFF_S", "EtcdReach"]
 
@@ -79,10 +80,7 @@ class EtcdReach:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def check(self) -> None:
         """One read and what follows from it (the loop's step; tests call it directly)."""

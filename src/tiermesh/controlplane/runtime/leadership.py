@@ -41,6 +41,7 @@ from tiermesh.controlplane.store import (
     StoreError,
     StoreUnavailable,
 )
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = ["LEADER_KEY", "Leadership", "replica_holder"]
 
@@ -132,10 +133,7 @@ class Leadership:
         wait for the TTL). Idempotent; never raises for an unreachable store."""
         task, self._task = self._task, None
         fence = self._fence  # before the task's own step-down forgets it
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         await self._step_down("stopping")
         if fence is not None:
             with contextlib.suppress(StoreError):

@@ -32,6 +32,7 @@ from tiermesh.controlplane.model import (
 from tiermesh.controlplane.reconciler import NODES_PREFIX
 from tiermesh.controlplane.reconciler.wiring import DEFAULT_APP_PORT
 from tiermesh.controlplane.store import EventKind, Store, StoreError, WatchCompacted
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = ["NodeDirectory"]
 
@@ -141,10 +142,7 @@ class NodeDirectory:
     async def aclose(self) -> None:
         """Stop following. Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     def set_trust_bundle(self, trust_bundle_pem: str) -> None:
         """Hand ``trust_bundle_pem`` to every node's settings from now on (a CA rollover),
