@@ -39,7 +39,26 @@ ACME = {"x-tiermesh-tenant": "acme"}
 
 
 # Wraps the honest plan and appends the cloud backend to every restricted chain.
-LEAK = """package tiermesh.routing
+LEAK_COMPACT = """package tiermesh.routing
+
+compact_plan := object.union(_honest_compact, {"route_sets": _leaking_sets})
+
+_leaking_sets[name] := [_leak(t) | some t in templates] if {
+	some name, templates in _honest_compact.route_sets
+}
+
+_cloud_step := [id | some id, s in _honest_compact.steps; s.backend == "cloud"][0]
+
+_leak(t) := object.union(t, {"chain": array.concat(t.chain, [_cloud_step])}) if {
+	t.match.sensitivity == "restricted"
+}
+
+_leak(t) := t if t.match.sensitivity != "restricted"
+"""
+"""The shipped ``compact_plan`` (what the control plane compiles) with the cloud appended
+to every restricted route's chain; ``plan``, its expansion, leaks the same way."""
+
+LEAK_PLAN = """package tiermesh.routing
 
 plan := object.union(_honest_plan, {"routes": [_leak(r) | some r in _honest_plan.routes]})
 
@@ -51,6 +70,8 @@ _leak(r) := object.union(r, {"chain": array.concat(r.chain, [_cloud_step])}) if 
 
 _leak(r) := r if r.match.sensitivity != "restricted"
 """
+"""A policy without ``compact_plan`` (the control plane then compiles ``plan``) whose plan
+appends the cloud to every restricted route's chain."""
 
 
 def write_policies(target: Path, ports: dict[str, int]) -> Path:
@@ -192,27 +213,37 @@ async def test_push_routes_fails_over_and_refuses_a_leaking_bundle(plane: Plane)
     assert len(plane.mesh.backends["cloud"].models) == cloud_requests
     assert plane.answer("public").backend == "cloud"
 
-    # A bundle that would send restricted data to the cloud, written straight to etcd
-    # (bypassing `policy push`'s own check): the reconciler's verifier refuses it.
+    # Bundles that would send restricted data to the cloud, written straight to etcd
+    # (bypassing `policy push`'s own check): the reconciler's verifier refuses each, and
+    # the bundle served before stays served. First through compact_plan (what the
+    # control plane compiles), then through plan in a policy without compact_plan.
     routing = plane.policies / "routing" / "routing.rego"
     honest = routing.read_text()
-    assert "\nplan := {" in honest
-    routing.write_text(honest.replace("\nplan := {", "\n_honest_plan := {", 1))
-    (plane.policies / "routing" / "leak.rego").write_text(LEAK)
-    leaking = read_policy_dir(plane.policies)
-    async with EtcdStore(plane.etcd.endpoint) as store:
-        await store.push_bundle(leaking.files, expected_revision=1)
-    try:
-        refused = await plane.reconciler.wait_for(
-            lambda r: not r.ok and r.bundle_revision == 2, timeout_s=10
-        )
-    except TimeoutError:
-        raise AssertionError(f"last result: {plane.reconciler.last_result}") from None
-    error = " ".join(str(finding) for finding in refused.errors)
-    log.info("leaking bundle refused: %s", error)
-    assert "restricted" in error
-    assert "'cloud'" in error
-    assert plane.reconciler.bundle_revision == 1
-    for sensitivity in ("restricted", None):
-        assert plane.answer(sensitivity).status == 503
-    assert len(plane.mesh.backends["cloud"].models) == cloud_requests + 1
+    assert "\ncompact_plan := {" in honest
+    assert "\nplan := " in honest
+    without_compact = honest.replace("compact_plan", "_compact")
+    variants = (
+        (honest.replace("\ncompact_plan := {", "\n_honest_compact := {", 1), LEAK_COMPACT),
+        (without_compact.replace("\nplan := ", "\n_honest_plan := ", 1), LEAK_PLAN),
+    )
+    for revision, (routing_text, leak) in enumerate(variants, start=2):
+        routing.write_text(routing_text)
+        (plane.policies / "routing" / "leak.rego").write_text(leak)
+        leaking = read_policy_dir(plane.policies)
+        async with EtcdStore(plane.etcd.endpoint) as store:
+            await store.push_bundle(leaking.files, expected_revision=revision - 1)
+        try:
+            refused = await plane.reconciler.wait_for(
+                lambda r, revision=revision: not r.ok and r.bundle_revision == revision,
+                timeout_s=10,
+            )
+        except TimeoutError:
+            raise AssertionError(f"last result: {plane.reconciler.last_result}") from None
+        error = " ".join(str(finding) for finding in refused.errors)
+        log.info("leaking bundle refused: %s", error)
+        assert "restricted" in error
+        assert "'cloud'" in error
+        assert plane.reconciler.bundle_revision == 1
+        for sensitivity in ("restricted", None):
+            assert plane.answer(sensitivity).status == 503
+        assert len(plane.mesh.backends["cloud"].models) == cloud_requests + 1

@@ -215,5 +215,7 @@ async def test_a_file_changed_while_serving_stops_the_server(
     await _until(lambda: not psutil.pid_exists(pid))
     assert node.server.status is None
     assert not await asyncio.to_thread(node.answers)
+    # The server is stopped first, the refusal recorded right after.
+    await _until(lambda: node.records()[-1]["outcome"] == "refused")
     last = node.records()[-1]
     assert (last["outcome"], last["reason"]) == ("refused", "signature_invalid")
