@@ -152,6 +152,9 @@ class CompileCache:
         # those very tuples (so the ids cannot be reused while the alias lives). A speed-up
         # only.
         self._aliases: dict[tuple[int, int, NodeSettings, bytes, frozenset[str]], _Entry] = {}
+        # The same ids → the key a lookup built and missed with, for the ``put`` of what
+        # was compiled for it: hashing a plan's routes walks all of it, once is enough.
+        self._missed: dict[tuple[int, int, NodeSettings, bytes, frozenset[str]], _Key] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -161,6 +164,7 @@ class CompileCache:
         with self._lock:
             self._entries.clear()
             self._aliases.clear()
+            self._missed.clear()
             self._catalog = None
             self.hits = self.misses = 0
 
@@ -171,6 +175,7 @@ class CompileCache:
         if self._catalog is None or catalog != self._catalog:
             self._entries.clear()
             self._aliases.clear()
+            self._missed.clear()
         self._catalog = catalog
 
     def get(
@@ -198,6 +203,9 @@ class CompileCache:
                 entry = self._entries.get(probe)
                 if entry is None:
                     self.misses += 1
+                    if len(self._missed) >= 4 * max(self.size, 1):
+                        self._missed.clear()
+                    self._missed[alias] = probe
                     return None
                 if entry.key.routes is not routes or entry.key.backends is not backends:
                     # Equal, not identical (an earlier pass): re-key on these tuples so
@@ -226,13 +234,20 @@ class CompileCache:
         if self.size == 0:
             return
         digest = _credentials_digest(settings)
-        key = _Key(routes, backends, settings, digest, unhealthy)
+        alias = (id(routes), id(backends), settings, digest, unhealthy)
+        with self._lock:
+            missed = self._missed.pop(alias, None)
+        key = (
+            missed
+            if missed is not None and missed.routes is routes and missed.backends is backends
+            else _Key(routes, backends, settings, digest, unhealthy)
+        )
         entry = _Entry(key, snapshot)
         with self._lock:
             self._use_catalog(catalog)
             self._entries[key] = entry
             self._entries.move_to_end(key)
-            self._aliases[(id(routes), id(backends), settings, digest, unhealthy)] = entry
+            self._aliases[alias] = entry
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
