@@ -152,9 +152,6 @@ class CompileCache:
         # those very tuples (so the ids cannot be reused while the alias lives). A speed-up
         # only.
         self._aliases: dict[tuple[int, int, NodeSettings, bytes, frozenset[str]], _Entry] = {}
-        # The same ids → the key a lookup built and missed with, for the ``put`` of what
-        # was compiled for it: hashing a plan's routes walks all of it, once is enough.
-        self._missed: dict[tuple[int, int, NodeSettings, bytes, frozenset[str]], _Key] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -164,7 +161,6 @@ class CompileCache:
         with self._lock:
             self._entries.clear()
             self._aliases.clear()
-            self._missed.clear()
             self._catalog = None
             self.hits = self.misses = 0
 
@@ -175,20 +171,23 @@ class CompileCache:
         if self._catalog is None or catalog != self._catalog:
             self._entries.clear()
             self._aliases.clear()
-            self._missed.clear()
         self._catalog = catalog
 
-    def get(
+    def get_or_compile(
         self,
         routes: tuple[RoutePlan, ...],
         backends: tuple[BackendPlan, ...],
         settings: NodeSettings,
         catalog: Catalog,
+        compile_snapshot: Callable[[], Snapshot],
         *,
         unhealthy: frozenset[str] = frozenset(),
-    ) -> Snapshot | None:
-        """The snapshot stored for this input under ``catalog``, or None. ``unhealthy``:
-        the names of ``backends`` served unhealthy."""
+    ) -> Snapshot:
+        """The snapshot stored for this input under ``catalog``; on a miss,
+        ``compile_snapshot()`` (run outside the lock: it compiles and verifies exactly this
+        input), kept under the key the lookup built (hashing a plan's routes walks all of
+        it, so once per miss). ``unhealthy``: the names of ``backends`` served unhealthy.
+        What ``compile_snapshot`` raises propagates and nothing is stored."""
         digest = _credentials_digest(settings)
         alias = (id(routes), id(backends), settings, digest, unhealthy)
         with self._lock:
@@ -203,53 +202,32 @@ class CompileCache:
                 entry = self._entries.get(probe)
                 if entry is None:
                     self.misses += 1
-                    if len(self._missed) >= 4 * max(self.size, 1):
-                        self._missed.clear()
-                    self._missed[alias] = probe
-                    return None
-                if entry.key.routes is not routes or entry.key.backends is not backends:
-                    # Equal, not identical (an earlier pass): re-key on these tuples so
-                    # that the rest of this pass finds them by identity.
-                    del self._entries[entry.key]
-                    entry = _Entry(probe, entry.snapshot)
-                    self._entries[probe] = entry
-                if len(self._aliases) >= 4 * self.size:
-                    self._aliases.clear()
-                self._aliases[alias] = entry
-            self._entries.move_to_end(entry.key)
-            self.hits += 1
-            return entry.snapshot
-
-    def put(
-        self,
-        routes: tuple[RoutePlan, ...],
-        backends: tuple[BackendPlan, ...],
-        settings: NodeSettings,
-        catalog: Catalog,
-        snapshot: Snapshot,
-        *,
-        unhealthy: frozenset[str] = frozenset(),
-    ) -> None:
-        """Keep ``snapshot``, compiled and verified from this input against ``catalog``."""
+                else:
+                    if entry.key.routes is not routes or entry.key.backends is not backends:
+                        # Equal, not identical (an earlier pass): re-key on these tuples
+                        # so that the rest of this pass finds them by identity.
+                        del self._entries[entry.key]
+                        entry = _Entry(probe, entry.snapshot)
+                        self._entries[probe] = entry
+                    if len(self._aliases) >= 4 * self.size:
+                        self._aliases.clear()
+                    self._aliases[alias] = entry
+            if entry is not None:
+                self._entries.move_to_end(entry.key)
+                self.hits += 1
+                return entry.snapshot
+        snapshot = compile_snapshot()
         if self.size == 0:
-            return
-        digest = _credentials_digest(settings)
-        alias = (id(routes), id(backends), settings, digest, unhealthy)
-        with self._lock:
-            missed = self._missed.pop(alias, None)
-        key = (
-            missed
-            if missed is not None and missed.routes is routes and missed.backends is backends
-            else _Key(routes, backends, settings, digest, unhealthy)
-        )
-        entry = _Entry(key, snapshot)
+            return snapshot
+        entry = _Entry(probe, snapshot)
         with self._lock:
             self._use_catalog(catalog)
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
+            self._entries[probe] = entry
+            self._entries.move_to_end(probe)
             self._aliases[alias] = entry
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+        return snapshot
 
 
 def _admitted(
@@ -366,9 +344,8 @@ class MeshCompiler:
         node_id = plan.node.id
         node_settings = self.settings_for(node_id)
         unhealthy = self._unhealthy(plan, catalog)
-        memo = self._cache
-        snapshot = memo.get(plan.routes, plan.backends, node_settings, catalog, unhealthy=unhealthy)
-        if snapshot is None:
+
+        def compile_snapshot() -> Snapshot:
             model = MeshModel.build(
                 [plan],
                 {node_id: node_settings},
@@ -376,11 +353,12 @@ class MeshCompiler:
                 api=catalog.api,
                 jwt_issuers=catalog.jwt_issuers,
             )
-            snapshot = compile_and_verify(model, node_id, catalog)
-            memo.put(
-                plan.routes, plan.backends, node_settings, catalog, snapshot, unhealthy=unhealthy
-            )
-        return snapshot
+            return compile_and_verify(model, node_id, catalog)
+
+        return self._cache.get_or_compile(
+            plan.routes, plan.backends, node_settings, catalog, compile_snapshot,
+            unhealthy=unhealthy,
+        )  # fmt: skip
 
 
 def default_compiler(
