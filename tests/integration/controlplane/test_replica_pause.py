@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.integration.controlplane.test_controlplane_run import (
 )
 from tests.integration.controlplane.test_replica_leadership import (  # noqa: F401
     LEADER_TTL,
+    eventually,
     replicas,
 )
 from tests.support.tcp_cut import CuttableLink
@@ -128,18 +128,8 @@ def _ads_connections(envoy: EnvoyProcess) -> int:
     return sum(int(s["value"]) for s in stats["stats"] if s["name"].endswith("upstream_cx_total"))
 
 
-def _polled(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Seconds until ``check()`` held (polled every 50 ms); fails naming ``what``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s:.1f} s: {what}")
-
-
 async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    return await asyncio.to_thread(_polled, check, timeout_s, what)
+    return await asyncio.to_thread(eventually, check, timeout_s, what)
 
 
 async def _envoy_on_both(a: Running, b: Running, tmp_path: Path) -> EnvoyProcess:
