@@ -220,8 +220,12 @@ async def test_a_short_lived_server_certificate_renews_under_a_running_node(
         await asyncio.sleep(max(0.0, wait_s))
         await push_reaches_node(plane, tmp_path / "policies-1")
         assert await asyncio.to_thread(ads_connections, node_ports.admin) == cx_before
-        # The plans recorded for that push are signed with a certificate valid then.
-        signed = await asyncio.to_thread(plan_signers, plane.data_dir / "audit.sqlite3")
+        # The plans recorded for that push are signed with a certificate valid then. They
+        # are recorded after the reconcile published them, so they may land a moment after
+        # the node serves the push.
+        db = plane.data_dir / "audit.sqlite3"
+        await eventually(lambda: len(plan_signers(db)) >= 2, WAIT_S, "the push's plans recorded")
+        signed = await asyncio.to_thread(plan_signers, db)
         assert len(signed) >= 2
         assert signed[-1][0] > first_end
         for made, signer in signed:
