@@ -317,3 +317,26 @@ async def test_no_accepted_job_is_lost_when_the_queue_server_restarts(
         assert standin.seen == {f"item {i}": 1 for i in range(20)}
     finally:
         await second.close()
+
+
+async def test_results_are_read_whole_when_the_watch_signals_done_before_its_first_entry(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The KV watcher puts its "nothing pending" marker first when the server answers the
+    consumer-info call before it delivers the messages; a finished batch then read as
+    having no results (and a cancel of it was accepted). Force that order."""
+    for line in range(3):
+        result = JobResult(custom_id=f"c-{line}", line=line, status_code=200, body={"ok": line})
+        assert (await queue.write_result("b-early", result)).written
+    watch = queue._results.watch
+
+    async def marker_first(*args: object, **kwargs: object) -> object:
+        watcher = await watch(*args, **kwargs)  # type: ignore[arg-type]
+        await watcher._updates.put(None)
+        return watcher
+
+    monkeypatch.setattr(queue._results, "watch", marker_first)
+    found = await queue.results("b-early")
+    assert sorted(found) == [0, 1, 2]
+    assert found[1].body == {"ok": 1}
+    assert await queue.results("b-none") == {}

@@ -326,18 +326,32 @@ class JobQueue:
         return len(history)
 
     async def results(self, batch_id: str) -> dict[int, JobResult]:
-        """Every result of the batch so far, by line."""
+        """Every result of the batch so far, by line.
+
+        Reads until it has one entry per result key the stream held when the read began.
+        The watcher's own "no more pending" marker is not trusted for that: it can come
+        before the first entry when the server answers the consumer-info call ahead of
+        delivering the messages, which made a finished batch read as unfinished.
+        """
         found: dict[int, JobResult] = {}
         async with _jetstream("read a batch's results"):
+            info = await self.js.stream_info(
+                f"KV_{_RESULTS}", subjects_filter=f"$KV.{_RESULTS}.{batch_id}.*"
+            )
+            expected = len(info.state.subjects or {})
+            if expected == 0:
+                return found
             watcher = await self._results.watch(
-                f"{batch_id}.*", include_history=False, ignore_deletes=True
+                f"{batch_id}.*", include_history=False, ignore_deletes=False
             )
             try:
-                while True:
+                seen: set[str] = set()
+                while len(seen) < expected:
                     entry = await watcher.updates(timeout=self.settings.timeout_s)  # type: ignore[no-untyped-call]
                     if entry is None:
-                        break
-                    if entry.value:
+                        continue
+                    seen.add(entry.key)
+                    if entry.value and entry.operation is None:
                         result = JobResult.model_validate_json(entry.value)
                         found[result.line] = result
             finally:
