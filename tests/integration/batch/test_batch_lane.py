@@ -331,7 +331,7 @@ async def test_results_are_read_whole_when_the_watch_signals_done_before_its_fir
     watch = queue._results.watch
 
     async def marker_first(*args: object, **kwargs: object) -> object:
-        watcher = await watch(*args, **kwargs)  # type: ignore[arg-type]
+        watcher = await watch(*args, **kwargs)
         await watcher._updates.put(None)
         return watcher
 
