@@ -41,6 +41,7 @@ from tiermesh.controlplane.audit import (
     ChainProblem,
     ReplayReport,
     merge_stores,
+    recorded_plan,
     replay,
     signer_keys,
     verify_chain,
@@ -261,6 +262,35 @@ def query(
         _emit((row.record for row in store.query(filters)), as_json)
 
 
+@app.command("plan")
+def plan_cmd(
+    decision_id: Annotated[str, typer.Argument(help="A plan record's decision id.")],
+    db: DbOpt = None,
+) -> None:
+    """The whole plan a plan record names, as JSON: the record's own part joined with its
+    plan body (stored once for every node that shares it), checked against the record's
+    signed ``plan_sha256``. Exits 2 when there is no such plan record, 1 when its body was
+    not stored (too large) or was altered."""
+    with _open_store(db) as store:
+        found = store.query(AuditQuery(decision_id=decision_id, limit=1))
+        if not found or found[0].record.kind != "plan":
+            _fail(f"no plan record {decision_id}")
+        result = found[0].record.result
+        if not isinstance(result, dict):
+            _fail(f"record {decision_id} holds no plan")
+        try:
+            plan = recorded_plan(result, store.plan_body)
+        except AuditError as exc:
+            _fail(str(exc), code=1)
+    if plan is None:
+        _fail(
+            f"record {decision_id} names plan {result.get('plan_sha256')} but its body"
+            " was not stored (larger than the recorder's limit): only its summary is kept",
+            code=1,
+        )
+    typer.echo(json.dumps(plan, indent=2, sort_keys=True))
+
+
 def _report(problems: list[ChainProblem], checked: int, nodes: int) -> None:
     if problems:
         for problem in problems:
@@ -302,7 +332,9 @@ def _verify_db(db: list[Path] | None) -> None:
         outcome = verify_store(store)
     for chain in outcome.unreadable:
         typer.echo(f"FAIL node {chain}: a stored record is unreadable", err=True)
-    if outcome.unreadable:
+    for problem in outcome.bodies:
+        typer.echo(f"FAIL {problem}", err=True)
+    if outcome.unreadable or outcome.bodies:
         raise typer.Exit(code=1)
     _report(list(outcome.problems), outcome.checked, outcome.chains)
 

@@ -13,7 +13,12 @@ from tests.integration.audit_plans.conftest import CHAIN, NODES, Rig, recorder_f
 from tests.unit.reconciler.policyfiles import SMALL_CATALOG, policy_files, write_policy_dir
 from tiermesh.cli.audit_cmd import app
 from tiermesh.controlplane.api import PlanInput, record_hash
-from tiermesh.controlplane.audit import PLAN_RECORD_PATH, plan_digest, verify_chain
+from tiermesh.controlplane.audit import (
+    PLAN_RECORD_PATH,
+    plan_digest,
+    recorded_plan,
+    verify_chain,
+)
 
 runner = CliRunner()
 MOVED = SMALL_CATALOG.replace("port: 9002", "port: 9012")
@@ -51,7 +56,9 @@ async def test_a_push_records_one_plan_per_node(rig: Rig) -> None:
         assert record.node_spiffe_id == f"spiffe://mesh.example/node/{node.id}"
         assert record.input == PlanInput(node=node).model_dump(mode="json")
         assert record.result["outcome"] == "published"
-        assert record.result["plan_sha256"] == plan_digest(record.result["plan"])
+        whole = recorded_plan(record.result, rig.audit.plan_body)
+        assert whole is not None
+        assert record.result["plan_sha256"] == plan_digest(whole)
         assert record.result["summary"]["backends"]
         assert record.bundle_revision == result.bundle_sha256
         assert record.result["provenance"] == {"git_commit": "c1"}

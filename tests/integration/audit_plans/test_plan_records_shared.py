@@ -14,7 +14,7 @@ from tests.integration.audit_plans.conftest import recorder_for
 from tests.unit.decisionlog.helpers import new_ca
 from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.controlplane.api import NodeInfo, Plan, record_hash, signature_valid
-from tiermesh.controlplane.audit import AuditStore, plan_digest
+from tiermesh.controlplane.audit import AuditStore, plan_digest, recorded_plan
 from tiermesh.controlplane.bundle import Finding, Stage, evaluate_bundle
 from tiermesh.controlplane.reconciler import ReconcileResult
 from tiermesh.rego import RegorusEngine
@@ -69,10 +69,13 @@ async def test_each_class_route_table_is_serialised_once(
     full_dumps = count_full_dumps(monkeypatch)
     try:
         records = await recorder.record(result, outcome, {})
+        stored = dict(store.plan_bodies())
+        assert full_dumps[0] == len(bodies)
+        monkeypatch.undo()
+        assert len(stored) == len(bodies)  # each class's body once, not once per member
+        whole = {r.decision_id: recorded_plan(r.result, store.plan_body) for r in records}
     finally:
         store.close()
-    assert full_dumps[0] == len(bodies)
-    monkeypatch.undo()
 
     assert len(records) == len(FLEET)
     key = recorder._signer.key
@@ -81,7 +84,9 @@ async def test_each_class_route_table_is_serialised_once(
         node = record.node_spiffe_id.rsplit("/", 1)[-1]
         plan = outcome.plans[node]
         assert record.result["plan_sha256"] == plan_digest(plan)
-        assert record.result["plan"] == plan.model_dump(mode="json")
+        assert whole[record.decision_id] == plan.model_dump(mode="json")
+        assert "routes" not in record.result["plan"]
+        assert record.result["plan_body_sha256"] in stored
         assert record.hash == record_hash(record)
         assert signature_valid(record, key.public_key())
 

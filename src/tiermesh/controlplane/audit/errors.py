@@ -13,6 +13,7 @@ __all__ = [
     "AuditStoreError",
     "ForeignRecord",
     "NodeNotAuthenticated",
+    "PlanBodyMismatch",
     "RecordRejected",
     "UndecodableShipment",
     "status_for",
@@ -65,6 +66,19 @@ class AuditStoreError(AuditError):
         self.path = path
         self.reason = reason
         super().__init__(f"audit database {path}: {reason}")
+
+
+class PlanBodyMismatch(AuditError):
+    """A plan put back together from a record and a stored body is not the plan the
+    record's ``plan_sha256`` names: the stored body was altered."""
+
+    def __init__(self, body_sha256: str, plan_sha256: str) -> None:
+        self.body_sha256 = body_sha256
+        self.plan_sha256 = plan_sha256
+        super().__init__(
+            f"plan body {body_sha256} does not give the recorded plan {plan_sha256}:"
+            " the stored body was altered"
+        )
 
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (

@@ -6,7 +6,8 @@ another, and a batch whose acknowledgement was lost may be stored by both. The c
 design keeps the collectors independent (no shared database, nothing on the request path
 waits for another replica) and merges at read time: :func:`merge_stores` copies every
 record of every database into one :class:`AuditStore` (in memory by default), each
-decision id once, each record in the chain it was filed in, with every signer. A node's
+decision id once, each record in the chain it was filed in, with every signer and every
+plan body (bodies are content-addressed: equal keys hold equal texts). A node's
 chain is then whole again and verifies as usual; a decision id stored with different
 contents in two databases is a conflict, reported (the first database's copy is kept)
 and left for a person: two honest replicas never disagree about a signed record.
@@ -58,6 +59,9 @@ def merge_stores(
     for path in paths:
         with AuditStore(path) as source:
             signers = source.signers()
+            bodies = list(source.plan_bodies())
+            for start in range(0, len(bodies), _PAGE):
+                target.insert([], {}, plan_bodies=dict(bodies[start : start + _PAGE]))
             last = 0
             while page := source.after(last, _PAGE):
                 last = page[-1].rowid

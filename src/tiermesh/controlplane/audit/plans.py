@@ -9,18 +9,31 @@ Every reconcile evaluates ``data.tiermesh.routing.plan`` once per node. A
 - ``result`` an object: ``outcome`` (``"published"`` — the plan's snapshot is served —
   or ``"refused"`` — the reconcile was refused and the previous snapshot keeps serving),
   ``plan_sha256`` (:func:`plan_digest` of the plan; null when no plan came out),
-  ``plan`` (the whole plan as JSON when its canonical form is at most ``max_plan_bytes``,
-  else null), ``summary`` (``routes``: route names, ``backends``: backend names,
-  ``violations``: how many), ``bundle`` (the bundle's store revision) and, when refused,
-  ``errors`` (the findings that name this node or no node, at most 20, as text);
+  ``plan_body_sha256`` (SHA-256 of the plan's *body*, the canonical JSON of its
+  ``backends`` and ``routes``: ``{"backends":[…],"routes":[…]}``), ``plan_body_stored``
+  (whether the database keeps that body's text), ``plan`` (the plan as
+  JSON without ``backends`` and ``routes``: version, node, violations, warnings),
+  ``summary`` (``routes``: route names, ``backends``: backend names, ``violations``: how
+  many), ``bundle`` (the bundle's store revision) and, when refused, ``errors`` (the
+  findings that name this node or no node, at most 20, as text);
 - ``bundle_revision`` the bundle's SHA-256, ``etcd_revision`` the etcd revision it was
   read at, ``snapshot_version`` the version of the snapshot the node is served after this
   reconcile (the new one when published, the previous one — or null — when refused);
 - ``node_spiffe_id`` the SPIFFE ID of the node the plan was made for
   (``spiffe://<td>/node/<id>``).
 
+**Plan bodies are stored once.** The members of a node class share one body (their plans
+differ only in the node and the messages naming it): the body's text is stored once, in
+the audit database's ``plan_bodies`` table under ``plan_body_sha256``, in the transaction
+that stores the first record naming it, when it is at most ``max_plan_bytes``; larger
+bodies keep only their digest and the summary. A 1 000-node push of 10 distinct bodies
+stores 10 bodies, not 1 000 whole plans. :func:`recorded_plan` puts a record's whole plan
+back together and checks it against ``plan_sha256``, which the signature covers, as it
+covers ``plan_body_sha256``. Records written before bodies were split out hold the whole
+plan in ``plan`` and no ``plan_body_sha256``; :func:`recorded_plan` reads both.
+
 Replay compares :func:`plan_digest` of the candidate's plan with ``plan_sha256``, so a
-record stays replayable whether or not it holds the whole plan.
+record stays replayable whether or not its body is stored.
 
 **Chain.** The records form one chain, ``chain_id`` (the control plane's SPIFFE ID,
 ``spiffe://<td>/controlplane``), numbered and linked exactly as a node's chain is (see
@@ -35,11 +48,11 @@ from that of its last record in the chain (also read back from the store after a
 restart): re-evaluating an unchanged bundle adds nothing.
 
 **Cost.** The members of a node class share their plan's ``routes`` and ``backends``
-tuples (:mod:`~tiermesh.controlplane.bundle.plan_classes`); those are serialised once
-per reconcile and their canonical JSON reused in every member's ``plan_sha256``, ``plan``
-and record hash (:class:`_PlanTexts`), so recording N nodes of C classes serialises C
-route tables, not N. The bytes hashed and signed are exactly :func:`plan_digest`'s and
-:func:`~tiermesh.controlplane.api.decision.canonical_bytes`'.
+tuples (:mod:`~tiermesh.controlplane.bundle.plan_classes`); those are serialised and
+hashed once per reconcile and their canonical JSON reused in every member's
+``plan_sha256`` (:class:`_PlanTexts`), so recording N nodes of C classes serialises C
+route tables, not N, and stores at most C bodies. The bytes hashed are exactly
+:func:`plan_digest`'s.
 
 Task safety: :meth:`PlanRecorder.record` may be awaited from one event loop; calls are
 serialised. Hashing, signing and the durable insert run on a worker thread.
@@ -70,6 +83,7 @@ from tiermesh.controlplane.api.decision import (
     DecisionRecord,
     canonical_bytes,
 )
+from tiermesh.controlplane.audit.errors import PlanBodyMismatch
 from tiermesh.controlplane.audit.store import AuditStore
 from tiermesh.controlplane.bundle import BundleOutcome, Finding
 from tiermesh.controlplane.reconciler.results import ReconcileResult
@@ -78,8 +92,10 @@ __all__ = [
     "DEFAULT_MAX_PLAN_BYTES",
     "PLAN_RECORD_PATH",
     "PlanRecorder",
+    "body_digest",
     "plan_digest",
     "plan_summary",
+    "recorded_plan",
     "replay_digest",
 ]
 
@@ -87,7 +103,7 @@ PLAN_RECORD_PATH: Final = "tiermesh/routing/plan"
 """``path`` of plan records (``data.tiermesh.routing.plan``)."""
 
 DEFAULT_MAX_PLAN_BYTES: Final = 256 * 1024
-"""Largest plan (canonical JSON) stored whole; larger ones keep digest and summary."""
+"""Largest plan body (canonical JSON) stored; larger ones keep digest and summary."""
 
 _MAX_ERRORS: Final = 20
 _ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
@@ -121,6 +137,40 @@ def _text(value: Any, known: Mapping[int, tuple[object, str]] | None = None) -> 
 _SHARED_FIELDS: Final = ("routes", "backends")
 
 
+def body_digest(text: str) -> str:
+    """Hex SHA-256 of a plan body's canonical text (``plan_body_sha256``)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recorded_plan(
+    result: Mapping[str, Any], body: Callable[[str], str | None]
+) -> dict[str, Any] | None:
+    """The whole plan a plan record's ``result`` names, as JSON; None when none came out
+    or its body was not stored. ``body`` looks a body's text up by its SHA-256 (e.g.
+    :meth:`AuditStore.plan_body`). Reads records with and without split-out bodies.
+
+    Raises:
+        PlanBodyMismatch: the body found does not hash to the record's
+            ``plan_body_sha256``, or the plan put together is not ``plan_sha256``.
+    """
+    rest = result.get("plan")
+    key = result.get("plan_body_sha256")
+    if not isinstance(rest, dict):
+        return None
+    if key is None:
+        return rest
+    text = body(str(key))
+    if text is None:
+        return None
+    expected = str(result.get("plan_sha256"))
+    if body_digest(text) != key:
+        raise PlanBodyMismatch(str(key), expected)
+    whole = {**rest, **json.loads(text)}
+    if hashlib.sha256(_canonical(whole)).hexdigest() != expected:
+        raise PlanBodyMismatch(str(key), expected)
+    return whole
+
+
 @dataclass(frozen=True, slots=True)
 class _Body:
     routes: tuple[Any, ...]
@@ -129,6 +179,9 @@ class _Body:
     """``routes`` and ``backends`` as :meth:`Plan.model_dump` (JSON mode) gives them."""
     known: dict[int, tuple[object, str]]
     """Their canonical texts, for :func:`_text`."""
+    text: str
+    """The body's canonical text: ``{"backends":…,"routes":…}``."""
+    sha256: str
 
 
 class _PlanTexts:
@@ -141,20 +194,22 @@ class _PlanTexts:
     def __init__(self) -> None:
         self._bodies: dict[tuple[int, int], _Body] = {}
 
-    def dump(self, plan: Plan) -> tuple[dict[str, Any], dict[int, tuple[object, str]]]:
+    def dump(self, plan: Plan) -> tuple[dict[str, Any], _Body]:
         """``plan.model_dump(mode="json")``, equal in value, its body's lists shared with
-        every plan of the same body; and the canonical texts known for :func:`_text`."""
+        every plan of the same body; and that body (its canonical texts among them)."""
         key = (id(plan.routes), id(plan.backends))
         body = self._bodies.get(key)
         if body is not None and body.routes is plan.routes and body.backends is plan.backends:
             dumped = plan.model_dump(mode="json", exclude=set(_SHARED_FIELDS))
             dumped.update(body.dumped)
-            return dumped, body.known
+            return dumped, body
         dumped = plan.model_dump(mode="json")
         shared = {name: dumped[name] for name in _SHARED_FIELDS}
         known = {id(value): (value, _text(value)) for value in shared.values()}
-        self._bodies[key] = _Body(plan.routes, plan.backends, shared, known)
-        return dumped, known
+        text = _text(shared, known)
+        body = _Body(plan.routes, plan.backends, shared, known, text, body_digest(text))
+        self._bodies[key] = body
+        return dumped, body
 
 
 def plan_digest(plan: Plan | Any) -> str:
@@ -204,12 +259,9 @@ class _Item:
     digest: str | None
     snapshot_version: str | None
     errors: tuple[str, ...]
-    dumped: dict[str, Any] | None = None
-    """``plan`` as JSON (see :class:`_PlanTexts`)."""
-    size: int = 0
-    """Bytes of ``plan``'s canonical JSON."""
-    known: Mapping[int, tuple[object, str]] | None = None
-    """Canonical texts of parts of ``dumped`` (``dumped`` itself among them)."""
+    rest: dict[str, Any] | None = None
+    """``plan`` as JSON without its body (see :class:`_PlanTexts`)."""
+    body: _Body | None = None
 
 
 def _errors_by_node(findings: Sequence[Finding]) -> Callable[[str], tuple[str, ...]]:
@@ -336,15 +388,13 @@ class PlanRecorder:
                 node, self.node_spiffe_id(node.id), kind, plan, None, version, errors(node.id)
             )
             if plan is not None:
-                dumped, known = texts.dump(plan)
-                data = _text(dumped, known).encode()
-                known = {**known, id(dumped): (dumped, data.decode())}
+                dumped, body = texts.dump(plan)
+                rest = {k: v for k, v in dumped.items() if k not in _SHARED_FIELDS}
                 item = replace(
                     item,
-                    digest=hashlib.sha256(data).hexdigest(),
-                    dumped=dumped,
-                    size=len(data),
-                    known=known,
+                    digest=hashlib.sha256(_text(dumped, body.known).encode()).hexdigest(),
+                    rest=rest,
+                    body=body,
                 )
             items.append(item)
         return items
@@ -372,37 +422,48 @@ class PlanRecorder:
         now = self._now()
         seq, prev = self._next_seq, self._last_hash
         records: list[DecisionRecord] = []
+        bodies: dict[str, str] = {}
         for item in items:
             if self._last.get(item.spiffe_id) == (item.outcome, item.digest):
                 continue
             record = self._sealed(result, item, signer, seq=seq, prev_hash=prev, now=now)
             records.append(record)
             seq, prev = seq + 1, record.hash
+            body = item.body
+            if body is not None and self._keeps(body):
+                bodies[body.sha256] = body.text
         if not records:
             return []
         self._store.insert(
             [(r, signer.fingerprint) for r in records],
             {signer.fingerprint: signer.chain_pem},
             chain=self._chain_id,
+            plan_bodies=bodies,
         )
         self._next_seq, self._last_hash = seq, prev
         for item in items:
             self._last[item.spiffe_id] = (item.outcome, item.digest)
         return records
 
+    def _keeps(self, body: _Body) -> bool:
+        return len(body.text.encode()) <= self._max_plan_bytes
+
     def _result(self, result: ReconcileResult, item: _Item) -> dict[str, Any]:
         plan = item.plan
         body: dict[str, Any] = {
             "outcome": item.outcome,
             "plan_sha256": item.digest,
+            "plan_body_sha256": None,
+            "plan_body_stored": False,
             "plan": None,
             "summary": None,
             "bundle": result.bundle_revision,
             "provenance": dict(result.provenance),
         }
-        if plan is not None and item.dumped is not None:
-            if item.size <= self._max_plan_bytes:
-                body["plan"] = item.dumped
+        if plan is not None and item.body is not None:
+            body["plan_body_sha256"] = item.body.sha256
+            body["plan_body_stored"] = self._keeps(item.body)
+            body["plan"] = item.rest
             body["summary"] = _summary(plan)
         if item.outcome == "refused":
             body["errors"] = list(item.errors)
@@ -435,21 +496,8 @@ class PlanRecorder:
             hash=GENESIS_HASH,
             signature="",
         )
-        digest = hashlib.sha256(_record_bytes(record, body, item.known)).digest()
+        digest = hashlib.sha256(canonical_bytes(record)).digest()
         signature = signer.key.sign(digest, _ECDSA_PREHASHED)
         return record.model_copy(
             update={"hash": digest.hex(), "signature": base64.b64encode(signature).decode()}
         )
-
-
-def _record_bytes(
-    record: DecisionRecord, result: Any, known: Mapping[int, tuple[object, str]] | None
-) -> bytes:
-    """:func:`~tiermesh.controlplane.api.decision.canonical_bytes` of ``record``, whose
-    ``result`` is the JSON value ``result``, with the texts ``known`` reused; without
-    any, computed by ``canonical_bytes`` itself."""
-    if not known:
-        return canonical_bytes(record)
-    fields = record.model_dump(mode="json", exclude={"hash", "signature", "result"})
-    fields["result"] = result
-    return _text(fields, known).encode()

@@ -3,7 +3,9 @@
 Table ``records`` holds each record's JSON once per ``decision_id`` (the primary key), with
 indexed columns for node + seq, chain + seq, time, tenant, tier and outcome (see
 :mod:`~tiermesh.controlplane.audit.facets`), and the fingerprint of the certificate that
-signed it; table ``signers`` holds each signer's chain PEM once.
+signed it; table ``signers`` holds each signer's chain PEM once; table ``plan_bodies``
+holds each distinct plan body (a plan's routes and backends, canonical JSON) once under
+its SHA-256, which the plan records that share it name (:mod:`.plans`).
 
 ``chain`` names the hash chain a record belongs to: the node's SPIFFE ID for records a
 node made and shipped (the default), the control plane's chain id for the plan records it
@@ -61,6 +63,10 @@ CREATE INDEX IF NOT EXISTS records_outcome ON records (outcome, ts);
 CREATE TABLE IF NOT EXISTS signers (
     fingerprint TEXT PRIMARY KEY,
     chain_pem TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plan_bodies (
+    sha256 TEXT PRIMARY KEY,
+    body TEXT NOT NULL
 );
 """
 
@@ -144,11 +150,13 @@ class AuditStore:
         *,
         received: dt.datetime | None = None,
         chain: str | None = None,
+        plan_bodies: Mapping[str, str] | None = None,
     ) -> tuple[int, int]:
         """Store (record, signer fingerprint) pairs and signer chains in one durable
         transaction; returns (accepted, duplicates). A ``decision_id`` already stored is
         a duplicate and left as it was. ``chain`` None files each record in its node's
-        chain; else every record goes to the chain ``chain``.
+        chain; else every record goes to the chain ``chain``. ``plan_bodies`` (SHA-256 →
+        text) are stored in the same transaction, each once (the caller hashed them).
 
         Raises:
             AuditStoreError: the database cannot be written (nothing is stored).
@@ -181,6 +189,10 @@ class AuditStore:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO signers (fingerprint, chain_pem) VALUES (?, ?)",
                     list(signers.items()),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO plan_bodies (sha256, body) VALUES (?, ?)",
+                    list((plan_bodies or {}).items()),
                 )
                 for row in rows:
                     cursor = self._db.execute(
@@ -270,6 +282,35 @@ class AuditStore:
         with self._lock:
             rows = self._db.execute("SELECT fingerprint, chain_pem FROM signers").fetchall()
         return dict(rows)
+
+    def plan_body(self, sha256: str) -> str | None:
+        """The plan body stored under ``sha256``, or None."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT body FROM plan_bodies WHERE sha256 = ?", (sha256,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise AuditStoreError(self._path, str(exc)) from exc
+        return None if row is None else str(row[0])
+
+    def plan_bodies(self) -> Iterator[tuple[str, str]]:
+        """Every stored plan body as (SHA-256 it is stored under, text), in key order."""
+        last = ""
+        while True:
+            with self._lock:
+                try:
+                    page = self._db.execute(
+                        "SELECT sha256, body FROM plan_bodies WHERE sha256 > ?"
+                        " ORDER BY sha256 LIMIT 100",
+                        (last,),
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise AuditStoreError(self._path, str(exc)) from exc
+            yield from ((str(key), str(body)) for key, body in page)
+            if len(page) < 100:
+                return
+            last = page[-1][0]
 
     def _select(self, tail: str, params: Sequence[object]) -> list[StoredRecord]:
         sql = f"SELECT rowid, record, signer, chain FROM records {tail}"  # noqa: S608 - fixed

@@ -1,4 +1,6 @@
-"""Verify every chain of an audit database: hash links and signatures.
+"""Verify every chain of an audit database: hash links and signatures, and the plan
+bodies plan records name (each stored body hashes to its key; a body a record says was
+stored is there).
 
 :func:`verify_store` is what ``tiermesh audit verify --db`` and the dashboard's chain
 status run. Reads only; thread-safe as far as :class:`AuditStore` is (it is).
@@ -12,7 +14,8 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from tiermesh.controlplane.audit.chain import ChainProblem, verify_chain
-from tiermesh.controlplane.audit.store import AuditStore
+from tiermesh.controlplane.audit.plans import body_digest
+from tiermesh.controlplane.audit.store import AuditStore, StoredRecord
 
 __all__ = ["StoreVerification", "signer_keys", "verify_store"]
 
@@ -21,16 +24,19 @@ __all__ = ["StoreVerification", "signer_keys", "verify_store"]
 class StoreVerification:
     """The outcome: ``checked`` records in ``chains`` chains; ``problems`` names the first
     bad record of each broken chain (empty: every chain verifies); ``unreadable`` names
-    chains holding a record that no longer parses (each is also broken)."""
+    chains holding a record that no longer parses (each is also broken); ``bodies`` says
+    what is wrong with stored plan bodies (altered, or missing though a record says it was
+    stored)."""
 
     checked: int
     chains: int
     problems: tuple[ChainProblem, ...]
     unreadable: tuple[str, ...] = ()
+    bodies: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.unreadable
+        return not self.problems and not self.unreadable and not self.bodies
 
 
 def signer_keys(signers: dict[str, str]) -> dict[str, object]:
@@ -47,6 +53,7 @@ def verify_store(store: AuditStore) -> StoreVerification:
     problems: list[ChainProblem] = []
     unreadable: list[str] = []
     checked = 0
+    named: dict[str, str] = {}
     chains = store.nodes()
     for chain in chains:
         try:
@@ -55,6 +62,7 @@ def verify_store(store: AuditStore) -> StoreVerification:
             unreadable.append(chain)
             continue
         signer_of = {row.record.decision_id: row.signer for row in rows}
+        named.update(_stored_bodies(rows))
         checked += len(rows)
         # A node's own chain names only that node; the control plane's chain of plan
         # records names the node each plan was made for.
@@ -66,4 +74,32 @@ def verify_store(store: AuditStore) -> StoreVerification:
         )
         if problem is not None:
             problems.append(problem if own else replace(problem, node_spiffe_id=chain))
-    return StoreVerification(checked, len(chains), tuple(problems), tuple(unreadable))
+    bodies = _body_problems(store, named)
+    return StoreVerification(checked, len(chains), tuple(problems), tuple(unreadable), bodies)
+
+
+def _stored_bodies(rows: list[StoredRecord]) -> dict[str, str]:
+    """Plan body digest → the first record (decision id) saying it was stored."""
+    named: dict[str, str] = {}
+    for row in rows:
+        result = row.record.result
+        if row.record.kind == "plan" and isinstance(result, dict):
+            key = result.get("plan_body_sha256")
+            if key is not None and result.get("plan_body_stored") is True:
+                named.setdefault(str(key), str(row.record.decision_id))
+    return named
+
+
+def _body_problems(store: AuditStore, named: dict[str, str]) -> tuple[str, ...]:
+    found: list[str] = []
+    seen: set[str] = set()
+    for key, text in store.plan_bodies():
+        seen.add(key)
+        if body_digest(text) != key:
+            found.append(f"plan body {key} was altered (its text hashes to {body_digest(text)})")
+    found.extend(
+        f"plan body {key} is missing (record {decision_id} says it was stored)"
+        for key, decision_id in sorted(named.items())
+        if key not in seen
+    )
+    return tuple(found)

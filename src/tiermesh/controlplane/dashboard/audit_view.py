@@ -56,6 +56,7 @@ class AuditWatcher:
             outcome = verify_store(self._store)
             problems = [str(p) for p in outcome.problems]
             problems += [f"chain {c}: a stored record is unreadable" for c in outcome.unreadable]
+            problems += list(outcome.bodies)
             return AuditSummary(
                 records, total, outcome.ok, outcome.checked, outcome.chains, tuple(problems),
                 dt.datetime.now(dt.UTC),
