@@ -48,6 +48,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -236,9 +237,20 @@ class Recording:
 
     seconds: float = 0.0
     records: int = 0
+    stored_bytes: int = 0
+    """Bytes the latest recording added to the audit database (record and plan-body
+    texts)."""
 
 
 RECORDING = Recording()
+
+
+def stored_text_bytes(path: Path) -> int:
+    """Bytes of record and plan-body text in the audit database at ``path``."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (records,) = conn.execute("SELECT total(length(record)) FROM records").fetchone()
+        (bodies,) = conn.execute("SELECT total(length(body)) FROM plan_bodies").fetchone()
+    return int(records + bodies)
 
 
 class PlanRecording:
@@ -249,8 +261,9 @@ class PlanRecording:
     def __init__(self, directory: Path) -> None:
         ca = LocalCertificateAuthority.create(CaConfig(trust_domain="fleet.bench"))
         certificate = issue_server_certificate(ca, now=dt.datetime.now(dt.UTC))
+        self.path = directory / f"audit-{uuid.uuid4().hex}.sqlite3"
         self.recorder = PlanRecorder(
-            AuditStore(directory / f"audit-{uuid.uuid4().hex}.sqlite3"),
+            AuditStore(self.path),
             chain_id=certificate.spiffe_id,
             trust_domain="fleet.bench",
             key=certificate.private_key,
@@ -260,10 +273,12 @@ class PlanRecording:
 
     async def record(self, result: ReconcileResult, outcome: BundleOutcome) -> None:
         assert self.reconciler is not None
+        before = stored_text_bytes(self.path)
         began = time.perf_counter()
         records = await self.recorder.record(result, outcome, self.reconciler.published)
         RECORDING.seconds = time.perf_counter() - began
         RECORDING.records = len(records)
+        RECORDING.stored_bytes = stored_text_bytes(self.path) - before
 
 
 def instrument(store: EtcdStore, cache: SnapshotCache) -> None:
@@ -445,6 +460,7 @@ async def push_round(
         "start": result.started_at - cas_mono,
         "published": float(len(result.published)),
         "recorded": RECORDING.seconds,
+        "recorded bytes": float(RECORDING.stored_bytes),
         **{f"stage {k}": v for k, v in STAGES.seconds.items()},
     }
     return pushed.revision, row
@@ -771,6 +787,11 @@ def report(
             "an audit database on disk), after the snapshots are set and while the fan-out",
             "runs. Recording a push's plans took (s, median / max): "
             + "; ".join(f"{n.nodes} nodes {_mm([r['recorded'] for r in n.push])}" for n in results)
+            + ". Audit database text added by one push's records (median): "
+            + "; ".join(
+                f"{n.nodes} nodes {_med([r['recorded bytes'] for r in n.push]) / 1e6:.1f} MB"
+                for n in results
+            )
             + ".",
         ]
     lines += [
