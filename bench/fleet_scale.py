@@ -249,7 +249,10 @@ def stored_text_bytes(path: Path) -> int:
     """Bytes of record and plan-body text in the audit database at ``path``."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
         (records,) = conn.execute("SELECT total(length(record)) FROM records").fetchone()
-        (bodies,) = conn.execute("SELECT total(length(body)) FROM plan_bodies").fetchone()
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        bodies = 0.0
+        if "plan_bodies" in tables:  # a tree from before bodies were stored apart has none
+            (bodies,) = conn.execute("SELECT total(length(body)) FROM plan_bodies").fetchone()
     return int(records + bodies)
 
 
