@@ -15,7 +15,6 @@ pod its Kubernetes node's name and join token.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +25,7 @@ from tiermesh.agents.config import ConfigError, load_config
 from tiermesh.agents.identity import AgentIdentityError
 from tiermesh.agents.models import ModelServerError
 from tiermesh.agents.runtime import AgentError, NodeAgent
+from tiermesh.cli.server_logs import configure_server_logging
 
 __all__ = ["app"]
 
@@ -75,10 +75,7 @@ def run(
     ] = None,
 ) -> None:
     """Run the node agent until SIGINT/SIGTERM."""
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
-    logging.getLogger("tiermesh").setLevel(level)
+    configure_server_logging(log_level)
     try:
         settings = load_config(config, node_id=node_id, join_token_file=join_token_file)
     except ConfigError as exc:

@@ -24,7 +24,6 @@ one the control plane refuses to start.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import stat
@@ -35,6 +34,7 @@ import typer
 import yaml
 
 from tiermesh.cli.envoy_cmd import parse_etcd
+from tiermesh.cli.server_logs import configure_server_logging
 from tiermesh.controlplane.dashboard import DashboardError, check_bind, read_token_file
 from tiermesh.controlplane.identity import IdentityError
 from tiermesh.controlplane.runtime import (
@@ -226,10 +226,7 @@ def run(
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--lease-ttl")
     if leader_ttl < 2:
         raise typer.BadParameter("must be at least 2 seconds", param_hint="--leader-ttl")
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
-    logging.getLogger("tiermesh").setLevel(level)
+    configure_server_logging(log_level)
     credentials = {} if credentials_file is None else read_credentials(credentials_file)
     dashboard_at = None if dashboard is None else parse_listen(dashboard, "--dashboard")
     token = None
