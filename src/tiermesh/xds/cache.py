@@ -45,10 +45,20 @@ class SnapshotCache:
     Not thread-safe: call every method from the event loop thread that serves the streams
     (use ``loop.call_soon_threadsafe`` from other threads). ``set_snapshot`` with a snapshot
     whose version equals the current one changes nothing and notifies nobody.
+
+    ``serving``, when given, is asked on every :meth:`get_snapshot`: while it answers
+    False the cache hands out no snapshot (streams, new or open, send nothing) though it
+    keeps taking them; :meth:`notify_all` afterwards lets every stream catch up.
     """
 
-    def __init__(self, node_key: Callable[[base_pb2.Node], str] = node_id_key) -> None:
+    def __init__(
+        self,
+        node_key: Callable[[base_pb2.Node], str] = node_id_key,
+        *,
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
         self._node_key = node_key
+        self._serving = serving
         self._snapshots: dict[str, Snapshot] = {}
         self._watchers: dict[str, dict[int, Notify]] = {}
         self._next_watch = 0
@@ -57,7 +67,19 @@ class SnapshotCache:
         return self._node_key(node)
 
     def get_snapshot(self, key: str) -> Snapshot | None:
+        if self._serving is not None and not self._serving():
+            return None
         return self._snapshots.get(key)
+
+    def stored(self, key: str) -> Snapshot | None:
+        """``key``'s latest snapshot, whether or not it is being served."""
+        return self._snapshots.get(key)
+
+    def notify_all(self) -> None:
+        """Tell every watcher to look again (after serving resumed)."""
+        for watchers in list(self._watchers.values()):
+            for notify in list(watchers.values()):
+                notify()
 
     def keys(self) -> list[str]:
         return sorted(self._snapshots)

@@ -23,12 +23,15 @@ import asyncio
 import datetime as dt
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.integration.controlplane.test_controlplane_run import (
     TD,
@@ -42,6 +45,7 @@ from tests.integration.controlplane.test_replica_leadership import (  # noqa: F4
     replicas,
 )
 from tests.support.tcp_cut import CuttableLink
+from tests.unit.reconciler.policyfiles import SMALL_CATALOG, policy_files, write_policy_dir
 from tiermesh.agents.identity import SvidStore, load_material
 from tiermesh.agents.identity.join_client import join
 from tiermesh.agents.runtime.session import RegistrySession
@@ -52,7 +56,7 @@ from tiermesh.controlplane.runtime.etcd_reach import CUT_OFF_S
 from tiermesh.procs.envoy import EnvoyProcess
 from tiermesh.procs.etcd import EtcdServer
 from tiermesh.procs.ports import free_port
-from tiermesh.xds import AdsTls, BootstrapSpec, render_bootstrap
+from tiermesh.xds import AdsTls, BootstrapSpec, render_bootstrap, typeurls
 from tiermesh.xds.bootstrap import ADS_KEEPALIVE_INTERVAL_S, ADS_KEEPALIVE_TIMEOUT_S
 
 pytestmark = [pytest.mark.etcd, pytest.mark.envoy]
@@ -269,3 +273,97 @@ async def test_envoy_leaves_a_replica_cut_off_from_etcd(
         assert _streams_from(other) == 1  # a move back would be a needless reconnect
     finally:
         await asyncio.to_thread(envoy.stop)
+
+
+def _snapshot_version(plane: Running) -> str | None:
+    """The snapshot version ``plane``'s status says it holds for ``NODE`` (None: none yet)."""
+    try:
+        document = fetch_status(plane.admin, timeout_s=1)
+    except (OSError, ValueError):
+        return None
+    for node in document.get("nodes", []):
+        if node["id"] == NODE and node.get("snapshot"):
+            return str(node["snapshot"]["version"])
+    return None
+
+
+async def _ask_clusters() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+    """One CDS request, then the stream stays open (as Envoy's does)."""
+    yield discovery_pb2.DiscoveryRequest(node=Node(id=NODE), type_url=typeurls.CLUSTER)
+    await asyncio.sleep(60)
+
+
+async def _first_clusters(plane: Running, svid: Path) -> str:
+    """The version of the first CDS response ``plane`` sends ``NODE`` on a new stream."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(svid / "bundle.pem").read_bytes(),
+        private_key=(svid / "key.pem").read_bytes(),
+        certificate_chain=(svid / "chain.pem").read_bytes(),
+    )
+    options = [("grpc.ssl_target_name_override", control_plane_dns_name(TD))]
+    target = f"127.0.0.1:{plane.ports['ads']}"
+    async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
+        ads = channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )
+        call = ads(_ask_clusters())
+        async for response in call:
+            version = str(response.version_info)
+            call.cancel()
+            return version
+    raise AssertionError("the ADS stream ended without a response")
+
+
+async def test_a_resumed_replica_serves_nothing_from_before_its_pause(
+    replicas: tuple[Running, Running],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A push lands while replica a is frozen; a stream that reaches a as it resumes (here:
+    connected while it was frozen) gets the pushed clusters, not a's old ones, although a's
+    etcd watch has not caught up when the stream's request is read."""
+    a, b = replicas
+    pushed = tiermesh("policy", "push", str(write_policy_dir(tmp_path / "v1")), "--etcd",
+                      a.etcd, "--root", a.root)  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    svids, _ = await _joined(a, tmp_path / "svid")
+    session = RegistrySession(
+        svids,
+        NodeRegistration(node_id=NODE, tier="local", region="eu-west", app_port=free_port()),
+        addresses=[f"127.0.0.1:{a.ports['node']}", f"127.0.0.1:{b.ports['node']}"],
+        server_name=control_plane_dns_name(TD),
+        measure=_idle,
+        interval_s=0.5,
+    )
+    running = asyncio.create_task(session.run())
+    try:
+        await session.wait_registered(10)
+        await _until(
+            lambda: (
+                _snapshot_version(a) is not None and _snapshot_version(a) == _snapshot_version(b)
+            ),
+            15,
+            "both replicas hold the node's snapshot",
+        )
+        before = _snapshot_version(b)
+        old_clusters = await _first_clusters(a, tmp_path / "svid")
+        wider = SMALL_CATALOG.replace("max_connections: 8", "max_connections: 9")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            moved = write_policy_dir(tmp_path / "v2", policy_files(wider))
+            pushed = tiermesh("policy", "push", str(moved), "--etcd", b.etcd, "--root", b.root)
+            assert pushed.returncode == 0, pushed.stderr
+            await _until(lambda: _snapshot_version(b) not in (None, before), 15, "b has the push")
+            new_clusters = await _first_clusters(b, tmp_path / "svid")
+            assert new_clusters != old_clusters
+            first = asyncio.create_task(_first_clusters(a, tmp_path / "svid"))
+            await asyncio.sleep(0.5)  # the connection waits in a's listen backlog
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(first, 20) == new_clusters
+        shown = fetch_status(a.admin, timeout_s=5)
+        assert shown["freeze"]["freezes"] >= 1
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -95,6 +95,7 @@ from tiermesh.controlplane.runtime.errors import (
     PortInUse,
 )
 from tiermesh.controlplane.runtime.etcd_reach import EtcdReach
+from tiermesh.controlplane.runtime.freeze_guard import FreezeGuard
 from tiermesh.controlplane.runtime.leadership import LEADER_KEY, Leadership, replica_holder
 from tiermesh.controlplane.runtime.nodes import NodeDirectory
 from tiermesh.controlplane.runtime.status import status_document
@@ -187,7 +188,8 @@ class ControlPlane:
         self.addresses: dict[str, str] = {}
         self._store: EtcdStore | None = None
         self._identity: ServerRotation | None = None
-        self._cache = SnapshotCache()
+        self._freeze = FreezeGuard(resettle=self._reconcile_all, on_release=self._notify_streams)
+        self._cache = SnapshotCache(serving=self._freeze.serving)
         self._ads: AdsServer | None = None
         self._ads_server: grpc.aio.Server | None = None
         self._reach: EtcdReach | None = None
@@ -341,6 +343,7 @@ class ControlPlane:
             lambda: store.get(LEADER_KEY), on_cut_off=self._shed_ads, on_back=self._etcd_back
         )
         await self._reach.start()
+        await self._freeze.start()
         log.info("control plane for %s serving %s", config.trust_domain, self.addresses)
 
     async def _start_ads(self, address: str) -> tuple[grpc.aio.Server, int]:
@@ -461,6 +464,14 @@ class ControlPlane:
         if self._reconciler is not None:
             self._reconciler.settings_changed(node_id)
 
+    async def _reconcile_all(self) -> None:
+        """A full reconcile, awaited (:mod:`.freeze_guard`)."""
+        if self._reconciler is not None:
+            await self._reconciler.reconcile_now()
+
+    def _notify_streams(self) -> None:
+        self._cache.notify_all()
+
     def _resettle(self) -> None:
         if self._reconciler is not None:
             reconciler = self._reconciler
@@ -488,6 +499,7 @@ class ControlPlane:
             document["identity"] = self._identity.status()
         if self._reach is not None:
             document["etcd"] = self._reach.document()
+        document["freeze"] = self._freeze.document()
         return document
 
     async def dashboard_view(self) -> dict[str, Any]:
@@ -510,6 +522,7 @@ class ControlPlane:
         reach, self._reach = self._reach, None
         if reach is not None:
             await reach.aclose()
+        await self._freeze.aclose()
         dashboard, self._dashboard = self._dashboard, None
         admin, self._admin = self._admin, None
         metrics, self._metrics = self._metrics, None

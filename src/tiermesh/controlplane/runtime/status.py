@@ -164,7 +164,7 @@ def status_document(
                 if document is None
                 else f"http://127.0.0.1:{document.app_port}",
                 "xds": _xds(by_id.get(node_id)),
-                "snapshot": _snapshot_summary(cache.get_snapshot(node_id)),
+                "snapshot": _snapshot_summary(cache.stored(node_id)),
             }
         )
     last = reconciler.last_result
