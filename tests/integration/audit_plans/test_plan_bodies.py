@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.integration.audit_plans.conftest import Rig, recorder_for
@@ -117,12 +118,9 @@ async def test_a_body_that_hashes_to_its_key_must_still_give_the_signed_plan(
     body["routes"] = body["routes"][1:]
     other = json.dumps(body, sort_keys=True, separators=(",", ":"))
     forged = dict(victim.result, plan_body_sha256=body_digest(other))
-    try:
+    with pytest.raises(PlanBodyMismatch) as raised:
         recorded_plan(forged, {body_digest(other): other}.get)
-    except PlanBodyMismatch as exc:
-        assert exc.plan_sha256 == victim.result["plan_sha256"]
-    else:
-        raise AssertionError("a body that does not give the signed plan was accepted")
+    assert raised.value.plan_sha256 == victim.result["plan_sha256"]
 
 
 async def test_a_deleted_body_is_reported_missing(tmp_path: Path) -> None:
