@@ -15,6 +15,8 @@ from tiermesh.controlplane.api import (
     PLAN_PATH,
     CompactPlan,
     Plan,
+    RetryPolicy,
+    RouteResilience,
     TenantUsage,
     policy_data,
 )
@@ -59,22 +61,45 @@ def test_shared_chains_compile_to_the_same_bytes() -> None:
 def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Tenants of one shape get routes copied from the first one's (renamed, their own
-    tenant matcher): byte for byte what building each route gives, cascades included."""
+    """Tenants of one shape get routes copied from the first one's match (renamed, their
+    own tenant matcher, their chain's action): byte for byte what building each route
+    gives, cascades included, whether the tenants share steps (clones) or each has its
+    own step group (its own first-byte timeout and retries: the same route set)."""
     catalog = demo_catalog()
     clones = [
         tenant.model_copy(update={"name": f"{tenant.name}-{i}"})
         for tenant in catalog.tenants
         for i in range(2)
     ]
-    catalog = catalog.model_copy(update={"tenants": (*catalog.tenants, *clones)})
+    own_steps = [
+        tenant.model_copy(
+            update={
+                "name": f"{tenant.name}-own-{i}",
+                "resilience": RouteResilience(
+                    first_byte_timeout_ms=1000 + i,
+                    retries=RetryPolicy(count=i, backoff_base_ms=10, backoff_max_ms=20 + i),
+                ),
+            }
+        )
+        for tenant in catalog.tenants
+        for i in range(2)
+    ]
+    catalog = catalog.model_copy(update={"tenants": (*catalog.tenants, *clones, *own_steps)})
     engine = RegorusEngine()
     try:
         engine.load(policy_modules(), policy_data(catalog, {}))
         request: JSONValue = {"node": dict(EDGE_NODE)}
-        plan = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request)).expand()
+        compact = CompactPlan.model_validate(engine.evaluate(COMPACT_PLAN_PATH, request))
+        expected = Plan.model_validate(engine.evaluate(PLAN_PATH, request))
     finally:
         engine.close()
+    plan = compact.expand()
+    assert plan == expected
+    set_of = {entry.tenant: (entry.routes, entry.steps) for entry in compact.tenants}
+    for tenant in catalog.tenants[:3]:  # each own-steps tenant: its original's set, own group
+        own = set_of[f"{tenant.name}-own-0"], set_of[f"{tenant.name}-own-1"]
+        assert own[0][0] == own[1][0] == set_of[f"{tenant.name}-0"][0]
+        assert len({own[0][1], own[1][1], set_of[tenant.name][1]}) == 3
     settings = replace(EDGE_SETTINGS, cascade=CascadeSettings(port=7777))
     model = MeshModel.build([plan], {EDGE: settings})
     copied = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
@@ -88,4 +113,5 @@ def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     built = compile_snapshot(model, EDGE).sotw_body(typeurls.ROUTE, None).body
     assert copied == built
     assert b"acme-1.public.cascade.fast" in copied
+    assert b"acme-own-1.public.cascade.fast" in copied
     assert routes.refusal_body("globex-1.restricted.*.smart").encode() in copied

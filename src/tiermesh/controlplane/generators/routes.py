@@ -148,6 +148,13 @@ def restricted_matcher() -> rc.HeaderMatcher:
     )
 
 
+_PREVIOUS_PRIORITIES = rc.RetryPolicy.RetryPriority(
+    name="envoy.retry_priorities.previous_priorities",
+    typed_config=pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)),
+)
+"""The retry priority of every chain of several steps: each retry one step further."""
+
+
 def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
     first = steps[0]
     conditions = {condition for step in steps for condition in step.retries.retry_on}
@@ -165,40 +172,33 @@ def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
     if first.hedge is not None:
         policy.per_try_timeout.CopyFrom(ms(first.hedge.per_try_timeout_ms))
     if len(steps) > 1:
-        policy.retry_priority.CopyFrom(
-            rc.RetryPolicy.RetryPriority(
-                name="envoy.retry_priorities.previous_priorities",
-                typed_config=pack(
-                    previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
-                ),
-            )
-        )
+        policy.retry_priority.CopyFrom(_PREVIOUS_PRIORITIES)
     return policy
 
 
 class _Actions:
     """What the chain routes of one :func:`generate` call share, built once: the
     forwarding part (``route`` action and ``metadata``) per chain, merged into each
-    route that uses it (a table of 16 000 routes has a few dozen distinct chains); header
-    matchers per (header, value); and per route shape (:meth:`chain_route`) a route the
-    next tenant's copies.
+    route that uses it (a table of 16 000 routes has a few dozen distinct chains per
+    step group); header matchers per (header, value); and per match shape
+    (:meth:`chain_route`) a match the next tenant's routes copy.
 
     Chains are keyed by the tuple's identity (plans expanded from a compact plan share one
-    tuple per chain; other plans just miss); every object whose id is a key is held, so
-    its id cannot be reused while the memo lives. One instance per call: not shared
-    across nodes or threads."""
+    tuple per chain and step group; other plans just miss); every object whose id is a
+    key is held, so its id cannot be reused while the memo lives. One instance per call:
+    not shared across nodes or threads."""
 
-    __slots__ = ("_differ", "_headers", "_held", "_refusals", "_shapes", "_tails", "node")
+    __slots__ = ("_differ", "_headers", "_matches", "_refusals", "_tails", "node")
 
     def __init__(self, node: NodeModel) -> None:
         self.node = node
         self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
         self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
-        # (ids of the matchers after the tenant's, id of the chain) -> a chain route
-        # of that shape (another tenant's): copied, renamed and given its tenant.
-        self._shapes: dict[tuple[tuple[int, ...], int], rc.Route] = {}
-        self._held: list[tuple[list[rc.HeaderMatcher], Sequence[ChainStep]]] = []
-        self._refusals: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        # ids of the matchers after the tenant's -> (the matchers, held; a route holding
+        # only such a match, another tenant's: copied, named, given its tenant and tail).
+        self._matches: dict[tuple[int, ...], tuple[list[rc.HeaderMatcher], rc.Route]] = {}
+        # the same key -> (the matchers, a refusal route of that match)
+        self._refusals: dict[tuple[int, ...], tuple[list[rc.HeaderMatcher], rc.Route]] = {}
         self._differ: dict[
             tuple[int, int], tuple[Sequence[ChainStep], Sequence[ChainStep], bool]
         ] = {}
@@ -206,27 +206,29 @@ class _Actions:
     def chain_route(
         self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
     ) -> rc.Route:
-        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``.
+        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``
+        (the matchers of :meth:`exact` and :meth:`sensitivity`).
 
-        Routes that differ only in name and tenant are many (one per tenant of a route
-        set): the first of a shape is built, the others copy it and set their name and
-        tenant matcher (one C-level copy instead of building each matcher and action).
-        The matcher and chain objects keyed on are held by this memo, so their ids
-        cannot be reused while it lives."""
+        Routes whose matches differ only in the tenant are many (one per tenant of a
+        route set): the first match of a shape is built, the others copy it, set their
+        name and tenant matcher and merge the chain's tail (C-level copies instead of
+        building each matcher), whether or not their chains are the same objects
+        (tenants of one route set with different step groups have their own). Copying
+        whole routes of tenants that share a chain as well measured no faster: the
+        merge is one C-level call, and keeping such routes costs the tenants that
+        share none."""
         if not headers or headers[0].name != _TENANT:
             return self._built(name, steps, headers)
-        key = (tuple(id(header) for header in headers[1:]), id(steps))
-        shape = self._shapes.get(key)
-        if shape is None:
-            route = self._built(name, steps, headers)
-            kept = self._shapes[key] = rc.Route()
-            kept.CopyFrom(route)  # callers may change what they get (cascade, token)
-            self._held.append((headers, steps))
-            return route
+        key = tuple(id(header) for header in headers[1:])
+        known = self._matches.get(key)
+        if known is None:
+            match = rc.Route(match=rc.RouteMatch(prefix="/", headers=headers))
+            known = self._matches[key] = (headers, match)
         route = rc.Route()
-        route.CopyFrom(shape)
+        route.CopyFrom(known[1])
         route.name = name
         route.match.headers[0].CopyFrom(headers[0])
+        route.MergeFrom(self.tail(steps))
         return route
 
     def _built(
@@ -244,15 +246,16 @@ class _Actions:
         :meth:`chain_route` (name, tenant matcher and body set per route)."""
         if not headers or headers[0].name != _TENANT:
             return _refusal(name, plan_route, headers)
-        key = (tuple(id(header) for header in headers[1:]), 0)
-        shape = self._refusals.get(key)
-        if shape is None:
+        key = tuple(id(header) for header in headers[1:])
+        known = self._refusals.get(key)
+        if known is None:
             route = _refusal(name, plan_route, headers)
-            kept = self._refusals[key] = rc.Route()
+            kept = rc.Route()
             kept.CopyFrom(route)
+            self._refusals[key] = (headers, kept)
             return route
         route = rc.Route()
-        route.CopyFrom(shape)
+        route.CopyFrom(known[1])
         route.name = name
         route.match.headers[0].CopyFrom(headers[0])
         route.direct_response.body.inline_string = refusal_body(plan_route)
