@@ -435,14 +435,20 @@ _step_id(alias, backend, degraded, last) := concat("/", [alias, backend, _flag[d
 _flag := {false: "0", true: "1"}
 
 # Group -> step id -> the chain step (the group's settings).
-_step_defs := {group: {_step_id(alias, backend.name, degraded, last): resilience.chain_step(settings, model, degraded, last) |
-	some alias, models in _model_for
-	some backend in _here
-	model := models[backend.name]
-	settings := resilience.request_settings(backend, tenant)
-	some degraded in _degraded_values(backend)
-	some last in [false, true]
+_step_defs := {group: {id: resilience.chain_step(settings, model, degraded, last) |
+	some alias, steps in _step_table
+	models := _model_for[alias]
+	some backend, by_degraded in steps
+	model := models[backend]
+	settings := by_backend[backend]
+	some degraded, by_last in by_degraded
+	some last, id in by_last
 } |
+	some group, by_backend in _group_settings
+}
+
+# Group -> backend -> what every step of the backend shares for the group's tenants.
+_group_settings := {group: {backend.name: resilience.request_settings(backend, tenant) | some backend in _here} |
 	some group, tenant in _group_tenant
 }
 
