@@ -81,8 +81,15 @@ class NodeModel:
         backends = {backend.name: backend for backend in plan.backends}
         upstreams: dict[str, Upstream] = {}
         chains: dict[str, Chain] = {}
+        # Chains already derived, by identity (routes of an expanded compact plan share
+        # their chain tuples): a repeated chain adds nothing, and the first route with it
+        # raised already if it is wrong. Holding each keeps its id unique meanwhile.
+        derived: dict[int, Sequence[ChainStep]] = {}
         for route in plan.routes:
             for steps in (route.chain, route.budget_fallback):
+                if derived.get(id(steps)) is steps:
+                    continue
+                derived[id(steps)] = steps
                 for step in steps:
                     backend = backends.get(step.backend)
                     if backend is None:
