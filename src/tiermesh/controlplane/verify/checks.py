@@ -66,7 +66,7 @@ from tiermesh.controlplane.verify.inventory import (
     table_problems,
 )
 from tiermesh.controlplane.verify.jwt_filter import jwks_cluster_problems, used_jwks_clusters
-from tiermesh.controlplane.verify.matching import exact_value, may_match
+from tiermesh.controlplane.verify.matching import HeaderFacts
 from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import Snapshot
@@ -116,6 +116,11 @@ class _Checker:
             self.by_address.setdefault(key, []).append(backend)
         self.tenants = {t.name: t for t in catalog.tenants}
         self.signed_only = frozenset(catalog.defaults.require_signed_models)
+        # Per route: may restricted traffic (the value, or no header) and may each
+        # signed-only sensitivity come this way; which tenant it is pinned to.
+        self._facts = HeaderFacts(
+            _SENSITIVITY, ("restricted", None, *sorted(self.signed_only)), _TENANT
+        )
         self.findings: set[Finding] = set()
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
         self._adds = 0
@@ -177,11 +182,8 @@ class _Checker:
     ) -> None:
         """Check one route; ``inherited``: its table's and virtual host's mirror policies."""
         name = route.name or (f"{listener}/" if listener else "") + f"{host.name}[unnamed]"
-        headers = list(route.match.headers)
-        restricted = may_match(headers, _SENSITIVITY, "restricted") or may_match(
-            headers, _SENSITIVITY, None
-        )
-        tenant_name = exact_value(headers, _TENANT)
+        allowed, tenant_name = self._facts.of(route.match.headers)
+        restricted = allowed[0] or allowed[1]
         tenants: Sequence[Tenant | None]
         if tenant_name is None:
             tenants = list(self.tenants.values()) or [None]
@@ -206,9 +208,7 @@ class _Checker:
                 self.add("mirror", name, cluster, f"{place} mirrors restricted traffic to {what}")
             if not cluster:
                 self.add("unverifiable", name, "", f"{place} mirrors to {what}")
-        signed_only = any(may_match(headers, _SENSITIVITY, s) for s in self.signed_only) or (
-            "restricted" in self.signed_only and may_match(headers, _SENSITIVITY, None)
-        )
+        signed_only = any(allowed[2:]) or ("restricted" in self.signed_only and allowed[1])
         reach = _Reach(name, place, restricted, tenants, signed_only)
         for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
             self.reached(reach, cluster)
