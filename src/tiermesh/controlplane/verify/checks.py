@@ -165,12 +165,13 @@ class _Checker:
     def table(self, config: route_pb2.RouteConfiguration, listener: str) -> None:
         """Check every route of ``config`` (served over RDS, or inline in ``listener``)."""
         where = f"listener '{listener}'" if listener else f"route config '{config.name}'"
-        for problem in table_problems(config):
+        trees = self.inventory.trees
+        for problem in table_problems(config, trees):
             self.add("unverifiable", "", "", f"{where} {problem}")
         shared = list(config.request_mirror_policies)
         for host in config.virtual_hosts:
             inherited = [*shared, *host.request_mirror_policies]
-            for route in host_routes(host):
+            for route in host_routes(host, trees):
                 self.route(route, host, inherited, listener)
 
     def route(
