@@ -166,59 +166,56 @@ class CompactPlan(Contract):
                 found = chains[key] = tuple(steps[step] for step in ids)
             return found
 
-        # Per template and step group: a route and a match, made for the first tenant
-        # taking the set with that group (its routes are these) and copied for the others
-        # (each copy its own name and tenant).
-        prototypes: dict[tuple[str, str], list[tuple[RoutePlan, RouteMatch, str]]] = {}
-        first_taker: dict[tuple[str, str], int] = {}
-        for index, entry in enumerate(self.tenants):
-            pair = (entry.routes, entry.steps)
-            if pair in prototypes:
-                continue
-            first_taker[pair] = index
-            made = prototypes[pair] = []
-            group = entry.steps
-            for template in self.route_sets[entry.routes]:
-                match = template.match
-                matched = RouteMatch.model_construct(
-                    tenant=entry.tenant,
-                    sensitivity=match.sensitivity,
-                    task=match.task,
-                    model=match.model,
-                )
-                extra: dict[str, Any] = (
-                    {"cascade": template.cascade} if "cascade" in template.model_fields_set else {}
-                )
-                route = RoutePlan.model_construct(
-                    name=f"{entry.tenant}.{template.name}",
-                    match=matched,
-                    chain=chain(group, template.chain),
-                    fail_closed=template.fail_closed,
-                    budget_exhausted=template.budget_exhausted,
-                    budget_fallback=chain(group, template.budget_fallback),
-                    rate_limit=template.rate_limit,
-                    **extra,
-                )
-                made.append((route, matched, f".{template.name}"))
+        # Per route set: its routes and matches, made for the first tenant taking it (its
+        # routes are these), with that tenant's step group; the other tenants' routes are
+        # copies, each with its own name and tenant, and its own group's chains where its
+        # group is another.
+        prototypes: dict[str, tuple[str, list[tuple[RoutePlan, RouteMatch, RouteTemplate]]]] = {}
         routes: list[RoutePlan] = []
         append = routes.append
-        for index, entry in enumerate(self.tenants):
-            pair = (entry.routes, entry.steps)
-            made = prototypes[pair]
-            if first_taker[pair] == index:  # the prototypes were made for it
-                routes += [route for route, _matched, _suffix in made]
-                continue
-            tenant = entry.tenant
-            tenant_update = {"tenant": tenant}
-            for route, matched, suffix in made:
-                append(
-                    route.model_copy(
-                        update={
-                            "name": tenant + suffix,
-                            "match": matched.model_copy(update=tenant_update),
-                        }
+        for entry in self.tenants:
+            tenant, group = entry.tenant, entry.steps
+            known = prototypes.get(entry.routes)
+            if known is None:
+                made: list[tuple[RoutePlan, RouteMatch, RouteTemplate]] = []
+                prototypes[entry.routes] = (group, made)
+                for template in self.route_sets[entry.routes]:
+                    match = template.match
+                    matched = RouteMatch.model_construct(
+                        tenant=tenant,
+                        sensitivity=match.sensitivity,
+                        task=match.task,
+                        model=match.model,
                     )
-                )
+                    extra: dict[str, Any] = (
+                        {"cascade": template.cascade}
+                        if "cascade" in template.model_fields_set
+                        else {}
+                    )
+                    route = RoutePlan.model_construct(
+                        name=f"{tenant}.{template.name}",
+                        match=matched,
+                        chain=chain(group, template.chain),
+                        fail_closed=template.fail_closed,
+                        budget_exhausted=template.budget_exhausted,
+                        budget_fallback=chain(group, template.budget_fallback),
+                        rate_limit=template.rate_limit,
+                        **extra,
+                    )
+                    made.append((route, matched, template))
+                    append(route)
+                continue
+            made_for, made = known
+            tenant_update = {"tenant": tenant}
+            for route, matched, template in made:
+                update: dict[str, Any] = {
+                    "name": f"{tenant}.{template.name}",
+                    "match": matched.model_copy(update=tenant_update),
+                }
+                if group != made_for:
+                    update["chain"] = chain(group, template.chain)
+                    update["budget_fallback"] = chain(group, template.budget_fallback)
+                append(route.model_copy(update=update))
         return Plan.model_construct(
             version=self.version,
             node=self.node,
