@@ -400,10 +400,14 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     if node.settings.authz is None:
         return [_fail_closed_without_authz()]
     routes = [*batch.batch_routes(node), *api_surface.guard_routes(model.api)]
+    # What each route pins the tenant header to (dispatch.pinned_tenant): a plan route's
+    # routes all match its tenant first (_routes_for), the others are looked at.
+    tenants: list[str | None] = [dispatch.pinned_tenant(route) for route in routes]
     actions = _Actions(node)
-    routes += [
-        route for plan_route in node.plan.routes for route in _routes_for(actions, plan_route)
-    ]
+    for plan_route in node.plan.routes:
+        made = list(_routes_for(actions, plan_route))
+        routes += made
+        tenants += [plan_route.match.tenant] * len(made)
     routes.append(
         rc.Route(
             name=names.UNMATCHED_ROUTE,
@@ -413,7 +417,8 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
             ),
         )
     )
-    tree = dispatch.tenant_dispatch(routes)
+    tenants.append(dispatch.pinned_tenant(routes[-1]))
+    tree = dispatch.tenant_dispatch(routes, tenants)
     return [
         route_pb2.RouteConfiguration(
             name=names.APP_ROUTES,
