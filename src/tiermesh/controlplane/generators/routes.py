@@ -262,13 +262,17 @@ class _Actions:
         return route
 
     def differ(self, chain: Sequence[ChainStep], fallback: Sequence[ChainStep]) -> bool:
-        """``fallback != chain``, compared once per pair of chain objects."""
+        """``fallback != chain``, compared once per pair of chain objects; chains of other
+        lengths or backends differ without comparing their steps' settings."""
         if chain is fallback:
             return False
         key = (id(chain), id(fallback))
         known = self._differ.get(key)
         if known is None or known[0] is not chain or known[1] is not fallback:
-            known = self._differ[key] = (chain, fallback, fallback != chain)
+            differs = len(chain) != len(fallback) or any(
+                mine.backend != theirs.backend for mine, theirs in zip(chain, fallback, strict=True)
+            )
+            known = self._differ[key] = (chain, fallback, differs or fallback != chain)
         return known[2]
 
     def exact(self, header: str, value: str) -> rc.HeaderMatcher:
