@@ -115,3 +115,32 @@ def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     assert b"acme-1.public.cascade.fast" in copied
     assert b"acme-own-1.public.cascade.fast" in copied
     assert routes.refusal_body("globex-1.restricted.*.smart").encode() in copied
+
+
+def test_chains_that_forward_alike_share_one_tail(edge_model: MeshModel) -> None:
+    """A chain's forwarding part is built once per distinct outcome: chains of other
+    objects whose steps differ only in what the action does not hold (model, degraded)
+    share it; one setting the action holds gives another."""
+    node = edge_model.node(EDGE)
+    chain = next(route.chain for route in node.plan.routes if len(route.chain) > 1)
+    actions = routes._Actions(node)
+    built = actions.tail(chain)
+    alike = tuple(
+        step.model_copy(update={"model": "another", "degraded": not step.degraded})
+        for step in chain
+    )
+    assert actions.tail(alike) is built
+    first = chain[0]
+    assert first.hedge is not None
+    for update in (
+        {"timeout_ms": first.timeout_ms + 1},
+        {"hedge": first.hedge.model_copy(update={"per_try_timeout_ms": 1234})},
+        {"retries": first.retries.model_copy(update={"count": first.retries.count + 1})},
+        {"retries": first.retries.model_copy(update={"retry_on": ("gateway-error",)})},
+        {"retries": first.retries.model_copy(update={"backoff_base_ms": 1})},
+    ):
+        other = (first.model_copy(update=update), *chain[1:])
+        tail = actions.tail(other)
+        assert tail is not built
+        assert tail == routes._Actions(node).tail(other)  # as a fresh memo builds it
+    assert actions.tail(chain[:1]) != built

@@ -65,6 +65,7 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -155,25 +156,64 @@ _PREVIOUS_PRIORITIES = rc.RetryPolicy.RetryPriority(
 """The retry priority of every chain of several steps: each retry one step further."""
 
 
-def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
+class _Tail(NamedTuple):
+    """Everything the forwarding part of a chain route is made of (:func:`_tail`)."""
+
+    cluster: str
+    timeout_ms: int
+    retry_on: str
+    num_retries: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+    first_byte_ms: int | None
+    """The first step's hedge, if any."""
+    first_backend: str | None
+    """The first step's backend, for a chain of several steps (None: one step)."""
+
+
+def _tail_of(node: NodeModel, steps: Sequence[ChainStep]) -> _Tail:
     first = steps[0]
-    conditions = {condition for step in steps for condition in step.retries.retry_on}
-    conditions.update(ALWAYS_RETRY_ON)
-    policy = rc.RetryPolicy(
+    retries = [step.retries for step in steps]
+    conditions = set(ALWAYS_RETRY_ON)
+    for policy in retries:
+        conditions.update(policy.retry_on)
+    return _Tail(
+        cluster=node.target(steps),
+        timeout_ms=sum(step.timeout_ms for step in steps),
         retry_on=",".join(sorted(conditions)),
-        num_retries=wrappers_pb2.UInt32Value(
-            value=sum(step.retries.count for step in steps) + len(steps) - 1
-        ),
+        num_retries=sum(policy.count for policy in retries) + len(steps) - 1,
+        backoff_base_ms=first.retries.backoff_base_ms,
+        backoff_max_ms=max(policy.backoff_max_ms for policy in retries),
+        first_byte_ms=None if first.hedge is None else first.hedge.per_try_timeout_ms,
+        first_backend=first.backend if len(steps) > 1 else None,
+    )
+
+
+def _tail(facts: _Tail) -> rc.Route:
+    """A route holding only the action and metadata (module docstring) of a chain
+    route whose chain gives ``facts``."""
+    policy = rc.RetryPolicy(
+        retry_on=facts.retry_on,
+        num_retries=wrappers_pb2.UInt32Value(value=facts.num_retries),
         retry_back_off=rc.RetryPolicy.RetryBackOff(
-            base_interval=ms(first.retries.backoff_base_ms),
-            max_interval=ms(max(step.retries.backoff_max_ms for step in steps)),
+            base_interval=ms(facts.backoff_base_ms), max_interval=ms(facts.backoff_max_ms)
         ),
     )
-    if first.hedge is not None:
-        policy.per_try_timeout.CopyFrom(ms(first.hedge.per_try_timeout_ms))
-    if len(steps) > 1:
+    if facts.first_byte_ms is not None:
+        policy.per_try_timeout.CopyFrom(ms(facts.first_byte_ms))
+    if facts.first_backend is not None:
         policy.retry_priority.CopyFrom(_PREVIOUS_PRIORITIES)
-    return policy
+    tail = rc.Route(
+        route=rc.RouteAction(
+            cluster=facts.cluster, timeout=ms(facts.timeout_ms), retry_policy=policy
+        )
+    )
+    if facts.first_backend is not None:
+        labels = {names.FIRST_BACKEND_KEY: facts.first_backend}
+        if facts.first_byte_ms is not None:
+            labels[telemetry.FIRST_BYTE_MS_KEY] = str(facts.first_byte_ms)
+        tail.metadata.filter_metadata[names.ROUTE_METADATA].update(labels)
+    return tail
 
 
 class _Actions:
@@ -188,11 +228,20 @@ class _Actions:
     key is held, so its id cannot be reused while the memo lives. One instance per call:
     not shared across nodes or threads."""
 
-    __slots__ = ("_differ", "_headers", "_matches", "_refusals", "_tails", "node")
+    __slots__ = (
+        "_built_tails",
+        "_differ",
+        "_headers",
+        "_matches",
+        "_refusals",
+        "_tails",
+        "node",
+    )
 
     def __init__(self, node: NodeModel) -> None:
         self.node = node
         self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
+        self._built_tails: dict[_Tail, rc.Route] = {}
         self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
         # ids of the matchers after the tenant's -> (the matchers, held; a route holding
         # only such a match, another tenant's: copied, named, given its tenant and tail).
@@ -295,23 +344,16 @@ class _Actions:
 
     def tail(self, steps: Sequence[ChainStep]) -> rc.Route:
         """A route holding only the action and metadata of a chain route over ``steps``
-        (not empty); callers merge it, never modify it."""
+        (not empty); callers merge it, never modify it. Built once per distinct
+        :class:`_Tail`: chains of other step groups often make the same one (a table of
+        222 groups has 5 328 chains and 1 111 distinct tails)."""
         known = self._tails.get(id(steps))
         if known is not None and known[0] is steps:
             return known[1]
-        tail = rc.Route(
-            route=rc.RouteAction(
-                cluster=self.node.target(steps),
-                timeout=ms(sum(step.timeout_ms for step in steps)),
-                retry_policy=_retry_policy(steps),
-            )
-        )
-        if len(steps) > 1:
-            first = steps[0]
-            facts = {names.FIRST_BACKEND_KEY: first.backend}
-            if first.hedge is not None:
-                facts[telemetry.FIRST_BYTE_MS_KEY] = str(first.hedge.per_try_timeout_ms)
-            tail.metadata.filter_metadata[names.ROUTE_METADATA].update(facts)
+        facts = _tail_of(self.node, steps)
+        tail = self._built_tails.get(facts)
+        if tail is None:
+            tail = self._built_tails[facts] = _tail(facts)
         self._tails[id(steps)] = (steps, tail)
         return tail
 
