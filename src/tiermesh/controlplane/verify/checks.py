@@ -125,7 +125,10 @@ class _Checker:
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
         self._adds = 0
         # (cluster, restricted, ids of the tenants, signed_only) whose check found nothing.
-        self._sound: set[tuple[str, bool, tuple[int, ...], bool]] = set()
+        self._sound: set[tuple[str, bool, int, bool]] = set()
+        # A route's tenants by the tenant it is pinned to (None: none), one tuple each,
+        # held while the checker lives (reached() keys on the tuple's id).
+        self._reach_tenants: dict[str | None, tuple[Tenant | None, ...]] = {}
 
     def add(self, kind: str, route: str, cluster: str, message: str) -> None:
         self._adds += 1
@@ -135,9 +138,9 @@ class _Checker:
         """:meth:`cluster`, skipped where a reach equal in all but its route's name and
         place found nothing before: what the check finds depends on the rest of the reach
         alone (the name only goes into messages), and a big table sends thousands of
-        routes of one shape to the same few clusters. The tenants are the checker's own
-        objects (or None), so their ids identify them."""
-        key = (name, reach.restricted, tuple(id(t) for t in reach.tenants), reach.signed_only)
+        routes of one shape to the same few clusters. ``reach.tenants`` is one of the
+        checker's own tuples (:meth:`tenants_of`, held), so its id identifies it."""
+        key = (name, reach.restricted, id(reach.tenants), reach.signed_only)
         if key in self._sound:
             return
         before = self._adds
@@ -185,13 +188,7 @@ class _Checker:
         name = route.name or (f"{listener}/" if listener else "") + f"{host.name}[unnamed]"
         allowed, tenant_name = self._facts.of(route.match.headers)
         restricted = allowed[0] or allowed[1]
-        tenants: Sequence[Tenant | None]
-        if tenant_name is None:
-            tenants = list(self.tenants.values()) or [None]
-        elif tenant_name in self.tenants:
-            tenants = [self.tenants[tenant_name]]
-        else:
-            tenants = [None]
+        tenants = self.tenants_of(tenant_name)
         targets, problems = route_targets(route)
         for problem in problems:
             self.add(
@@ -211,8 +208,22 @@ class _Checker:
                 self.add("unverifiable", name, "", f"{place} mirrors to {what}")
         signed_only = any(allowed[2:]) or ("restricted" in self.signed_only and allowed[1])
         reach = _Reach(name, place, restricted, tenants, signed_only)
-        for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
+        for cluster in dict.fromkeys(
+            [*targets, *(c for c, _ in mirrors if c)] if mirrors else targets
+        ):
             self.reached(reach, cluster)
+
+    def tenants_of(self, tenant_name: str | None) -> tuple[Tenant | None, ...]:
+        """Whose traffic a route pinned to ``tenant_name`` carries: that tenant (None when
+        the catalog has no such tenant), or every tenant when it is pinned to none."""
+        found = self._reach_tenants.get(tenant_name)
+        if found is None:
+            if tenant_name is None:
+                found = tuple(self.tenants.values()) or (None,)
+            else:
+                found = (self.tenants.get(tenant_name),)
+            self._reach_tenants[tenant_name] = found
+        return found
 
     def listeners(self) -> None:
         """Every listener's unmodelled shapes; entry listeners' inline routes and TCP
