@@ -118,7 +118,7 @@ class CompactPlan(Contract):
     route_sets: dict[str, tuple[RouteTemplate, ...]]
     """Route lists without the tenant, by name."""
     tenants: tuple[TenantRoutes, ...]
-    """Each tenant's route set, in route order."""
+    """Each tenant's route set and step group, in route order."""
     backends: tuple[BackendPlan, ...]
     """As :attr:`~tiermesh.controlplane.api.Plan.backends`."""
     violations: tuple[str, ...]
