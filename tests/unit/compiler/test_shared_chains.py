@@ -1,6 +1,9 @@
 """Routes whose chains are shared tuples (a plan expanded from the compact plan) compile
 to exactly the configuration of the same plan validated from its full JSON, where no
-two routes share a chain object: the generator's per-chain memo changes nothing."""
+two routes share a chain object: the generator's per-chain memo changes nothing. So do
+tenants cloned from others, with the same settings (one route set, one step group) or
+with their own resilience (one route set, a step group each); and each tenant's routes
+are the ones the policy gives it alone."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from tests.unit.compiler.plans import EDGE_NODE, demo_catalog, policy_modules
 from tiermesh.controlplane.api import (
     COMPACT_PLAN_PATH,
     PLAN_PATH,
+    Catalog,
     CompactPlan,
     Plan,
     RetryPolicy,
+    RoutePlan,
     RouteResilience,
     TenantUsage,
     policy_data,
@@ -26,8 +31,28 @@ from tiermesh.rego import JSONValue, RegorusEngine
 from tiermesh.xds import typeurls
 
 
-def _plans() -> tuple[Plan, Plan]:
+def _many_tenants() -> Catalog:
+    """The demo catalog with each tenant twice more: a clone, and one with its own
+    first-byte timeout and retries."""
     catalog = demo_catalog()
+    clones = [tenant.model_copy(update={"name": f"{tenant.name}-0"}) for tenant in catalog.tenants]
+    own = [
+        tenant.model_copy(
+            update={
+                "name": f"{tenant.name}-own",
+                "resilience": RouteResilience(
+                    first_byte_timeout_ms=1500 + index,
+                    retries=RetryPolicy(count=index, backoff_base_ms=10, backoff_max_ms=90),
+                ),
+            }
+        )
+        for index, tenant in enumerate(catalog.tenants)
+    ]
+    return catalog.model_copy(update={"tenants": (*catalog.tenants, *clones, *own)})
+
+
+def _plans(catalog: Catalog | None = None) -> tuple[Plan, Plan]:
+    catalog = catalog or demo_catalog()
     # acme's budget spent: budget routes, cheap chains and cascades all occur.
     usage = {"acme": TenantUsage(spent_usd=10_000)}
     engine = RegorusEngine()
@@ -41,8 +66,9 @@ def _plans() -> tuple[Plan, Plan]:
     return full, compact.expand()
 
 
-def test_shared_chains_compile_to_the_same_bytes() -> None:
-    full, expanded = _plans()
+@pytest.mark.parametrize("many", [False, True], ids=["demo", "clones-and-own-steps"])
+def test_shared_chains_compile_to_the_same_bytes(many: bool) -> None:
+    full, expanded = _plans(_many_tenants() if many else None)
     assert full == expanded
     shared = {id(route.chain) for route in expanded.routes}
     assert len(shared) < len(expanded.routes)  # the memo is exercised
@@ -144,3 +170,17 @@ def test_chains_that_forward_alike_share_one_tail(edge_model: MeshModel) -> None
         assert tail is not built
         assert tail == routes._Actions(node).tail(other)  # as a fresh memo builds it
     assert actions.tail(chain[:1]) != built
+
+
+def test_each_tenant_gets_the_routes_it_gets_alone() -> None:
+    """Sharing route sets and step groups between tenants changes no tenant's routes: in
+    the many-tenant table each tenant's routes are those of a catalog of it alone."""
+    catalog = _many_tenants()
+    _full, expanded = _plans(catalog)
+    by_tenant: dict[str, list[RoutePlan]] = {}
+    for route in expanded.routes:
+        by_tenant.setdefault(route.match.tenant, []).append(route)
+    assert set(by_tenant) == {tenant.name for tenant in catalog.tenants}
+    for tenant in catalog.tenants:
+        _alone_full, alone = _plans(catalog.model_copy(update={"tenants": (tenant,)}))
+        assert by_tenant[tenant.name] == list(alone.routes), tenant.name
