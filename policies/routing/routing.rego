@@ -16,7 +16,8 @@ import data.tiermesh.resilience
 # METADATA
 # description: |
 #   The Plan for input.node; undefined without a node id. It is compact_plan
-#   expanded: each tenant's route set with the tenant put into every route.
+#   expanded: each tenant's route set with the tenant put into every route and
+#   each step id replaced by that step of the tenant's step group.
 plan := object.union(object.remove(compact_plan, ["steps", "route_sets", "tenants"]), {"routes": routes})
 
 # METADATA
