@@ -31,22 +31,27 @@ from tiermesh.rego import JSONValue, RegorusEngine
 from tiermesh.xds import typeurls
 
 
-def _many_tenants() -> Catalog:
-    """The demo catalog with each tenant twice more: a clone, and one with its own
-    first-byte timeout and retries."""
+def _many_tenants(copies: int = 1) -> Catalog:
+    """The demo catalog with each tenant ``2 * copies`` times more: ``<name>-<i>``, a
+    clone, and ``<name>-own-<i>``, with its own first-byte timeout and retries."""
     catalog = demo_catalog()
-    clones = [tenant.model_copy(update={"name": f"{tenant.name}-0"}) for tenant in catalog.tenants]
+    clones = [
+        tenant.model_copy(update={"name": f"{tenant.name}-{i}"})
+        for tenant in catalog.tenants
+        for i in range(copies)
+    ]
     own = [
         tenant.model_copy(
             update={
-                "name": f"{tenant.name}-own",
+                "name": f"{tenant.name}-own-{i}",
                 "resilience": RouteResilience(
-                    first_byte_timeout_ms=1500 + index,
-                    retries=RetryPolicy(count=index, backoff_base_ms=10, backoff_max_ms=90),
+                    first_byte_timeout_ms=1000 + 10 * index + i,
+                    retries=RetryPolicy(count=i, backoff_base_ms=10, backoff_max_ms=20 + i),
                 ),
             }
         )
         for index, tenant in enumerate(catalog.tenants)
+        for i in range(copies)
     ]
     return catalog.model_copy(update={"tenants": (*catalog.tenants, *clones, *own)})
 
@@ -91,26 +96,7 @@ def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     own tenant matcher, their chain's action): byte for byte what building each route
     gives, cascades included, whether the tenants share steps (clones) or each has its
     own step group (its own first-byte timeout and retries: the same route set)."""
-    catalog = demo_catalog()
-    clones = [
-        tenant.model_copy(update={"name": f"{tenant.name}-{i}"})
-        for tenant in catalog.tenants
-        for i in range(2)
-    ]
-    own_steps = [
-        tenant.model_copy(
-            update={
-                "name": f"{tenant.name}-own-{i}",
-                "resilience": RouteResilience(
-                    first_byte_timeout_ms=1000 + i,
-                    retries=RetryPolicy(count=i, backoff_base_ms=10, backoff_max_ms=20 + i),
-                ),
-            }
-        )
-        for tenant in catalog.tenants
-        for i in range(2)
-    ]
-    catalog = catalog.model_copy(update={"tenants": (*catalog.tenants, *clones, *own_steps)})
+    catalog = _many_tenants(2)
     engine = RegorusEngine()
     try:
         engine.load(policy_modules(), policy_data(catalog, {}))
@@ -122,7 +108,7 @@ def test_routes_copied_per_tenant_equal_routes_built_per_tenant(
     plan = compact.expand()
     assert plan == expected
     set_of = {entry.tenant: (entry.routes, entry.steps) for entry in compact.tenants}
-    for tenant in catalog.tenants[:3]:  # each own-steps tenant: its original's set, own group
+    for tenant in demo_catalog().tenants:  # each own-steps tenant: its original's set, own group
         own = set_of[f"{tenant.name}-own-0"], set_of[f"{tenant.name}-own-1"]
         assert own[0][0] == own[1][0] == set_of[f"{tenant.name}-0"][0]
         assert len({own[0][1], own[1][1], set_of[tenant.name][1]}) == 3
