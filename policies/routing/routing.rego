@@ -16,23 +16,26 @@ import data.tiermesh.resilience
 # METADATA
 # description: |
 #   The Plan for input.node; undefined without a node id. It is compact_plan
-#   expanded: each tenant's route set with the tenant put into every route.
+#   expanded: each tenant's route set with the tenant put into every route and
+#   each step id replaced by that step of the tenant's step group.
 plan := object.union(object.remove(compact_plan, ["steps", "route_sets", "tenants"]), {"routes": routes})
 
 # METADATA
 # description: |
 #   The Plan for input.node in compact form (what the control plane evaluates),
 #   policies/schemas/compact_plan.schema.json. Tenants whose routes are equal but
-#   for the tenant share one route set: "route_sets" holds each set once (its
-#   routes named and matched without the tenant), "tenants" names each tenant's
-#   set in route order, and "steps" holds every chain step once by id (chains are
-#   lists of step ids). Undefined without a node id.
+#   for the tenant and their steps' settings share one route set: "route_sets"
+#   holds each set once (its routes named and matched without the tenant, chains
+#   as lists of step ids), "steps" holds every chain step once per step group
+#   (tenants with equal resilience overrides share a group; every group has the
+#   same ids), and "tenants" names each tenant's set and group in route order.
+#   Undefined without a node id.
 compact_plan := {
 	"version": "v1",
 	"node": _node,
 	"steps": _step_defs,
 	"route_sets": _route_sets,
-	"tenants": [{"tenant": name, "routes": _route_set_of[name]} | some name in _tenant_order],
+	"tenants": [{"tenant": name, "routes": _route_set_of[name], "steps": _group[name]} | some name in _tenant_order],
 	"backends": backends,
 	"violations": sort([msg | some msg in violations]),
 	"warnings": sort([msg | some msg in warnings]),
@@ -49,20 +52,23 @@ sensitivities := ["public", "internal", "restricted"]
 routes := [route |
 	some tenant_name in _tenant_order
 	templates := _route_sets[_route_set_of[tenant_name]]
+	steps := _step_defs[_group[tenant_name]]
 	some template in templates
 	route := object.union(template, {
 		"name": concat(".", [tenant_name, template.name]),
 		"match": object.union(template.match, {"tenant": tenant_name}),
-		"chain": [_step_defs[id] | some id in template.chain],
-		"budget_fallback": [_step_defs[id] | some id in template.budget_fallback],
+		"chain": [steps[id] | some id in template.chain],
+		"budget_fallback": [steps[id] | some id in template.budget_fallback],
 	})
 ]
 
-# What a tenant's routes depend on besides its name: its steps' group, its spent
-# budget, its rate limit and the backends eligible per [sensitivity, alias].
+# What a tenant's routes depend on besides its name and its step group: its spent
+# budget, its rate limit and the backends eligible per [sensitivity, alias]. (The
+# group only gives the steps' settings; the route set names steps by ids that are
+# the same in every group.)
 # Tenants of one shape share a route set, named r<i> after the shape's place among
 # the sorted distinct shapes (found by lookup: linear in tenants, not quadratic).
-_shape := {name: [_group[name], _exhausted[name], _rate_limit[name], eligible] |
+_shape := {name: [_exhausted[name], _rate_limit[name], eligible] |
 	some name in _tenant_order
 	eligible := {[sensitivity, alias]: _eligible[[name, sensitivity, alias]] |
 		some sensitivity in sensitivities
@@ -85,8 +91,8 @@ _set_names := {set_name | some _, set_name in _set_of_shape}
 _route_sets := {set_name: [route |
 	by_sensitivity := _chains[set_name]
 	shape := _set_shape[set_name]
-	exhausted := shape[1]
-	rate_limit := shape[2]
+	exhausted := shape[0]
+	rate_limit := shape[1]
 	some sensitivity in sensitivities
 	fail_closed := sensitivity == "restricted"
 	by_alias := by_sensitivity[sensitivity]
@@ -171,9 +177,9 @@ warnings contains msg if some msg in budget.warnings
 # task profile (strategy and complexity: all that orders a chain), chain members
 # are picked once per distinct set of eligible backends (_names), every step a
 # chain can hold is made once per group of tenants with equal resilience overrides
-# (_step_defs, named by _step_table), and the chains and routes are assembled once
-# per route set, shared by the tenants of one shape (_chains, _route_sets). A route
-# is a few lookups. Refs index one variable key per step (x := a[k]; y := x[j]): regorus
+# (_step_defs, by ids of _step_table that are the same in every group), and the
+# chains and routes are assembled once per route set, shared by the tenants of one
+# shape whatever their groups (_chains, _route_sets). A route is a few lookups. Refs index one variable key per step (x := a[k]; y := x[j]): regorus
 # is many times slower on a chained a[k][j].
 
 _sensitivity_rank := {"public": 0, "internal": 1, "restricted": 2}
@@ -412,36 +418,39 @@ _group := {name: _group_of_overrides[overrides] | some name, overrides in _overr
 # Group -> a stand-in tenant holding the group's overrides.
 _group_tenant := {group: {"resilience": overrides} | some overrides, group in _group_of_overrides}
 
-_groups := {group | some _, group in _group_of_overrides}
-
-# Group -> alias -> backend -> degraded -> last -> the id of the chain step (a key
-# of _step_defs): every step a chain of this node can hold, named once.
-_step_table := {group: {alias: {backend.name: {degraded: {last: _step_id(group, alias, backend.name, degraded, last) | some last in [false, true]} |
+# Alias -> backend -> degraded -> last -> the id of the chain step (a key of every
+# group's table in _step_defs): every step a chain of this node can hold, named once.
+_step_table := {alias: {backend.name: {degraded: {last: _step_id(alias, backend.name, degraded, last) | some last in [false, true]} |
 	some degraded in _degraded_values(backend)
 } |
 	some backend in _here
 	_ := models[backend.name]
 } |
 	some alias, models in _model_for
-} |
-	some group in _groups
 }
 
 _degraded_values(backend) := {below | some complexity in _complexities; below := backend.max_complexity < complexity}
 
-_step_id(group, alias, backend, degraded, last) := concat("/", [group, alias, backend, _flag[degraded], _flag[last]])
+_step_id(alias, backend, degraded, last) := concat("/", [alias, backend, _flag[degraded], _flag[last]])
 
 _flag := {false: "0", true: "1"}
 
-# Step id -> the chain step.
-_step_defs := {_step_id(group, alias, backend.name, degraded, last): resilience.chain_step(settings, model, degraded, last) |
+# Group -> step id -> the chain step (the group's settings).
+_step_defs := {group: {id: resilience.chain_step(settings, model, degraded, last) |
+	some alias, steps in _step_table
+	models := _model_for[alias]
+	some backend, by_degraded in steps
+	model := models[backend]
+	settings := by_backend[backend]
+	some degraded, by_last in by_degraded
+	some last, id in by_last
+} |
+	some group, by_backend in _group_settings
+}
+
+# Group -> backend -> what every step of the backend shares for the group's tenants.
+_group_settings := {group: {backend.name: resilience.request_settings(backend, tenant) | some backend in _here} |
 	some group, tenant in _group_tenant
-	some alias, models in _model_for
-	some backend in _here
-	model := models[backend.name]
-	settings := resilience.request_settings(backend, tenant)
-	some degraded in _degraded_values(backend)
-	some last in [false, true]
 }
 
 # Route set -> sensitivity -> alias -> profile -> the route's chain (the budget
@@ -457,14 +466,13 @@ _chains := {set_name: {sensitivity: {alias: _profile_chains(set_name, sensitivit
 
 _profile_chains(set_name, sensitivity, alias) := {profile: chains |
 	shape := _set_shape[set_name]
-	eligible_by := shape[3]
+	eligible_by := shape[2]
 	names := _names[eligible_by[[sensitivity, alias]]]
-	by_alias := _step_table[shape[0]]
-	steps := by_alias[alias]
+	steps := _step_table[alias]
 	cheap := names.cheap
 	fallbacks := {complexity: _steps(cheap, steps, complexity) | some complexity in _complexities}
 	ordered_by_profile := names.ordered
-	exhausted := shape[1]
+	exhausted := shape[0]
 	some profile, task in _profiles
 	fallback := fallbacks[task.complexity]
 	chains := {

@@ -47,7 +47,11 @@ _leaking_sets[name] := [_leak(t) | some t in templates] if {
 	some name, templates in _honest_compact.route_sets
 }
 
-_cloud_step := [id | some id, s in _honest_compact.steps; s.backend == "cloud"][0]
+_cloud_step := [id |
+	some group in _honest_compact.steps
+	some id, s in group
+	s.backend == "cloud"
+][0]
 
 _leak(t) := object.union(t, {"chain": array.concat(t.chain, [_cloud_step])}) if {
 	t.match.sensitivity == "restricted"

@@ -25,7 +25,7 @@ __all__ = ["eds_cluster", "http_listener", "load_assignment", "route_config"]
 
 def _any(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message, deterministic=True)  # type: ignore[arg-type]
     return packed
 
 

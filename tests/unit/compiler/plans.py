@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from tiermesh.controlplane.api import (
+    COMPACT_PLAN_PATH,
     PLAN_PATH,
     Catalog,
+    CompactPlan,
     Plan,
     TenantUsage,
     load_catalog,
@@ -52,6 +54,18 @@ def evaluate_plan(
     try:
         engine.load(policy_modules(), policy_data(catalog, usage))
         return Plan.model_validate(engine.evaluate(PLAN_PATH, {"node": dict(node)}))
+    finally:
+        engine.close()
+
+
+def evaluate_compact_plan(catalog: Catalog, node: Mapping[str, Any] = EDGE_NODE) -> Plan:
+    """The routing policy's compact plan for ``node`` from ``catalog``, expanded (routes
+    with equal chains share one tuple of steps)."""
+    engine = RegorusEngine()
+    try:
+        engine.load(policy_modules(), policy_data(catalog, None))
+        decision = engine.evaluate(COMPACT_PLAN_PATH, {"node": dict(node)})
+        return CompactPlan.model_validate(decision).expand()
     finally:
         engine.close()
 

@@ -15,7 +15,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
-from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_plan
+from tests.unit.compiler.plans import TEST_AUTHZ, TEST_BUNDLE, evaluate_compact_plan, evaluate_plan
 from tiermesh.controlplane.api import Catalog, Plan, TenantUsage
 from tiermesh.controlplane.generators import GENERATORS, compile_snapshot, dispatch, refusal_body
 from tiermesh.controlplane.generators.clusters import chain_cluster
@@ -200,6 +200,22 @@ def test_model_errors(edge_plan: Plan) -> None:
         MeshModel.build([edge_plan], {EDGE: EDGE_SETTINGS}).node("gpu-1")
     broken = edge_plan.model_copy(update={"backends": edge_plan.backends[1:]})
     with pytest.raises(PlanMismatch, match="unknown backend 'edge-smollm'"):
+        MeshModel.build([broken], {EDGE: EDGE_SETTINGS})
+
+
+def test_a_shared_chain_is_refused_for_its_first_route(catalog: Catalog) -> None:
+    """Routes of an expanded compact plan share chain objects, which the model derives
+    once: a broken one is still refused, naming the first route that has it."""
+    plan = evaluate_compact_plan(catalog)
+    shared = [route.chain for route in plan.routes if route.chain]
+    assert len({id(chain) for chain in shared}) < len(shared)
+    first = next(
+        route.name
+        for route in plan.routes
+        if any(s.backend == "edge-smollm" for s in (*route.chain, *route.budget_fallback))
+    )
+    broken = plan.model_copy(update={"backends": plan.backends[1:]})
+    with pytest.raises(PlanMismatch, match=f"route '{first}' names unknown backend 'edge-smollm'"):
         MeshModel.build([broken], {EDGE: EDGE_SETTINGS})
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -18,7 +19,7 @@ from xds.type.matcher.v3 import matcher_pb2
 from tests.unit.compiler.conftest import EDGE, EDGE_SETTINGS
 from tiermesh.controlplane.api import MATCH_HEADERS, Catalog, Plan
 from tiermesh.controlplane.generators import compile_snapshot, dispatch, routes
-from tiermesh.controlplane.model import MeshModel, names
+from tiermesh.controlplane.model import CascadeSettings, MeshModel, names
 from tiermesh.controlplane.verify import Finding, verify_snapshot
 from tiermesh.controlplane.verify.http_filters import EXT_AUTHZ
 from tiermesh.controlplane.verify.matching import may_match
@@ -152,6 +153,34 @@ def test_every_request_meets_the_same_first_route(edge_plan: Plan, flat: list[rc
         assert _first(merged, request) == expected, request
         checked += 1
     assert checked == 5 * 5 * 4 * 3 * 2 * 2 * 3
+
+
+def test_the_generator_knows_each_routes_tenant(
+    edge_plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenants the route generator hands the dispatch are what the routes' matchers
+    pin (API guard, cascade and refusal routes included), and a tree built
+    from them is the tree built from the matchers."""
+    seen: list[tuple[list[rc.Route], list[str | None]]] = []
+    real = dispatch.tenant_dispatch
+
+    def spy(
+        table: Sequence[rc.Route], tenants: Sequence[str | None] | None = None
+    ) -> matcher_pb2.Matcher | None:
+        assert tenants is not None
+        seen.append((list(table), list(tenants)))
+        return real(table, tenants)
+
+    monkeypatch.setattr(dispatch, "tenant_dispatch", spy)
+    settings = replace(EDGE_SETTINGS, cascade=CascadeSettings(port=7777))
+    (config,) = routes.generate(MeshModel.build([edge_plan], {EDGE: settings}), EDGE)
+    ((table, tenants),) = seen
+    assert tenants == [dispatch.pinned_tenant(route) for route in table]
+    assert {None, "acme", "globex"} <= set(tenants)
+    assert any(route.match.dynamic_metadata for route in table)  # cascade step routes
+    assert config.virtual_hosts[0].matcher == real(table)
+    with pytest.raises(ValueError, match="tenants for"):
+        real(table, tenants[1:])
 
 
 def test_small_tables_stay_a_list(edge_plan: Plan) -> None:

@@ -239,3 +239,29 @@ def test_plan_problems_of_a_shared_chain_name_every_route(engine: PolicyEngine) 
         for index, route in enumerate(routes)
         if index % 2
     ]
+
+
+def test_plan_problems_of_chains_equal_but_for_settings(engine: PolicyEngine) -> None:
+    """Chains of other step groups (other objects, other settings, the same backends and
+    tiers) are as sound as the first; one with a step's tier changed is not, though
+    its backends are the same, and is reported for every route that has it."""
+    catalog = parse_catalog(SMALL_CATALOG)
+    plan = check(policy_files(), engine).plans["edge-1"]
+    first = next(route for route in plan.routes if len(route.chain) > 1)
+    step = first.chain[0]
+    mistiered = step.model_copy(update={"tier": "cloud" if step.tier != "cloud" else "local"})
+    chains = [
+        tuple(s.model_copy(update={"timeout_ms": s.timeout_ms + n}) for s in first.chain)
+        for n in range(1, 4)
+    ] + [(mistiered, *first.chain[1:])]
+    routes = tuple(
+        route.model_copy(update={"chain": chains[index % 4]})
+        for index, route in enumerate(plan.routes)
+    )
+    problems = plan_problems(plan.model_copy(update={"routes": routes}), catalog)
+    assert [problem for problem in problems if "the plan says" in problem] == [
+        f"route {route.name}: chain step 1: backend {step.backend} is {step.tier}, "
+        f"the plan says {mistiered.tier}"
+        for index, route in enumerate(routes)
+        if index % 4 == 3
+    ]

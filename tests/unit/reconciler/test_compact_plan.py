@@ -88,9 +88,16 @@ def test_tenants_of_one_shape_share_a_route_set(engine: RegorusEngine) -> None:
         assert set_of["globex-0"] == set_of["globex"]
         # acme's spent budget gives it routes of its own, not its clones'.
         assert set_of["acme-0"] != set_of["acme"]
-    # zeta's own resilience: a set no other tenant takes.
-    assert [tenant for tenant, name in set_of.items() if name == set_of["zeta"]] == ["zeta"]
+    # zeta's own resilience: a step group no other tenant has, and the route set of the
+    # tenants of its shape (acme's unspent clones).
+    group_of = {entry.tenant: entry.steps for entry in compact.tenants}
+    assert [tenant for tenant, group in group_of.items() if group == group_of["zeta"]] == ["zeta"]
+    if "acme-0" in set_of:
+        assert set_of["zeta"] == set_of["acme-0"]
+        assert group_of["zeta"] != group_of["acme-0"]
     assert set(compact.route_sets) == set(set_of.values())
+    assert set(compact.steps) == set(group_of.values())
+    assert len({tuple(steps) for steps in compact.steps.values()}) == 1  # the same ids
 
 
 def test_evaluate_plan_takes_the_compact_plan(engine: RegorusEngine) -> None:
@@ -153,9 +160,12 @@ def _compact_json() -> dict[str, Any]:
     return {
         "version": "v1",
         "node": {"id": "n1", "tier": "local", "region": "eu-west"},
-        "steps": {"s1": step},
+        "steps": {"g0": {"s1": step}, "g1": {"s1": dict(step, timeout_ms=2000)}},
         "route_sets": {"a": [template]},
-        "tenants": [{"tenant": "a", "routes": "a"}, {"tenant": "b", "routes": "a"}],
+        "tenants": [
+            {"tenant": "a", "routes": "a", "steps": "g0"},
+            {"tenant": "b", "routes": "a", "steps": "g0"},
+        ],
         "backends": [],
         "violations": [],
         "warnings": [],
@@ -176,8 +186,25 @@ def test_expansion_names_and_matches_each_tenant() -> None:
     ("change", "message"),
     [
         (lambda d: d["route_sets"]["a"][0]["chain"].append("s2"), "names step 's2'"),
-        (lambda d: d["tenants"].append({"tenant": "c", "routes": "b"}), "route set 'b'"),
-        (lambda d: d["tenants"].append({"tenant": "Bad.Name", "routes": "a"}), "pattern"),
+        (
+            lambda d: d["tenants"].append({"tenant": "c", "routes": "b", "steps": "g0"}),
+            "route set 'b'",
+        ),
+        (
+            lambda d: d["tenants"].append({"tenant": "c", "routes": "a", "steps": "g2"}),
+            "step group 'g2'",
+        ),
+        (
+            lambda d: (
+                d["steps"]["g1"].pop("s1")
+                and d["tenants"].append({"tenant": "c", "routes": "a", "steps": "g1"})
+            ),
+            "names step 's1', not defined in step group 'g1'",
+        ),
+        (
+            lambda d: d["tenants"].append({"tenant": "Bad.Name", "routes": "a", "steps": "g0"}),
+            "pattern",
+        ),
         (lambda d: d["route_sets"]["a"][0]["match"].update(sensitivity="secret"), "sensitivity"),
     ],
 )

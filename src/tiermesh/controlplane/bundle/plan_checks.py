@@ -49,28 +49,41 @@ def plan_problems(plan: Plan, catalog: Catalog) -> list[str]:
     steps than ``defaults.max_chain_length``; a fail-closed route reaches no cloud backend.
     Route names are unique. Empty chains are the policy's own violations, not repeated here.
 
-    A chain object found sound once is not checked again for later routes (whether a
-    chain is sound depends on its steps alone, not on the route or label): the routes of
-    a plan expanded from a compact plan share a few dozen chain tuples.
+    A chain found sound once is not checked again for later routes (whether a chain is
+    sound depends on its steps' backends and tiers alone, not on the route or label):
+    the routes of a plan expanded from a compact plan share a few dozen chain tuples per
+    step group, and the groups' chains differ only in settings.
     """
     problems: list[str] = []
     planned = {backend.name for backend in plan.backends}
     known = {backend.name: backend for backend in catalog.backends}
     max_length = catalog.defaults.max_chain_length
     sound: set[int] = set()  # ids of chains of plan.routes (held by the plan meanwhile)
+    sound_shapes: set[tuple[tuple[str, str], ...]] = set()  # their (backend, tier)s
     for name, count in sorted(Counter(route.name for route in plan.routes).items()):
         if count > 1:
             problems.append(f"route {name} appears {count} times")
     for route in plan.routes:
         for label, chain in (("chain", route.chain), ("budget fallback", route.budget_fallback)):
             if id(chain) not in sound:
-                found = _chain_problems(
-                    route.name, label, chain, planned=planned, known=known, max_length=max_length
+                shape = tuple((step.backend, step.tier) for step in chain)
+                found = (
+                    []
+                    if shape in sound_shapes
+                    else _chain_problems(
+                        route.name,
+                        label,
+                        chain,
+                        planned=planned,
+                        known=known,
+                        max_length=max_length,
+                    )
                 )
                 if found:
                     problems += found
                 else:
                     sound.add(id(chain))
+                    sound_shapes.add(shape)
             if route.fail_closed:
                 problems += [
                     f"route {route.name}: fail-closed {label} reaches cloud backend {step.backend}"

@@ -16,9 +16,12 @@ SOCKET_MODE = 0o600
 
 
 def pack(message: Message) -> any_pb2.Any:
-    """``message`` packed into an ``Any`` with the standard type URL prefix."""
+    """``message`` packed into an ``Any`` with the standard type URL prefix, serialized
+    deterministically (map entries, such as a ``Struct``'s fields, in key order), so that
+    equal messages pack to equal bytes in every process: snapshot versions are digests
+    of these bytes."""
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.Pack(message, deterministic=True)
     return packed
 
 

@@ -106,11 +106,16 @@ def _leaf(
     )
 
 
-def _dispatch(routes: Sequence[rc.Route], headers: Sequence[str]) -> matcher_pb2.Matcher | None:
+def _dispatch(
+    routes: Sequence[rc.Route],
+    headers: Sequence[str],
+    pins: Sequence[str | None] | None = None,
+) -> matcher_pb2.Matcher | None:
     if not headers:
         return None
     header, rest = headers[0], headers[1:]
-    pins = [pinned(route, header) for route in routes]
+    if pins is None:
+        pins = [pinned(route, header) for route in routes]
     values = list(dict.fromkeys(p for p in pins if p))
     if len(routes) < DISPATCH_MIN_ROUTES or len(values) < 2:
         return _dispatch(routes, rest)
@@ -139,7 +144,13 @@ def _dispatch(routes: Sequence[rc.Route], headers: Sequence[str]) -> matcher_pb2
     )
 
 
-def tenant_dispatch(routes: Sequence[rc.Route]) -> matcher_pb2.Matcher | None:
+def tenant_dispatch(
+    routes: Sequence[rc.Route], tenants: Sequence[str | None] | None = None
+) -> matcher_pb2.Matcher | None:
     """The dispatch tree of the table ``routes`` (module docstring), or None when the
-    table stays a plain list."""
-    return _dispatch(routes, DISPATCH_HEADERS)
+    table stays a plain list. ``tenants``: :func:`pinned_tenant` of each route, when the
+    caller knows it already (the route generator does: it put the matchers there);
+    computed otherwise."""
+    if tenants is not None and len(tenants) != len(routes):
+        raise ValueError(f"{len(tenants)} tenants for {len(routes)} routes")
+    return _dispatch(routes, DISPATCH_HEADERS, tenants)

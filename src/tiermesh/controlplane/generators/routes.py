@@ -65,6 +65,7 @@ Mapping (each decision is tested against a real Envoy in tests/integration/compi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -148,57 +149,105 @@ def restricted_matcher() -> rc.HeaderMatcher:
     )
 
 
-def _retry_policy(steps: Sequence[ChainStep]) -> rc.RetryPolicy:
+_PREVIOUS_PRIORITIES = rc.RetryPolicy.RetryPriority(
+    name="envoy.retry_priorities.previous_priorities",
+    typed_config=pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)),
+)
+"""The retry priority of every chain of several steps: each retry one step further."""
+
+
+class _Tail(NamedTuple):
+    """Everything the forwarding part of a chain route is made of (:func:`_tail`)."""
+
+    cluster: str
+    timeout_ms: int
+    retry_on: str
+    num_retries: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+    first_byte_ms: int | None
+    """The first step's hedge, if any."""
+    first_backend: str | None
+    """The first step's backend, for a chain of several steps (None: one step)."""
+
+
+def _tail_of(node: NodeModel, steps: Sequence[ChainStep]) -> _Tail:
     first = steps[0]
-    conditions = {condition for step in steps for condition in step.retries.retry_on}
-    conditions.update(ALWAYS_RETRY_ON)
-    policy = rc.RetryPolicy(
+    retries = [step.retries for step in steps]
+    conditions = set(ALWAYS_RETRY_ON)
+    for policy in retries:
+        conditions.update(policy.retry_on)
+    return _Tail(
+        cluster=node.target(steps),
+        timeout_ms=sum(step.timeout_ms for step in steps),
         retry_on=",".join(sorted(conditions)),
-        num_retries=wrappers_pb2.UInt32Value(
-            value=sum(step.retries.count for step in steps) + len(steps) - 1
-        ),
+        num_retries=sum(policy.count for policy in retries) + len(steps) - 1,
+        backoff_base_ms=first.retries.backoff_base_ms,
+        backoff_max_ms=max(policy.backoff_max_ms for policy in retries),
+        first_byte_ms=None if first.hedge is None else first.hedge.per_try_timeout_ms,
+        first_backend=first.backend if len(steps) > 1 else None,
+    )
+
+
+def _tail(facts: _Tail) -> rc.Route:
+    """A route holding only the action and metadata (module docstring) of a chain
+    route whose chain gives ``facts``."""
+    policy = rc.RetryPolicy(
+        retry_on=facts.retry_on,
+        num_retries=wrappers_pb2.UInt32Value(value=facts.num_retries),
         retry_back_off=rc.RetryPolicy.RetryBackOff(
-            base_interval=ms(first.retries.backoff_base_ms),
-            max_interval=ms(max(step.retries.backoff_max_ms for step in steps)),
+            base_interval=ms(facts.backoff_base_ms), max_interval=ms(facts.backoff_max_ms)
         ),
     )
-    if first.hedge is not None:
-        policy.per_try_timeout.CopyFrom(ms(first.hedge.per_try_timeout_ms))
-    if len(steps) > 1:
-        policy.retry_priority.CopyFrom(
-            rc.RetryPolicy.RetryPriority(
-                name="envoy.retry_priorities.previous_priorities",
-                typed_config=pack(
-                    previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
-                ),
-            )
+    if facts.first_byte_ms is not None:
+        policy.per_try_timeout.CopyFrom(ms(facts.first_byte_ms))
+    if facts.first_backend is not None:
+        policy.retry_priority.CopyFrom(_PREVIOUS_PRIORITIES)
+    tail = rc.Route(
+        route=rc.RouteAction(
+            cluster=facts.cluster, timeout=ms(facts.timeout_ms), retry_policy=policy
         )
-    return policy
+    )
+    if facts.first_backend is not None:
+        labels = {names.FIRST_BACKEND_KEY: facts.first_backend}
+        if facts.first_byte_ms is not None:
+            labels[telemetry.FIRST_BYTE_MS_KEY] = str(facts.first_byte_ms)
+        tail.metadata.filter_metadata[names.ROUTE_METADATA].update(labels)
+    return tail
 
 
 class _Actions:
     """What the chain routes of one :func:`generate` call share, built once: the
     forwarding part (``route`` action and ``metadata``) per chain, merged into each
-    route that uses it (a table of 16 000 routes has a few dozen distinct chains); header
-    matchers per (header, value); and per route shape (:meth:`chain_route`) a route the
-    next tenant's copies.
+    route that uses it (a table of 16 000 routes has a few dozen distinct chains per
+    step group); header matchers per (header, value); and per match shape
+    (:meth:`chain_route`) a match the next tenant's routes copy.
 
     Chains are keyed by the tuple's identity (plans expanded from a compact plan share one
-    tuple per chain; other plans just miss); every object whose id is a key is held, so
-    its id cannot be reused while the memo lives. One instance per call: not shared
-    across nodes or threads."""
+    tuple per chain and step group; other plans just miss); every object whose id is a
+    key is held, so its id cannot be reused while the memo lives. One instance per call:
+    not shared across nodes or threads."""
 
-    __slots__ = ("_differ", "_headers", "_held", "_refusals", "_shapes", "_tails", "node")
+    __slots__ = (
+        "_built_tails",
+        "_differ",
+        "_headers",
+        "_matches",
+        "_refusals",
+        "_tails",
+        "node",
+    )
 
     def __init__(self, node: NodeModel) -> None:
         self.node = node
         self._tails: dict[int, tuple[Sequence[ChainStep], rc.Route]] = {}
+        self._built_tails: dict[_Tail, rc.Route] = {}
         self._headers: dict[tuple[str, str], rc.HeaderMatcher] = {}
-        # (ids of the matchers after the tenant's, id of the chain) -> a chain route
-        # of that shape (another tenant's): copied, renamed and given its tenant.
-        self._shapes: dict[tuple[tuple[int, ...], int], rc.Route] = {}
-        self._held: list[tuple[list[rc.HeaderMatcher], Sequence[ChainStep]]] = []
-        self._refusals: dict[tuple[tuple[int, ...], int], rc.Route] = {}
+        # ids of the matchers after the tenant's -> (the matchers, held; a route holding
+        # only such a match, another tenant's: copied, named, given its tenant and tail).
+        self._matches: dict[tuple[int, ...], tuple[list[rc.HeaderMatcher], rc.Route]] = {}
+        # the same key -> (the matchers, a refusal route of that match)
+        self._refusals: dict[tuple[int, ...], tuple[list[rc.HeaderMatcher], rc.Route]] = {}
         self._differ: dict[
             tuple[int, int], tuple[Sequence[ChainStep], Sequence[ChainStep], bool]
         ] = {}
@@ -206,27 +255,29 @@ class _Actions:
     def chain_route(
         self, name: str, steps: Sequence[ChainStep], headers: list[rc.HeaderMatcher]
     ) -> rc.Route:
-        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``.
+        """The chain route ``name`` over ``steps`` (not empty) matching ``headers``
+        (the matchers of :meth:`exact` and :meth:`sensitivity`).
 
-        Routes that differ only in name and tenant are many (one per tenant of a route
-        set): the first of a shape is built, the others copy it and set their name and
-        tenant matcher (one C-level copy instead of building each matcher and action).
-        The matcher and chain objects keyed on are held by this memo, so their ids
-        cannot be reused while it lives."""
+        Routes whose matches differ only in the tenant are many (one per tenant of a
+        route set): the first match of a shape is built, the others copy it, set their
+        name and tenant matcher and merge the chain's tail (C-level copies instead of
+        building each matcher), whether or not their chains are the same objects
+        (tenants of one route set with different step groups have their own). Copying
+        whole routes of tenants that share a chain as well measured no faster: the
+        merge is one C-level call, and keeping such routes costs the tenants that
+        share none."""
         if not headers or headers[0].name != _TENANT:
             return self._built(name, steps, headers)
-        key = (tuple(id(header) for header in headers[1:]), id(steps))
-        shape = self._shapes.get(key)
-        if shape is None:
-            route = self._built(name, steps, headers)
-            kept = self._shapes[key] = rc.Route()
-            kept.CopyFrom(route)  # callers may change what they get (cascade, token)
-            self._held.append((headers, steps))
-            return route
+        key = tuple(id(header) for header in headers[1:])
+        known = self._matches.get(key)
+        if known is None:
+            match = rc.Route(match=rc.RouteMatch(prefix="/", headers=headers))
+            known = self._matches[key] = (headers, match)
         route = rc.Route()
-        route.CopyFrom(shape)
+        route.CopyFrom(known[1])
         route.name = name
         route.match.headers[0].CopyFrom(headers[0])
+        route.MergeFrom(self.tail(steps))
         return route
 
     def _built(
@@ -244,28 +295,33 @@ class _Actions:
         :meth:`chain_route` (name, tenant matcher and body set per route)."""
         if not headers or headers[0].name != _TENANT:
             return _refusal(name, plan_route, headers)
-        key = (tuple(id(header) for header in headers[1:]), 0)
-        shape = self._refusals.get(key)
-        if shape is None:
+        key = tuple(id(header) for header in headers[1:])
+        known = self._refusals.get(key)
+        if known is None:
             route = _refusal(name, plan_route, headers)
-            kept = self._refusals[key] = rc.Route()
+            kept = rc.Route()
             kept.CopyFrom(route)
+            self._refusals[key] = (headers, kept)
             return route
         route = rc.Route()
-        route.CopyFrom(shape)
+        route.CopyFrom(known[1])
         route.name = name
         route.match.headers[0].CopyFrom(headers[0])
         route.direct_response.body.inline_string = refusal_body(plan_route)
         return route
 
     def differ(self, chain: Sequence[ChainStep], fallback: Sequence[ChainStep]) -> bool:
-        """``fallback != chain``, compared once per pair of chain objects."""
+        """``fallback != chain``, compared once per pair of chain objects; chains of other
+        lengths or backends differ without comparing their steps' settings."""
         if chain is fallback:
             return False
         key = (id(chain), id(fallback))
         known = self._differ.get(key)
         if known is None or known[0] is not chain or known[1] is not fallback:
-            known = self._differ[key] = (chain, fallback, fallback != chain)
+            differs = len(chain) != len(fallback) or any(
+                mine.backend != theirs.backend for mine, theirs in zip(chain, fallback, strict=True)
+            )
+            known = self._differ[key] = (chain, fallback, differs or fallback != chain)
         return known[2]
 
     def exact(self, header: str, value: str) -> rc.HeaderMatcher:
@@ -288,23 +344,16 @@ class _Actions:
 
     def tail(self, steps: Sequence[ChainStep]) -> rc.Route:
         """A route holding only the action and metadata of a chain route over ``steps``
-        (not empty); callers merge it, never modify it."""
+        (not empty); callers merge it, never modify it. Built once per distinct
+        :class:`_Tail`: chains of other step groups often make the same one (a table of
+        222 groups has 5 328 chains and 1 111 distinct tails)."""
         known = self._tails.get(id(steps))
         if known is not None and known[0] is steps:
             return known[1]
-        tail = rc.Route(
-            route=rc.RouteAction(
-                cluster=self.node.target(steps),
-                timeout=ms(sum(step.timeout_ms for step in steps)),
-                retry_policy=_retry_policy(steps),
-            )
-        )
-        if len(steps) > 1:
-            first = steps[0]
-            facts = {names.FIRST_BACKEND_KEY: first.backend}
-            if first.hedge is not None:
-                facts[telemetry.FIRST_BYTE_MS_KEY] = str(first.hedge.per_try_timeout_ms)
-            tail.metadata.filter_metadata[names.ROUTE_METADATA].update(facts)
+        facts = _tail_of(self.node, steps)
+        tail = self._built_tails.get(facts)
+        if tail is None:
+            tail = self._built_tails[facts] = _tail(facts)
         self._tails[id(steps)] = (steps, tail)
         return tail
 
@@ -397,10 +446,14 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
     if node.settings.authz is None:
         return [_fail_closed_without_authz()]
     routes = [*batch.batch_routes(node), *api_surface.guard_routes(model.api)]
+    # What each route pins the tenant header to (dispatch.pinned_tenant): a plan route's
+    # routes all match its tenant first (_routes_for), the others are looked at.
+    tenants: list[str | None] = [dispatch.pinned_tenant(route) for route in routes]
     actions = _Actions(node)
-    routes += [
-        route for plan_route in node.plan.routes for route in _routes_for(actions, plan_route)
-    ]
+    for plan_route in node.plan.routes:
+        made = list(_routes_for(actions, plan_route))
+        routes += made
+        tenants += [plan_route.match.tenant] * len(made)
     routes.append(
         rc.Route(
             name=names.UNMATCHED_ROUTE,
@@ -410,7 +463,8 @@ def generate(model: MeshModel, node_id: str) -> list[route_pb2.RouteConfiguratio
             ),
         )
     )
-    tree = dispatch.tenant_dispatch(routes)
+    tenants.append(dispatch.pinned_tenant(routes[-1]))
+    tree = dispatch.tenant_dispatch(routes, tenants)
     return [
         route_pb2.RouteConfiguration(
             name=names.APP_ROUTES,

@@ -81,8 +81,21 @@ class NodeModel:
         backends = {backend.name: backend for backend in plan.backends}
         upstreams: dict[str, Upstream] = {}
         chains: dict[str, Chain] = {}
+        # Chains already derived, by identity (routes of an expanded compact plan share
+        # their chain tuples) and by their steps' backends and tiers (all a chain adds,
+        # and all that makes it wrong): a repeated chain adds nothing, and the first
+        # route with it raised already if it is wrong. Holding each keeps its id unique.
+        derived: dict[int, Sequence[ChainStep]] = {}
+        derived_shapes: set[tuple[tuple[str, str], ...]] = set()
         for route in plan.routes:
             for steps in (route.chain, route.budget_fallback):
+                if derived.get(id(steps)) is steps:
+                    continue
+                derived[id(steps)] = steps
+                shape = tuple((step.backend, step.tier) for step in steps)
+                if shape in derived_shapes:
+                    continue
+                derived_shapes.add(shape)
                 for step in steps:
                     backend = backends.get(step.backend)
                     if backend is None:

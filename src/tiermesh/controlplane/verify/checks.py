@@ -66,7 +66,7 @@ from tiermesh.controlplane.verify.inventory import (
     table_problems,
 )
 from tiermesh.controlplane.verify.jwt_filter import jwks_cluster_problems, used_jwks_clusters
-from tiermesh.controlplane.verify.matching import exact_value, may_match
+from tiermesh.controlplane.verify.matching import HeaderFacts
 from tiermesh.controlplane.verify.peer_identity import pins_peer
 from tiermesh.controlplane.verify.route_tree import host_routes
 from tiermesh.xds import Snapshot
@@ -116,11 +116,19 @@ class _Checker:
             self.by_address.setdefault(key, []).append(backend)
         self.tenants = {t.name: t for t in catalog.tenants}
         self.signed_only = frozenset(catalog.defaults.require_signed_models)
+        # Per route: may restricted traffic (the value, or no header) and may each
+        # signed-only sensitivity come this way; which tenant it is pinned to.
+        self._facts = HeaderFacts(
+            _SENSITIVITY, ("restricted", None, *sorted(self.signed_only)), _TENANT
+        )
         self.findings: set[Finding] = set()
         self._unpinned: dict[tuple[str, int, str], str | None] = {}
         self._adds = 0
         # (cluster, restricted, ids of the tenants, signed_only) whose check found nothing.
-        self._sound: set[tuple[str, bool, tuple[int, ...], bool]] = set()
+        self._sound: set[tuple[str, bool, int, bool]] = set()
+        # A route's tenants by the tenant it is pinned to (None: none), one tuple each,
+        # held while the checker lives (reached() keys on the tuple's id).
+        self._reach_tenants: dict[str | None, tuple[Tenant | None, ...]] = {}
 
     def add(self, kind: str, route: str, cluster: str, message: str) -> None:
         self._adds += 1
@@ -130,9 +138,9 @@ class _Checker:
         """:meth:`cluster`, skipped where a reach equal in all but its route's name and
         place found nothing before: what the check finds depends on the rest of the reach
         alone (the name only goes into messages), and a big table sends thousands of
-        routes of one shape to the same few clusters. The tenants are the checker's own
-        objects (or None), so their ids identify them."""
-        key = (name, reach.restricted, tuple(id(t) for t in reach.tenants), reach.signed_only)
+        routes of one shape to the same few clusters. ``reach.tenants`` is one of the
+        checker's own tuples (:meth:`tenants_of`, held), so its id identifies it."""
+        key = (name, reach.restricted, id(reach.tenants), reach.signed_only)
         if key in self._sound:
             return
         before = self._adds
@@ -160,12 +168,13 @@ class _Checker:
     def table(self, config: route_pb2.RouteConfiguration, listener: str) -> None:
         """Check every route of ``config`` (served over RDS, or inline in ``listener``)."""
         where = f"listener '{listener}'" if listener else f"route config '{config.name}'"
-        for problem in table_problems(config):
+        trees = self.inventory.trees
+        for problem in table_problems(config, trees):
             self.add("unverifiable", "", "", f"{where} {problem}")
         shared = list(config.request_mirror_policies)
         for host in config.virtual_hosts:
             inherited = [*shared, *host.request_mirror_policies]
-            for route in host_routes(host):
+            for route in host_routes(host, trees):
                 self.route(route, host, inherited, listener)
 
     def route(
@@ -177,18 +186,9 @@ class _Checker:
     ) -> None:
         """Check one route; ``inherited``: its table's and virtual host's mirror policies."""
         name = route.name or (f"{listener}/" if listener else "") + f"{host.name}[unnamed]"
-        headers = list(route.match.headers)
-        restricted = may_match(headers, _SENSITIVITY, "restricted") or may_match(
-            headers, _SENSITIVITY, None
-        )
-        tenant_name = exact_value(headers, _TENANT)
-        tenants: Sequence[Tenant | None]
-        if tenant_name is None:
-            tenants = list(self.tenants.values()) or [None]
-        elif tenant_name in self.tenants:
-            tenants = [self.tenants[tenant_name]]
-        else:
-            tenants = [None]
+        allowed, tenant_name = self._facts.of(route.match.headers)
+        restricted = allowed[0] or allowed[1]
+        tenants = self.tenants_of(tenant_name)
         targets, problems = route_targets(route)
         for problem in problems:
             self.add(
@@ -206,12 +206,24 @@ class _Checker:
                 self.add("mirror", name, cluster, f"{place} mirrors restricted traffic to {what}")
             if not cluster:
                 self.add("unverifiable", name, "", f"{place} mirrors to {what}")
-        signed_only = any(may_match(headers, _SENSITIVITY, s) for s in self.signed_only) or (
-            "restricted" in self.signed_only and may_match(headers, _SENSITIVITY, None)
-        )
+        signed_only = any(allowed[2:]) or ("restricted" in self.signed_only and allowed[1])
         reach = _Reach(name, place, restricted, tenants, signed_only)
-        for cluster in dict.fromkeys([*targets, *(c for c, _ in mirrors if c)]):
+        for cluster in dict.fromkeys(
+            [*targets, *(c for c, _ in mirrors if c)] if mirrors else targets
+        ):
             self.reached(reach, cluster)
+
+    def tenants_of(self, tenant_name: str | None) -> tuple[Tenant | None, ...]:
+        """Whose traffic a route pinned to ``tenant_name`` carries: that tenant (None when
+        the catalog has no such tenant), or every tenant when it is pinned to none."""
+        found = self._reach_tenants.get(tenant_name)
+        if found is None:
+            if tenant_name is None:
+                found = tuple(self.tenants.values()) or (None,)
+            else:
+                found = (self.tenants.get(tenant_name),)
+            self._reach_tenants[tenant_name] = found
+        return found
 
     def listeners(self) -> None:
         """Every listener's unmodelled shapes; entry listeners' inline routes and TCP

@@ -156,10 +156,18 @@ class _Listener:
             return None if table is None else [table]
         return None
 
+    def routes(
+        self, table: route_pb2.RouteConfiguration
+    ) -> Iterator[tuple[rc.VirtualHost, rc.Route]]:
+        """Every route of ``table`` with its virtual host."""
+        for host in table.virtual_hosts:
+            for route in host_routes(host, self.inventory.trees):
+                yield host, route
+
     def manager(self, manager: hcm_pb2.HttpConnectionManager) -> None:
         tables = self.tables(manager)
         if tables is not None and not any(
-            _forwards(route) for table in tables for _, route in _routes(table)
+            _forwards(route) for table in tables for _, route in self.routes(table)
         ):
             return  # nothing it serves reaches an upstream
         self.chain(list(manager.http_filters), "")
@@ -188,19 +196,19 @@ class _Listener:
             self.add(f"has ext_authz{where} {problem}")
 
     def per_filter(self, table: route_pb2.RouteConfiguration) -> None:
-        forwarding = any(_forwards(route) for _host, route in _routes(table))
+        forwarding = any(_forwards(route) for _host, route in self.routes(table))
         if forwarding and EXT_AUTHZ in table.typed_per_filter_config:
             problem = _per_route_problem(table.typed_per_filter_config[EXT_AUTHZ])
             if problem is not None:
                 self.add(f"→ route config '{table.name}' {problem}")
         for host in table.virtual_hosts:
-            if not any(_forwards(route) for route in host_routes(host)):
+            if not any(_forwards(route) for route in host_routes(host, self.inventory.trees)):
                 continue
             if EXT_AUTHZ in host.typed_per_filter_config:
                 problem = _per_route_problem(host.typed_per_filter_config[EXT_AUTHZ])
                 if problem is not None:
                     self.add(f"→ virtual host '{host.name}' {problem}")
-            for route in host_routes(host):
+            for route in host_routes(host, self.inventory.trees):
                 if not _forwards(route):
                     continue
                 name = route.name or f"{host.name}[unnamed]"
@@ -250,12 +258,6 @@ def _widening(validation: common_pb2.CertificateValidationContext) -> str:
         if kind != "exact" or not matcher.matcher.exact or matcher.matcher.ignore_case:
             return f"matches URI SANs by {kind or 'nothing'}, not exactly"
     return ""
-
-
-def _routes(table: route_pb2.RouteConfiguration) -> Iterator[tuple[rc.VirtualHost, rc.Route]]:
-    for host in table.virtual_hosts:
-        for route in host_routes(host):
-            yield host, route
 
 
 def _filter_problem(http_filter: hcm_pb2.HttpFilter) -> str | None:

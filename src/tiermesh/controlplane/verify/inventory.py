@@ -55,7 +55,7 @@ from tiermesh.controlplane.generators.mesh_tls import MESH_LOCAL_CLUSTER
 from tiermesh.controlplane.generators.usage import USAGE_CLUSTER
 from tiermesh.controlplane.model import names
 from tiermesh.controlplane.verify.findings import Finding, FindingKind
-from tiermesh.controlplane.verify.route_tree import host_routes, tree_problems
+from tiermesh.controlplane.verify.route_tree import HostTrees, host_routes, tree_problems
 from tiermesh.xds import Snapshot, typeurls
 
 __all__ = [
@@ -214,12 +214,15 @@ def mirror_target(policy: rc.RouteAction.RequestMirrorPolicy) -> tuple[str, str]
     return policy.cluster, f"cluster '{policy.cluster}'"
 
 
-def table_problems(config: route_pb2.RouteConfiguration) -> Iterator[str]:
-    """Unmodelled shapes of a route table (phrases after ``route config 'name'``)."""
+def table_problems(
+    config: route_pb2.RouteConfiguration, trees: HostTrees | None = None
+) -> Iterator[str]:
+    """Unmodelled shapes of a route table (phrases after ``route config 'name'``);
+    ``trees``: the verification's, if any."""
     if config.HasField("vhds"):
         yield "takes virtual hosts from VHDS"
     for host in config.virtual_hosts:
-        for problem in tree_problems(host):
+        for problem in tree_problems(host, trees):
             yield f"virtual host '{host.name}' {problem}"
 
 
@@ -315,6 +318,8 @@ class Inventory:
     secrets: dict[str, secret_pb2.Secret] = field(default_factory=dict)
     reached: set[str] = field(default_factory=set)
     """Every existing cluster a resolution has entered so far."""
+    trees: HostTrees = field(default_factory=HostTrees)
+    """The matcher trees of these route tables' virtual hosts, each read once."""
     _resolved: dict[str, Resolution] = field(default_factory=dict)
     _shapes: dict[str, ListenerShape] = field(default_factory=dict)
 
@@ -451,9 +456,9 @@ class Inventory:
             found.problem(cluster, f"{where} has no inline routes")
         targets: list[str] = list(shape.tcp)
         for config in shape.inline:
-            for problem in table_problems(config):
+            for problem in table_problems(config, self.trees):
                 found.problem(cluster, f"{where} {problem}")
-            for host, route in _routes(config):
+            for host, route in _routes(config, self.trees):
                 reached, problems = route_targets(route)
                 targets += reached
                 label = route.name or f"{host.name}[unnamed]"
@@ -549,8 +554,10 @@ def _socket_problems(socket: address_pb2.SocketAddress) -> Iterator[str]:
         )
 
 
-def _routes(config: route_pb2.RouteConfiguration) -> Iterable[tuple[rc.VirtualHost, rc.Route]]:
-    return ((host, route) for host in config.virtual_hosts for route in host_routes(host))
+def _routes(
+    config: route_pb2.RouteConfiguration, trees: HostTrees
+) -> Iterable[tuple[rc.VirtualHost, rc.Route]]:
+    return ((host, route) for host in config.virtual_hosts for route in host_routes(host, trees))
 
 
 def _internal_listeners(assignment: endpoint_pb2.ClusterLoadAssignment) -> list[str]:

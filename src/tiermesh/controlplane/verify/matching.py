@@ -8,12 +8,12 @@ is never wrongly judged unreachable by restricted traffic.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import string_pb2
 
-__all__ = ["exact_value", "may_match"]
+__all__ = ["HeaderFacts", "exact_value", "may_match"]
 
 
 _COMPARE: dict[str, Callable[[str, str], bool]] = {
@@ -85,3 +85,50 @@ def exact_value(headers: Sequence[rc.HeaderMatcher], name: str) -> str | None:
         if matcher.WhichOneof("header_match_specifier") == "exact_match":
             return str(matcher.exact_match)
     return None
+
+
+class HeaderFacts:
+    """:func:`may_match` on one header for a few values and :func:`exact_value` on
+    another, for the matchers of many routes: each distinct matcher (by its serialized
+    bytes: equal bytes, equal matcher) is judged once. A big table repeats a few
+    sensitivity, task and model matchers in every tenant's routes.
+
+    Not thread-safe: one instance per verification.
+    """
+
+    __slots__ = ("_all", "_memo", "_name", "_pinned", "_values")
+
+    def __init__(self, name: str, values: Sequence[str | None], pinned: str) -> None:
+        self._name = name
+        self._values = tuple(values)
+        self._pinned = pinned
+        self._all = (True,) * len(self._values)
+        # matcher bytes -> (what it allows of values, or None for another header; the
+        # value it pins header ``pinned`` to, or None)
+        self._memo: dict[bytes, tuple[tuple[bool, ...] | None, str | None]] = {}
+
+    def _judge(self, matcher: rc.HeaderMatcher) -> tuple[tuple[bool, ...] | None, str | None]:
+        allows = None
+        if matcher.name.lower() == self._name:
+            allows = tuple(_one_may_match(matcher, value) for value in self._values)
+        return allows, exact_value([matcher], self._pinned)
+
+    def of(self, headers: Iterable[rc.HeaderMatcher]) -> tuple[tuple[bool, ...], str | None]:
+        """``(tuple(may_match(headers, name, v) for v in values), exact_value(headers,
+        pinned))``."""
+        allowed = self._all
+        pinned: str | None = None
+        memo = self._memo
+        for matcher in headers:
+            key = matcher.SerializeToString()
+            facts = memo.get(key)
+            if facts is None:
+                facts = memo[key] = self._judge(matcher)
+            allows, value = facts
+            if allows is not None:
+                allowed = (
+                    allows if allowed is self._all else tuple(map(bool.__and__, allowed, allows))
+                )
+            if pinned is None:
+                pinned = value
+        return allowed, pinned
