@@ -13,9 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.integration.audit_plans.conftest import Rig, recorder_for
-from tests.integration.audit_plans.test_plan_records_shared import FLEET
+from tests.integration.audit_plans.test_plan_records_shared import FLEET, fleet_outcome
 from tests.unit.decisionlog.helpers import new_ca
-from tests.unit.reconciler.policyfiles import policy_files
 from tiermesh.cli.audit_cmd import app
 from tiermesh.controlplane.audit import (
     AuditStore,
@@ -25,21 +24,9 @@ from tiermesh.controlplane.audit import (
     recorded_plan,
     verify_store,
 )
-from tiermesh.controlplane.bundle import evaluate_bundle
 from tiermesh.controlplane.reconciler import ReconcileResult
-from tiermesh.rego import RegorusEngine
 
 runner = CliRunner()
-
-
-def fleet_outcome() -> Any:
-    engine = RegorusEngine()
-    try:
-        evaluated = evaluate_bundle(policy_files(), engine, nodes=FLEET)
-    finally:
-        engine.close()
-    assert evaluated.ok, evaluated.errors
-    return evaluated
 
 
 async def record_fleet(db: Path, *, max_plan_bytes: int | None = None) -> list[Any]:

@@ -33,8 +33,8 @@ FLEET = tuple(
 )
 
 
-@pytest.fixture
-def outcome() -> Any:
+def fleet_outcome() -> Any:
+    """:data:`FLEET` evaluated with the repository's policies."""
     engine = RegorusEngine()
     try:
         evaluated = evaluate_bundle(policy_files(), engine, nodes=FLEET)
@@ -42,6 +42,11 @@ def outcome() -> Any:
         engine.close()
     assert evaluated.ok, evaluated.errors
     return evaluated
+
+
+@pytest.fixture
+def outcome() -> Any:
+    return fleet_outcome()
 
 
 def count_full_dumps(monkeypatch: pytest.MonkeyPatch) -> list[int]:

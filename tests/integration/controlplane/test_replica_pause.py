@@ -76,6 +76,18 @@ async def _idle() -> NodeLoad:
     return NodeLoad()
 
 
+def _session(svids: SvidStore, a: Running, b: Running) -> RegistrySession:
+    """``NODE``'s registry session, with both replicas' node APIs to choose from."""
+    return RegistrySession(
+        svids,
+        NodeRegistration(node_id=NODE, tier="local", region="eu-west", app_port=free_port()),
+        addresses=[f"127.0.0.1:{a.ports['node']}", f"127.0.0.1:{b.ports['node']}"],
+        server_name=control_plane_dns_name(TD),
+        measure=_idle,
+        interval_s=0.5,
+    )
+
+
 async def _joined(plane: Running, folder: Path) -> tuple[SvidStore, AdsTls]:
     """``NODE`` joins through ``plane``; its SVID as the agent holds it and as Envoy reads it."""
     token = tiermesh("token", "create", "--node-id", NODE, "--etcd", plane.etcd,
@@ -160,14 +172,7 @@ async def test_the_registry_session_leaves_a_paused_replica(
 ) -> None:
     a, b = replicas
     svids, _ = await _joined(a, tmp_path / "svid")
-    session = RegistrySession(
-        svids,
-        NodeRegistration(node_id=NODE, tier="local", region="eu-west", app_port=free_port()),
-        addresses=[f"127.0.0.1:{a.ports['node']}", f"127.0.0.1:{b.ports['node']}"],
-        server_name=control_plane_dns_name(TD),
-        measure=_idle,
-        interval_s=0.5,
-    )
+    session = _session(svids, a, b)
     running = asyncio.create_task(session.run())
     try:
         await session.wait_registered(10)
@@ -328,14 +333,7 @@ async def test_a_resumed_replica_serves_nothing_from_before_its_pause(
                       a.etcd, "--root", a.root)  # fmt: skip
     assert pushed.returncode == 0, pushed.stderr
     svids, _ = await _joined(a, tmp_path / "svid")
-    session = RegistrySession(
-        svids,
-        NodeRegistration(node_id=NODE, tier="local", region="eu-west", app_port=free_port()),
-        addresses=[f"127.0.0.1:{a.ports['node']}", f"127.0.0.1:{b.ports['node']}"],
-        server_name=control_plane_dns_name(TD),
-        measure=_idle,
-        interval_s=0.5,
-    )
+    session = _session(svids, a, b)
     running = asyncio.create_task(session.run())
     try:
         await session.wait_registered(10)
