@@ -45,6 +45,27 @@ def test_without_a_known_range_the_kernel_picks(monkeypatch: pytest.MonkeyPatch)
         sock.bind((LOOPBACK, port))
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_block(size: int) -> int:
+    """The first port of ``size`` consecutive ports, all free now, inside the range this
+    process may hand out (a parallel test worker's own; servers of other tests in this
+    worker may hold ports of it)."""
+    own = ports._server_ports()
+    assert own is not None
+    for first in range(own.start + 100, own.stop - size, size):
+        if all(_bindable(port) for port in range(first, first + size)):
+            return first
+    raise AssertionError(f"no {size} consecutive free ports in {own.start}-{own.stop - 1}")
+
+
 needs_range = pytest.mark.skipif(
     ports.server_ports() is None,
     reason="this machine's ephemeral port range leaves no room below it (or is unreadable)",
@@ -53,9 +74,7 @@ needs_range = pytest.mark.skipif(
 
 @needs_range
 def test_a_port_range_from_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    full = ports.server_ports()
-    assert full is not None
-    first = full.start + 100
+    first = _free_block(50)
     monkeypatch.setenv(ports.PORT_RANGE_ENV, f"{first}-{first + 49}")
     given = [free_port() for _ in range(40)]
     assert len(set(given)) == len(given)
