@@ -139,7 +139,11 @@ _SHARED_FIELDS: Final = ("routes", "backends")
 
 def body_digest(text: str) -> str:
     """Hex SHA-256 of a plan body's canonical text (``plan_body_sha256``)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _digest(text.encode())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def recorded_plan(
@@ -166,7 +170,7 @@ def recorded_plan(
     if body_digest(text) != key:
         raise PlanBodyMismatch(str(key), expected)
     whole = {**rest, **json.loads(text)}
-    if hashlib.sha256(_canonical(whole)).hexdigest() != expected:
+    if _digest(_canonical(whole)) != expected:
         raise PlanBodyMismatch(str(key), expected)
     return whole
 
@@ -182,6 +186,8 @@ class _Body:
     text: str
     """The body's canonical text: ``{"backends":…,"routes":…}``."""
     sha256: str
+    size: int
+    """Bytes of ``text`` (UTF-8)."""
 
 
 class _PlanTexts:
@@ -194,22 +200,26 @@ class _PlanTexts:
     def __init__(self) -> None:
         self._bodies: dict[tuple[int, int], _Body] = {}
 
-    def dump(self, plan: Plan) -> tuple[dict[str, Any], _Body]:
-        """``plan.model_dump(mode="json")``, equal in value, its body's lists shared with
-        every plan of the same body; and that body (its canonical texts among them)."""
+    def split(self, plan: Plan) -> tuple[dict[str, Any], _Body]:
+        """``plan.model_dump(mode="json")`` without its body, and that body (serialised
+        once for every plan that shares it)."""
+        rest = plan.model_dump(mode="json", exclude=set(_SHARED_FIELDS))
         key = (id(plan.routes), id(plan.backends))
         body = self._bodies.get(key)
         if body is not None and body.routes is plan.routes and body.backends is plan.backends:
-            dumped = plan.model_dump(mode="json", exclude=set(_SHARED_FIELDS))
-            dumped.update(body.dumped)
-            return dumped, body
-        dumped = plan.model_dump(mode="json")
-        shared = {name: dumped[name] for name in _SHARED_FIELDS}
+            return rest, body
+        shared = plan.model_dump(mode="json", include=set(_SHARED_FIELDS))
         known = {id(value): (value, _text(value)) for value in shared.values()}
         text = _text(shared, known)
-        body = _Body(plan.routes, plan.backends, shared, known, text, body_digest(text))
+        data = text.encode()
+        body = _Body(plan.routes, plan.backends, shared, known, text, _digest(data), len(data))
         self._bodies[key] = body
-        return dumped, body
+        return rest, body
+
+    @staticmethod
+    def digest(rest: dict[str, Any], body: _Body) -> str:
+        """:func:`plan_digest` of the plan split into ``rest`` and ``body``."""
+        return _digest(_text({**rest, **body.dumped}, body.known).encode())
 
 
 def plan_digest(plan: Plan | Any) -> str:
@@ -221,7 +231,7 @@ def plan_digest(plan: Plan | Any) -> str:
         pydantic.ValidationError: ``plan`` is JSON that is not a plan.
     """
     model = plan if isinstance(plan, Plan) else Plan.model_validate(plan)
-    return hashlib.sha256(_canonical(model.model_dump(mode="json"))).hexdigest()
+    return _digest(_canonical(model.model_dump(mode="json")))
 
 
 def replay_digest(result: Any) -> str | None:
@@ -231,7 +241,7 @@ def replay_digest(result: Any) -> str | None:
     try:
         return plan_digest(result)
     except ValidationError:
-        return "invalid:" + hashlib.sha256(_canonical(result)).hexdigest()
+        return "invalid:" + _digest(_canonical(result))
 
 
 def _summary(plan: Plan) -> dict[str, Any]:
@@ -388,14 +398,8 @@ class PlanRecorder:
                 node, self.node_spiffe_id(node.id), kind, plan, None, version, errors(node.id)
             )
             if plan is not None:
-                dumped, body = texts.dump(plan)
-                rest = {k: v for k, v in dumped.items() if k not in _SHARED_FIELDS}
-                item = replace(
-                    item,
-                    digest=hashlib.sha256(_text(dumped, body.known).encode()).hexdigest(),
-                    rest=rest,
-                    body=body,
-                )
+                rest, body = texts.split(plan)
+                item = replace(item, digest=texts.digest(rest, body), rest=rest, body=body)
             items.append(item)
         return items
 
@@ -446,7 +450,7 @@ class PlanRecorder:
         return records
 
     def _keeps(self, body: _Body) -> bool:
-        return len(body.text.encode()) <= self._max_plan_bytes
+        return body.size <= self._max_plan_bytes
 
     def _result(self, result: ReconcileResult, item: _Item) -> dict[str, Any]:
         plan = item.plan
