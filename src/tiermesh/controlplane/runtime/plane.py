@@ -473,10 +473,9 @@ class ControlPlane:
         self._cache.notify_all()
 
     def _resettle(self) -> None:
-        if self._reconciler is not None:
-            reconciler = self._reconciler
-            task = asyncio.create_task(reconciler.reconcile_now(), name="resettle")
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        """:meth:`_reconcile_all`, not awaited."""
+        task = asyncio.create_task(self._reconcile_all(), name="resettle")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def status(self) -> dict[str, Any]:
         """The status document (:mod:`~tiermesh.controlplane.runtime.status`); call on the
