@@ -8,6 +8,7 @@ versions, and the server pushes nothing for them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -71,20 +72,46 @@ class EncodedResource:
         return message
 
 
+_BODY_SERIALS = itertools.count(1)
+"""Serial numbers of encoded SotW bodies, process-wide: each names one body's shared nonce."""
+
+
 @dataclass(frozen=True, slots=True)
 class SotwBody:
     """One SotW response of a snapshot for one subscription, as every stream with that
-    subscription sends it: only the nonce differs per stream.
+    subscription sends it, nonce included.
 
-    ``body`` holds the encoded ``DiscoveryResponse`` fields version, resources (in name
-    order), type URL and one ``ResourceError`` (NOT_FOUND) per subscribed name the
-    snapshot lacks; ``sent`` the names of the resources it carries, ``missing`` those it
+    ``framed`` is the whole encoded ``DiscoveryResponse``: version, resources (in name
+    order), type URL, one ``ResourceError`` (NOT_FOUND) per subscribed name the snapshot
+    lacks, and the nonce ``nonce``. That nonce is shared by every stream that sends this
+    body, so a stream sends ``framed`` as it is instead of copying the body to append a
+    nonce of its own (at 1,000 nodes that copy was 120 KB per node per push). ``serial``
+    orders bodies by when they were encoded: a stream may send the shared nonce only the
+    first time it sends the body (see ``SotwStream``); otherwise it appends its own nonce
+    to ``body``. ``sent`` names the resources the body carries, ``missing`` those it
     reports absent.
     """
 
-    body: bytes
+    framed: bytes
+    body_end: int
+    """``framed[:body_end]`` is the body without the nonce field."""
+    serial: int
     sent: tuple[str, ...]
     missing: frozenset[str]
+
+    @property
+    def nonce(self) -> str:
+        return f"s{self.serial}"
+
+    @property
+    def body(self) -> bytes:
+        return self.framed[: self.body_end]
+
+    @classmethod
+    def frame(cls, body: bytes, sent: tuple[str, ...], missing: frozenset[str]) -> SotwBody:
+        serial = next(_BODY_SERIALS)
+        framed = body + wire.string_field(5, f"s{serial}")
+        return cls(framed, len(body), serial, sent, missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +224,7 @@ class Snapshot:
     def sotw_body(self, type_url: str, names: frozenset[str] | None) -> SotwBody:
         """The SotW response for a subscription to ``names`` of ``type_url`` (None: every
         resource, a wildcard subscription), encoded once per snapshot and subscription and
-        shared by every stream that asks for it (see :class:`SotwBody`). The caller
-        appends the per-stream field (nonce)."""
+        shared by every stream that asks for it, nonce included (see :class:`SotwBody`)."""
         key = (type_url, names)
         body = self._bodies.get(key)
         if body is None:
@@ -209,7 +235,7 @@ class Snapshot:
             else:
                 sent = tuple(sorted(names & type_set.names))
                 missing = names - type_set.names
-            body = SotwBody(
+            body = SotwBody.frame(
                 wire.string_field(1, type_set.version)
                 + b"".join(wire.bytes_field(2, type_set.items[n].any_bytes) for n in sent)
                 + wire.string_field(4, type_url)

@@ -20,6 +20,8 @@ class _TypeState:
     """None: a wildcard subscription (every resource of the type)."""
     sent_nonce: str = ""
     sent_version: str = ""
+    shared_serial: int = 0
+    """The newest shared body (by serial) this stream sent for the type."""
 
 
 def requested_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -91,11 +93,25 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         return out
 
     def _push(self, snapshot: Snapshot, type_url: str, state: _TypeState) -> bytes:
-        nonce = self.next_nonce()
+        """The response for ``type_url``: the shared body with its shared nonce the first
+        time this stream sends that body, else with a nonce of this stream's own.
+
+        A nonce must differ from every nonce this stream sent before for the type (a
+        request echoing an old one is stale). Shared nonces are ``s<serial>`` and a body's
+        serial is newer than every body encoded before it, so a body newer than the last
+        one sent here carries a nonce never sent here; an older or the same body (a
+        snapshot served again, a dependent type re-sent) gets ``s<serial>.<counter>``.
+        """
         shared = snapshot.sotw_body(type_url, state.names)
         if state.names is not None:
             self.note_missing(type_url, shared.missing)
+        if shared.serial > state.shared_serial:
+            state.shared_serial = shared.serial
+            nonce, response = shared.nonce, shared.framed
+        else:
+            nonce = f"{shared.nonce}.{self.next_nonce()}"
+            response = shared.body + wire.string_field(5, nonce)
         state.sent_nonce = nonce
         state.sent_version = snapshot.type_version(type_url)
         self.sent(type_url, state.sent_version, nonce, shared.sent)
-        return shared.body + wire.string_field(5, nonce)
+        return response

@@ -184,6 +184,49 @@ async def test_nodes_sharing_a_key_share_encoded_bodies(served: Served) -> None:
         r1, r2 = await one.recv(), await two.recv()
         assert r1.resources == r2.resources
         assert len(snap._bodies) == 1
+        # Nonce included: each stream sends the shared bytes as they are.
+        assert r1.nonce == r2.nonce
+
+
+async def test_a_body_sent_again_on_a_stream_gets_a_nonce_never_sent_there(
+    served: Served,
+) -> None:
+    """Streams share a body's nonce, but a stream that sends the same body twice (a
+    snapshot served again, a type re-sent on request) must not repeat a nonce: a request
+    echoing the older one would pass for an answer to the newer."""
+    s1, s2 = mesh({"a": 1}), mesh({"a": 1, "b": 2})
+    served.cache.set_snapshot("n1", s1)
+    async with AdsClient(served.target, "n1") as client:
+        nonces = []
+
+        async def ack(response: object) -> None:
+            nonces.append(response.nonce)  # type: ignore[attr-defined]
+            await client.send(
+                type_url=CDS,
+                version_info=response.version_info,  # type: ignore[attr-defined]
+                response_nonce=response.nonce,  # type: ignore[attr-defined]
+            )
+
+        await client.send(type_url=CDS)
+        await ack(await client.recv())
+        served.cache.set_snapshot("n1", s2)
+        await ack(await client.recv())
+        served.cache.set_snapshot("n1", s1)  # the same snapshot object, served again
+        third = await client.recv()
+        assert third.version_info == s1.type_version(CDS)
+        assert third.nonce not in nonces
+        # A NACK echoing the first response's nonce is stale now: not recorded.
+        await client.send(type_url=CDS, version_info="", response_nonce=nonces[0], error="late")
+        await client.expect_nothing()
+        await ack(third)
+        # A new request without a nonce is answered with the same body again.
+        await client.send(type_url=CDS)
+        fourth = await client.recv()
+        assert fourth.nonce not in nonces
+        status = served.ads.status.get("n1")
+        assert status is not None
+        assert status.types[CDS].nack_count == 0
+        assert status.types[CDS].acked_version == s1.type_version(CDS)
 
 
 async def test_a_cluster_push_resends_endpoints_even_when_unchanged(served: Served) -> None:
