@@ -57,6 +57,27 @@ class TypeStatus:
     """Names the client asked for that its snapshot lacks."""
 
 
+@dataclass(slots=True)
+class _TypeRecord:
+    """What the registry keeps of one type of one node: updated in place on every response
+    and every ACK (a frozen :class:`TypeStatus` rebuilt per update cost ~5 µs each, a few
+    percent of a fan-out), copied out frozen for readers."""
+
+    sent_version: str = ""
+    acked_version: str = ""
+    nack_count: int = 0
+    last_nack: NackRecord | None = None
+    missing: frozenset[str] = frozenset()
+
+    def frozen(self) -> TypeStatus:
+        return TypeStatus(
+            self.sent_version, self.acked_version, self.nack_count, self.last_nack, self.missing
+        )
+
+
+_FIELDS = frozenset(TypeStatus.__dataclass_fields__)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     node_id: str
@@ -102,34 +123,36 @@ class StatusRegistry:
     Not thread-safe; used from the server's event loop. Status outlives streams so an
     operator can see a node that disconnected and what it last ACKed. Readers
     (:meth:`get`, :meth:`all`) get frozen copies that later updates leave as they are.
-    Every response and every ACK of every stream updates one type of one node, so an
-    update replaces that one :class:`TypeStatus` and never copies the node's status.
+    Every response and every ACK of every stream updates one type of one node, in place;
+    readers copy.
     """
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeStatus] = {}
         """The node's status as of its latest stream open or close (``types`` unused)."""
-        self._types: dict[str, dict[str, TypeStatus]] = {}
+        self._types: dict[str, dict[str, _TypeRecord]] = {}
         self._changed: dict[str, float] = {}
 
     def get(self, node_id: str) -> NodeStatus | None:
         node = self._nodes.get(node_id)
         if node is None:
             return None
-        return replace(node, types=dict(self._types[node_id]), last_change=self._changed[node_id])
+        types = {t: record.frozen() for t, record in self._types[node_id].items()}
+        return replace(node, types=types, last_change=self._changed[node_id])
 
     def all(self) -> list[NodeStatus]:
         return [status for k in sorted(self._nodes) if (status := self.get(k)) is not None]
 
     def type_status(self, node_id: str, type_url: str) -> TypeStatus | None:
         """``node_id``'s status of ``type_url`` (None: the node or the type is unknown)."""
-        return self._types.get(node_id, {}).get(type_url)
+        record = self._types.get(node_id, {}).get(type_url)
+        return record.frozen() if record is not None else None
 
     def missing(self, node_id: str, type_url: str) -> frozenset[str] | None:
         """The names last recorded missing for ``node_id``'s ``type_url`` (None: never
         recorded)."""
-        status = self.type_status(node_id, type_url)
-        return status.missing if status is not None else None
+        record = self._types.get(node_id, {}).get(type_url)
+        return record.missing if record is not None else None
 
     def stream_opened(self, node: base_pb2.Node, mode: Mode) -> None:
         old = self._nodes.get(node.id)
@@ -153,11 +176,28 @@ class StatusRegistry:
         """Set fields of ``node_id``'s :class:`TypeStatus` for ``type_url``; the new one
         (``KeyError`` for a node that never opened a stream, ``TypeError`` for an unknown
         field)."""
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"TypeStatus has no field {', '.join(sorted(unknown))}")
+        record = self._record(node_id, type_url)
+        for name, value in changes.items():
+            setattr(record, name, value)
+        return record.frozen()
+
+    def mark_sent(self, node_id: str, type_url: str, version: str) -> None:
+        """``update_type(node_id, type_url, sent_version=version)`` without the copy: every
+        response of every stream calls it."""
+        self._record(node_id, type_url).sent_version = version
+
+    def mark_acked(self, node_id: str, type_url: str, version: str) -> None:
+        """``update_type(node_id, type_url, acked_version=version)`` without the copy:
+        every ACK of every stream calls it."""
+        self._record(node_id, type_url).acked_version = version
+
+    def _record(self, node_id: str, type_url: str) -> _TypeRecord:
         types = self._types[node_id]
-        new = replace(types.get(type_url, _NO_STATUS), **changes)  # type: ignore[arg-type]
-        types[type_url] = new
+        record = types.get(type_url)
+        if record is None:
+            record = types[type_url] = _TypeRecord()
         self._changed[node_id] = time.time()
-        return new
-
-
-_NO_STATUS = TypeStatus()
+        return record

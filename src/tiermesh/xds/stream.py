@@ -150,7 +150,12 @@ class StreamBase(Generic[R]):
         raise NotImplementedError
 
     async def run(self, requests: AsyncIterator[R | Undecodable]) -> AsyncIterator[bytes]:
-        """Serve the stream until the client half-closes; responses are encoded bytes."""
+        """Serve the stream until the client half-closes; responses are encoded bytes.
+
+        Requests are handled as they are read (most are ACKs that answer nothing, and
+        handing each to this loop cost a task switch per ACK); what a request answers and
+        every snapshot change reach this loop through one queue, so responses leave in the
+        order they were made."""
         reader = asyncio.create_task(self._read(requests))
         try:
             while True:
@@ -159,12 +164,12 @@ class StreamBase(Generic[R]):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, _Changed):
+                if isinstance(item, list):  # what a request answered
+                    responses: list[bytes] = item
+                else:
                     self._change_pending = False
                     snapshot = self.snapshot()
                     responses = self.on_change(snapshot) if snapshot is not None else []
-                else:
-                    responses = self.on_request(self._accept(item))
                 for response in responses:
                     yield response
         finally:
@@ -174,7 +179,9 @@ class StreamBase(Generic[R]):
     async def _read(self, requests: AsyncIterator[R | Undecodable]) -> None:
         try:
             async for request in requests:
-                self._queue.put_nowait(request)
+                responses = self.on_request(self._accept(request))
+                if responses:
+                    self._queue.put_nowait(responses)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the serving loop, which re-raises it
@@ -251,9 +258,9 @@ class StreamBase(Generic[R]):
         short = typeurls.SHORT_NAMES[type_url]
         status = self.env.status
         if verdict is Verdict.INITIAL and claimed_version:
-            status.update_type(node_id, type_url, acked_version=claimed_version)
+            status.mark_acked(node_id, type_url, claimed_version)
         elif verdict in (Verdict.ACK, Verdict.RESUBSCRIBE):
-            status.update_type(node_id, type_url, acked_version=sent_version)
+            status.mark_acked(node_id, type_url, sent_version)
             _labelled(ACKS, short, self.mode).inc()
             if verdict is Verdict.ACK and (sent_at := self._sent_at.pop(type_url, None)):
                 _labelled(PUSH_ACK, short, self.mode).observe(time.monotonic() - sent_at)
@@ -278,7 +285,7 @@ class StreamBase(Generic[R]):
             log.debug("xds stale nonce node=%s type=%s nonce=%s", node_id, short, nonce)
 
     def sent(self, type_url: str, version: str, nonce: str, names: Sequence[str]) -> None:
-        self.env.status.update_type(self.node_id, type_url, sent_version=version)
+        self.env.status.mark_sent(self.node_id, type_url, version)
         _labelled(PUSHES, typeurls.SHORT_NAMES[type_url], self.mode).inc()
         self._sent_at[type_url] = time.monotonic()
         node_id = self.node_id

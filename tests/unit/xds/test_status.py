@@ -47,3 +47,20 @@ def test_an_unknown_field_is_named() -> None:
     registry.stream_opened(base_pb2.Node(id="n1"), "sotw")
     with pytest.raises(TypeError, match="acked"):
         registry.update_type("n1", typeurls.CLUSTER, acked="v1")
+
+
+def test_the_fast_marks_are_updates_of_one_field() -> None:
+    registry = StatusRegistry()
+    registry.stream_opened(base_pb2.Node(id="n1"), "sotw")
+    registry.update_type("n1", typeurls.CLUSTER, nack_count=2)
+    held = registry.type_status("n1", typeurls.CLUSTER)
+    registry.mark_sent("n1", typeurls.CLUSTER, "v2")
+    registry.mark_acked("n1", typeurls.CLUSTER, "v2")
+    registry.mark_sent("n1", typeurls.ROUTE, "r1")
+    assert held == TypeStatus(nack_count=2)
+    assert registry.type_status("n1", typeurls.CLUSTER) == TypeStatus("v2", "v2", 2)
+    assert registry.type_status("n1", typeurls.ROUTE) == TypeStatus(sent_version="r1")
+    with pytest.raises(TypeError, match="no field colour"):
+        registry.update_type("n1", typeurls.CLUSTER, colour="red")
+    with pytest.raises(KeyError):
+        registry.mark_sent("n2", typeurls.CLUSTER, "v1")
