@@ -2,9 +2,10 @@
 
 Serializing the same resources once per stream would dominate fan-out cost. Protobuf's
 encoding lets a message be the concatenation of its encoded fields in any order, so the
-server keeps each resource's encoded bytes per snapshot and joins them with the few fields
-that differ per stream (nonce, version). Decoding the result with the generated class gives
-exactly the message one would have built field by field.
+server keeps each resource's encoded bytes per snapshot and joins them with the few other
+fields (version, type URL, nonce) once per response body; a stream that must send a body
+with a nonce of its own appends that field. Decoding the result with the generated class
+gives exactly the message one would have built field by field.
 """
 
 from __future__ import annotations
