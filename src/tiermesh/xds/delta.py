@@ -23,6 +23,8 @@ class _TypeState:
     updated as responses are sent)."""
     sent_nonce: str = ""
     sent_version: str = ""
+    shared_serial: int = 0
+    """The newest shared body (by serial) this stream sent for the type."""
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -144,20 +146,22 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         removed: list[str],
     ) -> bytes:
         current = snapshot.encoded(type_url)
-        nonce = self.next_nonce()
         version = snapshot.type_version(type_url)
         for name in updated:
             state.known[name] = current[name].version
         self._rewarm_dependents(type_url, [current[name] for name in updated])
         for name in removed:
             state.known.pop(name, None)
+        # Shared bytes and nonce the first time this stream sends the body, as SotW does
+        # (SotwStream._push says why no nonce is ever repeated).
+        shared = snapshot.delta_body(type_url, tuple(updated), tuple(removed))
+        if shared.serial > state.shared_serial:
+            state.shared_serial = shared.serial
+            nonce, response = shared.nonce, shared.framed
+        else:
+            nonce = f"{shared.nonce}.{self.next_nonce()}"
+            response = shared.body + wire.string_field(5, nonce)
         state.sent_nonce = nonce
         state.sent_version = version
         self.sent(type_url, version, nonce, updated)
-        return (
-            wire.string_field(1, version)
-            + b"".join(wire.bytes_field(2, current[name].delta_bytes) for name in updated)
-            + wire.string_field(4, type_url)
-            + wire.string_field(5, nonce)
-            + b"".join(wire.string_field(6, name) for name in removed)
-        )
+        return response

@@ -22,7 +22,7 @@ from tiermesh.xds import typeurls, wire
 from tiermesh.xds.errors import InconsistentSnapshotError, UnknownTypeUrlError
 from tiermesh.xds.resources import MESSAGE_CLASSES, Reference, references, resource_name
 
-__all__ = ["EncodedResource", "Snapshot", "SotwBody"]
+__all__ = ["DELTA_BODIES", "EncodedResource", "SharedBody", "Snapshot"]
 
 _VERSION_CHARS = 16
 
@@ -72,24 +72,29 @@ class EncodedResource:
         return message
 
 
+DELTA_BODIES = 64
+"""Incremental responses a snapshot keeps for sharing (streams in another state than
+their class's get one of their own)."""
+
 _BODY_SERIALS = itertools.count(1)
 """Serial numbers of encoded SotW bodies, process-wide: each names one body's shared nonce."""
 
 
 @dataclass(frozen=True, slots=True)
-class SotwBody:
-    """One SotW response of a snapshot for one subscription, as every stream with that
-    subscription sends it, nonce included.
+class SharedBody:
+    """One response of a snapshot, as every stream that needs it sends it, nonce included.
 
-    ``framed`` is the whole encoded ``DiscoveryResponse``: version, resources (in name
-    order), type URL, one ``ResourceError`` (NOT_FOUND) per subscribed name the snapshot
-    lacks, and the nonce ``nonce``. That nonce is shared by every stream that sends this
-    body, so a stream sends ``framed`` as it is instead of copying the body to append a
-    nonce of its own (at 1,000 nodes that copy was 120 KB per node per push). ``serial``
-    orders bodies by when they were encoded: a stream may send the shared nonce only the
-    first time it sends the body (see ``SotwStream``); otherwise it appends its own nonce
-    to ``body``. ``sent`` names the resources the body carries, ``missing`` those it
-    reports absent.
+    ``framed`` is the whole encoded response: for SotW (:meth:`Snapshot.sotw_body`) a
+    ``DiscoveryResponse`` (version, resources in name order, type URL, one
+    ``ResourceError`` NOT_FOUND per subscribed name the snapshot lacks), for incremental
+    xDS (:meth:`Snapshot.delta_body`) a ``DeltaDiscoveryResponse``; then the nonce
+    ``nonce``. That nonce is shared by every stream that sends this body, so a stream
+    sends ``framed`` as it is instead of copying the body to append a nonce of its own
+    (at 5,000 nodes that copy was 160 KB per node per push). ``serial`` orders bodies by
+    when they were encoded: a stream may send the shared nonce only the first time it
+    sends the body (see ``SotwStream._push``); otherwise it appends its own nonce to
+    ``body``. ``sent`` names the resources the body carries, ``missing`` those it reports
+    absent (SotW) or removed (incremental).
     """
 
     framed: bytes
@@ -108,7 +113,7 @@ class SotwBody:
         return self.framed[: self.body_end]
 
     @classmethod
-    def frame(cls, body: bytes, sent: tuple[str, ...], missing: frozenset[str]) -> SotwBody:
+    def frame(cls, body: bytes, sent: tuple[str, ...], missing: frozenset[str]) -> SharedBody:
         serial = next(_BODY_SERIALS)
         framed = body + wire.string_field(5, f"s{serial}")
         return cls(framed, len(body), serial, sent, missing)
@@ -134,7 +139,10 @@ class Snapshot:
 
     _types: Mapping[str, _TypeSet]
     version: str
-    _bodies: dict[tuple[str, frozenset[str] | None], SotwBody] = field(
+    _bodies: dict[tuple[str, frozenset[str] | None], SharedBody] = field(
+        default_factory=dict, repr=False
+    )
+    _deltas: dict[tuple[str, tuple[str, ...], tuple[str, ...]], SharedBody] = field(
         default_factory=dict, repr=False
     )
 
@@ -221,10 +229,10 @@ class Snapshot:
         """A decoded copy of one resource; ``KeyError`` if absent."""
         return self._types[type_url].items[name].decode()
 
-    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> SotwBody:
+    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> SharedBody:
         """The SotW response for a subscription to ``names`` of ``type_url`` (None: every
         resource, a wildcard subscription), encoded once per snapshot and subscription and
-        shared by every stream that asks for it, nonce included (see :class:`SotwBody`)."""
+        shared by every stream that asks for it, nonce included (see :class:`SharedBody`)."""
         key = (type_url, names)
         body = self._bodies.get(key)
         if body is None:
@@ -235,7 +243,7 @@ class Snapshot:
             else:
                 sent = tuple(sorted(names & type_set.names))
                 missing = names - type_set.names
-            body = SotwBody.frame(
+            body = SharedBody.frame(
                 wire.string_field(1, type_set.version)
                 + b"".join(wire.bytes_field(2, type_set.items[n].any_bytes) for n in sent)
                 + wire.string_field(4, type_url)
@@ -244,6 +252,35 @@ class Snapshot:
                 missing,
             )
             self._bodies[key] = body
+        return body
+
+    def delta_body(
+        self, type_url: str, updated: tuple[str, ...], removed: tuple[str, ...]
+    ) -> SharedBody:
+        """The incremental response carrying the resources ``updated`` (names of this
+        snapshot's ``type_url``, in that order) and the names ``removed``, nonce
+        included (see :class:`SharedBody`): encoded once per snapshot and pair of name
+        lists for the streams that need the same one (the members of a node class after
+        a push), up to :data:`DELTA_BODIES` pairs per snapshot; beyond them each is
+        encoded for its stream alone."""
+        key = (type_url, updated, removed)
+        body = self._deltas.get(key)
+        if body is None:
+            type_set = self._types[type_url]
+            body = SharedBody.frame(
+                b"".join(
+                    [
+                        wire.string_field(1, type_set.version),
+                        *(wire.bytes_field(2, type_set.items[n].delta_bytes) for n in updated),
+                        wire.string_field(4, type_url),
+                        *(wire.string_field(6, name) for name in removed),
+                    ]
+                ),
+                updated,
+                frozenset(removed),
+            )
+            if len(self._deltas) < DELTA_BODIES:
+                self._deltas[key] = body
         return body
 
 

@@ -143,3 +143,46 @@ async def test_a_resent_cluster_gets_its_endpoints_again(served: Served) -> None
         changed_cds, resent_eds = await client.recv(), await client.recv()
         assert names(changed_cds) == ["a"]
         assert (resent_eds.type_url, names(resent_eds)) == (EDS, ["a"])
+
+
+async def test_streams_of_one_class_share_a_push_and_a_stream_never_repeats_a_nonce(
+    served: Served,
+) -> None:
+    """After a push, the members of a class send one shared response (nonce included);
+    a stream that needs the same response again gets a nonce of its own."""
+    v1 = mesh({"a": 1, "b": 2})
+    for node in ("n1", "n2"):
+        served.cache.set_snapshot(node, v1)
+    async with (
+        AdsClient(served.target, "n1", delta=True) as one,
+        AdsClient(served.target, "n2", delta=True) as two,
+    ):
+        for client in (one, two):
+            await client.send(type_url=EDS, resource_names_subscribe=["a"])
+            first = await client.recv()
+            await client.send(type_url=EDS, response_nonce=first.nonce)
+        v2 = mesh({"a": 11, "b": 2})
+        for node in ("n1", "n2"):
+            served.cache.set_snapshot(node, v2)
+        pushed = [await one.recv(), await two.recv()]
+        assert pushed[0] == pushed[1]  # the same bytes, nonce included
+        assert names(pushed[0]) == ["a"]
+        await one.send(type_url=EDS, response_nonce=pushed[0].nonce)
+        # Unsubscribed and subscribed again: the same resources of the same snapshot.
+        await one.send(type_url=EDS, resource_names_unsubscribe=["a"])
+        empty = await one.recv()  # a request without a nonce is answered, if only so
+        assert not empty.resources
+        await one.send(type_url=EDS, response_nonce=empty.nonce, resource_names_subscribe=["a"])
+        again = await one.recv()
+        assert names(again) == ["a"]
+        assert again.resources == pushed[0].resources
+        assert again.nonce not in (first.nonce, pushed[0].nonce)
+        # A NACK echoing the push's nonce is stale now: not recorded.
+        await one.send(type_url=EDS, response_nonce=pushed[0].nonce, error="late")
+        await one.expect_nothing()
+        await one.send(type_url=EDS, response_nonce=again.nonce)
+        await one.expect_nothing()
+        status = served.ads.status.get("n1")
+        assert status is not None
+        assert status.types[EDS].nack_count == 0
+        assert status.types[EDS].acked_version == v2.type_version(EDS)

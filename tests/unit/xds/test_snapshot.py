@@ -119,3 +119,37 @@ def test_duplicate_names_and_wrong_classes_are_refused() -> None:
 def test_static_clusters_need_no_endpoints() -> None:
     static = cluster_pb2.Cluster(name="s", type=cluster_pb2.Cluster.STATIC)
     assert Snapshot.build(clusters=[static]).names(typeurls.CLUSTER) == frozenset({"s"})
+
+
+def test_a_body_is_framed_with_its_shared_nonce() -> None:
+    snap = mesh({"a": 1})
+    shared = snap.sotw_body(typeurls.CLUSTER, None)
+    response = discovery_pb2.DiscoveryResponse.FromString(shared.framed)
+    assert response.nonce == shared.nonce == f"s{shared.serial}"
+    assert shared.framed.startswith(shared.body)
+    assert discovery_pb2.DiscoveryResponse.FromString(shared.body).nonce == ""
+    later = mesh({"a": 1}).sotw_body(typeurls.CLUSTER, None)
+    assert later.serial > shared.serial
+
+
+def test_incremental_bodies_decode_and_are_shared_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    snap = mesh({"a": 1, "b": 2, "c": 3})
+    shared = snap.delta_body(typeurls.ENDPOINT, ("b", "a"), ("gone",))
+    response = discovery_pb2.DeltaDiscoveryResponse.FromString(shared.framed)
+    assert response.type_url == typeurls.ENDPOINT
+    assert response.system_version_info == snap.type_version(typeurls.ENDPOINT)
+    assert [r.name for r in response.resources] == ["b", "a"]
+    assert [r.version for r in response.resources] == [
+        snap.encoded(typeurls.ENDPOINT)[n].version for n in ("b", "a")
+    ]
+    assert list(response.removed_resources) == ["gone"]
+    assert response.nonce == shared.nonce
+    assert snap.delta_body(typeurls.ENDPOINT, ("b", "a"), ("gone",)) is shared
+    assert snap.delta_body(typeurls.ENDPOINT, ("a", "b"), ("gone",)) is not shared
+    # Past the bound a body is still right, only no longer kept.
+    monkeypatch.setattr("tiermesh.xds.snapshot.DELTA_BODIES", 2)
+    extra = snap.delta_body(typeurls.ENDPOINT, ("c",), ())
+    assert snap.delta_body(typeurls.ENDPOINT, ("c",), ()) is not extra
+    assert snap.delta_body(typeurls.ENDPOINT, ("c",), ()).body == extra.body
