@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tiermesh.xds import typeurls, wire
+from tiermesh.xds import typeurls
 from tiermesh.xds.ackstate import Verdict, classify
 from tiermesh.xds.snapshot import EncodedResource, Snapshot
 from tiermesh.xds.stream import ServicerContext, StreamBase, StreamEnv
@@ -152,15 +152,9 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         self._rewarm_dependents(type_url, [current[name] for name in updated])
         for name in removed:
             state.known.pop(name, None)
-        # Shared bytes and nonce the first time this stream sends the body, as SotW does
-        # (SotwStream._push says why no nonce is ever repeated).
         shared = snapshot.delta_body(type_url, tuple(updated), tuple(removed))
-        if shared.serial > state.shared_serial:
-            state.shared_serial = shared.serial
-            nonce, response = shared.nonce, shared.framed
-        else:
-            nonce = f"{shared.nonce}.{self.next_nonce()}"
-            response = shared.body + wire.string_field(5, nonce)
+        nonce, response = self.framed(shared, state.shared_serial)
+        state.shared_serial = max(state.shared_serial, shared.serial)
         state.sent_nonce = nonce
         state.sent_version = version
         self.sent(type_url, version, nonce, updated)

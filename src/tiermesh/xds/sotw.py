@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tiermesh.xds import typeurls, wire
+from tiermesh.xds import typeurls
 from tiermesh.xds.ackstate import Verdict, classify
 from tiermesh.xds.snapshot import Snapshot
 from tiermesh.xds.stream import ServicerContext, StreamBase, StreamEnv
@@ -93,24 +93,11 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         return out
 
     def _push(self, snapshot: Snapshot, type_url: str, state: _TypeState) -> bytes:
-        """The response for ``type_url``: the shared body with its shared nonce the first
-        time this stream sends that body, else with a nonce of this stream's own.
-
-        A nonce must differ from every nonce this stream sent before for the type (a
-        request echoing an old one is stale). Shared nonces are ``s<serial>`` and a body's
-        serial is newer than every body encoded before it, so a body newer than the last
-        one sent here carries a nonce never sent here; an older or the same body (a
-        snapshot served again, a dependent type re-sent) gets ``s<serial>.<counter>``.
-        """
         shared = snapshot.sotw_body(type_url, state.names)
         if state.names is not None:
             self.note_missing(type_url, shared.missing)
-        if shared.serial > state.shared_serial:
-            state.shared_serial = shared.serial
-            nonce, response = shared.nonce, shared.framed
-        else:
-            nonce = f"{shared.nonce}.{self.next_nonce()}"
-            response = shared.body + wire.string_field(5, nonce)
+        nonce, response = self.framed(shared, state.shared_serial)
+        state.shared_serial = max(state.shared_serial, shared.serial)
         state.sent_nonce = nonce
         state.sent_version = snapshot.type_version(type_url)
         self.sent(type_url, state.sent_version, nonce, shared.sent)

@@ -22,11 +22,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from prometheus_client.metrics import MetricWrapperBase
 
-from tiermesh.xds import typeurls
+from tiermesh.xds import typeurls, wire
 from tiermesh.xds.ackstate import Verdict
 from tiermesh.xds.cache import SnapshotSource
 from tiermesh.xds.errors import InvalidRequestError, NodeNotAuthorizedError, UnknownTypeUrlError
-from tiermesh.xds.snapshot import Snapshot
+from tiermesh.xds.snapshot import SharedBody, Snapshot
 from tiermesh.xds.status import (
     ACKS,
     NACKS,
@@ -139,6 +139,23 @@ class StreamBase(Generic[R]):
     def next_nonce(self) -> str:
         self._nonce += 1
         return str(self._nonce)
+
+    def framed(self, shared: SharedBody, newest_sent: int) -> tuple[str, bytes]:
+        """(nonce, response) for sending ``shared`` on this stream, whose newest shared
+        body sent for the type so far has serial ``newest_sent``: the shared bytes and
+        nonce the first time the stream sends that body, else the body with a nonce of
+        this stream's own.
+
+        A nonce must differ from every nonce this stream sent before for the type (a
+        request echoing an old one is stale). Shared nonces are ``s<serial>`` and a body's
+        serial is newer than every body encoded before it, so a body newer than the last
+        one sent here carries a nonce never sent here; an older or the same body (a
+        snapshot served again, a type re-sent) gets ``s<serial>.<counter>``.
+        """
+        if shared.serial > newest_sent:
+            return shared.nonce, shared.framed
+        nonce = f"{shared.nonce}.{self.next_nonce()}"
+        return nonce, shared.body + wire.string_field(5, nonce)
 
     def snapshot(self) -> Snapshot | None:
         return self.env.source.get_snapshot(self.key)
