@@ -369,8 +369,9 @@ def wanted(cache: SnapshotCache, nodes: Sequence[str]) -> dict[str, dict[str, st
 
 
 @contextlib.contextmanager
-def client_workers(count: int, nodes: int, port: int, timeout_s: float) -> Iterator[None]:
-    """``count`` worker processes running nodes 0..nodes-1 against ``port``."""
+def client_workers(count: int, nodes: int, port: int, timeout_s: float) -> Iterator[CpuMeter]:
+    """``count`` worker processes running nodes 0..nodes-1 against ``port``; yields a
+    meter of this process's CPU and theirs."""
     ctx = mp.get_context("spawn")
     processes: list[BaseProcess] = []
     conns: list[Connection] = []
@@ -394,7 +395,7 @@ def client_workers(count: int, nodes: int, port: int, timeout_s: float) -> Itera
                 raise RuntimeError("a client worker did not start")
         for conn in conns:
             conn.send(("go", f"127.0.0.1:{port}"))
-        yield
+        yield CpuMeter([psutil.Process(p.pid) for p in processes if p.pid is not None])
     finally:
         for conn in conns:
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -404,6 +405,21 @@ def client_workers(count: int, nodes: int, port: int, timeout_s: float) -> Itera
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+
+
+class CpuMeter:
+    """CPU seconds used so far by this process (the control plane: reconciler, etcd
+    client and ADS server) and by the client workers (the simulated Envoys)."""
+
+    def __init__(self, clients: list[psutil.Process]) -> None:
+        self._clients = clients
+
+    def read(self) -> tuple[float, float]:
+        clients = 0.0
+        for process in self._clients:
+            times = process.cpu_times()
+            clients += times.user + times.system
+        return time.process_time(), clients
 
 
 # --------------------------------------------------------------------------- one fleet size
@@ -417,6 +433,8 @@ class Numbers:
     connect_s: float = 0.0
     push: list[dict[str, float]] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
+    bare_cpu: list[tuple[float, float]] = field(default_factory=list)
+    """Per bare round: (control-plane CPU s, client CPU s)."""
     joins: list[dict[str, float]] = field(default_factory=list)
     new_class_join: dict[str, float] = field(default_factory=dict)
     health: dict[str, float] = field(default_factory=dict)
@@ -439,9 +457,11 @@ async def push_round(
     revision: int,
     ids: Sequence[str],
     timeout_s: float,
+    meter: CpuMeter,
 ) -> tuple[int, dict[str, float]]:
     before = reconciler.reconcile_count
     STAGES.reset()
+    cpu0 = meter.read()
     began = time.perf_counter()
     pushed = await store.push_bundle(files, expected_revision=revision)
     cas = time.perf_counter()
@@ -455,7 +475,10 @@ async def push_round(
     tracker.arm(wanted(cache, ids), since=cas)
     async with asyncio.timeout(timeout_s):
         await tracker.done.wait()
+    cpu1 = meter.read()
     row = {
+        "server cpu": cpu1[0] - cpu0[0],
+        "client cpu": cpu1[1] - cpu0[1],
         "cas": cas - began,
         "set": set_at - began,
         "acked": tracker.done_at - began,
@@ -474,14 +497,19 @@ async def bare_round(
     tracker: AckTracker,
     snapshots: dict[str, Snapshot],
     timeout_s: float,
-) -> float:
+    meter: CpuMeter,
+) -> tuple[float, tuple[float, float]]:
+    """Seconds from the first ``set_snapshot`` to the last ACK, and the (control-plane,
+    client) CPU seconds used meanwhile."""
+    cpu0 = meter.read()
     began = time.perf_counter()
     for node, snapshot in snapshots.items():
         cache.set_snapshot(node, snapshot)
     tracker.arm({n: {t: s.type_version(t) for t in TYPES} for n, s in snapshots.items()})
     async with asyncio.timeout(timeout_s):
         await tracker.done.wait()
-    return tracker.done_at - began
+    cpu1 = meter.read()
+    return tracker.done_at - began, (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
 
 
 async def join(
@@ -587,7 +615,7 @@ async def scenario(server: EtcdServer, fleet: Fleet, args: argparse.Namespace) -
             raise SystemExit(f"the bench's first push was refused: {problems}")
         numbers.distinct_snapshots = len({id(cache.get_snapshot(n)) for n in ids})
         rss_before = psutil.Process().memory_info().rss
-        with client_workers(args.workers, fleet.nodes, port, timeout_s * 4):
+        with client_workers(args.workers, fleet.nodes, port, timeout_s * 4) as meter:
             began = time.perf_counter()
             tracker.arm(wanted(cache, ids))
             async with asyncio.timeout(timeout_s * 2):
@@ -604,19 +632,21 @@ async def scenario(server: EtcdServer, fleet: Fleet, args: argparse.Namespace) -
             for _ in range(args.rounds):
                 revision, row = await push_round(
                     store, reconciler, cache, tracker, bundle(fleet, variant), revision, ids,
-                    timeout_s,
+                    timeout_s, meter,
                 )  # fmt: skip
                 numbers.push.append(row)
                 variant += 1
                 snapshots = precompute(fleet, bundle(fleet, variant), bare_compiler)
-                numbers.bare.append(await bare_round(cache, tracker, snapshots, timeout_s))
+                bare_s, bare_cpu = await bare_round(cache, tracker, snapshots, timeout_s, meter)
+                numbers.bare.append(bare_s)
+                numbers.bare_cpu.append(bare_cpu)
                 variant += 1
                 print(f"  {fleet.nodes} nodes: push {row['acked']:.3f} s, bare "
                       f"{numbers.bare[-1]:.3f} s", flush=True)  # fmt: skip
             # The bare rounds bypassed the reconciler: bring it back in line.
             revision, _ = await push_round(
                 store, reconciler, cache, tracker, bundle(fleet, variant), revision, ids,
-                timeout_s,
+                timeout_s, meter,
             )  # fmt: skip
             for j in range(args.joins):
                 known = fleet.node(j)  # a class already planned
@@ -788,6 +818,27 @@ def report(
             f"| {n.nodes} | {n.classes + 0} classes + local nodes / {n.distinct_snapshots} "
             f"| {_mm(acked)} | {_mm(n.bare)} | {ratio:.2f} | "
             f"{_mm([r['reconcile'] for r in n.push])} | {verdict} |"
+        )
+    lines += [
+        "",
+        "CPU per node of a push and of the bare fan-out (µs, median over rounds): the",
+        "control plane's process (reconciler, etcd client, ADS server: what a deployment",
+        "pays per node and push) and the simulated clients' processes (what only this",
+        "one-machine bench pays: real Envoys run elsewhere), from the CAS (the first",
+        "`set_snapshot` for the bare fan-out) to the last ACK:",
+        "",
+        "| nodes | push: control plane | push: clients | bare: server | bare: clients |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in results:
+
+        def per_node(seconds: Sequence[float], nodes: int = n.nodes) -> str:
+            return f"{1e6 * _med(seconds) / nodes:.0f}" if seconds else "n/a"
+
+        lines.append(
+            f"| {n.nodes} | {per_node([r['server cpu'] for r in n.push])} "
+            f"| {per_node([r['client cpu'] for r in n.push])} "
+            f"| {per_node([c[0] for c in n.bare_cpu])} | {per_node([c[1] for c in n.bare_cpu])} |"
         )
     if args.record_plans:
         lines += [
