@@ -22,7 +22,7 @@ from tiermesh.xds import typeurls, wire
 from tiermesh.xds.errors import InconsistentSnapshotError, UnknownTypeUrlError
 from tiermesh.xds.resources import MESSAGE_CLASSES, Reference, references, resource_name
 
-__all__ = ["DELTA_BODIES", "EncodedResource", "SharedBody", "Snapshot"]
+__all__ = ["DELTA_BODIES", "DELTA_BODY_BYTES", "EncodedResource", "SharedBody", "Snapshot"]
 
 _VERSION_CHARS = 16
 
@@ -74,10 +74,14 @@ class EncodedResource:
 
 DELTA_BODIES = 64
 """Incremental responses a snapshot keeps for sharing (streams in another state than
-their class's get one of their own)."""
+their class's get one of their own)..."""
+
+DELTA_BODY_BYTES = 64 * 1024 * 1024
+"""...and the most bytes they may hold together (a 16 000-route table is 10 MB)."""
 
 _BODY_SERIALS = itertools.count(1)
-"""Serial numbers of encoded SotW bodies, process-wide: each names one body's shared nonce."""
+"""Serial numbers of encoded response bodies, process-wide: each names one body's shared
+nonce."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +96,7 @@ class SharedBody:
     sends ``framed`` as it is instead of copying the body to append a nonce of its own
     (at 5,000 nodes that copy was 160 KB per node per push). ``serial`` orders bodies by
     when they were encoded: a stream may send the shared nonce only the first time it
-    sends the body (see ``SotwStream._push``); otherwise it appends its own nonce to
+    sends the body (see ``StreamBase.framed``); otherwise it appends its own nonce to
     ``body``. ``sent`` names the resources the body carries, ``missing`` those it reports
     absent (SotW) or removed (incremental).
     """
@@ -261,8 +265,8 @@ class Snapshot:
         snapshot's ``type_url``, in that order) and the names ``removed``, nonce
         included (see :class:`SharedBody`): encoded once per snapshot and pair of name
         lists for the streams that need the same one (the members of a node class after
-        a push), up to :data:`DELTA_BODIES` pairs per snapshot; beyond them each is
-        encoded for its stream alone."""
+        a push), up to :data:`DELTA_BODIES` pairs and :data:`DELTA_BODY_BYTES` per
+        snapshot; beyond them each is encoded for its stream alone."""
         key = (type_url, updated, removed)
         body = self._deltas.get(key)
         if body is None:
@@ -279,7 +283,8 @@ class Snapshot:
                 updated,
                 frozenset(removed),
             )
-            if len(self._deltas) < DELTA_BODIES:
+            held = sum(len(kept.framed) for kept in self._deltas.values())
+            if len(self._deltas) < DELTA_BODIES and held + len(body.framed) <= DELTA_BODY_BYTES:
                 self._deltas[key] = body
         return body
 

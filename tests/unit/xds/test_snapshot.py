@@ -148,8 +148,13 @@ def test_incremental_bodies_decode_and_are_shared_up_to_a_bound(
     assert response.nonce == shared.nonce
     assert snap.delta_body(typeurls.ENDPOINT, ("b", "a"), ("gone",)) is shared
     assert snap.delta_body(typeurls.ENDPOINT, ("a", "b"), ("gone",)) is not shared
-    # Past the bound a body is still right, only no longer kept.
+    # Past the bounds a body is still right, only no longer kept.
     monkeypatch.setattr("tiermesh.xds.snapshot.DELTA_BODIES", 2)
     extra = snap.delta_body(typeurls.ENDPOINT, ("c",), ())
     assert snap.delta_body(typeurls.ENDPOINT, ("c",), ()) is not extra
     assert snap.delta_body(typeurls.ENDPOINT, ("c",), ()).body == extra.body
+    other = mesh({"a": 1, "b": 2})
+    monkeypatch.setattr("tiermesh.xds.snapshot.DELTA_BODY_BYTES", 1)
+    big = other.delta_body(typeurls.ENDPOINT, ("a",), ())
+    assert other.delta_body(typeurls.ENDPOINT, ("a",), ()) is not big
+    assert other.delta_body(typeurls.ENDPOINT, ("a",), ()).body == big.body
