@@ -105,12 +105,10 @@ class SharedBody:
     body_end: int
     """``framed[:body_end]`` is the body without the nonce field."""
     serial: int
+    nonce: str
+    """``s<serial>``, the nonce ``framed`` ends with."""
     sent: tuple[str, ...]
     missing: frozenset[str]
-
-    @property
-    def nonce(self) -> str:
-        return f"s{self.serial}"
 
     @property
     def body(self) -> bytes:
@@ -119,8 +117,8 @@ class SharedBody:
     @classmethod
     def frame(cls, body: bytes, sent: tuple[str, ...], missing: frozenset[str]) -> SharedBody:
         serial = next(_BODY_SERIALS)
-        framed = body + wire.string_field(5, f"s{serial}")
-        return cls(framed, len(body), serial, sent, missing)
+        nonce = f"s{serial}"
+        return cls(body + wire.string_field(5, nonce), len(body), serial, nonce, sent, missing)
 
 
 @dataclass(frozen=True, slots=True)
