@@ -69,12 +69,14 @@ os-deps:
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on
 # 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
-# The gateway benchmark drives load with wrk against an nginx upstream.
+# The gateway benchmark drives load with wrk against an nginx upstream; the fleet benchmark
+# simulates its Envoys with a C++ ADS client built on gRPC's C++ library.
 bench-os-deps:
-	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then \
-		echo "installing OS packages for benchmarks: wrk nginx"; \
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
+		|| ! command -v g++ >/dev/null 2>&1 || ! pkg-config --exists grpc++ 2>/dev/null; then \
+		echo "installing OS packages for benchmarks: wrk nginx g++ pkg-config libgrpc++-dev"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk nginx >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk nginx g++ pkg-config libgrpc++-dev >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml uv.lock requirements/bootstrap.txt requirements/opa.txt requirements/demo.txt

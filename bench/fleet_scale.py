@@ -81,6 +81,7 @@ from _fanout_client import (  # noqa: E402
     run_sotw,
     worker_main,
 )
+from _native_clients import native_clients  # noqa: E402
 from tiermesh.controlplane.api import NodeInfo, usage_month  # noqa: E402
 from tiermesh.controlplane.audit import AuditStore, PlanRecorder  # noqa: E402
 from tiermesh.controlplane.bundle import BundleOutcome, evaluate_bundle  # noqa: E402
@@ -114,6 +115,10 @@ TIERS = ("local", "private", "cloud")
 REGIONS = ("eu-west", "us-east", "ap-south")
 RESIDENCIES: tuple[tuple[str, ...], ...] = (("eu",), ())
 PUSH_TARGET_S = {1000: 1.0, 5000: 3.0}
+CLIENT_KINDS = {
+    "native": "C++ on gRPC's C++ library, `bench/native/ads_client.cc`",
+    "python": "Python on grpc.aio, `bench/_fanout_client.py`",
+}
 JOIN_TARGET_S = 0.1
 MESSAGE_LIMIT = 64 * 1024 * 1024
 """gRPC message limit of the bench's ADS server (both directions)."""
@@ -369,9 +374,16 @@ def wanted(cache: SnapshotCache, nodes: Sequence[str]) -> dict[str, dict[str, st
 
 
 @contextlib.contextmanager
-def client_workers(count: int, nodes: int, port: int, timeout_s: float) -> Iterator[CpuMeter]:
-    """``count`` worker processes running nodes 0..nodes-1 against ``port``; yields a
-    meter of this process's CPU and theirs."""
+def client_workers(
+    count: int, nodes: int, port: int, timeout_s: float, kind: str = "native"
+) -> Iterator[CpuMeter]:
+    """``count`` worker processes running nodes 0..nodes-1 against ``port``, in C++
+    (``kind="native"``, ``bench/native/ads_client.cc``) or Python (``_fanout_client``);
+    yields a meter of this process's CPU and theirs."""
+    if kind == "native":
+        with native_clients(count, nodes, port, timeout_s) as processes:
+            yield CpuMeter(processes)
+        return
     ctx = mp.get_context("spawn")
     processes: list[BaseProcess] = []
     conns: list[Connection] = []
@@ -606,77 +618,86 @@ async def scenario(server: EtcdServer, fleet: Fleet, args: argparse.Namespace) -
             recording.reconciler = reconciler
         bare_compiler = bench_compiler()
         await reconciler.start()
-        revision = (await store.push_bundle(bundle(fleet, 0), expected_revision=0)).revision
-        first = await reconciler.wait_for(lambda r: r.bundle_revision == revision, timeout_s=300)
-        if not first.ok:  # stop here: a reconciler left running retries its watches forever
-            await reconciler.aclose()
-            await grpc_server.stop(None)
-            problems = "; ".join(str(e) for e in first.errors[:3])
-            raise SystemExit(f"the bench's first push was refused: {problems}")
-        numbers.distinct_snapshots = len({id(cache.get_snapshot(n)) for n in ids})
-        rss_before = psutil.Process().memory_info().rss
-        with client_workers(args.workers, fleet.nodes, port, timeout_s * 4) as meter:
-            began = time.perf_counter()
-            tracker.arm(wanted(cache, ids))
-            async with asyncio.timeout(timeout_s * 2):
-                await tracker.done.wait()
-            numbers.connect_s = tracker.done_at - began
-            await asyncio.sleep(2.0)
-            numbers.rss_per_node = (psutil.Process().memory_info().rss - rss_before) / fleet.nodes
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            await asyncio.sleep(args.idle_s)
-            numbers.idle_cpu_pct = (
-                100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        try:
+            revision = (await store.push_bundle(bundle(fleet, 0), expected_revision=0)).revision
+            first = await reconciler.wait_for(
+                lambda r: r.bundle_revision == revision, timeout_s=300
             )
-            variant = 1
-            for _ in range(args.rounds):
-                revision, row = await push_round(
+            if not first.ok:
+                problems = "; ".join(str(e) for e in first.errors[:3])
+                raise SystemExit(f"the bench's first push was refused: {problems}")
+            numbers.distinct_snapshots = len({id(cache.get_snapshot(n)) for n in ids})
+            rss_before = psutil.Process().memory_info().rss
+            clients = client_workers(args.workers, fleet.nodes, port, timeout_s * 4, args.clients)
+            with clients as meter:
+                began = time.perf_counter()
+                tracker.arm(wanted(cache, ids))
+                async with asyncio.timeout(timeout_s * 2):
+                    await tracker.done.wait()
+                numbers.connect_s = tracker.done_at - began
+                await asyncio.sleep(2.0)
+                numbers.rss_per_node = (
+                    psutil.Process().memory_info().rss - rss_before
+                ) / fleet.nodes
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                await asyncio.sleep(args.idle_s)
+                numbers.idle_cpu_pct = (
+                    100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+                )
+                variant = 1
+                for _ in range(args.rounds):
+                    revision, row = await push_round(
+                        store, reconciler, cache, tracker, bundle(fleet, variant), revision, ids,
+                        timeout_s, meter,
+                    )  # fmt: skip
+                    numbers.push.append(row)
+                    variant += 1
+                    snapshots = precompute(fleet, bundle(fleet, variant), bare_compiler)
+                    bare_s, bare_cpu = await bare_round(cache, tracker, snapshots, timeout_s, meter)
+                    numbers.bare.append(bare_s)
+                    numbers.bare_cpu.append(bare_cpu)
+                    variant += 1
+                    print(f"  {fleet.nodes} nodes: push {row['acked']:.3f} s, bare "
+                          f"{numbers.bare[-1]:.3f} s", flush=True)  # fmt: skip
+                # The bare rounds bypassed the reconciler: bring it back in line.
+                revision, _ = await push_round(
                     store, reconciler, cache, tracker, bundle(fleet, variant), revision, ids,
                     timeout_s, meter,
                 )  # fmt: skip
-                numbers.push.append(row)
-                variant += 1
-                snapshots = precompute(fleet, bundle(fleet, variant), bare_compiler)
-                bare_s, bare_cpu = await bare_round(cache, tracker, snapshots, timeout_s, meter)
-                numbers.bare.append(bare_s)
-                numbers.bare_cpu.append(bare_cpu)
-                variant += 1
-                print(f"  {fleet.nodes} nodes: push {row['acked']:.3f} s, bare "
-                      f"{numbers.bare[-1]:.3f} s", flush=True)  # fmt: skip
-            # The bare rounds bypassed the reconciler: bring it back in line.
-            revision, _ = await push_round(
-                store, reconciler, cache, tracker, bundle(fleet, variant), revision, ids,
-                timeout_s, meter,
-            )  # fmt: skip
-            for j in range(args.joins):
-                known = fleet.node(j)  # a class already planned
-                joiner = NodeInfo(
-                    id=node_id(fleet.nodes + j),
-                    tier=known.tier,
-                    region=known.region,
-                    residency=known.residency,
+                for j in range(args.joins):
+                    known = fleet.node(j)  # a class already planned
+                    joiner = NodeInfo(
+                        id=node_id(fleet.nodes + j),
+                        tier=known.tier,
+                        region=known.region,
+                        residency=known.residency,
+                    )
+                    numbers.joins.append(
+                        await join(store, reconciler, cache, port, joiner, timeout_s)
+                    )
+                novel = NodeInfo(id=node_id(fleet.nodes + 500), tier="private", region="sa-east")
+                numbers.new_class_join = await join(
+                    store, reconciler, cache, port, novel, timeout_s
                 )
-                numbers.joins.append(await join(store, reconciler, cache, port, joiner, timeout_s))
-            novel = NodeInfo(id=node_id(fleet.nodes + 500), tier="private", region="sa-east")
-            numbers.new_class_join = await join(store, reconciler, cache, port, novel, timeout_s)
-            host = fleet.node(min(fleet.local_indexes())) if fleet.local_nodes else infos[0]
-            before = reconciler.reconcile_count
-            await store.update_node(leases[host.id], registration(host, healthy=False))
-            health = await wait_result(reconciler, before, timeout_s)
-            numbers.health = {
-                "reconcile": health.duration_s,
-                "published": float(len(health.published)),
-            }
-            before = reconciler.reconcile_count
-            month = usage_month(dt.datetime.now(dt.UTC))
-            await store.add_usage("acme", month=month, cost_micro=10**12)
-            budget = await wait_result(reconciler, before, timeout_s)
-            numbers.budget = {
-                "reconcile": budget.duration_s,
-                "published": float(len(budget.published)),
-            }
-        await reconciler.aclose()
-        await grpc_server.stop(None)
+                host = fleet.node(min(fleet.local_indexes())) if fleet.local_nodes else infos[0]
+                before = reconciler.reconcile_count
+                await store.update_node(leases[host.id], registration(host, healthy=False))
+                health = await wait_result(reconciler, before, timeout_s)
+                numbers.health = {
+                    "reconcile": health.duration_s,
+                    "published": float(len(health.published)),
+                }
+                before = reconciler.reconcile_count
+                month = usage_month(dt.datetime.now(dt.UTC))
+                await store.add_usage("acme", month=month, cost_micro=10**12)
+                budget = await wait_result(reconciler, before, timeout_s)
+                numbers.budget = {
+                    "reconcile": budget.duration_s,
+                    "published": float(len(budget.published)),
+                }
+        finally:
+            await reconciler.aclose()
+            await grpc_server.stop(None)
     return numbers
 
 
@@ -784,8 +805,8 @@ def report(
         "One process: etcd (loopback), EtcdStore, the reconciler with the real compiler",
         "(`default_compiler`: plan -> mesh model -> generators -> verifier, every snapshot",
         f"verified; health- and plan-aware; `freeze_heap={args.freeze_heap}`) and the ADS server;",
-        f"{args.workers} client worker processes run",
-        "one SotW ADS stream per node,",
+        f"{args.workers} client worker processes ({CLIENT_KINDS[args.clients]}) run",
+        "one SotW ADS stream per node, each on its own connection,",
         "subscribing as Envoy does to CDS, EDS, LDS and RDS and ACKing every response.",
         f"Fleet: node i of class i mod {args.classes} among (tier, region, residency);",
         f"{args.local_nodes} nodes host a local backend of their own (a class each).",
@@ -941,7 +962,8 @@ def report(
         f"after it {os.getloadavg()[0]:.2f}. "
         "Command: `.venv/bin/python bench/fleet_scale.py "
         f"--nodes {args.nodes} --classes {args.classes} --local-nodes {args.local_nodes} "
-        f"--rounds {args.rounds} --joins {args.joins} --workers {args.workers}"
+        f"--rounds {args.rounds} --joins {args.joins} --workers {args.workers} "
+        f"--clients {args.clients}"
         f"{'' if args.freeze_heap else ' --no-freeze-heap'}"
         f"{' --record-plans' if args.record_plans else ''}`.",
         "",
@@ -969,6 +991,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--clients",
+        choices=("native", "python"),
+        default="native",
+        help="simulated Envoys in C++ (gRPC's C++ library) or Python (grpc.aio)",
+    )
     parser.add_argument("--debounce", type=float, default=0.01)
     parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=120.0)

@@ -1,0 +1,98 @@
+"""Simulated Envoy ADS clients in native code (``bench/native/ads_client.cc``) for the
+fleet benchmarks: build once, run K processes, stop them.
+
+The C++ client uses gRPC's C++ library (Debian's ``libgrpc++-dev``, what ``make bench``
+installs) and does on the wire what ``bench/_fanout_client.py`` does in Python (SotW, all
+four types, as Envoy subscribes, every response ACKed) at a fraction of its CPU, so that
+on this 2-core machine the simulated fleet takes less of the CPU the control plane is
+measured on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "native" / "ads_client.cc"
+BUILD = HERE / "native" / ".build"
+BINARY = BUILD / "ads_client"
+PACKAGES = "g++ pkg-config libgrpc++-dev"
+
+
+def build() -> Path:
+    """The client binary, compiled when missing or older than its source (~5 s)."""
+    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return BINARY
+    if shutil.which("g++") is None or shutil.which("pkg-config") is None:
+        raise SystemExit(f"the native ADS client needs the OS packages {PACKAGES}")
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "grpc++"], check=False, capture_output=True, text=True
+    )
+    if flags.returncode != 0:
+        raise SystemExit(
+            f"the native ADS client needs gRPC's C++ library: {flags.stderr.strip()} "
+            f"(OS packages {PACKAGES})"
+        )
+    BUILD.mkdir(parents=True, exist_ok=True)
+    partial = BINARY.with_suffix(".partial")
+    command = ["g++", "-O2", "-std=c++17", "-o", str(partial), str(SOURCE)]
+    command += shlex.split(flags.stdout)
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+    partial.replace(BINARY)
+    return BINARY
+
+
+@contextlib.contextmanager
+def native_clients(
+    count: int, nodes: int, port: int, timeout_s: float
+) -> Iterator[list[psutil.Process]]:
+    """``count`` client processes running nodes 0..nodes-1 (node i in process i mod count)
+    against ``port``; yields them once every stream is started. On exit each is told to
+    stop (its standard input closes), and is killed if it has not gone within 10 s."""
+    binary = build()
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        for w in range(count):
+            share = len(range(w, nodes, count))
+            argv = [str(binary), f"127.0.0.1:{port}", str(w), str(count), str(share)]
+            processes.append(
+                subprocess.Popen(
+                    [*argv, str(timeout_s)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line.startswith("started") or time.monotonic() > deadline:
+                raise RuntimeError(f"a native ADS client did not start: {line!r}")
+        yield [psutil.Process(p.pid) for p in processes]
+    finally:
+        for process in processes:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+            assert process.stdout is not None
+            out = process.stdout.read()
+            failures = out.split()[2:3] if out.startswith("done") else []
+            if failures and failures[0] != "0":
+                print(f"  native client {process.pid}: {out.strip()} (streams failed)")
