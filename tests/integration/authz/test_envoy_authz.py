@@ -110,7 +110,10 @@ def test_every_answered_request_has_a_durable_record_without_prompt_text(
     records = {str(s.record.decision_id): s.record for s in read_spool(authz_mesh.spool)}
     assert set(ids) <= set(records)
     text = json.dumps([records[i].model_dump(mode="json") for i in ids if i])
-    for secret in ("jane.doe", "example.com", "4111", "Refund", "Fermat", "clean question"):
+    # The card number as sent and as digits alone: a bare "4111" also turns up by chance in
+    # the records' hashes and signatures (hex and base64), about one run in a few dozen.
+    secrets = ("jane.doe", "example.com", "4111 1111", "4111111111111111", "Refund", "Fermat")
+    for secret in (*secrets, "clean question"):
         assert secret not in text
     by_id = {i: records[i] for i in ids if i}
     email_record = by_id[ids[1]]  # type: ignore[index]
