@@ -703,6 +703,60 @@ async def scenario(server: EtcdServer, fleet: Fleet, args: argparse.Namespace) -
 
 # --------------------------------------------------------------------------- report
 
+ANCHOR_PUSH = "24.5 s median (29.3 s max): this project before issue 13, `bench/policy_push.py`"
+ANCHOR_ROUTES = {
+    2000: "Envoy AI Gateway: ~5 s before 2 000 routes are ready (a 5 s poll; gRPC message "
+    "limit raised from 4 to 25 MB)",
+    16000: "Envoy + go-control-plane, a user's report: >= 30 s at ~16 000 routes (envoy#19946)",
+}
+ANCHOR_CPU = "Istio: one istiod core per ~2 000 sidecars"
+
+
+def _thousands(number: int) -> str:
+    return f"{number:,}".replace(",", " ")
+
+
+def anchors(
+    results: Sequence[Numbers], routes: Sequence[_route_scale.RouteNumbers] = ()
+) -> list[str]:
+    """This run's numbers beside the records issue 13 set them against (slowest shape of
+    each route-scale target, largest fleet for the CPU)."""
+    lines = [
+        "## Beside the anchors",
+        "",
+        "The records these targets were set against, as issue 13 cites them, and this run's",
+        "number for the same thing (medians):",
+        "",
+        "| what | this run | anchor |",
+        "|---|---|---|",
+    ]
+    for n in results:
+        if n.nodes == 1000:
+            push = _med([r["acked"] for r in n.push])
+            lines.append(
+                f"| policy push -> 1 000 nodes ACKed | {push:.2f} s ({n.classes} classes) "
+                f"| {ANCHOR_PUSH} |"
+            )
+    for target, anchor in ANCHOR_ROUTES.items():
+        rows = [r for r in routes if r.target_routes == target and r.served]
+        if rows:
+            slowest = max(rows, key=lambda r: _med(r.served))
+            lines.append(
+                f"| ~{_thousands(target)} routes -> a real Envoy serving the change "
+                f"| {_med(slowest.served):.2f} s ({_thousands(slowest.plan_routes)} plan "
+                f"routes, {slowest.shape}; {slowest.rds_bytes / 1e6:.1f} MB RDS) | {anchor} |"
+            )
+    if results:
+        n = max(results, key=lambda x: x.nodes)
+        push_cpu = _med([r["server cpu"] for r in n.push])
+        lines.append(
+            f"| control-plane CPU, {_thousands(n.nodes)} nodes connected "
+            f"| idle {n.idle_cpu_pct:.1f} % of one core; a push {push_cpu:.1f} core-seconds "
+            f"({1e6 * push_cpu / n.nodes:.0f} µs a node) | {ANCHOR_CPU} |"
+        )
+    return lines
+
+
 NOTES = [
     "## How the reconcile scales now, and what was measured and not kept",
     "",
@@ -950,6 +1004,7 @@ def report(
         )
     if routes:
         lines += ["", *_route_scale.report(list(routes))]
+    lines += ["", *anchors(results, routes)]
     lines += ["", *NOTES]
     lines += [
         "",
