@@ -81,7 +81,7 @@ from _fanout_client import (  # noqa: E402
     run_sotw,
     worker_main,
 )
-from _native_clients import native_clients  # noqa: E402
+from _native import native_clients  # noqa: E402
 from tiermesh.controlplane.api import NodeInfo, usage_month  # noqa: E402
 from tiermesh.controlplane.audit import AuditStore, PlanRecorder  # noqa: E402
 from tiermesh.controlplane.bundle import BundleOutcome, evaluate_bundle  # noqa: E402

@@ -1,11 +1,12 @@
-"""Simulated Envoy ADS clients in native code (``bench/native/ads_client.cc``) for the
-fleet benchmarks: build once, run K processes, stop them.
+"""Native-code helpers of the benchmarks (``bench/native/*.cc``, built with gRPC's C++
+library: Debian's ``libgrpc++-dev``, which ``make bench`` installs): build one on first
+use, and run the fleet benchmarks' simulated Envoy ADS clients.
 
-The C++ client uses gRPC's C++ library (Debian's ``libgrpc++-dev``, what ``make bench``
-installs) and does on the wire what ``bench/_fanout_client.py`` does in Python (SotW, all
-four types, as Envoy subscribes, every response ACKed) at a fraction of its CPU, so that
-on this 2-core machine the simulated fleet takes less of the CPU the control plane is
-measured on.
+The C++ ADS client (``ads_client.cc``) does on the wire what ``bench/_fanout_client.py``
+does in Python (SotW, all four types, as Envoy subscribes, every response ACKed) at a
+fraction of its CPU, so that on this 2-core machine the simulated fleet takes less of the
+CPU the control plane is measured on. ``authz_noop.cc`` is ``bench/authz_floor.py``'s
+allow-everything ext_authz server.
 """
 
 from __future__ import annotations
@@ -21,35 +22,37 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "native" / "ads_client.cc"
-BUILD = HERE / "native" / ".build"
-BINARY = BUILD / "ads_client"
+SOURCES = HERE / "native"
+BUILD = SOURCES / ".build"
 PACKAGES = "g++ pkg-config libgrpc++-dev"
 
 
-def build() -> Path:
-    """The client binary, compiled when missing or older than its source (~5 s)."""
-    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
+def build(name: str) -> Path:
+    """The binary of ``bench/native/<name>.cc``, compiled when missing or older than its
+    source (~5 s)."""
+    source = SOURCES / f"{name}.cc"
+    binary = BUILD / name
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
     if shutil.which("g++") is None or shutil.which("pkg-config") is None:
-        raise SystemExit(f"the native ADS client needs the OS packages {PACKAGES}")
+        raise SystemExit(f"bench/native/{name}.cc needs the OS packages {PACKAGES}")
     flags = subprocess.run(
         ["pkg-config", "--cflags", "--libs", "grpc++"], check=False, capture_output=True, text=True
     )
     if flags.returncode != 0:
         raise SystemExit(
-            f"the native ADS client needs gRPC's C++ library: {flags.stderr.strip()} "
+            f"bench/native/{name}.cc needs gRPC's C++ library: {flags.stderr.strip()} "
             f"(OS packages {PACKAGES})"
         )
     BUILD.mkdir(parents=True, exist_ok=True)
-    partial = BINARY.with_suffix(".partial")
-    command = ["g++", "-O2", "-std=c++17", "-o", str(partial), str(SOURCE)]
+    partial = binary.with_suffix(".partial")
+    command = ["g++", "-O2", "-std=c++17", "-o", str(partial), str(source)]
     command += shlex.split(flags.stdout)
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"building {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-    partial.replace(BINARY)
-    return BINARY
+        raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
+    partial.replace(binary)
+    return binary
 
 
 @contextlib.contextmanager
@@ -59,7 +62,7 @@ def native_clients(
     """``count`` client processes running nodes 0..nodes-1 (node i in process i mod count)
     against ``port``; yields them once every stream is started. On exit each is told to
     stop (its standard input closes), and is killed if it has not gone within 10 s."""
-    binary = build()
+    binary = build("ads_client")
     processes: list[subprocess.Popen[str]] = []
     try:
         for w in range(count):

@@ -1,0 +1,343 @@
+"""The floor under ext_authz: what Envoy's external authorization call costs when the
+authz server does nothing, with a server in native code and one in Python.
+
+Issue 16 asks the edge path as shipped (ext_authz with PII inspection, request-time
+Rego, a durable signed record) for 0.7x a plain Envoy's throughput on this 2-core
+machine. Before any decision is made, the check itself costs something: Envoy buffers
+the body, calls the server over gRPC (HTTP/2) and waits; the server parses the request
+and answers. This benchmark measures that floor, side by side in one run:
+
+- **plain**: a minimal static Envoy (one listener, router, one cluster: the nginx
+  upstream), as in ``bench/route_cpu.py`` and ``bench/gateway_overhead.py``;
+- **ext_authz, C++ allow-all**: the same Envoy plus the ext_authz filter configured as
+  tiermesh compiles it (gRPC v3, raw body up to 64 KiB, route re-matched after the
+  check, fail closed with 503) to ``bench/native/authz_noop.cc``, which answers OK
+  without reading the request (gRPC's C++ library, callback API);
+- **ext_authz, Python allow-all**: the same Envoy config to a grpc.aio server that
+  answers OK the same way (the Python stack the shipped authz server runs on).
+
+Closed-loop load with wrk (``--connections``, one thread) on each Envoy in turn, rotated
+per round; CPU per request is the Envoy process's plus the authz server's (user +
+system from ``/proc``), over the requests wrk completed. Every answer must be a 2xx from
+nginx (wrk's error count, reported). Neither server decides anything: these are
+measuring sticks, and the numbers say how much of a plain Envoy's throughput is left for
+a decision once the call itself is paid for.
+
+    .venv/bin/python bench/authz_floor.py [--rounds 5] [--seconds 3] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from _gw_envoy import plain_bootstrap  # noqa: E402
+from _gw_load import WrkResult, run_wrk, wrk_version  # noqa: E402
+from _gw_mesh import envoy_version  # noqa: E402
+from _gw_upstream import Upstream, nginx_version  # noqa: E402
+from _native import build  # noqa: E402
+from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
+from tiermesh.procs.ports import free_port  # noqa: E402
+
+RESULTS = BENCH / "results" / "authz_floor.md"
+CHECK = "/envoy.service.auth.v3.Authorization/Check"
+ALLOW = b"\x0a\x00\x1a\x00"
+"""CheckResponse: status (code 0) and an empty ok_response."""
+BODY = '{"model":"frontier-mini","messages":[{"role":"user","content":"Say ok."}]}'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+# ------------------------------------------------------------------ the Python server
+
+
+def serve_python() -> None:
+    """A grpc.aio server answering every Check with :data:`ALLOW`; prints its port and
+    serves until standard input ends."""
+    import grpc  # noqa: PLC0415
+
+    async def check(request: bytes, context: Any) -> bytes:
+        return ALLOW
+
+    handler = grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization",
+        {"Check": grpc.unary_unary_rpc_method_handler(check)},
+    )
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"port {port}", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+        await server.stop(None)
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ configs and processes
+
+
+def authz_bootstrap(
+    port: int, admin_port: int, upstream_port: int, authz_port: int, *, body: bool = True
+) -> Any:
+    """:func:`plain_bootstrap` plus ext_authz (as tiermesh compiles it) to ``authz_port``;
+    without ``body``, the check carries the headers only (not what tiermesh ships)."""
+    bootstrap = plain_bootstrap(port, admin_port, upstream_port)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    config: dict[str, Any] = {
+        "@type": EXT_AUTHZ,
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "1s"},
+        "transport_api_version": "V3",
+        "clear_route_cache": True,
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+    }
+    if body:
+        config["with_request_body"] = {
+            "max_request_bytes": 65536,
+            "allow_partial_message": True,
+            "pack_as_bytes": True,
+        }
+    manager["http_filters"].insert(
+        0, {"name": "envoy.filters.http.ext_authz", "typed_config": config}
+    )
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": authz_port}}
+    bootstrap["static_resources"]["clusters"].append(
+        {
+            "name": "authz",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                HTTP_OPTIONS: {
+                    "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": "authz",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+        }
+    )
+    return bootstrap
+
+
+@contextlib.contextmanager
+def server(command: list[str]) -> Iterator[tuple[int, int]]:
+    """Run an allow-all server; yields (pid, port). Stopped by closing its standard input,
+    killed if it has not gone within 10 s."""
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("port "):
+            raise RuntimeError(f"{command[0]} did not start: {line!r}")
+        yield process.pid, int(line.split()[1])
+    finally:
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Target:
+    name: str
+    what: str
+    port: int
+    envoy_pid: int
+    server_pid: int | None
+    runs: list[tuple[WrkResult, float, float]] = field(default_factory=list)
+    """(wrk, Envoy CPU s, server CPU s) per round."""
+
+
+def measure(targets: list[Target], args: argparse.Namespace) -> None:
+    def once(target: Target, seconds: float) -> tuple[WrkResult, float, float]:
+        envoy0 = cpu_seconds(target.envoy_pid)
+        server0 = cpu_seconds(target.server_pid) if target.server_pid else 0.0
+        result = run_wrk(
+            f"http://127.0.0.1:{target.port}/v1/chat/completions",
+            connections=args.connections,
+            seconds=seconds,
+            body=BODY,
+            headers={"content-type": "application/json"},
+        )
+        envoy = cpu_seconds(target.envoy_pid) - envoy0
+        served = (cpu_seconds(target.server_pid) - server0) if target.server_pid else 0.0
+        return result, envoy, served
+
+    for target in targets:
+        once(target, 1.0)
+    for number in range(args.rounds):
+        order = [targets[(number + i) % len(targets)] for i in range(len(targets))]
+        for target in order:
+            run = once(target, args.seconds)
+            target.runs.append(run)
+            result, envoy, served = run
+            per = 1e6 / max(1, result.requests)
+            print(
+                f"  round {number + 1}/{args.rounds} {target.name:<8} {result.rps:8.0f} req/s  "
+                f"Envoy {envoy * per:6.1f} µs  server {served * per:6.1f} µs  "
+                f"errors {result.errors}",
+                flush=True,
+            )
+
+
+# ------------------------------------------------------------------ report
+
+
+def _med(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
+    plain = targets[0]
+    lines = [
+        "# The floor under ext_authz: Envoy's check to a server that does nothing",
+        "",
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `bench/authz_floor.py` "
+        f"({args.rounds} rounds x {args.seconds:g} s per Envoy, wrk -t1 -c{args.connections}, "
+        "closed loop, Envoys in a rotated order each round). Method: the script's docstring.",
+        "",
+        "| config | what | req/s, median (min-max) | x plain req/s (per round) "
+        "| Envoy CPU µs/req | server CPU µs/req | total CPU µs/req | x plain CPU | p50 ms "
+        "| errors |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets:
+        rps = [r.rps for r, _, _ in target.runs]
+        ratios = [a[0].rps / b[0].rps for a, b in zip(target.runs, plain.runs, strict=True)]
+        envoy = [e * 1e6 / max(1, r.requests) for r, e, _ in target.runs]
+        served = [s * 1e6 / max(1, r.requests) for r, _, s in target.runs]
+        total = [a + b for a, b in zip(envoy, served, strict=True)]
+        plain_total = [e * 1e6 / max(1, r.requests) for r, e, _ in plain.runs]
+        cpu_ratio = [a / b for a, b in zip(total, plain_total, strict=True)]
+        lines.append(
+            f"| `{target.name}` | {target.what} | {_med(rps):,.0f} ({min(rps):,.0f}-"
+            f"{max(rps):,.0f}) | {_med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {_med(envoy):.1f} | {_med(served):.1f} | {_med(total):.1f} "
+            f"| {_med(cpu_ratio):.2f} | {_med([r.p50_us for r, _, _ in target.runs]) / 1000:.3f} "
+            f"| {sum(r.errors for r, _, _ in target.runs)} |"
+        )
+    plain_envoy = _med([e * 1e6 / max(1, r.requests) for r, e, _ in plain.runs])
+    lines += ["", "Envoy's own CPU per request caps its one worker's throughput whatever the"]
+    lines += ["server costs (1 s / Envoy CPU per request, as a share of plain's cap):", ""]
+    for target in targets[1:]:
+        envoy = _med([e * 1e6 / max(1, r.requests) for r, e, _ in target.runs])
+        lines.append(
+            f"- `{target.name}`: Envoy {envoy:.1f} µs against plain's {plain_envoy:.1f} µs: "
+            f"at most {plain_envoy / envoy:.2f}x plain req/s with a free server and a free "
+            "second core."
+        )
+    lines += [
+        "",
+        "Issue 16's target for the whole edge path is >= 0.7x plain req/s, so at most",
+        "~1.43x plain's CPU per request in all on a CPU-bound machine (1/0.7).",
+        "",
+        "## Setup",
+        "",
+        f"- Envoy {envoy_version()}, `--concurrency 1`; upstream nginx {nginx_version()}; "
+        f"load {wrk_version()}.",
+        f"- Request: `POST /v1/chat/completions`, {len(BODY)} B JSON body.",
+        f"- Machine: {os.cpu_count()} CPUs, shared; load average (1/5/15 min) at start and "
+        f"end: {load}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--serve-python"]:
+        serve_python()
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0 or args.connections < 1:
+        parser.error("--rounds, --seconds and --connections must be positive")
+    start_load = load_average()
+    native = build("authz_noop")
+    workdir = Path(tempfile.mkdtemp(prefix="tiermesh-authz-floor-"))
+    upstream = Upstream(free_port(), "upstream")
+    envoys: list[EnvoyProcess] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(upstream.close)
+        upstream.start()
+        cpp_pid, cpp_port = stack.enter_context(server([str(native)]))
+        py_pid, py_port = stack.enter_context(
+            server([sys.executable, str(Path(__file__).resolve()), "--serve-python"])
+        )
+        specs = [
+            ("plain", "minimal static Envoy (one listener, router, one cluster)", None, None),
+            ("cpp", "+ ext_authz to a C++ server that allows everything", cpp_pid, cpp_port),
+            (
+                "cpp-headers",
+                "the same, the check without the body (not shipped: PII inspection needs it)",
+                cpp_pid,
+                cpp_port,
+            ),
+            ("python", "+ ext_authz to a grpc.aio server that allows everything", py_pid, py_port),
+        ]
+        targets: list[Target] = []
+        for name, what, pid, authz_port in specs:
+            port, admin = free_port(), free_port()
+            bootstrap = (
+                plain_bootstrap(port, admin, upstream.port)
+                if authz_port is None
+                else authz_bootstrap(
+                    port, admin, upstream.port, authz_port, body=name != "cpp-headers"
+                )
+            )
+            envoy = EnvoyProcess(bootstrap, workdir=workdir / name, name=f"floor-{name}")
+            envoys.append(envoy)
+            stack.callback(envoy.stop)
+            envoy.start()
+            envoy.wait_ready(timeout=30)
+            assert envoy.pid is not None
+            targets.append(Target(name, what, port, envoy.pid, pid))
+        time.sleep(0.5)
+        measure(targets, args)
+    text = report(targets, args, f"{start_load}; {load_average()}")
+    args.out.write_text(text)
+    print(text)
+    errors = sum(r.errors for t in targets for r, _, _ in t.runs)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
