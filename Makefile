@@ -69,8 +69,9 @@ os-deps:
 
 # llama-cpp-python has no wheel on PyPI: the first install compiles llama.cpp (~5 min on
 # 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
-# The gateway benchmark drives load with wrk against an nginx upstream; the fleet benchmark
-# simulates its Envoys with a C++ ADS client built on gRPC's C++ library.
+# The gateway benchmark drives load with wrk against an nginx upstream; bench/native/ holds
+# C++ programs on gRPC's C++ library (the fleet benchmark's simulated Envoys, the ext_authz
+# floor's allow-everything server), built on first use.
 bench-os-deps:
 	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
 		|| ! command -v g++ >/dev/null 2>&1 || ! pkg-config --exists grpc++ 2>/dev/null; then \
