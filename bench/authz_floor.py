@@ -16,14 +16,17 @@ and answers. This benchmark measures that floor, side by side in one run:
 - **ext_authz, Python allow-all**: the same Envoy config to a grpc.aio server that
   answers OK the same way (the Python stack the shipped authz server runs on).
 
-Closed-loop load with wrk (``--connections``, one thread) on each Envoy in turn, rotated
-per round; CPU per request is the Envoy process's plus the authz server's (user +
+Latency at a fixed rate well below capacity first (``--rate`` on one keep-alive
+connection, open loop, ``bench/_gw_load.py``'s paced client; real-time priority when run
+as root), then closed-loop load with wrk (``--connections``, one thread) on each Envoy in
+turn, both rotated per round; CPU per request is the Envoy process's plus the authz server's (user +
 system from ``/proc``), over the requests wrk completed. Every answer must be a 2xx from
 nginx (wrk's error count, reported). Neither server decides anything: these are
 measuring sticks, and the numbers say how much of a plain Envoy's throughput is left for
 a decision once the call itself is paid for.
 
     .venv/bin/python bench/authz_floor.py [--rounds 5] [--seconds 3] [--connections 16]
+        [--rate 500] [--paced-seconds 4]
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _gw_envoy import plain_bootstrap  # noqa: E402
-from _gw_load import WrkResult, run_wrk, wrk_version  # noqa: E402
+from _gw_load import PacedResult, WrkResult, run_paced, run_wrk, wrk_version  # noqa: E402
 from _gw_mesh import envoy_version  # noqa: E402
 from _gw_upstream import Upstream, nginx_version  # noqa: E402
 from _native import build  # noqa: E402
@@ -178,6 +181,8 @@ class Target:
     server_pid: int | None
     runs: list[tuple[WrkResult, float, float]] = field(default_factory=list)
     """(wrk, Envoy CPU s, server CPU s) per round."""
+    paced: list[PacedResult] = field(default_factory=list)
+    """One fixed-rate run per round."""
 
 
 def measure(targets: list[Target], args: argparse.Namespace) -> None:
@@ -197,6 +202,25 @@ def measure(targets: list[Target], args: argparse.Namespace) -> None:
 
     for target in targets:
         once(target, 1.0)
+    for number in range(args.rounds):
+        order = [targets[(number + i) % len(targets)] for i in range(len(targets))]
+        for target in order:
+            paced = run_paced(
+                target.port,
+                rate=args.rate,
+                seconds=args.paced_seconds,
+                count=int(args.rate * args.paced_seconds),
+                body=BODY,
+                headers={"content-type": "application/json"},
+                realtime=os.geteuid() == 0,
+            )
+            target.paced.append(paced)
+            print(
+                f"  paced {number + 1}/{args.rounds} {target.name:<12} p50 "
+                f"{paced.p50_us / 1000:.3f} ms  p99 {paced.p99_us / 1000:.3f} ms  "
+                f"errors {paced.errors}",
+                flush=True,
+            )
     for number in range(args.rounds):
         order = [targets[(number + i) % len(targets)] for i in range(len(targets))]
         for target in order:
@@ -248,6 +272,29 @@ def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
             f"| {_med(cpu_ratio):.2f} | {_med([r.p50_us for r, _, _ in target.runs]) / 1000:.3f} "
             f"| {sum(r.errors for r, _, _ in target.runs)} |"
         )
+    lines += [
+        "",
+        f"At a fixed rate well below capacity ({args.rate:g} req/s on one keep-alive connection, "
+        f"{args.paced_seconds:g} s per round, open loop from the scheduled send time; the client "
+        f"{'at real-time priority' if os.geteuid() == 0 else 'at normal priority'}): latency, "
+        "and what each config adds over plain in the same round (median over rounds):",
+        "",
+        "| config | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets:
+        added50 = [
+            (a.p50_us - b.p50_us) / 1000 for a, b in zip(target.paced, plain.paced, strict=True)
+        ]
+        added99 = [
+            (a.p99_us - b.p99_us) / 1000 for a, b in zip(target.paced, plain.paced, strict=True)
+        ]
+        lines.append(
+            f"| `{target.name}` | {_med([p.p50_us for p in target.paced]) / 1000:.3f} "
+            f"| {_med([p.p99_us for p in target.paced]) / 1000:.3f} "
+            f"| {_med(added50):+.3f} | {_med(added99):+.3f} "
+            f"| {sum(p.errors for p in target.paced)} |"
+        )
     plain_envoy = _med([e * 1e6 / max(1, r.requests) for r, e, _ in plain.runs])
     lines += ["", "Envoy's own CPU per request caps its one worker's throughput whatever the"]
     lines += ["server costs (1 s / Envoy CPU per request, as a share of plain's cap):", ""]
@@ -286,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate phase, req/s")
+    parser.add_argument("--paced-seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or args.connections < 1:
-        parser.error("--rounds, --seconds and --connections must be positive")
+    if min(args.rounds, args.connections) < 1 or min(args.seconds, args.rate) <= 0:
+        parser.error("--rounds, --seconds, --connections and --rate must be positive")
     start_load = load_average()
     native = build("authz_noop")
     workdir = Path(tempfile.mkdtemp(prefix="tiermesh-authz-floor-"))
@@ -336,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text)
     print(text)
     errors = sum(r.errors for t in targets for r, _, _ in t.runs)
+    errors += sum(p.errors for t in targets for p in t.paced)
     return 1 if errors else 0
 
 
