@@ -24,7 +24,6 @@ class _TypeState:
     sent_nonce: str = ""
     sent_version: str = ""
     shared_serial: int = 0
-    """The newest shared body (by serial) this stream sent for the type."""
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -153,9 +152,4 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         for name in removed:
             state.known.pop(name, None)
         shared = snapshot.delta_body(type_url, tuple(updated), tuple(removed))
-        nonce, response = self.framed(shared, state.shared_serial)
-        state.shared_serial = max(state.shared_serial, shared.serial)
-        state.sent_nonce = nonce
-        state.sent_version = version
-        self.sent(type_url, version, nonce, updated)
-        return response
+        return self.send(type_url, version, shared, state)

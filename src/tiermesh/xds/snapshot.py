@@ -96,7 +96,7 @@ class SharedBody:
     sends ``framed`` as it is instead of copying the body to append a nonce of its own
     (at 5,000 nodes that copy was 160 KB per node per push). ``serial`` orders bodies by
     when they were encoded: a stream may send the shared nonce only the first time it
-    sends the body (see ``StreamBase.framed``); otherwise it appends its own nonce to
+    sends the body (see ``StreamBase.send``); otherwise it appends its own nonce to
     ``body``. ``sent`` names the resources the body carries, ``missing`` those it reports
     absent (SotW) or removed (incremental).
     """

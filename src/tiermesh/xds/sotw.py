@@ -21,7 +21,6 @@ class _TypeState:
     sent_nonce: str = ""
     sent_version: str = ""
     shared_serial: int = 0
-    """The newest shared body (by serial) this stream sent for the type."""
 
 
 def requested_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -96,9 +95,4 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         shared = snapshot.sotw_body(type_url, state.names)
         if state.names is not None:
             self.note_missing(type_url, shared.missing)
-        nonce, response = self.framed(shared, state.shared_serial)
-        state.shared_serial = max(state.shared_serial, shared.serial)
-        state.sent_nonce = nonce
-        state.sent_version = snapshot.type_version(type_url)
-        self.sent(type_url, state.sent_version, nonce, shared.sent)
-        return response
+        return self.send(type_url, snapshot.type_version(type_url), shared, state)

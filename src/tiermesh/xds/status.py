@@ -71,7 +71,11 @@ class _TypeRecord:
 
     def frozen(self) -> TypeStatus:
         return TypeStatus(
-            self.sent_version, self.acked_version, self.nack_count, self.last_nack, self.missing
+            sent_version=self.sent_version,
+            acked_version=self.acked_version,
+            nack_count=self.nack_count,
+            last_nack=self.last_nack,
+            missing=self.missing,
         )
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -115,6 +115,15 @@ _END = _End()
 R = TypeVar("R", bound=Message)
 
 
+class SentState(Protocol):
+    """What a stream keeps per type of what it last sent (:meth:`StreamBase.send`)."""
+
+    sent_nonce: str
+    sent_version: str
+    shared_serial: int
+    """The newest shared body (by serial) the stream sent for the type."""
+
+
 class StreamBase(Generic[R]):
     """Base of one ADS stream. Subclasses implement ``on_request`` and ``on_change``."""
 
@@ -140,11 +149,11 @@ class StreamBase(Generic[R]):
         self._nonce += 1
         return str(self._nonce)
 
-    def framed(self, shared: SharedBody, newest_sent: int) -> tuple[str, bytes]:
-        """(nonce, response) for sending ``shared`` on this stream, whose newest shared
-        body sent for the type so far has serial ``newest_sent``: the shared bytes and
-        nonce the first time the stream sends that body, else the body with a nonce of
-        this stream's own.
+    def send(self, type_url: str, version: str, shared: SharedBody, state: SentState) -> bytes:
+        """The response that sends ``shared`` (``version`` of ``type_url``) on this stream,
+        with ``state`` (the stream's state for the type) and status, metrics and callbacks
+        updated: the shared bytes and nonce the first time the stream sends that body,
+        else the body with a nonce of this stream's own.
 
         A nonce must differ from every nonce this stream sent before for the type (a
         request echoing an old one is stale). Shared nonces are ``s<serial>`` and a body's
@@ -152,10 +161,20 @@ class StreamBase(Generic[R]):
         one sent here carries a nonce never sent here; an older or the same body (a
         snapshot served again, a type re-sent) gets ``s<serial>.<counter>``.
         """
-        if shared.serial > newest_sent:
-            return shared.nonce, shared.framed
-        nonce = f"{shared.nonce}.{self.next_nonce()}"
-        return nonce, shared.body + wire.string_field(5, nonce)
+        if shared.serial > state.shared_serial:
+            nonce, response = shared.nonce, shared.framed
+            state.shared_serial = shared.serial
+        else:
+            nonce = f"{shared.nonce}.{self.next_nonce()}"
+            response = shared.body + wire.string_field(5, nonce)
+        state.sent_nonce = nonce
+        state.sent_version = version
+        self.env.status.mark_sent(self.node_id, type_url, version)
+        _labelled(PUSHES, typeurls.SHORT_NAMES[type_url], self.mode).inc()
+        self._sent_at[type_url] = time.monotonic()
+        node_id, names = self.node_id, shared.sent
+        self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce, names))
+        return response
 
     def snapshot(self) -> Snapshot | None:
         return self.env.source.get_snapshot(self.key)
@@ -300,13 +319,6 @@ class StreamBase(Generic[R]):
             self._safely(lambda cb: cb.on_nack(node_id, type_url, nack))
         elif verdict is Verdict.STALE:
             log.debug("xds stale nonce node=%s type=%s nonce=%s", node_id, short, nonce)
-
-    def sent(self, type_url: str, version: str, nonce: str, names: Sequence[str]) -> None:
-        self.env.status.mark_sent(self.node_id, type_url, version)
-        _labelled(PUSHES, typeurls.SHORT_NAMES[type_url], self.mode).inc()
-        self._sent_at[type_url] = time.monotonic()
-        node_id = self.node_id
-        self._safely(lambda cb: cb.on_push(node_id, type_url, version, nonce, names))
 
     def note_missing(self, type_url: str, missing: frozenset[str]) -> None:
         """Log and record requested names the snapshot lacks (once per change of the set)."""
