@@ -13,8 +13,9 @@ and answers. This benchmark measures that floor, side by side in one run:
   tiermesh compiles it (gRPC v3, raw body up to 64 KiB, route re-matched after the
   check, fail closed with 503) to ``bench/native/authz_noop.cc``, which answers OK
   without reading the request (gRPC's C++ library, callback API);
-- **ext_authz, Python allow-all**: the same Envoy config to a grpc.aio server that
-  answers OK the same way (the Python stack the shipped authz server runs on).
+- **ext_authz, Python allow-all**: the same Envoy config to ``bench/authz_cpu.py``'s
+  grpc.aio server that answers OK without deciding or recording (the Python stack the
+  shipped authz server runs on).
 
 Latency at a fixed rate well below capacity first (``--rate`` on one keep-alive
 connection, open loop, ``bench/_gw_load.py``'s paced client; real-time priority when run
@@ -32,7 +33,6 @@ a decision once the call itself is paid for.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -49,51 +49,20 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from _gw_cpu import cpu_seconds, spent  # noqa: E402
 from _gw_envoy import plain_bootstrap  # noqa: E402
 from _gw_load import PacedResult, WrkResult, run_paced, run_wrk, wrk_version  # noqa: E402
 from _gw_mesh import envoy_version  # noqa: E402
 from _gw_upstream import Upstream, nginx_version  # noqa: E402
 from _native import build  # noqa: E402
+from authz_cpu import serve_noop  # noqa: E402
 from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
 from tiermesh.procs.ports import free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "authz_floor.md"
-CHECK = "/envoy.service.auth.v3.Authorization/Check"
-ALLOW = b"\x0a\x00\x1a\x00"
-"""CheckResponse: status (code 0) and an empty ok_response."""
 BODY = '{"model":"frontier-mini","messages":[{"role":"user","content":"Say ok."}]}'
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-# ------------------------------------------------------------------ the Python server
-
-
-def serve_python() -> None:
-    """A grpc.aio server answering every Check with :data:`ALLOW`; prints its port and
-    serves until standard input ends."""
-    import grpc  # noqa: PLC0415
-
-    async def check(request: bytes, context: Any) -> bytes:
-        return ALLOW
-
-    handler = grpc.method_handlers_generic_handler(
-        "envoy.service.auth.v3.Authorization",
-        {"Check": grpc.unary_unary_rpc_method_handler(check)},
-    )
-
-    async def run() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(f"port {port}", flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)
-        await server.stop(None)
-
-    asyncio.run(run())
 
 
 # ------------------------------------------------------------------ configs and processes
@@ -147,15 +116,16 @@ def authz_bootstrap(
 
 @contextlib.contextmanager
 def server(command: list[str]) -> Iterator[tuple[int, int]]:
-    """Run an allow-all server; yields (pid, port). Stopped by closing its standard input,
-    killed if it has not gone within 10 s."""
+    """Run an allow-all server that prints its port (alone or after a word) and serves
+    until its standard input ends; yields (pid, port). Killed if it has not gone within
+    10 s of that."""
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        if not line.startswith("port "):
+        if not line.split() or not line.split()[-1].isdigit():
             raise RuntimeError(f"{command[0]} did not start: {line!r}")
-        yield process.pid, int(line.split()[1])
+        yield process.pid, int(line.split()[-1])
     finally:
         assert process.stdin is not None
         with contextlib.suppress(OSError):
@@ -165,11 +135,6 @@ def server(command: list[str]) -> Iterator[tuple[int, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass
@@ -187,8 +152,8 @@ class Target:
 
 def measure(targets: list[Target], args: argparse.Namespace) -> None:
     def once(target: Target, seconds: float) -> tuple[WrkResult, float, float]:
-        envoy0 = cpu_seconds(target.envoy_pid)
-        server0 = cpu_seconds(target.server_pid) if target.server_pid else 0.0
+        pids = [target.envoy_pid, *([target.server_pid] if target.server_pid else [])]
+        before = cpu_seconds(pids)
         result = run_wrk(
             f"http://127.0.0.1:{target.port}/v1/chat/completions",
             connections=args.connections,
@@ -196,9 +161,8 @@ def measure(targets: list[Target], args: argparse.Namespace) -> None:
             body=BODY,
             headers={"content-type": "application/json"},
         )
-        envoy = cpu_seconds(target.envoy_pid) - envoy0
-        served = (cpu_seconds(target.server_pid) - server0) if target.server_pid else 0.0
-        return result, envoy, served
+        used = spent(before, cpu_seconds(pids))
+        return result, used[target.envoy_pid], used.get(target.server_pid or 0, 0.0)
 
     for target in targets:
         once(target, 1.0)
@@ -327,7 +291,7 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--serve-python"]:
-        serve_python()
+        serve_noop()
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
