@@ -55,6 +55,19 @@ def build(name: str) -> Path:
     return binary
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """Stop a helper that runs until its standard input ends: close that, and kill it if
+    it has not gone within 10 s."""
+    with contextlib.suppress(BrokenPipeError, OSError):
+        assert process.stdin is not None
+        process.stdin.close()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def native_clients(
     count: int, nodes: int, port: int, timeout_s: float
@@ -87,13 +100,9 @@ def native_clients(
         for process in processes:
             with contextlib.suppress(BrokenPipeError, OSError):
                 assert process.stdin is not None
-                process.stdin.close()
+                process.stdin.close()  # all of them first: they stop side by side
         for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop(process)
             assert process.stdout is not None
             out = process.stdout.read()
             failures = out.split()[2:3] if out.startswith("done") else []

@@ -54,7 +54,7 @@ from _gw_envoy import plain_bootstrap  # noqa: E402
 from _gw_load import PacedResult, WrkResult, run_paced, run_wrk, wrk_version  # noqa: E402
 from _gw_mesh import envoy_version  # noqa: E402
 from _gw_upstream import Upstream, nginx_version  # noqa: E402
-from _native import build  # noqa: E402
+from _native import build, stop  # noqa: E402
 from authz_cpu import serve_noop  # noqa: E402
 from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
 from tiermesh.procs.ports import free_port  # noqa: E402
@@ -127,14 +127,7 @@ def server(command: list[str]) -> Iterator[tuple[int, int]]:
             raise RuntimeError(f"{command[0]} did not start: {line!r}")
         yield process.pid, int(line.split()[-1])
     finally:
-        assert process.stdin is not None
-        with contextlib.suppress(OSError):
-            process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 @dataclass
