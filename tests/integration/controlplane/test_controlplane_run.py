@@ -76,7 +76,12 @@ class Running:
         """SIGTERM; seconds until the process exited."""
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=STOP_BOUND_S)
+        try:
+            self.proc.wait(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"not stopped {STOP_BOUND_S} s after SIGTERM:\n{err}") from None
         return time.monotonic() - started
 
 

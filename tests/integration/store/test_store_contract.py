@@ -591,6 +591,28 @@ async def test_cancelling_the_consumer_ends_the_watch_cleanly(store: Store) -> N
     assert event.key == "ca/after"
 
 
+async def test_a_consumer_cancelled_at_any_point_of_opening_its_watch_stops(
+    store: Store,
+) -> None:
+    """Cancelled at every step of opening the watch in turn, the consumer always stops (on
+    Python 3.11 etcd's client drops a cancellation that arrives as the watch is created)."""
+    snapshot = await store.read_prefix("")
+
+    async def consume() -> None:
+        async with store.watch("ca/", after_revision=snapshot.revision) as stream:
+            async for _ in stream:
+                pass
+
+    for steps in range(40):
+        consumer = asyncio.create_task(consume())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        consumer.cancel()
+        await asyncio.wait({consumer}, timeout=2.0)
+        assert consumer.done(), f"still following its watch when cancelled after {steps} steps"
+        assert consumer.cancelled()
+
+
 async def test_watch_from_compacted_history_raises_watch_compacted(harness: Harness) -> None:
     store: MemoryStore | EtcdStore
     server: EtcdServer | None = None

@@ -439,8 +439,10 @@ class ControlPlane:
         return self._leadership
 
     async def _elected(self, fence: Fence) -> None:
-        """Start-of-term leader work (:mod:`.leadership`)."""
-        assert self._store is not None, "not started"
+        """Start-of-term leader work (:mod:`.leadership`); none once `stop` has begun (a
+        term can start while the parts stopped before leadership stop)."""
+        if self._store is None:
+            return
         await _adopt_legacy_usage(self._store, fence)
         self._resettle()  # a full reconcile: plans changed while another replica led
 

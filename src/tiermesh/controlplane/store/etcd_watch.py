@@ -32,6 +32,16 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+def _raise_a_lost_cancellation() -> None:
+    """Raise `asyncio.CancelledError` when the current task was cancelled and the
+    cancellation did not arrive: on Python 3.11 the etcd client's ``asyncio.wait_for``
+    returns the opened watch instead when both happen at once, and the task would follow
+    the watch as if never cancelled (the caller's ``async with`` closes the watch)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        raise asyncio.CancelledError
+
+
 class EtcdWatch:
     """`WatchStream` over one etcd watch, re-opened on another member when its member fails.
 
@@ -131,6 +141,7 @@ class EtcdWatch:
         if self._closed:  # closed from another task while this one re-opened it
             await self._drop_stream()
         self._dropping = self._delivered_at_resume
+        _raise_a_lost_cancellation()
 
     async def _next_raw(self) -> Any:
         assert self._events is not None
