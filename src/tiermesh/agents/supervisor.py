@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from tiermesh.tasks import cancel_and_wait
+
 __all__ = [
     "ChildExitedError",
     "HealthCheck",
@@ -399,9 +401,7 @@ class Supervisor:
         reason: str | None = None
         if watcher.done() and not watcher.cancelled():
             reason = watcher.result()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await cancel_and_wait([watcher])
         pgid = proc.pid  # start_new_session: the child leads its own group
         if proc.returncode is None:
             _signal_group(pgid, signal.SIGTERM)

@@ -66,6 +66,7 @@ from tiermesh.controlplane.api.batch import (
     classes_for_tier,
     tier_may_run,
 )
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = [
     "BatchWorker",
@@ -351,9 +352,7 @@ class BatchWorker:
             answer, problem = None, f"{type(exc).__name__}: {exc}"
         finally:
             self._running -= 1
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait([heartbeat])
         if answer is not None and answer.body is not None:
             usage = answer.body.get("usage")
             tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None

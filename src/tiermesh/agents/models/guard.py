@@ -42,6 +42,7 @@ from tiermesh.modelsig import (
     fingerprint,
     verify_model,
 )
+from tiermesh.tasks import cancel_and_wait
 
 __all__ = ["GuardedServer", "ModelGuard", "VerificationOutcome"]
 
@@ -182,10 +183,7 @@ class ModelGuard:
     async def stop(self) -> None:
         """Stop watching and stop the server. Idempotent."""
         watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+        await cancel_and_wait([watch])
         async with self._lock:
             self._running = False
             await self.server.stop()

@@ -197,6 +197,4 @@ class Leadership:
         self._fence = None
         work, self._term_work = self._term_work, None
         if work is not None and not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await cancel_and_wait([work])
