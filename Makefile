@@ -71,7 +71,8 @@ os-deps:
 # 2 cores; uv caches the wheel afterwards). LLAVA is not needed and costs ~20 % more.
 # The gateway benchmark drives load with wrk against an nginx upstream; bench/native/ holds
 # C++ programs on gRPC's C++ library (the fleet benchmark's simulated Envoys, the ext_authz
-# floor's allow-everything server), built on first use.
+# floor's allow-everything server) and a C Envoy dynamic module (the floor's in-Envoy row),
+# built on first use (g++ brings gcc).
 bench-os-deps:
 	@if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
 		|| ! command -v g++ >/dev/null 2>&1 || ! pkg-config --exists grpc++ 2>/dev/null; then \

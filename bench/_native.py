@@ -6,7 +6,8 @@ The C++ ADS client (``ads_client.cc``) does on the wire what ``bench/_fanout_cli
 does in Python (SotW, all four types, as Envoy subscribes, every response ACKed) at a
 fraction of its CPU, so that on this 2-core machine the simulated fleet takes less of the
 CPU the control plane is measured on. ``authz_noop.cc`` is ``bench/authz_floor.py``'s
-allow-everything ext_authz server.
+allow-everything ext_authz server. ``read_body_filter.c`` is its pass-through Envoy dynamic
+module (a shared library, :func:`build_module`; plain C, no gRPC).
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ def build(name: str) -> Path:
         raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
     partial.replace(binary)
     return binary
+
+
+def build_module(name: str) -> Path:
+    """The shared library ``lib<name>.so`` of ``bench/native/<name>.c`` (an Envoy dynamic
+    module), compiled with gcc when missing or older than its source (~1 s). Envoy loads it
+    by name from the folder it is in (``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``)."""
+    source = SOURCES / f"{name}.c"
+    library = BUILD / f"lib{name}.so"
+    if library.exists() and library.stat().st_mtime >= source.stat().st_mtime:
+        return library
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise SystemExit(f"bench/native/{name}.c needs a C compiler (OS package gcc)")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    partial = BUILD / f"lib{name}.so.partial"
+    command = [compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-shared", "-fPIC"]
+    command += ["-fvisibility=hidden", "-o", str(partial), str(source)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
+    partial.replace(library)
+    return library
 
 
 def stop(process: subprocess.Popen[str]) -> None:

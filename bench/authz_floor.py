@@ -1,5 +1,6 @@
-"""The floor under ext_authz: what Envoy's external authorization call costs when the
-authz server does nothing, with a server in native code and one in Python.
+"""The floor under a decision point: what Envoy's external authorization call costs when
+the authz server does nothing (a server in native code and one in Python), and what a
+decision point inside Envoy costs when it reads the whole body and decides nothing.
 
 Issue 16 asks the edge path as shipped (ext_authz with PII inspection, request-time
 Rego, a durable signed record) for 0.7x a plain Envoy's throughput on this 2-core
@@ -15,19 +16,33 @@ and answers. This benchmark measures that floor, side by side in one run:
   without reading the request (gRPC's C++ library, callback API);
 - **ext_authz, Python allow-all**: the same Envoy config to ``bench/authz_cpu.py``'s
   grpc.aio server that answers OK without deciding or recording (the Python stack the
-  shipped authz server runs on).
+  shipped authz server runs on);
+- **lua**: the plain Envoy plus one Lua filter (built into Envoy) before the router:
+  ``handle:body()`` holds the request until its whole body has arrived, ``getBytes``
+  copies every byte into Lua, and the request goes on unchanged. No server, no call:
+  the cost of an in-Envoy decision point that inspects the body, in Envoy's scripting;
+- **module**: the same with an Envoy dynamic module instead, ``bench/native/
+  read_body_filter.c`` (a C shared library built by ``bench/_native.py``, loaded into
+  the worker, ABI v0.2.0 as Envoy 1.40.0 expects): it holds the headers while the body
+  arrives, asks Envoy to buffer it, reads every byte of it (a byte sum), lets it through.
+  The cost of native code in Envoy's worker reading the body.
+
+Before measuring, one request goes through each filter row: it must be a 2xx from nginx,
+and the filter must have logged the full size of that request's body (and, for the
+module, Envoy must not have warned of an ABI mismatch), or the run stops. ``--configs``
+picks rows (plain first).
 
 Latency at a fixed rate well below capacity first (``--rate`` on one keep-alive
 connection, open loop, ``bench/_gw_load.py``'s paced client; real-time priority when run
 as root), then closed-loop load with wrk (``--connections``, one thread) on each Envoy in
 turn, both rotated per round; CPU per request is the Envoy process's plus the authz server's (user +
 system from ``/proc``), over the requests wrk completed. Every answer must be a 2xx from
-nginx (wrk's error count, reported). Neither server decides anything: these are
+nginx (wrk's error count, reported). Nothing here decides anything: these are
 measuring sticks, and the numbers say how much of a plain Envoy's throughput is left for
-a decision once the call itself is paid for.
+a decision once the call (or the in-Envoy hook and the body read) is paid for.
 
     .venv/bin/python bench/authz_floor.py [--rounds 5] [--seconds 3] [--connections 16]
-        [--rate 500] [--paced-seconds 4]
+        [--rate 500] [--paced-seconds 4] [--configs plain,cpp,cpp-headers,python,lua,module]
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import os
 import statistics
 import subprocess
@@ -54,7 +70,7 @@ from _gw_envoy import plain_bootstrap  # noqa: E402
 from _gw_load import PacedResult, WrkResult, run_paced, run_wrk, wrk_version  # noqa: E402
 from _gw_mesh import envoy_version  # noqa: E402
 from _gw_upstream import Upstream, nginx_version  # noqa: E402
-from _native import build, stop  # noqa: E402
+from _native import build, build_module, stop  # noqa: E402
 from authz_cpu import serve_noop  # noqa: E402
 from tiermesh.procs.envoy import EnvoyProcess  # noqa: E402
 from tiermesh.procs.ports import free_port  # noqa: E402
@@ -63,6 +79,33 @@ RESULTS = BENCH / "results" / "authz_floor.md"
 BODY = '{"model":"frontier-mini","messages":[{"role":"user","content":"Say ok."}]}'
 EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+DYNAMIC_MODULE = (
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+)
+MODULE = "read_body_filter"
+"""``bench/native/read_body_filter.c``, loaded as ``lib<MODULE>.so``."""
+LUA_READ_BODY = """
+local logged = false
+function envoy_on_request(handle)
+  local body = handle:body()
+  local n = 0
+  if body ~= nil then
+    n = body:length()
+    if n > 0 then
+      body:getBytes(0, n)
+    end
+  end
+  if not logged then
+    logged = true
+    handle:logWarn("read_body lua: first request body " .. n .. " bytes")
+  end
+end
+"""
+"""The Lua row's filter: buffer the whole request body (``handle:body()`` holds the request
+until it has all arrived), copy every byte of it into Lua (``getBytes``), decide nothing.
+The first body's size is logged once (warning level), so the run can check it was read."""
+CONFIGS = ("plain", "cpp", "cpp-headers", "python", "lua", "module")
 
 
 # ------------------------------------------------------------------ configs and processes
@@ -112,6 +155,72 @@ def authz_bootstrap(
         }
     )
     return bootstrap
+
+
+def filter_bootstrap(
+    port: int, admin_port: int, upstream_port: int, http_filter: dict[str, Any]
+) -> Any:
+    """:func:`plain_bootstrap` with ``http_filter`` first in the chain, before the router."""
+    bootstrap = plain_bootstrap(port, admin_port, upstream_port)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"].insert(0, http_filter)
+    return bootstrap
+
+
+def lua_filter() -> dict[str, Any]:
+    """The Lua filter (built into Envoy) running :data:`LUA_READ_BODY`."""
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {"@type": LUA, "default_source_code": {"inline_string": LUA_READ_BODY}},
+    }
+
+
+def module_filter() -> dict[str, Any]:
+    """The dynamic-module filter loading :data:`MODULE` by name (Envoy looks for
+    ``lib<name>.so`` under ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``, set before it starts)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE,
+            "dynamic_module_config": {"name": MODULE},
+            "filter_name": "read_body",
+        },
+    }
+
+
+def check_filter_ran(envoy: EnvoyProcess, port: int, marker: str) -> None:
+    """Send one request through ``envoy`` and fail loudly unless nginx answered 2xx and the
+    filter logged ``marker`` with the request body's full size: proof that it ran and read
+    the body before anything is measured."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(
+            "POST", "/v1/chat/completions", BODY, {"content-type": "application/json"}
+        )
+        response = connection.getresponse()
+        response.read()
+        upstream = response.getheader("x-bench-upstream")
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300 or upstream is None:
+        raise SystemExit(
+            f"{envoy.name}: check request answered {response.status} (upstream header "
+            f"{upstream!r}), not a 2xx from nginx; log:\n{envoy.log_tail()}"
+        )
+    expected = f"{marker}: first request body {len(BODY.encode())} bytes"
+    deadline = time.monotonic() + 15  # Envoy flushes its log file every 10 s
+    while expected not in envoy.log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"{envoy.name}: the filter did not log {expected!r}: it did not run or did "
+                f"not read the body; log:\n{envoy.log_tail()}"
+            )
+        time.sleep(0.05)
+    # Lines logged before the marker are in the file by now.
+    if "ABI version" in envoy.log_path.read_text(errors="replace"):
+        # At warning level Envoy logs the module's ABI version only when it differs.
+        raise SystemExit(f"{envoy.name}: module ABI mismatch; log:\n{envoy.log_tail()}")
 
 
 @contextlib.contextmanager
@@ -203,7 +312,8 @@ def _med(values: list[float]) -> float:
 def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
     plain = targets[0]
     lines = [
-        "# The floor under ext_authz: Envoy's check to a server that does nothing",
+        "# The floor under a decision point: ext_authz to a server that does nothing, and "
+        "in-Envoy filters that read the body",
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `bench/authz_floor.py` "
         f"({args.rounds} rounds x {args.seconds:g} s per Envoy, wrk -t1 -c{args.connections}, "
@@ -256,11 +366,15 @@ def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
     lines += ["", "Envoy's own CPU per request caps its one worker's throughput whatever the"]
     lines += ["server costs (1 s / Envoy CPU per request, as a share of plain's cap):", ""]
     for target in targets[1:]:
-        envoy = _med([e * 1e6 / max(1, r.requests) for r, e, _ in target.runs])
+        envoy_us = _med([e * 1e6 / max(1, r.requests) for r, e, _ in target.runs])
+        where = (
+            "with a free server and a free second core"
+            if target.server_pid
+            else "(the filter runs on that worker: nothing else to add)"
+        )
         lines.append(
-            f"- `{target.name}`: Envoy {envoy:.1f} µs against plain's {plain_envoy:.1f} µs: "
-            f"at most {plain_envoy / envoy:.2f}x plain req/s with a free server and a free "
-            "second core."
+            f"- `{target.name}`: Envoy {envoy_us:.1f} µs against plain's {plain_envoy:.1f} µs: "
+            f"at most {plain_envoy / envoy_us:.2f}x plain req/s {where}."
         )
     lines += [
         "",
@@ -293,48 +407,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate phase, req/s")
     parser.add_argument("--paced-seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated rows to measure, plain first (default: all: {','.join(CONFIGS)})",
+    )
     args = parser.parse_args(argv)
     if min(args.rounds, args.connections) < 1 or min(args.seconds, args.rate) <= 0:
         parser.error("--rounds, --seconds, --connections and --rate must be positive")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown or not configs or configs[0] != "plain" or len(set(configs)) != len(configs):
+        parser.error(
+            f"--configs: distinct names from {', '.join(CONFIGS)}, plain first "
+            f"(unknown: {', '.join(unknown) or 'none'})"
+        )
     start_load = load_average()
-    native = build("authz_noop")
+    native = build("authz_noop") if {"cpp", "cpp-headers"} & set(configs) else None
+    if "module" in configs:
+        os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(build_module(MODULE).parent)
     workdir = Path(tempfile.mkdtemp(prefix="tiermesh-authz-floor-"))
     upstream = Upstream(free_port(), "upstream")
     envoys: list[EnvoyProcess] = []
     with contextlib.ExitStack() as stack:
         stack.callback(upstream.close)
         upstream.start()
-        cpp_pid, cpp_port = stack.enter_context(server([str(native)]))
-        py_pid, py_port = stack.enter_context(
-            server([sys.executable, str(Path(__file__).resolve()), "--serve-python"])
+        cpp = stack.enter_context(server([str(native)])) if native is not None else None
+        python = (
+            stack.enter_context(
+                server([sys.executable, str(Path(__file__).resolve()), "--serve-python"])
+            )
+            if "python" in configs
+            else None
         )
-        specs = [
-            ("plain", "minimal static Envoy (one listener, router, one cluster)", None, None),
-            ("cpp", "+ ext_authz to a C++ server that allows everything", cpp_pid, cpp_port),
-            (
-                "cpp-headers",
-                "the same, the check without the body (not shipped: PII inspection needs it)",
-                cpp_pid,
-                cpp_port,
-            ),
-            ("python", "+ ext_authz to a grpc.aio server that allows everything", py_pid, py_port),
-        ]
         targets: list[Target] = []
-        for name, what, pid, authz_port in specs:
+        for name in configs:
             port, admin = free_port(), free_port()
-            bootstrap = (
-                plain_bootstrap(port, admin, upstream.port)
-                if authz_port is None
-                else authz_bootstrap(
+            pid: int | None = None
+            marker: str | None = None
+            if name == "plain":
+                what = "minimal static Envoy (one listener, router, one cluster)"
+                bootstrap = plain_bootstrap(port, admin, upstream.port)
+            elif name in ("cpp", "cpp-headers", "python"):
+                served = python if name == "python" else cpp
+                assert served is not None
+                pid, authz_port = served
+                what = {
+                    "cpp": "+ ext_authz to a C++ server that allows everything",
+                    "cpp-headers": "the same, the check without the body (not shipped: PII "
+                    "inspection needs it)",
+                    "python": "+ ext_authz to a grpc.aio server that allows everything",
+                }[name]
+                bootstrap = authz_bootstrap(
                     port, admin, upstream.port, authz_port, body=name != "cpp-headers"
                 )
-            )
+            elif name == "lua":
+                what = "+ a Lua filter that buffers and reads the whole body, decides nothing"
+                bootstrap = filter_bootstrap(port, admin, upstream.port, lua_filter())
+                marker = "read_body lua"
+            else:
+                what = (
+                    "+ a dynamic module (C) that buffers and reads the whole body, decides nothing"
+                )
+                bootstrap = filter_bootstrap(port, admin, upstream.port, module_filter())
+                marker = "read_body filter"
             envoy = EnvoyProcess(bootstrap, workdir=workdir / name, name=f"floor-{name}")
             envoys.append(envoy)
             stack.callback(envoy.stop)
             envoy.start()
             envoy.wait_ready(timeout=30)
             assert envoy.pid is not None
+            if marker is not None:
+                check_filter_ran(envoy, port, marker)
             targets.append(Target(name, what, port, envoy.pid, pid))
         time.sleep(0.5)
         measure(targets, args)
