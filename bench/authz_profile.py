@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
 
+from _gw_cpu import cpu_seconds  # noqa: E402
 from authz_cpu import serve  # noqa: E402
 from ext_authz import check_request  # noqa: E402
 
@@ -71,12 +72,6 @@ def summarise(raw: Path, top: int) -> list[str]:
     for name, count in own.most_common(top):
         rows.append(f"| `{name}` | {100 * count / total:.1f} |")
     return rows
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _frame(text: str) -> str:
@@ -130,9 +125,9 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
-            began, cpu = time.monotonic(), _cpu_seconds(child.pid)
+            began, cpu = time.monotonic(), cpu_seconds([child.pid])[child.pid]
             calls = drive(port, args.seconds - 1.5)
-            elapsed, cpu = time.monotonic() - began, _cpu_seconds(child.pid) - cpu
+            elapsed, cpu = time.monotonic() - began, cpu_seconds([child.pid])[child.pid] - cpu
             spy.wait(timeout=args.seconds + 30)
         finally:
             if child.stdin is not None:

@@ -67,6 +67,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
+from _gw_cpu import cpu_seconds
 from _gw_envoy import plain_bootstrap
 from _gw_load import WrkResult, run_wrk, wrk_version
 from _gw_mesh import _AdsThread, envoy_version
@@ -85,7 +86,6 @@ BODY = json.dumps(
     {"model": "frontier-mini", "messages": [{"role": "user", "content": "Say ok."}]},
     separators=(",", ":"),
 )
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPU_TARGET = 1.2
 """Issue 16: the compiled route path costs at most this many times a plain Envoy's CPU."""
 RATE = {"tokens_per_fill": 1_000_000, "fill_interval_ms": 1000, "max_tokens": 1_000_000}
@@ -366,12 +366,6 @@ ANSWERING_BACKEND = "frontier-eu"
 # ---------------------------------------------------------------------- measurement
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 @dataclass(slots=True)
 class Run:
     """One wrk run against one config."""
@@ -492,7 +486,7 @@ def measure(bench: Bench, headers: dict[str, str], args: argparse.Namespace) -> 
     def once(target: Target, seconds: float) -> Run:
         pid = target.envoy.pid
         assert pid is not None
-        before = cpu_seconds(pid)
+        before = cpu_seconds([pid])[pid]
         result = run_wrk(
             f"http://127.0.0.1:{target.port}/v1/chat/completions",
             connections=args.connections,
@@ -500,7 +494,7 @@ def measure(bench: Bench, headers: dict[str, str], args: argparse.Namespace) -> 
             body=BODY,
             headers=headers,
         )
-        return Run(result, cpu_seconds(pid) - before)
+        return Run(result, cpu_seconds([pid])[pid] - before)
 
     for target in bench.targets:
         once(target, args.warmup)
