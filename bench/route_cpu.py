@@ -13,7 +13,8 @@ all started once:
   backends point at the upstream; the tenants' rate limits are raised (same filter, same
   descriptors) so that the closed loop is not refused.
 - with ``--variants``: one config per feature, the shipped config with that one feature
-  removed (:data:`VARIANTS`; ``-all`` removes them all), to find what costs;
+  removed (:data:`VARIANTS`; ``-all`` removes them all), to find what costs, or changed
+  to a cheaper shape (:data:`CANDIDATES`, named ``~...``, only by name);
 - ``baseline`` (with ``--baseline-dir``): the same as ``shipped`` compiled by another
   tree (e.g. a checkout of ``main``), for before/after in one run.
 
@@ -65,6 +66,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf.message import Message
 
 from _gw_cpu import cpu_seconds
@@ -359,6 +361,72 @@ def _drop_everything(resources: Resources, request: dict[str, str]) -> None:
 
 
 VARIANTS["-all"] = ("every removal above at once", _drop_everything)
+
+
+def _inverted(header: str, match: string_pb2.StringMatcher) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=header, string_match=match, invert_match=True)
+
+
+def _guard_without_regex(resources: Resources, request: dict[str, str]) -> None:
+    """The guard's RE2 matchers as the same sets of inverted exact / prefix matchers (a
+    route's matchers all hold: "none of these paths" is each path inverted)."""
+
+    def edit(route: rc.Route) -> None:
+        if not route.name.startswith("tiermesh/api"):
+            return
+        kept: list[rc.HeaderMatcher] = []
+        for matcher in route.match.headers:
+            pattern = matcher.string_match.safe_regex.regex
+            if matcher.name == ":method" and pattern:
+                methods = pattern.removeprefix("^(?:").removesuffix(")$").split("|")
+                kept += [_inverted(":method", string_pb2.StringMatcher(exact=m)) for m in methods]
+            elif matcher.name == ":path" and pattern:
+                inner = pattern.removeprefix("^(?:").removesuffix(r")(?:\?.*)?$")
+                for path in (p.replace("\\.", ".") for p in inner.split("|")):
+                    kept.append(_inverted(":path", string_pb2.StringMatcher(exact=path)))
+                    kept.append(_inverted(":path", string_pb2.StringMatcher(prefix=f"{path}?")))
+            else:
+                kept.append(matcher)
+        del route.match.headers[:]
+        route.match.headers.extend(kept)
+
+    _edit_routes(resources, edit)
+
+
+def _answer_header(keep: Callable[[str], str | None]) -> Variant:
+    """A variant that gives each answer header of the virtual host ``keep(value)`` as its
+    value, or drops it when that is None."""
+
+    def variant(resources: Resources, request: dict[str, str]) -> None:
+        host = _host(resources)
+        kept = []
+        for option in host.response_headers_to_add:
+            value = keep(option.header.value)
+            if value is not None:
+                option.header.value = value
+                kept.append(_clone(option))
+        del host.response_headers_to_add[:]
+        host.response_headers_to_add.extend(kept)
+
+    return variant
+
+
+CANDIDATES: dict[str, tuple[str, Variant]] = {
+    "~guard-exact": (
+        "the guard with inverted exact / prefix matchers instead of RE2",
+        _guard_without_regex,
+    ),
+    "~tier-static": (
+        "x-tiermesh-tier a constant, not %UPSTREAM_METADATA%",
+        _answer_header(lambda v: "edge" if "UPSTREAM_METADATA" in v else v),
+    ),
+    "~no-overhead-hdr": (
+        "the overhead header removed, the tier header kept",
+        _answer_header(lambda v: None if "COMMON_DURATION" in v else v),
+    ),
+}
+"""Cheaper shapes that keep what a feature does (or nearly: the constant tier header is
+only a measuring stick), measured beside ``shipped`` with ``--variants``; not in ``all``."""
 ANSWERING_BACKEND = "frontier-eu"
 """The backend that answers the measured request (the first chain member with hosts)."""
 
@@ -657,9 +725,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = []
     else:
         chosen = [v.strip() for v in args.variants.split(",")]
-        unknown = [v for v in chosen if v not in VARIANTS]
+        unknown = [v for v in chosen if v not in VARIANTS and v not in CANDIDATES]
         if unknown:
-            raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+            known = ", ".join([*VARIANTS, *CANDIDATES])
+            raise SystemExit(f"unknown variants {unknown}; known: {known}")
     headers = {
         "x-tiermesh-tenant": args.tenant,
         "x-tiermesh-sensitivity": args.sensitivity,
@@ -685,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         shipped = compile_resources(REPO, ports)
         bench.add_compiled("shipped", "route-only config as compiled by this tree", shipped)
         for name in chosen:
-            description, edit = VARIANTS[name]
+            description, edit = VARIANTS[name] if name in VARIANTS else CANDIDATES[name]
             resources = _copy(shipped)
             edit(resources, headers)
             bench.add_compiled(name, description, resources)
