@@ -32,6 +32,15 @@ and the filter must have logged the full size of that request's body (and, for t
 module, Envoy must not have warned of an ABI mismatch), or the run stops. ``--configs``
 picks rows (plain first).
 
+The request body is a 74-byte chat-completions JSON by default (:data:`BODY`).
+``--body-bytes N`` sends instead a valid chat-completions JSON of exactly N bytes whose one
+user message is padded with plain ASCII words (no digits), to measure what each byte of a
+real, KB-sized prompt costs: shipped to the server in the check over gRPC, or copied and
+read in Lua or C. N is capped at ext_authz's ``max_request_bytes`` (64 KiB as configured
+here and as tiermesh ships it by default), above which the check would carry a truncated
+body. Every use of the body (wrk, the paced client, the filters' logged size, the report)
+takes the chosen one; ``--out`` picks the results file.
+
 Latency at a fixed rate well below capacity first (``--rate`` on one keep-alive
 connection, open loop, ``bench/_gw_load.py``'s paced client; real-time priority when run
 as root), then closed-loop load with wrk (``--connections``, one thread) on each Envoy in
@@ -43,6 +52,7 @@ a decision once the call (or the in-Envoy hook and the body read) is paid for.
 
     .venv/bin/python bench/authz_floor.py [--rounds 5] [--seconds 3] [--connections 16]
         [--rate 500] [--paced-seconds 4] [--configs plain,cpp,cpp-headers,python,lua,module]
+        [--body-bytes N] [--out bench/results/authz_floor.md]
 """
 
 from __future__ import annotations
@@ -77,6 +87,16 @@ from tiermesh.procs.ports import free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "authz_floor.md"
 BODY = '{"model":"frontier-mini","messages":[{"role":"user","content":"Say ok."}]}'
+"""The default request body (74 bytes)."""
+MAX_REQUEST_BYTES = 65536
+"""ext_authz's ``with_request_body.max_request_bytes`` here: the most body the check packs
+(a longer body would go to the server truncated), so the most ``--body-bytes`` allows."""
+PAD_TEXT = (
+    "please summarise the following notes about the quarterly planning meeting and list "
+    "the open questions the team still has about the rollout of the new gateway along "
+    "with any risks that were raised during the discussion"
+)
+"""Plain ASCII words (no digits, nothing that looks like personal data) to pad a prompt."""
 EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
@@ -108,6 +128,22 @@ The first body's size is logged once (warning level), so the run can check it wa
 CONFIGS = ("plain", "cpp", "cpp-headers", "python", "lua", "module")
 
 
+def padded_body(size: int) -> str:
+    """A chat-completions JSON of exactly ``size`` bytes: :data:`BODY`'s shape with its one
+    user message padded with :data:`PAD_TEXT`, repeated (ASCII, nothing to escape)."""
+    prefix = '{"model":"frontier-mini","messages":[{"role":"user","content":"'
+    suffix = '"}]}'
+    room = size - len(prefix) - len(suffix)
+    if room < 0:
+        raise ValueError(f"a chat-completions body needs at least {len(prefix + suffix)} bytes")
+    text = "Say ok. " + PAD_TEXT
+    content = (text + (" " + PAD_TEXT) * (room // len(PAD_TEXT) + 1))[:room].rstrip()
+    content += "." * (room - len(content))  # a word cut before a space: end on dots
+    body = prefix + content + suffix
+    assert len(body.encode()) == size
+    return body
+
+
 # ------------------------------------------------------------------ configs and processes
 
 
@@ -129,7 +165,7 @@ def authz_bootstrap(
     }
     if body:
         config["with_request_body"] = {
-            "max_request_bytes": 65536,
+            "max_request_bytes": MAX_REQUEST_BYTES,
             "allow_partial_message": True,
             "pack_as_bytes": True,
         }
@@ -189,14 +225,14 @@ def module_filter() -> dict[str, Any]:
     }
 
 
-def check_filter_ran(envoy: EnvoyProcess, port: int, marker: str) -> None:
+def check_filter_ran(envoy: EnvoyProcess, port: int, marker: str, body: str) -> None:
     """Send one request through ``envoy`` and fail loudly unless nginx answered 2xx and the
     filter logged ``marker`` with the request body's full size: proof that it ran and read
     the body before anything is measured."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request(
-            "POST", "/v1/chat/completions", BODY, {"content-type": "application/json"}
+            "POST", "/v1/chat/completions", body, {"content-type": "application/json"}
         )
         response = connection.getresponse()
         response.read()
@@ -208,7 +244,7 @@ def check_filter_ran(envoy: EnvoyProcess, port: int, marker: str) -> None:
             f"{envoy.name}: check request answered {response.status} (upstream header "
             f"{upstream!r}), not a 2xx from nginx; log:\n{envoy.log_tail()}"
         )
-    expected = f"{marker}: first request body {len(BODY.encode())} bytes"
+    expected = f"{marker}: first request body {len(body.encode())} bytes"
     deadline = time.monotonic() + 15  # Envoy flushes its log file every 10 s
     while expected not in envoy.log_path.read_text(errors="replace"):
         if time.monotonic() > deadline:
@@ -252,7 +288,7 @@ class Target:
     """One fixed-rate run per round."""
 
 
-def measure(targets: list[Target], args: argparse.Namespace) -> None:
+def measure(targets: list[Target], args: argparse.Namespace, body: str) -> None:
     def once(target: Target, seconds: float) -> tuple[WrkResult, float, float]:
         pids = [target.envoy_pid, *([target.server_pid] if target.server_pid else [])]
         before = cpu_seconds(pids)
@@ -260,7 +296,7 @@ def measure(targets: list[Target], args: argparse.Namespace) -> None:
             f"http://127.0.0.1:{target.port}/v1/chat/completions",
             connections=args.connections,
             seconds=seconds,
-            body=BODY,
+            body=body,
             headers={"content-type": "application/json"},
         )
         used = spent(before, cpu_seconds(pids))
@@ -276,7 +312,7 @@ def measure(targets: list[Target], args: argparse.Namespace) -> None:
                 rate=args.rate,
                 seconds=args.paced_seconds,
                 count=int(args.rate * args.paced_seconds),
-                body=BODY,
+                body=body,
                 headers={"content-type": "application/json"},
                 realtime=os.geteuid() == 0,
             )
@@ -309,11 +345,12 @@ def _med(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
+def report(targets: list[Target], args: argparse.Namespace, load: str, body: str) -> str:
     plain = targets[0]
+    size = len(body.encode())
     lines = [
         "# The floor under a decision point: ext_authz to a server that does nothing, and "
-        "in-Envoy filters that read the body",
+        f"in-Envoy filters that read the body ({size:,} B request body)",
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `bench/authz_floor.py` "
         f"({args.rounds} rounds x {args.seconds:g} s per Envoy, wrk -t1 -c{args.connections}, "
@@ -385,7 +422,13 @@ def report(targets: list[Target], args: argparse.Namespace, load: str) -> str:
         "",
         f"- Envoy {envoy_version()}, `--concurrency 1`; upstream nginx {nginx_version()}; "
         f"load {wrk_version()}.",
-        f"- Request: `POST /v1/chat/completions`, {len(BODY)} B JSON body.",
+        f"- Request: `POST /v1/chat/completions`, {size:,} B JSON body ("
+        + (
+            "the default: one short user message"
+            if body == BODY
+            else f"`--body-bytes {size}`: one user message padded with plain ASCII words"
+        )
+        + ").",
         f"- Machine: {os.cpu_count()} CPUs, shared; load average (1/5/15 min) at start and "
         f"end: {load}.",
     ]
@@ -406,7 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate phase, req/s")
     parser.add_argument("--paced-seconds", type=float, default=4.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"results file, replaced (default: {RESULTS})"
+    )
+    parser.add_argument(
+        "--body-bytes",
+        type=int,
+        default=None,
+        help="request body size: a chat-completions JSON padded to exactly this many bytes, "
+        f"at most {MAX_REQUEST_BYTES} (ext_authz's max_request_bytes) (default: the fixed "
+        f"{len(BODY.encode())}-byte body)",
+    )
     parser.add_argument(
         "--configs",
         default=",".join(CONFIGS),
@@ -415,6 +468,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.rounds, args.connections) < 1 or min(args.seconds, args.rate) <= 0:
         parser.error("--rounds, --seconds, --connections and --rate must be positive")
+    if args.body_bytes is None:
+        body = BODY
+    elif args.body_bytes > MAX_REQUEST_BYTES:
+        parser.error(
+            f"--body-bytes {args.body_bytes}: above ext_authz's max_request_bytes "
+            f"({MAX_REQUEST_BYTES}) as configured here, the check would carry a truncated body"
+        )
+    else:
+        try:
+            body = padded_body(args.body_bytes)
+        except ValueError as error:
+            parser.error(f"--body-bytes {args.body_bytes}: {error}")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown or not configs or configs[0] != "plain" or len(set(configs)) != len(configs):
@@ -478,11 +543,12 @@ def main(argv: list[str] | None = None) -> int:
             envoy.wait_ready(timeout=30)
             assert envoy.pid is not None
             if marker is not None:
-                check_filter_ran(envoy, port, marker)
+                check_filter_ran(envoy, port, marker, body)
             targets.append(Target(name, what, port, envoy.pid, pid))
         time.sleep(0.5)
-        measure(targets, args)
-    text = report(targets, args, f"{start_load}; {load_average()}")
+        measure(targets, args, body)
+    text = report(targets, args, f"{start_load}; {load_average()}", body)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     errors = sum(r.errors for t in targets for r, _, _ in t.runs)
