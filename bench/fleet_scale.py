@@ -1038,6 +1038,27 @@ def replace_section(text: str, section: str) -> str:
     return "\n".join([*lines[:start], *section.splitlines(), "", *lines[end:]]) + "\n"
 
 
+def with_route_anchors(text: str, routes: Sequence[_route_scale.RouteNumbers], when: str) -> str:
+    """``text`` with the route rows of its "Beside the anchors" table from ``routes`` (a
+    route-scale-only run, at ``when``); the fleet rows stay those of the last full run."""
+    rows = []
+    for line in anchors((), routes):
+        if line.startswith("| ~"):
+            what, number, anchor = line.split(" | ")
+            rows.append(f"{what} | {number.removesuffix(')')}; run {when}) | {anchor}")
+    lines = text.splitlines()
+    if "## Beside the anchors" not in lines:
+        return text
+    start = lines.index("## Beside the anchors")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = [line for line in lines[start:end] if not line.startswith("| ~")]
+    table_end = max(i for i, line in enumerate(kept) if line.startswith("|")) + 1
+    old_routes = [i for i, line in enumerate(lines[start:end]) if line.startswith("| ~")]
+    at = old_routes[0] if old_routes else table_end
+    section = [*kept[:at], *rows, *kept[at:]]
+    return "\n".join([*lines[:start], *section, *lines[end:]]) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,5000", help="fleet sizes, comma-separated")
@@ -1107,7 +1128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"--route-shapes {args.route_shapes}`."
         )
         section = "\n".join(_route_scale.report(list(routes), load))
-        args.out.write_text(replace_section(args.out.read_text(), section))
+        when = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        text = with_route_anchors(replace_section(args.out.read_text(), section), routes, when)
+        args.out.write_text(text)
         print(section)
         return
     with EtcdServer.for_tests() as server, tempfile.TemporaryDirectory() as audit_dir:
