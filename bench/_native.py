@@ -28,12 +28,33 @@ BUILD = SOURCES / ".build"
 PACKAGES = "g++ pkg-config libgrpc++-dev"
 
 
+def _fresh(output: Path, source: Path) -> bool:
+    return output.exists() and output.stat().st_mtime >= source.stat().st_mtime
+
+
+def _compile(command: list[str], source: Path, output: Path, libraries: list[str]) -> Path:
+    """``output``, built by ``command -o <partial> source libraries`` and then moved into
+    place (a failed or interrupted build leaves no output that looks fresh)."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f"{output.name}.partial")
+    done = subprocess.run(
+        [*command, "-o", str(partial), str(source), *libraries],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
+    partial.replace(output)
+    return output
+
+
 def build(name: str) -> Path:
     """The binary of ``bench/native/<name>.cc``, compiled when missing or older than its
     source (~5 s)."""
     source = SOURCES / f"{name}.cc"
     binary = BUILD / name
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    if _fresh(binary, source):
         return binary
     if shutil.which("g++") is None or shutil.which("pkg-config") is None:
         raise SystemExit(f"bench/native/{name}.cc needs the OS packages {PACKAGES}")
@@ -45,15 +66,7 @@ def build(name: str) -> Path:
             f"bench/native/{name}.cc needs gRPC's C++ library: {flags.stderr.strip()} "
             f"(OS packages {PACKAGES})"
         )
-    BUILD.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_suffix(".partial")
-    command = ["g++", "-O2", "-std=c++17", "-o", str(partial), str(source)]
-    command += shlex.split(flags.stdout)
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
-    partial.replace(binary)
-    return binary
+    return _compile(["g++", "-O2", "-std=c++17"], source, binary, shlex.split(flags.stdout))
 
 
 def build_module(name: str) -> Path:
@@ -62,20 +75,13 @@ def build_module(name: str) -> Path:
     by name from the folder it is in (``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``)."""
     source = SOURCES / f"{name}.c"
     library = BUILD / f"lib{name}.so"
-    if library.exists() and library.stat().st_mtime >= source.stat().st_mtime:
+    if _fresh(library, source):
         return library
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise SystemExit(f"bench/native/{name}.c needs a C compiler (OS package gcc)")
-    BUILD.mkdir(parents=True, exist_ok=True)
-    partial = BUILD / f"lib{name}.so.partial"
-    command = [compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-shared", "-fPIC"]
-    command += ["-fvisibility=hidden", "-o", str(partial), str(source)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"building {source.name} failed:\n{done.stderr[-4000:]}")
-    partial.replace(library)
-    return library
+    flags = ["-O2", "-std=c11", "-Wall", "-Wextra", "-shared", "-fPIC", "-fvisibility=hidden"]
+    return _compile([compiler, *flags], source, library, [])
 
 
 def stop(process: subprocess.Popen[str]) -> None:
