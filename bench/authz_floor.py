@@ -62,6 +62,7 @@ import contextlib
 import datetime as dt
 import http.client
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,9 +153,6 @@ def authz_bootstrap(
 ) -> Any:
     """:func:`plain_bootstrap` plus ext_authz (as tiermesh compiles it) to ``authz_port``;
     without ``body``, the check carries the headers only (not what tiermesh ships)."""
-    bootstrap = plain_bootstrap(port, admin_port, upstream_port)
-    listener = bootstrap["static_resources"]["listeners"][0]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     config: dict[str, Any] = {
         "@type": EXT_AUTHZ,
         "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "1s"},
@@ -169,9 +167,8 @@ def authz_bootstrap(
             "allow_partial_message": True,
             "pack_as_bytes": True,
         }
-    manager["http_filters"].insert(
-        0, {"name": "envoy.filters.http.ext_authz", "typed_config": config}
-    )
+    authz = {"name": "envoy.filters.http.ext_authz", "typed_config": config}
+    bootstrap = filter_bootstrap(port, admin_port, upstream_port, authz)
     address = {"socket_address": {"address": "127.0.0.1", "port_value": authz_port}}
     bootstrap["static_resources"]["clusters"].append(
         {
@@ -287,6 +284,14 @@ class Target:
     paced: list[PacedResult] = field(default_factory=list)
     """One fixed-rate run per round."""
 
+    def envoy_us(self) -> list[float]:
+        """Envoy's CPU µs per completed request, per round."""
+        return [e * 1e6 / max(1, r.requests) for r, e, _ in self.runs]
+
+    def server_us(self) -> list[float]:
+        """The authz server's CPU µs per completed request, per round (0 without one)."""
+        return [s * 1e6 / max(1, r.requests) for r, _, s in self.runs]
+
 
 def measure(targets: list[Target], args: argparse.Namespace, body: str) -> None:
     def once(target: Target, seconds: float) -> tuple[WrkResult, float, float]:
@@ -364,11 +369,9 @@ def report(targets: list[Target], args: argparse.Namespace, load: str, body: str
     for target in targets:
         rps = [r.rps for r, _, _ in target.runs]
         ratios = [a[0].rps / b[0].rps for a, b in zip(target.runs, plain.runs, strict=True)]
-        envoy = [e * 1e6 / max(1, r.requests) for r, e, _ in target.runs]
-        served = [s * 1e6 / max(1, r.requests) for r, _, s in target.runs]
+        envoy, served = target.envoy_us(), target.server_us()
         total = [a + b for a, b in zip(envoy, served, strict=True)]
-        plain_total = [e * 1e6 / max(1, r.requests) for r, e, _ in plain.runs]
-        cpu_ratio = [a / b for a, b in zip(total, plain_total, strict=True)]
+        cpu_ratio = [a / b for a, b in zip(total, plain.envoy_us(), strict=True)]
         lines.append(
             f"| `{target.name}` | {target.what} | {_med(rps):,.0f} ({min(rps):,.0f}-"
             f"{max(rps):,.0f}) | {_med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
@@ -399,11 +402,11 @@ def report(targets: list[Target], args: argparse.Namespace, load: str, body: str
             f"| {_med(added50):+.3f} | {_med(added99):+.3f} "
             f"| {sum(p.errors for p in target.paced)} |"
         )
-    plain_envoy = _med([e * 1e6 / max(1, r.requests) for r, e, _ in plain.runs])
+    plain_envoy = _med(plain.envoy_us())
     lines += ["", "Envoy's own CPU per request caps its one worker's throughput whatever the"]
     lines += ["server costs (1 s / Envoy CPU per request, as a share of plain's cap):", ""]
     for target in targets[1:]:
-        envoy_us = _med([e * 1e6 / max(1, r.requests) for r, e, _ in target.runs])
+        envoy_us = _med(target.envoy_us())
         where = (
             "with a free server and a free second core"
             if target.server_pid
@@ -493,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(build_module(MODULE).parent)
     workdir = Path(tempfile.mkdtemp(prefix="tiermesh-authz-floor-"))
     upstream = Upstream(free_port(), "upstream")
-    envoys: list[EnvoyProcess] = []
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         stack.callback(upstream.close)
         upstream.start()
         cpp = stack.enter_context(server([str(native)])) if native is not None else None
@@ -537,7 +540,6 @@ def main(argv: list[str] | None = None) -> int:
                 bootstrap = filter_bootstrap(port, admin, upstream.port, module_filter())
                 marker = "read_body filter"
             envoy = EnvoyProcess(bootstrap, workdir=workdir / name, name=f"floor-{name}")
-            envoys.append(envoy)
             stack.callback(envoy.stop)
             envoy.start()
             envoy.wait_ready(timeout=30)
