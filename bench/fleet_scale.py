@@ -1026,15 +1026,24 @@ def report(
     return "\n".join(lines)
 
 
+def _section(lines: list[str], heading: str) -> tuple[int, int] | None:
+    """Where the markdown section ``heading`` is in ``lines``: (its heading, the next
+    ``## `` heading or the end); None when there is none."""
+    if heading not in lines:
+        return None
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
 def replace_section(text: str, section: str) -> str:
     """``text`` with its markdown section of ``section``'s heading (up to the next ``## ``
     heading) replaced by ``section``; appended when it has none."""
-    heading = section.splitlines()[0]
     lines = text.splitlines()
-    if heading not in lines:
+    found = _section(lines, section.splitlines()[0])
+    if found is None:
         return text.rstrip("\n") + "\n\n" + section + "\n"
-    start = lines.index(heading)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    start, end = found
     return "\n".join([*lines[:start], *section.splitlines(), "", *lines[end:]]) + "\n"
 
 
@@ -1047,16 +1056,16 @@ def with_route_anchors(text: str, routes: Sequence[_route_scale.RouteNumbers], w
             what, number, anchor = line.split(" | ")
             rows.append(f"{what} | {number.removesuffix(')')}; run {when}) | {anchor}")
     lines = text.splitlines()
-    if "## Beside the anchors" not in lines:
+    found = _section(lines, "## Beside the anchors")
+    if found is None:
         return text
-    start = lines.index("## Beside the anchors")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    kept = [line for line in lines[start:end] if not line.startswith("| ~")]
-    table_end = max(i for i, line in enumerate(kept) if line.startswith("|")) + 1
-    old_routes = [i for i, line in enumerate(lines[start:end]) if line.startswith("| ~")]
-    at = old_routes[0] if old_routes else table_end
-    section = [*kept[:at], *rows, *kept[at:]]
-    return "\n".join([*lines[:start], *section, *lines[end:]]) + "\n"
+    old = lines[found[0] : found[1]]
+    kept = [line for line in old if not line.startswith("| ~")]
+    at = next(
+        (i for i, line in enumerate(old) if line.startswith("| ~")),
+        max(i for i, line in enumerate(kept) if line.startswith("|")) + 1,
+    )
+    return replace_section(text, "\n".join([*kept[:at], *rows, *kept[at:]]).rstrip("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
